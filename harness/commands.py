@@ -1,0 +1,196 @@
+"""Handlers of the CLI commands: glue between parsed arguments and the pipeline modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+
+from covar_harness.registry import UsageError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def cmd_run(args: Namespace) -> int:
+    from covar_harness import results
+    from covar_harness.evaluator import RunOptions
+    from covar_harness.models import resolve_models
+    from covar_harness.plugin_manager import load_catalog
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")
+    catalog = load_catalog(args.include_path)
+    models = resolve_models(args.models, catalog)
+    tasks = catalog.tasks.resolve(args.tasks)
+    for cfg in tasks:
+        if cfg.dataset["format"] not in catalog.formats:
+            catalog.formats.entry(cfg.dataset["format"])  # raises with close matches
+    steps = _analysis_steps(args, catalog)
+    out = _console()
+    if args.dry_run:
+        return _print_plan(out, models, tasks, args)
+    options = RunOptions(
+        output_dir=args.output_dir, data_dir=args.data_dir, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, precision=args.precision, limit=args.limit, seed=args.seed,
+        log_samples=args.log_samples, overwrite=args.overwrite, cache_dir=args.cache_dir, steps=steps,
+    )
+    outcomes = _run_with_progress(models, tasks, catalog, options)
+    _print_summary(out, outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        err = _console(stderr=True)
+        err.print(f"[red]{len(failed)} pair(s) failed:[/red]")
+        for o in failed:
+            err.print(f"  {o.model} x {o.task}: {o.error}", markup=False)
+        return 1
+    del results
+    return 0
+
+
+def _analysis_steps(args: Namespace, catalog) -> list:
+    """Attribution and diagnosis steps chosen on the command line (registered by plugins)."""
+    if args.attribution in (None, "none"):
+        return []
+    entry = catalog.attributors.entry(args.attribution)
+    return [entry.item()]
+
+
+def _run_with_progress(models, tasks, catalog, options):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from covar_harness.evaluator import Reporter, run
+
+    err = _console(stderr=True)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        return run(models, tasks, catalog, options, Reporter(progress, err))
+
+
+def _print_plan(out, models, tasks, args) -> int:
+    from rich.table import Table
+
+    from covar_harness import results
+
+    t = Table(title=f"plan: {len(models)} model(s) x {len(tasks)} task(s)", title_justify="left")
+    for col in ("model", "resolves to", "task", "result file", "status"):
+        t.add_column(col)
+    for ref in models:
+        for cfg in tasks:
+            path = results.result_path(args.output_dir, ref.spec, cfg.task)
+            status = "exists: skip" if path.exists() and not args.overwrite else "to run"
+            t.add_row(ref.spec, ref.target if ref.target != ref.spec else "", cfg.task, str(path), status)
+    out.print(t)
+    return 0
+
+
+def _print_summary(out, outcomes) -> None:
+    from rich.table import Table
+
+    t = Table(title="run summary", title_justify="left")
+    for col in ("model", "task", "status", "acc1", "n_failed", "result"):
+        t.add_column(col)
+    colours = {"done": "green", "skipped": "dim", "failed": "red"}
+    for o in outcomes:
+        acc = o.metrics.get("acc1")
+        t.add_row(o.model, o.task, f"[{colours[o.status]}]{o.status}[/]", "-" if acc is None else f"{100 * acc:.1f}",
+                  str(o.n_failed) if o.status == "done" else "", str(o.path) if o.status != "failed" else o.error)
+    out.print(t)
+
+
+def cmd_ls(args: Namespace) -> int:
+    from rich.table import Table
+
+    from covar_harness.plugin_manager import load_catalog
+
+    catalog = load_catalog(args.include_path)
+    t = Table(title=args.what, title_justify="left")
+    if args.what == "models":
+        from covar_harness.models import resolve_models
+
+        for col in ("name", "family", "source", "tags", "description"):
+            t.add_column(col)
+        for entry in catalog.models:
+            ref = resolve_models([entry.name], catalog)[0]
+            t.add_row(entry.name, ref.family, ref.target if ref.target != entry.name else entry.plugin,
+                      ",".join(entry.tags), entry.description)
+    elif args.what == "tasks":
+        for col in ("task", "format", "version", "tags", "description"):
+            t.add_column(col)
+        for cfg in catalog.tasks:
+            t.add_row(cfg.task, cfg.dataset["format"], str(cfg.version), ",".join(cfg.tags), cfg.description)
+    else:
+        registry = getattr(catalog, args.what)
+        for col in ("name", "plugin", "description"):
+            t.add_column(col)
+        for entry in registry:
+            t.add_row(entry.name, entry.plugin, entry.description)
+    _console().print(t)
+    return 0
+
+
+def cmd_plugins(args: Namespace) -> int:
+    from covar_harness.plugin_manager import load_catalog
+
+    catalog = load_catalog()
+    rows = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
+             "builtin": p.builtin, "hooks": p.hooks} for p in catalog.plugins]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    t = Table(title="plugins", title_justify="left")
+    for col in ("name", "distribution", "version", "module", "hooks"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"], r["module"],
+                  ", ".join(r["hooks"]))
+    _console().print(t)
+    return 0
+
+
+def cmd_leaderboard(args: Namespace) -> int:
+    from covar_harness import leaderboard as lb
+
+    if not args.results_dir.is_dir():
+        raise UsageError(f"results folder {str(args.results_dir)!r} does not exist")
+    loaded = lb.collect(args.results_dir)
+    err = _console(stderr=True)
+    for path, why in loaded.invalid:
+        err.print(f"[yellow]skipped invalid result {path}: {why}[/yellow]")
+    if not loaded.records:
+        raise UsageError(f"no valid result files under {args.results_dir}")
+    tables = lb.build_tables(loaded.records, args.reference)
+    if args.format == "table":
+        lb.render_rich(tables, _console())
+    elif args.format == "markdown":
+        sys.stdout.write(lb.render_markdown(tables))
+    elif args.format == "csv":
+        sys.stdout.write(lb.render_csv(loaded.records))
+    else:
+        sys.stdout.write(lb.render_json(loaded.records, tables) + "\n")
+    return 0
+
+
+def cmd_validate(args: Namespace) -> int:
+    from covar_harness import results
+
+    bad = 0
+    for path in args.files:
+        try:
+            errors = results.validate(results.load(path))
+        except (OSError, ValueError) as exc:
+            errors = [f"cannot read: {exc}"]
+        if errors:
+            bad += 1
+            for e in errors:
+                print(f"{path}: {e}")
+        else:
+            print(f"{path}: ok")
+    return 1 if bad else 0

@@ -1,0 +1,371 @@
+"""The shared evaluator: models x tasks -> zero-shot predictions -> (analysis steps) -> result files.
+
+One model is loaded at a time and used for all its pending tasks; class-text embeddings are computed once
+per (class names, templates) and reused across tasks. Pairs whose result file exists are skipped before
+any weights load. A failing pair is recorded and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from covar_harness import results
+from covar_harness.data import SampleSet, open_task_data
+from covar_harness.resources import format_prompt, load_list
+
+if TYPE_CHECKING:
+    import torch
+
+    from covar_harness.adapter import ModelAdapter
+    from covar_harness.models import ModelRef
+    from covar_harness.plugin_manager import Catalog
+    from covar_harness.taskconfig import TaskConfig
+
+log = logging.getLogger(__name__)
+TEXT_BATCH = 256
+
+
+@dataclass
+class RunOptions:
+    output_dir: Path = Path("results")
+    data_dir: Path | None = None
+    batch_size: int = 64
+    workers: int | None = None  # None: min(4, cpu count)
+    device: str = "auto"
+    precision: str = "fp32"
+    limit: int | None = None
+    seed: int = 0
+    log_samples: bool = False
+    overwrite: bool = False
+    cache_dir: str | None = None
+    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution, diagnosis), see BatchStep
+
+
+@dataclass
+class Batch:
+    """What the zero-shot pass hands to analysis steps for one batch of images."""
+
+    indices: list[int]  # positions in the SampleSet
+    pixels: "torch.Tensor"  # (B, 3, H, W), on CPU, as preprocessed
+    image_emb: "torch.Tensor"  # (B, D), L2-normalised
+    classifier: "torch.Tensor"  # (D, C) class embeddings, L2-normalised
+    logits: "torch.Tensor"  # (B, C)
+    labels: "torch.Tensor"  # (B,)
+    samples: SampleSet
+
+
+class BatchStep(Protocol):
+    """An analysis run inside the batch loop (CCI, diagnosis). Data flows forward: records, then a summary."""
+
+    name: str
+
+    def start(self, adapter: "ModelAdapter", task: "TaskConfig", samples: SampleSet) -> None: ...
+
+    def process(self, batch: Batch) -> list[dict]: ...
+
+    def finish(self, records: list[dict]) -> dict: ...  # {"metrics": {...}, "config": {...}, "notes": [...]}
+
+
+@dataclass
+class PairOutcome:
+    model: str
+    task: str
+    status: str  # done | skipped | failed
+    path: Path
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+    n_failed: int = 0
+
+
+class Reporter:
+    """Progress and messages; the CLI gives it a rich Progress, tests and the API a silent one."""
+
+    def __init__(self, progress=None, console=None):
+        self.progress, self.console = progress, console
+
+    def task(self, description: str, total: int | None):
+        if self.progress is None:
+            return None
+        return self.progress.add_task(description, total=total)
+
+    def advance(self, handle, n: int = 1) -> None:
+        if handle is not None:
+            self.progress.advance(handle, n)
+
+    def done(self, handle) -> None:
+        if handle is not None:
+            self.progress.remove_task(handle)
+
+    def say(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message)
+        else:
+            log.info(message)
+
+
+# ---- text side -----------------------------------------------------------------------------------------
+class ClassifierCache:
+    """Class embeddings per (class names, templates), for the model currently loaded."""
+
+    def __init__(self, adapter: "ModelAdapter"):
+        self.adapter = adapter
+        self._cache: dict[tuple, "torch.Tensor"] = {}
+
+    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> "torch.Tensor":
+        key = (tuple(classnames), tuple(templates))
+        if key not in self._cache:
+            self._cache[key] = build_classifier(self.adapter, classnames, templates, reporter)
+        return self._cache[key]
+
+
+def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Reporter | None = None):
+    """(D, C): per class, the mean of the L2-normalised template embeddings, renormalised (CLIP's recipe)."""
+    import torch
+    import torch.nn.functional as F
+
+    prompts = [format_prompt(t, c) for c in classnames for t in templates]
+    handle = reporter.task("encoding class prompts", len(prompts)) if reporter else None
+    chunks = []
+    for start in range(0, len(prompts), TEXT_BATCH):
+        part = prompts[start : start + TEXT_BATCH]
+        chunks.append(F.normalize(adapter.encode_texts(part).float().cpu(), dim=-1))
+        if reporter:
+            reporter.advance(handle, len(part))
+    if reporter:
+        reporter.done(handle)
+    emb = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1).T.contiguous()
+
+
+# ---- image side ----------------------------------------------------------------------------------------
+class _PixelDataset:
+    """Map-style dataset: (index, pixels or None, error). Never raises on a bad image."""
+
+    def __init__(self, samples: SampleSet, preprocess: Callable):
+        self.samples, self.preprocess = samples, preprocess
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(self.samples.open_image(i)), None
+        except Exception as exc:  # corrupt, truncated, missing: skipped and counted by the evaluator
+            return i, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _collate(items):
+    import torch
+
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    failed = [(i, err) for i, x, err in items if x is None]
+    pixels = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], pixels, failed
+
+
+def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, workers: int):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _PixelDataset(samples, preprocess), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+    )
+    yield from loader
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+# ---- one model x task ----------------------------------------------------------------------------------
+def task_classnames(cfg: "TaskConfig", samples: SampleSet) -> list[str]:
+    base = cfg.source.parent if cfg.source else None
+    names = load_list("classnames", cfg.classnames, base) if cfg.classnames is not None else samples.classnames
+    if not names:
+        raise ValueError(f"task {cfg.task!r} names no classes and its dataset provides none")
+    return list(names)
+
+
+def task_templates(cfg: "TaskConfig") -> list[str]:
+    base = cfg.source.parent if cfg.source else None
+    return list(load_list("templates", cfg.templates, base))
+
+
+def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet:
+    """A seeded random subset (kept in dataset order), so ``--limit`` covers every class, reproducibly."""
+    if not limit or limit >= len(samples):
+        return samples
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
+    return samples.subset(keep.tolist())
+
+
+def evaluate_task(
+    adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", options: RunOptions,
+    classifiers: ClassifierCache, reporter: Reporter,
+) -> dict[str, Any]:
+    """Run one model on one task; return the result record's task-dependent parts and the sample log."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from covar_harness.metrics import bootstrap_interval, classification_metrics
+
+    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+    classnames, templates = task_classnames(cfg, samples), task_templates(cfg)
+    n_classes = len(classnames)
+    bad = [s.label for s in samples.samples if not 0 <= s.label < n_classes]
+    if bad:
+        raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {n_classes} class names")
+    W = classifiers.get(classnames, templates, reporter)
+    W_dev = None
+    for step in options.steps:
+        step.start(adapter, cfg, samples)
+
+    k = min(5, n_classes)
+    rows, failures, step_records = [], [], {s.name: [] for s in options.steps}
+    workers = default_workers() if options.workers is None else options.workers
+    handle = reporter.task(f"{cfg.task}", len(samples))
+    for indices, pixels, failed in iterate_batches(samples, adapter.preprocess, options.batch_size, workers):
+        failures += failed
+        if pixels is not None:
+            emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
+            if W_dev is None:
+                W_dev = W.to(emb.device)
+            logits = emb @ W_dev
+            top = logits.topk(k, dim=-1).indices.cpu().numpy()
+            labels = torch.tensor([samples.samples[i].label for i in indices])
+            for row, i in enumerate(indices):
+                rows.append((i, top[row]))
+            if options.steps:
+                batch = Batch(indices, pixels, emb, W_dev, logits, labels, samples)
+                for step in options.steps:
+                    step_records[step.name] += step.process(batch)
+        reporter.advance(handle, len(indices) + len(failed))
+    reporter.done(handle)
+
+    if failures:
+        first = failures[0]
+        reporter.say(
+            f"[yellow]{cfg.task}: skipped {len(failures)} unreadable image(s); first: "
+            f"{samples.samples[first[0]].id} ({first[1]})[/yellow]"
+        )
+    idx = np.array([i for i, _ in rows], dtype=np.int64)
+    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
+    labels = np.array([samples.samples[i].label for i in idx], dtype=np.int64)
+    metrics = classification_metrics(labels, topk, n_classes)
+    correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
+    intervals = {}
+    if len(rows):
+        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=options.seed))
+    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
+    for step in options.steps:
+        summary = step.finish(step_records[step.name])
+        record["metrics"].update(summary.get("metrics", {}))
+        record["intervals"].update(summary.get("intervals", {}))
+        record["config"][step.name] = summary.get("config", {})
+        record["notes"] += summary.get("notes", [])
+
+    per_sample = []
+    extras = {s.name: {r["index"]: r for r in step_records[s.name]} for s in options.steps}
+    for (i, t), ok in zip(rows, correct):
+        row = {"index": int(i), "file": samples.samples[i].id, "label": samples.samples[i].label,
+               "pred": int(t[0]), "correct": bool(ok), "top5": [int(x) for x in t]}
+        for key, value in samples.samples[i].meta.items():
+            row.setdefault(key, value)
+        for name, by_index in extras.items():
+            row.update({k2: v for k2, v in by_index.get(int(i), {}).items() if k2 != "index"})
+        per_sample.append(row)
+    record["task"] = {
+        "name": cfg.task, "version": cfg.version, "n_samples": int(len(rows)), "n_failed": len(failures),
+        "n_classes": n_classes, "data_fingerprint": samples.fingerprint(), "headline": cfg.headline,
+        "tags": list(cfg.tags), "dataset": samples.description,
+    }
+    record["config"].update({"templates": templates, "classnames": _classnames_ref(cfg)})
+    record["samples"] = per_sample
+    record["failed_files"] = [samples.samples[i].id for i, _ in failures]
+    return record
+
+
+def _classnames_ref(cfg: "TaskConfig") -> Any:
+    return cfg.classnames if isinstance(cfg.classnames, str) or cfg.classnames is None else "inline"
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+def run(
+    models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Catalog", options: RunOptions,
+    reporter: Reporter | None = None,
+) -> list[PairOutcome]:
+    from covar_harness.models import load_model, resolve_device
+
+    reporter = reporter or Reporter()
+    outcomes: list[PairOutcome] = []
+    for ref in models:
+        pending = []
+        for cfg in tasks:
+            path = results.result_path(options.output_dir, ref.spec, cfg.task)
+            if path.exists() and not options.overwrite:
+                outcomes.append(PairOutcome(ref.spec, cfg.task, "skipped", path))
+            else:
+                pending.append((cfg, path))
+        if not pending:
+            continue
+        device = resolve_device(options.device)
+        handle = reporter.task(f"loading {ref.spec}", None)
+        try:
+            adapter = load_model(ref.spec, device, options.precision, options.cache_dir, catalog)
+        except Exception as exc:
+            reporter.done(handle)
+            msg = _one_line(exc)
+            outcomes += [PairOutcome(ref.spec, cfg.task, "failed", p, error=msg) for cfg, p in pending]
+            reporter.say(f"[red]model {ref.spec} failed to load: {msg}[/red]")
+            continue
+        reporter.done(handle)
+        classifiers = ClassifierCache(adapter)
+        for cfg, path in pending:
+            outcomes.append(_run_pair(ref, adapter, cfg, path, catalog, options, classifiers, reporter, device))
+        del adapter, classifiers
+    return outcomes
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _run_pair(ref, adapter, cfg, path, catalog, options, classifiers, reporter, device) -> PairOutcome:
+    started = results.now()
+    try:
+        record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        log.debug("pair %s x %s failed:\n%s", ref.spec, cfg.task, traceback.format_exc())
+        msg = _one_line(exc)
+        reporter.say(f"[red]{ref.spec} x {cfg.task} failed: {msg}[/red]")
+        return PairOutcome(ref.spec, cfg.task, "failed", path, error=msg)
+    per_sample = record.pop("samples")
+    failed_files = record.pop("failed_files")
+    out = {
+        "schema_version": results.SCHEMA_VERSION,
+        "model": {"spec": ref.spec, "name": getattr(adapter, "name", ref.spec),
+                  "family": getattr(adapter, "family", ref.family), "target": ref.target},
+        "task": record["task"],
+        "metrics": record["metrics"],
+        "intervals": record["intervals"],
+        "config": {"batch_size": options.batch_size, "precision": options.precision, "seed": options.seed,
+                   "limit": options.limit, **record["config"]},
+        "notes": record["notes"],
+        "failed_files": failed_files[:100],
+        "provenance": results.provenance(device, started),
+    }
+    if options.log_samples:
+        results.write_jsonl(results.samples_path(path), per_sample)
+    results.write_json(path, out)  # last: its existence marks the pair done
+    return PairOutcome(ref.spec, cfg.task, "done", path, out["metrics"], n_failed=len(failed_files))

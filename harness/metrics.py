@@ -1,0 +1,43 @@
+"""Zero-shot classification metrics, as fractions in [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def classification_metrics(labels: np.ndarray, topk: np.ndarray, n_classes: int) -> dict[str, float | None]:
+    """acc1, acc5 (None with fewer than 5 classes) and mean per-class recall over the classes present.
+
+    ``topk``: (N, k) class indices, best first. Mean per-class recall is the class-balanced accuracy that
+    CounterAnimals reports; classes absent from ``labels`` do not count (a 45-class subset of a 1000-way task).
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return {"acc1": None, "acc5": None, "mean_per_class_recall": None}
+    correct1 = topk[:, 0] == labels
+    acc5 = None
+    if n_classes >= 5 and topk.shape[1] >= 5:
+        acc5 = float((topk[:, :5] == labels[:, None]).any(axis=1).mean())
+    return {"acc1": float(correct1.mean()), "acc5": acc5, "mean_per_class_recall": per_class_recall(labels, correct1)}
+
+
+def per_class_recall(labels: np.ndarray, correct: np.ndarray) -> float:
+    classes = np.unique(labels)
+    return float(np.mean([correct[labels == c].mean() for c in classes]))
+
+
+def bootstrap_interval(
+    values: np.ndarray, statistic=np.mean, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` over samples (rows of ``values``)."""
+    values = np.asarray(values)
+    if len(values) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    if statistic is np.mean:  # vectorised fast path
+        stats = values[idx].mean(axis=1)
+    else:
+        stats = np.array([statistic(values[i]) for i in idx])
+    lo, hi = np.percentile(stats, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)

@@ -1,0 +1,63 @@
+"""Named data shipped with the harness: class-name lists, prompt template sets, class groups, reference tables.
+
+Each kind lives in ``resources/<kind>/<name>.json``; a task YAML refers to them by name, or gives a list, or a
+path to a JSON list / a text file with one entry per line.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources as _res
+from pathlib import Path
+from typing import Any
+
+from covar_harness.registry import UnknownNameError, UsageError
+
+KINDS = ("classnames", "templates", "class_groups", "reference")
+
+
+def _dir(kind: str):
+    return _res.files("covar_harness") / "resources" / kind
+
+
+def available(kind: str) -> list[str]:
+    d = _dir(kind)
+    return sorted(p.name.rsplit(".", 1)[0] for p in d.iterdir() if p.name.endswith((".json", ".csv"))) if d.is_dir() else []
+
+
+def resource_path(kind: str, filename: str):
+    return _dir(kind) / filename
+
+
+@lru_cache(maxsize=None)
+def named(kind: str, name: str) -> Any:
+    f = _dir(kind) / f"{name}.json"
+    if not f.is_file():
+        raise UnknownNameError(f"shipped {kind} list", name, available(kind))
+    return json.loads(f.read_text(encoding="utf-8"))
+
+
+def _from_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_list(kind: str, value: Any, base: Path | None) -> Any:
+    """A list given inline, by shipped name, or by file path (relative to ``base``, the YAML's folder)."""
+    if value is None or isinstance(value, (list, dict)):
+        return value
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute() and base is not None:
+        candidate = base / candidate
+    if candidate.suffix in (".json", ".txt") or candidate.is_file():
+        if not candidate.is_file():
+            raise UsageError(f"{kind} file {str(candidate)!r} does not exist")
+        return _from_file(candidate)
+    return named(kind, value)
+
+
+def format_prompt(template: str, classname: str) -> str:
+    return template.replace("{c}", classname).replace("{}", classname)

@@ -1,0 +1,207 @@
+"""Task definitions: the task YAML schema, its validation, and the index that resolves ``--tasks``.
+
+YAML is read with ``yaml.safe_load`` and checked key by key; nothing in a task file is executed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from covar_harness.registry import UnknownNameError, UsageError, is_glob
+
+REQUIRED = ("task", "dataset")
+OPTIONAL = ("classnames", "templates", "version", "tags", "class_groups", "headline", "description", "metadata")
+HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+
+
+class TaskConfigError(UsageError):
+    pass
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One validated task definition. ``source`` is the YAML file it came from (None for dicts)."""
+
+    task: str
+    dataset: dict[str, Any]
+    classnames: Any = None
+    templates: Any = "simple"
+    version: int | str = 1
+    tags: tuple[str, ...] = ()
+    class_groups: Any = None
+    headline: str = "acc1"
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.task
+
+    @property
+    def family(self) -> str:
+        return self.task.split("/", 1)[0]
+
+    def resolve_path(self, value: str | Path, data_dir: Path | None) -> Path:
+        """A dataset path: absolute as given; else relative to the YAML file if it exists there; else to data_dir."""
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return p
+        if self.source is not None and (self.source.parent / p).exists():
+            return self.source.parent / p
+        return (data_dir or Path.cwd()) / p
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in (*REQUIRED, *OPTIONAL)}
+        out["tags"] = list(self.tags)
+        return out
+
+
+def _fail(where: str, key: str, message: str) -> TaskConfigError:
+    return TaskConfigError(f"{where}: key {key!r}: {message}")
+
+
+def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
+    where = str(source) if source else "task dict"
+    if not isinstance(raw, dict):
+        raise TaskConfigError(f"{where}: a task must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if key not in REQUIRED + OPTIONAL:
+            close = difflib.get_close_matches(str(key), REQUIRED + OPTIONAL, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(where, key, f"unknown key{hint}; allowed: {', '.join(REQUIRED + OPTIONAL)}")
+    for key in REQUIRED:
+        if key not in raw:
+            raise _fail(where, key, "missing (required)")
+    name = raw["task"]
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise _fail(where, "task", "must be a non-empty name like 'family/name'")
+    ds = raw["dataset"]
+    if not isinstance(ds, dict) or not isinstance(ds.get("format"), str):
+        raise _fail(where, "dataset", "must be a mapping with a 'format' string (imagefolder, hf, covar, ...)")
+    if "path" in ds and not isinstance(ds["path"], str):
+        raise _fail(where, "dataset.path", "must be a string")
+    for key in ("classnames", "templates"):
+        v = raw.get(key)
+        if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+            raise _fail(where, key, "must be a name, a file path, or a list of strings")
+    templates = raw.get("templates", "simple")
+    if isinstance(templates, list) and not all("{}" in t or "{c}" in t for t in templates):
+        raise _fail(where, "templates", "every template needs a '{}' placeholder for the class name")
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise _fail(where, "tags", "must be a list of strings")
+    version = raw.get("version", 1)
+    if not isinstance(version, (int, str)) or isinstance(version, bool):
+        raise _fail(where, "version", "must be an integer or a string")
+    headline = raw.get("headline", "acc1")
+    if headline not in HEADLINE_METRICS:
+        raise _fail(where, "headline", f"must be one of {', '.join(HEADLINE_METRICS)}")
+    groups = raw.get("class_groups")
+    if groups is not None and not isinstance(groups, (str, dict)):
+        raise _fail(where, "class_groups", "must be a mapping class -> group, a file path, or a shipped name")
+    meta = raw.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise _fail(where, "metadata", "must be a mapping")
+    return TaskConfig(
+        task=name, dataset=dict(ds), classnames=raw.get("classnames"), templates=templates, version=version,
+        tags=tuple(tags), class_groups=groups, headline=headline, description=str(raw.get("description", "")),
+        metadata=meta, source=source.resolve() if source else None,
+    )
+
+
+def load_task_file(path: Path) -> TaskConfig:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise TaskConfigError(f"{path}: cannot read task YAML: {str(exc).splitlines()[0]}") from exc
+    return parse_task(raw, path)
+
+
+class TaskIndex:
+    """All known tasks, by name. Sources: plugins' ``register_tasks`` and ``--include-path``."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskConfig] = {}
+        self._origin: dict[str, str] = {}
+
+    def add(self, cfg: TaskConfig, plugin: str = "") -> None:
+        old = self._tasks.get(cfg.task)
+        if old is not None and old.source is not None and old.source == cfg.source:
+            return
+        if old is not None:
+            raise TaskConfigError(
+                f"task {cfg.task!r} defined twice: {old.source or self._origin[cfg.task]} and {cfg.source or plugin}"
+            )
+        self._tasks[cfg.task] = cfg
+        self._origin[cfg.task] = plugin
+
+    def add_source(self, source: Any, plugin: str = "") -> None:
+        if isinstance(source, dict):
+            self.add(parse_task(source), plugin)
+            return
+        path = Path(source)
+        if path.is_dir():
+            for f in sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]):
+                self.add(load_task_file(f), plugin)
+        elif path.is_file():
+            self.add(load_task_file(path), plugin)
+        else:
+            raise TaskConfigError(f"task source {str(path)!r} (from {plugin or '?'}) does not exist")
+
+    def __iter__(self):
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tasks
+
+    def names(self) -> list[str]:
+        return list(self._tasks)
+
+    def get(self, name: str) -> TaskConfig:
+        if name not in self._tasks:
+            raise UnknownNameError("task", name, [*self._tasks, *self.tags()])
+        return self._tasks[name]
+
+    def tags(self) -> set[str]:
+        return {t for cfg in self._tasks.values() for t in cfg.tags}
+
+    def resolve(self, specs: str | Iterable[str]) -> list[TaskConfig]:
+        """``--tasks``: comma-separated names, fnmatch globs, tags, YAML files or directories; order kept."""
+        tokens = [t.strip() for t in (specs.split(",") if isinstance(specs, str) else specs) if t.strip()]
+        if not tokens:
+            raise UsageError("no tasks given")
+        out: dict[str, TaskConfig] = {}
+        for token in tokens:
+            for cfg in self._resolve_one(token):
+                out.setdefault(cfg.task, cfg)
+        return list(out.values())
+
+    def _resolve_one(self, token: str) -> list[TaskConfig]:
+        if token.endswith((".yaml", ".yml")) or Path(token).is_dir():
+            path = Path(token)
+            if not path.exists():
+                raise UsageError(f"task file {token!r} does not exist")
+            found = TaskIndex()
+            found.add_source(path, "--tasks")
+            return list(found)
+        if token in self._tasks:
+            return [self._tasks[token]]
+        if is_glob(token):
+            hits = [c for n, c in self._tasks.items() if fnmatch.fnmatchcase(n, token)]
+            if not hits:
+                raise UnknownNameError("task pattern", token, self.names())
+            return hits
+        tagged = [c for c in self._tasks.values() if token in c.tags]
+        if tagged:
+            return tagged
+        raise UnknownNameError("task", token, [*self._tasks, *self.tags()])

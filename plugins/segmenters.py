@@ -1,0 +1,1 @@
+"""Built-in plugin (work in progress): segmenters."""
