@@ -64,6 +64,6 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: i
     """Run the real console entry point in a subprocess (exit codes, no shared state)."""
     import os
 
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
     return subprocess.run([sys.executable, "-m", "covar_harness.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
