@@ -191,5 +191,9 @@ def load_hf(ds: dict, data_dir: Path) -> SampleSet:
     feature = data.features[label_key]
     classnames = list(feature.names) if hasattr(feature, "names") else None
     labels = data[label_key]
+    if classnames is None and labels and isinstance(labels[0], str):  # string labels: sorted, as imagefolder
+        classnames = sorted(set(labels))
+        position = {name: i for i, name in enumerate(classnames)}
+        labels = [position[y] for y in labels]
     samples = [Sample(str(i), int(y)) for i, y in enumerate(labels)]
     return HFSampleSet(data, image_key, samples, classnames, f"hf {raw} [{split}]")

@@ -144,8 +144,70 @@ def generic_table(records: list[dict], family: str) -> Table:
     return t
 
 
-# Families with a dedicated layout; everything else gets the generic one.
-FAMILY_TABLES = {}
+# ---- CounterAnimals -------------------------------------------------------------------------------------
+CA_GROUPS = ("common", "counter")
+CA_VARIANTS = (("", "1 vs 1000, single prompt (official protocol)"),
+               ("-ensemble", "1 vs 1000, 80-template ensemble"),
+               ("-45way", "45-way restriction (UNOFFICIAL)"))
+CA_COLUMNS = ["Model", "Common", "Counter", "Drop", "Common acc1", "Counter acc1"]
+
+
+def _balanced(rec: dict | None) -> float | None:
+    """Class-balanced accuracy (mean over the classes present): the paper's CounterAnimals metric."""
+    return None if rec is None else rec["metrics"].get("mean_per_class_recall")
+
+
+def _acc1(rec: dict | None) -> float | None:
+    return None if rec is None else rec["metrics"].get("acc1")
+
+
+def _ca_row(spec: str, common: dict | None, counter: dict | None) -> list[Any]:
+    c, k = _balanced(common), _balanced(counter)
+    drop = _pct(c - k) if c is not None and k is not None else None
+    return [spec, _pct(c), _pct(k), drop, _pct(_acc1(common)), _pct(_acc1(counter))]
+
+
+def _ca_paper_rows() -> list[dict[str, str]]:
+    from covar_harness.resources import resource_path
+
+    text = resource_path("reference", "counteranimals_paper.csv").read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _add_ca_paper_rows(table: Table) -> None:
+    """The CounterAnimals paper's published 1-vs-1000 class-balanced numbers (no per-image figures)."""
+    for row in _ca_paper_rows():
+        common, counter = float(row["common"]), float(row["counter"])
+        table.published.add(len(table.rows))
+        table.rows.append([f"{row['model']} (CounterAnimals paper, published)", common, counter,
+                           round(common - counter, 2), None, None])
+
+
+def counteranimals_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
+    """Common, counter and the drop (class-balanced, as the paper), per-image acc1 beside; one table per variant."""
+    models = _by_model(records, family)
+    known = {f"{g}{suffix}" for g in CA_GROUPS for suffix, _ in CA_VARIANTS}
+    tables = []
+    for suffix, title in CA_VARIANTS:
+        names = [f"{g}{suffix}" for g in CA_GROUPS]
+        specs = [spec for spec, runs in models.items() if any(n in runs for n in names)]
+        official = suffix == ""
+        if not specs and not (official and reference == "paper"):
+            continue
+        table = Table(f"{family}: {title}: class-balanced accuracy (%), per-image acc1 beside", list(CA_COLUMNS))
+        for spec in specs:
+            table.rows.append(_ca_row(spec, models[spec].get(names[0]), models[spec].get(names[1])))
+        if official and reference == "paper":
+            _add_ca_paper_rows(table)
+        tables.append(table)
+    others = [r for r in records if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known]
+    if others:
+        tables.append(generic_table(others, family))
+    return tables
+
+
+# Families with a dedicated layout; everything else gets the generic one (COVAR-like families are detected).
+FAMILY_TABLES = {"counteranimals": counteranimals_tables}
 
 
 def build_tables(records: list[dict], reference: str | None = None) -> list[Table]:

@@ -1,4 +1,4 @@
-"""Built-in plugin: the task YAML files shipped in this folder."""
+"""Built-in plugin: the task YAML files shipped in this folder and the benchmark-specific dataset formats."""
 
 from pathlib import Path
 
@@ -11,3 +11,23 @@ TASK_DIR = Path(__file__).parent
 def register_tasks(register):
     for sub in sorted(p for p in TASK_DIR.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
         register(sub)
+
+
+def _load_covar(ds_cfg, data_dir):
+    from covar_harness.tasks.covar import load_covar  # imported on use: `ls` and `--help` stay light
+
+    return load_covar(ds_cfg, data_dir)
+
+
+def _load_counteranimals(ds_cfg, data_dir):
+    from covar_harness.tasks.counteranimals import load_counteranimals
+
+    return load_counteranimals(ds_cfg, data_dir)
+
+
+@hookimpl
+def register_dataset_formats(register):
+    register("covar", _load_covar,
+             description="COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)")
+    register("counteranimals", _load_counteranimals,
+             description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)")
