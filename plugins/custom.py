@@ -1,1 +1,106 @@
-"""Built-in plugin (work in progress): custom."""
+"""Built-in plugin: your own model through ``custom:`` specs, no plugin package needed.
+
+``custom:MODULE:CALLABLE`` imports ``MODULE`` (it must be importable: installed or on PYTHONPATH);
+``custom:path/to/file.py:CALLABLE`` loads that file with importlib (the user's own code, run by request, as
+``python file.py`` would). The callable returns a ModelAdapter (DESIGN 3); it receives ``device`` and
+``precision`` when its signature accepts them. A returned object that is not an adapter is rejected with one
+line naming every missing member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from covar_harness.adapter import missing_members
+from covar_harness.hookspecs import hookimpl
+from covar_harness.registry import UsageError
+
+USAGE = "use custom:MODULE:CALLABLE or custom:path/to/file.py:CALLABLE"
+
+
+def split_spec(rest: str) -> tuple[str, str]:
+    """``MODULE:CALLABLE`` or ``PATH.py:CALLABLE`` -> (module or path, callable name). The last colon splits."""
+    target, sep, attr = rest.rpartition(":")
+    if not sep or not target or not attr.isidentifier():
+        raise UsageError(f"custom:{rest}: cannot tell the module from the callable; {USAGE}")
+    return target, attr
+
+
+def is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def load_file(path: Path) -> ModuleType:
+    """Import a Python file by path under a unique, stable module name (classes in it then pickle by name)."""
+    if not path.is_file():
+        raise UsageError(f"custom: no such file {str(path)!r}; {USAGE}")
+    resolved = path.resolve()
+    name = f"covar_harness_custom_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load_module(target: str) -> ModuleType:
+    if is_file_target(target):
+        return load_file(Path(target).expanduser())
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and target.startswith(exc.name):
+            raise UsageError(f"custom: cannot import module {target!r} (not installed, not on PYTHONPATH); "
+                             f"a file works too: custom:path/to/file.py:CALLABLE") from exc
+        raise
+
+
+def resolve_callable(rest: str) -> Callable[..., Any]:
+    target, attr = split_spec(rest)
+    module = load_module(target)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        public = sorted(n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n]))
+        raise UsageError(f"custom:{rest}: {target} has no {attr!r}; callables there: {', '.join(public) or 'none'}")
+    if not callable(fn):
+        raise UsageError(f"custom:{rest}: {attr!r} in {target} is a {type(fn).__name__}, not a callable")
+    return fn
+
+
+def call_with_supported(fn: Callable[..., Any], **offered: Any) -> Any:
+    """Call ``fn`` with the offered keyword arguments its signature accepts (all of them if it takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return fn()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**offered)
+    return fn(**{k: v for k, v in offered.items() if k in params})
+
+
+def load_custom(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
+    """The ``custom:`` scheme loader."""
+    adapter = call_with_supported(resolve_callable(rest), device=device, precision=precision)
+    missing = missing_members(adapter)
+    if missing:
+        raise UsageError(f"custom:{rest} returned a {type(adapter).__name__}, not a ModelAdapter: "
+                         f"missing {'; '.join(missing)}")
+    return adapter
+
+
+@hookimpl
+def register_model_schemes(register):
+    register("custom", load_custom, description="your own adapter: MODULE:CALLABLE or path/to/file.py:CALLABLE")
