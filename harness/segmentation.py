@@ -1,0 +1,281 @@
+"""Foreground masks for the diagnosis (DESIGN 7.5, 8): the segmenter contract and the helpers every segmenter
+and its caller share.
+
+A segmenter is anything with a ``name`` and a ``masks`` method (the :class:`Segmenter` protocol); plugins
+register factories for them through ``register_segmenters``. The caller turns a mask into the patch-grid
+fractions that CCI's ``fg_fraction`` needs in two steps, because the model never sees the original frame:
+
+1. :func:`geometric_like` moves the mask into the model-input frame with the model's own resize / centre crop,
+2. :func:`mask_to_patch_grid` averages it per patch: the fraction of each patch's pixels that are foreground.
+
+Also here: :func:`choose_segmenter` (the ``--segmenter auto`` rule), :class:`MaskCache` (atomic on-disk mask
+cache keyed by content) and :func:`grounding_prompt`. Only numpy and PIL are imported at module import.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from covar_harness.registry import UsageError
+
+if TYPE_CHECKING:
+    from covar_harness.data import SampleSet
+    from covar_harness.plugin_manager import Catalog
+
+AUTO = "auto"
+DEFAULT_MASK_CACHE = "~/.cache/covar-harness/masks"
+MASK_CACHE_ENV = "COVAR_HARNESS_MASK_CACHE"
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Foreground-mask provider.
+
+    ``masks`` returns one entry per index: a mode "L" image the size of ``samples.open_image(i)``, white (255)
+    = object, grey values allowed for soft masks; or None when no object was found (the caller counts those).
+    ``prompts[j]`` is the text describing the object of ``indices[j]`` (the label's class name); segmenters
+    that do not need text ignore it. Implementations may also offer ``describe() -> dict`` (their settings,
+    recorded in results).
+    """
+
+    name: str
+
+    def masks(self, samples: "SampleSet", indices: list[int], prompts: list[str]) -> list[Image.Image | None]:
+        ...
+
+
+# ---- choosing a segmenter --------------------------------------------------------------------------------
+def choose_segmenter(name: str, samples: "SampleSet", catalog: "Catalog",
+                     settings: dict[str, Any] | None = None) -> Segmenter:
+    """Build the segmenter for a task: ``auto`` = the dataset's masks when it has any, else ``groundedsam``.
+
+    ``settings`` are keyword arguments for the factory. Under ``auto`` they configure the GroundedSAM fallback,
+    so they are not passed to ``dataset`` (which takes none); naming a segmenter explicitly passes them and an
+    unknown key is a usage error. ``dataset`` on a task without masks is a usage error too: every sample would
+    silently come back without a mask.
+    """
+    settings = dict(settings or {})
+    if name == AUTO:
+        if samples.has_masks:
+            name, settings = "dataset", {}
+        else:
+            name = "groundedsam"
+    elif name == "dataset" and not samples.has_masks:
+        raise UsageError("segmenter 'dataset': this task ships no foreground masks; use --segmenter auto or "
+                         "groundedsam")
+    factory = catalog.segmenters.get(name)
+    _check_settings(name, factory, settings)
+    return factory(**settings)
+
+
+def _check_settings(name: str, factory: Callable[..., Any], settings: dict[str, Any]) -> None:
+    """Reject setting names the factory does not take, listing the ones it does (a typo must not be ignored)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise UsageError(f"segmenter {name!r} has no setting {', '.join(map(repr, unknown))}; "
+                         f"settings: {', '.join(accepted) or '(none)'}")
+
+
+def label_prompts(samples: "SampleSet", indices: Sequence[int]) -> list[str]:
+    """The default prompt of each sample: its label's class name (or the label number without class names)."""
+    names = samples.classnames
+    labels = [samples.samples[i].label for i in indices]
+    return [names[y] if names is not None else str(y) for y in labels]
+
+
+def grounding_prompt(text: str) -> str:
+    """Grounding DINO's text format: lowercase, single spaces, ending with '.' (it separates phrases by dots)."""
+    text = " ".join(text.replace("_", " ").split()).lower().rstrip(".").strip()
+    return text + "."
+
+
+# ---- masks in the model-input frame ------------------------------------------------------------------------
+_GEOMETRIC = re.compile(r"Resize|Crop|Pad")
+
+
+def as_fraction_image(mask: Image.Image) -> Image.Image:
+    """Mode "F" with values in [0, 1]: "F" masks are taken as fractions already, other modes are 0..255."""
+    if mask.mode == "F":
+        return mask
+    arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    return Image.fromarray(arr, mode="F")
+
+
+def geometric_like(preprocess: Callable, mask: Image.Image,
+                   input_size_hw: tuple[int, int] | None = None) -> Image.Image:
+    """The mask moved into the model-input frame as ``preprocess`` moves the image; mode "F", values in [0, 1].
+
+    Three tiers, most exact first:
+
+    1. torchvision ``Compose`` (open_clip's transforms): only its geometric steps (class names with Resize, Crop
+       or Pad: Resize, CenterCrop, open_clip's ResizeKeepRatio / CenterCropOrPad) are applied, each copied with
+       its interpolation switched to BOX, so a downscaled pixel holds the area fraction of foreground under it
+       (exact for integer factors) and the crop/resize geometry is the transform's own. Colour conversion,
+       ToTensor and Normalize are skipped. Random geometric steps cannot be matched and are an error.
+    2. any other callable returning a (3, H, W) array-like (e.g. a Hugging Face image processor wrapped by the
+       ``hf:`` adapter): the mask, as a grey RGB image, goes through the whole ``preprocess``; the per-channel
+       affine normalisation is undone with a black and a white probe image. This follows any geometry the
+       processor applies, with its own interpolation (clipped to [0, 1] against bicubic overshoot).
+    3. when that fails (the preprocess is not per-channel affine, or raises): a plain resize of the mask to
+       ``input_size_hw`` (the model's input size), which is only right for squash-resizing models; without
+       ``input_size_hw`` the mask is returned unchanged.
+    """
+    fraction = as_fraction_image(mask)
+    steps = getattr(preprocess, "transforms", None)
+    if isinstance(steps, (list, tuple)):
+        return _apply_geometric_steps(steps, fraction)
+    probed = _through_preprocess(preprocess, fraction)
+    if probed is not None:
+        return probed
+    if input_size_hw is not None:
+        return fraction.resize((input_size_hw[1], input_size_hw[0]), Image.BOX)
+    return fraction
+
+
+def _apply_geometric_steps(steps: Sequence[Callable], mask: Image.Image) -> Image.Image:
+    for step in steps:
+        kind = type(step).__name__
+        if not _GEOMETRIC.search(kind):
+            continue
+        if kind.startswith("Random"):
+            raise ValueError(f"cannot replay the random transform {kind} on a mask")
+        mask = _box_interpolating(step)(mask)
+    return mask
+
+
+def _box_interpolating(step: Callable) -> Callable:
+    """A copy of a resize-like step that resamples with BOX (area average); other steps are returned as is."""
+    current = getattr(step, "interpolation", None)
+    if current is None:
+        return step
+    from torchvision.transforms import InterpolationMode
+
+    step = copy.copy(step)
+    step.interpolation = InterpolationMode.BOX if isinstance(current, InterpolationMode) else Image.BOX
+    return step
+
+
+def _through_preprocess(preprocess: Callable, mask: Image.Image) -> Image.Image | None:
+    """Tier 2 of :func:`geometric_like`; None when the preprocess is unusable that way."""
+    grey = Image.fromarray((np.asarray(mask) * 255).round().clip(0, 255).astype(np.uint8), mode="L").convert("RGB")
+    try:
+        ramp = _channel0(preprocess(grey))
+        black = _channel0(preprocess(Image.new("RGB", mask.size, (0, 0, 0)))).mean()
+        white = _channel0(preprocess(Image.new("RGB", mask.size, (255, 255, 255)))).mean()
+    except Exception:  # any failure of a foreign preprocess means: use the plain-resize fallback
+        return None
+    if ramp is None or not np.isfinite(white - black) or abs(white - black) < 1e-6:
+        return None
+    return Image.fromarray(np.clip((ramp - black) / (white - black), 0.0, 1.0).astype(np.float32), mode="F")
+
+
+def _channel0(pixels: Any) -> np.ndarray | None:
+    if hasattr(pixels, "detach"):
+        pixels = pixels.detach().float().cpu().numpy()
+    arr = np.asarray(pixels, dtype=np.float32)
+    return arr[0] if arr.ndim == 3 else None
+
+
+def mask_to_patch_grid(mask: Image.Image, image_size_hw: tuple[int, int] | None,
+                       grid: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) float32 in [0, 1]: the fraction of each patch's pixels that are foreground (DESIGN 7.5).
+
+    ``mask`` must already be in the model-input frame (see :func:`geometric_like`); mode "F" holds fractions,
+    other modes 0..255. ``image_size_hw`` is that frame's size: a mask of another size is first area-resampled
+    to it; None takes the mask's own size. When the patches tile the frame exactly (the ViT case) each value
+    is the exact mean over the patch's pixels; otherwise a BOX resample to the grid approximates it.
+    """
+    fraction = as_fraction_image(mask)
+    if image_size_hw is not None and fraction.size != (image_size_hw[1], image_size_hw[0]):
+        fraction = fraction.resize((image_size_hw[1], image_size_hw[0]), Image.BOX)
+    rows, cols = grid
+    arr = np.asarray(fraction, dtype=np.float64)
+    height, width = arr.shape
+    if height % rows == 0 and width % cols == 0:
+        out = arr.reshape(rows, height // rows, cols, width // cols).mean(axis=(1, 3))
+    else:
+        out = np.asarray(fraction.resize((cols, rows), Image.BOX), dtype=np.float64)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def mask_patch_fractions(preprocess: Callable, mask: Image.Image, grid: tuple[int, int],
+                         input_size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Both steps at once: a mask in the original image frame -> patch-grid foreground fractions."""
+    return mask_to_patch_grid(geometric_like(preprocess, mask, input_size_hw), input_size_hw, grid)
+
+
+# ---- caching -----------------------------------------------------------------------------------------------
+def image_fingerprint(image: Image.Image) -> str:
+    """sha256 of the decoded RGB pixels and size: the same picture gives the same key wherever the file lives."""
+    rgb = image.convert("RGB")
+    h = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
+
+
+def default_mask_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` if given, else ``COVAR_HARNESS_MASK_CACHE``, else ``~/.cache/covar-harness/masks``."""
+    return Path(cache_dir or os.environ.get(MASK_CACHE_ENV) or DEFAULT_MASK_CACHE).expanduser()
+
+
+class MaskCache:
+    """Masks on disk under a content key, written atomically (temp file + rename) so that parallel runs and
+    interrupted ones never leave a half-written PNG. "No object found" is cached too (an empty ``.none``
+    file), so a second run does not rerun the models to find nothing again."""
+
+    MISSING = object()  # get()'s answer for a key never stored (None means: stored, no mask)
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(**parts: Any) -> str:
+        """sha256 over the JSON of ``parts`` (sorted keys): everything the mask depends on."""
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.root / key[:2] / f"{key}{suffix}"
+
+    def get(self, key: str) -> Image.Image | None | object:
+        """The cached mask, None for a cached "no object", or ``MaskCache.MISSING``; unreadable = missing."""
+        if self._path(key, ".none").is_file():
+            return None
+        path = self._path(key, ".png")
+        if not path.is_file():
+            return self.MISSING
+        try:
+            with Image.open(path) as im:
+                return im.convert("L")
+        except OSError:
+            return self.MISSING
+
+    def put(self, key: str, mask: Image.Image | None) -> None:
+        path = self._path(key, ".png" if mask is not None else ".none")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if mask is not None:
+                    mask.convert("L").save(fh, format="PNG")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
