@@ -2,21 +2,50 @@
 
 Adapters implement ``encode_images_without(pixels, drop)`` for their architecture with these helpers:
 ``drop`` is (B, N) or (B, K, N) boolean (K drop patterns per image, e.g. one per CCI cluster). Tokens are
-embedded once per image and expanded to B*K sequences; then, per chunk of sequences,
-- if every pattern in the chunk drops the same number of patches, the dropped tokens are physically
-  deleted from the sequence (exact for ViTs with absolute position embeddings, and cheaper), else
-- dropped tokens are masked as attention keys in every layer (float additive mask; queries are never fully
-  masked because prefix tokens such as CLS are always kept, and pooling heads get the same key mask).
-Both give the same embedding; tests check it against an explicit shortened-sequence forward.
+embedded once per image (position embeddings included) and expanded to B*K sequences. The sequences are then
+planned into chunks of at most ``max_rows`` rows (to bound memory), sorted by how many patches they keep:
+
+- a chunk whose rows all keep the same number of patches is run *shortened*: the dropped tokens are physically
+  deleted from the sequence. Exact for ViTs with absolute position embeddings (added before deletion), and the
+  cheapest path: no mask, shorter sequences;
+- a chunk whose rows keep different numbers is run *masked*: each row holds its kept tokens and is padded to the
+  chunk's longest row with copies of a kept token, and the padding is masked as an attention key in every layer
+  and in pooling (float additive mask). Masked keys get exactly zero attention weight, so this equals the
+  shortened forward up to float summation order.
+- ``strategy="mask"`` forces the reference path: full-length sequences with the dropped patches key-masked.
+
+Prefix tokens (CLS, registers) are never dropped or masked, and at least one patch is always kept, so no
+attention row is ever fully masked (which would give NaN).
+
+Callbacks, for an (R, L, C) sequence of prefix + patch tokens (L <= P + N, position embeddings applied):
+``run_shortened(x) -> (R, D)`` runs the rest of the tower; ``run_masked(x, mask) -> (R, D)`` does the same with an
+(R, L) additive key mask (0 keep, most negative finite value drop) applied in every attention layer and in
+pooling. Adapters' exactness tests check both against an explicit shortened-sequence forward.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
 MAX_ROWS = 256  # sequences per forward chunk: bounds memory for B x K patterns
+STRATEGIES = ("auto", "shorten", "mask")
+# Merging a group of n rows into a longer chunk costs n * (extra length) padded tokens; a separate forward call
+# costs a fixed overhead. Measured on CPU (2 threads): per-call overhead of a ViT forward is small next to the
+# GEMMs, so merging only pays off for a few padded tokens. On CUDA, kernel launches dominate small calls.
+CALL_OVERHEAD_TOKENS = {"cpu": 16, "cuda": 4096}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows (indices into the B*K sequences) run in one forward; ``length`` kept patches per row (padded)."""
+
+    rows: torch.Tensor
+    length: int
+    uniform: bool  # every row keeps exactly ``length`` patches: run shortened, no mask
+    full: bool = False  # reference path: full-length sequence, dropped patches key-masked
 
 
 def as_patterns(drop: torch.Tensor, n_patches: int) -> tuple[torch.Tensor, bool]:
@@ -33,6 +62,7 @@ def as_patterns(drop: torch.Tensor, n_patches: int) -> tuple[torch.Tensor, bool]
 
 
 def chunks(total: int, max_rows: int = MAX_ROWS) -> Iterator[slice]:
+    """Consecutive slices of at most ``max_rows`` over ``range(total)``."""
     for start in range(0, total, max_rows):
         yield slice(start, min(total, start + max_rows))
 
@@ -45,11 +75,30 @@ def keep_indices(drop_rows: torch.Tensor) -> torch.Tensor | None:
     return torch.nonzero(~drop_rows, as_tuple=False)[:, 1].view(drop_rows.shape[0], int(kept[0]))
 
 
+def padded_keep_indices(drop_rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, length) kept-patch indices in order, padded with each row's first kept patch, and the (R, length)
+    bool padding mask. Padding repeats a real token (not zeros) so padded rows stay numerically ordinary."""
+    keep = ~drop_rows
+    kept = keep.sum(dim=1, keepdim=True)
+    if int(kept.max()) > length:
+        raise ValueError(f"a row keeps {int(kept.max())} patches, more than the padded length {length}")
+    # a stable sort puts kept patches first, in their original (raster) order
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :length]
+    pad = torch.arange(length, device=drop_rows.device)[None, :] >= kept
+    return torch.where(pad, order[:, :1], order), pad
+
+
 def gather_tokens(tokens: torch.Tensor, keep: torch.Tensor, n_prefix: int) -> torch.Tensor:
     """tokens (R, P+N, C) -> (R, P+N_keep, C): prefix tokens (CLS/registers) plus the kept patches."""
     idx = keep.to(tokens.device) + n_prefix
     patches = torch.gather(tokens, 1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
     return torch.cat([tokens[:, :n_prefix], patches], dim=1)
+
+
+def select_tokens(tokens: torch.Tensor, images: torch.Tensor, keep: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """tokens (B, P+N, C), images (R,), keep (R, L') -> (R, P+L', C) in one indexing pass (no B*K full copy)."""
+    patches = tokens[images[:, None], keep + n_prefix]
+    return torch.cat([tokens[images, :n_prefix], patches], dim=1)
 
 
 def key_mask(drop_rows: torch.Tensor, n_prefix: int, dtype: torch.dtype) -> torch.Tensor:
@@ -60,6 +109,59 @@ def key_mask(drop_rows: torch.Tensor, n_prefix: int, dtype: torch.dtype) -> torc
     return mask.masked_fill(full, torch.finfo(dtype).min)
 
 
+def plan_chunks(kept: torch.Tensor, max_rows: int = MAX_ROWS, strategy: str = "auto",
+                overhead_tokens: int = CALL_OVERHEAD_TOKENS["cpu"]) -> list[Chunk]:
+    """Split rows (``kept[r]`` = patches row r keeps) into forward chunks of at most ``max_rows`` rows.
+
+    ``shorten``: one shortened chunk per kept count (no masks at all). ``mask``: full-length masked chunks in
+    the caller's order. ``auto``: rows sorted by kept count (longest first); a group of n rows keeping l patches
+    joins the current chunk (padded to its length L) while n * (L - l) <= ``overhead_tokens``, i.e. while the
+    padding costs less than another forward call would.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if max_rows < 1:
+        raise ValueError("max_rows must be >= 1")
+    if strategy == "mask":
+        n_max = int(kept.max()) if kept.numel() else 0
+        return [Chunk(torch.arange(kept.numel())[sl], n_max, False, full=True) for sl in chunks(kept.numel(), max_rows)]
+    order = torch.sort(kept.cpu(), descending=True, stable=True)
+    counts, sizes = torch.unique_consecutive(order.values, return_counts=True)
+    budget = overhead_tokens if strategy == "auto" else -1
+    plan: list[Chunk] = []
+    current: list[torch.Tensor] = []
+    length, n_rows, uniform, start = 0, 0, True, 0
+
+    def close() -> None:
+        if current:
+            plan.append(Chunk(torch.cat(current), length, uniform))
+
+    for count, size in zip(counts.tolist(), sizes.tolist()):
+        rows = order.indices[start:start + size]
+        start += size
+        if current and size * (length - count) <= budget and n_rows < max_rows:
+            uniform = uniform and count == length
+        else:
+            close()
+            current, length, n_rows, uniform = [], count, 0, True
+        while n_rows + rows.numel() > max_rows:  # the group overflows the chunk: fill it and start another
+            take = max_rows - n_rows
+            current.append(rows[:take])
+            close()
+            rows = rows[take:]
+            current, length, n_rows, uniform = [], count, 0, True
+        if rows.numel():
+            current.append(rows)
+            n_rows += rows.numel()
+    close()
+    return plan
+
+
+def default_overhead(device: torch.device) -> int:
+    """Per-call overhead in padded tokens worth paying to avoid another forward (see CALL_OVERHEAD_TOKENS)."""
+    return CALL_OVERHEAD_TOKENS.get(device.type, CALL_OVERHEAD_TOKENS["cuda"])
+
+
 def encode_without(
     tokens: torch.Tensor,
     drop: torch.Tensor,
@@ -67,24 +169,43 @@ def encode_without(
     run_shortened: Callable[[torch.Tensor], torch.Tensor],
     run_masked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     max_rows: int = MAX_ROWS,
+    *,
+    strategy: str = "auto",
+    overhead_tokens: int | None = None,
 ) -> torch.Tensor:
     """The generic driver: tokens (B, P+N, C) after position embedding, drop (B, N) or (B, K, N).
 
-    ``run_shortened(x)`` runs the rest of the tower on (R, L', C) sequences; ``run_masked(x, mask)`` runs it
-    with an (R, L) additive key mask. Returns (B, D) or (B, K, D).
+    Returns (B, D) or (B, K, D), in the dtype ``run_*`` return. No Python loop over patterns: rows are
+    planned into chunks by :func:`plan_chunks` (``strategy``, ``overhead_tokens``); see the module docstring.
     """
     n_patches = tokens.shape[1] - n_prefix
     patterns, squeeze = as_patterns(drop.to(tokens.device), n_patches)
     B, K, _ = patterns.shape
     rows = patterns.reshape(B * K, n_patches)
     image_of_row = torch.arange(B, device=tokens.device).repeat_interleave(K)
-    outs = []
-    for sl in chunks(B * K, max_rows):
-        x = tokens[image_of_row[sl]]
-        keep = keep_indices(rows[sl])
-        if keep is not None:
-            outs.append(run_shortened(gather_tokens(x, keep, n_prefix)))
-        else:
-            outs.append(run_masked(x, key_mask(rows[sl], n_prefix, x.dtype)))
-    out = torch.cat(outs).view(B, K, -1)
+    overhead = default_overhead(tokens.device) if overhead_tokens is None else overhead_tokens
+    plan = plan_chunks((~rows).sum(dim=1), max_rows, strategy, overhead)
+    out: torch.Tensor | None = None
+    for chunk in plan:
+        idx = chunk.rows.to(tokens.device)
+        result = _run_chunk(tokens, rows[idx], image_of_row[idx], chunk, n_prefix, run_shortened, run_masked)
+        if out is None:
+            out = result.new_empty((B * K, *result.shape[1:]))
+        out[idx] = result
+    assert out is not None
+    out = out.view(B, K, *out.shape[1:])
     return out[:, 0] if squeeze else out
+
+
+def _run_chunk(tokens: torch.Tensor, drop_rows: torch.Tensor, images: torch.Tensor, chunk: Chunk, n_prefix: int,
+               run_shortened: Callable[[torch.Tensor], torch.Tensor],
+               run_masked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One forward for one chunk, on the path its plan chose."""
+    if chunk.full:
+        return run_masked(tokens[images], key_mask(drop_rows, n_prefix, tokens.dtype))
+    if chunk.uniform:
+        keep = keep_indices(drop_rows)
+        assert keep is not None and keep.shape[1] == chunk.length
+        return run_shortened(select_tokens(tokens, images, keep, n_prefix))
+    keep, pad = padded_keep_indices(drop_rows, chunk.length)
+    return run_masked(select_tokens(tokens, images, keep, n_prefix), key_mask(pad, n_prefix, tokens.dtype))
