@@ -1,0 +1,520 @@
+"""``covar-harness build-covar``: COVAR-style controlled variations from segmented objects (DESIGN section 5).
+
+COVAR itself is not released, so researchers need a way to make the same kind of benchmark from any cut-out
+objects. Every transform here is a small pure function that returns the image, the mask and its parameters,
+so that (a) the mask always follows the image exactly (masks are resampled with nearest/threshold, never
+blurred) and (b) every parameter ends up in the sample's ``variation`` record.
+
+Inputs
+  objects: RGBA cut-outs (alpha = mask) or image + mask pairs (``x.png`` + ``x.mask.png`` or ``x_mask.png``),
+  labelled by sub-folder (``<objects>/<class>/<file>``) or by ``<objects>/manifest.json``:
+  ``{"<object id>": {"label": "cat", "views": ["cat1.png", {"image": "cat1b.jpg", "mask": "cat1b_m.png"}]}}``.
+  Several views of one object (manifest only) enable the ``viewpoint`` subset.
+  backgrounds: images at the top level (usable for any class) and/or in ``<backgrounds>/<class>/`` sub-folders
+  (the "typical" backgrounds of that class), or ``<backgrounds>/manifest.json`` ``{"file": "class" | null}``.
+
+Determinism: each object instance draws from its own RNG seeded by (seed, object id, instance), so a parallel
+build writes byte-identical files and metadata to a serial one. Interrupted builds are detectable: each
+subset's ``metadata.jsonl`` is written (temp + rename) only after all its images, and ``build.json`` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from covar_harness.registry import UsageError
+
+BUILD_VERSION = 1
+SUBSETS = ("original", "bg_varied", "hflip", "vflip", "rotation", "translate", "crop", "scale", "viewpoint")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MASK_SUFFIXES = (".mask", "_mask")
+OBJECT_FRAC = 0.6  # canonical object size: the bbox's longer side as a fraction of the image side
+SCALE_FACTORS = (0.5, 1.5)  # the `scale` subset: object smaller and larger than canonical
+ROTATIONS = (90, 180, 270)  # exact rotations: no resampling, no empty corners, masks follow pixel for pixel
+CROP_MARGIN = 0.1
+
+ImageLike = Union[str, Path, Image.Image]
+
+
+class BuildError(UsageError):
+    """Bad input for a build (no objects, unreadable file, unknown class folder...): one line, exit 2."""
+
+
+# ----------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class View:
+    """One view of an object: an RGBA cut-out, or an image plus a separate mask."""
+
+    image: ImageLike
+    mask: ImageLike | None = None
+
+
+@dataclass(frozen=True)
+class ObjectSource:
+    id: str
+    label: str
+    views: tuple[View, ...]
+
+
+@dataclass(frozen=True)
+class BackgroundSource:
+    id: str
+    image: ImageLike
+    label: str | None = None  # the class it is typical of; None = usable for any class
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    seed: int = 0
+    size: int = 224
+    per_object: int = 1
+    workers: int | None = None
+    object_frac: float = OBJECT_FRAC
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    classes: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _open(x: ImageLike) -> Image.Image:
+    if isinstance(x, Image.Image):
+        return x
+    try:
+        with Image.open(x) as im:
+            im.load()
+            return im
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"cannot read image {x}: {exc}") from exc
+
+
+def load_view(view: View) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb uint8 HxWx3, mask bool HxW). The mask is alpha > 127, or the mask image > 127 (white = object)."""
+    im = _open(view.image)
+    if view.mask is not None:
+        rgb = np.asarray(im.convert("RGB"))
+        mask = np.asarray(_open(view.mask).convert("L")) > 127
+        if mask.shape != rgb.shape[:2]:
+            raise BuildError(f"mask {view.mask} is {mask.shape[::-1]} but its image {view.image} is {rgb.shape[1::-1]}")
+    elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"))
+        rgb, mask = rgba[..., :3].copy(), rgba[..., 3] > 127
+    else:
+        raise BuildError(f"object {view.image} has no alpha channel and no mask file (x.mask.png or x_mask.png)")
+    if not mask.any():
+        raise BuildError(f"object {view.image} has an empty mask")
+    return rgb, mask
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _mask_partner(p: Path) -> Path | None:
+    for suffix in MASK_SUFFIXES:
+        for ext in (".png", p.suffix):
+            cand = p.with_name(p.stem + suffix + ext)
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _is_mask_file(p: Path) -> bool:
+    return p.stem.endswith(MASK_SUFFIXES)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def discover_objects(folder: Path) -> list[ObjectSource]:
+    """Objects from ``manifest.json`` if present, else one object per image in ``<folder>/<class>/``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BuildError(f"--objects {folder} is not a folder")
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        return _objects_from_manifest(folder, manifest)
+    out = []
+    for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(p for p in cls_dir.rglob("*") if _is_image(p) and not _is_mask_file(p)):
+            rel = f.relative_to(folder).with_suffix("")
+            out.append(ObjectSource(_slug(str(rel).replace(os.sep, "-")), cls_dir.name, (View(f, _mask_partner(f)),)))
+    if not out:
+        raise BuildError(f"no objects in {folder}: expected <objects>/<class>/<cut-out>.png or a manifest.json")
+    return out
+
+
+def _objects_from_manifest(folder: Path, manifest: Path) -> list[ObjectSource]:
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"cannot read {manifest}: {exc}") from exc
+    if not isinstance(data, dict) or not data:
+        raise BuildError(f"{manifest}: expected a non-empty mapping object id -> {{label, views}}")
+    out = []
+    for oid, entry in sorted(data.items()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("label"), str) or not entry.get("views"):
+            raise BuildError(f"{manifest}: object {oid!r} needs a 'label' string and a non-empty 'views' list")
+        views = []
+        for v in entry["views"]:
+            image, mask = (v.get("image"), v.get("mask")) if isinstance(v, dict) else (v, None)
+            if not isinstance(image, str):
+                raise BuildError(f"{manifest}: object {oid!r}: each view is a path or {{'image': ..., 'mask': ...}}")
+            path = folder / image
+            if not path.is_file():
+                raise BuildError(f"{manifest}: object {oid!r}: view {image!r} does not exist")
+            mask_path = folder / mask if mask else _mask_partner(path)
+            views.append(View(path, mask_path))
+        out.append(ObjectSource(_slug(oid), entry["label"], tuple(views)))
+    return out
+
+
+def discover_backgrounds(folder: Path, classes: Sequence[str]) -> list[BackgroundSource]:
+    """Top-level images are generic; ``<folder>/<class>/`` images are typical of that class."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BuildError(f"--backgrounds {folder} is not a folder")
+    labels: dict[str, str | None] = {}
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            labels = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"cannot read {manifest}: {exc}") from exc
+    out = [BackgroundSource(_slug(f.stem), f, labels.get(f.name)) for f in sorted(folder.iterdir()) if _is_image(f)]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name not in classes:
+            raise BuildError(f"background folder {sub.name!r} matches no object class; classes: {', '.join(classes)}")
+        out += [BackgroundSource(_slug(f"{sub.name}-{f.stem}"), f, sub.name)
+                for f in sorted(sub.rglob("*")) if _is_image(f)]
+    bad = sorted({b.label for b in out if b.label is not None and b.label not in classes})
+    if bad:
+        raise BuildError(f"{manifest}: background label(s) {', '.join(bad)} match no object class")
+    if not out:
+        raise BuildError(f"no background images in {folder}")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- transforms
+def fit_background(bg: Image.Image, size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A random square crop of the background (the largest square, random offset), resized to ``size``."""
+    bg = bg.convert("RGB")
+    w, h = bg.size
+    side = min(w, h)
+    x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    out = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BICUBIC)
+    return np.asarray(out).copy(), {"bg_crop": [x0, y0, side]}
+
+
+def fit_object(rgb: np.ndarray, mask: np.ndarray, longer_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the object to its mask's bbox and resize so the bbox's longer side is ``longer_side`` pixels.
+
+    Colour is resized premultiplied by the mask (PIL ``RGBa``) so no outside-the-mask colour bleeds into the
+    edges; the mask is the resized alpha thresholded at 50 %, so it stays binary.
+    """
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    rgba = np.dstack([rgb[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255])
+    h, w = rgba.shape[:2]
+    k = max(1, int(longer_side)) / max(h, w)
+    new = (max(1, round(w * k)), max(1, round(h * k)))
+    im = Image.fromarray(rgba, "RGBA").convert("RGBa").resize(new, Image.LANCZOS).convert("RGBA")
+    arr = np.asarray(im)
+    return arr[..., :3].copy(), arr[..., 3] >= 128
+
+
+def composite(bg: np.ndarray, obj_rgb: np.ndarray, obj_mask: np.ndarray, center: tuple[float, float]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Paste the object (hard mask) with its bbox centre at ``center`` (x, y); clipped at the borders."""
+    out, mask = bg.copy(), np.zeros(bg.shape[:2], bool)
+    h, w = obj_mask.shape
+    top, left = math.floor(center[1] - h / 2 + 0.5), math.floor(center[0] - w / 2 + 0.5)  # not banker's rounding
+    sy0, sx0 = max(0, -top), max(0, -left)
+    dy0, dx0 = max(0, top), max(0, left)
+    dy1, dx1 = min(bg.shape[0], top + h), min(bg.shape[1], left + w)
+    if dy1 <= dy0 or dx1 <= dx0:
+        return out, mask
+    m = obj_mask[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+    region = out[dy0:dy1, dx0:dx1]
+    region[m] = obj_rgb[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0][m]
+    mask[dy0:dy1, dx0:dx1] = m
+    return out, mask
+
+
+def hflip(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    return image[:, ::-1].copy(), mask[:, ::-1].copy(), {"flip": "horizontal"}
+
+
+def vflip(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    return image[::-1].copy(), mask[::-1].copy(), {"flip": "vertical"}
+
+
+def rotate(image: np.ndarray, mask: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Counter-clockwise rotation by a multiple of 90 degrees: exact, so the mask follows pixel for pixel."""
+    if angle % 90:
+        raise ValueError(f"rotation angle must be a multiple of 90, got {angle}")
+    k = (angle // 90) % 4
+    return np.rot90(image, k).copy(), np.rot90(mask, k).copy(), {"angle": int(angle)}
+
+
+def crop_tight(image: np.ndarray, mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A square crop around the mask's bbox (plus ``margin`` of its side), resized back to the image size.
+
+    Image bicubic, mask nearest, from the same box: the mask stays binary and aligned.
+    """
+    size = image.shape[0]
+    ys, xs = np.nonzero(mask)
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    side = max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) * (1 + 2 * margin)
+    side = int(min(max(side, 4), size))
+    x0 = int(np.clip(round(cx - side / 2), 0, size - side))
+    y0 = int(np.clip(round(cy - side / 2), 0, size - side))
+    box = (x0, y0, x0 + side, y0 + side)
+    img = Image.fromarray(image).crop(box).resize((size, size), Image.BICUBIC)
+    msk = Image.fromarray(mask.astype(np.uint8) * 255).crop(box).resize((size, size), Image.NEAREST)
+    return np.asarray(img).copy(), np.asarray(msk) > 127, {"box": list(box), "margin": margin}
+
+
+def translate_shift(size: int, obj_shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """A whole-pixel off-centre shift (dx, dy) towards a random corner that keeps the object inside the image.
+
+    Whole pixels, so the translated mask is exactly the canonical mask moved by the recorded shift.
+    """
+    h, w = obj_shape
+    free_x, free_y = max(0.0, (size - w) / 2), max(0.0, (size - h) / 2)
+    sx, sy = rng.choice([-1, 1]), rng.choice([-1, 1])
+    fx, fy = rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)
+    return int(sx * math.floor(fx * free_x)), int(sy * math.floor(fy * free_y))
+
+
+# ----------------------------------------------------------------------------------------------- builder
+def item_rng(seed: int, *keys: Any) -> np.random.Generator:
+    """An RNG for one item, from the build seed and the item's identity (never from processing order)."""
+    digest = hashlib.sha256(json.dumps([seed, *keys]).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+@dataclass(frozen=True)
+class ItemJob:
+    obj: ObjectSource
+    instance: int
+    label: int
+    typical: tuple[BackgroundSource, ...]
+    others: tuple[BackgroundSource, ...]
+    out: Path
+    options: BuildOptions
+
+
+def _pick(rng: np.random.Generator, pool: Sequence[BackgroundSource]) -> BackgroundSource:
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _save(out: Path, rel: str, image: np.ndarray, mask: np.ndarray) -> tuple[str, str]:
+    mask_rel = rel[: -len(".png")] + ".mask.png"
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out / rel)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / mask_rel)
+    return rel, mask_rel
+
+
+def build_item(job: ItemJob) -> list[tuple[str, dict]]:
+    """All variants of one object instance: writes images + masks, returns (subset, metadata record) pairs."""
+    opts, obj = job.options, job.obj
+    rng = item_rng(opts.seed, obj.id, job.instance)
+    size, frac = opts.size, opts.object_frac
+    rgb, mask = load_view(obj.views[0])
+    bg_src = _pick(rng, job.typical)
+    bg, bg_params = fit_background(_open(bg_src.image), size, rng)
+    o_rgb, o_mask = fit_object(rgb, mask, round(frac * size))
+    centre = (size / 2, size / 2)
+    base = {"background": bg_src.id, **bg_params, "object_frac": frac, "center": list(centre)}
+    image, fg = composite(bg, o_rgb, o_mask, centre)
+    stem = f"{obj.id}-{job.instance}"
+    source_id = f"{obj.id}/{job.instance}"
+    rows: list[tuple[str, dict]] = []
+
+    def emit(subset: str, name: str, img: np.ndarray, msk: np.ndarray, variation: dict) -> None:
+        rel, mask_rel = _save(job.out, f"{subset}/{_slug(obj.label)}/{name}.png", img, msk)
+        rows.append((subset, {"file_name": rel, "label": job.label, "mask": mask_rel, "source_id": source_id,
+                              "variation": {"transform": subset, **variation}}))
+
+    emit("original", stem, image, fg, base)
+    alt_src = _pick(rng, [b for b in job.others if b.id != bg_src.id] or job.others)
+    alt, alt_params = fit_background(_open(alt_src.image), size, rng)
+    emit("bg_varied", stem, *composite(alt, o_rgb, o_mask, centre),
+         {**base, "background": alt_src.id, **alt_params, "original_background": bg_src.id})
+    for subset, fn in (("hflip", hflip), ("vflip", vflip)):
+        img, msk, params = fn(image, fg)
+        emit(subset, stem, img, msk, {**base, **params})
+    img, msk, params = rotate(image, fg, int(rng.choice(ROTATIONS)))
+    emit("rotation", stem, img, msk, {**base, **params})
+    dx, dy = translate_shift(size, o_mask.shape, rng)
+    t_centre = (centre[0] + dx, centre[1] + dy)
+    emit("translate", stem, *composite(bg, o_rgb, o_mask, t_centre),
+         {**base, "center": list(t_centre), "shift": [dx, dy]})
+    img, msk, params = crop_tight(image, fg)
+    emit("crop", stem, img, msk, {**base, **params})
+    for factor, tag in zip(SCALE_FACTORS, ("smaller", "larger")):
+        s_rgb, s_mask = fit_object(rgb, mask, round(frac * factor * size))
+        emit("scale", f"{stem}-{tag}", *composite(bg, s_rgb, s_mask, centre),
+             {**base, "scale": factor, "object_frac": frac * factor})
+    for v, view in enumerate(obj.views[1:], start=1):
+        v_rgb, v_mask = load_view(view)
+        vo_rgb, vo_mask = fit_object(v_rgb, v_mask, round(frac * size))
+        emit("viewpoint", f"{stem}-view{v}", *composite(bg, vo_rgb, vo_mask, centre), {**base, "view": v})
+    return rows
+
+
+def plan(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource], out: Path,
+         options: BuildOptions) -> tuple[list[str], list[ItemJob]]:
+    """Classes (sorted) and one job per object instance, each with its typical and its other backgrounds."""
+    if not objects:
+        raise BuildError("no objects given")
+    if not backgrounds:
+        raise BuildError("no backgrounds given")
+    if options.size < 16:
+        raise BuildError(f"--size must be >= 16, got {options.size}")
+    if options.per_object < 1:
+        raise BuildError(f"--per-object must be >= 1, got {options.per_object}")
+    if len(backgrounds) < 2:
+        raise BuildError("bg_varied needs at least two background images")
+    ids = [o.id for o in objects]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise BuildError(f"duplicate object id(s): {', '.join(dup[:5])}")
+    classes = sorted({o.label for o in objects})
+    jobs = []
+    for obj in objects:
+        typical = tuple(b for b in backgrounds if b.label == obj.label)
+        generic = tuple(b for b in backgrounds if b.label is None)
+        pool = typical or generic or tuple(backgrounds)
+        others = tuple(b for b in backgrounds if b.label != obj.label and b not in pool) or \
+            tuple(b for b in backgrounds if b.label != obj.label) or tuple(backgrounds)
+        for k in range(options.per_object):
+            jobs.append(ItemJob(obj, k, classes.index(obj.label), pool, others, out, options))
+    return classes, jobs
+
+
+def _run_jobs(jobs: list[ItemJob], workers: int, progress: Callable[[int], None] | None) -> list[list]:
+    """Run the jobs in a process pool (or inline for one worker); results come back in job order."""
+    results: list[list] = [[] for _ in jobs]
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            results[i] = build_item(job)
+            if progress:
+                progress(1)
+        return results
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(build_item, job): i for i, job in enumerate(jobs)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            if progress:
+                progress(1)
+    return results
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to mix with existing content unless ``overwrite``; then clear what a previous build wrote."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise BuildError(f"--out {out} is not empty; pass --overwrite to replace a previous build")
+        for name in (*SUBSETS, "classes.json", "build.json"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource], out: Path,
+          options: BuildOptions = BuildOptions(), *, overwrite: bool = False,
+          progress: Callable[[int], None] | None = None, on_plan: Callable[[int], None] | None = None) -> BuildReport:
+    """Build the COVAR layout in ``out``. ``progress(n)`` is called as items finish (for a progress bar)."""
+    out = Path(out)
+    classes, jobs = plan(objects, backgrounds, out, options)
+    prepare_out(out, overwrite)
+    if on_plan:
+        on_plan(len(jobs))
+    workers = options.workers or os.cpu_count() or 1
+    rows_by_subset: dict[str, list[dict]] = {}
+    for rows in _run_jobs(jobs, workers, progress):
+        for subset, record in rows:
+            rows_by_subset.setdefault(subset, []).append(record)
+    _write_atomic(out / "classes.json", json.dumps(classes, indent=1) + "\n")
+    for subset, records in rows_by_subset.items():
+        _write_atomic(out / subset / "metadata.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    counts = {s: len(rows_by_subset[s]) for s in SUBSETS if s in rows_by_subset}
+    info = {"build_version": BUILD_VERSION, "seed": options.seed, "size": options.size,
+            "per_object": options.per_object, "object_frac": options.object_frac, "n_objects": len(objects),
+            "n_backgrounds": len(backgrounds), "classes": classes, "subsets": counts}
+    _write_atomic(out / "build.json", json.dumps(info, indent=1) + "\n")
+    return BuildReport(out, classes, counts)
+
+
+def is_complete(out: Path) -> bool:
+    """True when a build finished: ``build.json`` is written last, after every subset's metadata."""
+    try:
+        info = json.loads((Path(out) / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all((Path(out) / s / "metadata.jsonl").is_file() for s in info.get("subsets", {}))
+
+
+def build_from_folders(objects_dir: Path, backgrounds_dir: Path, out: Path, options: BuildOptions, *,
+                       overwrite: bool = False, progress=None, on_plan=None) -> BuildReport:
+    objects = discover_objects(objects_dir)
+    backgrounds = discover_backgrounds(backgrounds_dir, sorted({o.label for o in objects}))
+    return build(objects, backgrounds, out, options, overwrite=overwrite, progress=progress, on_plan=on_plan)
+
+
+def iter_records(out: Path, subset: str) -> Iterable[dict]:
+    with open(Path(out) / subset / "metadata.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def cmd_build_covar(args) -> int:
+    """Handler of ``covar-harness build-covar``: discover inputs, build with a progress bar, print counts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if args.workers is not None and args.workers < 1:
+        raise BuildError(f"--workers must be >= 1, got {args.workers}")
+    options = BuildOptions(seed=args.seed, size=args.size, per_object=args.per_object, workers=args.workers)
+    err = Console(stderr=True, highlight=False)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("building COVAR variants", total=None)
+        report = build_from_folders(args.objects, args.backgrounds, args.out, options, overwrite=args.overwrite,
+                                    progress=lambda n: bar.advance(task, n),
+                                    on_plan=lambda total: bar.update(task, total=total))
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    Console(highlight=False).print(f"built {report.out}: {len(report.classes)} classes; {counts}")
+    return 0
