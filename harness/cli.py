@@ -44,8 +44,27 @@ def _add_run(sub) -> None:
     ex.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
-    at = p.add_argument_group("attribution")
-    at.add_argument("--attribution", default="none", help="attributor name (cci, ...) or none")
+    at = p.add_argument_group("attribution (CCI, DESIGN 7)")
+    at.add_argument("--attribution", default="auto",
+                    help="attributor name (cci, random, ...), none, or auto (default: cci on tasks with masks)")
+    at.add_argument("--cci-k", type=int, default=7, help="clusters per image (default: 7)")
+    at.add_argument("--cci-layer", type=int, default=-1, help="block whose patch tokens are clustered (default: -1, last)")
+    at.add_argument("--cci-target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
+    at.add_argument("--cci-seed", type=int, default=None, help="k-means / baseline seed (default: --seed)")
+    at.add_argument("--cci-n-init", type=int, default=3, help="k-means++ restarts per image (default: 3)")
+    at.add_argument("--cci-iters", type=int, default=100, help="k-means iterations at most (default: 100)")
+    at.add_argument("--attribute-on", default="all", choices=["all", "errors"],
+                    help="attribute every sample or only misclassified ones (default: all)")
+    at.add_argument("--save-maps", default=None, type=Path, metavar="DIR",
+                    help="write PNG overlays (image, importance map, mask outline) of attributed samples")
+    dg = p.add_argument_group("diagnosis (BG-Er / Fine-Er, DESIGN 8; runs whenever attribution does)")
+    dg.add_argument("--segmenter", default="auto",
+                    help="foreground masks: auto (dataset masks, else groundedsam), dataset, groundedsam, a plugin, "
+                         "or none (no diagnosis)")
+    dg.add_argument("--driver-rule", default="paper",
+                    help="comma-separated: paper, area, shapley, counterfactual; the first is the headline (default: paper)")
+    dg.add_argument("--fg-threshold", type=float, default=0.5,
+                    help="fg_fraction at or above which a decision is foreground-driven (default: 0.5)")
     p.set_defaults(handler="covar_harness.commands:cmd_run")
 
 
@@ -76,8 +95,42 @@ def _add_validate(sub) -> None:
     p.set_defaults(handler="covar_harness.commands:cmd_validate")
 
 
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="CCI for one image: cluster table and overlay PNG")
+    p.add_argument("--model", required=True, help="one model spec or registered name")
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--classes", required=True, help="comma-separated class names (zero-shot candidates)")
+    p.add_argument("--out", default=None, type=Path, help="overlay PNG (default: <image stem>.cci.png here)")
+    p.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
+    p.add_argument("--mask", default=None, type=Path, help="foreground mask PNG (white = object) to outline")
+    p.add_argument("--k", type=int, default=7, help="clusters (default: 7)")
+    p.add_argument("--layer", type=int, default=-1, help="block whose patch tokens are clustered (default: -1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--templates", default="simple", help="named template set or file (default: simple)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    p.set_defaults(handler="covar_harness.explain:cmd_explain")
+
+
+def _add_build_covar(sub) -> None:
+    p = sub.add_parser("build-covar", help="build COVAR-style controlled variations from cut-out objects")
+    p.add_argument("--objects", required=True, type=Path,
+                   help="RGBA cut-outs (or image + x.mask.png) in <class>/ folders, or a manifest.json with views")
+    p.add_argument("--backgrounds", required=True, type=Path,
+                   help="background images; <class>/ sub-folders hold a class's typical backgrounds")
+    p.add_argument("--out", required=True, type=Path, help="output root (COVAR layout, DESIGN section 5)")
+    p.add_argument("--seed", type=int, default=0, help="build seed (default: 0); same seed, same files")
+    p.add_argument("--size", type=int, default=224, help="output image side in pixels (default: 224)")
+    p.add_argument("--per-object", type=int, default=1, help="instances per object, each with its own background")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
+    p.set_defaults(handler="covar_harness.build_covar:cmd_build_covar")
+
+
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
-COMMANDS: list[Callable] = [_add_run, _add_ls, _add_plugins, _add_leaderboard, _add_validate]
+COMMANDS: list[Callable] = [_add_run, _add_ls, _add_plugins, _add_leaderboard, _add_validate, _add_explain,
+                             _add_build_covar]
 
 
 def build_parser() -> argparse.ArgumentParser:

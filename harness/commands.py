@@ -32,6 +32,7 @@ def cmd_run(args: Namespace) -> int:
         if cfg.dataset["format"] not in catalog.formats:
             catalog.formats.entry(cfg.dataset["format"])  # raises with close matches
     steps = _analysis_steps(args, catalog)
+    diagnosis = _diagnosis_settings(args)
     out = _console()
     if args.dry_run:
         return _print_plan(out, models, tasks, args)
@@ -39,6 +40,7 @@ def cmd_run(args: Namespace) -> int:
         output_dir=args.output_dir, data_dir=args.data_dir, batch_size=args.batch_size, workers=args.workers,
         device=args.device, precision=args.precision, limit=args.limit, seed=args.seed,
         log_samples=args.log_samples, overwrite=args.overwrite, cache_dir=args.cache_dir, steps=steps,
+        diagnosis=diagnosis, segmenter=args.segmenter,
     )
     outcomes = _run_with_progress(models, tasks, catalog, options)
     _print_summary(out, outcomes)
@@ -54,11 +56,50 @@ def cmd_run(args: Namespace) -> int:
 
 
 def _analysis_steps(args: Namespace, catalog) -> list:
-    """Attribution and diagnosis steps chosen on the command line (registered by plugins)."""
-    if args.attribution in (None, "none"):
+    """Attribution and diagnosis steps chosen on the command line (registered by plugins).
+
+    ``--attribution auto`` (the default) builds the ``cci`` step in a mode that switches itself off, per
+    task, when the task has no foreground masks (DESIGN: attribution is default-on for tasks with masks).
+    """
+    name = getattr(args, "attribution", None) or "none"
+    if name == "none":
+        if getattr(args, "save_maps", None):
+            raise UsageError("--save-maps needs attribution (--attribution cci, random or auto)")
         return []
-    entry = catalog.attributors.entry(args.attribution)
-    return [entry.item()]
+    auto = name == "auto"
+    entry = catalog.attributors.entry("cci" if auto else name)
+    seed = args.cci_seed if getattr(args, "cci_seed", None) is not None else getattr(args, "seed", 0)
+    settings = {"k": getattr(args, "cci_k", 7), "layer": getattr(args, "cci_layer", -1),
+                "target": getattr(args, "cci_target", "pred"), "seed": seed,
+                "attribute_on": getattr(args, "attribute_on", "all"), "kmeans_n_init": getattr(args, "cci_n_init", 3),
+                "kmeans_iters": getattr(args, "cci_iters", 100), "save_maps": getattr(args, "save_maps", None),
+                "only_with_masks": auto}
+    return [_call_with_accepted(entry.item, settings)]
+
+
+def _diagnosis_settings(args: Namespace):
+    from covar_harness.diagnosis import RULES, DiagnosisSettings
+
+    rules = tuple(r.strip() for r in args.driver_rule.split(",") if r.strip())
+    unknown = [r for r in rules if r not in RULES]
+    if not rules or unknown:
+        raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}; choose from {', '.join(RULES)}")
+    if not 0.0 <= args.fg_threshold <= 1.0:
+        raise UsageError("--fg-threshold must be in [0, 1]")
+    return DiagnosisSettings(rules=rules, threshold=args.fg_threshold, seed=args.seed)
+
+
+def _call_with_accepted(factory, settings: dict):
+    """Call an attributor factory with the settings it declares (third-party ones may take fewer)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return factory(**settings)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return factory(**settings)
+    return factory(**{k: v for k, v in settings.items() if k in params})
 
 
 def _run_with_progress(models, tasks, catalog, options):
@@ -114,7 +155,7 @@ def cmd_ls(args: Namespace) -> int:
         from covar_harness.models import resolve_models
 
         for col in ("name", "family", "source", "tags", "description"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col == "name")
         for entry in catalog.models:
             ref = resolve_models([entry.name], catalog)[0]
             t.add_row(entry.name, ref.family, ref.target if ref.target != entry.name else entry.plugin,

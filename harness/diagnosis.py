@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from covar_harness.metrics import bootstrap_interval
+from covar_harness.tasks.class_groups import share_group
 
 RULES = ("paper", "area", "shapley", "counterfactual")
 ERROR_TYPES = ("bg", "fine", "other")
@@ -93,14 +94,6 @@ SCORERS: dict[str, Callable[[dict, np.ndarray], float | None]] = {
 }
 
 
-def is_fine_grained(label: int, pred: int, groups: dict[int, Any] | None) -> bool:
-    """A fine-grained confusion: label and prediction share a group (DESIGN 8)."""
-    if groups is None or label == pred:
-        return False
-    g1, g2 = groups.get(label), groups.get(pred)
-    return g1 is not None and g1 == g2
-
-
 def error_type(correct: bool, driver: str | None, fine: bool) -> str | None:
     if correct:
         return None
@@ -138,7 +131,7 @@ def diagnose(
             fg = fg_grids.get(row["index"])
             score = None if fg is None else scorer(row, fg)
             driver = None if score is None else ("fg" if score >= threshold else "bg")
-            fine = is_fine_grained(row["label"], row["pred"], groups)
+            fine = share_group(groups, row["label"], row["pred"])
             etype = error_type(row["correct"], driver, fine) if fg is not None else None
             fields = {"fg_fraction": score, "driver": driver}
             if not row["correct"]:

@@ -43,7 +43,10 @@ class RunOptions:
     log_samples: bool = False
     overwrite: bool = False
     cache_dir: str | None = None
-    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution, diagnosis), see BatchStep
+    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution), see BatchStep
+    diagnosis: Any = None  # covar_harness.diagnosis.DiagnosisSettings; None: no fg/bg diagnosis
+    segmenter: str = "auto"  # where foreground masks come from: auto | dataset | groundedsam | plugin | none
+    segmenter_settings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Batch:
     logits: "torch.Tensor"  # (B, C)
     labels: "torch.Tensor"  # (B,)
     samples: SampleSet
+    fg: list | None = None  # per sample: (rows*cols,) foreground fraction per patch, or None (no mask)
 
 
 class BatchStep(Protocol):
@@ -227,6 +231,8 @@ def evaluate_task(
     W_dev = None
     for step in options.steps:
         step.start(adapter, cfg, samples)
+    masks = _patch_masks(adapter, cfg, samples, classnames, catalog, options)
+    fg_grids: dict[int, Any] = {}
 
     k = min(5, n_classes)
     rows, failures, step_records = [], [], {s.name: [] for s in options.steps}
@@ -244,7 +250,10 @@ def evaluate_task(
             for row, i in enumerate(indices):
                 rows.append((i, top[row]))
             if options.steps:
-                batch = Batch(indices, pixels, emb, W_dev, logits, labels, samples)
+                fg = masks.for_batch(indices) if masks is not None else None
+                if fg is not None:
+                    fg_grids.update((i, g) for i, g in zip(indices, fg) if g is not None)
+                batch = Batch(indices, pixels, emb, W_dev, logits, labels, samples, fg)
                 for step in options.steps:
                     step_records[step.name] += step.process(batch)
         reporter.advance(handle, len(indices) + len(failed))
@@ -282,6 +291,8 @@ def evaluate_task(
         for name, by_index in extras.items():
             row.update({k2: v for k2, v in by_index.get(int(i), {}).items() if k2 != "index"})
         per_sample.append(row)
+    if masks is not None:
+        _diagnose(record, per_sample, fg_grids, masks, cfg, classnames, options)
     record["task"] = {
         "name": cfg.task, "version": cfg.version, "n_samples": int(len(rows)), "n_failed": len(failures),
         "n_classes": n_classes, "data_fingerprint": samples.fingerprint(), "headline": cfg.headline,
@@ -291,6 +302,38 @@ def evaluate_task(
     record["samples"] = per_sample
     record["failed_files"] = [samples.samples[i].id for i, _ in failures]
     return record
+
+
+def _patch_masks(adapter, cfg, samples, classnames, catalog, options):
+    """Foreground masks on the patch grid, when diagnosis is on and an attribution step runs on this task."""
+    from covar_harness.adapter import attribution_support
+
+    active = [s for s in options.steps if getattr(s, "active", True)]
+    if options.diagnosis is None or options.segmenter == "none" or not active or not attribution_support(adapter)[0]:
+        return None
+    from covar_harness.segmentation import PatchMasks, choose_segmenter
+
+    segmenter = choose_segmenter(options.segmenter, samples, catalog, options.segmenter_settings)
+    return PatchMasks(segmenter, samples, classnames, adapter.preprocess, adapter.patch_grid)
+
+
+def _diagnose(record, per_sample, fg_grids, masks, cfg, classnames, options) -> None:
+    """Driver and error type per sample, BG-Er / Fine-Er into the metrics (DESIGN 8)."""
+    from covar_harness.diagnosis import diagnose
+
+    if masks.failed is not None:
+        record["notes"].append(f"diagnosis skipped: {masks.failed}")
+        record["config"]["diagnosis"] = {"status": "skipped", "reason": masks.failed}
+        return
+    from covar_harness.tasks.class_groups import class_groups, class_groups_rule
+
+    result = diagnose(per_sample, fg_grids, class_groups(cfg, classnames), options.diagnosis)
+    for row in per_sample:
+        row.update(result.per_sample.get(row["index"], {}))
+    record["metrics"].update(result.metrics)
+    record["intervals"].update({k: v for k, v in result.intervals.items()})
+    record["config"]["diagnosis"] = {**result.config, "fine_rule": class_groups_rule(cfg, classnames),
+                                     "segmenter": masks.describe(), "by_rule": result.by_rule}
 
 
 def _classnames_ref(cfg: "TaskConfig") -> Any:

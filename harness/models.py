@@ -111,7 +111,8 @@ def load_model(
             loader = catalog.schemes.get(scheme)
             adapter = loader(rest, device=device, precision=precision, cache_dir=cache_dir)
             break
-        produced = _call_factory(catalog.models.get(spec), device, precision)
+        item = catalog.models.get(spec)
+        produced = item if isinstance(item, str) else _call_factory(item, device, precision)
         if isinstance(produced, str):
             spec = produced
             continue

@@ -18,6 +18,7 @@ import copy
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import tempfile
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 AUTO = "auto"
 DEFAULT_MASK_CACHE = "~/.cache/covar-harness/masks"
 MASK_CACHE_ENV = "COVAR_HARNESS_MASK_CACHE"
+
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -279,3 +283,47 @@ class MaskCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# ---- per task: masks on the model's patch grid -------------------------------------------------------------
+class PatchMasks:
+    """Foreground fraction of every patch, per sample, in the model's input frame (what diagnosis reads).
+
+    Prompts are the samples' label class names (the task's own names, which may differ from the dataset's).
+    """
+
+    def __init__(self, segmenter: Segmenter, samples: "SampleSet", classnames: Sequence[str],
+                 preprocess: Callable, grid: tuple[int, int]):
+        self.segmenter, self.samples, self.classnames = segmenter, samples, list(classnames)
+        self.preprocess, self.grid = preprocess, tuple(grid)
+        self.n_missing = 0
+        self.failed: str | None = None  # why the segmenter stopped (e.g. its weights cannot be fetched offline)
+
+    def for_batch(self, indices: Sequence[int]) -> list[np.ndarray | None]:
+        """(rows*cols,) float32 per index, raster order; None where the segmenter found no object.
+
+        A segmenter that fails (e.g. GroundedSAM weights unreachable) is not allowed to sink the zero-shot
+        and attribution results: it is switched off, and the caller reports why instead of a diagnosis.
+        """
+        if self.failed is not None:
+            return [None] * len(indices)
+        prompts = [self.classnames[self.samples.samples[i].label] for i in indices]
+        try:
+            masks = self.segmenter.masks(self.samples, list(indices), prompts)
+        except Exception as exc:  # noqa: BLE001 - any failure of a mask provider means: no diagnosis
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.failed = f"segmenter {self.segmenter.name!r} failed: {type(exc).__name__}: {first}"
+            log.warning("%s; diagnosis skipped for this task", self.failed)
+            return [None] * len(indices)
+        out: list[np.ndarray | None] = []
+        for mask in masks:
+            if mask is None:
+                self.n_missing += 1
+                out.append(None)
+            else:
+                out.append(mask_patch_fractions(self.preprocess, mask, self.grid).reshape(-1))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        about = self.segmenter.describe() if hasattr(self.segmenter, "describe") else {"name": self.segmenter.name}
+        return {**about, "n_without_mask": self.n_missing}

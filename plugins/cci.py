@@ -1,1 +1,34 @@
-"""Built-in plugin (work in progress): cci."""
+"""Built-in plugin: the ``cci`` attributor (DESIGN 7) and its ``random`` baseline.
+
+Factories take the CCI settings as keyword arguments (``k``, ``layer``, ``target``, ``seed``,
+``attribute_on``, ``kmeans_iters``, ``kmeans_n_init``, ``save_maps``, ``only_with_masks``) and return a
+BatchStep. The step module (and torch) is imported only when a factory is called, so plugin discovery,
+``--help`` and ``ls`` stay torch-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from covar_harness.hookspecs import hookimpl
+
+
+def make_cci(**settings: Any):
+    """CCI: importance of each k-means cluster of patch tokens = relative drop of cos(image, text) on removal."""
+    from covar_harness.attribution import AttributionStep
+
+    return AttributionStep("cci", **settings)
+
+
+def make_random(**settings: Any):
+    """Same clusters as CCI, importances drawn uniformly in [0, 1) with the seed: the floor for comparisons."""
+    from covar_harness.attribution import AttributionStep
+
+    return AttributionStep("random", **settings)
+
+
+@hookimpl
+def register_attributors(register):
+    register("cci", make_cci, description="Cluster-based Concept Importance: k-means on patch tokens, "
+                                          "relative similarity drop when a cluster is removed (K+1 passes)")
+    register("random", make_random, description="baseline: CCI's clusters with random importances (seeded)")

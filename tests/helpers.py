@@ -67,3 +67,37 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: i
     full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
     return subprocess.run([sys.executable, "-m", "covar_harness.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+COVAR_CLASSES = ["cat", "dog", "fish"]
+COVAR_SUBSETS = ("original", "bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
+
+
+def _mask(path: Path) -> None:
+    from PIL import Image
+
+    arr = np.zeros((40, 40), np.uint8)
+    arr[10:30, 10:30] = 255
+    Image.fromarray(arr).save(path)
+
+
+def make_covar(root: Path, subsets=COVAR_SUBSETS, per_class: int = 2) -> Path:
+    """A tiny COVAR copy: labels as names and ints, masks in every other subset, both path conventions."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps(COVAR_CLASSES))
+    for si, subset in enumerate(subsets):
+        (root / subset / "img").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for ci, cls in enumerate(COVAR_CLASSES):
+            for j in range(per_class):
+                name = f"img/{cls}{j}.png"
+                make_image(COLOURS[cls], seed=si * 100 + ci * 10 + j).save(root / subset / name)
+                rec = {"file_name": name if j == 0 else f"{subset}/{name}",  # subset- and root-relative
+                       "label": cls if j == 0 else ci, "source_id": f"{cls}-{j}",
+                       "variation": {"transform": subset, "k": j}}
+                if si % 2 == 0:
+                    _mask(root / subset / f"img/{cls}{j}.mask.png")
+                    rec["mask"] = f"img/{cls}{j}.mask.png"
+                lines.append(json.dumps(rec))
+        (root / subset / "metadata.jsonl").write_text("\n".join(lines) + "\n\n")
+    return root

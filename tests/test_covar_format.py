@@ -7,46 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, make_image
+from helpers import COVAR_CLASSES as CLASSES
+from helpers import COVAR_SUBSETS as SUBSETS
+from helpers import cli, make_covar
 
 from covar_harness import results
 from covar_harness.data import DatasetNotFound
 from covar_harness.tasks.covar import CovarFormatError, load_covar
-
-CLASSES = ["cat", "dog", "fish"]
-SUBSETS = ("original", "bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
-COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 220)}
-
-
-def _mask(path: Path) -> None:
-    from PIL import Image
-
-    arr = np.zeros((40, 40), np.uint8)
-    arr[10:30, 10:30] = 255
-    Image.fromarray(arr).save(path)
-
-
-def make_covar(root: Path, subsets=SUBSETS, per_class: int = 2) -> Path:
-    """A tiny COVAR copy: labels as names and ints, masks in every other subset, both path conventions."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.json").write_text(json.dumps(CLASSES))
-    for si, subset in enumerate(subsets):
-        (root / subset / "img").mkdir(parents=True, exist_ok=True)
-        lines = []
-        for ci, cls in enumerate(CLASSES):
-            for j in range(per_class):
-                name = f"img/{cls}{j}.png"
-                make_image(COLOURS[cls], seed=si * 100 + ci * 10 + j).save(root / subset / name)
-                rec = {"file_name": name if j == 0 else f"{subset}/{name}",  # subset- and root-relative
-                       "label": cls if j == 0 else ci, "source_id": f"{cls}-{j}",
-                       "variation": {"transform": subset, "k": j}}
-                if si % 2 == 0:
-                    _mask(root / subset / f"img/{cls}{j}.mask.png")
-                    rec["mask"] = f"img/{cls}{j}.mask.png"
-                lines.append(json.dumps(rec))
-        (root / subset / "metadata.jsonl").write_text("\n".join(lines) + "\n\n")
-    return root
-
 
 def _write_meta(root: Path, subset: str, lines: list[str]) -> Path:
     path = root / subset / "metadata.jsonl"

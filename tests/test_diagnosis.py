@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from covar_harness.diagnosis import DiagnosisSettings, density_ratio, diagnose, fg_fraction, is_fine_grained
+from covar_harness.diagnosis import DiagnosisSettings, density_ratio, diagnose, fg_fraction
+from covar_harness.tasks.class_groups import share_group
 
 # a 2x2 patch grid: patch 0 is the object, patches 1-3 background
 FG = np.array([1.0, 0.0, 0.0, 0.0])
@@ -24,8 +25,8 @@ def test_fg_fraction_uses_positive_mass_only():
 
 def test_fine_grained_needs_a_shared_group():
     groups = {0: "cat", 1: "cat", 2: "dog"}
-    assert is_fine_grained(0, 1, groups) and not is_fine_grained(0, 2, groups)
-    assert not is_fine_grained(0, 1, None) and not is_fine_grained(3, 4, groups)
+    assert share_group(groups, 0, 1) and not share_group(groups, 0, 2)
+    assert not share_group(None, 0, 1) and not share_group(groups, 3, 4) and not share_group(groups, 0, 0)
 
 
 def test_bg_er_and_fine_er_are_shares_of_misclassified():

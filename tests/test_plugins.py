@@ -125,3 +125,21 @@ def test_in_process_plugins_register_without_touching_globals(image_folder):
     cat = load_catalog(extra_plugins=[Plug()])
     assert "inproc/model" in cat.models
     assert "inproc/model" not in load_catalog().models  # nothing leaked into the next catalog
+
+
+def test_a_name_registered_as_a_spec_string_loads_that_spec(openclip_dir):
+    from covar_harness import hookimpl
+    from covar_harness.models import load_model, resolve_models
+    from covar_harness.plugin_manager import load_catalog
+
+    class Plug:
+        @hookimpl
+        def register_models(self, register):
+            register("alias/tiny", f"openclip:local-dir:{openclip_dir}", tags=("aliases",))
+            register("alias/of-alias", "alias/tiny")
+
+    cat = load_catalog(extra_plugins=[Plug()])
+    (ref,) = resolve_models("aliases", cat)
+    assert (ref.target, ref.family) == (f"openclip:local-dir:{openclip_dir}", "openclip")
+    adapter = load_model("alias/of-alias", catalog=cat)
+    assert adapter.family == "openclip" and adapter.name == f"openclip:local-dir:{openclip_dir}"

@@ -1,0 +1,413 @@
+"""CCI (Cluster-based Concept Importance, DESIGN section 7) as an analysis step of the shared evaluator.
+
+Per batch of images: patch tokens -> per-image k-means (batched, in torch, on the model's device) -> ONE
+call of ``encode_images_without`` with one drop pattern per cluster, (B, K, N) -> s_k, the similarity to the
+target class text with cluster k removed -> I_k = (s - s_k) / |s|. Every patch gets its cluster's importance.
+
+What the paper leaves open (paper-notes section 1) is a documented setting here, recorded in the result's
+``config.attribution``: K (7), the token layer (-1, the last block), the target (predicted class), the seed,
+which samples are attributed, and the k-means restarts / iterations.
+
+A ``random`` baseline shares everything up to the clusters and then draws importances at random: the floor
+that any later comparison (faithfulness, fg/bg diagnosis) has to beat.
+
+torch is imported inside functions so that building a step (``--dry-run``, plugin discovery) stays light.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from covar_harness.adapter import attribution_support
+from covar_harness.registry import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from covar_harness.adapter import ModelAdapter
+    from covar_harness.data import SampleSet
+    from covar_harness.evaluator import Batch
+    from covar_harness.taskconfig import TaskConfig
+
+METHODS = ("cci", "random")
+TARGETS = ("pred", "label")
+ATTRIBUTE_ON = ("all", "errors")
+EPS = 1e-8  # |s| floor: a similarity of exactly 0 would make the relative change undefined
+
+
+@dataclass(frozen=True)
+class CCISettings:
+    """Every knob of CCI; all of them end up in the result's ``config.attribution``."""
+
+    k: int = 7  # clusters per image (S7 code and the paper's likely value; S8 suggests 8 is also used)
+    layer: int = -1  # which block's patch tokens are clustered; -1 = last block
+    target: str = "pred"  # class whose text is explained: predicted class or ground-truth label
+    seed: int = 0  # k-means (and random-baseline) seed; mixed with each sample's id
+    attribute_on: str = "all"  # all | errors (misclassified samples only)
+    kmeans_iters: int = 100  # Lloyd iterations at most (stops earlier when assignments are stable)
+    kmeans_n_init: int = 3  # k-means++ restarts per image; the lowest-inertia one is kept
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise UsageError(f"--cci-k must be >= 2 (one cluster would remove every patch), got {self.k}")
+        if self.target not in TARGETS:
+            raise UsageError(f"--cci-target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.attribute_on not in ATTRIBUTE_ON:
+            raise UsageError(f"--attribute-on must be one of {', '.join(ATTRIBUTE_ON)}, got {self.attribute_on!r}")
+        if self.kmeans_iters < 1 or self.kmeans_n_init < 1:
+            raise UsageError("k-means iterations and restarts must be >= 1")
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-image seed from the run seed and the sample's id: the same image gets the same clusters
+    whatever the batch size, ``--limit`` subset or ``--attribute-on`` filter."""
+    return (seed * 0x9E3779B1 + zlib.crc32(sample_id.encode("utf-8"))) % (2**63 - 1)
+
+
+# ---- batched k-means --------------------------------------------------------------------------------------
+@dataclass
+class KMeansResult:
+    labels: "torch.Tensor"  # (B, N) long, cluster id per point
+    centres: "torch.Tensor"  # (B, K, C)
+    inertia: "torch.Tensor"  # (B,) sum of squared distances to the assigned centre
+    n_iter: int  # Lloyd iterations run (the batch's slowest row)
+
+
+def _sq_distances(x: "torch.Tensor", centres: "torch.Tensor") -> "torch.Tensor":
+    """(R, N, C), (R, K, C) -> (R, N, K) squared Euclidean distances, via the Gram expansion (no R*N*K*C buffer)."""
+    d = (x * x).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + (centres * centres).sum(-1)[:, None, :]
+    return d.clamp_min_(0)
+
+
+def kmeans_plusplus(x: "torch.Tensor", k: int, uniforms: "torch.Tensor") -> "torch.Tensor":
+    """k-means++ seeding for every row at once. ``uniforms`` (R, k) in [0, 1) make it deterministic and
+    device-independent: centre j is drawn by inverse CDF over the current squared distances. When every
+    distance is 0 (fewer distinct points than k) the draw is uniform; duplicates then give empty clusters."""
+    import torch
+
+    R, N, _ = x.shape
+    rows = torch.arange(R, device=x.device)
+    u = uniforms.to(x.device, x.dtype)
+    x2 = (x * x).sum(-1)
+
+    def sq_dist_to(centre: "torch.Tensor") -> "torch.Tensor":  # (R, C) -> (R, N), no (R, N, C) buffer
+        return (x2 - 2 * (x @ centre[:, :, None]).squeeze(-1) + (centre * centre).sum(-1, keepdim=True)).clamp_(min=0)
+
+    first = (u[:, 0] * N).long().clamp_(max=N - 1)
+    centres = [x[rows, first]]
+    closest = sq_dist_to(centres[0])  # (R, N)
+    for j in range(1, k):
+        total = closest.sum(-1, keepdim=True)
+        weights = torch.where(total > 0, closest, torch.ones_like(closest))
+        cdf = weights.cumsum(-1)
+        idx = torch.searchsorted(cdf, (u[:, j : j + 1] * cdf[:, -1:]).contiguous(), right=True).squeeze(-1)
+        centre = x[rows, idx.clamp_(max=N - 1)]
+        centres.append(centre)
+        closest = torch.minimum(closest, sq_dist_to(centre))
+    return torch.stack(centres, dim=1)
+
+
+def _reseed_empty(
+    x: "torch.Tensor", dist: "torch.Tensor", empty: "torch.Tensor", centres: "torch.Tensor"
+) -> "torch.Tensor":
+    """Move each empty cluster's centre onto a point far from its own centre (the j-th empty cluster of a row
+    gets the j-th farthest point; sklearn's rule). A cluster whose candidate is at distance 0 stays empty:
+    there is nothing left to split. Edits ``centres`` in place; returns (R,) whether a row was reseeded."""
+    import torch
+
+    R, N, _ = x.shape
+    top = min(centres.shape[1], N)
+    far_d, far_i = dist.topk(top, dim=1)
+    rank = (empty.long().cumsum(dim=1) - 1).clamp_(0, top - 1)
+    cand_i, cand_d = far_i.gather(1, rank), far_d.gather(1, rank)
+    reseed = empty & (cand_d > 0) & (empty.long().cumsum(dim=1) <= top)
+    if bool(reseed.any()):
+        r, kk = torch.nonzero(reseed, as_tuple=True)
+        centres[r, kk] = x[r, cand_i[r, kk]]
+    return reseed.any(dim=1)
+
+
+def lloyd(x: "torch.Tensor", centres: "torch.Tensor", max_iter: int) -> KMeansResult:
+    """Lloyd iterations on every row until no row's assignment changes (sklearn's strict convergence,
+    i.e. ``tol=0``). Converged rows sit at a fixed point, so iterating them along with the others is harmless."""
+    import torch.nn.functional as F
+
+    centres = centres.clone()
+    k = centres.shape[1]
+    prev = None
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        dist, labels = _sq_distances(x, centres).min(dim=-1)
+        onehot = F.one_hot(labels, k).to(x.dtype)  # (R, N, K)
+        counts = onehot.sum(dim=1)  # (R, K)
+        new = (onehot.transpose(1, 2) @ x) / counts.clamp_min(1)[..., None]
+        empty = counts == 0
+        new[empty] = centres[empty]
+        reseeded = _reseed_empty(x, dist, empty, new)
+        settled = ~reseeded if prev is None else (labels == prev).all(dim=1) & ~reseeded
+        centres = new
+        if prev is not None and bool(settled.all()):
+            break
+        prev = labels
+    dist, labels = _sq_distances(x, centres).min(dim=-1)
+    return KMeansResult(labels, centres, dist.sum(dim=-1), n_iter)
+
+
+def batched_kmeans(
+    x: "torch.Tensor", k: int, seeds: Sequence[int], n_init: int = 3, max_iter: int = 100,
+    init: "torch.Tensor | None" = None,
+) -> KMeansResult:
+    """k-means of each row of ``x`` (B, N, C) into ``k`` clusters, all rows at once on ``x``'s device.
+
+    ``seeds`` (one per row) drive k-means++ seeding, ``n_init`` restarts per row, lowest inertia kept.
+    ``init`` (B, K, C) gives the initial centres instead (one run; used to compare with scikit-learn).
+    Points are centred per row first (as scikit-learn does) so the Gram-expansion distances keep precision.
+    """
+    import torch
+
+    B, N, C = x.shape
+    if len(seeds) != B and init is None:
+        raise ValueError(f"need one seed per row: {len(seeds)} seeds for {B} rows")
+    offset = x.mean(dim=1, keepdim=True)
+    xc = x - offset
+    if init is not None:
+        res = lloyd(xc, init.to(x.device, x.dtype) - offset, max_iter)
+        res.centres = res.centres + offset
+        return res
+    uniforms = torch.stack([torch.rand(n_init, k, generator=torch.Generator().manual_seed(int(s)),
+                                       dtype=torch.float64) for s in seeds])  # (B, n_init, k), on CPU
+    xr = xc.repeat_interleave(n_init, dim=0)
+    res = lloyd(xr, kmeans_plusplus(xr, k, uniforms.view(B * n_init, k)), max_iter)
+    best = res.inertia.view(B, n_init).argmin(dim=1) + torch.arange(B, device=x.device) * n_init
+    return KMeansResult(res.labels[best], res.centres[best] + offset, res.inertia[best], res.n_iter)
+
+
+# ---- CCI proper ---------------------------------------------------------------------------------------------
+@dataclass
+class Attribution:
+    """CCI output for a batch, on CPU. Importance of an empty cluster (or of one holding every patch, whose
+    removal is undefined) is exactly 0; ``valid`` says which clusters were really removed."""
+
+    method: str
+    k: int
+    target: "torch.Tensor"  # (B,) class index explained
+    assignments: "torch.Tensor"  # (B, N) cluster id per patch, raster order
+    importance: "torch.Tensor"  # (B, K) I_k = (s - s_k) / |s|
+    drop: "torch.Tensor | None"  # (B, K) s - s_k (None for the random baseline)
+    s: "torch.Tensor"  # (B,) cos(image, text(target))
+    valid: "torch.Tensor"  # (B, K) bool
+
+    def patch_importance(self) -> "torch.Tensor":
+        """(B, N): each patch's cluster importance (DESIGN 7.4)."""
+        return self.importance.gather(1, self.assignments)
+
+    def record(self, b: int) -> dict[str, Any]:
+        """The ``cci`` entry of one sample's log line (DESIGN 6)."""
+        out = {"method": self.method, "target": int(self.target[b]), "k": self.k,
+               "assignments": [int(v) for v in self.assignments[b].tolist()],
+               "importance": [_short(v) for v in self.importance[b].tolist()],
+               "s": _short(float(self.s[b]))}
+        if self.drop is not None:
+            out["drop"] = [_short(v) for v in self.drop[b].tolist()]
+        return out
+
+
+def _short(value: float) -> float:
+    """Seven significant digits: enough for analysis, keeps sample logs small."""
+    return float(f"{value:.7g}")
+
+
+def patch_tokens(adapter: Any, pixels: "torch.Tensor", layer: int) -> "torch.Tensor":
+    """The adapter's patch tokens at ``layer`` (float32). Older adapters without a ``layer`` argument give the
+    last block only; asking them for another layer is an error that ``layer_supported`` catches up front."""
+    if layer == -1 and not layer_supported(adapter):
+        return adapter.patch_tokens(pixels).float()
+    return adapter.patch_tokens(pixels, layer=layer).float()
+
+
+def layer_supported(adapter: Any) -> bool:
+    try:
+        params = inspect.signature(adapter.patch_tokens).parameters
+    except (TypeError, ValueError):
+        return False
+    return "layer" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def cluster_patterns(assignments: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(B, N) ids -> drop patterns (B, K, N) and ``valid`` (B, K). An empty cluster, or one that holds every
+    patch, gets an all-False pattern (nothing removed) and is marked invalid."""
+    import torch
+
+    patterns = assignments[:, None, :] == torch.arange(k, device=assignments.device)[None, :, None]
+    counts = patterns.sum(dim=-1)
+    valid = (counts > 0) & (counts < assignments.shape[1])
+    return patterns & valid[..., None], valid
+
+
+def similarity_drops(
+    adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", patterns: "torch.Tensor",
+    valid: "torch.Tensor",
+) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """(s, drop, importance) from one batched ``encode_images_without`` call with (B, K, N) patterns.
+
+    ``emb`` (B, D) and ``text`` (B, D) are L2-normalised, so s is a dot product. The embedding without
+    cluster k is normalised the same way the harness normalises ``encode_images``.
+    """
+    import torch.nn.functional as F
+
+    without = F.normalize(adapter.encode_images_without(pixels, patterns).float(), dim=-1).to(emb.device)
+    s = (emb * text).sum(dim=-1)
+    s_k = (without * text[:, None, :]).sum(dim=-1)
+    drop = (s[:, None] - s_k) * valid.to(emb.device)
+    return s, drop, drop / s.abs().clamp_min(EPS)[:, None]
+
+
+def attribute(
+    adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", target: "torch.Tensor",
+    seeds: Sequence[int], settings: CCISettings, method: str = "cci",
+) -> Attribution:
+    """CCI (or the random baseline) for a batch. ``emb`` (B, D) normalised image embeddings, ``text`` (B, D)
+    normalised class embeddings of ``target``; ``seeds`` one per image (see ``sample_seed``)."""
+    import torch
+
+    tokens = patch_tokens(adapter, pixels, settings.layer)
+    km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
+    patterns, valid = cluster_patterns(km.labels, settings.k)
+    emb, text = emb.float(), text.float().to(emb.device)
+    if method == "cci":
+        s, drop, importance = similarity_drops(adapter, pixels, emb, text, patterns, valid)
+    elif method == "random":
+        s, drop = (emb * text).sum(dim=-1), None
+        draws = torch.stack([torch.rand(settings.k, generator=torch.Generator().manual_seed(int(sd) + 1))
+                             for sd in seeds])
+        importance = draws * valid.cpu()
+    else:
+        raise ValueError(f"unknown attribution method {method!r}")
+    return Attribution(method, settings.k, target.cpu(), km.labels.cpu(), importance.cpu(),
+                       None if drop is None else drop.cpu(), s.cpu(), valid.cpu())
+
+
+# ---- the evaluator step ---------------------------------------------------------------------------------------
+class AttributionStep:
+    """BatchStep running CCI (or the random baseline) on every batch of the zero-shot pass.
+
+    ``only_with_masks`` implements ``--attribution auto``: attribution runs on tasks whose samples have
+    foreground masks and is switched off (and says so in the config) on the others.
+    """
+
+    name = "attribution"
+
+    def __init__(
+        self, method: str = "cci", *, k: int = 7, layer: int = -1, target: str = "pred", seed: int = 0,
+        attribute_on: str = "all", kmeans_iters: int = 100, kmeans_n_init: int = 3,
+        save_maps: str | Path | None = None, only_with_masks: bool = False,
+    ):
+        if method not in METHODS:
+            raise UsageError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+        self.method = method
+        self.settings = CCISettings(k, layer, target, seed, attribute_on, kmeans_iters, kmeans_n_init)
+        self.save_maps = Path(save_maps) if save_maps else None
+        self.only_with_masks = only_with_masks
+        self._reset()
+
+    def _reset(self) -> None:
+        self.active, self.status, self.reason = True, "ran", ""
+        self.adapter = self.task = self.samples = None
+        self.n_seen = self.n_maps = 0
+        # the latest batch's (batch rows attributed, Attribution): a later step in the same batch loop (the
+        # fg/bg diagnosis) reads the maps here instead of recomputing them
+        self.last: tuple[list[int], Attribution] | None = None
+
+    def start(self, adapter: "ModelAdapter", task: "TaskConfig", samples: "SampleSet") -> None:
+        """Decide, per model x task, whether attribution runs: auto mode needs masks, CCI needs the capability."""
+        self._reset()
+        self.adapter, self.task, self.samples = adapter, task, samples
+        supported, why = attribution_support(adapter)
+        if self.only_with_masks and not samples.has_masks:
+            self.active, self.status, self.reason = False, "off", "auto: the task has no foreground masks"
+        elif not supported:
+            self.active, self.status, self.reason = False, "skipped", why
+        elif self.settings.layer != -1 and not layer_supported(adapter):
+            self.active, self.status = False, "skipped"
+            self.reason = f"patch_tokens of this adapter takes no layer argument (--cci-layer {self.settings.layer})"
+
+    def process(self, batch: "Batch") -> list[dict]:
+        """One record per attributed sample: {"index", "cci"}; nothing when inactive."""
+        self.last = None
+        if not self.active:
+            return []
+        self.n_seen += len(batch.indices)
+        pred = batch.logits.argmax(dim=-1).cpu()
+        target = pred if self.settings.target == "pred" else batch.labels.cpu()
+        rows = list(range(len(batch.indices)))
+        if self.settings.attribute_on == "errors":
+            rows = [r for r in rows if int(pred[r]) != int(batch.labels[r])]
+        if not rows:
+            return []
+        sel = rows if len(rows) < len(batch.indices) else slice(None)
+        tgt = target[sel]
+        text = batch.classifier[:, tgt.to(batch.classifier.device)].T
+        seeds = [sample_seed(self.settings.seed, batch.samples.samples[batch.indices[r]].id) for r in rows]
+        result = attribute(self.adapter, batch.pixels[sel], batch.image_emb[sel], text, tgt, seeds,
+                           self.settings, self.method)
+        self.last = (rows, result)
+        records = [{"index": batch.indices[r], "cci": result.record(j)} for j, r in enumerate(rows)]
+        if self.save_maps is not None:
+            self._write_maps(batch, rows, result)
+        return records
+
+    def _write_maps(self, batch: "Batch", rows: list[int], result: Attribution) -> None:
+        from covar_harness import overlays, results
+
+        folder = self.save_maps / results.slug(getattr(self.adapter, "name", "model")) / results.slug(self.task.task)
+        grid = tuple(self.adapter.patch_grid)
+        imp = result.patch_importance()
+        for j, r in enumerate(rows):
+            index = batch.indices[r]
+            mask = overlays.mask_in_input_frame(batch.samples, index, self.adapter.preprocess)
+            stem = results.slug(Path(batch.samples.samples[index].id).stem)
+            overlays.save_overlay(folder / f"{index:06d}_{stem}.png", batch.pixels[r], imp[j].view(grid),
+                                  result.assignments[j].view(grid), mask, self.adapter.preprocess)
+            self.n_maps += 1
+
+    def finish(self, records: list[dict]) -> dict:
+        """Settings, status and a numeric summary under ``config``; notes say when attribution did not run."""
+        config: dict[str, Any] = {"method": self.method if self.active else "none", "status": self.status,
+                                  "requested": "auto" if self.only_with_masks else self.method}
+        if self.status != "off":  # settings matter (ran, or would have run on a capable model)
+            config.update(asdict(self.settings))
+        notes = []
+        if not self.active:
+            config["reason"] = self.reason
+            if self.status == "skipped":
+                name = getattr(self.adapter, "name", "model")
+                notes.append(f"attribution ({self.method}) skipped for {name}: {self.reason}")
+        else:
+            config["summary"] = summarise(records, self.n_seen)
+            if self.save_maps is not None:
+                config["maps_dir"] = str(self.save_maps)
+                config["summary"]["n_maps"] = self.n_maps
+        return {"metrics": {}, "config": config, "notes": notes}
+
+
+def summarise(records: list[dict], n_seen: int) -> dict[str, Any]:
+    """Numbers that are not fractions of the task (so they stay out of ``metrics``): how many samples were
+    attributed, the median/mean largest cluster importance (small = no single region matters, e.g. a
+    background cue spread over many clusters), the median s, and how often the top cluster raises s."""
+    maxima = [max(r["cci"]["importance"]) for r in records]
+    out: dict[str, Any] = {"n_attributed": len(records), "n_evaluated": n_seen}
+    if maxima:
+        out.update({
+            "median_max_importance": _short(statistics.median(maxima)),
+            "mean_max_importance": _short(statistics.fmean(maxima)),
+            "median_s": _short(statistics.median(r["cci"]["s"] for r in records)),
+            "share_top_cluster_positive": _short(sum(m > 0 for m in maxima) / len(maxima)),
+            "mean_empty_clusters": _short(statistics.fmean(
+                r["cci"]["k"] - len(set(r["cci"]["assignments"])) for r in records)),
+        })
+    return out

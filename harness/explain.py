@@ -1,0 +1,114 @@
+"""``covar-harness explain``: CCI for one image, as a table of clusters and an overlay PNG.
+
+The same code path as ``run --attribution cci`` (``covar_harness.attribution.attribute``) on a batch of one,
+so what you see here is what the sample logs of a run contain for that image.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from covar_harness.registry import UsageError
+
+
+def parse_classes(text: str) -> list[str]:
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    if not classes:
+        raise UsageError("--classes needs at least one class name")
+    if len(set(classes)) != len(classes):
+        raise UsageError("--classes has duplicates")
+    return classes
+
+
+def _load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise UsageError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"cannot read image {str(path)!r}: {exc}") from exc
+
+
+def _load_adapter(args: Namespace):
+    from covar_harness.adapter import attribution_support
+    from covar_harness.models import load_model
+    from covar_harness.plugin_manager import load_catalog
+
+    catalog = load_catalog(args.include_path)
+    adapter = load_model(args.model, args.device, args.precision, None, catalog)
+    supported, why = attribution_support(adapter)
+    if not supported:
+        raise UsageError(f"model {args.model!r} cannot be attributed: {why}")
+    return adapter
+
+
+def explain_image(adapter: Any, image, classes: list[str], *, templates: list[str], target: str | None = None,
+                  k: int = 7, layer: int = -1, seed: int = 0, sample_id: str = "image") -> dict[str, Any]:
+    """Zero-shot scores and CCI of one PIL image; returns what the table and the overlay need."""
+    import torch
+    import torch.nn.functional as F
+
+    from covar_harness.attribution import CCISettings, attribute, sample_seed
+    from covar_harness.evaluator import build_classifier
+
+    if target is not None and target not in classes:
+        raise UsageError(f"--target {target!r} is not one of --classes")
+    W = build_classifier(adapter, classes, templates)  # (D, C)
+    pixels = adapter.preprocess(image)[None]
+    emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
+    scores = (emb @ W.to(emb.device))[0].cpu()
+    t = int(scores.argmax()) if target is None else classes.index(target)
+    settings = CCISettings(k=k, layer=layer, target="pred" if target is None else "label", seed=seed)
+    tgt = torch.tensor([t])
+    result = attribute(adapter, pixels, emb, W[:, tgt].T, tgt, [sample_seed(seed, sample_id)], settings)
+    return {"pixels": pixels[0], "scores": scores, "target": t, "pred": int(scores.argmax()), "result": result}
+
+
+def cluster_rows(result) -> list[tuple[int, int, float, float]]:
+    """(cluster, #patches, importance, drop), most important first; empty clusters are left out."""
+    assignments = result.assignments[0].tolist()
+    rows = [(c, assignments.count(c), float(result.importance[0, c]), float(result.drop[0, c]))
+            for c in range(result.k) if assignments.count(c)]
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def cmd_explain(args: Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from covar_harness import overlays
+    from covar_harness.resources import load_list
+
+    classes = parse_classes(args.classes)
+    image = _load_image(args.image)
+    templates = list(load_list("templates", args.templates, Path.cwd()))
+    adapter = _load_adapter(args)
+    out = explain_image(adapter, image, classes, templates=templates, target=args.target, k=args.k,
+                        layer=args.layer, seed=args.seed, sample_id=args.image.name)
+    result, grid = out["result"], tuple(adapter.patch_grid)
+    console = Console(highlight=False)
+    console.print(f"model: {adapter.name}   image: {args.image}   predicted: [bold]{classes[out['pred']]}[/bold]   "
+                  f"explained: [bold]{classes[out['target']]}[/bold]   s = {float(result.s[0]):.4f}")
+    table = Table(title=f"CCI clusters (K={args.k}, layer {args.layer}, {grid[0]}x{grid[1]} patches)",
+                  title_justify="left")
+    for col in ("cluster", "#patches", "importance", "drop"):
+        table.add_column(col, justify="right")
+    for c, n, imp, drop in cluster_rows(result):
+        table.add_row(str(c), str(n), f"{imp:+.4f}", f"{drop:+.5f}")
+    console.print(table)
+    mask = None
+    if args.mask is not None:
+        from PIL import Image
+
+        with Image.open(args.mask) as m:
+            mask = overlays.mask_to_input_frame(m.convert("L"), adapter.preprocess)
+    path = args.out or Path(f"{args.image.stem}.cci.png")
+    overlays.save_overlay(path, out["pixels"], result.patch_importance()[0].view(grid),
+                          result.assignments[0].view(grid), mask, adapter.preprocess)
+    console.print(f"overlay written to {path}")
+    return 0
