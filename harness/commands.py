@@ -135,7 +135,7 @@ def _print_summary(out, outcomes) -> None:
 
     t = Table(title="run summary", title_justify="left")
     for col in ("model", "task", "status", "acc1", "n_failed", "result"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     colours = {"done": "green", "skipped": "dim", "failed": "red"}
     for o in outcomes:
         acc = o.metrics.get("acc1")
