@@ -129,3 +129,20 @@ def as_hub_cache(folder: Path, cache: Path, repo_id: str) -> Path:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text("0" * 40)
     return cache
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {f: save_tiny(f, root / f, seed=i) for i, f in enumerate(FAMILIES)}
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny):
+    return {f: _load(f"hf:{path}") for f, path in tiny.items()}
+
+
+def _load(spec: str):
+    from covar_harness.models import load_model
+
+    return load_model(spec)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_helpers import FAMILIES, as_hub_cache, one_thread, save_tiny  # noqa: F401 (fixture)
+from hf_helpers import FAMILIES, adapters, as_hub_cache, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)
 from helpers import COLOURS, cli, make_image, write_task_yaml
 
 from covar_harness import results
@@ -22,17 +22,6 @@ from covar_harness.plugins.transformers import features
 
 CLASSES = ["cat", "dog", "fish", "bird", "red thing", "green thing", "blue thing"]
 TEMPLATE = "a photo of a {}."
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    return {f: save_tiny(f, root / f, seed=i) for i, f in enumerate(FAMILIES)}
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny):
-    return {f: load_model(f"hf:{path}") for f, path in tiny.items()}
 
 
 @pytest.fixture(scope="module")

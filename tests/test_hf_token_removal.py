@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_helpers import FAMILIES, GRID, one_thread, save_tiny  # noqa: F401 (fixture)
+from hf_helpers import FAMILIES, GRID, adapters, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)
 from helpers import COLOURS, make_image
 
 from covar_harness.models import load_model
 
 N = GRID * GRID
 STRATEGIES = ("auto", "mask", "shorten")  # the driver's chunk plans: each must give the same embeddings
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    return {f: save_tiny(f, root / f, seed=i) for i, f in enumerate(FAMILIES)}
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny):
-    return {f: load_model(f"hf:{path}") for f, path in tiny.items()}
 
 
 def pixels_for(adapter, n: int = 3):
