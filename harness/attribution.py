@@ -11,12 +11,27 @@ which samples are attributed, and the k-means restarts / iterations.
 A ``random`` baseline shares everything up to the clusters and then draws importances at random: the floor
 that any later comparison (faithfulness, fg/bg diagnosis) has to beat.
 
+Beyond the paper (issue 9), both riding on the SAME ``encode_images_without`` call as the clusters:
+
+- ``cci-shapley``: exact Shapley values of the K clusters for s. All 2^K coalitions are patterns of the one call
+  (v(S) = cos(image with only the clusters in S kept, text)); leave-one-out CCI importances are read off the same
+  values, so the ``cci`` record stays exact. v(all) = s. v(empty) (every patch removed) is a prefix-only forward
+  when the adapter says ``can_remove_all_patches`` (CLS readout); otherwise it is DEFINED as 0 (cosine of "no
+  evidence"), and the config records which. Empty clusters are null players exactly (their coalitions are mapped
+  onto the same value). K > 10 is refused: 2^K passes per image.
+- counterfactual region test (when the batch has foreground masks, ``counterfactual`` setting, on by default):
+  two more patterns, all foreground patches removed (background only) and all background patches removed
+  (foreground only; a patch is foreground when its mask fraction >= ``cf_threshold``). Predictions over the task's
+  classifier and similarities to the explained target decide ``bg-sufficient`` / ``fg-sufficient`` / ``both`` /
+  ``neither``. A region with no patch at all is a prefix-only forward where the adapter allows it, else None.
+
 torch is imported inside functions so that building a step (``--dry-run``, plugin discovery) stays light.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import statistics
 import zlib
 from dataclasses import asdict, dataclass
@@ -34,7 +49,9 @@ if TYPE_CHECKING:
     from covar_harness.evaluator import Batch
     from covar_harness.taskconfig import TaskConfig
 
-METHODS = ("cci", "random")
+METHODS = ("cci", "cci-shapley", "random")
+MAX_SHAPLEY_K = 10  # 2^K removal passes per image: 1024 at K=10 is the most that stays practical
+OUTCOMES = ("bg-sufficient", "fg-sufficient", "both", "neither")
 TARGETS = ("pred", "label")
 ATTRIBUTE_ON = ("all", "errors")
 EPS = 1e-8  # |s| floor: a similarity of exactly 0 would make the relative change undefined
@@ -51,6 +68,8 @@ class CCISettings:
     attribute_on: str = "all"  # all | errors (misclassified samples only)
     kmeans_iters: int = 100  # Lloyd iterations at most (stops earlier when assignments are stable)
     kmeans_n_init: int = 3  # k-means++ restarts per image; the lowest-inertia one is kept
+    counterfactual: bool = True  # region test on samples with a foreground mask (2 extra patterns: cheap)
+    cf_threshold: float = 0.5  # a patch is foreground for the region test when its mask fraction >= this
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -61,6 +80,8 @@ class CCISettings:
             raise UsageError(f"--attribute-on must be one of {', '.join(ATTRIBUTE_ON)}, got {self.attribute_on!r}")
         if self.kmeans_iters < 1 or self.kmeans_n_init < 1:
             raise UsageError("k-means iterations and restarts must be >= 1")
+        if not 0.0 <= self.cf_threshold <= 1.0:
+            raise UsageError(f"the counterfactual mask threshold must be in [0, 1], got {self.cf_threshold}")
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -201,6 +222,8 @@ class Attribution:
     drop: "torch.Tensor | None"  # (B, K) s - s_k (None for the random baseline)
     s: "torch.Tensor"  # (B,) cos(image, text(target))
     valid: "torch.Tensor"  # (B, K) bool
+    shapley: "ShapleyValues | None" = None  # cci-shapley only
+    regions: "RegionTest | None" = None  # counterfactual region test, when masks were given
 
     def patch_importance(self) -> "torch.Tensor":
         """(B, N): each patch's cluster importance (DESIGN 7.4)."""
@@ -215,6 +238,57 @@ class Attribution:
         if self.drop is not None:
             out["drop"] = [_short(v) for v in self.drop[b].tolist()]
         return out
+
+
+@dataclass
+class ShapleyValues:
+    """Exact cluster Shapley values for s, with the two ends of the game (efficiency: sum = v_all - v_empty)."""
+
+    values: "torch.Tensor"  # (B, K) float64
+    v_all: "torch.Tensor"  # (B,) = s
+    v_empty: "torch.Tensor"  # (B,) prefix-only forward, or 0 by convention (see ``v_empty_rule``)
+    v_empty_rule: str
+
+    def record(self, b: int) -> dict[str, Any]:
+        return {"values": [_short(v) for v in self.values[b].tolist()], "v_all": _short(float(self.v_all[b])),
+                "v_empty": _short(float(self.v_empty[b]))}
+
+
+@dataclass
+class RegionTest:
+    """The counterfactual region test for a batch; NaN / -1 where a region was empty and could not be run."""
+
+    s_fg_only: "torch.Tensor"  # (B,) cos(foreground-only image, text(target))
+    s_bg_only: "torch.Tensor"  # (B,)
+    pred_fg_only: "torch.Tensor"  # (B,) argmax over the classifier, -1 when undefined
+    pred_bg_only: "torch.Tensor"  # (B,)
+    target: "torch.Tensor"  # (B,)
+    masked: "torch.Tensor"  # (B,) bool: the sample had a foreground mask (else no test)
+
+    def record(self, b: int) -> dict[str, Any] | None:
+        """The ``counterfactual`` entry of one sample's log line; None when the sample had no mask."""
+        if not bool(self.masked[b]):
+            return None
+        s_fg, s_bg = _maybe(self.s_fg_only[b]), _maybe(self.s_bg_only[b])
+        p_fg = int(self.pred_fg_only[b]) if int(self.pred_fg_only[b]) >= 0 else None
+        p_bg = int(self.pred_bg_only[b]) if int(self.pred_bg_only[b]) >= 0 else None
+        return {"s_fg_only": s_fg, "s_bg_only": s_bg, "pred_fg_only": p_fg, "pred_bg_only": p_bg,
+                "outcome": region_outcome(int(self.target[b]), p_fg, p_bg)}
+
+
+def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | None) -> str | None:
+    """Which region alone reproduces the model's own decision (``target``): bg-sufficient, fg-sufficient, both,
+    neither; None when either region could not be evaluated (it held no patch and the tower needs one)."""
+    if pred_fg_only is None or pred_bg_only is None:
+        return None
+    fg_ok, bg_ok = pred_fg_only == target, pred_bg_only == target
+    return {(True, True): "both", (True, False): "fg-sufficient", (False, True): "bg-sufficient",
+            (False, False): "neither"}[(fg_ok, bg_ok)]
+
+
+def _maybe(value: "torch.Tensor") -> float | None:
+    v = float(value)
+    return None if math.isnan(v) else _short(v)
 
 
 def _short(value: float) -> float:
@@ -249,6 +323,29 @@ def cluster_patterns(assignments: "torch.Tensor", k: int) -> tuple["torch.Tensor
     return patterns & valid[..., None], valid
 
 
+def can_remove_all_patches(adapter: Any) -> bool:
+    """Whether ``encode_images_without(..., allow_empty=True)`` may drop every patch (see token_removal)."""
+    return getattr(adapter, "can_remove_all_patches", False) is True
+
+
+def encode_patterns(adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """ONE ``encode_images_without`` call for (B, P, N) patterns -> L2-normalised (B, P, D) and (B, P) ``ran``.
+
+    A pattern that removes every patch runs only when the adapter keeps a prefix token; otherwise it is replaced
+    by "remove nothing" and marked not ``ran`` (its embedding must not be used)."""
+    import torch
+    import torch.nn.functional as F
+
+    empty = patterns.all(dim=-1)
+    if not bool(empty.any()):
+        return F.normalize(adapter.encode_images_without(pixels, patterns).float(), dim=-1), ~empty
+    if can_remove_all_patches(adapter):
+        out = adapter.encode_images_without(pixels, patterns, allow_empty=True)
+        return F.normalize(out.float(), dim=-1), torch.ones_like(empty)
+    out = adapter.encode_images_without(pixels, patterns & ~empty[..., None])
+    return F.normalize(out.float(), dim=-1), ~empty
+
+
 def similarity_drops(
     adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", patterns: "torch.Tensor",
     valid: "torch.Tensor",
@@ -258,38 +355,153 @@ def similarity_drops(
     ``emb`` (B, D) and ``text`` (B, D) are L2-normalised, so s is a dot product. The embedding without
     cluster k is normalised the same way the harness normalises ``encode_images``.
     """
-    import torch.nn.functional as F
+    without, _ = encode_patterns(adapter, pixels, patterns)
+    return cci_from_embeddings(emb, text, without.to(emb.device), valid)
 
-    without = F.normalize(adapter.encode_images_without(pixels, patterns).float(), dim=-1).to(emb.device)
+
+def cci_from_embeddings(emb, text, without, valid) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """(s, drop, importance) from the normalised embeddings without each cluster (B, K, D)."""
     s = (emb * text).sum(dim=-1)
     s_k = (without * text[:, None, :]).sum(dim=-1)
-    drop = (s[:, None] - s_k) * valid.to(emb.device)
+    return _importance(s, s_k, valid)
+
+
+def _importance(s, s_k, valid) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    drop = (s[:, None] - s_k) * valid.to(s.device)
     return s, drop, drop / s.abs().clamp_min(EPS)[:, None]
+
+
+# ---- cluster Shapley values ------------------------------------------------------------------------------------
+def coalition_table(k: int) -> "torch.Tensor":
+    """(2^K, K) bool: row c keeps cluster j iff bit j of c is set (row 0 = empty coalition, last = all)."""
+    import torch
+
+    c = torch.arange(2**k)
+    return (c[:, None] >> torch.arange(k)[None, :]) & 1 == 1
+
+
+def coalition_patterns(assignments: "torch.Tensor", k: int) -> "torch.Tensor":
+    """(B, N) cluster ids -> (B, 2^K, N) drop patterns: a patch is dropped when its cluster is not in S."""
+    table = coalition_table(k).to(assignments.device)  # (2^K, K)
+    kept = table[:, assignments]  # (2^K, B, N)
+    return ~kept.permute(1, 0, 2)
+
+
+def canonical_coalitions(assignments: "torch.Tensor", k: int) -> "torch.Tensor":
+    """(B, 2^K) index of each coalition with its empty clusters removed: coalitions that differ only by empty
+    clusters remove the same patches, so they share ONE value and an empty cluster is an exact null player."""
+    import torch
+
+    present = torch.zeros(assignments.shape[0], k, dtype=torch.long)
+    present.scatter_(1, assignments.cpu(), 1)
+    bits = (present << torch.arange(k)[None, :]).sum(dim=1)  # (B,) bitmask of non-empty clusters
+    return torch.arange(2**k)[None, :] & bits[:, None]
+
+
+def shapley_from_values(v: "torch.Tensor", k: int) -> "torch.Tensor":
+    """Exact Shapley values (B, K) from coalition values v (B, 2^K) indexed as in ``coalition_table``:
+    phi_i = sum over S not containing i of |S|! (K-|S|-1)! / K! * (v(S + i) - v(S)). Computed in float64."""
+    import torch
+
+    v = v.double()
+    c = torch.arange(2**k)
+    size = coalition_table(k).sum(dim=1)
+    weight = torch.tensor([math.factorial(n) * math.factorial(k - n - 1) / math.factorial(k) if n < k else 0.0
+                           for n in range(k + 1)], dtype=torch.float64)
+    phi = torch.zeros(v.shape[0], k, dtype=torch.float64)
+    for i in range(k):
+        without_i = c[(c >> i) & 1 == 0]
+        phi[:, i] = ((v[:, without_i | (1 << i)] - v[:, without_i]) * weight[size[without_i]]).sum(dim=1)
+    return phi
+
+
+def shapley_game(
+    v_raw: "torch.Tensor", ran: "torch.Tensor", s: "torch.Tensor", assignments: "torch.Tensor", k: int, exact_empty: bool,
+) -> tuple[ShapleyValues, "torch.Tensor"]:
+    """Coalition values -> (ShapleyValues, v (B, 2^K) float64). v(all) = s; v(empty) = the prefix-only forward when
+    it ran, else 0 by convention; coalitions are canonicalised (see ``canonical_coalitions``)."""
+    v = v_raw.double().cpu().clone()
+    v[:, -1] = s.double().cpu()
+    v[:, 0] = v[:, 0].where(ran[:, 0].cpu(), v.new_zeros(()))
+    v = v.gather(1, canonical_coalitions(assignments, k))
+    rule = "prefix-only forward (CLS readout)" if exact_empty else "0 by convention (no prefix token)"
+    return ShapleyValues(shapley_from_values(v, k), v[:, -1].clone(), v[:, 0].clone(), rule), v
+
+
+# ---- counterfactual region test ----------------------------------------------------------------------------------
+def region_patterns(fg: "torch.Tensor", threshold: float) -> "torch.Tensor":
+    """(B, N) foreground fraction per patch -> (B, 2, N): [drop foreground (background only), drop background
+    (foreground only)]. The two regions partition the patches."""
+    import torch
+
+    is_fg = fg >= threshold
+    return torch.stack([is_fg, ~is_fg], dim=1)
+
+
+def region_test(
+    without: "torch.Tensor", ran: "torch.Tensor", text: "torch.Tensor", classifier: "torch.Tensor",
+    target: "torch.Tensor", masked: "torch.Tensor",
+) -> RegionTest:
+    """Similarities and predictions from the two region-only embeddings (B, 2, D) (normalised)."""
+    import torch
+
+    sims = (without * text[:, None, :]).sum(dim=-1).cpu()  # (B, 2): [bg only, fg only]
+    preds = (without @ classifier.to(without.device)).argmax(dim=-1).cpu()
+    ok = ran.cpu() & masked.cpu()[:, None]
+    sims = sims.where(ok, torch.full_like(sims, float("nan")))
+    preds = preds.where(ok, torch.full_like(preds, -1))
+    return RegionTest(sims[:, 1], sims[:, 0], preds[:, 1], preds[:, 0], target.cpu(), masked.cpu())
 
 
 def attribute(
     adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", target: "torch.Tensor",
-    seeds: Sequence[int], settings: CCISettings, method: str = "cci",
+    seeds: Sequence[int], settings: CCISettings, method: str = "cci", *, fg: "torch.Tensor | None" = None,
+    classifier: "torch.Tensor | None" = None,
 ) -> Attribution:
-    """CCI (or the random baseline) for a batch. ``emb`` (B, D) normalised image embeddings, ``text`` (B, D)
-    normalised class embeddings of ``target``; ``seeds`` one per image (see ``sample_seed``)."""
+    """CCI (or cci-shapley, or the random baseline) for a batch. ``emb`` (B, D) normalised image embeddings,
+    ``text`` (B, D) normalised class embeddings of ``target``; ``seeds`` one per image (see ``sample_seed``).
+
+    ``fg`` (B, N) foreground fraction per patch (NaN rows: no mask) with ``classifier`` (D, C) adds the
+    counterfactual region test. Everything that removes patches goes through ONE ``encode_images_without`` call.
+    """
     import torch
 
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}")
     tokens = patch_tokens(adapter, pixels, settings.layer)
     km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
     patterns, valid = cluster_patterns(km.labels, settings.k)
     emb, text = emb.float(), text.float().to(emb.device)
+    s = (emb * text).sum(dim=-1)
+    main = {"cci": patterns, "cci-shapley": coalition_patterns(km.labels, settings.k),
+            "random": patterns[:, :0]}[method]
+    parts = [main]
+    masked = None
+    if fg is not None and classifier is not None:
+        masked = ~torch.isnan(fg).any(dim=-1)
+        parts.append(region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
+                     & masked.to(main.device)[:, None, None])
+    allp = torch.cat(parts, dim=1)
+    without, ran = (encode_patterns(adapter, pixels, allp) if allp.shape[1] else (None, None))
+    n_main = main.shape[1]
+    shapley, drop = None, None
     if method == "cci":
-        s, drop, importance = similarity_drops(adapter, pixels, emb, text, patterns, valid)
-    elif method == "random":
-        s, drop = (emb * text).sum(dim=-1), None
+        s, drop, importance = cci_from_embeddings(emb, text, without[:, :n_main].to(emb.device), valid)
+    elif method == "cci-shapley":
+        v_raw = (without[:, :n_main].to(emb.device) * text[:, None, :]).sum(dim=-1)
+        shapley, v = shapley_game(v_raw, ran[:, :n_main], s, km.labels, settings.k, can_remove_all_patches(adapter))
+        full = 2**settings.k - 1
+        s_k = v[:, [full ^ (1 << j) for j in range(settings.k)]].to(s.dtype).to(emb.device)
+        _, drop, importance = _importance(s, s_k, valid)
+    else:
         draws = torch.stack([torch.rand(settings.k, generator=torch.Generator().manual_seed(int(sd) + 1))
                              for sd in seeds])
         importance = draws * valid.cpu()
-    else:
-        raise ValueError(f"unknown attribution method {method!r}")
+    regions = None
+    if masked is not None:
+        regions = region_test(without[:, n_main:], ran[:, n_main:], text, classifier, target, masked)
     return Attribution(method, settings.k, target.cpu(), km.labels.cpu(), importance.cpu(),
-                       None if drop is None else drop.cpu(), s.cpu(), valid.cpu())
+                       None if drop is None else drop.cpu(), s.cpu(), valid.cpu(), shapley, regions)
 
 
 # ---- the evaluator step ---------------------------------------------------------------------------------------
@@ -305,12 +517,17 @@ class AttributionStep:
     def __init__(
         self, method: str = "cci", *, k: int = 7, layer: int = -1, target: str = "pred", seed: int = 0,
         attribute_on: str = "all", kmeans_iters: int = 100, kmeans_n_init: int = 3,
-        save_maps: str | Path | None = None, only_with_masks: bool = False,
+        save_maps: str | Path | None = None, only_with_masks: bool = False, counterfactual: bool = True,
+        cf_threshold: float = 0.5,
     ):
         if method not in METHODS:
             raise UsageError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+        if method == "cci-shapley" and k > MAX_SHAPLEY_K:
+            raise UsageError(f"cci-shapley evaluates all 2^K cluster coalitions: --cci-k {k} would need {2**k} "
+                             f"removal passes per image; use --cci-k <= {MAX_SHAPLEY_K}")
         self.method = method
-        self.settings = CCISettings(k, layer, target, seed, attribute_on, kmeans_iters, kmeans_n_init)
+        self.settings = CCISettings(k, layer, target, seed, attribute_on, kmeans_iters, kmeans_n_init,
+                                    counterfactual, cf_threshold)
         self.save_maps = Path(save_maps) if save_maps else None
         self.only_with_masks = only_with_masks
         self._reset()
@@ -353,13 +570,39 @@ class AttributionStep:
         tgt = target[sel]
         text = batch.classifier[:, tgt.to(batch.classifier.device)].T
         seeds = [sample_seed(self.settings.seed, batch.samples.samples[batch.indices[r]].id) for r in rows]
+        fg = self._fg(batch, rows)
         result = attribute(self.adapter, batch.pixels[sel], batch.image_emb[sel], text, tgt, seeds,
-                           self.settings, self.method)
+                           self.settings, self.method, fg=fg, classifier=batch.classifier if fg is not None else None)
         self.last = (rows, result)
-        records = [{"index": batch.indices[r], "cci": result.record(j)} for j, r in enumerate(rows)]
+        records = [self._record(batch.indices[r], result, j) for j, r in enumerate(rows)]
         if self.save_maps is not None:
             self._write_maps(batch, rows, result)
         return records
+
+    def _fg(self, batch: "Batch", rows: list[int]) -> "torch.Tensor | None":
+        """(R, N) foreground fraction per patch for the attributed rows (NaN rows: no mask), or None when the
+        region test is off or no attributed sample has a mask."""
+        if not self.settings.counterfactual or batch.fg is None:
+            return None
+        grids = [batch.fg[r] for r in rows]
+        if all(g is None for g in grids):
+            return None
+        import numpy as np
+        import torch
+
+        n = next(len(g) for g in grids if g is not None)
+        return torch.from_numpy(np.stack([np.full(n, np.nan) if g is None else np.asarray(g, dtype=np.float64)
+                                          for g in grids])).float()
+
+    @staticmethod
+    def _record(index: int, result: Attribution, j: int) -> dict:
+        """One sample's log fields: ``cci`` always, ``shapley`` and ``counterfactual`` when computed."""
+        out: dict[str, Any] = {"index": index, "cci": result.record(j)}
+        if result.shapley is not None:
+            out["shapley"] = result.shapley.record(j)
+        if result.regions is not None and (region := result.regions.record(j)) is not None:
+            out["counterfactual"] = region
+        return out
 
     def _write_maps(self, batch: "Batch", rows: list[int], result: Attribution) -> None:
         from covar_harness import overlays, results
@@ -389,6 +632,11 @@ class AttributionStep:
                 notes.append(f"attribution ({self.method}) skipped for {name}: {self.reason}")
         else:
             config["summary"] = summarise(records, self.n_seen)
+            empty = can_remove_all_patches(self.adapter)
+            if self.method == "cci-shapley":
+                config["shapley"] = {"v_empty": "prefix-only forward (CLS readout)" if empty
+                                     else "0 by convention (no prefix token)", "coalitions": 2**self.settings.k}
+            config["counterfactual_empty_region"] = "prefix-only forward" if empty else "undefined (None)"
             if self.save_maps is not None:
                 config["maps_dir"] = str(self.save_maps)
                 config["summary"]["n_maps"] = self.n_maps
@@ -410,4 +658,8 @@ def summarise(records: list[dict], n_seen: int) -> dict[str, Any]:
             "mean_empty_clusters": _short(statistics.fmean(
                 r["cci"]["k"] - len(set(r["cci"]["assignments"])) for r in records)),
         })
+    tested = [r["counterfactual"]["outcome"] for r in records if "counterfactual" in r]
+    if tested:  # how often each region alone reproduces the decision (None: a region could not run)
+        out["counterfactual"] = {"n_tested": len(tested), **{o: tested.count(o) for o in OUTCOMES},
+                                 "undefined": tested.count(None)}
     return out

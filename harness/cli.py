@@ -57,6 +57,10 @@ def _add_run(sub) -> None:
                     help="attribute every sample or only misclassified ones (default: all)")
     at.add_argument("--save-maps", default=None, type=Path, metavar="DIR",
                     help="write PNG overlays (image, importance map, mask outline) of attributed samples")
+    at.add_argument("--no-counterfactual", dest="counterfactual", action="store_false",
+                    help="skip the counterfactual region test (foreground only / background only) on masked tasks")
+    at.add_argument("--cf-threshold", type=float, default=0.5,
+                    help="mask fraction at or above which a patch counts as foreground in that test (default: 0.5)")
     dg = p.add_argument_group("diagnosis (BG-Er / Fine-Er, DESIGN 8; runs whenever attribution does)")
     dg.add_argument("--segmenter", default="auto",
                     help="foreground masks: auto (dataset masks, else groundedsam), dataset, groundedsam, a plugin, "
@@ -128,9 +132,22 @@ def _add_build_covar(sub) -> None:
     p.set_defaults(handler="covar_harness.build_covar:cmd_build_covar")
 
 
+def _add_sanity(sub) -> None:
+    p = sub.add_parser("sanity", help="which diagnosis to trust: every attributor and driver rule on the clean vs "
+                                      "shortcut demo models (known truth), AUROC, agreement, cost")
+    p.add_argument("--json", default=None, type=Path, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--limit", type=int, default=240,
+                   help="images per task, a seeded subset (default: 240, every image of both subsets; ~75 s on 2 CPU cores)")
+    p.add_argument("--data-dir", default=None, type=Path,
+                   help="dataset root for covar-shapes (default: $COVAR_HARNESS_DATA or ~/.cache/covar-harness/data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
+    p.set_defaults(handler="covar_harness.sanity:cmd_sanity")
+
+
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
 COMMANDS: list[Callable] = [_add_run, _add_ls, _add_plugins, _add_leaderboard, _add_validate, _add_explain,
-                             _add_build_covar]
+                             _add_build_covar, _add_sanity]
 
 
 def build_parser() -> argparse.ArgumentParser:

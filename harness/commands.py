@@ -73,7 +73,7 @@ def _analysis_steps(args: Namespace, catalog) -> list:
                 "target": getattr(args, "cci_target", "pred"), "seed": seed,
                 "attribute_on": getattr(args, "attribute_on", "all"), "kmeans_n_init": getattr(args, "cci_n_init", 3),
                 "kmeans_iters": getattr(args, "cci_iters", 100), "save_maps": getattr(args, "save_maps", None),
-                "only_with_masks": auto}
+                "only_with_masks": auto, "counterfactual": args.counterfactual, "cf_threshold": args.cf_threshold}
     return [_call_with_accepted(entry.item, settings)]
 
 

@@ -12,8 +12,12 @@ Rules
 - ``area``: the same masses divided by the foreground / background areas (importance density), so a small
   object is not called background-driven merely for being small; driver = fg if density_fg >= density_bg.
 - ``shapley``: the ``paper`` rule with cluster Shapley values in place of leave-one-out importances.
-- ``counterfactual``: the region that alone keeps the decision better: fg if s(foreground only) >=
-  s(background only), else bg (``counterfactual`` records from the region test).
+- ``counterfactual``: the region that alone keeps the decision better: score = 0.5 + (s(foreground only) -
+  s(background only)) / 4, a continuous score in [0, 1] (cosines lie in [-1, 1]) that is >= 0.5 exactly when the
+  foreground alone is at least as close to the target text; fg if >= 0.5, else bg (``counterfactual`` records
+  from the region test). Continuous so that rankings (AUROC in ``covar-harness sanity``) are meaningful.
+
+With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def _score_counterfactual(row: dict, fg: np.ndarray) -> float | None:
     cf = row.get("counterfactual")
     if not cf or cf.get("s_fg_only") is None or cf.get("s_bg_only") is None:
         return None
-    return 1.0 if cf["s_fg_only"] >= cf["s_bg_only"] else 0.0
+    return 0.5 + (cf["s_fg_only"] - cf["s_bg_only"]) / 4.0
 
 
 # rule -> (score function, threshold used to call fg). area and counterfactual are symmetric at 0.5.
@@ -139,7 +143,9 @@ def diagnose(
             if r_i == 0:
                 out.per_sample.setdefault(row["index"], {}).update(fields)
             if len(settings.rules) > 1:
-                out.per_sample.setdefault(row["index"], {}).setdefault("drivers", {})[rule] = driver
+                fields_all = out.per_sample.setdefault(row["index"], {})
+                fields_all.setdefault("drivers", {})[rule] = driver
+                fields_all.setdefault("scores", {})[rule] = score
             if driver is not None:
                 drivers.append(driver == "fg")
             if not row["correct"] and fg is not None:

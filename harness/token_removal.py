@@ -14,8 +14,15 @@ planned into chunks of at most ``max_rows`` rows (to bound memory), sorted by ho
   shortened forward up to float summation order.
 - ``strategy="mask"`` forces the reference path: full-length sequences with the dropped patches key-masked.
 
-Prefix tokens (CLS, registers) are never dropped or masked, and at least one patch is always kept, so no
-attention row is ever fully masked (which would give NaN).
+Prefix tokens (CLS, registers) are never dropped or masked, and by default at least one patch is always kept, so
+no attention row is ever fully masked (which would give NaN).
+
+Removing EVERY patch (``allow_empty=True``) is allowed only when the tower keeps a prefix token: the sequence is
+then the prefix alone (shortened) or the prefix plus fully masked patches (masked), and the embedding is what the
+tower reads out from its prefix token with no image evidence, e.g. v(empty) of cluster Shapley values. Adapters
+expose it as ``can_remove_all_patches`` (True only when pooling reads the prefix token: a CLS readout; average or
+attention pools over patches would divide by zero keys) and an ``allow_empty`` keyword on
+``encode_images_without``; the default stays strict so an accidental all-dropped pattern is still an error.
 
 Callbacks, for an (R, L, C) sequence of prefix + patch tokens (L <= P + N, position embeddings applied):
 ``run_shortened(x) -> (R, D)`` runs the rest of the tower; ``run_masked(x, mask) -> (R, D)`` does the same with an
@@ -48,15 +55,16 @@ class Chunk:
     full: bool = False  # reference path: full-length sequence, dropped patches key-masked
 
 
-def as_patterns(drop: torch.Tensor, n_patches: int) -> tuple[torch.Tensor, bool]:
-    """(B, K, N) bool view of ``drop`` and whether the caller passed (B, N) (so the result is squeezed)."""
+def as_patterns(drop: torch.Tensor, n_patches: int, allow_empty: bool = False) -> tuple[torch.Tensor, bool]:
+    """(B, K, N) bool view of ``drop`` and whether the caller passed (B, N) (so the result is squeezed).
+    ``allow_empty`` lets a pattern drop every patch (the caller guarantees a prefix token is kept)."""
     if drop.dtype != torch.bool:
         raise TypeError(f"drop must be a bool tensor, got {drop.dtype}")
     squeeze = drop.dim() == 2
     patterns = drop[:, None, :] if squeeze else drop
     if patterns.dim() != 3 or patterns.shape[-1] != n_patches:
         raise ValueError(f"drop must be (B, N) or (B, K, N) with N={n_patches}, got {tuple(drop.shape)}")
-    if patterns.all(dim=-1).any():
+    if not allow_empty and patterns.all(dim=-1).any():
         raise ValueError("a drop pattern removes every patch; keep at least one")
     return patterns, squeeze
 
@@ -172,14 +180,18 @@ def encode_without(
     *,
     strategy: str = "auto",
     overhead_tokens: int | None = None,
+    allow_empty: bool = False,
 ) -> torch.Tensor:
     """The generic driver: tokens (B, P+N, C) after position embedding, drop (B, N) or (B, K, N).
 
     Returns (B, D) or (B, K, D), in the dtype ``run_*`` return. No Python loop over patterns: rows are
     planned into chunks by :func:`plan_chunks` (``strategy``, ``overhead_tokens``); see the module docstring.
+    ``allow_empty``: a pattern may drop every patch (needs ``n_prefix >= 1``: the prefix alone is then run).
     """
+    if allow_empty and n_prefix < 1:
+        raise ValueError("allow_empty needs a prefix token (CLS): with no patch and no prefix nothing is left")
     n_patches = tokens.shape[1] - n_prefix
-    patterns, squeeze = as_patterns(drop.to(tokens.device), n_patches)
+    patterns, squeeze = as_patterns(drop.to(tokens.device), n_patches, allow_empty)
     B, K, _ = patterns.shape
     rows = patterns.reshape(B * K, n_patches)
     image_of_row = torch.arange(B, device=tokens.device).repeat_interleave(K)

@@ -1,7 +1,8 @@
 """Built-in plugin: the ``cci`` attributor (DESIGN 7) and its ``random`` baseline.
 
 Factories take the CCI settings as keyword arguments (``k``, ``layer``, ``target``, ``seed``,
-``attribute_on``, ``kmeans_iters``, ``kmeans_n_init``, ``save_maps``, ``only_with_masks``) and return a
+``attribute_on``, ``kmeans_iters``, ``kmeans_n_init``, ``save_maps``, ``only_with_masks``, ``counterfactual``,
+``cf_threshold``) and return a
 BatchStep. The step module (and torch) is imported only when a factory is called, so plugin discovery,
 ``--help`` and ``ls`` stay torch-free.
 """
@@ -20,6 +21,14 @@ def make_cci(**settings: Any):
     return AttributionStep("cci", **settings)
 
 
+def make_cci_shapley(**settings: Any):
+    """CCI's clusters with exact Shapley values for s (all 2^K coalitions in one batched removal call): credits a
+    cue spread over many clusters, which leave-one-cluster-out misses. Refuses K > 10."""
+    from covar_harness.attribution import AttributionStep
+
+    return AttributionStep("cci-shapley", **settings)
+
+
 def make_random(**settings: Any):
     """Same clusters as CCI, importances drawn uniformly in [0, 1) with the seed: the floor for comparisons."""
     from covar_harness.attribution import AttributionStep
@@ -31,4 +40,7 @@ def make_random(**settings: Any):
 def register_attributors(register):
     register("cci", make_cci, description="Cluster-based Concept Importance: k-means on patch tokens, "
                                           "relative similarity drop when a cluster is removed (K+1 passes)")
+    register("cci-shapley", make_cci_shapley,
+             description="exact Shapley values of CCI's K clusters (2^K coalition passes, K <= 10); also logs "
+                         "the leave-one-out CCI record")
     register("random", make_random, description="baseline: CCI's clusters with random importances (seeded)")

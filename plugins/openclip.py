@@ -43,6 +43,9 @@ class OpenClipAdapter:
         self.supports_attribution = self._tower is not None
         self.attribution_unsupported_reason = reason
         self.patch_grid: tuple[int, int] | None = self._tower.grid if self._tower is not None else None
+        # whether encode_images_without(..., allow_empty=True) may drop every patch: the tower reads its embedding
+        # from a prefix token (CLS readout or a pool whose keys include it), so "no patch" is still defined
+        self.can_remove_all_patches = bool(self._tower is not None and self._tower.reads_prefix)
 
     def encode_images(self, pixels):
         import torch
@@ -64,20 +67,24 @@ class OpenClipAdapter:
         with torch.inference_mode():
             return tower.patch_tokens(pixels.to(self.device, self.dtype), layer).float()
 
-    def encode_images_without(self, pixels, drop, *, strategy: str = "auto", max_rows: int | None = None):
+    def encode_images_without(self, pixels, drop, *, strategy: str = "auto", max_rows: int | None = None,
+                              allow_empty: bool = False):
         """Image embeddings (B, D), or (B, K, D) for a (B, K, N) ``drop``, with the dropped patches removed from
         attention in every layer and from pooling. Same space and scale as :meth:`encode_images`.
-        ``strategy``/``max_rows`` are for tests and benchmarks (see covar_harness.token_removal)."""
+        ``strategy``/``max_rows`` are for tests and benchmarks (see covar_harness.token_removal).
+        ``allow_empty``: a pattern may drop every patch (only when ``can_remove_all_patches``)."""
         import torch
 
         from covar_harness import token_removal as tr
 
         tower = self._require_tower()
+        if allow_empty and not self.can_remove_all_patches:
+            raise ValueError(f"{self.name}: pooling does not read a prefix token, so removing every patch is undefined")
         with torch.inference_mode():
             tokens = tower.embed(pixels.to(self.device, self.dtype))
             rows = max_rows if max_rows is not None else tower.max_rows(tokens.shape[1])
             out = tr.encode_without(tokens, drop, tower.n_prefix, tower.run_shortened, tower.run_masked,
-                                    rows, strategy=strategy)
+                                    rows, strategy=strategy, allow_empty=allow_empty)
         return out.float()
 
     def _require_tower(self):
@@ -138,6 +145,8 @@ class NativeViTTower:
         self.visual = visual
         self.grid = tuple(int(g) for g in visual.grid_size)
         self.heads = int(visual.transformer.resblocks[0].attn.num_heads)
+        # CLS readout ('tok') or an attention pool whose keys include the CLS token: defined with no patch left
+        self.reads_prefix = visual.attn_pool is not None or visual.pool_type == "tok"
 
     @staticmethod
     def unsupported(visual) -> str:
@@ -212,6 +221,8 @@ class TimmViTTower:
         self.trunk = visual.trunk
         self.n_prefix = int(self.trunk.num_prefix_tokens)
         self.grid = tuple(int(g) for g in self.trunk.patch_embed.grid_size)
+        t = self.trunk  # a CLS-token readout (no MAP head, global_pool 'token') is defined with no patch left
+        self.reads_prefix = self.n_prefix >= 1 and t.attn_pool is None and t.global_pool == "token"
 
     @staticmethod
     def unsupported(visual) -> str:

@@ -91,6 +91,7 @@ class HFAdapter:
 
     family = "hf"
     n_prefix = 0  # tokens before the patches (CLIP's CLS)
+    can_remove_all_patches = False  # True when pooling reads the prefix token (CLIP's CLS): see token_removal
     text_padding: str | bool = "max_length"
 
     def __init__(self, name: str, model, processor, device: str, precision: str):
@@ -157,6 +158,8 @@ class HFAdapter:
 
         from covar_harness.token_removal import encode_without
 
+        if driver_options.get("allow_empty") and not self.can_remove_all_patches:
+            raise ValueError(f"{self.name}: pooling does not read a prefix token, so removing every patch is undefined")
         with torch.inference_mode():
             tokens = self.embed(pixels)
             return encode_without(tokens, drop, self.n_prefix, self.finish, self.finish, **driver_options).float()
@@ -176,6 +179,7 @@ class HFAdapter:
 
 class ClipAdapter(HFAdapter):
     n_prefix = 1
+    can_remove_all_patches = True  # CLS readout: with every patch removed the CLS token alone gives the embedding
     text_padding = True  # CLIP pools at the end-of-text token under a causal mask: padding length is irrelevant
 
     def embed(self, pixels):

@@ -31,8 +31,15 @@ def test_masked_task_gets_drivers_error_types_and_the_second_table(openclip_dir,
     if errors:  # BG-Er is recomputed from the per-sample log exactly
         assert res["metrics"]["bg_er"] == sum(x["error_type"] == "bg" for x in errors) / len(errors)
         assert res["metrics"]["fine_er"] == sum(x["error_type"] == "fine" for x in errors) / len(errors)
+    assert all(x["counterfactual"]["outcome"] in ("bg-sufficient", "fg-sufficient", "both", "neither", None)
+               for x in rows)
     md = cli("leaderboard", str(out), "--format", "markdown").stdout
     assert "error diagnosis" in md and "H-flip BG-Er" in md
+    off = cli("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", "covar/original",
+              "--data-dir", str(data), "--output-dir", str(tmp_path / "off"), "--log-samples", "--workers", "0",
+              "--no-counterfactual")
+    assert off.returncode == 0, off.stderr
+    assert not any("counterfactual" in x for x in _samples(next((tmp_path / "off").rglob("covar__original.json"))))
 
 
 def test_unavailable_segmenter_skips_diagnosis_not_the_pair(openclip_dir, tmp_path):

@@ -1,0 +1,260 @@
+"""``covar-harness sanity``: which diagnosis to trust, measured where the truth is known (issue 9).
+
+Two bundled demo models differ in one known way: ``demo/shapes-clean`` decides from the object,
+``demo/shapes-shortcut`` from a planted background cue. A diagnosis rule is worth trusting when its fg-score
+(``diagnosis.SCORERS``: higher = more foreground-driven) tells their decisions apart. Per rule x attributor:
+
+- AUROC (clean = positive class, score = the rule's fg-score; shortcut decisions should score lower) on
+  (a) ``covar-shapes/original``, correctly classified samples and (b) ``covar-shapes/bg_varied``, errors; and
+  their mean. A sample whose rule gives no score (e.g. no positive importance) counts as 0.5, a coin flip, rather
+  than being dropped, so a rule cannot look better by abstaining.
+- agreement with the counterfactual truth: driver == "bg" vs outcome == "bg-sufficient" (background patches
+  alone reproduce the decision, foreground alone does not), on the same samples.
+- cost per image relative to a plain forward: wall time of the same evaluation with and without the attributor.
+
+Everything runs through the shared evaluator (``evaluator.evaluate_task`` with the attributor's step and the
+diagnosis settings, no result files written): one evaluation per model x task x attributor, plus a plain one for
+timing. The rules are computed by ``covar_harness.diagnosis`` (every rule at once, per-sample ``scores``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from argparse import Namespace
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covar_harness.registry import UsageError
+
+CLEAN, SHORTCUT = "demo/shapes-clean", "demo/shapes-shortcut"
+ORIGINAL, BG_VARIED = "covar-shapes/original", "covar-shapes/bg_varied"
+ATTRIBUTORS = ("cci", "cci-shapley", "random")
+# the attributor whose records a rule is named after; other combinations are reported as "<rule>/<attributor>"
+NATURAL = {"paper": "cci", "area": "cci", "shapley": "cci-shapley", "counterfactual": "cci"}
+# combinations that add information (paper/area on cci-shapley repeat the cci numbers: the same leave-one-out
+# values; the counterfactual test does not depend on the attributor)
+ROWS = (("paper", "cci"), ("area", "cci"), ("shapley", "cci-shapley"), ("counterfactual", "cci"),
+        ("paper", "random"), ("area", "random"))
+
+
+@dataclass
+class Evaluation:
+    """One model x task x attributor (or plain) evaluation: its per-sample rows and wall time."""
+
+    rows: list[dict]
+    seconds: float
+    acc1: float
+
+
+@dataclass
+class SanityRun:
+    """Every evaluation of the report, keyed by (model, task, attributor or "plain")."""
+
+    evals: dict[tuple[str, str, str], Evaluation] = field(default_factory=dict)
+    runtime_s: float = 0.0
+    limit: int | None = None
+
+
+def row_name(rule: str, attributor: str) -> str:
+    return rule if NATURAL.get(rule) == attributor else f"{rule}/{attributor}"
+
+
+# ---- running ---------------------------------------------------------------------------------------------------
+def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int = 7, seed: int = 0,
+            device: str = "cpu") -> SanityRun:
+    """Evaluate both demo models on both tasks, plainly and with each attributor (diagnosis under every rule)."""
+    from covar_harness.diagnosis import RULES, DiagnosisSettings
+    from covar_harness.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
+    from covar_harness.models import load_model
+    from covar_harness.plugin_manager import load_catalog
+
+    reporter = reporter or Reporter()
+    catalog = load_catalog()
+    tasks = catalog.tasks.resolve(f"{ORIGINAL},{BG_VARIED}")
+    steps = {name: _step(catalog, name, k, seed) for name in ATTRIBUTORS}
+    diagnosis = DiagnosisSettings(rules=tuple(RULES), bootstrap=100, seed=seed)  # intervals unused here
+    base = dict(data_dir=data_dir, workers=0, device=device, limit=limit, seed=seed, segmenter="dataset")
+    run = SanityRun(limit=limit)
+    started = time.perf_counter()
+    for model in (CLEAN, SHORTCUT):
+        adapter = load_model(model, device, catalog=catalog)
+        classifiers = ClassifierCache(adapter)
+        for cfg in tasks:
+            plain = RunOptions(**base)
+            evaluate_task(adapter, cfg, catalog, plain, classifiers, reporter)  # warm-up: data, text, caches
+            run.evals[(model, cfg.task, "plain")] = _timed(adapter, cfg, catalog, plain, classifiers, reporter)
+            for name, step in steps.items():
+                options = RunOptions(**base, steps=[step], diagnosis=diagnosis)
+                run.evals[(model, cfg.task, name)] = _timed(adapter, cfg, catalog, options, classifiers, reporter)
+    run.runtime_s = time.perf_counter() - started
+    return run
+
+
+def _step(catalog, name: str, k: int, seed: int):
+    """The attributor's step, built through its registered factory (as ``covar-harness run`` does)."""
+    from covar_harness.commands import _call_with_accepted
+
+    return _call_with_accepted(catalog.attributors.entry(name).item, {"k": k, "seed": seed, "counterfactual": True})
+
+
+def _timed(adapter, cfg, catalog, options, classifiers, reporter) -> Evaluation:
+    from covar_harness.evaluator import evaluate_task
+
+    t0 = time.perf_counter()
+    record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter)
+    return Evaluation(record["samples"], time.perf_counter() - t0, record["metrics"]["acc1"])
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------------
+def groups(run: SanityRun, attributor: str) -> dict[str, dict[str, list[dict]]]:
+    """The two comparisons: (a) original / correct and (b) bg_varied / errors, rows per model."""
+    out: dict[str, dict[str, list[dict]]] = {"original_correct": {}, "bg_varied_errors": {}}
+    for model in (CLEAN, SHORTCUT):
+        out["original_correct"][model] = [r for r in run.evals[(model, ORIGINAL, attributor)].rows if r["correct"]]
+        out["bg_varied_errors"][model] = [r for r in run.evals[(model, BG_VARIED, attributor)].rows
+                                          if not r["correct"]]
+    return out
+
+
+def score_of(row: dict, rule: str) -> float:
+    """The rule's fg-score for a sample; 0.5 (undecided) when the rule gives none."""
+    value = (row.get("scores") or {}).get(rule)
+    return 0.5 if value is None else float(value)
+
+
+def auroc(clean: list[dict], shortcut: list[dict], rule: str) -> float | None:
+    """P(clean decision scores higher than shortcut decision); None when a side has no sample."""
+    from sklearn.metrics import roc_auc_score
+
+    if not clean or not shortcut:
+        return None
+    y = [1] * len(clean) + [0] * len(shortcut)
+    return float(roc_auc_score(y, [score_of(r, rule) for r in clean + shortcut]))
+
+
+def truth_is_bg(row: dict) -> bool | None:
+    """Counterfactual truth: background alone reproduces the decision and foreground alone does not."""
+    outcome = (row.get("counterfactual") or {}).get("outcome")
+    return None if outcome is None else outcome == "bg-sufficient"
+
+
+def agreement(rows: list[dict], rule: str) -> float | None:
+    """Share of samples where the rule's driver (bg or not) matches the counterfactual truth."""
+    pairs = [(truth_is_bg(r), (r.get("drivers") or {}).get(rule)) for r in rows]
+    hits = [truth == (driver == "bg") for truth, driver in pairs if truth is not None and driver is not None]
+    return sum(hits) / len(hits) if hits else None
+
+
+def cost(run: SanityRun, attributor: str) -> tuple[float, float]:
+    """(ms per image with the attributor, ratio to the plain evaluation) over all four model x task pairs."""
+    n = sum(len(e.rows) for (m, t, a), e in run.evals.items() if a == "plain")
+    with_attr = sum(e.seconds for (m, t, a), e in run.evals.items() if a == attributor)
+    plain = sum(e.seconds for (m, t, a), e in run.evals.items() if a == "plain")
+    return 1000 * with_attr / max(n, 1), with_attr / plain if plain > 0 else float("nan")
+
+
+def summarise(run: SanityRun) -> dict[str, Any]:
+    """The JSON report: per rule row AUROCs, agreement, cost; per attributor cost; the truth and accuracies."""
+    rules: dict[str, Any] = {}
+    for rule, attributor in ROWS:
+        g = groups(run, attributor)
+        a = auroc(g["original_correct"][CLEAN], g["original_correct"][SHORTCUT], rule)
+        b = auroc(g["bg_varied_errors"][CLEAN], g["bg_varied_errors"][SHORTCUT], rule)
+        both = [x for x in (a, b) if x is not None]
+        everyone = [r for part in g.values() for rows in part.values() for r in rows]
+        ms, ratio = cost(run, attributor)
+        rules[row_name(rule, attributor)] = {
+            "rule": rule, "attributor": attributor, "auroc": statistics.fmean(both) if both else None,
+            "auroc_original_correct": a, "auroc_bg_varied_errors": b,
+            "agreement_with_counterfactual": agreement(everyone, rule),
+            "undetermined_share": _undetermined(everyone, rule),
+            "ms_per_image": ms, "cost_vs_plain": ratio,
+        }
+    plain_ms = cost(run, "plain")[0]
+    g = groups(run, "cci")
+    return {
+        "rules": rules,
+        "best_rule": max((n for n in rules if rules[n]["auroc"] is not None), key=lambda n: rules[n]["auroc"],
+                         default=None),
+        "attributors": {a: dict(zip(("ms_per_image", "cost_vs_plain"), cost(run, a))) for a in ATTRIBUTORS},
+        "plain_ms_per_image": plain_ms,
+        "counterfactual_truth": {part: {m: _share_bg(rows) for m, rows in models.items()} for part, models in g.items()},
+        "n": {part: {m: len(rows) for m, rows in models.items()} for part, models in g.items()},
+        "acc1": {m: {t: run.evals[(m, t, "plain")].acc1 for t in (ORIGINAL, BG_VARIED)} for m in (CLEAN, SHORTCUT)},
+        "limit": run.limit, "runtime_s": run.runtime_s,
+    }
+
+
+def _undetermined(rows: list[dict], rule: str) -> float | None:
+    return sum((r.get("scores") or {}).get(rule) is None for r in rows) / len(rows) if rows else None
+
+
+def _share_bg(rows: list[dict]) -> float | None:
+    truths = [t for t in map(truth_is_bg, rows) if t is not None]
+    return sum(truths) / len(truths) if truths else None
+
+
+# ---- output ----------------------------------------------------------------------------------------------------
+def _fmt(value: float | None, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.3f}"
+
+
+def render(report: dict[str, Any], console) -> None:
+    """The per-rule table, then the counterfactual truth and the accuracies it rests on."""
+    from rich.table import Table
+
+    n = report["n"]
+    t = Table(title=f"which diagnosis to trust: clean vs shortcut demo model (--limit {report['limit']})",
+              title_justify="left")
+    for col in ("rule", "attributor", "AUROC orig/correct", "AUROC bgvar/errors", "AUROC mean",
+                "agrees w/ cf truth", "undetermined", "ms/image", "x plain"):
+        t.add_column(col, justify="left" if col in ("rule", "attributor") else "right",
+                     no_wrap=col in ("rule", "attributor"))
+    best = report["best_rule"]
+    for name, r in report["rules"].items():
+        style = "bold green" if name == best else ""
+        t.add_row(name, r["attributor"], _fmt(r["auroc_original_correct"]), _fmt(r["auroc_bg_varied_errors"]),
+                  _fmt(r["auroc"]), _fmt(r["agreement_with_counterfactual"], pct=True),
+                  _fmt(r["undetermined_share"], pct=True), f"{r['ms_per_image']:.2f}", f"{r['cost_vs_plain']:.1f}",
+                  style=style)
+    console.print(t)
+    truth = report["counterfactual_truth"]
+    console.print(
+        f"samples: original/correct clean {n['original_correct'][CLEAN]}, shortcut {n['original_correct'][SHORTCUT]}; "
+        f"bg_varied/errors clean {n['bg_varied_errors'][CLEAN]}, shortcut {n['bg_varied_errors'][SHORTCUT]}")
+    console.print(
+        "counterfactual truth (background alone reproduces the decision, foreground alone does not): "
+        f"original/correct clean {_fmt(truth['original_correct'][CLEAN], True)}, shortcut "
+        f"{_fmt(truth['original_correct'][SHORTCUT], True)}; bg_varied/errors clean "
+        f"{_fmt(truth['bg_varied_errors'][CLEAN], True)}, shortcut {_fmt(truth['bg_varied_errors'][SHORTCUT], True)}")
+    acc = report["acc1"]
+    console.print("acc1: " + "; ".join(f"{m} {_fmt(acc[m][ORIGINAL], True)} original, {_fmt(acc[m][BG_VARIED], True)} "
+                                       "bg_varied" for m in acc))
+    console.print(f"plain forward {report['plain_ms_per_image']:.2f} ms/image; runtime {report['runtime_s']:.1f} s")
+
+
+def cmd_sanity(args: Namespace) -> int:
+    """Handler of ``covar-harness sanity``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from covar_harness.evaluator import Reporter
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")
+    err = Console(stderr=True, highlight=False)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        run = collect(args.limit, args.data_dir, Reporter(progress, err), seed=args.seed, device=args.device)
+    report = summarise(run)
+    out = Console(highlight=False)
+    render(report, out if out.is_terminal else Console(highlight=False, width=160))  # files/pipes: no squeezing
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
