@@ -216,8 +216,6 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log."""
     import numpy as np
-    import torch
-    import torch.nn.functional as F
 
     from covar_harness.metrics import bootstrap_interval, classification_metrics
 
@@ -228,36 +226,11 @@ def evaluate_task(
     if bad:
         raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {n_classes} class names")
     W = classifiers.get(classnames, templates, reporter)
-    W_dev = None
     for step in options.steps:
         step.start(adapter, cfg, samples)
     masks = _patch_masks(adapter, cfg, samples, classnames, catalog, options)
-    fg_grids: dict[int, Any] = {}
-
     k = min(5, n_classes)
-    rows, failures, step_records = [], [], {s.name: [] for s in options.steps}
-    workers = default_workers() if options.workers is None else options.workers
-    handle = reporter.task(f"{cfg.task}", len(samples))
-    for indices, pixels, failed in iterate_batches(samples, adapter.preprocess, options.batch_size, workers):
-        failures += failed
-        if pixels is not None:
-            emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
-            if W_dev is None:
-                W_dev = W.to(emb.device)
-            logits = emb @ W_dev
-            top = logits.topk(k, dim=-1).indices.cpu().numpy()
-            labels = torch.tensor([samples.samples[i].label for i in indices])
-            for row, i in enumerate(indices):
-                rows.append((i, top[row]))
-            if options.steps:
-                fg = masks.for_batch(indices) if masks is not None else None
-                if fg is not None:
-                    fg_grids.update((i, g) for i, g in zip(indices, fg) if g is not None)
-                batch = Batch(indices, pixels, emb, W_dev, logits, labels, samples, fg)
-                for step in options.steps:
-                    step_records[step.name] += step.process(batch)
-        reporter.advance(handle, len(indices) + len(failed))
-    reporter.done(handle)
+    rows, failures, step_records, fg_grids = _batch_loop(adapter, cfg, samples, W, k, masks, options, reporter)
 
     if failures:
         first = failures[0]
@@ -281,16 +254,7 @@ def evaluate_task(
         record["config"][step.name] = summary.get("config", {})
         record["notes"] += summary.get("notes", [])
 
-    per_sample = []
-    extras = {s.name: {r["index"]: r for r in step_records[s.name]} for s in options.steps}
-    for (i, t), ok in zip(rows, correct):
-        row = {"index": int(i), "file": samples.samples[i].id, "label": samples.samples[i].label,
-               "pred": int(t[0]), "correct": bool(ok), "top5": [int(x) for x in t]}
-        for key, value in samples.samples[i].meta.items():
-            row.setdefault(key, value)
-        for name, by_index in extras.items():
-            row.update({k2: v for k2, v in by_index.get(int(i), {}).items() if k2 != "index"})
-        per_sample.append(row)
+    per_sample = _sample_rows(rows, correct, samples, step_records)
     if masks is not None:
         _diagnose(record, per_sample, fg_grids, masks, cfg, classnames, options)
     record["task"] = {
@@ -302,6 +266,54 @@ def evaluate_task(
     record["samples"] = per_sample
     record["failed_files"] = [samples.samples[i].id for i, _ in failures]
     return record
+
+
+def _batch_loop(adapter, cfg, samples, W, k, masks, options, reporter):
+    """The one pass over the images: zero-shot top-k per sample, then each analysis step on the same batch."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, failures, step_records = [], [], {s.name: [] for s in options.steps}
+    fg_grids: dict[int, Any] = {}
+    W_dev = None
+    workers = default_workers() if options.workers is None else options.workers
+    handle = reporter.task(f"{cfg.task}", len(samples))
+    for indices, pixels, failed in iterate_batches(samples, adapter.preprocess, options.batch_size, workers):
+        failures += failed
+        if pixels is not None:
+            emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
+            if W_dev is None:
+                W_dev = W.to(emb.device)
+            logits = emb @ W_dev
+            top = logits.topk(k, dim=-1).indices.cpu().numpy()
+            rows += [(i, top[r]) for r, i in enumerate(indices)]
+            if options.steps:
+                labels = torch.tensor([samples.samples[i].label for i in indices])
+                fg = masks.for_batch(indices) if masks is not None else None
+                if fg is not None:
+                    fg_grids.update((i, g) for i, g in zip(indices, fg) if g is not None)
+                batch = Batch(indices, pixels, emb, W_dev, logits, labels, samples, fg)
+                for step in options.steps:
+                    step_records[step.name] += step.process(batch)
+        reporter.advance(handle, len(indices) + len(failed))
+    reporter.done(handle)
+    return rows, failures, step_records, fg_grids
+
+
+def _sample_rows(rows, correct, samples: SampleSet, step_records: dict[str, list[dict]]) -> list[dict]:
+    """The per-sample log (DESIGN 6): prediction, top-5, the dataset's metadata, then each step's record."""
+    by_step = [{r["index"]: r for r in records} for records in step_records.values()]
+    out = []
+    for (i, top), ok in zip(rows, correct):
+        sample = samples.samples[i]
+        row = {"index": int(i), "file": sample.id, "label": sample.label, "pred": int(top[0]),
+               "correct": bool(ok), "top5": [int(x) for x in top]}
+        for key, value in sample.meta.items():
+            row.setdefault(key, value)
+        for by_index in by_step:
+            row.update({k: v for k, v in by_index.get(int(i), {}).items() if k != "index"})
+        out.append(row)
+    return out
 
 
 def _patch_masks(adapter, cfg, samples, classnames, catalog, options):
