@@ -9,10 +9,8 @@ from argparse import Namespace
 from covar_harness.registry import UsageError
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
+from covar_harness.console import console as _console
+from covar_harness.console import print_table
 
 
 def cmd_run(args: Namespace) -> int:
@@ -120,13 +118,13 @@ def _print_plan(out, models, tasks, args) -> int:
 
     t = Table(title=f"plan: {len(models)} model(s) x {len(tasks)} task(s)", title_justify="left")
     for col in ("model", "resolves to", "task", "result file", "status"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for ref in models:
         for cfg in tasks:
             path = results.result_path(args.output_dir, ref.spec, cfg.task)
             status = "exists: skip" if path.exists() and not args.overwrite else "to run"
             t.add_row(ref.spec, ref.target if ref.target != ref.spec else "", cfg.task, str(path), status)
-    out.print(t)
+    print_table(out, t)
     return 0
 
 
@@ -135,13 +133,13 @@ def _print_summary(out, outcomes) -> None:
 
     t = Table(title="run summary", title_justify="left")
     for col in ("model", "task", "status", "acc1", "n_failed", "result"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, no_wrap=True)
     colours = {"done": "green", "skipped": "dim", "failed": "red"}
     for o in outcomes:
         acc = o.metrics.get("acc1")
         t.add_row(o.model, o.task, f"[{colours[o.status]}]{o.status}[/]", "-" if acc is None else f"{100 * acc:.1f}",
                   str(o.n_failed) if o.status == "done" else "", str(o.path) if o.status != "failed" else o.error)
-    out.print(t)
+    print_table(out, t)
 
 
 def cmd_ls(args: Namespace) -> int:
@@ -155,23 +153,23 @@ def cmd_ls(args: Namespace) -> int:
         from covar_harness.models import resolve_models
 
         for col in ("name", "family", "source", "tags", "description"):
-            t.add_column(col, no_wrap=col == "name")
+            t.add_column(col, no_wrap=col != "description", min_width=40 if col == "description" else None)
         for entry in catalog.models:
             ref = resolve_models([entry.name], catalog)[0]
             t.add_row(entry.name, ref.family, ref.target if ref.target != entry.name else entry.plugin,
                       ",".join(entry.tags), entry.description)
     elif args.what == "tasks":
         for col in ("task", "format", "version", "tags", "description"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col != "description", min_width=40 if col == "description" else None)
         for cfg in catalog.tasks:
             t.add_row(cfg.task, cfg.dataset["format"], str(cfg.version), ",".join(cfg.tags), cfg.description)
     else:
         registry = getattr(catalog, args.what)
         for col in ("name", "plugin", "description"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col != "description", min_width=40 if col == "description" else None)
         for entry in registry:
             t.add_row(entry.name, entry.plugin, entry.description)
-    _console().print(t)
+    print_table(_console(), t)
     return 0
 
 
@@ -188,11 +186,11 @@ def cmd_plugins(args: Namespace) -> int:
 
     t = Table(title="plugins", title_justify="left")
     for col in ("name", "distribution", "version", "module", "hooks"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for r in rows:
         t.add_row(r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"], r["module"],
                   ", ".join(r["hooks"]))
-    _console().print(t)
+    print_table(_console(), t)
     return 0
 
 

@@ -254,23 +254,18 @@ def render_markdown(tables: list[Table]) -> str:
 
 
 def render_rich(tables: list[Table], console) -> None:
-    """Never truncate a number: a table wider than the terminal is printed at its full width."""
-    from rich.measure import Measurement
     from rich.table import Table as RichTable
+
+    from covar_harness.console import print_table
 
     for t in tables:
         rt = RichTable(title=t.title, title_justify="left", header_style="bold")
         for i, col in enumerate(t.columns):  # "H-flip BG-Er" -> two header lines: wide tables stay readable
             rt.add_column(col if i == 0 else col.replace(" ", "\n"), justify="left" if i == 0 else "right",
-                          no_wrap=i == 0)
+                          no_wrap=True)
         for i, row in enumerate(t.rows):
             rt.add_row(*[_cell(v) for v in row], style="dim italic" if i in t.published else None)
-        needed = Measurement.get(console, console.options.update(width=10_000, max_width=10_000), rt).maximum
-        if needed > console.width:
-            from rich.console import Console
-
-            console = Console(file=console.file, width=needed, highlight=False, color_system=console.color_system)
-        console.print(rt)
+        print_table(console, rt)
 
 
 def render_csv(records: list[dict]) -> str:
