@@ -10,7 +10,7 @@ from covar_harness.registry import UsageError
 
 
 from covar_harness.console import console as _console
-from covar_harness.console import print_table
+from covar_harness.console import print_rows
 
 
 def cmd_run(args: Namespace) -> int:
@@ -101,75 +101,56 @@ def _call_with_accepted(factory, settings: dict):
 
 
 def _run_with_progress(models, tasks, catalog, options):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from covar_harness.console import progress_reporter
+    from covar_harness.evaluator import run
 
-    from covar_harness.evaluator import Reporter, run
-
-    err = _console(stderr=True)
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err, transient=True) as progress:
-        return run(models, tasks, catalog, options, Reporter(progress, err))
+    with progress_reporter() as reporter:
+        return run(models, tasks, catalog, options, reporter)
 
 
 def _print_plan(out, models, tasks, args) -> int:
-    from rich.table import Table
-
     from covar_harness import results
 
-    t = Table(title=f"plan: {len(models)} model(s) x {len(tasks)} task(s)", title_justify="left")
-    for col in ("model", "resolves to", "task", "result file", "status"):
-        t.add_column(col, no_wrap=True)
+    rows = []
     for ref in models:
         for cfg in tasks:
             path = results.result_path(args.output_dir, ref.spec, cfg.task)
             status = "exists: skip" if path.exists() and not args.overwrite else "to run"
-            t.add_row(ref.spec, ref.target if ref.target != ref.spec else "", cfg.task, str(path), status)
-    print_table(out, t)
+            rows.append([ref.spec, ref.target if ref.target != ref.spec else "", cfg.task, str(path), status])
+    print_rows(out, f"plan: {len(models)} model(s) x {len(tasks)} task(s)",
+               ["model", "resolves to", "task", "result file", "status"], rows)
     return 0
 
 
 def _print_summary(out, outcomes) -> None:
-    from rich.table import Table
-
-    t = Table(title="run summary", title_justify="left")
-    for col in ("model", "task", "status", "acc1", "n_failed", "result"):
-        t.add_column(col, no_wrap=True)
-    colours = {"done": "green", "skipped": "dim", "failed": "red"}
+    rows = []
     for o in outcomes:
         acc = o.metrics.get("acc1")
-        t.add_row(o.model, o.task, f"[{colours[o.status]}]{o.status}[/]", "-" if acc is None else f"{100 * acc:.1f}",
-                  str(o.n_failed) if o.status == "done" else "", str(o.path) if o.status != "failed" else o.error)
-    print_table(out, t)
+        rows.append([o.model, o.task, o.status, "-" if acc is None else f"{100 * acc:.1f}",
+                     str(o.n_failed) if o.status == "done" else "", str(o.path) if o.status != "failed" else o.error])
+    print_rows(out, "run summary", ["model", "task", "status", "acc1", "n_failed", "result"], rows, right=(3, 4))
 
 
 def cmd_ls(args: Namespace) -> int:
-    from rich.table import Table
-
     from covar_harness.plugin_manager import load_catalog
 
     catalog = load_catalog(args.include_path)
-    t = Table(title=args.what, title_justify="left")
     if args.what == "models":
         from covar_harness.models import resolve_models
 
-        for col in ("name", "family", "source", "tags", "description"):
-            t.add_column(col, no_wrap=col != "description", min_width=40 if col == "description" else None)
+        columns = ["name", "family", "source", "tags", "description"]
+        rows = []
         for entry in catalog.models:
             ref = resolve_models([entry.name], catalog)[0]
-            t.add_row(entry.name, ref.family, ref.target if ref.target != entry.name else entry.plugin,
-                      ",".join(entry.tags), entry.description)
+            rows.append([entry.name, ref.family, ref.target if ref.target != entry.name else entry.plugin,
+                         ",".join(entry.tags), entry.description])
     elif args.what == "tasks":
-        for col in ("task", "format", "version", "tags", "description"):
-            t.add_column(col, no_wrap=col != "description", min_width=40 if col == "description" else None)
-        for cfg in catalog.tasks:
-            t.add_row(cfg.task, cfg.dataset["format"], str(cfg.version), ",".join(cfg.tags), cfg.description)
+        columns = ["task", "format", "version", "tags", "description"]
+        rows = [[c.task, c.dataset["format"], c.version, ",".join(c.tags), c.description] for c in catalog.tasks]
     else:
-        registry = getattr(catalog, args.what)
-        for col in ("name", "plugin", "description"):
-            t.add_column(col, no_wrap=col != "description", min_width=40 if col == "description" else None)
-        for entry in registry:
-            t.add_row(entry.name, entry.plugin, entry.description)
-    print_table(_console(), t)
+        columns = ["name", "plugin", "description"]
+        rows = [[e.name, e.plugin, e.description] for e in getattr(catalog, args.what)]
+    print_rows(_console(), args.what, columns, rows, wrap=("description",))
     return 0
 
 
@@ -182,15 +163,9 @@ def cmd_plugins(args: Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.table import Table
-
-    t = Table(title="plugins", title_justify="left")
-    for col in ("name", "distribution", "version", "module", "hooks"):
-        t.add_column(col, no_wrap=True)
-    for r in rows:
-        t.add_row(r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"], r["module"],
-                  ", ".join(r["hooks"]))
-    print_table(_console(), t)
+    print_rows(_console(), "plugins", ["name", "distribution", "version", "module", "hooks"],
+               [[r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"], r["module"],
+                 ", ".join(r["hooks"])] for r in rows])
     return 0
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
+
+WRAP_WIDTH = 40  # columns allowed to wrap (descriptions) get this width at most
+
 
 def console(stderr: bool = False):
     from rich.console import Console
@@ -9,15 +14,45 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
-def print_table(out, table) -> None:
-    """Print a rich table at the width its unwrappable cells need, even beyond the terminal's width.
+def _width(text: str) -> int:
+    return max((len(line) for line in text.split("\n")), default=0)
 
-    Columns created with ``no_wrap=True`` (names, specs, numbers) are then shown whole; other columns wrap.
+
+def print_rows(
+    out, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, wrap: Sequence[str] = (),
+    right: Sequence[int] = (), row_styles: Mapping[int, str] | None = None,
+) -> None:
+    """A rich table whose cells are shown whole: names, specs and numbers never get an ellipsis.
+
+    Columns named in ``wrap`` wrap at ``WRAP_WIDTH``; the table is printed at the width it needs, even when that
+    is wider than the terminal (a wrapped terminal line is better than a truncated model name).
     """
     from rich.console import Console
-    from rich.measure import Measurement
+    from rich.table import Table
 
-    needed = Measurement.get(out, out.options.update(width=10_000, max_width=10_000), table).minimum
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([_width(col)] + [_width(r[i]) for r in cells]) for i, col in enumerate(columns)]
+    widths = [min(w, WRAP_WIDTH) if col in wrap else w for w, col in zip(widths, columns)]
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if i in right else "left", no_wrap=col not in wrap,
+                         min_width=widths[i], max_width=widths[i] if col in wrap else None)
+    for i, row in enumerate(cells):
+        table.add_row(*row, style=(row_styles or {}).get(i))
+    needed = sum(widths) + 3 * len(columns) + 1
     if needed > out.width:
         out = Console(file=out.file, width=needed, highlight=False, color_system=out.color_system)
     out.print(table)
+
+
+@contextmanager
+def progress_reporter() -> Iterator[Any]:
+    """A ``covar_harness.evaluator.Reporter`` drawing rich progress bars on stderr (gone when done)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from covar_harness.evaluator import Reporter
+
+    err = console(stderr=True)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        yield Reporter(progress, err)

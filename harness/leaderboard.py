@@ -254,18 +254,13 @@ def render_markdown(tables: list[Table]) -> str:
 
 
 def render_rich(tables: list[Table], console) -> None:
-    from rich.table import Table as RichTable
+    from covar_harness.console import print_rows
 
-    from covar_harness.console import print_table
-
-    for t in tables:
-        rt = RichTable(title=t.title, title_justify="left", header_style="bold")
-        for i, col in enumerate(t.columns):  # "H-flip BG-Er" -> two header lines: wide tables stay readable
-            rt.add_column(col if i == 0 else col.replace(" ", "\n"), justify="left" if i == 0 else "right",
-                          no_wrap=True)
-        for i, row in enumerate(t.rows):
-            rt.add_row(*[_cell(v) for v in row], style="dim italic" if i in t.published else None)
-        print_table(console, rt)
+    for t in tables:  # "H-flip BG-Er" -> two header lines: wide tables stay readable
+        columns = [c if i == 0 else c.replace(" ", "\n") for i, c in enumerate(t.columns)]
+        rows = [[_cell(v) for v in row] for row in t.rows]
+        print_rows(console, t.title, columns, rows, right=range(1, len(columns)),
+                   row_styles={i: "dim italic" for i in t.published})
 
 
 def render_csv(records: list[dict]) -> str:

@@ -206,23 +206,18 @@ def _fmt(value: float | None, pct: bool = False) -> str:
 
 def render(report: dict[str, Any], console) -> None:
     """The per-rule table, then the counterfactual truth and the accuracies it rests on."""
-    from rich.table import Table
+    from covar_harness.console import print_rows
 
     n = report["n"]
-    t = Table(title=f"which diagnosis to trust: clean vs shortcut demo model (--limit {report['limit']})",
-              title_justify="left")
-    for col in ("rule", "attributor", "AUROC orig/correct", "AUROC bgvar/errors", "AUROC mean",
-                "agrees w/ cf truth", "undetermined", "ms/image", "x plain"):
-        t.add_column(col, justify="left" if col in ("rule", "attributor") else "right",
-                     no_wrap=col in ("rule", "attributor"))
-    best = report["best_rule"]
-    for name, r in report["rules"].items():
-        style = "bold green" if name == best else ""
-        t.add_row(name, r["attributor"], _fmt(r["auroc_original_correct"]), _fmt(r["auroc_bg_varied_errors"]),
-                  _fmt(r["auroc"]), _fmt(r["agreement_with_counterfactual"], pct=True),
-                  _fmt(r["undetermined_share"], pct=True), f"{r['ms_per_image']:.2f}", f"{r['cost_vs_plain']:.1f}",
-                  style=style)
-    console.print(t)
+    columns = ["rule", "attributor", "AUROC orig/correct", "AUROC bgvar/errors", "AUROC mean", "agrees w/ cf truth",
+               "undetermined", "ms/image", "x plain"]
+    rows = [[name, r["attributor"], _fmt(r["auroc_original_correct"]), _fmt(r["auroc_bg_varied_errors"]),
+             _fmt(r["auroc"]), _fmt(r["agreement_with_counterfactual"], pct=True),
+             _fmt(r["undetermined_share"], pct=True), f"{r['ms_per_image']:.2f}", f"{r['cost_vs_plain']:.1f}"]
+            for name, r in report["rules"].items()]
+    best = list(report["rules"]).index(report["best_rule"]) if report["best_rule"] in report["rules"] else None
+    print_rows(console, f"which diagnosis to trust: clean vs shortcut demo model (--limit {report['limit']})",
+               columns, rows, right=range(2, len(columns)), row_styles={best: "bold green"} if best is not None else None)
     truth = report["counterfactual_truth"]
     console.print(
         f"samples: original/correct clean {n['original_correct'][CLEAN]}, shortcut {n['original_correct'][SHORTCUT]}; "
@@ -240,20 +235,14 @@ def render(report: dict[str, Any], console) -> None:
 
 def cmd_sanity(args: Namespace) -> int:
     """Handler of ``covar-harness sanity``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from covar_harness.evaluator import Reporter
+    from covar_harness.console import console, progress_reporter
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
-    err = Console(stderr=True, highlight=False)
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err, transient=True) as progress:
-        run = collect(args.limit, args.data_dir, Reporter(progress, err), seed=args.seed, device=args.device)
+    with progress_reporter() as reporter:
+        run = collect(args.limit, args.data_dir, reporter, seed=args.seed, device=args.device)
     report = summarise(run)
-    out = Console(highlight=False)
-    render(report, out if out.is_terminal else Console(highlight=False, width=160))  # files/pipes: no squeezing
+    render(report, console())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
