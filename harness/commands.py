@@ -72,7 +72,9 @@ def _analysis_steps(args: Namespace, catalog) -> list:
                 "attribute_on": getattr(args, "attribute_on", "all"), "kmeans_n_init": getattr(args, "cci_n_init", 3),
                 "kmeans_iters": getattr(args, "cci_iters", 100), "save_maps": getattr(args, "save_maps", None),
                 "only_with_masks": auto, "counterfactual": args.counterfactual, "cf_threshold": args.cf_threshold}
-    return [_call_with_accepted(entry.item, settings)]
+    from covar_harness.plugin_manager import call_with_accepted
+
+    return [call_with_accepted(entry.item, **settings)]
 
 
 def _diagnosis_settings(args: Namespace):
@@ -85,19 +87,6 @@ def _diagnosis_settings(args: Namespace):
     if not 0.0 <= args.fg_threshold <= 1.0:
         raise UsageError("--fg-threshold must be in [0, 1]")
     return DiagnosisSettings(rules=rules, threshold=args.fg_threshold, seed=args.seed)
-
-
-def _call_with_accepted(factory, settings: dict):
-    """Call an attributor factory with the settings it declares (third-party ones may take fewer)."""
-    import inspect
-
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return factory(**settings)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return factory(**settings)
-    return factory(**{k: v for k, v in settings.items() if k in params})
 
 
 def _run_with_progress(models, tasks, catalog, options):

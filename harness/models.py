@@ -6,7 +6,6 @@ registered model name/alias. Tags act as groups; ``all`` means every registered 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
@@ -85,12 +84,6 @@ def resolve_models(specs: str | Iterable[str], catalog: "Catalog") -> list[Model
     return list(seen.values())
 
 
-def _call_factory(factory, device: str, precision: str):
-    params = inspect.signature(factory).parameters
-    kwargs = {k: v for k, v in (("device", device), ("precision", precision)) if k in params}
-    return factory(**kwargs)
-
-
 def load_model(
     spec: str,
     device: str = "cpu",
@@ -99,7 +92,7 @@ def load_model(
     catalog: "Catalog | None" = None,
 ) -> "ModelAdapter":
     """Return the ModelAdapter for any model spec (DESIGN 4). The public entry point for notebooks and tests."""
-    from covar_harness.plugin_manager import default_catalog
+    from covar_harness.plugin_manager import call_with_accepted, default_catalog
 
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -112,7 +105,7 @@ def load_model(
             adapter = loader(rest, device=device, precision=precision, cache_dir=cache_dir)
             break
         item = catalog.models.get(spec)
-        produced = item if isinstance(item, str) else _call_factory(item, device, precision)
+        produced = item if isinstance(item, str) else call_with_accepted(item, device=device, precision=precision)
         if isinstance(produced, str):
             spec = produced
             continue

@@ -96,6 +96,22 @@ def build_plugin_manager(
     return pm, infos
 
 
+def call_with_accepted(fn: Callable[..., Any], **offered: Any) -> Any:
+    """Call a plugin's factory with the offered keyword arguments its signature accepts (all, with **kwargs).
+
+    Factories from third parties may take fewer settings than the harness offers (device, precision, k, ...).
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return fn()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**offered)
+    return fn(**{k: v for k, v in offered.items() if k in params})
+
+
 def _registrar(registry: Registry, plugin_of: Callable[[], str]) -> Callable[..., None]:
     def register(name: str, item: Any, *, aliases=(), tags=(), description: str = "", **extra) -> None:
         if not isinstance(name, str) or not name:

@@ -95,9 +95,9 @@ def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int = 7,
 
 def _step(catalog, name: str, k: int, seed: int):
     """The attributor's step, built through its registered factory (as ``covar-harness run`` does)."""
-    from covar_harness.commands import _call_with_accepted
+    from covar_harness.plugin_manager import call_with_accepted
 
-    return _call_with_accepted(catalog.attributors.entry(name).item, {"k": k, "seed": seed, "counterfactual": True})
+    return call_with_accepted(catalog.attributors.entry(name).item, k=k, seed=seed, counterfactual=True)
 
 
 def _timed(adapter, cfg, catalog, options, classifiers, reporter) -> Evaluation:

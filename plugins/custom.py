@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from covar_harness.adapter import missing_members
 from covar_harness.hookspecs import hookimpl
+from covar_harness.plugin_manager import call_with_accepted
 from covar_harness.registry import UsageError
 
 USAGE = "use custom:MODULE:CALLABLE or custom:path/to/file.py:CALLABLE"
@@ -80,20 +80,9 @@ def resolve_callable(rest: str) -> Callable[..., Any]:
     return fn
 
 
-def call_with_supported(fn: Callable[..., Any], **offered: Any) -> Any:
-    """Call ``fn`` with the offered keyword arguments its signature accepts (all of them if it takes **kwargs)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # builtins and some C callables have no signature
-        return fn()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**offered)
-    return fn(**{k: v for k, v in offered.items() if k in params})
-
-
 def load_custom(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
     """The ``custom:`` scheme loader."""
-    adapter = call_with_supported(resolve_callable(rest), device=device, precision=precision)
+    adapter = call_with_accepted(resolve_callable(rest), device=device, precision=precision)
     missing = missing_members(adapter)
     if missing:
         raise UsageError(f"custom:{rest} returned a {type(adapter).__name__}, not a ModelAdapter: "
