@@ -430,9 +430,9 @@ def _run_jobs(jobs: list[ItemJob], workers: int, progress: Callable[[int], None]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from covar_harness.results import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:

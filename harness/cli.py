@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from covar_harness.models import PRECISIONS
 from covar_harness.registry import UsageError
 
 EXAMPLES = """examples:
@@ -41,7 +42,7 @@ def _add_run(sub) -> None:
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPUs))")
     ex.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    ex.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ex.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
     at = p.add_argument_group("attribution (CCI, DESIGN 7)")
@@ -112,7 +113,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--templates", default="simple", help="named template set or file (default: simple)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
     p.set_defaults(handler="covar_harness.explain:cmd_explain")
 

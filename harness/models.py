@@ -21,6 +21,17 @@ EXCLUDED_FROM_ALL = "demo"
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be built or its weights fetched; the message says which and how to work offline."""
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a ``--precision`` value (adapters cast weights and pixels to it)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved model selection: what was asked (``spec``) and what it stands for."""

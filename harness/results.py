@@ -34,11 +34,12 @@ def samples_path(result_file: Path) -> Path:
     return result_file.with_name(result_file.name[: -len(".json")] + ".samples.jsonl")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """``write(file)`` into a temp file beside ``path``, then rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -49,7 +50,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, allow_nan=False))
+    atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, allow_nan=False))
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -57,7 +58,7 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
         for row in rows:
             fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _version(dist: str) -> str | None:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -272,17 +271,11 @@ class MaskCache:
             return self.MISSING
 
     def put(self, key: str, mask: Image.Image | None) -> None:
+        from covar_harness.results import atomic_write
+
         path = self._path(key, ".png" if mask is not None else ".none")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                if mask is not None:
-                    mask.convert("L").save(fh, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: mask.convert("L").save(fh, format="PNG") if mask is not None else None,
+                     binary=True)
 
 
 # ---- per task: masks on the model's patch grid -------------------------------------------------------------

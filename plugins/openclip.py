@@ -11,18 +11,9 @@ import logging
 from typing import Any
 
 from covar_harness.hookspecs import hookimpl
+from covar_harness.models import ModelLoadError, torch_dtype
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be built or its weights fetched; the message says which and how to work offline."""
-
-
-def torch_dtype(precision: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class OpenClipAdapter:

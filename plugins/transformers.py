@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.hookspecs import hookimpl
-from covar_harness.plugins.openclip import ModelLoadError, torch_dtype
+from covar_harness.models import ModelLoadError, torch_dtype
 
 MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
 

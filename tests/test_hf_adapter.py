@@ -17,7 +17,7 @@ from helpers import COLOURS, cli, make_image, write_task_yaml
 from covar_harness import results
 from covar_harness.evaluator import build_classifier
 from covar_harness.models import load_model
-from covar_harness.plugins.openclip import ModelLoadError
+from covar_harness.models import ModelLoadError
 from covar_harness.plugins.transformers import features
 
 CLASSES = ["cat", "dog", "fish", "bird", "red thing", "green thing", "blue thing"]
