@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 WRAP_WIDTH = 40  # columns allowed to wrap (descriptions) get this width at most
+# C0 controls except tab/newline, DEL, C1 controls (ESC starts ANSI/OSC-8 sequences; CSI is also U+009B).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe(text: Any) -> str:
+    """Untrusted text (names, labels, file names, errors, anything read from a result file) made inert for every
+    output format: control characters are removed, so no ANSI colour, cursor move or OSC-8 link gets through."""
+    return _CONTROL.sub("", "" if text is None else str(text))
+
+
+def markup(text: Any) -> str:
+    """Untrusted text to interpolate into a rich markup string: ``safe`` plus escaped ``[...]`` tags."""
+    from rich.markup import escape
+
+    return escape(safe(text))
 
 
 def console(stderr: bool = False):
