@@ -90,13 +90,18 @@ def _add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="paper-style tables from a folder of result files")
     p.add_argument("results_dir", type=Path)
     p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
-    p.add_argument("--reference", default=None, choices=["paper"], help="add published rows, marked as such")
+    p.add_argument("--reference", default=None, choices=["paper"],
+                   help="add the published COVAR and CounterAnimals rows, marked as published, in every format "
+                        "(even without own results of that benchmark)")
     p.set_defaults(handler="covar_harness.commands:cmd_leaderboard")
 
 
 def _add_validate(sub) -> None:
-    p = sub.add_parser("validate", help="check result files against the schema (for leaderboard CI)")
-    p.add_argument("files", nargs="+", type=Path)
+    p = sub.add_parser("validate", help="check result files against the schema (for leaderboard CI)",
+                       description="Check result files against the schema. Exit 0: all valid; 1: any invalid; "
+                                   "2: a path does not exist or a folder holds no *.json.")
+    p.add_argument("files", nargs="+", type=Path, metavar="PATH",
+                   help="a result file, or a folder: every *.json under it (recursively)")
     p.set_defaults(handler="covar_harness.commands:cmd_validate")
 
 
@@ -164,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # -v also after the subcommand; SUPPRESS keeps a -v given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show debug logs and tracebacks")
     return parser
 
 
@@ -182,6 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("covar-harness: interrupted; finished pairs are saved, rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `covar-harness ... | head`: the reader has gone, nothing to report
+        from covar_harness.console import stdout_closed
+
+        return stdout_closed()
+    except Exception as exc:  # a bug, not bad input: one line by default, the traceback with -v
+        if args.verbose:
+            raise
+        from covar_harness.console import one_line
+
+        print(f"covar-harness: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "
+              "(rerun with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,47 +10,41 @@ from covar_harness.registry import UsageError
 
 
 from covar_harness.console import console as _console
-from covar_harness.console import print_rows
+from covar_harness.console import markup, print_rows
 
 
 def cmd_run(args: Namespace) -> int:
-    from covar_harness import results
     from covar_harness.evaluator import RunOptions
     from covar_harness.models import resolve_models
+    from covar_harness.plan import check_writable, plan_run
     from covar_harness.plugin_manager import load_catalog
 
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be >= 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("--workers must be >= 0")
     catalog = load_catalog(args.include_path)
     models = resolve_models(args.models, catalog)
     tasks = catalog.tasks.resolve(args.tasks)
     for cfg in tasks:
         if cfg.dataset["format"] not in catalog.formats:
             catalog.formats.entry(cfg.dataset["format"])  # raises with close matches
-    steps = _analysis_steps(args, catalog)
-    diagnosis = _diagnosis_settings(args)
-    out = _console()
-    if args.dry_run:
-        return _print_plan(out, models, tasks, args)
     options = RunOptions(
         output_dir=args.output_dir, data_dir=args.data_dir, batch_size=args.batch_size, workers=args.workers,
         device=args.device, precision=args.precision, limit=args.limit, seed=args.seed,
-        log_samples=args.log_samples, overwrite=args.overwrite, cache_dir=args.cache_dir, steps=steps,
-        diagnosis=diagnosis, segmenter=args.segmenter,
+        log_samples=args.log_samples, overwrite=args.overwrite, cache_dir=args.cache_dir,
+        steps=_analysis_steps(args, catalog), diagnosis=_diagnosis_settings(args), segmenter=args.segmenter,
     )
-    outcomes = _run_with_progress(models, tasks, catalog, options)
+    plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
+    out = _console()
+    if args.dry_run:
+        return _print_plan(out, plan, models, tasks)
+    if getattr(args, "save_maps", None):
+        check_writable(args.save_maps, "--save-maps")
+    outcomes = _run_with_progress(models, tasks, catalog, options, plan)
     _print_summary(out, outcomes)
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        err = _console(stderr=True)
-        err.print(f"[red]{len(failed)} pair(s) failed:[/red]")
-        for o in failed:
-            err.print(f"  {o.model} x {o.task}: {o.error}", markup=False)
-        return 1
-    del results
-    return 0
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def _analysis_steps(args: Namespace, catalog) -> list:
@@ -89,35 +83,60 @@ def _diagnosis_settings(args: Namespace):
     return DiagnosisSettings(rules=rules, threshold=args.fg_threshold, seed=args.seed)
 
 
-def _run_with_progress(models, tasks, catalog, options):
+def _run_with_progress(models, tasks, catalog, options, plan):
+    """Progress bars with ETA in a terminal; plain lines (one per pair, one per 30 s) when stderr is a file."""
     from covar_harness.console import progress_reporter
-    from covar_harness.evaluator import run
+    from covar_harness.evaluator import LineReporter, run
 
-    with progress_reporter() as reporter:
-        return run(models, tasks, catalog, options, reporter)
+    if sys.stderr.isatty():
+        with progress_reporter() as reporter:
+            return run(models, tasks, catalog, options, reporter, plan)
+    return run(models, tasks, catalog, options, LineReporter(total_pairs=len(plan)), plan)
 
 
-def _print_plan(out, models, tasks, args) -> int:
-    from covar_harness import results
-
-    rows = []
-    for ref in models:
-        for cfg in tasks:
-            path = results.result_path(args.output_dir, ref.spec, cfg.task)
-            status = "exists: skip" if path.exists() and not args.overwrite else "to run"
-            rows.append([ref.spec, ref.target if ref.target != ref.spec else "", cfg.task, str(path), status])
+def _print_plan(out, plan, models, tasks) -> int:
+    status = {"run": "to run", "skipped": "exists: skip", "noted": "skip"}
+    rows = [[p.ref.spec, p.ref.target if p.ref.target != p.ref.spec else "", p.cfg.task, str(p.path),
+             status[p.status] + (f" ({p.reason})" if p.status == "noted" else "")] for p in plan]
     print_rows(out, f"plan: {len(models)} model(s) x {len(tasks)} task(s)",
                ["model", "resolves to", "task", "result file", "status"], rows)
     return 0
 
 
+SUMMARY_ERROR_WIDTH = 60
+
+
 def _print_summary(out, outcomes) -> None:
+    """One row per pair (errors cut short), then each distinct error once, in full, with the pairs it hit."""
     rows = []
     for o in outcomes:
         acc = o.metrics.get("acc1")
+        detail = str(o.path) if o.status == "done" else o.error or str(o.path)
         rows.append([o.model, o.task, o.status, "-" if acc is None else f"{100 * acc:.1f}",
-                     str(o.n_failed) if o.status == "done" else "", str(o.path) if o.status != "failed" else o.error])
-    print_rows(out, "run summary", ["model", "task", "status", "acc1", "n_failed", "result"], rows, right=(3, 4))
+                     str(o.n_failed) if o.status == "done" else "", detail])
+    print_rows(out, "run summary", ["model", "task", "status", "acc1", "n_failed", "result / reason"], rows,
+               right=(3, 4), truncate={"result / reason": SUMMARY_ERROR_WIDTH})
+    by_error: dict[str, list] = {}
+    for o in outcomes:
+        if o.status == "failed":
+            by_error.setdefault(_without_advice(o.error, o.advice), []).append(o)
+    if not by_error:
+        return
+    err = _console(stderr=True)
+    err.print(f"[red]{sum(map(len, by_error.values()))} pair(s) failed[/red]")
+    for message, pairs in by_error.items():
+        hit = ", ".join(f"{o.model} x {o.task}" for o in pairs[:3])
+        hit += f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+        err.print(f"  {markup(message)}  [dim]({len(pairs)} pair(s): {markup(hit)})[/dim]", soft_wrap=True)
+    for advice in dict.fromkeys(o.advice for o in outcomes if o.status == "failed" and o.advice):
+        err.print(f"[yellow]{markup(advice)}[/yellow]", soft_wrap=True)  # once per run, however many pairs
+
+
+def _without_advice(error: str, advice: str) -> str:
+    """The error without its advice (printed once below the list): "...; set HF_HUB_OFFLINE=1 ..." goes."""
+    if not advice:
+        return error
+    return error.replace(f"; {advice}", "").replace(f"; {advice.split('; ', 1)[-1]}", "")
 
 
 def cmd_ls(args: Namespace) -> int:
@@ -144,56 +163,82 @@ def cmd_ls(args: Namespace) -> int:
 
 
 def cmd_plugins(args: Namespace) -> int:
+    """Loaded plugins as a table or JSON; third-party names are shown inert, and ``| head`` ends quietly."""
+    from covar_harness.console import inert, stdout_closed, write_stdout
     from covar_harness.plugin_manager import load_catalog
 
     catalog = load_catalog()
     rows = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
              "builtin": p.builtin, "hooks": p.hooks} for p in catalog.plugins]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print_rows(_console(), "plugins", ["name", "distribution", "version", "module", "hooks"],
-               [[r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"], r["module"],
-                 ", ".join(r["hooks"])] for r in rows])
+    try:
+        if args.json:
+            write_stdout(json.dumps(inert(rows), indent=2) + "\n")
+            return 0
+        print_rows(_console(), "plugins", ["name", "distribution", "version", "module", "hooks"],
+                   [[r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"],
+                     r["module"], ", ".join(r["hooks"])] for r in rows])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()
     return 0
 
 
 def cmd_leaderboard(args: Namespace) -> int:
-    from covar_harness import leaderboard as lb
+    """Tables from a folder of result files. Each unusable file is skipped with one line; ``--reference paper``
+    shows the published rows even without own results; ``| head`` ends quietly."""
+    import os
 
-    if not args.results_dir.is_dir():
-        raise UsageError(f"results folder {str(args.results_dir)!r} does not exist")
+    from covar_harness import leaderboard as lb
+    from covar_harness.console import markup, one_line, stdout_closed, write_stdout
+
+    if not os.path.isdir(args.results_dir):  # never raises, even for a name too long for the OS
+        raise UsageError(f"results folder {one_line(args.results_dir)!r} does not exist")
     loaded = lb.collect(args.results_dir)
     err = _console(stderr=True)
     for path, why in loaded.invalid:
-        err.print(f"[yellow]skipped invalid result {path}: {why}[/yellow]")
+        err.print(f"[yellow]skipped invalid result {markup(path)}: {markup(why)}[/yellow]")
+    if not loaded.records and args.reference is None:
+        raise UsageError(f"no valid result files under {one_line(args.results_dir)}")
     if not loaded.records:
-        raise UsageError(f"no valid result files under {args.results_dir}")
+        err.print(f"[yellow]no valid result files under {markup(args.results_dir)}: published rows only[/yellow]")
     tables = lb.build_tables(loaded.records, args.reference)
-    if args.format == "table":
-        lb.render_rich(tables, _console())
-    elif args.format == "markdown":
-        sys.stdout.write(lb.render_markdown(tables))
-    elif args.format == "csv":
-        sys.stdout.write(lb.render_csv(loaded.records))
-    else:
-        sys.stdout.write(lb.render_json(loaded.records, tables) + "\n")
+    try:
+        if args.format == "table":
+            lb.render_rich(tables, _console())
+            sys.stdout.flush()
+        elif args.format == "markdown":
+            write_stdout(lb.render_markdown(tables))
+        elif args.format == "csv":
+            write_stdout(lb.render_csv(loaded.records, args.reference))
+        else:
+            write_stdout(lb.render_json(loaded.records, tables, args.reference) + "\n")
+    except BrokenPipeError:
+        return stdout_closed()
     return 0
 
 
 def cmd_validate(args: Namespace) -> int:
+    """Check result files (a folder stands for every ``*.json`` under it): 0 all valid, 1 any invalid, 2 a path
+    that does not exist or a folder without result files (one line, before anything is checked)."""
     from covar_harness import results
+    from covar_harness.console import one_line, stdout_closed, write_stdout
 
-    bad = 0
-    for path in args.files:
-        try:
-            errors = results.validate(results.load(path))
-        except (OSError, ValueError) as exc:
-            errors = [f"cannot read: {exc}"]
-        if errors:
-            bad += 1
-            for e in errors:
-                print(f"{path}: {e}")
-        else:
-            print(f"{path}: ok")
+    files, problems = results.expand_paths(args.files)
+    bad = len(problems)
+    try:
+        for path, why in problems:
+            write_stdout(f"{one_line(path)}: {one_line(why)}\n")
+        for path in files:
+            try:
+                errors = results.validate(results.load(path))
+            except Exception as exc:  # noqa: BLE001 - one line per unusable file, never a traceback
+                errors = [f"cannot read: {str(exc) or type(exc).__name__}"]
+            bad += bool(errors)
+            for e in errors or ["ok"]:
+                write_stdout(f"{one_line(path)}: {one_line(e)}\n")
+        total = len(files) + len(problems)
+        if total > 1:
+            write_stdout(f"{total} file(s): {total - bad} ok, {bad} invalid\n")
+    except BrokenPipeError:
+        return stdout_closed()
     return 1 if bad else 0

@@ -7,15 +7,22 @@ any weights load. A failing pair is recorded and the run goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+import time
 import traceback
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from covar_harness import results
+from covar_harness.console import clip, markup, safe
 from covar_harness.data import SampleSet, open_task_data
+from covar_harness.plugin_manager import call_with_accepted
 from covar_harness.resources import format_prompt, load_list
 
 if TYPE_CHECKING:
@@ -23,6 +30,7 @@ if TYPE_CHECKING:
 
     from covar_harness.adapter import ModelAdapter
     from covar_harness.models import ModelRef
+    from covar_harness.plan import PlannedPair
     from covar_harness.plugin_manager import Catalog
     from covar_harness.taskconfig import TaskConfig
 
@@ -47,6 +55,24 @@ class RunOptions:
     diagnosis: Any = None  # covar_harness.diagnosis.DiagnosisSettings; None: no fg/bg diagnosis
     segmenter: str = "auto"  # where foreground masks come from: auto | dataset | groundedsam | plugin | none
     segmenter_settings: dict = field(default_factory=dict)
+
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
+        and compared before an existing file is reused (resume)."""
+        steps = {step.name: {"method": getattr(step, "method", step.name),
+                             "only_with_masks": getattr(step, "only_with_masks", False),
+                             **_as_dict(getattr(step, "settings", None))} for step in self.steps}
+        diagnosis = None if self.diagnosis is None else {
+            **self.diagnosis.as_config(), "segmenter": self.segmenter, "segmenter_settings": self.segmenter_settings}
+        settings = {"precision": self.precision, "seed": self.seed, "limit": self.limit, "steps": steps,
+                    "diagnosis": diagnosis}
+        return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
+
+
+def _as_dict(settings: Any) -> dict[str, Any]:
+    if is_dataclass(settings) and not isinstance(settings, type):
+        return asdict(settings)
+    return dict(settings) if isinstance(settings, dict) else {}
 
 
 @dataclass
@@ -84,6 +110,7 @@ class PairOutcome:
     metrics: dict = field(default_factory=dict)
     error: str = ""
     n_failed: int = 0
+    advice: str = ""  # what to do about the error, the same for every pair it hits (print once)
 
 
 class Reporter:
@@ -106,10 +133,67 @@ class Reporter:
             self.progress.remove_task(handle)
 
     def say(self, message: str) -> None:
+        """``message`` is rich markup: interpolate untrusted values with ``console.markup``."""
         if self.console is not None:
             self.console.print(message)
         else:
             log.info(message)
+
+    def pair_done(self, outcome: "PairOutcome") -> None:
+        """Called once per pair (done, skipped or failed); the summary table prints them all at the end."""
+
+
+class LineReporter(Reporter):
+    """Progress as plain lines, for output that is not a terminal (CI logs, nohup): one line per pair, and one
+    every ``every_s`` seconds of a long pair, with counts and elapsed time, so a log never goes quiet for long."""
+
+    def __init__(self, stream=None, every_s: float = 30.0, total_pairs: int | None = None):
+        super().__init__()
+        self.stream, self.every_s, self.total_pairs = stream or sys.stderr, every_s, total_pairs
+        self.started, self.n_pairs = time.monotonic(), 0
+        self._bars: dict[int, list] = {}
+
+    def _line(self, text: str) -> None:
+        print(f"[{_clock(time.monotonic() - self.started)}] {safe(text)}", file=self.stream, flush=True)
+
+    def task(self, description: str, total: int | None):
+        from rich.text import Text
+
+        handle = len(self._bars) + 1
+        self._bars[handle] = [Text.from_markup(description).plain, total, 0, time.monotonic(), time.monotonic()]
+        return handle
+
+    def advance(self, handle, n: int = 1) -> None:
+        bar = self._bars.get(handle)
+        if bar is None:
+            return
+        bar[2] += n
+        if time.monotonic() - bar[4] >= self.every_s:
+            bar[4] = time.monotonic()
+            of = f"/{bar[1]}" if bar[1] else ""
+            self._line(f"{bar[0]}: {bar[2]}{of} in {_clock(bar[4] - bar[3])}")
+
+    def done(self, handle) -> None:
+        self._bars.pop(handle, None)
+
+    def say(self, message: str) -> None:
+        from rich.text import Text
+
+        self._line(Text.from_markup(message).plain)
+
+    def pair_done(self, outcome: "PairOutcome") -> None:
+        self.n_pairs += 1
+        of = f"/{self.total_pairs}" if self.total_pairs else ""
+        acc = outcome.metrics.get("acc1")
+        what = {"done": f"done, acc1 {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "done",
+                "skipped": f"skipped ({outcome.error})" if outcome.error else "skipped",
+                "failed": f"failed: {clip(outcome.error, 100)}"}[outcome.status]  # in full in the summary
+        self._line(f"pair {self.n_pairs}{of}: {outcome.model} x {outcome.task}: {what}")
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 # ---- text side -----------------------------------------------------------------------------------------
@@ -178,8 +262,27 @@ def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, w
     loader = DataLoader(
         _PixelDataset(samples, preprocess), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
     )
-    yield from loader
+    with _sigint_deferred():  # workers fork here: a Ctrl-C now would land in an at-fork hook and be swallowed
+        batches = iter(loader)
+    yield from batches
+
+
+@contextmanager
+def _sigint_deferred():
+    """Hold SIGINT back (it is delivered, to the main process, right after); forked workers inherit the block."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def default_workers() -> int:
@@ -212,7 +315,7 @@ def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet
 
 def evaluate_task(
     adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", options: RunOptions,
-    classifiers: ClassifierCache, reporter: Reporter,
+    classifiers: ClassifierCache, reporter: Reporter, model_spec: str | None = None,
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log."""
     import numpy as np
@@ -227,7 +330,8 @@ def evaluate_task(
         raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {n_classes} class names")
     W = classifiers.get(classnames, templates, reporter)
     for step in options.steps:
-        step.start(adapter, cfg, samples)
+        # model_spec names the pair's output folders (maps); steps written before it existed do not take it
+        call_with_accepted(partial(step.start, adapter, cfg, samples), model_spec=model_spec)
     masks = _patch_masks(adapter, cfg, samples, classnames, catalog, options)
     k = min(5, n_classes)
     rows, failures, step_records, fg_grids = _batch_loop(adapter, cfg, samples, W, k, masks, options, reporter)
@@ -235,8 +339,8 @@ def evaluate_task(
     if failures:
         first = failures[0]
         reporter.say(
-            f"[yellow]{cfg.task}: skipped {len(failures)} unreadable image(s); first: "
-            f"{samples.samples[first[0]].id} ({first[1]})[/yellow]"
+            f"[yellow]{markup(cfg.task)}: skipped {len(failures)} unreadable image(s); first: "
+            f"{markup(samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
         )
     idx = np.array([i for i, _ in rows], dtype=np.int64)
     topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
@@ -262,6 +366,8 @@ def evaluate_task(
         "n_classes": n_classes, "data_fingerprint": samples.fingerprint(), "headline": cfg.headline,
         "tags": list(cfg.tags), "dataset": samples.description,
     }
+    if getattr(samples, "label_mapping", None):
+        record["task"]["label_mapping"] = samples.label_mapping
     record["config"].update({"templates": templates, "classnames": _classnames_ref(cfg)})
     record["samples"] = per_sample
     record["failed_files"] = [samples.samples[i].id for i, _ in failures]
@@ -277,8 +383,9 @@ def _batch_loop(adapter, cfg, samples, W, k, masks, options, reporter):
     fg_grids: dict[int, Any] = {}
     W_dev = None
     workers = default_workers() if options.workers is None else options.workers
-    handle = reporter.task(f"{cfg.task}", len(samples))
+    handle = reporter.task(markup(cfg.task), len(samples))
     for indices, pixels, failed in iterate_batches(samples, adapter.preprocess, options.batch_size, workers):
+        INTERRUPT.check()
         failures += failed
         if pixels is not None:
             emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
@@ -353,61 +460,146 @@ def _classnames_ref(cfg: "TaskConfig") -> Any:
 
 
 # ---- the run -------------------------------------------------------------------------------------------
+class _Interrupt:
+    """Ctrl-C always stops the run (exit 130), wherever SIGINT lands.
+
+    A KeyboardInterrupt can be swallowed (raised inside a ``__del__`` or while DataLoader workers fork) or turn
+    into a "worker exited unexpectedly" error that would fail a pair instead. Our handler also sets a flag,
+    checked at every batch and pair boundary and before any error is recorded as a pair failure.
+    """
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def _handler(self, signum, frame) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.hit = False
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.hit = False  # handled: a later run (or a direct evaluate_task call) starts clean
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+
+INTERRUPT = _Interrupt()  # signal handlers are process-wide, so is this flag
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops the run cleanly; when it does, a worker's
+    fd-sharing thread finds its pipe closed, which is expected then and not worth a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default = sys.excepthook
+
+    def quiet_pipes(kind, value, tb):
+        if not issubclass(kind, (BrokenPipeError, ConnectionResetError)):
+            default(kind, value, tb)
+
+    sys.excepthook = quiet_pipes
+
+
 def run(
     models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Catalog", options: RunOptions,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, plan: list["PlannedPair"] | None = None,
 ) -> list[PairOutcome]:
-    from covar_harness.models import load_model, resolve_device
+    """Evaluate every planned pair; a failing pair is recorded and the run goes on.
+
+    ``plan`` comes from :func:`covar_harness.plan.plan_run` (the CLI makes it before anything expensive);
+    without it, it is made here, with the same checks.
+    """
+    from covar_harness.plan import plan_run
 
     reporter = reporter or Reporter()
+    plan = plan if plan is not None else plan_run(models, tasks, catalog, options)
     outcomes: list[PairOutcome] = []
-    for ref in models:
-        pending = []
-        for cfg in tasks:
-            path = results.result_path(options.output_dir, ref.spec, cfg.task)
-            if path.exists() and not options.overwrite:
-                outcomes.append(PairOutcome(ref.spec, cfg.task, "skipped", path))
-            else:
-                pending.append((cfg, path))
-        if not pending:
-            continue
-        device = resolve_device(options.device)
-        handle = reporter.task(f"loading {ref.spec}", None)
-        try:
-            adapter = load_model(ref.spec, device, options.precision, options.cache_dir, catalog)
-        except Exception as exc:
-            reporter.done(handle)
-            msg = _one_line(exc)
-            outcomes += [PairOutcome(ref.spec, cfg.task, "failed", p, error=msg) for cfg, p in pending]
-            reporter.say(f"[red]model {ref.spec} failed to load: {msg}[/red]")
-            continue
-        reporter.done(handle)
-        classifiers = ClassifierCache(adapter)
-        for cfg, path in pending:
-            outcomes.append(_run_pair(ref, adapter, cfg, path, catalog, options, classifiers, reporter, device))
-        del adapter, classifiers
+    with INTERRUPT.installed():
+        for ref in _unique_refs(plan):
+            mine = [p for p in plan if p.ref is ref]
+            for p in mine:
+                if p.status != "run":
+                    outcomes.append(_report(reporter, PairOutcome(ref.spec, p.cfg.task, "skipped", p.path,
+                                                                  error=p.reason)))
+            pending = [p for p in mine if p.status == "run"]
+            if pending:
+                outcomes += _run_model(ref, pending, catalog, options, reporter)
+        INTERRUPT.check()
     return outcomes
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+def _unique_refs(plan: list["PlannedPair"]) -> list["ModelRef"]:
+    refs: list = []
+    for p in plan:
+        if not any(p.ref is r for r in refs):
+            refs.append(p.ref)
+    return refs
+
+
+def _report(reporter: Reporter, outcome: PairOutcome) -> PairOutcome:
+    reporter.pair_done(outcome)
+    return outcome
+
+
+def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
+    """Load one model, run all its pending pairs; a model that fails to load fails its pairs with one message."""
+    from covar_harness.models import load_model, resolve_device
+
+    device = resolve_device(options.device)
+    handle = reporter.task(f"loading {markup(ref.spec)}", None)
+    try:
+        adapter = load_model(ref.spec, device, options.precision, options.cache_dir, catalog)
+    except Exception as exc:
+        INTERRUPT.check()
+        msg, advice = one_line(exc), safe(getattr(exc, "advice", ""))
+        return [_report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
+                for p in pending]
+    finally:
+        reporter.done(handle)
+    classifiers = ClassifierCache(adapter)
+    return [_report(reporter, _run_pair(ref, adapter, p.cfg, p.path, catalog, options, classifiers, reporter,
+                                        device)) for p in pending]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of plain text (control characters removed: messages may quote untrusted input)."""
+    text = safe(str(exc)).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _run_pair(ref, adapter, cfg, path, catalog, options, classifiers, reporter, device) -> PairOutcome:
+    """Everything one pair does, writing included, inside one handler: a failing pair never stops the run."""
     started = results.now()
     try:
-        record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter)
-    except KeyboardInterrupt:
-        raise
+        record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter, ref.spec)
+        out = _result_object(ref, adapter, record, options, device, started)
+        if options.log_samples:
+            results.write_jsonl(results.samples_path(path), record["samples"])
+        results.write_json(path, out)  # last: its existence marks the pair done
     except Exception as exc:
+        INTERRUPT.check()
         log.debug("pair %s x %s failed:\n%s", ref.spec, cfg.task, traceback.format_exc())
-        msg = _one_line(exc)
-        reporter.say(f"[red]{ref.spec} x {cfg.task} failed: {msg}[/red]")
-        return PairOutcome(ref.spec, cfg.task, "failed", path, error=msg)
-    per_sample = record.pop("samples")
-    failed_files = record.pop("failed_files")
-    out = {
+        return PairOutcome(ref.spec, cfg.task, "failed", path, error=one_line(exc))
+    return PairOutcome(ref.spec, cfg.task, "done", path, out["metrics"], n_failed=len(record["failed_files"]))
+
+
+def _result_object(ref, adapter, record, options, device, started) -> dict[str, Any]:
+    """The result file's content (DESIGN 6): model, task, metrics with intervals, settings, provenance."""
+    return {
         "schema_version": results.SCHEMA_VERSION,
         "model": {"spec": ref.spec, "name": getattr(adapter, "name", ref.spec),
                   "family": getattr(adapter, "family", ref.family), "target": ref.target},
@@ -415,12 +607,8 @@ def _run_pair(ref, adapter, cfg, path, catalog, options, classifiers, reporter, 
         "metrics": record["metrics"],
         "intervals": record["intervals"],
         "config": {"batch_size": options.batch_size, "precision": options.precision, "seed": options.seed,
-                   "limit": options.limit, **record["config"]},
+                   "limit": options.limit, **record["config"], "run_settings": options.result_settings()},
         "notes": record["notes"],
-        "failed_files": failed_files[:100],
+        "failed_files": record["failed_files"][:100],
         "provenance": results.provenance(device, started),
     }
-    if options.log_samples:
-        results.write_jsonl(results.samples_path(path), per_sample)
-    results.write_json(path, out)  # last: its existence marks the pair done
-    return PairOutcome(ref.spec, cfg.task, "done", path, out["metrics"], n_failed=len(failed_files))

@@ -39,9 +39,17 @@ def named(kind: str, name: str) -> Any:
 
 
 def _from_file(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
+    from covar_harness.data import read_text_capped
+
+    try:  # regular files under a size cap only: a FIFO would hang, /dev/zero would never end
+        text = read_text_capped(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {str(path)!r}: {exc}") from None
     if path.suffix == ".json":
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise UsageError(f"{str(path)!r} is not valid JSON: {str(exc)[:200]}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

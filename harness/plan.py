@@ -1,0 +1,196 @@
+"""The run plan: which model x task pairs to run, skip or refuse, decided before any weights load.
+
+Everything cheap is checked here (the device, the output folder, each task's data, existing result files and
+the settings they were made with), so a mistake costs one line and exit 2, not a download of 18 models
+followed by 162 failed pairs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from covar_harness import results
+from covar_harness.registry import UsageError
+
+if TYPE_CHECKING:
+    from covar_harness.evaluator import RunOptions
+    from covar_harness.models import ModelRef
+    from covar_harness.plugin_manager import Catalog
+    from covar_harness.taskconfig import TaskConfig
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+@dataclass
+class PlannedPair:
+    ref: "ModelRef"
+    cfg: "TaskConfig"
+    path: Path
+    status: str  # run | skipped (result file made with the same settings) | noted (task not applicable)
+    reason: str = ""
+
+
+def check_device(device: str) -> None:
+    """Unknown or unavailable devices fail here, not after the weights have been downloaded."""
+    match = re.fullmatch(r"auto|cpu|mps|cuda(?::(\d+))?", device)
+    if match is None:
+        close = difflib.get_close_matches(device, ["auto", "cpu", "cuda", "mps"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown --device {device!r}: choose from {', '.join(DEVICES)}{hint}")
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+        return
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+                         "use --device cpu or auto")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Create ``folder`` and write a probe file into it: an unwritable output is exit 2 before any model loads."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{flag} {folder}: not writable ({exc.strerror or exc})") from None
+
+
+def check_k(models: list["ModelRef"], catalog: "Catalog", options: "RunOptions") -> None:
+    """``--cci-k`` above a model's patch count, refused before download where the patch count is known from the
+    model's config alone (open_clip architectures, local folders); other models fail that pair at start."""
+    ks = {step.settings.k for step in options.steps if isinstance(getattr(getattr(step, "settings", None), "k", None), int)}
+    if not ks:
+        return
+    from covar_harness.models import patch_count_hint
+
+    for ref in models:
+        n = patch_count_hint(ref.spec, catalog)
+        if n is not None and max(ks) > n:
+            raise UsageError(f"--cci-k {max(ks)} is more than the {n} patches of {ref.spec}; use --cci-k <= {n}")
+
+
+def check_data(tasks: list["TaskConfig"], catalog: "Catalog", data_dir: Path | None) -> dict[str, str]:
+    """Every task's data opens (cheaply, no image decoded); returns {task: note} for tasks to skip with a note.
+
+    Missing data for several tasks is one error naming them all, not one per task and model.
+    """
+    from covar_harness.data import DatasetNotFound, preflight
+    from covar_harness.evaluator import task_templates
+    from covar_harness.resources import load_list
+
+    notes, missing = {}, []
+    for cfg in tasks:
+        task_templates(cfg)  # a missing templates or class-names file is exit 2 now, not a failed pair later
+        load_list("classnames", cfg.classnames, cfg.source.parent if cfg.source else None)
+        try:
+            note = preflight(cfg, catalog, data_dir)
+        except DatasetNotFound as exc:
+            missing.append((cfg.task, str(exc)))
+            continue
+        if note:
+            notes[cfg.task] = note
+    if len(missing) == 1:
+        raise UsageError(missing[0][1])
+    if missing:
+        names = ", ".join(name for name, _ in missing)
+        raise UsageError(f"{len(missing)} tasks have no data ({names}); first: {missing[0][1]}")
+    return notes
+
+
+def plan_run(models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Catalog", options: "RunOptions",
+             *, check_only_plan: bool = False) -> list[PlannedPair]:
+    """The pairs in run order, each marked run / skipped / noted; UsageError when the run must not start.
+
+    ``check_only_plan`` (``--dry-run``) skips the checks that write to disk.
+    """
+    check_device(options.device)
+    if not check_only_plan:
+        check_writable(options.output_dir, "--output-dir")
+    check_k(models, catalog, options)
+    notes = check_data(tasks, catalog, options.data_dir)
+    settings = options.result_settings()
+    fingerprints = _Fingerprints(catalog, options)
+    pairs, conflicts = [], []
+    for ref in models:
+        for cfg in tasks:
+            path = results.result_path(options.output_dir, ref.spec, cfg.task)
+            if cfg.task in notes:
+                pairs.append(PlannedPair(ref, cfg, path, "noted", notes[cfg.task]))
+            elif options.overwrite or not path.exists():
+                pairs.append(PlannedPair(ref, cfg, path, "run"))
+            else:
+                diffs = stored_differences(path, ref.spec, cfg, settings, fingerprints.of)
+                if diffs:
+                    conflicts.append(f"{path} ({'; '.join(diffs)})")
+                pairs.append(PlannedPair(ref, cfg, path, "skipped", "result file exists with the same settings"))
+    if conflicts:
+        more = f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else ""
+        raise UsageError(f"a result file exists from a run with other settings: {conflicts[0]}{more}; pass "
+                         "--overwrite to redo such pairs, or another --output-dir")
+    return pairs
+
+
+class _Fingerprints:
+    """The data fingerprint of each task's evaluated samples, computed only for tasks with a result to compare."""
+
+    def __init__(self, catalog: "Catalog", options: "RunOptions"):
+        self.catalog, self.options, self._cache = catalog, options, {}
+
+    def of(self, cfg: "TaskConfig") -> str:
+        if cfg.task not in self._cache:
+            from covar_harness.data import open_task_data
+            from covar_harness.evaluator import limit_samples
+
+            samples = open_task_data(cfg, self.catalog, self.options.data_dir)
+            self._cache[cfg.task] = limit_samples(samples, self.options.limit, self.options.seed).fingerprint()
+        return self._cache[cfg.task]
+
+
+def stored_differences(path: Path, spec: str, cfg: "TaskConfig", settings: dict,
+                       fingerprint: Callable[["TaskConfig"], str]) -> list[str]:
+    """What differs between an existing result file and the pair about to run; empty: the file can be reused."""
+    try:
+        stored = results.load(path)
+    except (OSError, ValueError) as exc:
+        return [f"unreadable: {exc}"]
+    if results.validate(stored):
+        return ["not a valid result file"]
+    wanted = {"model": spec, "task": cfg.task, "task version": cfg.version}
+    found = {"model": stored["model"]["spec"], "task": stored["task"]["name"],
+             "task version": stored["task"]["version"]}
+    diffs = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
+    ran_with = stored["config"].get("run_settings")
+    if not isinstance(ran_with, dict):
+        return diffs + ["made by an older harness that did not record its settings"]
+    diffs += [f"{key}: {a!r} there, {b!r} now" for key, a, b in _changed(_flat(ran_with), _flat(settings))]
+    if not diffs and stored["task"]["data_fingerprint"] != fingerprint(cfg):
+        diffs.append("the data changed (data_fingerprint differs)")
+    return diffs
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
