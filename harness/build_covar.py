@@ -16,6 +16,10 @@ Inputs
 Determinism: each object instance draws from its own RNG seeded by (seed, object id, instance), so a parallel
 build writes byte-identical files and metadata to a serial one. Interrupted builds are detectable: each
 subset's ``metadata.jsonl`` is written (temp + rename) only after all its images, and ``build.json`` last.
+
+Paths in metadata are relative to the subset folder (version 2 on), so each subset folder also loads as a Hugging
+Face ``imagefolder``. A build is marked from its start (``.covar-build``), so ``--overwrite`` replaces only a
+previous build and never a folder of someone's own files.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from PIL import Image
 
 from covar_harness.registry import UsageError
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: metadata paths relative to the subset folder (1: relative to the build root)
+BUILD_MARKER = ".covar-build"  # written before anything else: the folder holds a (maybe unfinished) build
 SUBSETS = ("original", "bg_varied", "hflip", "vflip", "rotation", "translate", "crop", "scale", "viewpoint")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".mask", "_mask")
@@ -88,13 +93,17 @@ class BuildReport:
     out: Path
     classes: list[str]
     counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # things the user should know, e.g. no viewpoint subset
 
 
 def _open(x: ImageLike) -> Image.Image:
+    """A decoded image; regular files only (a FIFO would hang the build)."""
+    from covar_harness.data import open_regular
+
     if isinstance(x, Image.Image):
         return x
     try:
-        with Image.open(x) as im:
+        with open_regular(x) as fh, Image.open(fh) as im:
             im.load()
             return im
     except (OSError, ValueError) as exc:
@@ -103,10 +112,12 @@ def _open(x: ImageLike) -> Image.Image:
 
 def load_view(view: View) -> tuple[np.ndarray, np.ndarray]:
     """(rgb uint8 HxWx3, mask bool HxW). The mask is alpha > 127, or the mask image > 127 (white = object)."""
+    from covar_harness.data import as_mask, as_rgb
+
     im = _open(view.image)
     if view.mask is not None:
-        rgb = np.asarray(im.convert("RGB"))
-        mask = np.asarray(_open(view.mask).convert("L")) > 127
+        rgb = np.asarray(as_rgb(im))
+        mask = np.asarray(as_mask(_open(view.mask))) > 127
         if mask.shape != rgb.shape[:2]:
             raise BuildError(f"mask {view.mask} is {mask.shape[::-1]} but its image {view.image} is {rgb.shape[1::-1]}")
     elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -130,6 +141,12 @@ def _mask_partner(p: Path) -> Path | None:
             if cand.is_file():
                 return cand
     return None
+
+
+def _read_small(path: Path) -> str:
+    from covar_harness.data import read_text_capped
+
+    return read_text_capped(path)
 
 
 def _is_mask_file(p: Path) -> bool:
@@ -160,7 +177,7 @@ def discover_objects(folder: Path) -> list[ObjectSource]:
 
 def _objects_from_manifest(folder: Path, manifest: Path) -> list[ObjectSource]:
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = json.loads(_read_small(manifest))
     except (OSError, ValueError) as exc:
         raise BuildError(f"cannot read {manifest}: {exc}") from exc
     if not isinstance(data, dict) or not data:
@@ -192,9 +209,11 @@ def discover_backgrounds(folder: Path, classes: Sequence[str]) -> list[Backgroun
     manifest = folder / "manifest.json"
     if manifest.is_file():
         try:
-            labels = json.loads(manifest.read_text(encoding="utf-8"))
+            labels = json.loads(_read_small(manifest))
         except (OSError, ValueError) as exc:
             raise BuildError(f"cannot read {manifest}: {exc}") from exc
+        if not isinstance(labels, dict) or not all(v is None or isinstance(v, str) for v in labels.values()):
+            raise BuildError(f"{manifest}: expected a mapping file name -> class name (or null)")
     out = [BackgroundSource(_slug(f.stem), f, labels.get(f.name)) for f in sorted(folder.iterdir()) if _is_image(f)]
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.name not in classes:
@@ -348,7 +367,7 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     rows: list[tuple[str, dict]] = []
 
     def emit(subset: str, name: str, img: np.ndarray, msk: np.ndarray, variation: dict) -> None:
-        rel, mask_rel = _save(job.out, f"{subset}/{_slug(obj.label)}/{name}.png", img, msk)
+        rel, mask_rel = _save(job.out / subset, f"{_slug(obj.label)}/{name}.png", img, msk)  # subset-relative
         rows.append((subset, {"file_name": rel, "label": job.label, "mask": mask_rel, "source_id": source_id,
                               "variation": {"transform": subset, **variation}}))
 
@@ -435,20 +454,52 @@ def _write_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
+def holds_build(out: Path) -> bool:
+    """``out`` carries a build stamp: the start marker, or a ``build.json`` with a ``build_version``."""
+    from covar_harness.data import read_text_capped
+
+    if (out / BUILD_MARKER).is_file():
+        return True
+    try:
+        info = json.loads(read_text_capped(out / "build.json"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "build_version" in info
+
+
+def _remove_previous(out: Path) -> None:
+    """Delete what a build writes (only called on a folder that :func:`holds_build`); links are unlinked, not
+    followed."""
+    for name in (*SUBSETS, "classes.json", "build.json", BUILD_MARKER):
+        p = out / name
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
+
+
 def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse to mix with existing content unless ``overwrite``; then clear what a previous build wrote."""
-    if out.exists() and not out.is_dir():
+    """Refuse to mix with existing content; with ``overwrite``, replace only a previous build (stamped), never a
+    folder of other files. Then mark the folder as a build before anything is written."""
+    if os.path.lexists(out) and not out.is_dir():
         raise BuildError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise BuildError(f"--out {out} is not empty; pass --overwrite to replace a previous build")
-        for name in (*SUBSETS, "classes.json", "build.json"):
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        if not holds_build(out):
+            raise BuildError(f"--out {out} is not empty and holds no previous build (no build.json or "
+                             f"{BUILD_MARKER}); refusing to replace it, even with --overwrite: choose a new or empty "
+                             "folder")
+        _remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / BUILD_MARKER, json.dumps({"build_version": BUILD_VERSION}) + "\n")
+
+
+def _single_view_note(objects: Sequence[ObjectSource]) -> list[str]:
+    if any(len(o.views) > 1 for o in objects):
+        return []
+    return [("every object has a single view, so this build has no viewpoint subset (give several views per object "
+             "in the objects' manifest.json for one); viewpoint tasks on it are skipped with a note")]
 
 
 def build(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource], out: Path,
@@ -469,11 +520,13 @@ def build(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSourc
     for subset, records in rows_by_subset.items():
         _write_atomic(out / subset / "metadata.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     counts = {s: len(rows_by_subset[s]) for s in SUBSETS if s in rows_by_subset}
+    notes = _single_view_note(objects)
     info = {"build_version": BUILD_VERSION, "seed": options.seed, "size": options.size,
             "per_object": options.per_object, "object_frac": options.object_frac, "n_objects": len(objects),
-            "n_backgrounds": len(backgrounds), "classes": classes, "subsets": counts}
+            "n_backgrounds": len(backgrounds), "classes": classes, "subsets": counts,
+            "paths": "relative to the subset folder", "max_views": max(len(o.views) for o in objects), "notes": notes}
     _write_atomic(out / "build.json", json.dumps(info, indent=1) + "\n")
-    return BuildReport(out, classes, counts)
+    return BuildReport(out, classes, counts, notes)
 
 
 def is_complete(out: Path) -> bool:
@@ -493,10 +546,19 @@ def build_from_folders(objects_dir: Path, backgrounds_dir: Path, out: Path, opti
 
 
 def iter_records(out: Path, subset: str) -> Iterable[dict]:
+    """A subset's metadata records with ``file_name`` and ``mask`` relative to ``out``, whatever the build version
+    (the same ids the ``covar`` reader gives)."""
+    from covar_harness.tasks.covar import subset_relative
+
+    prefix = f"{subset}/" if subset_relative(Path(out)) else ""
     with open(Path(out) / subset / "metadata.jsonl", encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                yield json.loads(line)
+                rec = json.loads(line)
+                for key in ("file_name", "mask"):
+                    if isinstance(rec.get(key), str):
+                        rec[key] = prefix + rec[key]
+                yield rec
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -516,5 +578,8 @@ def cmd_build_covar(args) -> int:
                                     progress=lambda n: bar.advance(task, n),
                                     on_plan=lambda total: bar.update(task, total=total))
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
-    Console(highlight=False).print(f"built {report.out}: {len(report.classes)} classes; {counts}")
+    out = Console(highlight=False)
+    out.print(f"built {report.out}: {len(report.classes)} classes; {counts}", markup=False)
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
     return 0

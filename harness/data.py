@@ -3,15 +3,21 @@
 A dataset format (``dataset.format`` in task YAML) is a loader registered through ``register_dataset_formats``
 that returns a :class:`SampleSet`. Images are opened lazily, in DataLoader workers; an unreadable image is
 the evaluator's business (skipped and counted), not the format's.
+
+A format may also register ``preflight=fn``: ``fn(dataset_cfg, data_dir)`` checks cheaply (no image decoded, no
+network) that the data is there. It returns a note (the task is skipped with it), a SampleSet it could open
+cheaply (checked further against the task), or None; missing data raises :class:`DatasetNotFound`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from covar_harness.registry import UsageError
 
@@ -23,10 +29,115 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_ENV = "COVAR_HARNESS_DATA"
+METADATA_MAX_BYTES = 1 << 30  # metadata.jsonl: ~3 million samples; more is a mistake or an attack
+SMALL_FILE_MAX_BYTES = 64 << 20  # classes.json, build.json, name lists, manifests
+LABEL_MAPPINGS = ("by_name", "positional")
+# Preflight checks of built-in formats registered by files that do not pass ``preflight=`` themselves.
+BUILTIN_PREFLIGHT = {"covar-shapes": "covar_harness.tasks.covar_shapes:preflight_covar_shapes"}
 
 
 class DatasetNotFound(UsageError):
     """The data a task needs is not where it should be; the message says where we looked and how to get it."""
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or folder where a file was expected: reading it could hang or never end."""
+
+
+class FileTooLarge(OSError):
+    """A file over the size cap for its kind: reading it whole could exhaust memory."""
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | Path, max_bytes: int | None = None) -> IO[bytes]:
+    """Open ``path`` for binary reading only when it is a regular file (under ``max_bytes``).
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO can neither hang the open nor be swapped
+    in between the check and the read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{path} is {_kind(st.st_mode)}, not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileTooLarge(f"{path} is {st.st_size} bytes, over the {max_bytes}-byte limit for this file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text_capped(path: str | Path, max_bytes: int = SMALL_FILE_MAX_BYTES, errors: str = "strict") -> str:
+    """A small UTF-8 text file, read only when it is a regular file under ``max_bytes`` (else OSError)."""
+    with open_regular(path, max_bytes) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew after the size check
+        raise FileTooLarge(f"{path} is over the {max_bytes}-byte limit for this file")
+    return data.decode("utf-8", errors)
+
+
+# ---- pixels --------------------------------------------------------------------------------------------
+def _stretch(arr, lo: float, hi: float):
+    import numpy as np
+
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8) if hi <= 0 else np.full(arr.shape, min(255, round(hi)), np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def to_8bit(im: "Image.Image") -> "Image.Image":
+    """High-bit-depth images (``I;16*``, ``I``, ``F``) as 8-bit ``L``, scaled by the mode's range; others as given.
+
+    PIL's own ``convert`` clips these modes at 255, so a 16-bit photo reaches the model all white (or black).
+    ``I;16``: /257. ``I``: kept when within 0..255, else stretched min..max. ``F``: x255 when within 0..1, else
+    stretched min..max. Non-finite values become the nearest finite extreme.
+    """
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return im
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return Image.fromarray(np.round(arr.astype(np.float32) / 257.0).astype(np.uint8), "L")
+    arr = arr.astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return Image.fromarray(np.zeros(arr.shape, np.uint8), "L")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    arr = np.where(finite, arr, np.where(arr > 0, hi, lo))
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        out = np.round(arr * 255).astype(np.uint8)
+    elif im.mode == "I" and lo >= 0 and hi <= 255:
+        out = arr.astype(np.uint8)
+    else:
+        out = _stretch(arr, lo, hi)
+    return Image.fromarray(out, "L")
+
+
+def as_rgb(im: "Image.Image") -> "Image.Image":
+    """Any PIL image as 8-bit RGB; palette, LA, CMYK and the like through PIL, high bit depths scaled first."""
+    return to_8bit(im).convert("RGB")
+
+
+def as_mask(im: "Image.Image") -> "Image.Image":
+    """Any PIL image as an 8-bit mode ``L`` mask (white = object), high bit depths scaled first."""
+    return to_8bit(im).convert("L")
+
+
+def open_image_file(path: str | Path, convert: Callable[["Image.Image"], "Image.Image"] = as_rgb) -> "Image.Image":
+    """Decode one image file (regular files only: a FIFO fails this image instead of hanging the run)."""
+    from PIL import Image
+
+    with open_regular(path) as fh, Image.open(fh) as im:
+        return convert(im)
 
 
 @dataclass
@@ -37,32 +148,34 @@ class Sample:
 
 
 class SampleSet:
-    """The samples of one task plus how to open them. Picklable, so DataLoader workers can use it."""
+    """The samples of one task plus how to open them. Picklable, so DataLoader workers can use it.
+
+    ``label_mapping`` says how labels were tied to a task's explicit ``classnames``: "by_name" (the dataset's
+    class names matched them as a set, labels reordered to follow the list), "positional" (label i is the
+    list's i-th name), or None (the class names come from the dataset itself).
+    """
+
+    label_mapping: str | None = None
 
     def __init__(self, samples: list[Sample], classnames: list[str] | None, root: Path | None, description: str = ""):
         self.samples = samples
         self.classnames = classnames
         self.root = root
         self.description = description
+        self.label_mapping = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def open_image(self, index: int) -> "Image.Image":
-        from PIL import Image
-
-        with Image.open(self._path(self.samples[index].id)) as im:
-            return im.convert("RGB")
+        return open_image_file(self._path(self.samples[index].id), as_rgb)
 
     def open_mask(self, index: int) -> "Image.Image | None":
         """The foreground mask (mode L, white = object) when the dataset ships one."""
         rel = self.samples[index].meta.get("mask")
         if not rel:
             return None
-        from PIL import Image
-
-        with Image.open(self._path(rel)) as im:
-            return im.convert("L")
+        return open_image_file(self._path(rel), as_mask)
 
     @property
     def has_masks(self) -> bool:
@@ -101,27 +214,131 @@ def default_data_dir(data_dir: str | Path | None = None) -> Path:
     return Path("~/.cache/covar-harness/data").expanduser()
 
 
-def open_task_data(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None = None) -> SampleSet:
-    """Resolve the task's dataset path and hand it to the registered format loader."""
+# ---- a task's data -------------------------------------------------------------------------------------
+def resolve_dataset(cfg: "TaskConfig", data_dir: str | Path | None = None) -> tuple[dict, Path]:
+    """The task's ``dataset`` mapping with ``path`` resolved (original kept as ``raw_path``), and the data dir."""
     root = default_data_dir(data_dir)
     ds = dict(cfg.dataset)
     if "path" in ds:
-        resolved = cfg.resolve_path(ds["path"], root)
         ds["raw_path"] = ds["path"]
-        ds["path"] = str(resolved)
+        ds["path"] = str(cfg.resolve_path(ds["path"], root))
+    return ds, root
+
+
+def open_task_data(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None = None) -> SampleSet:
+    """Resolve the task's dataset path, hand it to the registered format loader, tie labels to the class names."""
+    ds, root = resolve_dataset(cfg, data_dir)
     loader = catalog.formats.get(ds["format"])
-    samples = loader(ds, root)
+    return _checked(cfg, ds, loader(ds, root))
+
+
+def _checked(cfg: "TaskConfig", ds: dict, samples: SampleSet) -> SampleSet:
     if len(samples) == 0:
         raise DatasetNotFound(f"task {cfg.task!r}: dataset at {ds.get('path', '?')} holds no images")
+    apply_task_classnames(cfg, samples)
     return samples
 
 
+def preflight(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None = None) -> str | None:
+    """Check cheaply (no image decoded, no model, no network) that a task's data can be opened.
+
+    Raises UsageError for an unknown format (with close matches) or a bad class-name list, DatasetNotFound (the
+    message ``open_task_data`` would give) for missing data; returns a note when the task should be skipped
+    rather than failed (e.g. ``viewpoint`` on a single-view COVAR build), else None. Data a format makes on
+    first use (covar-shapes) and Hugging Face hub datasets pass without being made or contacted.
+    """
+    entry = catalog.formats.entry(cfg.dataset["format"])
+    check = entry.extra.get("preflight") or _builtin_preflight(entry.name)
+    if cfg.classnames is not None:
+        explicit_classnames(cfg)
+    if check is None:
+        return None
+    ds, root = resolve_dataset(cfg, data_dir)
+    found = check(ds, root)
+    if isinstance(found, SampleSet):
+        _checked(cfg, ds, found)
+        return None
+    return found
+
+
+def _builtin_preflight(name: str) -> Callable | None:
+    target = BUILTIN_PREFLIGHT.get(name)
+    if target is None:
+        return None
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# ---- class names and labels ----------------------------------------------------------------------------
+def explicit_classnames(cfg: "TaskConfig") -> list[str] | None:
+    """The task's explicit ``classnames`` (inline, shipped name or file), or None when the dataset names them."""
+    if cfg.classnames is None:
+        return None
+    from covar_harness.resources import load_list
+
+    names = load_list("classnames", cfg.classnames, cfg.source.parent if cfg.source else None)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"task {cfg.task!r}: classnames must be a non-empty list of strings")
+    return names
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").casefold().split())
+
+
+def _short(names: list[str], n: int = 6) -> str:
+    shown = ", ".join(names[:n])
+    return f"[{shown}{f', ... {len(names) - n} more' if len(names) > n else ''}]"
+
+
+def label_permutation(dataset_names: list[str], task_names: list[str], task: str) -> dict[int, int] | None:
+    """Dataset label -> task label when the names match as a set (``_`` as space, any case); None: positional.
+
+    Counts that differ raise UsageError naming both lists, and so do lists where most of the shared names sit at
+    other positions (a reordered list with a renamed class: positional labels would be wrong). A stray shared
+    name elsewhere is tolerated: ImageNet's WordNet and curated lists share "missile" at different indices.
+    """
+    ours, theirs = [_norm(n) for n in dataset_names], [_norm(n) for n in task_names]
+    if len(set(ours)) == len(ours) == len(theirs) == len(set(theirs)) and set(ours) == set(theirs):
+        where = {name: i for i, name in enumerate(theirs)}
+        return {i: where[name] for i, name in enumerate(ours)}
+    lists = f"task classnames {_short(task_names)}, dataset classes {_short(dataset_names)}"
+    if len(ours) != len(theirs):
+        raise UsageError(f"task {task!r}: {len(task_names)} class names for {len(dataset_names)} dataset classes: "
+                         f"{lists}")
+    known = set(theirs)
+    shared = [i for i, name in enumerate(ours) if name in known]
+    moved = [dataset_names[i] for i in shared if theirs[i] != ours[i]]
+    if moved and 2 * len(moved) > len(shared):
+        raise UsageError(f"task {task!r}: dataset class {moved[0]!r} is at another position in the task's "
+                         f"classnames, so labels would be wrong; list the same names or none: {lists}")
+    return None
+
+
+def apply_task_classnames(cfg: "TaskConfig", samples: SampleSet) -> None:
+    """Make labels follow the task's explicit class-name list, and record how (``samples.label_mapping``)."""
+    names = explicit_classnames(cfg)
+    if names is None:
+        samples.label_mapping = None
+        return
+    perm = label_permutation(list(samples.classnames), names, cfg.task) if samples.classnames else None
+    if perm is not None:
+        samples.samples = [Sample(s.id, perm.get(s.label, s.label), s.meta) for s in samples.samples]
+    samples.classnames = list(names)
+    samples.label_mapping = "by_name" if perm is not None else "positional"
+
+
+# ---- built-in formats ----------------------------------------------------------------------------------
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Regular image files only (``is_file`` is False for FIFOs, devices and sockets, even behind a link)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def load_imagefolder(ds: dict, data_dir: Path) -> SampleSet:
-    """``<path>/<class>/<image>``; classes in sorted folder order (torchvision's convention)."""
+    """``<path>/<class>/<image>``; classes in sorted folder order (torchvision's convention).
+
+    A task that lists ``classnames`` gets its labels tied to them by name when they match (``open_task_data``).
+    """
     root = Path(ds["path"])
     if ds.get("split"):
         root = root / ds["split"]
@@ -129,7 +346,7 @@ def load_imagefolder(ds: dict, data_dir: Path) -> SampleSet:
         raise DatasetNotFound(
             f"image folder not found: {root} (expected <root>/<class>/<images>; set --data-dir or the task's dataset.path)"
         )
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
     if not classes:
         raise DatasetNotFound(f"image folder {root} has no class sub-folders")
     samples = [
@@ -140,6 +357,11 @@ def load_imagefolder(ds: dict, data_dir: Path) -> SampleSet:
     return SampleSet(samples, [c.replace("_", " ") for c in classes], root, f"imagefolder {root}")
 
 
+def preflight_imagefolder(ds: dict, data_dir: Path) -> SampleSet:
+    """Listing the folders is cheap: the loader itself is the check."""
+    return load_imagefolder(ds, data_dir)
+
+
 class HFSampleSet(SampleSet):
     """Samples held in a Hugging Face ``datasets.Dataset`` (memory-mapped Arrow, picklable)."""
 
@@ -148,12 +370,11 @@ class HFSampleSet(SampleSet):
         self.dataset, self.image_key = dataset, image_key
 
     def open_image(self, index: int):
-        image = self.dataset[int(self.samples[index].id)][self.image_key]
-        return image.convert("RGB")
+        return as_rgb(self.dataset[int(self.samples[index].id)][self.image_key])
 
     def open_mask(self, index: int):
         key = self.samples[index].meta.get("mask_key")
-        return self.dataset[int(self.samples[index].id)][key].convert("L") if key else None
+        return as_mask(self.dataset[int(self.samples[index].id)][key]) if key else None
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(str(getattr(self.dataset, "_fingerprint", "")).encode())
@@ -162,25 +383,51 @@ class HFSampleSet(SampleSet):
         return "sha256:" + h.hexdigest()[:16]
 
 
-def load_hf(ds: dict, data_dir: Path) -> SampleSet:
-    """A Hugging Face dataset: a hub id, a ``save_to_disk`` folder, or a local image folder."""
+def _looks_local(raw: str) -> bool:
+    """A dataset value that can only be a path (hub ids are ``name`` or ``org/name``)."""
+    text = str(raw)
+    return (os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or text.count("/") > 1
+            or text.endswith("/"))
+
+
+def _hf_local_missing(raw: str, path: Path | None) -> DatasetNotFound:
+    return DatasetNotFound(f"Hugging Face dataset {raw!r} not found: no folder {path or raw} (expected a save_to_disk "
+                           "folder or an image folder there, or a hub id ORG/NAME)")
+
+
+def _hf_open(ds: dict):
+    """The ``datasets`` object behind a task: a save_to_disk folder, a local image folder, or a hub dataset."""
     import datasets
 
     raw = ds.get("raw_path", ds.get("path"))
     path = Path(ds["path"]) if ds.get("path") else None
     split = ds.get("split", "test")
-    image_key, label_key = ds.get("image_key", "image"), ds.get("label_key", "label")
+    if path is not None and not path.exists() and _looks_local(raw):
+        raise _hf_local_missing(raw, path)
     try:
         if path is not None and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
-            data = datasets.load_from_disk(str(path))
-        elif path is not None and path.is_dir():
-            data = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
-        else:
-            data = datasets.load_dataset(raw, ds.get("name"), split=split, revision=ds.get("revision"))
+            return datasets.load_from_disk(str(path))
+        if path is not None and path.is_dir():
+            return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        return datasets.load_dataset(raw, ds.get("name"), split=split, revision=ds.get("revision"))
     except FileNotFoundError as exc:
         raise DatasetNotFound(f"Hugging Face dataset {raw!r} not found locally or on the hub ({exc})") from exc
     except Exception as exc:  # hub errors come in many types; one line each
         raise DatasetNotFound(f"could not load Hugging Face dataset {raw!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_hf(ds: dict, data_dir: Path) -> SampleSet:
+    """A Hugging Face dataset: a hub id, a ``save_to_disk`` folder, or a local image folder.
+
+    Class names come from the label column's ``ClassLabel`` names (or sorted string labels); a task that lists
+    ``classnames`` gets its labels tied to them by name when they match (``open_task_data``).
+    """
+    import datasets
+
+    raw = ds.get("raw_path", ds.get("path"))
+    split = ds.get("split", "test")
+    image_key, label_key = ds.get("image_key", "image"), ds.get("label_key", "label")
+    data = _hf_open(ds)
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
             raise UsageError(f"dataset {raw!r} has no split {split!r}; splits: {', '.join(data)}")
@@ -197,3 +444,11 @@ def load_hf(ds: dict, data_dir: Path) -> SampleSet:
         labels = [position[y] for y in labels]
     samples = [Sample(str(i), int(y)) for i, y in enumerate(labels)]
     return HFSampleSet(data, image_key, samples, classnames, f"hf {raw} [{split}]")
+
+
+def preflight_hf(ds: dict, data_dir: Path) -> None:
+    """A local path must exist; a hub id is never contacted here (the run reports hub errors per task)."""
+    raw = ds.get("raw_path", ds.get("path"))
+    path = Path(ds["path"]) if ds.get("path") else None
+    if path is not None and not path.exists() and _looks_local(raw):
+        raise _hf_local_missing(raw, path)

@@ -1,6 +1,8 @@
 """Task definitions: the task YAML schema, its validation, and the index that resolves ``--tasks``.
 
-YAML is read with ``yaml.safe_load`` and checked key by key; nothing in a task file is executed.
+YAML is read with ``yaml.safe_load`` and checked key by key; nothing in a task file is executed. A task file must
+be a regular file under ``TASK_FILE_MAX_BYTES`` and expand (aliases followed) to at most ``MAX_VALUES`` values, so
+a "billion laughs" file is refused in microseconds instead of costing minutes and gigabytes later.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from covar_harness.registry import UnknownNameError, UsageError, is_glob
 REQUIRED = ("task", "dataset")
 OPTIONAL = ("classnames", "templates", "version", "tags", "class_groups", "headline", "description", "metadata")
 HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+TASK_FILE_MAX_BYTES = 1 << 20
+MAX_VALUES = 200_000  # scalars and containers after alias expansion: far above any real task (1000 class names)
+MAX_DEPTH = 32
+GROUP_SPEC_KEYS = ("groups", "rule", "label_space", "source", "max_classes_per_group", "group_names")
 
 
 class TaskConfigError(UsageError):
@@ -65,10 +71,59 @@ def _fail(where: str, key: str, message: str) -> TaskConfigError:
     return TaskConfigError(f"{where}: key {key!r}: {message}")
 
 
+def check_size(value: Any, where: str, limit: int = MAX_VALUES, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a value that expands to more than ``limit`` values or nests deeper than ``max_depth``.
+
+    Counted as expanded (an alias is counted each time it is used), iteratively, stopping at the limit: YAML
+    aliases share objects, so a 500-byte file can stand for a billion strings, or a cycle for infinitely many.
+    """
+    stack, seen = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise TaskConfigError(f"{where}: more than {limit} values once YAML aliases are expanded; refused")
+        if depth > max_depth:
+            raise TaskConfigError(f"{where}: nested more than {max_depth} levels deep; refused")
+        if isinstance(item, dict):
+            stack.extend((x, depth + 1) for kv in item.items() for x in kv)
+        elif isinstance(item, (list, tuple)):
+            stack.extend((x, depth + 1) for x in item)
+
+
+def _group_key_ok(key: Any) -> bool:
+    return isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool))
+
+
+def check_class_groups(value: Any, where: str) -> None:
+    """``class_groups`` as documented: a name or path (str), a mapping class -> group name (str), or a spec
+    ``{"groups": {...}, "rule": str, "label_space": str, ...}``. Raises TaskConfigError (one line) otherwise."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, dict):
+        raise _fail(where, "class_groups", "must be a mapping class -> group, a file path, or a shipped name")
+    groups = value
+    if isinstance(value.get("groups"), dict):
+        extra = [k for k in value if k not in GROUP_SPEC_KEYS]
+        if extra:
+            raise _fail(where, "class_groups", f"unknown key {extra[0]!r}; allowed: {', '.join(GROUP_SPEC_KEYS)}")
+        for key in ("rule", "label_space"):
+            if value.get(key) is not None and not isinstance(value[key], str):
+                raise _fail(where, f"class_groups.{key}", "must be a string")
+        groups = value["groups"]
+    for key, group in groups.items():
+        if not _group_key_ok(key):
+            raise _fail(where, "class_groups", f"keys are class names or indices, got {type(key).__name__}")
+        if not isinstance(group, str):
+            raise _fail(where, "class_groups", f"the group of {str(key)[:60]!r} must be a string (a group name), "
+                        f"got {type(group).__name__}")
+
+
 def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     where = str(source) if source else "task dict"
     if not isinstance(raw, dict):
         raise TaskConfigError(f"{where}: a task must be a mapping, got {type(raw).__name__}")
+    check_size(raw, where)
     for key in raw:
         if key not in REQUIRED + OPTIONAL:
             close = difflib.get_close_matches(str(key), REQUIRED + OPTIONAL, n=1)
@@ -102,25 +157,33 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     if headline not in HEADLINE_METRICS:
         raise _fail(where, "headline", f"must be one of {', '.join(HEADLINE_METRICS)}")
     groups = raw.get("class_groups")
-    if groups is not None and not isinstance(groups, (str, dict)):
-        raise _fail(where, "class_groups", "must be a mapping class -> group, a file path, or a shipped name")
+    check_class_groups(groups, where)
     meta = raw.get("metadata", {})
     if not isinstance(meta, dict):
         raise _fail(where, "metadata", "must be a mapping")
+    description = raw.get("description") or ""
+    if not isinstance(description, (str, int, float)) or isinstance(description, bool):
+        raise _fail(where, "description", "must be a string")
     return TaskConfig(
         task=name, dataset=dict(ds), classnames=raw.get("classnames"), templates=templates, version=version,
-        tags=tuple(tags), class_groups=groups, headline=headline, description=str(raw.get("description", "")),
+        tags=tuple(tags), class_groups=groups, headline=headline, description=str(description),
         metadata=meta, source=source.resolve() if source else None,
     )
 
 
 def load_task_file(path: Path) -> TaskConfig:
+    """One task YAML: a regular file under the size cap, safe-loaded, size-bounded, then validated."""
     import yaml
 
+    from covar_harness.data import read_text_capped
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise TaskConfigError(f"{path}: cannot read task YAML: {str(exc).splitlines()[0]}") from exc
+        raw = yaml.safe_load(read_text_capped(path, TASK_FILE_MAX_BYTES))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise TaskConfigError(f"{path}: cannot read task YAML: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
+                              ) from exc
+    except RecursionError:
+        raise TaskConfigError(f"{path}: cannot read task YAML: nested too deeply") from None
     return parse_task(raw, path)
 
 

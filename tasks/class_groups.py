@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.registry import UsageError
 from covar_harness.resources import load_list
+from covar_harness.taskconfig import check_class_groups, check_size
 from covar_harness.tasks.imagenet import imagenet_index
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ def _spec(cfg: "TaskConfig") -> dict[str, Any] | None:
     raw = load_list("class_groups", cfg.class_groups, base)
     if not isinstance(raw, dict):
         raise UsageError(f"task {cfg.task!r}: class_groups must be a mapping class -> group")
+    where = f"task {cfg.task!r} ({cfg.class_groups if isinstance(cfg.class_groups, str) else 'inline'})"
+    check_size(raw, where)  # a JSON file has no aliases, but may be huge or deep
+    check_class_groups(raw, where)
     if isinstance(raw.get("groups"), dict):
         return {"groups": raw["groups"], "rule": str(raw.get("rule", "")), "label_space": raw.get("label_space")}
     where = cfg.class_groups if isinstance(cfg.class_groups, str) else "inline mapping"
@@ -54,7 +58,10 @@ def _task_keyed(groups: dict, classnames: list[str], task: str) -> dict[int, str
 
 def _imagenet_keyed(groups: dict, classnames: list[str]) -> dict[int, str]:
     """Keys are ImageNet indices: used directly for a 1000-class task, else through class-name matching."""
-    by_index = {int(k): str(v) for k, v in groups.items()}
+    try:
+        by_index = {int(k): str(v) for k, v in groups.items()}
+    except ValueError:
+        raise UsageError("class_groups over imagenet1k must be keyed by ImageNet index (0..999)") from None
     if len(classnames) == 1000:
         return {i: by_index.get(i, f"{UNMATCHED}{name}") for i, name in enumerate(classnames)}
     out = {}

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from covar_harness.data import DatasetNotFound, Sample, SampleSet
+from covar_harness.data import DatasetNotFound, Sample, SampleSet, read_text_capped
 from covar_harness.registry import UsageError
 from covar_harness.tasks.imagenet import counteranimals_classes, imagenet_index, wordnet_names
 
@@ -130,7 +130,11 @@ def release_names(root: Path) -> tuple[list[str], str]:
 
 
 def _parse_names(path: Path) -> list[str] | None:
-    lines = [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    try:
+        text = read_text_capped(path, 1 << 20, errors="replace")  # 1000 names: a few tens of kB
+    except OSError:
+        return None
+    lines = [ln.rstrip("\r\n") for ln in text.splitlines() if ln.strip()]
     if len(lines) != 1000:
         return None
     names: list[str | None] = [None] * 1000
@@ -207,6 +211,20 @@ def load_counteranimals(ds_cfg: dict, data_dir: Path) -> SampleSet:
     label_space = "1000-way ImageNet-1k" if space == "imagenet1k" else "45-way (UNOFFICIAL restriction)"
     out.description = f"counteranimals {where} [{group}], {label_space}, class names: {source}"
     return out
+
+
+def preflight_counteranimals(ds_cfg: dict, data_dir: Path) -> None:
+    """The options are valid and the release folder is found (a Hugging Face id is not contacted)."""
+    _options(ds_cfg)
+    if ds_cfg.get("hf_id"):
+        from covar_harness.data import preflight_hf
+
+        hf_id = str(ds_cfg["hf_id"])
+        return preflight_hf({"path": hf_id, "raw_path": hf_id}, data_dir)
+    if not ds_cfg.get("path"):
+        raise UsageError("counteranimals format: dataset.path (or dataset.hf_id) is required")
+    find_release_root(Path(ds_cfg["path"]))
+    return None
 
 
 # ---- Hugging Face copy -----------------------------------------------------------------------------------

@@ -4,19 +4,24 @@ COVAR itself is not released, so this format is the contract between any copy of
 ``covar-harness build-covar``) and the harness. Metadata is parsed as JSON data only and checked line by line,
 so a broken line is reported with its file and line number instead of surfacing later as a bad sample.
 
-Paths in metadata (``file_name``, ``mask``) are relative to the subset folder; a path that already starts with
-``<subset>/`` is taken as relative to the dataset root (that is what ``build-covar`` writes). Either way the
-sample id is relative to the dataset root, which is the SampleSet root, so ``SampleSet.open_mask`` works.
+Paths in metadata (``file_name``, ``mask``) are relative to the subset folder, so each subset folder is also a
+Hugging Face ``imagefolder``. Builds made by ``build-covar`` before version 2 (and some copies) wrote paths
+relative to the dataset root: without a ``build.json`` of version 2 or later, a path that already starts with
+``<subset>/`` is taken as such. Either way the sample id is relative to the dataset root, which is the SampleSet
+root, so ``SampleSet.open_mask`` works.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from covar_harness.data import DatasetNotFound, Sample, SampleSet
+from covar_harness.data import (
+    METADATA_MAX_BYTES, DatasetNotFound, Sample, SampleSet, open_regular, read_text_capped,
+)
 from covar_harness.registry import UsageError
 
 SUBSETS = ("original", "bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
@@ -35,7 +40,7 @@ class CovarFormatError(UsageError):
 def read_classes(path: Path) -> list[str]:
     """``classes.json``: a JSON list of distinct, non-empty class names (label i = classes[i])."""
     try:
-        classes = json.loads(path.read_text(encoding="utf-8"))
+        classes = json.loads(read_text_capped(path))
     except (OSError, ValueError) as exc:
         raise CovarFormatError(f"{path}: not readable JSON ({exc})") from exc
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
@@ -46,14 +51,39 @@ def read_classes(path: Path) -> list[str]:
     return classes
 
 
-def _rel_path(value: Any, key: str, subset: str, where: str) -> str:
-    """A metadata path as a dataset-root-relative POSIX path; absolute paths and '..' are refused."""
+def _rel_path(value: Any, key: str, subset: str, where: str, legacy: bool = True) -> str:
+    """A metadata path as a dataset-root-relative POSIX path; absolute paths and '..' are refused.
+
+    ``legacy``: the file may predate subset-relative paths, so ``<subset>/...`` is read as root-relative.
+    """
     if not isinstance(value, str) or not value.strip():
         raise CovarFormatError(f"{where}: {key!r} must be a non-empty string (a path relative to the subset folder)")
     p = PurePosixPath(value.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts:
         raise CovarFormatError(f"{where}: {key!r} must be a relative path inside the dataset, got {value!r}")
-    return str(p) if p.parts[0] == subset else f"{subset}/{p}"
+    return str(p) if legacy and p.parts[0] == subset else f"{subset}/{p}"
+
+
+def build_info(root: Path) -> dict | None:
+    """``build.json`` of a ``build-covar`` build, or None (no build, or not readable as a JSON object)."""
+    try:
+        info = json.loads(read_text_capped(root / "build.json"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def subset_relative(root: Path) -> bool:
+    """True when ``build.json`` (or, for an unfinished build, the ``.covar-build`` marker) says the metadata paths
+    are relative to the subset folder (build-covar version 2 on)."""
+    info = build_info(root)
+    if info is None:
+        try:
+            info = json.loads(read_text_capped(root / ".covar-build", 1 << 16))
+        except (OSError, ValueError):
+            return False
+    version = info.get("build_version") if isinstance(info, dict) else None
+    return isinstance(version, int) and not isinstance(version, bool) and version >= 2
 
 
 def _label(value: Any, classes: list[str], lookup: dict[str, int], where: str) -> int:
@@ -73,7 +103,8 @@ def _label(value: Any, classes: list[str], lookup: dict[str, int], where: str) -
     raise CovarFormatError(f"{where}: 'label' must be an int or a class name, got {type(value).__name__}")
 
 
-def parse_record(line: str, subset: str, classes: list[str], lookup: dict[str, int], where: str) -> Sample:
+def parse_record(line: str, subset: str, classes: list[str], lookup: dict[str, int], where: str,
+                 legacy: bool = True) -> Sample:
     """One metadata line -> Sample; ``mask``, ``source_id`` and ``variation`` go to Sample.meta."""
     try:
         rec = json.loads(line)
@@ -86,7 +117,7 @@ def parse_record(line: str, subset: str, classes: list[str], lookup: dict[str, i
             raise CovarFormatError(f"{where}: missing required key {key!r}")
     meta: dict[str, Any] = {}
     if rec.get("mask") is not None:
-        meta["mask"] = _rel_path(rec["mask"], "mask", subset, where)
+        meta["mask"] = _rel_path(rec["mask"], "mask", subset, where, legacy)
     if rec.get("source_id") is not None:
         if not isinstance(rec["source_id"], (str, int)) or isinstance(rec["source_id"], bool):
             raise CovarFormatError(f"{where}: 'source_id' must be a string or an int")
@@ -95,27 +126,34 @@ def parse_record(line: str, subset: str, classes: list[str], lookup: dict[str, i
         if not isinstance(rec["variation"], dict):
             raise CovarFormatError(f"{where}: 'variation' must be a JSON object of the transform's parameters")
         meta["variation"] = rec["variation"]
-    return Sample(_rel_path(rec["file_name"], "file_name", subset, where),
+    return Sample(_rel_path(rec["file_name"], "file_name", subset, where, legacy),
                   _label(rec["label"], classes, lookup, where), meta)
 
 
-def read_metadata(path: Path, subset: str, classes: list[str]) -> list[Sample]:
-    """Every non-blank line of ``metadata.jsonl``; the first bad one raises with ``file:line``."""
+def read_metadata(path: Path, subset: str, classes: list[str], legacy: bool = True) -> list[Sample]:
+    """Every non-blank line of ``metadata.jsonl`` (a regular file under a size cap); a bad line raises with
+    ``file:line``."""
     lookup = {c: i for i, c in enumerate(classes)}
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                samples.append(parse_record(line, subset, classes, lookup, f"{path}:{number}"))
+    try:
+        with open_regular(path, METADATA_MAX_BYTES) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    samples.append(parse_record(line, subset, classes, lookup, f"{path}:{number}", legacy))
+    except UnicodeDecodeError as exc:
+        raise CovarFormatError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise CovarFormatError(f"{path}: cannot read ({exc})") from exc
     return samples
 
 
 def _check_masks(root: Path, samples: list[Sample], metadata: Path) -> None:
-    """A mask named in metadata must exist: diagnosis would otherwise fail far from the cause."""
+    """A mask named in metadata must be a regular file: diagnosis would otherwise fail far from the cause."""
     for s in samples:
         mask = s.meta.get("mask")
         if mask and not (root / mask).is_file():
-            raise CovarFormatError(f"{metadata}: sample {s.id!r} names mask {mask!r}, which does not exist under {root}")
+            what = "is not a regular file" if (root / mask).exists() else "does not exist"
+            raise CovarFormatError(f"{metadata}: sample {s.id!r} names mask {mask!r}, which {what} under {root}")
 
 
 def load_covar(ds_cfg: dict, data_dir: Path) -> SampleSet:
@@ -127,16 +165,37 @@ def load_covar(ds_cfg: dict, data_dir: Path) -> SampleSet:
         raise UsageError(f"covar format: dataset.subset must be a folder name such as {', '.join(SUBSETS)}")
     root = Path(ds_cfg["path"])
     classes_file = root / "classes.json"
-    if not classes_file.is_file():
+    if not classes_file.exists():
         raise DatasetNotFound(f"COVAR dataset not found: no {classes_file}. {HOW_TO_GET}")
     metadata = root / subset / "metadata.jsonl"
-    if not metadata.is_file():
+    if not metadata.exists():
         present = sorted(p.name for p in root.iterdir() if (p / "metadata.jsonl").is_file())
         raise DatasetNotFound(
             f"COVAR subset {subset!r} not found: no {metadata} (subsets present: {', '.join(present) or 'none'}). "
             f"{HOW_TO_GET}"
         )
     classes = read_classes(classes_file)
-    samples = read_metadata(metadata, subset, classes)
+    samples = read_metadata(metadata, subset, classes, legacy=not subset_relative(root))
     _check_masks(root, samples, metadata)
     return SampleSet(samples, classes, root, f"covar {root} [{subset}]")
+
+
+def missing_subset_note(root: Path, subset: str) -> str | None:
+    """Why a complete ``build-covar`` build lacks ``viewpoint`` (single-view objects), as a skip note; else None."""
+    info = build_info(root)
+    subsets = info.get("subsets") if info else None
+    if subset != "viewpoint" or not isinstance(subsets, dict) or subset in subsets:
+        return None
+    return (f"skipped: the COVAR build at {root} has no viewpoint subset, because each of its objects has a single "
+            "view (give several views per object in the objects' manifest.json to build one)")
+
+
+def preflight_covar(ds_cfg: dict, data_dir: Path) -> SampleSet | str:
+    """The loader (cheap: metadata and mask stats, no image decoded), or a note for a single-view build."""
+    try:
+        return load_covar(ds_cfg, data_dir)
+    except DatasetNotFound:
+        note = missing_subset_note(Path(ds_cfg["path"]), str(ds_cfg.get("subset")))
+        if note is None:
+            raise
+        return note

@@ -25,9 +25,21 @@ def _load_counteranimals(ds_cfg, data_dir):
     return load_counteranimals(ds_cfg, data_dir)
 
 
+def _preflight_covar(ds_cfg, data_dir):
+    from covar_harness.tasks.covar import preflight_covar
+
+    return preflight_covar(ds_cfg, data_dir)
+
+
+def _preflight_counteranimals(ds_cfg, data_dir):
+    from covar_harness.tasks.counteranimals import preflight_counteranimals
+
+    return preflight_counteranimals(ds_cfg, data_dir)
+
+
 @hookimpl
 def register_dataset_formats(register):
-    register("covar", _load_covar,
+    register("covar", _load_covar, preflight=_preflight_covar,
              description="COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)")
-    register("counteranimals", _load_counteranimals,
+    register("counteranimals", _load_counteranimals, preflight=_preflight_counteranimals,
              description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)")

@@ -34,7 +34,7 @@ def test_generated_layout_every_sample_masked(built):
         lines = (built / subset / "metadata.jsonl").read_text().splitlines()
         for line in lines[:: max(1, len(lines) // 10)]:
             rec = json.loads(line)
-            mask = np.asarray(Image.open(built / rec["mask"]))
+            mask = np.asarray(Image.open(built / subset / rec["mask"]))  # subset-relative
             assert mask.shape == (cs.IMAGE_SIZE, cs.IMAGE_SIZE) and mask.max() == 255
     assert not list(built.parent.glob(".covar-shapes-*"))  # the temporary build folder is gone
 
@@ -55,7 +55,7 @@ def test_generation_is_deterministic(built, tmp_path):
     for subset in ("original", "rotation", "viewpoint"):
         assert (other / subset / "metadata.jsonl").read_bytes() == (built / subset / "metadata.jsonl").read_bytes()
     rec = json.loads((built / "translate" / "metadata.jsonl").read_text().splitlines()[7])
-    assert (other / rec["file_name"]).read_bytes() == (built / rec["file_name"]).read_bytes()
+    assert (other / "translate" / rec["file_name"]).read_bytes() == (built / "translate" / rec["file_name"]).read_bytes()
 
 
 def test_rebuilt_when_stamp_changes_or_incomplete(tmp_path, monkeypatch):

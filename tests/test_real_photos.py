@@ -80,8 +80,8 @@ def test_build_from_real_photos_and_run_demo_model(tmp_path):
     originals = {json.loads(line)["source_id"]: json.loads(line)
                  for line in (data / "original" / "metadata.jsonl").read_text().splitlines()}
     for rec in recs:  # the crop is tight: the photo's own alpha mask fills more of the frame than in original
-        fg = (np.asarray(Image.open(data / rec["mask"])) > 127).mean()
-        fg_orig = (np.asarray(Image.open(data / originals[rec["source_id"]]["mask"])) > 127).mean()
+        fg = (np.asarray(Image.open(data / "crop" / rec["mask"])) > 127).mean()
+        fg_orig = (np.asarray(Image.open(data / "original" / originals[rec["source_id"]]["mask"])) > 127).mean()
         assert fg > 1.5 * fg_orig > 0
     tasks = tmp_path / "tasks"
     tasks.mkdir()
