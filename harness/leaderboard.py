@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from covar_harness import results
+from covar_harness.console import one_line, safe
 
 COVAR_SUBSETS = ("bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
 SUBSET_TITLES = {"bg_varied": "Bg-varied", "hflip": "H-flip", "translate": "Translate", "crop": "Crop",
@@ -22,12 +23,19 @@ SUBSET_TITLES = {"bg_varied": "Bg-varied", "hflip": "H-flip", "translate": "Tran
 REFERENCES = ("paper",)
 
 
+PUBLISHED_CAPTION = ("Rows marked (paper, published) are figures published in the COVAR paper, not results of "
+                     "this harness: your COVAR copy, label space and prompts may differ from the paper's.")
+CA_PUBLISHED_CAPTION = ("Rows marked (CounterAnimals paper, published) are figures published in that paper, not "
+                        "results of this harness: your copy of the data, label space and prompts may differ.")
+
+
 @dataclass
 class Table:
     title: str
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     published: set[int] = field(default_factory=set)  # row indices that are published figures, not ours
+    caption: str | None = None  # printed under the table: what the published rows and the averages are
 
 
 @dataclass
@@ -37,17 +45,22 @@ class Loaded:
 
 
 def collect(directory: Path) -> Loaded:
-    """Every valid result file under ``directory``; invalid ones are listed, never silently used."""
-    records, invalid = [], []
-    for path in sorted(Path(directory).rglob("*.json")):
+    """Every valid result file under ``directory``; invalid ones are listed, never silently used.
+
+    Anything wrong with one file (unreadable, not a regular file, too large, too deep, invalid) skips that file
+    with a one-line reason; nothing in one file can stop the others from being read.
+    """
+    records: list[dict] = []
+    paths, invalid = results.result_files(Path(directory))
+    for path in paths:
         try:
             obj = results.load(path)
-        except (OSError, ValueError) as exc:
-            invalid.append((path, f"not readable JSON ({exc})"))
+            errors = results.validate(obj)
+        except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
+            invalid.append((path, one_line(f"not readable JSON ({str(exc) or type(exc).__name__})")))
             continue
-        errors = results.validate(obj)
         if errors:
-            invalid.append((path, errors[0]))
+            invalid.append((path, one_line(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))))
         else:
             records.append(obj)
     return Loaded(records, invalid)
@@ -57,8 +70,14 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else round(100.0 * value, 1)
 
 
+def _metric(rec: dict | None, key: str) -> float | None:
+    """A metric's value when it is a finite number, else None (never a string or a dict into arithmetic)."""
+    value = None if rec is None else rec.get("metrics", {}).get(key)
+    return value if results.is_number(value) else None
+
+
 def _headline(rec: dict) -> float | None:
-    return rec["metrics"].get(rec["task"].get("headline", "acc1"))
+    return _metric(rec, rec["task"].get("headline") or "acc1")
 
 
 def _families(records: Iterable[dict]) -> list[str]:
@@ -88,33 +107,90 @@ def _by_model(records: list[dict], family: str) -> dict[str, dict[str, dict]]:
 
 
 def covar_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
-    """The paper's accuracy table (8 subsets + average) and, when diagnosis ran, its BG-Er / Fine-Er table."""
-    models = _by_model(records, family)
-    present = [s for s in ("original", *COVAR_SUBSETS) if any(s in m for m in models.values())]
+    """The paper's accuracy table (8 subsets + average) and, when diagnosis ran, its BG-Er / Fine-Er table.
+
+    The average of every row (published rows included) is over the same subsets: those every own row has; the
+    title says which when that is fewer than the eight. Tasks of the family outside COVAR's subsets get the
+    generic table. With ``reference="paper"`` the published rows appear even without own COVAR results.
+    """
+    known = {"original", *COVAR_SUBSETS}
+    models = _by_model([r for r in records if _subset(r["task"]["name"]) in known], family)
+    paper = _paper_rows() if reference == "paper" and family == "covar" else []
+    present = [s for s in ("original", *COVAR_SUBSETS) if any(s in m for m in models.values())] or (
+        list(COVAR_SUBSETS) if paper else [])
+    common = [s for s in COVAR_SUBSETS if s in present and all(s in m and _headline(m[s]) is not None
+                                                               for m in models.values())]
+    tables = []
+    if models or paper:
+        tables.append(_covar_accuracy(family, models, present, common, paper))
+        diag = _covar_diagnosis(family, models, paper)
+        if diag is not None:
+            tables.append(diag)
+    others = [r for r in records
+              if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known]
+    if others:
+        tables.append(generic_table(others, family))
+    return tables
+
+
+def _average(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _covar_accuracy(family: str, models: dict, present: list[str], common: list[str], paper: list[dict]) -> Table:
     acc = Table(f"{family}: zero-shot accuracy (%)", ["Model", *[SUBSET_TITLES[s] for s in present], "Avg"])
+    partial = len(common) < len(COVAR_SUBSETS)
     for spec, runs in models.items():
         values = [_pct(_headline(runs[s])) if s in runs else None for s in present]
-        eight = [_headline(runs[s]) for s in COVAR_SUBSETS if s in runs and _headline(runs[s]) is not None]
-        avg = _pct(sum(eight) / len(eight)) if eight else None
-        partial = len(eight) < len(COVAR_SUBSETS)
+        avg = _pct(_average([_headline(runs[s]) for s in common]))
         acc.rows.append([spec, *values, f"{avg}*" if partial and avg is not None else avg])
-    tables = [acc]
+    for row in paper:
+        acc.published.add(len(acc.rows))
+        values = [_float(row.get(f"acc_{s}")) for s in present]
+        avg = _float(row.get("acc_avg")) if not partial else _average([_float(row.get(f"acc_{s}")) for s in common])
+        avg = round(avg, 1) if partial and avg is not None else avg
+        acc.rows.append([_paper_label(row), *values, f"{avg}*" if partial and avg is not None else avg])
+    if partial:
+        which = ", ".join(SUBSET_TITLES[s] for s in common) or "none: no subset has a result in every row"
+        acc.title += f"  (* average over the subsets present in every row: {which}; the paper averages all 8)"
+    if paper:
+        acc.caption = PUBLISHED_CAPTION + (" Avg: mean over the 8 COVAR subsets, Original excluded."
+                                           if not partial else " Avg*: mean over the subsets named in the title only.")
+    return acc
+
+
+def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | None:
     diag = [s for s in COVAR_SUBSETS if any("bg_er" in m.get(s, {}).get("metrics", {}) for m in models.values())]
-    if diag:
-        cols = ["Model"] + [f"{SUBSET_TITLES[s]} {k}" for s in diag for k in ("BG-Er", "Fine-Er")]
-        dt = Table(f"{family}: error diagnosis (% of misclassified)", cols)
-        for spec, runs in models.items():
-            row = [spec]
-            for s in diag:
-                m = runs.get(s, {}).get("metrics", {})
-                row += [_pct(m.get("bg_er")), _pct(m.get("fine_er"))]
-            dt.rows.append(row)
-        tables.append(dt)
-    if reference == "paper" and family == "covar":
-        _add_paper_rows(acc, tables[1] if diag else None, present, diag)
-    if acc.rows and any("*" in str(r[-1]) for r in acc.rows):
-        acc.title += "  (* average over the subsets present)"
-    return tables
+    if not diag and paper and not models:
+        diag = list(COVAR_SUBSETS)  # published figures only: show the paper's second table whole
+    if not diag:
+        return None
+    cols = ["Model"] + [f"{SUBSET_TITLES[s]} {k}" for s in diag for k in ("BG-Er", "Fine-Er")]
+    dt = Table(f"{family}: error diagnosis (% of misclassified)", cols)
+    for spec, runs in models.items():
+        row: list[Any] = [spec]
+        for s in diag:
+            row += [_pct(_metric(runs.get(s), "bg_er")), _pct(_metric(runs.get(s), "fine_er"))]
+        dt.rows.append(row)
+    for prow in paper:
+        dt.published.add(len(dt.rows))
+        values = [_float(prow.get(f"{k}_{s}")) for s in diag for k in ("bg_er", "fine_er")]
+        dt.rows.append([_paper_label(prow), *values])
+    if paper:
+        dt.caption = PUBLISHED_CAPTION
+    return dt
+
+
+def _float(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if results.is_number(value) else None
+
+
+def _paper_label(row: dict[str, str]) -> str:
+    return f"{row['name']}/{row['patch']} {row['res']} {row['dataset']} (paper, published)"
 
 
 def _paper_rows() -> list[dict[str, str]]:
@@ -122,17 +198,6 @@ def _paper_rows() -> list[dict[str, str]]:
 
     text = resource_path("reference", "paper_covar_results.csv").read_text(encoding="utf-8")
     return list(csv.DictReader(io.StringIO(text)))
-
-
-def _add_paper_rows(acc: Table, diag: Table | None, present: list[str], diag_subsets: list[str]) -> None:
-    for row in _paper_rows():
-        label = f"{row['name']}/{row['patch']} {row['res']} {row['dataset']} (paper)"
-        acc.published.add(len(acc.rows))
-        acc.rows.append([label, *[float(row[f"acc_{s}"]) if f"acc_{s}" in row else None for s in present],
-                         float(row["acc_avg"])])
-        if diag is not None:
-            diag.published.add(len(diag.rows))
-            diag.rows.append([label] + [float(row[f"{k}_{s}"]) for s in diag_subsets for k in ("bg_er", "fine_er")])
 
 
 def generic_table(records: list[dict], family: str) -> Table:
@@ -154,11 +219,11 @@ CA_COLUMNS = ["Model", "Common", "Counter", "Drop", "Common acc1", "Counter acc1
 
 def _balanced(rec: dict | None) -> float | None:
     """Class-balanced accuracy (mean over the classes present): the paper's CounterAnimals metric."""
-    return None if rec is None else rec["metrics"].get("mean_per_class_recall")
+    return _metric(rec, "mean_per_class_recall")
 
 
 def _acc1(rec: dict | None) -> float | None:
-    return None if rec is None else rec["metrics"].get("acc1")
+    return _metric(rec, "acc1")
 
 
 def _ca_row(spec: str, common: dict | None, counter: dict | None) -> list[Any]:
@@ -174,13 +239,18 @@ def _ca_paper_rows() -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def _ca_label(row: dict[str, str]) -> str:
+    return f"{row['model']} (CounterAnimals paper, published)"
+
+
 def _add_ca_paper_rows(table: Table) -> None:
     """The CounterAnimals paper's published 1-vs-1000 class-balanced numbers (no per-image figures)."""
     for row in _ca_paper_rows():
-        common, counter = float(row["common"]), float(row["counter"])
+        common, counter = _float(row.get("common")), _float(row.get("counter"))
+        drop = round(common - counter, 2) if common is not None and counter is not None else None
         table.published.add(len(table.rows))
-        table.rows.append([f"{row['model']} (CounterAnimals paper, published)", common, counter,
-                           round(common - counter, 2), None, None])
+        table.rows.append([_ca_label(row), common, counter, drop, None, None])
+    table.caption = CA_PUBLISHED_CAPTION
 
 
 def counteranimals_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
@@ -208,47 +278,100 @@ def counteranimals_tables(records: list[dict], family: str, reference: str | Non
 
 # Families with a dedicated layout; everything else gets the generic one (COVAR-like families are detected).
 FAMILY_TABLES = {"counteranimals": counteranimals_tables}
+# Families whose published rows ``--reference paper`` adds, with or without own results of that family.
+REFERENCE_FAMILIES = ("covar", "counteranimals")
 
 
 def build_tables(records: list[dict], reference: str | None = None) -> list[Table]:
+    """Every table, own results first; ``reference="paper"`` adds the published COVAR and CounterAnimals rows
+    (in a table of their own when there are no own results of that family)."""
     tables: list[Table] = []
-    for family in _families(records):
+    families = _families(records)
+    if reference == "paper":
+        families += [f for f in REFERENCE_FAMILIES if f not in families]
+    for family in families:
         if family in FAMILY_TABLES:
             tables += FAMILY_TABLES[family](records, family, reference)
-        elif _is_covar_like(records, family):
+        elif family == "covar" or _is_covar_like(records, family):
             tables += covar_tables(records, family, reference)
         else:
             tables.append(generic_table(records, family))
     return tables
 
 
-def long_records(records: list[dict]) -> list[dict]:
-    """One row per model x task x metric: the format for csv/json and for further analysis."""
+LONG_FIELDS = ["model", "family", "task", "task_version", "metric", "value", "n_samples", "headline"]
+
+
+def long_records(records: list[dict], reference: str | None = None) -> list[dict]:
+    """One row per model x task x metric: the format for csv/json and for further analysis.
+
+    With ``reference="paper"`` the published figures follow, as fractions like ours, with ``published: true``
+    (own rows then carry ``published: false``); the COVAR paper's 8-subset average is metric ``acc1_avg`` of
+    task ``covar``.
+    """
     rows = []
     for r in records:
+        headline = r["task"].get("headline") or "acc1"
         for metric, value in r["metrics"].items():
             rows.append({"model": r["model"]["spec"], "family": r["model"].get("family", ""), "task": r["task"]["name"],
                          "task_version": r["task"]["version"], "metric": metric, "value": value,
-                         "n_samples": r["task"]["n_samples"], "headline": metric == r["task"].get("headline", "acc1")})
+                         "n_samples": r["task"]["n_samples"], "headline": metric == headline})
+    if reference == "paper":
+        rows = [{**row, "published": False} for row in rows] + published_records()
     return rows
 
 
+def published_records() -> list[dict]:
+    """The papers' published figures in the long format (percentages turned into fractions)."""
+    def row(model: str, task: str, metric: str, value: Any, headline: bool) -> dict:
+        number = _float(value)
+        return {"model": model, "family": "", "task": task, "task_version": None, "metric": metric,
+                "value": None if number is None else round(number / 100.0, 6), "n_samples": None,
+                "headline": headline, "published": True}
+
+    out = []
+    for prow in _paper_rows():
+        label = _paper_label(prow)
+        for s in COVAR_SUBSETS:
+            out += [row(label, f"covar/{s}", "acc1", prow.get(f"acc_{s}"), True),
+                    row(label, f"covar/{s}", "bg_er", prow.get(f"bg_er_{s}"), False),
+                    row(label, f"covar/{s}", "fine_er", prow.get(f"fine_er_{s}"), False)]
+        out.append(row(label, "covar", "acc1_avg", prow.get("acc_avg"), False))
+    for crow in _ca_paper_rows():
+        out += [row(_ca_label(crow), f"counteranimals/{g}", "mean_per_class_recall", crow.get(g), True)
+                for g in CA_GROUPS]
+    return out
+
+
 # ---- renderers -----------------------------------------------------------------------------------------
+# Every string here may come from a result file: ``safe`` removes control characters in every format, and
+# each format escapes what it gives meaning to (rich markup, markdown pipes and HTML, spreadsheet formulas).
 def _cell(v: Any) -> str:
-    return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return safe(v)
+
+
+def _md(text: Any) -> str:
+    """One markdown table cell: one line, ``|`` escaped, no raw HTML."""
+    return one_line(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_markdown(tables: list[Table]) -> str:
     out = []
     for t in tables:
-        out.append(f"### {t.title}\n")
-        out.append("| " + " | ".join(t.columns) + " |")
+        out.append(f"### {_md(t.title)}\n")
+        out.append("| " + " | ".join(_md(c) for c in t.columns) + " |")
         out.append("|" + "|".join("---" for _ in t.columns) + "|")
         for i, row in enumerate(t.rows):
-            cells = [_cell(v) for v in row]
+            cells = [_md(_cell(v)) for v in row]
             if i in t.published:
                 cells[0] = f"_{cells[0]}_"
             out.append("| " + " | ".join(cells) + " |")
+        if t.caption:
+            out.append(f"\n{_md(t.caption)}")
         out.append("")
     return "\n".join(out)
 
@@ -260,20 +383,45 @@ def render_rich(tables: list[Table], console) -> None:
         columns = [c if i == 0 else c.replace(" ", "\n") for i, c in enumerate(t.columns)]
         rows = [[_cell(v) for v in row] for row in t.rows]
         print_rows(console, t.title, columns, rows, right=range(1, len(columns)),
-                   row_styles={i: "dim italic" for i in t.published})
+                   row_styles={i: "dim italic" for i in t.published}, caption=t.caption)
 
 
-def render_csv(records: list[dict]) -> str:
-    rows = long_records(records)
+def _csv_value(value: Any) -> Any:
+    """Strings made inert for spreadsheets: no control characters, and a leading ``= + - @`` (a formula)
+    gets an apostrophe. Numbers are left alone (a negative number is not a formula)."""
+    if not isinstance(value, str):
+        return value
+    text = safe(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def render_csv(records: list[dict], reference: str | None = None) -> str:
+    rows = long_records(records, reference)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["model", "family", "task", "task_version", "metric", "value",
-                                             "n_samples", "headline"], lineterminator="\n")
+    fields = LONG_FIELDS + (["published"] if reference == "paper" else [])
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
-def render_json(records: list[dict], tables: list[Table]) -> str:
-    return json.dumps({"results": long_records(records),
-                       "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows,
-                                   "published_rows": sorted(t.published)} for t in tables]}, indent=2)
+def _clean(obj: Any) -> Any:
+    """JSON-ready and inert: ``safe`` strings, non-finite numbers as null."""
+    if isinstance(obj, str):
+        return safe(obj)
+    if isinstance(obj, dict):
+        return {safe(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_clean(v) for v in obj]
+    return results.jsonable(obj)
+
+
+def render_json(records: list[dict], tables: list[Table], reference: str | None = None) -> str:
+    tables_out = []
+    for t in tables:
+        entry = {"title": t.title, "columns": t.columns, "rows": t.rows, "published_rows": sorted(t.published)}
+        if t.caption:
+            entry["caption"] = t.caption
+        tables_out.append(entry)
+    data = _clean({"results": long_records(records, reference), "tables": tables_out})
+    return json.dumps(data, indent=2, allow_nan=False)

@@ -5,11 +5,15 @@ The file is the unit of resume (an existing file means the pair is done) and of 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
 import re
+import stat
 import subprocess
+import sys
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
@@ -20,14 +24,45 @@ SCHEMA_VERSION = 1
 FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "fg_driven_rate", "bg_er", "fine_er")
 
 
+SLUG_MAX = 200  # bytes (slugs are ASCII); leaves room for ".samples.jsonl" and the temp-file affixes under 255
+_SAFE_PART = re.compile(r"[A-Za-z0-9.=-](?:[A-Za-z0-9._=-]*[A-Za-z0-9=-])?")  # one "/"-separated part kept as is
+_HASHED_TAIL = re.compile(r"-[0-9a-f]{8}$")
+_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # Windows device names, any extension
+
+
+def _kept_as_is(text: str) -> bool:
+    """True when ``/`` -> ``__`` is the only change and can be undone: every part is safe, has no ``__``, does
+    not start or end with ``_`` or start with ``.``, and the result could not be mistaken for a hashed slug."""
+    parts = text.split("/")
+    readable = "__".join(parts)
+    return (all(_SAFE_PART.fullmatch(p) and "__" not in p and not p.startswith(".") for p in parts)
+            and len(readable) <= SLUG_MAX and not _HASHED_TAIL.search(readable) and not _RESERVED.fullmatch(readable))
+
+
 def slug(text: str) -> str:
-    """Filesystem-safe, readable and stable: ``openclip:ViT-B-32/openai`` -> ``openclip_ViT-B-32__openai``."""
-    text = text.replace("/", "__")
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_.") or "unnamed"
+    """Filesystem-safe, readable, stable and injective: distinct names never share a result file.
+
+    Safe names keep today's form (``demo/shapes-clean`` -> ``demo__shapes-clean``); anything else (``:``, spaces,
+    non-ASCII, a leading dot, a reserved device name, over ``SLUG_MAX`` bytes) becomes its readable ASCII part
+    plus ``-`` and 8 hex digits of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
+    ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path.
+    """
+    text = str(text)
+    if _kept_as_is(text):
+        return text.replace("/", "__")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("/", "__")).strip("_.")
+    readable = readable[: SLUG_MAX - 10].rstrip("_.") or "unnamed"
+    out = f"{readable}-{digest}"
+    return "_" + out if _RESERVED.fullmatch(out) else out  # "nul.txt-1a2b3c4d" is still the device NUL on Windows
 
 
 def result_path(output_dir: Path, model_spec: str, task_name: str) -> Path:
-    return Path(output_dir) / slug(model_spec) / f"{slug(task_name)}.json"
+    """``<output_dir>/<slug(model)>/<slug(task)>.json``: always a file two levels inside ``output_dir``."""
+    folder, name = slug(model_spec), slug(task_name)
+    if any(sep in folder + name for sep in ("/", "\\", "\0")) or {folder, name} & {"", ".", ".."}:
+        raise ValueError(f"unsafe result path for {model_spec!r} x {task_name!r}")  # slug guarantees it; belt, braces
+    return Path(output_dir) / folder / f"{name}.json"
 
 
 def samples_path(result_file: Path) -> Path:
@@ -49,14 +84,42 @@ def atomic_write(path: Path, write, binary: bool = False) -> None:
         raise
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data: NaN and infinities become ``None`` (JSON has no such numbers, and a model or a
+    metadata file can produce them), numpy scalars and arrays become Python numbers and lists, tuples lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {_key(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    np = sys.modules.get("numpy")  # only ever numpy objects if numpy is loaded; never import it here
+    if np is not None and isinstance(obj, (np.ndarray, np.generic)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj  # anything else: json raises TypeError naming it
+
+
+def _key(key: Any) -> Any:
+    np = sys.modules.get("numpy")
+    key = key.item() if np is not None and isinstance(key, np.generic) else key
+    return str(key) if isinstance(key, float) and not math.isfinite(key) else key
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, allow_nan=False))
+    """Atomic, and never a ValueError for a NaN: non-finite numbers are written as ``null``."""
+    data = jsonable(obj)
+    atomic_write(path, lambda fh: json.dump(data, fh, indent=2, allow_nan=False))
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """One JSON object a line (the per-sample log); non-finite numbers are written as ``null``."""
     def write(fh):
         for row in rows:
-            fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n")
+            fh.write(json.dumps(jsonable(row), allow_nan=False, separators=(",", ":")) + "\n")
 
     atomic_write(path, write)
 
@@ -99,9 +162,111 @@ def provenance(device: str, started_at: str) -> dict[str, Any]:
     }
 
 
-def load(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+MAX_RESULT_BYTES = 64 * 2**20  # a result file is a few KiB; anything near this is not one
+MAX_DEPTH = 64  # result files nest 4 levels deep
+
+
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` for anything else.
+
+    FIFOs, devices (a ``*.json`` symlink to ``/dev/zero``), sockets and folders are refused before they are
+    opened, and again on the open descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                 | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"larger than {max_bytes} bytes ({info.st_size})")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return b"".join(chunks)
+
+
+def result_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every ``*.json`` under ``folder`` (recursively, sorted; symlinked folders are not followed, so no loops),
+    and the sub-folders that could not be listed, each with a one-line reason."""
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((Path(exc.filename or folder), f"cannot list: {exc.strerror or exc}"))
+
+    for root, _dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
+        found += [Path(root) / name for name in files if name.endswith(".json")]
+    return sorted(found), problems
+
+
+def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files as given and folders as every ``*.json`` under them, plus (path, reason) for folders that could
+    not be listed. A path that does not exist, or a folder without result files, is a ``UsageError``."""
+    from covar_harness.registry import UsageError
+
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for path in map(Path, paths):
+        try:
+            is_dir, exists = path.is_dir(), os.path.lexists(path)
+        except (OSError, ValueError) as exc:
+            problems.append((path, f"cannot read: {exc}"))
+            continue
+        if not exists:
+            raise UsageError(f"no such file or folder: {_short(str(path))}")
+        if not is_dir:
+            files.append(path)
+            continue
+        found, unlisted = result_files(path)
+        if not found and not unlisted:
+            raise UsageError(f"no *.json result files under {_short(str(path))}")
+        files += found
+        problems += unlisted
+    return files, problems
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth, iteratively (a recursive walk could itself overflow the stack)."""
+    if not isinstance(obj, (dict, list)):
+        return 0
+    deepest, stack = 1, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def load(path: Path, max_bytes: int | None = None, max_depth: int | None = None) -> Any:
+    """A result file's JSON, read safely: regular files only, at most ``max_bytes`` (default
+    ``MAX_RESULT_BYTES``), nested at most ``max_depth`` levels (default ``MAX_DEPTH``), no NaN / Infinity
+    literals. Any problem is an ``OSError`` or a one-line ``ValueError``; nothing can hang or exhaust memory."""
+    max_bytes = MAX_RESULT_BYTES if max_bytes is None else max_bytes
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    text = read_regular(Path(path), max_bytes).decode("utf-8")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    if _depth(obj) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return obj
 
 
 # ---- validation (leaderboard CI) -------------------------------------------------------------------------
@@ -114,19 +279,50 @@ _SPEC: dict[str, dict[str, type | tuple]] = {
     "provenance": {"harness_version": str, "python": str, "torch": (str, type(None)), "device": str,
                    "started_at": str, "finished_at": str},
 }
+# Printed by the leaderboard or used as names: one line, no control characters (see console.unsafe_name).
+MAX_NAME = 1000  # characters in a name (a model spec may be a long local path)
+_NAMES = (("model", "spec"), ("model", "name"), ("model", "family"), ("model", "target"), ("task", "name"),
+          ("task", "version"), ("task", "headline"))
 
 
 def _tname(t) -> str:
     return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,))).replace("NoneType", "null")
 
 
+def is_number(value: Any) -> bool:
+    """A finite JSON number (not a bool, not NaN or an infinity, not an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def validate(obj: Any) -> list[str]:
-    """Every problem with a result object, each as ``key.path: message``; empty when valid."""
+    """Every problem with a result object, each as ``key.path: message``; empty when valid.
+
+    A file this accepts is safe to tabulate: the leaderboard relies on every check here.
+    """
     if not isinstance(obj, dict):
         return ["top level: must be a JSON object"]
-    errors = []
-    if obj.get("schema_version") != SCHEMA_VERSION:
-        errors.append(f"schema_version: expected {SCHEMA_VERSION}, got {obj.get('schema_version')!r}")
+    errors: list[str] = []
+    version = obj.get("schema_version")
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        errors.append(f"schema_version: expected {SCHEMA_VERSION}, got {_short(version)}")
+    _check_sections(obj, errors)
+    _check_names(obj, errors)
+    _check_metrics(obj, errors)
+    _check_intervals(obj.get("intervals"), errors)
+    _check_lists(obj, errors)
+    return errors
+
+
+def _section(obj: dict, name: str) -> dict:
+    return obj[name] if isinstance(obj.get(name), dict) else {}
+
+
+def _check_sections(obj: dict, errors: list[str]) -> None:
     for section, fields in _SPEC.items():
         block = obj.get(section)
         if not isinstance(block, dict):
@@ -137,20 +333,104 @@ def validate(obj: Any) -> list[str]:
                 errors.append(f"{section}.{key}: missing")
             elif isinstance(block[key], bool) or not isinstance(block[key], typ):
                 errors.append(f"{section}.{key}: expected {_tname(typ)}, got {type(block[key]).__name__}")
-    metrics = obj.get("metrics") if isinstance(obj.get("metrics"), dict) else {}
-    for key, value in metrics.items():
-        if key in FRACTION_METRICS and value is not None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-                errors.append(f"metrics.{key}: must be a fraction in [0, 1], got {value!r}")
-    task = obj.get("task") if isinstance(obj.get("task"), dict) else {}
+    task = _section(obj, "task")
     for key in ("n_samples", "n_failed", "n_classes"):
-        if isinstance(task.get(key), int) and task[key] < 0:
+        if isinstance(task.get(key), int) and not isinstance(task[key], bool) and task[key] < 0:
             errors.append(f"task.{key}: must be >= 0")
-    if isinstance(task.get("n_samples"), int) and task.get("n_samples") == 0 and metrics.get("acc1") is not None:
+    if isinstance(task.get("n_samples"), int) and task.get("n_samples") == 0 \
+            and _section(obj, "metrics").get("acc1") is not None:
         errors.append("task.n_samples: 0 samples cannot have an accuracy")
-    for key, interval in (obj.get("intervals") or {}).items():
-        if not (isinstance(interval, list) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval)):
-            errors.append(f"intervals.{key}: must be [low, high]")
+
+
+def _text_problem(value: str, *, name: bool) -> str | None:
+    """Why ``value`` may not be stored as a name (``name``) or a free-text line; None when it may."""
+    from covar_harness.console import unsafe_name, unsafe_text
+
+    if name and not value.strip():
+        return "must not be empty"
+    if name and len(value) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters, has {len(value)}"
+    if (unsafe_name if name else unsafe_text)(value):
+        return "must not contain control, bidi or surrogate characters" + (" or line breaks" if name else "")
+    return None
+
+
+def _check_names(obj: dict, errors: list[str]) -> None:
+    for section, key in _NAMES:
+        block = _section(obj, section)
+        value = block.get(key)
+        if isinstance(value, str):
+            problem = _text_problem(value, name=True) if value or key != "family" else None
+            if problem:
+                errors.append(f"{section}.{key}: {problem}")
+        elif key in ("target", "headline") and key in block and not (key == "target" and value is None):
+            errors.append(f"{section}.{key}: expected str, got {type(value).__name__}")
+    headline = _section(obj, "task").get("headline")
+    metrics = _section(obj, "metrics")
+    if isinstance(headline, str) and headline not in metrics:
+        errors.append(f"task.headline: names no metric ({_short(headline)})")
+    elif isinstance(headline, str) and metrics[headline] is not None and not is_number(metrics[headline]):
+        errors.append(f"task.headline: metric {_short(headline)} is not a number")
+
+
+def _check_metrics(obj: dict, errors: list[str]) -> None:
+    """Every metric a finite number or null; fractions in [0, 1]; metric names are names."""
+    for key, value in _section(obj, "metrics").items():
+        problem = _text_problem(key, name=True) if isinstance(key, str) else "must be a string"
+        if problem:
+            errors.append(f"metrics: name {_short(key)} {problem}")
+        elif value is not None and not is_number(value):
+            errors.append(f"metrics.{key}: must be a finite number or null, got {_short(value)}")
+        elif key in FRACTION_METRICS and value is not None and not 0.0 <= value <= 1.0:
+            errors.append(f"metrics.{key}: must be a fraction in [0, 1], got {_short(value)}")
+
+
+def _check_intervals(intervals: Any, errors: list[str]) -> None:
+    if intervals is None:
+        return
+    if not isinstance(intervals, dict):
+        errors.append(f"intervals: must be an object of [low, high] pairs, got {type(intervals).__name__}")
+        return
+    for key, interval in intervals.items():
+        problem = _text_problem(key, name=True) if isinstance(key, str) else "must be a string"
+        if problem:
+            errors.append(f"intervals: name {_short(key)} {problem}")
+        elif not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
+            errors.append(f"intervals.{key}: must be [low, high] (finite numbers)")
         elif not 0 <= interval[0] <= interval[1] <= 1:
-            errors.append(f"intervals.{key}: must satisfy 0 <= low <= high <= 1, got {interval}")
-    return errors
+            errors.append(f"intervals.{key}: must satisfy 0 <= low <= high <= 1, "
+                          f"got [{_short(interval[0])}, {_short(interval[1])}]")
+
+
+def _check_lists(obj: dict, errors: list[str]) -> None:
+    """Optional lists: tags are names, notes are text lines, templates and failed files are strings."""
+    task = _section(obj, "task")
+    for where, value, kind in (("task.tags", task.get("tags"), "name"), ("notes", obj.get("notes"), "text"),
+                               ("failed_files", obj.get("failed_files"), None)):
+        if value is not None:
+            _check_strings(where, value, kind, errors)
+    templates = _section(obj, "config").get("templates")
+    if isinstance(templates, list):  # missing or not a list: said by _check_sections
+        _check_strings("config.templates", templates, None, errors)
+    if task.get("dataset") is not None and not isinstance(task["dataset"], str):
+        errors.append(f"task.dataset: expected str or null, got {type(task['dataset']).__name__}")
+
+
+def _check_strings(where: str, value: Any, kind: str | None, errors: list[str]) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        errors.append(f"{where}: must be a list of strings")
+        return
+    for item in value if kind else ():
+        problem = _text_problem(item, name=kind == "name")
+        if problem:
+            errors.append(f"{where}: {_short(item)} {problem}")
+            return
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: repr of a scalar, cut to 60 characters; the type name of anything else."""
+    try:
+        text = repr(value) if isinstance(value, (str, int, float)) or value is None else type(value).__name__
+    except ValueError:  # an int with more digits than Python will print
+        text = "a very large int"
+    return text if len(text) <= 60 else text[:57] + "..."
