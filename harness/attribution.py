@@ -18,7 +18,9 @@ Beyond the paper (issue 9), both riding on the SAME ``encode_images_without`` ca
   values, so the ``cci`` record stays exact. v(all) = s. v(empty) (every patch removed) is a prefix-only forward
   when the adapter says ``can_remove_all_patches`` (CLS readout); otherwise it is DEFINED as 0 (cosine of "no
   evidence"), and the config records which. Empty clusters are null players exactly (their coalitions are mapped
-  onto the same value). K > 10 is refused: 2^K passes per image.
+  onto the same value). K > 10 is refused: 2^K passes per image. The 2^K table is built for ``cci-shapley``
+  only; every method declares the K it allows (``K_RANGES``), checked when the step is built (before any
+  model loads), and K against the model's patch count when a model starts.
 - counterfactual region test (when the batch has foreground masks, ``counterfactual`` setting, on by default):
   two more patterns, all foreground patches removed (background only) and all background patches removed
   (foreground only; a patch is foreground when its mask fraction >= ``cf_threshold``). Predictions over the task's
@@ -38,7 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from covar_harness.adapter import attribution_support
+from covar_harness.adapter import (AdapterContractError, adapter_name, attribution_support, check_shape,
+                                   supports_pattern_batches)
 from covar_harness.registry import UsageError
 
 if TYPE_CHECKING:
@@ -51,6 +54,12 @@ if TYPE_CHECKING:
 
 METHODS = ("cci", "cci-shapley", "random")
 MAX_SHAPLEY_K = 10  # 2^K removal passes per image: 1024 at K=10 is the most that stays practical
+MAX_K = 64  # CCI: K+1 removal passes per image, (B, K, N) patterns; more clusters than this explain nothing
+K_RANGES = {"cci": (2, MAX_K), "cci-shapley": (2, MAX_SHAPLEY_K), "random": (2, MAX_K)}  # allowed K per method
+MAX_N_INIT = 100  # k-means restarts run side by side: memory grows with them
+MAX_ITERS = 10_000  # Lloyd stops at convergence long before; a cap only bounds a runaway setting
+PATTERN_ROWS = 64  # rows per call (at least the batch size) when patterns are flattened for a (B, N) adapter
+KMEANS_BUDGET_BYTES = 1 << 30  # above this the restarts' (B * n_init, N, C) copy is split over the images
 OUTCOMES = ("bg-sufficient", "fg-sufficient", "both", "neither")
 TARGETS = ("pred", "label")
 ATTRIBUTE_ON = ("all", "errors")
@@ -72,16 +81,40 @@ class CCISettings:
     cf_threshold: float = 0.5  # a patch is foreground for the region test when its mask fraction >= this
 
     def __post_init__(self) -> None:
-        if self.k < 2:
+        if not _is_int(self.k) or self.k < 2:
             raise UsageError(f"--cci-k must be >= 2 (one cluster would remove every patch), got {self.k}")
+        if self.k > MAX_K:
+            raise UsageError(f"--cci-k {self.k} is more than {MAX_K} clusters; use --cci-k 2..{MAX_K}")
+        if not _is_int(self.layer):
+            raise UsageError(f"--cci-layer must be an integer block index, got {self.layer!r}")
         if self.target not in TARGETS:
             raise UsageError(f"--cci-target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.attribute_on not in ATTRIBUTE_ON:
             raise UsageError(f"--attribute-on must be one of {', '.join(ATTRIBUTE_ON)}, got {self.attribute_on!r}")
-        if self.kmeans_iters < 1 or self.kmeans_n_init < 1:
-            raise UsageError("k-means iterations and restarts must be >= 1")
+        if not _is_int(self.kmeans_iters) or not 1 <= self.kmeans_iters <= MAX_ITERS:
+            raise UsageError(f"--cci-iters must be in 1..{MAX_ITERS}, got {self.kmeans_iters}")
+        if not _is_int(self.kmeans_n_init) or not 1 <= self.kmeans_n_init <= MAX_N_INIT:
+            raise UsageError(f"--cci-n-init must be in 1..{MAX_N_INIT} (restarts run side by side in memory), "
+                             f"got {self.kmeans_n_init}")
         if not 0.0 <= self.cf_threshold <= 1.0:
             raise UsageError(f"the counterfactual mask threshold must be in [0, 1], got {self.cf_threshold}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_k(method: str, k: Any) -> None:
+    """Raise UsageError (one line) when ``method`` does not allow ``k`` clusters (``K_RANGES``). Why here: the CLI
+    builds the steps before any model loads, so a bad ``--cci-k`` exits 2 without a download."""
+    if method not in K_RANGES:
+        raise UsageError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    lo, hi = K_RANGES[method]
+    if not _is_int(k) or not lo <= k <= hi:
+        if method == "cci-shapley" and _is_int(k) and k > hi:
+            raise UsageError(f"cci-shapley evaluates all 2^K cluster coalitions: --cci-k {k} would need {2**k} "
+                             f"removal passes per image; use --cci-k <= {MAX_SHAPLEY_K}")
+        raise UsageError(f"--cci-k {k} is outside what {method} allows: {lo}..{hi}")
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -188,12 +221,20 @@ def batched_kmeans(
     ``seeds`` (one per row) drive k-means++ seeding, ``n_init`` restarts per row, lowest inertia kept.
     ``init`` (B, K, C) gives the initial centres instead (one run; used to compare with scikit-learn).
     Points are centred per row first (as scikit-learn does) so the Gram-expansion distances keep precision.
+    When the restarts' copy of ``x`` would exceed ``KMEANS_BUDGET_BYTES``, the images are clustered in groups
+    (every row is independent, so only memory changes).
     """
     import torch
 
     B, N, C = x.shape
     if len(seeds) != B and init is None:
         raise ValueError(f"need one seed per row: {len(seeds)} seeds for {B} rows")
+    per_group = max(1, KMEANS_BUDGET_BYTES // max(1, n_init * N * C * x.element_size()))
+    if init is None and per_group < B:
+        parts = [batched_kmeans(x[i:i + per_group], k, seeds[i:i + per_group], n_init, max_iter)
+                 for i in range(0, B, per_group)]
+        return KMeansResult(torch.cat([r.labels for r in parts]), torch.cat([r.centres for r in parts]),
+                            torch.cat([r.inertia for r in parts]), max(r.n_iter for r in parts))
     offset = x.mean(dim=1, keepdim=True)
     xc = x - offset
     if init is not None:
@@ -298,10 +339,28 @@ def _short(value: float) -> float:
 
 def patch_tokens(adapter: Any, pixels: "torch.Tensor", layer: int) -> "torch.Tensor":
     """The adapter's patch tokens at ``layer`` (float32). Older adapters without a ``layer`` argument give the
-    last block only; asking them for another layer is an error that ``layer_supported`` catches up front."""
+    last block only; asking them for another layer is an error that ``layer_supported`` catches up front.
+    The result must be (B, N, C) with N = rows * cols of ``patch_grid`` (else AdapterContractError)."""
     if layer == -1 and not layer_supported(adapter):
-        return adapter.patch_tokens(pixels).float()
-    return adapter.patch_tokens(pixels, layer=layer).float()
+        tokens = adapter.patch_tokens(pixels)
+    else:
+        tokens = adapter.patch_tokens(pixels, layer=layer)
+    check_shape(adapter, "patch_tokens", tokens, (pixels.shape[0], grid_size(adapter), None))
+    return tokens.float()
+
+
+def grid_size(adapter: Any) -> int:
+    """N = rows * cols of the adapter's ``patch_grid``; AdapterContractError when it is not two positive ints."""
+    grid = getattr(adapter, "patch_grid", None)
+    try:
+        rows, cols = (int(g) for g in grid)
+        ok = rows >= 1 and cols >= 1 and (rows, cols) == tuple(grid)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise AdapterContractError(f"adapter {adapter_name(adapter)!r}: patch_grid must be (rows, cols) of positive "
+                                   f"integers, got {grid!r}")
+    return rows * cols
 
 
 def layer_supported(adapter: Any) -> bool:
@@ -328,8 +387,11 @@ def can_remove_all_patches(adapter: Any) -> bool:
     return getattr(adapter, "can_remove_all_patches", False) is True
 
 
-def encode_patterns(adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """ONE ``encode_images_without`` call for (B, P, N) patterns -> L2-normalised (B, P, D) and (B, P) ``ran``.
+def encode_patterns(
+    adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tensor", dim: int | None = None,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(B, P, N) patterns -> L2-normalised (B, P, D) embeddings and (B, P) ``ran``, through
+    :func:`encode_without` (ONE call when the adapter takes pattern batches). ``dim``: the D to expect.
 
     A pattern that removes every patch runs only when the adapter keeps a prefix token; otherwise it is replaced
     by "remove nothing" and marked not ``ran`` (its embedding must not be used)."""
@@ -338,12 +400,41 @@ def encode_patterns(adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tenso
 
     empty = patterns.all(dim=-1)
     if not bool(empty.any()):
-        return F.normalize(adapter.encode_images_without(pixels, patterns).float(), dim=-1), ~empty
+        return F.normalize(encode_without(adapter, pixels, patterns, dim), dim=-1), ~empty
     if can_remove_all_patches(adapter):
-        out = adapter.encode_images_without(pixels, patterns, allow_empty=True)
-        return F.normalize(out.float(), dim=-1), torch.ones_like(empty)
-    out = adapter.encode_images_without(pixels, patterns & ~empty[..., None])
-    return F.normalize(out.float(), dim=-1), ~empty
+        out = encode_without(adapter, pixels, patterns, dim, allow_empty=True)
+        return F.normalize(out, dim=-1), torch.ones_like(empty)
+    out = encode_without(adapter, pixels, patterns & ~empty[..., None], dim)
+    return F.normalize(out, dim=-1), ~empty
+
+
+def encode_without(
+    adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tensor", dim: int | None = None, **options: Any,
+) -> "torch.Tensor":
+    """(B, P, D) float embeddings for (B, P, N) drop patterns, honouring the adapter's declared contract.
+
+    Adapters declaring ``supports_pattern_batches`` get the (B, P, N) patterns in one call. Every other adapter
+    gets the public (B, N) contract: the patterns flattened to (B*P, N) rows, each with its image's pixels
+    (``repeat_interleave`` order), in calls of at most max(B, PATTERN_ROWS) rows, reshaped back. Every result is
+    shape-checked, so a wrong one fails the pair with one line instead of broadcasting into wrong numbers."""
+    import torch
+
+    B, P, N = patterns.shape
+    if supports_pattern_batches(adapter):
+        out = adapter.encode_images_without(pixels, patterns, **options)
+        check_shape(adapter, "encode_images_without", out, (B, P, dim))
+        return out.float()
+    rows = patterns.reshape(B * P, N)
+    step = max(B, PATTERN_ROWS)
+    parts = []
+    for start in range(0, B * P, step):
+        stop = min(B * P, start + step)
+        images = torch.arange(start, stop, device=pixels.device) // P
+        out = adapter.encode_images_without(pixels[images], rows[start:stop], **options)
+        check_shape(adapter, "encode_images_without", out, (stop - start, dim))
+        dim = int(out.shape[1])
+        parts.append(out.float().to(parts[0].device) if parts else out.float())
+    return torch.cat(parts).view(B, P, -1) if parts else patterns.new_zeros((B, P, dim or 0), dtype=torch.float32)
 
 
 def similarity_drops(
@@ -355,7 +446,7 @@ def similarity_drops(
     ``emb`` (B, D) and ``text`` (B, D) are L2-normalised, so s is a dot product. The embedding without
     cluster k is normalised the same way the harness normalises ``encode_images``.
     """
-    without, _ = encode_patterns(adapter, pixels, patterns)
+    without, _ = encode_patterns(adapter, pixels, patterns, emb.shape[-1])
     return cci_from_embeddings(emb, text, without.to(emb.device), valid)
 
 
@@ -468,13 +559,16 @@ def attribute(
 
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}")
+    check_k(method, settings.k)  # K > patches is allowed here (empty clusters); the step refuses it per model
     tokens = patch_tokens(adapter, pixels, settings.layer)
     km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
     patterns, valid = cluster_patterns(km.labels, settings.k)
     emb, text = emb.float(), text.float().to(emb.device)
     s = (emb * text).sum(dim=-1)
-    main = {"cci": patterns, "cci-shapley": coalition_patterns(km.labels, settings.k),
-            "random": patterns[:, :0]}[method]
+    if method == "cci-shapley":  # the 2^K coalition table only where it is used
+        main = coalition_patterns(km.labels, settings.k)
+    else:
+        main = patterns if method == "cci" else patterns[:, :0]
     parts = [main]
     masked = None
     if fg is not None and classifier is not None:
@@ -482,7 +576,7 @@ def attribute(
         parts.append(region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
                      & masked.to(main.device)[:, None, None])
     allp = torch.cat(parts, dim=1)
-    without, ran = (encode_patterns(adapter, pixels, allp) if allp.shape[1] else (None, None))
+    without, ran = (encode_patterns(adapter, pixels, allp, emb.shape[-1]) if allp.shape[1] else (None, None))
     n_main = main.shape[1]
     shapley, drop = None, None
     if method == "cci":
@@ -504,6 +598,21 @@ def attribute(
                        None if drop is None else drop.cpu(), s.cpu(), valid.cpu(), shapley, regions)
 
 
+def check_model(adapter: Any, settings: CCISettings, method: str = "cci") -> None:
+    """Settings that depend on the model, checked before any work: K against the patch count, the layer against
+    the block count (``n_blocks``, when the adapter tells it). One-line ValueError; why: otherwise the failure is
+    a traceback deep in k-means or, for a wrapped layer index, a silently different layer."""
+    check_k(method, settings.k)
+    n = grid_size(adapter)
+    if settings.k > n:
+        raise ValueError(f"--cci-k {settings.k} is more than the {n} patches of {adapter_name(adapter)} "
+                         f"(patch grid {'x'.join(map(str, adapter.patch_grid))}); use --cci-k <= {n}")
+    blocks = getattr(adapter, "n_blocks", None)
+    if _is_int(blocks) and blocks > 0 and not -blocks <= settings.layer < blocks:
+        raise ValueError(f"--cci-layer {settings.layer} is out of range for {adapter_name(adapter)}, which has "
+                         f"{blocks} blocks (use {-blocks}..{blocks - 1})")
+
+
 # ---- the evaluator step ---------------------------------------------------------------------------------------
 class AttributionStep:
     """BatchStep running CCI (or the random baseline) on every batch of the zero-shot pass.
@@ -520,30 +629,30 @@ class AttributionStep:
         save_maps: str | Path | None = None, only_with_masks: bool = False, counterfactual: bool = True,
         cf_threshold: float = 0.5,
     ):
-        if method not in METHODS:
-            raise UsageError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
-        if method == "cci-shapley" and k > MAX_SHAPLEY_K:
-            raise UsageError(f"cci-shapley evaluates all 2^K cluster coalitions: --cci-k {k} would need {2**k} "
-                             f"removal passes per image; use --cci-k <= {MAX_SHAPLEY_K}")
+        check_k(method, k)  # also rejects an unknown method; one line, before any model loads
         self.method = method
         self.settings = CCISettings(k, layer, target, seed, attribute_on, kmeans_iters, kmeans_n_init,
                                     counterfactual, cf_threshold)
-        self.save_maps = Path(save_maps) if save_maps else None
+        self.save_maps = check_maps_dir(save_maps) if save_maps else None
         self.only_with_masks = only_with_masks
         self._reset()
 
     def _reset(self) -> None:
         self.active, self.status, self.reason = True, "ran", ""
-        self.adapter = self.task = self.samples = None
+        self.adapter = self.task = self.samples = self.model_spec = None
         self.n_seen = self.n_maps = 0
+        self.maps_error: str | None = None  # why --save-maps stopped writing for this pair
         # the latest batch's (batch rows attributed, Attribution): a later step in the same batch loop (the
         # fg/bg diagnosis) reads the maps here instead of recomputing them
         self.last: tuple[list[int], Attribution] | None = None
 
-    def start(self, adapter: "ModelAdapter", task: "TaskConfig", samples: "SampleSet") -> None:
-        """Decide, per model x task, whether attribution runs: auto mode needs masks, CCI needs the capability."""
+    def start(self, adapter: "ModelAdapter", task: "TaskConfig", samples: "SampleSet", *,
+              model_spec: str | None = None) -> None:
+        """Decide, per model x task, whether attribution runs: auto mode needs masks, CCI needs the capability.
+        Settings the model cannot honour (K above its patch count, a layer it lacks) raise one-line ValueError.
+        ``model_spec``: the ``--models`` spec, so ``--save-maps`` folders match the result folders."""
         self._reset()
-        self.adapter, self.task, self.samples = adapter, task, samples
+        self.adapter, self.task, self.samples, self.model_spec = adapter, task, samples, model_spec
         supported, why = attribution_support(adapter)
         if self.only_with_masks and not samples.has_masks:
             self.active, self.status, self.reason = False, "off", "auto: the task has no foreground masks"
@@ -552,6 +661,8 @@ class AttributionStep:
         elif self.settings.layer != -1 and not layer_supported(adapter):
             self.active, self.status = False, "skipped"
             self.reason = f"patch_tokens of this adapter takes no layer argument (--cci-layer {self.settings.layer})"
+        if self.active:
+            check_model(adapter, self.settings, self.method)
 
     def process(self, batch: "Batch") -> list[dict]:
         """One record per attributed sample: {"index", "cci"}; nothing when inactive."""
@@ -604,18 +715,36 @@ class AttributionStep:
             out["counterfactual"] = region
         return out
 
-    def _write_maps(self, batch: "Batch", rows: list[int], result: Attribution) -> None:
-        from covar_harness import overlays, results
+    def maps_folder(self) -> Path:
+        """``SAVE_MAPS/<model slug>/<task slug>``: the slugs of the result folder (``results.slug``) of the
+        model spec (the adapter's name only when no spec was given) and the task."""
+        from covar_harness import results
 
-        folder = self.save_maps / results.slug(getattr(self.adapter, "name", "model")) / results.slug(self.task.task)
+        model = self.model_spec or adapter_name(self.adapter)
+        task = getattr(self.task, "task", None) or "task"
+        return self.save_maps / results.slug(model) / results.slug(task)
+
+    def _write_maps(self, batch: "Batch", rows: list[int], result: Attribution) -> None:
+        """One overlay PNG per attributed sample. A map that cannot be written (full or read-only disk) stops
+        the maps of this pair with a note; the attribution records and the result file are unaffected."""
+        from covar_harness import overlays, results
+        from covar_harness.console import safe
+
+        if self.maps_error is not None:
+            return
+        folder = self.maps_folder()
         grid = tuple(self.adapter.patch_grid)
         imp = result.patch_importance()
         for j, r in enumerate(rows):
             index = batch.indices[r]
             mask = overlays.mask_in_input_frame(batch.samples, index, self.adapter.preprocess)
             stem = results.slug(Path(batch.samples.samples[index].id).stem)
-            overlays.save_overlay(folder / f"{index:06d}_{stem}.png", batch.pixels[r], imp[j].view(grid),
-                                  result.assignments[j].view(grid), mask, self.adapter.preprocess)
+            try:
+                overlays.save_overlay(folder / f"{index:06d}_{stem}.png", batch.pixels[r], imp[j].view(grid),
+                                      result.assignments[j].view(grid), mask, self.adapter.preprocess)
+            except (OSError, ValueError) as exc:
+                self.maps_error = safe(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+                return
             self.n_maps += 1
 
     def finish(self, records: list[dict]) -> dict:
@@ -640,7 +769,26 @@ class AttributionStep:
             if self.save_maps is not None:
                 config["maps_dir"] = str(self.save_maps)
                 config["summary"]["n_maps"] = self.n_maps
+                if self.maps_error is not None:
+                    config["maps_error"] = self.maps_error
+                    notes.append(f"--save-maps stopped after {self.n_maps} map(s): {self.maps_error}")
         return {"metrics": {}, "config": config, "notes": notes}
+
+
+def check_maps_dir(save_maps: str | Path) -> Path:
+    """``--save-maps`` checked before any model loads: a regular file on the way, or a folder that cannot be
+    created or written, is a one-line UsageError (rather than every pair failing later)."""
+    import os
+
+    path = Path(save_maps).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"--save-maps {str(path)!r}: {str(probe)!r} is not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--save-maps {str(path)!r}: {str(probe)!r} is not writable")
+    return path
 
 
 def summarise(records: list[dict], n_seen: int) -> dict[str, Any]:

@@ -22,28 +22,42 @@ def parse_classes(text: str) -> list[str]:
     return classes
 
 
-def _load_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+def _load_image(path: Path, what: str = "image", mode: str = "RGB"):
+    from PIL import Image
 
     if not path.is_file():
-        raise UsageError(f"image {str(path)!r} does not exist")
+        raise UsageError(f"{what} {str(path)!r} does not exist")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {str(path)!r}: {exc}") from exc
+            return im.convert(mode)
+    except Exception as exc:  # unreadable, truncated, decompression bomb: one line, exit 2
+        raise UsageError(f"cannot read {what} {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def _load_adapter(args: Namespace):
-    from covar_harness.adapter import attribution_support
-    from covar_harness.models import load_model
+    """The model, or one line (exit 2) when it cannot be loaded or attributed: no traceback for a bad spec,
+    an unreachable hub or a model that cannot honour ``--k`` / ``--layer``."""
+    from covar_harness.adapter import AdapterContractError, attribution_support
+    from covar_harness.attribution import CCISettings, check_model
+    from covar_harness.models import ModelLoadError, load_model
     from covar_harness.plugin_manager import load_catalog
 
     catalog = load_catalog(args.include_path)
-    adapter = load_model(args.model, args.device, args.precision, None, catalog)
+    try:
+        adapter = load_model(args.model, args.device, args.precision, None, catalog)
+    except UsageError:
+        raise
+    except Exception as exc:  # one command, one model: its failure is the one line the user sees
+        text = str(exc).strip().splitlines()
+        raise UsageError(str(exc) if isinstance(exc, ModelLoadError) and text else
+                         f"cannot load model {args.model!r}: {type(exc).__name__}: {text[0] if text else ''}") from exc
     supported, why = attribution_support(adapter)
     if not supported:
         raise UsageError(f"model {args.model!r} cannot be attributed: {why}")
+    try:
+        check_model(adapter, CCISettings(k=args.k, layer=args.layer), "cci")
+    except (ValueError, AdapterContractError) as exc:  # --k above the patch count, a missing layer, a bad grid
+        raise UsageError(str(exc)) from exc
     return adapter
 
 
@@ -53,11 +67,12 @@ def explain_image(adapter: Any, image, classes: list[str], *, templates: list[st
     import torch
     import torch.nn.functional as F
 
-    from covar_harness.attribution import CCISettings, attribute, sample_seed
+    from covar_harness.attribution import CCISettings, attribute, check_k, sample_seed
     from covar_harness.evaluator import build_classifier
 
     if target is not None and target not in classes:
         raise UsageError(f"--target {target!r} is not one of --classes")
+    check_k("cci", k)
     W = build_classifier(adapter, classes, templates)  # (D, C)
     pixels = adapter.preprocess(image)[None]
     emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
@@ -82,18 +97,23 @@ def cmd_explain(args: Namespace) -> int:
     from rich.table import Table
 
     from covar_harness import overlays
+    from covar_harness.attribution import check_k
+    from covar_harness.console import markup
     from covar_harness.resources import load_list
 
     classes = parse_classes(args.classes)
+    check_k("cci", args.k)  # before the model loads
     image = _load_image(args.image)
+    mask_image = _load_mask(args.mask) if args.mask is not None else None
     templates = list(load_list("templates", args.templates, Path.cwd()))
     adapter = _load_adapter(args)
     out = explain_image(adapter, image, classes, templates=templates, target=args.target, k=args.k,
                         layer=args.layer, seed=args.seed, sample_id=args.image.name)
     result, grid = out["result"], tuple(adapter.patch_grid)
     console = Console(highlight=False)
-    console.print(f"model: {adapter.name}   image: {args.image}   predicted: [bold]{classes[out['pred']]}[/bold]   "
-                  f"explained: [bold]{classes[out['target']]}[/bold]   s = {float(result.s[0]):.4f}")
+    console.print(f"model: {markup(adapter.name)}   image: {markup(args.image)}   "
+                  f"predicted: [bold]{markup(classes[out['pred']])}[/bold]   "
+                  f"explained: [bold]{markup(classes[out['target']])}[/bold]   s = {float(result.s[0]):.4f}")
     table = Table(title=f"CCI clusters (K={args.k}, layer {args.layer}, {grid[0]}x{grid[1]} patches)",
                   title_justify="left")
     for col in ("cluster", "#patches", "importance", "drop"):
@@ -101,14 +121,17 @@ def cmd_explain(args: Namespace) -> int:
     for c, n, imp, drop in cluster_rows(result):
         table.add_row(str(c), str(n), f"{imp:+.4f}", f"{drop:+.5f}")
     console.print(table)
-    mask = None
-    if args.mask is not None:
-        from PIL import Image
-
-        with Image.open(args.mask) as m:
-            mask = overlays.mask_to_input_frame(m.convert("L"), adapter.preprocess)
+    mask = None if mask_image is None else overlays.mask_to_input_frame(mask_image, adapter.preprocess)
     path = args.out or Path(f"{args.image.stem}.cci.png")
-    overlays.save_overlay(path, out["pixels"], result.patch_importance()[0].view(grid),
-                          result.assignments[0].view(grid), mask, adapter.preprocess)
-    console.print(f"overlay written to {path}")
+    try:
+        overlays.save_overlay(path, out["pixels"], result.patch_importance()[0].view(grid),
+                              result.assignments[0].view(grid), mask, adapter.preprocess)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot write the overlay {str(path)!r}: {exc}") from exc
+    console.print(f"overlay written to {markup(path)}")
     return 0
+
+
+def _load_mask(path: Path):
+    """The ``--mask`` PNG as mode L, read before any model loads; one line when it cannot be read."""
+    return _load_image(path, "mask", "L")

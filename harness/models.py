@@ -6,8 +6,9 @@ registered model name/alias. Tags act as groups; ``all`` means every registered 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from covar_harness.adapter import missing_members
 from covar_harness.registry import UnknownNameError, UsageError, is_glob
@@ -23,6 +24,88 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 class ModelLoadError(RuntimeError):
     """A model could not be built or its weights fetched; the message says which and how to work offline."""
+
+
+class HubUnreachableError(ModelLoadError):
+    """The Hugging Face hub could not be reached while loading a model (after the hub client's retries).
+
+    ``advice`` is the same sentence for every model of a run (print it once); ``str()`` is one line that also
+    names the model and the network error."""
+
+    def __init__(self, spec: str, cache: str, reason: str = ""):
+        self.spec, self.cache, self.reason = spec, cache, reason
+        self.advice = (f"the Hugging Face hub is unreachable; set HF_HUB_OFFLINE=1 to fail fast and use the local "
+                       f"cache ({cache})")
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"{spec}: the Hugging Face hub is unreachable{detail}; set HF_HUB_OFFLINE=1 to fail fast "
+                         f"and use the local cache ({cache})")
+
+    def __reduce__(self):  # picklable (worker processes, logging handlers) despite the custom signature
+        return type(self), (self.spec, self.cache, self.reason)
+
+
+# class names (anywhere in an exception's MRO) that mean "no network": huggingface_hub, requests, httpx, urllib3,
+# and the builtins. An OSError whose message says so counts too (transformers wraps the original in one).
+_NETWORK_ERRORS = {"LocalEntryNotFoundError", "ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout",
+                   "ConnectError", "TimeoutException", "NetworkError", "ProxyError", "MaxRetryError",
+                   "NewConnectionError", "NameResolutionError", "TimeoutError", "gaierror", "URLError"}
+_NETWORK_WORDS = ("connect", "offline", "name resolution", "network is unreachable", "timed out")
+# file-system errors whose message may quote a path such as /data/offline_models: never "the network"
+_FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is on: then a miss is a cache miss, not an unreachable hub."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the hub could not be reached. False in offline
+    mode, where the same errors only mean that the files are not in the cache."""
+    if hub_offline():
+        return False
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 32:
+        seen.add(id(link))
+        if _is_network_error(link):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    if type(exc).__module__.startswith("filelock"):  # a cache lock timing out is not the network
+        return False
+    if any(cls.__name__ in _NETWORK_ERRORS for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, _FILE_ERRORS) \
+        and any(w in str(exc).lower() for w in _NETWORK_WORDS)
+
+
+def hub_cache(cache_dir: str | None = None) -> str:
+    """Where hub downloads are cached: ``--cache-dir``, else huggingface_hub's cache (HF_HUB_CACHE / HF_HOME)."""
+    if cache_dir:
+        return str(cache_dir)
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return os.path.expanduser("~/.cache/huggingface/hub")
+    return str(constants.HF_HUB_CACHE)
+
+
+def unreachable_error(spec: str, exc: BaseException, cache_dir: str | None = None) -> HubUnreachableError | None:
+    """A HubUnreachableError for ``exc`` when it means the hub is unreachable, else None (re-raise as is)."""
+    if isinstance(exc, HubUnreachableError) or not hub_unreachable(exc):
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return HubUnreachableError(spec, hub_cache(cache_dir), f"{type(exc).__name__}: {first}" if first else "")
 
 
 def torch_dtype(precision: str):
@@ -109,25 +192,50 @@ def load_model(
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     catalog = catalog or default_catalog()
     device = resolve_device(device)
-    for _ in range(8):  # alias chains are short; the bound stops cycles
-        scheme, rest = scheme_of(spec, catalog)
-        if scheme:
-            loader = catalog.schemes.get(scheme)
-            adapter = loader(rest, device=device, precision=precision, cache_dir=cache_dir)
+    asked = spec
+    try:
+        for _ in range(8):  # alias chains are short; the bound stops cycles
+            scheme, rest = scheme_of(spec, catalog)
+            if scheme:
+                loader = catalog.schemes.get(scheme)
+                adapter = loader(rest, device=device, precision=precision, cache_dir=cache_dir)
+                break
+            item = catalog.models.get(spec)
+            produced = item if isinstance(item, str) else call_with_accepted(item, device=device, precision=precision)
+            if isinstance(produced, str):
+                spec = produced
+                continue
+            adapter = produced
             break
-        item = catalog.models.get(spec)
-        produced = item if isinstance(item, str) else call_with_accepted(item, device=device, precision=precision)
-        if isinstance(produced, str):
-            spec = produced
-            continue
-        adapter = produced
-        break
-    else:
-        raise UsageError(f"model alias chain for {spec!r} is too long (a cycle?)")
+        else:
+            raise UsageError(f"model alias chain for {spec!r} is too long (a cycle?)")
+    except Exception as exc:  # a hub that cannot be reached gets one line with the way to fail fast
+        unreachable = unreachable_error(asked, exc, cache_dir)
+        if unreachable is not None:
+            raise unreachable from exc
+        raise
     missing = missing_members(adapter)
     if missing:
         raise UsageError(f"model {spec!r} did not return a ModelAdapter: missing {'; '.join(missing)}")
     return adapter
+
+
+def patch_count_hint(spec: str, catalog: "Catalog | None" = None) -> int | None:
+    """The patch count (rows * cols) of a model spec WITHOUT loading weights, when its scheme's loader can tell
+    cheaply (``loader.patch_count_hint(rest)``: openclip ARCH/TAG and local folders, hf: local folders); else None.
+    Why: ``--cci-k`` above the patch count can then be refused before any download."""
+    from covar_harness.plugin_manager import default_catalog
+
+    catalog = catalog or default_catalog()
+    try:
+        target, _ = _target(spec, catalog)
+        scheme, rest = scheme_of(target, catalog)
+        hint: Callable[[str], Any] | None = getattr(catalog.schemes.get(scheme), "patch_count_hint", None) \
+            if scheme else None
+        value = hint(rest) if hint is not None else None
+    except Exception:  # noqa: BLE001 - a hint is optional; the real check runs when the model starts
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def resolve_device(device: str) -> str:

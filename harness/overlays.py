@@ -60,12 +60,13 @@ def mask_to_input_frame(mask: "Image.Image", preprocess: Callable) -> np.ndarray
 
 
 def mask_in_input_frame(samples: "SampleSet", index: int, preprocess: Callable) -> np.ndarray | None:
-    """The sample's dataset mask mapped into the model-input frame, or None when it has none (or it fails)."""
+    """The sample's dataset mask mapped into the model-input frame, or None when it has none (or it fails: the
+    outline is decoration, so an unreadable or oversized mask must not fail the pair)."""
     try:
         mask = samples.open_mask(index)
-    except (OSError, ValueError):
+        return None if mask is None else mask_to_input_frame(mask, preprocess)
+    except Exception:  # noqa: BLE001 - corrupt, missing, decompression bomb, a preprocess that rejects masks
         return None
-    return None if mask is None else mask_to_input_frame(mask, preprocess)
 
 
 def _upsample(grid_values: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -123,7 +124,11 @@ def save_overlay(
     rgb = pixels_to_rgb(pixels, preprocess)
     to_np = (lambda t: None if t is None else (t.numpy() if hasattr(t, "numpy") else np.asarray(t)))
     image = render_overlay(rgb, to_np(patch_importance), to_np(assignments), mask)
+    from PIL import Image
+
+    from covar_harness.results import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # as image.save(path) would choose
+    atomic_write(path, lambda fh: image.save(fh, format=fmt), binary=True)  # never a half-written file
     return path

@@ -20,6 +20,7 @@ timing. The rules are computed by ``covar_harness.diagnosis`` (every rule at onc
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from argparse import Namespace
@@ -206,7 +207,7 @@ def _fmt(value: float | None, pct: bool = False) -> str:
 
 def render(report: dict[str, Any], console) -> None:
     """The per-rule table, then the counterfactual truth and the accuracies it rests on."""
-    from covar_harness.console import print_rows
+    from covar_harness.console import markup, print_rows
 
     n = report["n"]
     columns = ["rule", "attributor", "AUROC orig/correct", "AUROC bgvar/errors", "AUROC mean", "agrees w/ cf truth",
@@ -228,8 +229,8 @@ def render(report: dict[str, Any], console) -> None:
         f"{_fmt(truth['original_correct'][SHORTCUT], True)}; bg_varied/errors clean "
         f"{_fmt(truth['bg_varied_errors'][CLEAN], True)}, shortcut {_fmt(truth['bg_varied_errors'][SHORTCUT], True)}")
     acc = report["acc1"]
-    console.print("acc1: " + "; ".join(f"{m} {_fmt(acc[m][ORIGINAL], True)} original, {_fmt(acc[m][BG_VARIED], True)} "
-                                       "bg_varied" for m in acc))
+    console.print("acc1: " + "; ".join(f"{markup(m)} {_fmt(acc[m][ORIGINAL], True)} original, "
+                                       f"{_fmt(acc[m][BG_VARIED], True)} bg_varied" for m in acc))
     console.print(f"plain forward {report['plain_ms_per_image']:.2f} ms/image; runtime {report['runtime_s']:.1f} s")
 
 
@@ -239,11 +240,42 @@ def cmd_sanity(args: Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
+    if args.json is not None:
+        _check_writable(args.json)  # before minutes of evaluation, not after
     with progress_reporter() as reporter:
         run = collect(args.limit, args.data_dir, reporter, seed=args.seed, device=args.device)
     report = summarise(run)
     render(report, console())
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        from covar_harness.results import atomic_write
+
+        text = json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
+        try:
+            atomic_write(args.json, lambda fh: fh.write(text))
+        except OSError as exc:
+            raise UsageError(f"cannot write --json {str(args.json)!r}: {exc}") from exc
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """The report with NaN / infinity as null: strict JSON that every reader accepts."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _check_writable(path: Path) -> None:
+    """--json names a file in a folder that exists or can be made, and is not itself a folder."""
+    import os
+
+    if path.is_dir():
+        raise UsageError(f"--json {str(path)!r} is a folder; name a file")
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--json {str(path)!r}: {str(probe)!r} is not a writable folder")

@@ -301,21 +301,28 @@ class PatchMasks:
         if self.failed is not None:
             return [None] * len(indices)
         prompts = [self.classnames[self.samples.samples[i].label] for i in indices]
+        stage = "failed"
         try:
-            masks = self.segmenter.masks(self.samples, list(indices), prompts)
+            masks = list(self.segmenter.masks(self.samples, list(indices), prompts))
+            if len(masks) != len(indices):
+                raise ValueError(f"returned {len(masks)} masks for {len(indices)} images")
+            stage = "masks cannot be mapped onto the model's patch grid"
+            out = [None if m is None else mask_patch_fractions(self.preprocess, m, self.grid).reshape(-1)
+                   for m in masks]
         except Exception as exc:  # noqa: BLE001 - any failure of a mask provider means: no diagnosis
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.failed = f"segmenter {self.segmenter.name!r} failed: {type(exc).__name__}: {first}"
-            log.warning("%s; diagnosis skipped for this task", self.failed)
+            self._fail(stage, exc)
             return [None] * len(indices)
-        out: list[np.ndarray | None] = []
-        for mask in masks:
-            if mask is None:
-                self.n_missing += 1
-                out.append(None)
-            else:
-                out.append(mask_patch_fractions(self.preprocess, mask, self.grid).reshape(-1))
+        self.n_missing += sum(m is None for m in masks)
         return out
+
+    def _fail(self, stage: str, exc: Exception) -> None:
+        """Switch the masks off for this task with one line saying why (untrusted text made inert)."""
+        from covar_harness.console import safe
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        name = safe(getattr(self.segmenter, "name", type(self.segmenter).__name__))
+        self.failed = safe(f"segmenter {name!r} {stage}: {type(exc).__name__}: {first}")
+        log.warning("%s; diagnosis skipped for this task", self.failed)
 
     def describe(self) -> dict[str, Any]:
         about = self.segmenter.describe() if hasattr(self.segmenter, "describe") else {"name": self.segmenter.name}

@@ -1,9 +1,12 @@
 """Shared primitives for removing patch tokens from a ViT (the attribution capability of DESIGN 3).
 
 Adapters implement ``encode_images_without(pixels, drop)`` for their architecture with these helpers:
-``drop`` is (B, N) or (B, K, N) boolean (K drop patterns per image, e.g. one per CCI cluster). Tokens are
-embedded once per image (position embeddings included) and expanded to B*K sequences. The sequences are then
-planned into chunks of at most ``max_rows`` rows (to bound memory), sorted by how many patches they keep:
+``drop`` is (B, N) or (B, K, N) boolean (K drop patterns per image, e.g. one per CCI cluster). The public
+adapter contract is (B, N); an adapter built on this driver accepts (B, K, N) too and says so with
+``supports_pattern_batches = True`` (``covar_harness.adapter``), so the harness sends all patterns in one
+call. Tokens are embedded once per image (position embeddings included) and expanded to B*K sequences. The
+sequences are then planned into chunks of at most ``max_rows`` rows (to bound memory), sorted by how many
+patches they keep:
 
 - a chunk whose rows all keep the same number of patches is run *shortened*: the dropped tokens are physically
   deleted from the sequence. Exact for ViTs with absolute position embeddings (added before deletion), and the
@@ -193,6 +196,8 @@ def encode_without(
     n_patches = tokens.shape[1] - n_prefix
     patterns, squeeze = as_patterns(drop.to(tokens.device), n_patches, allow_empty)
     B, K, _ = patterns.shape
+    if B != tokens.shape[0]:  # else rows would index images that do not exist (an IndexError deep in a chunk)
+        raise ValueError(f"drop has patterns for {B} images but the pixels hold {tokens.shape[0]}")
     rows = patterns.reshape(B * K, n_patches)
     image_of_row = torch.arange(B, device=tokens.device).repeat_interleave(K)
     overhead = default_overhead(tokens.device) if overhead_tokens is None else overhead_tokens

@@ -5,12 +5,17 @@ Factories take the CCI settings as keyword arguments (``k``, ``layer``, ``target
 ``cf_threshold``) and return a
 BatchStep. The step module (and torch) is imported only when a factory is called, so plugin discovery,
 ``--help`` and ``ls`` stay torch-free.
+
+Each attributor declares the K it allows (``k_range``, registered with it and checked when the step is built,
+so a bad ``--cci-k`` is exit 2 before any model loads): CCI and the random baseline 2..64, cluster Shapley
+2..10 (2^K removal passes per image): ``covar_harness.attribution.K_RANGES``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from covar_harness.attribution import K_RANGES  # no torch at import
 from covar_harness.hookspecs import hookimpl
 
 
@@ -38,9 +43,11 @@ def make_random(**settings: Any):
 
 @hookimpl
 def register_attributors(register):
-    register("cci", make_cci, description="Cluster-based Concept Importance: k-means on patch tokens, "
-                                          "relative similarity drop when a cluster is removed (K+1 passes)")
-    register("cci-shapley", make_cci_shapley,
+    register("cci", make_cci, k_range=K_RANGES["cci"],
+             description="Cluster-based Concept Importance: k-means on patch tokens, relative similarity drop "
+                         "when a cluster is removed (K+1 passes, K <= 64)")
+    register("cci-shapley", make_cci_shapley, k_range=K_RANGES["cci-shapley"],
              description="exact Shapley values of CCI's K clusters (2^K coalition passes, K <= 10); also logs "
                          "the leave-one-out CCI record")
-    register("random", make_random, description="baseline: CCI's clusters with random importances (seeded)")
+    register("random", make_random, k_range=K_RANGES["random"],
+             description="baseline: CCI's clusters with random importances (seeded)")

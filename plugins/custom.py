@@ -5,6 +5,10 @@
 ``python file.py`` would). The callable returns a ModelAdapter (DESIGN 3); it receives ``device`` and
 ``precision`` when its signature accepts them. A returned object that is not an adapter is rejected with one
 line naming every missing member.
+
+The adapter is used as returned. For attribution, its ``encode_images_without`` gets the public (B, N) drop
+contract; an adapter that also takes (B, K, N) pattern batches (e.g. one forwarding to a built-in ``openclip:``
+or ``hf:`` adapter) says so with ``supports_pattern_batches = True`` (see ``covar_harness.adapter``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Callable
 
 from covar_harness.adapter import missing_members
 from covar_harness.hookspecs import hookimpl
+from covar_harness.models import ModelLoadError
 from covar_harness.plugin_manager import call_with_accepted
 from covar_harness.registry import UsageError
 
@@ -81,8 +86,18 @@ def resolve_callable(rest: str) -> Callable[..., Any]:
 
 
 def load_custom(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
-    """The ``custom:`` scheme loader."""
-    adapter = call_with_accepted(resolve_callable(rest), device=device, precision=precision)
+    """The ``custom:`` scheme loader. An exception in the user's module or callable becomes one line naming the
+    spec and the stage (the chained original keeps the traceback for ``-v``)."""
+    stage = "importing"
+    try:
+        fn = resolve_callable(rest)
+        stage = "calling"
+        adapter = call_with_accepted(fn, device=device, precision=precision)
+    except (UsageError, ModelLoadError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelLoadError(f"custom:{rest}: {stage} the adapter failed: {type(exc).__name__}: {first}") from exc
     missing = missing_members(adapter)
     if missing:
         raise UsageError(f"custom:{rest} returned a {type(adapter).__name__}, not a ModelAdapter: "

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from covar_harness.hookspecs import hookimpl
-from covar_harness.models import ModelLoadError, torch_dtype
+from covar_harness.models import ModelLoadError, torch_dtype, unreachable_error
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ class OpenClipAdapter:
     """ModelAdapter over an ``open_clip`` CLIP / CustomTextCLIP model."""
 
     family = "openclip"
+    supports_pattern_batches = True  # encode_images_without takes (B, K, N) drop patterns in one call
 
     def __init__(self, name: str, model, preprocess, tokenizer, device: str, precision: str):
         self.name = name
@@ -37,6 +38,8 @@ class OpenClipAdapter:
         # whether encode_images_without(..., allow_empty=True) may drop every patch: the tower reads its embedding
         # from a prefix token (CLS readout or a pool whose keys include it), so "no patch" is still defined
         self.can_remove_all_patches = bool(self._tower is not None and self._tower.reads_prefix)
+        # blocks a patch_tokens(layer=...) may index: lets the harness reject a bad --cci-layer before the pass
+        self.n_blocks: int | None = self._tower.n_blocks if self._tower is not None else None
 
     def encode_images(self, pixels):
         import torch
@@ -136,6 +139,7 @@ class NativeViTTower:
         self.visual = visual
         self.grid = tuple(int(g) for g in visual.grid_size)
         self.heads = int(visual.transformer.resblocks[0].attn.num_heads)
+        self.n_blocks = len(visual.transformer.resblocks)
         # CLS readout ('tok') or an attention pool whose keys include the CLS token: defined with no patch left
         self.reads_prefix = visual.attn_pool is not None or visual.pool_type == "tok"
 
@@ -212,6 +216,7 @@ class TimmViTTower:
         self.trunk = visual.trunk
         self.n_prefix = int(self.trunk.num_prefix_tokens)
         self.grid = tuple(int(g) for g in self.trunk.patch_embed.grid_size)
+        self.n_blocks = len(self.trunk.blocks)
         t = self.trunk  # a CLS-token readout (no MAP head, global_pool 'token') is defined with no patch left
         self.reads_prefix = self.n_prefix >= 1 and t.attn_pool is None and t.global_pool == "token"
 
@@ -305,7 +310,9 @@ def load_openclip(rest: str, *, device: str = "cpu", precision: str = "fp32", ca
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelLoadError(f"open_clip has no architecture {model_name!r}{hint}")
     if tag is None and not rest.startswith(("hf-hub:", "local-dir:")):
-        log.warning("openclip:%s has no pretrained tag: the weights are RANDOM (smoke tests only)", rest)
+        from covar_harness.console import safe
+
+        log.warning("openclip:%s has no pretrained tag: the weights are RANDOM (smoke tests only)", safe(rest))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=tag, precision=precision, device=device, cache_dir=cache_dir,
@@ -313,8 +320,52 @@ def load_openclip(rest: str, *, device: str = "cpu", precision: str = "fp32", ca
         )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     except Exception as exc:
+        unreachable = unreachable_error(f"openclip:{rest}", exc, cache_dir)
+        if unreachable is not None:  # one line with the way to fail fast, not the hub client's retry story
+            raise unreachable from exc
         raise ModelLoadError(_explain_failure(rest, model_name, tag, exc)) from exc
     return OpenClipAdapter(f"openclip:{rest}", model, preprocess, tokenizer, device, precision)
+
+
+def patch_count_hint(spec: str) -> int | None:
+    """Patches (rows * cols) of an ``openclip:ARCH[/TAG]`` or ``openclip:local-dir:PATH`` spec from its config
+    alone (no weights, no network): image_size / patch_size of a native ViT, or the patch size in a plain timm
+    ``vit_*`` tower's name (SigLIP). None when it cannot tell (ResNets, ConvNeXt, hf-hub: specs, other timm)."""
+    import json
+    from pathlib import Path
+
+    rest = spec[len("openclip:"):] if spec.startswith("openclip:") else spec
+    if rest.startswith("hf-hub:"):
+        return None
+    try:
+        if rest.startswith("local-dir:"):
+            cfg = json.loads((Path(rest[len("local-dir:"):]).expanduser() / "open_clip_config.json").read_text())
+            cfg = cfg.get("model_cfg", cfg)
+        else:
+            import open_clip
+
+            cfg = open_clip.get_model_config(parse_spec(rest)[0])
+        return _patches_of(cfg["vision_cfg"]) if cfg else None
+    except Exception:  # noqa: BLE001 - a hint is optional
+        return None
+
+
+def _patches_of(vision: dict) -> int | None:
+    import re
+
+    size = vision.get("image_size")
+    patch = vision.get("patch_size")
+    timm_name = vision.get("timm_model_name")
+    if timm_name:
+        found = re.search(r"patch(\d+)", timm_name)
+        patch = int(found.group(1)) if found and timm_name.startswith("vit_") else None
+    if not patch or not isinstance(vision.get("layers", 0), int):
+        return None
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(h) // int(patch)) * (int(w) // int(patch))
+
+
+load_openclip.patch_count_hint = patch_count_hint  # read by covar_harness.models.patch_count_hint
 
 
 def _explain_failure(rest: str, model_name: str, tag: str | None, exc: Exception) -> str:

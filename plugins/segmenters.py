@@ -34,12 +34,30 @@ CACHE_VERSION = 1  # bump when the mask computation changes, so old cache entrie
 class DatasetSegmenter:
     """The task's own masks (``SampleSet.open_mask``), resized to the image when a dataset stores them at
     another resolution (nearest, so a binary mask stays binary). No settings: the class is the factory, so an
-    unexpected setting is rejected by ``choose_segmenter`` rather than ignored."""
+    unexpected setting is rejected by ``choose_segmenter`` rather than ignored. A mask that cannot be read
+    (missing, corrupt, too large) is that sample's "no mask", counted in ``describe()``, not the end of the
+    task's diagnosis."""
 
     name = "dataset"
 
+    def __init__(self) -> None:
+        self.n_unreadable = 0
+        self.first_error: str | None = None
+
     def masks(self, samples: "SampleSet", indices: list[int], prompts: list[str]) -> list["Image.Image | None"]:
-        return [self._mask(samples, i) for i in indices]
+        return [self._read(samples, i) for i in indices]
+
+    def _read(self, samples: "SampleSet", index: int) -> "Image.Image | None":
+        try:
+            return self._mask(samples, index)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not switch the diagnosis off
+            from covar_harness.console import safe
+
+            self.n_unreadable += 1
+            if self.first_error is None:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                self.first_error = safe(f"{samples.samples[index].id}: {type(exc).__name__}: {first}")
+            return None
 
     @staticmethod
     def _mask(samples: "SampleSet", index: int) -> "Image.Image | None":
@@ -52,7 +70,10 @@ class DatasetSegmenter:
         return mask if mask.size == size else mask.resize(size, Image.NEAREST)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
+        out: dict[str, Any] = {"name": self.name}
+        if getattr(self, "n_unreadable", 0):
+            out.update(n_unreadable_masks=self.n_unreadable, first_unreadable=self.first_error)
+        return out
 
 
 class GroundedSAMSegmenter:
@@ -132,18 +153,29 @@ class GroundedSAMSegmenter:
     def _load(self) -> dict[str, Any]:
         """Processors and models, loaded on the first cache miss (a fully cached run never loads them)."""
         if self._models is None:
-            import torch
-            from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, SamModel
+            try:
+                self._models = self._build()
+            except Exception as exc:
+                from covar_harness.models import unreachable_error
 
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self._models = {
-                "device": device,
-                "det_processor": AutoProcessor.from_pretrained(self.detector_id),
-                "detector": AutoModelForZeroShotObjectDetection.from_pretrained(self.detector_id).to(device).eval(),
-                "sam_processor": AutoProcessor.from_pretrained(self.sam_id),
-                "sam": SamModel.from_pretrained(self.sam_id).to(device).eval(),
-            }
+                unreachable = unreachable_error(f"segmenter groundedsam ({self.detector_id}, {self.sam_id})", exc)
+                if unreachable is not None:  # one line with the way to fail fast
+                    raise unreachable from exc
+                raise
         return self._models
+
+    def _build(self) -> dict[str, Any]:
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, SamModel
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return {
+            "device": device,
+            "det_processor": AutoProcessor.from_pretrained(self.detector_id),
+            "detector": AutoModelForZeroShotObjectDetection.from_pretrained(self.detector_id).to(device).eval(),
+            "sam_processor": AutoProcessor.from_pretrained(self.sam_id),
+            "sam": SamModel.from_pretrained(self.sam_id).to(device).eval(),
+        }
 
     def _compute(self, images: list["Image.Image"], prompts: list[str]) -> list["Image.Image | None"]:
         boxes = self._detect(images, prompts)

@@ -5,7 +5,9 @@ written by ``model.save_pretrained`` + ``processor.save_pretrained``). Preproces
 checkpoint's own processor, with the known traps handled here so users do not have to:
 
 - SigLIP / SigLIP2 text is padded to ``max_length`` (64 for every released checkpoint): the text tower pools
-  the last position, so shorter padding silently changes the embedding.
+  the last position, so shorter padding silently changes the embedding. Its text is encoded WITHOUT the
+  tokenizer's ``attention_mask``: SigLIP was trained with no text mask (big_vision; open_clip's SigLIP uses none),
+  and masking the pad keys changes the embedding. CLIP keeps its mask (it pools at the end-of-text token).
 - transformers 4.x returns tensors from ``get_image_features``/``get_text_features``, 5.x output objects.
 - SigLIP2 (NaFlex) takes patch sequences; the adapter keeps one fixed-size (3, H, W) tensor per image (the
   processor's square grid) and builds ``pixel_values``/``pixel_attention_mask``/``spatial_shapes`` itself.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.hookspecs import hookimpl
-from covar_harness.models import ModelLoadError, torch_dtype
+from covar_harness.models import ModelLoadError, torch_dtype, unreachable_error
 
 MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
 
@@ -92,7 +94,9 @@ class HFAdapter:
     family = "hf"
     n_prefix = 0  # tokens before the patches (CLIP's CLS)
     can_remove_all_patches = False  # True when pooling reads the prefix token (CLIP's CLS): see token_removal
+    supports_pattern_batches = True  # encode_images_without takes (B, K, N) drop patterns in one call
     text_padding: str | bool = "max_length"
+    text_attention_mask = False  # SigLIP family: trained without a text mask (see the module docstring)
 
     def __init__(self, name: str, model, processor, device: str, precision: str):
         self.name = name
@@ -116,7 +120,8 @@ class HFAdapter:
 
         tokens = self.tokenizer(list(texts), padding=self.text_padding, max_length=self.max_text_length,
                                 truncation=True, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        keys = ("input_ids", "attention_mask") if self.text_attention_mask else ("input_ids",)
+        inputs = {k: v.to(self.device) for k, v in tokens.items() if k in keys}
         with torch.inference_mode():
             return features(self.model.get_text_features(**inputs)).float()
 
@@ -136,11 +141,18 @@ class HFAdapter:
         g = self.model.config.vision_config.image_size // self.model.config.vision_config.patch_size
         return g, g
 
+    @property
+    def n_blocks(self) -> int:
+        """Encoder blocks ``patch_tokens(layer=...)`` may index (Python style: -n_blocks..n_blocks-1)."""
+        return len(self.tower.encoder.layers)
+
     def patch_tokens(self, pixels, layer: int = -1):
         """(B, N, C) patch tokens after encoder block ``layer`` (default: the last), raster order."""
         import torch
 
-        n_layers = len(self.tower.encoder.layers)
+        n_layers = self.n_blocks
+        if not -n_layers <= layer < n_layers:  # no modulo: layer 7 of 2 blocks must not quietly mean block 1
+            raise IndexError(f"layer {layer} out of range for {n_layers} blocks")
         stop = layer % n_layers
         with torch.inference_mode():
             x = self.embed(pixels)
@@ -181,6 +193,7 @@ class ClipAdapter(HFAdapter):
     n_prefix = 1
     can_remove_all_patches = True  # CLS readout: with every patch removed the CLS token alone gives the embedding
     text_padding = True  # CLIP pools at the end-of-text token under a causal mask: padding length is irrelevant
+    text_attention_mask = True  # as CLIP is run everywhere (the mask only hides padding after end-of-text)
 
     def embed(self, pixels):
         return self.tower.pre_layrnorm(super().embed(pixels))  # per token: commutes with deleting tokens
@@ -255,8 +268,47 @@ def load_hf(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_di
     except ModelLoadError:
         raise
     except Exception as exc:
+        unreachable = unreachable_error(f"hf:{rest}", exc, cache_dir)
+        if unreachable is not None:  # one line with the way to fail fast, not the hub client's retry story
+            raise unreachable from exc
         raise ModelLoadError(_explain_failure(rest, source, stage, cache_dir, exc)) from exc
     return ADAPTERS[arch](f"hf:{rest}", model.to(device), processor, device, precision)
+
+
+def patch_count_hint(spec: str) -> int | None:
+    """Patches of an ``hf:/path`` save_pretrained folder from its config.json alone (no weights, no network);
+    None for hub ids (their config would need the network) and anything it cannot tell."""
+    import json
+
+    rest = spec[len("hf:"):] if spec.startswith("hf:") else spec
+    path = Path(rest).expanduser() / "config.json"
+    try:
+        cfg = json.loads(path.read_text()) if path.is_file() else None
+        vision = (cfg or {}).get("vision_config") or {}
+        if cfg.get("model_type") == "siglip2":  # the processor's square grid, as NaflexTransform computes it
+            from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+
+            pre = _image_processor_config(path.parent)
+            edge, _ = get_image_size_for_max_num_patches(4096, 4096, pre["patch_size"], pre["max_num_patches"])
+            return (edge // pre["patch_size"]) ** 2
+        side = int(vision["image_size"]) // int(vision["patch_size"])
+    except Exception:  # noqa: BLE001 - a hint is optional
+        return None
+    return side * side if cfg.get("model_type") in MODEL_CLASSES else None
+
+
+def _image_processor_config(folder: Path) -> dict:
+    """The saved image processor settings: ``preprocessor_config.json`` (transformers 4.x) or the
+    ``image_processor`` entry of ``processor_config.json`` (5.x)."""
+    import json
+
+    old = folder / "preprocessor_config.json"
+    if old.is_file():
+        return json.loads(old.read_text())
+    return json.loads((folder / "processor_config.json").read_text())["image_processor"]
+
+
+load_hf.patch_count_hint = patch_count_hint  # read by covar_harness.models.patch_count_hint
 
 
 def _source(rest: str) -> str:

@@ -35,6 +35,7 @@ class TopLeftReader:
 
     name = "toy:top-left-reader"
     patch_grid = (GRID, GRID)
+    supports_pattern_batches = True
 
     def __init__(self):
         self.calls: list[tuple[int, ...]] = []
@@ -328,7 +329,7 @@ def test_save_maps_writes_overlays_with_mask_outline(tmp_path, toy_catalog, mask
     code, _ = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci", "--save-maps", str(maps))
     files = sorted(maps.rglob("*.png"))
     assert code == 0 and len(files) == 4
-    assert files[0].parent == maps / results.slug(TopLeftReader.name) / results.slug("toy/masked")
+    assert files[0].parent == maps / results.slug("toy-topleft") / results.slug("toy/masked")  # as the results
     arr = np.asarray(Image.open(files[0]).convert("RGB"))
     side = arr.shape[0]
     assert side >= 224 and arr.shape[1] == 2 * side + 4  # two panels and a 4 px gap

@@ -40,6 +40,7 @@ class VectorSum:
     """Embedding = sum of the kept patches' pixel vectors (+ ``prefix`` when the tower keeps a CLS token)."""
 
     name, patch_grid = "toy:vector-sum", (2, 2)
+    supports_pattern_batches = True
 
     def __init__(self, prefix: torch.Tensor | None = None):
         self.prefix = prefix

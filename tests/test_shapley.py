@@ -31,6 +31,7 @@ class AdditiveToy:
     a real computation. ``can_remove_all_patches`` says whether an all-dropped pattern may be sent."""
 
     name, patch_grid = "toy:additive", (1, 4)
+    supports_pattern_batches = True
 
     def __init__(self, can_remove_all_patches: bool):
         self.can_remove_all_patches = can_remove_all_patches
