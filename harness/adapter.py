@@ -1,11 +1,23 @@
-"""The ModelAdapter protocol: the small contract every model family implements (DESIGN section 3).
+"""The ModelAdapter contract: the small interface every model family implements (docs/design.md section 3).
 
-Like CLIP_benchmark's encode_image / encode_text, it is deliberately tiny. Attribution (CCI) needs three more
+Like CLIP_benchmark's encode_image / encode_text, it is deliberately tiny. Attribution (CCI) needs a few more
 members; a model without them is still evaluated, with attribution skipped and the result saying so.
+
+Two ways to meet the contract, both first-class:
+
+- subclass :class:`BaseAdapter` (as llm's ``EmbeddingModel``): every optional member is declared there once,
+  with a docstring and a safe default, so an adapter only writes what its model has;
+- duck typing: any object with the members of the :class:`ModelAdapter` Protocol. Third-party adapters written
+  before the base class existed keep working unchanged.
+
+The harness never reads an optional member at the point of use: it asks the functions here
+(:func:`capabilities`, :func:`attribution_support`, :func:`supports_pattern_batches`, :func:`patch_grid`, ...),
+which treat a missing member exactly like the base class's default. That is what keeps the two ways equal.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # keep torch and PIL out of import time
@@ -15,6 +27,8 @@ if TYPE_CHECKING:  # keep torch and PIL out of import time
 
 @runtime_checkable
 class ModelAdapter(Protocol):
+    """The required members, for duck-typed adapters and type hints. Optional members: see :class:`BaseAdapter`."""
+
     name: str
 
     def preprocess(self, image: "Image.Image") -> "torch.Tensor":
@@ -29,20 +43,7 @@ class ModelAdapter(Protocol):
 
 @runtime_checkable
 class AttributionCapable(Protocol):
-    """The attribution capability (CCI). Optional members, read with ``getattr`` so older adapters keep working:
-
-    - ``supports_pattern_batches: bool`` (default False). The public contract of ``encode_images_without`` is a
-      (B, N) ``drop`` -> (B, D). An adapter that also takes K patterns per image at once, (B, K, N) -> (B, K, D),
-      says so with ``supports_pattern_batches = True`` (the built-in ``openclip:`` and ``hf:`` adapters do: one
-      batched call is much faster). Without it the harness flattens the patterns to (B*K, N) rows with each
-      image's pixels repeated, and calls the (B, N) contract in chunks.
-    - ``can_remove_all_patches: bool`` (default False): ``encode_images_without(..., allow_empty=True)`` may drop
-      every patch (the tower reads a prefix token such as CLS), see ``covar_harness.token_removal``.
-    - ``supports_attribution = False`` with ``attribution_unsupported_reason``: an explicit no.
-
-    The harness checks every returned shape; a wrong one fails that model x task pair with one line naming the
-    adapter, the method, and the expected and actual shapes (:class:`AdapterContractError`).
-    """
+    """The attribution capability (CCI), for type hints. Each member is documented on :class:`BaseAdapter`."""
 
     patch_grid: tuple[int, int]
 
@@ -54,8 +55,108 @@ class AttributionCapable(Protocol):
         ``drop`` is (B, N) bool; (B, K, N) -> (B, K, D) only when ``supports_pattern_batches`` is True."""
 
 
+class BaseAdapter:
+    """Base class of model adapters: the whole contract in one place, optional members with safe defaults.
+
+    Subclass it and implement :meth:`preprocess` (or assign a picklable transform to ``self.preprocess``),
+    :meth:`encode_images` and :meth:`encode_texts`; set ``name``. That is a complete adapter. For CCI
+    attribution also set ``patch_grid`` and implement :meth:`patch_tokens` and :meth:`encode_images_without`;
+    the flags below then say what else the model can do. A default left alone is always safe: it makes the
+    harness do less (no attribution, flattened pattern calls), never something wrong.
+
+    Members left as declared here count as absent: :func:`missing_members` still names an unimplemented
+    required method, and :func:`attribution_support` says no until the three attribution members exist.
+    """
+
+    #: Shown in results and messages; the built-ins use the model spec, e.g. ``hf:google/siglip-base-patch16-224``.
+    name: str
+    #: Optional, recorded as ``model.family`` in results (``openclip``, ``hf``, ...). Declared without a value on
+    #: purpose: an adapter that does not set it gets the family of its spec's scheme.
+    family: str
+
+    #: (rows, cols) of the patch grid the attribution members work on; None: no attribution capability.
+    patch_grid: tuple[int, int] | None = None
+    #: Blocks that ``patch_tokens(layer=...)`` may index (Python style, -n_blocks..n_blocks-1); None: not told,
+    #: so a bad ``--cci-layer`` is caught by the adapter itself instead of before the pass.
+    n_blocks: int | None = None
+    #: True when ``encode_images_without`` also takes (B, K, N) drop patterns and returns (B, K, D): all of an
+    #: image's patterns in one call (much faster). False: the harness flattens the patterns to (B*K, N) rows,
+    #: repeats each image's pixels, and calls the documented (B, N) -> (B, D) form in chunks.
+    supports_pattern_batches: bool = False
+    #: True when ``encode_images_without(..., allow_empty=True)`` may drop every patch because the tower reads its
+    #: embedding from a prefix token (a CLS readout, or an attention pool whose keys include CLS). False: a
+    #: pattern removing every patch is never sent (see ``covar_harness.token_removal``).
+    can_remove_all_patches: bool = False
+    #: An explicit answer: False says "no attribution" even when the members exist (e.g. a convolutional tower
+    #: where removing a patch token is not defined); None: decided by the members alone.
+    supports_attribution: bool | None = None
+    #: Why not, when ``supports_attribution`` is False; recorded in the result's notes.
+    attribution_unsupported_reason: str = ""
+
+    def preprocess(self, image: "Image.Image") -> "torch.Tensor":
+        """PIL image -> (3, H, W) float tensor, the checkpoint's own preprocessing; the same H, W for every image.
+        Runs in DataLoader workers, so it must pickle: a small transform object, not a method holding the model."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement preprocess")
+
+    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """(B, 3, H, W) pixels on the CPU -> (B, D) float32 embeddings. Move them to the device inside; the harness
+        L2-normalises the result."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement encode_images")
+
+    def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+        """Raw strings -> (T, D) float32 embeddings, in the image space. Tokenise inside, with the padding and
+        truncation the model was trained with; the harness L2-normalises the result."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement encode_texts")
+
+    def patch_tokens(self, pixels: "torch.Tensor", layer: int = -1) -> "torch.Tensor":
+        """(B, 3, H, W) -> (B, N, C) patch tokens after block ``layer`` (default: the last), N = rows * cols of
+        ``patch_grid`` in raster order, without prefix tokens (CLS). CCI clusters these."""
+        raise NotImplementedError(f"{type(self).__name__} has no attribution capability (patch_tokens)")
+
+    def encode_images_without(self, pixels: "torch.Tensor", drop: "torch.Tensor", *,
+                              allow_empty: bool = False) -> "torch.Tensor":
+        """(B, D) image embeddings with every patch where ``drop[b, n]`` is True removed from attention in every
+        layer and from pooling; ``drop`` is a (B, N) bool tensor and an all-False row equals ``encode_images``.
+        (B, K, N) -> (B, K, D) only when ``supports_pattern_batches``; ``allow_empty=True`` only when
+        ``can_remove_all_patches``. Removal, not pixel greying: see docs/design.md section 7."""
+        raise NotImplementedError(f"{type(self).__name__} has no attribution capability (encode_images_without)")
+
+
 class AdapterContractError(RuntimeError):
     """An adapter returned something its contract does not allow (wrong shape, not a tensor). One line."""
+
+
+REQUIRED_MEMBERS = {
+    "name": "attribute `name: str`",
+    "preprocess": "method `preprocess(image) -> Tensor[3, H, W]`",
+    "encode_images": "method `encode_images(pixels) -> Tensor[B, D]`",
+    "encode_texts": "method `encode_texts(texts) -> Tensor[T, D]`",
+}
+ATTRIBUTION_MEMBERS = ("patch_grid", "patch_tokens", "encode_images_without")
+
+
+def implements(obj: Any, member: str) -> bool:
+    """Whether ``obj`` really has ``member``: present, not None, and not :class:`BaseAdapter`'s placeholder.
+    Why: a subclass inherits every declaration, so presence alone says nothing."""
+    value = getattr(obj, member, None)
+    if value is None:
+        return False
+    placeholder = BaseAdapter.__dict__.get(member)
+    return not (callable(placeholder) and getattr(value, "__func__", None) is placeholder)
+
+
+def missing_members(obj: Any) -> list[str]:
+    """What ``obj`` lacks to be a ModelAdapter, one readable item per member."""
+    out = []
+    for member, what in REQUIRED_MEMBERS.items():
+        value = getattr(obj, member, None)
+        if member == "name":
+            ok = isinstance(value, str)
+        else:
+            ok = implements(obj, member) and callable(value)
+        if not ok:
+            out.append(what)
+    return out
 
 
 def adapter_name(obj: Any) -> str:
@@ -64,9 +165,87 @@ def adapter_name(obj: Any) -> str:
     return name if isinstance(name, str) and name else type(obj).__name__
 
 
+def adapter_family(obj: Any, fallback: str) -> str:
+    """The adapter's ``family`` for the result's ``model.family``, or ``fallback`` (the spec's scheme) when it sets
+    none. Why a function: ``BaseAdapter`` declares ``family`` without a value, so both kinds of adapter read alike."""
+    family = getattr(obj, "family", None)
+    return family if isinstance(family, str) and family else fallback
+
+
+def attribution_support(obj: Any) -> tuple[bool, str]:
+    """(supported, reason). An adapter may say no explicitly with ``supports_attribution = False``."""
+    if getattr(obj, "supports_attribution", None) is False:
+        reason = getattr(obj, "attribution_unsupported_reason", "")
+        return False, reason if isinstance(reason, str) and reason else "the adapter declares no attribution support"
+    lacking = [m for m in ATTRIBUTION_MEMBERS if not implements(obj, m)]
+    if lacking:
+        return False, f"adapter lacks {', '.join(lacking)}"
+    return True, ""
+
+
 def supports_pattern_batches(obj: Any) -> bool:
     """Whether ``encode_images_without`` takes (B, K, N) drop patterns: only when the adapter declares it."""
     return getattr(obj, "supports_pattern_batches", False) is True
+
+
+def can_remove_all_patches(obj: Any) -> bool:
+    """Whether ``encode_images_without(..., allow_empty=True)`` may drop every patch: only when declared."""
+    return getattr(obj, "can_remove_all_patches", False) is True
+
+
+def patch_grid(obj: Any) -> tuple[int, int]:
+    """The adapter's ``patch_grid`` as (rows, cols) of positive ints; :class:`AdapterContractError` otherwise.
+    Why: a malformed grid would otherwise surface as a reshape error deep inside CCI."""
+    grid = getattr(obj, "patch_grid", None)
+    try:
+        rows, cols = (int(g) for g in grid)  # type: ignore[union-attr]
+        ok = rows >= 1 and cols >= 1 and (rows, cols) == tuple(grid)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise AdapterContractError(f"adapter {adapter_name(obj)!r}: patch_grid must be (rows, cols) of positive "
+                                   f"integers, got {grid!r}")
+    return rows, cols
+
+
+def n_blocks(obj: Any) -> int | None:
+    """The adapter's ``n_blocks`` when it is a positive int (not a bool), else None (not told)."""
+    value = getattr(obj, "n_blocks", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def takes_layer(obj: Any) -> bool:
+    """Whether ``patch_tokens`` accepts ``layer=`` (by name or through ``**kwargs``). Adapters written before the
+    argument existed give the last block only. The policy is :func:`covar_harness.plugin_manager.keywords_of`."""
+    from covar_harness.plugin_manager import keywords_of
+
+    method = getattr(obj, "patch_tokens", None)
+    return method is not None and keywords_of(method).accepts("layer")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Everything optional an adapter offers, read once through the functions above (never raises)."""
+
+    attribution: bool  # the three attribution members exist and the adapter does not say no
+    reason: str  # why not, when ``attribution`` is False
+    patch_grid: tuple[int, int] | None  # None when absent or malformed (``patch_grid()`` says which)
+    n_blocks: int | None
+    takes_layer: bool
+    pattern_batches: bool
+    remove_all_patches: bool
+
+
+def capabilities(obj: Any) -> Capabilities:
+    """The adapter's optional members as one typed value, the same for a :class:`BaseAdapter` subclass and a
+    duck-typed object (a missing member reads as the base class's default)."""
+    supported, reason = attribution_support(obj)
+    try:
+        grid: tuple[int, int] | None = patch_grid(obj)
+    except AdapterContractError:
+        grid = None
+    return Capabilities(supported, reason, grid, n_blocks(obj), takes_layer(obj) if supported else False,
+                        supports_pattern_batches(obj), can_remove_all_patches(obj))
 
 
 def check_shape(obj: Any, method: str, value: Any, expected: tuple[int | None, ...]) -> None:
@@ -80,33 +259,3 @@ def check_shape(obj: Any, method: str, value: Any, expected: tuple[int | None, .
     got = tuple(int(x) for x in shape)
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
         raise AdapterContractError(f"adapter {adapter_name(obj)!r}: {method} returned shape {got}, expected {want}")
-
-
-REQUIRED_MEMBERS = {
-    "name": "attribute `name: str`",
-    "preprocess": "method `preprocess(image) -> Tensor[3, H, W]`",
-    "encode_images": "method `encode_images(pixels) -> Tensor[B, D]`",
-    "encode_texts": "method `encode_texts(texts) -> Tensor[T, D]`",
-}
-ATTRIBUTION_MEMBERS = ("patch_grid", "patch_tokens", "encode_images_without")
-
-
-def missing_members(obj: Any) -> list[str]:
-    """What ``obj`` lacks to be a ModelAdapter, one readable item per member."""
-    out = []
-    for member, what in REQUIRED_MEMBERS.items():
-        value = getattr(obj, member, None)
-        if value is None or (member != "name" and not callable(value)) or (member == "name" and not isinstance(value, str)):
-            out.append(what)
-    return out
-
-
-def attribution_support(obj: Any) -> tuple[bool, str]:
-    """(supported, reason). An adapter may say no explicitly with ``supports_attribution = False``."""
-    explicit = getattr(obj, "supports_attribution", None)
-    if explicit is False:
-        return False, getattr(obj, "attribution_unsupported_reason", "the adapter declares no attribution support")
-    lacking = [m for m in ATTRIBUTION_MEMBERS if getattr(obj, m, None) is None]
-    if lacking:
-        return False, f"adapter lacks {', '.join(lacking)}"
-    return True, ""

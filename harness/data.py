@@ -12,7 +12,6 @@ cheaply (checked further against the task), or None; missing data raises :class:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ DATA_ENV = "COVAR_HARNESS_DATA"
 METADATA_MAX_BYTES = 1 << 30  # metadata.jsonl: ~3 million samples; more is a mistake or an attack
 SMALL_FILE_MAX_BYTES = 64 << 20  # classes.json, build.json, name lists, manifests
 LABEL_MAPPINGS = ("by_name", "positional")
-# Preflight checks of built-in formats registered by files that do not pass ``preflight=`` themselves.
-BUILTIN_PREFLIGHT = {"covar-shapes": "covar_harness.tasks.covar_shapes:preflight_covar_shapes"}
 
 
 class DatasetNotFound(UsageError):
@@ -248,7 +245,7 @@ def preflight(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None
     first use (covar-shapes) and Hugging Face hub datasets pass without being made or contacted.
     """
     entry = catalog.formats.entry(cfg.dataset["format"])
-    check = entry.extra.get("preflight") or _builtin_preflight(entry.name)
+    check = entry.extra.get("preflight")
     if cfg.classnames is not None:
         explicit_classnames(cfg)
     if check is None:
@@ -259,14 +256,6 @@ def preflight(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None
         _checked(cfg, ds, found)
         return None
     return found
-
-
-def _builtin_preflight(name: str) -> Callable | None:
-    target = BUILTIN_PREFLIGHT.get(name)
-    if target is None:
-        return None
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 # ---- class names and labels ----------------------------------------------------------------------------
@@ -344,7 +333,8 @@ def load_imagefolder(ds: dict, data_dir: Path) -> SampleSet:
         root = root / ds["split"]
     if not root.is_dir():
         raise DatasetNotFound(
-            f"image folder not found: {root} (expected <root>/<class>/<images>; set --data-dir or the task's dataset.path)"
+            f"image folder not found: {root} (expected <root>/<class>/<images>; set --data-dir or the task's "
+            "dataset.path)"
         )
     classes = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
     if not classes:

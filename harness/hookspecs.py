@@ -64,7 +64,10 @@ def register_model_schemes(register):
 def register_dataset_formats(register):
     """Register a dataset format usable as ``dataset.format`` in task YAML.
 
-    ``register(name, loader, *, description="")``; ``loader(dataset_cfg, data_dir)`` returns a
+    ``register(name, loader, *, preflight=None, description="")``; ``loader(dataset_cfg, data_dir)`` returns a
     ``covar_harness.data.SampleSet``. ``dataset_cfg`` is the task's ``dataset`` mapping with ``path``
-    already resolved.
+    already resolved. ``preflight(dataset_cfg, data_dir)``, optional, checks cheaply (no image decoded, no
+    network) that the data is there before any model loads: it returns None, a note (the task is then skipped
+    with it) or a SampleSet it could open cheaply, and raises ``covar_harness.data.DatasetNotFound`` when the
+    data is missing (docs/design.md section 5).
     """

@@ -1,4 +1,4 @@
-"""Leaderboard (DESIGN section 10): result files -> paper-style tables -> table | markdown | csv | json.
+"""Leaderboard (docs/design.md section 10): result files -> paper-style tables -> table | markdown | csv | json.
 
 Tables are plain data (title, columns, rows) built here and rendered by small functions, so every output
 format shows the same numbers. Percentages are shown with one decimal, as in the paper.
@@ -15,11 +15,8 @@ from typing import Any, Iterable
 
 from covar_harness import results
 from covar_harness.console import one_line, safe
+from covar_harness.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
 
-COVAR_SUBSETS = ("bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
-SUBSET_TITLES = {"bg_varied": "Bg-varied", "hflip": "H-flip", "translate": "Translate", "crop": "Crop",
-                 "vflip": "V-flip", "rotation": "Rotation", "viewpoint": "Viewpoint", "scale": "Scale",
-                 "original": "Original"}
 REFERENCES = ("paper",)
 
 
@@ -95,7 +92,7 @@ def _subset(task_name: str) -> str:
 
 def _is_covar_like(records: list[dict], family: str) -> bool:
     subsets = {_subset(r["task"]["name"]) for r in records if r["task"]["name"].startswith(family + "/")}
-    return bool(subsets & set(COVAR_SUBSETS)) and subsets <= set(COVAR_SUBSETS) | {"original"}
+    return bool(subsets & set(COVAR_SUBSETS)) and subsets <= set(ALL_SUBSETS)
 
 
 def _by_model(records: list[dict], family: str) -> dict[str, dict[str, dict]]:
@@ -113,10 +110,10 @@ def covar_tables(records: list[dict], family: str, reference: str | None) -> lis
     title says which when that is fewer than the eight. Tasks of the family outside COVAR's subsets get the
     generic table. With ``reference="paper"`` the published rows appear even without own COVAR results.
     """
-    known = {"original", *COVAR_SUBSETS}
+    known = set(ALL_SUBSETS)
     models = _by_model([r for r in records if _subset(r["task"]["name"]) in known], family)
     paper = _paper_rows() if reference == "paper" and family == "covar" else []
-    present = [s for s in ("original", *COVAR_SUBSETS) if any(s in m for m in models.values())] or (
+    present = [s for s in ALL_SUBSETS if any(s in m for m in models.values())] or (
         list(COVAR_SUBSETS) if paper else [])
     common = [s for s in COVAR_SUBSETS if s in present and all(s in m and _headline(m[s]) is not None
                                                                for m in models.values())]
@@ -194,10 +191,9 @@ def _paper_label(row: dict[str, str]) -> str:
 
 
 def _paper_rows() -> list[dict[str, str]]:
-    from covar_harness.resources import resource_path
+    from covar_harness.resources import read_csv
 
-    text = resource_path("reference", "paper_covar_results.csv").read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
+    return read_csv("reference", "paper_covar_results.csv")
 
 
 def generic_table(records: list[dict], family: str) -> Table:
@@ -233,10 +229,9 @@ def _ca_row(spec: str, common: dict | None, counter: dict | None) -> list[Any]:
 
 
 def _ca_paper_rows() -> list[dict[str, str]]:
-    from covar_harness.resources import resource_path
+    from covar_harness.resources import read_csv
 
-    text = resource_path("reference", "counteranimals_paper.csv").read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
+    return read_csv("reference", "counteranimals_paper.csv")
 
 
 def _ca_label(row: dict[str, str]) -> str:

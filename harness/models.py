@@ -1,4 +1,4 @@
-"""Model specs (DESIGN section 4): resolving ``--models`` and loading a ModelAdapter.
+"""Model specs (docs/design.md section 4): resolving ``--models`` and loading a ModelAdapter.
 
 A spec is either ``scheme:rest`` (a scheme registered by a plugin: ``openclip``, ``hf``, ``custom``) or a
 registered model name/alias. Tags act as groups; ``all`` means every registered model not tagged ``demo``.
@@ -185,7 +185,8 @@ def load_model(
     cache_dir: str | None = None,
     catalog: "Catalog | None" = None,
 ) -> "ModelAdapter":
-    """Return the ModelAdapter for any model spec (DESIGN 4). The public entry point for notebooks and tests."""
+    """Return the ModelAdapter for any model spec (docs/design.md section 4). The public entry point for notebooks
+    and tests."""
     from covar_harness.plugin_manager import call_with_accepted, default_catalog
 
     if precision not in PRECISIONS:

@@ -96,20 +96,48 @@ def build_plugin_manager(
     return pm, infos
 
 
+@dataclass(frozen=True)
+class Keywords:
+    """The keyword arguments a callable accepts: the one signature policy of the harness.
+
+    ``names`` are the parameters that can be passed by keyword; ``var`` says it has ``**kwargs``. A callable
+    whose signature cannot be read (some builtins and C callables) accepts nothing: the harness then passes
+    only what it can prove the callee takes, so a call never fails on a setting the harness added.
+    """
+
+    names: frozenset[str] = frozenset()
+    var: bool = False
+
+    def accepts(self, name: str, *, explicit: bool = False) -> bool:
+        """Whether ``name`` may be passed; ``explicit``: only when named, ``**kwargs`` does not count (for
+        capability checks, where a callee that swallows an argument would silently ignore it)."""
+        return name in self.names or (self.var and not explicit)
+
+    def select(self, offered: dict[str, Any]) -> dict[str, Any]:
+        """The subset of ``offered`` this callable accepts (all of it, with ``**kwargs``)."""
+        return dict(offered) if self.var else {k: v for k, v in offered.items() if k in self.names}
+
+
+def keywords_of(fn: Callable[..., Any]) -> Keywords:
+    """The :class:`Keywords` of ``fn`` (positional-only and ``*args`` parameters cannot be passed by name)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return Keywords()
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return Keywords(frozenset(p.name for p in params if p.kind in by_name),
+                    any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
+
+
 def call_with_accepted(fn: Callable[..., Any], **offered: Any) -> Any:
     """Call a plugin's factory with the offered keyword arguments its signature accepts (all, with **kwargs).
 
     Factories from third parties may take fewer settings than the harness offers (device, precision, k, ...).
+    The policy is :func:`keywords_of`.
     """
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # builtins and some C callables have no signature
-        return fn()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**offered)
-    return fn(**{k: v for k, v in offered.items() if k in params})
+    return fn(**keywords_of(fn).select(offered))
 
 
 def _registrar(registry: Registry, plugin_of: Callable[[], str]) -> Callable[..., None]:

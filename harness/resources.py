@@ -6,6 +6,8 @@ path to a JSON list / a text file with one entry per line.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from functools import lru_cache
 from importlib import resources as _res
@@ -22,12 +24,25 @@ def _dir(kind: str):
 
 
 def available(kind: str) -> list[str]:
+    """The shipped names of a kind (file stems), for "did you mean" messages."""
     d = _dir(kind)
-    return sorted(p.name.rsplit(".", 1)[0] for p in d.iterdir() if p.name.endswith((".json", ".csv"))) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    return sorted(p.name.rsplit(".", 1)[0] for p in d.iterdir() if p.name.endswith((".json", ".csv")))
 
 
 def resource_path(kind: str, filename: str):
     return _dir(kind) / filename
+
+
+def read_csv(kind: str, filename: str) -> list[dict[str, str]]:
+    """A shipped CSV table (``resources/<kind>/<filename>``), one dict per row keyed by the header row.
+
+    The harness's one CSV reader (the paper's model and result tables, the CounterAnimals reference numbers):
+    read as UTF-8 text through importlib.resources, so it works from a checkout, a wheel or a zip alike.
+    """
+    text = resource_path(kind, filename).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 @lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""Result files (DESIGN section 6): one JSON per model x task, written atomically, validated on read.
+"""Result files (docs/design.md section 6): one JSON per model x task, written atomically, validated on read.
 
 The file is the unit of resume (an existing file means the pair is done) and of leaderboard submission.
 """
@@ -39,15 +39,23 @@ def _kept_as_is(text: str) -> bool:
             and len(readable) <= SLUG_MAX and not _HASHED_TAIL.search(readable) and not _RESERVED.fullmatch(readable))
 
 
-def slug(text: str) -> str:
+def slug(text: str, *, hashed: bool = True) -> str:
     """Filesystem-safe, readable, stable and injective: distinct names never share a result file.
 
     Safe names keep today's form (``demo/shapes-clean`` -> ``demo__shapes-clean``); anything else (``:``, spaces,
     non-ASCII, a leading dot, a reserved device name, over ``SLUG_MAX`` bytes) becomes its readable ASCII part
     plus ``-`` and 8 hex digits of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
     ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path.
+
+    ``hashed=False`` is the short form ``build-covar`` names objects, backgrounds and class folders with: each run
+    of characters outside ``[A-Za-z0-9_.-]`` becomes ``-`` (``ice bear`` -> ``ice-bear``), no hash. It is not
+    injective (build-covar refuses duplicate object ids instead), and it must not change: an object's id seeds
+    its random draws, so another form would change every image of a rebuilt COVAR copy. Safe names, such as
+    COVAR-Shapes' ``circle-0``, come out the same in both forms.
     """
     text = str(text)
+    if not hashed:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
     if _kept_as_is(text):
         return text.replace("/", "__")
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
@@ -131,15 +139,46 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent  # harness/ in a checkout, covar_harness/ once installed
+DISTRIBUTION = "covar-harness"
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS`` stdout, stripped; None when git is missing, fails or prints nothing."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5,
+                             check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def _is_harness_checkout(root: Path) -> bool:
+    """Whether ``root`` is the top of a covar-harness source tree: its pyproject.toml names this distribution."""
+    from covar_harness.data import read_text_capped
+
+    try:
+        text = read_text_capped(root / "pyproject.toml", 1 << 20)
+    except (OSError, UnicodeDecodeError):
+        return False
+    project = re.search(r"(?ms)^\[project\]\s*$(.*?)(?=^\[)", text + "\n[")  # the [project] table's body
+    name = rf'(?m)^name\s*=\s*["\']{re.escape(DISTRIBUTION)}["\']\s*(#.*)?$'
+    return bool(project and re.search(name, project.group(1)))
+
+
+def _git_commit(package_dir: Path | None = None) -> str | None:
+    """The commit of the harness's own checkout, or None.
+
+    Only when the package folder sits at the top of a git work tree whose root is a covar-harness source tree
+    (``<root>/pyproject.toml`` names ``covar-harness`` and the package is ``<root>/harness``). Why: a harness
+    installed inside someone else's repository (a virtualenv in their project, a vendored copy) would
+    otherwise record *their* HEAD as the harness commit, which is worse than recording nothing.
+    """
+    here = (package_dir or PACKAGE_DIR).resolve()
+    top = _git(here, "rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != here.parent or not _is_harness_checkout(here.parent):
+        return None
+    return _git(here.parent, "rev-parse", "HEAD")
 
 
 def now() -> str:

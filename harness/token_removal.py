@@ -1,4 +1,4 @@
-"""Shared primitives for removing patch tokens from a ViT (the attribution capability of DESIGN 3).
+"""Shared primitives for removing patch tokens from a ViT (the attribution capability of docs/design.md section 3).
 
 Adapters implement ``encode_images_without(pixels, drop)`` for their architecture with these helpers:
 ``drop`` is (B, N) or (B, K, N) boolean (K drop patterns per image, e.g. one per CCI cluster). The public

@@ -2,9 +2,11 @@
 
 ``custom:MODULE:CALLABLE`` imports ``MODULE`` (it must be importable: installed or on PYTHONPATH);
 ``custom:path/to/file.py:CALLABLE`` loads that file with importlib (the user's own code, run by request, as
-``python file.py`` would). The callable returns a ModelAdapter (DESIGN 3); it receives ``device`` and
-``precision`` when its signature accepts them. A returned object that is not an adapter is rejected with one
-line naming every missing member.
+``python file.py`` would). The callable returns a ModelAdapter (docs/design.md section 3): best a subclass of
+``covar_harness.BaseAdapter``, which declares every optional member with a safe default, but any object with the
+required members works. It receives ``device`` and ``precision`` when its signature accepts them
+(``plugin_manager.call_with_accepted``). A returned object that is not an adapter is rejected with one line
+naming every missing member.
 
 The adapter is used as returned. For attribution, its ``encode_images_without`` gets the public (B, N) drop
 contract; an adapter that also takes (B, K, N) pattern batches (e.g. one forwarding to a built-in ``openclip:``

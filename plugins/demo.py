@@ -1,4 +1,4 @@
-"""Built-in plugin: the offline demo (DESIGN section 4, group ``demo``).
+"""Built-in plugin: the offline demo (docs/design.md section 4, group ``demo``).
 
 Registers the ``covar-shapes`` dataset format (procedural COVAR-Shapes, generated on first use) and the two
 bundled tiny open_clip models trained on it: ``demo/shapes-clean`` (backgrounds independent of the class) and
@@ -30,9 +30,15 @@ def _load_covar_shapes(ds: dict, data_dir):
     return load_covar_shapes(ds, data_dir)
 
 
+def _preflight_covar_shapes(ds: dict, data_dir):
+    from covar_harness.tasks.covar_shapes import preflight_covar_shapes
+
+    return preflight_covar_shapes(ds, data_dir)
+
+
 @hookimpl
 def register_dataset_formats(register):
-    register("covar-shapes", _load_covar_shapes,
+    register("covar-shapes", _load_covar_shapes, preflight=_preflight_covar_shapes,
              description="procedural COVAR-Shapes, generated on first use into <data-dir>/covar-shapes")
 
 

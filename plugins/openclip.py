@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from covar_harness.adapter import BaseAdapter
 from covar_harness.hookspecs import hookimpl
 from covar_harness.models import ModelLoadError, torch_dtype, unreachable_error
 
 log = logging.getLogger(__name__)
 
 
-class OpenClipAdapter:
-    """ModelAdapter over an ``open_clip`` CLIP / CustomTextCLIP model."""
+class OpenClipAdapter(BaseAdapter):
+    """ModelAdapter over an ``open_clip`` CLIP / CustomTextCLIP model.
+
+    Whether attribution works depends on this model's vision tower, so the capability members
+    (``supports_attribution``, ``patch_grid``, ``can_remove_all_patches``, ``n_blocks``) are set per instance."""
 
     family = "openclip"
     supports_pattern_batches = True  # encode_images_without takes (B, K, N) drop patterns in one call
@@ -91,8 +95,8 @@ class OpenClipAdapter:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Token removal for the attribution capability (DESIGN 3). A "tower" wraps one vision-tower family and exposes
-# embed (tokens after position embedding), run_shortened / run_masked (the rest of the tower; see
+# Token removal for the attribution capability (docs/design.md section 3). A "tower" wraps one vision-tower family
+# and exposes embed (tokens after position embedding), run_shortened / run_masked (the rest of the tower; see
 # covar_harness.token_removal) and patch_tokens. Everything imports torch lazily.
 
 MASK_BUDGET_BYTES = 1 << 28  # cap on a chunk's materialised (rows*heads, L, L) attention mask
@@ -222,8 +226,6 @@ class TimmViTTower:
 
     @staticmethod
     def unsupported(visual) -> str:
-        import inspect
-
         from timm.layers import AttentionPoolLatent, PatchEmbed
         from timm.models.vision_transformer import VisionTransformer
 
@@ -242,7 +244,10 @@ class TimmViTTower:
             return f"attention pool {type(trunk.attn_pool).__name__} takes no key mask"
         if trunk.attn_pool is None and trunk.global_pool not in TIMM_POOLS:
             return f"timm global_pool {trunk.global_pool!r} gives no pooled image embedding"
-        if any("attn_mask" not in inspect.signature(blk.forward).parameters for blk in trunk.blocks):
+        from covar_harness.plugin_manager import keywords_of
+
+        # named explicitly: a block that swallowed attn_mask through **kwargs would silently not remove anything
+        if not all(keywords_of(blk.forward).accepts("attn_mask", explicit=True) for blk in trunk.blocks):
             return "timm blocks take no attention mask"
         return ""
 

@@ -14,11 +14,8 @@ and the family (``clip``, ``siglip``, ``siglip2``). Nothing is downloaded until 
 
 from __future__ import annotations
 
-import csv
-import io
-
 from covar_harness.hookspecs import hookimpl
-from covar_harness.resources import resource_path
+from covar_harness.resources import read_csv
 
 TABLE = "paper_models.csv"
 DATA_SLUGS = {"DataComp-1B": "datacomp", "LAION-2B": "laion2b", "DFN-2B": "dfn2b", "DFN-5B": "dfn5b",
@@ -26,8 +23,8 @@ DATA_SLUGS = {"DataComp-1B": "datacomp", "LAION-2B": "laion2b", "DFN-2B": "dfn2b
 
 
 def paper_rows() -> list[dict[str, str]]:
-    text = resource_path("reference", TABLE).read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
+    """The rows of ``resources/reference/paper_models.csv``, in the paper's order."""
+    return read_csv("reference", TABLE)
 
 
 def model_name(row: dict[str, str]) -> str:

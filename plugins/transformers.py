@@ -13,9 +13,9 @@ checkpoint's own processor, with the known traps handled here so users do not ha
   processor's square grid) and builds ``pixel_values``/``pixel_attention_mask``/``spatial_shapes`` itself.
   Square images get exactly the processor's input; other aspect ratios are resized to the square grid.
 
-Every adapter also has the attribution capability (DESIGN 3): patches are removed from attention in every
-layer and from pooling (CLS readout for CLIP, the attention-pool head's keys for SigLIP/SigLIP2) through the
-shared driver in ``covar_harness.token_removal``. Nothing here imports torch at module import.
+Every adapter also has the attribution capability (docs/design.md section 3): patches are removed from attention
+in every layer and from pooling (CLS readout for CLIP, the attention-pool head's keys for SigLIP/SigLIP2) through
+the shared driver in ``covar_harness.token_removal``. Nothing here imports torch at module import.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from covar_harness.adapter import BaseAdapter
 from covar_harness.hookspecs import hookimpl
 from covar_harness.models import ModelLoadError, torch_dtype, unreachable_error
 
@@ -88,7 +89,7 @@ def features(output):
 
 
 # ---- adapters --------------------------------------------------------------------------------------------
-class HFAdapter:
+class HFAdapter(BaseAdapter):
     """ModelAdapter over a transformers dual encoder; subclasses say how the vision tower runs."""
 
     family = "hf"

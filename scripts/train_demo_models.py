@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covar_harness.build_covar import composite, fit_background, fit_object
+from covar_harness.tasks.build_covar import composite, fit_background, fit_object
 from covar_harness.tasks import covar_shapes as cs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from covar_harness.data import DatasetNotFound, Sample, SampleSet, read_text_capped
 from covar_harness.registry import UsageError
-from covar_harness.tasks.imagenet import counteranimals_classes, imagenet_index, wordnet_names
+from covar_harness.imagenet import counteranimals_classes, imagenet_index, wordnet_names
 
 log = logging.getLogger(__name__)
 

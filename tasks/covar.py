@@ -1,4 +1,4 @@
-"""The ``covar`` dataset format (DESIGN section 5): ``classes.json`` + ``<subset>/metadata.jsonl`` + images.
+"""The ``covar`` dataset format (docs/design.md section 5): ``classes.json`` + ``<subset>/metadata.jsonl`` + images.
 
 COVAR itself is not released, so this format is the contract between any copy of it (or one made with
 ``covar-harness build-covar``) and the harness. Metadata is parsed as JSON data only and checked line by line,
@@ -23,11 +23,11 @@ from covar_harness.data import (
     METADATA_MAX_BYTES, DatasetNotFound, Sample, SampleSet, open_regular, read_text_capped,
 )
 from covar_harness.registry import UsageError
+from covar_harness.subsets import ALL_SUBSETS
 
-SUBSETS = ("original", "bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
 HOW_TO_GET = (
     "COVAR is not publicly released: place a copy in the documented layout (<root>/classes.json, "
-    "<root>/<subset>/metadata.jsonl, images; DESIGN section 5) or build one with "
+    "<root>/<subset>/metadata.jsonl, images; docs/design.md section 5) or build one with "
     "`covar-harness build-covar --objects DIR --backgrounds DIR --out <root>`; point --data-dir (or the task's "
     "dataset.path) at it"
 )
@@ -162,7 +162,7 @@ def load_covar(ds_cfg: dict, data_dir: Path) -> SampleSet:
         raise UsageError("covar format: dataset.path is required")
     subset = ds_cfg.get("subset")
     if not isinstance(subset, str) or not subset or "/" in subset:
-        raise UsageError(f"covar format: dataset.subset must be a folder name such as {', '.join(SUBSETS)}")
+        raise UsageError(f"covar format: dataset.subset must be a folder name such as {', '.join(ALL_SUBSETS)}")
     root = Path(ds_cfg["path"])
     classes_file = root / "classes.json"
     if not classes_file.exists():

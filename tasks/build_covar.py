@@ -1,4 +1,4 @@
-"""``covar-harness build-covar``: COVAR-style controlled variations from segmented objects (DESIGN section 5).
+"""``covar-harness build-covar``: COVAR-style variations from segmented objects (docs/design.md section 5).
 
 COVAR itself is not released, so researchers need a way to make the same kind of benchmark from any cut-out
 objects. Every transform here is a small pure function that returns the image, the mask and its parameters,
@@ -28,7 +28,6 @@ import hashlib
 import math
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +37,11 @@ import numpy as np
 from PIL import Image
 
 from covar_harness.registry import UsageError
+from covar_harness.results import slug
+from covar_harness.subsets import ALL_SUBSETS
 
 BUILD_VERSION = 2  # 2: metadata paths relative to the subset folder (1: relative to the build root)
 BUILD_MARKER = ".covar-build"  # written before anything else: the folder holds a (maybe unfinished) build
-SUBSETS = ("original", "bg_varied", "hflip", "vflip", "rotation", "translate", "crop", "scale", "viewpoint")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".mask", "_mask")
 OBJECT_FRAC = 0.6  # canonical object size: the bbox's longer side as a fraction of the image side
@@ -153,10 +153,6 @@ def _is_mask_file(p: Path) -> bool:
     return p.stem.endswith(MASK_SUFFIXES)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
-
-
 def discover_objects(folder: Path) -> list[ObjectSource]:
     """Objects from ``manifest.json`` if present, else one object per image in ``<folder>/<class>/``."""
     folder = Path(folder)
@@ -169,7 +165,8 @@ def discover_objects(folder: Path) -> list[ObjectSource]:
     for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(p for p in cls_dir.rglob("*") if _is_image(p) and not _is_mask_file(p)):
             rel = f.relative_to(folder).with_suffix("")
-            out.append(ObjectSource(_slug(str(rel).replace(os.sep, "-")), cls_dir.name, (View(f, _mask_partner(f)),)))
+            oid = slug(str(rel).replace(os.sep, "-"), hashed=False)
+            out.append(ObjectSource(oid, cls_dir.name, (View(f, _mask_partner(f)),)))
     if not out:
         raise BuildError(f"no objects in {folder}: expected <objects>/<class>/<cut-out>.png or a manifest.json")
     return out
@@ -196,7 +193,7 @@ def _objects_from_manifest(folder: Path, manifest: Path) -> list[ObjectSource]:
                 raise BuildError(f"{manifest}: object {oid!r}: view {image!r} does not exist")
             mask_path = folder / mask if mask else _mask_partner(path)
             views.append(View(path, mask_path))
-        out.append(ObjectSource(_slug(oid), entry["label"], tuple(views)))
+        out.append(ObjectSource(slug(oid, hashed=False), entry["label"], tuple(views)))
     return out
 
 
@@ -214,11 +211,12 @@ def discover_backgrounds(folder: Path, classes: Sequence[str]) -> list[Backgroun
             raise BuildError(f"cannot read {manifest}: {exc}") from exc
         if not isinstance(labels, dict) or not all(v is None or isinstance(v, str) for v in labels.values()):
             raise BuildError(f"{manifest}: expected a mapping file name -> class name (or null)")
-    out = [BackgroundSource(_slug(f.stem), f, labels.get(f.name)) for f in sorted(folder.iterdir()) if _is_image(f)]
+    out = [BackgroundSource(slug(f.stem, hashed=False), f, labels.get(f.name))
+           for f in sorted(folder.iterdir()) if _is_image(f)]
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.name not in classes:
             raise BuildError(f"background folder {sub.name!r} matches no object class; classes: {', '.join(classes)}")
-        out += [BackgroundSource(_slug(f"{sub.name}-{f.stem}"), f, sub.name)
+        out += [BackgroundSource(slug(f"{sub.name}-{f.stem}", hashed=False), f, sub.name)
                 for f in sorted(sub.rglob("*")) if _is_image(f)]
     bad = sorted({b.label for b in out if b.label is not None and b.label not in classes})
     if bad:
@@ -367,7 +365,8 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     rows: list[tuple[str, dict]] = []
 
     def emit(subset: str, name: str, img: np.ndarray, msk: np.ndarray, variation: dict) -> None:
-        rel, mask_rel = _save(job.out / subset, f"{_slug(obj.label)}/{name}.png", img, msk)  # subset-relative
+        folder = slug(obj.label, hashed=False)
+        rel, mask_rel = _save(job.out / subset, f"{folder}/{name}.png", img, msk)  # subset-relative
         rows.append((subset, {"file_name": rel, "label": job.label, "mask": mask_rel, "source_id": source_id,
                               "variation": {"transform": subset, **variation}}))
 
@@ -470,7 +469,7 @@ def holds_build(out: Path) -> bool:
 def _remove_previous(out: Path) -> None:
     """Delete what a build writes (only called on a folder that :func:`holds_build`); links are unlinked, not
     followed."""
-    for name in (*SUBSETS, "classes.json", "build.json", BUILD_MARKER):
+    for name in (*ALL_SUBSETS, "classes.json", "build.json", BUILD_MARKER):
         p = out / name
         if p.is_symlink() or (p.exists() and not p.is_dir()):
             p.unlink()
@@ -519,7 +518,7 @@ def build(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSourc
     _write_atomic(out / "classes.json", json.dumps(classes, indent=1) + "\n")
     for subset, records in rows_by_subset.items():
         _write_atomic(out / subset / "metadata.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    counts = {s: len(rows_by_subset[s]) for s in SUBSETS if s in rows_by_subset}
+    counts = {s: len(records) for s, records in rows_by_subset.items()}  # in the order build_item makes them
     notes = _single_view_note(objects)
     info = {"build_version": BUILD_VERSION, "seed": options.seed, "size": options.size,
             "per_object": options.per_object, "object_frac": options.object_frac, "n_objects": len(objects),
