@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 import tempfile
 import time
@@ -77,11 +78,11 @@ def breakdown(adapter, pixels, k: int, repeats: int, device: str) -> dict[str, f
     import torch
     import torch.nn.functional as F
 
-    from covar_harness.attribution import CCISettings, attribute, batched_kmeans, cluster_patterns, patch_tokens
+    from covar_harness.attribution import DEFAULTS, attribute, batched_kmeans, cluster_patterns, patch_tokens
 
-    settings = CCISettings(k=k)
+    settings = replace(DEFAULTS, k=k)
     seeds = list(range(len(pixels)))
-    tokens = patch_tokens(adapter, pixels, -1)
+    tokens = patch_tokens(adapter, pixels, settings.layer)
     labels = batched_kmeans(tokens, k, seeds, settings.kmeans_n_init, settings.kmeans_iters).labels
     patterns, _ = cluster_patterns(labels, k)
     emb = F.normalize(adapter.encode_images(pixels), dim=-1)
@@ -89,7 +90,7 @@ def breakdown(adapter, pixels, k: int, repeats: int, device: str) -> dict[str, f
     target = torch.zeros(len(pixels), dtype=torch.long)
     return {
         "encode": timed(lambda: adapter.encode_images(pixels), device, repeats),
-        "patch_tokens": timed(lambda: patch_tokens(adapter, pixels, -1), device, repeats),
+        "patch_tokens": timed(lambda: patch_tokens(adapter, pixels, settings.layer), device, repeats),
         "kmeans": timed(lambda: batched_kmeans(tokens, k, seeds, settings.kmeans_n_init, settings.kmeans_iters),
                         device, repeats),
         "removal": timed(lambda: adapter.encode_images_without(pixels, patterns), device, repeats),
@@ -98,10 +99,12 @@ def breakdown(adapter, pixels, k: int, repeats: int, device: str) -> dict[str, f
 
 
 def main() -> None:
+    from covar_harness.attribution.settings import DEFAULTS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--k", type=int, default=7)
+    ap.add_argument("--k", type=int, default=DEFAULTS.k, help=f"clusters (default: CCISettings, {DEFAULTS.k})")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -114,7 +117,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from covar_harness.attribution import AttributionStep
+    from covar_harness.attribution import AttributionSettings, AttributionStep
     from eval_overhead import make_images
     from helpers import write_task_yaml
 
@@ -130,7 +133,7 @@ def main() -> None:
         from PIL import Image
 
         pixels = torch.stack([adapter.preprocess(Image.open(f).convert("RGB")) for f in files[: args.batch_size]])
-        step = AttributionStep("cci", k=args.k)
+        step = AttributionStep(AttributionSettings("cci", replace(DEFAULTS, k=args.k)))
         plain = end_to_end(adapter, task, args.batch_size, args.workers, [], args.repeats, args.device)
         with_cci = end_to_end(adapter, task, args.batch_size, args.workers, [step], args.repeats, args.device)
         parts = breakdown(adapter, pixels.to(args.device), args.k, args.repeats, args.device)

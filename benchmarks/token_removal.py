@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from covar_harness.attribution.settings import DEFAULTS
+
 
 def median_seconds(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of ``reps`` calls (bench() has already run every path once: warm)."""
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--k", type=int, default=7)
+    parser.add_argument("--k", type=int, default=DEFAULTS.k, help=f"clusters (default: CCISettings, {DEFAULTS.k})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

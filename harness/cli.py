@@ -1,4 +1,4 @@
-"""The ``covar-harness`` command line (DESIGN section 9).
+"""The ``covar-harness`` command line (docs/design.md section 9).
 
 Parsing is cheap and imports nothing heavy: each command's handler imports what it needs, so ``--help``,
 ``ls`` and ``plugins`` never load torch. Exit codes: 0 ok, 1 a model x task pair failed, 2 usage error.
@@ -11,8 +11,19 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from covar_harness.attribution.settings import DEFAULTS as CCI_DEFAULTS
+from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
+from covar_harness.attribution.settings import CCISettings
+from covar_harness.diagnosis import DiagnosisSettings
+from covar_harness.flags import cli_flags
 from covar_harness.models import PRECISIONS
 from covar_harness.registry import UsageError
+
+EXPLAIN_FLAGS = {"k": "--k", "layer": "--layer"}  # the CCISettings fields explain has flags for; others: defaults
+
+
+def cci_flags(prefix: str = "", names: dict[str, str] | None = None):
+    return cli_flags(CCISettings, prefix, names)
 
 EXAMPLES = """examples:
   covar-harness run --models demo --tasks 'covar-shapes/*'
@@ -45,31 +56,19 @@ def _add_run(sub) -> None:
     ex.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
-    at = p.add_argument_group("attribution (CCI, DESIGN 7)")
+    at = p.add_argument_group("attribution (CCI, docs/design.md section 7)")
     at.add_argument("--attribution", default="auto",
                     help="attributor name (cci, random, ...), none, or auto (default: cci on tasks with masks)")
-    at.add_argument("--cci-k", type=int, default=7, help="clusters per image (default: 7)")
-    at.add_argument("--cci-layer", type=int, default=-1, help="block whose patch tokens are clustered (default: -1, last)")
-    at.add_argument("--cci-target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
-    at.add_argument("--cci-seed", type=int, default=None, help="k-means / baseline seed (default: --seed)")
-    at.add_argument("--cci-n-init", type=int, default=3, help="k-means++ restarts per image (default: 3)")
-    at.add_argument("--cci-iters", type=int, default=100, help="k-means iterations at most (default: 100)")
-    at.add_argument("--attribute-on", default="all", choices=["all", "errors"],
-                    help="attribute every sample or only misclassified ones (default: all)")
+    for flag, options in cci_flags(prefix=CCI_PREFIX):  # defaults and help text: attribution.CCISettings
+        at.add_argument(flag, **options)
     at.add_argument("--save-maps", default=None, type=Path, metavar="DIR",
                     help="write PNG overlays (image, importance map, mask outline) of attributed samples")
-    at.add_argument("--no-counterfactual", dest="counterfactual", action="store_false",
-                    help="skip the counterfactual region test (foreground only / background only) on masked tasks")
-    at.add_argument("--cf-threshold", type=float, default=0.5,
-                    help="mask fraction at or above which a patch counts as foreground in that test (default: 0.5)")
-    dg = p.add_argument_group("diagnosis (BG-Er / Fine-Er, DESIGN 8; runs whenever attribution does)")
+    dg = p.add_argument_group("diagnosis (BG-Er / Fine-Er, docs/design.md section 8; runs whenever attribution does)")
     dg.add_argument("--segmenter", default="auto",
                     help="foreground masks: auto (dataset masks, else groundedsam), dataset, groundedsam, a plugin, "
                          "or none (no diagnosis)")
-    dg.add_argument("--driver-rule", default="paper",
-                    help="comma-separated: paper, area, shapley, counterfactual; the first is the headline (default: paper)")
-    dg.add_argument("--fg-threshold", type=float, default=0.5,
-                    help="fg_fraction at or above which a decision is foreground-driven (default: 0.5)")
+    for flag, options in cli_flags(DiagnosisSettings, prefix="diagnosis_"):  # defaults: DiagnosisSettings
+        dg.add_argument(flag, **options)
     p.set_defaults(handler="covar_harness.commands:cmd_run")
 
 
@@ -89,11 +88,12 @@ def _add_plugins(sub) -> None:
 def _add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="paper-style tables from a folder of result files")
     p.add_argument("results_dir", type=Path)
-    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
+    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json", "html"],
+                   help="html: one self-contained sortable page (CSS and JS inline)")
     p.add_argument("--reference", default=None, choices=["paper"],
                    help="add the published COVAR and CounterAnimals rows, marked as published, in every format "
                         "(even without own results of that benchmark)")
-    p.set_defaults(handler="covar_harness.commands:cmd_leaderboard")
+    p.set_defaults(handler="covar_harness.report:cmd_leaderboard")  # html there, every other format in commands
 
 
 def _add_validate(sub) -> None:
@@ -113,9 +113,9 @@ def _add_explain(sub) -> None:
     p.add_argument("--out", default=None, type=Path, help="overlay PNG (default: <image stem>.cci.png here)")
     p.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
     p.add_argument("--mask", default=None, type=Path, help="foreground mask PNG (white = object) to outline")
-    p.add_argument("--k", type=int, default=7, help="clusters (default: 7)")
-    p.add_argument("--layer", type=int, default=-1, help="block whose patch tokens are clustered (default: -1)")
-    p.add_argument("--seed", type=int, default=0)
+    for flag, options in cci_flags(names=EXPLAIN_FLAGS):  # --k, --layer: defaults from CCISettings
+        p.add_argument(flag, **options)
+    p.add_argument("--seed", type=int, default=CCI_DEFAULTS.seed)
     p.add_argument("--templates", default="simple", help="named template set or file (default: simple)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
@@ -129,13 +129,13 @@ def _add_build_covar(sub) -> None:
                    help="RGBA cut-outs (or image + x.mask.png) in <class>/ folders, or a manifest.json with views")
     p.add_argument("--backgrounds", required=True, type=Path,
                    help="background images; <class>/ sub-folders hold a class's typical backgrounds")
-    p.add_argument("--out", required=True, type=Path, help="output root (COVAR layout, DESIGN section 5)")
+    p.add_argument("--out", required=True, type=Path, help="output root (COVAR layout, docs/design.md section 5)")
     p.add_argument("--seed", type=int, default=0, help="build seed (default: 0); same seed, same files")
     p.add_argument("--size", type=int, default=224, help="output image side in pixels (default: 224)")
     p.add_argument("--per-object", type=int, default=1, help="instances per object, each with its own background")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
-    p.set_defaults(handler="covar_harness.build_covar:cmd_build_covar")
+    p.set_defaults(handler="covar_harness.tasks.build_covar:cmd_build_covar")
 
 
 def _add_sanity(sub) -> None:
@@ -151,9 +151,35 @@ def _add_sanity(sub) -> None:
     p.set_defaults(handler="covar_harness.sanity:cmd_sanity")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="static HTML site of a results folder: sortable tables, plots, galleries",
+                       description="Build a static, self-contained site of a folder of result files (no server, "
+                                   "no CDN: open index.html from disk or publish the folder on GitHub Pages): the "
+                                   "leaderboard tables (sortable; interval and n on hover), plots, provenance, CSV "
+                                   "and JSON downloads, and one page per model x task with a gallery of the most "
+                                   "background-driven errors and foreground-driven correct decisions "
+                                   "(from --log-samples; overlays from --save-maps with --maps).")
+    p.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="SITE_DIR",
+                   help="site folder: new, empty, or an earlier report (replaced); anything else is refused")
+    p.add_argument("--maps", default=None, type=Path, metavar="DIR",
+                   help="the run's --save-maps folder: its overlays are copied into the galleries")
+    p.add_argument("--reference", default=None, choices=["paper"],
+                   help="add the published COVAR and CounterAnimals rows, marked as published")
+    p.add_argument("--gallery", type=int, default=12, metavar="N",
+                   help="samples per gallery section and page (default: 12; 0: no gallery)")
+    p.add_argument("--data-dir", default=None, type=Path,
+                   help="dataset root, for class names in the galleries (default: $COVAR_HARNESS_DATA or "
+                        "~/.cache/covar-harness/data; without it labels show as ids)")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="extra folder (or file) of task YAML, for class names; repeatable")
+    p.add_argument("--title", default="covar-harness report", help="the site's title")
+    p.set_defaults(handler="covar_harness.report:cmd_report")
+
+
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
 COMMANDS: list[Callable] = [_add_run, _add_ls, _add_plugins, _add_leaderboard, _add_validate, _add_explain,
-                             _add_build_covar, _add_sanity]
+                             _add_build_covar, _add_sanity, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,11 +6,9 @@ import json
 import sys
 from argparse import Namespace
 
-from covar_harness.registry import UsageError
-
-
 from covar_harness.console import console as _console
 from covar_harness.console import markup, print_rows
+from covar_harness.registry import UsageError
 
 
 def cmd_run(args: Namespace) -> int:
@@ -48,11 +46,13 @@ def cmd_run(args: Namespace) -> int:
 
 
 def _analysis_steps(args: Namespace, catalog) -> list:
-    """Attribution and diagnosis steps chosen on the command line (registered by plugins).
+    """Attribution steps chosen on the command line (registered by plugins); diagnosis follows them by itself.
 
     ``--attribution auto`` (the default) builds the ``cci`` step in a mode that switches itself off, per
-    task, when the task has no foreground masks (DESIGN: attribution is default-on for tasks with masks).
+    task, when the task has no foreground masks (docs/design.md: attribution is default-on for tasks with masks).
     """
+    from covar_harness.attribution.settings import AttributionSettings, CCISettings
+
     name = getattr(args, "attribution", None) or "none"
     if name == "none":
         if getattr(args, "save_maps", None):
@@ -60,27 +60,28 @@ def _analysis_steps(args: Namespace, catalog) -> list:
         return []
     auto = name == "auto"
     entry = catalog.attributors.entry("cci" if auto else name)
-    seed = args.cci_seed if getattr(args, "cci_seed", None) is not None else getattr(args, "seed", 0)
-    settings = {"k": getattr(args, "cci_k", 7), "layer": getattr(args, "cci_layer", -1),
-                "target": getattr(args, "cci_target", "pred"), "seed": seed,
-                "attribute_on": getattr(args, "attribute_on", "all"), "kmeans_n_init": getattr(args, "cci_n_init", 3),
-                "kmeans_iters": getattr(args, "cci_iters", 100), "save_maps": getattr(args, "save_maps", None),
-                "only_with_masks": auto, "counterfactual": args.counterfactual, "cf_threshold": args.cf_threshold}
+    settings = AttributionSettings(entry.name, CCISettings.from_args(args), getattr(args, "save_maps", None), auto)
     from covar_harness.plugin_manager import call_with_accepted
 
-    return [call_with_accepted(entry.item, **settings)]
+    return [call_with_accepted(entry.item, **settings.flat())]  # third-party factories take what they accept
 
 
 def _diagnosis_settings(args: Namespace):
+    """``--driver-rule`` / ``--fg-threshold`` (flags and defaults from ``DiagnosisSettings``), checked."""
     from covar_harness.diagnosis import RULES, DiagnosisSettings
 
-    rules = tuple(r.strip() for r in args.driver_rule.split(",") if r.strip())
+    defaults = DiagnosisSettings()
+    rule_text = getattr(args, "diagnosis_rules", None)
+    rule_text = ",".join(defaults.rules) if rule_text is None else rule_text
+    threshold = getattr(args, "diagnosis_threshold", None)
+    threshold = defaults.threshold if threshold is None else threshold
+    rules = tuple(r.strip() for r in rule_text.split(",") if r.strip())
     unknown = [r for r in rules if r not in RULES]
     if not rules or unknown:
         raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}; choose from {', '.join(RULES)}")
-    if not 0.0 <= args.fg_threshold <= 1.0:
+    if not 0.0 <= threshold <= 1.0:
         raise UsageError("--fg-threshold must be in [0, 1]")
-    return DiagnosisSettings(rules=rules, threshold=args.fg_threshold, seed=args.seed)
+    return DiagnosisSettings(rules=rules, threshold=threshold, seed=args.seed)
 
 
 def _run_with_progress(models, tasks, catalog, options, plan):

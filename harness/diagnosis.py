@@ -1,12 +1,14 @@
-"""Diagnosis (DESIGN 7.5 and 8): was a decision driven by the object or by its background, and what kind of
-error is each misclassification?
+"""Diagnosis (docs/design.md sections 7.5 and 8): was a decision driven by the object or by its background, and
+what kind of error is each misclassification?
 
-Pure functions over per-sample records: they read what attribution wrote (cluster assignments and
-importances, Shapley values, counterfactual region tests) plus the foreground fraction of each patch, and
-write ``fg_fraction``, ``driver`` and ``error_type``. Several driver rules can be reported at once; the first
-one is the headline (``--driver-rule``, default ``paper``).
+The diagnosis step runs right after attribution in the same batch loop and reads attribution's typed record of
+each sample (``AttributionRecord``: cluster assignments and importances, Shapley values, the counterfactual
+region test) plus the foreground fraction of each patch. It writes ``fg_fraction``, ``driver`` and ``error_type``
+per sample (a :class:`DiagnosisRecord`) and BG-Er / Fine-Er per task. Several driver rules can be reported at
+once; the first one is the headline (``--driver-rule``, default ``paper``). :func:`diagnose` does the same on
+logged sample rows (dicts read from ``samples.jsonl``).
 
-Rules
+Rules (:data:`RULES`; a new one is one function with the :func:`rule` decorator)
 - ``paper``: fg_fraction = positive importance mass inside the mask / total positive mass (each patch carries
   its cluster's importance I_k, weighted by the patch's foreground fraction); driver = fg if >= threshold.
 - ``area``: the same masses divided by the foreground / background areas (importance density), so a small
@@ -17,27 +19,38 @@ Rules
   foreground alone is at least as close to the target text; fg if >= 0.5, else bg (``counterfactual`` records
   from the region test). Continuous so that rankings (AUROC in ``covar-harness sanity``) are meaningful.
 
-With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}.
+With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}. numpy is
+imported inside the functions, so the CLI can read :class:`DiagnosisSettings` for its flags without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import numpy as np
+from covar_harness.class_groups import share_group
+from covar_harness.flags import flag
+from covar_harness.pipeline import PairContext, SampleRecord, Step, StepSummary
 
-from covar_harness.metrics import bootstrap_interval
-from covar_harness.tasks.class_groups import share_group
+if TYPE_CHECKING:
+    import numpy as np
 
-RULES = ("paper", "area", "shapley", "counterfactual")
+    from covar_harness.attribution.records import AttributionRecord
+    from covar_harness.pipeline import Batch
+
 ERROR_TYPES = ("bg", "fine", "other")
 
 
 @dataclass
 class DiagnosisSettings:
-    rules: tuple[str, ...] = ("paper",)
-    threshold: float = 0.5  # fg_fraction >= threshold -> fg (paper rule)
+    """The diagnosis knobs: the one source of the ``--driver-rule`` / ``--fg-threshold`` defaults and help."""
+
+    rules: tuple[str, ...] = field(default=("paper",), metadata=flag(
+        "--driver-rule", "comma-separated: paper, area, shapley, counterfactual; the first is the headline",
+        to_cli=",".join))
+    # fg_fraction >= threshold -> fg (paper and shapley rules)
+    threshold: float = field(default=0.5, metadata=flag(
+        "--fg-threshold", "fg_fraction at or above which a decision is foreground-driven", type=float))
     fine_rule: str = "shared class group"  # recorded in the result
     bootstrap: int = 1000
     seed: int = 0
@@ -46,22 +59,84 @@ class DiagnosisSettings:
         return {"rules": list(self.rules), "threshold": self.threshold, "fine_rule": self.fine_rule}
 
 
-def _patch_values(record: dict, values: Sequence[float]) -> np.ndarray:
+# ---- rules ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules read of one sample's attribution: clusters, their importances, Shapley values and the
+    region test's similarities. None where the attributor did not produce it."""
+
+    assignments: Sequence[int] | None = None
+    importance: Sequence[float] | None = None
+    shapley: Sequence[float] | None = None
+    s_fg_only: float | None = None
+    s_bg_only: float | None = None
+
+    @classmethod
+    def of(cls, record: "AttributionRecord | None") -> "Evidence":
+        """From attribution's typed record (what the diagnosis step reads)."""
+        if record is None:
+            return cls()
+        cf = record.counterfactual
+        return cls(record.cci.assignments, record.cci.importance,
+                   None if record.shapley is None else record.shapley.values,
+                   None if cf is None else cf.s_fg_only, None if cf is None else cf.s_bg_only)
+
+    @classmethod
+    def of_row(cls, row: dict) -> "Evidence":
+        """From a logged sample row (``samples.jsonl``) or an older-contract step's dict record."""
+        cci, sh, cf = row.get("cci") or {}, row.get("shapley") or {}, row.get("counterfactual") or {}
+        return cls(cci.get("assignments"), cci.get("importance"), sh.get("values"), cf.get("s_fg_only"),
+                   cf.get("s_bg_only"))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A driver rule: ``score`` (higher = more foreground-driven; None = undetermined) and the threshold that
+    calls fg: ``--fg-threshold`` when ``uses_threshold``, else 0.5 (where the score is symmetric)."""
+
+    name: str
+    score: Callable[[Evidence, "np.ndarray"], float | None]
+    uses_threshold: bool = False
+
+    def threshold(self, settings: DiagnosisSettings) -> float:
+        return settings.threshold if self.uses_threshold else 0.5
+
+
+RULES: dict[str, Rule] = {}  # name -> rule, in registration order (``--driver-rule`` accepts these)
+
+
+def rule(name: str, *, uses_threshold: bool = False) -> Callable[[Callable], Callable]:
+    """Register ``fn(evidence, fg) -> score | None`` as driver rule ``name``; ``fg`` is the (N,) foreground
+    fraction per patch in raster order."""
+    def register(fn: Callable[[Evidence, "np.ndarray"], float | None]) -> Callable:
+        RULES[name] = Rule(name, fn, uses_threshold)
+        return fn
+
+    return register
+
+
+def _patch_values(assignments: Sequence[int], values: Sequence[float]) -> "np.ndarray":
     """Per-patch values from per-cluster values (a cluster id with no value counts 0)."""
+    import numpy as np
+
     vals = np.asarray(values, dtype=np.float64)
-    assign = np.asarray(record["assignments"], dtype=np.int64)
+    assign = np.asarray(assignments, dtype=np.int64)
     return np.where(assign < len(vals), vals[np.minimum(assign, len(vals) - 1)], 0.0)
 
 
-def fg_fraction(patch_importance: np.ndarray, fg: np.ndarray) -> float | None:
+def fg_fraction(patch_importance: "np.ndarray", fg: "np.ndarray") -> float | None:
     """Positive importance mass inside the foreground / total positive mass; None when nothing is positive."""
+    import numpy as np
+
     pos = np.clip(patch_importance, 0.0, None)
     total = pos.sum()
     return None if total <= 0 else float((pos * fg).sum() / total)
 
 
-def density_ratio(patch_importance: np.ndarray, fg: np.ndarray) -> float | None:
+def density_ratio(patch_importance: "np.ndarray", fg: "np.ndarray") -> float | None:
     """Share of positive importance *density* that is foreground: d_fg / (d_fg + d_bg), in [0, 1]."""
+    import numpy as np
+
     pos = np.clip(patch_importance, 0.0, None)
     area_fg, area_bg = fg.sum(), (1 - fg).sum()
     if pos.sum() <= 0 or area_fg <= 0 or area_bg <= 0:
@@ -70,34 +145,35 @@ def density_ratio(patch_importance: np.ndarray, fg: np.ndarray) -> float | None:
     return float(d_fg / (d_fg + d_bg))
 
 
-def _score_paper(row: dict, fg: np.ndarray) -> float | None:
-    cci = row.get("cci")
-    return None if not cci else fg_fraction(_patch_values(cci, cci["importance"]), fg)
-
-
-def _score_area(row: dict, fg: np.ndarray) -> float | None:
-    cci = row.get("cci")
-    return None if not cci else density_ratio(_patch_values(cci, cci["importance"]), fg)
-
-
-def _score_shapley(row: dict, fg: np.ndarray) -> float | None:
-    sh, cci = row.get("shapley"), row.get("cci")
-    return None if not (sh and cci) else fg_fraction(_patch_values(cci, sh["values"]), fg)
-
-
-def _score_counterfactual(row: dict, fg: np.ndarray) -> float | None:
-    cf = row.get("counterfactual")
-    if not cf or cf.get("s_fg_only") is None or cf.get("s_bg_only") is None:
+@rule("paper", uses_threshold=True)
+def _score_paper(ev: Evidence, fg: "np.ndarray") -> float | None:
+    if ev.assignments is None or ev.importance is None:
         return None
-    return 0.5 + (cf["s_fg_only"] - cf["s_bg_only"]) / 4.0
+    return fg_fraction(_patch_values(ev.assignments, ev.importance), fg)
 
 
-# rule -> (score function, threshold used to call fg). area and counterfactual are symmetric at 0.5.
-SCORERS: dict[str, Callable[[dict, np.ndarray], float | None]] = {
-    "paper": _score_paper, "area": _score_area, "shapley": _score_shapley, "counterfactual": _score_counterfactual,
-}
+@rule("area")
+def _score_area(ev: Evidence, fg: "np.ndarray") -> float | None:
+    if ev.assignments is None or ev.importance is None:
+        return None
+    return density_ratio(_patch_values(ev.assignments, ev.importance), fg)
 
 
+@rule("shapley", uses_threshold=True)
+def _score_shapley(ev: Evidence, fg: "np.ndarray") -> float | None:
+    if ev.assignments is None or ev.shapley is None:
+        return None
+    return fg_fraction(_patch_values(ev.assignments, ev.shapley), fg)
+
+
+@rule("counterfactual")
+def _score_counterfactual(ev: Evidence, fg: "np.ndarray") -> float | None:
+    if ev.s_fg_only is None or ev.s_bg_only is None:
+        return None
+    return 0.5 + (ev.s_fg_only - ev.s_bg_only) / 4.0
+
+
+# ---- per sample -------------------------------------------------------------------------------------------------
 def error_type(correct: bool, driver: str | None, fine: bool) -> str | None:
     if correct:
         return None
@@ -108,6 +184,48 @@ def error_type(correct: bool, driver: str | None, fine: bool) -> str | None:
     return "other"
 
 
+@dataclass(frozen=True)
+class RuleOutcome:
+    score: float | None  # the rule's fg-score; None: undetermined
+    driver: str | None  # fg | bg | None
+    error_type: str | None  # bg | fine | other for an error with a mask; None otherwise
+
+
+@dataclass(frozen=True, eq=False)
+class DiagnosisRecord(SampleRecord):
+    """One sample's diagnosis under every rule (in ``--driver-rule`` order; the first is the headline)."""
+
+    index: int
+    correct: bool
+    has_mask: bool
+    outcomes: dict[str, RuleOutcome]
+
+    def log_fields(self) -> dict[str, Any]:
+        head = next(iter(self.outcomes.values()))
+        out: dict[str, Any] = {"fg_fraction": head.score, "driver": head.driver}
+        if not self.correct:
+            out["error_type"] = head.error_type
+        if len(self.outcomes) > 1:
+            out["drivers"] = {name: o.driver for name, o in self.outcomes.items()}
+            out["scores"] = {name: o.score for name, o in self.outcomes.items()}
+        return out
+
+
+def diagnose_sample(index: int, label: int, pred: int, evidence: Evidence, fg: "np.ndarray | None",
+                    groups: dict[int, Any] | None, settings: DiagnosisSettings) -> DiagnosisRecord:
+    """Driver and error type of one sample under each rule. Without a mask (``fg`` None) nothing is decided."""
+    correct = label == pred
+    fine = share_group(groups, label, pred)
+    outcomes = {}
+    for name in settings.rules:
+        rule_ = RULES[name]
+        score = None if fg is None else rule_.score(evidence, fg)
+        driver = None if score is None else ("fg" if score >= rule_.threshold(settings) else "bg")
+        outcomes[name] = RuleOutcome(score, driver, error_type(correct, driver, fine) if fg is not None else None)
+    return DiagnosisRecord(index, correct, fg is not None, outcomes)
+
+
+# ---- per task -----------------------------------------------------------------------------------------------------
 @dataclass
 class Diagnosis:
     per_sample: dict[int, dict] = field(default_factory=dict)  # index -> fields to merge into the sample log
@@ -117,51 +235,30 @@ class Diagnosis:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def diagnose(
-    rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
-) -> Diagnosis:
-    """Driver and error type per sample under each rule; BG-Er / Fine-Er as shares of misclassified samples.
-
-    ``rows``: per-sample log rows (index, label, pred, correct, and attribution records). ``fg_grids``: index ->
-    (rows*cols,) foreground fraction per patch, raster order. Samples without a mask or without the records a
-    rule needs are left out of that rule's rates (counted as ``n_undetermined``).
-    """
-    out = Diagnosis(config={**settings.as_config(), "fine_grained_groups": groups is not None})
-    for r_i, rule in enumerate(settings.rules):
-        scorer = SCORERS[rule]
-        threshold = settings.threshold if rule in ("paper", "shapley") else 0.5
-        drivers, errors = [], []
-        for row in rows:
-            fg = fg_grids.get(row["index"])
-            score = None if fg is None else scorer(row, fg)
-            driver = None if score is None else ("fg" if score >= threshold else "bg")
-            fine = share_group(groups, row["label"], row["pred"])
-            etype = error_type(row["correct"], driver, fine) if fg is not None else None
-            fields = {"fg_fraction": score, "driver": driver}
-            if not row["correct"]:
-                fields["error_type"] = etype
-            if r_i == 0:
-                out.per_sample.setdefault(row["index"], {}).update(fields)
-            if len(settings.rules) > 1:
-                fields_all = out.per_sample.setdefault(row["index"], {})
-                fields_all.setdefault("drivers", {})[rule] = driver
-                fields_all.setdefault("scores", {})[rule] = score
-            if driver is not None:
-                drivers.append(driver == "fg")
-            if not row["correct"] and fg is not None:
-                errors.append(etype)
-        summary = _summarise(drivers, errors, settings)
-        summary["n_undetermined"] = len(rows) - len(drivers)
-        out.by_rule[rule] = summary
+def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_groups: bool) -> Diagnosis:
+    """BG-Er / Fine-Er as shares of misclassified samples, per rule. Samples without a mask or without the
+    records a rule needs are left out of that rule's rates (counted as ``n_undetermined``)."""
+    out = Diagnosis(per_sample={r.index: r.log_fields() for r in records},
+                    config={**settings.as_config(), "fine_grained_groups": has_groups})
+    for r_i, name in enumerate(settings.rules):
+        outcomes = [(r, r.outcomes[name]) for r in records]
+        drivers = [o.driver == "fg" for _, o in outcomes if o.driver is not None]
+        errors = [o.error_type for r, o in outcomes if not r.correct and r.has_mask]
+        summary = _rates(drivers, errors, settings)
+        summary["n_undetermined"] = len(records) - len(drivers)
+        intervals = summary.pop("intervals")
+        out.by_rule[name] = summary
         if r_i == 0:
             out.metrics = {k: summary[k] for k in ("fg_driven_rate", "bg_er", "fine_er")}
-            out.intervals = summary.pop("intervals")
-        else:
-            summary.pop("intervals")
+            out.intervals = intervals
     return out
 
 
-def _summarise(drivers: list[bool], errors: list[str | None], settings: DiagnosisSettings) -> dict[str, Any]:
+def _rates(drivers: list[bool], errors: list[str | None], settings: DiagnosisSettings) -> dict[str, Any]:
+    import numpy as np
+
+    from covar_harness.metrics import bootstrap_interval
+
     fg = np.asarray(drivers, dtype=float)
     bg_err = np.asarray([e == "bg" for e in errors], dtype=float)
     fine_err = np.asarray([e == "fine" for e in errors], dtype=float)
@@ -175,3 +272,78 @@ def _summarise(drivers: list[bool], errors: list[str | None], settings: Diagnosi
         if len(values):
             out["intervals"][key] = list(bootstrap_interval(values, n_boot=settings.bootstrap, seed=settings.seed))
     return out
+
+
+def diagnose(
+    rows: list[dict], fg_grids: dict[int, "np.ndarray"], groups: dict[int, Any] | None, settings: DiagnosisSettings
+) -> Diagnosis:
+    """:func:`diagnose_sample` and :func:`summarise` over logged sample rows (index, label, pred, and the
+    attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
+    foreground fraction per patch, raster order."""
+    records = [diagnose_sample(row["index"], row["label"], row["pred"], Evidence.of_row(row),
+                               fg_grids.get(row["index"]), groups, settings) for row in rows]
+    return summarise(records, settings, groups is not None)
+
+
+# ---- the step -------------------------------------------------------------------------------------------------------
+class DiagnosisStep(Step):
+    """The step after attribution: foreground masks on the patch grid (the segmenter), then per sample the
+    driver and error type from attribution's record of the same batch."""
+
+    name = "diagnosis"
+
+    def __init__(self, settings: DiagnosisSettings, segmenter: str = "auto",
+                 segmenter_settings: dict[str, Any] | None = None):
+        self.settings, self.segmenter = settings, segmenter
+        self.segmenter_settings = dict(segmenter_settings or {})
+        self.ctx: PairContext | None = None
+        self.groups: dict[int, Any] | None = None
+
+    def run_settings(self) -> dict[str, Any]:
+        return {**self.settings.as_config(), "segmenter": self.segmenter,
+                "segmenter_settings": self.segmenter_settings}
+
+    def start(self, ctx: PairContext) -> None:
+        """Runs when an earlier step attributes this pair and masks can be had: builds them into ``ctx.masks``
+        (the batch loop reads them; attribution's region test too)."""
+        from covar_harness.adapter import attribution_support
+
+        self.ctx, self.active, self.groups = ctx, False, None
+        attributing = any(step.active for step in ctx.upstream_of(self))
+        if self.segmenter == "none" or not attributing or not attribution_support(ctx.adapter)[0]:
+            return
+        from covar_harness.class_groups import class_groups
+        from covar_harness.segmentation import PatchMasks, choose_segmenter
+
+        segmenter = choose_segmenter(self.segmenter, ctx.samples, ctx.catalog, self.segmenter_settings)
+        ctx.masks = PatchMasks(segmenter, ctx.samples, ctx.classnames, ctx.adapter.preprocess, ctx.adapter.patch_grid)
+        self.groups = class_groups(ctx.task, ctx.classnames)
+        self.active = True
+
+    def process(self, batch: "Batch") -> list[DiagnosisRecord]:
+        from covar_harness.attribution.records import AttributionRecord
+
+        out = []
+        for r, index in enumerate(batch.indices):
+            typed = batch.record(index, AttributionRecord)
+            evidence = Evidence.of(typed) if typed is not None else Evidence.of_row(batch.legacy_fields(index))
+            fg = None if batch.fg is None else batch.fg[r]
+            out.append(diagnose_sample(index, int(batch.labels[r]), batch.pred(r), evidence, fg, self.groups,
+                                       self.settings))
+        return out
+
+    def finish(self, records: list[SampleRecord]) -> StepSummary:
+        """BG-Er / Fine-Er into the metrics; a segmenter that failed part-way withdraws the whole diagnosis."""
+        if not self.active or self.ctx is None or self.ctx.masks is None:
+            return StepSummary()  # no config entry: nothing was diagnosed
+        masks = self.ctx.masks
+        if masks.failed is not None:
+            return StepSummary(config={"status": "skipped", "reason": masks.failed},
+                               notes=[f"diagnosis skipped: {masks.failed}"], log_records=False)
+        from covar_harness.class_groups import class_groups_rule
+
+        result = summarise([r for r in records if isinstance(r, DiagnosisRecord)], self.settings,
+                           self.groups is not None)
+        config = {**result.config, "fine_rule": class_groups_rule(self.ctx.task, self.ctx.classnames),
+                  "segmenter": masks.describe(), "by_rule": result.by_rule}
+        return StepSummary(metrics=result.metrics, intervals=result.intervals, config=config)

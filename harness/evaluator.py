@@ -1,31 +1,33 @@
-"""The shared evaluator: models x tasks -> zero-shot predictions -> (analysis steps) -> result files.
+"""The shared evaluator: models x tasks -> zero-shot predictions -> (analysis pipeline) -> result files.
 
 One model is loaded at a time and used for all its pending tasks; class-text embeddings are computed once
 per (class names, templates) and reused across tasks. Pairs whose result file exists are skipped before
-any weights load. A failing pair is recorded and the run goes on.
+any weights load. A failing pair is recorded and the run goes on. Per pair, a :class:`~covar_harness.pipeline.
+PairContext` carries everything the pair's steps need, and the analysis steps (attribution, then diagnosis)
+run as a :class:`~covar_harness.pipeline.Pipeline` inside the one pass over the images.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-import time
 import traceback
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, is_dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any
 
 from covar_harness import results
-from covar_harness.console import clip, markup, safe
+from covar_harness.adapter import adapter_family
+from covar_harness.batches import default_workers, iterate_batches
+from covar_harness.console import markup, safe
 from covar_harness.data import SampleSet, open_task_data
-from covar_harness.plugin_manager import call_with_accepted
+from covar_harness.interrupt import INTERRUPT
+from covar_harness.pipeline import Batch, BatchStep, Finished, PairContext, Pipeline, as_step
+from covar_harness.progress import LineReporter, Reporter
 from covar_harness.resources import format_prompt, load_list
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from covar_harness.adapter import ModelAdapter
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from covar_harness.plan import PlannedPair
     from covar_harness.plugin_manager import Catalog
     from covar_harness.taskconfig import TaskConfig
+
+__all__ = ["INTERRUPT", "Batch", "BatchStep", "ClassifierCache", "LineReporter", "PairOutcome", "Reporter",
+           "RunOptions", "build_classifier", "evaluate_task", "run"]  # Batch, BatchStep, reporters: re-exported
 
 log = logging.getLogger(__name__)
 TEXT_BATCH = 256
@@ -51,7 +56,7 @@ class RunOptions:
     log_samples: bool = False
     overwrite: bool = False
     cache_dir: str | None = None
-    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution), see BatchStep
+    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution), see pipeline.BatchStep
     diagnosis: Any = None  # covar_harness.diagnosis.DiagnosisSettings; None: no fg/bg diagnosis
     segmenter: str = "auto"  # where foreground masks come from: auto | dataset | groundedsam | plugin | none
     segmenter_settings: dict = field(default_factory=dict)
@@ -59,46 +64,24 @@ class RunOptions:
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
         and compared before an existing file is reused (resume)."""
-        steps = {step.name: {"method": getattr(step, "method", step.name),
-                             "only_with_masks": getattr(step, "only_with_masks", False),
-                             **_as_dict(getattr(step, "settings", None))} for step in self.steps}
-        diagnosis = None if self.diagnosis is None else {
-            **self.diagnosis.as_config(), "segmenter": self.segmenter, "segmenter_settings": self.segmenter_settings}
+        steps = {step.name: as_step(step).run_settings() for step in self.steps}
+        diagnosis = None if self.diagnosis is None else self.diagnosis_step().run_settings()
         settings = {"precision": self.precision, "seed": self.seed, "limit": self.limit, "steps": steps,
                     "diagnosis": diagnosis}
         return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
 
+    def diagnosis_step(self) -> Any:
+        """The fg/bg diagnosis step (``diagnosis.DiagnosisStep``), or None without ``diagnosis`` settings."""
+        if self.diagnosis is None:
+            return None
+        from covar_harness.diagnosis import DiagnosisStep
 
-def _as_dict(settings: Any) -> dict[str, Any]:
-    if is_dataclass(settings) and not isinstance(settings, type):
-        return asdict(settings)
-    return dict(settings) if isinstance(settings, dict) else {}
+        return DiagnosisStep(self.diagnosis, self.segmenter, self.segmenter_settings)
 
-
-@dataclass
-class Batch:
-    """What the zero-shot pass hands to analysis steps for one batch of images."""
-
-    indices: list[int]  # positions in the SampleSet
-    pixels: "torch.Tensor"  # (B, 3, H, W), on CPU, as preprocessed
-    image_emb: "torch.Tensor"  # (B, D), L2-normalised
-    classifier: "torch.Tensor"  # (D, C) class embeddings, L2-normalised
-    logits: "torch.Tensor"  # (B, C)
-    labels: "torch.Tensor"  # (B,)
-    samples: SampleSet
-    fg: list | None = None  # per sample: (rows*cols,) foreground fraction per patch, or None (no mask)
-
-
-class BatchStep(Protocol):
-    """An analysis run inside the batch loop (CCI, diagnosis). Data flows forward: records, then a summary."""
-
-    name: str
-
-    def start(self, adapter: "ModelAdapter", task: "TaskConfig", samples: SampleSet) -> None: ...
-
-    def process(self, batch: Batch) -> list[dict]: ...
-
-    def finish(self, records: list[dict]) -> dict: ...  # {"metrics": {...}, "config": {...}, "notes": [...]}
+    def analysis_steps(self) -> list[Any]:
+        """The pipeline of every pair: the analysis steps, then the diagnosis that reads their records."""
+        diagnosis = self.diagnosis_step()
+        return [*self.steps, *([diagnosis] if diagnosis is not None else [])]
 
 
 @dataclass
@@ -111,89 +94,6 @@ class PairOutcome:
     error: str = ""
     n_failed: int = 0
     advice: str = ""  # what to do about the error, the same for every pair it hits (print once)
-
-
-class Reporter:
-    """Progress and messages; the CLI gives it a rich Progress, tests and the API a silent one."""
-
-    def __init__(self, progress=None, console=None):
-        self.progress, self.console = progress, console
-
-    def task(self, description: str, total: int | None):
-        if self.progress is None:
-            return None
-        return self.progress.add_task(description, total=total)
-
-    def advance(self, handle, n: int = 1) -> None:
-        if handle is not None:
-            self.progress.advance(handle, n)
-
-    def done(self, handle) -> None:
-        if handle is not None:
-            self.progress.remove_task(handle)
-
-    def say(self, message: str) -> None:
-        """``message`` is rich markup: interpolate untrusted values with ``console.markup``."""
-        if self.console is not None:
-            self.console.print(message)
-        else:
-            log.info(message)
-
-    def pair_done(self, outcome: "PairOutcome") -> None:
-        """Called once per pair (done, skipped or failed); the summary table prints them all at the end."""
-
-
-class LineReporter(Reporter):
-    """Progress as plain lines, for output that is not a terminal (CI logs, nohup): one line per pair, and one
-    every ``every_s`` seconds of a long pair, with counts and elapsed time, so a log never goes quiet for long."""
-
-    def __init__(self, stream=None, every_s: float = 30.0, total_pairs: int | None = None):
-        super().__init__()
-        self.stream, self.every_s, self.total_pairs = stream or sys.stderr, every_s, total_pairs
-        self.started, self.n_pairs = time.monotonic(), 0
-        self._bars: dict[int, list] = {}
-
-    def _line(self, text: str) -> None:
-        print(f"[{_clock(time.monotonic() - self.started)}] {safe(text)}", file=self.stream, flush=True)
-
-    def task(self, description: str, total: int | None):
-        from rich.text import Text
-
-        handle = len(self._bars) + 1
-        self._bars[handle] = [Text.from_markup(description).plain, total, 0, time.monotonic(), time.monotonic()]
-        return handle
-
-    def advance(self, handle, n: int = 1) -> None:
-        bar = self._bars.get(handle)
-        if bar is None:
-            return
-        bar[2] += n
-        if time.monotonic() - bar[4] >= self.every_s:
-            bar[4] = time.monotonic()
-            of = f"/{bar[1]}" if bar[1] else ""
-            self._line(f"{bar[0]}: {bar[2]}{of} in {_clock(bar[4] - bar[3])}")
-
-    def done(self, handle) -> None:
-        self._bars.pop(handle, None)
-
-    def say(self, message: str) -> None:
-        from rich.text import Text
-
-        self._line(Text.from_markup(message).plain)
-
-    def pair_done(self, outcome: "PairOutcome") -> None:
-        self.n_pairs += 1
-        of = f"/{self.total_pairs}" if self.total_pairs else ""
-        acc = outcome.metrics.get("acc1")
-        what = {"done": f"done, acc1 {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "done",
-                "skipped": f"skipped ({outcome.error})" if outcome.error else "skipped",
-                "failed": f"failed: {clip(outcome.error, 100)}"}[outcome.status]  # in full in the summary
-        self._line(f"pair {self.n_pairs}{of}: {outcome.model} x {outcome.task}: {what}")
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 # ---- text side -----------------------------------------------------------------------------------------
@@ -230,65 +130,6 @@ def build_classifier(adapter, classnames: list[str], templates: list[str], repor
     return F.normalize(emb, dim=-1).T.contiguous()
 
 
-# ---- image side ----------------------------------------------------------------------------------------
-class _PixelDataset:
-    """Map-style dataset: (index, pixels or None, error). Never raises on a bad image."""
-
-    def __init__(self, samples: SampleSet, preprocess: Callable):
-        self.samples, self.preprocess = samples, preprocess
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.preprocess(self.samples.open_image(i)), None
-        except Exception as exc:  # corrupt, truncated, missing: skipped and counted by the evaluator
-            return i, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
-def _collate(items):
-    import torch
-
-    ok = [(i, x) for i, x, _ in items if x is not None]
-    failed = [(i, err) for i, x, err in items if x is None]
-    pixels = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], pixels, failed
-
-
-def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, workers: int):
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(
-        _PixelDataset(samples, preprocess), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_ignore_sigint if workers > 0 else None,
-    )
-    with _sigint_deferred():  # workers fork here: a Ctrl-C now would land in an at-fork hook and be swallowed
-        batches = iter(loader)
-    yield from batches
-
-
-@contextmanager
-def _sigint_deferred():
-    """Hold SIGINT back (it is delivered, to the main process, right after); forked workers inherit the block."""
-    import signal
-    import threading
-
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
-
-
 # ---- one model x task ----------------------------------------------------------------------------------
 def task_classnames(cfg: "TaskConfig", samples: SampleSet) -> list[str]:
     base = cfg.source.parent if cfg.source else None
@@ -313,103 +154,123 @@ def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet
     return samples.subset(keep.tolist())
 
 
+def open_pair(adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", options: RunOptions,
+              classifiers: ClassifierCache, reporter: Reporter, model_spec: str | None = None) -> PairContext:
+    """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings."""
+    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+    classnames, templates = task_classnames(cfg, samples), task_templates(cfg)
+    bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
+    if bad:
+        raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
+    W = classifiers.get(classnames, templates, reporter)
+    return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+
+
 def evaluate_task(
     adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", options: RunOptions,
     classifiers: ClassifierCache, reporter: Reporter, model_spec: str | None = None,
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log."""
-    import numpy as np
-
-    from covar_harness.metrics import bootstrap_interval, classification_metrics
-
-    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
-    classnames, templates = task_classnames(cfg, samples), task_templates(cfg)
-    n_classes = len(classnames)
-    bad = [s.label for s in samples.samples if not 0 <= s.label < n_classes]
-    if bad:
-        raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {n_classes} class names")
-    W = classifiers.get(classnames, templates, reporter)
-    for step in options.steps:
-        # model_spec names the pair's output folders (maps); steps written before it existed do not take it
-        call_with_accepted(partial(step.start, adapter, cfg, samples), model_spec=model_spec)
-    masks = _patch_masks(adapter, cfg, samples, classnames, catalog, options)
-    k = min(5, n_classes)
-    rows, failures, step_records, fg_grids = _batch_loop(adapter, cfg, samples, W, k, masks, options, reporter)
-
+    ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec)
+    pipeline = Pipeline(options.analysis_steps())
+    pipeline.start(ctx)
+    rows, failures = _batch_loop(ctx, pipeline)
     if failures:
         first = failures[0]
         reporter.say(
             f"[yellow]{markup(cfg.task)}: skipped {len(failures)} unreadable image(s); first: "
-            f"{markup(samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
+            f"{markup(ctx.samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
         )
-    idx = np.array([i for i, _ in rows], dtype=np.int64)
-    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
-    labels = np.array([samples.samples[i].label for i in idx], dtype=np.int64)
-    metrics = classification_metrics(labels, topk, n_classes)
-    correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
-    intervals = {}
-    if len(rows):
-        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=options.seed))
-    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
-    for step in options.steps:
-        summary = step.finish(step_records[step.name])
-        record["metrics"].update(summary.get("metrics", {}))
-        record["intervals"].update(summary.get("intervals", {}))
-        record["config"][step.name] = summary.get("config", {})
-        record["notes"] += summary.get("notes", [])
-
-    per_sample = _sample_rows(rows, correct, samples, step_records)
-    if masks is not None:
-        _diagnose(record, per_sample, fg_grids, masks, cfg, classnames, options)
-    record["task"] = {
-        "name": cfg.task, "version": cfg.version, "n_samples": int(len(rows)), "n_failed": len(failures),
-        "n_classes": n_classes, "data_fingerprint": samples.fingerprint(), "headline": cfg.headline,
-        "tags": list(cfg.tags), "dataset": samples.description,
-    }
-    if getattr(samples, "label_mapping", None):
-        record["task"]["label_mapping"] = samples.label_mapping
-    record["config"].update({"templates": templates, "classnames": _classnames_ref(cfg)})
-    record["samples"] = per_sample
-    record["failed_files"] = [samples.samples[i].id for i, _ in failures]
+    record, correct = _zero_shot_record(ctx, rows)
+    finished = pipeline.finish()
+    for done in finished:
+        record["metrics"].update(done.summary.metrics)
+        record["intervals"].update(done.summary.intervals)
+        if done.summary.config is not None:
+            record["config"][done.step.name] = done.summary.config
+        record["notes"] += done.summary.notes
+    record["task"] = _task_record(ctx, len(rows), len(failures))
+    record["config"].update({"templates": ctx.templates, "classnames": _classnames_ref(cfg)})
+    record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
+    record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
     return record
 
 
-def _batch_loop(adapter, cfg, samples, W, k, masks, options, reporter):
-    """The one pass over the images: zero-shot top-k per sample, then each analysis step on the same batch."""
-    import torch
+def _batch_loop(ctx: PairContext, pipeline: Pipeline) -> tuple[list, list]:
+    """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch."""
     import torch.nn.functional as F
 
-    rows, failures, step_records = [], [], {s.name: [] for s in options.steps}
-    fg_grids: dict[int, Any] = {}
+    options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
+    assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
+    k = min(5, len(ctx.classnames))
+    rows: list = []
+    failures: list = []
     W_dev = None
     workers = default_workers() if options.workers is None else options.workers
-    handle = reporter.task(markup(cfg.task), len(samples))
-    for indices, pixels, failed in iterate_batches(samples, adapter.preprocess, options.batch_size, workers):
+    handle = reporter.task(markup(ctx.task.task), len(samples))
+    for indices, pixels, failed in iterate_batches(samples, ctx.adapter.preprocess, options.batch_size, workers):
         INTERRUPT.check()
         failures += failed
         if pixels is not None:
-            emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
+            emb = F.normalize(ctx.adapter.encode_images(pixels).float(), dim=-1)
             if W_dev is None:
-                W_dev = W.to(emb.device)
+                W_dev = ctx.classifier.to(emb.device)
             logits = emb @ W_dev
             top = logits.topk(k, dim=-1).indices.cpu().numpy()
             rows += [(i, top[r]) for r, i in enumerate(indices)]
-            if options.steps:
-                labels = torch.tensor([samples.samples[i].label for i in indices])
-                fg = masks.for_batch(indices) if masks is not None else None
-                if fg is not None:
-                    fg_grids.update((i, g) for i, g in zip(indices, fg) if g is not None)
-                batch = Batch(indices, pixels, emb, W_dev, logits, labels, samples, fg)
-                for step in options.steps:
-                    step_records[step.name] += step.process(batch)
+            if pipeline.active:
+                pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top))
         reporter.advance(handle, len(indices) + len(failed))
     reporter.done(handle)
-    return rows, failures, step_records, fg_grids
+    return rows, failures
 
 
-def _sample_rows(rows, correct, samples: SampleSet, step_records: dict[str, list[dict]]) -> list[dict]:
-    """The per-sample log (DESIGN 6): prediction, top-5, the dataset's metadata, then each step's record."""
-    by_step = [{r["index"]: r for r in records} for records in step_records.values()]
+def _batch(ctx: PairContext, indices: list[int], pixels: "torch.Tensor", emb: "torch.Tensor", W: "torch.Tensor",
+           logits: "torch.Tensor", top: "np.ndarray") -> Batch:
+    """What the steps see of one batch, with the foreground masks of its samples when the pair has them."""
+    import torch
+
+    labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
+    fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
+    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top)
+
+
+def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], "np.ndarray"]:
+    """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
+    import numpy as np
+
+    from covar_harness.metrics import bootstrap_interval, classification_metrics
+
+    k = min(5, len(ctx.classnames))
+    idx = np.array([i for i, _ in rows], dtype=np.int64)
+    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
+    labels = np.array([ctx.samples.samples[i].label for i in idx], dtype=np.int64)
+    metrics = classification_metrics(labels, topk, len(ctx.classnames))
+    correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
+    intervals = {}
+    if len(rows):
+        seed = ctx.options.seed if ctx.options is not None else 0
+        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed))
+    return {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}, correct
+
+
+def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, Any]:
+    cfg, samples = ctx.task, ctx.samples
+    assert cfg is not None
+    out = {
+        "name": cfg.task, "version": cfg.version, "n_samples": int(n_samples), "n_failed": n_failed,
+        "n_classes": len(ctx.classnames), "data_fingerprint": samples.fingerprint(), "headline": cfg.headline,
+        "tags": list(cfg.tags), "dataset": samples.description,
+    }
+    if getattr(samples, "label_mapping", None):
+        out["label_mapping"] = samples.label_mapping
+    return out
+
+
+def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
+    """The per-sample log (docs/design.md section 6): prediction, top-5, the dataset's metadata, then the fields of
+    each step's record, in pipeline order (a withdrawn step's records are left out)."""
+    logged = [{r.index: r for r in done.records} for done in finished if done.summary.log_records]
     out = []
     for (i, top), ok in zip(rows, correct):
         sample = samples.samples[i]
@@ -417,103 +278,20 @@ def _sample_rows(rows, correct, samples: SampleSet, step_records: dict[str, list
                "correct": bool(ok), "top5": [int(x) for x in top]}
         for key, value in sample.meta.items():
             row.setdefault(key, value)
-        for by_index in by_step:
-            row.update({k: v for k, v in by_index.get(int(i), {}).items() if k != "index"})
+        for by_index in logged:
+            record = by_index.get(int(i))
+            if record is not None:
+                row.update(record.log_fields())
         out.append(row)
     return out
-
-
-def _patch_masks(adapter, cfg, samples, classnames, catalog, options):
-    """Foreground masks on the patch grid, when diagnosis is on and an attribution step runs on this task."""
-    from covar_harness.adapter import attribution_support
-
-    active = [s for s in options.steps if getattr(s, "active", True)]
-    if options.diagnosis is None or options.segmenter == "none" or not active or not attribution_support(adapter)[0]:
-        return None
-    from covar_harness.segmentation import PatchMasks, choose_segmenter
-
-    segmenter = choose_segmenter(options.segmenter, samples, catalog, options.segmenter_settings)
-    return PatchMasks(segmenter, samples, classnames, adapter.preprocess, adapter.patch_grid)
-
-
-def _diagnose(record, per_sample, fg_grids, masks, cfg, classnames, options) -> None:
-    """Driver and error type per sample, BG-Er / Fine-Er into the metrics (DESIGN 8)."""
-    from covar_harness.diagnosis import diagnose
-
-    if masks.failed is not None:
-        record["notes"].append(f"diagnosis skipped: {masks.failed}")
-        record["config"]["diagnosis"] = {"status": "skipped", "reason": masks.failed}
-        return
-    from covar_harness.tasks.class_groups import class_groups, class_groups_rule
-
-    result = diagnose(per_sample, fg_grids, class_groups(cfg, classnames), options.diagnosis)
-    for row in per_sample:
-        row.update(result.per_sample.get(row["index"], {}))
-    record["metrics"].update(result.metrics)
-    record["intervals"].update({k: v for k, v in result.intervals.items()})
-    record["config"]["diagnosis"] = {**result.config, "fine_rule": class_groups_rule(cfg, classnames),
-                                     "segmenter": masks.describe(), "by_rule": result.by_rule}
 
 
 def _classnames_ref(cfg: "TaskConfig") -> Any:
     return cfg.classnames if isinstance(cfg.classnames, str) or cfg.classnames is None else "inline"
 
 
+
 # ---- the run -------------------------------------------------------------------------------------------
-class _Interrupt:
-    """Ctrl-C always stops the run (exit 130), wherever SIGINT lands.
-
-    A KeyboardInterrupt can be swallowed (raised inside a ``__del__`` or while DataLoader workers fork) or turn
-    into a "worker exited unexpectedly" error that would fail a pair instead. Our handler also sets a flag,
-    checked at every batch and pair boundary and before any error is recorded as a pair failure.
-    """
-
-    def __init__(self) -> None:
-        self.hit = False
-
-    def _handler(self, signum, frame) -> None:
-        self.hit = True
-        raise KeyboardInterrupt
-
-    @contextmanager
-    def installed(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self.hit = False
-        previous = signal.signal(signal.SIGINT, self._handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            self.hit = False  # handled: a later run (or a direct evaluate_task call) starts clean
-
-    def check(self) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-
-
-INTERRUPT = _Interrupt()  # signal handlers are process-wide, so is this flag
-
-
-def _ignore_sigint(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops the run cleanly; when it does, a worker's
-    fd-sharing thread finds its pipe closed, which is expected then and not worth a traceback."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    default = sys.excepthook
-
-    def quiet_pipes(kind, value, tb):
-        if not issubclass(kind, (BrokenPipeError, ConnectionResetError)):
-            default(kind, value, tb)
-
-    sys.excepthook = quiet_pipes
-
-
 def run(
     models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Catalog", options: RunOptions,
     reporter: Reporter | None = None, plan: list["PlannedPair"] | None = None,
@@ -555,6 +333,19 @@ def _report(reporter: Reporter, outcome: PairOutcome) -> PairOutcome:
     return outcome
 
 
+@dataclass
+class _ModelRun:
+    """One loaded model and what its pairs share."""
+
+    ref: "ModelRef"
+    adapter: Any
+    device: Any
+    catalog: "Catalog"
+    options: RunOptions
+    classifiers: ClassifierCache
+    reporter: Reporter
+
+
 def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     """Load one model, run all its pending pairs; a model that fails to load fails its pairs with one message."""
     from covar_harness.models import load_model, resolve_device
@@ -570,9 +361,8 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
                 for p in pending]
     finally:
         reporter.done(handle)
-    classifiers = ClassifierCache(adapter)
-    return [_report(reporter, _run_pair(ref, adapter, p.cfg, p.path, catalog, options, classifiers, reporter,
-                                        device)) for p in pending]
+    model = _ModelRun(ref, adapter, device, catalog, options, ClassifierCache(adapter), reporter)
+    return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
 
 
 def one_line(exc: BaseException) -> str:
@@ -581,28 +371,31 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _run_pair(ref, adapter, cfg, path, catalog, options, classifiers, reporter, device) -> PairOutcome:
+def _run_pair(model: _ModelRun, cfg: "TaskConfig", path: Path) -> PairOutcome:
     """Everything one pair does, writing included, inside one handler: a failing pair never stops the run."""
+    spec, options = model.ref.spec, model.options
     started = results.now()
     try:
-        record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter, ref.spec)
-        out = _result_object(ref, adapter, record, options, device, started)
+        record = evaluate_task(model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec)
+        out = _result_object(model, record, started)
         if options.log_samples:
             results.write_jsonl(results.samples_path(path), record["samples"])
         results.write_json(path, out)  # last: its existence marks the pair done
     except Exception as exc:
         INTERRUPT.check()
-        log.debug("pair %s x %s failed:\n%s", ref.spec, cfg.task, traceback.format_exc())
-        return PairOutcome(ref.spec, cfg.task, "failed", path, error=one_line(exc))
-    return PairOutcome(ref.spec, cfg.task, "done", path, out["metrics"], n_failed=len(record["failed_files"]))
+        log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())
+        return PairOutcome(spec, cfg.task, "failed", path, error=one_line(exc))
+    return PairOutcome(spec, cfg.task, "done", path, out["metrics"], n_failed=len(record["failed_files"]))
 
 
-def _result_object(ref, adapter, record, options, device, started) -> dict[str, Any]:
-    """The result file's content (DESIGN 6): model, task, metrics with intervals, settings, provenance."""
+def _result_object(model: _ModelRun, record: dict[str, Any], started: str) -> dict[str, Any]:
+    """The result file's content (docs/design.md section 6): model, task, metrics with intervals, settings,
+    provenance."""
+    ref, options = model.ref, model.options
     return {
         "schema_version": results.SCHEMA_VERSION,
-        "model": {"spec": ref.spec, "name": getattr(adapter, "name", ref.spec),
-                  "family": getattr(adapter, "family", ref.family), "target": ref.target},
+        "model": {"spec": ref.spec, "name": getattr(model.adapter, "name", ref.spec),
+                  "family": adapter_family(model.adapter, ref.family), "target": ref.target},
         "task": record["task"],
         "metrics": record["metrics"],
         "intervals": record["intervals"],
@@ -610,5 +403,5 @@ def _result_object(ref, adapter, record, options, device, started) -> dict[str, 
                    "limit": options.limit, **record["config"], "run_settings": options.result_settings()},
         "notes": record["notes"],
         "failed_files": record["failed_files"][:100],
-        "provenance": results.provenance(device, started),
+        "provenance": results.provenance(model.device, started),
     }

@@ -1,16 +1,21 @@
 """``covar-harness explain``: CCI for one image, as a table of clusters and an overlay PNG.
 
-The same code path as ``run --attribution cci`` (``covar_harness.attribution.attribute``) on a batch of one,
-so what you see here is what the sample logs of a run contain for that image.
+The same code path as ``run --attribution cci`` (``covar_harness.attribution.attribute``) on a batch of one, with
+the same ``CCISettings`` (its defaults are the flags' defaults), so what you see here is what the sample logs of a
+run contain for that image.
 """
 
 from __future__ import annotations
 
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covar_harness.registry import UsageError
+
+if TYPE_CHECKING:
+    from covar_harness.attribution import CCISettings
 
 
 def parse_classes(text: str) -> list[str]:
@@ -34,11 +39,11 @@ def _load_image(path: Path, what: str = "image", mode: str = "RGB"):
         raise UsageError(f"cannot read {what} {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_adapter(args: Namespace):
+def _load_adapter(args: Namespace, settings: "CCISettings"):
     """The model, or one line (exit 2) when it cannot be loaded or attributed: no traceback for a bad spec,
     an unreachable hub or a model that cannot honour ``--k`` / ``--layer``."""
     from covar_harness.adapter import AdapterContractError, attribution_support
-    from covar_harness.attribution import CCISettings, check_model
+    from covar_harness.attribution import check_model
     from covar_harness.models import ModelLoadError, load_model
     from covar_harness.plugin_manager import load_catalog
 
@@ -55,32 +60,33 @@ def _load_adapter(args: Namespace):
     if not supported:
         raise UsageError(f"model {args.model!r} cannot be attributed: {why}")
     try:
-        check_model(adapter, CCISettings(k=args.k, layer=args.layer), "cci")
+        check_model(adapter, settings, "cci")
     except (ValueError, AdapterContractError) as exc:  # --k above the patch count, a missing layer, a bad grid
         raise UsageError(str(exc)) from exc
     return adapter
 
 
 def explain_image(adapter: Any, image, classes: list[str], *, templates: list[str], target: str | None = None,
-                  k: int = 7, layer: int = -1, seed: int = 0, sample_id: str = "image") -> dict[str, Any]:
-    """Zero-shot scores and CCI of one PIL image; returns what the table and the overlay need."""
+                  settings: "CCISettings | None" = None, sample_id: str = "image") -> dict[str, Any]:
+    """Zero-shot scores and CCI of one PIL image (``settings``: CCISettings, its defaults when None; ``target``
+    None explains the predicted class); returns what the table and the overlay need."""
     import torch
     import torch.nn.functional as F
 
-    from covar_harness.attribution import CCISettings, attribute, check_k, sample_seed
+    from covar_harness.attribution import DEFAULTS, attribute, check_k, sample_seed
     from covar_harness.evaluator import build_classifier
 
     if target is not None and target not in classes:
         raise UsageError(f"--target {target!r} is not one of --classes")
-    check_k("cci", k)
+    settings = replace(settings or DEFAULTS, target="pred" if target is None else "label")
+    check_k("cci", settings.k)
     W = build_classifier(adapter, classes, templates)  # (D, C)
     pixels = adapter.preprocess(image)[None]
     emb = F.normalize(adapter.encode_images(pixels).float(), dim=-1)
     scores = (emb @ W.to(emb.device))[0].cpu()
     t = int(scores.argmax()) if target is None else classes.index(target)
-    settings = CCISettings(k=k, layer=layer, target="pred" if target is None else "label", seed=seed)
     tgt = torch.tensor([t])
-    result = attribute(adapter, pixels, emb, W[:, tgt].T, tgt, [sample_seed(seed, sample_id)], settings)
+    result = attribute(adapter, pixels, emb, W[:, tgt].T, tgt, [sample_seed(settings.seed, sample_id)], settings)
     return {"pixels": pixels[0], "scores": scores, "target": t, "pred": int(scores.argmax()), "result": result}
 
 
@@ -97,18 +103,19 @@ def cmd_explain(args: Namespace) -> int:
     from rich.table import Table
 
     from covar_harness import overlays
-    from covar_harness.attribution import check_k
+    from covar_harness.attribution import CCISettings, check_k
     from covar_harness.console import markup
     from covar_harness.resources import load_list
 
     classes = parse_classes(args.classes)
     check_k("cci", args.k)  # before the model loads
+    settings = CCISettings(k=args.k, layer=args.layer, seed=args.seed)
     image = _load_image(args.image)
     mask_image = _load_mask(args.mask) if args.mask is not None else None
     templates = list(load_list("templates", args.templates, Path.cwd()))
-    adapter = _load_adapter(args)
-    out = explain_image(adapter, image, classes, templates=templates, target=args.target, k=args.k,
-                        layer=args.layer, seed=args.seed, sample_id=args.image.name)
+    adapter = _load_adapter(args, settings)
+    out = explain_image(adapter, image, classes, templates=templates, target=args.target, settings=settings,
+                        sample_id=args.image.name)
     result, grid = out["result"], tuple(adapter.patch_grid)
     console = Console(highlight=False)
     console.print(f"model: {markup(adapter.name)}   image: {markup(args.image)}   "
@@ -121,7 +128,8 @@ def cmd_explain(args: Namespace) -> int:
     for c, n, imp, drop in cluster_rows(result):
         table.add_row(str(c), str(n), f"{imp:+.4f}", f"{drop:+.5f}")
     console.print(table)
-    mask = None if mask_image is None else overlays.mask_to_input_frame(mask_image, adapter.preprocess)
+    size_hw = tuple(out["pixels"].shape[-2:])
+    mask = None if mask_image is None else overlays.mask_to_input_frame(mask_image, adapter.preprocess, size_hw)
     path = args.out or Path(f"{args.image.stem}.cci.png")
     try:
         overlays.save_overlay(path, out["pixels"], result.patch_importance()[0].view(grid),

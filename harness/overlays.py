@@ -2,7 +2,8 @@
 
 The overlay is drawn on the model's own input (the preprocessed pixels, de-normalised), not on the original
 file: resizing and centre-cropping would otherwise misalign the patch grid. A foreground mask goes through
-the same preprocessing so its outline lands where the model saw the object. Only numpy and PIL are used.
+the same geometry as for diagnosis (``segmentation.geometric_like``), so its outline lands where the model saw
+the object and where the diagnosis counted it. Only numpy and PIL are used.
 
 Layout: two panels side by side, upscaled to at least ``MIN_SIDE`` pixels:
 left, the input with cluster boundaries; right, the importance heat map (red = removing the cluster lowers
@@ -51,20 +52,22 @@ def pixels_to_rgb(pixels: "torch.Tensor", preprocess: Callable | None = None) ->
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
 
 
-def mask_to_input_frame(mask: "Image.Image", preprocess: Callable) -> np.ndarray:
-    """A mask (mode L, white = object) in the original frame -> (H, W) bool in the model-input frame."""
-    ramp = np.asarray(preprocess(mask.convert("RGB")), dtype=np.float32)[0]
-    black = _probe(preprocess, 0, mask.size)[0]
-    white = _probe(preprocess, 255, mask.size)[0]
-    return (ramp - black) / (white - black if white != black else 1.0) > 0.5
+def mask_to_input_frame(mask: "Image.Image", preprocess: Callable,
+                        input_size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask (mode L, white = object) in the original frame -> (H, W) bool in the model-input frame: the mapping
+    diagnosis uses (``segmentation.geometric_like``), thresholded at half a pixel of foreground."""
+    from covar_harness.segmentation import geometric_like
+
+    return np.asarray(geometric_like(preprocess, mask, input_size_hw), dtype=np.float32) > 0.5
 
 
-def mask_in_input_frame(samples: "SampleSet", index: int, preprocess: Callable) -> np.ndarray | None:
+def mask_in_input_frame(samples: "SampleSet", index: int, preprocess: Callable,
+                        input_size_hw: tuple[int, int] | None = None) -> np.ndarray | None:
     """The sample's dataset mask mapped into the model-input frame, or None when it has none (or it fails: the
     outline is decoration, so an unreadable or oversized mask must not fail the pair)."""
     try:
         mask = samples.open_mask(index)
-        return None if mask is None else mask_to_input_frame(mask, preprocess)
+        return None if mask is None else mask_to_input_frame(mask, preprocess, input_size_hw)
     except Exception:  # noqa: BLE001 - corrupt, missing, decompression bomb, a preprocess that rejects masks
         return None
 

@@ -64,9 +64,13 @@ def row_name(rule: str, attributor: str) -> str:
 
 
 # ---- running ---------------------------------------------------------------------------------------------------
-def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int = 7, seed: int = 0,
+def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int | None = None, seed: int = 0,
             device: str = "cpu") -> SanityRun:
-    """Evaluate both demo models on both tasks, plainly and with each attributor (diagnosis under every rule)."""
+    """Evaluate both demo models on both tasks, plainly and with each attributor (diagnosis under every rule).
+    Attribution uses the ``CCISettings`` defaults, with ``k`` (when given) and ``seed``."""
+    from dataclasses import replace
+
+    from covar_harness.attribution.settings import DEFAULTS
     from covar_harness.diagnosis import RULES, DiagnosisSettings
     from covar_harness.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
     from covar_harness.models import load_model
@@ -75,7 +79,8 @@ def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int = 7,
     reporter = reporter or Reporter()
     catalog = load_catalog()
     tasks = catalog.tasks.resolve(f"{ORIGINAL},{BG_VARIED}")
-    steps = {name: _step(catalog, name, k, seed) for name in ATTRIBUTORS}
+    settings = replace(DEFAULTS, k=DEFAULTS.k if k is None else k, seed=seed, counterfactual=True)
+    steps = {name: _step(catalog, name, settings) for name in ATTRIBUTORS}
     diagnosis = DiagnosisSettings(rules=tuple(RULES), bootstrap=100, seed=seed)  # intervals unused here
     base = dict(data_dir=data_dir, workers=0, device=device, limit=limit, seed=seed, segmenter="dataset")
     run = SanityRun(limit=limit)
@@ -94,11 +99,13 @@ def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int = 7,
     return run
 
 
-def _step(catalog, name: str, k: int, seed: int):
+def _step(catalog, name: str, settings):
     """The attributor's step, built through its registered factory (as ``covar-harness run`` does)."""
+    from dataclasses import asdict
+
     from covar_harness.plugin_manager import call_with_accepted
 
-    return call_with_accepted(catalog.attributors.entry(name).item, k=k, seed=seed, counterfactual=True)
+    return call_with_accepted(catalog.attributors.entry(name).item, **asdict(settings))
 
 
 def _timed(adapter, cfg, catalog, options, classifiers, reporter) -> Evaluation:

@@ -1,4 +1,4 @@
-"""Foreground masks for the diagnosis (DESIGN 7.5, 8): the segmenter contract and the helpers every segmenter
+"""Foreground masks for the diagnosis (docs/design.md section 7.5, 8): the segmenter contract and the helpers every segmenter
 and its caller share.
 
 A segmenter is anything with a ``name`` and a ``masks`` method (the :class:`Segmenter` protocol); plugins
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -83,18 +82,15 @@ def choose_segmenter(name: str, samples: "SampleSet", catalog: "Catalog",
 
 
 def _check_settings(name: str, factory: Callable[..., Any], settings: dict[str, Any]) -> None:
-    """Reject setting names the factory does not take, listing the ones it does (a typo must not be ignored)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    unknown = sorted(set(settings) - set(accepted))
+    """Reject setting names the factory does not take, listing the ones it does (a typo must not be ignored).
+    What a factory takes is read with the harness's one signature policy (``plugin_manager.keywords_of``)."""
+    from covar_harness.plugin_manager import keywords_of
+
+    accepts = keywords_of(factory)
+    unknown = sorted(k for k in settings if not accepts.accepts(k))
     if unknown:
         raise UsageError(f"segmenter {name!r} has no setting {', '.join(map(repr, unknown))}; "
-                         f"settings: {', '.join(accepted) or '(none)'}")
+                         f"settings: {', '.join(sorted(accepts.names)) or '(none)'}")
 
 
 def label_prompts(samples: "SampleSet", indices: Sequence[int]) -> list[str]:
@@ -199,7 +195,7 @@ def _channel0(pixels: Any) -> np.ndarray | None:
 
 def mask_to_patch_grid(mask: Image.Image, image_size_hw: tuple[int, int] | None,
                        grid: tuple[int, int]) -> np.ndarray:
-    """(rows, cols) float32 in [0, 1]: the fraction of each patch's pixels that are foreground (DESIGN 7.5).
+    """(rows, cols) float32 in [0, 1]: the fraction of each patch's pixels that are foreground (docs/design.md section 7.5).
 
     ``mask`` must already be in the model-input frame (see :func:`geometric_like`); mode "F" holds fractions,
     other modes 0..255. ``image_size_hw`` is that frame's size: a mask of another size is first area-resampled

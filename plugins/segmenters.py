@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``dataset`` and ``groundedsam`` segmenters (DESIGN 8; contract in
+"""Built-in plugin: the ``dataset`` and ``groundedsam`` segmenters (docs/design.md section 8; contract in
 ``covar_harness.segmentation``).
 
 ``dataset`` returns the masks a task ships. ``groundedsam`` is GroundedSAM rebuilt from transformers: Grounding

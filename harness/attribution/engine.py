@@ -1,0 +1,141 @@
+"""The clustering-and-removal engine every attributor runs on (docs/design.md section 7).
+
+Per batch of images: patch tokens -> per-image k-means (batched, in torch, on the model's device) -> the
+attributor's drop patterns plus the counterfactual region test's two -> ONE call of ``encode_images_without``
+(:func:`~covar_harness.attribution.removal.encode_patterns`) -> the attributor's scores -> :class:`Attribution`,
+the batch's result, from which each sample's typed record is read.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from covar_harness.adapter import adapter_name, n_blocks
+from covar_harness.attribution.base import Attributor, ClusterBatch, find_attributor
+from covar_harness.attribution.kmeans import batched_kmeans
+from covar_harness.attribution.records import AttributionRecord, CCIRecord, short
+from covar_harness.attribution.regions import region_patterns, region_test
+from covar_harness.attribution.removal import encode_patterns, grid_size, patch_tokens
+from covar_harness.attribution.settings import CCISettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from covar_harness.attribution.regions import RegionTest
+    from covar_harness.attribution.shapley import ShapleyValues
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-image seed from the run seed and the sample's id: the same image gets the same clusters
+    whatever the batch size, ``--limit`` subset or ``--attribute-on`` filter."""
+    return (seed * 0x9E3779B1 + zlib.crc32(sample_id.encode("utf-8"))) % (2**63 - 1)
+
+
+@dataclass
+class Attribution:
+    """An attributor's output for a batch, on CPU. Importance of an empty cluster (or of one holding every patch,
+    whose removal is undefined) is exactly 0; ``valid`` says which clusters were really removed."""
+
+    method: str
+    k: int
+    target: "torch.Tensor"  # (B,) class index explained
+    assignments: "torch.Tensor"  # (B, N) cluster id per patch, raster order
+    importance: "torch.Tensor"  # (B, K) I_k = (s - s_k) / |s|
+    drop: "torch.Tensor | None"  # (B, K) s - s_k (None for the random baseline)
+    s: "torch.Tensor"  # (B,) cos(image, text(target))
+    valid: "torch.Tensor"  # (B, K) bool
+    shapley: "ShapleyValues | None" = None  # cci-shapley only
+    regions: "RegionTest | None" = None  # counterfactual region test, when masks were given
+
+    def patch_importance(self) -> "torch.Tensor":
+        """(B, N): each patch's cluster importance (docs/design.md section 7.4)."""
+        return self.importance.gather(1, self.assignments)
+
+    def record(self, b: int) -> CCIRecord:
+        """The ``cci`` entry of row ``b``'s log line (docs/design.md section 6)."""
+        return CCIRecord(self.method, int(self.target[b]), self.k, [int(v) for v in self.assignments[b].tolist()],
+                         [short(v) for v in self.importance[b].tolist()], short(float(self.s[b])),
+                         None if self.drop is None else [short(v) for v in self.drop[b].tolist()])
+
+    def sample_record(self, index: int, b: int) -> AttributionRecord:
+        """Row ``b`` as sample ``index``'s record: ``cci``, and ``shapley`` / ``counterfactual`` when computed."""
+        return AttributionRecord(index, self.record(b), None if self.shapley is None else self.shapley.record(b),
+                                 None if self.regions is None else self.regions.record(b))
+
+
+def cluster_patterns(assignments: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(B, N) ids -> drop patterns (B, K, N) and ``valid`` (B, K). An empty cluster, or one that holds every
+    patch, gets an all-False pattern (nothing removed) and is marked invalid."""
+    import torch
+
+    patterns = assignments[:, None, :] == torch.arange(k, device=assignments.device)[None, :, None]
+    counts = patterns.sum(dim=-1)
+    valid = (counts > 0) & (counts < assignments.shape[1])
+    return patterns & valid[..., None], valid
+
+
+def cluster(adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor",
+            target: "torch.Tensor", seeds: Sequence[int], settings: CCISettings) -> ClusterBatch:
+    """Patch tokens -> k-means clusters -> leave-one-out patterns, and s = cos(image, text)."""
+    tokens = patch_tokens(adapter, pixels, settings.layer)
+    km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
+    patterns, valid = cluster_patterns(km.labels, settings.k)
+    emb, text = emb.float(), text.float().to(emb.device)
+    return ClusterBatch(adapter, pixels, emb, text, target, seeds, settings, km.labels, patterns, valid,
+                        (emb * text).sum(dim=-1))
+
+
+def attribute(
+    adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", target: "torch.Tensor",
+    seeds: Sequence[int], settings: CCISettings, method: "str | type[Attributor] | Attributor" = "cci", *,
+    fg: "torch.Tensor | None" = None, classifier: "torch.Tensor | None" = None,
+) -> Attribution:
+    """One attributor (a name, class or instance; default CCI) on a batch. ``emb`` (B, D) normalised image
+    embeddings, ``text`` (B, D) normalised class embeddings of ``target``; ``seeds`` one per image (see
+    ``sample_seed``).
+
+    ``fg`` (B, N) foreground fraction per patch (NaN rows: no mask) with ``classifier`` (D, C) adds the
+    counterfactual region test. Everything that removes patches goes through ONE ``encode_images_without`` call.
+    """
+    import torch
+
+    kind = find_attributor(method)
+    kind.check_k(settings.k)  # K > patches is allowed here (empty clusters); the step refuses it per model
+    strategy = method if isinstance(method, Attributor) else kind()
+    batch = cluster(adapter, pixels, emb, text, target, seeds, settings)
+    main = strategy.patterns(batch)
+    parts, masked = [main], None
+    if fg is not None and classifier is not None:
+        masked = ~torch.isnan(fg).any(dim=-1)
+        parts.append(region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
+                     & masked.to(main.device)[:, None, None])
+    allp = torch.cat(parts, dim=1)
+    without, ran = encode_patterns(adapter, pixels, allp, batch.emb.shape[-1]) if allp.shape[1] else (None, None)
+    n = main.shape[1]
+    ours = (without[:, :n], ran[:, :n]) if n and without is not None and ran is not None else (None, None)
+    scores = strategy.scores(batch, *ours)
+    regions = None
+    if masked is not None:
+        assert without is not None and ran is not None  # the region patterns went through the call
+        regions = region_test(without[:, n:], ran[:, n:], batch.text, classifier, target, masked)
+    s = batch.s if scores.s is None else scores.s
+    return Attribution(kind.name, settings.k, target.cpu(), batch.labels.cpu(), scores.importance.cpu(),
+                       None if scores.drop is None else scores.drop.cpu(), s.cpu(), batch.valid.cpu(),
+                       scores.shapley, regions)
+
+
+def check_model(adapter: Any, settings: CCISettings, method: "str | type[Attributor]" = "cci") -> None:
+    """Settings that depend on the model, checked before any work: K against the patch count, the layer against
+    the block count (``n_blocks``, when the adapter tells it). One-line ValueError; why: otherwise the failure is
+    a traceback deep in k-means or, for a wrapped layer index, a silently different layer."""
+    find_attributor(method).check_k(settings.k)
+    n = grid_size(adapter)
+    if settings.k > n:
+        raise ValueError(f"--cci-k {settings.k} is more than the {n} patches of {adapter_name(adapter)} "
+                         f"(patch grid {'x'.join(map(str, adapter.patch_grid))}); use --cci-k <= {n}")
+    blocks = n_blocks(adapter)
+    if blocks is not None and not -blocks <= settings.layer < blocks:
+        raise ValueError(f"--cci-layer {settings.layer} is out of range for {adapter_name(adapter)}, which has "
+                         f"{blocks} blocks (use {-blocks}..{blocks - 1})")

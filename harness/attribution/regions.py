@@ -1,0 +1,82 @@
+"""The counterfactual region test (issue 9): does the foreground alone, or the background alone, keep the decision?
+
+On samples with a foreground mask (``counterfactual`` setting, on by default) two more patterns ride the engine's
+one removal call: all foreground patches removed (background only) and all background patches removed
+(foreground only; a patch is foreground when its mask fraction >= ``cf_threshold``). Predictions over the task's
+classifier and similarities to the explained target decide ``bg-sufficient`` / ``fg-sufficient`` / ``both`` /
+``neither``. A region with no patch at all is a prefix-only forward where the adapter allows it, else None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from covar_harness.attribution.records import RegionRecord, short
+
+if TYPE_CHECKING:
+    import torch
+
+OUTCOMES = ("bg-sufficient", "fg-sufficient", "both", "neither")
+
+
+@dataclass
+class RegionTest:
+    """The counterfactual region test for a batch; NaN / -1 where a region was empty and could not be run."""
+
+    s_fg_only: "torch.Tensor"  # (B,) cos(foreground-only image, text(target))
+    s_bg_only: "torch.Tensor"  # (B,)
+    pred_fg_only: "torch.Tensor"  # (B,) argmax over the classifier, -1 when undefined
+    pred_bg_only: "torch.Tensor"  # (B,)
+    target: "torch.Tensor"  # (B,)
+    masked: "torch.Tensor"  # (B,) bool: the sample had a foreground mask (else no test)
+
+    def record(self, b: int) -> RegionRecord | None:
+        """The ``counterfactual`` entry of one sample's log line; None when the sample had no mask."""
+        if not bool(self.masked[b]):
+            return None
+        s_fg, s_bg = _maybe(self.s_fg_only[b]), _maybe(self.s_bg_only[b])
+        p_fg = int(self.pred_fg_only[b]) if int(self.pred_fg_only[b]) >= 0 else None
+        p_bg = int(self.pred_bg_only[b]) if int(self.pred_bg_only[b]) >= 0 else None
+        return RegionRecord(s_fg, s_bg, p_fg, p_bg, region_outcome(int(self.target[b]), p_fg, p_bg))
+
+
+def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | None) -> str | None:
+    """Which region alone reproduces the model's own decision (``target``): bg-sufficient, fg-sufficient, both,
+    neither; None when either region could not be evaluated (it held no patch and the tower needs one)."""
+    if pred_fg_only is None or pred_bg_only is None:
+        return None
+    fg_ok, bg_ok = pred_fg_only == target, pred_bg_only == target
+    return {(True, True): "both", (True, False): "fg-sufficient", (False, True): "bg-sufficient",
+            (False, False): "neither"}[(fg_ok, bg_ok)]
+
+
+def _maybe(value: "torch.Tensor") -> float | None:
+    v = float(value)
+    return None if math.isnan(v) else short(v)
+
+
+def region_patterns(fg: "torch.Tensor", threshold: float) -> "torch.Tensor":
+    """(B, N) foreground fraction per patch -> (B, 2, N): [drop foreground (background only), drop background
+    (foreground only)]. The two regions partition the patches."""
+    import torch
+
+    is_fg = fg >= threshold
+    return torch.stack([is_fg, ~is_fg], dim=1)
+
+
+def region_test(
+    without: "torch.Tensor", ran: "torch.Tensor", text: "torch.Tensor", classifier: "torch.Tensor",
+    target: "torch.Tensor", masked: "torch.Tensor",
+) -> RegionTest:
+    """Similarities and predictions from the two region-only embeddings (B, 2, D) (normalised)."""
+    import torch
+
+    sims = (without * text[:, None, :]).sum(dim=-1).cpu()  # (B, 2): [bg only, fg only]
+    preds = (without @ classifier.to(without.device)).argmax(dim=-1).cpu()
+    ok = ran.cpu() & masked.cpu()[:, None]
+    sims = sims.where(ok, torch.full_like(sims, float("nan")))
+    preds = preds.where(ok, torch.full_like(preds, -1))
+    return RegionTest(sims[:, 1], sims[:, 0], preds[:, 1], preds[:, 0], target.cpu(), masked.cpu())
+

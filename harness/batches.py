@@ -1,0 +1,53 @@
+"""The image side of the zero-shot pass: a DataLoader over a task's samples that never raises on a bad image
+(unreadable files come back as failures, counted by the evaluator), with Ctrl-C left to the main process."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from covar_harness.data import SampleSet
+from covar_harness.interrupt import ignore_sigint, sigint_deferred
+
+
+class _PixelDataset:
+    """Map-style dataset: (index, pixels or None, error). Never raises on a bad image."""
+
+    def __init__(self, samples: SampleSet, preprocess: Callable):
+        self.samples, self.preprocess = samples, preprocess
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(self.samples.open_image(i)), None
+        except Exception as exc:  # corrupt, truncated, missing: skipped and counted by the evaluator
+            return i, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _collate(items):
+    import torch
+
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    failed = [(i, err) for i, x, err in items if x is None]
+    pixels = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], pixels, failed
+
+
+def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, workers: int):
+    from torch.utils.data import DataLoader
+
+    dataset: Any = _PixelDataset(samples, preprocess)  # map-style: __len__ and __getitem__
+    loader: Any = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_sigint if workers > 0 else None,
+    )
+    with sigint_deferred():  # workers fork here: a Ctrl-C now would land in an at-fork hook and be swallowed
+        batches = iter(loader)
+    yield from batches
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
