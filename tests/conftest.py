@@ -1,4 +1,11 @@
-"""Shared fixtures: everything offline, CPU-only, built in the test (tiny models, generated images)."""
+"""Shared fixtures: everything offline, CPU-only, built in the test (tiny models, generated images).
+
+Speed (issue 13): the CLI runs in-process (``helpers.run_cli_inprocess``) except where the process itself is under
+test; expensive shared data (COVAR-Shapes, the tiny open_clip model) is built once per session. Tests that still
+take more than about 5 s are marked ``slow``. CI runs everything; for quick local iteration:
+
+    python -m pytest -q -m "not slow"
+"""
 
 import os
 
@@ -18,6 +25,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_image_folder, make_openclip_dir, write_task_yaml  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the full COVAR-Shapes is ``slow``: run alone, it first waits for the generation."""
+    for item in items:
+        if "covar_shapes_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _no_external_plugins(monkeypatch):
     """Installed third-party plugins stay out of tests unless a test opts in."""
@@ -28,6 +42,17 @@ def _no_external_plugins(monkeypatch):
 def openclip_dir(tmp_path_factory) -> Path:
     """A tiny random open_clip ViT saved as a local-dir model (config + safetensors)."""
     return make_openclip_dir(tmp_path_factory.mktemp("models") / "tiny-vit")
+
+
+@pytest.fixture(scope="session")
+def covar_shapes_data(tmp_path_factory) -> Path:
+    """A data dir (``--data-dir``) holding the full COVAR-Shapes, generated once per session (seconds) and shared:
+    use it read-only. Tests of the generation itself build their own copies. Tests using it are marked ``slow``."""
+    from covar_harness.tasks import covar_shapes as cs
+
+    data = tmp_path_factory.mktemp("shared-data")
+    cs.ensure_covar_shapes(data / "covar-shapes", quiet=True)
+    return data
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from covar_harness.subsets import ALL_SUBSETS
+
 TINY_OPENCLIP_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
@@ -60,17 +62,125 @@ def write_task_yaml(path: Path, name: str, data_path: Path, **extra) -> Path:
     return path
 
 
+CLI_ENV = {"COLUMNS": "250"}  # rich reads the width from COLUMNS when a command creates its console
+
+
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
-    """Run the real console entry point in a subprocess (exit codes, no shared state)."""
+    """Run the real console entry point in a subprocess (exit codes, no shared state).
+
+    Costs a fresh interpreter (torch, open_clip, transformers: seconds each time). Use it only where the process
+    itself is under test: imports at ``--help``, kill -9, SIGINT, a closed pipe, environment variables that
+    libraries read once at import (HF_HOME). Everything else: ``run_cli_inprocess``, same arguments, same result.
+    """
     import os
 
-    full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
+    full_env = {**os.environ, **CLI_ENV, **(env or {})}
     return subprocess.run([sys.executable, "-m", "covar_harness.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
 
 
+class _CliTimeout(BaseException):
+    """Raised by run_cli_inprocess's alarm; a BaseException so that the CLI's own ``except Exception`` lets it by."""
+
+
+def run_cli_inprocess(*args: str, env: dict | None = None, cwd: Path | None = None,
+                      timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``covar_harness.cli.main(args)`` in this process, observed as ``cli`` observes a subprocess.
+
+    Returns a ``CompletedProcess`` with the exit code and the text written to stdout and stderr (UTF-8 streams
+    without a terminal, strict on stdout and backslashreplace on stderr, like a child's pipes; rich consoles look
+    up ``sys.stdout`` when they print). For the call only, and restored after, whatever happens: ``env`` on top of
+    ``os.environ`` (plus COLUMNS=250), ``PYTHONPATH`` entries in front of ``sys.path`` (modules imported from them
+    are forgotten after, so the next test imports its own), the working directory, the root logger (emptied, so
+    the CLI's ``logging.basicConfig`` writes warnings to this stderr, as in a fresh process) and, with
+    ``timeout``, a SIGALRM timer that raises ``subprocess.TimeoutExpired`` as ``subprocess.run`` would.
+    Exit codes as a process: ``SystemExit`` (argparse) gives its code, an uncaught exception its traceback on
+    stderr and 1.
+    """
+    import importlib
+    import io
+    import logging
+    import os
+    import signal
+    import traceback
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from covar_harness import cli as cli_module
+
+    overrides = {**CLI_ENV, **(env or {})}
+    saved_env = {key: os.environ.get(key) for key in overrides}
+    extra_paths = [str(Path(p).resolve()) for p in overrides.get("PYTHONPATH", "").split(os.pathsep) if p]
+    saved_sys_path = list(sys.path)
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_cwd = os.getcwd()
+    out_bytes, err_bytes = io.BytesIO(), io.BytesIO()
+    out = io.TextIOWrapper(out_bytes, encoding="utf-8", errors="strict", write_through=True)
+    err = io.TextIOWrapper(err_bytes, encoding="utf-8", errors="backslashreplace", write_through=True)
+    alarm = timeout is not None
+    previous_alarm = None
+    try:
+        for key, value in overrides.items():
+            os.environ[key] = str(value)
+        if extra_paths:
+            sys.path[:0] = extra_paths
+            importlib.invalidate_caches()
+        root.handlers = []
+        if cwd is not None:
+            os.chdir(cwd)
+        if alarm:
+            def expire(_signum, _frame):
+                raise _CliTimeout
+
+            previous_alarm = signal.signal(signal.SIGALRM, expire)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = cli_module.main(list(args))
+            except SystemExit as exc:  # argparse: usage errors (2), --help (0)
+                code = exc.code
+                if code is not None and not isinstance(code, int):
+                    print(code, file=sys.stderr)
+                    code = 1
+            except Exception:  # uncaught in a real process: traceback on stderr, exit 1
+                traceback.print_exc()
+                code = 1
+            out.flush()
+            err.flush()
+    except _CliTimeout:
+        raise subprocess.TimeoutExpired(["covar-harness", *args], timeout) from None
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+        os.chdir(saved_cwd)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        sys.path[:] = saved_sys_path
+        if extra_paths:
+            for name, module in list(sys.modules.items()):
+                origin = getattr(module, "__file__", None) or ""
+                if any(origin.startswith(p + os.sep) for p in extra_paths):
+                    del sys.modules[name]
+            importlib.invalidate_caches()
+
+    def text(raw: bytes, errors: str) -> str:
+        return raw.decode("utf-8", errors).replace("\r\n", "\n").replace("\r", "\n")  # as text=True reads it
+
+    return subprocess.CompletedProcess(["covar-harness", *args], 0 if code is None else int(code),
+                                       text(out_bytes.getvalue(), "strict"), text(err_bytes.getvalue(), "replace"))
+
+
 COVAR_CLASSES = ["cat", "dog", "fish"]
-COVAR_SUBSETS = ("original", "bg_varied", "hflip", "translate", "crop", "vflip", "rotation", "viewpoint", "scale")
+COVAR_SUBSETS = ALL_SUBSETS  # every subset folder, from the harness's one list
 
 
 def _mask(path: Path) -> None:

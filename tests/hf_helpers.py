@@ -131,10 +131,18 @@ def as_hub_cache(folder: Path, cache: Path, repo_id: str) -> Path:
     return cache
 
 
-@pytest.fixture(scope="module")
+_TINY: dict[str, dict[str, Path]] = {}  # per pytest session (its base temp dir): family -> saved folder
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    return {f: save_tiny(f, root / f, seed=i) for i, f in enumerate(FAMILIES)}
+    """One saved model per family, built once per session: every module that imports this fixture gets its own
+    fixture definition, so the folders are kept here and shared. Use them read-only."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _TINY:
+        root = tmp_path_factory.mktemp("hf")
+        _TINY[key] = {f: save_tiny(f, root / f, seed=i) for i, f in enumerate(FAMILIES)}
+    return _TINY[key]
 
 
 @pytest.fixture(scope="module")

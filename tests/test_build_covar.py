@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covar_harness import build_covar as bc
-from helpers import cli
+from covar_harness.tasks import build_covar as bc
+from helpers import run_cli_inprocess
 
 
 def _cutout(path: Path, colour, shape: str, size: int = 40) -> None:
@@ -192,8 +192,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, setup, message):
         _background(backgrounds / "dgo" / "z.png", 4)
     elif setup == "bad_manifest":
         (objects / "manifest.json").write_text(json.dumps({"x": {"views": ["a.png"]}}))
-    r = cli("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds), "--out", str(tmp_path / "o"),
-            "--workers", "1")
+    r = run_cli_inprocess("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds),
+                          "--out", str(tmp_path / "o"), "--workers", "1")
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -208,8 +208,8 @@ def test_cli_builds_with_image_mask_pairs(tmp_path):
         Image.fromarray(m).save(objects / "dog" / f"d{i}.mask.png")
         _background(backgrounds / f"bg{i}.png", i)
     out = tmp_path / "out"
-    r = cli("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds), "--out", str(out),
-            "--size", "32", "--workers", "2", "--seed", "5")
+    r = run_cli_inprocess("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds),
+                          "--out", str(out), "--size", "32", "--workers", "2", "--seed", "5")
     assert r.returncode == 0, r.stderr
     assert "original 2" in r.stdout
     recs = list(bc.iter_records(out, "original"))

@@ -377,8 +377,8 @@ def test_layer_setting_needs_an_adapter_that_takes_it():
 
 
 def test_step_process_records_and_last_batch(toy_data):
-    """process() returns one record per attributed sample, keyed by SampleSet position, and keeps the batch's
-    Attribution for later steps (diagnosis) in ``last``."""
+    """process() returns one typed record per attributed sample, keyed by SampleSet position: what later steps
+    (diagnosis) read."""
     from covar_harness.evaluator import Batch
 
     samples = load_masked({"path": str(toy_data)}, toy_data)
@@ -391,10 +391,10 @@ def test_step_process_records_and_last_batch(toy_data):
     step.start(adapter, None, samples)
     records = step.process(batch)
     assert [r["index"] for r in records] == [3]  # sample 3 (black top-left) is the only error
-    rows, result = step.last
-    assert rows == [1] and result.assignments.shape == (1, GRID * GRID)
+    result = records[0].cci  # the typed record (AttributionStep.last is gone)
+    assert records[0].index == 3 and len(result.assignments) == GRID * GRID
     assert records[0]["cci"]["target"] == 0 and records[0]["cci"]["importance"] == pytest.approx(
-        result.importance[0].tolist(), rel=1e-6)
+        result.importance, rel=1e-6)
 
 
 def test_explain_prints_cluster_table_and_writes_overlay(tmp_path, toy_catalog, capsys):

@@ -8,15 +8,15 @@ import logging
 from pathlib import Path
 
 import pytest
-from helpers import cli, make_image
+from helpers import make_image, run_cli_inprocess
 
 from covar_harness import results
 from covar_harness.data import DatasetNotFound
 from covar_harness.resources import named
 from covar_harness.taskconfig import parse_task
-from covar_harness.tasks.class_groups import class_groups, class_groups_rule, share_group
+from covar_harness.class_groups import class_groups, class_groups_rule, share_group
 from covar_harness.tasks.counteranimals import load_counteranimals
-from covar_harness.tasks.imagenet import imagenet_index
+from covar_harness.imagenet import imagenet_index
 
 # ImageNet index -> (release folder name, common folder, counter folder, photos per group)
 RELEASE = {
@@ -111,10 +111,10 @@ def test_45way_restriction_relabels(tmp_path):
 def test_cli_end_to_end_and_leaderboard(tmp_path, openclip_dir):
     make_release(tmp_path / "data" / "counteranimals")
     out = tmp_path / "results"
-    r = cli("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks",
-            "counteranimals/common,counteranimals/counter,counteranimals/common-45way", "--data-dir",
-            str(tmp_path / "data"), "--output-dir", str(out), "--log-samples", "--workers", "0",
-            "--attribution", "none")
+    r = run_cli_inprocess("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks",
+                          "counteranimals/common,counteranimals/counter,counteranimals/common-45way", "--data-dir",
+                          str(tmp_path / "data"), "--output-dir", str(out), "--log-samples", "--workers", "0",
+                          "--attribution", "none")
     assert r.returncode == 0, r.stdout + r.stderr
     recs = {}
     for p in out.rglob("*.json"):
@@ -134,7 +134,7 @@ def test_cli_end_to_end_and_leaderboard(tmp_path, openclip_dir):
     narrow = recs["counteranimals/common-45way"][0]
     assert narrow["task"]["n_classes"] == 45 and "unofficial" in narrow["task"]["tags"]
 
-    lb = cli("leaderboard", str(out), "--format", "json", "--reference", "paper")
+    lb = run_cli_inprocess("leaderboard", str(out), "--format", "json", "--reference", "paper")
     assert lb.returncode == 0, lb.stderr
     tables = json.loads(lb.stdout)["tables"]
     official = next(t for t in tables if "official protocol" in t["title"])

@@ -157,14 +157,14 @@ def test_counterfactual_rule_score_is_continuous_and_keeps_the_driver():
     assert d.per_sample[0]["scores"]["paper"] is None  # no cci record: the paper rule cannot score
 
 
-def test_run_logs_counterfactual_by_default_on_masked_tasks(tmp_path):
+def test_run_logs_counterfactual_by_default_on_masked_tasks(tmp_path, covar_shapes_data):
     """``covar-harness run`` on the shortcut demo model: region tests are on by default with masks, logged per
     sample, and most of its decisions survive on the background alone (its planted shortcut)."""
     from covar_harness.cli import main
 
     out = tmp_path / "out"
     code = main(["run", "--models", "demo/shapes-shortcut", "--tasks", "covar-shapes/original", "--limit", "16",
-                 "--data-dir", str(tmp_path / "data"), "--output-dir", str(out), "--workers", "0", "--log-samples",
+                 "--data-dir", str(covar_shapes_data), "--output-dir", str(out), "--workers", "0", "--log-samples",
                  "--driver-rule", "counterfactual,paper"])
     assert code == 0
     path = next(out.rglob("*original.json"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import COVAR_CLASSES as CLASSES
 from helpers import COVAR_SUBSETS as SUBSETS
-from helpers import cli, make_covar
+from helpers import make_covar, run_cli_inprocess
 
 from covar_harness import results
 from covar_harness.data import DatasetNotFound
@@ -84,8 +84,9 @@ def test_cli_runs_all_covar_tasks_and_leaderboard_averages_eight(tmp_path, openc
     data = tmp_path / "data"
     make_covar(data / "covar")
     out = tmp_path / "results"
-    r = cli("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", "covar/*", "--data-dir", str(data),
-            "--output-dir", str(out), "--log-samples", "--batch-size", "8", "--workers", "0", "--attribution", "none")
+    r = run_cli_inprocess("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", "covar/*",
+                          "--data-dir", str(data), "--output-dir", str(out), "--log-samples", "--batch-size", "8",
+                          "--workers", "0", "--attribution", "none")
     assert r.returncode == 0, r.stdout + r.stderr
     files = sorted(p for p in out.rglob("*.json"))
     assert len(files) == 9
@@ -99,7 +100,7 @@ def test_cli_runs_all_covar_tasks_and_leaderboard_averages_eight(tmp_path, openc
     assert log[0]["mask"] == "original/img/cat0.mask.png" and log[0]["source_id"] == "cat-0"
     assert log[0]["variation"] == {"transform": "original", "k": 0} and log[0]["label"] == 0
 
-    lb = cli("leaderboard", str(out), "--format", "json")
+    lb = run_cli_inprocess("leaderboard", str(out), "--format", "json")
     assert lb.returncode == 0, lb.stderr
     table = next(t for t in json.loads(lb.stdout)["tables"] if t["title"].startswith("covar: zero-shot accuracy"))
     assert table["columns"] == ["Model", "Original", "Bg-varied", "H-flip", "Translate", "Crop", "V-flip",

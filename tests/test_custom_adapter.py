@@ -7,7 +7,7 @@ import json
 import textwrap
 
 import pytest
-from helpers import cli
+from helpers import run_cli_inprocess
 
 from covar_harness import results
 from covar_harness.models import load_model
@@ -110,8 +110,8 @@ def test_custom_adapter_runs_end_to_end_through_the_cli(adapter_file, task_yaml,
     """A good and a bad custom model in one run: the good one writes a valid result, the bad one fails alone."""
     out = tmp_path / "out"
     models = f"custom:{adapter_file}:build,custom:{adapter_file}:broken"
-    proc = cli("run", "--models", models, "--tasks", "toy/shapes", "--include-path", str(task_yaml),
-               "--output-dir", str(out), "--device", "cpu", "--workers", "0")
+    proc = run_cli_inprocess("run", "--models", models, "--tasks", "toy/shapes", "--include-path", str(task_yaml),
+                             "--output-dir", str(out), "--device", "cpu", "--workers", "0")
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one pair failed, the other still ran
     assert "not a ModelAdapter: missing method `preprocess" in " ".join(proc.stderr.split())
     [path] = list(out.glob("*/*.json"))

@@ -10,20 +10,20 @@ import pytest
 
 from covar_harness import results
 from covar_harness.tasks import covar_shapes as cs
-from helpers import cli
+from helpers import run_cli_inprocess
 
 MODELS = ("demo/shapes-clean", "demo/shapes-shortcut")
 LIMIT = "150"
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
+def demo_run(tmp_path_factory, covar_shapes_data) -> Path:
     """One CLI run of both demo models on original and bg_varied (a seeded subset), results in a folder."""
     base = tmp_path_factory.mktemp("demo")
-    cs.ensure_covar_shapes(base / "data" / "covar-shapes", quiet=True)
-    r = cli("run", "--models", "demo", "--tasks", "covar-shapes/original,covar-shapes/bg_varied",
-            "--data-dir", str(base / "data"), "--output-dir", str(base / "results"), "--limit", LIMIT,
-            "--attribution", "none", "--batch-size", "150", "--workers", "0")
+    assert cs.is_current(covar_shapes_data / "covar-shapes")  # the session's generation, not one made by the run
+    r = run_cli_inprocess("run", "--models", "demo", "--tasks", "covar-shapes/original,covar-shapes/bg_varied",
+                          "--data-dir", str(covar_shapes_data), "--output-dir", str(base / "results"),
+                          "--limit", LIMIT, "--attribution", "none", "--batch-size", "150", "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     return base / "results"
 

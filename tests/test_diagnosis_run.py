@@ -2,7 +2,8 @@
 
 import json
 
-from helpers import cli, make_covar, write_task_yaml, make_image_folder
+from helpers import make_covar, write_task_yaml, make_image_folder
+from helpers import run_cli_inprocess as cli  # the CLI in this process: same exit codes and output, no start-up
 
 
 def _samples(result_path):

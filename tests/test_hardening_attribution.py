@@ -232,8 +232,8 @@ def test_plain_cci_never_builds_the_coalition_table(toy_file, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("coalition table built for plain CCI")
 
-    monkeypatch.setattr(attribution, "coalition_patterns", boom)
-    monkeypatch.setattr(attribution, "coalition_table", boom)
+    monkeypatch.setattr(attribution.shapley, "coalition_patterns", boom)
+    monkeypatch.setattr(attribution.shapley, "coalition_table", boom)
     adapter = toy(toy_file, "batched")
     pixels, emb, text, target, seeds = batch_inputs(adapter, n=2)
     for method in ("cci", "random"):
@@ -308,7 +308,7 @@ def test_kmeans_split_over_images_gives_the_same_clusters(monkeypatch):
     x = torch.randn(5, 30, 8, generator=torch.Generator().manual_seed(3))
     seeds = [11, 12, 13, 14, 15]
     whole = attribution.batched_kmeans(x, 4, seeds, n_init=3)
-    monkeypatch.setattr(attribution, "KMEANS_BUDGET_BYTES", 2 * 3 * 30 * 8 * 4)  # two images per piece
+    monkeypatch.setattr(attribution.kmeans, "KMEANS_BUDGET_BYTES", 2 * 3 * 30 * 8 * 4)  # two images per piece
     split = attribution.batched_kmeans(x, 4, seeds, n_init=3)
     assert torch.equal(whole.labels, split.labels)
     torch.testing.assert_close(whole.inertia, split.inertia)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import cli, make_covar, make_image_folder, write_task_yaml
+from helpers import make_covar, make_image_folder, run_cli_inprocess, write_task_yaml
 
 from covar_harness.data import DatasetNotFound, open_task_data, preflight
 from covar_harness.plugin_manager import load_catalog
@@ -84,15 +84,15 @@ def test_build_covar_overwrite_replaces_only_a_previous_build(tmp_path):
     (mine / "data.csv").write_text("precious")
     args = ["build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds), "--size", "32",
             "--workers", "1"]
-    r = cli(*args, "--out", str(mine), "--overwrite")
+    r = run_cli_inprocess(*args, "--out", str(mine), "--overwrite")
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(mine) in lines[0] and "refusing" in lines[0]
     assert sorted(p.name for p in mine.iterdir()) == ["data.csv"]
     out = tmp_path / "out"
-    assert cli(*args, "--out", str(out)).returncode == 0
+    assert run_cli_inprocess(*args, "--out", str(out)).returncode == 0
     (out / "build.json").unlink()  # an interrupted build still carries its start marker
-    r = cli(*args, "--out", str(out), "--overwrite")
+    r = run_cli_inprocess(*args, "--out", str(out), "--overwrite")
     assert r.returncode == 0, r.stderr
     assert (out / "build.json").is_file()
 
@@ -231,8 +231,8 @@ def test_preflight_ok_for_present_covar_and_refuses_bad_subset_data(tmp_path, ca
 def test_single_view_build_notes_and_skips_viewpoint(tmp_path, catalog):
     objects, backgrounds = _objects_and_backgrounds(tmp_path)
     out = tmp_path / "covar"
-    r = cli("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds), "--out", str(out),
-            "--size", "32", "--workers", "1")
+    r = run_cli_inprocess("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds),
+                          "--out", str(out), "--size", "32", "--workers", "1")
     assert r.returncode == 0, r.stderr
     assert "note:" in r.stdout and "single view" in r.stdout
     view = parse_task({"task": "t/v", "dataset": {"format": "covar", "path": str(out), "subset": "viewpoint"}})

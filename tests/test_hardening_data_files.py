@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import COVAR_CLASSES, cli, make_covar, make_image_folder
+from helpers import COVAR_CLASSES, make_covar, make_image_folder, run_cli_inprocess
 from PIL import Image
 
 from covar_harness import data as data_mod
@@ -92,7 +92,7 @@ def test_8_bit_modes_are_unchanged():
 
 
 def test_build_covar_reads_16_bit_objects(tmp_path):
-    from covar_harness.build_covar import View, load_view
+    from covar_harness.tasks.build_covar import View, load_view
 
     arr = np.full((20, 20), 30000, np.uint16)
     Image.fromarray(arr).save(tmp_path / "o.png")
@@ -231,7 +231,7 @@ def test_class_groups_shape_is_checked(groups, message):
 
 
 def test_class_groups_file_with_bad_values_is_a_usage_error(tmp_path):
-    from covar_harness.tasks.class_groups import class_groups
+    from covar_harness.class_groups import class_groups
 
     (tmp_path / "g.json").write_text(json.dumps({"cat": [[1, 2]], "dog": "pets"}))
     (tmp_path / "t.yaml").write_text("task: x/y\ndataset: {format: imagefolder, path: x}\nclass_groups: g.json\n")
@@ -243,7 +243,7 @@ def test_class_groups_file_with_bad_values_is_a_usage_error(tmp_path):
 def test_cli_refuses_a_bomb_task_with_exit_2(tmp_path):
     (tmp_path / "bomb.yaml").write_text(
         f"task: x/bomb\ndataset: {{format: imagefolder, path: x}}\nclass_groups:\n{_laughs()}\n")
-    r = cli("ls", "tasks", "--include-path", str(tmp_path / "bomb.yaml"), timeout=60)
+    r = run_cli_inprocess("ls", "tasks", "--include-path", str(tmp_path / "bomb.yaml"), timeout=60)
     assert r.returncode == 2, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
 
@@ -276,7 +276,7 @@ def test_each_subset_folder_loads_as_a_hf_imagefolder(small_build, tmp_path):
 def test_old_builds_with_root_relative_paths_read_identically(small_build, tmp_path):
     import shutil
 
-    from covar_harness.build_covar import iter_records
+    from covar_harness.tasks.build_covar import iter_records
     from covar_harness.tasks.covar import load_covar
 
     old = tmp_path / "old"

@@ -13,7 +13,7 @@ import pytest
 
 from covar_harness import results
 from covar_harness.cli import main
-from helpers import cli
+from helpers import run_cli_inprocess
 from test_hardening_results import deadline, valid_record
 
 
@@ -133,7 +133,7 @@ def test_plugins_json_strips_control_characters(capsys, monkeypatch):
 
 def test_cli_validate_folder_end_to_end(tmp_path):
     good = _folder(tmp_path)
-    r = cli("validate", str(good))
+    r = run_cli_inprocess("validate", str(good))
     assert r.returncode == 0 and r.stdout.count(": ok") == 2
-    r = cli("validate", str(tmp_path / "missing"))
+    r = run_cli_inprocess("validate", str(tmp_path / "missing"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -172,6 +172,7 @@ def test_an_interrupt_swallowed_elsewhere_still_stops_the_run(openclip_dir, two_
     assert not list((tmp_path / "out").rglob("*.json"))
 
 
+@pytest.mark.slow  # three real processes in turn, each starting an interpreter with torch
 def test_ctrl_c_with_dataloader_workers_always_exits_130(openclip_dir, tmp_path):
     folder = make_image_folder(tmp_path / "imgs", per_class=30, size=48)
     tasks = [write_task_yaml(tmp_path / f"t{i}.yaml", f"toy/t{i}", folder) for i in range(6)]
@@ -226,3 +227,23 @@ def test_an_unreachable_hub_is_explained_once_per_run(two_tasks, tmp_path, capsy
                                 "--tasks", ",".join(map(str, two_tasks)), "--output-dir", str(tmp_path / "o"))
     assert code == 1
     assert (stdout + err).count("set HF_HUB_OFFLINE=1") == 1
+
+
+def test_an_interrupt_inside_a_weakref_callback_is_not_printed_but_still_stops(capsys):
+    import weakref
+
+    from covar_harness.interrupt import INTERRUPT
+
+    class Thing:
+        pass
+
+    def callback(_ref):
+        INTERRUPT._handler(signal.SIGINT, None)  # SIGINT landing inside a weakref callback: Python swallows it
+
+    with pytest.raises(KeyboardInterrupt), INTERRUPT.installed():
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback runs here; its KeyboardInterrupt goes to sys.unraisablehook
+        assert ref() is None and INTERRUPT.hit
+        INTERRUPT.check()
+    assert "Exception ignored" not in capsys.readouterr().err

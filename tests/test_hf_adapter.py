@@ -156,6 +156,7 @@ def test_plugin_module_imports_no_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow  # a real process: HF_HOME is read once, when huggingface_hub is imported
 def test_all_families_run_end_to_end_through_the_cli(tiny, tmp_path, image_folder):
     """clip and siglip from folders, siglip2 by hub id from an HF_HOME cache: valid result files for all three."""
     hf_home = tmp_path / "hf_home"

@@ -1,4 +1,4 @@
-"""Exact patch removal (DESIGN 3, attribution capability) for transformers CLIP, SigLIP and SigLIP2 towers.
+"""Exact patch removal (docs/design.md section 3, attribution capability) for transformers CLIP, SigLIP and SigLIP2 towers.
 
 Each check compares the adapter's ``encode_images_without`` with a forward written here from the towers'
 modules, so a mistake in the adapter (a leaked token, a missing layer norm, an unmasked pooling head) shows.

@@ -56,6 +56,7 @@ def test_groups_globs_and_names_resolve(catalog):
         resolve_models("paper/vit-b-32-224-opena", catalog)
 
 
+@pytest.mark.slow  # a real process: HF_HOME / XDG_CACHE_HOME are read once, when the libraries are imported
 def test_ls_and_dry_run_list_all_eighteen_without_downloading(tmp_path, task_yaml):
     hf_home = tmp_path / "hf_home"
     env = {"COLUMNS": "400", "HF_HOME": str(hf_home), "XDG_CACHE_HOME": str(tmp_path / "xdg")}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli
+from helpers import run_cli_inprocess
 
 PLUGIN_SRC = '''
 from covar_harness import hookimpl
@@ -63,16 +63,16 @@ def plugin_env(tmp_path, image_folder):
 
 
 def test_third_party_plugin_is_discovered_listed_and_runs(plugin_env, tmp_path):
-    ls = cli("ls", "models", env=plugin_env)
+    ls = run_cli_inprocess("ls", "models", env=plugin_env)
     assert ls.returncode == 0 and "thirdparty/colour-means" in ls.stdout
-    tasks = cli("ls", "tasks", env=plugin_env)
+    tasks = run_cli_inprocess("ls", "tasks", env=plugin_env)
     assert "thirdparty/colours" in tasks.stdout
-    plugins = json.loads(cli("plugins", "--json", env=plugin_env).stdout)
+    plugins = json.loads(run_cli_inprocess("plugins", "--json", env=plugin_env).stdout)
     mine = [p for p in plugins if p["distribution"] == "colourplug"]
     assert mine and mine[0]["hooks"] == ["register_models", "register_tasks"] and not mine[0]["builtin"]
     out = tmp_path / "results"
-    run = cli("run", "--models", "thirdparty", "--tasks", "thirdparty/*", "--output-dir", str(out),
-              "--workers", "0", env=plugin_env)
+    run = run_cli_inprocess("run", "--models", "thirdparty", "--tasks", "thirdparty/*", "--output-dir", str(out),
+                            "--workers", "0", env=plugin_env)
     assert run.returncode == 0, run.stderr
     result = json.loads(next(out.rglob("*.json")).read_text())
     assert result["metrics"]["acc1"] == 1.0  # colour means separate the colour classes perfectly
@@ -81,11 +81,11 @@ def test_third_party_plugin_is_discovered_listed_and_runs(plugin_env, tmp_path):
 
 def test_allowlist_variable_filters_third_party_but_keeps_builtins(plugin_env):
     env = {**plugin_env, "COVAR_HARNESS_PLUGINS": ""}
-    names = [p["name"] for p in json.loads(cli("plugins", "--json", env=env).stdout)]
+    names = [p["name"] for p in json.loads(run_cli_inprocess("plugins", "--json", env=env).stdout)]
     assert "colour" not in names and "openclip" in names
     env = {**plugin_env, "COVAR_HARNESS_PLUGINS": "someone-else"}
-    assert "thirdparty/colour-means" not in cli("ls", "models", env=env).stdout
-    unknown = cli("run", "--models", "thirdparty/colour-means", "--tasks", "x", "--dry-run", env=env)
+    assert "thirdparty/colour-means" not in run_cli_inprocess("ls", "models", env=env).stdout
+    unknown = run_cli_inprocess("run", "--models", "thirdparty/colour-means", "--tasks", "x", "--dry-run", env=env)
     assert unknown.returncode == 2
 
 

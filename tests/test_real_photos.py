@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from covar_harness import results
-from helpers import cli
+from helpers import run_cli_inprocess
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 CLASSES = {"cats": "animals/mammals/cats", "dogs": "animals/mammals/dogs", "birds": "animals/birds",
@@ -70,8 +70,9 @@ def test_build_from_real_photos_and_run_demo_model(tmp_path):
         pytest.skip(f"fewer than two classes of photo cut-outs found under {STAMPS}")
     _backgrounds(tmp_path / "backgrounds")
     data = tmp_path / "covar-real"
-    r = cli("build-covar", "--objects", str(tmp_path / "objects"), "--backgrounds", str(tmp_path / "backgrounds"),
-            "--out", str(data), "--size", "64", "--seed", "1")
+    r = run_cli_inprocess("build-covar", "--objects", str(tmp_path / "objects"),
+                          "--backgrounds", str(tmp_path / "backgrounds"), "--out", str(data), "--size", "64",
+                          "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert json.loads((data / "classes.json").read_text()) == sorted(chosen)
     n_objects = sum(len(v) for v in chosen.values())
@@ -90,8 +91,8 @@ def test_build_from_real_photos_and_run_demo_model(tmp_path):
             "task": f"real/{subset}", "dataset": {"format": "covar", "path": str(data), "subset": subset},
             "templates": ["{}"], "version": 1}))
     out = tmp_path / "results"
-    r = cli("run", "--models", "demo/shapes-clean", "--tasks", "real/*", "--include-path", str(tasks),
-            "--output-dir", str(out), "--attribution", "none", "--workers", "0")
+    r = run_cli_inprocess("run", "--models", "demo/shapes-clean", "--tasks", "real/*", "--include-path", str(tasks),
+                          "--output-dir", str(out), "--attribution", "none", "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     for subset in ("original", "bg_varied"):
         res = json.loads(results.result_path(out, "demo/shapes-clean", f"real/{subset}").read_text())

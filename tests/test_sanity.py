@@ -11,11 +11,11 @@ from covar_harness import sanity
 EXPECTED_ROWS = {"paper", "area", "shapley", "counterfactual", "paper/random", "area/random"}
 
 
-def test_sanity_prints_the_table_and_writes_the_json(tmp_path, capsys):
+def test_sanity_prints_the_table_and_writes_the_json(tmp_path, capsys, covar_shapes_data):
     from covar_harness.cli import main
 
     path = tmp_path / "report" / "sanity.json"
-    code = main(["sanity", "--limit", "24", "--json", str(path), "--data-dir", str(tmp_path / "data")])
+    code = main(["sanity", "--limit", "24", "--json", str(path), "--data-dir", str(covar_shapes_data)])
     assert code == 0
     report = json.loads(path.read_text())
     assert set(report["rules"]) == EXPECTED_ROWS

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_OPENCLIP_CFG, cli, make_openclip_dir
+from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
+from helpers import run_cli_inprocess as cli  # the CLI in this process: same exit codes and output, no start-up
 
 import covar_harness
 from covar_harness import token_removal as tr
