@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -61,8 +61,9 @@ def load_adapter(which: str, tmp: Path, device: str):
     return OpenClipAdapter("ViT-B-32 (random)", model, pre, open_clip.get_tokenizer("ViT-B-32"), device, "fp32")
 
 
-def end_to_end(adapter, task_yaml: Path, batch_size: int, workers: int, steps: list, repeats: int,
-               device: str) -> float:
+def end_to_end(
+    adapter, task_yaml: Path, batch_size: int, workers: int, steps: list, repeats: int, device: str
+) -> float:
     from covar_harness.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
     from covar_harness.plugin_manager import load_catalog
 
@@ -91,8 +92,9 @@ def breakdown(adapter, pixels, k: int, repeats: int, device: str) -> dict[str, f
     return {
         "encode": timed(lambda: adapter.encode_images(pixels), device, repeats),
         "patch_tokens": timed(lambda: patch_tokens(adapter, pixels, settings.layer), device, repeats),
-        "kmeans": timed(lambda: batched_kmeans(tokens, k, seeds, settings.kmeans_n_init, settings.kmeans_iters),
-                        device, repeats),
+        "kmeans": timed(
+            lambda: batched_kmeans(tokens, k, seeds, settings.kmeans_n_init, settings.kmeans_iters), device, repeats
+        ),
         "removal": timed(lambda: adapter.encode_images_without(pixels, patterns), device, repeats),
         "cci_total": timed(lambda: attribute(adapter, pixels, emb, text, target, seeds, settings), device, repeats),
     }
@@ -117,8 +119,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from covar_harness.attribution import AttributionSettings, AttributionStep
     from eval_overhead import make_images
+
+    from covar_harness.attribution import AttributionSettings, AttributionStep
     from helpers import write_task_yaml
 
     torch.manual_seed(0)
@@ -126,8 +129,10 @@ def main() -> None:
     folder = make_images(tmp / "imgs", args.images)
     task = write_task_yaml(tmp / "task.yaml", "bench/images", folder)
     files = sorted(folder.rglob("*.jpg"))
-    print(f"{len(files)} images, batch {args.batch_size}, K={args.k}, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, DataLoader workers {args.workers}")
+    print(
+        f"{len(files)} images, batch {args.batch_size}, K={args.k}, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, DataLoader workers {args.workers}"
+    )
     for which in args.models.split(","):
         adapter = load_adapter(which, tmp, args.device)
         from PIL import Image
@@ -143,14 +148,18 @@ def main() -> None:
         print(f"\n== {adapter.name}  ({grid} patches)")
         print(f"  evaluation alone      : {n / plain:8.1f} img/s")
         print(f"  evaluation + CCI      : {n / with_cci:8.1f} img/s   ({with_cci / plain:.2f}x the time of evaluation)")
-        print(f"  per batch of {b}: encode {parts['encode'] * 1e3:.1f} ms | patch_tokens "
-              f"{parts['patch_tokens'] * 1e3:.1f} ms | k-means {parts['kmeans'] * 1e3:.1f} ms | "
-              f"removal (1 call, {args.k} patterns) {parts['removal'] * 1e3:.1f} ms | "
-              f"attribute() {parts['cci_total'] * 1e3:.1f} ms")
+        print(
+            f"  per batch of {b}: encode {parts['encode'] * 1e3:.1f} ms | patch_tokens "
+            f"{parts['patch_tokens'] * 1e3:.1f} ms | k-means {parts['kmeans'] * 1e3:.1f} ms | "
+            f"removal (1 call, {args.k} patterns) {parts['removal'] * 1e3:.1f} ms | "
+            f"attribute() {parts['cci_total'] * 1e3:.1f} ms"
+        )
         summed = parts["encode"] + parts["patch_tokens"] + parts["kmeans"] + parts["removal"]
-        print(f"  (K+1)-pass bound      : {bound * 1e3:.1f} ms;  (encode + attribute()) / bound = "
-              f"{(parts['encode'] + parts['cci_total']) / bound:.2f};  (encode + sum of parts) / bound = "
-              f"{summed / bound:.2f};  removal / (K x encode) = {parts['removal'] / (args.k * parts['encode']):.2f}")
+        print(
+            f"  (K+1)-pass bound      : {bound * 1e3:.1f} ms;  (encode + attribute()) / bound = "
+            f"{(parts['encode'] + parts['cci_total']) / bound:.2f};  (encode + sum of parts) / bound = "
+            f"{summed / bound:.2f};  removal / (K x encode) = {parts['removal'] / (args.k * parts['encode']):.2f}"
+        )
 
 
 if __name__ == "__main__":

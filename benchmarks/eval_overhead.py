@@ -86,7 +86,9 @@ def main() -> None:
     bare_loop(adapter, files[: args.batch_size], args.batch_size)  # warm-up
 
     bare = statistics.median(bare_loop(adapter, files, args.batch_size) for _ in range(args.repeats))
-    print(f"model: {adapter.name}; {len(files)} images, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {adapter.name}; {len(files)} images, batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
     print(f"bare encode_image loop        : {bare:7.2f} s  ({len(files) / bare:7.1f} img/s)  1.00x")
     for workers in (0, min(4, os.cpu_count() or 1)):
         t = statistics.median(harness(adapter, task, args.batch_size, workers) for _ in range(args.repeats))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -55,9 +55,11 @@ def tiny_model():
     import open_clip
 
     torch.manual_seed(0)
-    return open_clip.CLIP(embed_dim=64, vision_cfg={"image_size": 64, "patch_size": 8, "width": 128, "layers": 4,
-                                                    "head_width": 32},
-                          text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1})
+    return open_clip.CLIP(
+        embed_dim=64,
+        vision_cfg={"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
+        text_cfg={"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+    )
 
 
 def bench(adapter, image_size: int, batch: int, k: int, reps: int) -> dict[str, float]:
@@ -68,8 +70,9 @@ def bench(adapter, image_size: int, batch: int, k: int, reps: int) -> dict[str, 
     adapter.encode_images(pixels)  # warm-up
     reference = adapter.encode_images_without(pixels, drop, strategy="shorten")
     for strategy in ("auto", "mask"):  # the figures below compare equal results
-        torch.testing.assert_close(adapter.encode_images_without(pixels, drop, strategy=strategy), reference,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            adapter.encode_images_without(pixels, drop, strategy=strategy), reference, rtol=1e-4, atol=1e-4
+        )
     return {
         "plain": median_seconds(lambda: adapter.encode_images(pixels), reps),
         "auto": median_seconds(lambda: adapter.encode_images_without(pixels, drop), reps),
@@ -82,8 +85,10 @@ def bench(adapter, image_size: int, batch: int, k: int, reps: int) -> dict[str, 
 
 def report(name: str, t: dict[str, float], k: int) -> None:
     print(f"\n{name}: plain forward {t['plain'] * 1e3:.1f} ms; mean kept fraction {t['kept']:.3f}")
-    print(f"  K={k} removal passes (batched, auto) / plain forward : {t['auto'] / t['plain']:.2f}"
-          f"   (ideal ~{k * t['kept']:.2f})")
+    print(
+        f"  K={k} removal passes (batched, auto) / plain forward : {t['auto'] / t['plain']:.2f}"
+        f"   (ideal ~{k * t['kept']:.2f})"
+    )
     print(f"  per-cluster Python loop / batched                   : {t['loop'] / t['auto']:.2f}x")
     print(f"  masked path / shortened path                        : {t['mask'] / t['shorten']:.2f}")
     print(f"  auto plan / shortened path                          : {t['auto'] / t['shorten']:.2f}")
@@ -100,14 +105,19 @@ def main() -> None:
 
     import open_clip
 
-    print(f"torch {torch.__version__}, open_clip {open_clip.__version__}, {args.threads} threads, "
-          f"B={args.batch}, K={args.k}, median of {args.reps}")
+    print(
+        f"torch {torch.__version__}, open_clip {open_clip.__version__}, {args.threads} threads, "
+        f"B={args.batch}, K={args.k}, median of {args.reps}"
+    )
     with torch.inference_mode():
         big = adapter_for(open_clip.create_model("ViT-B-32", pretrained=None), "ViT-B-32 (random)")
         report("ViT-B/32 @224 (7x7 patches)", bench(big, 224, args.batch, args.k, args.reps), args.k)
         small = adapter_for(tiny_model(), "tiny")
-        report("tiny ViT @64 (8x8 patches, width 128, 4 layers)",
-               bench(small, 64, args.batch, args.k, max(args.reps, 5)), args.k)
+        report(
+            "tiny ViT @64 (8x8 patches, width 128, 4 layers)",
+            bench(small, 64, args.batch, args.k, max(args.reps, 5)),
+            args.k,
+        )
 
 
 if __name__ == "__main__":

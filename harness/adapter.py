@@ -31,13 +31,13 @@ class ModelAdapter(Protocol):
 
     name: str
 
-    def preprocess(self, image: "Image.Image") -> "torch.Tensor":
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
         """(3, H, W) float tensor, the model's own preprocessing. Runs in DataLoader workers: keep it picklable."""
 
-    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) on any device -> (B, D). The harness L2-normalises."""
 
-    def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Raw strings -> (T, D); tokenisation is the adapter's business. The harness L2-normalises."""
 
 
@@ -47,10 +47,10 @@ class AttributionCapable(Protocol):
 
     patch_grid: tuple[int, int]
 
-    def patch_tokens(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, N, C) patch tokens, N = rows * cols in raster order. May take ``layer: int`` (default -1)."""
 
-    def encode_images_without(self, pixels: "torch.Tensor", drop: "torch.Tensor") -> "torch.Tensor":
+    def encode_images_without(self, pixels: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """(B, D) embeddings with patches where ``drop[b, n]`` is True removed from attention and pooling.
         ``drop`` is (B, N) bool; (B, K, N) -> (B, K, D) only when ``supports_pattern_batches`` is True."""
 
@@ -93,28 +93,29 @@ class BaseAdapter:
     #: Why not, when ``supports_attribution`` is False; recorded in the result's notes.
     attribution_unsupported_reason: str = ""
 
-    def preprocess(self, image: "Image.Image") -> "torch.Tensor":
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, H, W) float tensor, the checkpoint's own preprocessing; the same H, W for every image.
         Runs in DataLoader workers, so it must pickle: a small transform object, not a method holding the model."""
         raise NotImplementedError(f"{type(self).__name__} does not implement preprocess")
 
-    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels on the CPU -> (B, D) float32 embeddings. Move them to the device inside; the harness
         L2-normalises the result."""
         raise NotImplementedError(f"{type(self).__name__} does not implement encode_images")
 
-    def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Raw strings -> (T, D) float32 embeddings, in the image space. Tokenise inside, with the padding and
         truncation the model was trained with; the harness L2-normalises the result."""
         raise NotImplementedError(f"{type(self).__name__} does not implement encode_texts")
 
-    def patch_tokens(self, pixels: "torch.Tensor", layer: int = -1) -> "torch.Tensor":
+    def patch_tokens(self, pixels: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """(B, 3, H, W) -> (B, N, C) patch tokens after block ``layer`` (default: the last), N = rows * cols of
         ``patch_grid`` in raster order, without prefix tokens (CLS). CCI clusters these."""
         raise NotImplementedError(f"{type(self).__name__} has no attribution capability (patch_tokens)")
 
-    def encode_images_without(self, pixels: "torch.Tensor", drop: "torch.Tensor", *,
-                              allow_empty: bool = False) -> "torch.Tensor":
+    def encode_images_without(
+        self, pixels: torch.Tensor, drop: torch.Tensor, *, allow_empty: bool = False
+    ) -> torch.Tensor:
         """(B, D) image embeddings with every patch where ``drop[b, n]`` is True removed from attention in every
         layer and from pooling; ``drop`` is a (B, N) bool tensor and an all-False row equals ``encode_images``.
         (B, K, N) -> (B, K, D) only when ``supports_pattern_batches``; ``allow_empty=True`` only when
@@ -203,8 +204,9 @@ def patch_grid(obj: Any) -> tuple[int, int]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise AdapterContractError(f"adapter {adapter_name(obj)!r}: patch_grid must be (rows, cols) of positive "
-                                   f"integers, got {grid!r}")
+        raise AdapterContractError(
+            f"adapter {adapter_name(obj)!r}: patch_grid must be (rows, cols) of positive integers, got {grid!r}"
+        )
     return rows, cols
 
 
@@ -244,8 +246,15 @@ def capabilities(obj: Any) -> Capabilities:
         grid: tuple[int, int] | None = patch_grid(obj)
     except AdapterContractError:
         grid = None
-    return Capabilities(supported, reason, grid, n_blocks(obj), takes_layer(obj) if supported else False,
-                        supports_pattern_batches(obj), can_remove_all_patches(obj))
+    return Capabilities(
+        supported,
+        reason,
+        grid,
+        n_blocks(obj),
+        takes_layer(obj) if supported else False,
+        supports_pattern_batches(obj),
+        can_remove_all_patches(obj),
+    )
 
 
 def check_shape(obj: Any, method: str, value: Any, expected: tuple[int | None, ...]) -> None:
@@ -254,8 +263,10 @@ def check_shape(obj: Any, method: str, value: Any, expected: tuple[int | None, .
     shape = getattr(value, "shape", None)
     want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
     if shape is None:
-        raise AdapterContractError(f"adapter {adapter_name(obj)!r}: {method} returned a {type(value).__name__}, "
-                                   f"expected a tensor of shape {want}")
+        raise AdapterContractError(
+            f"adapter {adapter_name(obj)!r}: {method} returned a {type(value).__name__}, "
+            f"expected a tensor of shape {want}"
+        )
     got = tuple(int(x) for x in shape)
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
         raise AdapterContractError(f"adapter {adapter_name(obj)!r}: {method} returned shape {got}, expected {want}")

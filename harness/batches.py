@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from covar_harness.data import SampleSet
 from covar_harness.interrupt import ignore_sigint, sigint_deferred
@@ -40,8 +41,13 @@ def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, w
 
     dataset: Any = _PixelDataset(samples, preprocess)  # map-style: __len__ and __getitem__
     loader: Any = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=ignore_sigint if workers > 0 else None,
     )
     with sigint_deferred():  # workers fork here: a Ctrl-C now would land in an at-fork hook and be swallowed

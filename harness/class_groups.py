@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 UNMATCHED = "unmatched:"
 
 
-def _spec(cfg: "TaskConfig") -> dict[str, Any] | None:
+def _spec(cfg: TaskConfig) -> dict[str, Any] | None:
     """The task's groups as {"groups": mapping, "rule": str, "label_space": str | None}."""
     if cfg.class_groups is None:
         return None
@@ -74,7 +74,7 @@ def _imagenet_keyed(groups: dict, classnames: list[str]) -> dict[int, str]:
     return out
 
 
-def class_groups(cfg: "TaskConfig", classnames: list[str]) -> dict[int, str] | None:
+def class_groups(cfg: TaskConfig, classnames: list[str]) -> dict[int, str] | None:
     """Task class index -> group id, or None when the task defines no groups.
 
     Two classes share a group exactly when their ids are equal; ``unmatched:<name>`` ids are unique.
@@ -87,7 +87,7 @@ def class_groups(cfg: "TaskConfig", classnames: list[str]) -> dict[int, str] | N
     return _task_keyed(spec["groups"], classnames, cfg.task)
 
 
-def class_groups_rule(cfg: "TaskConfig", classnames: list[str]) -> str | None:
+def class_groups_rule(cfg: TaskConfig, classnames: list[str]) -> str | None:
     """A one-line description of the rule, for the result file (docs/design.md section 8: the rule used is recorded)."""
     spec = _spec(cfg)
     if spec is None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from covar_harness.attribution.settings import DEFAULTS as CCI_DEFAULTS
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
@@ -25,6 +25,7 @@ EXPLAIN_FLAGS = {"k": "--k", "layer": "--layer"}  # the CCISettings fields expla
 def cci_flags(prefix: str = "", names: dict[str, str] | None = None):
     return cli_flags(CCISettings, prefix, names)
 
+
 EXAMPLES = """examples:
   covar-harness run --models demo --tasks 'covar-shapes/*'
   covar-harness run --models openclip:ViT-B-32-quickgelu/openai --tasks 'covar/*' --log-samples
@@ -34,17 +35,30 @@ EXAMPLES = """examples:
 
 
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="evaluate models on tasks and write one result file per pair",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="evaluate models on tasks and write one result file per pair",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sel = p.add_argument_group("selection")
     sel.add_argument("--models", required=True, help="comma-separated specs, names, globs or groups (all, paper, demo)")
     sel.add_argument("--tasks", required=True, help="comma-separated task names, globs, tags or YAML paths")
-    sel.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                     help="extra folder (or file) of task YAML; repeatable")
+    sel.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder (or file) of task YAML; repeatable",
+    )
     io_ = p.add_argument_group("input / output")
     io_.add_argument("--output-dir", default="results", type=Path, help="where result files go (default: results)")
-    io_.add_argument("--data-dir", default=None, type=Path,
-                     help="dataset root (default: $COVAR_HARNESS_DATA or ~/.cache/covar-harness/data)")
+    io_.add_argument(
+        "--data-dir",
+        default=None,
+        type=Path,
+        help="dataset root (default: $COVAR_HARNESS_DATA or ~/.cache/covar-harness/data)",
+    )
     io_.add_argument("--cache-dir", default=None, help="model weight cache (default: HF_HOME / library default)")
     io_.add_argument("--log-samples", action="store_true", help="also write <task>.samples.jsonl, one line per image")
     io_.add_argument("--overwrite", action="store_true", help="redo pairs whose result file exists")
@@ -56,20 +70,36 @@ def _add_run(sub) -> None:
     ex.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
+    _add_run_analysis(p)
+    p.set_defaults(handler="covar_harness.commands:cmd_run")
+
+
+def _add_run_analysis(p) -> None:
+    """The attribution and diagnosis flags of ``run`` (defaults and help from their settings dataclasses)."""
     at = p.add_argument_group("attribution (CCI, docs/design.md section 7)")
-    at.add_argument("--attribution", default="auto",
-                    help="attributor name (cci, random, ...), none, or auto (default: cci on tasks with masks)")
+    at.add_argument(
+        "--attribution",
+        default="auto",
+        help="attributor name (cci, random, ...), none, or auto (default: cci on tasks with masks)",
+    )
     for flag, options in cci_flags(prefix=CCI_PREFIX):  # defaults and help text: attribution.CCISettings
         at.add_argument(flag, **options)
-    at.add_argument("--save-maps", default=None, type=Path, metavar="DIR",
-                    help="write PNG overlays (image, importance map, mask outline) of attributed samples")
+    at.add_argument(
+        "--save-maps",
+        default=None,
+        type=Path,
+        metavar="DIR",
+        help="write PNG overlays (image, importance map, mask outline) of attributed samples",
+    )
     dg = p.add_argument_group("diagnosis (BG-Er / Fine-Er, docs/design.md section 8; runs whenever attribution does)")
-    dg.add_argument("--segmenter", default="auto",
-                    help="foreground masks: auto (dataset masks, else groundedsam), dataset, groundedsam, a plugin, "
-                         "or none (no diagnosis)")
+    dg.add_argument(
+        "--segmenter",
+        default="auto",
+        help="foreground masks: auto (dataset masks, else groundedsam), dataset, groundedsam, a plugin, "
+        "or none (no diagnosis)",
+    )
     for flag, options in cli_flags(DiagnosisSettings, prefix="diagnosis_"):  # defaults: DiagnosisSettings
         dg.add_argument(flag, **options)
-    p.set_defaults(handler="covar_harness.commands:cmd_run")
 
 
 def _add_ls(sub) -> None:
@@ -88,20 +118,36 @@ def _add_plugins(sub) -> None:
 def _add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="paper-style tables from a folder of result files")
     p.add_argument("results_dir", type=Path)
-    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json", "html"],
-                   help="html: one self-contained sortable page (CSS and JS inline)")
-    p.add_argument("--reference", default=None, choices=["paper"],
-                   help="add the published COVAR and CounterAnimals rows, marked as published, in every format "
-                        "(even without own results of that benchmark)")
+    p.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "markdown", "csv", "json", "html"],
+        help="html: one self-contained sortable page (CSS and JS inline)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        choices=["paper"],
+        help="add the published COVAR and CounterAnimals rows, marked as published, in every format "
+        "(even without own results of that benchmark)",
+    )
     p.set_defaults(handler="covar_harness.report:cmd_leaderboard")  # html there, every other format in commands
 
 
 def _add_validate(sub) -> None:
-    p = sub.add_parser("validate", help="check result files against the schema (for leaderboard CI)",
-                       description="Check result files against the schema. Exit 0: all valid; 1: any invalid; "
-                                   "2: a path does not exist or a folder holds no *.json.")
-    p.add_argument("files", nargs="+", type=Path, metavar="PATH",
-                   help="a result file, or a folder: every *.json under it (recursively)")
+    p = sub.add_parser(
+        "validate",
+        help="check result files against the schema (for leaderboard CI)",
+        description="Check result files against the schema. Exit 0: all valid; 1: any invalid; "
+        "2: a path does not exist or a folder holds no *.json.",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="a result file, or a folder: every *.json under it (recursively)",
+    )
     p.set_defaults(handler="covar_harness.commands:cmd_validate")
 
 
@@ -125,10 +171,18 @@ def _add_explain(sub) -> None:
 
 def _add_build_covar(sub) -> None:
     p = sub.add_parser("build-covar", help="build COVAR-style controlled variations from cut-out objects")
-    p.add_argument("--objects", required=True, type=Path,
-                   help="RGBA cut-outs (or image + x.mask.png) in <class>/ folders, or a manifest.json with views")
-    p.add_argument("--backgrounds", required=True, type=Path,
-                   help="background images; <class>/ sub-folders hold a class's typical backgrounds")
+    p.add_argument(
+        "--objects",
+        required=True,
+        type=Path,
+        help="RGBA cut-outs (or image + x.mask.png) in <class>/ folders, or a manifest.json with views",
+    )
+    p.add_argument(
+        "--backgrounds",
+        required=True,
+        type=Path,
+        help="background images; <class>/ sub-folders hold a class's typical backgrounds",
+    )
     p.add_argument("--out", required=True, type=Path, help="output root (COVAR layout, docs/design.md section 5)")
     p.add_argument("--seed", type=int, default=0, help="build seed (default: 0); same seed, same files")
     p.add_argument("--size", type=int, default=224, help="output image side in pixels (default: 224)")
@@ -139,54 +193,106 @@ def _add_build_covar(sub) -> None:
 
 
 def _add_sanity(sub) -> None:
-    p = sub.add_parser("sanity", help="which diagnosis to trust: every attributor and driver rule on the clean vs "
-                                      "shortcut demo models (known truth), AUROC, agreement, cost")
+    p = sub.add_parser(
+        "sanity",
+        help="which diagnosis to trust: every attributor and driver rule on the clean vs "
+        "shortcut demo models (known truth), AUROC, agreement, cost",
+    )
     p.add_argument("--json", default=None, type=Path, metavar="PATH", help="also write the report as JSON")
-    p.add_argument("--limit", type=int, default=240,
-                   help="images per task, a seeded subset (default: 240, every image of both subsets; ~75 s on 2 CPU cores)")
-    p.add_argument("--data-dir", default=None, type=Path,
-                   help="dataset root for covar-shapes (default: $COVAR_HARNESS_DATA or ~/.cache/covar-harness/data)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=240,
+        help="images per task, a seeded subset (default: 240, every image of both subsets; ~75 s on 2 CPU cores)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        type=Path,
+        help="dataset root for covar-shapes (default: $COVAR_HARNESS_DATA or ~/.cache/covar-harness/data)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
     p.set_defaults(handler="covar_harness.sanity:cmd_sanity")
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="static HTML site of a results folder: sortable tables, plots, galleries",
-                       description="Build a static, self-contained site of a folder of result files (no server, "
-                                   "no CDN: open index.html from disk or publish the folder on GitHub Pages): the "
-                                   "leaderboard tables (sortable; interval and n on hover), plots, provenance, CSV "
-                                   "and JSON downloads, and one page per model x task with a gallery of the most "
-                                   "background-driven errors and foreground-driven correct decisions "
-                                   "(from --log-samples; overlays from --save-maps with --maps).")
+    p = sub.add_parser(
+        "report",
+        help="static HTML site of a results folder: sortable tables, plots, galleries",
+        description="Build a static, self-contained site of a folder of result files (no server, "
+        "no CDN: open index.html from disk or publish the folder on GitHub Pages): the "
+        "leaderboard tables (sortable; interval and n on hover), plots, provenance, CSV "
+        "and JSON downloads, and one page per model x task with a gallery of the most "
+        "background-driven errors and foreground-driven correct decisions "
+        "(from --log-samples; overlays from --save-maps with --maps).",
+    )
     p.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
-    p.add_argument("--out", required=True, type=Path, metavar="SITE_DIR",
-                   help="site folder: new, empty, or an earlier report (replaced); anything else is refused")
-    p.add_argument("--maps", default=None, type=Path, metavar="DIR",
-                   help="the run's --save-maps folder: its overlays are copied into the galleries")
-    p.add_argument("--reference", default=None, choices=["paper"],
-                   help="add the published COVAR and CounterAnimals rows, marked as published")
-    p.add_argument("--gallery", type=int, default=12, metavar="N",
-                   help="samples per gallery section and page (default: 12; 0: no gallery)")
-    p.add_argument("--data-dir", default=None, type=Path,
-                   help="dataset root, for class names in the galleries (default: $COVAR_HARNESS_DATA or "
-                        "~/.cache/covar-harness/data; without it labels show as ids)")
-    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                   help="extra folder (or file) of task YAML, for class names; repeatable")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="SITE_DIR",
+        help="site folder: new, empty, or an earlier report (replaced); anything else is refused",
+    )
+    p.add_argument(
+        "--maps",
+        default=None,
+        type=Path,
+        metavar="DIR",
+        help="the run's --save-maps folder: its overlays are copied into the galleries",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        choices=["paper"],
+        help="add the published COVAR and CounterAnimals rows, marked as published",
+    )
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=12,
+        metavar="N",
+        help="samples per gallery section and page (default: 12; 0: no gallery)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        type=Path,
+        help="dataset root, for class names in the galleries (default: $COVAR_HARNESS_DATA or "
+        "~/.cache/covar-harness/data; without it labels show as ids)",
+    )
+    p.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder (or file) of task YAML, for class names; repeatable",
+    )
     p.add_argument("--title", default="covar-harness report", help="the site's title")
     p.set_defaults(handler="covar_harness.report:cmd_report")
 
 
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
-COMMANDS: list[Callable] = [_add_run, _add_ls, _add_plugins, _add_leaderboard, _add_validate, _add_explain,
-                             _add_build_covar, _add_sanity, _add_report]
+COMMANDS: list[Callable] = [
+    _add_run,
+    _add_ls,
+    _add_plugins,
+    _add_leaderboard,
+    _add_validate,
+    _add_explain,
+    _add_build_covar,
+    _add_sanity,
+    _add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covar-harness",
         description="Evaluate CLIP-style models: zero-shot accuracy, CCI attribution, BG-Er / Fine-Er diagnosis.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from covar_harness import __version__
 
@@ -196,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS:
         add(sub)
     for command in sub.choices.values():  # -v also after the subcommand; SUPPRESS keeps a -v given before it
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help="show debug logs and tracebacks")
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks"
+        )
     return parser
 
 
@@ -206,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     module, _, func = args.handler.partition(":")
     try:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
@@ -225,8 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from covar_harness.console import one_line
 
-        print(f"covar-harness: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "
-              "(rerun with -v for the traceback)", file=sys.stderr)
+        print(
+            f"covar-harness: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "
+            "(rerun with -v for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -29,10 +29,20 @@ def cmd_run(args: Namespace) -> int:
         if cfg.dataset["format"] not in catalog.formats:
             catalog.formats.entry(cfg.dataset["format"])  # raises with close matches
     options = RunOptions(
-        output_dir=args.output_dir, data_dir=args.data_dir, batch_size=args.batch_size, workers=args.workers,
-        device=args.device, precision=args.precision, limit=args.limit, seed=args.seed,
-        log_samples=args.log_samples, overwrite=args.overwrite, cache_dir=args.cache_dir,
-        steps=_analysis_steps(args, catalog), diagnosis=_diagnosis_settings(args), segmenter=args.segmenter,
+        output_dir=args.output_dir,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        limit=args.limit,
+        seed=args.seed,
+        log_samples=args.log_samples,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        steps=_analysis_steps(args, catalog),
+        diagnosis=_diagnosis_settings(args),
+        segmenter=args.segmenter,
     )
     plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
     out = _console()
@@ -97,10 +107,22 @@ def _run_with_progress(models, tasks, catalog, options, plan):
 
 def _print_plan(out, plan, models, tasks) -> int:
     status = {"run": "to run", "skipped": "exists: skip", "noted": "skip"}
-    rows = [[p.ref.spec, p.ref.target if p.ref.target != p.ref.spec else "", p.cfg.task, str(p.path),
-             status[p.status] + (f" ({p.reason})" if p.status == "noted" else "")] for p in plan]
-    print_rows(out, f"plan: {len(models)} model(s) x {len(tasks)} task(s)",
-               ["model", "resolves to", "task", "result file", "status"], rows)
+    rows = [
+        [
+            p.ref.spec,
+            p.ref.target if p.ref.target != p.ref.spec else "",
+            p.cfg.task,
+            str(p.path),
+            status[p.status] + (f" ({p.reason})" if p.status == "noted" else ""),
+        ]
+        for p in plan
+    ]
+    print_rows(
+        out,
+        f"plan: {len(models)} model(s) x {len(tasks)} task(s)",
+        ["model", "resolves to", "task", "result file", "status"],
+        rows,
+    )
     return 0
 
 
@@ -113,10 +135,24 @@ def _print_summary(out, outcomes) -> None:
     for o in outcomes:
         acc = o.metrics.get("acc1")
         detail = str(o.path) if o.status == "done" else o.error or str(o.path)
-        rows.append([o.model, o.task, o.status, "-" if acc is None else f"{100 * acc:.1f}",
-                     str(o.n_failed) if o.status == "done" else "", detail])
-    print_rows(out, "run summary", ["model", "task", "status", "acc1", "n_failed", "result / reason"], rows,
-               right=(3, 4), truncate={"result / reason": SUMMARY_ERROR_WIDTH})
+        rows.append(
+            [
+                o.model,
+                o.task,
+                o.status,
+                "-" if acc is None else f"{100 * acc:.1f}",
+                str(o.n_failed) if o.status == "done" else "",
+                detail,
+            ]
+        )
+    print_rows(
+        out,
+        "run summary",
+        ["model", "task", "status", "acc1", "n_failed", "result / reason"],
+        rows,
+        right=(3, 4),
+        truncate={"result / reason": SUMMARY_ERROR_WIDTH},
+    )
     by_error: dict[str, list] = {}
     for o in outcomes:
         if o.status == "failed":
@@ -151,8 +187,15 @@ def cmd_ls(args: Namespace) -> int:
         rows = []
         for entry in catalog.models:
             ref = resolve_models([entry.name], catalog)[0]
-            rows.append([entry.name, ref.family, ref.target if ref.target != entry.name else entry.plugin,
-                         ",".join(entry.tags), entry.description])
+            rows.append(
+                [
+                    entry.name,
+                    ref.family,
+                    ref.target if ref.target != entry.name else entry.plugin,
+                    ",".join(entry.tags),
+                    entry.description,
+                ]
+            )
     elif args.what == "tasks":
         columns = ["task", "format", "version", "tags", "description"]
         rows = [[c.task, c.dataset["format"], c.version, ",".join(c.tags), c.description] for c in catalog.tasks]
@@ -169,15 +212,36 @@ def cmd_plugins(args: Namespace) -> int:
     from covar_harness.plugin_manager import load_catalog
 
     catalog = load_catalog()
-    rows = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
-             "builtin": p.builtin, "hooks": p.hooks} for p in catalog.plugins]
+    rows = [
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "version": p.version,
+            "builtin": p.builtin,
+            "hooks": p.hooks,
+        }
+        for p in catalog.plugins
+    ]
     try:
         if args.json:
             write_stdout(json.dumps(inert(rows), indent=2) + "\n")
             return 0
-        print_rows(_console(), "plugins", ["name", "distribution", "version", "module", "hooks"],
-                   [[r["name"] + (" (built-in)" if r["builtin"] else ""), r["distribution"], r["version"],
-                     r["module"], ", ".join(r["hooks"])] for r in rows])
+        print_rows(
+            _console(),
+            "plugins",
+            ["name", "distribution", "version", "module", "hooks"],
+            [
+                [
+                    r["name"] + (" (built-in)" if r["builtin"] else ""),
+                    r["distribution"],
+                    r["version"],
+                    r["module"],
+                    ", ".join(r["hooks"]),
+                ]
+                for r in rows
+            ],
+        )
         sys.stdout.flush()
     except BrokenPipeError:
         return stdout_closed()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import Any, Iterator, Mapping, Sequence
+from functools import cache
+from typing import Any
 
 WRAP_WIDTH = 40  # columns allowed to wrap (descriptions) get this width at most
 # C0 controls except tab/newline, DEL, C1 controls (ESC starts ANSI/OSC-8 sequences; CSI is also U+009B), the
@@ -54,7 +55,7 @@ def inert(obj: Any) -> Any:
     return obj
 
 
-@lru_cache(maxsize=None)
+@cache
 def _console_class():
     from rich.console import Console
 
@@ -88,9 +89,16 @@ def clip(text: str, width: int) -> str:
 
 
 def print_rows(
-    out, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, wrap: Sequence[str] = (),
-    right: Sequence[int] = (), row_styles: Mapping[int, str] | None = None,
-    truncate: Mapping[str, int] | None = None, caption: str | None = None,
+    out,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    wrap: Sequence[str] = (),
+    right: Sequence[int] = (),
+    row_styles: Mapping[int, str] | None = None,
+    truncate: Mapping[str, int] | None = None,
+    caption: str | None = None,
 ) -> None:
     """A rich table whose cells are shown whole: names, specs and numbers never get an ellipsis.
 
@@ -107,11 +115,21 @@ def print_rows(
     cells = [[_cell_text(v, limits.get(i)) for i, v in enumerate(row)] for row in rows]
     widths = [max([_width(safe(col))] + [_width(r[i]) for r in cells if i < len(r)]) for i, col in enumerate(columns)]
     widths = [min(w, WRAP_WIDTH) if col in wrap else w for w, col in zip(widths, columns)]
-    table = Table(title=Text(safe(title)), title_justify="left", header_style="bold",
-                  caption=Text(safe(caption)) if caption else None, caption_justify="left")
+    table = Table(
+        title=Text(safe(title)),
+        title_justify="left",
+        header_style="bold",
+        caption=Text(safe(caption)) if caption else None,
+        caption_justify="left",
+    )
     for i, col in enumerate(columns):
-        table.add_column(Text(safe(col)), justify="right" if i in right else "left", no_wrap=col not in wrap,
-                         min_width=widths[i], max_width=widths[i] if col in wrap else None)
+        table.add_column(
+            Text(safe(col)),
+            justify="right" if i in right else "left",
+            no_wrap=col not in wrap,
+            min_width=widths[i],
+            max_width=widths[i] if col in wrap else None,
+        )
     for i, row in enumerate(cells):
         table.add_row(*(Text(c) for c in row), style=(row_styles or {}).get(i))
     needed = sum(widths) + 3 * len(columns) + 1
@@ -152,13 +170,27 @@ def write_stdout(text: str) -> None:
 @contextmanager
 def progress_reporter() -> Iterator[Any]:
     """A ``covar_harness.evaluator.Reporter`` drawing rich progress bars on stderr (gone when done)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from covar_harness.evaluator import Reporter
 
     err = console(stderr=True)
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=err, transient=True) as progress:
         yield Reporter(progress, err)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any
 
 from covar_harness.registry import UsageError
 
@@ -46,8 +47,13 @@ class FileTooLarge(OSError):
 
 
 def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
@@ -89,7 +95,7 @@ def _stretch(arr, lo: float, hi: float):
     return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def to_8bit(im: "Image.Image") -> "Image.Image":
+def to_8bit(im: Image.Image) -> Image.Image:
     """High-bit-depth images (``I;16*``, ``I``, ``F``) as 8-bit ``L``, scaled by the mode's range; others as given.
 
     PIL's own ``convert`` clips these modes at 255, so a 16-bit photo reaches the model all white (or black).
@@ -119,17 +125,17 @@ def to_8bit(im: "Image.Image") -> "Image.Image":
     return Image.fromarray(out, "L")
 
 
-def as_rgb(im: "Image.Image") -> "Image.Image":
+def as_rgb(im: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB; palette, LA, CMYK and the like through PIL, high bit depths scaled first."""
     return to_8bit(im).convert("RGB")
 
 
-def as_mask(im: "Image.Image") -> "Image.Image":
+def as_mask(im: Image.Image) -> Image.Image:
     """Any PIL image as an 8-bit mode ``L`` mask (white = object), high bit depths scaled first."""
     return to_8bit(im).convert("L")
 
 
-def open_image_file(path: str | Path, convert: Callable[["Image.Image"], "Image.Image"] = as_rgb) -> "Image.Image":
+def open_image_file(path: str | Path, convert: Callable[[Image.Image], Image.Image] = as_rgb) -> Image.Image:
     """Decode one image file (regular files only: a FIFO fails this image instead of hanging the run)."""
     from PIL import Image
 
@@ -164,10 +170,10 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def open_image(self, index: int) -> "Image.Image":
+    def open_image(self, index: int) -> Image.Image:
         return open_image_file(self._path(self.samples[index].id), as_rgb)
 
-    def open_mask(self, index: int) -> "Image.Image | None":
+    def open_mask(self, index: int) -> Image.Image | None:
         """The foreground mask (mode L, white = object) when the dataset ships one."""
         rel = self.samples[index].meta.get("mask")
         if not rel:
@@ -183,7 +189,7 @@ class SampleSet:
             raise ValueError("this sample set has no root folder")
         return self.root / rel
 
-    def subset(self, indices: list[int]) -> "SampleSet":
+    def subset(self, indices: list[int]) -> SampleSet:
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out.samples = [self.samples[i] for i in indices]
@@ -212,7 +218,7 @@ def default_data_dir(data_dir: str | Path | None = None) -> Path:
 
 
 # ---- a task's data -------------------------------------------------------------------------------------
-def resolve_dataset(cfg: "TaskConfig", data_dir: str | Path | None = None) -> tuple[dict, Path]:
+def resolve_dataset(cfg: TaskConfig, data_dir: str | Path | None = None) -> tuple[dict, Path]:
     """The task's ``dataset`` mapping with ``path`` resolved (original kept as ``raw_path``), and the data dir."""
     root = default_data_dir(data_dir)
     ds = dict(cfg.dataset)
@@ -222,21 +228,21 @@ def resolve_dataset(cfg: "TaskConfig", data_dir: str | Path | None = None) -> tu
     return ds, root
 
 
-def open_task_data(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None = None) -> SampleSet:
+def open_task_data(cfg: TaskConfig, catalog: Catalog, data_dir: str | Path | None = None) -> SampleSet:
     """Resolve the task's dataset path, hand it to the registered format loader, tie labels to the class names."""
     ds, root = resolve_dataset(cfg, data_dir)
     loader = catalog.formats.get(ds["format"])
     return _checked(cfg, ds, loader(ds, root))
 
 
-def _checked(cfg: "TaskConfig", ds: dict, samples: SampleSet) -> SampleSet:
+def _checked(cfg: TaskConfig, ds: dict, samples: SampleSet) -> SampleSet:
     if len(samples) == 0:
         raise DatasetNotFound(f"task {cfg.task!r}: dataset at {ds.get('path', '?')} holds no images")
     apply_task_classnames(cfg, samples)
     return samples
 
 
-def preflight(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None = None) -> str | None:
+def preflight(cfg: TaskConfig, catalog: Catalog, data_dir: str | Path | None = None) -> str | None:
     """Check cheaply (no image decoded, no model, no network) that a task's data can be opened.
 
     Raises UsageError for an unknown format (with close matches) or a bad class-name list, DatasetNotFound (the
@@ -259,7 +265,7 @@ def preflight(cfg: "TaskConfig", catalog: "Catalog", data_dir: str | Path | None
 
 
 # ---- class names and labels ----------------------------------------------------------------------------
-def explicit_classnames(cfg: "TaskConfig") -> list[str] | None:
+def explicit_classnames(cfg: TaskConfig) -> list[str] | None:
     """The task's explicit ``classnames`` (inline, shipped name or file), or None when the dataset names them."""
     if cfg.classnames is None:
         return None
@@ -293,18 +299,21 @@ def label_permutation(dataset_names: list[str], task_names: list[str], task: str
         return {i: where[name] for i, name in enumerate(ours)}
     lists = f"task classnames {_short(task_names)}, dataset classes {_short(dataset_names)}"
     if len(ours) != len(theirs):
-        raise UsageError(f"task {task!r}: {len(task_names)} class names for {len(dataset_names)} dataset classes: "
-                         f"{lists}")
+        raise UsageError(
+            f"task {task!r}: {len(task_names)} class names for {len(dataset_names)} dataset classes: {lists}"
+        )
     known = set(theirs)
     shared = [i for i, name in enumerate(ours) if name in known]
     moved = [dataset_names[i] for i in shared if theirs[i] != ours[i]]
     if moved and 2 * len(moved) > len(shared):
-        raise UsageError(f"task {task!r}: dataset class {moved[0]!r} is at another position in the task's "
-                         f"classnames, so labels would be wrong; list the same names or none: {lists}")
+        raise UsageError(
+            f"task {task!r}: dataset class {moved[0]!r} is at another position in the task's "
+            f"classnames, so labels would be wrong; list the same names or none: {lists}"
+        )
     return None
 
 
-def apply_task_classnames(cfg: "TaskConfig", samples: SampleSet) -> None:
+def apply_task_classnames(cfg: TaskConfig, samples: SampleSet) -> None:
     """Make labels follow the task's explicit class-name list, and record how (``samples.label_mapping``)."""
     names = explicit_classnames(cfg)
     if names is None:
@@ -340,9 +349,7 @@ def load_imagefolder(ds: dict, data_dir: Path) -> SampleSet:
     if not classes:
         raise DatasetNotFound(f"image folder {root} has no class sub-folders")
     samples = [
-        Sample(str(f.relative_to(root)), label)
-        for label, cls in enumerate(classes)
-        for f in _image_files(root / cls)
+        Sample(str(f.relative_to(root)), label) for label, cls in enumerate(classes) for f in _image_files(root / cls)
     ]
     return SampleSet(samples, [c.replace("_", " ") for c in classes], root, f"imagefolder {root}")
 
@@ -376,13 +383,16 @@ class HFSampleSet(SampleSet):
 def _looks_local(raw: str) -> bool:
     """A dataset value that can only be a path (hub ids are ``name`` or ``org/name``)."""
     text = str(raw)
-    return (os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or text.count("/") > 1
-            or text.endswith("/"))
+    return (
+        os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
+    )
 
 
 def _hf_local_missing(raw: str, path: Path | None) -> DatasetNotFound:
-    return DatasetNotFound(f"Hugging Face dataset {raw!r} not found: no folder {path or raw} (expected a save_to_disk "
-                           "folder or an image folder there, or a hub id ORG/NAME)")
+    return DatasetNotFound(
+        f"Hugging Face dataset {raw!r} not found: no folder {path or raw} (expected a save_to_disk "
+        "folder or an image folder there, or a hub id ORG/NAME)"
+    )
 
 
 def _hf_open(ds: dict):
@@ -392,8 +402,8 @@ def _hf_open(ds: dict):
     raw = ds.get("raw_path", ds.get("path"))
     path = Path(ds["path"]) if ds.get("path") else None
     split = ds.get("split", "test")
-    if path is not None and not path.exists() and _looks_local(raw):
-        raise _hf_local_missing(raw, path)
+    if path is not None and not path.exists() and _looks_local(str(raw)):
+        raise _hf_local_missing(str(raw), path)
     try:
         if path is not None and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
             return datasets.load_from_disk(str(path))
@@ -440,5 +450,5 @@ def preflight_hf(ds: dict, data_dir: Path) -> None:
     """A local path must exist; a hub id is never contacted here (the run reports hub errors per task)."""
     raw = ds.get("raw_path", ds.get("path"))
     path = Path(ds["path"]) if ds.get("path") else None
-    if path is not None and not path.exists() and _looks_local(raw):
-        raise _hf_local_missing(raw, path)
+    if path is not None and not path.exists() and _looks_local(str(raw)):
+        raise _hf_local_missing(str(raw), path)

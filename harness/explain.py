@@ -39,7 +39,7 @@ def _load_image(path: Path, what: str = "image", mode: str = "RGB"):
         raise UsageError(f"cannot read {what} {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_adapter(args: Namespace, settings: "CCISettings"):
+def _load_adapter(args: Namespace, settings: CCISettings):
     """The model, or one line (exit 2) when it cannot be loaded or attributed: no traceback for a bad spec,
     an unreachable hub or a model that cannot honour ``--k`` / ``--layer``."""
     from covar_harness.adapter import AdapterContractError, attribution_support
@@ -54,8 +54,11 @@ def _load_adapter(args: Namespace, settings: "CCISettings"):
         raise
     except Exception as exc:  # one command, one model: its failure is the one line the user sees
         text = str(exc).strip().splitlines()
-        raise UsageError(str(exc) if isinstance(exc, ModelLoadError) and text else
-                         f"cannot load model {args.model!r}: {type(exc).__name__}: {text[0] if text else ''}") from exc
+        raise UsageError(
+            str(exc)
+            if isinstance(exc, ModelLoadError) and text
+            else f"cannot load model {args.model!r}: {type(exc).__name__}: {text[0] if text else ''}"
+        ) from exc
     supported, why = attribution_support(adapter)
     if not supported:
         raise UsageError(f"model {args.model!r} cannot be attributed: {why}")
@@ -66,8 +69,16 @@ def _load_adapter(args: Namespace, settings: "CCISettings"):
     return adapter
 
 
-def explain_image(adapter: Any, image, classes: list[str], *, templates: list[str], target: str | None = None,
-                  settings: "CCISettings | None" = None, sample_id: str = "image") -> dict[str, Any]:
+def explain_image(
+    adapter: Any,
+    image,
+    classes: list[str],
+    *,
+    templates: list[str],
+    target: str | None = None,
+    settings: CCISettings | None = None,
+    sample_id: str = "image",
+) -> dict[str, Any]:
     """Zero-shot scores and CCI of one PIL image (``settings``: CCISettings, its defaults when None; ``target``
     None explains the predicted class); returns what the table and the overlay need."""
     import torch
@@ -93,8 +104,11 @@ def explain_image(adapter: Any, image, classes: list[str], *, templates: list[st
 def cluster_rows(result) -> list[tuple[int, int, float, float]]:
     """(cluster, #patches, importance, drop), most important first; empty clusters are left out."""
     assignments = result.assignments[0].tolist()
-    rows = [(c, assignments.count(c), float(result.importance[0, c]), float(result.drop[0, c]))
-            for c in range(result.k) if assignments.count(c)]
+    rows = [
+        (c, assignments.count(c), float(result.importance[0, c]), float(result.drop[0, c]))
+        for c in range(result.k)
+        if assignments.count(c)
+    ]
     return sorted(rows, key=lambda r: -r[2])
 
 
@@ -114,15 +128,19 @@ def cmd_explain(args: Namespace) -> int:
     mask_image = _load_mask(args.mask) if args.mask is not None else None
     templates = list(load_list("templates", args.templates, Path.cwd()))
     adapter = _load_adapter(args, settings)
-    out = explain_image(adapter, image, classes, templates=templates, target=args.target, settings=settings,
-                        sample_id=args.image.name)
+    out = explain_image(
+        adapter, image, classes, templates=templates, target=args.target, settings=settings, sample_id=args.image.name
+    )
     result, grid = out["result"], tuple(adapter.patch_grid)
     console = Console(highlight=False)
-    console.print(f"model: {markup(adapter.name)}   image: {markup(args.image)}   "
-                  f"predicted: [bold]{markup(classes[out['pred']])}[/bold]   "
-                  f"explained: [bold]{markup(classes[out['target']])}[/bold]   s = {float(result.s[0]):.4f}")
-    table = Table(title=f"CCI clusters (K={args.k}, layer {args.layer}, {grid[0]}x{grid[1]} patches)",
-                  title_justify="left")
+    console.print(
+        f"model: {markup(adapter.name)}   image: {markup(args.image)}   "
+        f"predicted: [bold]{markup(classes[out['pred']])}[/bold]   "
+        f"explained: [bold]{markup(classes[out['target']])}[/bold]   s = {float(result.s[0]):.4f}"
+    )
+    table = Table(
+        title=f"CCI clusters (K={args.k}, layer {args.layer}, {grid[0]}x{grid[1]} patches)", title_justify="left"
+    )
     for col in ("cluster", "#patches", "importance", "drop"):
         table.add_column(col, justify="right")
     for c, n, imp, drop in cluster_rows(result):
@@ -132,8 +150,14 @@ def cmd_explain(args: Namespace) -> int:
     mask = None if mask_image is None else overlays.mask_to_input_frame(mask_image, adapter.preprocess, size_hw)
     path = args.out or Path(f"{args.image.stem}.cci.png")
     try:
-        overlays.save_overlay(path, out["pixels"], result.patch_importance()[0].view(grid),
-                              result.assignments[0].view(grid), mask, adapter.preprocess)
+        overlays.save_overlay(
+            path,
+            out["pixels"],
+            result.patch_importance()[0].view(grid),
+            result.assignments[0].view(grid),
+            mask,
+            adapter.preprocess,
+        )
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot write the overlay {str(path)!r}: {exc}") from exc
     console.print(f"overlay written to {markup(path)}")

@@ -7,20 +7,21 @@ into ``add_argument`` calls and :func:`from_args` reads the parsed values back i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
-def flag(name: str, help: str, shown: str | None = "{}", *, to_cli: Callable[[Any], Any] | None = None,
-         **argparse: Any) -> dict[str, Any]:
+def flag(
+    name: str, help: str, shown: str | None = "{}", *, to_cli: Callable[[Any], Any] | None = None, **argparse: Any
+) -> dict[str, Any]:
     """Field metadata: the flag ``name``, its ``help`` text, how the default is shown in it (``shown`` with ``{}``
     for the value; None: not shown), ``to_cli`` turning the field's default into the flag's (e.g. a tuple into a
     comma-separated string), and further ``add_argument`` keywords (``type``, ``choices``, ``action``, ...)."""
     return {"flag": name, "help": help, "shown": shown, "to_cli": to_cli, "argparse": argparse}
 
 
-def cli_flags(cls: type, prefix: str = "", names: dict[str, str] | None = None,
-              ) -> Iterator[tuple[str, dict[str, Any]]]:
+def cli_flags(cls: type, prefix: str = "", names: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(flag, ``add_argument`` keywords) for every field of ``cls`` that has a flag, defaults and help text read
     from the class. The parsed value lands under ``prefix + field name``. ``names`` (field -> flag) picks some
     fields under other flags instead (``explain`` has ``--k`` for ``--cci-k``, and only that and ``--layer``)."""
@@ -31,7 +32,7 @@ def cli_flags(cls: type, prefix: str = "", names: dict[str, str] | None = None,
         name = meta["flag"] if names is None else names[f.name]
         default: Any = f.default
         if default is MISSING:
-            default = f.default_factory()  # type: ignore[misc,operator]
+            default = f.default_factory()  # type: ignore[operator]  # MISSING ruled out above
         if meta["to_cli"] is not None:
             default = meta["to_cli"](default)
         options = {"dest": prefix + f.name, "default": default, **meta["argparse"]}

@@ -6,7 +6,15 @@ from covar_harness.hookspecs import hookimpl
 
 @hookimpl
 def register_dataset_formats(register):
-    register("imagefolder", load_imagefolder, preflight=preflight_imagefolder,
-             description="<root>/<class>/<image>, classes in sorted order (matched to the task's classnames by name)")
-    register("hf", load_hf, preflight=preflight_hf,
-             description="Hugging Face datasets: hub id, save_to_disk folder or local image folder")
+    register(
+        "imagefolder",
+        load_imagefolder,
+        preflight=preflight_imagefolder,
+        description="<root>/<class>/<image>, classes in sorted order (matched to the task's classnames by name)",
+    )
+    register(
+        "hf",
+        load_hf,
+        preflight=preflight_hf,
+        description="Hugging Face datasets: hub id, save_to_disk folder or local image folder",
+    )

@@ -7,8 +7,9 @@ registered model name/alias. Tags act as groups; ``all`` means every registered 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from covar_harness.adapter import missing_members
 from covar_harness.registry import UnknownNameError, UsageError, is_glob
@@ -34,11 +35,14 @@ class HubUnreachableError(ModelLoadError):
 
     def __init__(self, spec: str, cache: str, reason: str = ""):
         self.spec, self.cache, self.reason = spec, cache, reason
-        self.advice = (f"the Hugging Face hub is unreachable; set HF_HUB_OFFLINE=1 to fail fast and use the local "
-                       f"cache ({cache})")
+        self.advice = (
+            f"the Hugging Face hub is unreachable; set HF_HUB_OFFLINE=1 to fail fast and use the local cache ({cache})"
+        )
         detail = f" ({reason})" if reason else ""
-        super().__init__(f"{spec}: the Hugging Face hub is unreachable{detail}; set HF_HUB_OFFLINE=1 to fail fast "
-                         f"and use the local cache ({cache})")
+        super().__init__(
+            f"{spec}: the Hugging Face hub is unreachable{detail}; set HF_HUB_OFFLINE=1 to fail fast "
+            f"and use the local cache ({cache})"
+        )
 
     def __reduce__(self):  # picklable (worker processes, logging handlers) despite the custom signature
         return type(self), (self.spec, self.cache, self.reason)
@@ -46,9 +50,23 @@ class HubUnreachableError(ModelLoadError):
 
 # class names (anywhere in an exception's MRO) that mean "no network": huggingface_hub, requests, httpx, urllib3,
 # and the builtins. An OSError whose message says so counts too (transformers wraps the original in one).
-_NETWORK_ERRORS = {"LocalEntryNotFoundError", "ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout",
-                   "ConnectError", "TimeoutException", "NetworkError", "ProxyError", "MaxRetryError",
-                   "NewConnectionError", "NameResolutionError", "TimeoutError", "gaierror", "URLError"}
+_NETWORK_ERRORS = {
+    "LocalEntryNotFoundError",
+    "ConnectionError",
+    "Timeout",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "ConnectError",
+    "TimeoutException",
+    "NetworkError",
+    "ProxyError",
+    "MaxRetryError",
+    "NewConnectionError",
+    "NameResolutionError",
+    "TimeoutError",
+    "gaierror",
+    "URLError",
+}
 _NETWORK_WORDS = ("connect", "offline", "name resolution", "network is unreachable", "timed out")
 # file-system errors whose message may quote a path such as /data/offline_models: never "the network"
 _FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
@@ -85,8 +103,11 @@ def _is_network_error(exc: BaseException) -> bool:
         return False
     if any(cls.__name__ in _NETWORK_ERRORS for cls in type(exc).__mro__):
         return True
-    return isinstance(exc, OSError) and not isinstance(exc, _FILE_ERRORS) \
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, _FILE_ERRORS)
         and any(w in str(exc).lower() for w in _NETWORK_WORDS)
+    )
 
 
 def hub_cache(cache_dir: str | None = None) -> str:
@@ -124,14 +145,14 @@ class ModelRef:
     family: str  # the scheme (openclip, hf, custom) or "plugin"
 
 
-def scheme_of(spec: str, catalog: "Catalog") -> tuple[str | None, str]:
+def scheme_of(spec: str, catalog: Catalog) -> tuple[str | None, str]:
     head, sep, rest = spec.partition(":")
     if sep and head in catalog.schemes:
         return head, rest
     return None, spec
 
 
-def _target(spec: str, catalog: "Catalog", depth: int = 0) -> tuple[str, str]:
+def _target(spec: str, catalog: Catalog, depth: int = 0) -> tuple[str, str]:
     """Follow aliases (names whose factory is a spec string) to a scheme spec without loading anything."""
     scheme, _ = scheme_of(spec, catalog)
     if scheme:
@@ -142,7 +163,7 @@ def _target(spec: str, catalog: "Catalog", depth: int = 0) -> tuple[str, str]:
     return spec, "plugin"
 
 
-def resolve_models(specs: str | Iterable[str], catalog: "Catalog") -> list[ModelRef]:
+def resolve_models(specs: str | Iterable[str], catalog: Catalog) -> list[ModelRef]:
     """Expand ``--models``: comma-separated specs, names, globs over names, groups (tags, ``all``)."""
     tokens = [t.strip() for t in (specs.split(",") if isinstance(specs, str) else specs) if t.strip()]
     if not tokens:
@@ -183,8 +204,8 @@ def load_model(
     device: str = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
-    catalog: "Catalog | None" = None,
-) -> "ModelAdapter":
+    catalog: Catalog | None = None,
+) -> ModelAdapter:
     """Return the ModelAdapter for any model spec (docs/design.md section 4). The public entry point for notebooks
     and tests."""
     from covar_harness.plugin_manager import call_with_accepted, default_catalog
@@ -221,7 +242,7 @@ def load_model(
     return adapter
 
 
-def patch_count_hint(spec: str, catalog: "Catalog | None" = None) -> int | None:
+def patch_count_hint(spec: str, catalog: Catalog | None = None) -> int | None:
     """The patch count (rows * cols) of a model spec WITHOUT loading weights, when its scheme's loader can tell
     cheaply (``loader.patch_count_hint(rest)``: openclip ARCH/TAG and local folders, hf: local folders); else None.
     Why: ``--cci-k`` above the patch count can then be refused before any download."""
@@ -231,8 +252,9 @@ def patch_count_hint(spec: str, catalog: "Catalog | None" = None) -> int | None:
     try:
         target, _ = _target(spec, catalog)
         scheme, rest = scheme_of(target, catalog)
-        hint: Callable[[str], Any] | None = getattr(catalog.schemes.get(scheme), "patch_count_hint", None) \
-            if scheme else None
+        hint: Callable[[str], Any] | None = (
+            getattr(catalog.schemes.get(scheme), "patch_count_hint", None) if scheme else None
+        )
         value = hint(rest) if hint is not None else None
     except Exception:  # noqa: BLE001 - a hint is optional; the real check runs when the model starts
         return None

@@ -12,8 +12,9 @@ the similarity, blue = raises it; opacity ~ |importance| / max |importance|) wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def _probe(preprocess: Callable, value: int, size: tuple[int, int]) -> np.ndarra
     return np.asarray(preprocess(Image.new("RGB", size, (value,) * 3)), dtype=np.float32).mean(axis=(1, 2))
 
 
-def pixels_to_rgb(pixels: "torch.Tensor", preprocess: Callable | None = None) -> np.ndarray:
+def pixels_to_rgb(pixels: torch.Tensor, preprocess: Callable | None = None) -> np.ndarray:
     """(3, H, W) model input -> (H, W, 3) uint8. With the adapter's ``preprocess``, the normalisation is undone
     exactly (probed with a black and a white image); without it, each channel is min-max stretched."""
     x = pixels.detach().float().cpu().numpy()
@@ -52,8 +53,9 @@ def pixels_to_rgb(pixels: "torch.Tensor", preprocess: Callable | None = None) ->
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
 
 
-def mask_to_input_frame(mask: "Image.Image", preprocess: Callable,
-                        input_size_hw: tuple[int, int] | None = None) -> np.ndarray:
+def mask_to_input_frame(
+    mask: Image.Image, preprocess: Callable, input_size_hw: tuple[int, int] | None = None
+) -> np.ndarray:
     """A mask (mode L, white = object) in the original frame -> (H, W) bool in the model-input frame: the mapping
     diagnosis uses (``segmentation.geometric_like``), thresholded at half a pixel of foreground."""
     from covar_harness.segmentation import geometric_like
@@ -61,8 +63,9 @@ def mask_to_input_frame(mask: "Image.Image", preprocess: Callable,
     return np.asarray(geometric_like(preprocess, mask, input_size_hw), dtype=np.float32) > 0.5
 
 
-def mask_in_input_frame(samples: "SampleSet", index: int, preprocess: Callable,
-                        input_size_hw: tuple[int, int] | None = None) -> np.ndarray | None:
+def mask_in_input_frame(
+    samples: SampleSet, index: int, preprocess: Callable, input_size_hw: tuple[int, int] | None = None
+) -> np.ndarray | None:
     """The sample's dataset mask mapped into the model-input frame, or None when it has none (or it fails: the
     outline is decoration, so an unreadable or oversized mask must not fail the pair)."""
     try:
@@ -98,34 +101,40 @@ def heat_overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(
-    rgb: np.ndarray, patch_importance: np.ndarray, assignments: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-) -> "Image.Image":
+    rgb: np.ndarray, patch_importance: np.ndarray, assignments: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> Image.Image:
     """The two-panel overlay as a PIL image (see the module docstring)."""
     from PIL import Image
 
     h, w = rgb.shape[:2]
     scale = max(1, -(-MIN_SIDE // min(h, w)))
-    big = np.asarray(Image.fromarray(rgb).resize((w * scale, h * scale), Image.NEAREST)).copy()
+    big = np.asarray(Image.fromarray(rgb).resize((w * scale, h * scale), Image.Resampling.NEAREST)).copy()
     H, W = big.shape[:2]
     left = big.copy()
     if assignments is not None:
         left[_edges(_upsample(np.asarray(assignments), H, W))] = BOUNDARY
     right = heat_overlay(big, _upsample(np.asarray(patch_importance, dtype=np.float32), H, W))
     if mask is not None:
-        m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.NEAREST)) > 127
+        m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.Resampling.NEAREST)) > 127
         right[_edges(m.astype(np.int8))] = OUTLINE
     gap = np.full((H, 4, 3), 255, dtype=np.uint8)
     return Image.fromarray(np.concatenate([left, gap, right], axis=1))
 
 
 def save_overlay(
-    path: Path, pixels: "torch.Tensor", patch_importance: Any, assignments: Any = None,
-    mask: np.ndarray | None = None, preprocess: Callable | None = None,
+    path: Path,
+    pixels: torch.Tensor,
+    patch_importance: Any,
+    assignments: Any = None,
+    mask: np.ndarray | None = None,
+    preprocess: Callable | None = None,
 ) -> Path:
     """Write the overlay PNG for one image; ``patch_importance`` and ``assignments`` are (rows, cols)."""
     rgb = pixels_to_rgb(pixels, preprocess)
-    to_np = (lambda t: None if t is None else (t.numpy() if hasattr(t, "numpy") else np.asarray(t)))
+
+    def to_np(t: Any) -> Any:
+        return None if t is None else (t.numpy() if hasattr(t, "numpy") else np.asarray(t))
+
     image = render_overlay(rgb, to_np(patch_importance), to_np(assignments), mask)
     from PIL import Image
 

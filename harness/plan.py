@@ -11,9 +11,10 @@ import difflib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from covar_harness import results
 from covar_harness.registry import UsageError
@@ -29,8 +30,8 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 @dataclass
 class PlannedPair:
-    ref: "ModelRef"
-    cfg: "TaskConfig"
+    ref: ModelRef
+    cfg: TaskConfig
     path: Path
     status: str  # run | skipped (result file made with the same settings) | noted (task not applicable)
     reason: str = ""
@@ -52,8 +53,10 @@ def check_device(device: str) -> None:
             raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or auto")
         return
     if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
-                         "use --device cpu or auto")
+        raise UsageError(
+            f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+            "use --device cpu or auto"
+        )
     index, count = int(match.group(1) or 0), torch.cuda.device_count()
     if index >= count:
         raise UsageError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
@@ -70,10 +73,14 @@ def check_writable(folder: Path, flag: str) -> None:
         raise UsageError(f"{flag} {folder}: not writable ({exc.strerror or exc})") from None
 
 
-def check_k(models: list["ModelRef"], catalog: "Catalog", options: "RunOptions") -> None:
+def check_k(models: list[ModelRef], catalog: Catalog, options: RunOptions) -> None:
     """``--cci-k`` above a model's patch count, refused before download where the patch count is known from the
     model's config alone (open_clip architectures, local folders); other models fail that pair at start."""
-    ks = {step.settings.k for step in options.steps if isinstance(getattr(getattr(step, "settings", None), "k", None), int)}
+    ks = {
+        step.settings.k
+        for step in options.steps
+        if isinstance(getattr(getattr(step, "settings", None), "k", None), int)
+    }
     if not ks:
         return
     from covar_harness.models import patch_count_hint
@@ -84,7 +91,7 @@ def check_k(models: list["ModelRef"], catalog: "Catalog", options: "RunOptions")
             raise UsageError(f"--cci-k {max(ks)} is more than the {n} patches of {ref.spec}; use --cci-k <= {n}")
 
 
-def check_data(tasks: list["TaskConfig"], catalog: "Catalog", data_dir: Path | None) -> dict[str, str]:
+def check_data(tasks: list[TaskConfig], catalog: Catalog, data_dir: Path | None) -> dict[str, str]:
     """Every task's data opens (cheaply, no image decoded); returns {task: note} for tasks to skip with a note.
 
     Missing data for several tasks is one error naming them all, not one per task and model.
@@ -112,8 +119,14 @@ def check_data(tasks: list["TaskConfig"], catalog: "Catalog", data_dir: Path | N
     return notes
 
 
-def plan_run(models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Catalog", options: "RunOptions",
-             *, check_only_plan: bool = False) -> list[PlannedPair]:
+def plan_run(
+    models: list[ModelRef],
+    tasks: list[TaskConfig],
+    catalog: Catalog,
+    options: RunOptions,
+    *,
+    check_only_plan: bool = False,
+) -> list[PlannedPair]:
     """The pairs in run order, each marked run / skipped / noted; UsageError when the run must not start.
 
     ``check_only_plan`` (``--dry-run``) skips the checks that write to disk.
@@ -140,18 +153,21 @@ def plan_run(models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Cata
                 pairs.append(PlannedPair(ref, cfg, path, "skipped", "result file exists with the same settings"))
     if conflicts:
         more = f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else ""
-        raise UsageError(f"a result file exists from a run with other settings: {conflicts[0]}{more}; pass "
-                         "--overwrite to redo such pairs, or another --output-dir")
+        raise UsageError(
+            f"a result file exists from a run with other settings: {conflicts[0]}{more}; pass "
+            "--overwrite to redo such pairs, or another --output-dir"
+        )
     return pairs
 
 
 class _Fingerprints:
     """The data fingerprint of each task's evaluated samples, computed only for tasks with a result to compare."""
 
-    def __init__(self, catalog: "Catalog", options: "RunOptions"):
-        self.catalog, self.options, self._cache = catalog, options, {}
+    def __init__(self, catalog: Catalog, options: RunOptions):
+        self.catalog, self.options = catalog, options
+        self._cache: dict[str, str] = {}
 
-    def of(self, cfg: "TaskConfig") -> str:
+    def of(self, cfg: TaskConfig) -> str:
         if cfg.task not in self._cache:
             from covar_harness.data import open_task_data
             from covar_harness.evaluator import limit_samples
@@ -161,8 +177,9 @@ class _Fingerprints:
         return self._cache[cfg.task]
 
 
-def stored_differences(path: Path, spec: str, cfg: "TaskConfig", settings: dict,
-                       fingerprint: Callable[["TaskConfig"], str]) -> list[str]:
+def stored_differences(
+    path: Path, spec: str, cfg: TaskConfig, settings: dict, fingerprint: Callable[[TaskConfig], str]
+) -> list[str]:
     """What differs between an existing result file and the pair about to run; empty: the file can be reused."""
     try:
         stored = results.load(path)
@@ -171,8 +188,11 @@ def stored_differences(path: Path, spec: str, cfg: "TaskConfig", settings: dict,
     if results.validate(stored):
         return ["not a valid result file"]
     wanted = {"model": spec, "task": cfg.task, "task version": cfg.version}
-    found = {"model": stored["model"]["spec"], "task": stored["task"]["name"],
-             "task version": stored["task"]["version"]}
+    found = {
+        "model": stored["model"]["spec"],
+        "task": stored["task"]["name"],
+        "task version": stored["task"]["version"],
+    }
     diffs = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
     ran_with = stored["config"].get("run_settings")
     if not isinstance(ran_with, dict):

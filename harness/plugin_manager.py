@@ -8,10 +8,11 @@ comma-separated distributions it names load (empty string: none). Nothing here i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 
@@ -127,8 +128,10 @@ def keywords_of(fn: Callable[..., Any]) -> Keywords:
     except (TypeError, ValueError):  # builtins and some C callables have no signature
         return Keywords()
     by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return Keywords(frozenset(p.name for p in params if p.kind in by_name),
-                    any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
+    return Keywords(
+        frozenset(p.name for p in params if p.kind in by_name),
+        any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+    )
 
 
 def call_with_accepted(fn: Callable[..., Any], **offered: Any) -> Any:
@@ -150,9 +153,7 @@ def _registrar(registry: Registry, plugin_of: Callable[[], str]) -> Callable[...
 
 
 def load_catalog(
-    include_paths: Iterable[str | Path] = (),
-    allow: str | None = None,
-    extra_plugins: Iterable[object] = (),
+    include_paths: Iterable[str | Path] = (), allow: str | None = None, extra_plugins: Iterable[object] = ()
 ) -> Catalog:
     """Run every registration hook once and collect the results.
 

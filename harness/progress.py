@@ -44,7 +44,7 @@ class Reporter:
         else:
             log.info(message)
 
-    def pair_done(self, outcome: "PairOutcome") -> None:
+    def pair_done(self, outcome: PairOutcome) -> None:
         """Called once per pair (done, skipped or failed); the summary table prints them all at the end."""
 
 
@@ -86,13 +86,15 @@ class LineReporter(Reporter):
 
         self._line(Text.from_markup(message).plain)
 
-    def pair_done(self, outcome: "PairOutcome") -> None:
+    def pair_done(self, outcome: PairOutcome) -> None:
         self.n_pairs += 1
         of = f"/{self.total_pairs}" if self.total_pairs else ""
         acc = outcome.metrics.get("acc1")
-        what = {"done": f"done, acc1 {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "done",
-                "skipped": f"skipped ({outcome.error})" if outcome.error else "skipped",
-                "failed": f"failed: {clip(outcome.error, 100)}"}[outcome.status]  # in full in the summary
+        what = {
+            "done": f"done, acc1 {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "done",
+            "skipped": f"skipped ({outcome.error})" if outcome.error else "skipped",
+            "failed": f"failed: {clip(outcome.error, 100)}",
+        }[outcome.status]  # in full in the summary
         self._line(f"pair {self.n_pairs}{of}: {outcome.model} x {outcome.task}: {what}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources as _res
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ def read_csv(kind: str, filename: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def named(kind: str, name: str) -> Any:
     f = _dir(kind) / f"{name}.json"
     if not f.is_file():

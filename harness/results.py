@@ -15,10 +15,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA_VERSION = 1
 FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "fg_driven_rate", "bg_er", "fine_er")
@@ -35,8 +36,12 @@ def _kept_as_is(text: str) -> bool:
     not start or end with ``_`` or start with ``.``, and the result could not be mistaken for a hashed slug."""
     parts = text.split("/")
     readable = "__".join(parts)
-    return (all(_SAFE_PART.fullmatch(p) and "__" not in p and not p.startswith(".") for p in parts)
-            and len(readable) <= SLUG_MAX and not _HASHED_TAIL.search(readable) and not _RESERVED.fullmatch(readable))
+    return (
+        all(_SAFE_PART.fullmatch(p) and "__" not in p and not p.startswith(".") for p in parts)
+        and len(readable) <= SLUG_MAX
+        and not _HASHED_TAIL.search(readable)
+        and not _RESERVED.fullmatch(readable)
+    )
 
 
 def slug(text: str, *, hashed: bool = True) -> str:
@@ -125,6 +130,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """One JSON object a line (the per-sample log); non-finite numbers are written as ``null``."""
+
     def write(fh):
         for row in rows:
             fh.write(json.dumps(jsonable(row), allow_nan=False, separators=(",", ":")) + "\n")
@@ -146,8 +152,7 @@ DISTRIBUTION = "covar-harness"
 def _git(folder: Path, *args: str) -> str | None:
     """``git -C folder ARGS`` stdout, stripped; None when git is missing, fails or prints nothing."""
     try:
-        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5,
-                             check=True)
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -213,8 +218,9 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     """
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError("not a regular file")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                 | getattr(os, "O_BINARY", 0))
+    fd = os.open(
+        path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    )
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -311,17 +317,36 @@ def load(path: Path, max_bytes: int | None = None, max_depth: int | None = None)
 # ---- validation (leaderboard CI) -------------------------------------------------------------------------
 _SPEC: dict[str, dict[str, type | tuple]] = {
     "model": {"spec": str, "name": str, "family": str},
-    "task": {"name": str, "version": (int, str), "n_samples": int, "n_failed": int, "n_classes": int,
-             "data_fingerprint": str},
+    "task": {
+        "name": str,
+        "version": (int, str),
+        "n_samples": int,
+        "n_failed": int,
+        "n_classes": int,
+        "data_fingerprint": str,
+    },
     "metrics": {"acc1": (float, int), "acc5": (float, int, type(None)), "mean_per_class_recall": (float, int)},
     "config": {"batch_size": int, "precision": str, "seed": int, "templates": list},
-    "provenance": {"harness_version": str, "python": str, "torch": (str, type(None)), "device": str,
-                   "started_at": str, "finished_at": str},
+    "provenance": {
+        "harness_version": str,
+        "python": str,
+        "torch": (str, type(None)),
+        "device": str,
+        "started_at": str,
+        "finished_at": str,
+    },
 }
 # Printed by the leaderboard or used as names: one line, no control characters (see console.unsafe_name).
 MAX_NAME = 1000  # characters in a name (a model spec may be a long local path)
-_NAMES = (("model", "spec"), ("model", "name"), ("model", "family"), ("model", "target"), ("task", "name"),
-          ("task", "version"), ("task", "headline"))
+_NAMES = (
+    ("model", "spec"),
+    ("model", "name"),
+    ("model", "family"),
+    ("model", "target"),
+    ("task", "name"),
+    ("task", "version"),
+    ("task", "headline"),
+)
 
 
 def _tname(t) -> str:
@@ -376,8 +401,11 @@ def _check_sections(obj: dict, errors: list[str]) -> None:
     for key in ("n_samples", "n_failed", "n_classes"):
         if isinstance(task.get(key), int) and not isinstance(task[key], bool) and task[key] < 0:
             errors.append(f"task.{key}: must be >= 0")
-    if isinstance(task.get("n_samples"), int) and task.get("n_samples") == 0 \
-            and _section(obj, "metrics").get("acc1") is not None:
+    if (
+        isinstance(task.get("n_samples"), int)
+        and task.get("n_samples") == 0
+        and _section(obj, "metrics").get("acc1") is not None
+    ):
         errors.append("task.n_samples: 0 samples cannot have an accuracy")
 
 
@@ -437,15 +465,20 @@ def _check_intervals(intervals: Any, errors: list[str]) -> None:
         elif not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
             errors.append(f"intervals.{key}: must be [low, high] (finite numbers)")
         elif not 0 <= interval[0] <= interval[1] <= 1:
-            errors.append(f"intervals.{key}: must satisfy 0 <= low <= high <= 1, "
-                          f"got [{_short(interval[0])}, {_short(interval[1])}]")
+            errors.append(
+                f"intervals.{key}: must satisfy 0 <= low <= high <= 1, "
+                f"got [{_short(interval[0])}, {_short(interval[1])}]"
+            )
 
 
 def _check_lists(obj: dict, errors: list[str]) -> None:
     """Optional lists: tags are names, notes are text lines, templates and failed files are strings."""
     task = _section(obj, "task")
-    for where, value, kind in (("task.tags", task.get("tags"), "name"), ("notes", obj.get("notes"), "text"),
-                               ("failed_files", obj.get("failed_files"), None)):
+    for where, value, kind in (
+        ("task.tags", task.get("tags"), "name"),
+        ("notes", obj.get("notes"), "text"),
+        ("failed_files", obj.get("failed_files"), None),
+    ):
         if value is not None:
             _check_strings(where, value, kind, errors)
     templates = _section(obj, "config").get("templates")

@@ -37,8 +37,14 @@ ATTRIBUTORS = ("cci", "cci-shapley", "random")
 NATURAL = {"paper": "cci", "area": "cci", "shapley": "cci-shapley", "counterfactual": "cci"}
 # combinations that add information (paper/area on cci-shapley repeat the cci numbers: the same leave-one-out
 # values; the counterfactual test does not depend on the attributor)
-ROWS = (("paper", "cci"), ("area", "cci"), ("shapley", "cci-shapley"), ("counterfactual", "cci"),
-        ("paper", "random"), ("area", "random"))
+ROWS = (
+    ("paper", "cci"),
+    ("area", "cci"),
+    ("shapley", "cci-shapley"),
+    ("counterfactual", "cci"),
+    ("paper", "random"),
+    ("area", "random"),
+)
 
 
 @dataclass
@@ -64,8 +70,9 @@ def row_name(rule: str, attributor: str) -> str:
 
 
 # ---- running ---------------------------------------------------------------------------------------------------
-def collect(limit: int | None, data_dir: Path | None, reporter=None, k: int | None = None, seed: int = 0,
-            device: str = "cpu") -> SanityRun:
+def collect(
+    limit: int | None, data_dir: Path | None, reporter=None, k: int | None = None, seed: int = 0, device: str = "cpu"
+) -> SanityRun:
     """Evaluate both demo models on both tasks, plainly and with each attributor (diagnosis under every rule).
     Attribution uses the ``CCISettings`` defaults, with ``k`` (when given) and ``seed``."""
     from dataclasses import replace
@@ -122,8 +129,7 @@ def groups(run: SanityRun, attributor: str) -> dict[str, dict[str, list[dict]]]:
     out: dict[str, dict[str, list[dict]]] = {"original_correct": {}, "bg_varied_errors": {}}
     for model in (CLEAN, SHORTCUT):
         out["original_correct"][model] = [r for r in run.evals[(model, ORIGINAL, attributor)].rows if r["correct"]]
-        out["bg_varied_errors"][model] = [r for r in run.evals[(model, BG_VARIED, attributor)].rows
-                                          if not r["correct"]]
+        out["bg_varied_errors"][model] = [r for r in run.evals[(model, BG_VARIED, attributor)].rows if not r["correct"]]
     return out
 
 
@@ -175,24 +181,32 @@ def summarise(run: SanityRun) -> dict[str, Any]:
         everyone = [r for part in g.values() for rows in part.values() for r in rows]
         ms, ratio = cost(run, attributor)
         rules[row_name(rule, attributor)] = {
-            "rule": rule, "attributor": attributor, "auroc": statistics.fmean(both) if both else None,
-            "auroc_original_correct": a, "auroc_bg_varied_errors": b,
+            "rule": rule,
+            "attributor": attributor,
+            "auroc": statistics.fmean(both) if both else None,
+            "auroc_original_correct": a,
+            "auroc_bg_varied_errors": b,
             "agreement_with_counterfactual": agreement(everyone, rule),
             "undetermined_share": _undetermined(everyone, rule),
-            "ms_per_image": ms, "cost_vs_plain": ratio,
+            "ms_per_image": ms,
+            "cost_vs_plain": ratio,
         }
     plain_ms = cost(run, "plain")[0]
     g = groups(run, "cci")
     return {
         "rules": rules,
-        "best_rule": max((n for n in rules if rules[n]["auroc"] is not None), key=lambda n: rules[n]["auroc"],
-                         default=None),
+        "best_rule": max(
+            (n for n in rules if rules[n]["auroc"] is not None), key=lambda n: rules[n]["auroc"], default=None
+        ),
         "attributors": {a: dict(zip(("ms_per_image", "cost_vs_plain"), cost(run, a))) for a in ATTRIBUTORS},
         "plain_ms_per_image": plain_ms,
-        "counterfactual_truth": {part: {m: _share_bg(rows) for m, rows in models.items()} for part, models in g.items()},
+        "counterfactual_truth": {
+            part: {m: _share_bg(rows) for m, rows in models.items()} for part, models in g.items()
+        },
         "n": {part: {m: len(rows) for m, rows in models.items()} for part, models in g.items()},
         "acc1": {m: {t: run.evals[(m, t, "plain")].acc1 for t in (ORIGINAL, BG_VARIED)} for m in (CLEAN, SHORTCUT)},
-        "limit": run.limit, "runtime_s": run.runtime_s,
+        "limit": run.limit,
+        "runtime_s": run.runtime_s,
     }
 
 
@@ -217,27 +231,59 @@ def render(report: dict[str, Any], console) -> None:
     from covar_harness.console import markup, print_rows
 
     n = report["n"]
-    columns = ["rule", "attributor", "AUROC orig/correct", "AUROC bgvar/errors", "AUROC mean", "agrees w/ cf truth",
-               "undetermined", "ms/image", "x plain"]
-    rows = [[name, r["attributor"], _fmt(r["auroc_original_correct"]), _fmt(r["auroc_bg_varied_errors"]),
-             _fmt(r["auroc"]), _fmt(r["agreement_with_counterfactual"], pct=True),
-             _fmt(r["undetermined_share"], pct=True), f"{r['ms_per_image']:.2f}", f"{r['cost_vs_plain']:.1f}"]
-            for name, r in report["rules"].items()]
+    columns = [
+        "rule",
+        "attributor",
+        "AUROC orig/correct",
+        "AUROC bgvar/errors",
+        "AUROC mean",
+        "agrees w/ cf truth",
+        "undetermined",
+        "ms/image",
+        "x plain",
+    ]
+    rows = [
+        [
+            name,
+            r["attributor"],
+            _fmt(r["auroc_original_correct"]),
+            _fmt(r["auroc_bg_varied_errors"]),
+            _fmt(r["auroc"]),
+            _fmt(r["agreement_with_counterfactual"], pct=True),
+            _fmt(r["undetermined_share"], pct=True),
+            f"{r['ms_per_image']:.2f}",
+            f"{r['cost_vs_plain']:.1f}",
+        ]
+        for name, r in report["rules"].items()
+    ]
     best = list(report["rules"]).index(report["best_rule"]) if report["best_rule"] in report["rules"] else None
-    print_rows(console, f"which diagnosis to trust: clean vs shortcut demo model (--limit {report['limit']})",
-               columns, rows, right=range(2, len(columns)), row_styles={best: "bold green"} if best is not None else None)
+    print_rows(
+        console,
+        f"which diagnosis to trust: clean vs shortcut demo model (--limit {report['limit']})",
+        columns,
+        rows,
+        right=range(2, len(columns)),
+        row_styles={best: "bold green"} if best is not None else None,
+    )
     truth = report["counterfactual_truth"]
     console.print(
         f"samples: original/correct clean {n['original_correct'][CLEAN]}, shortcut {n['original_correct'][SHORTCUT]}; "
-        f"bg_varied/errors clean {n['bg_varied_errors'][CLEAN]}, shortcut {n['bg_varied_errors'][SHORTCUT]}")
+        f"bg_varied/errors clean {n['bg_varied_errors'][CLEAN]}, shortcut {n['bg_varied_errors'][SHORTCUT]}"
+    )
     console.print(
         "counterfactual truth (background alone reproduces the decision, foreground alone does not): "
         f"original/correct clean {_fmt(truth['original_correct'][CLEAN], True)}, shortcut "
         f"{_fmt(truth['original_correct'][SHORTCUT], True)}; bg_varied/errors clean "
-        f"{_fmt(truth['bg_varied_errors'][CLEAN], True)}, shortcut {_fmt(truth['bg_varied_errors'][SHORTCUT], True)}")
+        f"{_fmt(truth['bg_varied_errors'][CLEAN], True)}, shortcut {_fmt(truth['bg_varied_errors'][SHORTCUT], True)}"
+    )
     acc = report["acc1"]
-    console.print("acc1: " + "; ".join(f"{markup(m)} {_fmt(acc[m][ORIGINAL], True)} original, "
-                                       f"{_fmt(acc[m][BG_VARIED], True)} bg_varied" for m in acc))
+    console.print(
+        "acc1: "
+        + "; ".join(
+            f"{markup(m)} {_fmt(acc[m][ORIGINAL], True)} original, {_fmt(acc[m][BG_VARIED], True)} bg_varied"
+            for m in acc
+        )
+    )
     console.print(f"plain forward {report['plain_ms_per_image']:.2f} ms/image; runtime {report['runtime_s']:.1f} s")
 
 

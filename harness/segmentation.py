@@ -1,5 +1,5 @@
-"""Foreground masks for the diagnosis (docs/design.md section 7.5, 8): the segmenter contract and the helpers every segmenter
-and its caller share.
+"""Foreground masks for the diagnosis (docs/design.md sections 7.5, 8): the segmenter contract and the helpers
+every segmenter and its caller share.
 
 A segmenter is anything with a ``name`` and a ``masks`` method (the :class:`Segmenter` protocol); plugins
 register factories for them through ``register_segmenters``. The caller turns a mask into the patch-grid
@@ -20,8 +20,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -53,13 +54,13 @@ class Segmenter(Protocol):
 
     name: str
 
-    def masks(self, samples: "SampleSet", indices: list[int], prompts: list[str]) -> list[Image.Image | None]:
-        ...
+    def masks(self, samples: SampleSet, indices: list[int], prompts: list[str]) -> list[Image.Image | None]: ...
 
 
 # ---- choosing a segmenter --------------------------------------------------------------------------------
-def choose_segmenter(name: str, samples: "SampleSet", catalog: "Catalog",
-                     settings: dict[str, Any] | None = None) -> Segmenter:
+def choose_segmenter(
+    name: str, samples: SampleSet, catalog: Catalog, settings: dict[str, Any] | None = None
+) -> Segmenter:
     """Build the segmenter for a task: ``auto`` = the dataset's masks when it has any, else ``groundedsam``.
 
     ``settings`` are keyword arguments for the factory. Under ``auto`` they configure the GroundedSAM fallback,
@@ -74,8 +75,9 @@ def choose_segmenter(name: str, samples: "SampleSet", catalog: "Catalog",
         else:
             name = "groundedsam"
     elif name == "dataset" and not samples.has_masks:
-        raise UsageError("segmenter 'dataset': this task ships no foreground masks; use --segmenter auto or "
-                         "groundedsam")
+        raise UsageError(
+            "segmenter 'dataset': this task ships no foreground masks; use --segmenter auto or groundedsam"
+        )
     factory = catalog.segmenters.get(name)
     _check_settings(name, factory, settings)
     return factory(**settings)
@@ -89,11 +91,13 @@ def _check_settings(name: str, factory: Callable[..., Any], settings: dict[str, 
     accepts = keywords_of(factory)
     unknown = sorted(k for k in settings if not accepts.accepts(k))
     if unknown:
-        raise UsageError(f"segmenter {name!r} has no setting {', '.join(map(repr, unknown))}; "
-                         f"settings: {', '.join(sorted(accepts.names)) or '(none)'}")
+        raise UsageError(
+            f"segmenter {name!r} has no setting {', '.join(map(repr, unknown))}; "
+            f"settings: {', '.join(sorted(accepts.names)) or '(none)'}"
+        )
 
 
-def label_prompts(samples: "SampleSet", indices: Sequence[int]) -> list[str]:
+def label_prompts(samples: SampleSet, indices: Sequence[int]) -> list[str]:
     """The default prompt of each sample: its label's class name (or the label number without class names)."""
     names = samples.classnames
     labels = [samples.samples[i].label for i in indices]
@@ -118,8 +122,9 @@ def as_fraction_image(mask: Image.Image) -> Image.Image:
     return Image.fromarray(arr, mode="F")
 
 
-def geometric_like(preprocess: Callable, mask: Image.Image,
-                   input_size_hw: tuple[int, int] | None = None) -> Image.Image:
+def geometric_like(
+    preprocess: Callable, mask: Image.Image, input_size_hw: tuple[int, int] | None = None
+) -> Image.Image:
     """The mask moved into the model-input frame as ``preprocess`` moves the image; mode "F", values in [0, 1].
 
     Three tiers, most exact first:
@@ -145,7 +150,7 @@ def geometric_like(preprocess: Callable, mask: Image.Image,
     if probed is not None:
         return probed
     if input_size_hw is not None:
-        return fraction.resize((input_size_hw[1], input_size_hw[0]), Image.BOX)
+        return fraction.resize((input_size_hw[1], input_size_hw[0]), Image.Resampling.BOX)
     return fraction
 
 
@@ -160,7 +165,7 @@ def _apply_geometric_steps(steps: Sequence[Callable], mask: Image.Image) -> Imag
     return mask
 
 
-def _box_interpolating(step: Callable) -> Callable:
+def _box_interpolating(step: Any) -> Any:
     """A copy of a resize-like step that resamples with BOX (area average); other steps are returned as is."""
     current = getattr(step, "interpolation", None)
     if current is None:
@@ -168,7 +173,7 @@ def _box_interpolating(step: Callable) -> Callable:
     from torchvision.transforms import InterpolationMode
 
     step = copy.copy(step)
-    step.interpolation = InterpolationMode.BOX if isinstance(current, InterpolationMode) else Image.BOX
+    step.interpolation = InterpolationMode.BOX if isinstance(current, InterpolationMode) else Image.Resampling.BOX
     return step
 
 
@@ -176,12 +181,15 @@ def _through_preprocess(preprocess: Callable, mask: Image.Image) -> Image.Image 
     """Tier 2 of :func:`geometric_like`; None when the preprocess is unusable that way."""
     grey = Image.fromarray((np.asarray(mask) * 255).round().clip(0, 255).astype(np.uint8), mode="L").convert("RGB")
     try:
-        ramp = _channel0(preprocess(grey))
-        black = _channel0(preprocess(Image.new("RGB", mask.size, (0, 0, 0)))).mean()
-        white = _channel0(preprocess(Image.new("RGB", mask.size, (255, 255, 255)))).mean()
+        ramp, lo, hi = (
+            _channel0(preprocess(im)) for im in (grey, *(Image.new("RGB", mask.size, (v,) * 3) for v in (0, 255)))
+        )
     except Exception:  # any failure of a foreign preprocess means: use the plain-resize fallback
         return None
-    if ramp is None or not np.isfinite(white - black) or abs(white - black) < 1e-6:
+    if ramp is None or lo is None or hi is None:
+        return None
+    black, white = lo.mean(), hi.mean()
+    if not np.isfinite(white - black) or abs(white - black) < 1e-6:
         return None
     return Image.fromarray(np.clip((ramp - black) / (white - black), 0.0, 1.0).astype(np.float32), mode="F")
 
@@ -193,9 +201,9 @@ def _channel0(pixels: Any) -> np.ndarray | None:
     return arr[0] if arr.ndim == 3 else None
 
 
-def mask_to_patch_grid(mask: Image.Image, image_size_hw: tuple[int, int] | None,
-                       grid: tuple[int, int]) -> np.ndarray:
-    """(rows, cols) float32 in [0, 1]: the fraction of each patch's pixels that are foreground (docs/design.md section 7.5).
+def mask_to_patch_grid(mask: Image.Image, image_size_hw: tuple[int, int] | None, grid: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) float32 in [0, 1]: the fraction of each patch's pixels that are foreground
+    (docs/design.md section 7.5).
 
     ``mask`` must already be in the model-input frame (see :func:`geometric_like`); mode "F" holds fractions,
     other modes 0..255. ``image_size_hw`` is that frame's size: a mask of another size is first area-resampled
@@ -204,19 +212,20 @@ def mask_to_patch_grid(mask: Image.Image, image_size_hw: tuple[int, int] | None,
     """
     fraction = as_fraction_image(mask)
     if image_size_hw is not None and fraction.size != (image_size_hw[1], image_size_hw[0]):
-        fraction = fraction.resize((image_size_hw[1], image_size_hw[0]), Image.BOX)
+        fraction = fraction.resize((image_size_hw[1], image_size_hw[0]), Image.Resampling.BOX)
     rows, cols = grid
     arr = np.asarray(fraction, dtype=np.float64)
     height, width = arr.shape
     if height % rows == 0 and width % cols == 0:
         out = arr.reshape(rows, height // rows, cols, width // cols).mean(axis=(1, 3))
     else:
-        out = np.asarray(fraction.resize((cols, rows), Image.BOX), dtype=np.float64)
+        out = np.asarray(fraction.resize((cols, rows), Image.Resampling.BOX), dtype=np.float64)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def mask_patch_fractions(preprocess: Callable, mask: Image.Image, grid: tuple[int, int],
-                         input_size_hw: tuple[int, int] | None = None) -> np.ndarray:
+def mask_patch_fractions(
+    preprocess: Callable, mask: Image.Image, grid: tuple[int, int], input_size_hw: tuple[int, int] | None = None
+) -> np.ndarray:
     """Both steps at once: a mask in the original image frame -> patch-grid foreground fractions."""
     return mask_to_patch_grid(geometric_like(preprocess, mask, input_size_hw), input_size_hw, grid)
 
@@ -270,8 +279,9 @@ class MaskCache:
         from covar_harness.results import atomic_write
 
         path = self._path(key, ".png" if mask is not None else ".none")
-        atomic_write(path, lambda fh: mask.convert("L").save(fh, format="PNG") if mask is not None else None,
-                     binary=True)
+        atomic_write(
+            path, lambda fh: mask.convert("L").save(fh, format="PNG") if mask is not None else None, binary=True
+        )
 
 
 # ---- per task: masks on the model's patch grid -------------------------------------------------------------
@@ -281,10 +291,16 @@ class PatchMasks:
     Prompts are the samples' label class names (the task's own names, which may differ from the dataset's).
     """
 
-    def __init__(self, segmenter: Segmenter, samples: "SampleSet", classnames: Sequence[str],
-                 preprocess: Callable, grid: tuple[int, int]):
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        samples: SampleSet,
+        classnames: Sequence[str],
+        preprocess: Callable,
+        grid: tuple[int, int],
+    ):
         self.segmenter, self.samples, self.classnames = segmenter, samples, list(classnames)
-        self.preprocess, self.grid = preprocess, tuple(grid)
+        self.preprocess, self.grid = preprocess, (int(grid[0]), int(grid[1]))
         self.n_missing = 0
         self.failed: str | None = None  # why the segmenter stopped (e.g. its weights cannot be fetched offline)
 
@@ -303,8 +319,9 @@ class PatchMasks:
             if len(masks) != len(indices):
                 raise ValueError(f"returned {len(masks)} masks for {len(indices)} images")
             stage = "masks cannot be mapped onto the model's patch grid"
-            out = [None if m is None else mask_patch_fractions(self.preprocess, m, self.grid).reshape(-1)
-                   for m in masks]
+            out = [
+                None if m is None else mask_patch_fractions(self.preprocess, m, self.grid).reshape(-1) for m in masks
+            ]
         except Exception as exc:  # noqa: BLE001 - any failure of a mask provider means: no diagnosis
             self._fail(stage, exc)
             return [None] * len(indices)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from covar_harness.registry import UnknownNameError, UsageError, is_glob
 
@@ -115,8 +116,11 @@ def check_class_groups(value: Any, where: str) -> None:
         if not _group_key_ok(key):
             raise _fail(where, "class_groups", f"keys are class names or indices, got {type(key).__name__}")
         if not isinstance(group, str):
-            raise _fail(where, "class_groups", f"the group of {str(key)[:60]!r} must be a string (a group name), "
-                        f"got {type(group).__name__}")
+            raise _fail(
+                where,
+                "class_groups",
+                f"the group of {str(key)[:60]!r} must be a string (a group name), got {type(group).__name__}",
+            )
 
 
 def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
@@ -165,9 +169,17 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     if not isinstance(description, (str, int, float)) or isinstance(description, bool):
         raise _fail(where, "description", "must be a string")
     return TaskConfig(
-        task=name, dataset=dict(ds), classnames=raw.get("classnames"), templates=templates, version=version,
-        tags=tuple(tags), class_groups=groups, headline=headline, description=str(description),
-        metadata=meta, source=source.resolve() if source else None,
+        task=name,
+        dataset=dict(ds),
+        classnames=raw.get("classnames"),
+        templates=templates,
+        version=version,
+        tags=tuple(tags),
+        class_groups=groups,
+        headline=headline,
+        description=str(description),
+        metadata=meta,
+        source=source.resolve() if source else None,
     )
 
 
@@ -180,8 +192,9 @@ def load_task_file(path: Path) -> TaskConfig:
     try:
         raw = yaml.safe_load(read_text_capped(path, TASK_FILE_MAX_BYTES))
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise TaskConfigError(f"{path}: cannot read task YAML: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
-                              ) from exc
+        raise TaskConfigError(
+            f"{path}: cannot read task YAML: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
+        ) from exc
     except RecursionError:
         raise TaskConfigError(f"{path}: cannot read task YAML: nested too deeply") from None
     return parse_task(raw, path)

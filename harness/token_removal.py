@@ -35,8 +35,8 @@ pooling. Adapters' exactness tests check both against an explicit shortened-sequ
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -120,8 +120,12 @@ def key_mask(drop_rows: torch.Tensor, n_prefix: int, dtype: torch.dtype) -> torc
     return mask.masked_fill(full, torch.finfo(dtype).min)
 
 
-def plan_chunks(kept: torch.Tensor, max_rows: int = MAX_ROWS, strategy: str = "auto",
-                overhead_tokens: int = CALL_OVERHEAD_TOKENS["cpu"]) -> list[Chunk]:
+def plan_chunks(
+    kept: torch.Tensor,
+    max_rows: int = MAX_ROWS,
+    strategy: str = "auto",
+    overhead_tokens: int = CALL_OVERHEAD_TOKENS["cpu"],
+) -> list[Chunk]:
     """Split rows (``kept[r]`` = patches row r keeps) into forward chunks of at most ``max_rows`` rows.
 
     ``shorten``: one shortened chunk per kept count (no masks at all). ``mask``: full-length masked chunks in
@@ -148,7 +152,7 @@ def plan_chunks(kept: torch.Tensor, max_rows: int = MAX_ROWS, strategy: str = "a
             plan.append(Chunk(torch.cat(current), length, uniform))
 
     for count, size in zip(counts.tolist(), sizes.tolist()):
-        rows = order.indices[start:start + size]
+        rows = order.indices[start : start + size]
         start += size
         if current and size * (length - count) <= budget and n_rows < max_rows:
             uniform = uniform and count == length
@@ -214,9 +218,15 @@ def encode_without(
     return out[:, 0] if squeeze else out
 
 
-def _run_chunk(tokens: torch.Tensor, drop_rows: torch.Tensor, images: torch.Tensor, chunk: Chunk, n_prefix: int,
-               run_shortened: Callable[[torch.Tensor], torch.Tensor],
-               run_masked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _run_chunk(
+    tokens: torch.Tensor,
+    drop_rows: torch.Tensor,
+    images: torch.Tensor,
+    chunk: Chunk,
+    n_prefix: int,
+    run_shortened: Callable[[torch.Tensor], torch.Tensor],
+    run_masked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """One forward for one chunk, on the path its plan chose."""
     if chunk.full:
         return run_masked(tokens[images], key_mask(drop_rows, n_prefix, tokens.dtype))

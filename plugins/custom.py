@@ -19,9 +19,10 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from covar_harness.adapter import missing_members
 from covar_harness.hookspecs import hookimpl
@@ -53,6 +54,8 @@ def load_file(path: Path) -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"custom:{path}: cannot import it as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -70,8 +73,10 @@ def load_module(target: str) -> ModuleType:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name and target.startswith(exc.name):
-            raise UsageError(f"custom: cannot import module {target!r} (not installed, not on PYTHONPATH); "
-                             f"a file works too: custom:path/to/file.py:CALLABLE") from exc
+            raise UsageError(
+                f"custom: cannot import module {target!r} (not installed, not on PYTHONPATH); "
+                f"a file works too: custom:path/to/file.py:CALLABLE"
+            ) from exc
         raise
 
 
@@ -102,8 +107,9 @@ def load_custom(rest: str, *, device: str = "cpu", precision: str = "fp32", cach
         raise ModelLoadError(f"custom:{rest}: {stage} the adapter failed: {type(exc).__name__}: {first}") from exc
     missing = missing_members(adapter)
     if missing:
-        raise UsageError(f"custom:{rest} returned a {type(adapter).__name__}, not a ModelAdapter: "
-                         f"missing {'; '.join(missing)}")
+        raise UsageError(
+            f"custom:{rest} returned a {type(adapter).__name__}, not a ModelAdapter: missing {'; '.join(missing)}"
+        )
     return adapter
 
 

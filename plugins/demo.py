@@ -38,8 +38,12 @@ def _preflight_covar_shapes(ds: dict, data_dir):
 
 @hookimpl
 def register_dataset_formats(register):
-    register("covar-shapes", _load_covar_shapes, preflight=_preflight_covar_shapes,
-             description="procedural COVAR-Shapes, generated on first use into <data-dir>/covar-shapes")
+    register(
+        "covar-shapes",
+        _load_covar_shapes,
+        preflight=_preflight_covar_shapes,
+        description="procedural COVAR-Shapes, generated on first use into <data-dir>/covar-shapes",
+    )
 
 
 def demo_spec(folder: str) -> str:

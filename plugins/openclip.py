@@ -65,8 +65,9 @@ class OpenClipAdapter(BaseAdapter):
         with torch.inference_mode():
             return tower.patch_tokens(pixels.to(self.device, self.dtype), layer).float()
 
-    def encode_images_without(self, pixels, drop, *, strategy: str = "auto", max_rows: int | None = None,
-                              allow_empty: bool = False):
+    def encode_images_without(
+        self, pixels, drop, *, strategy: str = "auto", max_rows: int | None = None, allow_empty: bool = False
+    ):
         """Image embeddings (B, D), or (B, K, D) for a (B, K, N) ``drop``, with the dropped patches removed from
         attention in every layer and from pooling. Same space and scale as :meth:`encode_images`.
         ``strategy``/``max_rows`` are for tests and benchmarks (see covar_harness.token_removal).
@@ -81,8 +82,16 @@ class OpenClipAdapter(BaseAdapter):
         with torch.inference_mode():
             tokens = tower.embed(pixels.to(self.device, self.dtype))
             rows = max_rows if max_rows is not None else tower.max_rows(tokens.shape[1])
-            out = tr.encode_without(tokens, drop, tower.n_prefix, tower.run_shortened, tower.run_masked,
-                                    rows, strategy=strategy, allow_empty=allow_empty)
+            out = tr.encode_without(
+                tokens,
+                drop,
+                tower.n_prefix,
+                tower.run_shortened,
+                tower.run_masked,
+                rows,
+                strategy=strategy,
+                allow_empty=allow_empty,
+            )
         return out.float()
 
     def _require_tower(self):
@@ -113,8 +122,10 @@ def removal_tower(visual) -> tuple[Any, str]:
     if trunk is not None and getattr(visual, "head", None) is not None:
         reason = TimmViTTower.unsupported(visual)
         return (None, reason) if reason else (TimmViTTower(visual), "")
-    return None, (f"vision tower {type(visual).__name__} is not a ViT: patch tokens cannot be removed from it "
-                  "(convolutions mix neighbouring patches)")
+    return None, (
+        f"vision tower {type(visual).__name__} is not a ViT: patch tokens cannot be removed from it "
+        "(convolutions mix neighbouring patches)"
+    )
 
 
 def block_index(n_blocks: int, layer: int) -> int:
@@ -152,8 +163,10 @@ class NativeViTTower:
         if visual.attn_pool is None and visual.pool_type == "none":
             return "pool_type 'none' without an attention pool gives no pooled image embedding"
         if visual.attn_pool is not None and getattr(visual, "attn_pool_contrastive", None) is not None:
-            return (f"open_clip's work-in-progress {visual.attn_pool_type!r} attentional pool returns (B, 1, D) "
-                    "image features, not an embedding")
+            return (
+                f"open_clip's work-in-progress {visual.attn_pool_type!r} attentional pool returns (B, 1, D) "
+                "image features, not an embedding"
+            )
         return ""
 
     def max_rows(self, seq_len: int) -> int:
@@ -178,7 +191,7 @@ class NativeViTTower:
         idx = block_index(len(self.visual.transformer.resblocks), layer)
         x = self.visual._embeds(pixels)
         _, inter = self.visual.transformer.forward_intermediates(x, indices=[idx], stop_early=True)
-        return inter[0][:, self.n_prefix:]
+        return inter[0][:, self.n_prefix :]
 
     def _project(self, pooled):
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
@@ -232,9 +245,14 @@ class TimmViTTower:
         trunk = visual.trunk
         name = type(trunk).__name__
         if type(trunk) is not VisionTransformer:
-            return (f"timm tower {name} is not a plain timm VisionTransformer (convolutional, windowed, rotary or "
-                    "relative-position towers cannot drop tokens exactly)")
-        if type(trunk.patch_embed) is not PatchEmbed or trunk.patch_embed.proj.kernel_size != trunk.patch_embed.proj.stride:
+            return (
+                f"timm tower {name} is not a plain timm VisionTransformer (convolutional, windowed, rotary or "
+                "relative-position towers cannot drop tokens exactly)"
+            )
+        if (
+            type(trunk.patch_embed) is not PatchEmbed
+            or trunk.patch_embed.proj.kernel_size != trunk.patch_embed.proj.stride
+        ):
             return "patch embedding is not a non-overlapping patchify: a patch's pixels reach other tokens"
         if getattr(trunk, "dynamic_img_size", False):
             return "dynamic_img_size towers are not supported"
@@ -276,15 +294,16 @@ class TimmViTTower:
 
     def patch_tokens(self, pixels, layer: int):
         idx = block_index(len(self.trunk.blocks), layer)
-        return self.trunk.forward_intermediates(pixels, indices=[idx], output_fmt="NLC", intermediates_only=True,
-                                                stop_early=True)[0]
+        return self.trunk.forward_intermediates(
+            pixels, indices=[idx], output_fmt="NLC", intermediates_only=True, stop_early=True
+        )[0]
 
     def _pool_masked(self, x, mask):
         """timm ``VisionTransformer.pool`` with dropped tokens excluded (MAP keys, averages, maxima)."""
         t = self.trunk
         if t.attn_pool is not None or t.global_pool != "token":
             if not getattr(t, "pool_include_prefix", False):
-                x, mask = x[:, self.n_prefix:], mask[:, self.n_prefix:]
+                x, mask = x[:, self.n_prefix :], mask[:, self.n_prefix :]
         if t.attn_pool is not None:
             return t.attn_pool(x, attn_mask=mask[:, None, None, :])
         if t.global_pool == "token":
@@ -320,7 +339,11 @@ def load_openclip(rest: str, *, device: str = "cpu", precision: str = "fp32", ca
         log.warning("openclip:%s has no pretrained tag: the weights are RANDOM (smoke tests only)", safe(rest))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=tag, precision=precision, device=device, cache_dir=cache_dir,
+            model_name,
+            pretrained=tag,
+            precision=precision,
+            device=device,
+            cache_dir=cache_dir,
             pretrained_text=False if tag is None else True,
         )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
@@ -339,12 +362,12 @@ def patch_count_hint(spec: str) -> int | None:
     import json
     from pathlib import Path
 
-    rest = spec[len("openclip:"):] if spec.startswith("openclip:") else spec
+    rest = spec[len("openclip:") :] if spec.startswith("openclip:") else spec
     if rest.startswith("hf-hub:"):
         return None
     try:
         if rest.startswith("local-dir:"):
-            cfg = json.loads((Path(rest[len("local-dir:"):]).expanduser() / "open_clip_config.json").read_text())
+            cfg = json.loads((Path(rest[len("local-dir:") :]).expanduser() / "open_clip_config.json").read_text())
             cfg = cfg.get("model_cfg", cfg)
         else:
             import open_clip
@@ -366,11 +389,13 @@ def _patches_of(vision: dict) -> int | None:
         patch = int(found.group(1)) if found and timm_name.startswith("vit_") else None
     if not patch or not isinstance(vision.get("layers", 0), int):
         return None
+    if not isinstance(size, (int, list, tuple)):
+        return None
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return (int(h) // int(patch)) * (int(w) // int(patch))
 
 
-load_openclip.patch_count_hint = patch_count_hint  # read by covar_harness.models.patch_count_hint
+load_openclip.patch_count_hint = patch_count_hint  # type: ignore[attr-defined]  # read by covar_harness.models.patch_count_hint
 
 
 def _explain_failure(rest: str, model_name: str, tag: str | None, exc: Exception) -> str:

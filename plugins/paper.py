@@ -18,8 +18,14 @@ from covar_harness.hookspecs import hookimpl
 from covar_harness.resources import read_csv
 
 TABLE = "paper_models.csv"
-DATA_SLUGS = {"DataComp-1B": "datacomp", "LAION-2B": "laion2b", "DFN-2B": "dfn2b", "DFN-5B": "dfn5b",
-              "WebLI": "webli", "OpenAI": "openai"}
+DATA_SLUGS = {
+    "DataComp-1B": "datacomp",
+    "LAION-2B": "laion2b",
+    "DFN-2B": "dfn2b",
+    "DFN-5B": "dfn5b",
+    "WebLI": "webli",
+    "OpenAI": "openai",
+}
 
 
 def paper_rows() -> list[dict[str, str]]:

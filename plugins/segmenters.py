@@ -15,8 +15,9 @@ machines cannot reach: the tests run the same code on tiny random checkpoints sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from covar_harness.hookspecs import hookimpl
 from covar_harness.segmentation import MaskCache, default_mask_cache_dir, grounding_prompt, image_fingerprint
@@ -44,10 +45,10 @@ class DatasetSegmenter:
         self.n_unreadable = 0
         self.first_error: str | None = None
 
-    def masks(self, samples: "SampleSet", indices: list[int], prompts: list[str]) -> list["Image.Image | None"]:
+    def masks(self, samples: SampleSet, indices: list[int], prompts: list[str]) -> list[Image.Image | None]:
         return [self._read(samples, i) for i in indices]
 
-    def _read(self, samples: "SampleSet", index: int) -> "Image.Image | None":
+    def _read(self, samples: SampleSet, index: int) -> Image.Image | None:
         try:
             return self._mask(samples, index)
         except Exception as exc:  # noqa: BLE001 - one bad file must not switch the diagnosis off
@@ -60,14 +61,14 @@ class DatasetSegmenter:
             return None
 
     @staticmethod
-    def _mask(samples: "SampleSet", index: int) -> "Image.Image | None":
+    def _mask(samples: SampleSet, index: int) -> Image.Image | None:
         from PIL import Image
 
         mask = samples.open_mask(index)
         if mask is None:
             return None
         size = samples.open_image(index).size
-        return mask if mask.size == size else mask.resize(size, Image.NEAREST)
+        return mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -91,9 +92,18 @@ class GroundedSAMSegmenter:
 
     name = "groundedsam"
 
-    def __init__(self, *, detector: str = DEFAULT_DETECTOR, sam: str = DEFAULT_SAM, box_threshold: float = 0.3,
-                 text_threshold: float = 0.25, device: str | None = None, batch_size: int = 8,
-                 cache_dir: str | Path | None = None, cache: bool = True):
+    def __init__(
+        self,
+        *,
+        detector: str = DEFAULT_DETECTOR,
+        sam: str = DEFAULT_SAM,
+        box_threshold: float = 0.3,
+        text_threshold: float = 0.25,
+        device: str | None = None,
+        batch_size: int = 8,
+        cache_dir: str | Path | None = None,
+        cache: bool = True,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.detector_id, self.sam_id = str(detector), str(sam)
@@ -104,23 +114,28 @@ class GroundedSAMSegmenter:
         self._identity = {"detector": _model_identity(self.detector_id), "sam": _model_identity(self.sam_id)}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "detector": self.detector_id, "sam": self.sam_id,
-                "box_threshold": self.box_threshold, "text_threshold": self.text_threshold}
+        return {
+            "name": self.name,
+            "detector": self.detector_id,
+            "sam": self.sam_id,
+            "box_threshold": self.box_threshold,
+            "text_threshold": self.text_threshold,
+        }
 
     # ---- the contract ----------------------------------------------------------------------------------
-    def masks(self, samples: "SampleSet", indices: list[int], prompts: list[str]) -> list["Image.Image | None"]:
+    def masks(self, samples: SampleSet, indices: list[int], prompts: list[str]) -> list[Image.Image | None]:
         if len(indices) != len(prompts):
             raise ValueError(f"{len(indices)} indices but {len(prompts)} prompts")
         return self.segment((samples.open_image(i), p) for i, p in zip(indices, prompts))
 
-    def segment(self, items: Iterable[tuple["Image.Image", str]]) -> list["Image.Image | None"]:
+    def segment(self, items: Iterable[tuple[Image.Image, str]]) -> list[Image.Image | None]:
         """Masks for (image, prompt) pairs: cache hits directly, misses gathered into full model batches.
 
         Images are consumed one at a time and only the pending misses are held, so memory stays bounded by
         ``batch_size`` whatever the number of items.
         """
-        out: list["Image.Image | None"] = []
-        pending: list[tuple[int, str, "Image.Image", str]] = []  # (position, cache key, image, prompt)
+        out: list[Image.Image | None] = []
+        pending: list[tuple[int, str, Image.Image, str]] = []  # (position, cache key, image, prompt)
         for position, (image, prompt) in enumerate(items):
             prompt = grounding_prompt(prompt)
             key = self._key(image, prompt)
@@ -133,7 +148,7 @@ class GroundedSAMSegmenter:
         self._flush(pending, out)
         return out
 
-    def _flush(self, pending: list[tuple[int, str, "Image.Image", str]], out: list) -> None:
+    def _flush(self, pending: list[tuple[int, str, Image.Image, str]], out: list) -> None:
         """Compute the pending misses in one batch, store them in ``out`` and the cache, empty ``pending``."""
         if not pending:
             return
@@ -145,9 +160,15 @@ class GroundedSAMSegmenter:
         pending.clear()
 
     # ---- cache key -------------------------------------------------------------------------------------
-    def _key(self, image: "Image.Image", prompt: str) -> str:
-        return MaskCache.key(version=CACHE_VERSION, image=image_fingerprint(image), prompt=prompt,
-                             **self._identity, box_threshold=self.box_threshold, text_threshold=self.text_threshold)
+    def _key(self, image: Image.Image, prompt: str) -> str:
+        return MaskCache.key(
+            version=CACHE_VERSION,
+            image=image_fingerprint(image),
+            prompt=prompt,
+            **self._identity,
+            box_threshold=self.box_threshold,
+            text_threshold=self.text_threshold,
+        )
 
     # ---- models ----------------------------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
@@ -174,20 +195,20 @@ class GroundedSAMSegmenter:
             "det_processor": AutoProcessor.from_pretrained(self.detector_id),
             "detector": AutoModelForZeroShotObjectDetection.from_pretrained(self.detector_id).to(device).eval(),
             "sam_processor": AutoProcessor.from_pretrained(self.sam_id),
-            "sam": SamModel.from_pretrained(self.sam_id).to(device).eval(),
+            "sam": SamModel.from_pretrained(self.sam_id).to(device).eval(),  # type: ignore[arg-type]  # transformers stub
         }
 
-    def _compute(self, images: list["Image.Image"], prompts: list[str]) -> list["Image.Image | None"]:
+    def _compute(self, images: list[Image.Image], prompts: list[str]) -> list[Image.Image | None]:
         boxes = self._detect(images, prompts)
         with_box = [j for j, box in enumerate(boxes) if box is not None]
-        masks: list["Image.Image | None"] = [None] * len(images)
+        masks: list[Image.Image | None] = [None] * len(images)
         if with_box:
-            for j, mask in zip(with_box, self._segment_boxes([images[j] for j in with_box],
-                                                             [boxes[j] for j in with_box])):
+            found = [box for box in boxes if box is not None]  # the boxes of with_box, in order
+            for j, mask in zip(with_box, self._segment_boxes([images[j] for j in with_box], found)):
                 masks[j] = mask
         return masks
 
-    def _detect(self, images: list["Image.Image"], prompts: list[str]) -> list[list[float] | None]:
+    def _detect(self, images: list[Image.Image], prompts: list[str]) -> list[list[float] | None]:
         """One Grounding DINO call for the batch; per image the best box [x0, y0, x1, y1] in pixels, or None."""
         import torch
 
@@ -197,8 +218,10 @@ class GroundedSAMSegmenter:
         with torch.inference_mode():
             outputs = m["detector"](**inputs)
         words = _word_token_mask(inputs["input_ids"], processor.tokenizer)
-        return [self._best_box(outputs.logits[b].float().sigmoid(), outputs.pred_boxes[b].float(), words[b],
-                               images[b].size) for b in range(len(images))]
+        return [
+            self._best_box(outputs.logits[b].float().sigmoid(), outputs.pred_boxes[b].float(), words[b], images[b].size)
+            for b in range(len(images))
+        ]
 
     def _best_box(self, probs, boxes, words, size: tuple[int, int]) -> list[float] | None:
         """probs (Q, L) token probabilities, boxes (Q, 4) normalised cx, cy, w, h; size (W, H)."""
@@ -215,7 +238,7 @@ class GroundedSAMSegmenter:
         best = int(torch.where(valid, scores, torch.full_like(scores, -1.0)).argmax())
         return [float(v) for v in corners[best]]
 
-    def _segment_boxes(self, images: list["Image.Image"], boxes: list[list[float]]) -> list["Image.Image | None"]:
+    def _segment_boxes(self, images: list[Image.Image], boxes: list[list[float]]) -> list[Image.Image | None]:
         """One SAM call for the batch, one box prompt per image; masks at the original image size."""
         import numpy as np
         import torch
@@ -225,11 +248,15 @@ class GroundedSAMSegmenter:
         processor = m["sam_processor"]
         inputs = processor(images=images, input_boxes=[[box] for box in boxes], return_tensors="pt")
         with torch.inference_mode():
-            outputs = m["sam"](pixel_values=inputs["pixel_values"].to(m["device"]),
-                               input_boxes=inputs["input_boxes"].to(m["device"]), multimask_output=False)
+            outputs = m["sam"](
+                pixel_values=inputs["pixel_values"].to(m["device"]),
+                input_boxes=inputs["input_boxes"].to(m["device"]),
+                multimask_output=False,
+            )
         masks = processor.image_processor.post_process_masks(
-            outputs.pred_masks.float().cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())
-        out: list["Image.Image | None"] = []
+            outputs.pred_masks.float().cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
+        )
+        out: list[Image.Image | None] = []
         for mask in masks:
             binary = np.asarray(mask[0, 0].numpy(), dtype=bool)
             out.append(Image.fromarray(binary.astype(np.uint8) * 255, mode="L") if binary.any() else None)
@@ -242,8 +269,9 @@ def _corners(boxes, size: tuple[int, int]):
 
     width, height = size
     cx, cy, w, h = boxes.unbind(-1)
-    corners = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height],
-                          dim=-1)
+    corners = torch.stack(
+        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], dim=-1
+    )
     limit = torch.tensor([width, height, width, height], dtype=corners.dtype, device=corners.device)
     return torch.minimum(corners.clamp(min=0), limit)
 
@@ -269,6 +297,9 @@ def _model_identity(model_id: str) -> Any:
 @hookimpl
 def register_segmenters(register):
     register("dataset", DatasetSegmenter, description="foreground masks shipped with the task (metadata 'mask')")
-    register("groundedsam", GroundedSAMSegmenter,
-             description=f"Grounding DINO box for the class name + SAM mask ({DEFAULT_DETECTOR}, {DEFAULT_SAM}; "
-                         "thresholds 0.3/0.25; cached)")
+    register(
+        "groundedsam",
+        GroundedSAMSegmenter,
+        description=f"Grounding DINO box for the class name + SAM mask ({DEFAULT_DETECTOR}, {DEFAULT_SAM}; "
+        "thresholds 0.3/0.25; cached)",
+    )

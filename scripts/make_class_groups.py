@@ -95,9 +95,11 @@ def main() -> None:
     paths = [primary_path(o, nouns) for o in offsets]
     groups = assign_groups(paths, args.max_classes)
 
-    rule = (f"group = the highest synset on the class's primary WordNet 3.0 hypernym path (first-listed hypernym "
-            f"at each step) that covers at most {args.max_classes} of the 1000 ImageNet-1k classes; "
-            f"an error is fine-grained when label and prediction share a group")
+    rule = (
+        f"group = the highest synset on the class's primary WordNet 3.0 hypernym path (first-listed hypernym "
+        f"at each step) that covers at most {args.max_classes} of the 1000 ImageNet-1k classes; "
+        f"an error is fine-grained when label and prediction share a group"
+    )
     payload = {
         "rule": rule,
         "source": "WordNet 3.0 (Debian wordnet-base), scripts/make_class_groups.py",

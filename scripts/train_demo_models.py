@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covar_harness.tasks.build_covar import composite, fit_background, fit_object
 from covar_harness.tasks import covar_shapes as cs
+from covar_harness.tasks.build_covar import composite, fit_background, fit_object
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "harness" / "resources" / "demo"
@@ -77,8 +77,10 @@ def render_pools(seed: int, per_class: int, per_family: int) -> Pools:
             rgba = cs.render_object(cls, rng, rotation=rot, view=view)
             row.append((rgba[..., :3], rgba[..., 3] > 127))
         objects.append(row)
-    backgrounds = [[cs.render_background(f, np.random.default_rng([seed, 500 + fi, k]), 96) for k in range(per_family)]
-                   for fi, f in enumerate(cs.FAMILIES)]
+    backgrounds = [
+        [cs.render_background(f, np.random.default_rng([seed, 500 + fi, k]), 96) for k in range(per_family)]
+        for fi, f in enumerate(cs.FAMILIES)
+    ]
     return Pools(objects, backgrounds)
 
 
@@ -120,7 +122,6 @@ def to_tensor(images: np.ndarray):
 
 def loss_fn(model, pixels, labels, tokens):
     """Symmetric CE in which every same-class (image, prompt) pair is a positive."""
-    import torch
     import torch.nn.functional as F
 
     img = F.normalize(model.encode_image(pixels), dim=-1)
@@ -151,8 +152,14 @@ def make_optimizer(model, lr: float, text_lr_mult: float):
         plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name
         groups.setdefault((text, plain), []).append(p)
     return torch.optim.AdamW(
-        [{"params": ps, "weight_decay": 0.0 if plain else 0.05, "lr_mult": text_lr_mult if text else 1.0}
-         for (text, plain), ps in groups.items()], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+        [
+            {"params": ps, "weight_decay": 0.0 if plain else 0.05, "lr_mult": text_lr_mult if text else 1.0}
+            for (text, plain), ps in groups.items()
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: float = 0.1) -> float:
@@ -205,8 +212,19 @@ def evaluate(model, tokens, sets: EvalSets) -> dict[str, float]:
     return res
 
 
-def train(name: str, shortcut_p: float | None, steps: int, lr: float, batch: int, pools: Pools, sets: EvalSets,
-          out: Path | None, seed: int = 0, log_every: int = 25, text_lr_mult: float = 0.1) -> dict:
+def train(
+    name: str,
+    shortcut_p: float | None,
+    steps: int,
+    lr: float,
+    batch: int,
+    pools: Pools,
+    sets: EvalSets,
+    out: Path | None,
+    seed: int = 0,
+    log_every: int = 25,
+    text_lr_mult: float = 0.1,
+) -> dict:
     import open_clip
     import torch
 
@@ -228,13 +246,22 @@ def train(name: str, shortcut_p: float | None, steps: int, lr: float, batch: int
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % log_every == 0 or step == steps - 1:
-            msg = f"[{name}] step {step}/{steps} loss {loss.item():.3f} batch-acc {acc.item():.2f} " \
-                  f"lr {lr_at(step, steps, lr):.2e} {time.time() - t0:.0f}s"
+            msg = (
+                f"[{name}] step {step}/{steps} loss {loss.item():.3f} batch-acc {acc.item():.2f} "
+                f"lr {lr_at(step, steps, lr):.2e} {time.time() - t0:.0f}s"
+            )
             if step % (log_every * 4) == 0 or step == steps - 1:
                 msg += f" heldout {evaluate(model, tokens, sets)}"
             print(msg, flush=True)
-    result = {"name": name, "steps": steps, "lr": lr, "batch": batch, "shortcut_p": shortcut_p,
-              "train_seconds": round(time.time() - t0, 1), "heldout": evaluate(model, tokens, sets)}
+    result = {
+        "name": name,
+        "steps": steps,
+        "lr": lr,
+        "batch": batch,
+        "shortcut_p": shortcut_p,
+        "train_seconds": round(time.time() - t0, 1),
+        "heldout": evaluate(model, tokens, sets),
+    }
     print(json.dumps(result), flush=True)
     if out is not None:
         save(model, out / name, result)
@@ -263,7 +290,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--pool", type=int, default=300, help="object cut-outs per class")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: spinning OpenMP threads crawl on a shared CPU)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: spinning OpenMP threads crawl on a shared CPU)"
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where <name>/ folders go ('-' to not save)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

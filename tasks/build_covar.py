@@ -25,13 +25,14 @@ previous build and never a folder of someone's own files.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,7 +50,7 @@ SCALE_FACTORS = (0.5, 1.5)  # the `scale` subset: object smaller and larger than
 ROTATIONS = (90, 180, 270)  # exact rotations: no resampling, no empty corners, masks follow pixel for pixel
 CROP_MARGIN = 0.1
 
-ImageLike = Union[str, Path, Image.Image]
+ImageLike = str | Path | Image.Image
 
 
 class BuildError(UsageError):
@@ -211,13 +212,19 @@ def discover_backgrounds(folder: Path, classes: Sequence[str]) -> list[Backgroun
             raise BuildError(f"cannot read {manifest}: {exc}") from exc
         if not isinstance(labels, dict) or not all(v is None or isinstance(v, str) for v in labels.values()):
             raise BuildError(f"{manifest}: expected a mapping file name -> class name (or null)")
-    out = [BackgroundSource(slug(f.stem, hashed=False), f, labels.get(f.name))
-           for f in sorted(folder.iterdir()) if _is_image(f)]
+    out = [
+        BackgroundSource(slug(f.stem, hashed=False), f, labels.get(f.name))
+        for f in sorted(folder.iterdir())
+        if _is_image(f)
+    ]
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.name not in classes:
             raise BuildError(f"background folder {sub.name!r} matches no object class; classes: {', '.join(classes)}")
-        out += [BackgroundSource(slug(f"{sub.name}-{f.stem}", hashed=False), f, sub.name)
-                for f in sorted(sub.rglob("*")) if _is_image(f)]
+        out += [
+            BackgroundSource(slug(f"{sub.name}-{f.stem}", hashed=False), f, sub.name)
+            for f in sorted(sub.rglob("*"))
+            if _is_image(f)
+        ]
     bad = sorted({b.label for b in out if b.label is not None and b.label not in classes})
     if bad:
         raise BuildError(f"{manifest}: background label(s) {', '.join(bad)} match no object class")
@@ -233,7 +240,7 @@ def fit_background(bg: Image.Image, size: int, rng: np.random.Generator) -> tupl
     w, h = bg.size
     side = min(w, h)
     x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    out = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BICUBIC)
+    out = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(out).copy(), {"bg_crop": [x0, y0, side]}
 
 
@@ -249,13 +256,14 @@ def fit_object(rgb: np.ndarray, mask: np.ndarray, longer_side: int) -> tuple[np.
     h, w = rgba.shape[:2]
     k = max(1, int(longer_side)) / max(h, w)
     new = (max(1, round(w * k)), max(1, round(h * k)))
-    im = Image.fromarray(rgba, "RGBA").convert("RGBa").resize(new, Image.LANCZOS).convert("RGBA")
+    im = Image.fromarray(rgba, "RGBA").convert("RGBa").resize(new, Image.Resampling.LANCZOS).convert("RGBA")
     arr = np.asarray(im)
     return arr[..., :3].copy(), arr[..., 3] >= 128
 
 
-def composite(bg: np.ndarray, obj_rgb: np.ndarray, obj_mask: np.ndarray, center: tuple[float, float]
-              ) -> tuple[np.ndarray, np.ndarray]:
+def composite(
+    bg: np.ndarray, obj_rgb: np.ndarray, obj_mask: np.ndarray, center: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste the object (hard mask) with its bbox centre at ``center`` (x, y); clipped at the borders."""
     out, mask = bg.copy(), np.zeros(bg.shape[:2], bool)
     h, w = obj_mask.shape
@@ -265,9 +273,9 @@ def composite(bg: np.ndarray, obj_rgb: np.ndarray, obj_mask: np.ndarray, center:
     dy1, dx1 = min(bg.shape[0], top + h), min(bg.shape[1], left + w)
     if dy1 <= dy0 or dx1 <= dx0:
         return out, mask
-    m = obj_mask[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+    m = obj_mask[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
     region = out[dy0:dy1, dx0:dx1]
-    region[m] = obj_rgb[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0][m]
+    region[m] = obj_rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0][m]
     mask[dy0:dy1, dx0:dx1] = m
     return out, mask
 
@@ -301,8 +309,8 @@ def crop_tight(image: np.ndarray, mask: np.ndarray, margin: float = CROP_MARGIN)
     x0 = int(np.clip(round(cx - side / 2), 0, size - side))
     y0 = int(np.clip(round(cy - side / 2), 0, size - side))
     box = (x0, y0, x0 + side, y0 + side)
-    img = Image.fromarray(image).crop(box).resize((size, size), Image.BICUBIC)
-    msk = Image.fromarray(mask.astype(np.uint8) * 255).crop(box).resize((size, size), Image.NEAREST)
+    img = Image.fromarray(image).crop(box).resize((size, size), Image.Resampling.BICUBIC)
+    msk = Image.fromarray(mask.astype(np.uint8) * 255).crop(box).resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(img).copy(), np.asarray(msk) > 127, {"box": list(box), "margin": margin}
 
 
@@ -367,14 +375,14 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     def emit(subset: str, name: str, img: np.ndarray, msk: np.ndarray, variation: dict) -> None:
         folder = slug(obj.label, hashed=False)
         rel, mask_rel = _save(job.out / subset, f"{folder}/{name}.png", img, msk)  # subset-relative
-        rows.append((subset, {"file_name": rel, "label": job.label, "mask": mask_rel, "source_id": source_id,
-                              "variation": {"transform": subset, **variation}}))
+        record = {"file_name": rel, "label": job.label, "mask": mask_rel, "source_id": source_id}
+        rows.append((subset, {**record, "variation": {"transform": subset, **variation}}))
 
     emit("original", stem, image, fg, base)
     alt_src = _pick(rng, [b for b in job.others if b.id != bg_src.id] or job.others)
     alt, alt_params = fit_background(_open(alt_src.image), size, rng)
-    emit("bg_varied", stem, *composite(alt, o_rgb, o_mask, centre),
-         {**base, "background": alt_src.id, **alt_params, "original_background": bg_src.id})
+    alt_variation = {**base, "background": alt_src.id, **alt_params, "original_background": bg_src.id}
+    emit("bg_varied", stem, *composite(alt, o_rgb, o_mask, centre), alt_variation)
     for subset, fn in (("hflip", hflip), ("vflip", vflip)):
         img, msk, params = fn(image, fg)
         emit(subset, stem, img, msk, {**base, **params})
@@ -382,14 +390,14 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     emit("rotation", stem, img, msk, {**base, **params})
     dx, dy = translate_shift(size, o_mask.shape, rng)
     t_centre = (centre[0] + dx, centre[1] + dy)
-    emit("translate", stem, *composite(bg, o_rgb, o_mask, t_centre),
-         {**base, "center": list(t_centre), "shift": [dx, dy]})
+    shifted = {**base, "center": list(t_centre), "shift": [dx, dy]}
+    emit("translate", stem, *composite(bg, o_rgb, o_mask, t_centre), shifted)
     img, msk, params = crop_tight(image, fg)
     emit("crop", stem, img, msk, {**base, **params})
     for factor, tag in zip(SCALE_FACTORS, ("smaller", "larger")):
         s_rgb, s_mask = fit_object(rgb, mask, round(frac * factor * size))
-        emit("scale", f"{stem}-{tag}", *composite(bg, s_rgb, s_mask, centre),
-             {**base, "scale": factor, "object_frac": frac * factor})
+        scaled = {**base, "scale": factor, "object_frac": frac * factor}
+        emit("scale", f"{stem}-{tag}", *composite(bg, s_rgb, s_mask, centre), scaled)
     for v, view in enumerate(obj.views[1:], start=1):
         v_rgb, v_mask = load_view(view)
         vo_rgb, vo_mask = fit_object(v_rgb, v_mask, round(frac * size))
@@ -397,8 +405,9 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     return rows
 
 
-def plan(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource], out: Path,
-         options: BuildOptions) -> tuple[list[str], list[ItemJob]]:
+def plan(
+    objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource], out: Path, options: BuildOptions
+) -> tuple[list[str], list[ItemJob]]:
     """Classes (sorted) and one job per object instance, each with its typical and its other backgrounds."""
     if not objects:
         raise BuildError("no objects given")
@@ -420,8 +429,11 @@ def plan(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource
         typical = tuple(b for b in backgrounds if b.label == obj.label)
         generic = tuple(b for b in backgrounds if b.label is None)
         pool = typical or generic or tuple(backgrounds)
-        others = tuple(b for b in backgrounds if b.label != obj.label and b not in pool) or \
-            tuple(b for b in backgrounds if b.label != obj.label) or tuple(backgrounds)
+        others = (
+            tuple(b for b in backgrounds if b.label != obj.label and b not in pool)
+            or tuple(b for b in backgrounds if b.label != obj.label)
+            or tuple(backgrounds)
+        )
         for k in range(options.per_object):
             jobs.append(ItemJob(obj, k, classes.index(obj.label), pool, others, out, options))
     return classes, jobs
@@ -486,9 +498,11 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise BuildError(f"--out {out} is not empty; pass --overwrite to replace a previous build")
         if not holds_build(out):
-            raise BuildError(f"--out {out} is not empty and holds no previous build (no build.json or "
-                             f"{BUILD_MARKER}); refusing to replace it, even with --overwrite: choose a new or empty "
-                             "folder")
+            raise BuildError(
+                f"--out {out} is not empty and holds no previous build (no build.json or "
+                f"{BUILD_MARKER}); refusing to replace it, even with --overwrite: choose a new or empty "
+                "folder"
+            )
         _remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / BUILD_MARKER, json.dumps({"build_version": BUILD_VERSION}) + "\n")
@@ -497,13 +511,24 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 def _single_view_note(objects: Sequence[ObjectSource]) -> list[str]:
     if any(len(o.views) > 1 for o in objects):
         return []
-    return [("every object has a single view, so this build has no viewpoint subset (give several views per object "
-             "in the objects' manifest.json for one); viewpoint tasks on it are skipped with a note")]
+    return [
+        (
+            "every object has a single view, so this build has no viewpoint subset (give several views per object "
+            "in the objects' manifest.json for one); viewpoint tasks on it are skipped with a note"
+        )
+    ]
 
 
-def build(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSource], out: Path,
-          options: BuildOptions = BuildOptions(), *, overwrite: bool = False,
-          progress: Callable[[int], None] | None = None, on_plan: Callable[[int], None] | None = None) -> BuildReport:
+def build(
+    objects: Sequence[ObjectSource],
+    backgrounds: Sequence[BackgroundSource],
+    out: Path,
+    options: BuildOptions = BuildOptions(),
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> BuildReport:
     """Build the COVAR layout in ``out``. ``progress(n)`` is called as items finish (for a progress bar)."""
     out = Path(out)
     classes, jobs = plan(objects, backgrounds, out, options)
@@ -520,10 +545,20 @@ def build(objects: Sequence[ObjectSource], backgrounds: Sequence[BackgroundSourc
         _write_atomic(out / subset / "metadata.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     counts = {s: len(records) for s, records in rows_by_subset.items()}  # in the order build_item makes them
     notes = _single_view_note(objects)
-    info = {"build_version": BUILD_VERSION, "seed": options.seed, "size": options.size,
-            "per_object": options.per_object, "object_frac": options.object_frac, "n_objects": len(objects),
-            "n_backgrounds": len(backgrounds), "classes": classes, "subsets": counts,
-            "paths": "relative to the subset folder", "max_views": max(len(o.views) for o in objects), "notes": notes}
+    info = {
+        "build_version": BUILD_VERSION,
+        "seed": options.seed,
+        "size": options.size,
+        "per_object": options.per_object,
+        "object_frac": options.object_frac,
+        "n_objects": len(objects),
+        "n_backgrounds": len(backgrounds),
+        "classes": classes,
+        "subsets": counts,
+        "paths": "relative to the subset folder",
+        "max_views": max(len(o.views) for o in objects),
+        "notes": notes,
+    }
     _write_atomic(out / "build.json", json.dumps(info, indent=1) + "\n")
     return BuildReport(out, classes, counts, notes)
 
@@ -537,8 +572,16 @@ def is_complete(out: Path) -> bool:
     return all((Path(out) / s / "metadata.jsonl").is_file() for s in info.get("subsets", {}))
 
 
-def build_from_folders(objects_dir: Path, backgrounds_dir: Path, out: Path, options: BuildOptions, *,
-                       overwrite: bool = False, progress=None, on_plan=None) -> BuildReport:
+def build_from_folders(
+    objects_dir: Path,
+    backgrounds_dir: Path,
+    out: Path,
+    options: BuildOptions,
+    *,
+    overwrite: bool = False,
+    progress=None,
+    on_plan=None,
+) -> BuildReport:
     objects = discover_objects(objects_dir)
     backgrounds = discover_backgrounds(backgrounds_dir, sorted({o.label for o in objects}))
     return build(objects, backgrounds, out, options, overwrite=overwrite, progress=progress, on_plan=on_plan)
@@ -573,9 +616,15 @@ def cmd_build_covar(args) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("building COVAR variants", total=None)
-        report = build_from_folders(args.objects, args.backgrounds, args.out, options, overwrite=args.overwrite,
-                                    progress=lambda n: bar.advance(task, n),
-                                    on_plan=lambda total: bar.update(task, total=total))
+        report = build_from_folders(
+            args.objects,
+            args.backgrounds,
+            args.out,
+            options,
+            overwrite=args.overwrite,
+            progress=lambda n: bar.advance(task, n),
+            on_plan=lambda total: bar.update(task, total=total),
+        )
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
     out = Console(highlight=False)
     out.print(f"built {report.out}: {len(report.classes)} classes; {counts}", markup=False)

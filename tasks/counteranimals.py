@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 from covar_harness.data import DatasetNotFound, Sample, SampleSet, read_text_capped
-from covar_harness.registry import UsageError
 from covar_harness.imagenet import counteranimals_classes, imagenet_index, wordnet_names
+from covar_harness.registry import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,16 @@ def group_dirs(class_dir: Path, group: str) -> list[Path]:
 
 def background_of(folder_name: str, group: str) -> str:
     """``common-snow`` -> ``snow``: kept as metadata only, the vocabulary drifted between paper versions."""
-    return folder_name[len(group):].lstrip("-_ ")
+    return folder_name[len(group) :].lstrip("-_ ")
 
 
 def _photos(folder: Path) -> list[Path]:
     """Every plain file that is not obviously something else; unreadable ones are the evaluator's to count."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOT_IMAGES
-                  and p.name != "Thumbs.db")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOT_IMAGES and p.name != "Thumbs.db"
+    )
 
 
 def scan_release(root: Path, group: str) -> list[Sample]:
@@ -154,8 +156,12 @@ def check_counts(samples: list[Sample], group: str, source: str) -> None:
     """Log per-class counts; warn (never fail) when the total differs from the paper's."""
     paper = {c["imagenet_index"]: c[f"paper_{group}_count"] for c in counteranimals_classes()}
     counts = Counter(s.label for s in samples)
-    log.info("CounterAnimals %s per-class image counts (%s): %s", group, source,
-             ", ".join(f"{k}:{v}" for k, v in sorted(counts.items())))
+    log.info(
+        "CounterAnimals %s per-class image counts (%s): %s",
+        group,
+        source,
+        ", ".join(f"{k}:{v}" for k, v in sorted(counts.items())),
+    )
     expected = sum(paper.values())
     total = sum(counts.values())
     if total != expected:
@@ -163,8 +169,13 @@ def check_counts(samples: list[Sample], group: str, source: str) -> None:
         differ = [f"{k}: {counts[k]} vs {paper[k]}" for k in sorted(counts) if k in paper and counts[k] != paper[k]]
         log.warning(
             "CounterAnimals %s: %d images, the paper states %d (%d of 45 classes present%s; per-class differences: "
-            "%s). Evaluating what is there.", group, total, expected, len(set(counts) & set(paper)),
-            f", missing {missing[:10]}" if missing else "", "; ".join(differ[:10]) or "none",
+            "%s). Evaluating what is there.",
+            group,
+            total,
+            expected,
+            len(set(counts) & set(paper)),
+            f", missing {missing[:10]}" if missing else "",
+            "; ".join(differ[:10]) or "none",
         )
 
 
@@ -234,9 +245,16 @@ def _from_hf(ds: dict, group: str, data_dir: Path):
 
     hf_id = str(ds["hf_id"])
     split = ds.get("hf_split", "train")
-    loaded = load_hf({"path": hf_id, "raw_path": hf_id, "split": split,
-                      "image_key": ds.get("hf_image_key", "image"), "label_key": ds.get("hf_label_key", "label")},
-                     data_dir)
+    loaded = load_hf(
+        {
+            "path": hf_id,
+            "raw_path": hf_id,
+            "split": split,
+            "image_key": ds.get("hf_image_key", "image"),
+            "label_key": ds.get("hf_label_key", "label"),
+        },
+        data_dir,
+    )
     keep = _hf_group_rows(loaded, ds, group, split)
     loaded = loaded.subset(keep)
     to_index = _hf_label_map(loaded.classnames, hf_id)
@@ -251,12 +269,15 @@ def _hf_group_rows(loaded, ds: dict, group: str, split: str) -> list[int]:
     if str(split).lower().startswith(group) and not ds.get("hf_group_key"):
         return list(range(len(loaded)))
     columns = loaded.dataset.column_names
-    key = ds.get("hf_group_key") or next((c for c in ("group", "setting", "subset", "type", "difficulty")
-                                          if c in columns), None)
+    key = ds.get("hf_group_key") or next(
+        (c for c in ("group", "setting", "subset", "type", "difficulty") if c in columns), None
+    )
     if key is None or key not in columns:
-        raise UsageError(f"Hugging Face copy {ds['hf_id']!r}: cannot tell common from counter; set dataset.hf_group_key "
-                         f"to the column that says so (columns: {', '.join(columns)}) or dataset.hf_split to a "
-                         f"split named after the group")
+        raise UsageError(
+            f"Hugging Face copy {ds['hf_id']!r}: cannot tell common from counter; set dataset.hf_group_key "
+            f"to the column that says so (columns: {', '.join(columns)}) or dataset.hf_split to a "
+            f"split named after the group"
+        )
     values = loaded.dataset[key]
     return [i for i, s in enumerate(loaded.samples) if str(values[int(s.id)]).lower().startswith(group)]
 

@@ -19,9 +19,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from covar_harness.data import (
-    METADATA_MAX_BYTES, DatasetNotFound, Sample, SampleSet, open_regular, read_text_capped,
-)
+from covar_harness.data import METADATA_MAX_BYTES, DatasetNotFound, Sample, SampleSet, open_regular, read_text_capped
 from covar_harness.registry import UsageError
 from covar_harness.subsets import ALL_SUBSETS
 
@@ -103,8 +101,9 @@ def _label(value: Any, classes: list[str], lookup: dict[str, int], where: str) -
     raise CovarFormatError(f"{where}: 'label' must be an int or a class name, got {type(value).__name__}")
 
 
-def parse_record(line: str, subset: str, classes: list[str], lookup: dict[str, int], where: str,
-                 legacy: bool = True) -> Sample:
+def parse_record(
+    line: str, subset: str, classes: list[str], lookup: dict[str, int], where: str, legacy: bool = True
+) -> Sample:
     """One metadata line -> Sample; ``mask``, ``source_id`` and ``variation`` go to Sample.meta."""
     try:
         rec = json.loads(line)
@@ -126,8 +125,11 @@ def parse_record(line: str, subset: str, classes: list[str], lookup: dict[str, i
         if not isinstance(rec["variation"], dict):
             raise CovarFormatError(f"{where}: 'variation' must be a JSON object of the transform's parameters")
         meta["variation"] = rec["variation"]
-    return Sample(_rel_path(rec["file_name"], "file_name", subset, where, legacy),
-                  _label(rec["label"], classes, lookup, where), meta)
+    return Sample(
+        _rel_path(rec["file_name"], "file_name", subset, where, legacy),
+        _label(rec["label"], classes, lookup, where),
+        meta,
+    )
 
 
 def read_metadata(path: Path, subset: str, classes: list[str], legacy: bool = True) -> list[Sample]:
@@ -186,8 +188,10 @@ def missing_subset_note(root: Path, subset: str) -> str | None:
     subsets = info.get("subsets") if info else None
     if subset != "viewpoint" or not isinstance(subsets, dict) or subset in subsets:
         return None
-    return (f"skipped: the COVAR build at {root} has no viewpoint subset, because each of its objects has a single "
-            "view (give several views per object in the objects' manifest.json to build one)")
+    return (
+        f"skipped: the COVAR build at {root} has no viewpoint subset, because each of its objects has a single "
+        "view (give several views per object in the objects' manifest.json to build one)"
+    )
 
 
 def preflight_covar(ds_cfg: dict, data_dir: Path) -> SampleSet | str:

@@ -20,8 +20,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -78,8 +78,25 @@ def _shape_ops(cls: str, rng: np.random.Generator) -> list[tuple[Polygon, int]]:
         return [(_star(5, float(rng.uniform(0.38, 0.5))), 1)]
     if cls == "cross":
         a = float(rng.uniform(0.28, 0.36))
-        return [([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a),
-                  (-a, -a)], 1)]
+        return [
+            (
+                [
+                    (-a, -1),
+                    (a, -1),
+                    (a, -a),
+                    (1, -a),
+                    (1, a),
+                    (a, a),
+                    (a, 1),
+                    (-a, 1),
+                    (-a, a),
+                    (-1, a),
+                    (-1, -a),
+                    (-a, -a),
+                ],
+                1,
+            )
+        ]
     if cls == "heart":
         return [(_heart(), 1)]
     if cls == "crescent":
@@ -96,8 +113,16 @@ def _shape_ops(cls: str, rng: np.random.Generator) -> list[tuple[Polygon, int]]:
     raise ValueError(f"unknown shape class {cls!r}")
 
 
-def shape_mask(cls: str, rng: np.random.Generator, size: int, *, extent: float = 0.8, rotation: float = 0.0,
-               view: tuple[float, float] = (1.0, 1.0), supersample: int = 4) -> np.ndarray:
+def shape_mask(
+    cls: str,
+    rng: np.random.Generator,
+    size: int,
+    *,
+    extent: float = 0.8,
+    rotation: float = 0.0,
+    view: tuple[float, float] = (1.0, 1.0),
+    supersample: int = 4,
+) -> np.ndarray:
     """Binary mask (size x size) of one shape instance, drawn at ``supersample`` x and box-downsampled."""
     ops = _shape_ops(cls, rng)
     aspect = float(rng.uniform(0.88, 1.12))
@@ -112,7 +137,7 @@ def shape_mask(cls: str, rng: np.random.Generator, size: int, *, extent: float =
             x, y = x * aspect * view[0], y / aspect * view[1]
             pts.append((big / 2 + half * (c * x - s * y), big / 2 + half * (s * x + c * y)))
         draw.polygon(pts, fill=255 * fill)
-    return np.asarray(canvas.resize((size, size), Image.BOX)) >= 128
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX)) >= 128
 
 
 def _hsv_colour(rng: np.random.Generator) -> np.ndarray:
@@ -142,9 +167,16 @@ def object_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
 
 
-def render_object(cls: str, rng: np.random.Generator, size: int = SOURCE_SIZE, *, rotation: float = 0.0,
-                  view: tuple[float, float] = (1.0, 1.0), extent: float = 0.8,
-                  style_rng: np.random.Generator | None = None) -> np.ndarray:
+def render_object(
+    cls: str,
+    rng: np.random.Generator,
+    size: int = SOURCE_SIZE,
+    *,
+    rotation: float = 0.0,
+    view: tuple[float, float] = (1.0, 1.0),
+    extent: float = 0.8,
+    style_rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """RGBA uint8 cut-out of one object: textured fill, dark outline, alpha = exact mask.
 
     ``rng`` decides the geometry, ``style_rng`` (default: ``rng``) the colours, so several views of one object
@@ -166,7 +198,7 @@ def _noise(rng: np.random.Generator, size: int, cells: int, stretch: tuple[float
     """Smooth value noise in [0, 1]: a random grid upsampled bicubically."""
     gx, gy = max(2, int(cells * stretch[0])), max(2, int(cells * stretch[1]))
     grid = (rng.random((gy, gx)) * 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+    return np.asarray(Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255
 
 
 def _mix(a, b, t: np.ndarray) -> np.ndarray:
@@ -186,8 +218,9 @@ def bg_grass(rng, size):
 
 def bg_water(rng, size):
     yy, xx = np.mgrid[0:size, 0:size] / size
-    w = sum(np.sin(2 * math.pi * (rng.uniform(2, 6) * yy + rng.uniform(-1, 1) * xx) + rng.uniform(0, 6))
-            for _ in range(3))
+    w = sum(
+        np.sin(2 * math.pi * (rng.uniform(2, 6) * yy + rng.uniform(-1, 1) * xx) + rng.uniform(0, 6)) for _ in range(3)
+    )
     t = np.clip(0.5 + w / 6 + 0.15 * (_noise(rng, size, 5) - 0.5), 0, 1)
     return _mix(_jitter(rng, (15, 60, 140)), _jitter(rng, (90, 170, 220)), t)
 
@@ -202,9 +235,11 @@ def bg_brick(rng, size):
         off = (bw // 2) * (r % 2) + int(rng.integers(0, bw))
         for c in range(-1, size // bw + 2):
             x0, y0 = c * bw - off % bw, r * bh
-            img[max(0, y0):max(0, y0 + bh), max(0, x0):max(0, x0 + bw)] = np.clip(base + rng.normal(0, 15, 3), 0, 255)
+            img[max(0, y0) : max(0, y0 + bh), max(0, x0) : max(0, x0 + bw)] = np.clip(
+                base + rng.normal(0, 15, 3), 0, 255
+            )
     yy, xx = np.mgrid[0:size, 0:size]
-    lines = (yy % bh < max(1, bh // 6))
+    lines = yy % bh < max(1, bh // 6)
     col = np.zeros((size, size), bool)
     for r in range(size // bh + 1):
         off = (bw // 2) * (r % 2)
@@ -272,8 +307,16 @@ def bg_stripes(rng, size):
 
 
 BACKGROUNDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
-    "grass": bg_grass, "water": bg_water, "brick": bg_brick, "sky": bg_sky, "snow": bg_snow, "wood": bg_wood,
-    "sand": bg_sand, "checker": bg_checker, "dots": bg_dots, "stripes": bg_stripes,
+    "grass": bg_grass,
+    "water": bg_water,
+    "brick": bg_brick,
+    "sky": bg_sky,
+    "snow": bg_snow,
+    "wood": bg_wood,
+    "sand": bg_sand,
+    "checker": bg_checker,
+    "dots": bg_dots,
+    "stripes": bg_stripes,
 }
 
 
@@ -301,8 +344,9 @@ def write_sources(root: Path, seed: int, per_class: int, bgs_per_family: int) ->
             for v, view in enumerate(VIEWS):
                 geo, style = np.random.default_rng([seed, ci, k, 0]), np.random.default_rng([seed, ci, k, 1])
                 rot = float(geo.uniform(-0.15, 0.15))
-                rgba = render_object(cls, np.random.default_rng([seed, ci, k, 2]), rotation=rot, view=view,
-                                     style_rng=style)
+                rgba = render_object(
+                    cls, np.random.default_rng([seed, ci, k, 2]), rotation=rot, view=view, style_rng=style
+                )
                 name = f"{oid}-v{v}.png"
                 Image.fromarray(rgba, "RGBA").save(objects / name)
                 views.append(name)
@@ -320,14 +364,22 @@ def stamp_text(per_class: int | None = None) -> str:
     """What the data at a root was made with; any difference means it must be rebuilt."""
     from covar_harness.tasks.build_covar import BUILD_VERSION
 
-    return json.dumps({"generator": GENERATOR_VERSION, "build_covar": BUILD_VERSION, "seed": BENCH_SEED,
-                       "size": IMAGE_SIZE, "per_class": per_class or OBJECTS_PER_CLASS}, sort_keys=True)
+    return json.dumps(
+        {
+            "generator": GENERATOR_VERSION,
+            "build_covar": BUILD_VERSION,
+            "seed": BENCH_SEED,
+            "size": IMAGE_SIZE,
+            "per_class": per_class or OBJECTS_PER_CLASS,
+        },
+        sort_keys=True,
+    )
 
 
 def is_current(root: Path, per_class: int | None = None) -> bool:
     """The data at ``root`` is complete and was made by this generator version."""
-    from covar_harness.tasks.build_covar import is_complete
     from covar_harness.data import read_text_capped
+    from covar_harness.tasks.build_covar import is_complete
 
     try:
         return read_text_capped(root / STAMP, 1 << 16) == stamp_text(per_class) and is_complete(root)
@@ -344,8 +396,10 @@ def target_state(root: Path, per_class: int | None = None) -> str:
     if not os.path.lexists(root):
         return "absent"
     if not root.is_dir():
-        raise UsageError(f"covar-shapes: {root} exists and is not a folder; refusing to replace it "
-                         "(point dataset.path or --data-dir at a new or empty folder)")
+        raise UsageError(
+            f"covar-shapes: {root} exists and is not a folder; refusing to replace it "
+            "(point dataset.path or --data-dir at a new or empty folder)"
+        )
     if is_current(root, per_class):
         return "current"
     try:
@@ -355,8 +409,10 @@ def target_state(root: Path, per_class: int | None = None) -> str:
         raise UsageError(f"covar-shapes: cannot list {root} ({exc.strerror or exc})") from None
     if (root / STAMP).is_file():
         return "outdated"
-    raise UsageError(f"covar-shapes: {root} is a folder that holds no COVAR-Shapes build (no {STAMP}); refusing to "
-                     "generate into it (point dataset.path or --data-dir at a new or empty folder)")
+    raise UsageError(
+        f"covar-shapes: {root} is a folder that holds no COVAR-Shapes build (no {STAMP}); refusing to "
+        "generate into it (point dataset.path or --data-dir at a new or empty folder)"
+    )
 
 
 def move_aside(root: Path, quiet: bool = False) -> Path | None:
@@ -370,7 +426,9 @@ def move_aside(root: Path, quiet: bool = False) -> Path | None:
         except FileNotFoundError:
             return None
         if not quiet:
-            sys.stderr.write(f"covar-shapes: moved the outdated build {root} aside to {dest} (delete it when unneeded)\n")
+            sys.stderr.write(
+                f"covar-shapes: moved the outdated build {root} aside to {dest} (delete it when unneeded)\n"
+            )
         return dest
     raise UsageError(f"covar-shapes: too many outdated builds next to {root}; delete some of them")
 
@@ -393,8 +451,9 @@ def _install(out: Path, root: Path, per_class: int, quiet: bool) -> None:
     raise UsageError(f"covar-shapes: could not put the generated data at {root} (it keeps changing)")
 
 
-def ensure_covar_shapes(root: Path, *, workers: int | None = None, quiet: bool = False,
-                        per_class: int | None = None) -> Path:
+def ensure_covar_shapes(
+    root: Path, *, workers: int | None = None, quiet: bool = False, per_class: int | None = None
+) -> Path:
     """Generate COVAR-Shapes into ``root`` unless a complete, current build is there already.
 
     Only an absent or empty folder, or one holding an earlier build of ours (moved aside, never deleted), is
@@ -433,8 +492,14 @@ def _build_with_progress(objects: Path, backgrounds: Path, out: Path, options, q
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generating covar-shapes (first use)", total=None)
-        build_from_folders(objects, backgrounds, out, options, progress=lambda n: bar.advance(task, n),
-                           on_plan=lambda total: bar.update(task, total=total))
+        build_from_folders(
+            objects,
+            backgrounds,
+            out,
+            options,
+            progress=lambda n: bar.advance(task, n),
+            on_plan=lambda total: bar.update(task, total=total),
+        )
 
 
 def load_covar_shapes(ds: dict, data_dir: Path):

@@ -39,7 +39,15 @@ def _preflight_counteranimals(ds_cfg, data_dir):
 
 @hookimpl
 def register_dataset_formats(register):
-    register("covar", _load_covar, preflight=_preflight_covar,
-             description="COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)")
-    register("counteranimals", _load_counteranimals, preflight=_preflight_counteranimals,
-             description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)")
+    register(
+        "covar",
+        _load_covar,
+        preflight=_preflight_covar,
+        description="COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)",
+    )
+    register(
+        "counteranimals",
+        _load_counteranimals,
+        preflight=_preflight_counteranimals,
+        description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)",
+    )

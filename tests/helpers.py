@@ -55,8 +55,13 @@ def make_image_folder(root: Path, classes=("cat", "dog", "fish"), per_class: int
 def write_task_yaml(path: Path, name: str, data_path: Path, **extra) -> Path:
     import yaml
 
-    body = {"task": name, "dataset": {"format": "imagefolder", "path": str(data_path)},
-            "templates": ["a photo of a {}."], "version": 1, **extra}
+    body = {
+        "task": name,
+        "dataset": {"format": "imagefolder", "path": str(data_path)},
+        "templates": ["a photo of a {}."],
+        "version": 1,
+        **extra,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -75,16 +80,23 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: i
     import os
 
     full_env = {**os.environ, **CLI_ENV, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "covar_harness.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "covar_harness.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 class _CliTimeout(BaseException):
     """Raised by run_cli_inprocess's alarm; a BaseException so that the CLI's own ``except Exception`` lets it by."""
 
 
-def run_cli_inprocess(*args: str, env: dict | None = None, cwd: Path | None = None,
-                      timeout: float | None = None) -> subprocess.CompletedProcess:
+def run_cli_inprocess(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """``covar_harness.cli.main(args)`` in this process, observed as ``cli`` observes a subprocess.
 
     Returns a ``CompletedProcess`` with the exit code and the text written to stdout and stderr (UTF-8 streams
@@ -129,6 +141,7 @@ def run_cli_inprocess(*args: str, env: dict | None = None, cwd: Path | None = No
         if cwd is not None:
             os.chdir(cwd)
         if alarm:
+
             def expire(_signum, _frame):
                 raise _CliTimeout
 
@@ -175,8 +188,12 @@ def run_cli_inprocess(*args: str, env: dict | None = None, cwd: Path | None = No
     def text(raw: bytes, errors: str) -> str:
         return raw.decode("utf-8", errors).replace("\r\n", "\n").replace("\r", "\n")  # as text=True reads it
 
-    return subprocess.CompletedProcess(["covar-harness", *args], 0 if code is None else int(code),
-                                       text(out_bytes.getvalue(), "strict"), text(err_bytes.getvalue(), "replace"))
+    return subprocess.CompletedProcess(
+        ["covar-harness", *args],
+        0 if code is None else int(code),
+        text(out_bytes.getvalue(), "strict"),
+        text(err_bytes.getvalue(), "replace"),
+    )
 
 
 COVAR_CLASSES = ["cat", "dog", "fish"]
@@ -202,9 +219,12 @@ def make_covar(root: Path, subsets=COVAR_SUBSETS, per_class: int = 2) -> Path:
             for j in range(per_class):
                 name = f"img/{cls}{j}.png"
                 make_image(COLOURS[cls], seed=si * 100 + ci * 10 + j).save(root / subset / name)
-                rec = {"file_name": name if j == 0 else f"{subset}/{name}",  # subset- and root-relative
-                       "label": cls if j == 0 else ci, "source_id": f"{cls}-{j}",
-                       "variation": {"transform": subset, "k": j}}
+                rec = {
+                    "file_name": name if j == 0 else f"{subset}/{name}",  # subset- and root-relative
+                    "label": cls if j == 0 else ci,
+                    "source_id": f"{cls}-{j}",
+                    "variation": {"transform": subset, "k": j},
+                }
                 if si % 2 == 0:
                     _mask(root / subset / f"img/{cls}{j}.mask.png")
                     rec["mask"] = f"img/{cls}{j}.mask.png"

@@ -21,8 +21,13 @@ GRID = IMAGE_SIZE // PATCH
 TINY_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 SIGLIP_IDS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=1)
 CORPUS = [
-    "a photo of a cat.", "a photo of a dog.", "a photo of a fish.", "a photo of a bird.",
-    "a bad photo of the {}.", "an origami red green blue thing", "A Photo Of A Cat",
+    "a photo of a cat.",
+    "a photo of a dog.",
+    "a photo of a fish.",
+    "a photo of a bird.",
+    "a bad photo of the {}.",
+    "an origami red green blue thing",
+    "A Photo Of A Cat",
 ]
 
 
@@ -66,8 +71,9 @@ def siglip_tokenizer():
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=64)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=64
+    )
 
 
 def siglip2_tokenizer():
@@ -93,8 +99,9 @@ def build(family: str, seed: int = 0):
         text = dict(TINY_TOWER, vocab_size=49408, max_position_embeddings=77)
         cfg = tf.CLIPConfig(text_config=text, vision_config=dict(vision, image_size=IMAGE_SIZE), projection_dim=16)
         model = tf.CLIPModel(cfg)
-        images = tf.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        images = tf.CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        )
         processor = tf.CLIPProcessor(image_processor=images, tokenizer=clip_tokenizer())
     elif family == "siglip":
         text = dict(TINY_TOWER, vocab_size=99, max_position_embeddings=64, **SIGLIP_IDS)

@@ -27,28 +27,67 @@ def bert_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.train_from_iterator([" ".join(WORDS) + " ."], trainers.WordLevelTrainer(special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=32,
+    )
 
 
 def make_grounding_dino_dir(path: Path, seed: int = 0) -> Path:
     """A random tiny ``GroundingDinoForObjectDetection`` plus its processor, saved with ``save_pretrained``."""
     import torch
-    from transformers import (BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     torch.manual_seed(seed)
     tokenizer = bert_tokenizer()
-    swin = SwinConfig(image_size=64, patch_size=2, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                      window_size=2, out_features=["stage2", "stage3", "stage4"])
-    bert = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=64)
-    cfg = GroundingDinoConfig(backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1,
-                              decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-                              decoder_attention_heads=2, num_queries=10, max_text_len=32, encoder_n_points=2,
-                              decoder_n_points=2)
+    swin = SwinConfig(
+        image_size=64,
+        patch_size=2,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=2,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    bert = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    cfg = GroundingDinoConfig(
+        backbone_config=swin,
+        text_config=bert,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=10,
+        max_text_len=32,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
     model = GroundingDinoForObjectDetection(cfg).eval()
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
     path.mkdir(parents=True, exist_ok=True)
@@ -70,11 +109,23 @@ def make_sam_dir(path: Path, seed: int = 0, mask_sign: int = 1) -> Path:
 
     torch.manual_seed(seed)
     cfg = SamConfig(
-        vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=8,
-                           output_channels=16, mlp_dim=32, global_attn_indexes=[0], window_size=0, num_pos_feats=8),
+        vision_config=dict(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=8,
+            output_channels=16,
+            mlp_dim=32,
+            global_attn_indexes=[0],
+            window_size=0,
+            num_pos_feats=8,
+        ),
         prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32,
-                                 iou_head_hidden_dim=16))
+        mask_decoder_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16
+        ),
+    )
     model = SamModel(cfg).eval()
     decoder = model.mask_decoder
     with torch.no_grad():
@@ -83,8 +134,12 @@ def make_sam_dir(path: Path, seed: int = 0, mask_sign: int = 1) -> Path:
         for mlp in decoder.output_hypernetworks_mlps:
             mlp.proj_out.weight.zero_()
             mlp.proj_out.bias.fill_(float(mask_sign))
-    image_processor = SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
-                                        mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})
+    image_processor = SamImageProcessor(
+        size={"longest_edge": 64},
+        pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16},
+    )
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     SamProcessor(image_processor=image_processor).save_pretrained(path)

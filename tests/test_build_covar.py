@@ -46,8 +46,11 @@ def inputs(tmp_path) -> tuple[Path, Path]:
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _build(inputs, out: Path, **kw) -> bc.BuildReport:
@@ -151,8 +154,11 @@ def test_viewpoint_only_with_views(tmp_path):
     _cutout(objects / "a0.png", (200, 0, 0), "L")
     _cutout(objects / "a1.png", (200, 0, 0), "bar")
     _cutout(objects / "b0.png", (0, 0, 200), "bar")
-    (objects / "manifest.json").write_text(json.dumps({
-        "thing-a": {"label": "a", "views": ["a0.png", "a1.png"]}, "thing-b": {"label": "b", "views": ["b0.png"]}}))
+    (objects / "manifest.json").write_text(
+        json.dumps(
+            {"thing-a": {"label": "a", "views": ["a0.png", "a1.png"]}, "thing-b": {"label": "b", "views": ["b0.png"]}}
+        )
+    )
     _background(backgrounds / "x.png", 1)
     _background(backgrounds / "y.png", 2)
     out = tmp_path / "out"
@@ -174,12 +180,15 @@ def test_interrupted_build_is_not_complete(tmp_path, inputs):
         _build(inputs, out)
 
 
-@pytest.mark.parametrize("setup, message", [
-    ("no_alpha", "no alpha channel and no mask file"),
-    ("bad_bg_folder", "matches no object class"),
-    ("empty", "no objects in"),
-    ("bad_manifest", "needs a 'label' string"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("no_alpha", "no alpha channel and no mask file"),
+        ("bad_bg_folder", "matches no object class"),
+        ("empty", "no objects in"),
+        ("bad_manifest", "needs a 'label' string"),
+    ],
+)
 def test_bad_inputs_give_one_line_errors(tmp_path, setup, message):
     objects, backgrounds = tmp_path / "objects", tmp_path / "bgs"
     objects.mkdir()
@@ -192,8 +201,17 @@ def test_bad_inputs_give_one_line_errors(tmp_path, setup, message):
         _background(backgrounds / "dgo" / "z.png", 4)
     elif setup == "bad_manifest":
         (objects / "manifest.json").write_text(json.dumps({"x": {"views": ["a.png"]}}))
-    r = run_cli_inprocess("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds),
-                          "--out", str(tmp_path / "o"), "--workers", "1")
+    r = run_cli_inprocess(
+        "build-covar",
+        "--objects",
+        str(objects),
+        "--backgrounds",
+        str(backgrounds),
+        "--out",
+        str(tmp_path / "o"),
+        "--workers",
+        "1",
+    )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -204,12 +222,25 @@ def test_cli_builds_with_image_mask_pairs(tmp_path):
     for i in range(2):
         _background(objects / "dog" / f"d{i}.jpg", 20 + i, (30, 30))
         m = np.zeros((30, 30), np.uint8)
-        m[5:25, 8 + i:20] = 255
+        m[5:25, 8 + i : 20] = 255
         Image.fromarray(m).save(objects / "dog" / f"d{i}.mask.png")
         _background(backgrounds / f"bg{i}.png", i)
     out = tmp_path / "out"
-    r = run_cli_inprocess("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds),
-                          "--out", str(out), "--size", "32", "--workers", "2", "--seed", "5")
+    r = run_cli_inprocess(
+        "build-covar",
+        "--objects",
+        str(objects),
+        "--backgrounds",
+        str(backgrounds),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--workers",
+        "2",
+        "--seed",
+        "5",
+    )
     assert r.returncode == 0, r.stderr
     assert "original 2" in r.stdout
     recs = list(bc.iter_records(out, "original"))

@@ -23,8 +23,15 @@ from helpers import write_task_yaml
 
 PATCH, SIDE, C_BIAS = 8, 64, 4.0
 GRID = SIDE // PATCH
-CORNERS = {"red": (255, 0, 0), "yellow": (255, 255, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
-           "cyan": (0, 255, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
+CORNERS = {
+    "red": (255, 0, 0),
+    "yellow": (255, 255, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "cyan": (0, 255, 255),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+}
 
 
 # ---- a model whose embedding depends only on the top-left quarter ---------------------------------------------
@@ -100,8 +107,11 @@ def load_masked(ds: dict, data_dir: Path) -> SampleSet:
     """Dataset format ``toy-masked``: images/<class>/<file> with masks/<class>/<file> (white = object)."""
     root = Path(ds["path"])
     classes = sorted(p.name for p in (root / "images").iterdir())
-    samples = [Sample(f"images/{c}/{f.name}", i, {"mask": f"masks/{c}/{f.name}"})
-               for i, c in enumerate(classes) for f in sorted((root / "images" / c).iterdir())]
+    samples = [
+        Sample(f"images/{c}/{f.name}", i, {"mask": f"masks/{c}/{f.name}"})
+        for i, c in enumerate(classes)
+        for f in sorted((root / "images" / c).iterdir())
+    ]
     return SampleSet(samples, classes, root, "toy masked")
 
 
@@ -146,8 +156,12 @@ def toy_data(tmp_path) -> Path:
 
 @pytest.fixture
 def masked_task(tmp_path, toy_data) -> Path:
-    body = {"task": "toy/masked", "dataset": {"format": "toy-masked", "path": str(toy_data)},
-            "templates": ["a photo of a {}."], "version": 1}
+    body = {
+        "task": "toy/masked",
+        "dataset": {"format": "toy-masked", "path": str(toy_data)},
+        "templates": ["a photo of a {}."],
+        "version": 1,
+    }
     path = tmp_path / "tasks" / "masked.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(body))
@@ -163,8 +177,24 @@ def run_cli(tmp_path, model: str, task: Path, *extra: str) -> tuple[int, Path]:
     from covar_harness.cli import main
 
     out = tmp_path / "results"
-    code = main(["run", "--models", model, "--tasks", str(task), "--output-dir", str(out), "--workers", "0",
-                 "--batch-size", "3", "--log-samples", "--overwrite", *extra])
+    code = main(
+        [
+            "run",
+            "--models",
+            model,
+            "--tasks",
+            str(task),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--batch-size",
+            "3",
+            "--log-samples",
+            "--overwrite",
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -175,7 +205,8 @@ def read(out: Path, model: str, task: str) -> tuple[dict, list[dict]]:
 
 
 # ---- ground truth and formula -------------------------------------------------------------------------------
-def _attribute_images(adapter, images, settings=CCISettings()):
+def _attribute_images(adapter, images, settings=None):
+    settings = settings or CCISettings()
     pixels = torch.stack([adapter.preprocess(im) for im in images])
     emb = torch.nn.functional.normalize(adapter.encode_images(pixels), dim=-1)
     target = torch.zeros(len(images), dtype=torch.long)  # "object"
@@ -244,10 +275,18 @@ def test_run_logs_cci_per_sample_with_design_keys(tmp_path, toy_catalog, masked_
     record, rows = read(out, "toy-topleft", "toy/masked")
     assert results.validate(record) == []
     cfg = record["config"]["attribution"]
-    assert {k: cfg[k] for k in ("method", "k", "layer", "target", "seed", "attribute_on", "kmeans_iters",
-                                "kmeans_n_init")} == {"method": "cci", "k": 7, "layer": -1, "target": "pred",
-                                                      "seed": 5, "attribute_on": "all", "kmeans_iters": 100,
-                                                      "kmeans_n_init": 3}
+    assert {
+        k: cfg[k] for k in ("method", "k", "layer", "target", "seed", "attribute_on", "kmeans_iters", "kmeans_n_init")
+    } == {
+        "method": "cci",
+        "k": 7,
+        "layer": -1,
+        "target": "pred",
+        "seed": 5,
+        "attribute_on": "all",
+        "kmeans_iters": 100,
+        "kmeans_n_init": 3,
+    }
     assert cfg["summary"]["n_attributed"] == 4
     tl = TopLeftReader.top_left().tolist()
     for row in rows:
@@ -268,15 +307,31 @@ def test_auto_attribution_runs_on_masked_tasks_only(tmp_path, toy_catalog, maske
     from covar_harness.cli import main
 
     out = tmp_path / "results"
-    code = main(["run", "--models", "toy-topleft", "--tasks", f"{masked_task},{plain_task}", "--output-dir",
-                 str(out), "--workers", "0", "--log-samples"])
+    code = main(
+        [
+            "run",
+            "--models",
+            "toy-topleft",
+            "--tasks",
+            f"{masked_task},{plain_task}",
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--log-samples",
+        ]
+    )
     assert code == 0
     masked, masked_rows = read(out, "toy-topleft", "toy/masked")
     plain, plain_rows = read(out, "toy-topleft", "toy/plain")
     assert all("cci" in r for r in masked_rows) and masked["config"]["attribution"]["requested"] == "auto"
     assert not any("cci" in r for r in plain_rows)
-    assert plain["config"]["attribution"] == {"method": "none", "status": "off", "requested": "auto",
-                                              "reason": "auto: the task has no foreground masks"}
+    assert plain["config"]["attribution"] == {
+        "method": "none",
+        "status": "off",
+        "requested": "auto",
+        "reason": "auto: the task has no foreground masks",
+    }
     assert plain["notes"] == []
 
 
@@ -288,8 +343,17 @@ def test_attribution_none_leaves_no_cci(tmp_path, toy_catalog, masked_task):
 
 
 def test_attribute_on_errors_and_label_target(tmp_path, toy_catalog, masked_task):
-    code, out = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci", "--attribute-on", "errors",
-                        "--cci-target", "label")
+    code, out = run_cli(
+        tmp_path,
+        "toy-topleft",
+        masked_task,
+        "--attribution",
+        "cci",
+        "--attribute-on",
+        "errors",
+        "--cci-target",
+        "label",
+    )
     record, rows = read(out, "toy-topleft", "toy/masked")
     attributed = [r for r in rows if "cci" in r]
     assert code == 0 and len(attributed) == 1 and not attributed[0]["correct"]
@@ -307,11 +371,15 @@ def test_random_attributor_same_clusters_seeded_importances(tmp_path, toy_catalo
     for c, r in zip(cci_rows, rand_rows):
         assert r["cci"]["method"] == "random" and r["cci"]["assignments"] == c["cci"]["assignments"]
         assert all(0 <= v < 1 for v in r["cci"]["importance"]) and r["cci"]["importance"] != c["cci"]["importance"]
-    again = read(run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "random")[1], "toy-topleft",
-                 "toy/masked")[1]
+    again = read(
+        run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "random")[1], "toy-topleft", "toy/masked"
+    )[1]
     assert [r["cci"] for r in again] == [r["cci"] for r in rand_rows]
-    other = read(run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "random", "--cci-seed", "9")[1],
-                 "toy-topleft", "toy/masked")[1]
+    other = read(
+        run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "random", "--cci-seed", "9")[1],
+        "toy-topleft",
+        "toy/masked",
+    )[1]
     assert [r["cci"]["importance"] for r in other] != [r["cci"]["importance"] for r in rand_rows]
 
 
@@ -333,13 +401,13 @@ def test_save_maps_writes_overlays_with_mask_outline(tmp_path, toy_catalog, mask
     arr = np.asarray(Image.open(files[0]).convert("RGB"))
     side = arr.shape[0]
     assert side >= 224 and arr.shape[1] == 2 * side + 4  # two panels and a 4 px gap
-    right = arr[:, side + 4:]
+    right = arr[:, side + 4 :]
     outline = np.all(right == (255, 230, 0), axis=-1)
     assert outline[: side // 2 + 2, : side // 2 + 2].sum() > side // 2, "mask outline around the TL quarter"
-    assert outline[side // 2 + 4:, :].sum() == 0 and outline[:, side // 2 + 4:].sum() == 0
+    assert outline[side // 2 + 4 :, :].sum() == 0 and outline[:, side // 2 + 4 :].sum() == 0
     # image 01 has blue/cyan in the top-left quarter: the heat tints exactly the regions the model reads
     arr = np.asarray(Image.open(files[1]).convert("RGB")).astype(int)
-    left, right, f = arr[:, :side], arr[:, side + 4:], side // SIDE
+    left, right, f = arr[:, :side], arr[:, side + 4 :], side // SIDE
     tinted = lambda y, x: np.abs(right[y * f, x * f] - left[y * f, x * f]).sum()  # noqa: E731
     assert tinted(16, 8) > 60 and tinted(16, 24) > 60  # centres of the two top-left regions
     assert tinted(48, 40) == 0 and tinted(48, 56) == 0 and tinted(16, 48) == 0  # regions it never reads
@@ -394,7 +462,8 @@ def test_step_process_records_and_last_batch(toy_data):
     result = records[0].cci  # the typed record (AttributionStep.last is gone)
     assert records[0].index == 3 and len(result.assignments) == GRID * GRID
     assert records[0]["cci"]["target"] == 0 and records[0]["cci"]["importance"] == pytest.approx(
-        result.importance, rel=1e-6)
+        result.importance, rel=1e-6
+    )
 
 
 def test_explain_prints_cluster_table_and_writes_overlay(tmp_path, toy_catalog, capsys):
@@ -403,8 +472,23 @@ def test_explain_prints_cluster_table_and_writes_overlay(tmp_path, toy_catalog, 
     image = tmp_path / "red.png"
     layout(("red", "yellow")).save(image)
     out = tmp_path / "overlay.png"
-    code = main(["explain", "--model", "toy-topleft", "--image", str(image), "--classes", "object,background",
-                 "--out", str(out), "--k", "7", "--device", "cpu"])
+    code = main(
+        [
+            "explain",
+            "--model",
+            "toy-topleft",
+            "--image",
+            str(image),
+            "--classes",
+            "object,background",
+            "--out",
+            str(out),
+            "--k",
+            "7",
+            "--device",
+            "cpu",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and out.is_file()
     assert "predicted: object" in text and "cluster" in text and "#patches" in text
@@ -415,8 +499,10 @@ def test_explain_prints_cluster_table_and_writes_overlay(tmp_path, toy_catalog, 
 
 
 def test_cci_plugin_registers_without_importing_torch():
-    code = ("import sys; from covar_harness.plugin_manager import load_catalog; c = load_catalog(allow='');"
-            "assert {'cci', 'random'} <= set(c.attributors.names()); assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from covar_harness.plugin_manager import load_catalog; c = load_catalog(allow='');"
+        "assert {'cci', 'random'} <= set(c.attributors.names()); assert 'torch' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
@@ -438,8 +524,12 @@ def covar_task(tmp_path: Path, n: int = 4) -> Path:
         Image.fromarray(mask).save(root / "bg_varied" / "masks" / f"{i:02d}.png")
         lines.append(json.dumps({"file_name": f"{i:02d}.png", "label": cls, "mask": f"masks/{i:02d}.png"}))
     (root / "bg_varied" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    body = {"task": "toy/covar", "dataset": {"format": "covar", "path": str(root), "subset": "bg_varied"},
-            "templates": ["a photo of a {}."], "version": 1}
+    body = {
+        "task": "toy/covar",
+        "dataset": {"format": "covar", "path": str(root), "subset": "bg_varied"},
+        "templates": ["a photo of a {}."],
+        "version": 1,
+    }
     path = tmp_path / "covar.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -453,8 +543,24 @@ def test_openclip_end_to_end_cci(tmp_path, openclip_dir):
     task = covar_task(tmp_path)
     out, maps = tmp_path / "res", tmp_path / "maps"
     spec = f"openclip:local-dir:{openclip_dir}"
-    code = main(["run", "--models", spec, "--tasks", str(task), "--output-dir", str(out), "--workers", "0",
-                 "--cci-k", "3", "--log-samples", "--save-maps", str(maps)])
+    code = main(
+        [
+            "run",
+            "--models",
+            spec,
+            "--tasks",
+            str(task),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--cci-k",
+            "3",
+            "--log-samples",
+            "--save-maps",
+            str(maps),
+        ]
+    )
     assert code == 0
     record, rows = read(out, spec, "toy/covar")
     assert record["config"]["attribution"]["status"] == "ran", record["notes"]
@@ -470,15 +576,28 @@ def test_openclip_end_to_end_cci(tmp_path, openclip_dir):
 @pytest.mark.parametrize("family", ["siglip"])  # MAP head: the pooling open_clip's test does not cover
 def test_hf_end_to_end_cci(tmp_path, family):
     """A tiny Hugging Face SigLIP (8x8 patches, attention-pool head) through ``run --attribution cci``."""
-    from hf_helpers import save_tiny
-
     from covar_harness.cli import main
+    from hf_helpers import save_tiny
 
     model_dir = save_tiny(family, tmp_path / family)
     task = covar_task(tmp_path)
     out, spec = tmp_path / "res", f"hf:{model_dir}"
-    code = main(["run", "--models", spec, "--tasks", str(task), "--output-dir", str(out), "--workers", "0",
-                 "--attribution", "cci", "--log-samples"])
+    code = main(
+        [
+            "run",
+            "--models",
+            spec,
+            "--tasks",
+            str(task),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--attribution",
+            "cci",
+            "--log-samples",
+        ]
+    )
     assert code == 0
     record, rows = read(out, spec, "toy/covar")
     assert record["config"]["attribution"]["status"] == "ran", record["notes"]

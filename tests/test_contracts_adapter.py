@@ -8,13 +8,22 @@ import json
 import textwrap
 
 import pytest
-from helpers import run_cli_inprocess, write_task_yaml
 
 from covar_harness import BaseAdapter, results
-from covar_harness.adapter import (AdapterContractError, Capabilities, adapter_family, attribution_support,
-                                   capabilities, missing_members, n_blocks, patch_grid, takes_layer)
+from covar_harness.adapter import (
+    AdapterContractError,
+    Capabilities,
+    adapter_family,
+    attribution_support,
+    capabilities,
+    missing_members,
+    n_blocks,
+    patch_grid,
+    takes_layer,
+)
 from covar_harness.models import load_model
 from covar_harness.registry import UsageError
+from helpers import run_cli_inprocess, write_task_yaml
 
 # One toy model, written twice: as a plain object (the Protocol only) and as a BaseAdapter subclass. 20 px images
 # in 4 px patches (a 5 x 5 grid); a non-linear pooling of the kept patches, so every removal pattern matters.
@@ -128,8 +137,14 @@ def test_base_class_defaults_make_a_complete_adapter_without_attribution(toy_fil
     assert isinstance(adapter, BaseAdapter) and missing_members(adapter) == []
     assert attribution_support(adapter) == (False, "adapter lacks patch_grid, patch_tokens, encode_images_without")
     assert capabilities(adapter) == Capabilities(
-        attribution=False, reason="adapter lacks patch_grid, patch_tokens, encode_images_without", patch_grid=None,
-        n_blocks=None, takes_layer=False, pattern_batches=False, remove_all_patches=False)
+        attribution=False,
+        reason="adapter lacks patch_grid, patch_tokens, encode_images_without",
+        patch_grid=None,
+        n_blocks=None,
+        takes_layer=False,
+        pattern_batches=False,
+        remove_all_patches=False,
+    )
     with pytest.raises(NotImplementedError, match="no attribution capability"):
         adapter.patch_tokens(None)
     assert adapter_family(adapter, "custom") == "custom"  # declared without a value: the spec's scheme
@@ -144,8 +159,15 @@ def test_an_inherited_placeholder_counts_as_missing(toy_file):
 def test_duck_typed_and_base_class_adapters_read_the_same(toy_file):
     duck, based = load_model(_spec(toy_file, "duck")), load_model(_spec(toy_file, "based"))
     assert not isinstance(duck, BaseAdapter) and isinstance(based, BaseAdapter)
-    expected = Capabilities(attribution=True, reason="", patch_grid=(5, 5), n_blocks=None, takes_layer=True,
-                            pattern_batches=False, remove_all_patches=False)
+    expected = Capabilities(
+        attribution=True,
+        reason="",
+        patch_grid=(5, 5),
+        n_blocks=None,
+        takes_layer=True,
+        pattern_batches=False,
+        remove_all_patches=False,
+    )
     assert capabilities(duck) == capabilities(based) == expected
 
 
@@ -188,8 +210,15 @@ def test_builtin_adapters_subclass_the_base_class(openclip_dir):
     assert all(issubclass(cls, HFAdapter) for cls in ADAPTERS.values())
     adapter = load_model(f"openclip:local-dir:{openclip_dir}")
     assert adapter_family(adapter, "plugin") == "openclip"
-    assert capabilities(adapter) == Capabilities(attribution=True, reason="", patch_grid=(4, 4), n_blocks=2,
-                                                 takes_layer=True, pattern_batches=True, remove_all_patches=True)
+    assert capabilities(adapter) == Capabilities(
+        attribution=True,
+        reason="",
+        patch_grid=(4, 4),
+        n_blocks=2,
+        takes_layer=True,
+        pattern_batches=True,
+        remove_all_patches=True,
+    )
 
 
 def _cci_records(out, spec: str, task: str) -> list[dict]:
@@ -203,9 +232,24 @@ def test_a_duck_typed_adapter_runs_cci_exactly_like_a_base_class_one(toy_file, t
     task = write_task_yaml(tmp_path / "tasks" / "toy.yaml", "toy/colours", image_folder)
     out = tmp_path / "out"
     specs = [_spec(toy_file, f) for f in ("duck", "based", "plain")]
-    run = run_cli_inprocess("run", "--models", ",".join(specs), "--tasks", str(task), "--output-dir", str(out),
-                            "--attribution", "cci", "--cci-k", "3", "--log-samples", "--workers", "0",
-                            "--segmenter", "none")
+    run = run_cli_inprocess(
+        "run",
+        "--models",
+        ",".join(specs),
+        "--tasks",
+        str(task),
+        "--output-dir",
+        str(out),
+        "--attribution",
+        "cci",
+        "--cci-k",
+        "3",
+        "--log-samples",
+        "--workers",
+        "0",
+        "--segmenter",
+        "none",
+    )
     assert run.returncode == 0, run.stderr
     duck, based = (_cci_records(out, s, "toy/colours") for s in specs[:2])
     assert len(duck) == 12 and duck == based

@@ -18,10 +18,25 @@ PYPROJECT = '[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "{na
 
 def _repo(root: Path) -> str:
     """A git repository at ``root`` with one commit of whatever is there; returns its HEAD."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.org",
-                               "-c", "commit.gpgsign=false", *args], check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            [
+                "git",
+                "-C",
+                str(root),
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.org",
+                "-c",
+                "commit.gpgsign=false",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     root.mkdir(parents=True, exist_ok=True)
     git("init", "-q")

@@ -35,7 +35,7 @@ def _holders(pattern: str, files: list[Path]) -> list[str]:
 # ---- one subset list -------------------------------------------------------------------------------------------
 def test_the_leaderboard_uses_the_one_list_in_the_papers_column_order():
     assert leaderboard.COVAR_SUBSETS is subsets.COVAR_SUBSETS
-    published = [c[len("acc_"):] for c in read_csv("reference", "paper_covar_results.csv")[0] if c.startswith("acc_")]
+    published = [c[len("acc_") :] for c in read_csv("reference", "paper_covar_results.csv")[0] if c.startswith("acc_")]
     assert tuple(published) == (*subsets.COVAR_SUBSETS, "avg")
     assert subsets.ALL_SUBSETS == ("original", *subsets.COVAR_SUBSETS)
     assert set(subsets.SUBSET_TITLES) == set(subsets.ALL_SUBSETS)
@@ -58,8 +58,9 @@ def test_no_other_module_spells_out_a_subset_list():
 
 # ---- one CSV reader ------------------------------------------------------------------------------------------
 def test_one_csv_reader():
-    assert _holders(r"csv\.(DictReader|reader)\(|read_csv\(\s*[\"'][^\"']+\.csv", _code_files()) == \
-        ["harness/resources.py"]
+    assert _holders(r"csv\.(DictReader|reader)\(|read_csv\(\s*[\"'][^\"']+\.csv", _code_files()) == [
+        "harness/resources.py"
+    ]
     from covar_harness.plugins import paper
 
     assert paper.paper_rows() == read_csv("reference", "paper_models.csv") and len(paper.paper_rows()) == 18

@@ -42,8 +42,9 @@ def _dependencies() -> dict[str, Requirement]:
 @pytest.mark.parametrize("name", sorted(TESTED_RANGES))
 def test_pyproject_bounds_each_internals_library_to_the_tested_range(name):
     requirement = _dependencies()[name]
-    assert requirement.specifier == SpecifierSet(TESTED_RANGES[name]), \
+    assert requirement.specifier == SpecifierSet(TESTED_RANGES[name]), (
         f"pyproject says {name}{requirement.specifier}, the tested range is {TESTED_RANGES[name]}"
+    )
     assert any(spec.operator == "<" for spec in requirement.specifier), f"{name} needs an upper bound"
 
 
@@ -68,9 +69,8 @@ def test_setuptools_resolves_the_same_version():
 
 
 def test_cli_and_provenance_report_that_version():
-    from helpers import run_cli_inprocess
-
     from covar_harness import results
+    from helpers import run_cli_inprocess
 
     run = run_cli_inprocess("--version")
     assert run.returncode == 0 and run.stdout.strip() == f"covar-harness {covar_harness.__version__}"

@@ -8,15 +8,15 @@ import logging
 from pathlib import Path
 
 import pytest
-from helpers import make_image, run_cli_inprocess
 
 from covar_harness import results
+from covar_harness.class_groups import class_groups, class_groups_rule, share_group
 from covar_harness.data import DatasetNotFound
+from covar_harness.imagenet import imagenet_index
 from covar_harness.resources import named
 from covar_harness.taskconfig import parse_task
-from covar_harness.class_groups import class_groups, class_groups_rule, share_group
 from covar_harness.tasks.counteranimals import load_counteranimals
-from covar_harness.imagenet import imagenet_index
+from helpers import make_image, run_cli_inprocess
 
 # ImageNet index -> (release folder name, common folder, counter folder, photos per group)
 RELEASE = {
@@ -45,7 +45,7 @@ def make_release(parent: Path, names_file: bool = False) -> Path:
     return root
 
 
-def _load(path: Path, **ds) -> "object":
+def _load(path: Path, **ds) -> object:
     return load_counteranimals({"format": "counteranimals", "path": str(path), **ds}, path)
 
 
@@ -111,10 +111,22 @@ def test_45way_restriction_relabels(tmp_path):
 def test_cli_end_to_end_and_leaderboard(tmp_path, openclip_dir):
     make_release(tmp_path / "data" / "counteranimals")
     out = tmp_path / "results"
-    r = run_cli_inprocess("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks",
-                          "counteranimals/common,counteranimals/counter,counteranimals/common-45way", "--data-dir",
-                          str(tmp_path / "data"), "--output-dir", str(out), "--log-samples", "--workers", "0",
-                          "--attribution", "none")
+    r = run_cli_inprocess(
+        "run",
+        "--models",
+        f"openclip:local-dir:{openclip_dir}",
+        "--tasks",
+        "counteranimals/common,counteranimals/counter,counteranimals/common-45way",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output-dir",
+        str(out),
+        "--log-samples",
+        "--workers",
+        "0",
+        "--attribution",
+        "none",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     recs = {}
     for p in out.rglob("*.json"):
@@ -140,7 +152,10 @@ def test_cli_end_to_end_and_leaderboard(tmp_path, openclip_dir):
     official = next(t for t in tables if "official protocol" in t["title"])
     assert official["columns"] == ["Model", "Common", "Counter", "Drop", "Common acc1", "Counter acc1"]
     ours = official["rows"][0]
-    c, k = common["metrics"]["mean_per_class_recall"], recs["counteranimals/counter"][0]["metrics"]["mean_per_class_recall"]
+    c, k = (
+        common["metrics"]["mean_per_class_recall"],
+        recs["counteranimals/counter"][0]["metrics"]["mean_per_class_recall"],
+    )
     assert ours[1:4] == [round(100 * c, 1), round(100 * k, 1), round(100 * (c - k), 1)]
     assert ours[4] == round(100 * common["metrics"]["acc1"], 1)
     published = [official["rows"][i] for i in official["published_rows"]]
@@ -154,15 +169,27 @@ def test_hf_copy_is_mapped_to_imagenet_indices(tmp_path):
     images = [make_image((100, 100, 100), seed=i) for i in range(5)]
     labels = ["9 ostrich, Struthio camelus", "jaguar", "Vulture", "jaguar", "ice bear"]
     groups = ["common", "common", "counter", "counter", "common"]
-    ds = datasets.Dataset.from_dict({"image": images, "label": labels, "group": groups},
-                                    features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string"),
-                                                                "group": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "label": labels, "group": groups},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.Value("string"), "group": datasets.Value("string")}
+        ),
+    )
     ds.save_to_disk(str(tmp_path / "hfcopy"))
-    s = load_counteranimals({"format": "counteranimals", "hf_id": str(tmp_path / "hfcopy"), "group": "common"}, tmp_path)
+    s = load_counteranimals(
+        {"format": "counteranimals", "hf_id": str(tmp_path / "hfcopy"), "group": "common"}, tmp_path
+    )
     assert [x.label for x in s.samples] == [9, 290, 296] and len(s.classnames) == 1000
     assert s.open_image(1).size == (40, 40) and "hf " in s.description
-    counter = load_counteranimals({"format": "counteranimals", "hf_id": str(tmp_path / "hfcopy"), "group": "counter",
-                                   "label_space": "counteranimals45"}, tmp_path)
+    counter = load_counteranimals(
+        {
+            "format": "counteranimals",
+            "hf_id": str(tmp_path / "hfcopy"),
+            "group": "counter",
+            "label_space": "counteranimals45",
+        },
+        tmp_path,
+    )
     assert [x.meta["imagenet_index"] for x in counter.samples] == [23, 290]
 
 

@@ -134,8 +134,9 @@ def test_setting_off_or_no_masks_means_no_extra_patterns():
     emb = F.normalize(adapter.encode_images(pixels), dim=-1)
     step = AttributionStep("random", k=2)
     step.start(adapter, None, samples)
-    recs = step.process(Batch([0, 1, 2, 3], pixels, emb, W, emb @ W, torch.zeros(4), samples,
-                              [c[1] for c in CASES.values()]))
+    recs = step.process(
+        Batch([0, 1, 2, 3], pixels, emb, W, emb @ W, torch.zeros(4), samples, [c[1] for c in CASES.values()])
+    )
     assert adapter.calls == [(4, 2, 4)] and [r["counterfactual"]["outcome"] for r in recs] == list(CASES)
 
 
@@ -146,9 +147,10 @@ def test_region_outcome_table():
 
 
 def test_counterfactual_rule_score_is_continuous_and_keeps_the_driver():
-    rows = [{"index": i, "label": 0, "pred": 0, "correct": True,
-             "counterfactual": {"s_fg_only": fg, "s_bg_only": bg}} for i, (fg, bg) in
-            enumerate([(0.8, 0.2), (0.3, 0.35), (0.1, 0.9), (0.5, 0.5)])]
+    rows = [
+        {"index": i, "label": 0, "pred": 0, "correct": True, "counterfactual": {"s_fg_only": fg, "s_bg_only": bg}}
+        for i, (fg, bg) in enumerate([(0.8, 0.2), (0.3, 0.35), (0.1, 0.9), (0.5, 0.5)])
+    ]
     grids = {i: np.array([1.0, 0.0]) for i in range(4)}
     d = diagnose(rows, grids, None, DiagnosisSettings(rules=("counterfactual", "paper"), bootstrap=10))
     scores = [d.per_sample[i]["scores"]["counterfactual"] for i in range(4)]
@@ -163,9 +165,26 @@ def test_run_logs_counterfactual_by_default_on_masked_tasks(tmp_path, covar_shap
     from covar_harness.cli import main
 
     out = tmp_path / "out"
-    code = main(["run", "--models", "demo/shapes-shortcut", "--tasks", "covar-shapes/original", "--limit", "16",
-                 "--data-dir", str(covar_shapes_data), "--output-dir", str(out), "--workers", "0", "--log-samples",
-                 "--driver-rule", "counterfactual,paper"])
+    code = main(
+        [
+            "run",
+            "--models",
+            "demo/shapes-shortcut",
+            "--tasks",
+            "covar-shapes/original",
+            "--limit",
+            "16",
+            "--data-dir",
+            str(covar_shapes_data),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--log-samples",
+            "--driver-rule",
+            "counterfactual,paper",
+        ]
+    )
     assert code == 0
     path = next(out.rglob("*original.json"))
     rows = [json.loads(x) for x in path.with_name(path.stem + ".samples.jsonl").read_text().splitlines()]

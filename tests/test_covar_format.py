@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import COVAR_CLASSES as CLASSES
-from helpers import COVAR_SUBSETS as SUBSETS
-from helpers import make_covar, run_cli_inprocess
 
 from covar_harness import results
 from covar_harness.data import DatasetNotFound
 from covar_harness.tasks.covar import CovarFormatError, load_covar
+from helpers import COVAR_CLASSES as CLASSES
+from helpers import COVAR_SUBSETS as SUBSETS
+from helpers import make_covar, run_cli_inprocess
+
 
 def _write_meta(root: Path, subset: str, lines: list[str]) -> Path:
     path = root / subset / "metadata.jsonl"
@@ -32,25 +32,31 @@ def test_loader_reads_labels_meta_and_masks(covar_root):
     assert [x.label for x in s.samples] == [0, 0, 1, 1, 2, 2]
     assert [x.id for x in s.samples[:2]] == ["original/img/cat0.png", "original/img/cat1.png"]
     first = s.samples[0]
-    assert first.meta == {"mask": "original/img/cat0.mask.png", "source_id": "cat-0",
-                          "variation": {"transform": "original", "k": 0}}
+    assert first.meta == {
+        "mask": "original/img/cat0.mask.png",
+        "source_id": "cat-0",
+        "variation": {"transform": "original", "k": 0},
+    }
     assert s.has_masks and s.open_mask(0).mode == "L" and s.open_mask(0).getpixel((20, 20)) == 255
     assert s.open_image(5).size == (40, 40)
     no_masks = load_covar({"format": "covar", "path": str(covar_root), "subset": "hflip"}, covar_root.parent)
     assert not no_masks.has_masks and no_masks.open_mask(0) is None
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"file_name": "img/x.png", "label": "cat"', "not valid JSON"),
-    ('["img/x.png", 0]', "must be a JSON object"),
-    ('{"label": 0}', "missing required key 'file_name'"),
-    ('{"file_name": "img/x.png", "label": "cow"}', "label 'cow' is not a class"),
-    ('{"file_name": "img/x.png", "label": 3}', "label 3 is outside classes.json"),
-    ('{"file_name": "img/x.png", "label": true}', "'label' must be an int or a class name"),
-    ('{"file_name": "/etc/passwd", "label": 0}', "must be a relative path"),
-    ('{"file_name": "../../x.png", "label": 0}', "must be a relative path"),
-    ('{"file_name": "img/x.png", "label": 0, "variation": [1, 2]}', "'variation' must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"file_name": "img/x.png", "label": "cat"', "not valid JSON"),
+        ('["img/x.png", 0]', "must be a JSON object"),
+        ('{"label": 0}', "missing required key 'file_name'"),
+        ('{"file_name": "img/x.png", "label": "cow"}', "label 'cow' is not a class"),
+        ('{"file_name": "img/x.png", "label": 3}', "label 3 is outside classes.json"),
+        ('{"file_name": "img/x.png", "label": true}', "'label' must be an int or a class name"),
+        ('{"file_name": "/etc/passwd", "label": 0}', "must be a relative path"),
+        ('{"file_name": "../../x.png", "label": 0}', "must be a relative path"),
+        ('{"file_name": "img/x.png", "label": 0, "variation": [1, 2]}', "'variation' must be a JSON object"),
+    ],
+)
 def test_bad_metadata_line_names_file_and_line(covar_root, bad_line, message):
     good = json.dumps({"file_name": "img/cat0.png", "label": 0})
     path = _write_meta(covar_root, "hflip", [good, "", bad_line])
@@ -84,9 +90,24 @@ def test_cli_runs_all_covar_tasks_and_leaderboard_averages_eight(tmp_path, openc
     data = tmp_path / "data"
     make_covar(data / "covar")
     out = tmp_path / "results"
-    r = run_cli_inprocess("run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", "covar/*",
-                          "--data-dir", str(data), "--output-dir", str(out), "--log-samples", "--batch-size", "8",
-                          "--workers", "0", "--attribution", "none")
+    r = run_cli_inprocess(
+        "run",
+        "--models",
+        f"openclip:local-dir:{openclip_dir}",
+        "--tasks",
+        "covar/*",
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--log-samples",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--attribution",
+        "none",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     files = sorted(p for p in out.rglob("*.json"))
     assert len(files) == 9
@@ -103,8 +124,19 @@ def test_cli_runs_all_covar_tasks_and_leaderboard_averages_eight(tmp_path, openc
     lb = run_cli_inprocess("leaderboard", str(out), "--format", "json")
     assert lb.returncode == 0, lb.stderr
     table = next(t for t in json.loads(lb.stdout)["tables"] if t["title"].startswith("covar: zero-shot accuracy"))
-    assert table["columns"] == ["Model", "Original", "Bg-varied", "H-flip", "Translate", "Crop", "V-flip",
-                                "Rotation", "Viewpoint", "Scale", "Avg"]
+    assert table["columns"] == [
+        "Model",
+        "Original",
+        "Bg-varied",
+        "H-flip",
+        "Translate",
+        "Crop",
+        "V-flip",
+        "Rotation",
+        "Viewpoint",
+        "Scale",
+        "Avg",
+    ]
     row = table["rows"][0]
     eight = [records[f"covar/{s}"]["metrics"]["acc1"] for s in SUBSETS[1:]]
     assert row[-1] == round(100 * sum(eight) / 8, 1)  # the average excludes 'original'

@@ -27,8 +27,17 @@ def test_generated_layout_every_sample_masked(built):
     assert cs.is_current(built, SMALL) and not cs.is_current(built)  # a small build is not the benchmark
     assert json.loads((built / "classes.json").read_text()) == sorted(cs.CLASSES)
     info = json.loads((built / "build.json").read_text())
-    assert set(info["subsets"]) == {"original", "bg_varied", "hflip", "vflip", "rotation", "translate", "crop",
-                                    "scale", "viewpoint"}
+    assert set(info["subsets"]) == {
+        "original",
+        "bg_varied",
+        "hflip",
+        "vflip",
+        "rotation",
+        "translate",
+        "crop",
+        "scale",
+        "viewpoint",
+    }
     assert info["subsets"]["original"] == len(cs.CLASSES) * SMALL
     for subset in info["subsets"]:
         lines = (built / subset / "metadata.jsonl").read_text().splitlines()
@@ -55,7 +64,9 @@ def test_generation_is_deterministic(built, tmp_path):
     for subset in ("original", "rotation", "viewpoint"):
         assert (other / subset / "metadata.jsonl").read_bytes() == (built / subset / "metadata.jsonl").read_bytes()
     rec = json.loads((built / "translate" / "metadata.jsonl").read_text().splitlines()[7])
-    assert (other / "translate" / rec["file_name"]).read_bytes() == (built / "translate" / rec["file_name"]).read_bytes()
+    assert (other / "translate" / rec["file_name"]).read_bytes() == (
+        built / "translate" / rec["file_name"]
+    ).read_bytes()
 
 
 def test_rebuilt_when_stamp_changes_or_incomplete(tmp_path, monkeypatch):
@@ -82,8 +93,17 @@ def test_tasks_resolve_and_load_through_the_format(tmp_path, monkeypatch):
 
     catalog = load_catalog()
     tasks = catalog.tasks.resolve("covar-shapes/*")
-    assert {t.task.split("/")[1] for t in tasks} == {"original", "bg_varied", "hflip", "vflip", "rotation",
-                                                     "translate", "crop", "scale", "viewpoint"}
+    assert {t.task.split("/")[1] for t in tasks} == {
+        "original",
+        "bg_varied",
+        "hflip",
+        "vflip",
+        "rotation",
+        "translate",
+        "crop",
+        "scale",
+        "viewpoint",
+    }
     assert all("covar-shapes" in t.tags for t in tasks)
     assert [t.task for t in catalog.tasks.resolve("covar-shapes")] == [t.task for t in tasks]
     cfg = catalog.tasks.get("covar-shapes/bg_varied")

@@ -7,15 +7,15 @@ import json
 import textwrap
 
 import pytest
-from helpers import run_cli_inprocess
 
 from covar_harness import results
 from covar_harness.models import load_model
 from covar_harness.registry import UsageError
+from helpers import run_cli_inprocess
 
 # A complete adapter with no weights: an image is its mean colour, a class name maps to a colour, so the
 # classifier is right on the helpers' colour-coded image folder (cat red, dog green, fish blue).
-ADAPTER_SOURCE = textwrap.dedent('''
+ADAPTER_SOURCE = textwrap.dedent("""
     import torch
     import torchvision.transforms.functional as TF
 
@@ -54,7 +54,7 @@ ADAPTER_SOURCE = textwrap.dedent('''
 
     def broken():
         return Half()
-''')
+""")
 
 
 @pytest.fixture
@@ -94,13 +94,16 @@ def test_bad_object_gets_one_line_listing_exactly_what_is_missing(adapter_file):
     assert "encode_texts" not in msg and "`name" not in msg
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("custom:no-colon-here", "cannot tell the module from the callable"),
-    ("custom:{file}:nothing_here", "has no 'nothing_here'; callables there: .*build"),
-    ("custom:{file}:COLOURS", "is a dict, not a callable"),
-    ("custom:{dir}/missing.py:build", "no such file"),
-    ("custom:no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("custom:no-colon-here", "cannot tell the module from the callable"),
+        ("custom:{file}:nothing_here", "has no 'nothing_here'; callables there: .*build"),
+        ("custom:{file}:COLOURS", "is a dict, not a callable"),
+        ("custom:{dir}/missing.py:build", "no such file"),
+        ("custom:no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
+    ],
+)
 def test_spec_errors_say_what_is_wrong(spec, expected, adapter_file):
     with pytest.raises(UsageError, match=expected):
         load_model(spec.format(file=adapter_file, dir=adapter_file.parent))
@@ -110,8 +113,21 @@ def test_custom_adapter_runs_end_to_end_through_the_cli(adapter_file, task_yaml,
     """A good and a bad custom model in one run: the good one writes a valid result, the bad one fails alone."""
     out = tmp_path / "out"
     models = f"custom:{adapter_file}:build,custom:{adapter_file}:broken"
-    proc = run_cli_inprocess("run", "--models", models, "--tasks", "toy/shapes", "--include-path", str(task_yaml),
-                             "--output-dir", str(out), "--device", "cpu", "--workers", "0")
+    proc = run_cli_inprocess(
+        "run",
+        "--models",
+        models,
+        "--tasks",
+        "toy/shapes",
+        "--include-path",
+        str(task_yaml),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one pair failed, the other still ran
     assert "not a ModelAdapter: missing method `preprocess" in " ".join(proc.stderr.split())
     [path] = list(out.glob("*/*.json"))

@@ -21,9 +21,25 @@ def demo_run(tmp_path_factory, covar_shapes_data) -> Path:
     """One CLI run of both demo models on original and bg_varied (a seeded subset), results in a folder."""
     base = tmp_path_factory.mktemp("demo")
     assert cs.is_current(covar_shapes_data / "covar-shapes")  # the session's generation, not one made by the run
-    r = run_cli_inprocess("run", "--models", "demo", "--tasks", "covar-shapes/original,covar-shapes/bg_varied",
-                          "--data-dir", str(covar_shapes_data), "--output-dir", str(base / "results"),
-                          "--limit", LIMIT, "--attribution", "none", "--batch-size", "150", "--workers", "0")
+    r = run_cli_inprocess(
+        "run",
+        "--models",
+        "demo",
+        "--tasks",
+        "covar-shapes/original,covar-shapes/bg_varied",
+        "--data-dir",
+        str(covar_shapes_data),
+        "--output-dir",
+        str(base / "results"),
+        "--limit",
+        LIMIT,
+        "--attribution",
+        "none",
+        "--batch-size",
+        "150",
+        "--workers",
+        "0",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return base / "results"
 

@@ -3,16 +3,22 @@
 import numpy as np
 import pytest
 
-from covar_harness.diagnosis import DiagnosisSettings, density_ratio, diagnose, fg_fraction
 from covar_harness.class_groups import share_group
+from covar_harness.diagnosis import DiagnosisSettings, density_ratio, diagnose, fg_fraction
 
 # a 2x2 patch grid: patch 0 is the object, patches 1-3 background
 FG = np.array([1.0, 0.0, 0.0, 0.0])
 
 
 def row(index, label, pred, importance, assignments=(0, 1, 1, 1), **extra):
-    return {"index": index, "label": label, "pred": pred, "correct": label == pred,
-            "cci": {"assignments": list(assignments), "importance": list(importance)}, **extra}
+    return {
+        "index": index,
+        "label": label,
+        "pred": pred,
+        "correct": label == pred,
+        "cci": {"assignments": list(assignments), "importance": list(importance)},
+        **extra,
+    }
 
 
 def test_fg_fraction_uses_positive_mass_only():
@@ -32,11 +38,11 @@ def test_fine_grained_needs_a_shared_group():
 def test_bg_er_and_fine_er_are_shares_of_misclassified():
     groups = {0: "felid", 1: "felid", 2: "other"}
     rows = [
-        row(0, 0, 0, [0.9, 0.1]),          # correct, fg-driven
-        row(1, 0, 1, [0.8, 0.1]),          # error, fg-driven, same group -> fine
-        row(2, 0, 2, [0.8, 0.1]),          # error, fg-driven, other group -> other
-        row(3, 0, 1, [0.05, 0.9]),         # error, bg-driven -> bg
-        row(4, 0, 1, [-0.1, -0.2]),        # error, no positive importance -> undetermined -> other
+        row(0, 0, 0, [0.9, 0.1]),  # correct, fg-driven
+        row(1, 0, 1, [0.8, 0.1]),  # error, fg-driven, same group -> fine
+        row(2, 0, 2, [0.8, 0.1]),  # error, fg-driven, other group -> other
+        row(3, 0, 1, [0.05, 0.9]),  # error, bg-driven -> bg
+        row(4, 0, 1, [-0.1, -0.2]),  # error, no positive importance -> undetermined -> other
     ]
     grids = {i: FG for i in range(5)}
     d = diagnose(rows, grids, groups, DiagnosisSettings(bootstrap=200))
@@ -59,10 +65,18 @@ def test_samples_without_masks_are_left_out():
 
 def test_threshold_and_several_rules_at_once():
     # object small: a little importance on it, background spread -> paper says bg, area says fg
-    r = row(0, 0, 0, [0.3, 0.2], assignments=(0, 1, 1, 1),
-            shapley={"values": [0.9, 0.0]}, counterfactual={"s_fg_only": 0.2, "s_bg_only": 0.4})
-    d = diagnose([r], {0: FG}, None, DiagnosisSettings(rules=("paper", "area", "shapley", "counterfactual"),
-                                                       bootstrap=10))
+    r = row(
+        0,
+        0,
+        0,
+        [0.3, 0.2],
+        assignments=(0, 1, 1, 1),
+        shapley={"values": [0.9, 0.0]},
+        counterfactual={"s_fg_only": 0.2, "s_bg_only": 0.4},
+    )
+    d = diagnose(
+        [r], {0: FG}, None, DiagnosisSettings(rules=("paper", "area", "shapley", "counterfactual"), bootstrap=10)
+    )
     assert d.per_sample[0]["drivers"] == {"paper": "bg", "area": "fg", "shapley": "fg", "counterfactual": "bg"}
     assert d.per_sample[0]["driver"] == "bg"  # the first rule is the headline
     assert diagnose([r], {0: FG}, None, DiagnosisSettings(threshold=0.3, bootstrap=10)).per_sample[0]["driver"] == "fg"

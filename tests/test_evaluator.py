@@ -31,8 +31,13 @@ def test_predictions_equal_open_clip_reference(openclip_dir, tmp_path):
 
     model, tok = adapter.model, open_clip.get_tokenizer(f"local-dir:{openclip_dir}")
     ref = open_clip.build_zero_shot_classifier(
-        model, tokenizer=tok, classnames=classes, templates=[lambda c, t=t: t.format(c) for t in templates],
-        num_classes_per_batch=2, device="cpu", use_tqdm=False,
+        model,
+        tokenizer=tok,
+        classnames=classes,
+        templates=[lambda c, t=t: t.format(c) for t in templates],
+        num_classes_per_batch=2,
+        device="cpu",
+        use_tqdm=False,
     )
     with torch.no_grad():
         ref_emb = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_helpers import FAMILIES, adapters, one_thread, tiny  # noqa: F401 (fixtures)
 
 from covar_harness import models
 from covar_harness.attribution import AttributionStep
 from covar_harness.data import Sample, SampleSet
 from covar_harness.models import HubUnreachableError, ModelLoadError, hub_unreachable, load_model
 from covar_harness.plugins.transformers import features
+from hf_helpers import FAMILIES, adapters, one_thread, tiny  # noqa: F401 (fixtures)
 
 TEXTS = ["a photo of a cat.", "a dog"]
 
@@ -72,8 +72,12 @@ def test_openclip_patch_count_hint_from_configs(openclip_dir):
     assert patch_count_hint("openclip:ViT-B-32/openai") == 49
     assert patch_count_hint("ViT-B-16-SigLIP/webli") == 196  # timm tower: patch size from its name
     assert patch_count_hint("openclip:ViT-L-14-336/openai") == 576
-    for unknown in ("openclip:RN50/openai", "openclip:convnext_base_w/laion2b", "openclip:hf-hub:org/x",
-                    "openclip:no-such-arch/x"):
+    for unknown in (
+        "openclip:RN50/openai",
+        "openclip:convnext_base_w/laion2b",
+        "openclip:hf-hub:org/x",
+        "openclip:no-such-arch/x",
+    ):
         assert patch_count_hint(unknown) is None, unknown
     adapter = load_model(f"openclip:local-dir:{openclip_dir}")
     spec = f"openclip:local-dir:{openclip_dir}"
@@ -105,18 +109,28 @@ def network_errors() -> list[BaseException]:
 
     wrapped = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
     wrapped.__cause__ = LocalEntryNotFoundError("cannot find the requested files in the local cache")
-    return [requests.ConnectionError("Max retries exceeded"), requests.Timeout("read timed out"),
-            requests.exceptions.ConnectTimeout("x"), LocalEntryNotFoundError("no connection"), wrapped,
-            OSError("Failed to establish a new connection"), OSError("you are offline"), ConnectionRefusedError(111),
-            TimeoutError("timed out")]
+    return [
+        requests.ConnectionError("Max retries exceeded"),
+        requests.Timeout("read timed out"),
+        requests.exceptions.ConnectTimeout("x"),
+        LocalEntryNotFoundError("no connection"),
+        wrapped,
+        OSError("Failed to establish a new connection"),
+        OSError("you are offline"),
+        ConnectionRefusedError(111),
+        TimeoutError("timed out"),
+    ]
 
 
 def test_network_errors_are_recognised_only_when_online(online, monkeypatch):
     for exc in network_errors():
         assert hub_unreachable(exc), repr(exc)
-    for exc in (ValueError("bad config"), FileNotFoundError("no such file: x.json"), OSError("is not a valid model "
-                                                                                              "identifier"),
-                FileNotFoundError("No such file: '/data/offline_models/connectivity.json'")):
+    for exc in (
+        ValueError("bad config"),
+        FileNotFoundError("no such file: x.json"),
+        OSError("is not a valid model identifier"),
+        FileNotFoundError("No such file: '/data/offline_models/connectivity.json'"),
+    ):
         assert not hub_unreachable(exc), repr(exc)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode: the same errors mean a cache miss
     assert not any(hub_unreachable(exc) for exc in network_errors())
@@ -126,8 +140,10 @@ def assert_one_line_advice(err: HubUnreachableError, spec: str, cache: str) -> N
     msg = str(err)
     assert "\n" not in msg and msg.startswith(spec) and "unreachable" in msg
     assert "HF_HUB_OFFLINE=1" in msg and cache in msg
-    assert err.advice == f"the Hugging Face hub is unreachable; set HF_HUB_OFFLINE=1 to fail fast and use the local " \
-                         f"cache ({cache})"
+    assert (
+        err.advice == f"the Hugging Face hub is unreachable; set HF_HUB_OFFLINE=1 to fail fast and use the local "
+        f"cache ({cache})"
+    )
 
 
 def test_hf_loader_says_the_hub_is_unreachable(online, monkeypatch, tmp_path):
@@ -202,9 +218,8 @@ def test_custom_adapter_code_that_raises_is_one_line(tmp_path):
 
 
 def test_explain_model_failure_is_one_line_exit_2(tmp_path, capsys):
-    from helpers import make_image
-
     from covar_harness.cli import main
+    from helpers import make_image
 
     crash = tmp_path / "crash.py"
     crash.write_text("def build():\n    raise RuntimeError('weights are corrupt\\nsecond line')\n")

@@ -138,7 +138,7 @@ def one_pattern_at_a_time(adapter, pixels, emb, text, assignments, k: int) -> to
         for j in range(k):
             drop = assignments[b] == j
             if drop.any() and not drop.all():
-                without = F.normalize(adapter.encode_images_without(pixels[b:b + 1], drop[None]), dim=-1)[0]
+                without = F.normalize(adapter.encode_images_without(pixels[b : b + 1], drop[None]), dim=-1)[0]
                 out[b, j] = (s - float(without @ text[b])) / abs(s)
     return out
 
@@ -193,8 +193,11 @@ def test_declared_batches_returning_the_wrong_shape_fail_the_same_way(toy_file):
     adapter = toy(toy_file, "batched")
     adapter.encode_images_without = lambda pixels, drop: torch.zeros(len(pixels), 6)  # ignores K
     pixels, emb, text, target, seeds = batch_inputs(adapter)
-    with pytest.raises(AdapterContractError, match=r"encode_images_without returned shape \(3, 6\), expected "
-                                                   r"\(3, 4, 6\)"):
+    with pytest.raises(
+        AdapterContractError,
+        match=r"encode_images_without returned shape \(3, 6\), expected "
+        r"\(3, 4, 6\)",
+    ):
         attribute(adapter, pixels, emb, text, target, seeds, CCISettings(k=4))
 
 
@@ -202,8 +205,9 @@ def test_patch_tokens_and_patch_grid_are_checked(toy_file):
     adapter = toy(toy_file)
     pixels, emb, text, target, seeds = batch_inputs(adapter)
     adapter.patch_grid = (4, 4)  # 16, but patch_tokens gives 25
-    with pytest.raises(AdapterContractError,
-                       match=r"patch_tokens returned shape \(3, 25, 48\), expected \(3, 16, \*\)"):
+    with pytest.raises(
+        AdapterContractError, match=r"patch_tokens returned shape \(3, 25, 48\), expected \(3, 16, \*\)"
+    ):
         attribute(adapter, pixels, emb, text, target, seeds, CCISettings(k=4))
     adapter.patch_grid = "5x5"
     with pytest.raises(AdapterContractError, match="patch_grid must be"):
@@ -215,13 +219,47 @@ def test_old_style_adapter_runs_cci_end_to_end(toy_file, task_yaml, tmp_path, ca
 
     out = tmp_path / "res"
     spec = f"custom:{toy_file}:build"
-    code = main(["run", "--models", spec, "--tasks", str(task_yaml), "--output-dir", str(out), "--workers", "0",
-                 "--attribution", "cci", "--cci-k", "3", "--device", "cpu"])
+    code = main(
+        [
+            "run",
+            "--models",
+            spec,
+            "--tasks",
+            str(task_yaml),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--attribution",
+            "cci",
+            "--cci-k",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     record = results.load(results.result_path(out, spec, "toy/shapes"))
     assert record["config"]["attribution"]["status"] == "ran"
-    code = main(["run", "--models", f"custom:{toy_file}:wrong", "--tasks", str(task_yaml), "--output-dir", str(out),
-                 "--workers", "0", "--attribution", "cci", "--cci-k", "3", "--device", "cpu"])
+    code = main(
+        [
+            "run",
+            "--models",
+            f"custom:{toy_file}:wrong",
+            "--tasks",
+            str(task_yaml),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--attribution",
+            "cci",
+            "--cci-k",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "encode_images_without returned shape (1, 6), expected (36, 6)" in err  # 12 images x 3 clusters
@@ -241,8 +279,9 @@ def test_plain_cci_never_builds_the_coalition_table(toy_file, monkeypatch):
         assert result.importance.shape == (2, 23)
 
 
-@pytest.mark.parametrize("method, k", [("cci", 65), ("cci", 1), ("random", 65), ("cci-shapley", 11),
-                                       ("cci", 7.5), ("cci", True)])
+@pytest.mark.parametrize(
+    "method, k", [("cci", 65), ("cci", 1), ("random", 65), ("cci-shapley", 11), ("cci", 7.5), ("cci", True)]
+)
 def test_k_outside_the_method_range_is_a_usage_error_at_construction(method, k):
     with pytest.raises(UsageError) as err:
         AttributionStep(method, k=k)
@@ -259,15 +298,18 @@ def test_each_attributor_declares_its_k_range():
         AttributionStep(name, k=lo), AttributionStep(name, k=hi)  # the bounds themselves are allowed
 
 
-@pytest.mark.parametrize("setting", [{"kmeans_n_init": 0}, {"kmeans_n_init": 1000}, {"kmeans_iters": 0},
-                                     {"kmeans_iters": 10**9}, {"layer": "last"}])
+@pytest.mark.parametrize(
+    "setting",
+    [{"kmeans_n_init": 0}, {"kmeans_n_init": 1000}, {"kmeans_iters": 0}, {"kmeans_iters": 10**9}, {"layer": "last"}],
+)
 def test_nonsensical_kmeans_settings_are_usage_errors(setting):
     with pytest.raises(UsageError):
         AttributionStep("cci", **setting)
 
 
-@pytest.mark.parametrize("flags", [["--cci-k", "65"], ["--cci-k", "11", "--attribution", "cci-shapley"],
-                                   ["--cci-n-init", "1000"]])
+@pytest.mark.parametrize(
+    "flags", [["--cci-k", "65"], ["--cci-k", "11", "--attribution", "cci-shapley"], ["--cci-n-init", "1000"]]
+)
 def test_cli_exits_2_before_any_model_loads(flags, task_yaml, tmp_path, monkeypatch, capsys):
     from covar_harness import models
     from covar_harness.cli import main
@@ -276,8 +318,18 @@ def test_cli_exits_2_before_any_model_loads(flags, task_yaml, tmp_path, monkeypa
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(models, "load_model", no_load)
-    args = ["run", "--models", "openclip:ViT-B-32/openai", "--tasks", str(task_yaml), "--output-dir",
-            str(tmp_path / "res"), "--attribution", "cci", *flags]
+    args = [
+        "run",
+        "--models",
+        "openclip:ViT-B-32/openai",
+        "--tasks",
+        str(task_yaml),
+        "--output-dir",
+        str(tmp_path / "res"),
+        "--attribution",
+        "cci",
+        *flags,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a model was loaded" not in err[0]
@@ -296,8 +348,23 @@ def test_k_above_the_patch_count_fails_at_start_with_one_line(toy_file, task_yam
 
     from covar_harness.cli import main
 
-    code = main(["run", "--models", f"custom:{toy_file}:build", "--tasks", str(task_yaml), "--output-dir",
-                 str(tmp_path / "res"), "--workers", "0", "--attribution", "cci", "--cci-k", "30"])
+    code = main(
+        [
+            "run",
+            "--models",
+            f"custom:{toy_file}:build",
+            "--tasks",
+            str(task_yaml),
+            "--output-dir",
+            str(tmp_path / "res"),
+            "--workers",
+            "0",
+            "--attribution",
+            "cci",
+            "--cci-k",
+            "30",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "--cci-k 30 is more than the 25 patches" in err
 
@@ -366,24 +433,51 @@ def test_explain_prints_markup_and_control_characters_inertly(toy_file, tmp_path
 
     image = tmp_path / "[red]img.png"
     make_image((200, 30, 30), 20).save(image)
-    code = main(["explain", "--model", f"custom:{toy_file}:evil", "--image", str(image),
-                 "--classes", "cat[/x],dog [blink]", "--out", str(tmp_path / "o.png"), "--k", "3"])
+    code = main(
+        [
+            "explain",
+            "--model",
+            f"custom:{toy_file}:evil",
+            "--image",
+            str(image),
+            "--classes",
+            "cat[/x],dog [blink]",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--k",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and (tmp_path / "o.png").is_file()
     assert "[bold]evil[/x]" in out and "\x1b" not in out  # markup shown literally, the escape stripped
     assert "[red]img.png" in out and ("cat[/x]" in out or "dog [blink]" in out)
 
 
-@pytest.mark.parametrize("flags, message", [(["--k", "65"], "--cci-k 65"), (["--k", "30"], "25 patches"),
-                                            (["--mask", "missing.png"], "mask")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--k", "65"], "--cci-k 65"), (["--k", "30"], "25 patches"), (["--mask", "missing.png"], "mask")],
+)
 def test_explain_refuses_bad_settings_with_one_line(flags, message, toy_file, tmp_path, capsys):
     from covar_harness.cli import main
     from helpers import make_image
 
     image = tmp_path / "img.png"
     make_image((200, 30, 30), 20).save(image)
-    code = main(["explain", "--model", f"custom:{toy_file}:build", "--image", str(image), "--classes", "a,b",
-                 "--out", str(tmp_path / "o.png"), *flags])
+    code = main(
+        [
+            "explain",
+            "--model",
+            f"custom:{toy_file}:build",
+            "--image",
+            str(image),
+            "--classes",
+            "a,b",
+            "--out",
+            str(tmp_path / "o.png"),
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
 

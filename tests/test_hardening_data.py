@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_covar, make_image_folder, run_cli_inprocess, write_task_yaml
 
 from covar_harness.data import DatasetNotFound, open_task_data, preflight
 from covar_harness.plugin_manager import load_catalog
 from covar_harness.registry import UsageError
 from covar_harness.taskconfig import load_task_file, parse_task
 from covar_harness.tasks import covar_shapes as cs
+from helpers import make_covar, make_image_folder, run_cli_inprocess, write_task_yaml
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,17 @@ def test_build_covar_overwrite_replaces_only_a_previous_build(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "data.csv").write_text("precious")
-    args = ["build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds), "--size", "32",
-            "--workers", "1"]
+    args = [
+        "build-covar",
+        "--objects",
+        str(objects),
+        "--backgrounds",
+        str(backgrounds),
+        "--size",
+        "32",
+        "--workers",
+        "1",
+    ]
     r = run_cli_inprocess(*args, "--out", str(mine), "--overwrite")
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -190,12 +199,15 @@ def test_preflight_unknown_format_suggests_close_names(tmp_path, catalog):
         preflight(cfg, catalog, tmp_path)
 
 
-@pytest.mark.parametrize("dataset", [
-    {"format": "imagefolder", "path": "nowhere"},
-    {"format": "covar", "path": "nowhere", "subset": "original"},
-    {"format": "counteranimals", "path": "nowhere", "group": "common"},
-    {"format": "hf", "path": "./nowhere/at/all"},
-])
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        {"format": "imagefolder", "path": "nowhere"},
+        {"format": "covar", "path": "nowhere", "subset": "original"},
+        {"format": "counteranimals", "path": "nowhere", "group": "common"},
+        {"format": "hf", "path": "./nowhere/at/all"},
+    ],
+)
 def test_preflight_missing_data_gives_the_loaders_message(tmp_path, catalog, dataset):
     cfg = parse_task({"task": "t/x", "dataset": dataset})
     with pytest.raises(DatasetNotFound) as early:
@@ -231,8 +243,19 @@ def test_preflight_ok_for_present_covar_and_refuses_bad_subset_data(tmp_path, ca
 def test_single_view_build_notes_and_skips_viewpoint(tmp_path, catalog):
     objects, backgrounds = _objects_and_backgrounds(tmp_path)
     out = tmp_path / "covar"
-    r = run_cli_inprocess("build-covar", "--objects", str(objects), "--backgrounds", str(backgrounds),
-                          "--out", str(out), "--size", "32", "--workers", "1")
+    r = run_cli_inprocess(
+        "build-covar",
+        "--objects",
+        str(objects),
+        "--backgrounds",
+        str(backgrounds),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--workers",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     assert "note:" in r.stdout and "single view" in r.stdout
     view = parse_task({"task": "t/v", "dataset": {"format": "covar", "path": str(out), "subset": "viewpoint"}})

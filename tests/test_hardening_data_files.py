@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import COVAR_CLASSES, make_covar, make_image_folder, run_cli_inprocess
 from PIL import Image
 
 from covar_harness import data as data_mod
 from covar_harness.data import Sample, SampleSet, as_mask, as_rgb
 from covar_harness.registry import UsageError
 from covar_harness.taskconfig import TaskConfigError, load_task_file, parse_task
+from helpers import COVAR_CLASSES, make_covar, make_image_folder, run_cli_inprocess
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 
@@ -60,13 +60,16 @@ def test_16_bit_png_reaches_the_model_as_a_gradient(tmp_path):
     assert mask.mode == "L" and np.asarray(mask)[0, 0] == 0 and np.asarray(mask)[0, -1] == 255
 
 
-@pytest.mark.parametrize("mode, array", [
-    ("I;16B", _gradient(">u2", 65535)),
-    ("I", _gradient(np.int32, 65535 * 8)),
-    ("I", _gradient(np.int32, 255)),
-    ("F", _gradient(np.float32, 1.0)),
-    ("F", _gradient(np.float32, 3000.0) - 1000),
-])
+@pytest.mark.parametrize(
+    "mode, array",
+    [
+        ("I;16B", _gradient(">u2", 65535)),
+        ("I", _gradient(np.int32, 65535 * 8)),
+        ("I", _gradient(np.int32, 255)),
+        ("F", _gradient(np.float32, 1.0)),
+        ("F", _gradient(np.float32, 3000.0) - 1000),
+    ],
+)
 def test_other_high_bit_depth_modes_are_scaled(mode, array):
     im = Image.frombytes(mode, array.shape[::-1], array.tobytes()) if mode == "I;16B" else Image.fromarray(array)
     assert im.mode == mode
@@ -179,11 +182,14 @@ def _laughs(levels: int = 9) -> str:
 
 @pytest.mark.parametrize("where", ["class_groups", "metadata", "dataset"])
 def test_billion_laughs_is_refused_fast(tmp_path, where):
-    body = {"class_groups": f"class_groups:\n{_laughs()}\n",
-            "metadata": f"metadata:\n{_laughs()}\n",
-            "dataset": ""}[where]
-    dataset = "dataset: {format: imagefolder, path: x}\n" if where != "dataset" else \
-        f"dataset:\n  format: imagefolder\n  path: x\n  junk:\n{_laughs().replace('  a', '    a')}\n"
+    body = {"class_groups": f"class_groups:\n{_laughs()}\n", "metadata": f"metadata:\n{_laughs()}\n", "dataset": ""}[
+        where
+    ]
+    dataset = (
+        "dataset: {format: imagefolder, path: x}\n"
+        if where != "dataset"
+        else f"dataset:\n  format: imagefolder\n  path: x\n  junk:\n{_laughs().replace('  a', '    a')}\n"
+    )
     path = tmp_path / "bomb.yaml"
     path.write_text(f"task: x/bomb\n{dataset}{body}")
     assert len(path.read_bytes()) < 1200
@@ -195,8 +201,10 @@ def test_billion_laughs_is_refused_fast(tmp_path, where):
 
 def test_alias_bomb_as_a_group_value_names_the_key(tmp_path):
     path = tmp_path / "bomb.yaml"
-    path.write_text("task: x/bomb\ndataset: {format: imagefolder, path: x}\n"
-                    "metadata:\n  l: &l [lol, lol]\nclass_groups:\n  cat: *l\n")
+    path.write_text(
+        "task: x/bomb\ndataset: {format: imagefolder, path: x}\n"
+        "metadata:\n  l: &l [lol, lol]\nclass_groups:\n  cat: *l\n"
+    )
     with pytest.raises(TaskConfigError, match="class_groups.*must be a string"):
         load_task_file(path)
 
@@ -210,21 +218,26 @@ def test_recursive_alias_is_refused(tmp_path):
 
 def test_benign_anchors_still_work(tmp_path):
     path = tmp_path / "ok.yaml"
-    path.write_text("task: x/ok\ndataset: {format: imagefolder, path: x}\ntemplates: &t ['a {}.']\n"
-                    "metadata: {same: *t}\nclass_groups: {cat: pets, dog: pets, '2': fish}\n")
+    path.write_text(
+        "task: x/ok\ndataset: {format: imagefolder, path: x}\ntemplates: &t ['a {}.']\n"
+        "metadata: {same: *t}\nclass_groups: {cat: pets, dog: pets, '2': fish}\n"
+    )
     cfg = load_task_file(path)
     assert cfg.metadata == {"same": ["a {}."]} and cfg.class_groups["cat"] == "pets"
 
 
-@pytest.mark.parametrize("groups, message", [
-    ({"cat": ["pets"]}, "must be a string"),
-    ({"cat": {"x": 1}}, "must be a string"),
-    ({"cat": 3}, "must be a string"),
-    ({True: "pets"}, "keys are class names"),
-    ({"groups": {"0": "a"}, "rule": "r", "junk": 1}, "unknown key 'junk'"),
-    ({"groups": {"0": ["a"]}}, "must be a string"),
-    (["cat", "dog"], "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ({"cat": ["pets"]}, "must be a string"),
+        ({"cat": {"x": 1}}, "must be a string"),
+        ({"cat": 3}, "must be a string"),
+        ({True: "pets"}, "keys are class names"),
+        ({"groups": {"0": "a"}, "rule": "r", "junk": 1}, "unknown key 'junk'"),
+        ({"groups": {"0": ["a"]}}, "must be a string"),
+        (["cat", "dog"], "must be a mapping"),
+    ],
+)
 def test_class_groups_shape_is_checked(groups, message):
     with pytest.raises(TaskConfigError, match=message):
         parse_task({"task": "x/y", "dataset": {"format": "imagefolder", "path": "x"}, "class_groups": groups})
@@ -242,7 +255,8 @@ def test_class_groups_file_with_bad_values_is_a_usage_error(tmp_path):
 
 def test_cli_refuses_a_bomb_task_with_exit_2(tmp_path):
     (tmp_path / "bomb.yaml").write_text(
-        f"task: x/bomb\ndataset: {{format: imagefolder, path: x}}\nclass_groups:\n{_laughs()}\n")
+        f"task: x/bomb\ndataset: {{format: imagefolder, path: x}}\nclass_groups:\n{_laughs()}\n"
+    )
     r = run_cli_inprocess("ls", "tasks", "--include-path", str(tmp_path / "bomb.yaml"), timeout=60)
     assert r.returncode == 2, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
@@ -266,8 +280,9 @@ def test_each_subset_folder_loads_as_a_hf_imagefolder(small_build, tmp_path):
     for subset in ("original", "viewpoint"):
         rec = json.loads((small_build / subset / "metadata.jsonl").read_text().splitlines()[0])
         assert not rec["file_name"].startswith(subset + "/") and (small_build / subset / rec["file_name"]).is_file()
-        hf = datasets.load_dataset("imagefolder", data_dir=str(small_build / subset), split="train",
-                                   cache_dir=str(tmp_path / "hf-cache"))
+        hf = datasets.load_dataset(
+            "imagefolder", data_dir=str(small_build / subset), split="train", cache_dir=str(tmp_path / "hf-cache")
+        )
         ours = load_covar({"path": str(small_build), "subset": subset}, small_build.parent)
         assert len(hf) == len(ours) and list(hf["label"]) == [s.label for s in ours.samples]
         assert hf[0]["image"].size == ours.open_image(0).size
@@ -286,15 +301,17 @@ def test_old_builds_with_root_relative_paths_read_identically(small_build, tmp_p
     (old / ".covar-build").unlink()
     for subset in info["subsets"]:
         recs = [json.loads(line) for line in (old / subset / "metadata.jsonl").read_text().splitlines()]
-        lines = [json.dumps({**r, "file_name": f"{subset}/{r['file_name']}", "mask": f"{subset}/{r['mask']}"})
-                 for r in recs]
+        lines = [
+            json.dumps({**r, "file_name": f"{subset}/{r['file_name']}", "mask": f"{subset}/{r['mask']}"}) for r in recs
+        ]
         (old / subset / "metadata.jsonl").write_text("\n".join(lines) + "\n")
         new_set = load_covar({"path": str(small_build), "subset": subset}, tmp_path)
         old_set = load_covar({"path": str(old), "subset": subset}, tmp_path)
         assert [(s.id, s.label, s.meta) for s in old_set.samples] == [(s.id, s.label, s.meta) for s in new_set.samples]
         assert old_set.fingerprint() == new_set.fingerprint()
-        assert [r["file_name"] for r in iter_records(old, subset)] == [r["file_name"] for r in
-                                                                        iter_records(small_build, subset)]
+        assert [r["file_name"] for r in iter_records(old, subset)] == [
+            r["file_name"] for r in iter_records(small_build, subset)
+        ]
 
 
 def test_a_class_named_like_its_subset_is_not_misread(tmp_path):
@@ -305,7 +322,8 @@ def test_a_class_named_like_its_subset_is_not_misread(tmp_path):
     (root / "original" / "original").mkdir()
     Image.new("RGB", (8, 8)).save(root / "original" / "original" / "x.png")
     (root / "original" / "metadata.jsonl").write_text(json.dumps({"file_name": "original/x.png", "label": 0}) + "\n")
-    (root / "build.json").write_text(json.dumps({"build_version": 2, "subsets": {"original": 1},
-                                                 "classes": COVAR_CLASSES}))
+    (root / "build.json").write_text(
+        json.dumps({"build_version": 2, "subsets": {"original": 1}, "classes": COVAR_CLASSES})
+    )
     samples = load_covar({"path": str(root), "subset": "original"}, tmp_path)
     assert samples.samples[0].id == "original/original/x.png" and samples.open_image(0).size == (8, 8)

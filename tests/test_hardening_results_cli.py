@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from test_hardening_results import deadline, valid_record
 
 from covar_harness import results
 from covar_harness.cli import main
 from helpers import run_cli_inprocess
-from test_hardening_results import deadline, valid_record
 
 
 def _folder(tmp_path):
@@ -97,19 +97,33 @@ def test_leaderboard_without_results_or_reference_is_exit_2(tmp_path, capsys):
 
 def _closed_pipe(*args: str) -> subprocess.CompletedProcess:
     """Run the CLI with its stdout's reader already gone, as in ``covar-harness ... | head -0``."""
-    proc = subprocess.Popen([sys.executable, "-m", "covar_harness.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covar_harness.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "120"},
+    )
     proc.stdout.close()  # before the child writes anything
     err = proc.stderr.read().decode()
     return subprocess.CompletedProcess(args, proc.wait(timeout=120), "", err)
 
 
-@pytest.mark.parametrize("args", [["plugins", "--json"], ["plugins"], ["leaderboard", "{res}", "--format", "csv"],
-                                  ["leaderboard", "{res}", "--reference", "paper"], ["validate", "{res}"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plugins", "--json"],
+        ["plugins"],
+        ["leaderboard", "{res}", "--format", "csv"],
+        ["leaderboard", "{res}", "--reference", "paper"],
+        ["validate", "{res}"],
+    ],
+)
 def test_output_piped_to_a_closed_reader_exits_quietly(tmp_path, args):
     res = _folder(tmp_path)
     r = _closed_pipe(*[a.format(res=res) for a in args])
-    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr and "Exception ignored" not in r.stderr, (
+        r.stderr
+    )
     assert r.returncode in (0, 141), (r.returncode, r.stderr)
 
 

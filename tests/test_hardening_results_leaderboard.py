@@ -11,26 +11,31 @@ import os
 
 import pytest
 from rich.console import Console
+from test_hardening_results import deadline, valid_record
 
 from covar_harness import leaderboard as lb
 from covar_harness import results
 from covar_harness.console import print_rows
-from test_hardening_results import deadline, valid_record
 
 HOSTILE = "[/x]e[blink]v[/blink]\x1b[5mil\x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\|<b>=1+2"
 
 
 def _rich(tables, width: int = 100, terminal: bool = True) -> str:
     buf = io.StringIO()
-    lb.render_rich(tables, Console(file=buf, width=width, force_terminal=terminal,
-                                   color_system="truecolor" if terminal else None))
+    lb.render_rich(
+        tables, Console(file=buf, width=width, force_terminal=terminal, color_system="truecolor" if terminal else None)
+    )
     return buf.getvalue()
 
 
 def _all_formats(records: list[dict], reference: str | None) -> dict[str, str]:
     tables = lb.build_tables(records, reference)
-    return {"table": _rich(tables, terminal=False), "markdown": lb.render_markdown(tables),
-            "csv": lb.render_csv(records, reference), "json": lb.render_json(records, tables, reference)}
+    return {
+        "table": _rich(tables, terminal=False),
+        "markdown": lb.render_markdown(tables),
+        "csv": lb.render_csv(records, reference),
+        "json": lb.render_json(records, tables, reference),
+    }
 
 
 def _hostile_records() -> list[dict]:
@@ -68,8 +73,13 @@ def test_markdown_cells_escape_pipes_and_stay_on_one_line():
 
 def test_print_rows_shows_markup_in_titles_headers_and_cells_literally():
     buf = io.StringIO()
-    print_rows(Console(file=buf, width=80, color_system=None), "[/x] title [bold]", ["[/c]", "n"],
-               [["[/x]model[red]", "[link=http://e]1[/link]"]], caption="[/cap]")
+    print_rows(
+        Console(file=buf, width=80, color_system=None),
+        "[/x] title [bold]",
+        ["[/c]", "n"],
+        [["[/x]model[red]", "[link=http://e]1[/link]"]],
+        caption="[/cap]",
+    )
     text = buf.getvalue()
     for literal in ("[/x] title [bold]", "[/c]", "[/x]model[red]", "[link=http://e]1[/link]", "[/cap]"):
         assert literal in text
@@ -87,8 +97,13 @@ def test_print_rows_truncates_only_the_columns_asked():
     buf = io.StringIO()
     model = "openclip:local-dir:/a/very/long/path/" + "m" * 120
     error = "RuntimeError: " + "x" * 900 + "\nsecond line"
-    print_rows(Console(file=buf, width=80, color_system=None), "run summary", ["model", "status", "error"],
-               [[model, "failed", error]], truncate={"error": 60})
+    print_rows(
+        Console(file=buf, width=80, color_system=None),
+        "run summary",
+        ["model", "status", "error"],
+        [[model, "failed", error]],
+        truncate={"error": 60},
+    )
     lines = buf.getvalue().splitlines()
     assert model in buf.getvalue()  # names are never cut
     assert max(len(line) for line in lines) < len(model) + 80
@@ -98,10 +113,15 @@ def test_print_rows_truncates_only_the_columns_asked():
 # ---- 14: tampered files -----------------------------------------------------------------------------------
 def test_collect_skips_every_unusable_file_with_one_line(tmp_path):
     results.write_json(tmp_path / "good.json", valid_record())
-    bad = {"intervals_str.json": {**valid_record(), "intervals": "x"},
-           "headline.json": {**valid_record(), "task": {**valid_record()["task"], "headline": "label"},
-                             "metrics": {**valid_record()["metrics"], "label": "cat"}},
-           "list.json": [1, 2]}
+    bad = {
+        "intervals_str.json": {**valid_record(), "intervals": "x"},
+        "headline.json": {
+            **valid_record(),
+            "task": {**valid_record()["task"], "headline": "label"},
+            "metrics": {**valid_record()["metrics"], "label": "cat"},
+        },
+        "list.json": [1, 2],
+    }
     for name, obj in bad.items():
         (tmp_path / name).write_text(json.dumps(obj))
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -124,8 +144,29 @@ def test_collect_skips_every_unusable_file_with_one_line(tmp_path):
 def _mutations():
     """Lists of (path, value) edits: every field of a record set to every hostile value, deletions, and a
     headline pointing at each odd metric."""
-    values = ["x", "", None, True, -1, 0, 2, 1e308, -1e308, 10 ** 30, [], {}, [0.1, 0.2], [0.2, 0.1], {"a": 1},
-              "[/x]", "\x1b[5m", "=1+1", "a|b", "猫", 0.5]
+    values = [
+        "x",
+        "",
+        None,
+        True,
+        -1,
+        0,
+        2,
+        1e308,
+        -1e308,
+        10**30,
+        [],
+        {},
+        [0.1, 0.2],
+        [0.2, 0.1],
+        {"a": 1},
+        "[/x]",
+        "\x1b[5m",
+        "=1+1",
+        "a|b",
+        "猫",
+        0.5,
+    ]
     base = valid_record(task="covar/hflip")
     paths = []
     for section, block in base.items():
@@ -136,14 +177,26 @@ def _mutations():
     for path in paths:
         for value in values + ["<delete>"]:
             yield [(path, value)]
-    for name in ("covar/original", "covar/scale", "counteranimals/common", "counteranimals/counter-45way",
-                 "covar-shapes/hflip", "x", "/", "covar/", "/covar"):
+    for name in (
+        "covar/original",
+        "covar/scale",
+        "counteranimals/common",
+        "counteranimals/counter-45way",
+        "covar-shapes/hflip",
+        "x",
+        "/",
+        "covar/",
+        "/covar",
+    ):
         yield [(("task", "name"), name)]
     for value in values:
         yield [(("metrics", "custom"), value), (("task", "headline"), "custom")]
         yield [(("metrics", "custom"), value), (("task", "headline"), "custom"), (("task", "name"), "fam/x")]
-        yield [(("metrics", "custom"), value), (("task", "headline"), "custom"),
-               (("task", "name"), "counteranimals/common")]
+        yield [
+            (("metrics", "custom"), value),
+            (("task", "headline"), "custom"),
+            (("task", "name"), "counteranimals/common"),
+        ]
 
 
 def _apply(edits) -> dict:
@@ -211,9 +264,13 @@ def test_reference_paper_with_no_result_at_all_still_shows_both_papers():
 
 
 def test_every_row_is_averaged_over_the_same_subsets():
-    recs = [valid_record("a", "covar/hflip", 0.5), valid_record("a", "covar/crop", 0.7),
-            valid_record("b", "covar/hflip", 0.4), valid_record("b", "covar/crop", 0.2),
-            valid_record("b", "covar/scale", 0.9)]
+    recs = [
+        valid_record("a", "covar/hflip", 0.5),
+        valid_record("a", "covar/crop", 0.7),
+        valid_record("b", "covar/hflip", 0.4),
+        valid_record("b", "covar/crop", 0.2),
+        valid_record("b", "covar/scale", 0.9),
+    ]
     acc = lb.build_tables(recs, "paper")[0]
     assert "H-flip, Crop" in acc.title and "average over the subsets present" in acc.title
     rows = {r[0]: r for r in acc.rows}

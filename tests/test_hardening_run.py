@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
-from helpers import make_image_folder, write_task_yaml
 
 from covar_harness import cli, evaluator
 from covar_harness.cli import build_parser
+from helpers import make_image_folder, write_task_yaml
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -28,8 +28,19 @@ def two_tasks(tmp_path):
 
 
 def base_args(openclip_dir, tasks, out) -> list[str]:
-    return ["run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", ",".join(map(str, tasks)),
-            "--output-dir", str(out), "--workers", "0", "--attribution", "none"]
+    return [
+        "run",
+        "--models",
+        f"openclip:local-dir:{openclip_dir}",
+        "--tasks",
+        ",".join(map(str, tasks)),
+        "--output-dir",
+        str(out),
+        "--workers",
+        "0",
+        "--attribution",
+        "none",
+    ]
 
 
 def test_resume_reuses_only_results_made_with_the_same_settings(openclip_dir, two_tasks, tmp_path, capsys):
@@ -42,8 +53,12 @@ def test_resume_reuses_only_results_made_with_the_same_settings(openclip_dir, tw
     assert stored["config"]["run_settings"]["precision"] == "fp32"
     code, stdout, _ = run_cli(capsys, *args)
     assert code == 0 and stdout.count("skipped") == 2
-    for extra, named in ((["--precision", "bf16"], "precision"), (["--limit", "8"], "limit"), (["--seed", "3"], "seed"),
-                         (["--attribution", "cci", "--cci-k", "3"], "steps.attribution")):
+    for extra, named in (
+        (["--precision", "bf16"], "precision"),
+        (["--limit", "8"], "limit"),
+        (["--seed", "3"], "seed"),
+        (["--attribution", "cci", "--cci-k", "3"], "steps.attribution"),
+    ):
         code, _, err = run_cli(capsys, *args, *extra)
         assert code == 2, extra
         assert named in err and "--overwrite" in err and len(err.strip().splitlines()) == 1, err
@@ -110,8 +125,17 @@ def test_a_pair_that_cannot_be_written_fails_alone(openclip_dir, two_tasks, tmp_
 
 def test_each_failure_is_reported_once_and_cut_short_in_the_table(two_tasks, tmp_path, capsys):
     missing = tmp_path / ("a-model-folder-with-a-rather-long-name-" * 3)
-    args = ["run", "--models", f"openclip:local-dir:{missing}", "--tasks",
-            ",".join(map(str, two_tasks)), "--output-dir", str(tmp_path / "out"), "--workers", "0"]
+    args = [
+        "run",
+        "--models",
+        f"openclip:local-dir:{missing}",
+        "--tasks",
+        ",".join(map(str, two_tasks)),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--workers",
+        "0",
+    ]
     code, stdout, err = run_cli(capsys, *args)
     assert code == 1
     both = stdout + err
@@ -162,7 +186,7 @@ def test_an_interrupt_swallowed_elsewhere_still_stops_the_run(openclip_dir, two_
     real = evaluator.ClassifierCache.get
 
     def get(self, *a, **k):
-        emb = real(self, *a, **k)
+        real(self, *a, **k)
         evaluator.INTERRUPT.hit = True  # as the SIGINT handler does
         raise RuntimeError("DataLoader worker (pid 1234) exited unexpectedly")
 
@@ -180,9 +204,13 @@ def test_ctrl_c_with_dataloader_workers_always_exits_130(openclip_dir, tmp_path)
         out = tmp_path / f"out{attempt}"
         args = base_args(openclip_dir, tasks, out)
         args[args.index("--workers") + 1] = "2"
-        proc = subprocess.Popen([sys.executable, "-m", "covar_harness.cli", *args, "--batch-size", "4"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "COLUMNS": "200"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "covar_harness.cli", *args, "--batch-size", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         deadline = time.time() + 120
         while time.time() < deadline and not list(out.rglob("toy__t0.json")):
             time.sleep(0.01)
@@ -203,16 +231,19 @@ def test_a_templates_file_that_is_a_fifo_or_bad_json_is_exit_2_not_a_hang(opencl
     bad_json.write_text("[" * 5000)
     for extra in ({"templates": str(fifo)}, {"classnames": str(bad_json)}):
         task = write_task_yaml(tmp_path / "t.yaml", "toy/t", folder)
-        task.write_text(task.read_text().replace("templates:\n- a photo of a {}.\n", "") + "".join(
-            f"{key}: {value}\n" for key, value in extra.items()))
+        task.write_text(
+            task.read_text().replace("templates:\n- a photo of a {}.\n", "")
+            + "".join(f"{key}: {value}\n" for key, value in extra.items())
+        )
         code, _, err = run_cli(capsys, *base_args(openclip_dir, [task], tmp_path / "out"))
         assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
 def test_k_above_the_patch_count_is_refused_before_loading(openclip_dir, two_tasks, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("covar_harness.models.load_model", lambda *a, **k: pytest.fail("loaded a model"))
-    code, _, err = run_cli(capsys, *base_args(openclip_dir, two_tasks, tmp_path / "out")[:-2],
-                           "--attribution", "cci", "--cci-k", "20")
+    code, _, err = run_cli(
+        capsys, *base_args(openclip_dir, two_tasks, tmp_path / "out")[:-2], "--attribution", "cci", "--cci-k", "20"
+    )
     assert code == 2 and "--cci-k 20 is more than the 16 patches" in err
 
 
@@ -223,8 +254,16 @@ def test_an_unreachable_hub_is_explained_once_per_run(two_tasks, tmp_path, capsy
         raise HubUnreachableError(spec, "/cache", "ConnectError: timed out")
 
     monkeypatch.setattr("covar_harness.models.load_model", unreachable)
-    code, stdout, err = run_cli(capsys, "run", "--models", "openclip:ViT-B-32/openai,openclip:RN50/openai",
-                                "--tasks", ",".join(map(str, two_tasks)), "--output-dir", str(tmp_path / "o"))
+    code, stdout, err = run_cli(
+        capsys,
+        "run",
+        "--models",
+        "openclip:ViT-B-32/openai,openclip:RN50/openai",
+        "--tasks",
+        ",".join(map(str, two_tasks)),
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert code == 1
     assert (stdout + err).count("set HF_HUB_OFFLINE=1") == 1
 

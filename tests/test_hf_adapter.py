@@ -11,14 +11,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_helpers import FAMILIES, adapters, as_hub_cache, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)
-from helpers import COLOURS, cli, make_image, write_task_yaml
 
 from covar_harness import results
 from covar_harness.evaluator import build_classifier
-from covar_harness.models import load_model
-from covar_harness.models import ModelLoadError
+from covar_harness.models import ModelLoadError, load_model
 from covar_harness.plugins.transformers import features
+from helpers import COLOURS, cli, make_image, write_task_yaml
+from hf_helpers import FAMILIES, adapters, as_hub_cache, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)
 
 CLASSES = ["cat", "dog", "fish", "bird", "red thing", "green thing", "blue thing"]
 TEMPLATE = "a photo of a {}."
@@ -36,8 +35,13 @@ def reference(path, family: str, images):
     model = tf.AutoModel.from_pretrained(path).eval()
     processor = tf.AutoProcessor.from_pretrained(path)
     padding = True if family == "clip" else "max_length"  # HF's documented usage for each family
-    inputs = processor(text=[TEMPLATE.format(c) for c in CLASSES], images=images, padding=padding, return_tensors="pt",
-                       **naflex_kwargs(processor, family))
+    inputs = processor(
+        text=[TEMPLATE.format(c) for c in CLASSES],
+        images=images,
+        padding=padding,
+        return_tensors="pt",
+        **naflex_kwargs(processor, family),
+    )
     if family != "clip":  # SigLIP was trained without a text attention mask (big_vision; open_clip uses none)
         inputs.pop("attention_mask", None)
     with torch.no_grad():
@@ -48,8 +52,10 @@ def naflex_kwargs(processor, family: str) -> dict:
     """Siglip2Processor's own defaults (patch 16, 256 patches) override the saved image processor's: pass them."""
     if family != "siglip2":
         return {}
-    return {"patch_size": processor.image_processor.patch_size,
-            "max_num_patches": processor.image_processor.max_num_patches}
+    return {
+        "patch_size": processor.image_processor.patch_size,
+        "max_num_patches": processor.image_processor.max_num_patches,
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -150,8 +156,10 @@ def test_missing_local_folder_and_unsupported_architecture(tmp_path):
 
 
 def test_plugin_module_imports_no_torch():
-    code = ("import sys, covar_harness.plugins.transformers, covar_harness.plugins.custom, covar_harness.plugins.paper;"
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; sys.exit(str(bad) if bad else 0)")
+    code = (
+        "import sys, covar_harness.plugins.transformers, covar_harness.plugins.custom, covar_harness.plugins.paper;"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; sys.exit(str(bad) if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -164,9 +172,24 @@ def test_all_families_run_end_to_end_through_the_cli(tiny, tmp_path, image_folde
     task = write_task_yaml(tmp_path / "tasks" / "toy.yaml", "toy/colours", image_folder)
     specs = [f"hf:{tiny['clip']}", f"hf:{tiny['siglip']}", "hf:tiny-org/siglip2"]
     out = tmp_path / "out"
-    proc = cli("run", "--models", ",".join(specs), "--tasks", "toy/colours", "--include-path", str(task),
-               "--output-dir", str(out), "--device", "cpu", "--workers", "0", "--batch-size", "5",
-               env={"HF_HOME": str(hf_home), "OMP_NUM_THREADS": "1"})
+    proc = cli(
+        "run",
+        "--models",
+        ",".join(specs),
+        "--tasks",
+        "toy/colours",
+        "--include-path",
+        str(task),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "5",
+        env={"HF_HOME": str(hf_home), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted(out.glob("*/toy*.json"))
     assert len(files) == 3, files

@@ -1,4 +1,5 @@
-"""Exact patch removal (docs/design.md section 3, attribution capability) for transformers CLIP, SigLIP and SigLIP2 towers.
+"""Exact patch removal (docs/design.md section 3, attribution capability) for transformers CLIP, SigLIP and
+SigLIP2 towers.
 
 Each check compares the adapter's ``encode_images_without`` with a forward written here from the towers'
 modules, so a mistake in the adapter (a leaked token, a missing layer norm, an unmasked pooling head) shows.
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_helpers import FAMILIES, GRID, adapters, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)
-from helpers import COLOURS, make_image
 
 from covar_harness.models import load_model
+from helpers import COLOURS, make_image
+from hf_helpers import FAMILIES, GRID, adapters, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)
 
 N = GRID * GRID
 STRATEGIES = ("auto", "mask", "shorten")  # the driver's chunk plans: each must give the same embeddings
@@ -50,8 +51,9 @@ def test_dropping_nothing_equals_encode_images(family, adapters):
     adapter = adapters[family]
     pixels = pixels_for(adapter)
     want = adapter.encode_images(pixels)
-    torch.testing.assert_close(adapter.encode_images_without(pixels, torch.zeros(3, N, dtype=torch.bool)), want,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        adapter.encode_images_without(pixels, torch.zeros(3, N, dtype=torch.bool)), want, atol=1e-5, rtol=0
+    )
     both = adapter.encode_images_without(pixels, torch.zeros(3, 2, N, dtype=torch.bool))
     assert both.shape == (3, 2, want.shape[1])
     torch.testing.assert_close(both[:, 1], want, atol=1e-5, rtol=0)
@@ -86,8 +88,9 @@ def test_masked_paths_equal_the_shortened_path(family, adapters):
         alone = adapter.encode_images_without(pixels[b : b + 1], drop[b, k][None])
         torch.testing.assert_close(shortened[b, k], alone[0], atol=1e-5, rtol=1e-5)
     for strategy in ("mask", "auto"):  # full-length key mask; padded chunks with a key mask
-        torch.testing.assert_close(adapter.encode_images_without(pixels, drop, strategy=strategy), shortened,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            adapter.encode_images_without(pixels, drop, strategy=strategy), shortened, atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -104,8 +107,12 @@ def test_dropped_patches_do_not_reach_the_embedding(family, adapters):
     scrambled = torch.where(region[:, None], torch.randn_like(pixels) * 3, pixels)
     assert not torch.equal(scrambled, pixels)
     for strategy in STRATEGIES:
-        torch.testing.assert_close(adapter.encode_images_without(scrambled, drop, strategy=strategy),
-                                   adapter.encode_images_without(pixels, drop, strategy=strategy), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            adapter.encode_images_without(scrambled, drop, strategy=strategy),
+            adapter.encode_images_without(pixels, drop, strategy=strategy),
+            atol=1e-5,
+            rtol=1e-5,
+        )
     assert not torch.allclose(adapter.encode_images(scrambled), adapter.encode_images(pixels), atol=1e-4)
 
 
@@ -145,5 +152,9 @@ def test_bf16_removal_runs_and_tracks_fp32(family, tiny, adapters):
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     cos = torch.nn.functional.cosine_similarity(got, fp32.encode_images_without(pixels, drop), dim=-1)
     assert cos.min() > 0.97
-    torch.testing.assert_close(bf16.encode_images_without(pixels, torch.zeros(3, N, dtype=torch.bool)),
-                               bf16.encode_images(pixels), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(
+        bf16.encode_images_without(pixels, torch.zeros(3, N, dtype=torch.bool)),
+        bf16.encode_images(pixels),
+        atol=2e-2,
+        rtol=2e-2,
+    )

@@ -17,9 +17,26 @@ CLEAN, SHORTCUT = "demo/shapes-clean", "demo/shapes-shortcut"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, covar_shapes_data) -> Path:
     base = tmp_path_factory.mktemp("truth")
-    r = cli("run", "--models", "demo", "--tasks", "covar-shapes/original,covar-shapes/bg_varied",
-            "--data-dir", str(covar_shapes_data), "--output-dir", str(base / "out"), "--limit", "100",
-            "--log-samples", "--driver-rule", "paper,area", "--workers", "0", "--batch-size", "100")
+    r = cli(
+        "run",
+        "--models",
+        "demo",
+        "--tasks",
+        "covar-shapes/original,covar-shapes/bg_varied",
+        "--data-dir",
+        str(covar_shapes_data),
+        "--output-dir",
+        str(base / "out"),
+        "--limit",
+        "100",
+        "--log-samples",
+        "--driver-rule",
+        "paper,area",
+        "--workers",
+        "0",
+        "--batch-size",
+        "100",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return base / "out"
 

@@ -6,9 +6,11 @@ from covar_harness import leaderboard as lb
 
 
 def _rec(model: str, task: str, acc1: float, balanced: float | None = None, headline: str = "acc1") -> dict:
-    return {"model": {"spec": model, "name": model, "family": ""},
-            "task": {"name": task, "version": 1, "n_samples": 10, "n_classes": 1000, "headline": headline},
-            "metrics": {"acc1": acc1, "acc5": None, "mean_per_class_recall": balanced if balanced is not None else acc1}}
+    return {
+        "model": {"spec": model, "name": model, "family": ""},
+        "task": {"name": task, "version": 1, "n_samples": 10, "n_classes": 1000, "headline": headline},
+        "metrics": {"acc1": acc1, "acc5": None, "mean_per_class_recall": balanced if balanced is not None else acc1},
+    }
 
 
 def _ca(model: str, group: str, balanced: float, acc1: float) -> dict:
@@ -20,9 +22,14 @@ def _table(tables: list[lb.Table], needle: str) -> lb.Table:
 
 
 def test_counteranimals_common_counter_drop_per_variant():
-    records = [_ca("m1", "common", 0.80, 0.70), _ca("m1", "counter", 0.55, 0.60), _ca("m2", "common", 0.5, 0.5),
-               _ca("m1", "common-ensemble", 0.82, 0.72), _ca("m1", "counter-ensemble", 0.60, 0.61),
-               _rec("m1", "counteranimals/custom", 0.3)]
+    records = [
+        _ca("m1", "common", 0.80, 0.70),
+        _ca("m1", "counter", 0.55, 0.60),
+        _ca("m2", "common", 0.5, 0.5),
+        _ca("m1", "common-ensemble", 0.82, 0.72),
+        _ca("m1", "counter-ensemble", 0.60, 0.61),
+        _rec("m1", "counteranimals/custom", 0.3),
+    ]
     tables = lb.build_tables(records)
     official = _table(tables, "official protocol")
     assert official.rows[0] == ["m1", 80.0, 55.0, 25.0, 70.0, 60.0]
@@ -47,7 +54,9 @@ def test_counteranimals_paper_reference_rows_are_marked():
 
 def test_covar_average_is_over_the_eight_subsets():
     subsets = lb.COVAR_SUBSETS
-    records = [_rec("m", f"covar/{s}", 0.1 * (i + 1)) for i, s in enumerate(subsets)] + [_rec("m", "covar/original", 0.99)]
+    records = [_rec("m", f"covar/{s}", 0.1 * (i + 1)) for i, s in enumerate(subsets)] + [
+        _rec("m", "covar/original", 0.99)
+    ]
     acc = _table(lb.build_tables(records), "covar: zero-shot accuracy")
     assert acc.columns[1] == "Original" and acc.columns[-1] == "Avg"
     assert acc.rows[0][-1] == round(100 * sum(0.1 * (i + 1) for i in range(8)) / 8, 1)  # 45.0, original excluded

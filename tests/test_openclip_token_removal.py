@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
 from timm.models import register_model
 from timm.models import vision_transformer as timm_vit
 
 import covar_harness
 from covar_harness.adapter import attribution_support
+from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
 
 
 def tiny_timm(**overrides):
@@ -36,8 +36,10 @@ def covar_test_vit_cls(pretrained=False, **kwargs):  # CLIP-style timm ViT: CLS 
 @register_model
 def covar_test_vit_reg_avg(pretrained=False, **kwargs):  # registers (prefix tokens) and average pooling
     return timm_vit._create_vision_transformer(
-        "vit_medium_patch16_gap_256", pretrained=pretrained,
-        **{**tiny_timm(class_token=False, reg_tokens=2, no_embed_class=True, global_pool="avg"), **kwargs})
+        "vit_medium_patch16_gap_256",
+        pretrained=pretrained,
+        **{**tiny_timm(class_token=False, reg_tokens=2, no_embed_class=True, global_pool="avg"), **kwargs},
+    )
 
 
 def vision(**cfg):
@@ -50,12 +52,13 @@ ARCHS = {
     "native-avg-final-ln": vision(**NATIVE, pool_type="avg", final_ln_after_pool=True, no_ln_pre=True),
     "native-custom-block": vision(**NATIVE, qk_norm=True, ls_init_value=0.5),
     "native-attnpool": vision(**NATIVE, attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2),
-    "timm-map": vision(image_size=[32, 48], timm_model_name="covar_test_vit_map", timm_pool="map",
-                       timm_proj="none"),
-    "timm-cls-linear": vision(image_size=[32, 48], timm_model_name="covar_test_vit_cls", timm_pool="",
-                              timm_proj="linear"),
-    "timm-reg-avg": vision(image_size=[32, 48], timm_model_name="covar_test_vit_reg_avg", timm_pool="avg",
-                           timm_proj="linear"),
+    "timm-map": vision(image_size=[32, 48], timm_model_name="covar_test_vit_map", timm_pool="map", timm_proj="none"),
+    "timm-cls-linear": vision(
+        image_size=[32, 48], timm_model_name="covar_test_vit_cls", timm_pool="", timm_proj="linear"
+    ),
+    "timm-reg-avg": vision(
+        image_size=[32, 48], timm_model_name="covar_test_vit_reg_avg", timm_pool="avg", timm_proj="linear"
+    ),
 }
 GRID = (4, 6)  # 32 x 48 pixels, patch 8: a non-square grid catches rows/cols mix-ups
 N = GRID[0] * GRID[1]
@@ -82,8 +85,9 @@ def adapters(model_dirs):
 
     def get(name: str, precision: str = "fp32"):
         if (name, precision) not in cache:
-            cache[name, precision] = covar_harness.load_model(f"openclip:local-dir:{model_dirs[name]}",
-                                                              precision=precision)
+            cache[name, precision] = covar_harness.load_model(
+                f"openclip:local-dir:{model_dirs[name]}", precision=precision
+            )
         return cache[name, precision]
 
     return get
@@ -190,8 +194,8 @@ def test_removal_equals_explicit_shortened_forward(adapters, arch):
     got = {s: a.encode_images_without(px, drop, strategy=s) for s in ("auto", "shorten", "mask")}
     for b in range(3):
         for k in range(4):
-            want = explicit(a, px[b:b + 1], ~drop[b, k])[0]
-            for strategy, out in got.items():
+            want = explicit(a, px[b : b + 1], ~drop[b, k])[0]
+            for out in got.values():
                 close(out[b, k], want)
     # removal changes the embedding (so the comparison above is not trivially true)
     assert (got["auto"] - a.encode_images(px)[:, None]).abs().amax() > 1e-3 * a.encode_images(px).abs().max()
@@ -205,10 +209,12 @@ def test_removed_patch_pixels_do_not_reach_the_output(adapters, arch):
     drop = torch.zeros(2, N, dtype=torch.bool)
     drop[:, [n, 0, 7]] = True
     poked = px.clone()
-    poked[:, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 5.0
+    poked[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] += 5.0
     for strategy in ("shorten", "mask"):
-        assert torch.equal(a.encode_images_without(px, drop, strategy=strategy),
-                           a.encode_images_without(poked, drop, strategy=strategy)), strategy
+        assert torch.equal(
+            a.encode_images_without(px, drop, strategy=strategy),
+            a.encode_images_without(poked, drop, strategy=strategy),
+        ), strategy
     kept = drop.clone()
     kept[:, n] = False  # the same poke on a kept patch does change the embedding
     assert not torch.allclose(a.encode_images_without(px, kept), a.encode_images_without(poked, kept))
@@ -222,7 +228,7 @@ def test_batched_patterns_equal_per_pattern_calls(adapters, arch):
     assert batched.shape == (3, 7, a.encode_images(px).shape[1])
     for b in range(3):
         for k in range(7):
-            close(batched[b, k], a.encode_images_without(px[b:b + 1], drop[b, k][None])[0])
+            close(batched[b, k], a.encode_images_without(px[b : b + 1], drop[b, k][None])[0])
     close(a.encode_images_without(px, drop, max_rows=2), batched)  # chunking does not change results
 
 
@@ -263,11 +269,23 @@ def test_drop_validation(adapters):
 
 UNSUPPORTED = {  # config, words the reason must contain
     "resnet": (vision(image_size=32, layers=[1, 1, 1, 1], width=16, head_width=8), "not a ViT"),
-    "timm-convnext": (vision(image_size=32, timm_model_name="convnext_atto", timm_pool="avg", timm_proj="linear"),
-                      "not a plain timm VisionTransformer"),
-    "native-attnpool-parallel": (vision(image_size=32, patch_size=8, width=32, layers=1, head_width=16,
-                                        attentional_pool="parallel", attn_pooler_queries=4, attn_pooler_heads=2),
-                                 "(B, 1, D)"),
+    "timm-convnext": (
+        vision(image_size=32, timm_model_name="convnext_atto", timm_pool="avg", timm_proj="linear"),
+        "not a plain timm VisionTransformer",
+    ),
+    "native-attnpool-parallel": (
+        vision(
+            image_size=32,
+            patch_size=8,
+            width=32,
+            layers=1,
+            head_width=16,
+            attentional_pool="parallel",
+            attn_pooler_queries=4,
+            attn_pooler_heads=2,
+        ),
+        "(B, 1, D)",
+    ),
 }
 
 

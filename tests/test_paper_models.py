@@ -4,12 +4,12 @@ dry run that lists them all without fetching anything."""
 from __future__ import annotations
 
 import pytest
-from helpers import cli
 
 from covar_harness.models import resolve_models
 from covar_harness.plugin_manager import load_catalog
 from covar_harness.plugins import paper
 from covar_harness.registry import UnknownNameError
+from helpers import cli
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,19 @@ def test_ls_and_dry_run_list_all_eighteen_without_downloading(tmp_path, task_yam
     assert listing.returncode == 0, listing.stderr
     line = next(ln for ln in listing.stdout.splitlines() if "paper/vit-b-16-224-openai " in ln)
     assert "openclip" in line and "openclip:ViT-B-16-quickgelu/openai" in line and "paper,clip" in line
-    plan = cli("run", "--dry-run", "--models", "paper", "--tasks", "toy/shapes", "--include-path", str(task_yaml),
-               "--output-dir", str(tmp_path / "out"), env=env)
+    plan = cli(
+        "run",
+        "--dry-run",
+        "--models",
+        "paper",
+        "--tasks",
+        "toy/shapes",
+        "--include-path",
+        str(task_yaml),
+        "--output-dir",
+        str(tmp_path / "out"),
+        env=env,
+    )
     assert plan.returncode == 0, plan.stderr
     for name in paper.paper_rows():
         assert paper.model_name(name) in plan.stdout

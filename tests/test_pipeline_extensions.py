@@ -70,8 +70,23 @@ def test_the_one_file_attributor_runs_from_the_cli_and_is_diagnosed(tmp_path, mo
 
     with_plugins(monkeypatch, ToyPlugin(), sys.modules[__name__])
     task, out = write_task(tmp_path), tmp_path / "results"
-    args = ["run", "--models", "toy-patch-sum", "--tasks", str(task), "--output-dir", str(out), "--workers", "0",
-            "--attribution", "keep-one", "--log-samples", "--segmenter", "dataset", "--overwrite"]
+    args = [
+        "run",
+        "--models",
+        "toy-patch-sum",
+        "--tasks",
+        str(task),
+        "--output-dir",
+        str(out),
+        "--workers",
+        "0",
+        "--attribution",
+        "keep-one",
+        "--log-samples",
+        "--segmenter",
+        "dataset",
+        "--overwrite",
+    ]
     assert main([*args, "--cci-k", "2"]) == 0
     path = results.result_path(out, "toy-patch-sum", "toy/pipeline")
     rows = [json.loads(line) for line in results.samples_path(path).read_text().splitlines()]

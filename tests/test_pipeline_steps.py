@@ -76,14 +76,21 @@ def make_data(root: Path) -> Path:
 def load(ds: dict, data_dir: Path) -> SampleSet:
     root = Path(ds["path"])
     classes = sorted(p.name for p in (root / "images").iterdir())
-    samples = [Sample(f"images/{c}/{f.name}", i, {"mask": f"masks/{c}/{f.name}"})
-               for i, c in enumerate(classes) for f in sorted((root / "images" / c).iterdir())]
+    samples = [
+        Sample(f"images/{c}/{f.name}", i, {"mask": f"masks/{c}/{f.name}"})
+        for i, c in enumerate(classes)
+        for f in sorted((root / "images" / c).iterdir())
+    ]
     return SampleSet(samples, classes, root, "pipeline toy")
 
 
 def write_task(tmp_path: Path) -> Path:
-    body = {"task": "toy/pipeline", "dataset": {"format": "pipeline-toy", "path": str(make_data(tmp_path / "data"))},
-            "templates": ["{}"], "version": 1}
+    body = {
+        "task": "toy/pipeline",
+        "dataset": {"format": "pipeline-toy", "path": str(make_data(tmp_path / "data"))},
+        "templates": ["{}"],
+        "version": 1,
+    }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -118,11 +125,23 @@ def evaluate(tmp_path: Path, steps: list, rules=("paper", "counterfactual"), ext
     from covar_harness.plugin_manager import load_catalog
 
     catalog = load_catalog([write_task(tmp_path)], allow="", extra_plugins=[ToyPlugin(), *extra_plugins])
-    options = RunOptions(workers=0, batch_size=3, steps=steps, segmenter="dataset",
-                         diagnosis=DiagnosisSettings(rules=tuple(rules), bootstrap=20))
+    options = RunOptions(
+        workers=0,
+        batch_size=3,
+        steps=steps,
+        segmenter="dataset",
+        diagnosis=DiagnosisSettings(rules=tuple(rules), bootstrap=20),
+    )
     adapter = PatchSum()
-    return evaluate_task(adapter, catalog.tasks.get("toy/pipeline"), catalog, options, ClassifierCache(adapter),
-                         Reporter(), "toy-patch-sum")
+    return evaluate_task(
+        adapter,
+        catalog.tasks.get("toy/pipeline"),
+        catalog,
+        options,
+        ClassifierCache(adapter),
+        Reporter(),
+        "toy-patch-sum",
+    )
 
 
 # ---- the typed pipeline end to end -------------------------------------------------------------------------------
@@ -136,10 +155,12 @@ def test_attribution_then_diagnosis_in_one_loop(tmp_path):
     assert [r["correct"] for r in rows] == [False, True, False, True]  # green on red / blue, red on green / blue
     for row in rows:
         assert list(row)[:6] == ["index", "file", "label", "pred", "correct", "top5"]
-        logged = [k for k in row if k in ("cci", "counterfactual", "fg_fraction", "driver", "error_type",
-                                          "drivers", "scores")]
-        assert logged == ["cci", "counterfactual", "fg_fraction", "driver"] + (["error_type"] if not row["correct"]
-                                                                               else []) + ["drivers", "scores"]
+        logged = [
+            k for k in row if k in ("cci", "counterfactual", "fg_fraction", "driver", "error_type", "drivers", "scores")
+        ]
+        assert logged == ["cci", "counterfactual", "fg_fraction", "driver"] + (
+            ["error_type"] if not row["correct"] else []
+        ) + ["drivers", "scores"]
         want = "fg" if row["correct"] else "bg"
         assert row["drivers"] == {"paper": want, "counterfactual": want}
     assert record["metrics"]["bg_er"] == 1.0 and record["metrics"]["fg_driven_rate"] == 0.5
@@ -151,18 +172,28 @@ def test_records_serialise_to_the_logged_fields_in_order():
     from covar_harness.attribution import AttributionRecord, CCIRecord, RegionRecord
     from covar_harness.diagnosis import DiagnosisRecord, RuleOutcome
 
-    rec = AttributionRecord(3, CCIRecord("cci", 1, 2, [0, 1], [0.5, -0.25], 0.9, [0.45, -0.2]),
-                            counterfactual=RegionRecord(0.1, None, 1, None, None))
+    rec = AttributionRecord(
+        3,
+        CCIRecord("cci", 1, 2, [0, 1], [0.5, -0.25], 0.9, [0.45, -0.2]),
+        counterfactual=RegionRecord(0.1, None, 1, None, None),
+    )
     assert json.dumps(rec.to_json()) == (
         '{"index": 3, "cci": {"method": "cci", "target": 1, "k": 2, "assignments": [0, 1], "importance": '
         '[0.5, -0.25], "s": 0.9, "drop": [0.45, -0.2]}, "counterfactual": {"s_fg_only": 0.1, "s_bg_only": null, '
-        '"pred_fg_only": 1, "pred_bg_only": null, "outcome": null}}')
+        '"pred_fg_only": 1, "pred_bg_only": null, "outcome": null}}'
+    )
     assert rec["cci"]["k"] == 2 and "shapley" not in rec and set(rec) == {"index", "cci", "counterfactual"}
     assert "drop" not in CCIRecord("random", 0, 2, [0, 1], [0.1, 0.2], 0.3).to_json()
-    diag = DiagnosisRecord(3, False, True, {"paper": RuleOutcome(0.2, "bg", "bg"),
-                                            "area": RuleOutcome(0.6, "fg", "other")})
-    assert diag.log_fields() == {"fg_fraction": 0.2, "driver": "bg", "error_type": "bg",
-                                 "drivers": {"paper": "bg", "area": "fg"}, "scores": {"paper": 0.2, "area": 0.6}}
+    diag = DiagnosisRecord(
+        3, False, True, {"paper": RuleOutcome(0.2, "bg", "bg"), "area": RuleOutcome(0.6, "fg", "other")}
+    )
+    assert diag.log_fields() == {
+        "fg_fraction": 0.2,
+        "driver": "bg",
+        "error_type": "bg",
+        "drivers": {"paper": "bg", "area": "fg"},
+        "scores": {"paper": 0.2, "area": 0.6},
+    }
     assert list(diag.log_fields()) == ["fg_fraction", "driver", "error_type", "drivers", "scores"]
 
 
@@ -176,15 +207,24 @@ def test_diagnosis_reads_the_typed_record_and_a_renamed_field_fails_loudly():
     from covar_harness.pipeline import Batch
 
     samples = SampleSet([Sample("a.png", 1)], ["green", "red"], None)
-    batch = Batch([0], torch.zeros(1, 3, SIDE, SIDE), torch.zeros(1, 3), torch.zeros(3, 2), torch.tensor([[0.0, 1.0]]),
-                  torch.tensor([1]), samples, [np.array([1.0, 0.0, 0.0, 0.0])])
+    batch = Batch(
+        [0],
+        torch.zeros(1, 3, SIDE, SIDE),
+        torch.zeros(1, 3),
+        torch.zeros(3, 2),
+        torch.tensor([[0.0, 1.0]]),
+        torch.tensor([1]),
+        samples,
+        [np.array([1.0, 0.0, 0.0, 0.0])],
+    )
     batch.add([AttributionRecord(0, CCIRecord("cci", 1, 2, [0, 1, 1, 1], [0.9, 0.1], 0.5))])
     step = DiagnosisStep(DiagnosisSettings(rules=("paper", "area")))
     (out,) = step.process(batch)
     assert out.outcomes["paper"].score == pytest.approx(0.9 / (0.9 + 3 * 0.1)) and out.outcomes["paper"].driver == "fg"
     assert out.correct and out.outcomes["area"].driver == "fg"
-    renamed = SimpleNamespace(cci=SimpleNamespace(assignments=[0, 1, 1, 1], weights=[0.8, 0.2]), shapley=None,
-                              counterfactual=None)
+    renamed = SimpleNamespace(
+        cci=SimpleNamespace(assignments=[0, 1, 1, 1], weights=[0.8, 0.2]), shapley=None, counterfactual=None
+    )
     with pytest.raises(AttributeError, match="importance"):
         Evidence.of(renamed)
 
@@ -247,8 +287,11 @@ def test_an_old_style_step_still_runs(tmp_path):
     assert [r["old_field"] for r in record["samples"]] == [0, 0, 1, 1]
     assert record["metrics"]["old_share"] == 1.0 and record["config"]["old"] == {"n": 4}
     assert "old step ran" in record["notes"]
-    assert RunOptions(steps=[step]).result_settings()["steps"]["old"] == {"method": "old", "only_with_masks": False,
-                                                                        "alpha": 2}
+    assert RunOptions(steps=[step]).result_settings()["steps"]["old"] == {
+        "method": "old",
+        "only_with_masks": False,
+        "alpha": 2,
+    }
     rows = evaluate(tmp_path / "cci", [OldCCI()])["samples"]
     assert [r["driver"] for r in rows] == ["fg"] * 4  # its dict records are diagnosed as before
 
@@ -264,13 +307,28 @@ def test_an_old_style_attributor_registered_by_a_plugin_runs_from_the_cli(tmp_pa
 
     with_plugins(monkeypatch, ToyPlugin(), OldPlugin())
     out = tmp_path / "results"
-    code = main(["run", "--models", "toy-patch-sum", "--tasks", str(write_task(tmp_path)), "--output-dir", str(out),
-                 "--workers", "0", "--attribution", "old-style", "--log-samples", "--segmenter", "dataset"])
+    code = main(
+        [
+            "run",
+            "--models",
+            "toy-patch-sum",
+            "--tasks",
+            str(write_task(tmp_path)),
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+            "--attribution",
+            "old-style",
+            "--log-samples",
+            "--segmenter",
+            "dataset",
+        ]
+    )
     assert code == 0
     result = results.load(results.result_path(out, "toy-patch-sum", "toy/pipeline"))
     assert result["config"]["old"] == {"n": 4} and result["metrics"]["old_share"] == 1.0
-    assert result["config"]["run_settings"]["steps"]["old"] == {"method": "old", "only_with_masks": False,
-                                                                "alpha": 2}
+    assert result["config"]["run_settings"]["steps"]["old"] == {"method": "old", "only_with_masks": False, "alpha": 2}
 
 
 def test_the_analysis_core_imports_nothing_from_tasks():
@@ -281,11 +339,30 @@ def test_the_analysis_core_imports_nothing_from_tasks():
     import covar_harness
 
     root = Path(covar_harness.__file__).parent
-    core = [root / f"{m}.py" for m in ("evaluator", "pipeline", "diagnosis", "class_groups", "imagenet", "sanity",
-                                       "segmentation", "overlays", "explain", "commands", "cli")]
+    core = [
+        root / f"{m}.py"
+        for m in (
+            "evaluator",
+            "pipeline",
+            "diagnosis",
+            "class_groups",
+            "imagenet",
+            "sanity",
+            "segmentation",
+            "overlays",
+            "explain",
+            "commands",
+            "cli",
+        )
+    ]
     core += sorted((root / "attribution").glob("*.py"))
     for path in core:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.startswith("covar_harness.tasks") for n in names), f"{path.name} imports {names}"

@@ -71,8 +71,18 @@ def test_third_party_plugin_is_discovered_listed_and_runs(plugin_env, tmp_path):
     mine = [p for p in plugins if p["distribution"] == "colourplug"]
     assert mine and mine[0]["hooks"] == ["register_models", "register_tasks"] and not mine[0]["builtin"]
     out = tmp_path / "results"
-    run = run_cli_inprocess("run", "--models", "thirdparty", "--tasks", "thirdparty/*", "--output-dir", str(out),
-                            "--workers", "0", env=plugin_env)
+    run = run_cli_inprocess(
+        "run",
+        "--models",
+        "thirdparty",
+        "--tasks",
+        "thirdparty/*",
+        "--output-dir",
+        str(out),
+        "--workers",
+        "0",
+        env=plugin_env,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(next(out.rglob("*.json")).read_text())
     assert result["metrics"]["acc1"] == 1.0  # colour means separate the colour classes perfectly
@@ -107,8 +117,9 @@ def test_help_ls_and_plugins_do_not_import_torch(plugin_env):
     """)
     import os
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **plugin_env}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **plugin_env}, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY:\n" in proc.stdout or proc.stdout.strip().endswith("HEAVY:"), proc.stdout
 

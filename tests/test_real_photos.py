@@ -17,8 +17,12 @@ from covar_harness import results
 from helpers import run_cli_inprocess
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
-CLASSES = {"cats": "animals/mammals/cats", "dogs": "animals/mammals/dogs", "birds": "animals/birds",
-           "fruit": "food/fruit"}
+CLASSES = {
+    "cats": "animals/mammals/cats",
+    "dogs": "animals/mammals/dogs",
+    "birds": "animals/birds",
+    "fruit": "food/fruit",
+}
 PER_CLASS = 3
 
 pytestmark = pytest.mark.skipif(
@@ -70,16 +74,28 @@ def test_build_from_real_photos_and_run_demo_model(tmp_path):
         pytest.skip(f"fewer than two classes of photo cut-outs found under {STAMPS}")
     _backgrounds(tmp_path / "backgrounds")
     data = tmp_path / "covar-real"
-    r = run_cli_inprocess("build-covar", "--objects", str(tmp_path / "objects"),
-                          "--backgrounds", str(tmp_path / "backgrounds"), "--out", str(data), "--size", "64",
-                          "--seed", "1")
+    r = run_cli_inprocess(
+        "build-covar",
+        "--objects",
+        str(tmp_path / "objects"),
+        "--backgrounds",
+        str(tmp_path / "backgrounds"),
+        "--out",
+        str(data),
+        "--size",
+        "64",
+        "--seed",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((data / "classes.json").read_text()) == sorted(chosen)
     n_objects = sum(len(v) for v in chosen.values())
     recs = [json.loads(line) for line in (data / "crop" / "metadata.jsonl").read_text().splitlines()]
     assert len(recs) == n_objects
-    originals = {json.loads(line)["source_id"]: json.loads(line)
-                 for line in (data / "original" / "metadata.jsonl").read_text().splitlines()}
+    originals = {
+        json.loads(line)["source_id"]: json.loads(line)
+        for line in (data / "original" / "metadata.jsonl").read_text().splitlines()
+    }
     for rec in recs:  # the crop is tight: the photo's own alpha mask fills more of the frame than in original
         fg = (np.asarray(Image.open(data / "crop" / rec["mask"])) > 127).mean()
         fg_orig = (np.asarray(Image.open(data / "original" / originals[rec["source_id"]]["mask"])) > 127).mean()
@@ -87,12 +103,32 @@ def test_build_from_real_photos_and_run_demo_model(tmp_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for subset in ("original", "bg_varied"):
-        (tasks / f"{subset}.yaml").write_text(json.dumps({
-            "task": f"real/{subset}", "dataset": {"format": "covar", "path": str(data), "subset": subset},
-            "templates": ["{}"], "version": 1}))
+        (tasks / f"{subset}.yaml").write_text(
+            json.dumps(
+                {
+                    "task": f"real/{subset}",
+                    "dataset": {"format": "covar", "path": str(data), "subset": subset},
+                    "templates": ["{}"],
+                    "version": 1,
+                }
+            )
+        )
     out = tmp_path / "results"
-    r = run_cli_inprocess("run", "--models", "demo/shapes-clean", "--tasks", "real/*", "--include-path", str(tasks),
-                          "--output-dir", str(out), "--attribution", "none", "--workers", "0")
+    r = run_cli_inprocess(
+        "run",
+        "--models",
+        "demo/shapes-clean",
+        "--tasks",
+        "real/*",
+        "--include-path",
+        str(tasks),
+        "--output-dir",
+        str(out),
+        "--attribution",
+        "none",
+        "--workers",
+        "0",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     for subset in ("original", "bg_varied"):
         res = json.loads(results.result_path(out, "demo/shapes-clean", f"real/{subset}").read_text())

@@ -33,7 +33,11 @@ def test_task_yaml_errors_name_file_and_key(tmp_path):
     bad_key = _write(tmp_path / "a.yaml", {"task": "x/a", "dataset": {"format": "imagefolder"}, "templtes": ["{}"]})
     with pytest.raises(TaskConfigError) as err:
         load_task_file(bad_key)
-    assert str(bad_key) in str(err.value) and "'templtes'" in str(err.value) and "did you mean 'templates'" in str(err.value)
+    assert (
+        str(bad_key) in str(err.value)
+        and "'templtes'" in str(err.value)
+        and "did you mean 'templates'" in str(err.value)
+    )
     missing = _write(tmp_path / "b.yaml", {"task": "x/b"})
     with pytest.raises(TaskConfigError, match=r"b\.yaml: key 'dataset': missing"):
         load_task_file(missing)
@@ -45,7 +49,9 @@ def test_task_yaml_errors_name_file_and_key(tmp_path):
 
 
 def test_yaml_is_data_not_code(tmp_path):
-    evil = _write(tmp_path / "evil.yaml", "task: !!python/object/apply:os.system ['echo pwned']\ndataset: {format: hf}\n")
+    evil = _write(
+        tmp_path / "evil.yaml", "task: !!python/object/apply:os.system ['echo pwned']\ndataset: {format: hf}\n"
+    )
     with pytest.raises(TaskConfigError, match="cannot read task YAML"):
         load_task_file(evil)
 

@@ -21,10 +21,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_hardening_results import valid_record
 
 from covar_harness import leaderboard as lb
 from covar_harness import results
-from test_hardening_results import valid_record
 
 HOSTILE = "<img src=x onerror=alert(1)>[/x]"
 HOSTILE_TASK = "fam<script>alert(2)</script>/x\"'"
@@ -50,8 +50,24 @@ def demo_results(root: Path, data: Path) -> tuple[Path, Path, Path]:
     hostile result files are added beside the real ones."""
     if "demo" not in _CACHE:
         out, maps = root / "results", root / "maps"
-        code, _, err = cli("run", "--models", "demo", "--tasks", DEMO_TASKS, "--limit", "24", "--log-samples",
-                           "--save-maps", maps, "--output-dir", out, "--data-dir", data, "--workers", "0")
+        code, _, err = cli(
+            "run",
+            "--models",
+            "demo",
+            "--tasks",
+            DEMO_TASKS,
+            "--limit",
+            "24",
+            "--log-samples",
+            "--save-maps",
+            maps,
+            "--output-dir",
+            out,
+            "--data-dir",
+            data,
+            "--workers",
+            "0",
+        )
         assert code == 0, err
         add_hostile(out)
         _CACHE["demo"] = (out, maps, data)
@@ -139,16 +155,17 @@ def leaderboard_tables(page: Page) -> list[dict]:
 
 def expected_cells(table: lb.Table) -> list[list[str]]:
     """The leaderboard's cells as its markdown prints them (unescaped): the terminal's numbers."""
-    return [[("-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)) for v in row]
-            for row in table.rows]
+    return [[("-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)) for v in row] for row in table.rows]
 
 
 def markdown_rows(md: str) -> list[list[str]]:
     rows = []
     for line in md.splitlines():
         if line.startswith("| ") and not line.startswith("|---"):
-            cells = [c.strip().replace("\\|", "|").replace("&lt;", "<").replace("&gt;", ">")
-                     for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            cells = [
+                c.strip().replace("\\|", "|").replace("&lt;", "<").replace("&gt;", ">")
+                for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            ]
             rows.append([c[1:-1] if c.startswith("_") and c.endswith("_") else c for c in cells])
     return rows
 
@@ -183,14 +200,18 @@ def test_cells_carry_interval_and_n_on_hover_and_link_their_pair_page(site, demo
     rec = json.loads((demo[0] / "demo__shapes-clean" / "covar-shapes__bg_varied.json").read_text())
     lo, hi = rec["intervals"]["acc1"]
     value = f"{100 * rec['metrics']['acc1']:.1f}"
-    assert acc["attrs"][row][col]["title"] == \
-        f"{value}% [{100 * lo:.1f}, {100 * hi:.1f}], n=24 (acc1, covar-shapes/bg_varied)"
+    assert (
+        acc["attrs"][row][col]["title"]
+        == f"{value}% [{100 * lo:.1f}, {100 * hi:.1f}], n=24 (acc1, covar-shapes/bg_varied)"
+    )
     assert acc["rows"][row][col] == value
     diag = leaderboard_tables(page)[1]
     col = diag["rows"][0].index("Bg-varied BG-Er")
     row = next(i for i, r in enumerate(diag["rows"]) if r[0] == "demo/shapes-shortcut")
-    assert re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\], n=\d+ errors of 24 images \(bg_er, covar-shapes/bg_varied\)",
-                        diag["attrs"][row][col]["title"])
+    assert re.fullmatch(
+        r"\d+\.\d% \[\d+\.\d, \d+\.\d\], n=\d+ errors of 24 images \(bg_er, covar-shapes/bg_varied\)",
+        diag["attrs"][row][col]["title"],
+    )
     links = [a["href"] for tag, a in page.tags if tag == "a" and a.get("href", "").startswith("pairs/")]
     assert "pairs/demo__shapes-clean/covar-shapes__bg_varied.html" in links
 
@@ -246,15 +267,21 @@ def test_every_referenced_file_is_inside_the_site_and_no_absolute_paths(site, de
                 assert site.resolve() in target.parents
                 images += tag == "img"
     assert images >= 10
-    assert sorted(str(p.relative_to(site / "plots")) for p in (site / "plots").rglob("*.svg")) == sorted([
-        "covar-shapes/accuracy-vs-bg-er.svg", "covar-shapes/accuracy.svg", "covar-shapes/diagnosis.svg",
-        f"{results.slug(HOSTILE_TASK.split('/')[0])}/accuracy.svg"])
+    assert sorted(str(p.relative_to(site / "plots")) for p in (site / "plots").rglob("*.svg")) == sorted(
+        [
+            "covar-shapes/accuracy-vs-bg-er.svg",
+            "covar-shapes/accuracy.svg",
+            "covar-shapes/diagnosis.svg",
+            f"{results.slug(HOSTILE_TASK.split('/')[0])}/accuracy.svg",
+        ]
+    )
     for name in ("leaderboard.csv", "leaderboard.json", "leaderboard.md", "assets/report.css", "assets/report.js"):
         assert (site / name).is_file()
     records = lb.collect(out).records
     assert (site / "leaderboard.csv").read_text() == lb.render_csv(records)
     assert json.loads((site / "leaderboard.json").read_text()) == json.loads(
-        lb.render_json(records, lb.build_tables(records)))
+        lb.render_json(records, lb.build_tables(records))
+    )
 
 
 @pytest.mark.slow
@@ -308,13 +335,31 @@ def test_published_rows_counteranimals_plot_and_broken_logs_without_a_run(tmp_pa
         recs.append(rec)
     out = _records_dir(tmp_path, recs)
     log = results.samples_path(results.result_path(out, "demo/shapes-clean", "covar/hflip"))
-    rows = [{"index": 0, "file": "a.png", "label": 1, "pred": 2, "correct": False, "driver": "bg",
-             "fg_fraction": 0.1, "error_type": "bg", "top5": [2, 1],
-             "cci": {"importance": [0.5, -0.25, 1e308, "x"], "assignments": [0, 1, 2, 3] * 16}},
-            {"index": 1, "label": 1, "pred": 1, "correct": True, "driver": "fg", "fg_fraction": 0.9,
-             "cci": {"importance": [0.1] * 1000, "assignments": [0]}},
-            {"index": 2, "correct": False, "driver": "bg", "fg_fraction": "NaN", "cci": None}]
-    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + "[" * 100000 + "\n{\"index\": -1}\n")
+    rows = [
+        {
+            "index": 0,
+            "file": "a.png",
+            "label": 1,
+            "pred": 2,
+            "correct": False,
+            "driver": "bg",
+            "fg_fraction": 0.1,
+            "error_type": "bg",
+            "top5": [2, 1],
+            "cci": {"importance": [0.5, -0.25, 1e308, "x"], "assignments": [0, 1, 2, 3] * 16},
+        },
+        {
+            "index": 1,
+            "label": 1,
+            "pred": 1,
+            "correct": True,
+            "driver": "fg",
+            "fg_fraction": 0.9,
+            "cci": {"importance": [0.1] * 1000, "assignments": [0]},
+        },
+        {"index": 2, "correct": False, "driver": "bg", "fg_fraction": "NaN", "cci": None},
+    ]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + "[" * 100000 + '\n{"index": -1}\n')
     site = tmp_path / "site"
     code, _, err = cli("report", out, "--out", site, "--reference", "paper")
     assert code == 0, err
@@ -345,16 +390,19 @@ def test_leaderboard_format_html_is_one_self_contained_page(tmp_path):
     assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp
     tables = lb.build_tables(lb.collect(out).records, "paper")
     assert [t["rows"][1:] for t in leaderboard_tables(page)] == [expected_cells(t) for t in tables]
-    assert cli("leaderboard", out, "--format", "markdown")[1] == lb.render_markdown(lb.build_tables(
-        lb.collect(out).records))
+    assert cli("leaderboard", out, "--format", "markdown")[1] == lb.render_markdown(
+        lb.build_tables(lb.collect(out).records)
+    )
 
 
 def test_help_and_leaderboard_stay_free_of_torch_and_matplotlib():
-    code = ("import sys, contextlib, io\nfrom covar_harness.cli import main\n"
-            "for argv in (['--help'], ['report', '--help'], ['leaderboard', '--help']):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()):\n"
-            "        try: main(argv)\n"
-            "        except SystemExit: pass\n"
-            "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, contextlib, io\nfrom covar_harness.cli import main\n"
+        "for argv in (['--help'], ['report', '--help'], ['leaderboard', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try: main(argv)\n"
+        "        except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr

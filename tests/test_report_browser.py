@@ -34,8 +34,15 @@ def start_driver(width: int = 1400, height: int = 1000):
 
     binary, driver = _browser()
     options = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(arg)
     options.binary_location = binary
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -51,8 +58,11 @@ def full_page_screenshot(drv, path: Path, max_height: int = 12000) -> None:
 def _wait_loaded(drv) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(drv, 30).until(lambda d: d.execute_script(
-        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
+    WebDriverWait(drv, 30).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"
+        )
+    )
 
 
 def _images(drv) -> list[tuple[str, int]]:
@@ -62,7 +72,8 @@ def _images(drv) -> list[tuple[str, int]]:
 def _tables(drv) -> list[list[list[str]]]:
     return drv.execute_script(
         "return Array.from(document.querySelectorAll('table.leaderboard')).map(t => Array.from(t.rows).map("
-        "r => Array.from(r.cells).map(c => c.innerText.replace(/\\s+/g, ' ').trim())))")
+        "r => Array.from(r.cells).map(c => c.innerText.replace(/\\s+/g, ' ').trim())))"
+    )
 
 
 def _errors(drv) -> list[str]:
@@ -81,8 +92,9 @@ def browser():
 
 @pytest.mark.slow
 def test_report_site_in_headless_chromium(browser, tmp_path_factory, tmp_path, request):
-    from covar_harness import leaderboard as lb
     from test_report import HOSTILE, cli, demo_results, expected_cells
+
+    from covar_harness import leaderboard as lb
 
     data = request.getfixturevalue("covar_shapes_data")  # only once a browser is known to be there (no skip cost)
     out, maps, data = demo_results(tmp_path_factory.mktemp("report-demo"), data)
@@ -104,7 +116,8 @@ def test_report_site_in_headless_chromium(browser, tmp_path_factory, tmp_path, r
     assert len(images) >= 3 and all(width > 0 for _, width in images), images
     assert browser.execute_script("return document.querySelectorAll('img[src=x], [onerror], [onload]').length") == 0
     names = browser.execute_script(
-        "return Array.from(document.querySelectorAll('table.leaderboard tbody th')).map(c => c.textContent)")
+        "return Array.from(document.querySelectorAll('table.leaderboard tbody th')).map(c => c.textContent)"
+    )
     assert HOSTILE in names  # the markup is text on the page, not an element
     full_page_screenshot(browser, shots / "index.png")
 
@@ -147,8 +160,10 @@ def test_report_site_in_headless_chromium(browser, tmp_path_factory, tmp_path, r
 def main(argv: list[str]) -> int:
     """The README screenshot: the top of ``SITE_DIR/index.html`` at 1400 x HEIGHT pixels."""
     if len(argv) not in (2, 3) or _browser() is None:
-        print("usage: python tests/test_report_browser.py SITE_DIR OUT.png [HEIGHT] (needs chromium and "
-              "chromium-driver)", file=sys.stderr)
+        print(
+            "usage: python tests/test_report_browser.py SITE_DIR OUT.png [HEIGHT] (needs chromium and chromium-driver)",
+            file=sys.stderr,
+        )
         return 2
     drv = start_driver(1400, int(argv[2]) if len(argv) == 3 else 1250)
     try:

@@ -21,8 +21,14 @@ def test_sanity_prints_the_table_and_writes_the_json(tmp_path, capsys, covar_sha
     assert set(report["rules"]) == EXPECTED_ROWS
     for name, row in report["rules"].items():
         assert 0.0 <= row["auroc"] <= 1.0, name
-        assert {"auroc_original_correct", "auroc_bg_varied_errors", "agreement_with_counterfactual",
-                "ms_per_image", "cost_vs_plain", "attributor"} <= set(row)
+        assert {
+            "auroc_original_correct",
+            "auroc_bg_varied_errors",
+            "agreement_with_counterfactual",
+            "ms_per_image",
+            "cost_vs_plain",
+            "attributor",
+        } <= set(row)
         assert row["cost_vs_plain"] > 1.0, "an attributor cannot be cheaper than the plain forward it extends"
     assert report["rules"]["shapley"]["attributor"] == "cci-shapley"
     assert report["rules"]["shapley"]["cost_vs_plain"] > report["rules"]["paper"]["cost_vs_plain"]  # 2^K vs K
@@ -30,8 +36,10 @@ def test_sanity_prints_the_table_and_writes_the_json(tmp_path, capsys, covar_sha
     assert report["rules"][best]["auroc"] == max(r["auroc"] for r in report["rules"].values())
     assert report["rules"][best]["auroc"] >= 0.9, report["rules"]  # the known-truth goal, at this size too
     assert not best.endswith("/random")
-    floor = max(report["rules"]["paper/random"]["auroc_original_correct"],
-                report["rules"]["area/random"]["auroc_original_correct"])
+    floor = max(
+        report["rules"]["paper/random"]["auroc_original_correct"],
+        report["rules"]["area/random"]["auroc_original_correct"],
+    )
     assert report["rules"]["counterfactual"]["auroc_original_correct"] > floor + 0.2
     truth = report["counterfactual_truth"]["original_correct"]
     assert truth[sanity.SHORTCUT] > truth[sanity.CLEAN] + 0.3  # the planted shortcut shows in the truth itself
@@ -41,8 +49,12 @@ def test_sanity_prints_the_table_and_writes_the_json(tmp_path, capsys, covar_sha
 
 
 def _row(correct: bool, score: float | None, driver: str | None, outcome: str | None) -> dict:
-    return {"correct": correct, "scores": {"paper": score}, "drivers": {"paper": driver},
-            "counterfactual": None if outcome is None else {"outcome": outcome}}
+    return {
+        "correct": correct,
+        "scores": {"paper": score},
+        "drivers": {"paper": driver},
+        "counterfactual": None if outcome is None else {"outcome": outcome},
+    }
 
 
 def test_auroc_counts_undetermined_scores_as_a_coin_flip():
@@ -58,6 +70,7 @@ def test_auroc_counts_undetermined_scores_as_a_coin_flip():
 
 def test_summary_uses_the_right_groups_and_names():
     """Original/correct and bg_varied/errors per model; rows named after the rule or rule/attributor."""
+
     def ev(rows):
         return sanity.Evaluation(rows, 1.0, 0.5)
 
@@ -65,15 +78,26 @@ def test_summary_uses_the_right_groups_and_names():
     clean_good, short_bad = _row(True, 0.9, "fg", "fg-sufficient"), _row(False, 0.1, "bg", "bg-sufficient")
     for attributor in (*sanity.ATTRIBUTORS, "plain"):
         for model in (sanity.CLEAN, sanity.SHORTCUT):
-            rows = [clean_good, short_bad] if model == sanity.CLEAN else [_row(True, 0.2, "bg", "bg-sufficient"),
-                                                                        _row(False, 0.3, "bg", "bg-sufficient")]
+            rows = (
+                [clean_good, short_bad]
+                if model == sanity.CLEAN
+                else [_row(True, 0.2, "bg", "bg-sufficient"), _row(False, 0.3, "bg", "bg-sufficient")]
+            )
             for task in (sanity.ORIGINAL, sanity.BG_VARIED):
-                run.evals[(model, task, attributor)] = ev([{**r, "scores": {rule: r["scores"]["paper"] for rule in
-                                                                          ("paper", "area", "shapley",
-                                                                           "counterfactual")},
-                                                            "drivers": {rule: r["drivers"]["paper"] for rule in
-                                                                        ("paper", "area", "shapley",
-                                                                         "counterfactual")}} for r in rows])
+                run.evals[(model, task, attributor)] = ev(
+                    [
+                        {
+                            **r,
+                            "scores": {
+                                rule: r["scores"]["paper"] for rule in ("paper", "area", "shapley", "counterfactual")
+                            },
+                            "drivers": {
+                                rule: r["drivers"]["paper"] for rule in ("paper", "area", "shapley", "counterfactual")
+                            },
+                        }
+                        for r in rows
+                    ]
+                )
     report = sanity.summarise(run)
     paper = report["rules"]["paper"]
     assert paper["auroc_original_correct"] == 1.0  # clean correct 0.9 vs shortcut correct 0.2

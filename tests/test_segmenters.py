@@ -19,9 +19,16 @@ from PIL import Image
 from covar_harness.data import Sample, SampleSet
 from covar_harness.plugin_manager import load_catalog
 from covar_harness.registry import UsageError
-from covar_harness.segmentation import (MaskCache, choose_segmenter, geometric_like, grounding_prompt,
-                                        image_fingerprint, label_prompts, mask_patch_fractions,
-                                        mask_to_patch_grid)
+from covar_harness.segmentation import (
+    MaskCache,
+    choose_segmenter,
+    geometric_like,
+    grounding_prompt,
+    image_fingerprint,
+    label_prompts,
+    mask_patch_fractions,
+    mask_to_patch_grid,
+)
 
 
 def stripe_mask(width: int, height: int, x0: int, x1: int) -> Image.Image:
@@ -59,8 +66,14 @@ def test_patch_grid_that_does_not_tile_the_frame_still_measures_area():
 def test_centre_crop_pipeline_shifts_the_mask_as_the_image():
     from torchvision import transforms as T
 
-    preprocess = T.Compose([T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16),
-                            T.ToTensor(), T.Normalize((0.5,) * 3, (0.2,) * 3)])
+    preprocess = T.Compose(
+        [
+            T.Resize(16, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(16),
+            T.ToTensor(),
+            T.Normalize((0.5,) * 3, (0.2,) * 3),
+        ]
+    )
     # 64x32 image; object on columns 20..31. Resize -> 32x16, object 10..15; centre crop keeps columns 8..23,
     # so the object lands on crop columns 2..7: half of the first 4 px patch, all of the second.
     mask = stripe_mask(64, 32, 20, 32)
@@ -164,8 +177,10 @@ def catalog():
 
 
 def test_both_segmenters_are_registered_without_importing_torch():
-    code = ("import sys; from covar_harness.plugin_manager import load_catalog; c = load_catalog(); "
-            "print(sorted(c.segmenters.names()), 'torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys; from covar_harness.plugin_manager import load_catalog; c = load_catalog(); "
+        "print(sorted(c.segmenters.names()), 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("]")[0].count("'dataset'") == 1 and "'groundedsam'" in out.stdout
@@ -206,8 +221,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     from segmenter_helpers import make_grounding_dino_dir, make_sam_dir
 
     root = tmp_path_factory.mktemp("grounded-sam")
-    return {"detector": str(make_grounding_dino_dir(root / "gdino")), "sam": str(make_sam_dir(root / "sam")),
-            "empty_sam": str(make_sam_dir(root / "sam-empty", mask_sign=-1))}
+    return {
+        "detector": str(make_grounding_dino_dir(root / "gdino")),
+        "sam": str(make_sam_dir(root / "sam")),
+        "empty_sam": str(make_sam_dir(root / "sam-empty", mask_sign=-1)),
+    }
 
 
 def grounded_settings(checkpoints: dict[str, str], **extra) -> dict:
@@ -231,15 +249,17 @@ def forbid_loading(segmenter, monkeypatch):
 
 def test_groundedsam_masks_are_batched_sized_and_cached(tmp_path, catalog, tiny_checkpoints, monkeypatch):
     samples = make_samples(tmp_path)
-    settings = grounded_settings(tiny_checkpoints, box_threshold=0.0, text_threshold=0.0, batch_size=2,
-                                 cache_dir=str(tmp_path / "cache"))
+    settings = grounded_settings(
+        tiny_checkpoints, box_threshold=0.0, text_threshold=0.0, batch_size=2, cache_dir=str(tmp_path / "cache")
+    )
     segmenter = choose_segmenter("groundedsam", samples, catalog, settings)
     indices = [0, 1, 2]
     first = segmenter.masks(samples, indices[:1], ["Cat"])  # loads the models
     calls = count_forward_calls(segmenter)
     sam_boxes = []
     segmenter._models["sam"].register_forward_pre_hook(
-        lambda module, args, kwargs: sam_boxes.append(kwargs["input_boxes"].clone()), with_kwargs=True)
+        lambda module, args, kwargs: sam_boxes.append(kwargs["input_boxes"].clone()), with_kwargs=True
+    )
     masks = segmenter.masks(samples, indices, ["Cat", "dog", "CAT"])
     assert calls == {"detector": 1, "sam": 1}  # image 0 cached; images 1 and 2 in one batch of each model
     images = [samples.open_image(i) for i in (1, 2)]
@@ -270,8 +290,9 @@ def test_groundedsam_masks_are_batched_sized_and_cached(tmp_path, catalog, tiny_
 
 def test_groundedsam_without_a_box_returns_none_and_caches_it(tmp_path, catalog, tiny_checkpoints, monkeypatch):
     samples = make_samples(tmp_path)
-    settings = grounded_settings(tiny_checkpoints, box_threshold=1.0, text_threshold=0.0,
-                                 cache_dir=str(tmp_path / "cache"))
+    settings = grounded_settings(
+        tiny_checkpoints, box_threshold=1.0, text_threshold=0.0, cache_dir=str(tmp_path / "cache")
+    )
     segmenter = choose_segmenter("groundedsam", samples, catalog, settings)
     assert segmenter.masks(samples, [0, 1], ["cat", "dog"]) == [None, None]  # no probability exceeds 1
     assert len(list((tmp_path / "cache").rglob("*.none"))) == 2

@@ -9,15 +9,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
-from helpers import run_cli_inprocess as cli  # the CLI in this process: same exit codes and output, no start-up
 
 import covar_harness
 from covar_harness import token_removal as tr
 from covar_harness.attribution import (
-    AttributionStep, CCISettings, attribute, coalition_patterns, sample_seed, shapley_from_values,
+    AttributionStep,
+    CCISettings,
+    attribute,
+    coalition_patterns,
+    sample_seed,
+    shapley_from_values,
 )
 from covar_harness.registry import UsageError
+from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
+from helpers import run_cli_inprocess as cli  # the CLI in this process: same exit codes and output, no start-up
 
 # 1x4 patch grid. Patch p adds PATCH_VECS[p] to the embedding; BIAS is what the prefix token (CLS) contributes.
 # Patches 0 and 1 are interchangeable (symmetric players), patch 2 adds nothing (null player), patch 3 differs.
@@ -71,8 +76,9 @@ def shapley_by_permutations(v, players: list[int]) -> dict[int, float]:
 def run(adapter, k=4):
     pixels = torch.zeros(1, 3, 1, 4)
     emb = F.normalize(adapter.encode_images(pixels), dim=-1)
-    return attribute(adapter, pixels, emb, TEXT, torch.tensor([0]), [sample_seed(0, "x")], CCISettings(k=k),
-                     "cci-shapley")
+    return attribute(
+        adapter, pixels, emb, TEXT, torch.tensor([0]), [sample_seed(0, "x")], CCISettings(k=k), "cci-shapley"
+    )
 
 
 @pytest.mark.parametrize("exact_empty", [True, False])
@@ -92,7 +98,7 @@ def test_efficiency_symmetry_null_player_and_the_definition(exact_empty):
         assert phi[2] == pytest.approx(0.0, abs=1e-7)  # cluster, so patch 2 is not null in that game
     else:
         assert phi[2] > 1e-3  # (the permutation check below pins its exact value)
-    game = (lambda kept: v_of(kept) if kept else v_empty)
+    game = lambda kept: v_of(kept) if kept else v_empty
     want = shapley_by_permutations(game, [0, 1, 2, 3])
     assert phi == pytest.approx(want, abs=1e-6)
     # one removal call with all 2^K coalitions; all-dropped only when the adapter allows it
@@ -144,8 +150,17 @@ def test_k_above_ten_is_refused_with_a_usage_error(task_yaml):
         AttributionStep("cci-shapley", k=11)
     AttributionStep("cci-shapley", k=10)  # the limit itself is fine
     AttributionStep("cci", k=11)  # and plain CCI has no such limit
-    r = cli("run", "--models", "openclip:ViT-B-32", "--tasks", str(task_yaml), "--attribution", "cci-shapley",
-            "--cci-k", "12")
+    r = cli(
+        "run",
+        "--models",
+        "openclip:ViT-B-32",
+        "--tasks",
+        str(task_yaml),
+        "--attribution",
+        "cci-shapley",
+        "--cci-k",
+        "12",
+    )
     assert r.returncode == 2 and "--cci-k 12 would need 4096 removal passes" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -155,10 +170,13 @@ def test_k_above_ten_is_refused_with_a_usage_error(task_yaml):
 def towers(tmp_path_factory):
     root = tmp_path_factory.mktemp("towers")
     cls = make_openclip_dir(root / "cls")
-    avg = make_openclip_dir(root / "avg", {**TINY_OPENCLIP_CFG, "vision_cfg": {
-        **TINY_OPENCLIP_CFG["vision_cfg"], "pool_type": "avg"}})
-    return (covar_harness.load_model(f"openclip:local-dir:{cls}"),
-            covar_harness.load_model(f"openclip:local-dir:{avg}"))
+    avg = make_openclip_dir(
+        root / "avg", {**TINY_OPENCLIP_CFG, "vision_cfg": {**TINY_OPENCLIP_CFG["vision_cfg"], "pool_type": "avg"}}
+    )
+    return (
+        covar_harness.load_model(f"openclip:local-dir:{cls}"),
+        covar_harness.load_model(f"openclip:local-dir:{avg}"),
+    )
 
 
 def test_cls_tower_removes_every_patch_only_on_request_and_reads_the_cls_alone(towers):
@@ -189,8 +207,14 @@ def test_towers_that_pool_patches_refuse_empty_removal(towers):
     with pytest.raises(ValueError, match="prefix token"):
         avg.encode_images_without(torch.randn(1, 3, 32, 32), torch.ones(1, n, dtype=torch.bool), allow_empty=True)
     with pytest.raises(ValueError, match="prefix token"):  # the driver itself refuses without a prefix
-        tr.encode_without(torch.randn(1, 4, 8), torch.ones(1, 4, dtype=torch.bool), 0, lambda x: x[:, 0],
-                          lambda x, m: x[:, 0], allow_empty=True)
+        tr.encode_without(
+            torch.randn(1, 4, 8),
+            torch.ones(1, 4, dtype=torch.bool),
+            0,
+            lambda x: x[:, 0],
+            lambda x, m: x[:, 0],
+            allow_empty=True,
+        )
 
 
 def test_shapley_step_on_a_real_tower_records_and_config(towers):

@@ -64,8 +64,7 @@ def test_every_strategy_equals_explicit_deletion(strategy, n_prefix):
     tokens = torch.randn(3, n_prefix + 10, C, dtype=torch.float64)
     drop = random_drop(3, 5, 10, 0.4, seed=n_prefix)
     short, masked, calls = toy_tower(n_prefix)
-    got = tr.encode_without(tokens, drop, n_prefix, short, masked, max_rows=4, strategy=strategy,
-                            overhead_tokens=8)
+    got = tr.encode_without(tokens, drop, n_prefix, short, masked, max_rows=4, strategy=strategy, overhead_tokens=8)
     kinds = {kind for kind, _ in calls}
     assert kinds <= {"auto": {"short", "mask"}, "shorten": {"short"}, "mask": {"mask"}}[strategy]
     if strategy == "auto":  # padded chunks are shorter than the full sequence
@@ -127,7 +126,7 @@ def test_plan_covers_every_row_once_and_respects_the_padding_budget():
             assert c.uniform == bool((kept[c.rows] == c.length).all()) or c.full
             if strategy == "auto" and not c.uniform:  # merged groups: padding within budget per group
                 lengths, sizes = torch.unique(kept[c.rows], return_counts=True)
-                assert all(int(n) * (c.length - int(l)) <= budget for l, n in zip(lengths, sizes))
+                assert all(int(n) * (c.length - int(length)) <= budget for length, n in zip(lengths, sizes))
     assert all(c.uniform for c in tr.plan_chunks(kept, 4, "shorten", 1000))
     assert all(c.full for c in tr.plan_chunks(kept, 4, "mask"))
     # zero budget never pads; a huge one packs rows as tightly as max_rows allows

@@ -25,13 +25,24 @@ def cmd_report(args: Namespace) -> int:
 
     if args.gallery < 0:
         raise UsageError("--gallery must be >= 0")
-    built = build(args.results_dir, args.out, maps=args.maps, reference=args.reference, gallery=args.gallery,
-                  data_dir=args.data_dir, include_paths=args.include_path, title=args.title,
-                  console=console(stderr=True))
-    console().print(f"report: {markup(built.out / 'index.html')} ({built.n_records} result file(s), "
-                    f"{len(built.plots)} plot(s), {built.pages} model x task page(s), {built.images} overlay(s)"
-                    + (f", {built.n_invalid} file(s) skipped" if built.n_invalid else "")
-                    + f") in {built.seconds:.1f} s", soft_wrap=True)
+    built = build(
+        args.results_dir,
+        args.out,
+        maps=args.maps,
+        reference=args.reference,
+        gallery=args.gallery,
+        data_dir=args.data_dir,
+        include_paths=args.include_path,
+        title=args.title,
+        console=console(stderr=True),
+    )
+    console().print(
+        f"report: {markup(built.out / 'index.html')} ({built.n_records} result file(s), "
+        f"{len(built.plots)} plot(s), {built.pages} model x task page(s), {built.images} overlay(s)"
+        + (f", {built.n_invalid} file(s) skipped" if built.n_invalid else "")
+        + f") in {built.seconds:.1f} s",
+        soft_wrap=True,
+    )
     return 0
 
 

@@ -168,7 +168,7 @@ def _class(value: Any, names: list[str] | None) -> str:
     if idx is None:
         return "?"
     if names is not None and idx < len(names):
-        return f"{esc(names[idx])} <span class=\"muted\">({idx})</span>"
+        return f'{esc(names[idx])} <span class="muted">({idx})</span>'
     return f"class {idx}"
 
 
@@ -197,16 +197,19 @@ def importance_bars(values: list[float], assign: list[int]) -> str:
         bar = abs(v) / peak * (width / 2)
         x = left + width / 2 if v >= 0 else left + width / 2 - bar
         count = sum(1 for a in assign if a == k)
-        parts.append(f'<text x="0" y="{y + 12}">cluster {k}' + (f" ({count})" if assign else "") + "</text>"
-                     f'<rect x="{x:.1f}" y="{y + 3}" width="{bar:.1f}" height="10" '
-                     f'fill="{POSITIVE if v >= 0 else NEGATIVE}"/>'
-                     f'<text x="{left + width + 6}" y="{y + 12}">{v:+.3f}</text>')
+        parts.append(
+            f'<text x="0" y="{y + 12}">cluster {k}' + (f" ({count})" if assign else "") + "</text>"
+            f'<rect x="{x:.1f}" y="{y + 3}" width="{bar:.1f}" height="10" '
+            f'fill="{POSITIVE if v >= 0 else NEGATIVE}"/>'
+            f'<text x="{left + width + 6}" y="{y + 12}">{v:+.3f}</text>'
+        )
     height = row_h * len(values) + 2
     mid = left + width / 2
-    return (f'<svg class="bars" role="img" aria-label="importance per cluster" width="{left + width + 52}" '
-            f'height="{height}" viewBox="0 0 {left + width + 52} {height}">'
-            f'<line x1="{mid}" y1="0" x2="{mid}" y2="{height}" stroke="#999" stroke-width="1"/>'
-            + "".join(parts) + "</svg>")
+    return (
+        f'<svg class="bars" role="img" aria-label="importance per cluster" width="{left + width + 52}" '
+        f'height="{height}" viewBox="0 0 {left + width + 52} {height}">'
+        f'<line x1="{mid}" y1="0" x2="{mid}" y2="{height}" stroke="#999" stroke-width="1"/>' + "".join(parts) + "</svg>"
+    )
 
 
 def patch_grid(values: list[float], assign: list[int], size: int = 112) -> str:
@@ -216,6 +219,7 @@ def patch_grid(values: list[float], assign: list[int], size: int = 112) -> str:
         return ""
     peak = max((abs(v) for v in values), default=0.0) or 1.0
     cell = size / side
+
     def n(x: float) -> str:  # short numbers keep a page of 24 grids small
         return f"{x:.4g}"
 
@@ -224,15 +228,20 @@ def patch_grid(values: list[float], assign: list[int], size: int = 112) -> str:
         r, c = divmod(i, side)
         v = values[a] if a < len(values) else 0.0
         if v:
-            rects.append(f'<rect x="{n(c * cell)}" y="{n(r * cell)}" width="{n(cell)}" height="{n(cell)}" '
-                         f'fill="{POSITIVE if v > 0 else NEGATIVE}" fill-opacity="{abs(v) / peak * 0.9:.2f}"/>')
+            rects.append(
+                f'<rect x="{n(c * cell)}" y="{n(r * cell)}" width="{n(cell)}" height="{n(cell)}" '
+                f'fill="{POSITIVE if v > 0 else NEGATIVE}" fill-opacity="{abs(v) / peak * 0.9:.2f}"/>'
+            )
         if c + 1 < side and assign[i + 1] != a:
             lines.append(f"M{n((c + 1) * cell)} {n(r * cell)}v{n(cell)}")
         if r + 1 < side and assign[i + side] != a:
             lines.append(f"M{n(c * cell)} {n((r + 1) * cell)}h{n(cell)}")
-    return (f'<svg class="grid" role="img" aria-label="importance on the patch grid" width="{size}" height="{size}" '
-            f'viewBox="0 0 {size} {size}"><rect width="{size}" height="{size}" fill="#fff" stroke="#ccc"/>'
-            + "".join(rects) + f'<path d="{"".join(lines)}" stroke="#555" stroke-width="1" fill="none"/></svg>')
+    return (
+        f'<svg class="grid" role="img" aria-label="importance on the patch grid" width="{size}" height="{size}" '
+        f'viewBox="0 0 {size} {size}"><rect width="{size}" height="{size}" fill="#fff" stroke="#ccc"/>'
+        + "".join(rects)
+        + f'<path d="{"".join(lines)}" stroke="#555" stroke-width="1" fill="none"/></svg>'
+    )
 
 
 def card(row: dict, names: list[str] | None, image: str | None) -> str:
@@ -244,10 +253,13 @@ def card(row: dict, names: list[str] | None, image: str | None) -> str:
     img = f'<img src="{esc(image)}" alt="CCI overlay of sample {row["index"]}">' if image else ""
     # the overlay shows the same importances on the image; the patch grid stands in for it when there is none
     maps = f'<div class="overlay">{img}</div>' if img else (f'<div class="maps">{grid}</div>' if grid else "")
-    facts = [("label", _class(row.get("label"), names)), ("prediction", _class(row.get("pred"), names)),
-             ("outcome", '<span class="ok">correct</span>' if correct else '<span class="bad">wrong</span>'),
-             ("driver", esc(row.get("driver", "-"))),
-             ("fg fraction", "-" if frac is None else f"{frac:.2f}")]
+    facts = [
+        ("label", _class(row.get("label"), names)),
+        ("prediction", _class(row.get("pred"), names)),
+        ("outcome", '<span class="ok">correct</span>' if correct else '<span class="bad">wrong</span>'),
+        ("driver", esc(row.get("driver", "-"))),
+        ("fg fraction", "-" if frac is None else f"{frac:.2f}"),
+    ]
     if not correct:
         facts.append(("error type", esc(row.get("error_type", "-"))))
     top5 = row.get("top5")
@@ -259,24 +271,33 @@ def card(row: dict, names: list[str] | None, image: str | None) -> str:
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     bars = importance_bars(*clusters) if clusters else '<p class="note">no CCI record</p>'
     file = row.get("file")
-    name = f'<div class="file">#{row["index"]} {esc(file)}</div>' if isinstance(file, str) else \
-        f'<div class="file">#{row["index"]}</div>'
+    name = (
+        f'<div class="file">#{row["index"]} {esc(file)}</div>'
+        if isinstance(file, str)
+        else f'<div class="file">#{row["index"]}</div>'
+    )
     return f'<div class="card">{maps}{name}<dl>{dl}</dl>{bars}</div>'
 
 
-_SWATCHES = ('<span><span class="swatch sw-pos"></span>removing the cluster lowers the score (it supports the '
-             'decision)</span><span><span class="swatch sw-neg"></span>removing it raises the score</span>')
-OVERLAY_LEGEND = ('<div class="legend">' + _SWATCHES + '<span><span class="swatch sw-bound"></span>cluster boundaries '
-                  '(overlay, left panel)</span><span><span class="swatch sw-mask"></span>object mask outline (overlay, '
-                  "right panel)</span><span>opacity: |importance| relative to the largest in the image; bars: "
-                  "importance per cluster (patches in it)</span></div>")
-GRID_LEGEND = ('<div class="legend">' + _SWATCHES + "<span>squares: the model's patch grid, grey lines between "
-               "clusters; opacity: |importance| relative to the largest in the image; bars: importance per cluster "
-               "(patches in it)</span></div>")
+_SWATCHES = (
+    '<span><span class="swatch sw-pos"></span>removing the cluster lowers the score (it supports the '
+    'decision)</span><span><span class="swatch sw-neg"></span>removing it raises the score</span>'
+)
+OVERLAY_LEGEND = (
+    '<div class="legend">' + _SWATCHES + '<span><span class="swatch sw-bound"></span>cluster boundaries '
+    '(overlay, left panel)</span><span><span class="swatch sw-mask"></span>object mask outline (overlay, '
+    "right panel)</span><span>opacity: |importance| relative to the largest in the image; bars: "
+    "importance per cluster (patches in it)</span></div>"
+)
+GRID_LEGEND = (
+    '<div class="legend">' + _SWATCHES + "<span>squares: the model's patch grid, grey lines between "
+    "clusters; opacity: |importance| relative to the largest in the image; bars: importance per cluster "
+    "(patches in it)</span></div>"
+)
 
 
 def section(title: str, rows: list[dict], total: int, what: str, names, images: dict[int, str]) -> str:
-    head = f"<h3>{title} <span class=\"muted\">({len(rows)} of {total})</span></h3>"
+    head = f'<h3>{title} <span class="muted">({len(rows)} of {total})</span></h3>'
     if not rows:
         return head + f'<p class="note">No {what} in this log.</p>'
     return head + '<div class="gallery">' + "".join(card(r, names, images.get(r["index"])) for r in rows) + "</div>"
@@ -286,17 +307,33 @@ def gallery_html(g: Gallery, names: list[str] | None, images: dict[int, str], ma
     if g.problem:
         return f'<p class="note">{esc(g.problem)}</p>'
     bad = f" {g.n_bad} line(s) of the log were not usable samples and are left out." if g.n_bad else ""
-    intro = (f'<p class="note">{g.n_rows} logged samples, {g.n_errors} errors, {g.n_bg_errors} background-driven '
-             f"errors, {g.n_fg_correct} foreground-driven correct decisions.{bad}"
-             + ("" if images or not (g.bg_errors or g.fg_correct) else
-                " No overlays of these samples under <code>--maps</code>." if maps_given else
-                " Overlays: pass <code>--maps DIR</code> (the run's <code>--save-maps</code> folder) to show them.")
-             + "</p>")
-    return (intro + (OVERLAY_LEGEND if images else GRID_LEGEND)
-            + section("Most background-driven errors", g.bg_errors, g.n_bg_errors, "background-driven errors",
-                      names, images)
-            + section("Most foreground-driven correct decisions", g.fg_correct, g.n_fg_correct,
-                      "foreground-driven correct decisions", names, images))
+    intro = (
+        f'<p class="note">{g.n_rows} logged samples, {g.n_errors} errors, {g.n_bg_errors} background-driven '
+        f"errors, {g.n_fg_correct} foreground-driven correct decisions.{bad}"
+        + (
+            ""
+            if images or not (g.bg_errors or g.fg_correct)
+            else " No overlays of these samples under <code>--maps</code>."
+            if maps_given
+            else " Overlays: pass <code>--maps DIR</code> (the run's <code>--save-maps</code> folder) to show them."
+        )
+        + "</p>"
+    )
+    return (
+        intro
+        + (OVERLAY_LEGEND if images else GRID_LEGEND)
+        + section(
+            "Most background-driven errors", g.bg_errors, g.n_bg_errors, "background-driven errors", names, images
+        )
+        + section(
+            "Most foreground-driven correct decisions",
+            g.fg_correct,
+            g.n_fg_correct,
+            "foreground-driven correct decisions",
+            names,
+            images,
+        )
+    )
 
 
 def metrics_table(rec: dict) -> str:
@@ -306,14 +343,18 @@ def metrics_table(rec: dict) -> str:
     intervals = rec.get("intervals", {})
     for key, value in rec.get("metrics", {}).items():
         interval = intervals.get(key)
-        span = (f"[{pct(interval[0])}, {pct(interval[1])}]" if isinstance(interval, list) and len(interval) == 2
-                and all(results.is_number(v) for v in interval) else "-")
+        span = (
+            f"[{pct(interval[0])}, {pct(interval[1])}]"
+            if isinstance(interval, list) and len(interval) == 2 and all(results.is_number(v) for v in interval)
+            else "-"
+        )
         fraction = key in results.FRACTION_METRICS or key.endswith("_null") or key.startswith(("bg_er", "fine_er"))
         shown = pct(value) if fraction else (f"{value:.4g}" if results.is_number(value) else "-")
         rows.append(f'<tr><th scope="row" class="text">{esc(key)}</th><td>{shown}</td><td>{span}</td></tr>')
     n = n_errors(rec)
     extra = f", {n} errors diagnosed" if n is not None else ""
-    return (f'<table><thead><tr><th class="text">metric</th><th>value (%)</th><th>95% interval</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table><p class="note">n = {esc(rec["task"].get("n_samples"))} '
-            f"images ({esc(rec['task'].get('n_failed'))} failed){extra}.</p>")
-
+    return (
+        f'<table><thead><tr><th class="text">metric</th><th>value (%)</th><th>95% interval</th></tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table><p class="note">n = {esc(rec["task"].get("n_samples"))} '
+        f"images ({esc(rec['task'].get('n_failed'))} failed){extra}.</p>"
+    )

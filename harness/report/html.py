@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources as _res
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from covar_harness import leaderboard as lb
 from covar_harness import results
@@ -22,8 +23,9 @@ from covar_harness.console import one_line, safe
 
 ASSETS = ("report.css", "report.js")
 # Site pages load only our own files; the single page carries its CSS and JS inline, allowed by hash.
-SITE_CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; base-uri 'none'; "
-            "form-action 'none'")
+SITE_CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'none'"
+)
 
 
 def esc(text: Any) -> str:
@@ -59,20 +61,23 @@ def page(title: str, body: str, *, root: str = "", inline: bool = False, subtitl
     ``"../../"``); ``inline``: CSS and JS inside the page (the single-page leaderboard), allowed by hash."""
     if inline:
         css, js = asset_text("report.css"), asset_text("report.js")
-        csp = (f"default-src 'none'; img-src data:; style-src {_sha(css)}; script-src {_sha(js)}; "
-               "base-uri 'none'; form-action 'none'")
+        csp = (
+            f"default-src 'none'; img-src data:; style-src {_sha(css)}; script-src {_sha(js)}; "
+            "base-uri 'none'; form-action 'none'"
+        )
         head = f"<style>{css}</style>\n<script>{js}</script>"
     else:
         csp = SITE_CSP
-        head = (f'<link rel="stylesheet" href="{root}assets/report.css">\n'
-                f'<script src="{root}assets/report.js"></script>')
+        head = f'<link rel="stylesheet" href="{root}assets/report.css">\n<script src="{root}assets/report.js"></script>'
     sub = f"<p>{subtitle}</p>" if subtitle else ""
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            '<meta name="referrer" content="no-referrer">\n'
-            f"<title>{esc1(title)}</title>\n{head}\n</head>\n<body>\n"
-            f'<header class="top"><h1>{esc1(title)}</h1>{sub}</header>\n{body}\n</body>\n</html>\n')
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        f"<title>{esc1(title)}</title>\n{head}\n</head>\n<body>\n"
+        f'<header class="top"><h1>{esc1(title)}</h1>{sub}</header>\n{body}\n</body>\n</html>\n'
+    )
 
 
 def _sha(text: str) -> str:
@@ -88,8 +93,12 @@ class Source:
 
 _TITLE_SUBSET = {title: subset for subset, title in lb.SUBSET_TITLES.items()}
 _DIAG_METRICS = {"BG-Er": "bg_er", "Fine-Er": "fine_er", "BG-Er null": "bg_er_null"}
-_CA_METRICS = {"Common": ("common", "mean_per_class_recall"), "Counter": ("counter", "mean_per_class_recall"),
-               "Common acc1": ("common", "acc1"), "Counter acc1": ("counter", "acc1")}
+_CA_METRICS = {
+    "Common": ("common", "mean_per_class_recall"),
+    "Counter": ("counter", "mean_per_class_recall"),
+    "Common acc1": ("common", "acc1"),
+    "Counter acc1": ("counter", "acc1"),
+}
 
 
 class Sources:
@@ -158,21 +167,26 @@ def n_errors(rec: dict) -> int | None:
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
-_SPECIAL = {"Avg": "mean over the subsets named in the table title",
-            "Drop": "Common minus Counter (class-balanced accuracy, percentage points)"}
+_SPECIAL = {
+    "Avg": "mean over the subsets named in the table title",
+    "Drop": "Common minus Counter (class-balanced accuracy, percentage points)",
+}
 
 
-def render_tables(tables: list[lb.Table], records: list[dict],
-                  link: Callable[[dict], str | None] | None = None) -> str:
+def render_tables(tables: list[lb.Table], records: list[dict], link: Callable[[dict], str | None] | None = None) -> str:
     """The leaderboard tables as sortable HTML tables; ``link(record)``: the href of a cell's pair page."""
     sources = Sources(records)
     out = []
     for n, table in enumerate(tables):
         family = sources.family(table)
-        numeric = [i > 0 and all(not isinstance(r[i], str) or _number(r[i]) is not None for r in table.rows)
-                   for i in range(len(table.columns))]
-        head = "".join(f'<th scope="col" data-type="{"num" if numeric[i] else "text"}">{_header(c, i)}</th>'
-                       for i, c in enumerate(table.columns))
+        numeric = [
+            i > 0 and all(not isinstance(r[i], str) or _number(r[i]) is not None for r in table.rows)
+            for i in range(len(table.columns))
+        ]
+        head = "".join(
+            f'<th scope="col" data-type="{"num" if numeric[i] else "text"}">{_header(c, i)}</th>'
+            for i, c in enumerate(table.columns)
+        )
         rows = []
         for i, row in enumerate(table.rows):
             published = i in table.published
@@ -199,12 +213,16 @@ def render_tables(tables: list[lb.Table], records: list[dict],
             cls = ' class="published"' if published else ""
             rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
         caption = f'<p class="caption">{esc(table.caption)}</p>' if table.caption else ""
-        out.append(f'<h3 id="table-{n + 1}">{esc(table.title)}</h3>\n<div class="scroll">'
-                   f'<table class="sortable leaderboard"><thead><tr>{head}</tr></thead>\n'
-                   f"<tbody>\n" + "\n".join(rows) + f"\n</tbody></table></div>\n{caption}")
+        out.append(
+            f'<h3 id="table-{n + 1}">{esc(table.title)}</h3>\n<div class="scroll">'
+            f'<table class="sortable leaderboard"><thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n" + "\n".join(rows) + f"\n</tbody></table></div>\n{caption}"
+        )
     if any(t.published for t in tables):
-        out.append('<div class="legend"><span><span class="swatch sw-pub"></span>published figures (marked, '
-                   "italic): not results of this harness</span></div>")
+        out.append(
+            '<div class="legend"><span><span class="swatch sw-pub"></span>published figures (marked, '
+            "italic): not results of this harness</span></div>"
+        )
     return "\n".join(out)
 
 
@@ -229,16 +247,24 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def leaderboard_page(records: list[dict], tables: list[lb.Table], invalid: Iterable[tuple[Any, str]] = (),
-                     title: str = "covar-harness leaderboard") -> str:
+def leaderboard_page(
+    records: list[dict],
+    tables: list[lb.Table],
+    invalid: Iterable[tuple[Any, str]] = (),
+    title: str = "covar-harness leaderboard",
+) -> str:
     """``leaderboard --format html``: one self-contained page (CSS and JS inline), sortable, with hover text."""
     from covar_harness import __version__
 
     body = render_tables(tables, records) or '<p class="note">No tables.</p>'
     skipped = skipped_list(invalid)
-    return page(title, f"<main>\n{body}\n{skipped}\n</main>\n<footer>covar-harness {esc(__version__)}: "
-                       f"{len(records)} result file(s)</footer>", inline=True,
-                subtitle="Hover a number for its 95% interval and sample count; click a header to sort.")
+    return page(
+        title,
+        f"<main>\n{body}\n{skipped}\n</main>\n<footer>covar-harness {esc(__version__)}: "
+        f"{len(records)} result file(s)</footer>",
+        inline=True,
+        subtitle="Hover a number for its 95% interval and sample count; click a header to sort.",
+    )
 
 
 def skipped_list(invalid: Iterable[tuple[Any, str]], base: Any = None) -> str:
@@ -255,5 +281,7 @@ def skipped_list(invalid: Iterable[tuple[Any, str]], base: Any = None) -> str:
         items.append(f"<li><code>{esc1(name)}</code>: {esc1(why)}</li>")
     if not items:
         return ""
-    return (f'<h2 id="skipped">Skipped files ({len(items)})</h2>\n<p class="note">Not valid result files; '
-            f'nothing from them is shown.</p>\n<ul class="skipped">{"".join(items)}</ul>')
+    return (
+        f'<h2 id="skipped">Skipped files ({len(items)})</h2>\n<p class="note">Not valid result files; '
+        f'nothing from them is shown.</p>\n<ul class="skipped">{"".join(items)}</ul>'
+    )

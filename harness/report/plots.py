@@ -26,8 +26,16 @@ def _plt():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "path", "svg.hashsalt": "covar-harness", "font.size": 9,
-                         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "path",
+            "svg.hashsalt": "covar-harness",
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "figure.dpi": 100,
+        }
+    )
     return plt
 
 
@@ -49,7 +57,7 @@ def _save(fig, out: Path, name: str) -> str:
 
 def _value(rec: dict | None, key: str) -> float | None:
     value = None if rec is None else rec.get("metrics", {}).get(key)
-    return float(value) if results.is_number(value) else None
+    return float(value) if isinstance(value, (int, float)) and results.is_number(value) else None
 
 
 def _colours(n: int) -> list:
@@ -62,13 +70,16 @@ def covar_subsets(models: dict[str, dict[str, dict]]) -> list[str]:
     return [s for s in ("original", *lb.COVAR_SUBSETS) if any(s in runs for runs in models.values())]
 
 
-def accuracy(models: dict[str, dict[str, dict]], subsets: list[str], titles: list[str], family: str,
-             out: Path, name: str) -> str | None:
+def accuracy(
+    models: dict[str, dict[str, dict]], subsets: list[str], titles: list[str], family: str, out: Path, name: str
+) -> str | None:
     """Headline metric per subset per model: grouped bars up to 10 models, a heat map beyond."""
     plt = _plt()
     specs = list(models)
-    values = [[_value(models[m].get(s), (models[m].get(s) or {}).get("task", {}).get("headline") or "acc1")
-               for s in subsets] for m in specs]
+    values = [
+        [_value(models[m].get(s), (models[m].get(s) or {}).get("task", {}).get("headline") or "acc1") for s in subsets]
+        for m in specs
+    ]
     if not specs or not subsets or all(v is None for row in values for v in row):
         return None
     if len(specs) <= 10:
@@ -103,8 +114,9 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
     shown = specs[:MAX_PANELS]
     cols = 1 if len(shown) == 1 else 2
     rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 0.75 * len(subsets)) * cols, 2.5 * rows + 0.6),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(6.0, 0.75 * len(subsets)) * cols, 2.5 * rows + 0.6), squeeze=False, sharey=True
+    )
     has_null = False
     for ax, spec in zip(axes.flat, shown):
         runs = models[spec]
@@ -121,7 +133,7 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
         ax.set_xticks(list(xs), [label(lb.SUBSET_TITLES[s], 12) for s in subsets], rotation=30, ha="right")
         ax.set_ylim(0, 100)
         ax.set_title(label(spec, 60), fontsize=9)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("% of misclassified")
@@ -138,25 +150,40 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
     return _save(fig, out, name)
 
 
-def accuracy_vs_bg(models: dict[str, dict[str, dict]], published: list[tuple[float, float]], family: str,
-                   out: Path, name: str) -> str | None:
+def accuracy_vs_bg(
+    models: dict[str, dict[str, dict]], published: list[tuple[float, float]], family: str, out: Path, name: str
+) -> str | None:
     """One point per model x subset: BG-Er (x) against accuracy (y); published rows in grey."""
     plt = _plt()
     points = {}
     for spec, runs in models.items():
-        pts = [(100 * _value(r, "bg_er"), 100 * _value(r, "acc1")) for s, r in runs.items()
-               if s in lb.COVAR_SUBSETS and _value(r, "bg_er") is not None and _value(r, "acc1") is not None]
+        pairs = [(_value(r, "bg_er"), _value(r, "acc1")) for s, r in runs.items() if s in lb.COVAR_SUBSETS]
+        pts = [(100 * bg, 100 * acc) for bg, acc in pairs if bg is not None and acc is not None]
         if pts:
             points[spec] = pts
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if published:
-        ax.scatter([p[0] for p in published], [p[1] for p in published], s=10, color=PUBLISHED_COLOUR,
-                   alpha=0.6, label="published (paper)", marker="s")
+        ax.scatter(
+            [p[0] for p in published],
+            [p[1] for p in published],
+            s=10,
+            color=PUBLISHED_COLOUR,
+            alpha=0.6,
+            label="published (paper)",
+            marker="s",
+        )
     for (spec, pts), colour in zip(points.items(), _colours(len(points))):
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28, color=colour, label=label(spec),
-                   edgecolors="white", linewidths=0.5)
+        ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            s=28,
+            color=colour,
+            label=label(spec),
+            edgecolors="white",
+            linewidths=0.5,
+        )
     ax.set_xlim(-2, 102)
     ax.set_ylim(-2, 102)
     ax.set_xlabel("BG-Er (% of misclassified that are background-driven)")
@@ -166,8 +193,9 @@ def accuracy_vs_bg(models: dict[str, dict[str, dict]], published: list[tuple[flo
     return _save(fig, out, name)
 
 
-def counteranimals(own: list[tuple[str, float, float]], published: list[tuple[str, float, float]], title: str,
-                   out: Path, name: str) -> str | None:
+def counteranimals(
+    own: list[tuple[str, float, float]], published: list[tuple[str, float, float]], title: str, out: Path, name: str
+) -> str | None:
     """Common (x) against counter (y) class-balanced accuracy per model; the diagonal is no drop."""
     if not own and not published:
         return None
@@ -177,8 +205,15 @@ def counteranimals(own: list[tuple[str, float, float]], published: list[tuple[st
     lo, hi = max(0.0, min(values) - 5), min(100.0, max(values) + 5)
     ax.plot([lo, hi], [lo, hi], color="#999999", lw=0.8, ls="--", label="no drop")
     if published:
-        ax.scatter([c for _, c, _ in published], [k for _, _, k in published], s=14, marker="s",
-                   color=PUBLISHED_COLOUR, alpha=0.7, label="published (CounterAnimals paper)")
+        ax.scatter(
+            [c for _, c, _ in published],
+            [k for _, _, k in published],
+            s=14,
+            marker="s",
+            color=PUBLISHED_COLOUR,
+            alpha=0.7,
+            label="published (CounterAnimals paper)",
+        )
     for (spec, c, k), colour in zip(own, _colours(len(own))):
         ax.scatter([c], [k], s=40, color=colour, label=label(spec), edgecolors="white", linewidths=0.5)
     ax.set_xlim(lo, hi)
@@ -222,39 +257,69 @@ def draw_plots(records: list[dict], reference: str | None, out: Path) -> list[tu
     made: list[tuple[str, str]] = []
     covar_points, ca_published = _published(reference)
     for family, models in _group(records).items():
-        shown, stem = one_line(family), results.slug(family)
         if family == "counteranimals":
-            for suffix, title in lb.CA_VARIANTS:
-                own = []
-                for spec, runs in models.items():
-                    c = _value(runs.get(f"common{suffix}"), "mean_per_class_recall")
-                    k = _value(runs.get(f"counter{suffix}"), "mean_per_class_recall")
-                    if c is not None and k is not None:
-                        own.append((spec, 100 * c, 100 * k))
-                pub = [(m, v["common"], v["counter"]) for m, v in ca_published.items()
-                       if suffix == "" and "common" in v and "counter" in v]
-                name = counteranimals(own, pub if own else [], f"{family}: {title}: common vs counter", out,
-                                      f"{stem}/common-vs-counter{suffix or '-official'}.svg")
-                if name:
-                    made.append((name, (f"{shown}, {title}: class-balanced accuracy on common (x) against counter "
-                                        "(y) backgrounds, one point per model; below the diagonal = drop on counter.")))
-            continue
-        subsets = covar_subsets(models)
-        titles = [lb.SUBSET_TITLES[s] for s in subsets]
-        if not subsets:
-            subsets = list(dict.fromkeys(s for runs in models.values() for s in runs))
-            titles = subsets
-        name = accuracy(models, subsets, titles, family, out, f"{stem}/accuracy.svg")
+            made += _counteranimals_plots(family, models, ca_published, out)
+        else:
+            made += _family_plots(family, models, covar_points if family == "covar" else [], out)
+    return made
+
+
+def _counteranimals_plots(family: str, models: dict, ca_published: dict, out: Path) -> list[tuple[str, str]]:
+    """Common vs counter, one plot per CounterAnimals variant (official, and acc1)."""
+    shown, stem, made = one_line(family), results.slug(family), []
+    for suffix, title in lb.CA_VARIANTS:
+        own = []
+        for spec, runs in models.items():
+            c = _value(runs.get(f"common{suffix}"), "mean_per_class_recall")
+            k = _value(runs.get(f"counter{suffix}"), "mean_per_class_recall")
+            if c is not None and k is not None:
+                own.append((spec, 100 * c, 100 * k))
+        pub = [
+            (m, v["common"], v["counter"])
+            for m, v in ca_published.items()
+            if suffix == "" and "common" in v and "counter" in v
+        ]
+        file = f"{stem}/common-vs-counter{suffix or '-official'}.svg"
+        name = counteranimals(own, pub if own else [], f"{family}: {title}: common vs counter", out, file)
         if name:
-            made.append((name, f"{shown}: headline accuracy per subset and model (the first table)."))
-        name = diagnosis(models, family, out, f"{stem}/diagnosis.svg")
-        if name:
-            made.append((name, (f"{shown}: BG-Er (background-driven) and Fine-Er (fine-grained) errors as a share "
-                                "of the misclassified images, per subset; a black tick marks BG-Er under the null "
-                                "when the results carry it.")))
-        name = accuracy_vs_bg(models, covar_points if family == "covar" else [], family, out,
-                              f"{stem}/accuracy-vs-bg-er.svg")
-        if name:
-            made.append((name, f"{shown}: accuracy against BG-Er, one point per model and subset"
-                               + (", published rows in grey." if family == "covar" and covar_points else ".")))
+            made.append(
+                (
+                    name,
+                    f"{shown}, {title}: class-balanced accuracy on common (x) against counter (y) "
+                    "backgrounds, one point per model; below the diagonal = drop on counter.",
+                )
+            )
+    return made
+
+
+def _family_plots(family: str, models: dict, published: list, out: Path) -> list[tuple[str, str]]:
+    """Accuracy per subset, the diagnosis bars and accuracy vs BG-Er for one task family."""
+    shown, stem, made = one_line(family), results.slug(family), []
+    subsets = covar_subsets(models)
+    titles = [lb.SUBSET_TITLES[s] for s in subsets]
+    if not subsets:
+        subsets = list(dict.fromkeys(s for runs in models.values() for s in runs))
+        titles = subsets
+    name = accuracy(models, subsets, titles, family, out, f"{stem}/accuracy.svg")
+    if name:
+        made.append((name, f"{shown}: headline accuracy per subset and model (the first table)."))
+    name = diagnosis(models, family, out, f"{stem}/diagnosis.svg")
+    if name:
+        made.append(
+            (
+                name,
+                f"{shown}: BG-Er (background-driven) and Fine-Er (fine-grained) errors as a share of "
+                "the misclassified images, per subset; a black tick marks BG-Er under the null when the "
+                "results carry it.",
+            )
+        )
+    name = accuracy_vs_bg(models, published, family, out, f"{stem}/accuracy-vs-bg-er.svg")
+    if name:
+        made.append(
+            (
+                name,
+                f"{shown}: accuracy against BG-Er, one point per model and subset"
+                + (", published rows in grey." if published else "."),
+            )
+        )
     return made

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covar_harness import leaderboard as lb
 from covar_harness import results
@@ -35,6 +35,9 @@ from covar_harness.report.html import ASSETS, asset_text, esc, page, render_tabl
 
 MARKER = ".covar-harness-report"
 PROVENANCE = ("harness_version", "git_commit", "python", "torch", "open_clip", "transformers", "device")
+
+if TYPE_CHECKING:
+    from covar_harness.plugin_manager import Catalog
 
 
 @dataclass
@@ -80,7 +83,7 @@ class ClassNames:
 
     def __init__(self, data_dir: Path | None, include_paths: list):
         self.data_dir, self.include_paths = data_dir, include_paths
-        self.catalog = None
+        self.catalog: Catalog | None = None
         self.cache: dict[str, list[str] | None] = {}
 
     def __call__(self, rec: dict) -> list[str] | None:
@@ -91,7 +94,7 @@ class ClassNames:
             except Exception:
                 names = None
             ok = isinstance(names, list) and len(names) == rec["task"].get("n_classes")
-            self.cache[task] = [str(n) for n in names] if ok else None
+            self.cache[task] = [str(n) for n in names] if ok and names is not None else None
         return self.cache[task]
 
     def _find(self, task: str) -> list[str] | None:
@@ -122,8 +125,10 @@ def check_out(out: Path) -> None:
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {one_line(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UsageError(f"--out {one_line(out)!r} is a non-empty folder that holds no earlier report; "
-                         "choose an empty or new folder (nothing is deleted)")
+        raise UsageError(
+            f"--out {one_line(out)!r} is a non-empty folder that holds no earlier report; "
+            "choose an empty or new folder (nothing is deleted)"
+        )
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -140,9 +145,18 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 # ---- the site ------------------------------------------------------------------------------------------
-def build_site(results_dir: Path, out: Path, *, maps: Path | None = None, reference: str | None = None,
-               gallery: int = 12, data_dir: Path | None = None, include_paths: list | None = None,
-               title: str = "covar-harness report", console=None) -> Built:
+def build_site(
+    results_dir: Path,
+    out: Path,
+    *,
+    maps: Path | None = None,
+    reference: str | None = None,
+    gallery: int = 12,
+    data_dir: Path | None = None,
+    include_paths: list | None = None,
+    title: str = "covar-harness report",
+    console=None,
+) -> Built:
     started = time.perf_counter()
     results_dir, out = Path(results_dir), Path(out)
     if not results_dir.is_dir():
@@ -161,8 +175,9 @@ def build_site(results_dir: Path, out: Path, *, maps: Path | None = None, refere
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
-        built = _write(tmp, loaded, results_dir, maps, reference, gallery,
-                       ClassNames(data_dir, list(include_paths or [])), title)
+        built = _write(
+            tmp, loaded, results_dir, maps, reference, gallery, ClassNames(data_dir, list(include_paths or [])), title
+        )
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,8 +187,16 @@ def build_site(results_dir: Path, out: Path, *, maps: Path | None = None, refere
     return built
 
 
-def _write(site: Path, loaded: lb.Loaded, results_dir: Path, maps: Path | None, reference: str | None,
-           n_gallery: int, names: ClassNames, title: str) -> Built:
+def _write(
+    site: Path,
+    loaded: lb.Loaded,
+    results_dir: Path,
+    maps: Path | None,
+    reference: str | None,
+    n_gallery: int,
+    names: ClassNames,
+    title: str,
+) -> Built:
     from covar_harness import __version__
 
     records = loaded.records
@@ -201,15 +224,19 @@ def _write(site: Path, loaded: lb.Loaded, results_dir: Path, maps: Path | None, 
     plots = draw_plots(records, reference, site / "plots")
     built.plots = [name for name, _caption in plots]
     body = _index_body(tables, records, pairs, plots, loaded, results_dir, reference)
-    subtitle = (f"{len(records)} result file(s), {len({k[0] for k in pairs})} model(s), "
-                f"{len({k[1] for k in pairs})} task(s). Hover a number for its 95% interval and n; click a header "
-                "to sort; click a number for its model x task page.")
+    subtitle = (
+        f"{len(records)} result file(s), {len({k[0] for k in pairs})} model(s), "
+        f"{len({k[1] for k in pairs})} task(s). Hover a number for its 95% interval and n; click a header "
+        "to sort; click a number for its model x task page."
+    )
     (site / "index.html").write_text(page(title, body, subtitle=esc(subtitle)), encoding="utf-8")
     return built
 
 
-NAV = ('<nav class="toc"><a href="#tables">Tables</a><a href="#plots">Plots</a><a href="#pairs">Model x task pages'
-       '</a><a href="#provenance">Provenance</a><a href="#downloads">Downloads</a></nav>')
+NAV = (
+    '<nav class="toc"><a href="#tables">Tables</a><a href="#plots">Plots</a><a href="#pairs">Model x task pages'
+    '</a><a href="#provenance">Provenance</a><a href="#downloads">Downloads</a></nav>'
+)
 
 
 def _index_body(tables, records, pairs, plots, loaded, results_dir, reference) -> str:
@@ -221,10 +248,14 @@ def _index_body(tables, records, pairs, plots, loaded, results_dir, reference) -
     if not plots:
         parts.append('<p class="note">Nothing to plot.</p>')
     for name, caption in plots:
-        parts.append(f'<figure><img src="plots/{esc(name)}" alt="{esc(caption)}"><figcaption>{esc(caption)}'
-                     "</figcaption></figure>")
-    parts.append('<h2 id="pairs">Model x task pages</h2><p class="note">Metrics, provenance and the gallery of '
-                 "the most background-driven errors and the most foreground-driven correct decisions.</p>")
+        parts.append(
+            f'<figure><img src="plots/{esc(name)}" alt="{esc(caption)}"><figcaption>{esc(caption)}'
+            "</figcaption></figure>"
+        )
+    parts.append(
+        '<h2 id="pairs">Model x task pages</h2><p class="note">Metrics, provenance and the gallery of '
+        "the most background-driven errors and the most foreground-driven correct decisions.</p>"
+    )
     by_model: dict[str, list[Pair]] = {}
     for (spec, _task), pair in pairs.items():
         by_model.setdefault(spec, []).append(pair)
@@ -232,15 +263,18 @@ def _index_body(tables, records, pairs, plots, loaded, results_dir, reference) -
         links = ", ".join(f'<a href="{esc(p.href)}">{esc(p.record["task"]["name"])}</a>' for p in items)
         parts.append(f"<h3>{esc(spec)}</h3><p>{links}</p>")
     parts.append('<h2 id="provenance">Provenance</h2>' + _provenance_table(list(pairs.values())))
-    parts.append('<h2 id="downloads">Downloads</h2><ul><li><a href="leaderboard.csv" download>leaderboard.csv</a>: '
-                 "one row per model x task x metric</li><li><a href=\"leaderboard.json\" download>leaderboard.json"
-                 "</a>: the same rows and the tables</li><li><a href=\"leaderboard.md\" download>leaderboard.md</a>: "
-                 "the tables in markdown</li></ul>"
-                 + ("<p class=\"note\">With the published rows (<code>--reference paper</code>).</p>"
-                    if reference else ""))
+    parts.append(
+        '<h2 id="downloads">Downloads</h2><ul><li><a href="leaderboard.csv" download>leaderboard.csv</a>: '
+        'one row per model x task x metric</li><li><a href="leaderboard.json" download>leaderboard.json'
+        '</a>: the same rows and the tables</li><li><a href="leaderboard.md" download>leaderboard.md</a>: '
+        "the tables in markdown</li></ul>"
+        + ('<p class="note">With the published rows (<code>--reference paper</code>).</p>' if reference else "")
+    )
     parts.append(skipped_list(loaded.invalid, results_dir))
-    parts.append(f"</main><footer>Built by covar-harness {esc(__version__)} <code>report</code>. Static files "
-                 "only: open index.html directly or serve the folder.</footer>")
+    parts.append(
+        f"</main><footer>Built by covar-harness {esc(__version__)} <code>report</code>. Static files "
+        "only: open index.html directly or serve the folder.</footer>"
+    )
     return "\n".join(parts)
 
 
@@ -259,14 +293,21 @@ def _provenance_table(pairs: list[Pair]) -> str:
         rec, prov = p.record, p.record.get("provenance", {})
         values = [_text(prov.get(k)) for k in PROVENANCE]
         values[1] = values[1][:12]  # git commit
-        cells = [f'<td class="text"><a href="{esc(p.href)}">{esc(rec["model"]["spec"])}</a></td>',
-                 f'<td class="text">{esc(rec["task"]["name"])}</td>']
+        cells = [
+            f'<td class="text"><a href="{esc(p.href)}">{esc(rec["model"]["spec"])}</a></td>',
+            f'<td class="text">{esc(rec["task"]["name"])}</td>',
+        ]
         cells += [f'<td class="text">{esc(v)}</td>' for v in values]
-        cells += [f'<td class="text">{esc(_text(rec["task"].get("data_fingerprint")))}</td>',
-                  f'<td class="text">{esc(_text(prov.get("finished_at")))}</td>']
+        cells += [
+            f'<td class="text">{esc(_text(rec["task"].get("data_fingerprint")))}</td>',
+            f'<td class="text">{esc(_text(prov.get("finished_at")))}</td>',
+        ]
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'<div class="scroll"><table class="sortable provenance"><thead><tr>{head}</tr></thead><tbody>'
-            + "\n".join(rows) + "</tbody></table></div>")
+    return (
+        f'<div class="scroll"><table class="sortable provenance"><thead><tr>{head}</tr></thead><tbody>'
+        + "\n".join(rows)
+        + "</tbody></table></div>"
+    )
 
 
 def _pair_page(site: Path, pair: Pair, maps: Path | None, n: int, names: ClassNames, title: str) -> int:
@@ -289,28 +330,21 @@ def _pair_page(site: Path, pair: Pair, maps: Path | None, n: int, names: ClassNa
             if gal.copy_map(src, page_path.parent / rel):
                 images[row["index"]] = rel
     class_names = names(rec) if (g.bg_errors or g.fg_correct) else None
-    prov = rec.get("provenance", {})
-    facts = [("model", esc(spec)), ("task", f"{esc(task)} (version {esc(rec['task'].get('version'))})"),
-             ("data fingerprint", esc(_text(rec["task"].get("data_fingerprint")))),
-             *[(k.replace("_", " "), esc(_text(prov.get(k)))) for k in PROVENANCE],
-             ("finished", esc(_text(prov.get("finished_at"))))]
-    config = rec.get("config", {})
-    attribution, diagnosis = config.get("attribution"), config.get("diagnosis")
-    if isinstance(attribution, dict):
-        facts.append(("attribution", esc(_text({k: attribution.get(k) for k in ("method", "status", "k", "target")
-                                                if k in attribution}, 200))))
-    if isinstance(diagnosis, dict):
-        facts.append(("diagnosis", esc(_text({k: diagnosis.get(k) for k in ("rules", "threshold", "status")
-                                              if k in diagnosis}, 200))))
+    facts = _pair_facts(rec)
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     notes = rec.get("notes") or []
-    notes_html = ("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(one_line(x))}</li>" for x in notes) + "</ul>"
-                  if notes else "")
-    body = (f'<nav class="toc"><a href="../../index.html">&larr; leaderboard</a></nav><main>'
-            f"<h2>Metrics</h2>{gal.metrics_table(rec)}<h2>Provenance</h2><dl class=\"kv\">{dl}</dl>{notes_html}"
-            f"<h2>Gallery</h2>{gal.gallery_html(g, class_names, images, maps is not None)}</main>")
-    page_path.write_text(page(f"{spec} x {task}", body, root="../../",
-                              subtitle=f'<a href="../../index.html">{esc(title)}</a>'), encoding="utf-8")
+    notes_html = (
+        "<h2>Notes</h2><ul>" + "".join(f"<li>{esc(one_line(x))}</li>" for x in notes) + "</ul>" if notes else ""
+    )
+    body = (
+        f'<nav class="toc"><a href="../../index.html">&larr; leaderboard</a></nav><main>'
+        f'<h2>Metrics</h2>{gal.metrics_table(rec)}<h2>Provenance</h2><dl class="kv">{dl}</dl>{notes_html}'
+        f"<h2>Gallery</h2>{gal.gallery_html(g, class_names, images, maps is not None)}</main>"
+    )
+    page_path.write_text(
+        page(f"{spec} x {task}", body, root="../../", subtitle=f'<a href="../../index.html">{esc(title)}</a>'),
+        encoding="utf-8",
+    )
     return len(images)
 
 
@@ -325,3 +359,24 @@ def _covar_classes(path: Path) -> list[str] | None:
     except (OSError, ValueError):
         return None
     return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
+
+
+def _pair_facts(rec: dict) -> list[tuple[str, str]]:
+    """The (label, escaped HTML) rows of a pair page's provenance block."""
+    spec, task, prov = rec["model"]["spec"], rec["task"]["name"], rec.get("provenance", {})
+    facts = [
+        ("model", esc(spec)),
+        ("task", f"{esc(task)} (version {esc(rec['task'].get('version'))})"),
+        ("data fingerprint", esc(_text(rec["task"].get("data_fingerprint")))),
+        *[(k.replace("_", " "), esc(_text(prov.get(k)))) for k in PROVENANCE],
+        ("finished", esc(_text(prov.get("finished_at")))),
+    ]
+    config = rec.get("config", {})
+    for key, fields in (
+        ("attribution", ("method", "status", "k", "target")),
+        ("diagnosis", ("rules", "threshold", "status")),
+    ):
+        block = config.get(key)
+        if isinstance(block, dict):
+            facts.append((key, esc(_text({k: block.get(k) for k in fields if k in block}, 200))))
+    return facts
