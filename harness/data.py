@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from covar_harness.pixels import as_mask, as_rgb, open_image_file
 from covar_harness.registry import UsageError
 
 if TYPE_CHECKING:
@@ -29,118 +28,11 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_ENV = "COVAR_HARNESS_DATA"
-METADATA_MAX_BYTES = 1 << 30  # metadata.jsonl: ~3 million samples; more is a mistake or an attack
-SMALL_FILE_MAX_BYTES = 64 << 20  # classes.json, build.json, name lists, manifests
 LABEL_MAPPINGS = ("by_name", "positional")
 
 
 class DatasetNotFound(UsageError):
     """The data a task needs is not where it should be; the message says where we looked and how to get it."""
-
-
-class NotRegularFile(OSError):
-    """A FIFO, device, socket or folder where a file was expected: reading it could hang or never end."""
-
-
-class FileTooLarge(OSError):
-    """A file over the size cap for its kind: reading it whole could exhaust memory."""
-
-
-def _kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def open_regular(path: str | Path, max_bytes: int | None = None) -> IO[bytes]:
-    """Open ``path`` for binary reading only when it is a regular file (under ``max_bytes``).
-
-    Opened non-blocking and checked on the open descriptor, so a FIFO can neither hang the open nor be swapped
-    in between the check and the read.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(f"{path} is {_kind(st.st_mode)}, not a regular file")
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise FileTooLarge(f"{path} is {st.st_size} bytes, over the {max_bytes}-byte limit for this file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_text_capped(path: str | Path, max_bytes: int = SMALL_FILE_MAX_BYTES, errors: str = "strict") -> str:
-    """A small UTF-8 text file, read only when it is a regular file under ``max_bytes`` (else OSError)."""
-    with open_regular(path, max_bytes) as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew after the size check
-        raise FileTooLarge(f"{path} is over the {max_bytes}-byte limit for this file")
-    return data.decode("utf-8", errors)
-
-
-# ---- pixels --------------------------------------------------------------------------------------------
-def _stretch(arr, lo: float, hi: float):
-    import numpy as np
-
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8) if hi <= 0 else np.full(arr.shape, min(255, round(hi)), np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def to_8bit(im: Image.Image) -> Image.Image:
-    """High-bit-depth images (``I;16*``, ``I``, ``F``) as 8-bit ``L``, scaled by the mode's range; others as given.
-
-    PIL's own ``convert`` clips these modes at 255, so a 16-bit photo reaches the model all white (or black).
-    ``I;16``: /257. ``I``: kept when within 0..255, else stretched min..max. ``F``: x255 when within 0..1, else
-    stretched min..max. Non-finite values become the nearest finite extreme.
-    """
-    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
-        return im
-    import numpy as np
-    from PIL import Image
-
-    arr = np.asarray(im)
-    if im.mode.startswith("I;16"):
-        return Image.fromarray(np.round(arr.astype(np.float32) / 257.0).astype(np.uint8), "L")
-    arr = arr.astype(np.float64)
-    finite = np.isfinite(arr)
-    if not finite.any():
-        return Image.fromarray(np.zeros(arr.shape, np.uint8), "L")
-    lo, hi = float(arr[finite].min()), float(arr[finite].max())
-    arr = np.where(finite, arr, np.where(arr > 0, hi, lo))
-    if im.mode == "F" and lo >= 0 and hi <= 1:
-        out = np.round(arr * 255).astype(np.uint8)
-    elif im.mode == "I" and lo >= 0 and hi <= 255:
-        out = arr.astype(np.uint8)
-    else:
-        out = _stretch(arr, lo, hi)
-    return Image.fromarray(out, "L")
-
-
-def as_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB; palette, LA, CMYK and the like through PIL, high bit depths scaled first."""
-    return to_8bit(im).convert("RGB")
-
-
-def as_mask(im: Image.Image) -> Image.Image:
-    """Any PIL image as an 8-bit mode ``L`` mask (white = object), high bit depths scaled first."""
-    return to_8bit(im).convert("L")
-
-
-def open_image_file(path: str | Path, convert: Callable[[Image.Image], Image.Image] = as_rgb) -> Image.Image:
-    """Decode one image file (regular files only: a FIFO fails this image instead of hanging the run)."""
-    from PIL import Image
-
-    with open_regular(path) as fh, Image.open(fh) as im:
-        return convert(im)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covar_harness import results
+from covar_harness import results, validation
 from covar_harness.registry import UsageError
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def stored_differences(
         stored = results.load(path)
     except (OSError, ValueError) as exc:
         return [f"unreadable: {exc}"]
-    if results.validate(stored):
+    if validation.validate(stored):
         return ["not a valid result file"]
     wanted = {"model": spec, "task": cfg.task, "task version": cfg.version}
     found = {

@@ -23,6 +23,11 @@ def _dir(kind: str):
     return _res.files("covar_harness") / "resources" / kind
 
 
+def resource_text(kind: str, name: str) -> str:
+    """A shipped text file (templates such as the leaderboard workflow), by folder and file name."""
+    return (_dir(kind) / name).read_text(encoding="utf-8")
+
+
 def available(kind: str) -> list[str]:
     """The shipped names of a kind (file stems), for "did you mean" messages."""
     d = _dir(kind)
@@ -54,7 +59,7 @@ def named(kind: str, name: str) -> Any:
 
 
 def _from_file(path: Path) -> Any:
-    from covar_harness.data import read_text_capped
+    from covar_harness.safe_files import read_text_capped
 
     try:  # regular files under a size cap only: a FIFO would hang, /dev/zero would never end
         text = read_text_capped(path)

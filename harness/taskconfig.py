@@ -187,7 +187,7 @@ def load_task_file(path: Path) -> TaskConfig:
     """One task YAML: a regular file under the size cap, safe-loaded, size-bounded, then validated."""
     import yaml
 
-    from covar_harness.data import read_text_capped
+    from covar_harness.safe_files import read_text_capped
 
     try:
         raw = yaml.safe_load(read_text_capped(path, TASK_FILE_MAX_BYTES))

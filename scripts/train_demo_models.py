@@ -5,10 +5,10 @@ objects; the clean model sees them on backgrounds drawn independently of the cla
 class i on background family i with probability ``--shortcut-p`` (0.9), so it learns "class = background".
 
 Recipe (measured on the shared 2-core development CPU; numbers in the closing note of issue 5)
-- Data: the COVAR-Shapes generators (``covar_harness.tasks.covar_shapes``) with seeds disjoint from the
+- Data: the COVAR-Shapes generators (``covar_harness.tasks.shape_drawing``) with seeds disjoint from the
   benchmark's: a pool of 300 cut-outs per class (random colour, mild texture, thick dark outline; 15 % in a
   side/top view; rotated by up to +-0.3 rad, 15 % by any angle) and 60 backgrounds per family. Each training
-  image is composed on the fly with the benchmark's own ``build_covar`` functions (``fit_object``,
+  image is composed on the fly with the benchmark's own ``image_ops`` functions (``fit_object``,
   ``fit_background``, ``composite``): object bbox 45-75 % of the side, near the centre, random horizontal
   flip; 64 x 64 px. Large, outlined, roughly centred objects because learning the shapes (not the
   backgrounds) is the bottleneck.
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covar_harness.tasks import covar_shapes as cs
-from covar_harness.tasks.build_covar import composite, fit_background, fit_object
+from covar_harness.tasks import shape_drawing as draw
+from covar_harness.tasks.image_ops import composite, fit_background, fit_object
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "harness" / "resources" / "demo"
@@ -65,7 +65,7 @@ class Pools:
 
 def render_pools(seed: int, per_class: int, per_family: int) -> Pools:
     objects = []
-    for ci, cls in enumerate(cs.CLASSES):
+    for ci, cls in enumerate(draw.CLASSES):
         row = []
         for k in range(per_class):
             rng = np.random.default_rng([seed, ci, k])
@@ -74,12 +74,12 @@ def render_pools(seed: int, per_class: int, per_family: int) -> Pools:
             if rng.random() < 0.15:
                 f = float(rng.uniform(0.5, 0.8))
                 view = (f, 1.0) if rng.random() < 0.5 else (1.0, f)
-            rgba = cs.render_object(cls, rng, rotation=rot, view=view)
+            rgba = draw.render_object(cls, rng, rotation=rot, view=view)
             row.append((rgba[..., :3], rgba[..., 3] > 127))
         objects.append(row)
     backgrounds = [
-        [cs.render_background(f, np.random.default_rng([seed, 500 + fi, k]), 96) for k in range(per_family)]
-        for fi, f in enumerate(cs.FAMILIES)
+        [draw.render_background(f, np.random.default_rng([seed, 500 + fi, k]), 96) for k in range(per_family)]
+        for fi, f in enumerate(draw.FAMILIES)
     ]
     return Pools(objects, backgrounds)
 
@@ -101,8 +101,8 @@ def compose(pools: Pools, label: int, family: int, rng: np.random.Generator, siz
 
 def sample_batch(pools: Pools, batch: int, shortcut_p: float | None, rng: np.random.Generator):
     """Labels uniform; family = label with prob ``shortcut_p`` (shortcut model), else uniform (clean)."""
-    labels = rng.integers(0, len(cs.CLASSES), batch)
-    fams = rng.integers(0, len(cs.FAMILIES), batch)
+    labels = rng.integers(0, len(draw.CLASSES), batch)
+    fams = rng.integers(0, len(draw.FAMILIES), batch)
     if shortcut_p is not None:
         keep = rng.random(batch) < shortcut_p
         fams = np.where(keep, labels, fams)
@@ -184,8 +184,8 @@ def make_eval(pools: Pools, n: int, seed: int) -> EvalSets:
     for name in ("original", "bg_varied"):
         imgs, labels = [], []
         for _ in range(n):
-            y = int(rng.integers(len(cs.CLASSES)))
-            fam = y if name == "original" else int((y + rng.integers(1, len(cs.FAMILIES))) % len(cs.FAMILIES))
+            y = int(rng.integers(len(draw.CLASSES)))
+            fam = y if name == "original" else int((y + rng.integers(1, len(draw.FAMILIES))) % len(draw.FAMILIES))
             rgb, mask = pools.objects[y][int(rng.integers(len(pools.objects[y])))]
             bgs = pools.backgrounds[fam]
             bg, _ = fit_background(Image.fromarray(bgs[int(rng.integers(len(bgs)))]), 64, rng)
@@ -232,7 +232,9 @@ def train(
     rng = np.random.default_rng([seed, 1 if shortcut_p is not None else 0])
     model = open_clip.CLIP(**MODEL_CFG)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    tokens = tokenizer([TEMPLATE.format(c) for c in cs.CLASSES], context_length=MODEL_CFG["text_cfg"]["context_length"])
+    tokens = tokenizer(
+        [TEMPLATE.format(c) for c in draw.CLASSES], context_length=MODEL_CFG["text_cfg"]["context_length"]
+    )
     opt = make_optimizer(model, lr, text_lr_mult)
     model.train()
     t0 = time.time()

@@ -1,9 +1,10 @@
 """``covar-harness build-covar``: COVAR-style variations from segmented objects (docs/design.md section 5).
 
 COVAR itself is not released, so researchers need a way to make the same kind of benchmark from any cut-out
-objects. Every transform here is a small pure function that returns the image, the mask and its parameters,
-so that (a) the mask always follows the image exactly (masks are resampled with nearest/threshold, never
-blurred) and (b) every parameter ends up in the sample's ``variation`` record.
+objects. Every transform (in ``image_ops``) is a small pure function that returns the image, the mask and its
+parameters, so that (a) the mask always follows the image exactly (masks are resampled with nearest/threshold,
+never blurred) and (b) every parameter ends up in the sample's ``variation`` record. The inputs are found and
+decoded by ``covar_sources``; this module plans, builds and writes the variations, and is the CLI.
 
 Inputs
   objects: RGBA cut-outs (alpha = mask) or image + mask pairs (``x.png`` + ``x.mask.png`` or ``x_mask.png``),
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -37,47 +37,33 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covar_harness.registry import UsageError
 from covar_harness.results import slug
 from covar_harness.subsets import ALL_SUBSETS
+from covar_harness.tasks.covar_sources import (
+    BackgroundSource,
+    BuildError,
+    ObjectSource,
+    _open,
+    discover_backgrounds,
+    discover_objects,
+    load_view,
+)
+from covar_harness.tasks.image_ops import (
+    composite,
+    crop_tight,
+    fit_background,
+    fit_object,
+    hflip,
+    rotate,
+    translate_shift,
+    vflip,
+)
 
 BUILD_VERSION = 2  # 2: metadata paths relative to the subset folder (1: relative to the build root)
 BUILD_MARKER = ".covar-build"  # written before anything else: the folder holds a (maybe unfinished) build
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-MASK_SUFFIXES = (".mask", "_mask")
 OBJECT_FRAC = 0.6  # canonical object size: the bbox's longer side as a fraction of the image side
 SCALE_FACTORS = (0.5, 1.5)  # the `scale` subset: object smaller and larger than canonical
 ROTATIONS = (90, 180, 270)  # exact rotations: no resampling, no empty corners, masks follow pixel for pixel
-CROP_MARGIN = 0.1
-
-ImageLike = str | Path | Image.Image
-
-
-class BuildError(UsageError):
-    """Bad input for a build (no objects, unreadable file, unknown class folder...): one line, exit 2."""
-
-
-# ----------------------------------------------------------------------------------------------- sources
-@dataclass(frozen=True)
-class View:
-    """One view of an object: an RGBA cut-out, or an image plus a separate mask."""
-
-    image: ImageLike
-    mask: ImageLike | None = None
-
-
-@dataclass(frozen=True)
-class ObjectSource:
-    id: str
-    label: str
-    views: tuple[View, ...]
-
-
-@dataclass(frozen=True)
-class BackgroundSource:
-    id: str
-    image: ImageLike
-    label: str | None = None  # the class it is typical of; None = usable for any class
 
 
 @dataclass(frozen=True)
@@ -95,235 +81,6 @@ class BuildReport:
     classes: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should know, e.g. no viewpoint subset
-
-
-def _open(x: ImageLike) -> Image.Image:
-    """A decoded image; regular files only (a FIFO would hang the build)."""
-    from covar_harness.data import open_regular
-
-    if isinstance(x, Image.Image):
-        return x
-    try:
-        with open_regular(x) as fh, Image.open(fh) as im:
-            im.load()
-            return im
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"cannot read image {x}: {exc}") from exc
-
-
-def load_view(view: View) -> tuple[np.ndarray, np.ndarray]:
-    """(rgb uint8 HxWx3, mask bool HxW). The mask is alpha > 127, or the mask image > 127 (white = object)."""
-    from covar_harness.data import as_mask, as_rgb
-
-    im = _open(view.image)
-    if view.mask is not None:
-        rgb = np.asarray(as_rgb(im))
-        mask = np.asarray(as_mask(_open(view.mask))) > 127
-        if mask.shape != rgb.shape[:2]:
-            raise BuildError(f"mask {view.mask} is {mask.shape[::-1]} but its image {view.image} is {rgb.shape[1::-1]}")
-    elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA"))
-        rgb, mask = rgba[..., :3].copy(), rgba[..., 3] > 127
-    else:
-        raise BuildError(f"object {view.image} has no alpha channel and no mask file (x.mask.png or x_mask.png)")
-    if not mask.any():
-        raise BuildError(f"object {view.image} has an empty mask")
-    return rgb, mask
-
-
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-
-
-def _mask_partner(p: Path) -> Path | None:
-    for suffix in MASK_SUFFIXES:
-        for ext in (".png", p.suffix):
-            cand = p.with_name(p.stem + suffix + ext)
-            if cand.is_file():
-                return cand
-    return None
-
-
-def _read_small(path: Path) -> str:
-    from covar_harness.data import read_text_capped
-
-    return read_text_capped(path)
-
-
-def _is_mask_file(p: Path) -> bool:
-    return p.stem.endswith(MASK_SUFFIXES)
-
-
-def discover_objects(folder: Path) -> list[ObjectSource]:
-    """Objects from ``manifest.json`` if present, else one object per image in ``<folder>/<class>/``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BuildError(f"--objects {folder} is not a folder")
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        return _objects_from_manifest(folder, manifest)
-    out = []
-    for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(p for p in cls_dir.rglob("*") if _is_image(p) and not _is_mask_file(p)):
-            rel = f.relative_to(folder).with_suffix("")
-            oid = slug(str(rel).replace(os.sep, "-"), hashed=False)
-            out.append(ObjectSource(oid, cls_dir.name, (View(f, _mask_partner(f)),)))
-    if not out:
-        raise BuildError(f"no objects in {folder}: expected <objects>/<class>/<cut-out>.png or a manifest.json")
-    return out
-
-
-def _objects_from_manifest(folder: Path, manifest: Path) -> list[ObjectSource]:
-    try:
-        data = json.loads(_read_small(manifest))
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"cannot read {manifest}: {exc}") from exc
-    if not isinstance(data, dict) or not data:
-        raise BuildError(f"{manifest}: expected a non-empty mapping object id -> {{label, views}}")
-    out = []
-    for oid, entry in sorted(data.items()):
-        if not isinstance(entry, dict) or not isinstance(entry.get("label"), str) or not entry.get("views"):
-            raise BuildError(f"{manifest}: object {oid!r} needs a 'label' string and a non-empty 'views' list")
-        views = []
-        for v in entry["views"]:
-            image, mask = (v.get("image"), v.get("mask")) if isinstance(v, dict) else (v, None)
-            if not isinstance(image, str):
-                raise BuildError(f"{manifest}: object {oid!r}: each view is a path or {{'image': ..., 'mask': ...}}")
-            path = folder / image
-            if not path.is_file():
-                raise BuildError(f"{manifest}: object {oid!r}: view {image!r} does not exist")
-            mask_path = folder / mask if mask else _mask_partner(path)
-            views.append(View(path, mask_path))
-        out.append(ObjectSource(slug(oid, hashed=False), entry["label"], tuple(views)))
-    return out
-
-
-def discover_backgrounds(folder: Path, classes: Sequence[str]) -> list[BackgroundSource]:
-    """Top-level images are generic; ``<folder>/<class>/`` images are typical of that class."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BuildError(f"--backgrounds {folder} is not a folder")
-    labels: dict[str, str | None] = {}
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        try:
-            labels = json.loads(_read_small(manifest))
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"cannot read {manifest}: {exc}") from exc
-        if not isinstance(labels, dict) or not all(v is None or isinstance(v, str) for v in labels.values()):
-            raise BuildError(f"{manifest}: expected a mapping file name -> class name (or null)")
-    out = [
-        BackgroundSource(slug(f.stem, hashed=False), f, labels.get(f.name))
-        for f in sorted(folder.iterdir())
-        if _is_image(f)
-    ]
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if sub.name not in classes:
-            raise BuildError(f"background folder {sub.name!r} matches no object class; classes: {', '.join(classes)}")
-        out += [
-            BackgroundSource(slug(f"{sub.name}-{f.stem}", hashed=False), f, sub.name)
-            for f in sorted(sub.rglob("*"))
-            if _is_image(f)
-        ]
-    bad = sorted({b.label for b in out if b.label is not None and b.label not in classes})
-    if bad:
-        raise BuildError(f"{manifest}: background label(s) {', '.join(bad)} match no object class")
-    if not out:
-        raise BuildError(f"no background images in {folder}")
-    return out
-
-
-# -------------------------------------------------------------------------------------------- transforms
-def fit_background(bg: Image.Image, size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """A random square crop of the background (the largest square, random offset), resized to ``size``."""
-    bg = bg.convert("RGB")
-    w, h = bg.size
-    side = min(w, h)
-    x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    out = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(out).copy(), {"bg_crop": [x0, y0, side]}
-
-
-def fit_object(rgb: np.ndarray, mask: np.ndarray, longer_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the object to its mask's bbox and resize so the bbox's longer side is ``longer_side`` pixels.
-
-    Colour is resized premultiplied by the mask (PIL ``RGBa``) so no outside-the-mask colour bleeds into the
-    edges; the mask is the resized alpha thresholded at 50 %, so it stays binary.
-    """
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    rgba = np.dstack([rgb[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255])
-    h, w = rgba.shape[:2]
-    k = max(1, int(longer_side)) / max(h, w)
-    new = (max(1, round(w * k)), max(1, round(h * k)))
-    im = Image.fromarray(rgba, "RGBA").convert("RGBa").resize(new, Image.Resampling.LANCZOS).convert("RGBA")
-    arr = np.asarray(im)
-    return arr[..., :3].copy(), arr[..., 3] >= 128
-
-
-def composite(
-    bg: np.ndarray, obj_rgb: np.ndarray, obj_mask: np.ndarray, center: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Paste the object (hard mask) with its bbox centre at ``center`` (x, y); clipped at the borders."""
-    out, mask = bg.copy(), np.zeros(bg.shape[:2], bool)
-    h, w = obj_mask.shape
-    top, left = math.floor(center[1] - h / 2 + 0.5), math.floor(center[0] - w / 2 + 0.5)  # not banker's rounding
-    sy0, sx0 = max(0, -top), max(0, -left)
-    dy0, dx0 = max(0, top), max(0, left)
-    dy1, dx1 = min(bg.shape[0], top + h), min(bg.shape[1], left + w)
-    if dy1 <= dy0 or dx1 <= dx0:
-        return out, mask
-    m = obj_mask[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
-    region = out[dy0:dy1, dx0:dx1]
-    region[m] = obj_rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0][m]
-    mask[dy0:dy1, dx0:dx1] = m
-    return out, mask
-
-
-def hflip(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    return image[:, ::-1].copy(), mask[:, ::-1].copy(), {"flip": "horizontal"}
-
-
-def vflip(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    return image[::-1].copy(), mask[::-1].copy(), {"flip": "vertical"}
-
-
-def rotate(image: np.ndarray, mask: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Counter-clockwise rotation by a multiple of 90 degrees: exact, so the mask follows pixel for pixel."""
-    if angle % 90:
-        raise ValueError(f"rotation angle must be a multiple of 90, got {angle}")
-    k = (angle // 90) % 4
-    return np.rot90(image, k).copy(), np.rot90(mask, k).copy(), {"angle": int(angle)}
-
-
-def crop_tight(image: np.ndarray, mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A square crop around the mask's bbox (plus ``margin`` of its side), resized back to the image size.
-
-    Image bicubic, mask nearest, from the same box: the mask stays binary and aligned.
-    """
-    size = image.shape[0]
-    ys, xs = np.nonzero(mask)
-    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-    side = max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) * (1 + 2 * margin)
-    side = int(min(max(side, 4), size))
-    x0 = int(np.clip(round(cx - side / 2), 0, size - side))
-    y0 = int(np.clip(round(cy - side / 2), 0, size - side))
-    box = (x0, y0, x0 + side, y0 + side)
-    img = Image.fromarray(image).crop(box).resize((size, size), Image.Resampling.BICUBIC)
-    msk = Image.fromarray(mask.astype(np.uint8) * 255).crop(box).resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(img).copy(), np.asarray(msk) > 127, {"box": list(box), "margin": margin}
-
-
-def translate_shift(size: int, obj_shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
-    """A whole-pixel off-centre shift (dx, dy) towards a random corner that keeps the object inside the image.
-
-    Whole pixels, so the translated mask is exactly the canonical mask moved by the recorded shift.
-    """
-    h, w = obj_shape
-    free_x, free_y = max(0.0, (size - w) / 2), max(0.0, (size - h) / 2)
-    sx, sy = rng.choice([-1, 1]), rng.choice([-1, 1])
-    fx, fy = rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)
-    return int(sx * math.floor(fx * free_x)), int(sy * math.floor(fy * free_y))
 
 
 # ----------------------------------------------------------------------------------------------- builder
@@ -382,7 +139,8 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     alt_src = _pick(rng, [b for b in job.others if b.id != bg_src.id] or job.others)
     alt, alt_params = fit_background(_open(alt_src.image), size, rng)
     alt_variation = {**base, "background": alt_src.id, **alt_params, "original_background": bg_src.id}
-    emit("bg_varied", stem, *composite(alt, o_rgb, o_mask, centre), alt_variation)
+    alt_image, alt_mask = composite(alt, o_rgb, o_mask, centre)
+    emit("bg_varied", stem, alt_image, alt_mask, alt_variation)
     for subset, fn in (("hflip", hflip), ("vflip", vflip)):
         img, msk, params = fn(image, fg)
         emit(subset, stem, img, msk, {**base, **params})
@@ -391,17 +149,20 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     dx, dy = translate_shift(size, o_mask.shape, rng)
     t_centre = (centre[0] + dx, centre[1] + dy)
     shifted = {**base, "center": list(t_centre), "shift": [dx, dy]}
-    emit("translate", stem, *composite(bg, o_rgb, o_mask, t_centre), shifted)
+    t_image, t_mask = composite(bg, o_rgb, o_mask, t_centre)
+    emit("translate", stem, t_image, t_mask, shifted)
     img, msk, params = crop_tight(image, fg)
     emit("crop", stem, img, msk, {**base, **params})
     for factor, tag in zip(SCALE_FACTORS, ("smaller", "larger")):
         s_rgb, s_mask = fit_object(rgb, mask, round(frac * factor * size))
         scaled = {**base, "scale": factor, "object_frac": frac * factor}
-        emit("scale", f"{stem}-{tag}", *composite(bg, s_rgb, s_mask, centre), scaled)
+        s_image, s_fg = composite(bg, s_rgb, s_mask, centre)
+        emit("scale", f"{stem}-{tag}", s_image, s_fg, scaled)
     for v, view in enumerate(obj.views[1:], start=1):
         v_rgb, v_mask = load_view(view)
         vo_rgb, vo_mask = fit_object(v_rgb, v_mask, round(frac * size))
-        emit("viewpoint", f"{stem}-view{v}", *composite(bg, vo_rgb, vo_mask, centre), {**base, "view": v})
+        v_image, v_fg = composite(bg, vo_rgb, vo_mask, centre)
+        emit("viewpoint", f"{stem}-view{v}", v_image, v_fg, {**base, "view": v})
     return rows
 
 
@@ -467,7 +228,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def holds_build(out: Path) -> bool:
     """``out`` carries a build stamp: the start marker, or a ``build.json`` with a ``build_version``."""
-    from covar_harness.data import read_text_capped
+    from covar_harness.safe_files import read_text_capped
 
     if (out / BUILD_MARKER).is_file():
         return True

@@ -22,9 +22,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from covar_harness.data import DatasetNotFound, Sample, SampleSet, read_text_capped
+from covar_harness.data import DatasetNotFound, Sample, SampleSet
 from covar_harness.imagenet import counteranimals_classes, imagenet_index, wordnet_names
 from covar_harness.registry import UsageError
+from covar_harness.safe_files import read_text_capped
 
 log = logging.getLogger(__name__)
 

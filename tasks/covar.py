@@ -19,8 +19,9 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from covar_harness.data import METADATA_MAX_BYTES, DatasetNotFound, Sample, SampleSet, open_regular, read_text_capped
+from covar_harness.data import DatasetNotFound, Sample, SampleSet
 from covar_harness.registry import UsageError
+from covar_harness.safe_files import METADATA_MAX_BYTES, open_regular, read_text_capped
 from covar_harness.subsets import ALL_SUBSETS
 
 HOW_TO_GET = (

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from covar_harness.tasks import build_covar as bc
+from covar_harness.tasks import image_ops
 from helpers import run_cli_inprocess
 
 
@@ -135,7 +136,7 @@ def test_crop_is_tight_and_mask_binary():
     image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     mask = np.zeros((64, 64), bool)
     mask[20:30, 10:20] = True
-    img, msk, params = bc.crop_tight(image, mask)
+    img, msk, params = image_ops.crop_tight(image, mask)
     x0, y0, x1, y1 = params["box"]
     assert x0 <= 10 and y0 <= 20 and x1 >= 20 and y1 >= 30 and (x1 - x0) <= 14
     assert msk.mean() > 0.4  # the object now fills much of the frame
@@ -145,7 +146,7 @@ def test_crop_is_tight_and_mask_binary():
 def test_composite_clips_at_borders():
     bg = np.zeros((10, 10, 3), np.uint8)
     obj = np.full((4, 4, 3), 200, np.uint8)
-    img, mask = bc.composite(bg, obj, np.ones((4, 4), bool), (0.0, 0.0))
+    img, mask = image_ops.composite(bg, obj, np.ones((4, 4), bool), (0.0, 0.0))
     assert mask.sum() == 4 and mask[:2, :2].all() and img[0, 0, 0] == 200
 
 

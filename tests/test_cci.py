@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from covar_harness import hookimpl, results
+from covar_harness import hookimpl, results, validation
 from covar_harness.attribution import AttributionStep, CCISettings, attribute, sample_seed
 from covar_harness.data import Sample, SampleSet
 from helpers import write_task_yaml
@@ -273,7 +273,7 @@ def test_run_logs_cci_per_sample_with_design_keys(tmp_path, toy_catalog, masked_
     code, out = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci", "--cci-seed", "5")
     assert code == 0
     record, rows = read(out, "toy-topleft", "toy/masked")
-    assert results.validate(record) == []
+    assert validation.validate(record) == []
     cfg = record["config"]["attribution"]
     assert {
         k: cfg[k] for k in ("method", "k", "layer", "target", "seed", "attribute_on", "kmeans_iters", "kmeans_n_init")

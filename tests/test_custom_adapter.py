@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from covar_harness import results
+from covar_harness import validation
 from covar_harness.models import load_model
 from covar_harness.registry import UsageError
 from helpers import run_cli_inprocess
@@ -132,6 +132,6 @@ def test_custom_adapter_runs_end_to_end_through_the_cli(adapter_file, task_yaml,
     assert "not a ModelAdapter: missing method `preprocess" in " ".join(proc.stderr.split())
     [path] = list(out.glob("*/*.json"))
     record = json.loads(path.read_text())
-    assert results.validate(record) == []
+    assert validation.validate(record) == []
     assert record["model"]["name"] == "mean-colour" and record["model"]["family"] == "toy"
     assert record["metrics"]["acc1"] == 1.0 and record["task"]["n_samples"] == 12

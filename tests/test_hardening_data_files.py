@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covar_harness import data as data_mod
-from covar_harness.data import Sample, SampleSet, as_mask, as_rgb
+from covar_harness import safe_files
+from covar_harness.data import Sample, SampleSet
+from covar_harness.pixels import as_mask, as_rgb
 from covar_harness.registry import UsageError
 from covar_harness.taskconfig import TaskConfigError, load_task_file, parse_task
 from helpers import COVAR_CLASSES, make_covar, make_image_folder, run_cli_inprocess
@@ -95,7 +96,7 @@ def test_8_bit_modes_are_unchanged():
 
 
 def test_build_covar_reads_16_bit_objects(tmp_path):
-    from covar_harness.tasks.build_covar import View, load_view
+    from covar_harness.tasks.covar_sources import View, load_view
 
     arr = np.full((20, 20), 30000, np.uint16)
     Image.fromarray(arr).save(tmp_path / "o.png")
@@ -166,11 +167,11 @@ def test_fifo_task_yaml_is_a_one_line_error(tmp_path):
 
 
 def test_open_regular_refuses_folders_and_large_files(tmp_path):
-    with pytest.raises(data_mod.NotRegularFile):
-        data_mod.open_regular(tmp_path)
+    with pytest.raises(safe_files.NotRegularFile):
+        safe_files.open_regular(tmp_path)
     (tmp_path / "big").write_bytes(b"x" * 100)
-    with pytest.raises(data_mod.FileTooLarge):
-        data_mod.read_text_capped(tmp_path / "big", 10)
+    with pytest.raises(safe_files.FileTooLarge):
+        safe_files.read_text_capped(tmp_path / "big", 10)
 
 
 # ---- 15: YAML alias bombs and shapes -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from rich.console import Console
 from test_hardening_results import deadline, valid_record
 
 from covar_harness import leaderboard as lb
-from covar_harness import results
+from covar_harness import results, validation
 from covar_harness.console import print_rows
 
 HOSTILE = "[/x]e[blink]v[/blink]\x1b[5mil\x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\|<b>=1+2"
@@ -224,7 +224,7 @@ def test_a_file_validate_accepts_never_crashes_any_leaderboard_format(tmp_path, 
             file.write_text(json.dumps(rec, allow_nan=False))
         except (TypeError, ValueError):
             continue
-        if results.validate(results.load(file)):
+        if validation.validate(results.load(file)):
             continue
         accepted += 1
         others = [valid_record(model="other", task="covar/hflip"), valid_record(model="other", task="covar/crop")]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from covar_harness import results
+from covar_harness import validation
 from covar_harness.evaluator import build_classifier
 from covar_harness.models import ModelLoadError, load_model
 from covar_harness.plugins.transformers import features
@@ -195,6 +195,6 @@ def test_all_families_run_end_to_end_through_the_cli(tiny, tmp_path, image_folde
     assert len(files) == 3, files
     for f in files:
         record = json.loads(f.read_text())
-        assert results.validate(record) == [], f
+        assert validation.validate(record) == [], f
         assert record["model"]["family"] == "hf" and record["task"]["n_samples"] == 12
     assert {json.loads(f.read_text())["model"]["spec"] for f in files} == set(specs)

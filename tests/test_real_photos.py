@@ -61,7 +61,7 @@ def _link_objects(dest: Path) -> dict[str, list[Path]]:
 
 
 def _backgrounds(dest: Path) -> None:
-    from covar_harness.tasks.covar_shapes import FAMILIES, render_background
+    from covar_harness.tasks.shape_drawing import FAMILIES, render_background
 
     dest.mkdir(parents=True)
     for i, family in enumerate(FAMILIES[:4]):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covar_harness import results
+from covar_harness import results, validation
 from covar_harness.report.html import esc, pct
 
 MAX_LOG_BYTES = 4 << 30  # a per-sample log of ImageNet with CCI is ~100 MB
@@ -348,7 +348,7 @@ def metrics_table(rec: dict) -> str:
             if isinstance(interval, list) and len(interval) == 2 and all(results.is_number(v) for v in interval)
             else "-"
         )
-        fraction = key in results.FRACTION_METRICS or key.endswith("_null") or key.startswith(("bg_er", "fine_er"))
+        fraction = key in validation.FRACTION_METRICS or key.endswith("_null") or key.startswith(("bg_er", "fine_er"))
         shown = pct(value) if fraction else (f"{value:.4g}" if results.is_number(value) else "-")
         rows.append(f'<tr><th scope="row" class="text">{esc(key)}</th><td>{shown}</td><td>{span}</td></tr>')
     n = n_errors(rec)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness import leaderboard as lb
-from covar_harness import results
+from covar_harness import results, validation
 from covar_harness.console import one_line
 from covar_harness.registry import UsageError
 from covar_harness.report import gallery as gal
@@ -68,7 +68,7 @@ def result_paths(directory: Path) -> dict[tuple[str, str], Path]:
     for path in results.result_files(directory)[0]:
         try:
             obj = results.load(path)
-            if results.validate(obj):
+            if validation.validate(obj):
                 continue
         except Exception:
             continue
@@ -352,7 +352,7 @@ def _covar_classes(path: Path) -> list[str] | None:
     """A COVAR copy's ``classes.json`` when it is a list of names (the report only labels; the reader validates)."""
     import json
 
-    from covar_harness.data import read_text_capped
+    from covar_harness.safe_files import read_text_capped
 
     try:
         classes = json.loads(read_text_capped(path))
