@@ -134,6 +134,22 @@ def _add_leaderboard(sub) -> None:
     p.set_defaults(handler="covar_harness.report:cmd_leaderboard")  # html there, every other format in commands
 
 
+def _add_init_leaderboard(sub) -> None:
+    p = sub.add_parser(
+        "init-leaderboard",
+        help="set up a leaderboard repository: GitHub workflow, the CI script it runs, results/",
+        description="Write .github/workflows/leaderboard.yml, leaderboard-ci.sh and results/ into DIR. Existing "
+        "files are never overwritten: the command refuses (exit 2) and names them.",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="the leaderboard repository (created if absent)")
+    p.add_argument(
+        "--harness-spec",
+        default=None,
+        help="what the workflow pip-installs (default: covar-harness==<this version>; e.g. a git URL)",
+    )
+    p.set_defaults(handler="covar_harness.commands:cmd_init_leaderboard")
+
+
 def _add_validate(sub) -> None:
     p = sub.add_parser(
         "validate",
@@ -147,6 +163,19 @@ def _add_validate(sub) -> None:
         type=Path,
         metavar="PATH",
         help="a result file, or a folder: every *.json under it (recursively)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also check what a leaderboard submission must satisfy: provenance, a known data fingerprint, "
+        "samples.jsonl present and adding up to acc1 and BG-Er, no duplicate (model, task)",
+    )
+    p.add_argument(
+        "--fingerprints",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="with --strict: extra known data versions, {task: [fingerprint, ...]} (e.g. your COVAR copy)",
     )
     p.set_defaults(handler="covar_harness.commands:cmd_validate")
 
@@ -280,6 +309,7 @@ COMMANDS: list[Callable] = [
     _add_plugins,
     _add_leaderboard,
     _add_validate,
+    _add_init_leaderboard,
     _add_explain,
     _add_build_covar,
     _add_sanity,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from argparse import Namespace
+from pathlib import Path
 
 from covar_harness.console import console as _console
 from covar_harness.console import markup, print_rows
@@ -282,20 +283,35 @@ def cmd_leaderboard(args: Namespace) -> int:
     return 0
 
 
+def _strict_checker(args: Namespace):
+    """``validate --strict``: the submission checks (covar_harness.submission), or None without the flag."""
+    if not getattr(args, "strict", False):
+        if getattr(args, "fingerprints", None) is not None:
+            raise UsageError("--fingerprints needs --strict")
+        return None
+    from covar_harness.submission import StrictChecker, known_fingerprints
+
+    return StrictChecker(known_fingerprints(args.fingerprints))
+
+
 def cmd_validate(args: Namespace) -> int:
     """Check result files (a folder stands for every ``*.json`` under it): 0 all valid, 1 any invalid, 2 a path
     that does not exist or a folder without result files (one line, before anything is checked)."""
-    from covar_harness import results
+    from covar_harness import results, validation
     from covar_harness.console import one_line, stdout_closed, write_stdout
 
     files, problems = results.expand_paths(args.files)
+    strict = _strict_checker(args)
     bad = len(problems)
     try:
         for path, why in problems:
             write_stdout(f"{one_line(path)}: {one_line(why)}\n")
         for path in files:
             try:
-                errors = results.validate(results.load(path))
+                obj = results.load(path)
+                errors = validation.validate(obj)
+                if strict is not None and not errors:
+                    errors = strict.problems(path, obj)
             except Exception as exc:  # noqa: BLE001 - one line per unusable file, never a traceback
                 errors = [f"cannot read: {str(exc) or type(exc).__name__}"]
             bad += bool(errors)
@@ -307,3 +323,33 @@ def cmd_validate(args: Namespace) -> int:
     except BrokenPipeError:
         return stdout_closed()
     return 1 if bad else 0
+
+
+LEADERBOARD_FILES = {".github/workflows/leaderboard.yml": "leaderboard.yml", "leaderboard-ci.sh": "leaderboard-ci.sh"}
+
+
+def cmd_init_leaderboard(args: Namespace) -> int:
+    """Copy the leaderboard CI template into a repository; never overwrite what is there."""
+    from covar_harness import __version__
+    from covar_harness.resources import resource_text
+    from covar_harness.results import atomic_write
+
+    root = Path(args.dir)
+    taken = [name for name in LEADERBOARD_FILES if (root / name).exists()]
+    if taken:
+        raise UsageError(f"{root}: {', '.join(taken)} already exist(s); nothing written (move them away first)")
+    spec = args.harness_spec or f"covar-harness=={__version__}"
+    if any(c in spec for c in '\n\r"`$'):
+        raise UsageError("--harness-spec must be one pip requirement without quotes, $ or backticks")
+    for name, template in LEADERBOARD_FILES.items():
+        text = resource_text("leaderboard", template).replace("__HARNESS_SPEC__", spec)
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda fh, text=text: fh.write(text))
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    _console().print(
+        f"wrote {markup(root / '.github/workflows/leaderboard.yml')} and {markup(root / 'leaderboard-ci.sh')}; "
+        f"put result files under {markup(root / 'results')}/ and try: bash leaderboard-ci.sh main",
+        soft_wrap=True,
+    )
+    return 0
