@@ -36,8 +36,19 @@ if TYPE_CHECKING:
     from covar_harness.plugin_manager import Catalog
     from covar_harness.taskconfig import TaskConfig
 
-__all__ = ["INTERRUPT", "Batch", "BatchStep", "ClassifierCache", "LineReporter", "PairOutcome", "Reporter",
-           "RunOptions", "build_classifier", "evaluate_task", "run"]  # Batch, BatchStep, reporters: re-exported
+__all__ = [
+    "INTERRUPT",
+    "Batch",
+    "BatchStep",
+    "ClassifierCache",
+    "LineReporter",
+    "PairOutcome",
+    "Reporter",
+    "RunOptions",
+    "build_classifier",
+    "evaluate_task",
+    "run",
+]  # Batch, BatchStep, reporters: re-exported
 
 log = logging.getLogger(__name__)
 TEXT_BATCH = 256
@@ -66,8 +77,13 @@ class RunOptions:
         and compared before an existing file is reused (resume)."""
         steps = {step.name: as_step(step).run_settings() for step in self.steps}
         diagnosis = None if self.diagnosis is None else self.diagnosis_step().run_settings()
-        settings = {"precision": self.precision, "seed": self.seed, "limit": self.limit, "steps": steps,
-                    "diagnosis": diagnosis}
+        settings = {
+            "precision": self.precision,
+            "seed": self.seed,
+            "limit": self.limit,
+            "steps": steps,
+            "diagnosis": diagnosis,
+        }
         return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
 
     def diagnosis_step(self) -> Any:
@@ -100,11 +116,11 @@ class PairOutcome:
 class ClassifierCache:
     """Class embeddings per (class names, templates), for the model currently loaded."""
 
-    def __init__(self, adapter: "ModelAdapter"):
+    def __init__(self, adapter: ModelAdapter):
         self.adapter = adapter
-        self._cache: dict[tuple, "torch.Tensor"] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
 
-    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> "torch.Tensor":
+    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> torch.Tensor:
         key = (tuple(classnames), tuple(templates))
         if key not in self._cache:
             self._cache[key] = build_classifier(self.adapter, classnames, templates, reporter)
@@ -131,7 +147,7 @@ def build_classifier(adapter, classnames: list[str], templates: list[str], repor
 
 
 # ---- one model x task ----------------------------------------------------------------------------------
-def task_classnames(cfg: "TaskConfig", samples: SampleSet) -> list[str]:
+def task_classnames(cfg: TaskConfig, samples: SampleSet) -> list[str]:
     base = cfg.source.parent if cfg.source else None
     names = load_list("classnames", cfg.classnames, base) if cfg.classnames is not None else samples.classnames
     if not names:
@@ -139,7 +155,7 @@ def task_classnames(cfg: "TaskConfig", samples: SampleSet) -> list[str]:
     return list(names)
 
 
-def task_templates(cfg: "TaskConfig") -> list[str]:
+def task_templates(cfg: TaskConfig) -> list[str]:
     base = cfg.source.parent if cfg.source else None
     return list(load_list("templates", cfg.templates, base))
 
@@ -154,8 +170,15 @@ def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet
     return samples.subset(keep.tolist())
 
 
-def open_pair(adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", options: RunOptions,
-              classifiers: ClassifierCache, reporter: Reporter, model_spec: str | None = None) -> PairContext:
+def open_pair(
+    adapter: ModelAdapter,
+    cfg: TaskConfig,
+    catalog: Catalog,
+    options: RunOptions,
+    classifiers: ClassifierCache,
+    reporter: Reporter,
+    model_spec: str | None = None,
+) -> PairContext:
     """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings."""
     samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
     classnames, templates = task_classnames(cfg, samples), task_templates(cfg)
@@ -167,8 +190,13 @@ def open_pair(adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", op
 
 
 def evaluate_task(
-    adapter: "ModelAdapter", cfg: "TaskConfig", catalog: "Catalog", options: RunOptions,
-    classifiers: ClassifierCache, reporter: Reporter, model_spec: str | None = None,
+    adapter: ModelAdapter,
+    cfg: TaskConfig,
+    catalog: Catalog,
+    options: RunOptions,
+    classifiers: ClassifierCache,
+    reporter: Reporter,
+    model_spec: str | None = None,
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log."""
     ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec)
@@ -225,8 +253,15 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline) -> tuple[list, list]:
     return rows, failures
 
 
-def _batch(ctx: PairContext, indices: list[int], pixels: "torch.Tensor", emb: "torch.Tensor", W: "torch.Tensor",
-           logits: "torch.Tensor", top: "np.ndarray") -> Batch:
+def _batch(
+    ctx: PairContext,
+    indices: list[int],
+    pixels: torch.Tensor,
+    emb: torch.Tensor,
+    W: torch.Tensor,
+    logits: torch.Tensor,
+    top: np.ndarray,
+) -> Batch:
     """What the steps see of one batch, with the foreground masks of its samples when the pair has them."""
     import torch
 
@@ -235,11 +270,11 @@ def _batch(ctx: PairContext, indices: list[int], pixels: "torch.Tensor", emb: "t
     return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top)
 
 
-def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], "np.ndarray"]:
+def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
     import numpy as np
 
-    from covar_harness.metrics import bootstrap_interval, classification_metrics
+    from covar_harness.metrics import bootstrap_interval, classification_metrics, source_clusters
 
     k = min(5, len(ctx.classnames))
     idx = np.array([i for i, _ in rows], dtype=np.int64)
@@ -248,9 +283,10 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], "np
     metrics = classification_metrics(labels, topk, len(ctx.classnames))
     correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
     intervals = {}
-    if len(rows):
+    if len(rows):  # resampling source objects where every sample names one (COVAR), else samples
         seed = ctx.options.seed if ctx.options is not None else 0
-        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed))
+        clusters = source_clusters([ctx.samples.samples[i].meta.get("source_id") for i in idx])
+        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed, clusters=clusters))
     return {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}, correct
 
 
@@ -258,9 +294,15 @@ def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, A
     cfg, samples = ctx.task, ctx.samples
     assert cfg is not None
     out = {
-        "name": cfg.task, "version": cfg.version, "n_samples": int(n_samples), "n_failed": n_failed,
-        "n_classes": len(ctx.classnames), "data_fingerprint": samples.fingerprint(), "headline": cfg.headline,
-        "tags": list(cfg.tags), "dataset": samples.description,
+        "name": cfg.task,
+        "version": cfg.version,
+        "n_samples": int(n_samples),
+        "n_failed": n_failed,
+        "n_classes": len(ctx.classnames),
+        "data_fingerprint": samples.fingerprint(),
+        "headline": cfg.headline,
+        "tags": list(cfg.tags),
+        "dataset": samples.description,
     }
     if getattr(samples, "label_mapping", None):
         out["label_mapping"] = samples.label_mapping
@@ -274,8 +316,14 @@ def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) ->
     out = []
     for (i, top), ok in zip(rows, correct):
         sample = samples.samples[i]
-        row = {"index": int(i), "file": sample.id, "label": sample.label, "pred": int(top[0]),
-               "correct": bool(ok), "top5": [int(x) for x in top]}
+        row = {
+            "index": int(i),
+            "file": sample.id,
+            "label": sample.label,
+            "pred": int(top[0]),
+            "correct": bool(ok),
+            "top5": [int(x) for x in top],
+        }
         for key, value in sample.meta.items():
             row.setdefault(key, value)
         for by_index in logged:
@@ -286,15 +334,18 @@ def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) ->
     return out
 
 
-def _classnames_ref(cfg: "TaskConfig") -> Any:
+def _classnames_ref(cfg: TaskConfig) -> Any:
     return cfg.classnames if isinstance(cfg.classnames, str) or cfg.classnames is None else "inline"
-
 
 
 # ---- the run -------------------------------------------------------------------------------------------
 def run(
-    models: list["ModelRef"], tasks: list["TaskConfig"], catalog: "Catalog", options: RunOptions,
-    reporter: Reporter | None = None, plan: list["PlannedPair"] | None = None,
+    models: list[ModelRef],
+    tasks: list[TaskConfig],
+    catalog: Catalog,
+    options: RunOptions,
+    reporter: Reporter | None = None,
+    plan: list[PlannedPair] | None = None,
 ) -> list[PairOutcome]:
     """Evaluate every planned pair; a failing pair is recorded and the run goes on.
 
@@ -311,8 +362,9 @@ def run(
             mine = [p for p in plan if p.ref is ref]
             for p in mine:
                 if p.status != "run":
-                    outcomes.append(_report(reporter, PairOutcome(ref.spec, p.cfg.task, "skipped", p.path,
-                                                                  error=p.reason)))
+                    outcomes.append(
+                        _report(reporter, PairOutcome(ref.spec, p.cfg.task, "skipped", p.path, error=p.reason))
+                    )
             pending = [p for p in mine if p.status == "run"]
             if pending:
                 outcomes += _run_model(ref, pending, catalog, options, reporter)
@@ -320,7 +372,7 @@ def run(
     return outcomes
 
 
-def _unique_refs(plan: list["PlannedPair"]) -> list["ModelRef"]:
+def _unique_refs(plan: list[PlannedPair]) -> list[ModelRef]:
     refs: list = []
     for p in plan:
         if not any(p.ref is r for r in refs):
@@ -337,10 +389,10 @@ def _report(reporter: Reporter, outcome: PairOutcome) -> PairOutcome:
 class _ModelRun:
     """One loaded model and what its pairs share."""
 
-    ref: "ModelRef"
+    ref: ModelRef
     adapter: Any
     device: Any
-    catalog: "Catalog"
+    catalog: Catalog
     options: RunOptions
     classifiers: ClassifierCache
     reporter: Reporter
@@ -357,8 +409,10 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     except Exception as exc:
         INTERRUPT.check()
         msg, advice = one_line(exc), safe(getattr(exc, "advice", ""))
-        return [_report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
-                for p in pending]
+        return [
+            _report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
+            for p in pending
+        ]
     finally:
         reporter.done(handle)
     model = _ModelRun(ref, adapter, device, catalog, options, ClassifierCache(adapter), reporter)
@@ -371,7 +425,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _run_pair(model: _ModelRun, cfg: "TaskConfig", path: Path) -> PairOutcome:
+def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
     """Everything one pair does, writing included, inside one handler: a failing pair never stops the run."""
     spec, options = model.ref.spec, model.options
     started = results.now()
@@ -394,13 +448,23 @@ def _result_object(model: _ModelRun, record: dict[str, Any], started: str) -> di
     ref, options = model.ref, model.options
     return {
         "schema_version": results.SCHEMA_VERSION,
-        "model": {"spec": ref.spec, "name": getattr(model.adapter, "name", ref.spec),
-                  "family": adapter_family(model.adapter, ref.family), "target": ref.target},
+        "model": {
+            "spec": ref.spec,
+            "name": getattr(model.adapter, "name", ref.spec),
+            "family": adapter_family(model.adapter, ref.family),
+            "target": ref.target,
+        },
         "task": record["task"],
         "metrics": record["metrics"],
         "intervals": record["intervals"],
-        "config": {"batch_size": options.batch_size, "precision": options.precision, "seed": options.seed,
-                   "limit": options.limit, **record["config"], "run_settings": options.result_settings()},
+        "config": {
+            "batch_size": options.batch_size,
+            "precision": options.precision,
+            "seed": options.seed,
+            "limit": options.limit,
+            **record["config"],
+            "run_settings": options.result_settings(),
+        },
         "notes": record["notes"],
         "failed_files": record["failed_files"][:100],
         "provenance": results.provenance(model.device, started),

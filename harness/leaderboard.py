@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from covar_harness import results
 from covar_harness.console import one_line, safe
@@ -20,10 +21,14 @@ from covar_harness.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
 REFERENCES = ("paper",)
 
 
-PUBLISHED_CAPTION = ("Rows marked (paper, published) are figures published in the COVAR paper, not results of "
-                     "this harness: your COVAR copy, label space and prompts may differ from the paper's.")
-CA_PUBLISHED_CAPTION = ("Rows marked (CounterAnimals paper, published) are figures published in that paper, not "
-                        "results of this harness: your copy of the data, label space and prompts may differ.")
+PUBLISHED_CAPTION = (
+    "Rows marked (paper, published) are figures published in the COVAR paper, not results of "
+    "this harness: your COVAR copy, label space and prompts may differ from the paper's."
+)
+CA_PUBLISHED_CAPTION = (
+    "Rows marked (CounterAnimals paper, published) are figures published in that paper, not "
+    "results of this harness: your copy of the data, label space and prompts may differ."
+)
 
 
 @dataclass
@@ -113,25 +118,29 @@ def covar_tables(records: list[dict], family: str, reference: str | None) -> lis
     known = set(ALL_SUBSETS)
     models = _by_model([r for r in records if _subset(r["task"]["name"]) in known], family)
     paper = _paper_rows() if reference == "paper" and family == "covar" else []
-    present = [s for s in ALL_SUBSETS if any(s in m for m in models.values())] or (
-        list(COVAR_SUBSETS) if paper else [])
-    common = [s for s in COVAR_SUBSETS if s in present and all(s in m and _headline(m[s]) is not None
-                                                               for m in models.values())]
+    present = [s for s in ALL_SUBSETS if any(s in m for m in models.values())] or (list(COVAR_SUBSETS) if paper else [])
+    common = [
+        s
+        for s in COVAR_SUBSETS
+        if s in present and all(s in m and _headline(m[s]) is not None for m in models.values())
+    ]
     tables = []
     if models or paper:
         tables.append(_covar_accuracy(family, models, present, common, paper))
         diag = _covar_diagnosis(family, models, paper)
         if diag is not None:
             tables.append(diag)
-    others = [r for r in records
-              if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known]
+    others = [
+        r for r in records if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known
+    ]
     if others:
         tables.append(generic_table(others, family))
     return tables
 
 
 def _average(values: list[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+    numbers = [v for v in values if v is not None]
+    return None if not values or len(numbers) < len(values) else sum(numbers) / len(numbers)
 
 
 def _covar_accuracy(family: str, models: dict, present: list[str], common: list[str], paper: list[dict]) -> Table:
@@ -151,8 +160,11 @@ def _covar_accuracy(family: str, models: dict, present: list[str], common: list[
         which = ", ".join(SUBSET_TITLES[s] for s in common) or "none: no subset has a result in every row"
         acc.title += f"  (* average over the subsets present in every row: {which}; the paper averages all 8)"
     if paper:
-        acc.caption = PUBLISHED_CAPTION + (" Avg: mean over the 8 COVAR subsets, Original excluded."
-                                           if not partial else " Avg*: mean over the subsets named in the title only.")
+        acc.caption = PUBLISHED_CAPTION + (
+            " Avg: mean over the 8 COVAR subsets, Original excluded."
+            if not partial
+            else " Avg*: mean over the subsets named in the title only."
+        )
     return acc
 
 
@@ -162,20 +174,32 @@ def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | No
         diag = list(COVAR_SUBSETS)  # published figures only: show the paper's second table whole
     if not diag:
         return None
-    cols = ["Model"] + [f"{SUBSET_TITLES[s]} {k}" for s in diag for k in ("BG-Er", "Fine-Er")]
+    # per subset: BG-Er, its null beside it where any result has one (the share random importances over the
+    # same clusters would give), Fine-Er
+    keys = {s: _diagnosis_keys(s, models) for s in diag}
+    cols = ["Model"] + [f"{SUBSET_TITLES[s]} {DIAG_TITLES[k]}" for s in diag for k in keys[s]]
     dt = Table(f"{family}: error diagnosis (% of misclassified)", cols)
     for spec, runs in models.items():
         row: list[Any] = [spec]
         for s in diag:
-            row += [_pct(_metric(runs.get(s), "bg_er")), _pct(_metric(runs.get(s), "fine_er"))]
+            row += [_pct(_metric(runs.get(s), k)) for k in keys[s]]
         dt.rows.append(row)
     for prow in paper:
         dt.published.add(len(dt.rows))
-        values = [_float(prow.get(f"{k}_{s}")) for s in diag for k in ("bg_er", "fine_er")]
+        values = [_float(prow.get(f"{k}_{s}")) if k != "bg_er_null" else None for s in diag for k in keys[s]]
         dt.rows.append([_paper_label(prow), *values])
     if paper:
         dt.caption = PUBLISHED_CAPTION
     return dt
+
+
+DIAG_TITLES = {"bg_er": "BG-Er", "bg_er_null": "BG-Er null", "fine_er": "Fine-Er"}
+
+
+def _diagnosis_keys(subset: str, models: dict) -> list[str]:
+    """The diagnosis metrics shown for one subset: the null column only where some result carries it."""
+    has_null = any(_metric(m.get(subset), "bg_er_null") is not None for m in models.values())
+    return ["bg_er", "bg_er_null", "fine_er"] if has_null else ["bg_er", "fine_er"]
 
 
 def _float(text: Any) -> float | None:
@@ -207,9 +231,11 @@ def generic_table(records: list[dict], family: str) -> Table:
 
 # ---- CounterAnimals -------------------------------------------------------------------------------------
 CA_GROUPS = ("common", "counter")
-CA_VARIANTS = (("", "1 vs 1000, single prompt (official protocol)"),
-               ("-ensemble", "1 vs 1000, 80-template ensemble"),
-               ("-45way", "45-way restriction (UNOFFICIAL)"))
+CA_VARIANTS = (
+    ("", "1 vs 1000, single prompt (official protocol)"),
+    ("-ensemble", "1 vs 1000, 80-template ensemble"),
+    ("-45way", "45-way restriction (UNOFFICIAL)"),
+)
 CA_COLUMNS = ["Model", "Common", "Counter", "Drop", "Common acc1", "Counter acc1"]
 
 
@@ -265,7 +291,9 @@ def counteranimals_tables(records: list[dict], family: str, reference: str | Non
         if official and reference == "paper":
             _add_ca_paper_rows(table)
         tables.append(table)
-    others = [r for r in records if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known]
+    others = [
+        r for r in records if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known
+    ]
     if others:
         tables.append(generic_table(others, family))
     return tables
@@ -307,34 +335,75 @@ def long_records(records: list[dict], reference: str | None = None) -> list[dict
     rows = []
     for r in records:
         headline = r["task"].get("headline") or "acc1"
-        for metric, value in r["metrics"].items():
-            rows.append({"model": r["model"]["spec"], "family": r["model"].get("family", ""), "task": r["task"]["name"],
-                         "task_version": r["task"]["version"], "metric": metric, "value": value,
-                         "n_samples": r["task"]["n_samples"], "headline": metric == headline})
+        for metric, value in [*r["metrics"].items(), *diagnosis_counts(r).items()]:
+            rows.append(
+                {
+                    "model": r["model"]["spec"],
+                    "family": r["model"].get("family", ""),
+                    "task": r["task"]["name"],
+                    "task_version": r["task"]["version"],
+                    "metric": metric,
+                    "value": value,
+                    "n_samples": r["task"]["n_samples"],
+                    "headline": metric == headline,
+                }
+            )
     if reference == "paper":
         rows = [{**row, "published": False} for row in rows] + published_records()
     return rows
 
 
+DIAG_COUNTS = ("n_errors", "n_errors_undetermined", "n_errors_without_mask", "errors_mean_area")
+
+
+def diagnosis_counts(rec: dict) -> dict[str, float]:
+    """The counts behind the headline rule's shares (errors with a mask, of them undetermined, errors without a
+    mask) and the errors' mean object area, as ``diagnosis_*`` rows of csv / json: a share means little without
+    its denominator, and a rule that tracks object size shows it in the area. Read defensively (any file
+    ``validate`` accepts)."""
+    config = rec.get("config")
+    diag = config.get("diagnosis") if isinstance(config, dict) else None
+    rules = diag.get("rules") if isinstance(diag, dict) else None
+    by_rule = diag.get("by_rule") if isinstance(diag, dict) else None
+    if not (isinstance(rules, list) and rules and isinstance(rules[0], str) and isinstance(by_rule, dict)):
+        return {}
+    head = by_rule.get(rules[0])
+    if not isinstance(head, dict):
+        return {}
+    return {f"diagnosis_{k}": head[k] for k in DIAG_COUNTS if results.is_number(head.get(k))}
+
+
 def published_records() -> list[dict]:
     """The papers' published figures in the long format (percentages turned into fractions)."""
+
     def row(model: str, task: str, metric: str, value: Any, headline: bool) -> dict:
         number = _float(value)
-        return {"model": model, "family": "", "task": task, "task_version": None, "metric": metric,
-                "value": None if number is None else round(number / 100.0, 6), "n_samples": None,
-                "headline": headline, "published": True}
+        return {
+            "model": model,
+            "family": "",
+            "task": task,
+            "task_version": None,
+            "metric": metric,
+            "value": None if number is None else round(number / 100.0, 6),
+            "n_samples": None,
+            "headline": headline,
+            "published": True,
+        }
 
     out = []
     for prow in _paper_rows():
         label = _paper_label(prow)
         for s in COVAR_SUBSETS:
-            out += [row(label, f"covar/{s}", "acc1", prow.get(f"acc_{s}"), True),
-                    row(label, f"covar/{s}", "bg_er", prow.get(f"bg_er_{s}"), False),
-                    row(label, f"covar/{s}", "fine_er", prow.get(f"fine_er_{s}"), False)]
+            out += [
+                row(label, f"covar/{s}", "acc1", prow.get(f"acc_{s}"), True),
+                row(label, f"covar/{s}", "bg_er", prow.get(f"bg_er_{s}"), False),
+                row(label, f"covar/{s}", "fine_er", prow.get(f"fine_er_{s}"), False),
+            ]
         out.append(row(label, "covar", "acc1_avg", prow.get("acc_avg"), False))
     for crow in _ca_paper_rows():
-        out += [row(_ca_label(crow), f"counteranimals/{g}", "mean_per_class_recall", crow.get(g), True)
-                for g in CA_GROUPS]
+        out += [
+            row(_ca_label(crow), f"counteranimals/{g}", "mean_per_class_recall", crow.get(g), True) for g in CA_GROUPS
+        ]
     return out
 
 
@@ -377,8 +446,15 @@ def render_rich(tables: list[Table], console) -> None:
     for t in tables:  # "H-flip BG-Er" -> two header lines: wide tables stay readable
         columns = [c if i == 0 else c.replace(" ", "\n") for i, c in enumerate(t.columns)]
         rows = [[_cell(v) for v in row] for row in t.rows]
-        print_rows(console, t.title, columns, rows, right=range(1, len(columns)),
-                   row_styles={i: "dim italic" for i in t.published}, caption=t.caption)
+        print_rows(
+            console,
+            t.title,
+            columns,
+            rows,
+            right=range(1, len(columns)),
+            row_styles={i: "dim italic" for i in t.published},
+            caption=t.caption,
+        )
 
 
 def _csv_value(value: Any) -> Any:

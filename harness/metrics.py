@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -27,17 +30,49 @@ def per_class_recall(labels: np.ndarray, correct: np.ndarray) -> float:
 
 
 def bootstrap_interval(
-    values: np.ndarray, statistic=np.mean, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    values: np.ndarray,
+    statistic=np.mean,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Sequence[Any] | None = None,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``statistic`` over samples (rows of ``values``)."""
+    """Percentile bootstrap interval of ``statistic`` over samples (rows of ``values``).
+
+    ``clusters`` (one id per row, e.g. COVAR's ``source_id``): resample whole clusters, not rows, because the
+    variants of one source object are not independent draws and a per-row bootstrap would be too narrow. With
+    clusters the statistic is the mean (the pooled mean of the resampled clusters' rows).
+    """
     values = np.asarray(values)
     if len(values) == 0:
         return None
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    if statistic is np.mean:  # vectorised fast path
-        stats = values[idx].mean(axis=1)
+    if clusters is not None:
+        stats = _cluster_means(values, clusters, rng, n_boot)
     else:
-        stats = np.array([statistic(values[i]) for i in idx])
+        idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+        if statistic is np.mean:  # vectorised fast path
+            stats = values[idx].mean(axis=1)
+        else:
+            stats = np.array([statistic(values[i]) for i in idx])
     lo, hi = np.percentile(stats, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(lo), float(hi)
+
+
+def _cluster_means(values: np.ndarray, clusters: Sequence[Any], rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """Means over rows of ``n_boot`` resamples of whole clusters (with replacement, as many as there are)."""
+    if len(clusters) != len(values):
+        raise ValueError(f"clusters: {len(clusters)} ids for {len(values)} values")
+    _, inverse = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    sums = np.bincount(inverse, weights=values.astype(np.float64))
+    counts = np.bincount(inverse).astype(np.float64)
+    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    return sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+
+
+def source_clusters(ids: Sequence[str | None]) -> list[str] | None:
+    """Cluster ids for :func:`bootstrap_interval` when every sample carries a ``source_id`` (COVAR), else None
+    (the plain bootstrap): a partial labelling would mix units."""
+    if not ids or any(i is None for i in ids):
+        return None
+    return [str(i) for i in ids]

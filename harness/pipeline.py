@@ -19,9 +19,10 @@ Nothing here imports torch or numpy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,19 +104,19 @@ class PairContext:
     """Everything a step may need about the model x task pair it runs on, handed to ``start``."""
 
     adapter: Any  # covar_harness.adapter.ModelAdapter
-    task: "TaskConfig | None"
-    samples: "SampleSet"
+    task: TaskConfig | None
+    samples: SampleSet
     classnames: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     model_spec: str | None = None  # the --models spec: names the pair's output folders
-    catalog: "Catalog | None" = None
-    options: "RunOptions | None" = None
-    reporter: "Reporter | None" = None
-    classifier: "torch.Tensor | None" = None  # (D, C) class embeddings, L2-normalised, on CPU
-    masks: "PatchMasks | None" = None  # foreground fraction per patch; set by the diagnosis step when it runs
-    steps: list["Step"] = field(default_factory=list)  # the pair's pipeline, in order
+    catalog: Catalog | None = None
+    options: RunOptions | None = None
+    reporter: Reporter | None = None
+    classifier: torch.Tensor | None = None  # (D, C) class embeddings, L2-normalised, on CPU
+    masks: PatchMasks | None = None  # foreground fraction per patch; set by the diagnosis step when it runs
+    steps: list[Step] = field(default_factory=list)  # the pair's pipeline, in order
 
-    def upstream_of(self, step: "Step") -> list["Step"]:
+    def upstream_of(self, step: Step) -> list[Step]:
         """The steps that run before ``step`` on every batch."""
         for i, other in enumerate(self.steps):
             if other is step:
@@ -135,14 +136,14 @@ class Batch:
     """What the zero-shot pass hands to analysis steps for one batch of images."""
 
     indices: list[int]  # positions in the SampleSet
-    pixels: "torch.Tensor"  # (B, 3, H, W), on CPU, as preprocessed
-    image_emb: "torch.Tensor"  # (B, D), L2-normalised
-    classifier: "torch.Tensor"  # (D, C) class embeddings, L2-normalised
-    logits: "torch.Tensor"  # (B, C)
-    labels: "torch.Tensor"  # (B,)
-    samples: "SampleSet"
+    pixels: torch.Tensor  # (B, 3, H, W), on CPU, as preprocessed
+    image_emb: torch.Tensor  # (B, D), L2-normalised
+    classifier: torch.Tensor  # (D, C) class embeddings, L2-normalised
+    logits: torch.Tensor  # (B, C)
+    labels: torch.Tensor  # (B,)
+    samples: SampleSet
     fg: list | None = None  # per sample: (rows*cols,) foreground fraction per patch, or None (no mask)
-    top: "np.ndarray | None" = None  # (B, k) zero-shot top-k class indices, best first (the logged top5)
+    top: np.ndarray | None = None  # (B, k) zero-shot top-k class indices, best first (the logged top5)
     upstream: dict[int, list[SampleRecord]] = field(default_factory=dict)  # index -> earlier steps' records
 
     def pred(self, row: int) -> int:
@@ -245,8 +246,12 @@ class LegacyStep(Step):
 
     def finish(self, records: list[SampleRecord]) -> StepSummary:
         out = self.inner.finish([r.fields if isinstance(r, LegacyRecord) else r.to_json() for r in records])
-        return StepSummary(metrics=dict(out.get("metrics", {})), intervals=dict(out.get("intervals", {})),
-                           config=out.get("config", {}), notes=list(out.get("notes", [])))
+        return StepSummary(
+            metrics=dict(out.get("metrics", {})),
+            intervals=dict(out.get("intervals", {})),
+            config=out.get("config", {}),
+            notes=list(out.get("notes", [])),
+        )
 
     def run_settings(self) -> dict[str, Any]:
         from dataclasses import asdict, is_dataclass
@@ -256,8 +261,11 @@ class LegacyStep(Step):
             extra = asdict(settings)
         else:
             extra = dict(settings) if isinstance(settings, dict) else {}
-        return {"method": getattr(self.inner, "method", self.name),
-                "only_with_masks": getattr(self.inner, "only_with_masks", False), **extra}
+        return {
+            "method": getattr(self.inner, "method", self.name),
+            "only_with_masks": getattr(self.inner, "only_with_masks", False),
+            **extra,
+        }
 
 
 def as_step(step: Any) -> Step:

@@ -44,6 +44,9 @@ _NAMES = (
     ("task", "headline"),
 )
 
+# Differences of two fractions (BG-Er minus its null) lie in [-1, 1]; every other interval is a fraction's.
+SIGNED_SUFFIXES = ("_minus_null",)
+
 
 def _tname(t) -> str:
     return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,))).replace("NoneType", "null")
@@ -150,9 +153,10 @@ def _check_intervals(intervals: Any, errors: list[str]) -> None:
             errors.append(f"intervals: name {_short(key)} {problem}")
         elif not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
             errors.append(f"intervals.{key}: must be [low, high] (finite numbers)")
-        elif not 0 <= interval[0] <= interval[1] <= 1:
+        elif not (-1 if key.endswith(SIGNED_SUFFIXES) else 0) <= interval[0] <= interval[1] <= 1:
+            low = "-1" if key.endswith(SIGNED_SUFFIXES) else "0"
             errors.append(
-                f"intervals.{key}: must satisfy 0 <= low <= high <= 1, "
+                f"intervals.{key}: must satisfy {low} <= low <= high <= 1, "
                 f"got [{_short(interval[0])}, {_short(interval[1])}]"
             )
 

@@ -12,8 +12,9 @@ one line, ``MyMethod.register_with(register)`` inside ``register_attributors``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from covar_harness.adapter import attribution_support, implements
 from covar_harness.attribution.settings import MAX_K, CCISettings, is_int
@@ -31,16 +32,16 @@ class ClusterBatch:
     """What every attributor starts from: one batch, its clusters and its similarity before any removal."""
 
     adapter: Any
-    pixels: "torch.Tensor"  # (B, 3, H, W)
-    emb: "torch.Tensor"  # (B, D) float32, L2-normalised image embeddings
-    text: "torch.Tensor"  # (B, D) float32, L2-normalised class embeddings of ``target``
-    target: "torch.Tensor"  # (B,) class index explained
+    pixels: torch.Tensor  # (B, 3, H, W)
+    emb: torch.Tensor  # (B, D) float32, L2-normalised image embeddings
+    text: torch.Tensor  # (B, D) float32, L2-normalised class embeddings of ``target``
+    target: torch.Tensor  # (B,) class index explained
     seeds: Sequence[int]  # one per image (``engine.sample_seed``)
     settings: CCISettings
-    labels: "torch.Tensor"  # (B, N) cluster id per patch, raster order
-    patterns: "torch.Tensor"  # (B, K, N) leave-one-cluster-out drop patterns (invalid clusters: all False)
-    valid: "torch.Tensor"  # (B, K) the cluster is non-empty and not every patch
-    s: "torch.Tensor"  # (B,) cos(image, text(target))
+    labels: torch.Tensor  # (B, N) cluster id per patch, raster order
+    patterns: torch.Tensor  # (B, K, N) leave-one-cluster-out drop patterns (invalid clusters: all False)
+    valid: torch.Tensor  # (B, K) the cluster is non-empty and not every patch
+    s: torch.Tensor  # (B,) cos(image, text(target))
 
     @property
     def k(self) -> int:
@@ -52,10 +53,10 @@ class Scores:
     """An attributor's answer for a batch. ``importance`` (B, K) is what diagnosis reads (I_k); ``drop`` (B, K)
     is logged when given; ``s`` replaces the batch's s when the method recomputes it."""
 
-    importance: "torch.Tensor"
-    drop: "torch.Tensor | None" = None
-    s: "torch.Tensor | None" = None
-    shapley: "ShapleyValues | None" = None
+    importance: torch.Tensor
+    drop: torch.Tensor | None = None
+    s: torch.Tensor | None = None
+    shapley: ShapleyValues | None = None
 
 
 class Attributor:
@@ -68,11 +69,11 @@ class Attributor:
     # adapter members it uses beyond the engine's own (``adapter.ATTRIBUTION_MEMBERS``); lacking one: skipped
     needs: ClassVar[tuple[str, ...]] = ()
 
-    def patterns(self, batch: ClusterBatch) -> "torch.Tensor":
+    def patterns(self, batch: ClusterBatch) -> torch.Tensor:
         """(B, P, N) bool drop patterns for the engine's one removal call; none by default."""
         return batch.patterns[:, :0]
 
-    def scores(self, batch: ClusterBatch, without: "torch.Tensor | None", ran: "torch.Tensor | None") -> Scores:
+    def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
         """Importances from ``without`` (B, P, D), the L2-normalised embeddings with each of :meth:`patterns`
         removed, and ``ran`` (B, P), False where a pattern removed every patch and could not run (its embedding
         must not be used). Both None when :meth:`patterns` gave none."""
@@ -101,7 +102,7 @@ class Attributor:
         return supported, why
 
     @classmethod
-    def make_step(cls, **settings: Any) -> "AttributionStep":
+    def make_step(cls, **settings: Any) -> AttributionStep:
         """The registered factory: an attribution step running this method (keyword settings as the CLI offers
         them, see ``AttributionSettings.from_flat``)."""
         from covar_harness.attribution.step import AttributionStep
@@ -126,7 +127,7 @@ def attributor_classes() -> list[type[Attributor]]:
     return out
 
 
-def find_attributor(method: "str | type[Attributor] | Attributor") -> type[Attributor]:
+def find_attributor(method: str | type[Attributor] | Attributor) -> type[Attributor]:
     """The Attributor class of ``method`` (a name, a class or an instance); UsageError for an unknown name."""
     if isinstance(method, Attributor):
         return type(method)
@@ -139,6 +140,6 @@ def find_attributor(method: "str | type[Attributor] | Attributor") -> type[Attri
     raise UsageError(f"unknown attribution method {method!r}; choose from {names}")
 
 
-def check_k(method: "str | type[Attributor]", k: Any) -> None:
+def check_k(method: str | type[Attributor], k: Any) -> None:
     """``find_attributor(method).check_k(k)``: an unknown method or a K it does not allow is one UsageError."""
     find_attributor(method).check_k(k)

@@ -20,26 +20,28 @@ EPS = 1e-8  # |s| floor: a similarity of exactly 0 would make the relative chang
 
 class CCI(Attributor):
     name = "cci"
-    description = ("Cluster-based Concept Importance: k-means on patch tokens, relative similarity drop when a "
-                   "cluster is removed (K+1 passes, K <= 64)")
+    description = (
+        "Cluster-based Concept Importance: k-means on patch tokens, relative similarity drop when a "
+        "cluster is removed (K+1 passes, K <= 64)"
+    )
 
-    def patterns(self, batch: ClusterBatch) -> "torch.Tensor":
+    def patterns(self, batch: ClusterBatch) -> torch.Tensor:
         return batch.patterns
 
-    def scores(self, batch: ClusterBatch, without: "torch.Tensor | None", ran: "torch.Tensor | None") -> Scores:
+    def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
         assert without is not None
         s, drop, importance = cci_from_embeddings(batch.emb, batch.text, without.to(batch.emb.device), batch.valid)
         return Scores(importance, drop, s)
 
 
-def cci_from_embeddings(emb, text, without, valid) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def cci_from_embeddings(emb, text, without, valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, drop, importance) from the normalised embeddings without each cluster (B, K, D)."""
     s = (emb * text).sum(dim=-1)
     s_k = (without * text[:, None, :]).sum(dim=-1)
     return relative_importance(s, s_k, valid)
 
 
-def relative_importance(s, s_k, valid) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def relative_importance(s, s_k, valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, drop = s - s_k, I = drop / |s|), zero for invalid clusters: CCI's definition, shared by every method
     that reads leave-one-out similarities s_k."""
     drop = (s[:, None] - s_k) * valid.to(s.device)
@@ -47,9 +49,13 @@ def relative_importance(s, s_k, valid) -> tuple["torch.Tensor", "torch.Tensor", 
 
 
 def similarity_drops(
-    adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", patterns: "torch.Tensor",
-    valid: "torch.Tensor",
-) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    adapter: Any,
+    pixels: torch.Tensor,
+    emb: torch.Tensor,
+    text: torch.Tensor,
+    patterns: torch.Tensor,
+    valid: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, drop, importance) from one batched ``encode_images_without`` call with (B, K, N) patterns.
 
     ``emb`` (B, D) and ``text`` (B, D) are L2-normalised, so s is a dot product. The embedding without

@@ -9,8 +9,9 @@ the batch's result, from which each sample's typed record is read.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from covar_harness.adapter import adapter_name, n_blocks
 from covar_harness.attribution.base import Attributor, ClusterBatch, find_attributor
@@ -40,32 +41,51 @@ class Attribution:
 
     method: str
     k: int
-    target: "torch.Tensor"  # (B,) class index explained
-    assignments: "torch.Tensor"  # (B, N) cluster id per patch, raster order
-    importance: "torch.Tensor"  # (B, K) I_k = (s - s_k) / |s|
-    drop: "torch.Tensor | None"  # (B, K) s - s_k (None for the random baseline)
-    s: "torch.Tensor"  # (B,) cos(image, text(target))
-    valid: "torch.Tensor"  # (B, K) bool
-    shapley: "ShapleyValues | None" = None  # cci-shapley only
-    regions: "RegionTest | None" = None  # counterfactual region test, when masks were given
+    target: torch.Tensor  # (B,) class index explained
+    assignments: torch.Tensor  # (B, N) cluster id per patch, raster order
+    importance: torch.Tensor  # (B, K) I_k = (s - s_k) / |s|
+    drop: torch.Tensor | None  # (B, K) s - s_k (None for the random baseline)
+    s: torch.Tensor  # (B,) cos(image, text(target))
+    valid: torch.Tensor  # (B, K) bool
+    shapley: ShapleyValues | None = None  # cci-shapley only
+    regions: RegionTest | None = None  # counterfactual region test, when masks were given
+    importance_alt: torch.Tensor | None = None  # (B, K) the other target's I_k, from the same removal call
+    alt: str | None = None  # which target ``importance_alt`` explains: "label" or "pred"
 
-    def patch_importance(self) -> "torch.Tensor":
+    def patch_importance(self) -> torch.Tensor:
         """(B, N): each patch's cluster importance (docs/design.md section 7.4)."""
         return self.importance.gather(1, self.assignments)
 
     def record(self, b: int) -> CCIRecord:
         """The ``cci`` entry of row ``b``'s log line (docs/design.md section 6)."""
-        return CCIRecord(self.method, int(self.target[b]), self.k, [int(v) for v in self.assignments[b].tolist()],
-                         [short(v) for v in self.importance[b].tolist()], short(float(self.s[b])),
-                         None if self.drop is None else [short(v) for v in self.drop[b].tolist()])
+        return CCIRecord(
+            self.method,
+            int(self.target[b]),
+            self.k,
+            [int(v) for v in self.assignments[b].tolist()],
+            [short(v) for v in self.importance[b].tolist()],
+            short(float(self.s[b])),
+            None if self.drop is None else [short(v) for v in self.drop[b].tolist()],
+            **self._alt_field(b),
+        )
+
+    def _alt_field(self, b: int) -> dict[str, list[float]]:
+        """``{"importance_label": [...]}`` (or ``importance_pred``) for row ``b``; empty without the other target."""
+        if self.importance_alt is None or self.alt is None:
+            return {}
+        return {f"importance_{self.alt}": [short(v) for v in self.importance_alt[b].tolist()]}
 
     def sample_record(self, index: int, b: int) -> AttributionRecord:
         """Row ``b`` as sample ``index``'s record: ``cci``, and ``shapley`` / ``counterfactual`` when computed."""
-        return AttributionRecord(index, self.record(b), None if self.shapley is None else self.shapley.record(b),
-                                 None if self.regions is None else self.regions.record(b))
+        return AttributionRecord(
+            index,
+            self.record(b),
+            None if self.shapley is None else self.shapley.record(b),
+            None if self.regions is None else self.regions.record(b),
+        )
 
 
-def cluster_patterns(assignments: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def cluster_patterns(assignments: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N) ids -> drop patterns (B, K, N) and ``valid`` (B, K). An empty cluster, or one that holds every
     patch, gets an all-False pattern (nothing removed) and is marked invalid."""
     import torch
@@ -76,21 +96,38 @@ def cluster_patterns(assignments: "torch.Tensor", k: int) -> tuple["torch.Tensor
     return patterns & valid[..., None], valid
 
 
-def cluster(adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor",
-            target: "torch.Tensor", seeds: Sequence[int], settings: CCISettings) -> ClusterBatch:
+def cluster(
+    adapter: Any,
+    pixels: torch.Tensor,
+    emb: torch.Tensor,
+    text: torch.Tensor,
+    target: torch.Tensor,
+    seeds: Sequence[int],
+    settings: CCISettings,
+) -> ClusterBatch:
     """Patch tokens -> k-means clusters -> leave-one-out patterns, and s = cos(image, text)."""
     tokens = patch_tokens(adapter, pixels, settings.layer)
     km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
     patterns, valid = cluster_patterns(km.labels, settings.k)
     emb, text = emb.float(), text.float().to(emb.device)
-    return ClusterBatch(adapter, pixels, emb, text, target, seeds, settings, km.labels, patterns, valid,
-                        (emb * text).sum(dim=-1))
+    return ClusterBatch(
+        adapter, pixels, emb, text, target, seeds, settings, km.labels, patterns, valid, (emb * text).sum(dim=-1)
+    )
 
 
 def attribute(
-    adapter: Any, pixels: "torch.Tensor", emb: "torch.Tensor", text: "torch.Tensor", target: "torch.Tensor",
-    seeds: Sequence[int], settings: CCISettings, method: "str | type[Attributor] | Attributor" = "cci", *,
-    fg: "torch.Tensor | None" = None, classifier: "torch.Tensor | None" = None,
+    adapter: Any,
+    pixels: torch.Tensor,
+    emb: torch.Tensor,
+    text: torch.Tensor,
+    target: torch.Tensor,
+    seeds: Sequence[int],
+    settings: CCISettings,
+    method: str | type[Attributor] | Attributor = "cci",
+    *,
+    fg: torch.Tensor | None = None,
+    classifier: torch.Tensor | None = None,
+    alt: tuple[str, torch.Tensor, torch.Tensor] | None = None,
 ) -> Attribution:
     """One attributor (a name, class or instance; default CCI) on a batch. ``emb`` (B, D) normalised image
     embeddings, ``text`` (B, D) normalised class embeddings of ``target``; ``seeds`` one per image (see
@@ -98,6 +135,8 @@ def attribute(
 
     ``fg`` (B, N) foreground fraction per patch (NaN rows: no mask) with ``classifier`` (D, C) adds the
     counterfactual region test. Everything that removes patches goes through ONE ``encode_images_without`` call.
+    ``alt`` = (name, target, text) of a second target ("label" or "pred"): its importances are scored from the same
+    removal embeddings (the removals do not depend on the target), so explaining both costs no model call.
     """
     import torch
 
@@ -109,8 +148,10 @@ def attribute(
     parts, masked = [main], None
     if fg is not None and classifier is not None:
         masked = ~torch.isnan(fg).any(dim=-1)
-        parts.append(region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
-                     & masked.to(main.device)[:, None, None])
+        parts.append(
+            region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
+            & masked.to(main.device)[:, None, None]
+        )
     allp = torch.cat(parts, dim=1)
     without, ran = encode_patterns(adapter, pixels, allp, batch.emb.shape[-1]) if allp.shape[1] else (None, None)
     n = main.shape[1]
@@ -121,21 +162,54 @@ def attribute(
         assert without is not None and ran is not None  # the region patterns went through the call
         regions = region_test(without[:, n:], ran[:, n:], batch.text, classifier, target, masked)
     s = batch.s if scores.s is None else scores.s
-    return Attribution(kind.name, settings.k, target.cpu(), batch.labels.cpu(), scores.importance.cpu(),
-                       None if scores.drop is None else scores.drop.cpu(), s.cpu(), batch.valid.cpu(),
-                       scores.shapley, regions)
+    importance_alt = None if alt is None else _alt_importance(strategy, batch, alt, ours)
+    return Attribution(
+        kind.name,
+        settings.k,
+        target.cpu(),
+        batch.labels.cpu(),
+        scores.importance.cpu(),
+        None if scores.drop is None else scores.drop.cpu(),
+        s.cpu(),
+        batch.valid.cpu(),
+        scores.shapley,
+        regions,
+        importance_alt,
+        None if alt is None else alt[0],
+    )
 
 
-def check_model(adapter: Any, settings: CCISettings, method: "str | type[Attributor]" = "cci") -> None:
+def _alt_importance(
+    strategy: Attributor,
+    batch: ClusterBatch,
+    alt: tuple[str, torch.Tensor, torch.Tensor],
+    ours: tuple[torch.Tensor | None, torch.Tensor | None],
+) -> torch.Tensor:
+    """The attributor's importances for the other target, from the embeddings already computed: the batch
+    with the other target's text (and its s) in place, scored again. Why: a second removal pass would cost
+    K+1 model calls for numbers the first pass already holds."""
+    from dataclasses import replace
+
+    _, target, text = alt
+    text = text.float().to(batch.emb.device)
+    other = replace(batch, text=text, target=target, s=(batch.emb * text).sum(dim=-1))
+    return strategy.scores(other, *ours).importance.cpu()
+
+
+def check_model(adapter: Any, settings: CCISettings, method: str | type[Attributor] = "cci") -> None:
     """Settings that depend on the model, checked before any work: K against the patch count, the layer against
     the block count (``n_blocks``, when the adapter tells it). One-line ValueError; why: otherwise the failure is
     a traceback deep in k-means or, for a wrapped layer index, a silently different layer."""
     find_attributor(method).check_k(settings.k)
     n = grid_size(adapter)
     if settings.k > n:
-        raise ValueError(f"--cci-k {settings.k} is more than the {n} patches of {adapter_name(adapter)} "
-                         f"(patch grid {'x'.join(map(str, adapter.patch_grid))}); use --cci-k <= {n}")
+        raise ValueError(
+            f"--cci-k {settings.k} is more than the {n} patches of {adapter_name(adapter)} "
+            f"(patch grid {'x'.join(map(str, adapter.patch_grid))}); use --cci-k <= {n}"
+        )
     blocks = n_blocks(adapter)
     if blocks is not None and not -blocks <= settings.layer < blocks:
-        raise ValueError(f"--cci-layer {settings.layer} is out of range for {adapter_name(adapter)}, which has "
-                         f"{blocks} blocks (use {-blocks}..{blocks - 1})")
+        raise ValueError(
+            f"--cci-layer {settings.layer} is out of range for {adapter_name(adapter)}, which has "
+            f"{blocks} blocks (use {-blocks}..{blocks - 1})"
+        )

@@ -7,8 +7,9 @@ torch is imported inside the functions, so importing this module stays light.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from covar_harness.attribution.settings import DEFAULTS
 
@@ -20,19 +21,19 @@ KMEANS_BUDGET_BYTES = 1 << 30  # above this the restarts' (B * n_init, N, C) cop
 
 @dataclass
 class KMeansResult:
-    labels: "torch.Tensor"  # (B, N) long, cluster id per point
-    centres: "torch.Tensor"  # (B, K, C)
-    inertia: "torch.Tensor"  # (B,) sum of squared distances to the assigned centre
+    labels: torch.Tensor  # (B, N) long, cluster id per point
+    centres: torch.Tensor  # (B, K, C)
+    inertia: torch.Tensor  # (B,) sum of squared distances to the assigned centre
     n_iter: int  # Lloyd iterations run (the batch's slowest row)
 
 
-def _sq_distances(x: "torch.Tensor", centres: "torch.Tensor") -> "torch.Tensor":
+def _sq_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """(R, N, C), (R, K, C) -> (R, N, K) squared Euclidean distances, via the Gram expansion (no R*N*K*C buffer)."""
     d = (x * x).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + (centres * centres).sum(-1)[:, None, :]
     return d.clamp_min_(0)
 
 
-def kmeans_plusplus(x: "torch.Tensor", k: int, uniforms: "torch.Tensor") -> "torch.Tensor":
+def kmeans_plusplus(x: torch.Tensor, k: int, uniforms: torch.Tensor) -> torch.Tensor:
     """k-means++ seeding for every row at once. ``uniforms`` (R, k) in [0, 1) make it deterministic and
     device-independent: centre j is drawn by inverse CDF over the current squared distances. When every
     distance is 0 (fewer distinct points than k) the draw is uniform; duplicates then give empty clusters."""
@@ -43,7 +44,7 @@ def kmeans_plusplus(x: "torch.Tensor", k: int, uniforms: "torch.Tensor") -> "tor
     u = uniforms.to(x.device, x.dtype)
     x2 = (x * x).sum(-1)
 
-    def sq_dist_to(centre: "torch.Tensor") -> "torch.Tensor":  # (R, C) -> (R, N), no (R, N, C) buffer
+    def sq_dist_to(centre: torch.Tensor) -> torch.Tensor:  # (R, C) -> (R, N), no (R, N, C) buffer
         return (x2 - 2 * (x @ centre[:, :, None]).squeeze(-1) + (centre * centre).sum(-1, keepdim=True)).clamp_(min=0)
 
     first = (u[:, 0] * N).long().clamp_(max=N - 1)
@@ -60,9 +61,7 @@ def kmeans_plusplus(x: "torch.Tensor", k: int, uniforms: "torch.Tensor") -> "tor
     return torch.stack(centres, dim=1)
 
 
-def _reseed_empty(
-    x: "torch.Tensor", dist: "torch.Tensor", empty: "torch.Tensor", centres: "torch.Tensor"
-) -> "torch.Tensor":
+def _reseed_empty(x: torch.Tensor, dist: torch.Tensor, empty: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Move each empty cluster's centre onto a point far from its own centre (the j-th empty cluster of a row
     gets the j-th farthest point; sklearn's rule). A cluster whose candidate is at distance 0 stays empty:
     there is nothing left to split. Edits ``centres`` in place; returns (R,) whether a row was reseeded."""
@@ -80,7 +79,7 @@ def _reseed_empty(
     return reseed.any(dim=1)
 
 
-def lloyd(x: "torch.Tensor", centres: "torch.Tensor", max_iter: int) -> KMeansResult:
+def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int) -> KMeansResult:
     """Lloyd iterations on every row until no row's assignment changes (sklearn's strict convergence,
     i.e. ``tol=0``). Converged rows sit at a fixed point, so iterating them along with the others is harmless."""
     import torch.nn.functional as F
@@ -89,7 +88,7 @@ def lloyd(x: "torch.Tensor", centres: "torch.Tensor", max_iter: int) -> KMeansRe
     k = centres.shape[1]
     prev = None
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is returned after the loop)
         dist, labels = _sq_distances(x, centres).min(dim=-1)
         onehot = F.one_hot(labels, k).to(x.dtype)  # (R, N, K)
         counts = onehot.sum(dim=1)  # (R, K)
@@ -107,8 +106,12 @@ def lloyd(x: "torch.Tensor", centres: "torch.Tensor", max_iter: int) -> KMeansRe
 
 
 def batched_kmeans(
-    x: "torch.Tensor", k: int, seeds: Sequence[int], n_init: int = DEFAULTS.kmeans_n_init,
-    max_iter: int = DEFAULTS.kmeans_iters, init: "torch.Tensor | None" = None,
+    x: torch.Tensor,
+    k: int,
+    seeds: Sequence[int],
+    n_init: int = DEFAULTS.kmeans_n_init,
+    max_iter: int = DEFAULTS.kmeans_iters,
+    init: torch.Tensor | None = None,
 ) -> KMeansResult:
     """k-means of each row of ``x`` (B, N, C) into ``k`` clusters, all rows at once on ``x``'s device.
 
@@ -126,20 +129,26 @@ def batched_kmeans(
         raise ValueError(f"need one seed per row: {len(seeds)} seeds for {B} rows")
     per_group = max(1, KMEANS_BUDGET_BYTES // max(1, n_init * N * C * x.element_size()))
     if init is None and per_group < B:
-        parts = [batched_kmeans(x[i:i + per_group], k, seeds[i:i + per_group], n_init, max_iter)
-                 for i in range(0, B, per_group)]
-        return KMeansResult(torch.cat([r.labels for r in parts]), torch.cat([r.centres for r in parts]),
-                            torch.cat([r.inertia for r in parts]), max(r.n_iter for r in parts))
+        parts = [
+            batched_kmeans(x[i : i + per_group], k, seeds[i : i + per_group], n_init, max_iter)
+            for i in range(0, B, per_group)
+        ]
+        return KMeansResult(
+            torch.cat([r.labels for r in parts]),
+            torch.cat([r.centres for r in parts]),
+            torch.cat([r.inertia for r in parts]),
+            max(r.n_iter for r in parts),
+        )
     offset = x.mean(dim=1, keepdim=True)
     xc = x - offset
     if init is not None:
         res = lloyd(xc, init.to(x.device, x.dtype) - offset, max_iter)
         res.centres = res.centres + offset
         return res
-    uniforms = torch.stack([torch.rand(n_init, k, generator=torch.Generator().manual_seed(int(s)),
-                                       dtype=torch.float64) for s in seeds])  # (B, n_init, k), on CPU
+    uniforms = torch.stack(
+        [torch.rand(n_init, k, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
+    )  # (B, n_init, k), on CPU
     xr = xc.repeat_interleave(n_init, dim=0)
     res = lloyd(xr, kmeans_plusplus(xr, k, uniforms.view(B * n_init, k)), max_iter)
     best = res.inertia.view(B, n_init).argmin(dim=1) + torch.arange(B, device=x.device) * n_init
     return KMeansResult(res.labels[best], res.centres[best] + offset, res.inertia[best], res.n_iter)
-

@@ -18,9 +18,10 @@ class RandomBaseline(Attributor):
     name = "random"
     description = "baseline: CCI's clusters with random importances (seeded)"
 
-    def scores(self, batch: ClusterBatch, without: "torch.Tensor | None", ran: "torch.Tensor | None") -> Scores:
+    def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
         import torch
 
-        draws = torch.stack([torch.rand(batch.k, generator=torch.Generator().manual_seed(int(seed) + 1))
-                             for seed in batch.seeds])
+        draws = torch.stack(
+            [torch.rand(batch.k, generator=torch.Generator().manual_seed(int(seed) + 1)) for seed in batch.seeds]
+        )
         return Scores(draws * batch.valid.cpu())

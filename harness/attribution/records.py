@@ -29,12 +29,26 @@ class CCIRecord(JsonRecord):
     importance: list[float]  # I_k = (s - s_k) / |s| per cluster
     s: float  # cos(image, text(target))
     drop: list[float] | None = None  # s - s_k per cluster (None for the random baseline)
+    # the other target's importances from the same removal embeddings (no extra model call): for the label when
+    # ``target`` explains the prediction (--cci-target pred), for the prediction under --cci-target label
+    importance_label: list[float] | None = None
+    importance_pred: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "target": self.target, "k": self.k,
-                               "assignments": self.assignments, "importance": self.importance, "s": self.s}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "target": self.target,
+            "k": self.k,
+            "assignments": self.assignments,
+            "importance": self.importance,
+            "s": self.s,
+        }
         if self.drop is not None:
             out["drop"] = self.drop
+        if self.importance_label is not None:
+            out["importance_label"] = self.importance_label
+        if self.importance_pred is not None:
+            out["importance_pred"] = self.importance_pred
         return out
 
 
@@ -61,8 +75,13 @@ class RegionRecord(JsonRecord):
     outcome: str | None  # bg-sufficient | fg-sufficient | both | neither | None (undefined)
 
     def to_json(self) -> dict[str, Any]:
-        return {"s_fg_only": self.s_fg_only, "s_bg_only": self.s_bg_only, "pred_fg_only": self.pred_fg_only,
-                "pred_bg_only": self.pred_bg_only, "outcome": self.outcome}
+        return {
+            "s_fg_only": self.s_fg_only,
+            "s_bg_only": self.s_bg_only,
+            "pred_fg_only": self.pred_fg_only,
+            "pred_bg_only": self.pred_bg_only,
+            "outcome": self.outcome,
+        }
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,12 +25,12 @@ OUTCOMES = ("bg-sufficient", "fg-sufficient", "both", "neither")
 class RegionTest:
     """The counterfactual region test for a batch; NaN / -1 where a region was empty and could not be run."""
 
-    s_fg_only: "torch.Tensor"  # (B,) cos(foreground-only image, text(target))
-    s_bg_only: "torch.Tensor"  # (B,)
-    pred_fg_only: "torch.Tensor"  # (B,) argmax over the classifier, -1 when undefined
-    pred_bg_only: "torch.Tensor"  # (B,)
-    target: "torch.Tensor"  # (B,)
-    masked: "torch.Tensor"  # (B,) bool: the sample had a foreground mask (else no test)
+    s_fg_only: torch.Tensor  # (B,) cos(foreground-only image, text(target))
+    s_bg_only: torch.Tensor  # (B,)
+    pred_fg_only: torch.Tensor  # (B,) argmax over the classifier, -1 when undefined
+    pred_bg_only: torch.Tensor  # (B,)
+    target: torch.Tensor  # (B,)
+    masked: torch.Tensor  # (B,) bool: the sample had a foreground mask (else no test)
 
     def record(self, b: int) -> RegionRecord | None:
         """The ``counterfactual`` entry of one sample's log line; None when the sample had no mask."""
@@ -48,16 +48,20 @@ def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | No
     if pred_fg_only is None or pred_bg_only is None:
         return None
     fg_ok, bg_ok = pred_fg_only == target, pred_bg_only == target
-    return {(True, True): "both", (True, False): "fg-sufficient", (False, True): "bg-sufficient",
-            (False, False): "neither"}[(fg_ok, bg_ok)]
+    return {
+        (True, True): "both",
+        (True, False): "fg-sufficient",
+        (False, True): "bg-sufficient",
+        (False, False): "neither",
+    }[(fg_ok, bg_ok)]
 
 
-def _maybe(value: "torch.Tensor") -> float | None:
+def _maybe(value: torch.Tensor) -> float | None:
     v = float(value)
     return None if math.isnan(v) else short(v)
 
 
-def region_patterns(fg: "torch.Tensor", threshold: float) -> "torch.Tensor":
+def region_patterns(fg: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, N) foreground fraction per patch -> (B, 2, N): [drop foreground (background only), drop background
     (foreground only)]. The two regions partition the patches."""
     import torch
@@ -67,8 +71,12 @@ def region_patterns(fg: "torch.Tensor", threshold: float) -> "torch.Tensor":
 
 
 def region_test(
-    without: "torch.Tensor", ran: "torch.Tensor", text: "torch.Tensor", classifier: "torch.Tensor",
-    target: "torch.Tensor", masked: "torch.Tensor",
+    without: torch.Tensor,
+    ran: torch.Tensor,
+    text: torch.Tensor,
+    classifier: torch.Tensor,
+    target: torch.Tensor,
+    masked: torch.Tensor,
 ) -> RegionTest:
     """Similarities and predictions from the two region-only embeddings (B, 2, D) (normalised)."""
     import torch
@@ -79,4 +87,3 @@ def region_test(
     sims = sims.where(ok, torch.full_like(sims, float("nan")))
     preds = preds.where(ok, torch.full_like(preds, -1))
     return RegionTest(sims[:, 1], sims[:, 0], preds[:, 1], preds[:, 0], target.cpu(), masked.cpu())
-

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 PATTERN_ROWS = 64  # rows per call (at least the batch size) when patterns are flattened for a (B, N) adapter
 
 
-def patch_tokens(adapter: Any, pixels: "torch.Tensor", layer: int) -> "torch.Tensor":
+def patch_tokens(adapter: Any, pixels: torch.Tensor, layer: int) -> torch.Tensor:
     """The adapter's patch tokens at ``layer`` (float32). Older adapters without a ``layer`` argument give the
     last block only; asking them for another layer is an error that ``layer_supported`` catches up front.
     The result must be (B, N, C) with N = rows * cols of ``patch_grid`` (else AdapterContractError)."""
@@ -44,8 +44,8 @@ def layer_supported(adapter: Any) -> bool:
 
 
 def encode_patterns(
-    adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tensor", dim: int | None = None,
-) -> tuple["torch.Tensor", "torch.Tensor"]:
+    adapter: Any, pixels: torch.Tensor, patterns: torch.Tensor, dim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P, N) patterns -> L2-normalised (B, P, D) embeddings and (B, P) ``ran``, through
     :func:`encode_without` (ONE call when the adapter takes pattern batches). ``dim``: the D to expect.
 
@@ -65,8 +65,8 @@ def encode_patterns(
 
 
 def encode_without(
-    adapter: Any, pixels: "torch.Tensor", patterns: "torch.Tensor", dim: int | None = None, **options: Any,
-) -> "torch.Tensor":
+    adapter: Any, pixels: torch.Tensor, patterns: torch.Tensor, dim: int | None = None, **options: Any
+) -> torch.Tensor:
     """(B, P, D) float embeddings for (B, P, N) drop patterns, honouring the adapter's declared contract.
 
     Adapters declaring ``supports_pattern_batches`` get the (B, P, N) patterns in one call. Every other adapter
@@ -91,4 +91,3 @@ def encode_without(
         dim = int(out.shape[1])
         parts.append(out.float().to(parts[0].device) if parts else out.float())
     return torch.cat(parts).view(B, P, -1) if parts else patterns.new_zeros((B, P, dim or 0), dtype=torch.float32)
-

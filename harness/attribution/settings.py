@@ -36,29 +36,45 @@ class CCISettings:
     # clusters per image (S7 code and the paper's likely value; S8 suggests 8 is also used)
     k: int = field(default=7, metadata=flag("--cci-k", "clusters per image", "{}", type=int))
     # which block's patch tokens are clustered; -1 = last block
-    layer: int = field(default=-1, metadata=flag("--cci-layer", "block whose patch tokens are clustered",
-                                                  "{}, last", type=int))
+    layer: int = field(
+        default=-1, metadata=flag("--cci-layer", "block whose patch tokens are clustered", "{}, last", type=int)
+    )
     # class whose text is explained: predicted class or ground-truth label
     target: str = field(default="pred", metadata=flag("--cci-target", "class explained", "{}", choices=TARGETS))
     # k-means (and random-baseline) seed; mixed with each sample's id. On the command line it defaults to --seed
-    seed: int = field(default=0, metadata=flag("--cci-seed", "k-means / baseline seed", "--seed", type=int,
-                                                default=None))
-    attribute_on: str = field(default="all", metadata=flag(
-        "--attribute-on", "attribute every sample or only misclassified ones", "{}", choices=ATTRIBUTE_ON))
+    seed: int = field(
+        default=0, metadata=flag("--cci-seed", "k-means / baseline seed", "--seed", type=int, default=None)
+    )
+    attribute_on: str = field(
+        default="all",
+        metadata=flag(
+            "--attribute-on", "attribute every sample or only misclassified ones", "{}", choices=ATTRIBUTE_ON
+        ),
+    )
     # Lloyd iterations at most (stops earlier when assignments are stable)
-    kmeans_iters: int = field(default=100, metadata=flag("--cci-iters", "k-means iterations at most", "{}",
-                                                          type=int))
+    kmeans_iters: int = field(default=100, metadata=flag("--cci-iters", "k-means iterations at most", "{}", type=int))
     # k-means++ restarts per image; the lowest-inertia one is kept
-    kmeans_n_init: int = field(default=3, metadata=flag("--cci-n-init", "k-means++ restarts per image", "{}",
-                                                         type=int))
+    kmeans_n_init: int = field(default=3, metadata=flag("--cci-n-init", "k-means++ restarts per image", "{}", type=int))
     # region test on samples with a foreground mask (2 extra patterns: cheap)
-    counterfactual: bool = field(default=True, metadata=flag(
-        "--no-counterfactual", "skip the counterfactual region test (foreground only / background only) on "
-        "masked tasks", None, action="store_false"))
+    counterfactual: bool = field(
+        default=True,
+        metadata=flag(
+            "--no-counterfactual",
+            "skip the counterfactual region test (foreground only / background only) on masked tasks",
+            None,
+            action="store_false",
+        ),
+    )
     # a patch is foreground for the region test when its mask fraction >= this
-    cf_threshold: float = field(default=0.5, metadata=flag(
-        "--cf-threshold", "mask fraction at or above which a patch counts as foreground in that test", "{}",
-        type=float))
+    cf_threshold: float = field(
+        default=0.5,
+        metadata=flag(
+            "--cf-threshold",
+            "mask fraction at or above which a patch counts as foreground in that test",
+            "{}",
+            type=float,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not is_int(self.k) or self.k < 2:
@@ -74,13 +90,15 @@ class CCISettings:
         if not is_int(self.kmeans_iters) or not 1 <= self.kmeans_iters <= MAX_ITERS:
             raise UsageError(f"--cci-iters must be in 1..{MAX_ITERS}, got {self.kmeans_iters}")
         if not is_int(self.kmeans_n_init) or not 1 <= self.kmeans_n_init <= MAX_N_INIT:
-            raise UsageError(f"--cci-n-init must be in 1..{MAX_N_INIT} (restarts run side by side in memory), "
-                             f"got {self.kmeans_n_init}")
+            raise UsageError(
+                f"--cci-n-init must be in 1..{MAX_N_INIT} (restarts run side by side in memory), "
+                f"got {self.kmeans_n_init}"
+            )
         if not 0.0 <= self.cf_threshold <= 1.0:
             raise UsageError(f"the counterfactual mask threshold must be in [0, 1], got {self.cf_threshold}")
 
     @classmethod
-    def from_args(cls, args: Any, prefix: str = FLAG_PREFIX) -> "CCISettings":
+    def from_args(cls, args: Any, prefix: str = FLAG_PREFIX) -> CCISettings:
         """From parsed ``run`` arguments (flags from ``flags.cli_flags``, values under ``prefix``): a flag the
         namespace lacks keeps its default, and ``--cci-seed`` falls back to ``--seed``."""
         values = from_args(cls, args, prefix)
@@ -102,7 +120,7 @@ class AttributionSettings:
     only_with_masks: bool = False  # --attribution auto: runs only on tasks whose samples have foreground masks
 
     @classmethod
-    def from_flat(cls, method: str, **flat: Any) -> "AttributionSettings":
+    def from_flat(cls, method: str, **flat: Any) -> AttributionSettings:
         """From keyword settings as attributor factories receive them (``k=3, save_maps=...``); an unknown name
         is a TypeError, as for any function."""
         names = {f.name for f in fields(CCISettings)}
@@ -110,8 +128,12 @@ class AttributionSettings:
         unknown = sorted(set(flat) - names)
         if unknown:
             raise TypeError(f"unexpected attribution setting(s): {', '.join(unknown)}")
-        return cls(method, replace(DEFAULTS, **flat) if flat else DEFAULTS, own.get("save_maps"),
-                   bool(own.get("only_with_masks", False)))
+        return cls(
+            method,
+            replace(DEFAULTS, **flat) if flat else DEFAULTS,
+            own.get("save_maps"),
+            bool(own.get("only_with_masks", False)),
+        )
 
     def flat(self) -> dict[str, Any]:
         """The keyword form (:meth:`from_flat`): what the CLI offers to an attributor's factory."""

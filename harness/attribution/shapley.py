@@ -31,14 +31,16 @@ ZERO_EMPTY = "0 by convention (no prefix token)"
 
 class CCIShapley(Attributor):
     name = "cci-shapley"
-    description = ("exact Shapley values of CCI's K clusters (2^K coalition passes, K <= 10); also logs the "
-                   "leave-one-out CCI record")
+    description = (
+        "exact Shapley values of CCI's K clusters (2^K coalition passes, K <= 10); also logs the "
+        "leave-one-out CCI record"
+    )
     k_range = (2, MAX_SHAPLEY_K)
 
-    def patterns(self, batch: ClusterBatch) -> "torch.Tensor":
+    def patterns(self, batch: ClusterBatch) -> torch.Tensor:
         return coalition_patterns(batch.labels, batch.k)
 
-    def scores(self, batch: ClusterBatch, without: "torch.Tensor | None", ran: "torch.Tensor | None") -> Scores:
+    def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
         assert without is not None and ran is not None
         emb, s, k = batch.emb, batch.s, batch.k
         v_raw = (without.to(emb.device) * batch.text[:, None, :]).sum(dim=-1)
@@ -49,14 +51,20 @@ class CCIShapley(Attributor):
         return Scores(importance, drop, shapley=shapley)
 
     def config(self, adapter: Any, settings: CCISettings) -> dict[str, Any]:
-        return {"shapley": {"v_empty": EXACT_EMPTY if can_remove_all_patches(adapter) else ZERO_EMPTY,
-                            "coalitions": 2**settings.k}}
+        return {
+            "shapley": {
+                "v_empty": EXACT_EMPTY if can_remove_all_patches(adapter) else ZERO_EMPTY,
+                "coalitions": 2**settings.k,
+            }
+        }
 
     @classmethod
     def check_k(cls, k: Any) -> None:
         if is_int(k) and k > MAX_SHAPLEY_K:
-            raise UsageError(f"cci-shapley evaluates all 2^K cluster coalitions: --cci-k {k} would need {2**k} "
-                             f"removal passes per image; use --cci-k <= {MAX_SHAPLEY_K}")
+            raise UsageError(
+                f"cci-shapley evaluates all 2^K cluster coalitions: --cci-k {k} would need {2**k} "
+                f"removal passes per image; use --cci-k <= {MAX_SHAPLEY_K}"
+            )
         super().check_k(k)
 
 
@@ -64,17 +72,18 @@ class CCIShapley(Attributor):
 class ShapleyValues:
     """Exact cluster Shapley values for s, with the two ends of the game (efficiency: sum = v_all - v_empty)."""
 
-    values: "torch.Tensor"  # (B, K) float64
-    v_all: "torch.Tensor"  # (B,) = s
-    v_empty: "torch.Tensor"  # (B,) prefix-only forward, or 0 by convention (see ``v_empty_rule``)
+    values: torch.Tensor  # (B, K) float64
+    v_all: torch.Tensor  # (B,) = s
+    v_empty: torch.Tensor  # (B,) prefix-only forward, or 0 by convention (see ``v_empty_rule``)
     v_empty_rule: str
 
     def record(self, b: int) -> ShapleyRecord:
-        return ShapleyRecord([short(v) for v in self.values[b].tolist()], short(float(self.v_all[b])),
-                             short(float(self.v_empty[b])))
+        return ShapleyRecord(
+            [short(v) for v in self.values[b].tolist()], short(float(self.v_all[b])), short(float(self.v_empty[b]))
+        )
 
 
-def coalition_table(k: int) -> "torch.Tensor":
+def coalition_table(k: int) -> torch.Tensor:
     """(2^K, K) bool: row c keeps cluster j iff bit j of c is set (row 0 = empty coalition, last = all)."""
     import torch
 
@@ -82,14 +91,14 @@ def coalition_table(k: int) -> "torch.Tensor":
     return (c[:, None] >> torch.arange(k)[None, :]) & 1 == 1
 
 
-def coalition_patterns(assignments: "torch.Tensor", k: int) -> "torch.Tensor":
+def coalition_patterns(assignments: torch.Tensor, k: int) -> torch.Tensor:
     """(B, N) cluster ids -> (B, 2^K, N) drop patterns: a patch is dropped when its cluster is not in S."""
     table = coalition_table(k).to(assignments.device)  # (2^K, K)
     kept = table[:, assignments]  # (2^K, B, N)
     return ~kept.permute(1, 0, 2)
 
 
-def canonical_coalitions(assignments: "torch.Tensor", k: int) -> "torch.Tensor":
+def canonical_coalitions(assignments: torch.Tensor, k: int) -> torch.Tensor:
     """(B, 2^K) index of each coalition with its empty clusters removed: coalitions that differ only by empty
     clusters remove the same patches, so they share ONE value and an empty cluster is an exact null player."""
     import torch
@@ -100,7 +109,7 @@ def canonical_coalitions(assignments: "torch.Tensor", k: int) -> "torch.Tensor":
     return torch.arange(2**k)[None, :] & bits[:, None]
 
 
-def shapley_from_values(v: "torch.Tensor", k: int) -> "torch.Tensor":
+def shapley_from_values(v: torch.Tensor, k: int) -> torch.Tensor:
     """Exact Shapley values (B, K) from coalition values v (B, 2^K) indexed as in ``coalition_table``:
     phi_i = sum over S not containing i of |S|! (K-|S|-1)! / K! * (v(S + i) - v(S)). Computed in float64."""
     import torch
@@ -108,8 +117,10 @@ def shapley_from_values(v: "torch.Tensor", k: int) -> "torch.Tensor":
     v = v.double()
     c = torch.arange(2**k)
     size = coalition_table(k).sum(dim=1)
-    weight = torch.tensor([math.factorial(n) * math.factorial(k - n - 1) / math.factorial(k) if n < k else 0.0
-                           for n in range(k + 1)], dtype=torch.float64)
+    weight = torch.tensor(
+        [math.factorial(n) * math.factorial(k - n - 1) / math.factorial(k) if n < k else 0.0 for n in range(k + 1)],
+        dtype=torch.float64,
+    )
     phi = torch.zeros(v.shape[0], k, dtype=torch.float64)
     for i in range(k):
         without_i = c[(c >> i) & 1 == 0]
@@ -118,9 +129,8 @@ def shapley_from_values(v: "torch.Tensor", k: int) -> "torch.Tensor":
 
 
 def shapley_game(
-    v_raw: "torch.Tensor", ran: "torch.Tensor", s: "torch.Tensor", assignments: "torch.Tensor", k: int,
-    exact_empty: bool,
-) -> tuple[ShapleyValues, "torch.Tensor"]:
+    v_raw: torch.Tensor, ran: torch.Tensor, s: torch.Tensor, assignments: torch.Tensor, k: int, exact_empty: bool
+) -> tuple[ShapleyValues, torch.Tensor]:
     """Coalition values -> (ShapleyValues, v (B, 2^K) float64). v(all) = s; v(empty) = the prefix-only forward when
     it ran, else 0 by convention; coalitions are canonicalised (see ``canonical_coalitions``)."""
     v = v_raw.double().cpu().clone()
@@ -129,4 +139,3 @@ def shapley_game(
     v = v.gather(1, canonical_coalitions(assignments, k))
     rule = EXACT_EMPTY if exact_empty else ZERO_EMPTY
     return ShapleyValues(shapley_from_values(v, k), v[:, -1].clone(), v[:, 0].clone(), rule), v
-

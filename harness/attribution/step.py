@@ -36,7 +36,7 @@ class AttributionStep(Step):
 
     name = "attribution"
 
-    def __init__(self, settings: "AttributionSettings | str | type[Attributor]" = "cci", /, **flat: Any):
+    def __init__(self, settings: AttributionSettings | str | type[Attributor] = "cci", /, **flat: Any):
         if isinstance(settings, AttributionSettings):
             if flat:
                 raise TypeError("AttributionStep takes AttributionSettings or keyword settings, not both")
@@ -60,8 +60,9 @@ class AttributionStep(Step):
     def run_settings(self) -> dict[str, Any]:
         return {"method": self.method, "only_with_masks": self.only_with_masks, **asdict(self.settings)}
 
-    def start(self, ctx: "PairContext | Any", task: Any = None, samples: Any = None, *,
-              model_spec: str | None = None) -> None:
+    def start(
+        self, ctx: PairContext | Any, task: Any = None, samples: Any = None, *, model_spec: str | None = None
+    ) -> None:
         """Decide, per model x task, whether attribution runs: auto mode needs masks, the method needs its adapter
         members. Settings the model cannot honour (K above its patch count, a layer it lacks) raise one-line
         ValueError. The older call ``start(adapter, task, samples, model_spec=...)`` works too."""
@@ -81,31 +82,43 @@ class AttributionStep(Step):
         if self.active:
             check_model(ctx.adapter, self.settings, self.attributor)
 
-    def process(self, batch: "Batch") -> list[AttributionRecord]:
+    def process(self, batch: Batch) -> list[AttributionRecord]:
         """One record per attributed sample; nothing when inactive."""
         if not self.active or self.ctx is None:
             return []
         self.n_seen += len(batch.indices)
         pred = batch.logits.argmax(dim=-1).cpu()
         target = pred if self.settings.target == "pred" else batch.labels.cpu()
+        other = batch.labels.cpu().long() if self.settings.target == "pred" else pred
         rows = list(range(len(batch.indices)))
         if self.settings.attribute_on == "errors":
             rows = [r for r in rows if int(pred[r]) != int(batch.labels[r])]
         if not rows:
             return []
         sel = rows if len(rows) < len(batch.indices) else slice(None)
-        tgt = target[sel]
+        tgt, alt_tgt = target[sel], other[sel]
         text = batch.classifier[:, tgt.to(batch.classifier.device)].T
+        alt_text = batch.classifier[:, alt_tgt.to(batch.classifier.device)].T
         seeds = [sample_seed(self.settings.seed, batch.samples.samples[batch.indices[r]].id) for r in rows]
         fg = self._fg(batch, rows)
-        result = attribute(self.ctx.adapter, batch.pixels[sel], batch.image_emb[sel], text, tgt, seeds,
-                           self.settings, self.attributor, fg=fg,
-                           classifier=batch.classifier if fg is not None else None)
+        result = attribute(
+            self.ctx.adapter,
+            batch.pixels[sel],
+            batch.image_emb[sel],
+            text,
+            tgt,
+            seeds,
+            self.settings,
+            self.attributor,
+            fg=fg,
+            classifier=batch.classifier if fg is not None else None,
+            alt=("label" if self.settings.target == "pred" else "pred", alt_tgt, alt_text),
+        )
         if self.maps is not None:
             self.maps.write(batch, rows, result)
         return [result.sample_record(batch.indices[r], j) for j, r in enumerate(rows)]
 
-    def _fg(self, batch: "Batch", rows: list[int]) -> "torch.Tensor | None":
+    def _fg(self, batch: Batch, rows: list[int]) -> torch.Tensor | None:
         """(R, N) foreground fraction per patch for the attributed rows (NaN rows: no mask), or None when the
         region test is off or no attributed sample has a mask."""
         if not self.settings.counterfactual or batch.fg is None:
@@ -117,8 +130,9 @@ class AttributionStep(Step):
         import torch
 
         n = next(len(g) for g in grids if g is not None)
-        return torch.from_numpy(np.stack([np.full(n, np.nan) if g is None else np.asarray(g, dtype=np.float64)
-                                          for g in grids])).float()
+        return torch.from_numpy(
+            np.stack([np.full(n, np.nan) if g is None else np.asarray(g, dtype=np.float64) for g in grids])
+        ).float()
 
     def maps_folder(self) -> Path | None:
         """Where this pair's ``--save-maps`` overlays go (None without ``--save-maps``)."""
@@ -126,8 +140,11 @@ class AttributionStep(Step):
 
     def finish(self, records: list[SampleRecord]) -> StepSummary:
         """Settings, status and a numeric summary under ``config``; notes say when attribution did not run."""
-        config: dict[str, Any] = {"method": self.method if self.active else "none", "status": self.status,
-                                  "requested": "auto" if self.only_with_masks else self.method}
+        config: dict[str, Any] = {
+            "method": self.method if self.active else "none",
+            "status": self.status,
+            "requested": "auto" if self.only_with_masks else self.method,
+        }
         if self.status != "off":  # settings matter (ran, or would have run on a capable model)
             config.update(asdict(self.settings))
         notes = []
@@ -135,8 +152,9 @@ class AttributionStep(Step):
         if not self.active:
             config["reason"] = self.reason
             if self.status == "skipped":
-                notes.append(f"attribution ({self.method}) skipped for {getattr(adapter, 'name', 'model')}: "
-                             f"{self.reason}")
+                notes.append(
+                    f"attribution ({self.method}) skipped for {getattr(adapter, 'name', 'model')}: {self.reason}"
+                )
         else:
             config["summary"] = summarise([r for r in records if isinstance(r, AttributionRecord)], self.n_seen)
             config.update(self.attributor().config(adapter, self.settings))
@@ -158,16 +176,20 @@ def summarise(records: list[AttributionRecord], n_seen: int) -> dict[str, Any]:
     maxima = [max(r.cci.importance) for r in records]
     out: dict[str, Any] = {"n_attributed": len(records), "n_evaluated": n_seen}
     if maxima:
-        out.update({
-            "median_max_importance": short(statistics.median(maxima)),
-            "mean_max_importance": short(statistics.fmean(maxima)),
-            "median_s": short(statistics.median(r.cci.s for r in records)),
-            "share_top_cluster_positive": short(sum(m > 0 for m in maxima) / len(maxima)),
-            "mean_empty_clusters": short(statistics.fmean(
-                r.cci.k - len(set(r.cci.assignments)) for r in records)),
-        })
+        out.update(
+            {
+                "median_max_importance": short(statistics.median(maxima)),
+                "mean_max_importance": short(statistics.fmean(maxima)),
+                "median_s": short(statistics.median(r.cci.s for r in records)),
+                "share_top_cluster_positive": short(sum(m > 0 for m in maxima) / len(maxima)),
+                "mean_empty_clusters": short(statistics.fmean(r.cci.k - len(set(r.cci.assignments)) for r in records)),
+            }
+        )
     tested = [r.counterfactual.outcome for r in records if r.counterfactual is not None]
     if tested:  # how often each region alone reproduces the decision (None: a region could not run)
-        out["counterfactual"] = {"n_tested": len(tested), **{o: tested.count(o) for o in OUTCOMES},
-                                 "undefined": tested.count(None)}
+        out["counterfactual"] = {
+            "n_tested": len(tested),
+            **{o: tested.count(o) for o in OUTCOMES},
+            "undefined": tested.count(None),
+        }
     return out
