@@ -1,5 +1,9 @@
 """``covar-harness explain``: CCI for one image, as a table of clusters and an overlay PNG.
 
+It prints the prediction and the top-5 (cosine similarities); with ``--mask``, the fg fraction and the driver
+under each diagnosis rule (``diagnosis.RULES``, default threshold, no null draws), the same numbers the
+overlay's caption shows. Rules that need what explain does not compute (Shapley values, the region test) say so.
+
 The same code path as ``run --attribution cci`` (``covar_harness.attribution.attribute``) on a batch of one, with
 the same ``CCISettings`` (its defaults are the flags' defaults), so what you see here is what the sample logs of a
 run contain for that image.
@@ -112,12 +116,49 @@ def cluster_rows(result) -> list[tuple[int, int, float, float]]:
     return sorted(rows, key=lambda r: -r[2])
 
 
-def cmd_explain(args: Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+def top_classes(scores: Any, classes: list[str], k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` best (class, score) pairs, best first."""
+    values = [float(v) for v in scores]
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:k]
+    return [(classes[i], values[i]) for i in order]
 
-    from covar_harness import overlays
+
+NOT_COMPUTED = {"shapley": "explain computes no Shapley values", "counterfactual": "explain runs no region test"}
+
+
+def rule_drivers(result: Any, fg: Any) -> dict[str, tuple[float | None, str | None]]:
+    """{rule: (fg score, driver)} for every registered driver rule (default threshold, no null draws), from the
+    attribution ``result`` (a batch of one) and the (N,) foreground fraction per patch."""
+    import numpy as np
+
+    from covar_harness.diagnosis import RULES, DiagnosisSettings, Evidence, diagnose_sample
+
+    settings = DiagnosisSettings(rules=tuple(RULES), null_draws=0)
+    evidence = Evidence.of(result.sample_record(0, 0))
+    outcome = diagnose_sample(0, 0, 0, evidence, np.asarray(fg, dtype=np.float64).reshape(-1), None, settings)
+    return {name: (o.score, o.driver) for name, o in outcome.outcomes.items()}
+
+
+def _print_prediction(console: Any, top: list[tuple[str, float]], drivers: dict | None) -> None:
+    from covar_harness.console import markup
+    from covar_harness.diagnosis import DiagnosisSettings
+
+    console.print(f"prediction: [bold]{markup(top[0][0])}[/bold]")
+    console.print("top-5: " + ", ".join(f"{markup(name)} {score:.4f}" for name, score in top))
+    if drivers is None:
+        return
+    console.print(f"fg fraction and driver under each rule (fg at or above {DiagnosisSettings().threshold}):")
+    for name, (score, driver) in drivers.items():
+        if score is None:
+            why = NOT_COMPUTED.get(name, "undetermined")
+            console.print(f"  {markup(name)}: n/a ({why})")
+        else:
+            console.print(f"  {markup(name)}: fg fraction {score:.3f}   driver: {driver}")
+
+
+def cmd_explain(args: Namespace) -> int:
     from covar_harness.attribution import CCISettings, check_k
+    from covar_harness.console import console as make_console
     from covar_harness.console import markup
     from covar_harness.resources import load_list
 
@@ -132,23 +173,57 @@ def cmd_explain(args: Namespace) -> int:
         adapter, image, classes, templates=templates, target=args.target, settings=settings, sample_id=args.image.name
     )
     result, grid = out["result"], tuple(adapter.patch_grid)
-    console = Console(highlight=False)
+    console = make_console()
     console.print(
         f"model: {markup(adapter.name)}   image: {markup(args.image)}   "
         f"predicted: [bold]{markup(classes[out['pred']])}[/bold]   "
         f"explained: [bold]{markup(classes[out['target']])}[/bold]   s = {float(result.s[0]):.4f}"
     )
-    table = Table(
-        title=f"CCI clusters (K={args.k}, layer {args.layer}, {grid[0]}x{grid[1]} patches)", title_justify="left"
-    )
+    _print_clusters(console, result, args.k, args.layer, grid)
+    top = top_classes(out["scores"], classes)
+    size_hw = tuple(out["pixels"].shape[-2:])
+    drivers = None
+    if mask_image is not None:
+        from covar_harness.segmentation import mask_patch_fractions
+
+        drivers = rule_drivers(result, mask_patch_fractions(adapter.preprocess, mask_image, grid, size_hw))
+    _print_prediction(console, top, drivers)
+    path = args.out or Path(f"{args.image.stem}.cci.png")
+    _write_overlay(path, adapter, out, mask_image, _caption(args, classes, out, top, drivers))
+    console.print(f"overlay written to {markup(path)}")
+    return 0
+
+
+def _print_clusters(console: Any, result: Any, k: int, layer: int, grid: tuple) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"CCI clusters (K={k}, layer {layer}, {grid[0]}x{grid[1]} patches)", title_justify="left")
     for col in ("cluster", "#patches", "importance", "drop"):
         table.add_column(col, justify="right")
     for c, n, imp, drop in cluster_rows(result):
         table.add_row(str(c), str(n), f"{imp:+.4f}", f"{drop:+.5f}")
     console.print(table)
+
+
+def _caption(args: Namespace, classes: list[str], out: dict, top: list, drivers: dict | None):
+    """No ground truth in explain: the caption names the explained class and the image instead."""
+    from covar_harness.overlays import Caption
+
+    return Caption(
+        pred=classes[out["pred"]],
+        top5=[name for name, _ in top],
+        rules=drivers or {},
+        notes=[f"explained: {classes[out['target']]}", f"file: {args.image.name}"],
+    )
+
+
+def _write_overlay(path: Path, adapter: Any, out: dict, mask_image: Any, caption: Any) -> None:
+    from covar_harness import overlays
+
+    grid = tuple(adapter.patch_grid)
     size_hw = tuple(out["pixels"].shape[-2:])
     mask = None if mask_image is None else overlays.mask_to_input_frame(mask_image, adapter.preprocess, size_hw)
-    path = args.out or Path(f"{args.image.stem}.cci.png")
+    result = out["result"]
     try:
         overlays.save_overlay(
             path,
@@ -157,11 +232,10 @@ def cmd_explain(args: Namespace) -> int:
             result.assignments[0].view(grid),
             mask,
             adapter.preprocess,
+            caption=caption,
         )
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot write the overlay {str(path)!r}: {exc}") from exc
-    console.print(f"overlay written to {markup(path)}")
-    return 0
 
 
 def _load_mask(path: Path):

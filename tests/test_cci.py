@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from covar_harness import hookimpl, results, validation
+from covar_harness import hookimpl, overlays, results, validation
 from covar_harness.attribution import AttributionStep, CCISettings, attribute, sample_seed
 from covar_harness.data import Sample, SampleSet
 from helpers import write_task_yaml
@@ -399,14 +399,14 @@ def test_save_maps_writes_overlays_with_mask_outline(tmp_path, toy_catalog, mask
     assert code == 0 and len(files) == 4
     assert files[0].parent == maps / results.slug("toy-topleft") / results.slug("toy/masked")  # as the results
     arr = np.asarray(Image.open(files[0]).convert("RGB"))
-    side = arr.shape[0]
-    assert side >= 224 and arr.shape[1] == 2 * side + 4  # two panels and a 4 px gap
-    right = arr[:, side + 4 :]
-    outline = np.all(right == (255, 230, 0), axis=-1)
+    side = (arr.shape[1] - 4) // 2  # two square panels and a 4 px gap, then the legend and caption below
+    assert side >= 224 and arr.shape[0] > side
+    right = arr[:side, side + 4 :]
+    outline = np.all(right == tuple(overlays.OUTLINE), axis=-1)
     assert outline[: side // 2 + 2, : side // 2 + 2].sum() > side // 2, "mask outline around the TL quarter"
     assert outline[side // 2 + 4 :, :].sum() == 0 and outline[:, side // 2 + 4 :].sum() == 0
     # image 01 has blue/cyan in the top-left quarter: the heat tints exactly the regions the model reads
-    arr = np.asarray(Image.open(files[1]).convert("RGB")).astype(int)
+    arr = np.asarray(Image.open(files[1]).convert("RGB")).astype(int)[:side]
     left, right, f = arr[:, :side], arr[:, side + 4 :], side // SIDE
     tinted = lambda y, x: np.abs(right[y * f, x * f] - left[y * f, x * f]).sum()  # noqa: E731
     assert tinted(16, 8) > 60 and tinted(16, 24) > 60  # centres of the two top-left regions

@@ -396,7 +396,9 @@ def test_maps_folder_uses_the_model_spec_slug_like_the_result_folder(toy_file, t
     folder = tmp_path / "maps" / results.slug(spec) / results.slug("toy/maps task")
     assert step.maps_folder() == folder
     assert results.result_path(tmp_path / "maps", spec, "toy/maps task").parent == folder.parent
-    assert sorted(p.name for p in folder.iterdir()) == ["000000_img0.png", "000001_img1.png"]
+    names = sorted(p.name for p in folder.iterdir())  # <index>_<correct|wrong>_<stem>.png (issue 17 item 4)
+    assert [n.split("_")[0] + "_" + n.split("_")[-1] for n in names] == ["000000_img0.png", "000001_img1.png"]
+    assert all(n.split("_")[1] in ("correct", "wrong") for n in names)
 
 
 def test_save_maps_under_a_regular_file_is_refused_up_front(tmp_path):
