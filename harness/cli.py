@@ -106,7 +106,23 @@ def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list registered models, tasks, attributors, segmenters, formats or schemes")
     p.add_argument("what", choices=["models", "tasks", "attributors", "segmenters", "formats", "schemes"])
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    p.add_argument("--data-dir", default=None, type=Path, help="dataset root for the tasks' data column")
     p.set_defaults(handler="covar_harness.commands:cmd_ls")
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser(
+        "data",
+        help="where each task's data goes (where), or download it from the Hugging Face Hub (fetch)",
+        description="`where` prints each task's data status, path and expected layout; `fetch` downloads tasks "
+        "whose data is on the Hugging Face Hub into its cache (an explicit action: run never downloads data "
+        "you did not ask for, except hub datasets named by a task).",
+    )
+    p.add_argument("action", choices=["where", "fetch"])
+    p.add_argument("tasks", help="comma-separated task names, globs, tags or YAML paths")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    p.add_argument("--data-dir", default=None, type=Path, help="dataset root (default: $COVAR_HARNESS_DATA)")
+    p.set_defaults(handler="covar_harness.commands:cmd_data")
 
 
 def _add_plugins(sub) -> None:
@@ -306,6 +322,7 @@ def _add_report(sub) -> None:
 COMMANDS: list[Callable] = [
     _add_run,
     _add_ls,
+    _add_data,
     _add_plugins,
     _add_leaderboard,
     _add_validate,

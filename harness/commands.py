@@ -5,14 +5,28 @@ from __future__ import annotations
 import json
 import sys
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from covar_harness.console import console as _console
 from covar_harness.console import markup, print_rows
 from covar_harness.registry import UsageError
 
 
-def cmd_run(args: Namespace) -> int:
+@dataclass
+class PreparedRun:
+    """Everything ``run`` decided before any weights load (the CLI and the Python API share it)."""
+
+    models: list
+    tasks: list
+    catalog: Any
+    options: Any
+    plan: list
+
+
+def prepare_run(args: Namespace) -> PreparedRun:
+    """Parse and check ``run``'s settings and make the plan: every mistake here is a UsageError (exit 2)."""
     from covar_harness.evaluator import RunOptions
     from covar_harness.models import resolve_models
     from covar_harness.plan import check_writable, plan_run
@@ -46,12 +60,17 @@ def cmd_run(args: Namespace) -> int:
         segmenter=args.segmenter,
     )
     plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
+    if getattr(args, "save_maps", None) and not args.dry_run:
+        check_writable(args.save_maps, "--save-maps")
+    return PreparedRun(models, tasks, catalog, options, plan)
+
+
+def cmd_run(args: Namespace) -> int:
+    run = prepare_run(args)
     out = _console()
     if args.dry_run:
-        return _print_plan(out, plan, models, tasks)
-    if getattr(args, "save_maps", None):
-        check_writable(args.save_maps, "--save-maps")
-    outcomes = _run_with_progress(models, tasks, catalog, options, plan)
+        return _print_plan(out, run.plan, run.models, run.tasks)
+    outcomes = _run_with_progress(run.models, run.tasks, run.catalog, run.options, run.plan)
     _print_summary(out, outcomes)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
@@ -92,7 +111,11 @@ def _diagnosis_settings(args: Namespace):
         raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}; choose from {', '.join(RULES)}")
     if not 0.0 <= threshold <= 1.0:
         raise UsageError("--fg-threshold must be in [0, 1]")
-    return DiagnosisSettings(rules=rules, threshold=threshold, seed=args.seed)
+    draws = getattr(args, "diagnosis_null_draws", None)
+    draws = defaults.null_draws if draws is None else draws
+    if not 0 <= draws <= 10_000:
+        raise UsageError("--null-draws must be in [0, 10000]")
+    return DiagnosisSettings(rules=rules, threshold=threshold, seed=args.seed, null_draws=draws)
 
 
 def _run_with_progress(models, tasks, catalog, options, plan):
@@ -198,8 +221,20 @@ def cmd_ls(args: Namespace) -> int:
                 ]
             )
     elif args.what == "tasks":
-        columns = ["task", "format", "version", "tags", "description"]
-        rows = [[c.task, c.dataset["format"], c.version, ",".join(c.tags), c.description] for c in catalog.tasks]
+        from covar_harness.data import data_status
+
+        columns = ["task", "format", "version", "data", "tags", "description"]
+        rows = [
+            [
+                c.task,
+                c.dataset["format"],
+                c.version,
+                data_status(c, catalog, args.data_dir)[0],
+                ",".join(c.tags),
+                c.description,
+            ]
+            for c in catalog.tasks
+        ]
     else:
         columns = ["name", "plugin", "description"]
         rows = [[e.name, e.plugin, e.description] for e in getattr(catalog, args.what)]
@@ -352,4 +387,48 @@ def cmd_init_leaderboard(args: Namespace) -> int:
         f"put result files under {markup(root / 'results')}/ and try: bash leaderboard-ci.sh main",
         soft_wrap=True,
     )
+    return 0
+
+
+def cmd_data(args: Namespace) -> int:
+    """``data where``: status, path and layout per task; ``data fetch``: download hub datasets into the HF cache."""
+    from covar_harness.data import data_status
+    from covar_harness.plugin_manager import load_catalog
+
+    catalog = load_catalog(args.include_path)
+    tasks = catalog.tasks.resolve(args.tasks)
+    if args.action == "fetch":
+        return _fetch(tasks, catalog, args.data_dir)
+    out = _console()
+    for cfg in tasks:
+        status, detail = data_status(cfg, catalog, args.data_dir)
+        layout = catalog.formats.entry(cfg.dataset["format"]).description
+        out.print(f"[bold]{markup(cfg.task)}[/bold]: {markup(status)}", soft_wrap=True)
+        out.print(f"  format {markup(cfg.dataset['format'])}: {markup(layout)}", soft_wrap=True)
+        out.print(f"  {'where' if status in ('present', 'on first use') else 'why'}: {markup(detail)}", soft_wrap=True)
+    return 0
+
+
+def _fetch(tasks: list, catalog, data_dir) -> int:
+    """Download the tasks whose data is a Hugging Face Hub dataset; anything else says where to get it (exit 2)."""
+    from covar_harness.data import data_status, resolve_dataset
+
+    hub = []
+    for cfg in tasks:
+        ds, _root = resolve_dataset(cfg, data_dir)
+        status, detail = data_status(cfg, catalog, data_dir)
+        source = ds.get("hf_id") or (ds.get("raw_path") if ds.get("format") == "hf" else None)
+        if status == "present":
+            continue
+        if status != "on first use" or not source:
+            raise UsageError(f"task {cfg.task!r}: its data is not on the Hugging Face Hub: {detail}")
+        hub.append((cfg, ds, str(source)))
+    for cfg, ds, source in hub:
+        import datasets
+
+        try:
+            datasets.load_dataset(source, ds.get("name"), split=ds.get("split", "test"), revision=ds.get("revision"))
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types; one line each
+            raise UsageError(f"task {cfg.task!r}: could not download {source!r}: {str(exc).splitlines()[0]}") from None
+        _console().print(f"fetched {markup(source)} for {markup(cfg.task)}", soft_wrap=True)
     return 0

@@ -156,6 +156,24 @@ def preflight(cfg: TaskConfig, catalog: Catalog, data_dir: str | Path | None = N
     return found
 
 
+def data_status(cfg: TaskConfig, catalog: Catalog, data_dir: str | Path | None = None) -> tuple[str, str]:
+    """(status, detail) of a task's data, as cheap as :func:`preflight`: ``present``, ``on first use`` (generated
+    or downloaded by the run), ``skipped`` (with the note), ``missing`` or ``error`` (with the one-line reason)."""
+    try:
+        note = preflight(cfg, catalog, data_dir)
+    except DatasetNotFound as exc:
+        return "missing", str(exc)
+    except UsageError as exc:
+        return "error", str(exc)
+    if note:
+        return "skipped", note
+    ds, _root = resolve_dataset(cfg, data_dir)
+    where = str(ds.get("path") or ds.get("hf_id") or "")
+    if ds.get("path") and not Path(ds["path"]).exists():
+        return "on first use", where
+    return "present", where
+
+
 # ---- class names and labels ----------------------------------------------------------------------------
 def explicit_classnames(cfg: TaskConfig) -> list[str] | None:
     """The task's explicit ``classnames`` (inline, shipped name or file), or None when the dataset names them."""
