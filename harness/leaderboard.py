@@ -300,7 +300,13 @@ def counteranimals_tables(records: list[dict], family: str, reference: str | Non
 
 
 # Families with a dedicated layout; everything else gets the generic one (COVAR-like families are detected).
-FAMILY_TABLES = {"counteranimals": counteranimals_tables}
+def _imagenet9_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
+    from covar_harness.peer_tables import imagenet9_tables  # the peers' layouts live apart (and import this)
+
+    return imagenet9_tables(records, family, reference)
+
+
+FAMILY_TABLES = {"counteranimals": counteranimals_tables, "imagenet9": _imagenet9_tables}
 # Families whose published rows ``--reference paper`` adds, with or without own results of that family.
 REFERENCE_FAMILIES = ("covar", "counteranimals")
 
