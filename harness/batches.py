@@ -36,10 +36,14 @@ def _collate(items):
     return [i for i, _ in ok], pixels, failed
 
 
-def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, workers: int):
-    from torch.utils.data import DataLoader
+def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, workers: int, start: int = 0):
+    """Batches of (indices, pixels or None, failures) from sample ``start`` on (a resumed pair: a multiple of
+    ``batch_size``, so batches keep the boundaries of an uninterrupted run)."""
+    from torch.utils.data import DataLoader, Subset
 
     dataset: Any = _PixelDataset(samples, preprocess)  # map-style: __len__ and __getitem__
+    if start:
+        dataset = Subset(dataset, range(start, len(samples)))  # items keep their own sample index
     loader: Any = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,10 +1,12 @@
 """The shared evaluator: models x tasks -> zero-shot predictions -> (analysis pipeline) -> result files.
 
 One model is loaded at a time and used for all its pending tasks; class-text embeddings are computed once
-per (class names, templates) and reused across tasks. Pairs whose result file exists are skipped before
-any weights load. A failing pair is recorded and the run goes on. Per pair, a :class:`~covar_harness.pipeline.
-PairContext` carries everything the pair's steps need, and the analysis steps (attribution, then diagnosis)
-run as a :class:`~covar_harness.pipeline.Pipeline` inside the one pass over the images.
+per (class names, templates) and reused across tasks, and across runs through the on-disk cache of
+``text_cache.py``. Pairs whose result file exists are skipped before any weights load; finished batches go to
+the pair's part file, so an interrupted pair resumes (``partfiles.py``). A failing pair is recorded and the run
+goes on. Per pair, a :class:`~covar_harness.pipeline.PairContext` carries everything the pair's steps need,
+and the analysis steps (attribution, then diagnosis) run as a :class:`~covar_harness.pipeline.Pipeline`
+inside the one pass over the images.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from covar_harness.batches import default_workers, iterate_batches
 from covar_harness.console import markup, safe
 from covar_harness.data import SampleSet, open_task_data
 from covar_harness.interrupt import INTERRUPT
+from covar_harness.partfiles import Checkpointer, part_path
+from covar_harness.partfiles import remove as remove_part
 from covar_harness.pipeline import Batch, BatchStep, Finished, PairContext, Pipeline, as_step
 from covar_harness.progress import LineReporter, Reporter
-from covar_harness.resources import format_prompt, load_list
+from covar_harness.resources import load_list
+from covar_harness.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,13 +50,13 @@ __all__ = [
     "PairOutcome",
     "Reporter",
     "RunOptions",
+    "TEXT_BATCH",
     "build_classifier",
     "evaluate_task",
     "run",
 ]  # Batch, BatchStep, reporters: re-exported
 
 log = logging.getLogger(__name__)
-TEXT_BATCH = 256
 
 
 @dataclass
@@ -71,6 +76,9 @@ class RunOptions:
     diagnosis: Any = None  # covar_harness.diagnosis.DiagnosisSettings; None: no fg/bg diagnosis
     segmenter: str = "auto"  # where foreground masks come from: auto | dataset | groundedsam | plugin | none
     segmenter_settings: dict = field(default_factory=dict)
+    shard: tuple[int, int] | None = None  # (i, n): only the i-th of n shards of the pairs (plan.shard_pairs)
+    text_cache: Path | None = None  # persistent class-text embeddings (text_cache.py); None: in memory only
+    checkpoint_every: int = 0  # batches between appends to the pair's part file (partfiles.py); 0: no part file
 
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
@@ -110,40 +118,6 @@ class PairOutcome:
     error: str = ""
     n_failed: int = 0
     advice: str = ""  # what to do about the error, the same for every pair it hits (print once)
-
-
-# ---- text side -----------------------------------------------------------------------------------------
-class ClassifierCache:
-    """Class embeddings per (class names, templates), for the model currently loaded."""
-
-    def __init__(self, adapter: ModelAdapter):
-        self.adapter = adapter
-        self._cache: dict[tuple, torch.Tensor] = {}
-
-    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> torch.Tensor:
-        key = (tuple(classnames), tuple(templates))
-        if key not in self._cache:
-            self._cache[key] = build_classifier(self.adapter, classnames, templates, reporter)
-        return self._cache[key]
-
-
-def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Reporter | None = None):
-    """(D, C): per class, the mean of the L2-normalised template embeddings, renormalised (CLIP's recipe)."""
-    import torch
-    import torch.nn.functional as F
-
-    prompts = [format_prompt(t, c) for c in classnames for t in templates]
-    handle = reporter.task("encoding class prompts", len(prompts)) if reporter else None
-    chunks = []
-    for start in range(0, len(prompts), TEXT_BATCH):
-        part = prompts[start : start + TEXT_BATCH]
-        chunks.append(F.normalize(adapter.encode_texts(part).float().cpu(), dim=-1))
-        if reporter:
-            reporter.advance(handle, len(part))
-    if reporter:
-        reporter.done(handle)
-    emb = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
-    return F.normalize(emb, dim=-1).T.contiguous()
 
 
 # ---- one model x task ----------------------------------------------------------------------------------
@@ -197,12 +171,14 @@ def evaluate_task(
     classifiers: ClassifierCache,
     reporter: Reporter,
     model_spec: str | None = None,
+    part: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one model on one task; return the result record's task-dependent parts and the sample log."""
+    """Run one model on one task; return the result record's task-dependent parts and the sample log.
+    ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches)."""
     ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec)
     pipeline = Pipeline(options.analysis_steps())
     pipeline.start(ctx)
-    rows, failures = _batch_loop(ctx, pipeline)
+    rows, failures = _batch_loop(ctx, pipeline, part)
     if failures:
         first = failures[0]
         reporter.say(
@@ -224,31 +200,40 @@ def evaluate_task(
     return record
 
 
-def _batch_loop(ctx: PairContext, pipeline: Pipeline) -> tuple[list, list]:
-    """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch."""
+def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:
+    """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch;
+    finished batches go to the pair's part file (``part``) and a rerun goes on after them (partfiles.py)."""
     import torch.nn.functional as F
 
     options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
     assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
     k = min(5, len(ctx.classnames))
-    rows: list = []
-    failures: list = []
+    ck = Checkpointer.open(part, options.checkpoint_every, ctx, pipeline)
+    rows, failures = ck.rows, ck.failures
     W_dev = None
     workers = default_workers() if options.workers is None else options.workers
     handle = reporter.task(markup(ctx.task.task), len(samples))
-    for indices, pixels, failed in iterate_batches(samples, ctx.adapter.preprocess, options.batch_size, workers):
-        INTERRUPT.check()
-        failures += failed
-        if pixels is not None:
-            emb = F.normalize(ctx.adapter.encode_images(pixels).float(), dim=-1)
-            if W_dev is None:
-                W_dev = ctx.classifier.to(emb.device)
-            logits = emb @ W_dev
-            top = logits.topk(k, dim=-1).indices.cpu().numpy()
-            rows += [(i, top[r]) for r, i in enumerate(indices)]
-            if pipeline.active:
-                pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top))
-        reporter.advance(handle, len(indices) + len(failed))
+    reporter.advance(handle, ck.start)
+    batches = iterate_batches(samples, ctx.adapter.preprocess, options.batch_size, workers, ck.start)
+    try:
+        for indices, pixels, failed in batches:
+            INTERRUPT.check()
+            failures += failed
+            new: list = []
+            if pixels is not None:
+                emb = F.normalize(ctx.adapter.encode_images(pixels).float(), dim=-1)
+                if W_dev is None:
+                    W_dev = ctx.classifier.to(emb.device)
+                logits = emb @ W_dev
+                top = logits.topk(k, dim=-1).indices.cpu().numpy()
+                new = [(i, top[r]) for r, i in enumerate(indices)]
+                rows += new
+                if pipeline.active:
+                    pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top))
+            ck.done(new, failed, len(indices) + len(failed))
+            reporter.advance(handle, len(indices) + len(failed))
+    finally:
+        ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
     reporter.done(handle)
     return rows, failures
 
@@ -415,7 +400,8 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
         ]
     finally:
         reporter.done(handle)
-    model = _ModelRun(ref, adapter, device, catalog, options, ClassifierCache(adapter), reporter)
+    store = store_for(ref.spec, adapter, options.text_cache, options.precision)
+    model = _ModelRun(ref, adapter, device, catalog, options, ClassifierCache(adapter, store), reporter)
     return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
 
 
@@ -430,11 +416,15 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
     spec, options = model.ref.spec, model.options
     started = results.now()
     try:
-        record = evaluate_task(model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec)
+        part = part_path(path)
+        record = evaluate_task(
+            model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part
+        )
         out = _result_object(model, record, started)
         if options.log_samples:
             results.write_jsonl(results.samples_path(path), record["samples"])
         results.write_json(path, out)  # last: its existence marks the pair done
+        remove_part(part)
     except Exception as exc:
         INTERRUPT.check()
         log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())

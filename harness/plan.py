@@ -134,23 +134,23 @@ def plan_run(
     check_device(options.device)
     if not check_only_plan:
         check_writable(options.output_dir, "--output-dir")
-    check_k(models, catalog, options)
-    notes = check_data(tasks, catalog, options.data_dir)
+    grid = shard_pairs(models, tasks, options.shard)
+    check_k(list({id(ref): ref for ref, _ in grid}.values()), catalog, options)
+    notes = check_data(list({id(cfg): cfg for _, cfg in grid}.values()), catalog, options.data_dir)
     settings = options.result_settings()
     fingerprints = _Fingerprints(catalog, options)
     pairs, conflicts = [], []
-    for ref in models:
-        for cfg in tasks:
-            path = results.result_path(options.output_dir, ref.spec, cfg.task)
-            if cfg.task in notes:
-                pairs.append(PlannedPair(ref, cfg, path, "noted", notes[cfg.task]))
-            elif options.overwrite or not path.exists():
-                pairs.append(PlannedPair(ref, cfg, path, "run"))
-            else:
-                diffs = stored_differences(path, ref.spec, cfg, settings, fingerprints.of)
-                if diffs:
-                    conflicts.append(f"{path} ({'; '.join(diffs)})")
-                pairs.append(PlannedPair(ref, cfg, path, "skipped", "result file exists with the same settings"))
+    for ref, cfg in grid:
+        path = results.result_path(options.output_dir, ref.spec, cfg.task)
+        if cfg.task in notes:
+            pairs.append(PlannedPair(ref, cfg, path, "noted", notes[cfg.task]))
+        elif options.overwrite or not path.exists():
+            pairs.append(PlannedPair(ref, cfg, path, "run"))
+        else:
+            diffs = stored_differences(path, ref.spec, cfg, settings, fingerprints.of)
+            if diffs:
+                conflicts.append(f"{path} ({'; '.join(diffs)})")
+            pairs.append(PlannedPair(ref, cfg, path, "skipped", "result file exists with the same settings"))
     if conflicts:
         more = f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else ""
         raise UsageError(
@@ -158,6 +158,37 @@ def plan_run(
             "--overwrite to redo such pairs, or another --output-dir"
         )
     return pairs
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` as (i, n) with 0 <= i < n; None without the flag; UsageError (exit 2) for anything else."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise UsageError(f"--shard {text!r}: expected i/n, e.g. 0/4 (shards are numbered 0 to n-1)")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise UsageError(f"--shard {text!r}: need n >= 1 and 0 <= i < n (here i={index}, n={count})")
+    return index, count
+
+
+def shard_pairs(
+    models: list[ModelRef], tasks: list[TaskConfig], shard: tuple[int, int] | None
+) -> list[tuple[ModelRef, TaskConfig]]:
+    """The (model, task) pairs of shard ``(i, n)``, in run order (model by model, so each model loads once).
+
+    Pairs are dealt round-robin over the grid sorted by (model spec, task name): the split depends only on the
+    set of pairs, not on the order of ``--models`` / ``--tasks``, it is balanced (shard sizes differ by at most
+    one), and shards ``0..n-1`` of the same command partition the grid: no pair twice, none left out.
+    """
+    grid = [(ref, cfg) for ref in models for cfg in tasks]
+    if shard is None:
+        return grid
+    index, count = shard
+    order = sorted(range(len(grid)), key=lambda j: (grid[j][0].spec, grid[j][1].task, j))
+    mine = {j for rank, j in enumerate(order) if rank % count == index}
+    return [pair for j, pair in enumerate(grid) if j in mine]
 
 
 class _Fingerprints:

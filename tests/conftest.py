@@ -15,6 +15,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny test models gain nothing from threads, and busy CI cores make torch threads spin-wait on each other.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Caches the CLI keeps in the user's home (text embeddings, the part-file key) go to a folder of this session.
+import tempfile  # noqa: E402
+
+_SESSION_CACHE = tempfile.mkdtemp(prefix="covar-harness-tests-")
+os.environ["COVAR_HARNESS_TEXT_CACHE"] = os.path.join(_SESSION_CACHE, "text-embeddings")
+os.environ["COVAR_HARNESS_PART_KEY"] = os.path.join(_SESSION_CACHE, "part-file.key")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
