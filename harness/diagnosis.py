@@ -261,6 +261,7 @@ class DiagnosisRecord(SampleRecord):
     area: float | None = None  # the object's share of the patch grid (mean foreground fraction); None: no mask
     cluster: str | None = None  # the sample's source object (``source_id``), the bootstrap's unit when known
     fine: bool = False  # label and prediction share a class group (a fine-grained confusion if an error)
+    segmenter_info: dict[str, Any] = field(default_factory=dict)  # what the segmenter said, e.g. {"n_boxes": 2}
 
     def log_fields(self) -> dict[str, Any]:
         head = next(iter(self.outcomes.values()))
@@ -270,6 +271,7 @@ class DiagnosisRecord(SampleRecord):
         if len(self.outcomes) > 1:
             out["drivers"] = {name: o.driver for name, o in self.outcomes.items()}
             out["scores"] = {name: o.score for name, o in self.outcomes.items()}
+        out.update(self.segmenter_info)  # logged only when a segmenter reported something (GroundedSAM: n_boxes)
         return out
 
 
@@ -576,19 +578,19 @@ class DiagnosisStep(Step):
             fg = None if batch.fg is None else batch.fg[r]
             sample = batch.samples.samples[index]
             source = sample.meta.get("source_id")
-            out.append(
-                diagnose_sample(
-                    index,
-                    int(batch.labels[r]),
-                    batch.pred(r),
-                    evidence,
-                    fg,
-                    self.groups,
-                    self.settings,
-                    sample.id,
-                    None if source is None else str(source),
-                )
+            record = diagnose_sample(
+                index,
+                int(batch.labels[r]),
+                batch.pred(r),
+                evidence,
+                fg,
+                self.groups,
+                self.settings,
+                sample.id,
+                None if source is None else str(source),
             )
+            info = self.ctx.masks.sample_info(index) if self.ctx is not None and self.ctx.masks is not None else {}
+            out.append(replace(record, segmenter_info=dict(info)) if info else record)
         return out
 
     def finish(self, records: list[SampleRecord]) -> StepSummary:

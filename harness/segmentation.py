@@ -86,15 +86,70 @@ def choose_segmenter(
 def _check_settings(name: str, factory: Callable[..., Any], settings: dict[str, Any]) -> None:
     """Reject setting names the factory does not take, listing the ones it does (a typo must not be ignored).
     What a factory takes is read with the harness's one signature policy (``plugin_manager.keywords_of``)."""
+    import difflib
+
     from covar_harness.plugin_manager import keywords_of
 
     accepts = keywords_of(factory)
     unknown = sorted(k for k in settings if not accepts.accepts(k))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(accepts.names), n=1)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         raise UsageError(
-            f"segmenter {name!r} has no setting {', '.join(map(repr, unknown))}; "
+            f"segmenter {name!r} has no setting {', '.join(map(repr, unknown))}{hint}; "
             f"settings: {', '.join(sorted(accepts.names)) or '(none)'}"
         )
+
+
+def segmenter_for_settings(name: str) -> str | None:
+    """The segmenter ``--segmenter-opt`` settings configure: ``auto`` configures its GroundedSAM fallback,
+    ``none`` has no settings (None)."""
+    if name == "none":
+        return None
+    return "groundedsam" if name == AUTO else name
+
+
+def check_segmenter_settings(name: str, catalog: Catalog, settings: dict[str, Any]) -> None:
+    """``--segmenter-opt`` checked before anything loads: unknown names (with close matches) and, for
+    ``groundedsam``, values it refuses, are usage errors."""
+    if not settings:
+        return
+    target = segmenter_for_settings(name)
+    if target is None:
+        raise UsageError("--segmenter-opt needs a segmenter (--segmenter none takes no settings)")
+    factory = catalog.segmenters.get(target)
+    _check_settings(target, factory, settings)
+    if target == "groundedsam":  # building it is cheap (no model loads until the first mask)
+        try:
+            factory(**settings)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--segmenter-opt: {exc}") from None
+
+
+def parse_segmenter_opts(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--segmenter-opt key=value`` (repeatable) -> settings; values read as int, float, bool, else str."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--segmenter-opt takes key=value (e.g. box_threshold=0.35), got {item!r}")
+        out[key] = _parse_value(value.strip())
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    return text
 
 
 def label_prompts(samples: SampleSet, indices: Sequence[int]) -> list[str]:
@@ -104,8 +159,16 @@ def label_prompts(samples: SampleSet, indices: Sequence[int]) -> list[str]:
     return [names[y] if names is not None else str(y) for y in labels]
 
 
-def grounding_prompt(text: str) -> str:
-    """Grounding DINO's text format: lowercase, single spaces, ending with '.' (it separates phrases by dots)."""
+def grounding_prompt(text: str, curated: dict[str, str] | None = None) -> str:
+    """Grounding DINO's text format: lowercase, single spaces, ending with '.' (it separates phrases by dots).
+
+    A curated name for ``text`` (``curated``, looked up by the name as given) wins; else a WordNet-style list of
+    synonyms keeps its first one ("tench, Tinca tinca" -> "tench."): the detector reads every word of the
+    prompt, and a Latin binomial or a second synonym only dilutes it.
+    """
+    if curated and text in curated:
+        text = curated[text]
+    text = text.split(",")[0]
     text = " ".join(text.replace("_", " ").split()).lower().rstrip(".").strip()
     return text + "."
 
@@ -250,6 +313,7 @@ class MaskCache:
     file), so a second run does not rerun the models to find nothing again."""
 
     MISSING = object()  # get()'s answer for a key never stored (None means: stored, no mask)
+    INFO = "covar_harness"  # PNG text key of the JSON stored beside a mask (e.g. GroundedSAM's n_boxes)
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -271,17 +335,37 @@ class MaskCache:
             return self.MISSING
         try:
             with Image.open(path) as im:
-                return im.convert("L")
+                mask = im.convert("L")
+                mask.info = dict(im.info)
+                return mask
         except OSError:
             return self.MISSING
 
-    def put(self, key: str, mask: Image.Image | None) -> None:
+    def put(self, key: str, mask: Image.Image | None, info: dict[str, Any] | None = None) -> None:
+        """Store ``mask`` (None: "no object"); ``info`` (small JSON) travels in the PNG's text chunk and comes
+        back as ``get(key).info[MaskCache.INFO]``."""
+        from PIL.PngImagePlugin import PngInfo
+
         from covar_harness.results import atomic_write
 
+        text = PngInfo()
+        if info:
+            text.add_text(self.INFO, json.dumps(info, sort_keys=True))
         path = self._path(key, ".png" if mask is not None else ".none")
         atomic_write(
-            path, lambda fh: mask.convert("L").save(fh, format="PNG") if mask is not None else None, binary=True
+            path,
+            lambda fh: mask.convert("L").save(fh, format="PNG", pnginfo=text) if mask is not None else None,
+            binary=True,
         )
+
+    @classmethod
+    def info_of(cls, mask: Image.Image) -> dict[str, Any]:
+        """The ``info`` stored with a cached mask ({} when none, or unreadable)."""
+        try:
+            value = json.loads(mask.info.get(cls.INFO, "{}"))
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 # ---- per task: masks on the model's patch grid -------------------------------------------------------------
@@ -303,6 +387,7 @@ class PatchMasks:
         self.preprocess, self.grid = preprocess, (int(grid[0]), int(grid[1]))
         self.n_missing = 0
         self.failed: str | None = None  # why the segmenter stopped (e.g. its weights cannot be fetched offline)
+        self.info: dict[int, dict[str, Any]] = {}  # per sample index: the segmenter's ``last_info`` entry
 
     def for_batch(self, indices: Sequence[int]) -> list[np.ndarray | None]:
         """(rows*cols,) float32 per index, raster order; None where the segmenter found no object.
@@ -326,7 +411,14 @@ class PatchMasks:
             self._fail(stage, exc)
             return [None] * len(indices)
         self.n_missing += sum(m is None for m in masks)
+        about = getattr(self.segmenter, "last_info", None)  # optional: per-mask facts (GroundedSAM: n_boxes)
+        if isinstance(about, list) and len(about) == len(indices):
+            self.info.update({int(i): dict(a) for i, a in zip(indices, about) if isinstance(a, dict)})
         return out
+
+    def sample_info(self, index: int) -> dict[str, Any]:
+        """What the segmenter said about one sample's mask (e.g. ``{"n_boxes": 2}``); {} when nothing."""
+        return self.info.get(int(index), {})
 
     def _fail(self, stage: str, exc: Exception) -> None:
         """Switch the masks off for this task with one line saying why (untrusted text made inert)."""

@@ -17,7 +17,17 @@ from typing import Any
 from covar_harness.registry import UnknownNameError, UsageError, is_glob
 
 REQUIRED = ("task", "dataset")
-OPTIONAL = ("classnames", "templates", "version", "tags", "class_groups", "headline", "description", "metadata")
+OPTIONAL = (
+    "classnames",
+    "templates",
+    "version",
+    "tags",
+    "class_groups",
+    "headline",
+    "description",
+    "metadata",
+    "diagnose",
+)
 HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 TASK_FILE_MAX_BYTES = 1 << 20
 MAX_VALUES = 200_000  # scalars and containers after alias expansion: far above any real task (1000 class names)
@@ -43,6 +53,7 @@ class TaskConfig:
     headline: str = "acc1"
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    diagnose: bool | None = None  # True: --attribution auto runs CCI without dataset masks (a segmenter gives them)
     source: Path | None = None
 
     @property
@@ -65,6 +76,8 @@ class TaskConfig:
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in (*REQUIRED, *OPTIONAL)}
         out["tags"] = list(self.tags)
+        if self.diagnose is None:  # unset stays out, so the recorded task of existing tasks does not change
+            del out["diagnose"]
         return out
 
 
@@ -165,6 +178,9 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     meta = raw.get("metadata", {})
     if not isinstance(meta, dict):
         raise _fail(where, "metadata", "must be a mapping")
+    diagnose = raw.get("diagnose")
+    if diagnose is not None and not isinstance(diagnose, bool):
+        raise _fail(where, "diagnose", "must be true or false")
     description = raw.get("description") or ""
     if not isinstance(description, (str, int, float)) or isinstance(description, bool):
         raise _fail(where, "description", "must be a string")
@@ -179,6 +195,7 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
         headline=headline,
         description=str(description),
         metadata=meta,
+        diagnose=diagnose,
         source=source.resolve() if source else None,
     )
 

@@ -2,15 +2,16 @@
 ``covar_harness.segmentation``).
 
 ``dataset`` returns the masks a task ships. ``groundedsam`` is GroundedSAM rebuilt from transformers: Grounding
-DINO finds the best box for the class-name prompt, SAM segments inside it. ``auto`` is not a segmenter but a
-rule of the caller (``covar_harness.segmentation.choose_segmenter``). torch and transformers are imported only
-when masks are computed, so plugin discovery stays light.
+DINO finds the boxes for the class-name prompt, SAM segments inside each, and the object mask is the union of
+those masks (every instance of the class is foreground; ``multi_box=False`` keeps the best box only). ``auto``
+is not a segmenter but a rule of the caller (``covar_harness.segmentation.choose_segmenter``). torch and
+transformers are imported only when masks are computed, so plugin discovery stays light.
 
 Defaults follow the Grounded-Segment-Anything demo, the usual meaning of "GroundedSAM" (the paper names no
 variant or thresholds, research/paper-notes.md section 7): Grounding DINO Swin-T
 (``IDEA-Research/grounding-dino-tiny``), SAM ViT-H (``facebook/sam-vit-huge``), box / text thresholds 0.3 / 0.25,
-one mask per box (``multimask_output=False``). The real checkpoints load by hub id, which the offline test
-machines cannot reach: the tests run the same code on tiny random checkpoints saved locally.
+one mask per box (``multimask_output=False``), the union over boxes. The real checkpoints load by hub id, which
+the offline test machines cannot reach: the tests run the same code on tiny random checkpoints saved locally.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SAM = "facebook/sam-vit-huge"
-CACHE_VERSION = 1  # bump when the mask computation changes, so old cache entries stop matching
+CACHE_VERSION = 2  # bump when the mask computation changes, so old cache entries stop matching (2: union of boxes)
 
 
 class DatasetSegmenter:
@@ -78,16 +79,20 @@ class DatasetSegmenter:
 
 
 class GroundedSAMSegmenter:
-    """Grounding DINO box from the prompt, then SAM mask inside it; masks cached on disk.
+    """Grounding DINO boxes from the prompt, then SAM masks inside them, united; masks cached on disk.
 
-    Settings: ``detector`` / ``sam`` (hub ids or local ``save_pretrained`` folders), ``box_threshold`` (a box
-    counts when its best token probability exceeds it), ``text_threshold`` (and at least one token of the class
-    name itself, not the special tokens or the '.', exceeds this one: the box is about the prompt), ``device``
-    (default: cuda when available), ``batch_size`` (images per detector / SAM call), ``cache_dir`` (default
-    ``~/.cache/covar-harness/masks`` or ``COVAR_HARNESS_MASK_CACHE``), ``cache`` (False: neither read nor write).
-    The cache key covers the image pixels, the normalised prompt, both model ids (plus file sizes and times for
-    local folders), both thresholds and a version number. An object whose best box gets an empty SAM mask is
-    reported as not found (None), like a missing box.
+    Settings (``--segmenter-opt key=value``): ``detector`` / ``sam`` (hub ids or local ``save_pretrained``
+    folders), ``box_threshold`` (a box counts when its best token probability exceeds it), ``text_threshold``
+    (and at least one token of the class name itself, not the special tokens or punctuation, exceeds this one:
+    the box is about the prompt), ``multi_box`` (default True: the mask is the union of the SAM masks of every
+    box that passes both thresholds, so every instance of the class is foreground; False: the best box only),
+    ``prompts`` (a JSON file mapping class names to curated prompts; otherwise a WordNet-style name's first
+    synonym is the prompt), ``device`` (default: cuda when available), ``batch_size`` (images per detector /
+    SAM call), ``cache_dir`` (default ``~/.cache/covar-harness/masks`` or ``COVAR_HARNESS_MASK_CACHE``),
+    ``cache`` (False: neither read nor write). The cache key covers the image pixels, the normalised prompt,
+    both model ids (plus file sizes and times for local folders), both thresholds, ``multi_box`` and a version
+    number. An object whose boxes all get an empty SAM mask is reported as not found (None), like a missing box.
+    Each mask's number of boxes is kept (``last_info`` per call, a summary in ``describe()``).
     """
 
     name = "groundedsam"
@@ -103,24 +108,35 @@ class GroundedSAMSegmenter:
         batch_size: int = 8,
         cache_dir: str | Path | None = None,
         cache: bool = True,
+        multi_box: bool = True,
+        prompts: str | Path | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        _check_arguments(batch_size, box_threshold, text_threshold, multi_box, cache)
         self.detector_id, self.sam_id = str(detector), str(sam)
         self.box_threshold, self.text_threshold = float(box_threshold), float(text_threshold)
-        self.device, self.batch_size = device, int(batch_size)
+        self.device, self.batch_size, self.multi_box = device, int(batch_size), bool(multi_box)
+        self.prompts_file: str | None = None if prompts is None else str(prompts)
+        self.curated: dict[str, str] | None = None if prompts is None else _curated(prompts)
         self.cache = MaskCache(default_mask_cache_dir(cache_dir)) if cache else None
         self._models: dict[str, Any] | None = None
         self._identity = {"detector": _model_identity(self.detector_id), "sam": _model_identity(self.sam_id)}
+        self.last_info: list[dict[str, Any]] = []  # per mask of the last masks() call: {"n_boxes": n}
+        self.box_counts: dict[int, int] = {}  # n_boxes -> how many masks had that many (every call so far)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "detector": self.detector_id,
             "sam": self.sam_id,
             "box_threshold": self.box_threshold,
             "text_threshold": self.text_threshold,
+            "multi_box": self.multi_box,
+            "cache_version": CACHE_VERSION,
+            "n_boxes": _box_summary(self.box_counts),
         }
+        if self.prompts_file is not None:
+            out["prompts"] = self.prompts_file
+        return out
 
     # ---- the contract ----------------------------------------------------------------------------------
     def masks(self, samples: SampleSet, indices: list[int], prompts: list[str]) -> list[Image.Image | None]:
@@ -132,31 +148,36 @@ class GroundedSAMSegmenter:
         """Masks for (image, prompt) pairs: cache hits directly, misses gathered into full model batches.
 
         Images are consumed one at a time and only the pending misses are held, so memory stays bounded by
-        ``batch_size`` whatever the number of items.
+        ``batch_size`` whatever the number of items. ``last_info`` holds each mask's ``n_boxes`` afterwards.
         """
         out: list[Image.Image | None] = []
+        info: list[dict[str, Any]] = []
         pending: list[tuple[int, str, Image.Image, str]] = []  # (position, cache key, image, prompt)
         for position, (image, prompt) in enumerate(items):
-            prompt = grounding_prompt(prompt)
+            prompt = grounding_prompt(prompt, self.curated)
             key = self._key(image, prompt)
             hit = self.cache.get(key) if self.cache is not None else MaskCache.MISSING
             out.append(None if hit is MaskCache.MISSING else hit)
+            info.append({"n_boxes": _cached_boxes(hit)})
             if hit is MaskCache.MISSING:
                 pending.append((position, key, image, prompt))
             if len(pending) == self.batch_size:
-                self._flush(pending, out)
-        self._flush(pending, out)
+                self._flush(pending, out, info)
+        self._flush(pending, out, info)
+        self.last_info = info
+        for entry in info:
+            self.box_counts[entry["n_boxes"]] = self.box_counts.get(entry["n_boxes"], 0) + 1
         return out
 
-    def _flush(self, pending: list[tuple[int, str, Image.Image, str]], out: list) -> None:
+    def _flush(self, pending: list[tuple[int, str, Image.Image, str]], out: list, info: list) -> None:
         """Compute the pending misses in one batch, store them in ``out`` and the cache, empty ``pending``."""
         if not pending:
             return
         fresh = self._compute([image for _, _, image, _ in pending], [prompt for *_, prompt in pending])
-        for (position, key, _, _), mask in zip(pending, fresh):
-            out[position] = mask
+        for (position, key, _, _), (mask, n_boxes) in zip(pending, fresh):
+            out[position], info[position] = mask, {"n_boxes": n_boxes}
             if self.cache is not None:
-                self.cache.put(key, mask)
+                self.cache.put(key, mask, {"n_boxes": n_boxes})
         pending.clear()
 
     # ---- cache key -------------------------------------------------------------------------------------
@@ -168,6 +189,7 @@ class GroundedSAMSegmenter:
             **self._identity,
             box_threshold=self.box_threshold,
             text_threshold=self.text_threshold,
+            multi_box=self.multi_box,
         )
 
     # ---- models ----------------------------------------------------------------------------------------
@@ -198,18 +220,26 @@ class GroundedSAMSegmenter:
             "sam": SamModel.from_pretrained(self.sam_id).to(device).eval(),  # type: ignore[arg-type]  # transformers stub
         }
 
-    def _compute(self, images: list[Image.Image], prompts: list[str]) -> list[Image.Image | None]:
-        boxes = self._detect(images, prompts)
-        with_box = [j for j, box in enumerate(boxes) if box is not None]
-        masks: list[Image.Image | None] = [None] * len(images)
+    def _compute(self, images: list[Image.Image], prompts: list[str]) -> list[tuple[Image.Image | None, int]]:
+        """(mask, number of boxes united into it) per image; (None, 0) when no box passes or SAM finds nothing."""
+        boxes = self._detect_all(images, prompts)
+        if not self.multi_box:
+            boxes = [found[:1] for found in boxes]
+        with_box = [j for j, found in enumerate(boxes) if found]
+        out: list[tuple[Image.Image | None, int]] = [(None, 0)] * len(images)
         if with_box:
-            found = [box for box in boxes if box is not None]  # the boxes of with_box, in order
-            for j, mask in zip(with_box, self._segment_boxes([images[j] for j in with_box], found)):
-                masks[j] = mask
-        return masks
+            masks = self._segment_boxes([images[j] for j in with_box], [boxes[j] for j in with_box])
+            for j, mask in zip(with_box, masks):
+                out[j] = (mask, len(boxes[j]) if mask is not None else 0)
+        return out
 
     def _detect(self, images: list[Image.Image], prompts: list[str]) -> list[list[float] | None]:
-        """One Grounding DINO call for the batch; per image the best box [x0, y0, x1, y1] in pixels, or None."""
+        """Per image the best box [x0, y0, x1, y1] in pixels, or None."""
+        return [found[0] if found else None for found in self._detect_all(images, prompts)]
+
+    def _detect_all(self, images: list[Image.Image], prompts: list[str]) -> list[list[list[float]]]:
+        """One Grounding DINO call for the batch; per image every box that passes both thresholds, in pixels
+        [x0, y0, x1, y1], best score first (empty when none does)."""
         import torch
 
         m = self._load()
@@ -219,12 +249,15 @@ class GroundedSAMSegmenter:
             outputs = m["detector"](**inputs)
         words = _word_token_mask(inputs["input_ids"], processor.tokenizer)
         return [
-            self._best_box(outputs.logits[b].float().sigmoid(), outputs.pred_boxes[b].float(), words[b], images[b].size)
+            self._passing_boxes(
+                outputs.logits[b].float().sigmoid(), outputs.pred_boxes[b].float(), words[b], images[b].size
+            )
             for b in range(len(images))
         ]
 
-    def _best_box(self, probs, boxes, words, size: tuple[int, int]) -> list[float] | None:
-        """probs (Q, L) token probabilities, boxes (Q, 4) normalised cx, cy, w, h; size (W, H)."""
+    def _passing_boxes(self, probs, boxes, words, size: tuple[int, int]) -> list[list[float]]:
+        """probs (Q, L) token probabilities, boxes (Q, 4) normalised cx, cy, w, h; size (W, H). The boxes that
+        pass both thresholds and are not empty, best score first."""
         import torch
 
         scores = probs.max(dim=-1).values
@@ -233,20 +266,22 @@ class GroundedSAMSegmenter:
         corners = _corners(boxes, size)
         valid = (scores > self.box_threshold) & (word_scores > self.text_threshold)
         valid &= (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
-        if not bool(valid.any()):
-            return None
-        best = int(torch.where(valid, scores, torch.full_like(scores, -1.0)).argmax())
-        return [float(v) for v in corners[best]]
+        order = [int(q) for q in torch.argsort(scores, descending=True, stable=True) if bool(valid[q])]
+        return [[float(v) for v in corners[q]] for q in order]
 
-    def _segment_boxes(self, images: list[Image.Image], boxes: list[list[float]]) -> list[Image.Image | None]:
-        """One SAM call for the batch, one box prompt per image; masks at the original image size."""
+    def _segment_boxes(self, images: list[Image.Image], boxes: list[list[list[float]]]) -> list[Image.Image | None]:
+        """One SAM call for the batch, every box of an image as one prompt each; per image the union of its
+        boxes' masks at the original image size (None when empty). Images with fewer boxes than the most are
+        padded with their own best box, which adds nothing to the union."""
         import numpy as np
         import torch
         from PIL import Image
 
         m = self._load()
         processor = m["sam_processor"]
-        inputs = processor(images=images, input_boxes=[[box] for box in boxes], return_tensors="pt")
+        most = max(len(found) for found in boxes)
+        padded = [found + [found[0]] * (most - len(found)) for found in boxes]
+        inputs = processor(images=images, input_boxes=padded, return_tensors="pt")
         with torch.inference_mode():
             outputs = m["sam"](
                 pixel_values=inputs["pixel_values"].to(m["device"]),
@@ -257,10 +292,57 @@ class GroundedSAMSegmenter:
             outputs.pred_masks.float().cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
         )
         out: list[Image.Image | None] = []
-        for mask in masks:
-            binary = np.asarray(mask[0, 0].numpy(), dtype=bool)
+        for mask, found in zip(masks, boxes):
+            binary = np.asarray(mask[: len(found), 0].numpy(), dtype=bool).any(axis=0)
             out.append(Image.fromarray(binary.astype(np.uint8) * 255, mode="L") if binary.any() else None)
         return out
+
+
+def _check_arguments(batch_size: Any, box_threshold: Any, text_threshold: Any, multi_box: Any, cache: Any) -> None:
+    """One-line ValueError for settings GroundedSAM cannot use (``--segmenter-opt`` turns them into exit 2)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    for name, value in (("box_threshold", box_threshold), ("text_threshold", text_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    for name, value in (("multi_box", multi_box), ("cache", cache)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _curated(path: str | Path) -> dict[str, str]:
+    """A JSON object class name -> prompt (the ``prompts`` setting), read once, under 1 MiB."""
+    import json
+
+    from covar_harness.safe_files import read_text_capped
+
+    try:
+        value = json.loads(read_text_capped(Path(path).expanduser(), 1 << 20))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"prompts file {str(path)!r}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"prompts file {str(path)!r} must be a JSON object of class name -> prompt text")
+    return value
+
+
+def _cached_boxes(hit: Any) -> int:
+    """n_boxes of a cache entry: 0 for "no object" (None) and a miss, else what was stored with the mask."""
+    if hit is None or hit is MaskCache.MISSING:
+        return 0
+    n = MaskCache.info_of(hit).get("n_boxes", 1)
+    return n if isinstance(n, int) else 1
+
+
+def _box_summary(counts: dict[int, int]) -> dict[str, Any]:
+    """Masks computed or read so far by number of boxes: how many, mean and max boxes, how many from 2+."""
+    found = {n: c for n, c in counts.items() if n > 0}
+    total = sum(found.values())
+    return {
+        "n_masks": total,
+        "mean": round(sum(n * c for n, c in found.items()) / total, 4) if total else None,
+        "max": max(found) if found else 0,
+        "n_multi": sum(c for n, c in found.items() if n > 1),
+    }
 
 
 def _corners(boxes, size: tuple[int, int]):
@@ -277,10 +359,17 @@ def _corners(boxes, size: tuple[int, int]):
 
 
 def _word_token_mask(input_ids, tokenizer):
-    """(B, L) bool: tokens of the class name itself, not special tokens, padding or the '.' separators."""
+    """(B, L) bool: tokens of the class name itself, not special tokens, padding, the '.' separators or any
+    other punctuation (a box must be about a word of the name, not about "(" or "'")."""
+    import string
+
     import torch
 
     skip = set(tokenizer.all_special_ids) | set(tokenizer(".", add_special_tokens=False)["input_ids"])
+    for token_id in {int(t) for t in input_ids.flatten().tolist()} - skip:
+        token = str(tokenizer.convert_ids_to_tokens(token_id) or "").removeprefix("##")
+        if token and all(ch in string.punctuation for ch in token):
+            skip.add(token_id)
     return ~torch.isin(input_ids, torch.tensor(sorted(skip), dtype=input_ids.dtype, device=input_ids.device))
 
 
@@ -300,6 +389,6 @@ def register_segmenters(register):
     register(
         "groundedsam",
         GroundedSAMSegmenter,
-        description=f"Grounding DINO box for the class name + SAM mask ({DEFAULT_DETECTOR}, {DEFAULT_SAM}; "
-        "thresholds 0.3/0.25; cached)",
+        description=f"Grounding DINO boxes for the class name + union of their SAM masks ({DEFAULT_DETECTOR}, "
+        f"{DEFAULT_SAM}; thresholds 0.3/0.25; cached; settings: --segmenter-opt key=value)",
     )

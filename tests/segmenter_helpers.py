@@ -16,8 +16,9 @@ from pathlib import Path
 WORDS = ["cat", "dog", "fish", "bird", "red", "square", "thing", "a", "photo", "of", "the"]
 
 
-def bert_tokenizer():
-    """A lowercasing word-level BERT-style tokenizer ([CLS] text [SEP]) over a handful of class words."""
+def bert_tokenizer(extra: tuple[str, ...] = ()):
+    """A lowercasing word-level BERT-style tokenizer ([CLS] text [SEP]) over a handful of class words (plus
+    ``extra`` tokens, e.g. punctuation)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -25,7 +26,7 @@ def bert_tokenizer():
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator([" ".join(WORDS) + " ."], trainers.WordLevelTrainer(special_tokens=specials))
+    tok.train_from_iterator([" ".join([*WORDS, *extra]) + " ."], trainers.WordLevelTrainer(special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B [SEP]",
@@ -144,3 +145,45 @@ def make_sam_dir(path: Path, seed: int = 0, mask_sign: int = 1) -> Path:
     model.save_pretrained(path)
     SamProcessor(image_processor=image_processor).save_pretrained(path)
     return path
+
+
+class PlantedDetector:
+    """Stands in for the loaded Grounding DINO: the same outputs for every image, boxes planted by hand.
+
+    ``boxes`` are normalised (cx, cy, w, h) with a logit each; every token of every box gets that logit, so a
+    box passes both thresholds when its sigmoid exceeds them. The other queries of ``n_queries`` score -10.
+    """
+
+    def __init__(self, boxes: list[tuple[tuple[float, float, float, float], float]], n_queries: int = 5):
+        self.boxes, self.n_queries = boxes, n_queries
+
+    def __call__(self, input_ids=None, **_):
+        from types import SimpleNamespace
+
+        import torch
+
+        batch, length = input_ids.shape
+        logits = torch.full((batch, self.n_queries, length), -10.0)
+        pred_boxes = torch.full((batch, self.n_queries, 4), 0.5)
+        for q, (box, logit) in enumerate(self.boxes):
+            logits[:, q, :] = logit
+            pred_boxes[:, q] = torch.tensor(box)
+        return SimpleNamespace(logits=logits, pred_boxes=pred_boxes)
+
+
+class BoxSam:
+    """Stands in for the loaded SAM: each box prompt's mask is exactly its box (in the 64 px input frame, on the
+    16 px low-resolution mask grid the tiny SAM processor post-processes)."""
+
+    def __call__(self, pixel_values=None, input_boxes=None, multimask_output=False, **_):
+        from types import SimpleNamespace
+
+        import torch
+
+        batch, n_boxes, _ = input_boxes.shape
+        masks = torch.full((batch, n_boxes, 1, 16, 16), -10.0)
+        for b in range(batch):
+            for k in range(n_boxes):
+                x0, y0, x1, y1 = (float(v) / 4 for v in input_boxes[b, k])
+                masks[b, k, 0, int(y0) : int(round(y1)), int(x0) : int(round(x1))] = 10.0
+        return SimpleNamespace(pred_masks=masks)

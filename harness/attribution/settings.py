@@ -109,6 +109,29 @@ class CCISettings:
 
 DEFAULTS = CCISettings()
 
+NO_MASKS = "auto: the task has no foreground masks"
+
+
+def auto_decision(
+    has_masks: bool, diagnose: bool | None = None, segmenter: str | None = None, diagnosis_on: bool = False
+) -> tuple[bool, str]:
+    """``--attribution auto`` on one task: (run CCI?, why). It runs when the diagnosis can follow it: the task
+    has foreground masks, or the diagnosis is on and the chosen segmenter provides them: a segmenter named
+    explicitly (``--segmenter groundedsam`` or a plugin; ``dataset`` and ``none`` give none), or the default
+    ``auto`` segmenter on a task whose YAML says ``diagnose: true``. ``diagnose: false`` turns it off even on a
+    task with masks. ``segmenter`` None (no run options known) decides by the task's masks alone."""
+    if diagnose is False:
+        return False, "auto: the task says diagnose: false"
+    if has_masks:
+        return True, "auto: the task has foreground masks"
+    if not diagnosis_on or segmenter in (None, "none", "dataset"):
+        return False, NO_MASKS
+    if segmenter == "auto":
+        if diagnose:
+            return True, "auto: the task says diagnose: true; masks from groundedsam (the auto segmenter)"
+        return False, NO_MASKS
+    return True, f"auto: masks from segmenter {segmenter!r}"
+
 
 @dataclass(frozen=True)
 class AttributionSettings:

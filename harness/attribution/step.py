@@ -2,7 +2,8 @@
 records per attributed sample, and the pair's summary under ``config.attribution``.
 
 ``only_with_masks`` implements ``--attribution auto``: attribution runs on tasks whose samples have foreground
-masks and is switched off (and says so in the config) on the others.
+masks, and on others when the diagnosis is on and its segmenter can provide masks
+(:func:`~covar_harness.attribution.settings.auto_decision`); otherwise it is switched off and says so in the config.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from covar_harness.attribution.maps import MapWriter
 from covar_harness.attribution.records import AttributionRecord, short
 from covar_harness.attribution.regions import OUTCOMES
 from covar_harness.attribution.removal import can_remove_all_patches, layer_supported
-from covar_harness.attribution.settings import DEFAULTS, AttributionSettings
+from covar_harness.attribution.settings import DEFAULTS, AttributionSettings, auto_decision
 from covar_harness.pipeline import PairContext, SampleRecord, Step, StepSummary, as_context
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class AttributionStep(Step):
         self.only_with_masks = settings.only_with_masks
         self.maps = MapWriter(settings.save_maps) if settings.save_maps else None
         self.status, self.reason, self.n_seen = "ran", "", 0
+        self.auto_reason: str | None = None  # auto mode on a task without masks: why attribution runs anyway
         self.ctx: PairContext | None = None
 
     @property
@@ -67,13 +69,14 @@ class AttributionStep(Step):
         members. Settings the model cannot honour (K above its patch count, a layer it lacks) raise one-line
         ValueError. The older call ``start(adapter, task, samples, model_spec=...)`` works too."""
         ctx = as_context(ctx, task, samples, model_spec)
-        self.ctx, self.n_seen = ctx, 0
+        self.ctx, self.n_seen, self.auto_reason = ctx, 0, None
         self.active, self.status, self.reason = True, "ran", ""
         if self.maps is not None:
             self.maps.start(ctx)
         supported, why = self.attributor.supported_by(ctx.adapter)
-        if self.only_with_masks and not ctx.samples.has_masks:
-            self.active, self.status, self.reason = False, "off", "auto: the task has no foreground masks"
+        runs, auto_why = self._auto(ctx) if self.only_with_masks else (True, "")
+        if not runs:
+            self.active, self.status, self.reason = False, "off", auto_why
         elif not supported:
             self.active, self.status, self.reason = False, "skipped", why
         elif self.settings.layer != -1 and not layer_supported(ctx.adapter):
@@ -81,6 +84,18 @@ class AttributionStep(Step):
             self.reason = f"patch_tokens of this adapter takes no layer argument (--cci-layer {self.settings.layer})"
         if self.active:
             check_model(ctx.adapter, self.settings, self.attributor)
+            self.auto_reason = auto_why if self.only_with_masks and not ctx.samples.has_masks else None
+
+    @staticmethod
+    def _auto(ctx: PairContext) -> tuple[bool, str]:
+        """The ``--attribution auto`` decision for this pair, from the task and the run's diagnosis settings."""
+        options = ctx.options
+        return auto_decision(
+            ctx.samples.has_masks,
+            getattr(ctx.task, "diagnose", None),
+            None if options is None else options.segmenter,
+            options is not None and options.diagnosis is not None,
+        )
 
     def process(self, batch: Batch) -> list[AttributionRecord]:
         """One record per attributed sample; nothing when inactive."""
@@ -147,6 +162,8 @@ class AttributionStep(Step):
         }
         if self.status != "off":  # settings matter (ran, or would have run on a capable model)
             config.update(asdict(self.settings))
+        if self.auto_reason is not None:
+            config["auto"] = self.auto_reason
         notes = []
         adapter = None if self.ctx is None else self.ctx.adapter
         if not self.active:
