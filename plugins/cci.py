@@ -1,5 +1,5 @@
 """Built-in plugin: the attributors of ``covar_harness.attribution`` (docs/design.md section 7): ``cci``,
-``cci-shapley`` and the ``random`` baseline, one Attributor class each.
+``cci-shapley``, the ``random`` baseline, ``occlusion`` and ``rise``, one Attributor class each.
 
 Each class registers itself with one line (``Method.register_with(register)``): its name, description, the K it
 allows (``k_range``, checked when the step is built, so a bad ``--cci-k`` is exit 2 before any model loads) and its
@@ -11,6 +11,8 @@ discovery, ``--help`` and ``ls`` stay light.
 from __future__ import annotations
 
 from covar_harness.attribution import CCI, CCIShapley, RandomBaseline  # no torch at import
+from covar_harness.attribution.occlusion import Occlusion
+from covar_harness.attribution.rise import RISE
 from covar_harness.hookspecs import hookimpl
 
 
@@ -19,3 +21,5 @@ def register_attributors(register):
     CCI.register_with(register)
     CCIShapley.register_with(register)
     RandomBaseline.register_with(register)
+    Occlusion.register_with(register)
+    RISE.register_with(register)

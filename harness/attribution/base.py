@@ -51,12 +51,14 @@ class ClusterBatch:
 @dataclass
 class Scores:
     """An attributor's answer for a batch. ``importance`` (B, K) is what diagnosis reads (I_k); ``drop`` (B, K)
-    is logged when given; ``s`` replaces the batch's s when the method recomputes it."""
+    is logged when given; ``s`` replaces the batch's s when the method recomputes it; ``patch`` (B, N) is the
+    per-patch map of a method that scores patches (occlusion), else each patch carries its cluster's I_k."""
 
     importance: torch.Tensor
     drop: torch.Tensor | None = None
     s: torch.Tensor | None = None
     shapley: ShapleyValues | None = None
+    patch: torch.Tensor | None = None  # (B, N) per-patch importance, for methods finer than the clusters
 
 
 class Attributor:

@@ -51,9 +51,13 @@ class Attribution:
     regions: RegionTest | None = None  # counterfactual region test, when masks were given
     importance_alt: torch.Tensor | None = None  # (B, K) the other target's I_k, from the same removal call
     alt: str | None = None  # which target ``importance_alt`` explains: "label" or "pred"
+    patch_map: torch.Tensor | None = None  # (B, N) per-patch importance of a patch-level method (occlusion)
 
     def patch_importance(self) -> torch.Tensor:
-        """(B, N): each patch's cluster importance (docs/design.md section 7.4)."""
+        """(B, N): each patch's cluster importance (docs/design.md section 7.4), or the method's own per-patch
+        map when it scores patches (``Scores.patch``)."""
+        if self.patch_map is not None:
+            return self.patch_map
         return self.importance.gather(1, self.assignments)
 
     def record(self, b: int) -> CCIRecord:
@@ -176,6 +180,7 @@ def attribute(
         regions,
         importance_alt,
         None if alt is None else alt[0],
+        None if scores.patch is None else scores.patch.cpu(),
     )
 
 

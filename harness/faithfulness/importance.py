@@ -1,0 +1,53 @@
+"""Any registered attributor's per-patch importance map for a batch, as the faithfulness metrics read it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from covar_harness.attribution.base import find_attributor
+
+if TYPE_CHECKING:
+    import torch
+
+    from covar_harness.attribution.settings import CCISettings
+
+
+class Unsupported(Exception):
+    """The method cannot explain this model (one line: why)."""
+
+
+def method_support(method: str, adapter: Any) -> tuple[bool, str]:
+    """(supported, why not). A method with a pixel-space fallback (``pixel_importance``) runs on any adapter."""
+    cls = find_attributor(method)
+    ok, why = cls.supported_by(adapter)
+    if ok or callable(getattr(cls, "pixel_importance", None)):
+        return True, ""
+    return False, why
+
+
+def importance_maps(
+    method: str,
+    adapter: Any,
+    pixels: torch.Tensor,
+    emb: torch.Tensor,
+    text: torch.Tensor,
+    target: torch.Tensor,
+    seeds: Sequence[int],
+    settings: CCISettings,
+) -> torch.Tensor:
+    """(B, N) importance of every patch for the explained class (``text`` (B, D) normalised), on CPU. Methods
+    over the clustering-and-removal engine run through ``attribution.attribute``; a method the adapter cannot
+    run that has ``pixel_importance`` (occlusion) uses it; anything else raises :class:`Unsupported`."""
+    from covar_harness.attribution.engine import attribute, check_model
+
+    cls = find_attributor(method)
+    ok, why = cls.supported_by(adapter)
+    if ok:
+        check_model(adapter, settings, cls)
+        result = attribute(adapter, pixels, emb, text, target, seeds, settings, cls)
+        return result.patch_importance().float().cpu()
+    fallback = getattr(cls, "pixel_importance", None)
+    if callable(fallback):
+        return fallback(adapter, pixels, text).float().cpu()
+    raise Unsupported(f"{method}: {why}")
