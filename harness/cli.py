@@ -70,6 +70,9 @@ def _add_run(sub) -> None:
     ex.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
+    from covar_harness.scale_flags import add_scale_flags  # --shard, --text-cache, --checkpoint-every
+
+    add_scale_flags(ex)
     _add_run_analysis(p)
     p.set_defaults(handler="covar_harness.commands:cmd_run")
 
@@ -97,6 +100,14 @@ def _add_run_analysis(p) -> None:
         default="auto",
         help="foreground masks: auto (dataset masks, else groundedsam), dataset, groundedsam, a plugin, "
         "or none (no diagnosis)",
+    )
+    dg.add_argument(
+        "--segmenter-opt",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a setting of the segmenter (repeatable; under auto: of its groundedsam fallback), e.g. "
+        "box_threshold=0.35, text_threshold=0.25, multi_box=false, detector=PATH, sam=PATH, prompts=FILE.json",
     )
     for flag, options in cli_flags(DiagnosisSettings, prefix="diagnosis_"):  # defaults: DiagnosisSettings
         dg.add_argument(flag, **options)
@@ -318,6 +329,39 @@ def _add_report(sub) -> None:
     p.set_defaults(handler="covar_harness.report:cmd_report")
 
 
+def _add_faithfulness(sub) -> None:
+    p = sub.add_parser(
+        "faithfulness",
+        help="deletion / insertion AUC and localisation of attributors' importance maps, vs the random baseline",
+        description="Per model x task x attributor: deletion and insertion curves (most important patches first; "
+        "pixels replaced, and patches removed from attention where the model supports removal) with AUC, and "
+        "on tasks with masks the energy pointing game and relevance-rank accuracy; one JSON each, a PNG of the "
+        "mean curves per model x task, and a table with each method's ratio to the random baseline.",
+    )
+    p.add_argument("--models", required=True, help="comma-separated specs, names, globs or groups")
+    p.add_argument("--tasks", required=True, help="comma-separated task names, globs, tags or YAML paths")
+    p.add_argument(
+        "--attributors", default="cci,random,occlusion", help="registered attributors (default: %(default)s)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="a seeded random subset of N images per task")
+    p.add_argument("--steps", type=int, default=16, help="curve points minus one (default: %(default)s)")
+    p.add_argument("--replacement", default="blur", choices=["blur", "black", "mean"], help="deleted patches become")
+    p.add_argument("--score", default="softmax", choices=["softmax", "cosine"], help="score of the explained class")
+    p.add_argument("--target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
+    p.add_argument("--no-token-removal", action="store_true", help="skip the token-removal curves")
+    p.add_argument("--k", type=int, default=CCI_DEFAULTS.k, help="clusters for cluster methods (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")
+    p.add_argument("--output-dir", default=Path("faithfulness"), type=Path, help="default: %(default)s")
+    p.add_argument("--data-dir", default=None, type=Path, help="dataset root (default: $COVAR_HARNESS_DATA)")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    p.add_argument("--cache-dir", default=None, help="model weight cache")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler="covar_harness.faithfulness.command:cmd_faithfulness")
+
+
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
 COMMANDS: list[Callable] = [
     _add_run,
@@ -331,6 +375,7 @@ COMMANDS: list[Callable] = [
     _add_build_covar,
     _add_sanity,
     _add_report,
+    _add_faithfulness,
 ]
 
 

@@ -29,14 +29,18 @@ def prepare_run(args: Namespace) -> PreparedRun:
     """Parse and check ``run``'s settings and make the plan: every mistake here is a UsageError (exit 2)."""
     from covar_harness.evaluator import RunOptions
     from covar_harness.models import resolve_models
-    from covar_harness.plan import check_writable, plan_run
+    from covar_harness.plan import check_writable, parse_shard, plan_run
     from covar_harness.plugin_manager import load_catalog
+    from covar_harness.text_cache import default_text_cache
 
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise UsageError("--workers must be >= 0")
+    if getattr(args, "checkpoint_every", 0) < 0:
+        raise UsageError("--checkpoint-every must be >= 0")
+    shard = parse_shard(getattr(args, "shard", None))
     catalog = load_catalog(args.include_path)
     models = resolve_models(args.models, catalog)
     tasks = catalog.tasks.resolve(args.tasks)
@@ -58,6 +62,10 @@ def prepare_run(args: Namespace) -> PreparedRun:
         steps=_analysis_steps(args, catalog),
         diagnosis=_diagnosis_settings(args),
         segmenter=args.segmenter,
+        segmenter_settings=_segmenter_settings(args, catalog),
+        shard=shard,
+        text_cache=default_text_cache(getattr(args, "text_cache", None)),
+        checkpoint_every=getattr(args, "checkpoint_every", 0),
     )
     plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
     if getattr(args, "save_maps", None) and not args.dry_run:
@@ -94,6 +102,16 @@ def _analysis_steps(args: Namespace, catalog) -> list:
     from covar_harness.plugin_manager import call_with_accepted
 
     return [call_with_accepted(entry.item, **settings.flat())]  # third-party factories take what they accept
+
+
+def _segmenter_settings(args: Namespace, catalog) -> dict:
+    """``--segmenter-opt key=value`` (repeatable) as the segmenter's settings, checked against its factory
+    before any model loads: an unknown key is a usage error naming close matches."""
+    from covar_harness.segmentation import check_segmenter_settings, parse_segmenter_opts
+
+    settings = parse_segmenter_opts(getattr(args, "segmenter_opt", None))
+    check_segmenter_settings(getattr(args, "segmenter", "auto"), catalog, settings)
+    return settings
 
 
 def _diagnosis_settings(args: Namespace):
