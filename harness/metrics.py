@@ -55,8 +55,58 @@ def bootstrap_interval(
             stats = values[idx].mean(axis=1)
         else:
             stats = np.array([statistic(values[i]) for i in idx])
+    return percentile_interval(stats, level)
+
+
+def percentile_interval(stats: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates."""
     lo, hi = np.percentile(stats, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(lo), float(hi)
+
+
+def per_class_recall_interval(
+    labels: np.ndarray,
+    correct: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Sequence[Any] | None = None,
+) -> tuple[float, float] | None:
+    """Class-stratified bootstrap interval of :func:`per_class_recall`: each class's samples are resampled within
+    that class (as many as it has), so every replicate has every class, as the statistic does. With ``clusters``
+    (COVAR's ``source_id``) whole clusters are resampled within each class, as :func:`bootstrap_interval` does."""
+    labels, correct = np.asarray(labels), np.asarray(correct, dtype=np.float64)
+    if labels.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    recalls = np.empty((n_boot, len(classes)))
+    for j, c in enumerate(classes):
+        rows = np.flatnonzero(labels == c)
+        if clusters is not None:
+            recalls[:, j] = _cluster_means(correct[rows], [clusters[int(i)] for i in rows], rng, n_boot)
+        else:
+            recalls[:, j] = correct[rows][rng.integers(0, len(rows), size=(n_boot, len(rows)))].mean(axis=1)
+    return percentile_interval(recalls.mean(axis=1), level)
+
+
+def auroc_replicates(positive: Sequence[float], negative: Sequence[float], n_boot: int = 1000, seed: int = 0):
+    """Bootstrap replicates of the AUROC P(positive > negative) + P(tie) / 2, each side resampled on its own (the
+    two groups are separate samples, so every replicate has both). None when a side is empty."""
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        return None
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (n_pos, n_neg)
+    rng = np.random.default_rng(seed)
+    pos_counts = _resample_counts(rng, pos.size, n_boot)
+    neg_counts = _resample_counts(rng, neg.size, n_boot)
+    return ((pos_counts @ wins) * neg_counts).sum(axis=1) / (pos.size * neg.size)
+
+
+def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n): how often each row is drawn in each resample with replacement."""
+    idx = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(idx.ravel(), minlength=n * n_boot).reshape(n_boot, n).astype(np.float64)
 
 
 def _cluster_means(values: np.ndarray, clusters: Sequence[Any], rng: np.random.Generator, n_boot: int) -> np.ndarray:
@@ -76,3 +126,17 @@ def source_clusters(ids: Sequence[str | None]) -> list[str] | None:
     if not ids or any(i is None for i in ids):
         return None
     return [str(i) for i in ids]
+
+
+def average_interval(
+    values: Sequence[float], intervals: Sequence[Sequence[float] | None], z: float = 1.96
+) -> tuple[float, float] | None:
+    """The normal interval of the mean of independent estimates, from their own intervals: se_i = half-width / z,
+    se_mean = sqrt(sum se_i^2) / n. For when only per-part intervals are at hand (the leaderboard reads result
+    files, not per-sample correctness); None unless every part has an interval."""
+    if not values or len(intervals) != len(values) or any(i is None or len(i) != 2 for i in intervals):
+        return None
+    se = [(float(i[1]) - float(i[0])) / 2 / z for i in intervals if i is not None]
+    mean = float(np.mean(values))
+    half = z * float(np.sqrt(np.sum(np.square(se)))) / len(values)
+    return mean - half, mean + half

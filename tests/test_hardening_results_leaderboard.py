@@ -287,6 +287,7 @@ def test_every_row_is_averaged_over_the_same_subsets():
 def test_no_reference_leaves_tables_and_formats_as_before():
     full = [valid_record("c", f"covar/{s}", 0.5) for s in ("original", *lb.COVAR_SUBSETS)]
     tables = lb.build_tables(full)
-    assert all(t.caption is None and not t.published for t in tables)
+    # without a reference the only caption is the average's interval (issue 14 item 7), never the published one
+    assert all((t.caption is None or t.caption.startswith(lb.AVG_INTERVAL_NOTE)) and not t.published for t in tables)
     assert lb.render_csv(full).splitlines()[0] == "model,family,task,task_version,metric,value,n_samples,headline"
     assert "published" not in json.loads(lb.render_json(full, tables))["results"][0]
