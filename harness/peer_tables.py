@@ -3,11 +3,20 @@
 ImageNet-9 (the Backgrounds Challenge) reports accuracy per variation and the **BG-Gap**, mixed_same minus
 mixed_rand: how much accuracy the right-class background was worth. Kept apart from ``leaderboard.py`` (the
 paper's COVAR and CounterAnimals layouts), which dispatches here by family name.
+
+The **background reliance** table puts every benchmark's own measure side by side, one row per model: COVAR's
+bg_varied accuracy drop and BG-Er (with its null), the CounterAnimals common - counter drop, the ImageNet-9
+BG-Gap and the Waterbirds worst-group gap, each followed by its n; a column only where some result has it, and
+the table only when a peer benchmark (not COVAR alone) has results.
 """
 
 from __future__ import annotations
 
-from covar_harness.leaderboard import Table, _by_model, _headline, _pct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from covar_harness.leaderboard import Table, _by_model, _headline, _metric, _pct, diagnosis_counts
 
 IMAGENET9_VARIANTS = (
     "original",
@@ -38,3 +47,97 @@ def imagenet9_tables(records: list[dict], family: str, reference: str | None) ->
         gap = None if same is None or rand is None else same - rand
         t.rows.append([spec, *[_pct(_headline(runs[c])) if c in runs else None for c in columns], _pct(gap)])
     return [t]
+
+
+# ---- background reliance: every benchmark's own measure, side by side ---------------------------------------
+Runs = dict[str, dict[str, dict]]  # family -> subset -> result record, for one model
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One column: its title, whether it is a peer's (not COVAR's), and runs -> (value as a fraction, n)."""
+
+    title: str
+    peer: bool
+    value: Callable[[Runs], tuple[float | None, int | None]]
+
+
+def _n(rec: dict | None) -> int | None:
+    n = None if rec is None else rec.get("task", {}).get("n_samples")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _difference(family: str, first: str, second: str, key: str) -> Callable[[Runs], tuple[float | None, int | None]]:
+    """``first - second`` of metric ``key`` within ``family``; n = the second (shifted) set's samples."""
+
+    def value(runs: Runs) -> tuple[float | None, int | None]:
+        fam = runs.get(family, {})
+        a, b = _metric(fam.get(first), key), _metric(fam.get(second), key)
+        return (None, None) if a is None or b is None else (a - b, _n(fam.get(second)))
+
+    return value
+
+
+def _single(family: str, subset: str, key: str) -> Callable[[Runs], tuple[float | None, int | None]]:
+    """Metric ``key`` of one task; n = its diagnosed errors for BG-Er and its null, else its samples."""
+
+    def value(runs: Runs) -> tuple[float | None, int | None]:
+        rec = runs.get(family, {}).get(subset)
+        got = _metric(rec, key)
+        if got is None or rec is None:
+            return None, None
+        errors = diagnosis_counts(rec).get("diagnosis_n_errors") if key.startswith("bg_er") else None
+        return got, int(errors) if errors is not None else _n(rec)
+
+    return value
+
+
+def _measures() -> list[Measure]:
+    out = []
+    for family, label in (("covar", "COVAR"), ("covar-shapes", "COVAR-Shapes")):
+        out += [
+            Measure(f"{label} bg_varied drop", False, _difference(family, "original", "bg_varied", "acc1")),
+            Measure(f"{label} BG-Er", False, _single(family, "bg_varied", "bg_er")),
+            Measure(f"{label} BG-Er null", False, _single(family, "bg_varied", "bg_er_null")),
+        ]
+    return [
+        *out,
+        Measure(
+            "CounterAnimals drop", True, _difference("counteranimals", "common", "counter", "mean_per_class_recall")
+        ),
+        Measure("ImageNet-9 BG-Gap", True, _difference("imagenet9", "mixed_same", "mixed_rand", "acc1")),
+        Measure("Waterbirds worst-group gap", True, _single("waterbirds", "test", "group_acc_gap")),
+    ]
+
+
+BACKGROUND_CAPTION = (
+    "Each benchmark's own background-reliance measure, in points (%): COVAR bg_varied drop = original - "
+    "bg_varied acc1; BG-Er = share of bg_varied errors the diagnosis attributes to the background, its null = "
+    "the same rule with importances permuted; CounterAnimals drop = common - counter class-balanced accuracy; "
+    "ImageNet-9 BG-Gap = mixed_same - mixed_rand acc1; Waterbirds gap = average - worst-group accuracy. "
+    "n = images of the shifted set (bg_varied, counter, mixed_rand, Waterbirds test); for BG-Er, the diagnosed "
+    "errors. Intervals stay in the result files (acc1, BG-Er, worst-group): a drop between two runs is not "
+    "resampled here."
+)
+
+
+def background_reliance_tables(records: list[dict]) -> list[Table]:
+    """The background-reliance table, or nothing when no peer benchmark (CounterAnimals, IN-9, Waterbirds) ran."""
+    models: dict[str, Runs] = {}
+    for family in ("covar", "covar-shapes", "counteranimals", "imagenet9", "waterbirds"):
+        for spec, runs in _by_model(records, family).items():
+            models.setdefault(spec, {})[family] = runs
+    order = [spec for spec in dict.fromkeys(r["model"]["spec"] for r in records) if spec in models]  # as given
+    cells = {spec: [m.value(models[spec]) for m in _measures()] for spec in order}
+    present = [i for i, _ in enumerate(_measures()) if any(row[i][0] is not None for row in cells.values())]
+    if not any(_measures()[i].peer for i in present):
+        return []
+    columns = ["Model"] + [c for i in present for c in (_measures()[i].title, f"{_measures()[i].title} n")]
+    table = Table("background reliance: each benchmark's measure side by side", columns, caption=BACKGROUND_CAPTION)
+    for spec, row in cells.items():
+        if any(row[i][0] is not None for i in present):
+            values: list[Any] = [spec]
+            for i in present:
+                values += [_pct(row[i][0]), row[i][1]]
+            table.rows.append(values)
+    return [table]

@@ -46,7 +46,12 @@ def read_csv(kind: str, filename: str) -> list[dict[str, str]]:
     The harness's one CSV reader (the paper's model and result tables, the CounterAnimals reference numbers):
     read as UTF-8 text through importlib.resources, so it works from a checkout, a wheel or a zip alike.
     """
-    text = resource_path(kind, filename).read_text(encoding="utf-8")
+    return parse_csv(resource_path(kind, filename).read_text(encoding="utf-8"))
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    """CSV text (header row first) -> one dict per row: the parser behind :func:`read_csv`, also for dataset
+    files a format has already read safely (the Waterbirds release's ``metadata.csv``)."""
     return list(csv.DictReader(io.StringIO(text)))
 
 

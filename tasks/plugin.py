@@ -37,6 +37,30 @@ def _preflight_counteranimals(ds_cfg, data_dir):
     return preflight_counteranimals(ds_cfg, data_dir)
 
 
+def _load_waterbirds(ds_cfg, data_dir):
+    from covar_harness.tasks.waterbirds import load_waterbirds
+
+    return load_waterbirds(ds_cfg, data_dir)
+
+
+def _preflight_waterbirds(ds_cfg, data_dir):
+    from covar_harness.tasks.waterbirds import preflight_waterbirds
+
+    return preflight_waterbirds(ds_cfg, data_dir)
+
+
+def _load_imagenet_wnids(ds_cfg, data_dir):
+    from covar_harness.tasks.imagenet_shifts import load_imagenet_wnids
+
+    return load_imagenet_wnids(ds_cfg, data_dir)
+
+
+def _preflight_imagenet_wnids(ds_cfg, data_dir):
+    from covar_harness.tasks.imagenet_shifts import preflight_imagenet_wnids
+
+    return preflight_imagenet_wnids(ds_cfg, data_dir)
+
+
 @hookimpl
 def register_dataset_formats(register):
     register(
@@ -50,4 +74,16 @@ def register_dataset_formats(register):
         _load_counteranimals,
         preflight=_preflight_counteranimals,
         description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)",
+    )
+    register(
+        "waterbirds",
+        _load_waterbirds,
+        preflight=_preflight_waterbirds,
+        description="Waterbirds release: waterbird_complete95_forest2water2/metadata.csv + images (split 2 = test)",
+    )
+    register(
+        "imagenet_wnids",
+        _load_imagenet_wnids,
+        preflight=_preflight_imagenet_wnids,
+        description="ImageNet subset by wnid: <root>/<wnid>/<images> (ImageNet-R/A); classes = wnid folders present",
     )
