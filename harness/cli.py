@@ -252,7 +252,7 @@ def _add_sanity(sub) -> None:
     p = sub.add_parser(
         "sanity",
         help="which diagnosis to trust: every attributor and driver rule on the clean vs "
-        "shortcut demo models (known truth), AUROC, agreement, cost",
+        "shortcut demo models (known truth), AUROC with intervals, ranked, cost",
     )
     p.add_argument("--json", default=None, type=Path, metavar="PATH", help="also write the report as JSON")
     p.add_argument(
@@ -362,6 +362,33 @@ def _add_faithfulness(sub) -> None:
     p.set_defaults(handler="covar_harness.faithfulness.command:cmd_faithfulness")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="results to the Hugging Face Hub's evaluation-results layout (--to hf) or Weights & Biases (--to wandb)",
+        description="--to hf --out DIR: one folder per model with README.md (the model-index front matter) and "
+        ".eval_results/<task>.yaml; DIR must be new, empty or an earlier export. --push REPO opens pull "
+        "requests with one model's files (needs huggingface_hub and the Hub). --to wandb --project P: one run "
+        "per model, a table of the long records and the headline metrics as summary (needs wandb; WANDB_MODE "
+        "is respected).",
+    )
+    p.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    p.add_argument("--to", required=True, choices=["hf", "wandb"], help="hf or wandb")
+    p.add_argument("--out", default=None, type=Path, metavar="DIR", help="hf: the export folder")
+    p.add_argument("--push", default=None, metavar="REPO", help="hf: open pull requests on this model repository")
+    p.add_argument(
+        "--source-url",
+        default=None,
+        metavar="URL",
+        help="hf: where the results can be seen (the Hub needs a url with a source; default: the --push repository, "
+        "else no source)",
+    )
+    p.add_argument("--model", default=None, metavar="SPEC", help="export only this model spec")
+    p.add_argument("--project", default=None, help="wandb: the project")
+    p.add_argument("--entity", default=None, help="wandb: the entity (default: yours)")
+    p.set_defaults(handler="covar_harness.exports:cmd_export")
+
+
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
 COMMANDS: list[Callable] = [
     _add_run,
@@ -376,6 +403,7 @@ COMMANDS: list[Callable] = [
     _add_sanity,
     _add_report,
     _add_faithfulness,
+    _add_export,
 ]
 
 

@@ -259,7 +259,13 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
     """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
     import numpy as np
 
-    from covar_harness.metrics import bootstrap_interval, classification_metrics, source_clusters
+    from covar_harness.group_metrics import add_group_metrics
+    from covar_harness.metrics import (
+        bootstrap_interval,
+        classification_metrics,
+        per_class_recall_interval,
+        source_clusters,
+    )
 
     k = min(5, len(ctx.classnames))
     idx = np.array([i for i, _ in rows], dtype=np.int64)
@@ -272,7 +278,13 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
         seed = ctx.options.seed if ctx.options is not None else 0
         clusters = source_clusters([ctx.samples.samples[i].meta.get("source_id") for i in idx])
         intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed, clusters=clusters))
-    return {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}, correct
+        # class-balanced accuracy: resampled within each class (every class in every replicate), by source too
+        recall = per_class_recall_interval(labels, correct, seed=seed, clusters=clusters)
+        intervals["mean_per_class_recall"] = list(recall or ())
+    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
+    groups = [ctx.samples.samples[i].meta.get("group") for i in idx]
+    add_group_metrics(record, correct.tolist(), groups, seed=ctx.options.seed if ctx.options is not None else 0)
+    return record, correct
 
 
 def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, Any]:

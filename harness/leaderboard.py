@@ -135,7 +135,47 @@ def covar_tables(records: list[dict], family: str, reference: str | None) -> lis
     ]
     if others:
         tables.append(generic_table(others, family))
+    if tables and tables[0].columns[-1] == "Avg":
+        _caption_average_intervals(tables[0], records, family)
     return tables
+
+
+AVG_INTERVAL_NOTE = (
+    "Avg 95% interval (acc1_avg in csv/json), approximated from the per-subset intervals: se_i = half-width / "
+    "1.96, se_avg = sqrt(sum se_i^2) / 8, subsets taken as independent (they share source objects, so it is "
+    "likely too narrow)"
+)
+
+
+def average_records(records: list[dict], reference: str | None = None) -> list[dict]:
+    """Per own model with all 8 COVAR subsets of a family: ``acc1_avg`` (task = the family) and its interval
+    (``interval``; :data:`AVG_INTERVAL_NOTE`), in the long format of :func:`long_records`."""
+    from covar_harness.metrics import average_interval
+
+    out = []
+    for family in _families(records):
+        for spec, runs in _by_model(records, family).items():
+            parts = [runs.get(s) for s in COVAR_SUBSETS]
+            values = [v for v in (None if r is None else _headline(r) for r in parts) if v is not None]
+            if len(values) < len(COVAR_SUBSETS):
+                continue
+            heads = [(r["task"].get("headline") or "acc1", r.get("intervals") or {}) for r in parts if r]
+            ci = average_interval(values, [i.get(h) for h, i in heads])
+            row = {
+                **dict.fromkeys(LONG_FIELDS),
+                **{"model": spec, "family": parts[0]["model"].get("family", "") if parts[0] else ""},
+                **{"task": family, "metric": "acc1_avg", "value": sum(values) / len(values), "headline": False},
+                **{"n_samples": sum(r["task"]["n_samples"] for r in parts if r), "interval": ci and list(ci)},
+            }
+            out.append({**row, "published": False} if reference == "paper" else row)
+    return out
+
+
+def _caption_average_intervals(acc: Table, records: list[dict], family: str) -> None:
+    rows = [r for r in average_records(records) if r["task"] == family and r["interval"]]
+    if rows:
+        spans = "; ".join(f"{r['model']} [{100 * r['interval'][0]:.1f}, {100 * r['interval'][1]:.1f}]" for r in rows)
+        acc.caption = (acc.caption + " " if acc.caption else "") + f"{AVG_INTERVAL_NOTE}: {spans}."
 
 
 def _average(values: list[float | None]) -> float | None:
@@ -325,7 +365,9 @@ def build_tables(records: list[dict], reference: str | None = None) -> list[Tabl
             tables += covar_tables(records, family, reference)
         else:
             tables.append(generic_table(records, family))
-    return tables
+    from covar_harness.peer_tables import background_reliance_tables  # imports this module: on use
+
+    return tables + background_reliance_tables(records)
 
 
 LONG_FIELDS = ["model", "family", "task", "task_version", "metric", "value", "n_samples", "headline"]
@@ -478,8 +520,19 @@ def render_csv(records: list[dict], reference: str | None = None) -> str:
     fields = LONG_FIELDS + (["published"] if reference == "paper" else [])
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows + _csv_averages(records, reference))
     return buf.getvalue()
+
+
+def _csv_averages(records: list[dict], reference: str | None) -> list[dict]:
+    """The averages' rows for csv: ``acc1_avg`` and its interval as ``acc1_avg_ci_low`` / ``acc1_avg_ci_high``."""
+    out = []
+    for row in average_records(records, reference):
+        interval = row.pop("interval") or [None, None]
+        out += [row] + [
+            {**row, "metric": f"acc1_avg_ci_{end}", "value": v} for end, v in zip(("low", "high"), interval)
+        ]
+    return out
 
 
 def _clean(obj: Any) -> Any:
@@ -500,5 +553,6 @@ def render_json(records: list[dict], tables: list[Table], reference: str | None 
         if t.caption:
             entry["caption"] = t.caption
         tables_out.append(entry)
-    data = _clean({"results": long_records(records, reference), "tables": tables_out})
+    rows = long_records(records, reference) + average_records(records, reference)
+    data = _clean({"results": rows, "tables": tables_out})
     return json.dumps(data, indent=2, allow_nan=False)
