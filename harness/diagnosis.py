@@ -5,8 +5,11 @@ The diagnosis step runs right after attribution in the same batch loop and reads
 each sample (``AttributionRecord``: cluster assignments and importances, Shapley values, the counterfactual
 region test) plus the foreground fraction of each patch. It writes ``fg_fraction``, ``driver`` and ``error_type``
 per sample (a :class:`DiagnosisRecord`) and BG-Er / Fine-Er per task. Several driver rules can be reported at
-once; the first one is the headline (``--driver-rule``, default ``paper``). :func:`diagnose` does the same on
-logged sample rows (dicts read from ``samples.jsonl``).
+once; the first one is the headline (``--driver-rule``, default ``paper``).
+
+This module holds the settings, the rules registry and the rules, and the per-sample diagnosis (with its null).
+The per-task summaries (BG-Er / Fine-Er, the null's rates, intervals) and :func:`diagnose` over logged sample
+rows (dicts read from ``samples.jsonl``) are in ``diagnosis_summary``; the pipeline step is in ``diagnosis_step``.
 
 Rules (:data:`RULES`; a new one is one function with the :func:`rule` decorator)
 - ``paper``: fg_fraction = positive importance mass inside the mask / total positive mass (each patch carries
@@ -31,14 +34,16 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.class_groups import share_group
+from covar_harness.diagnosis_step import (  # re-exported: part of the public plugin contract (lives in diagnosis_step)
+    DiagnosisStep as DiagnosisStep,
+)
 from covar_harness.flags import flag
-from covar_harness.pipeline import PairContext, SampleRecord, Step, StepSummary
+from covar_harness.pipeline import SampleRecord
 
 if TYPE_CHECKING:
     import numpy as np
 
     from covar_harness.attribution.records import AttributionRecord
-    from covar_harness.pipeline import Batch
 
 ERROR_TYPES = ("bg", "fine", "other")
 
@@ -347,283 +352,3 @@ def null_fg_share(
             decided += 1
             fg_calls += score >= threshold
     return None if decided == 0 else fg_calls / decided
-
-
-# ---- per task -----------------------------------------------------------------------------------------------------
-@dataclass
-class Diagnosis:
-    per_sample: dict[int, dict] = field(default_factory=dict)  # index -> fields to merge into the sample log
-    metrics: dict[str, float | None] = field(default_factory=dict)
-    intervals: dict[str, list[float]] = field(default_factory=dict)
-    by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-HEADLINE_EXTRAS = (
-    "bg_er_null",
-    "bg_er_minus_null",
-    "fine_er_null",
-    "fg_driven_rate_null",
-    "bg_er_pred",
-    "bg_er_label",
-    "fine_er_pred",
-    "fine_er_label",
-)  # headline-rule metrics beside fg_driven_rate / bg_er / fine_er, present where the rule defines them
-
-
-def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_groups: bool) -> Diagnosis:
-    """BG-Er / Fine-Er as shares of misclassified samples, per rule. Samples without a mask or without the
-    records a rule needs are left out of that rule's rates (counted as ``n_undetermined``). Beside them: the
-    rule's null, the rates per explained target, and the counts behind each share."""
-    out = Diagnosis(
-        per_sample={r.index: r.log_fields() for r in records},
-        config={**settings.as_config(), "fine_grained_groups": has_groups},
-    )
-    clustered = bool(records) and all(r.cluster is not None for r in records)
-    out.config["bootstrap_unit"] = "source_id" if clustered else "sample"
-    for r_i, name in enumerate(settings.rules):
-        outcomes = [(r, r.outcomes[name]) for r in records]
-        decided = [(r, o) for r, o in outcomes if o.driver is not None]
-        errors = [(r, o) for r, o in outcomes if not r.correct and r.has_mask]
-        summary = _rates(
-            [o.driver == "fg" for _, o in decided],
-            [o.error_type for _, o in errors],
-            settings,
-            [r.cluster for r, _ in decided] if clustered else None,
-            [r.cluster for r, _ in errors] if clustered else None,
-        )
-        summary["n_undetermined"] = len(records) - len(decided)
-        summary.update(_counts(records, errors))
-        intervals = summary.pop("intervals")
-        for extra in (
-            _null_rates(RULES[name], decided, errors, settings, clustered),
-            _target_rates(errors, settings, clustered),
-        ):
-            intervals.update(extra.pop("intervals"))
-            summary.update(extra)
-        out.by_rule[name] = {**summary, "intervals": intervals}
-        if r_i == 0:
-            out.metrics = {k: summary[k] for k in ("fg_driven_rate", "bg_er", "fine_er")}
-            out.metrics.update({k: summary[k] for k in HEADLINE_EXTRAS if k in summary})
-            out.intervals = dict(intervals)  # bg_er_minus_null's interval is signed: validation allows [-1, 1]
-    return out
-
-
-def _counts(records: list[DiagnosisRecord], errors: list[tuple[DiagnosisRecord, RuleOutcome]]) -> dict[str, Any]:
-    """The counts behind the shares, and the object size of the errors: why a share is what it is (a rule that
-    calls small objects background-driven shows up as errors with a small mean area)."""
-    areas = [r.area for r, _ in errors if r.area is not None]
-    return {
-        "n_errors_undetermined": sum(o.driver is None for _, o in errors),
-        "n_errors_without_mask": sum(not r.correct and not r.has_mask for r in records),
-        "errors_mean_area": sum(areas) / len(areas) if areas else None,
-    }
-
-
-def _interval(values: Any, settings: DiagnosisSettings, clusters: list[str | None] | None) -> list[float] | None:
-    from covar_harness.metrics import bootstrap_interval
-
-    if not len(values):
-        return None
-    return list(bootstrap_interval(values, n_boot=settings.bootstrap, seed=settings.seed, clusters=clusters))
-
-
-def _rates(
-    drivers: list[bool],
-    errors: list[str | None],
-    settings: DiagnosisSettings,
-    driver_clusters: list[str | None] | None = None,
-    error_clusters: list[str | None] | None = None,
-) -> dict[str, Any]:
-    import numpy as np
-
-    fg = np.asarray(drivers, dtype=float)
-    bg_err = np.asarray([e == "bg" for e in errors], dtype=float)
-    fine_err = np.asarray([e == "fine" for e in errors], dtype=float)
-    out: dict[str, Any] = {
-        "fg_driven_rate": float(fg.mean()) if len(fg) else None,
-        "bg_er": float(bg_err.mean()) if len(bg_err) else None,
-        "fine_er": float(fine_err.mean()) if len(fine_err) else None,
-        "n_attributed": len(drivers),
-        "n_errors": len(errors),
-        "intervals": {},
-    }
-    for key, values, clusters in (
-        ("fg_driven_rate", fg, driver_clusters),
-        ("bg_er", bg_err, error_clusters),
-        ("fine_er", fine_err, error_clusters),
-    ):
-        if len(values):
-            out["intervals"][key] = _interval(values, settings, clusters)
-    return out
-
-
-def _null_rates(
-    rule_: Rule,
-    decided: list[tuple[DiagnosisRecord, RuleOutcome]],
-    errors: list[tuple[DiagnosisRecord, RuleOutcome]],
-    settings: DiagnosisSettings,
-    clustered: bool,
-) -> dict[str, Any]:
-    """The rule's null (expected shares when each sample's cluster values are permuted) and BG-Er minus it.
-    An error the rule leaves undetermined is undetermined under the null too (permuting keeps whether any value
-    is positive), so both shares have the same denominator and the difference is a per-error paired one."""
-    import numpy as np
-
-    if rule_.null_field is None or settings.null_draws <= 0:
-        return {"null": "none: the rule reads no cluster importances", "intervals": {}}
-    fg_null = np.asarray([o.null_fg or 0.0 for _, o in decided], dtype=float)
-    bg_null = np.asarray([0.0 if o.null_fg is None else 1.0 - o.null_fg for _, o in errors], dtype=float)
-    fine_null = np.asarray([(o.null_fg or 0.0) * r.fine for r, o in errors], dtype=float)
-    diff = np.asarray([o.error_type == "bg" for _, o in errors], dtype=float) - bg_null
-    out: dict[str, Any] = {
-        "fg_driven_rate_null": float(fg_null.mean()) if len(fg_null) else None,
-        "bg_er_null": float(bg_null.mean()) if len(bg_null) else None,
-        "fine_er_null": float(fine_null.mean()) if len(fine_null) else None,
-        "bg_er_minus_null": float(diff.mean()) if len(diff) else None,
-        "intervals": {},
-    }
-    err_clusters = [r.cluster for r, _ in errors] if clustered else None
-    for key, values in (("bg_er_null", bg_null), ("bg_er_minus_null", diff)):
-        if len(values):
-            out["intervals"][key] = _interval(values, settings, err_clusters)
-    return out
-
-
-def _target_rates(
-    errors: list[tuple[DiagnosisRecord, RuleOutcome]], settings: DiagnosisSettings, clustered: bool
-) -> dict[str, Any]:
-    """BG-Er / Fine-Er with the prediction and with the label explained (``bg_er_pred``, ``bg_er_label``, ...),
-    where every error's record holds both targets; an error undetermined under a target counts as ``other``."""
-    import numpy as np
-
-    out: dict[str, Any] = {"intervals": {}}
-    if not errors or any(o.by_target is None for _, o in errors):
-        return out
-    clusters = [r.cluster for r, _ in errors] if clustered else None
-    for target in ("pred", "label"):
-        kinds = [o.by_target[target].error_type for _, o in errors if o.by_target is not None]
-        for metric, kind in (("bg_er", "bg"), ("fine_er", "fine")):
-            values = np.asarray([k == kind for k in kinds], dtype=float)
-            out[f"{metric}_{target}"] = float(values.mean())
-            out["intervals"][f"{metric}_{target}"] = _interval(values, settings, clusters)
-    return out
-
-
-def diagnose(
-    rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
-) -> Diagnosis:
-    """:func:`diagnose_sample` and :func:`summarise` over logged sample rows (index, label, pred, and the
-    attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
-    foreground fraction per patch, raster order."""
-    records = [
-        diagnose_sample(
-            row["index"],
-            row["label"],
-            row["pred"],
-            Evidence.of_row(row),
-            fg_grids.get(row["index"]),
-            groups,
-            settings,
-            row.get("id"),
-            row.get("source_id"),
-        )
-        for row in rows
-    ]
-    return summarise(records, settings, groups is not None)
-
-
-# ---- the step -------------------------------------------------------------------------------------------------------
-class DiagnosisStep(Step):
-    """The step after attribution: foreground masks on the patch grid (the segmenter), then per sample the
-    driver and error type from attribution's record of the same batch."""
-
-    name = "diagnosis"
-
-    def __init__(
-        self, settings: DiagnosisSettings, segmenter: str = "auto", segmenter_settings: dict[str, Any] | None = None
-    ):
-        self.settings, self.segmenter = settings, segmenter
-        self.segmenter_settings = dict(segmenter_settings or {})
-        self.ctx: PairContext | None = None
-        self.groups: dict[int, Any] | None = None
-
-    def run_settings(self) -> dict[str, Any]:
-        return {**self.settings.as_config(), "segmenter": self.segmenter, "segmenter_settings": self.segmenter_settings}
-
-    def start(self, ctx: PairContext) -> None:
-        """Runs when an earlier step attributes this pair and masks can be had: builds them into ``ctx.masks``
-        (the batch loop reads them; attribution's region test too)."""
-        from covar_harness.adapter import attribution_support
-
-        self.ctx, self.active, self.groups = ctx, False, None
-        attributing = any(step.active for step in ctx.upstream_of(self))
-        if self.segmenter == "none" or not attributing or not attribution_support(ctx.adapter)[0]:
-            return
-        from covar_harness.class_groups import class_groups
-        from covar_harness.segmentation import PatchMasks, choose_segmenter
-
-        segmenter = choose_segmenter(self.segmenter, ctx.samples, ctx.catalog, self.segmenter_settings)
-        ctx.masks = PatchMasks(segmenter, ctx.samples, ctx.classnames, ctx.adapter.preprocess, ctx.adapter.patch_grid)
-        self.groups = class_groups(ctx.task, ctx.classnames)
-        self.active = True
-
-    def process(self, batch: Batch) -> list[DiagnosisRecord]:
-        from covar_harness.attribution.records import AttributionRecord
-
-        out = []
-        for r, index in enumerate(batch.indices):
-            typed = batch.record(index, AttributionRecord)
-            evidence = Evidence.of(typed) if typed is not None else Evidence.of_row(batch.legacy_fields(index))
-            fg = None if batch.fg is None else batch.fg[r]
-            sample = batch.samples.samples[index]
-            source = sample.meta.get("source_id")
-            record = diagnose_sample(
-                index,
-                int(batch.labels[r]),
-                batch.pred(r),
-                evidence,
-                fg,
-                self.groups,
-                self.settings,
-                sample.id,
-                None if source is None else str(source),
-            )
-            info = self.ctx.masks.sample_info(index) if self.ctx is not None and self.ctx.masks is not None else {}
-            out.append(replace(record, segmenter_info=dict(info)) if info else record)
-        return out
-
-    def finish(self, records: list[SampleRecord]) -> StepSummary:
-        """BG-Er / Fine-Er into the metrics; a segmenter that failed part-way withdraws the whole diagnosis."""
-        if not self.active or self.ctx is None or self.ctx.masks is None:
-            return StepSummary()  # no config entry: nothing was diagnosed
-        masks = self.ctx.masks
-        if masks.failed is not None:
-            return StepSummary(
-                config={"status": "skipped", "reason": masks.failed},
-                notes=[f"diagnosis skipped: {masks.failed}"],
-                log_records=False,
-            )
-        from covar_harness.class_groups import class_groups_rule
-
-        result = summarise(
-            [r for r in records if isinstance(r, DiagnosisRecord)], self.settings, self.groups is not None
-        )
-        config = {
-            **result.config,
-            "fine_rule": class_groups_rule(self.ctx.task, self.ctx.classnames),
-            "segmenter": masks.describe(),
-            "headline_target": self._headline_target(),
-            "by_rule": result.by_rule,
-        }
-        return StepSummary(metrics=result.metrics, intervals=result.intervals, config=config)
-
-    def _headline_target(self) -> str | None:
-        """The class ``bg_er`` explains (the attribution step's ``--cci-target``): ``bg_er`` equals ``bg_er_pred``
-        or ``bg_er_label``, and a reader of the result must be able to tell which without the attribution config."""
-        assert self.ctx is not None
-        for step in self.ctx.upstream_of(self):
-            target = getattr(getattr(step, "settings", None), "target", None)
-            if step.active and isinstance(target, str):
-                return target
-        return None

@@ -20,21 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness import results
 from covar_harness.adapter import adapter_family
-from covar_harness.batches import default_workers, iterate_batches
+from covar_harness.batches import iterate_batches
 from covar_harness.console import markup, safe
 from covar_harness.data import SampleSet, open_task_data
 from covar_harness.interrupt import INTERRUPT
-from covar_harness.partfiles import Checkpointer, part_path
+from covar_harness.pair import _batch_loop, _classnames_ref, _sample_rows, _task_record, _zero_shot_record
+from covar_harness.partfiles import part_path
 from covar_harness.partfiles import remove as remove_part
-from covar_harness.pipeline import Batch, BatchStep, Finished, PairContext, Pipeline, as_step
+from covar_harness.pipeline import Batch, BatchStep, PairContext, Pipeline, as_step
 from covar_harness.progress import LineReporter, Reporter
 from covar_harness.resources import load_list
 from covar_harness.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
     from covar_harness.adapter import ModelAdapter
     from covar_harness.models import ModelRef
     from covar_harness.plan import PlannedPair
@@ -53,8 +51,9 @@ __all__ = [
     "TEXT_BATCH",
     "build_classifier",
     "evaluate_task",
+    "iterate_batches",
     "run",
-]  # Batch, BatchStep, reporters: re-exported
+]  # Batch, BatchStep, reporters, iterate_batches (the pass itself moved to pair.py): re-exported
 
 log = logging.getLogger(__name__)
 
@@ -198,141 +197,6 @@ def evaluate_task(
     record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
     record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
     return record
-
-
-def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:
-    """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch;
-    finished batches go to the pair's part file (``part``) and a rerun goes on after them (partfiles.py)."""
-    import torch.nn.functional as F
-
-    options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
-    assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
-    k = min(5, len(ctx.classnames))
-    ck = Checkpointer.open(part, options.checkpoint_every, ctx, pipeline)
-    rows, failures = ck.rows, ck.failures
-    W_dev = None
-    workers = default_workers() if options.workers is None else options.workers
-    handle = reporter.task(markup(ctx.task.task), len(samples))
-    reporter.advance(handle, ck.start)
-    batches = iterate_batches(samples, ctx.adapter.preprocess, options.batch_size, workers, ck.start)
-    try:
-        for indices, pixels, failed in batches:
-            INTERRUPT.check()
-            failures += failed
-            new: list = []
-            if pixels is not None:
-                emb = F.normalize(ctx.adapter.encode_images(pixels).float(), dim=-1)
-                if W_dev is None:
-                    W_dev = ctx.classifier.to(emb.device)
-                logits = emb @ W_dev
-                top = logits.topk(k, dim=-1).indices.cpu().numpy()
-                new = [(i, top[r]) for r, i in enumerate(indices)]
-                rows += new
-                if pipeline.active:
-                    pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top))
-            ck.done(new, failed, len(indices) + len(failed))
-            reporter.advance(handle, len(indices) + len(failed))
-    finally:
-        ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
-    reporter.done(handle)
-    return rows, failures
-
-
-def _batch(
-    ctx: PairContext,
-    indices: list[int],
-    pixels: torch.Tensor,
-    emb: torch.Tensor,
-    W: torch.Tensor,
-    logits: torch.Tensor,
-    top: np.ndarray,
-) -> Batch:
-    """What the steps see of one batch, with the foreground masks of its samples when the pair has them."""
-    import torch
-
-    labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
-    fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
-    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top)
-
-
-def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
-    import numpy as np
-
-    from covar_harness.group_metrics import add_group_metrics
-    from covar_harness.metrics import (
-        bootstrap_interval,
-        classification_metrics,
-        per_class_recall_interval,
-        source_clusters,
-    )
-
-    k = min(5, len(ctx.classnames))
-    idx = np.array([i for i, _ in rows], dtype=np.int64)
-    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
-    labels = np.array([ctx.samples.samples[i].label for i in idx], dtype=np.int64)
-    metrics = classification_metrics(labels, topk, len(ctx.classnames))
-    correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
-    intervals = {}
-    if len(rows):  # resampling source objects where every sample names one (COVAR), else samples
-        seed = ctx.options.seed if ctx.options is not None else 0
-        clusters = source_clusters([ctx.samples.samples[i].meta.get("source_id") for i in idx])
-        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed, clusters=clusters))
-        # class-balanced accuracy: resampled within each class (every class in every replicate), by source too
-        recall = per_class_recall_interval(labels, correct, seed=seed, clusters=clusters)
-        intervals["mean_per_class_recall"] = list(recall or ())
-    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
-    groups = [ctx.samples.samples[i].meta.get("group") for i in idx]
-    add_group_metrics(record, correct.tolist(), groups, seed=ctx.options.seed if ctx.options is not None else 0)
-    return record, correct
-
-
-def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, Any]:
-    cfg, samples = ctx.task, ctx.samples
-    assert cfg is not None
-    out = {
-        "name": cfg.task,
-        "version": cfg.version,
-        "n_samples": int(n_samples),
-        "n_failed": n_failed,
-        "n_classes": len(ctx.classnames),
-        "data_fingerprint": samples.fingerprint(),
-        "headline": cfg.headline,
-        "tags": list(cfg.tags),
-        "dataset": samples.description,
-    }
-    if getattr(samples, "label_mapping", None):
-        out["label_mapping"] = samples.label_mapping
-    return out
-
-
-def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
-    """The per-sample log (docs/design.md section 6): prediction, top-5, the dataset's metadata, then the fields of
-    each step's record, in pipeline order (a withdrawn step's records are left out)."""
-    logged = [{r.index: r for r in done.records} for done in finished if done.summary.log_records]
-    out = []
-    for (i, top), ok in zip(rows, correct):
-        sample = samples.samples[i]
-        row = {
-            "index": int(i),
-            "file": sample.id,
-            "label": sample.label,
-            "pred": int(top[0]),
-            "correct": bool(ok),
-            "top5": [int(x) for x in top],
-        }
-        for key, value in sample.meta.items():
-            row.setdefault(key, value)
-        for by_index in logged:
-            record = by_index.get(int(i))
-            if record is not None:
-                row.update(record.log_fields())
-        out.append(row)
-    return out
-
-
-def _classnames_ref(cfg: TaskConfig) -> Any:
-    return cfg.classnames if isinstance(cfg.classnames, str) or cfg.classnames is None else "inline"
 
 
 # ---- the run -------------------------------------------------------------------------------------------

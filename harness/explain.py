@@ -184,7 +184,7 @@ def cmd_explain(args: Namespace) -> int:
     size_hw = tuple(out["pixels"].shape[-2:])
     drivers = None
     if mask_image is not None:
-        from covar_harness.segmentation import mask_patch_fractions
+        from covar_harness.mask_geometry import mask_patch_fractions
 
         drivers = rule_drivers(result, mask_patch_fractions(adapter.preprocess, mask_image, grid, size_hw))
     _print_prediction(console, top, drivers)

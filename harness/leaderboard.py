@@ -6,29 +6,31 @@ format shows the same numbers. Percentages are shown with one decimal, as in the
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from covar_harness import results
-from covar_harness.console import one_line, safe
+from covar_harness.console import one_line
+
+# The renderers live in leaderboard_render.py, the papers' published rows in published.py; re-exported here
+# (``lb.render_markdown``, ``lb.published_records``, ... are used by report/, exports.py, commands.py and tests).
+from covar_harness.leaderboard_render import render_csv, render_json, render_markdown, render_rich  # noqa: F401
+from covar_harness.published import (
+    CA_GROUPS,
+    CA_PUBLISHED_CAPTION,
+    PUBLISHED_CAPTION,
+    _ca_label,
+    _ca_paper_rows,
+    _float,
+    _paper_label,
+    _paper_rows,
+    published_records,
+)
 from covar_harness.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
 
 REFERENCES = ("paper",)
-
-
-PUBLISHED_CAPTION = (
-    "Rows marked (paper, published) are figures published in the COVAR paper, not results of "
-    "this harness: your COVAR copy, label space and prompts may differ from the paper's."
-)
-CA_PUBLISHED_CAPTION = (
-    "Rows marked (CounterAnimals paper, published) are figures published in that paper, not "
-    "results of this harness: your copy of the data, label space and prompts may differ."
-)
 
 
 @dataclass
@@ -242,24 +244,6 @@ def _diagnosis_keys(subset: str, models: dict) -> list[str]:
     return ["bg_er", "bg_er_null", "fine_er"] if has_null else ["bg_er", "fine_er"]
 
 
-def _float(text: Any) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if results.is_number(value) else None
-
-
-def _paper_label(row: dict[str, str]) -> str:
-    return f"{row['name']}/{row['patch']} {row['res']} {row['dataset']} (paper, published)"
-
-
-def _paper_rows() -> list[dict[str, str]]:
-    from covar_harness.resources import read_csv
-
-    return read_csv("reference", "paper_covar_results.csv")
-
-
 def generic_table(records: list[dict], family: str) -> Table:
     models = _by_model(records, family)
     subsets = list(dict.fromkeys(s for runs in models.values() for s in runs))
@@ -270,7 +254,6 @@ def generic_table(records: list[dict], family: str) -> Table:
 
 
 # ---- CounterAnimals -------------------------------------------------------------------------------------
-CA_GROUPS = ("common", "counter")
 CA_VARIANTS = (
     ("", "1 vs 1000, single prompt (official protocol)"),
     ("-ensemble", "1 vs 1000, 80-template ensemble"),
@@ -292,16 +275,6 @@ def _ca_row(spec: str, common: dict | None, counter: dict | None) -> list[Any]:
     c, k = _balanced(common), _balanced(counter)
     drop = _pct(c - k) if c is not None and k is not None else None
     return [spec, _pct(c), _pct(k), drop, _pct(_acc1(common)), _pct(_acc1(counter))]
-
-
-def _ca_paper_rows() -> list[dict[str, str]]:
-    from covar_harness.resources import read_csv
-
-    return read_csv("reference", "counteranimals_paper.csv")
-
-
-def _ca_label(row: dict[str, str]) -> str:
-    return f"{row['model']} (CounterAnimals paper, published)"
 
 
 def _add_ca_paper_rows(table: Table) -> None:
@@ -419,140 +392,3 @@ def diagnosis_counts(rec: dict) -> dict[str, float]:
     if not isinstance(head, dict):
         return {}
     return {f"diagnosis_{k}": head[k] for k in DIAG_COUNTS if results.is_number(head.get(k))}
-
-
-def published_records() -> list[dict]:
-    """The papers' published figures in the long format (percentages turned into fractions)."""
-
-    def row(model: str, task: str, metric: str, value: Any, headline: bool) -> dict:
-        number = _float(value)
-        return {
-            "model": model,
-            "family": "",
-            "task": task,
-            "task_version": None,
-            "metric": metric,
-            "value": None if number is None else round(number / 100.0, 6),
-            "n_samples": None,
-            "headline": headline,
-            "published": True,
-        }
-
-    out = []
-    for prow in _paper_rows():
-        label = _paper_label(prow)
-        for s in COVAR_SUBSETS:
-            out += [
-                row(label, f"covar/{s}", "acc1", prow.get(f"acc_{s}"), True),
-                row(label, f"covar/{s}", "bg_er", prow.get(f"bg_er_{s}"), False),
-                row(label, f"covar/{s}", "fine_er", prow.get(f"fine_er_{s}"), False),
-            ]
-        out.append(row(label, "covar", "acc1_avg", prow.get("acc_avg"), False))
-    for crow in _ca_paper_rows():
-        out += [
-            row(_ca_label(crow), f"counteranimals/{g}", "mean_per_class_recall", crow.get(g), True) for g in CA_GROUPS
-        ]
-    return out
-
-
-# ---- renderers -----------------------------------------------------------------------------------------
-# Every string here may come from a result file: ``safe`` removes control characters in every format, and
-# each format escapes what it gives meaning to (rich markup, markdown pipes and HTML, spreadsheet formulas).
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.1f}"
-    return safe(v)
-
-
-def _md(text: Any) -> str:
-    """One markdown table cell: one line, ``|`` escaped, no raw HTML."""
-    return one_line(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def render_markdown(tables: list[Table]) -> str:
-    out = []
-    for t in tables:
-        out.append(f"### {_md(t.title)}\n")
-        out.append("| " + " | ".join(_md(c) for c in t.columns) + " |")
-        out.append("|" + "|".join("---" for _ in t.columns) + "|")
-        for i, row in enumerate(t.rows):
-            cells = [_md(_cell(v)) for v in row]
-            if i in t.published:
-                cells[0] = f"_{cells[0]}_"
-            out.append("| " + " | ".join(cells) + " |")
-        if t.caption:
-            out.append(f"\n{_md(t.caption)}")
-        out.append("")
-    return "\n".join(out)
-
-
-def render_rich(tables: list[Table], console) -> None:
-    from covar_harness.console import print_rows
-
-    for t in tables:  # "H-flip BG-Er" -> two header lines: wide tables stay readable
-        columns = [c if i == 0 else c.replace(" ", "\n") for i, c in enumerate(t.columns)]
-        rows = [[_cell(v) for v in row] for row in t.rows]
-        print_rows(
-            console,
-            t.title,
-            columns,
-            rows,
-            right=range(1, len(columns)),
-            row_styles={i: "dim italic" for i in t.published},
-            caption=t.caption,
-        )
-
-
-def _csv_value(value: Any) -> Any:
-    """Strings made inert for spreadsheets: no control characters, and a leading ``= + - @`` (a formula)
-    gets an apostrophe. Numbers are left alone (a negative number is not a formula)."""
-    if not isinstance(value, str):
-        return value
-    text = safe(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def render_csv(records: list[dict], reference: str | None = None) -> str:
-    rows = long_records(records, reference)
-    buf = io.StringIO()
-    fields = LONG_FIELDS + (["published"] if reference == "paper" else [])
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows + _csv_averages(records, reference))
-    return buf.getvalue()
-
-
-def _csv_averages(records: list[dict], reference: str | None) -> list[dict]:
-    """The averages' rows for csv: ``acc1_avg`` and its interval as ``acc1_avg_ci_low`` / ``acc1_avg_ci_high``."""
-    out = []
-    for row in average_records(records, reference):
-        interval = row.pop("interval") or [None, None]
-        out += [row] + [
-            {**row, "metric": f"acc1_avg_ci_{end}", "value": v} for end, v in zip(("low", "high"), interval)
-        ]
-    return out
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-ready and inert: ``safe`` strings, non-finite numbers as null."""
-    if isinstance(obj, str):
-        return safe(obj)
-    if isinstance(obj, dict):
-        return {safe(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_clean(v) for v in obj]
-    return results.jsonable(obj)
-
-
-def render_json(records: list[dict], tables: list[Table], reference: str | None = None) -> str:
-    tables_out = []
-    for t in tables:
-        entry = {"title": t.title, "columns": t.columns, "rows": t.rows, "published_rows": sorted(t.published)}
-        if t.caption:
-            entry["caption"] = t.caption
-        tables_out.append(entry)
-    rows = long_records(records, reference) + average_records(records, reference)
-    data = _clean({"results": rows, "tables": tables_out})
-    return json.dumps(data, indent=2, allow_nan=False)

@@ -2,7 +2,7 @@
 
 The overlay is drawn on the model's own input (the preprocessed pixels, de-normalised), not on the original
 file: resizing and centre-cropping would otherwise misalign the patch grid. A foreground mask goes through
-the same geometry as for diagnosis (``segmentation.geometric_like``), so its outline lands where the model saw
+the same geometry as for diagnosis (``mask_geometry.geometric_like``), so its outline lands where the model saw
 the object and where the diagnosis counted it. Only numpy and PIL are used.
 
 Layout: two panels side by side, upscaled to at least ``MIN_SIDE`` pixels, then a legend and a caption:
@@ -73,8 +73,8 @@ def mask_to_input_frame(
     mask: Image.Image, preprocess: Callable, input_size_hw: tuple[int, int] | None = None
 ) -> np.ndarray:
     """A mask (mode L, white = object) in the original frame -> (H, W) bool in the model-input frame: the mapping
-    diagnosis uses (``segmentation.geometric_like``), thresholded at half a pixel of foreground."""
-    from covar_harness.segmentation import geometric_like
+    diagnosis uses (``mask_geometry.geometric_like``), thresholded at half a pixel of foreground."""
+    from covar_harness.mask_geometry import geometric_like
 
     return np.asarray(geometric_like(preprocess, mask, input_size_hw), dtype=np.float32) > 0.5
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
     from covar_harness.data import SampleSet
     from covar_harness.evaluator import Reporter, RunOptions
+    from covar_harness.patch_masks import PatchMasks
     from covar_harness.plugin_manager import Catalog
-    from covar_harness.segmentation import PatchMasks
     from covar_harness.taskconfig import TaskConfig
 
 R = TypeVar("R", bound="SampleRecord")

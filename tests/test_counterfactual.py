@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from covar_harness.attribution import AttributionStep, region_outcome
 from covar_harness.data import Sample, SampleSet
-from covar_harness.diagnosis import DiagnosisSettings, diagnose
+from covar_harness.diagnosis import DiagnosisSettings
+from covar_harness.diagnosis_summary import diagnose
 from covar_harness.evaluator import Batch
 
 # 2x2 patch grid; a "pixel" of each patch IS the vector it adds to the embedding (3 channels = 3 dims).

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from covar_harness.class_groups import share_group
-from covar_harness.diagnosis import DiagnosisSettings, density_ratio, diagnose, fg_fraction
+from covar_harness.diagnosis import DiagnosisSettings, density_ratio, fg_fraction
+from covar_harness.diagnosis_summary import diagnose
 
 # a 2x2 patch grid: patch 0 is the object, patches 1-3 background
 FG = np.array([1.0, 0.0, 0.0, 0.0])

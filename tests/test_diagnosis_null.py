@@ -10,7 +10,8 @@ from test_cci import GRID, TopLeftReader, load_masked, masked_task, read, run_cl
 from test_hardening_results import valid_record
 
 from covar_harness import leaderboard as lb
-from covar_harness.diagnosis import DiagnosisSettings, Evidence, diagnose, diagnose_sample, summarise
+from covar_harness.diagnosis import DiagnosisSettings, Evidence, diagnose_sample
+from covar_harness.diagnosis_summary import diagnose, summarise
 from covar_harness.metrics import bootstrap_interval
 
 FG4 = np.array([1.0, 0.0, 0.0, 0.0])  # 2x2 grid: patch 0 is the object

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from covar_harness.data import Sample, SampleSet
+from covar_harness.patch_masks import PatchMasks
 from covar_harness.registry import UsageError
-from covar_harness.segmentation import PatchMasks
 
 
 def samples_with_masks(tmp_path: Path, broken: bool = True) -> SampleSet:

@@ -343,16 +343,24 @@ def test_the_analysis_core_imports_nothing_from_tasks():
         root / f"{m}.py"
         for m in (
             "evaluator",
+            "pair",
             "pipeline",
             "diagnosis",
+            "diagnosis_summary",
+            "diagnosis_step",
             "class_groups",
             "imagenet",
             "sanity",
             "segmentation",
+            "mask_geometry",
+            "patch_masks",
             "overlays",
             "explain",
             "commands",
+            "commands_results",
             "cli",
+            "cli_reporting",
+            "cli_tools",
         )
     ]
     core += sorted((root / "attribution").glob("*.py"))

@@ -17,18 +17,10 @@ import pytest
 from PIL import Image
 
 from covar_harness.data import Sample, SampleSet
+from covar_harness.mask_geometry import geometric_like, mask_patch_fractions, mask_to_patch_grid
 from covar_harness.plugin_manager import load_catalog
 from covar_harness.registry import UsageError
-from covar_harness.segmentation import (
-    MaskCache,
-    choose_segmenter,
-    geometric_like,
-    grounding_prompt,
-    image_fingerprint,
-    label_prompts,
-    mask_patch_fractions,
-    mask_to_patch_grid,
-)
+from covar_harness.segmentation import MaskCache, choose_segmenter, grounding_prompt, image_fingerprint, label_prompts
 
 
 def stripe_mask(width: int, height: int, x0: int, x1: int) -> Image.Image:

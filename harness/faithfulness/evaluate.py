@@ -62,7 +62,7 @@ def open_pair_data(adapter: Any, cfg: Any, catalog: Any, classifiers: Any, limit
 def patch_masks(adapter: Any, samples: SampleSet, indices: Sequence[int]) -> list[np.ndarray | None]:
     """Each sample's foreground fraction per patch (raster order) in the model-input frame, None without a mask."""
     from covar_harness.adapter import patch_grid
-    from covar_harness.segmentation import mask_patch_fractions
+    from covar_harness.mask_geometry import mask_patch_fractions
 
     out: list[np.ndarray | None] = []
     for i in indices:

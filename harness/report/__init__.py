@@ -48,8 +48,8 @@ def cmd_report(args: Namespace) -> int:
 
 def cmd_leaderboard(args: Namespace) -> int:
     """``leaderboard``: ``--format html`` is the single self-contained page; every other format is the
-    leaderboard command's own (``commands.cmd_leaderboard``)."""
-    from covar_harness.commands import cmd_leaderboard as text_leaderboard
+    leaderboard command's own (``commands_results.cmd_leaderboard``)."""
+    from covar_harness.commands_results import cmd_leaderboard as text_leaderboard
 
     if getattr(args, "format", None) != "html":
         return text_leaderboard(args)
