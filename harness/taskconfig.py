@@ -136,11 +136,8 @@ def check_class_groups(value: Any, where: str) -> None:
             )
 
 
-def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
-    where = str(source) if source else "task dict"
-    if not isinstance(raw, dict):
-        raise TaskConfigError(f"{where}: a task must be a mapping, got {type(raw).__name__}")
-    check_size(raw, where)
+def _check_keys(raw: dict, where: str) -> None:
+    """Unknown keys (with close matches) and missing required keys, each one line."""
     for key in raw:
         if key not in REQUIRED + OPTIONAL:
             close = difflib.get_close_matches(str(key), REQUIRED + OPTIONAL, n=1)
@@ -149,6 +146,14 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     for key in REQUIRED:
         if key not in raw:
             raise _fail(where, key, "missing (required)")
+
+
+def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
+    where = str(source) if source else "task dict"
+    if not isinstance(raw, dict):
+        raise TaskConfigError(f"{where}: a task must be a mapping, got {type(raw).__name__}")
+    check_size(raw, where)
+    _check_keys(raw, where)
     name = raw["task"]
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise _fail(where, "task", "must be a non-empty name like 'family/name'")

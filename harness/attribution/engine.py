@@ -119,6 +119,20 @@ def cluster(
     )
 
 
+def _region_part(
+    fg: torch.Tensor | None, classifier: torch.Tensor | None, main: torch.Tensor, settings: CCISettings
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The counterfactual region test's patterns (foreground only, background only), sent with the attributor's in
+    the same removal call, and which images have a mask; (None, None) without masks or a classifier."""
+    import torch
+
+    if fg is None or classifier is None:
+        return None, None
+    masked = ~torch.isnan(fg).any(dim=-1)
+    patterns = region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
+    return patterns & masked.to(main.device)[:, None, None], masked
+
+
 def attribute(
     adapter: Any,
     pixels: torch.Tensor,
@@ -149,14 +163,8 @@ def attribute(
     strategy = method if isinstance(method, Attributor) else kind()
     batch = cluster(adapter, pixels, emb, text, target, seeds, settings)
     main = strategy.patterns(batch)
-    parts, masked = [main], None
-    if fg is not None and classifier is not None:
-        masked = ~torch.isnan(fg).any(dim=-1)
-        parts.append(
-            region_patterns(torch.nan_to_num(fg.to(main.device), nan=0.0), settings.cf_threshold)
-            & masked.to(main.device)[:, None, None]
-        )
-    allp = torch.cat(parts, dim=1)
+    regional, masked = _region_part(fg, classifier, main, settings)
+    allp = main if regional is None else torch.cat([main, regional], dim=1)
     without, ran = encode_patterns(adapter, pixels, allp, batch.emb.shape[-1]) if allp.shape[1] else (None, None)
     n = main.shape[1]
     ours = (without[:, :n], ran[:, :n]) if n and without is not None and ran is not None else (None, None)
