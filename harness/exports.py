@@ -28,8 +28,8 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+from covar_harness import generated_folders, results
 from covar_harness import leaderboard as lb
-from covar_harness import results
 from covar_harness.console import one_line
 from covar_harness.registry import UsageError
 
@@ -143,14 +143,8 @@ def _dump(obj: Any) -> str:
 
 
 def check_out(out: Path) -> None:
-    """``--out`` must be missing, empty, or an earlier export; anything else is a one-line UsageError."""
-    if os.path.lexists(out) and not out.is_dir():
-        raise UsageError(f"--out {one_line(out)!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UsageError(
-            f"--out {one_line(out)!r} is a non-empty folder that holds no earlier export; "
-            "choose an empty or new folder (nothing is deleted)"
-        )
+    """``--out`` must be missing, empty, or an earlier export (see :mod:`covar_harness.generated_folders`)."""
+    generated_folders.check_out(out, MARKER, "export")
 
 
 def _write_tree(folder: Path, documents: dict[str, dict]) -> None:
@@ -166,19 +160,6 @@ def _write_tree(folder: Path, documents: dict[str, dict]) -> None:
             (model_dir / ".eval_results" / file_name).write_text(_dump(entries), encoding="utf-8")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "export")
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_hf(documents: dict[str, dict], out: Path) -> None:
     """Write ``hf_documents(...)`` atomically: built in a temp folder beside ``out``, then renamed into place."""
     out = Path(out)
@@ -187,7 +168,7 @@ def write_hf(documents: dict[str, dict], out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         _write_tree(tmp, documents)
-        _swap_in(tmp, out)
+        generated_folders.swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,7 +18,6 @@ folder is refused (nothing of the user's is deleted).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covar_harness import generated_folders, results, validation
 from covar_harness import leaderboard as lb
-from covar_harness import results, validation
 from covar_harness.console import one_line
 from covar_harness.registry import UsageError
 from covar_harness.report import gallery as gal
@@ -121,27 +120,8 @@ class ClassNames:
 
 # ---- output folder -------------------------------------------------------------------------------------
 def check_out(out: Path) -> None:
-    """``--out`` must be missing, empty, or an earlier report; anything else is a one-line UsageError."""
-    if os.path.lexists(out) and not out.is_dir():
-        raise UsageError(f"--out {one_line(out)!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UsageError(
-            f"--out {one_line(out)!r} is a non-empty folder that holds no earlier report; "
-            "choose an empty or new folder (nothing is deleted)"
-        )
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "site")
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """``--out`` must be missing, empty, or an earlier report (see :mod:`covar_harness.generated_folders`)."""
+    generated_folders.check_out(out, MARKER, "report")
 
 
 # ---- the site ------------------------------------------------------------------------------------------
@@ -178,7 +158,7 @@ def build_site(
         built = _write(
             tmp, loaded, results_dir, maps, reference, gallery, ClassNames(data_dir, list(include_paths or [])), title
         )
-        _swap_in(tmp, out)
+        generated_folders.swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
