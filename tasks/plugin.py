@@ -13,77 +13,41 @@ def register_tasks(register):
         register(sub)
 
 
-def _load_covar(ds_cfg, data_dir):
-    from covar_harness.tasks.covar import load_covar  # imported on use: `ls` and `--help` stay light
+def _on_use(module: str, name: str):
+    """``covar_harness.tasks.<module>.<name>``, imported when first called: ``ls`` and ``--help`` stay light."""
 
-    return load_covar(ds_cfg, data_dir)
+    def call(ds_cfg, data_dir):
+        from importlib import import_module
 
+        return getattr(import_module(f"covar_harness.tasks.{module}"), name)(ds_cfg, data_dir)
 
-def _load_counteranimals(ds_cfg, data_dir):
-    from covar_harness.tasks.counteranimals import load_counteranimals
-
-    return load_counteranimals(ds_cfg, data_dir)
-
-
-def _preflight_covar(ds_cfg, data_dir):
-    from covar_harness.tasks.covar import preflight_covar
-
-    return preflight_covar(ds_cfg, data_dir)
-
-
-def _preflight_counteranimals(ds_cfg, data_dir):
-    from covar_harness.tasks.counteranimals import preflight_counteranimals
-
-    return preflight_counteranimals(ds_cfg, data_dir)
-
-
-def _load_waterbirds(ds_cfg, data_dir):
-    from covar_harness.tasks.waterbirds import load_waterbirds
-
-    return load_waterbirds(ds_cfg, data_dir)
-
-
-def _preflight_waterbirds(ds_cfg, data_dir):
-    from covar_harness.tasks.waterbirds import preflight_waterbirds
-
-    return preflight_waterbirds(ds_cfg, data_dir)
-
-
-def _load_imagenet_wnids(ds_cfg, data_dir):
-    from covar_harness.tasks.imagenet_shifts import load_imagenet_wnids
-
-    return load_imagenet_wnids(ds_cfg, data_dir)
-
-
-def _preflight_imagenet_wnids(ds_cfg, data_dir):
-    from covar_harness.tasks.imagenet_shifts import preflight_imagenet_wnids
-
-    return preflight_imagenet_wnids(ds_cfg, data_dir)
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 @hookimpl
 def register_dataset_formats(register):
     register(
         "covar",
-        _load_covar,
-        preflight=_preflight_covar,
+        _on_use("covar", "load_covar"),
+        preflight=_on_use("covar", "preflight_covar"),
         description="COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)",
     )
     register(
         "counteranimals",
-        _load_counteranimals,
-        preflight=_preflight_counteranimals,
+        _on_use("counteranimals", "load_counteranimals"),
+        preflight=_on_use("counteranimals", "preflight_counteranimals"),
         description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)",
     )
     register(
         "waterbirds",
-        _load_waterbirds,
-        preflight=_preflight_waterbirds,
+        _on_use("waterbirds", "load_waterbirds"),
+        preflight=_on_use("waterbirds", "preflight_waterbirds"),
         description="Waterbirds release: waterbird_complete95_forest2water2/metadata.csv + images (split 2 = test)",
     )
     register(
         "imagenet_wnids",
-        _load_imagenet_wnids,
-        preflight=_preflight_imagenet_wnids,
+        _on_use("imagenet_shifts", "load_imagenet_wnids"),
+        preflight=_on_use("imagenet_shifts", "preflight_imagenet_wnids"),
         description="ImageNet subset by wnid: <root>/<wnid>/<images> (ImageNet-R/A); classes = wnid folders present",
     )
