@@ -197,7 +197,7 @@ def _print_summary(out, outcomes) -> None:
     by_error: dict[str, list] = {}
     for o in outcomes:
         if o.status == "failed":
-            by_error.setdefault(_without_advice(o.error, o.advice), []).append(o)
+            by_error.setdefault(o.error, []).append(o)
     if not by_error:
         return
     err = _console(stderr=True)
@@ -208,13 +208,6 @@ def _print_summary(out, outcomes) -> None:
         err.print(f"  {markup(message)}  [dim]({len(pairs)} pair(s): {markup(hit)})[/dim]", soft_wrap=True)
     for advice in dict.fromkeys(o.advice for o in outcomes if o.status == "failed" and o.advice):
         err.print(f"[yellow]{markup(advice)}[/yellow]", soft_wrap=True)  # once per run, however many pairs
-
-
-def _without_advice(error: str, advice: str) -> str:
-    """The error without its advice (printed once below the list): "...; set HF_HUB_OFFLINE=1 ..." goes."""
-    if not advice:
-        return error
-    return error.replace(f"; {advice}", "").replace(f"; {advice.split('; ', 1)[-1]}", "")
 
 
 def cmd_ls(args: Namespace) -> int:

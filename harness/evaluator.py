@@ -269,7 +269,9 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
         adapter = load_model(ref.spec, device, options.precision, options.cache_dir, catalog)
     except Exception as exc:
         INTERRUPT.check()
-        msg, advice = one_line(exc), safe(getattr(exc, "advice", ""))
+        advice = safe(getattr(exc, "advice", ""))
+        # an error with advice also carries its message without it: the advice is printed once per run instead
+        msg = f"{type(exc).__name__}: {safe(exc.headline)}" if advice and hasattr(exc, "headline") else one_line(exc)
         return [
             _report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
             for p in pending

@@ -30,8 +30,8 @@ class ModelLoadError(RuntimeError):
 class HubUnreachableError(ModelLoadError):
     """The Hugging Face hub could not be reached while loading a model (after the hub client's retries).
 
-    ``advice`` is the same sentence for every model of a run (print it once); ``str()`` is one line that also
-    names the model and the network error."""
+    ``advice`` is the same sentence for every model of a run (print it once); ``headline`` names the model and
+    the network error; ``str()`` is both, on one line."""
 
     def __init__(self, spec: str, cache: str, reason: str = ""):
         self.spec, self.cache, self.reason = spec, cache, reason
@@ -39,6 +39,7 @@ class HubUnreachableError(ModelLoadError):
             f"the Hugging Face hub is unreachable; set HF_HUB_OFFLINE=1 to fail fast and use the local cache ({cache})"
         )
         detail = f" ({reason})" if reason else ""
+        self.headline = f"{spec}: the Hugging Face hub is unreachable{detail}"  # the message without the advice
         super().__init__(
             f"{spec}: the Hugging Face hub is unreachable{detail}; set HF_HUB_OFFLINE=1 to fail fast "
             f"and use the local cache ({cache})"
