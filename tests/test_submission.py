@@ -15,26 +15,30 @@ from helpers import run_cli_inprocess as cli
 TASK = "covar-shapes/bg_varied"
 
 
-@pytest.fixture(scope="module")
-def submission(tmp_path_factory, covar_shapes_data) -> Path:
-    """A full run (every image: the shipped fingerprint applies) with its per-sample log."""
-    out = tmp_path_factory.mktemp("submission") / "results"
-    r = cli(
+def run_demo(data: Path, out: Path, *extra: str):
+    """The shortcut demo model on bg_varied with its per-sample log, in this process."""
+    return cli(
         "run",
         "--models",
         "demo/shapes-shortcut",
         "--tasks",
         TASK,
         "--data-dir",
-        str(covar_shapes_data),
+        str(data),
         "--output-dir",
         str(out),
         "--log-samples",
         "--workers",
         "0",
-        "--batch-size",
-        "120",
+        *extra,
     )
+
+
+@pytest.fixture(scope="module")
+def submission(tmp_path_factory, covar_shapes_data) -> Path:
+    """A full run (every image: the shipped fingerprint applies) with its per-sample log."""
+    out = tmp_path_factory.mktemp("submission") / "results"
+    r = run_demo(covar_shapes_data, out, "--batch-size", "120")
     assert r.returncode == 0, r.stderr[-2000:]
     (path,) = out.rglob("*.json")
     return path
@@ -107,24 +111,7 @@ def test_duplicate_model_task_submissions_fail(submission, tmp_path):
 
 def test_a_limited_run_cannot_be_submitted(submission, tmp_path, covar_shapes_data):
     out = tmp_path / "limited"
-    r = cli(
-        "run",
-        "--models",
-        "demo/shapes-shortcut",
-        "--tasks",
-        TASK,
-        "--data-dir",
-        str(covar_shapes_data),
-        "--output-dir",
-        str(out),
-        "--log-samples",
-        "--workers",
-        "0",
-        "--limit",
-        "20",
-        "--attribution",
-        "none",
-    )
+    r = run_demo(covar_shapes_data, out, "--limit", "20", "--attribution", "none")
     assert r.returncode == 0
     r = strict(out)
     assert r.returncode == 1 and "a --limit run or other data cannot be submitted" in r.stdout
