@@ -12,10 +12,12 @@ the table only when a peer benchmark (not COVAR alone) has results.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from covar_harness import results
 from covar_harness.leaderboard import Table, _by_model, _headline, _metric, _pct, diagnosis_counts
 
 IMAGENET9_VARIANTS = (
@@ -54,12 +56,21 @@ Runs = dict[str, dict[str, dict]]  # family -> subset -> result record, for one 
 
 
 @dataclass(frozen=True)
+class Cell:
+    """One measure of one model: its value (a fraction), n, and its 95 % interval when the result files give one."""
+
+    value: float | None = None
+    n: int | None = None
+    interval: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
 class Measure:
-    """One column: its title, whether it is a peer's (not COVAR's), and runs -> (value as a fraction, n)."""
+    """One column: its title, whether it is a peer's (not COVAR's), and runs -> its cell."""
 
     title: str
     peer: bool
-    value: Callable[[Runs], tuple[float | None, int | None]]
+    value: Callable[[Runs], Cell]
 
 
 def _n(rec: dict | None) -> int | None:
@@ -67,27 +78,49 @@ def _n(rec: dict | None) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
-def _difference(family: str, first: str, second: str, key: str) -> Callable[[Runs], tuple[float | None, int | None]]:
+def _interval(rec: dict | None, key: str) -> tuple[float, float] | None:
+    """The result file's own interval of ``key``, when it is two finite numbers."""
+    got = None if rec is None else (rec.get("intervals") or {}).get(key)
+    if isinstance(got, (list, tuple)) and len(got) == 2 and all(results.is_number(v) for v in got):
+        return float(got[0]), float(got[1])
+    return None
+
+
+def difference_interval(
+    a: float, b: float, ia: tuple[float, float] | None, ib: tuple[float, float] | None, z: float = 1.96
+) -> tuple[float, float] | None:
+    """Normal interval of ``a - b`` from the two runs' own 95 % intervals, as independent estimates:
+    se = half-width / z each, se_diff = sqrt(se_a^2 + se_b^2). Conservative when the two sets are paired."""
+    if ia is None or ib is None:
+        return None
+    half = z * math.hypot((ia[1] - ia[0]) / 2 / z, (ib[1] - ib[0]) / 2 / z)
+    return a - b - half, a - b + half
+
+
+def _difference(family: str, first: str, second: str, key: str) -> Callable[[Runs], Cell]:
     """``first - second`` of metric ``key`` within ``family``; n = the second (shifted) set's samples."""
 
-    def value(runs: Runs) -> tuple[float | None, int | None]:
+    def value(runs: Runs) -> Cell:
         fam = runs.get(family, {})
         a, b = _metric(fam.get(first), key), _metric(fam.get(second), key)
-        return (None, None) if a is None or b is None else (a - b, _n(fam.get(second)))
+        if a is None or b is None:
+            return Cell()
+        ci = difference_interval(a, b, _interval(fam.get(first), key), _interval(fam.get(second), key))
+        return Cell(a - b, _n(fam.get(second)), ci)
 
     return value
 
 
-def _single(family: str, subset: str, key: str) -> Callable[[Runs], tuple[float | None, int | None]]:
+def _single(family: str, subset: str, key: str) -> Callable[[Runs], Cell]:
     """Metric ``key`` of one task; n = its diagnosed errors for BG-Er and its null, else its samples."""
 
-    def value(runs: Runs) -> tuple[float | None, int | None]:
+    def value(runs: Runs) -> Cell:
         rec = runs.get(family, {}).get(subset)
         got = _metric(rec, key)
         if got is None or rec is None:
-            return None, None
+            return Cell()
         errors = diagnosis_counts(rec).get("diagnosis_n_errors") if key.startswith("bg_er") else None
-        return got, int(errors) if errors is not None else _n(rec)
+        return Cell(got, int(errors) if errors is not None else _n(rec), _interval(rec, key))
 
     return value
 
@@ -116,8 +149,10 @@ BACKGROUND_CAPTION = (
     "the same rule with importances permuted; CounterAnimals drop = common - counter class-balanced accuracy; "
     "ImageNet-9 BG-Gap = mixed_same - mixed_rand acc1; Waterbirds gap = average - worst-group accuracy. "
     "n = images of the shifted set (bg_varied, counter, mixed_rand, Waterbirds test); for BG-Er, the diagnosed "
-    "errors. Intervals stay in the result files (acc1, BG-Er, worst-group): a drop between two runs is not "
-    "resampled here."
+    "errors. 95% CI (a column only where result files carry intervals): a single run's own bootstrap interval; "
+    "for a drop between two runs, a normal interval combining the two runs' intervals as independent "
+    "(se = half-width / 1.96, se_drop = sqrt(se_a^2 + se_b^2)), conservative for paired sets (COVAR's "
+    "original and bg_varied share their source objects)."
 )
 
 
@@ -128,16 +163,26 @@ def background_reliance_tables(records: list[dict]) -> list[Table]:
         for spec, runs in _by_model(records, family).items():
             models.setdefault(spec, {})[family] = runs
     order = [spec for spec in dict.fromkeys(r["model"]["spec"] for r in records) if spec in models]  # as given
-    cells = {spec: [m.value(models[spec]) for m in _measures()] for spec in order}
-    present = [i for i, _ in enumerate(_measures()) if any(row[i][0] is not None for row in cells.values())]
-    if not any(_measures()[i].peer for i in present):
+    measures = _measures()
+    cells = {spec: [m.value(models[spec]) for m in measures] for spec in order}
+    present = [i for i, _ in enumerate(measures) if any(row[i].value is not None for row in cells.values())]
+    if not any(measures[i].peer for i in present):
         return []
-    columns = ["Model"] + [c for i in present for c in (_measures()[i].title, f"{_measures()[i].title} n")]
+    with_ci = {i for i in present if any(row[i].interval is not None for row in cells.values())}
+    columns = ["Model"]
+    for i in present:
+        title = measures[i].title
+        columns += [title, *([f"{title} 95% CI"] if i in with_ci else []), f"{title} n"]
     table = Table("background reliance: each benchmark's measure side by side", columns, caption=BACKGROUND_CAPTION)
     for spec, row in cells.items():
-        if any(row[i][0] is not None for i in present):
+        if any(row[i].value is not None for i in present):
             values: list[Any] = [spec]
             for i in present:
-                values += [_pct(row[i][0]), row[i][1]]
+                values += [_pct(row[i].value), *([_ci(row[i].interval)] if i in with_ci else []), row[i].n]
             table.rows.append(values)
     return [table]
+
+
+def _ci(interval: tuple[float, float] | None) -> str | None:
+    """An interval in points, as the table shows it: ``[12.3, 17.9]``."""
+    return None if interval is None else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
