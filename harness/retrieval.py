@@ -1,0 +1,264 @@
+"""Image-text retrieval tasks: recall@1/5/10 in both directions, computed as CLIP_benchmark computes them.
+
+A task whose dataset format registers ``task_kind="retrieval"`` (the built-in ``retrieval`` format does) is
+evaluated here instead of by the zero-shot classifier: ``evaluator.evaluate_task`` hands it over first thing.
+
+The protocol (CLIP_benchmark, ``clip_benchmark/metrics/zeroshot_retrieval.py``): image and caption embeddings are
+L2-normalised; ``scores = texts @ images.T``; each caption knows the index of its image (``texts_image_index``).
+``image_retrieval_recall@k`` is, over captions, the share whose own image is among the k images of highest score
+(text -> image); ``text_retrieval_recall@k`` is, over images, the share with at least one of their own captions
+among the k captions of highest score (image -> text). Ranks come from ``torch.topk``, as there. Unlike
+CLIP_benchmark, the score matrix is never held whole: it is computed ``SIMILARITY_BLOCK`` query rows at a time
+in each direction, so memory stays bounded on COCO's 25,000 x 5,000 pairs. With fewer candidates than k, every
+candidate is taken (recall 1; CLIP_benchmark raises there). An image that cannot be read is skipped and counted,
+and its captions leave the candidate set with it. Intervals: percentile bootstrap over images (a caption's
+outcome is resampled with its image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from covar_harness.adapter import ModelAdapter
+    from covar_harness.evaluator import RunOptions
+    from covar_harness.plugin_manager import Catalog
+    from covar_harness.progress import Reporter
+    from covar_harness.taskconfig import TaskConfig
+
+TASK_KIND = "retrieval"
+RECALL_K = (1, 5, 10)
+RETRIEVAL_METRICS = tuple(f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in RECALL_K)
+# CLIP_benchmark's default recall_k_list is [5]; text -> image is the direction its tables list first
+DEFAULT_HEADLINE = "image_retrieval_recall@5"
+SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 100 MB at most
+SKIPPED_STEPS_NOTE = "attribution and diagnosis skipped: they explain class predictions, and this is a retrieval task"
+
+
+def task_kind(cfg: TaskConfig, catalog: Catalog) -> str:
+    """``retrieval`` when the task's dataset format registered ``task_kind="retrieval"``, else ``classification``."""
+    entry = catalog.formats.entry(cfg.dataset["format"])
+    return str(entry.extra.get("task_kind") or "classification")
+
+
+def is_retrieval_task(cfg: TaskConfig, catalog: Catalog) -> bool:
+    return task_kind(cfg, catalog) == TASK_KIND
+
+
+def headline_of(cfg: TaskConfig) -> str:
+    """The task's headline when it names a recall metric, else the retrieval default (``acc1`` is the schema's
+    default for every task, and means nothing here)."""
+    return cfg.headline if cfg.headline in RETRIEVAL_METRICS else DEFAULT_HEADLINE
+
+
+@dataclass
+class Embeddings:
+    """What the pass produced: L2-normalised rows, and which caption belongs to which image row."""
+
+    indices: list[int]  # sample index of each image row
+    images: torch.Tensor  # (n_images, D), on the CPU
+    texts: torch.Tensor  # (n_texts, D), on the CPU
+    text_image: torch.Tensor  # (n_texts,) long: the image row of each caption (texts_image_index)
+    failures: list[tuple[int, str]]
+    device: Any  # where the model put its outputs: the score blocks are computed there
+
+
+@dataclass
+class Hits:
+    """0-based rank of the first positive within the top k, ``k_max`` (a miss) when not among them."""
+
+    image_rank: np.ndarray  # (n_texts,) rank of the caption's image among the images (text -> image)
+    text_rank: np.ndarray  # (n_images,) best rank of one of the image's captions among the captions
+    k_images: int  # how many images each caption's top-k held (min(10, n_images))
+    k_texts: int
+
+
+def encode_images(adapter: ModelAdapter, samples: Any, options: RunOptions, reporter: Reporter, name: str):
+    """One pass over the images through the DataLoader that skips bad images: (indices, (N, D) CPU, failures,
+    device)."""
+    import torch
+    import torch.nn.functional as F
+
+    from covar_harness.batches import default_workers, iterate_batches
+    from covar_harness.interrupt import INTERRUPT
+
+    workers = default_workers() if options.workers is None else options.workers
+    handle = reporter.task(name, len(samples))
+    indices: list[int] = []
+    chunks: list[torch.Tensor] = []
+    failures: list[tuple[int, str]] = []
+    device = None
+    with torch.no_grad():
+        for batch_indices, pixels, failed in iterate_batches(samples, adapter.preprocess, options.batch_size, workers):
+            INTERRUPT.check()
+            failures += failed
+            if pixels is not None:
+                emb = adapter.encode_images(pixels).float()
+                device = emb.device
+                chunks.append(F.normalize(emb, dim=-1).cpu())
+                indices += batch_indices
+            reporter.advance(handle, len(batch_indices) + len(failed))
+    reporter.done(handle)
+    images = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+    return indices, images, failures, device
+
+
+def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Reporter) -> torch.Tensor:
+    """(T, D) L2-normalised caption embeddings on the CPU, ``TEXT_BATCH`` captions per ``encode_texts`` call."""
+    import torch
+    import torch.nn.functional as F
+
+    from covar_harness.interrupt import INTERRUPT
+    from covar_harness.text_cache import TEXT_BATCH
+
+    handle = reporter.task("encoding captions", len(captions))
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(captions), TEXT_BATCH):
+            INTERRUPT.check()
+            part = captions[start : start + TEXT_BATCH]
+            chunks.append(F.normalize(adapter.encode_texts(part).float(), dim=-1).cpu())
+            reporter.advance(handle, len(part))
+    reporter.done(handle)
+    return torch.cat(chunks)
+
+
+def embed(adapter: ModelAdapter, samples: Any, options: RunOptions, reporter: Reporter, name: str) -> Embeddings:
+    """Images first (a caption of an unreadable image is left out), then the captions of the images read."""
+    import torch
+
+    indices, images, failures, device = encode_images(adapter, samples, options, reporter, name)
+    if not indices:
+        first = f"; first: {failures[0][1]}" if failures else ""
+        raise ValueError(f"no image of the task could be read ({len(failures)} failed{first})")
+    captions = [samples.captions(i) for i in indices]
+    text_image = torch.tensor([row for row, texts in enumerate(captions) for _ in texts], dtype=torch.long)
+    texts = encode_captions(adapter, [t for texts in captions for t in texts], reporter)
+    return Embeddings(indices, images, texts, text_image, failures, device)
+
+
+def topk_blocks(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = SIMILARITY_BLOCK, device=None):
+    """(Q, k) gallery indices of the k highest scores of each query row, best first: ``torch.topk`` over
+    ``queries @ gallery.T``, ``block`` rows at a time (never the whole score matrix)."""
+    import torch
+
+    gallery_dev = gallery.to(device) if device is not None else gallery
+    out = []
+    for start in range(0, len(queries), block):
+        part = queries[start : start + block].to(gallery_dev.device)
+        out.append(torch.topk(part @ gallery_dev.T, k, dim=1).indices.cpu())
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def _first_hit(match: torch.Tensor, k: int):
+    """Per row, the 0-based position of the first True in ``match`` (Q, k), or ``k`` when there is none."""
+    import torch
+
+    first = match.int().argmax(dim=1)
+    return torch.where(match.any(dim=1), first, torch.full_like(first, k)).numpy()
+
+
+def retrieval_hits(emb: Embeddings, block: int = SIMILARITY_BLOCK) -> Hits:
+    """Ranks of the positives in both directions, from the top ``max(RECALL_K)`` of each query."""
+    import torch
+
+    n_images, n_texts = len(emb.images), len(emb.texts)
+    k_images, k_texts = min(max(RECALL_K), n_images), min(max(RECALL_K), n_texts)
+    top_images = topk_blocks(emb.texts, emb.images, k_images, block, emb.device)  # text -> image
+    image_rank = _first_hit(top_images == emb.text_image[:, None], k_images)
+    top_texts = topk_blocks(emb.images, emb.texts, k_texts, block, emb.device)  # image -> text
+    own = emb.text_image[top_texts] == torch.arange(n_images)[:, None]
+    return Hits(image_rank, _first_hit(own, k_texts), k_images, k_texts)
+
+
+def recall_metrics(hits: Hits, text_image: np.ndarray, seed: int = 0) -> tuple[dict[str, float], dict[str, list]]:
+    """The six recalls and their bootstrap intervals over images (a caption resampled with its image)."""
+    from covar_harness.metrics import bootstrap_interval
+
+    metrics: dict[str, float] = {}
+    intervals: dict[str, list] = {}
+    images_of_texts = [str(i) for i in text_image]
+    for k in RECALL_K:
+        for side, values, clusters in (
+            ("image", hits.image_rank < k, images_of_texts),
+            ("text", hits.text_rank < k, None),
+        ):
+            name = f"{side}_retrieval_recall@{k}"
+            metrics[name] = float(values.mean())
+            interval = bootstrap_interval(values.astype(float), seed=seed, clusters=clusters)
+            intervals[name] = list(interval or ())
+    return metrics, intervals
+
+
+def _sample_rows(emb: Embeddings, hits: Hits, samples: Any) -> list[dict[str, Any]]:
+    """The per-image log: 1-based ranks of the positives within the top 10 (null beyond)."""
+    by_image: list[list[int | None]] = [[] for _ in emb.indices]
+    for rank, row in zip(hits.image_rank.tolist(), emb.text_image.tolist()):
+        by_image[row].append(rank + 1 if rank < hits.k_images else None)
+    rows = []
+    for row, i in enumerate(emb.indices):
+        rank = int(hits.text_rank[row])
+        rows.append(
+            {
+                "index": int(i),
+                "file": samples.samples[i].id,
+                "n_captions": len(by_image[row]),
+                "text_rank": rank + 1 if rank < hits.k_texts else None,
+                "image_ranks": by_image[row],
+            }
+        )
+    return rows
+
+
+def _task_record(cfg: TaskConfig, samples: Any, emb: Embeddings) -> dict[str, Any]:
+    return {
+        "name": cfg.task,
+        "kind": TASK_KIND,
+        "version": cfg.version,
+        "n_samples": len(emb.indices),
+        "n_failed": len(emb.failures),
+        "n_classes": 0,
+        "n_texts": len(emb.texts),
+        "data_fingerprint": samples.fingerprint(),
+        "headline": headline_of(cfg),
+        "tags": list(cfg.tags),
+        "dataset": samples.description,
+    }
+
+
+def evaluate_retrieval(
+    adapter: ModelAdapter, cfg: TaskConfig, catalog: Catalog, options: RunOptions, reporter: Reporter
+) -> dict[str, Any]:
+    """One model on one retrieval task: the record ``evaluator.evaluate_task`` returns for a classification task
+    (metrics, intervals, config, notes, task, samples, failed_files), with recall metrics instead of accuracy."""
+    from covar_harness.console import markup
+    from covar_harness.data import open_task_data
+    from covar_harness.evaluator import limit_samples
+
+    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+    if not hasattr(samples, "captions"):
+        raise ValueError(f"task {cfg.task!r}: format {cfg.dataset['format']!r} gave samples without captions")
+    emb = embed(adapter, samples, options, reporter, markup(cfg.task))
+    if emb.failures:
+        first = emb.failures[0]
+        reporter.say(
+            f"[yellow]{markup(cfg.task)}: skipped {len(emb.failures)} unreadable image(s) and their captions; "
+            f"first: {markup(samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
+        )
+    hits = retrieval_hits(emb)
+    metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), options.seed)
+    notes = [SKIPPED_STEPS_NOTE] if options.steps or options.diagnosis is not None else []
+    config = {"templates": [], "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}}
+    return {
+        "metrics": metrics,
+        "intervals": intervals,
+        "config": config,
+        "notes": notes,
+        "task": _task_record(cfg, samples, emb),
+        "samples": _sample_rows(emb, hits, samples),
+        "failed_files": [samples.samples[i].id for i, _ in emb.failures],
+    }
