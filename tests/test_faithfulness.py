@@ -228,3 +228,49 @@ def test_model_without_removal(tmp_path):
     occ = runs["occlusion"]
     assert len(occ.rows) == 2 and not occ.error and "deletion_tokens_auc" not in occ.rows[0]
     assert runs["cci"].rows == [] and "\n" not in runs["cci"].error and runs["cci"].error
+
+
+def test_rise_settings_pick_the_masks():
+    """RISESettings: the mask count is the removal call's pattern count, the seed and the cell change the masks,
+    the keep probability is the share of kept patches, the defaults are the registered class itself, and the
+    settings are checked in one line each."""
+    from covar_harness.attribution.base import find_attributor
+    from covar_harness.attribution.rise import RISE, RISESettings
+
+    assert RISE.with_settings(RISESettings()) is RISE and find_attributor("rise") is RISE
+    few = RISE.with_settings(RISESettings(n_masks=16))
+    assert few is RISE.with_settings(RISESettings(n_masks=16)) and few.name == "rise"
+    adapter = Counting()
+    pixels = batch(adapter)
+    emb = torch.nn.functional.normalize(adapter.encode_images(pixels), dim=-1)
+    target = torch.zeros(3, dtype=torch.long)
+    attribute(adapter, pixels, emb, W[:, target].T, target, [1, 2, 3], CCISettings(k=7), few)
+    assert adapter.calls[-1] == (3, 16, N)
+
+    def masks(**kw):
+        return RISE.with_settings(RISESettings(**kw))()._masks(7, GRID, GRID)
+
+    assert torch.equal(masks(seed=1), masks(seed=1)) and not torch.equal(masks(seed=1), masks(seed=2))
+    assert torch.equal(masks(), RISE()._masks(7, GRID, GRID))  # seed 0: the masks before the flag existed
+    kept = (~masks(n_masks=4000, p_keep=0.25, cell=1)).float().mean().item()
+    assert 0.23 < kept < 0.27
+    # cell 1: every patch drawn on its own; cell GRID: a whole image is one cell (up to the shift), so far
+    # fewer distinct patterns per mask
+    assert masks(n_masks=200, cell=1).float().std(dim=0).mean() > 0.4
+    for kw, flag in (({"n_masks": 0}, "--rise-masks"), ({"cell": 0}, "--rise-cell"), ({"p_keep": 0.0}, "--rise-keep"),
+                     ({"p_keep": True}, "--rise-keep"), ({"seed": -1}, "--rise-seed")):  # fmt: skip
+        with pytest.raises(UsageError, match=flag):
+            RISESettings(**kw)
+
+
+def test_rise_step_records_settings_only_when_not_the_defaults():
+    """The run settings ``run`` compares before reusing a result: default RISE as before the flags (old files still
+    resume), other masks named; the result config names them always."""
+    from covar_harness.attribution.rise import RISE, RISESettings
+
+    assert "rise" not in RISE.make_step().run_settings()
+    step = RISE.make_step(rise=RISESettings(n_masks=8), k=5)
+    assert step.run_settings()["rise"]["n_masks"] == 8 and step.settings.k == 5
+    assert step.attributor().config(Counting(), step.settings) == {
+        "rise": {"n_masks": 8, "cell": 2, "p_keep": 0.5, "seed": 0}
+    }

@@ -22,9 +22,12 @@ def test_command_end_to_end(tmp_path, toy_catalog, masked_task):  # noqa: F811
     folder = out / "toy-topleft" / "toy__masked"
     files = {p.name for p in folder.iterdir()}
     assert files == {"cci.json", "occlusion.json", "random.json", "curves.png"}  # random added: the baseline
+    assert {p.name for p in out.glob("*.png")} == {"curves-toy-topleft-toy__masked.png"}  # all methods, one figure
+    assert (out / "curves-toy-topleft-toy__masked.png").stat().st_size > 1000
     res = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("cci", "occlusion", "random")}
     for r in res.values():
         assert r["n_samples"] == 4 and r["error"] is None
+        assert "samples_file" not in r and all("deletion_curve" not in x for x in r["samples"])  # no --log-samples
         for key in ("deletion_auc", "insertion_auc", "deletion_tokens_auc", "insertion_tokens_auc"):
             assert isinstance(r[key], float)
             lo, hi = r["metrics"][key]["interval"]
@@ -46,9 +49,38 @@ def test_command_end_to_end(tmp_path, toy_catalog, masked_task):  # noqa: F811
 
 def test_bad_flags_exit_2(tmp_path, toy_catalog, masked_task):  # noqa: F811
     base = ["faithfulness", "--models", "toy-topleft", "--tasks", str(masked_task), "--output-dir", str(tmp_path)]
-    proc = run_cli_inprocess(*base, "--attributors", "cci,gradcam")
-    assert proc.returncode == 2 and "gradcam" in proc.stderr
+    proc = run_cli_inprocess(*base, "--attributors", "cci,no-such-method")  # (gradcam is registered now)
+    assert proc.returncode == 2 and "no-such-method" in proc.stderr
     proc = run_cli_inprocess(*base, "--steps", "0")
     assert proc.returncode == 2 and "--steps" in proc.stderr
     proc = run_cli_inprocess(*base, "--device", "cuda:7x")
     assert proc.returncode == 2
+
+
+def test_bad_rise_flags_exit_2_before_any_model_loads(tmp_path, toy_catalog, masked_task):  # noqa: F811
+    out = tmp_path / "out"
+    base = ["faithfulness", "--models", "toy-topleft", "--tasks", str(masked_task), "--output-dir", str(out)]
+    for flag, value in (("--rise-masks", "0"), ("--rise-cell", "0"), ("--rise-keep", "1"), ("--rise-seed", "-1")):
+        proc = run_cli_inprocess(*base, flag, value)
+        assert proc.returncode == 2 and flag in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    run = ["run", "--models", "toy-topleft", "--tasks", str(masked_task), "--output-dir", str(out)]
+    proc = run_cli_inprocess(*run, "--attribution", "rise", "--rise-keep", "0")
+    assert proc.returncode == 2 and "--rise-keep" in proc.stderr
+    assert not out.exists()
+
+
+def test_run_records_the_rise_settings(tmp_path, toy_catalog, masked_task):  # noqa: F811
+    """``run --attribution rise --rise-*``: the masks used are the flags' (the removal call has n_masks patterns),
+    recorded in config.attribution; a rerun with other masks is refused as other settings, not skipped as done."""
+    out = tmp_path / "runs"
+    run = ["run", "--models", "toy-topleft", "--tasks", str(masked_task), "--output-dir", str(out), "--device", "cpu"]
+    proc = run_cli_inprocess(*run, "--attribution", "rise", "--rise-masks", "8", "--rise-cell", "1")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.rglob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["config"]["attribution"]["method"] == "rise"
+    assert rec["config"]["attribution"]["rise"] == {"n_masks": 8, "cell": 1, "p_keep": 0.5, "seed": 0}
+    again = run_cli_inprocess(*run, "--attribution", "rise", "--rise-masks", "8", "--rise-cell", "1")
+    assert again.returncode == 0 and "skipped" in again.stdout
+    other = run_cli_inprocess(*run, "--attribution", "rise", "--rise-masks", "9", "--rise-cell", "1")
+    assert other.returncode == 2 and "rise.n_masks: 8 there, 9 now" in other.stderr

@@ -5,23 +5,32 @@ accuracy), for any registered attributor's per-patch importance map over any tas
 Modules: ``settings`` (:class:`FaithfulnessSettings`), ``patches`` (patch geometry, order, canvases),
 ``curves`` (the curves, one model call per curve per batch), ``localisation``, ``importance`` (any attributor's
 map), ``evaluate`` (one model x task), ``summary`` (metrics, intervals, result files, table rows), ``plots``
-(PNG, matplotlib imported there only) and ``command`` (``covar-harness faithfulness``). torch is imported inside
-functions.
+(PNG, matplotlib imported there only), ``leaderboard`` (the result schema's check and the leaderboard's
+faithfulness table; no numpy) and ``command`` (``covar-harness faithfulness``). torch is imported inside
+functions; the names below load their module on first use, so ``validate`` and ``leaderboard`` reading
+``faithfulness.leaderboard`` import no numpy.
 """
 
 from __future__ import annotations
 
-from covar_harness.faithfulness.curves import Curves, Scorer, auc, pixel_curves, token_curves
-from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy
-from covar_harness.faithfulness.settings import FaithfulnessSettings
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "Curves",
-    "FaithfulnessSettings",
-    "Scorer",
-    "auc",
-    "pixel_curves",
-    "pointing_energy",
-    "relevance_rank_accuracy",
-    "token_curves",
-]
+_EXPORTS = {
+    "Curves": "curves",
+    "Scorer": "curves",
+    "auc": "curves",
+    "pixel_curves": "curves",
+    "token_curves": "curves",
+    "pointing_energy": "localisation",
+    "relevance_rank_accuracy": "localisation",
+    "FaithfulnessSettings": "settings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,12 +1,15 @@
 """``covar-harness faithfulness``: deletion / insertion AUC (pixel replacement and token removal) and localisation
-of each attributor's importance maps, per model x task; one JSON per model x task x attributor, a PNG of the mean
-curves per model x task, and the table of methods x models x tasks with the random baseline's ratio.
+of each attributor's importance maps, per model x task; one JSON per model x task x attributor (with
+``--log-samples``, each sample's curves as JSON lines beside it), two PNGs of the mean curves per model x task,
+and the table of methods x models x tasks with the random baseline's ratio. RISE runs with the ``--rise-*``
+settings (``attribution.rise.RISESettings``), recorded in its result.
 
 The run plan's cheap checks come first (device, output folder, every task's data), before any weights load."""
 
 from __future__ import annotations
 
 from argparse import Namespace
+from pathlib import Path
 from typing import Any
 
 from covar_harness.registry import UsageError
@@ -14,10 +17,11 @@ from covar_harness.registry import UsageError
 DEFAULT_ATTRIBUTORS = "cci,random,occlusion"
 
 
-def settings_from_args(args: Namespace) -> tuple[Any, Any]:
-    """(FaithfulnessSettings, CCISettings) from the flags; every bad value is a UsageError (exit 2)."""
+def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
+    """(FaithfulnessSettings, CCISettings, RISESettings) from the flags; every bad value is a UsageError (exit 2)."""
     from dataclasses import replace
 
+    from covar_harness.attribution.rise import RISESettings
     from covar_harness.attribution.settings import DEFAULTS
     from covar_harness.faithfulness.settings import FaithfulnessSettings
 
@@ -33,13 +37,16 @@ def settings_from_args(args: Namespace) -> tuple[Any, Any]:
         seed=args.seed,
         bootstrap=args.bootstrap,
     )
-    return settings, replace(DEFAULTS, k=args.k, seed=args.seed, target=args.target, counterfactual=False)
+    cci = replace(DEFAULTS, k=args.k, seed=args.seed, target=args.target, counterfactual=False)
+    return settings, cci, RISESettings.from_args(args)
 
 
-def methods_from_args(text: str, catalog: Any) -> list[str]:
-    """Registered attributor names (unknown ones refused with close matches); the random baseline is added when
-    missing, since the table reports every method's ratio to it."""
+def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
+    """The Attributor classes of the registered names (unknown ones refused with close matches), RISE with the
+    ``--rise-*`` settings; the random baseline is added when missing, since the table reports every method's
+    ratio to it."""
     from covar_harness.attribution.base import find_attributor
+    from covar_harness.attribution.rise import RISE, RISE_DEFAULTS
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
@@ -50,7 +57,9 @@ def methods_from_args(text: str, catalog: Any) -> list[str]:
         find_attributor(entry.name)  # a registered name without an Attributor class is not a map method
         if entry.name not in methods:
             methods.append(entry.name)
-    return methods if "random" in methods else [*methods, "random"]
+    methods = methods if "random" in methods else [*methods, "random"]
+    classes = [find_attributor(m) for m in methods]
+    return [c.with_settings(rise or RISE_DEFAULTS) if issubclass(c, RISE) else c for c in classes]
 
 
 def cmd_faithfulness(args: Namespace) -> int:
@@ -59,11 +68,11 @@ def cmd_faithfulness(args: Namespace) -> int:
     from covar_harness.plan import check_data, check_device, check_writable
     from covar_harness.plugin_manager import load_catalog
 
-    settings, cci = settings_from_args(args)
+    settings, cci, rise = settings_from_args(args)
     catalog = load_catalog(args.include_path)
     models = resolve_models(args.models, catalog)
     tasks = catalog.tasks.resolve(args.tasks)
-    methods = methods_from_args(args.attributors, catalog)
+    methods = methods_from_args(args.attributors, catalog, rise)
     check_device(args.device)
     check_writable(args.output_dir, "--output-dir")
     notes = check_data(tasks, catalog, args.data_dir)
@@ -78,32 +87,59 @@ def cmd_faithfulness(args: Namespace) -> int:
 
 
 def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[str, Any]]:
-    """Load one model, then every task: maps, curves, result files and the curve plot per pair."""
-    from dataclasses import asdict
-
+    """Load one model, then every task: maps, curves, result files and the curve plots per pair."""
     from covar_harness.evaluator import ClassifierCache
     from covar_harness.faithfulness.evaluate import open_pair_data, run_pair
-    from covar_harness.faithfulness.plots import plot_curves
-    from covar_harness.faithfulness.summary import result_file, result_object
     from covar_harness.models import load_model
-    from covar_harness.results import write_json
 
     adapter = load_model(ref.spec, args.device, args.precision, args.cache_dir, catalog=catalog)
     classifiers = ClassifierCache(adapter)
+    configs = _method_configs(methods, adapter, cci)
     out: list[dict[str, Any]] = []
     for cfg in tasks:
         data = open_pair_data(adapter, cfg, catalog, classifiers, args.limit, args.seed, args.data_dir)
         runs = run_pair(adapter, data, methods, settings, cci, args.batch_size)
-        pair = [
-            result_object(ref.spec, cfg.task, run, settings, asdict(cci), data.n_failed, data.notes)
-            for run in runs.values()
-        ]
-        for obj in pair:
-            write_json(result_file(args.output_dir, ref.spec, cfg.task, obj["attributor"]), obj)
-        png = result_file(args.output_dir, ref.spec, cfg.task, "curves").with_suffix(".png")
-        plot_curves([p for p in pair if not p["error"]], png, f"{ref.spec} x {cfg.task}")
-        out += pair
+        out += _write_pair(ref.spec, cfg.task, runs, data, settings, configs, args)
     return out
+
+
+def _method_configs(methods: list[Any], adapter: Any, cci: Any) -> dict[str, dict[str, Any]]:
+    """Per method: the attribution settings its result records (CCISettings plus the method's own entries,
+    e.g. RISE's masks), as ``run`` records them in ``config.attribution``."""
+    from dataclasses import asdict
+
+    return {m.name: {**asdict(cci), **m().config(adapter, cci)} for m in methods}
+
+
+def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[str, Any]]:
+    """One JSON per method (and, with ``--log-samples``, its per-sample curves as JSON lines beside it), the
+    pair's ``curves.png`` and the all-methods figure ``curves-<model>-<task>.png`` in the output folder."""
+    from covar_harness.faithfulness.plots import plot_curves, plot_methods
+    from covar_harness.faithfulness.summary import result_file, result_object
+    from covar_harness.results import samples_path, write_json, write_jsonl
+
+    pair = []
+    for name, run in runs.items():
+        obj = result_object(model, task, run, settings, configs[name], data.n_failed, data.notes)
+        path = result_file(args.output_dir, model, task, name)
+        if args.log_samples and run.rows:
+            write_jsonl(samples_path(path), run.rows)  # the rows with every curve, one sample a line
+            obj["samples_file"] = samples_path(path).name
+        write_json(path, obj)
+        pair.append(obj)
+    ok = [p for p in pair if not p["error"]]
+    title = f"{model} x {task}"
+    plot_curves(ok, result_file(args.output_dir, model, task, "curves").with_suffix(".png"), title)
+    plot_methods(ok, Path(args.output_dir) / methods_plot_name(model, task), title)
+    return pair
+
+
+def methods_plot_name(model: str, task: str) -> str:
+    """``curves-<slug(model)>-<slug(task)>.png``; one slug of both when that would be too long a file name."""
+    from covar_harness.results import slug
+
+    name = f"curves-{slug(model)}-{slug(task)}.png"
+    return name if len(name) <= 200 else f"curves-{slug(f'{model} x {task}')}.png"
 
 
 def _print_table(out: Any, results: list[dict[str, Any]], settings: Any) -> None:

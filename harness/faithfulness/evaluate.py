@@ -22,6 +22,7 @@ from covar_harness.faithfulness.settings import FaithfulnessSettings
 if TYPE_CHECKING:
     import torch
 
+    from covar_harness.attribution.base import Attributor
     from covar_harness.attribution.settings import CCISettings
     from covar_harness.data import SampleSet
 
@@ -55,7 +56,7 @@ def open_pair_data(adapter: Any, cfg: Any, catalog: Any, classifiers: Any, limit
 
     samples = limit_samples(open_task_data(cfg, catalog, data_dir), limit, seed)
     classnames = task_classnames(cfg, samples)
-    W = classifiers.get(classnames, task_templates(cfg), Reporter())
+    W = classifiers.get(classnames, task_templates(cfg, samples), Reporter())
     return PairData(samples, classnames, W)
 
 
@@ -75,16 +76,19 @@ def patch_masks(adapter: Any, samples: SampleSet, indices: Sequence[int]) -> lis
 def run_pair(
     adapter: Any,
     data: PairData,
-    methods: Sequence[str],
+    methods: Sequence[str | type[Attributor]],
     settings: FaithfulnessSettings,
     cci: CCISettings,
     batch_size: int = 16,
 ) -> dict[str, MethodRun]:
-    """Every method over every sample of the pair, batch by batch (one pass over the images)."""
+    """Every method (a name, or an Attributor class such as RISE with its settings) over every sample of the
+    pair, batch by batch (one pass over the images); keyed by method name."""
     from covar_harness.adapter import attribution_support
+    from covar_harness.attribution.base import find_attributor
     from covar_harness.batches import iterate_batches
 
-    runs = {m: MethodRun(m) for m in methods}
+    classes = {find_attributor(m).name: find_attributor(m) for m in methods}
+    runs = {name: MethodRun(name) for name in classes}
     removal, why = attribution_support(adapter)
     if settings.token_removal and not removal:
         data.notes.append(f"no token-removal curves: {why}")
@@ -97,7 +101,7 @@ def run_pair(
             if run.error:
                 continue
             try:
-                run.rows += batch.rows(method, run.x)
+                run.rows += batch.rows(classes[method], run.x)
             except Exception as exc:  # noqa: BLE001 - a method that cannot explain this model is reported, not fatal
                 from covar_harness.console import one_line
 
@@ -135,7 +139,7 @@ class _Batch:
         fg = patch_masks(adapter, data.samples, indices)
         return cls(adapter, data, indices, pixels, emb, target, labels, scorer, base, fg, settings, cci)
 
-    def rows(self, method: str, x: dict[str, list[float]]) -> list[dict[str, Any]]:
+    def rows(self, method: str | type[Attributor], x: dict[str, list[float]]) -> list[dict[str, Any]]:
         import torch
 
         from covar_harness.adapter import attribution_support

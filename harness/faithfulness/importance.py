@@ -10,6 +10,7 @@ from covar_harness.attribution.base import find_attributor
 if TYPE_CHECKING:
     import torch
 
+    from covar_harness.attribution.base import Attributor
     from covar_harness.attribution.settings import CCISettings
 
 
@@ -27,7 +28,7 @@ def method_support(method: str, adapter: Any) -> tuple[bool, str]:
 
 
 def importance_maps(
-    method: str,
+    method: str | type[Attributor],
     adapter: Any,
     pixels: torch.Tensor,
     emb: torch.Tensor,
@@ -50,4 +51,4 @@ def importance_maps(
     fallback = getattr(cls, "pixel_importance", None)
     if callable(fallback):
         return fallback(adapter, pixels, text).float().cpu()
-    raise Unsupported(f"{method}: {why}")
+    raise Unsupported(f"{cls.name}: {why}")

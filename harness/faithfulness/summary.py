@@ -10,19 +10,10 @@ from typing import Any
 import numpy as np
 
 from covar_harness.faithfulness.evaluate import MethodRun
+from covar_harness.faithfulness.leaderboard import BASELINE, METRICS, SCHEMA  # noqa: F401 - one source
 from covar_harness.faithfulness.settings import FaithfulnessSettings
 
-METRICS = (
-    "deletion_auc",
-    "insertion_auc",
-    "deletion_tokens_auc",
-    "insertion_tokens_auc",
-    "pointing_energy",
-    "relevance_rank_accuracy",
-)
 CURVES = ("deletion", "insertion", "deletion_tokens", "insertion_tokens")
-BASELINE = "random"
-SCHEMA = "covar-harness/faithfulness/1"
 
 
 def metric_summary(rows: Sequence[dict[str, Any]], name: str, settings: FaithfulnessSettings) -> dict[str, Any]:

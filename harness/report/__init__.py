@@ -65,9 +65,9 @@ def cmd_leaderboard(args: Namespace) -> int:
     err = console(stderr=True)
     for path, why in loaded.invalid:
         err.print(f"[yellow]skipped invalid result {markup(path)}: {markup(why)}[/yellow]", soft_wrap=True)
-    if not loaded.records and args.reference is None:
+    if not loaded.records and not loaded.faithfulness and args.reference is None:
         raise UsageError(f"no valid result files under {one_line(args.results_dir)}")
-    tables = lb.build_tables(loaded.records, args.reference)
+    tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
     names = [(p.name, why) for p, why in loaded.invalid]  # file names only: no local paths in the page
     try:
         write_stdout(leaderboard_page(loaded.records, tables, names))

@@ -150,7 +150,7 @@ def build_site(
 
         for path, why in loaded.invalid:
             console.print(f"[yellow]skipped invalid result {markup(path)}: {markup(why)}[/yellow]", soft_wrap=True)
-    if not loaded.records and reference is None:
+    if not loaded.records and not loaded.faithfulness and reference is None:
         raise UsageError(f"no valid result files under {one_line(results_dir)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
@@ -180,15 +180,16 @@ def _write(
     from covar_harness import __version__
 
     records = loaded.records
-    tables = lb.build_tables(records, reference)
+    tables = lb.build_tables(records, reference, loaded.faithfulness)
     built = Built(site, n_records=len(records), n_invalid=len(loaded.invalid))
     (site / "assets").mkdir()
     for name in ASSETS:
         (site / "assets" / name).write_text(asset_text(name), encoding="utf-8")
     (site / MARKER).write_text(json.dumps({"generator": "covar-harness report", "version": __version__}) + "\n")
     (site / ".nojekyll").write_text("")
-    (site / "leaderboard.csv").write_text(lb.render_csv(records, reference), encoding="utf-8")
-    (site / "leaderboard.json").write_text(lb.render_json(records, tables, reference) + "\n", encoding="utf-8")
+    (site / "leaderboard.csv").write_text(lb.render_csv(records, reference, loaded.faithfulness), encoding="utf-8")
+    faith = loaded.faithfulness
+    (site / "leaderboard.json").write_text(lb.render_json(records, tables, reference, faith) + "\n", encoding="utf-8")
     (site / "leaderboard.md").write_text(lb.render_markdown(tables), encoding="utf-8")
 
     paths = result_paths(results_dir)
