@@ -36,27 +36,49 @@ def _collate(items):
     return [i for i, _ in ok], pixels, failed
 
 
-def iterate_batches(samples: SampleSet, preprocess: Callable, batch_size: int, workers: int, start: int = 0):
+def iterate_batches(
+    samples: SampleSet,
+    preprocess: Callable,
+    batch_size: int,
+    workers: int,
+    start: int = 0,
+    batches: list[list[int]] | None = None,
+    pin_memory: bool = False,
+):
     """Batches of (indices, pixels or None, failures) from sample ``start`` on (a resumed pair: a multiple of
-    ``batch_size``, so batches keep the boundaries of an uninterrupted run)."""
+    ``batch_size``, so batches keep the boundaries of an uninterrupted run); with ``batches``, exactly those
+    (one rank's share of a pair, ``distributed.World.own_batches``). ``pin_memory``: page-locked pixels, so the
+    copy to a CUDA device can overlap (``to_device``)."""
     from torch.utils.data import DataLoader, Subset
 
     dataset: Any = _PixelDataset(samples, preprocess)  # map-style: __len__ and __getitem__
-    if start:
+    if start and batches is None:
         dataset = Subset(dataset, range(start, len(samples)))  # items keep their own sample index
+    split: dict[str, Any] = {"batch_size": batch_size, "shuffle": False} if batches is None else {}
     loader: Any = DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=batches,
         num_workers=workers,
         collate_fn=_collate,
-        persistent_workers=False,
+        pin_memory=pin_memory,
+        persistent_workers=False,  # one pass per loader: persistent workers would only outlive it
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=ignore_sigint if workers > 0 else None,
+        **split,
     )
     with sigint_deferred():  # workers fork here: a Ctrl-C now would land in an at-fork hook and be swallowed
         batches = iter(loader)
     yield from batches
+
+
+def is_cuda(device: Any) -> bool:
+    return str(device).startswith("cuda")
+
+
+def to_device(pixels: Any, device: Any) -> Any:
+    """Pixels on a CUDA ``device``, copied without blocking the host (from pinned memory the copy overlaps the
+    next batch's loading); anything else stays where it is (adapters move pixels themselves)."""
+    return pixels.to(device, non_blocking=True) if is_cuda(device) else pixels
 
 
 def default_workers() -> int:

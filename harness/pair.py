@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.batches import default_workers, iterate_batches
+from covar_harness.batches import default_workers, is_cuda, iterate_batches, to_device
 from covar_harness.console import markup
 from covar_harness.data import SampleSet
+from covar_harness.distributed import PairSync, World, finish_share
 from covar_harness.interrupt import INTERRUPT
 from covar_harness.partfiles import Checkpointer
 from covar_harness.pipeline import Batch, Finished, PairContext, Pipeline
@@ -30,20 +31,29 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
     options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
     assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
     k = min(5, len(ctx.classnames))
-    ck = Checkpointer.open(part, options.checkpoint_every, ctx, pipeline)
+    world = options.world or World()
+    sync = PairSync.of(world, part) if world.active and part is not None else None
+    every = world.checkpoint_every(options.checkpoint_every)
+    ck = Checkpointer.open(part if sync is None else sync.part(), every, ctx, pipeline, strict=sync is not None)
     rows, failures = ck.rows, ck.failures
     W_dev = None
     workers = default_workers() if options.workers is None else options.workers
-    handle = reporter.task(markup(ctx.task.task), len(samples))
+    own = world.own_batches(len(samples), options.batch_size, ck.n_batches) if sync is not None else None
+    handle = reporter.task(markup(ctx.task.task), len(samples) if own is None else ck.start + sum(map(len, own)))
     reporter.advance(handle, ck.start)
-    batches = iterate_batches(samples, ctx.adapter.preprocess, options.batch_size, workers, ck.start)
+    device = getattr(ctx.adapter, "device", None)
+    batches = iterate_batches(
+        samples, ctx.adapter.preprocess, options.batch_size, workers, ck.start, own, pin_memory=is_cuda(device)
+    )
     try:
         for indices, pixels, failed in batches:
             INTERRUPT.check()
+            if sync is not None:
+                sync.check()  # another rank failed this pair: stop now, not at the merge
             failures += failed
             new: list = []
             if pixels is not None:
-                emb = F.normalize(ctx.adapter.encode_images(pixels).float(), dim=-1)
+                emb = F.normalize(ctx.adapter.encode_images(to_device(pixels, device)).float(), dim=-1)
                 if W_dev is None:
                     W_dev = ctx.classifier.to(emb.device)
                 logits = emb @ W_dev
@@ -57,7 +67,7 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
     finally:
         ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
     reporter.done(handle)
-    return rows, failures
+    return (rows, failures) if sync is None else finish_share(ctx, ck, sync)
 
 
 def _batch(

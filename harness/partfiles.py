@@ -79,17 +79,24 @@ class Checkpointer:
     failures: list = field(default_factory=list)
     start: int = 0  # samples covered by the restored batches: the loop goes on from here
     pending: list = field(default_factory=list)
+    strict: bool = False  # a part file that cannot be written raises (ranks: rank 0 merges from it)
+    masks: Any = None  # the pair's PatchMasks: their counters are state too (n_without_mask)
+    n_batches: int = 0  # batches restored
+    initial: dict[str, Any] = field(default_factory=dict)  # the state before the first batch (``snapshot``)
     _marks: list[int] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: Path | None, every: int, ctx: PairContext, pipeline: Pipeline) -> Checkpointer:
+    def open(
+        cls, path: Path | None, every: int, ctx: PairContext, pipeline: Pipeline, strict: bool = False
+    ) -> Checkpointer:
         """Restore what the part file at ``path`` holds for this pair (call after ``pipeline.start``)."""
-        ck = cls(path if every > 0 else None, every, pipeline)
+        ck = cls(path if every > 0 else None, every, pipeline, strict=strict, masks=ctx.masks)
         ck._marks = [len(kept) for kept in pipeline.records]
+        ck.initial = ck.snapshot()
         if ck.path is None:
             return ck
         header = pair_header(ctx)
-        batches = _read(ck.path, header)
+        batches = read_batches(ck.path, header)
         if batches is None:
             _write_header(ck.path, header)
             return ck
@@ -103,13 +110,34 @@ class Checkpointer:
         self.rows += batch["rows"]
         self.failures += batch["failures"]
         self.start += batch["n"]
-        for step, kept, records, state in zip(
-            self.pipeline.steps, self.pipeline.records, batch["records"], batch["state"]
-        ):
+        self.n_batches += 1
+        for kept, records in zip(self.pipeline.records, batch["records"]):
             kept += records
+        self.apply(batch)
+        self._marks = [len(kept) for kept in self.pipeline.records]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The scalar state of the steps and the masks now (restored with the records)."""
+        return {"state": [_step_state(step) for step in self.pipeline.steps], "masks": _step_state(self.masks)}
+
+    def apply(self, snapshot: dict[str, Any]) -> None:
+        """Set the steps' (and the masks') scalar state from a ``snapshot`` (a batch holds one)."""
+        for step, state in zip(self.pipeline.steps, snapshot["state"]):
             for key, value in state.items():
                 setattr(step, key, value)
-        self._marks = [len(kept) for kept in self.pipeline.records]
+        for key, value in (snapshot.get("masks") or {}).items() if self.masks is not None else ():
+            setattr(self.masks, key, value)
+
+    def replay(self, batches: list[dict[str, Any]], final: dict[str, Any]) -> tuple[list, list]:
+        """Start over from ``batches`` (in sample order: the shares of all ranks), ending in state ``final``;
+        returns the rows and unreadable images."""
+        self.rows, self.failures, self.start, self.n_batches = [], [], 0, 0
+        for kept in self.pipeline.records:
+            kept.clear()
+        for batch in batches:
+            self._restore(batch)
+        self.apply(final)
+        return self.rows, self.failures
 
     def done(self, rows: list, failures: list, n: int) -> None:
         """One batch finished (its rows, unreadable images and ``n`` samples consumed): appended every N."""
@@ -117,8 +145,7 @@ class Checkpointer:
             return
         records = [kept[mark:] for kept, mark in zip(self.pipeline.records, self._marks)]
         self._marks = [len(kept) for kept in self.pipeline.records]
-        state = [_step_state(step) for step in self.pipeline.steps]
-        self.pending.append({"rows": rows, "failures": failures, "n": n, "records": records, "state": state})
+        self.pending.append({"rows": rows, "failures": failures, "n": n, "records": records, **self.snapshot()})
         if len(self.pending) >= self.every:
             self.flush()
 
@@ -133,6 +160,9 @@ class Checkpointer:
                 fh.flush()
                 os.fsync(fh.fileno())
         except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
+            if self.strict:
+                why = getattr(exc, "strerror", None) or exc
+                raise OSError(f"part file {self.path.name}: {type(exc).__name__}: {why}") from exc
             log.warning("part file %s switched off: %s", self.path, exc)
             self.path = None
         self.pending = []
@@ -147,7 +177,7 @@ def _write_header(path: Path, header: dict[str, Any]) -> None:
         log.warning("no part file %s: %s", path, exc)
 
 
-def _read(path: Path, header: dict[str, Any]) -> list[dict[str, Any]] | None:
+def read_batches(path: Path, header: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The complete batches of a part file with this ``header``, cutting off a torn tail; None: no usable file."""
     try:
         with open(path, "rb") as fh:

@@ -189,10 +189,11 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def provenance(device: str, started_at: str) -> dict[str, Any]:
+def provenance(device: str, started_at: str, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and when a result was made; ``distributed``: the ranks of a torchrun job (``distributed.py``)."""
     from covar_harness import __version__
 
-    return {
+    out = {
         "harness_version": __version__,
         "git_commit": _git_commit(),
         "python": platform.python_version(),
@@ -203,6 +204,7 @@ def provenance(device: str, started_at: str) -> dict[str, Any]:
         "started_at": started_at,
         "finished_at": now(),
     }
+    return out if distributed is None else {**out, "distributed": distributed}
 
 
 MAX_RESULT_BYTES = 64 * 2**20  # a result file is a few KiB; anything near this is not one

@@ -1,12 +1,13 @@
 """The scale-out flags of ``run`` (docs/scale-out.md): a sharded grid (``plan.shard_pairs``), the persistent
-text-embedding cache (``text_cache.py``) and resumable pairs (``partfiles.py``). Imports nothing: the CLI
-builds its parser from it."""
+text-embedding cache (``text_cache.py``), resumable pairs (``partfiles.py``) and data-parallel pairs under
+torchrun (``distributed.py``). Imports nothing: the CLI builds its parser from it."""
 
 from __future__ import annotations
 
 
 def add_scale_flags(ex) -> None:
-    """Add ``--shard``, ``--text-cache`` and ``--checkpoint-every`` to ``run``'s argument group ``ex``."""
+    """Add ``--shard``, ``--text-cache``, ``--checkpoint-every`` and ``--dist-timeout`` to ``run``'s argument
+    group ``ex``."""
     ex.add_argument(
         "--shard",
         default=None,
@@ -28,4 +29,12 @@ def add_scale_flags(ex) -> None:
         metavar="N",
         help="append finished batches to the pair's .part file every N batches, so an interrupted pair resumes "
         "(default: 10; 0: off)",
+    )
+    ex.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="under torchrun / accelerate launch: how long a rank waits for the others' shares of a pair (or "
+        "rank 0's result) before the pair fails on every rank (default: 3600)",
     )
