@@ -65,13 +65,18 @@ def _imagenet_keyed(groups: dict, classnames: list[str]) -> dict[int, str]:
         by_index = {int(k): str(v) for k, v in groups.items()}
     except ValueError:
         raise UsageError("class_groups over imagenet1k must be keyed by ImageNet index (0..999)") from None
-    if len(classnames) == 1000:
-        return {i: by_index.get(i, f"{UNMATCHED}{name}") for i, name in enumerate(classnames)}
     out = {}
-    for i, name in enumerate(classnames):
-        index = imagenet_index(name)
+    for i, (name, index) in enumerate(zip(classnames, imagenet_indices(classnames))):
         out[i] = by_index[index] if index in by_index else f"{UNMATCHED}{name}"
     return out
+
+
+def imagenet_indices(classnames: list[str]) -> list[int | None]:
+    """Each task class's ImageNet-1k index: the position itself for a 1000-class task, else by name (None: no
+    unambiguous match). Rules over the ImageNet label space (groups, WordNet chains) apply through this."""
+    if len(classnames) == 1000:
+        return list(range(1000))
+    return [imagenet_index(name) for name in classnames]
 
 
 def class_groups(cfg: TaskConfig, classnames: list[str]) -> dict[int, str] | None:

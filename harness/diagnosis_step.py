@@ -15,6 +15,7 @@ from covar_harness.pipeline import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
     from covar_harness.diagnosis import DiagnosisRecord, DiagnosisSettings
+    from covar_harness.fine_rules import FineRelation
     from covar_harness.pipeline import Batch
 
 
@@ -31,7 +32,8 @@ class DiagnosisStep(Step):
         self.settings, self.segmenter = settings, segmenter
         self.segmenter_settings = dict(segmenter_settings or {})
         self.ctx: PairContext | None = None
-        self.groups: dict[int, Any] | None = None
+        self.fine: FineRelation | None = None  # the --fine-rule resolved for the pair
+        self.alternatives: dict[str, FineRelation] = {}  # fine_rules.SENSITIVITY (and the chosen rule) resolved
 
     def run_settings(self) -> dict[str, Any]:
         return {**self.settings.as_config(), "segmenter": self.segmenter, "segmenter_settings": self.segmenter_settings}
@@ -41,17 +43,19 @@ class DiagnosisStep(Step):
         (the batch loop reads them; attribution's region test too)."""
         from covar_harness.adapter import attribution_support
 
-        self.ctx, self.active, self.groups = ctx, False, None
+        self.ctx, self.active, self.fine, self.alternatives = ctx, False, None, {}
         attributing = any(step.active for step in ctx.upstream_of(self))
         if self.segmenter == "none" or not attributing or not attribution_support(ctx.adapter)[0]:
             return
-        from covar_harness.class_groups import class_groups
+        from covar_harness.fine_rules import SENSITIVITY, parse_fine_rule
         from covar_harness.patch_masks import PatchMasks
         from covar_harness.segmentation import choose_segmenter
 
         segmenter = choose_segmenter(self.segmenter, ctx.samples, ctx.catalog, self.segmenter_settings)
         ctx.masks = PatchMasks(segmenter, ctx.samples, ctx.classnames, ctx.adapter.preprocess, ctx.adapter.patch_grid)
-        self.groups = class_groups(ctx.task, ctx.classnames)
+        specs = dict.fromkeys([*SENSITIVITY, self.settings.fine_rule])
+        self.alternatives = {s: parse_fine_rule(s).relation(ctx.task, ctx.classnames, ctx.classifier) for s in specs}
+        self.fine = self.alternatives[self.settings.fine_rule]
         self.active = True
 
     def process(self, batch: Batch) -> list[DiagnosisRecord]:
@@ -65,19 +69,21 @@ class DiagnosisStep(Step):
             fg = None if batch.fg is None else batch.fg[r]
             sample = batch.samples.samples[index]
             source = sample.meta.get("source_id")
+            label, pred = int(batch.labels[r]), batch.pred(r)
             record = diagnose_sample(
                 index,
-                int(batch.labels[r]),
-                batch.pred(r),
+                label,
+                pred,
                 evidence,
                 fg,
-                self.groups,
+                self.fine,
                 self.settings,
                 sample.id,
                 None if source is None else str(source),
             )
             info = self.ctx.masks.sample_info(index) if self.ctx is not None and self.ctx.masks is not None else {}
-            out.append(replace(record, segmenter_info=dict(info)) if info else record)
+            fine_by_rule = {s: f.fine(label, pred) for s, f in self.alternatives.items()} if label != pred else {}
+            out.append(replace(record, segmenter_info=dict(info), fine_by_rule=fine_by_rule))
         return out
 
     def finish(self, records: list[SampleRecord]) -> StepSummary:
@@ -91,16 +97,19 @@ class DiagnosisStep(Step):
                 notes=[f"diagnosis skipped: {masks.failed}"],
                 log_records=False,
             )
-        from covar_harness.class_groups import class_groups_rule
         from covar_harness.diagnosis import DiagnosisRecord
-        from covar_harness.diagnosis_summary import summarise
+        from covar_harness.diagnosis_summary import fine_sensitivity, summarise
+        from covar_harness.fine_rules import parse_fine_rule
 
-        result = summarise(
-            [r for r in records if isinstance(r, DiagnosisRecord)], self.settings, self.groups is not None
-        )
+        assert self.fine is not None
+        diagnosed = [r for r in records if isinstance(r, DiagnosisRecord)]
+        result = summarise(diagnosed, self.settings, self.fine.applies)
+        applies = {s: f.applies for s, f in self.alternatives.items()}
         config = {
             **result.config,
-            "fine_rule": class_groups_rule(self.ctx.task, self.ctx.classnames),
+            "fine_rule": self.fine.description,
+            "fine": self.fine.record(parse_fine_rule(self.fine.spec).status),
+            "fine_sensitivity": fine_sensitivity(diagnosed, self.settings.rules[0], applies),
             "segmenter": masks.describe(),
             "headline_target": self._headline_target(),
             "by_rule": result.by_rule,

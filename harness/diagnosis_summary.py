@@ -187,6 +187,21 @@ def _target_rates(
     return out
 
 
+def fine_sensitivity(
+    records: list[DiagnosisRecord], headline_rule: str, applies: dict[str, bool]
+) -> dict[str, float | None]:
+    """Fine-Er under each fine-grained rule (``fine_by_rule``), with the headline driver rule's drivers: the share
+    of errors with a mask that are foreground-driven and fine-grained under that rule. The paper's rule is
+    unknown, so how far Fine-Er moves between reasonable rules is part of the measurement. Null where a rule has
+    nothing to go on for the task (``applies`` False) or there is no error with a mask."""
+    errors = [r for r in records if not r.correct and r.has_mask]
+    out: dict[str, float | None] = {}
+    for spec, ok in applies.items():
+        hits = [r.outcomes[headline_rule].driver == "fg" and r.fine_by_rule.get(spec, False) for r in errors]
+        out[spec] = sum(hits) / len(hits) if ok and hits else None
+    return out
+
+
 def diagnose(
     rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
 ) -> Diagnosis:
