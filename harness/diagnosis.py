@@ -33,10 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.class_groups import share_group
 from covar_harness.diagnosis_step import (  # re-exported: part of the public plugin contract (lives in diagnosis_step)
     DiagnosisStep as DiagnosisStep,
 )
+from covar_harness.fine_rules import DEFAULT as DEFAULT_FINE_RULE
+from covar_harness.fine_rules import LEGACY_DEFAULT_SETTING, is_fine, parse_fine_rule
 from covar_harness.flags import flag
 from covar_harness.pipeline import SampleRecord
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from covar_harness.attribution.records import AttributionRecord
+    from covar_harness.fine_rules import FineRelation
 
 ERROR_TYPES = ("bg", "fine", "other")
 
@@ -52,8 +54,9 @@ ERROR_TYPES = ("bg", "fine", "other")
 class DiagnosisSettings:
     """The diagnosis knobs: the one source of the ``--driver-rule`` / ``--fg-threshold`` defaults and help."""
 
+    # area first (the headline): the sanity suite's evidence (docs/design.md section 8); paper (inferred) beside it
     rules: tuple[str, ...] = field(
-        default=("paper",),
+        default=("area", "paper"),
         metadata=flag(
             "--driver-rule",
             "comma-separated: paper, area, shapley, counterfactual; the first is the headline",
@@ -65,7 +68,15 @@ class DiagnosisSettings:
         default=0.5,
         metadata=flag("--fg-threshold", "fg_fraction at or above which a decision is foreground-driven", type=float),
     )
-    fine_rule: str = "shared class group"  # recorded in the result
+    # when an error is fine-grained (fine_rules.py); checked and written canonically in __post_init__
+    fine_rule: str = field(
+        default="groups",
+        metadata=flag(
+            "--fine-rule",
+            "when an error is fine-grained: groups (the task's class_groups; inferred), wordnet-cap:N, "
+            "wordnet-lca:D, text-neighbours:K",
+        ),
+    )
     bootstrap: int = 1000
     seed: int = 0
     # the null of every importance-reading rule: each sample's cluster values permuted over its own clusters,
@@ -75,11 +86,14 @@ class DiagnosisSettings:
         metadata=flag("--null-draws", "permutation draws of the diagnosis null per sample (0: no null)", type=int),
     )
 
+    def __post_init__(self) -> None:
+        self.fine_rule = parse_fine_rule(self.fine_rule).spec  # a bad value: UsageError here, not mid-run
+
     def as_config(self) -> dict[str, Any]:
         return {
             "rules": list(self.rules),
             "threshold": self.threshold,
-            "fine_rule": self.fine_rule,
+            "fine_rule": LEGACY_DEFAULT_SETTING if self.fine_rule == DEFAULT_FINE_RULE else self.fine_rule,
             "null_draws": self.null_draws,
             "null": NULL_DESCRIPTION,
         }
@@ -266,6 +280,7 @@ class DiagnosisRecord(SampleRecord):
     area: float | None = None  # the object's share of the patch grid (mean foreground fraction); None: no mask
     cluster: str | None = None  # the sample's source object (``source_id``), the bootstrap's unit when known
     fine: bool = False  # label and prediction share a class group (a fine-grained confusion if an error)
+    fine_by_rule: dict[str, bool] = field(default_factory=dict)  # ``fine`` under each rule of fine_rules.SENSITIVITY
     segmenter_info: dict[str, Any] = field(default_factory=dict)  # what the segmenter said, e.g. {"n_boxes": 2}
 
     def log_fields(self) -> dict[str, Any]:
@@ -286,7 +301,7 @@ def diagnose_sample(
     pred: int,
     evidence: Evidence,
     fg: np.ndarray | None,
-    groups: dict[int, Any] | None,
+    groups: dict[int, Any] | FineRelation | None,
     settings: DiagnosisSettings,
     sample_id: str | None = None,
     cluster: str | None = None,
@@ -294,7 +309,7 @@ def diagnose_sample(
     """Driver and error type of one sample under each rule. Without a mask (``fg`` None) nothing is decided.
     ``sample_id`` seeds the null's draws (default: the index), ``cluster`` is the bootstrap unit."""
     correct = label == pred
-    fine = share_group(groups, label, pred)
+    fine = is_fine(groups, label, pred)
     outcomes = {}
     for name in settings.rules:
         rule_ = RULES[name]

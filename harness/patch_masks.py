@@ -41,15 +41,17 @@ class PatchMasks:
         self.failed: str | None = None  # why the segmenter stopped (e.g. its weights cannot be fetched offline)
         self.info: dict[int, dict[str, Any]] = {}  # per sample index: the segmenter's ``last_info`` entry
 
-    def for_batch(self, indices: Sequence[int]) -> list[np.ndarray | None]:
-        """(rows*cols,) float32 per index, raster order; None where the segmenter found no object.
+    def for_batch(self, indices: Sequence[int], classes: Sequence[int] | None = None) -> list[np.ndarray | None]:
+        """(rows*cols,) float32 per index, raster order; None where the segmenter found no object. ``classes``:
+        the class to segment per index (default each sample's label; the distractor check asks for predictions).
 
         A segmenter that fails (e.g. GroundedSAM weights unreachable) is not allowed to sink the zero-shot
         and attribution results: it is switched off, and the caller reports why instead of a diagnosis.
         """
         if self.failed is not None:
             return [None] * len(indices)
-        prompts = [self.classnames[self.samples.samples[i].label] for i in indices]
+        wanted = [self.samples.samples[i].label for i in indices] if classes is None else list(classes)
+        prompts = [self.classnames[c] for c in wanted]
         stage = "failed"
         try:
             masks = list(self.segmenter.masks(self.samples, list(indices), prompts))
@@ -62,6 +64,8 @@ class PatchMasks:
         except Exception as exc:  # noqa: BLE001 - any failure of a mask provider means: no diagnosis
             self._fail(stage, exc)
             return [None] * len(indices)
+        if classes is not None:  # another object than the label's: not the task's masks, so not counted as them
+            return out
         self.n_missing += sum(m is None for m in masks)
         about = getattr(self.segmenter, "last_info", None)  # optional: per-mask facts (GroundedSAM: n_boxes)
         if isinstance(about, list) and len(about) == len(indices):

@@ -15,6 +15,11 @@ PUBLISHED_CAPTION = (
     "Rows marked (paper, published) are figures published in the COVAR paper, not results of "
     "this harness: your COVAR copy, label space and prompts may differ from the paper's."
 )
+DIAGNOSIS_PUBLISHED_CAPTION = PUBLISHED_CAPTION + (
+    " Which rule turned the paper's attributions into BG-Er / Fine-Er is unknown: the harness's `paper` rule is"
+    " a reconstruction (inferred), and own rows use the headline rule their results name"
+    " (config.diagnosis.rules[0]; default `area`)."
+)
 CA_PUBLISHED_CAPTION = (
     "Rows marked (CounterAnimals paper, published) are figures published in that paper, not "
     "results of this harness: your copy of the data, label space and prompts may differ."

@@ -48,7 +48,8 @@ class Segmenter(Protocol):
     = object, grey values allowed for soft masks; or None when no object was found (the caller counts those).
     ``prompts[j]`` is the text describing the object of ``indices[j]`` (the label's class name); segmenters
     that do not need text ignore it. Implementations may also offer ``describe() -> dict`` (their settings,
-    recorded in results).
+    recorded in results), and say ``prompted = True`` when the mask follows the prompt (GroundedSAM): only then
+    can ``--distractors`` ask for the predicted class's object.
     """
 
     name: str

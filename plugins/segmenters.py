@@ -86,16 +86,19 @@ class GroundedSAMSegmenter:
     (and at least one token of the class name itself, not the special tokens or punctuation, exceeds this one:
     the box is about the prompt), ``multi_box`` (default True: the mask is the union of the SAM masks of every
     box that passes both thresholds, so every instance of the class is foreground; False: the best box only),
+    ``nms_iou`` (default 0.8, as Grounded-SAM's demo: of boxes overlapping more than this IoU only the best-scoring
+    one is kept, so ``n_boxes`` counts instances, not DINO's duplicate proposals; 1.0 keeps every box),
     ``prompts`` (a JSON file mapping class names to curated prompts; otherwise a WordNet-style name's first
     synonym is the prompt), ``device`` (default: cuda when available), ``batch_size`` (images per detector /
     SAM call), ``cache_dir`` (default ``~/.cache/covar-harness/masks`` or ``COVAR_HARNESS_MASK_CACHE``),
     ``cache`` (False: neither read nor write). The cache key covers the image pixels, the normalised prompt,
-    both model ids (plus file sizes and times for local folders), both thresholds, ``multi_box`` and a version
-    number. An object whose boxes all get an empty SAM mask is reported as not found (None), like a missing box.
+    both model ids (plus file sizes and times for local folders), both thresholds, ``multi_box``, ``nms_iou`` and a
+    version number. An object whose boxes all get an empty SAM mask is reported as not found (None), like a missing box.
     Each mask's number of boxes is kept (``last_info`` per call, a summary in ``describe()``).
     """
 
     name = "groundedsam"
+    prompted = True  # segments what the prompt names: it can find the predicted class too (distractors.py)
 
     def __init__(
         self,
@@ -110,8 +113,12 @@ class GroundedSAMSegmenter:
         cache: bool = True,
         multi_box: bool = True,
         prompts: str | Path | None = None,
+        nms_iou: float = 0.8,
     ):
         _check_arguments(batch_size, box_threshold, text_threshold, multi_box, cache)
+        if isinstance(nms_iou, bool) or not isinstance(nms_iou, (int, float)) or not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be a number in (0, 1], got {nms_iou!r}")
+        self.nms_iou = float(nms_iou)
         self.detector_id, self.sam_id = str(detector), str(sam)
         self.box_threshold, self.text_threshold = float(box_threshold), float(text_threshold)
         self.device, self.batch_size, self.multi_box = device, int(batch_size), bool(multi_box)
@@ -131,6 +138,7 @@ class GroundedSAMSegmenter:
             "box_threshold": self.box_threshold,
             "text_threshold": self.text_threshold,
             "multi_box": self.multi_box,
+            "nms_iou": self.nms_iou,
             "cache_version": CACHE_VERSION,
             "n_boxes": _box_summary(self.box_counts),
         }
@@ -190,6 +198,7 @@ class GroundedSAMSegmenter:
             box_threshold=self.box_threshold,
             text_threshold=self.text_threshold,
             multi_box=self.multi_box,
+            nms_iou=self.nms_iou,
         )
 
     # ---- models ----------------------------------------------------------------------------------------
@@ -259,6 +268,7 @@ class GroundedSAMSegmenter:
         """probs (Q, L) token probabilities, boxes (Q, 4) normalised cx, cy, w, h; size (W, H). The boxes that
         pass both thresholds and are not empty, best score first."""
         import torch
+        from torchvision.ops import nms
 
         scores = probs.max(dim=-1).values
         word_probs = probs[:, : words.shape[0]][:, words]
@@ -266,7 +276,11 @@ class GroundedSAMSegmenter:
         corners = _corners(boxes, size)
         valid = (scores > self.box_threshold) & (word_scores > self.text_threshold)
         valid &= (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
-        order = [int(q) for q in torch.argsort(scores, descending=True, stable=True) if bool(valid[q])]
+        kept = torch.nonzero(valid).flatten()
+        # duplicates of one instance (DINO proposes several boxes per object) collapse to the best-scoring one, so
+        # n_boxes counts instances; 1.0 keeps every box
+        keep = kept[nms(corners[kept].float(), scores[kept].float(), self.nms_iou)] if self.nms_iou < 1.0 else kept
+        order = sorted((int(q) for q in keep), key=lambda q: (-float(scores[q]), q))
         return [[float(v) for v in corners[q]] for q in order]
 
     def _segment_boxes(self, images: list[Image.Image], boxes: list[list[list[float]]]) -> list[Image.Image | None]:

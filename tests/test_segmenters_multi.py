@@ -235,3 +235,22 @@ def test_task_yaml_diagnose_must_be_a_bool(tmp_path):
     assert plain.diagnose is None and "diagnose" not in plain.as_dict()  # recorded tasks unchanged
     with pytest.raises(TaskConfigError, match="diagnose.*true or false"):
         load_task_file(write_task_yaml(tmp_path / "b.yaml", "toy/b", images, diagnose="yes"))
+
+
+def test_duplicate_boxes_of_one_instance_count_once(tmp_path, catalog, tiny):
+    """DINO proposes near-identical boxes for one object: NMS (nms_iou 0.8, Grounded-SAM's demo value) keeps the
+    best of them, so n_boxes counts instances; the union mask is the same either way; 1.0 keeps every box."""
+    near_left = (0.26, 0.5, 0.25, 0.5)  # IoU with LEFT ~0.92
+    boxes = ((LEFT, 3.0), (near_left, 2.5), (RIGHT, 2.0))
+    samples = make_samples(tmp_path, sizes=((32, 32),))
+    counts = {}
+    for iou in (0.8, 1.0):
+        settings = grounded_settings(tiny, cache_dir=str(tmp_path / f"cache{iou}"), nms_iou=iou)
+        seg = planted(choose_segmenter("groundedsam", samples, catalog, settings), boxes)
+        mask = np.asarray(seg.masks(samples, [0], ["cat"])[0]) > 0
+        assert mask[16, 8] and mask[16, 24]
+        counts[iou] = seg.last_info[0]["n_boxes"]
+        assert seg.describe()["nms_iou"] == iou
+    assert counts == {0.8: 2, 1.0: 3}
+    with pytest.raises(ValueError, match="nms_iou"):
+        choose_segmenter("groundedsam", samples, catalog, grounded_settings(tiny, nms_iou=0.0))

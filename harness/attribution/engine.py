@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.adapter import adapter_name, n_blocks
@@ -100,6 +100,20 @@ def cluster_patterns(assignments: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     return patterns & valid[..., None], valid
 
 
+def normalize_tokens(tokens: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, N, C) tokens as k-means sees them (``--cci-normalize``): ``none`` as given; ``l2`` unit length per token
+    (clusters by direction: token norms vary a lot across a ViT's patches); ``ln`` zero mean, unit variance over
+    channels per token, without the affine part (what the next block's pre-norm sees)."""
+    import torch.nn.functional as F
+
+    normalizers = {
+        "none": lambda t: t,
+        "l2": lambda t: F.normalize(t, dim=-1),
+        "ln": lambda t: F.layer_norm(t, t.shape[-1:]),
+    }
+    return normalizers[how](tokens)
+
+
 def cluster(
     adapter: Any,
     pixels: torch.Tensor,
@@ -110,7 +124,7 @@ def cluster(
     settings: CCISettings,
 ) -> ClusterBatch:
     """Patch tokens -> k-means clusters -> leave-one-out patterns, and s = cos(image, text)."""
-    tokens = patch_tokens(adapter, pixels, settings.layer)
+    tokens = normalize_tokens(patch_tokens(adapter, pixels, settings.layer), settings.normalize)
     km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
     patterns, valid = cluster_patterns(km.labels, settings.k)
     emb, text = emb.float(), text.float().to(emb.device)
@@ -165,7 +179,7 @@ def attribute(
     main = strategy.patterns(batch)
     regional, masked = _region_part(fg, classifier, main, settings)
     allp = main if regional is None else torch.cat([main, regional], dim=1)
-    without, ran = encode_patterns(adapter, pixels, allp, batch.emb.shape[-1]) if allp.shape[1] else (None, None)
+    batch, without, ran = _encode_all(adapter, pixels, batch, allp)
     n = main.shape[1]
     ours = (without[:, :n], ran[:, :n]) if n and without is not None and ran is not None else (None, None)
     scores = strategy.scores(batch, *ours)
@@ -192,6 +206,34 @@ def attribute(
     )
 
 
+def _encode_all(
+    adapter: Any, pixels: torch.Tensor, batch: ClusterBatch, allp: torch.Tensor
+) -> tuple[ClusterBatch, torch.Tensor | None, torch.Tensor | None]:
+    """The one removal call for every pattern of the batch: (batch, embeddings, ran). In bf16/fp16 an all-False
+    pattern rides along and the batch's reference embedding and s are read from it (``reference_from_removal``)."""
+    import torch
+
+    if not allp.shape[1]:
+        return batch, None, None
+    reference = reference_from_removal(adapter)
+    if reference:
+        allp = torch.cat([allp, torch.zeros_like(allp[:, :1])], dim=1)
+    without, ran = encode_patterns(adapter, pixels, allp, batch.emb.shape[-1])
+    if not reference:
+        return batch, without, ran
+    ref = without[:, -1].to(batch.emb.device)
+    return replace(batch, emb=ref, s=(ref * batch.text).sum(dim=-1)), without[:, :-1], ran[:, :-1]
+
+
+def reference_from_removal(adapter: Any) -> bool:
+    """Whether s (the similarity every I_k is relative to) is read from the removal path (an all-False pattern)
+    instead of ``encode_images``: in bf16/fp16 the two code paths round differently, and that difference would
+    bias every I_k; in fp32 they agree to ~1e-6 and the extra pattern is skipped."""
+    import torch
+
+    return getattr(adapter, "dtype", None) in (torch.bfloat16, torch.float16)
+
+
 def _alt_importance(
     strategy: Attributor,
     batch: ClusterBatch,
@@ -201,8 +243,6 @@ def _alt_importance(
     """The attributor's importances for the other target, from the embeddings already computed: the batch
     with the other target's text (and its s) in place, scored again. Why: a second removal pass would cost
     K+1 model calls for numbers the first pass already holds."""
-    from dataclasses import replace
-
     _, target, text = alt
     text = text.float().to(batch.emb.device)
     other = replace(batch, text=text, target=target, s=(batch.emb * text).sum(dim=-1))
@@ -221,7 +261,9 @@ def check_model(adapter: Any, settings: CCISettings, method: str | type[Attribut
             f"(patch grid {'x'.join(map(str, adapter.patch_grid))}); use --cci-k <= {n}"
         )
     blocks = n_blocks(adapter)
-    if blocks is not None and not -blocks <= settings.layer < blocks:
+    if settings.layer == "embed":
+        return
+    if blocks is not None and not -blocks <= int(settings.layer) < blocks:
         raise ValueError(
             f"--cci-layer {settings.layer} is out of range for {adapter_name(adapter)}, which has "
             f"{blocks} blocks (use {-blocks}..{blocks - 1})"

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.adapter import can_remove_all_patches, check_shape, patch_grid, supports_pattern_batches, takes_layer
+from covar_harness.adapter import (
+    can_remove_all_patches,
+    check_shape,
+    implements,
+    patch_grid,
+    supports_pattern_batches,
+    takes_layer,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -20,10 +27,15 @@ if TYPE_CHECKING:
 PATTERN_ROWS = 64  # rows per call (at least the batch size) when patterns are flattened for a (B, N) adapter
 
 
-def patch_tokens(adapter: Any, pixels: torch.Tensor, layer: int) -> torch.Tensor:
-    """The adapter's patch tokens at ``layer`` (float32). Older adapters without a ``layer`` argument give the
-    last block only; asking them for another layer is an error that ``layer_supported`` catches up front.
+def patch_tokens(adapter: Any, pixels: torch.Tensor, layer: int | str) -> torch.Tensor:
+    """The adapter's patch tokens at ``layer`` (float32); ``"embed"``: the tokens entering the first block
+    (``input_tokens``). Older adapters without a ``layer`` argument give the last block only; asking them for
+    another layer is an error that ``layer_supported`` catches up front.
     The result must be (B, N, C) with N = rows * cols of ``patch_grid`` (else AdapterContractError)."""
+    if layer == "embed":
+        tokens = adapter.input_tokens(pixels)
+        check_shape(adapter, "input_tokens", tokens, (pixels.shape[0], grid_size(adapter), None))
+        return tokens.float()
     if layer == -1 and not layer_supported(adapter):
         tokens = adapter.patch_tokens(pixels)
     else:
@@ -38,9 +50,12 @@ def grid_size(adapter: Any) -> int:
     return rows * cols
 
 
-def layer_supported(adapter: Any) -> bool:
-    """Whether the adapter's ``patch_tokens`` takes ``layer=`` (older adapters give the last block only)."""
-    return takes_layer(adapter)
+def layer_supported(adapter: Any, layer: int | str = 0) -> bool:
+    """Whether the adapter gives tokens at ``layer``: ``"embed"`` needs ``input_tokens``; another block than the
+    last needs a ``patch_tokens`` taking ``layer=`` (older adapters give the last block only)."""
+    if layer == "embed":
+        return implements(adapter, "input_tokens")
+    return layer == -1 or takes_layer(adapter)
 
 
 def encode_patterns(

@@ -10,6 +10,7 @@ the seed, which samples are attributed, and the k-means restarts / iterations. N
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,23 @@ MAX_N_INIT = 100  # k-means restarts run side by side: memory grows with them
 MAX_ITERS = 10_000  # Lloyd stops at convergence long before; a cap only bounds a runaway setting
 TARGETS = ("pred", "label")
 ATTRIBUTE_ON = ("all", "errors")
+NORMALIZE = ("none", "l2", "ln")
+EMBED = "embed"  # --cci-layer embed: input-level tokens (adapter member ``input_tokens``)
 FLAG_PREFIX = "cci_"  # parsed `run` flags land under args.cci_<field>: CCISettings.from_args reads them there
 
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def layer_value(text: str) -> int | str:
+    """A ``--cci-layer`` value: a block index, or ``embed``; anything else is argparse's one-line error (exit 2)."""
+    if text.strip().lower() == EMBED:
+        return EMBED
+    try:
+        return int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"must be a block index (e.g. -1, 6) or {EMBED!r}, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -35,9 +48,20 @@ class CCISettings:
 
     # clusters per image (S7 code and the paper's likely value; S8 suggests 8 is also used)
     k: int = field(default=7, metadata=flag("--cci-k", "clusters per image", "{}", type=int))
-    # which block's patch tokens are clustered; -1 = last block
-    layer: int = field(
-        default=-1, metadata=flag("--cci-layer", "block whose patch tokens are clustered", "{}, last", type=int)
+    # which block's patch tokens are clustered; -1 = last block; "embed" = the first block's input (after the
+    # pre-norm), the choice of the only public CCI code
+    layer: int | str = field(
+        default=-1,
+        metadata=flag(
+            "--cci-layer",
+            "block whose patch tokens are clustered (an index, or 'embed': the tokens entering the first block)",
+            "{}, last",
+            type=layer_value,
+        ),
+    )
+    # tokens as k-means sees them: raw, L2-normalised per token, or layer-normed without affine (per token)
+    normalize: str = field(
+        default="none", metadata=flag("--cci-normalize", "token normalisation before k-means", "{}", choices=NORMALIZE)
     )
     # class whose text is explained: predicted class or ground-truth label
     target: str = field(default="pred", metadata=flag("--cci-target", "class explained", "{}", choices=TARGETS))
@@ -81,8 +105,10 @@ class CCISettings:
             raise UsageError(f"--cci-k must be >= 2 (one cluster would remove every patch), got {self.k}")
         if self.k > MAX_K:
             raise UsageError(f"--cci-k {self.k} is more than {MAX_K} clusters; use --cci-k 2..{MAX_K}")
-        if not is_int(self.layer):
-            raise UsageError(f"--cci-layer must be an integer block index, got {self.layer!r}")
+        if not is_int(self.layer) and self.layer != EMBED:
+            raise UsageError(f"--cci-layer must be an integer block index or {EMBED!r}, got {self.layer!r}")
+        if self.normalize not in NORMALIZE:
+            raise UsageError(f"--cci-normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
         if self.target not in TARGETS:
             raise UsageError(f"--cci-target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.attribute_on not in ATTRIBUTE_ON:

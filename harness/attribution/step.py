@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import Attributor, find_attributor
-from covar_harness.attribution.engine import attribute, check_model, sample_seed
+from covar_harness.attribution.engine import attribute, check_model, reference_from_removal, sample_seed
 from covar_harness.attribution.maps import MapWriter
 from covar_harness.attribution.records import AttributionRecord, short
 from covar_harness.attribution.regions import OUTCOMES
@@ -79,9 +79,13 @@ class AttributionStep(Step):
             self.active, self.status, self.reason = False, "off", auto_why
         elif not supported:
             self.active, self.status, self.reason = False, "skipped", why
-        elif self.settings.layer != -1 and not layer_supported(ctx.adapter):
+        elif not layer_supported(ctx.adapter, self.settings.layer):
             self.active, self.status = False, "skipped"
-            self.reason = f"patch_tokens of this adapter takes no layer argument (--cci-layer {self.settings.layer})"
+            self.reason = (
+                "this adapter gives no input-level tokens (input_tokens; --cci-layer embed)"
+                if self.settings.layer == "embed"
+                else f"patch_tokens of this adapter takes no layer argument (--cci-layer {self.settings.layer})"
+            )
         if self.active:
             check_model(ctx.adapter, self.settings, self.attributor)
             self.auto_reason = auto_why if self.only_with_masks and not ctx.samples.has_masks else None
@@ -175,6 +179,8 @@ class AttributionStep(Step):
         else:
             config["summary"] = summarise([r for r in records if isinstance(r, AttributionRecord)], self.n_seen)
             config.update(self.attributor().config(adapter, self.settings))
+            from_removal = reference_from_removal(adapter)
+            config["s_from"] = "removal path (all-False pattern)" if from_removal else "encode_images"
             empty = can_remove_all_patches(adapter)
             config["counterfactual_empty_region"] = "prefix-only forward" if empty else "undefined (None)"
             if self.maps is not None:
@@ -200,6 +206,7 @@ def summarise(records: list[AttributionRecord], n_seen: int) -> dict[str, Any]:
                 "median_s": short(statistics.median(r.cci.s for r in records)),
                 "share_top_cluster_positive": short(sum(m > 0 for m in maxima) / len(maxima)),
                 "mean_empty_clusters": short(statistics.fmean(r.cci.k - len(set(r.cci.assignments)) for r in records)),
+                **_cluster_shares(records),
             }
         )
     tested = [r.counterfactual.outcome for r in records if r.counterfactual is not None]
@@ -210,3 +217,18 @@ def summarise(records: list[AttributionRecord], n_seen: int) -> dict[str, Any]:
             "undefined": tested.count(None),
         }
     return out
+
+
+def _cluster_shares(records: list[AttributionRecord]) -> dict[str, float]:
+    """How evenly k-means split the images: mean share of patches in each image's largest and smallest non-empty
+    cluster. Why: a layer or normalisation that puts most patches in one cluster explains little (the per-image
+    sizes are in the log's ``assignments``)."""
+    from collections import Counter
+
+    sizes = [sorted(Counter(r.cci.assignments).values()) for r in records if r.cci.assignments]
+    if not sizes:
+        return {}
+    return {
+        "mean_largest_cluster_share": short(statistics.fmean(s[-1] / sum(s) for s in sizes)),
+        "mean_smallest_cluster_share": short(statistics.fmean(s[0] / sum(s) for s in sizes)),
+    }
