@@ -113,6 +113,12 @@ class BaseAdapter:
         ``patch_grid`` in raster order, without prefix tokens (CLS). CCI clusters these."""
         raise NotImplementedError(f"{type(self).__name__} has no attribution capability (patch_tokens)")
 
+    def input_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Optional. (B, 3, H, W) -> (B, N, C) patch tokens as the first block receives them (after position
+        embeddings and the pre-norm, where the tower has one), raster order, without prefix tokens. What
+        ``--cci-layer embed`` clusters: the input-level choice of the only public CCI code."""
+        raise NotImplementedError(f"{type(self).__name__} does not give input-level tokens (input_tokens)")
+
     def encode_images_without(
         self, pixels: torch.Tensor, drop: torch.Tensor, *, allow_empty: bool = False
     ) -> torch.Tensor:
@@ -121,6 +127,15 @@ class BaseAdapter:
         (B, K, N) -> (B, K, D) only when ``supports_pattern_batches``; ``allow_empty=True`` only when
         ``can_remove_all_patches``. Removal, not pixel greying: see docs/design.md section 7."""
         raise NotImplementedError(f"{type(self).__name__} has no attribution capability (encode_images_without)")
+
+    def attention_trace(self, pixels: torch.Tensor) -> Any:
+        """(B, 3, H, W) -> a ``covar_harness.attribution.attention_trace.Trace``: ONE differentiable forward of a
+        ViT tower keeping in the autograd graph the embedding (as :meth:`encode_images` gives it), every block's
+        attention probabilities (B, heads, T, T), the last block's input tokens and the attention that reads the
+        embedding out. The gradient and attention baselines (``gradcam``, ``rollout``, ``chefer``,
+        ``grad-eclip``) need it; without it they say so and skip the model. An instance whose model cannot trace
+        (a convolutional tower) sets it to None. Must not run under ``inference_mode``."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention trace")
 
 
 class AdapterContractError(RuntimeError):
@@ -184,6 +199,11 @@ def attribution_support(obj: Any) -> tuple[bool, str]:
     return True, ""
 
 
+def has_attention_trace(obj: Any) -> bool:
+    """Whether ``attention_trace`` is really there (not the base class's placeholder, not set to None)."""
+    return implements(obj, "attention_trace") and callable(getattr(obj, "attention_trace", None))
+
+
 def supports_pattern_batches(obj: Any) -> bool:
     """Whether ``encode_images_without`` takes (B, K, N) drop patterns: only when the adapter declares it."""
     return getattr(obj, "supports_pattern_batches", False) is True
@@ -236,6 +256,7 @@ class Capabilities:
     takes_layer: bool
     pattern_batches: bool
     remove_all_patches: bool
+    attention_trace: bool = False  # ``attention_trace`` exists: the gradient / attention baselines can run
 
 
 def capabilities(obj: Any) -> Capabilities:
@@ -254,6 +275,7 @@ def capabilities(obj: Any) -> Capabilities:
         takes_layer(obj) if supported else False,
         supports_pattern_batches(obj),
         can_remove_all_patches(obj),
+        has_attention_trace(obj),
     )
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
 from covar_harness.cli_reporting import add_export, add_init_leaderboard, add_leaderboard, add_report, add_validate
-from covar_harness.cli_tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags
+from covar_harness.cli_tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags, rise_flags
 from covar_harness.diagnosis import DiagnosisSettings
+from covar_harness.distractors import DistractorSettings
 from covar_harness.flags import cli_flags
 from covar_harness.models import PRECISIONS
 from covar_harness.registry import UsageError
@@ -83,6 +84,8 @@ def _add_run_analysis(p) -> None:
     )
     for flag, options in cci_flags(prefix=CCI_PREFIX):  # defaults and help text: attribution.CCISettings
         at.add_argument(flag, **options)
+    for flag, options in rise_flags():  # --rise-*: attribution.rise.RISESettings (used by --attribution rise)
+        at.add_argument(flag, **options)
     at.add_argument(
         "--save-maps",
         default=None,
@@ -106,6 +109,8 @@ def _add_run_analysis(p) -> None:
         "box_threshold=0.35, text_threshold=0.25, multi_box=false, detector=PATH, sam=PATH, prompts=FILE.json",
     )
     for flag, options in cli_flags(DiagnosisSettings, prefix="diagnosis_"):  # defaults: DiagnosisSettings
+        dg.add_argument(flag, **options)
+    for flag, options in cli_flags(DistractorSettings, prefix="distractors_"):  # defaults: DistractorSettings
         dg.add_argument(flag, **options)
 
 

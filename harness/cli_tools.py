@@ -1,4 +1,4 @@
-"""Parsers of the standalone tools: explain, build-covar, sanity, faithfulness; and ``cci_flags``.
+"""Parsers of the standalone tools: explain, build-covar, sanity, faithfulness; ``cci_flags`` and ``rise_flags``.
 
 Argparse only, nothing heavy at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from covar_harness.attribution.rise import rise_flags
 from covar_harness.attribution.settings import DEFAULTS as CCI_DEFAULTS
 from covar_harness.attribution.settings import CCISettings
 from covar_harness.flags import cli_flags
@@ -105,8 +106,15 @@ def add_faithfulness(sub) -> None:
     p.add_argument("--target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
     p.add_argument("--no-token-removal", action="store_true", help="skip the token-removal curves")
     p.add_argument("--k", type=int, default=CCI_DEFAULTS.k, help="clusters for cluster methods (default: %(default)s)")
+    for flag, options in rise_flags():  # --rise-masks, --rise-cell, ...: defaults from RISESettings
+        p.add_argument(flag, **options)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")
     p.add_argument("--output-dir", default=Path("faithfulness"), type=Path, help="default: %(default)s")
+    p.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="also write each sample's deletion / insertion curves to <method>.samples.jsonl beside its JSON",
+    )
     p.add_argument("--data-dir", default=None, type=Path, help="dataset root (default: $COVAR_HARNESS_DATA)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
     p.add_argument("--cache-dir", default=None, help="model weight cache")

@@ -60,11 +60,13 @@ def prepare_run(args: Namespace) -> PreparedRun:
         cache_dir=args.cache_dir,
         steps=_analysis_steps(args, catalog),
         diagnosis=_diagnosis_settings(args),
+        distractors=_distractor_settings(args),
         segmenter=args.segmenter,
         segmenter_settings=_segmenter_settings(args, catalog),
         shard=shard,
         text_cache=default_text_cache(getattr(args, "text_cache", None)),
         checkpoint_every=getattr(args, "checkpoint_every", 0),
+        dist_timeout=getattr(args, "dist_timeout", 3600.0),
     )
     plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
     if getattr(args, "save_maps", None) and not args.dry_run:
@@ -98,9 +100,14 @@ def _analysis_steps(args: Namespace, catalog) -> list:
     auto = name == "auto"
     entry = catalog.attributors.entry("cci" if auto else name)
     settings = AttributionSettings(entry.name, CCISettings.from_args(args), getattr(args, "save_maps", None), auto)
-    from covar_harness.plugin_manager import call_with_accepted
+    from covar_harness.attribution.rise import RISESettings
+    from covar_harness.plugin_manager import call_with_accepted, keywords_of
 
-    return [call_with_accepted(entry.item, **settings.flat())]  # third-party factories take what they accept
+    offered = settings.flat()
+    rise = RISESettings.from_args(args)  # --rise-*: checked whatever the method, offered to a factory naming it
+    if "rise" in keywords_of(entry.item).names:
+        offered["rise"] = rise
+    return [call_with_accepted(entry.item, **offered)]  # third-party factories take what they accept
 
 
 def _segmenter_settings(args: Namespace, catalog) -> dict:
@@ -111,6 +118,14 @@ def _segmenter_settings(args: Namespace, catalog) -> dict:
     settings = parse_segmenter_opts(getattr(args, "segmenter_opt", None))
     check_segmenter_settings(getattr(args, "segmenter", "auto"), catalog, settings)
     return settings
+
+
+def _distractor_settings(args: Namespace):
+    """``--distractors`` / ``--distractor-share`` (flags and defaults from ``DistractorSettings``), checked."""
+    from covar_harness.distractors import DistractorSettings
+    from covar_harness.flags import from_args
+
+    return DistractorSettings(**from_args(DistractorSettings, args, "distractors_"))
 
 
 def _diagnosis_settings(args: Namespace):
@@ -132,7 +147,8 @@ def _diagnosis_settings(args: Namespace):
     draws = defaults.null_draws if draws is None else draws
     if not 0 <= draws <= 10_000:
         raise UsageError("--null-draws must be in [0, 10000]")
-    return DiagnosisSettings(rules=rules, threshold=threshold, seed=args.seed, null_draws=draws)
+    fine_rule = getattr(args, "diagnosis_fine_rule", None) or defaults.fine_rule  # checked by DiagnosisSettings
+    return DiagnosisSettings(rules=rules, threshold=threshold, seed=args.seed, null_draws=draws, fine_rule=fine_rule)
 
 
 def _run_with_progress(models, tasks, catalog, options, plan):
@@ -174,14 +190,14 @@ def _print_summary(out, outcomes) -> None:
     """One row per pair (errors cut short), then each distinct error once, in full, with the pairs it hit."""
     rows = []
     for o in outcomes:
-        acc = o.metrics.get("acc1")
+        acc = o.metrics.get(o.headline)
         detail = str(o.path) if o.status == "done" else o.error or str(o.path)
         rows.append(
             [
                 o.model,
                 o.task,
                 o.status,
-                "-" if acc is None else f"{100 * acc:.1f}",
+                "-" if acc is None else f"{100 * acc:.1f} {o.headline}" if o.headline != "acc1" else f"{100 * acc:.1f}",
                 str(o.n_failed) if o.status == "done" else "",
                 detail,
             ]
@@ -189,7 +205,7 @@ def _print_summary(out, outcomes) -> None:
     print_rows(
         out,
         "run summary",
-        ["model", "task", "status", "acc1", "n_failed", "result / reason"],
+        ["model", "task", "status", "headline (acc1 unless named)", "n_failed", "result / reason"],
         rows,
         right=(3, 4),
         truncate={"result / reason": SUMMARY_ERROR_WIDTH},

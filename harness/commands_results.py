@@ -28,11 +28,11 @@ def cmd_leaderboard(args: Namespace) -> int:
     err = _console(stderr=True)
     for path, why in loaded.invalid:
         err.print(f"[yellow]skipped invalid result {markup(path)}: {markup(why)}[/yellow]")
-    if not loaded.records and args.reference is None:
+    if not loaded.records and not loaded.faithfulness and args.reference is None:
         raise UsageError(f"no valid result files under {one_line(args.results_dir)}")
-    if not loaded.records:
+    if not loaded.records and not loaded.faithfulness:
         err.print(f"[yellow]no valid result files under {markup(args.results_dir)}: published rows only[/yellow]")
-    tables = lb.build_tables(loaded.records, args.reference)
+    tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
     try:
         if args.format == "table":
             lb.render_rich(tables, _console())
@@ -40,9 +40,9 @@ def cmd_leaderboard(args: Namespace) -> int:
         elif args.format == "markdown":
             write_stdout(lb.render_markdown(tables))
         elif args.format == "csv":
-            write_stdout(lb.render_csv(loaded.records, args.reference))
+            write_stdout(lb.render_csv(loaded.records, args.reference, loaded.faithfulness))
         else:
-            write_stdout(lb.render_json(loaded.records, tables, args.reference) + "\n")
+            write_stdout(lb.render_json(loaded.records, tables, args.reference, loaded.faithfulness) + "\n")
     except BrokenPipeError:
         return stdout_closed()
     return 0
@@ -74,7 +74,7 @@ def cmd_validate(args: Namespace) -> int:
         for path in files:
             try:
                 obj = results.load(path)
-                errors = validation.validate(obj)
+                errors = validation.validate_any(obj)  # classification or faithfulness results
                 if strict is not None and not errors:
                     errors = strict.problems(path, obj)
             except Exception as exc:  # noqa: BLE001 - one line per unusable file, never a traceback

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,8 @@ from covar_harness.adapter import adapter_family
 from covar_harness.batches import iterate_batches
 from covar_harness.console import markup, safe
 from covar_harness.data import SampleSet, open_task_data
+from covar_harness.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone
+from covar_harness.distributed import provenance as dist_provenance
 from covar_harness.interrupt import INTERRUPT
 from covar_harness.pair import _batch_loop, _classnames_ref, _sample_rows, _task_record, _zero_shot_record
 from covar_harness.partfiles import part_path
@@ -78,6 +80,9 @@ class RunOptions:
     shard: tuple[int, int] | None = None  # (i, n): only the i-th of n shards of the pairs (plan.shard_pairs)
     text_cache: Path | None = None  # persistent class-text embeddings (text_cache.py); None: in memory only
     checkpoint_every: int = 0  # batches between appends to the pair's part file (partfiles.py); 0: no part file
+    dist_timeout: float = 3600.0  # seconds a rank waits for the others (distributed.py)
+    world: Any = None  # distributed.World of a torchrun / accelerate job; None: from the environment in ``run``
+    distractors: Any = None  # covar_harness.distractors.DistractorSettings; None or not enabled: no check
 
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
@@ -91,6 +96,8 @@ class RunOptions:
             "steps": steps,
             "diagnosis": diagnosis,
         }
+        if self._distractors_on():  # recorded only when on: results written before the check existed still resume
+            settings["distractors"] = self.distractors.as_config()
         return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
 
     def diagnosis_step(self) -> Any:
@@ -104,7 +111,15 @@ class RunOptions:
     def analysis_steps(self) -> list[Any]:
         """The pipeline of every pair: the analysis steps, then the diagnosis that reads their records."""
         diagnosis = self.diagnosis_step()
-        return [*self.steps, *([diagnosis] if diagnosis is not None else [])]
+        after: list[Any] = [] if diagnosis is None else [diagnosis]
+        if diagnosis is not None and self._distractors_on():
+            from covar_harness.distractors import DistractorStep
+
+            after.append(DistractorStep(self.distractors))
+        return [*self.steps, *after]
+
+    def _distractors_on(self) -> bool:
+        return self.diagnosis is not None and getattr(self.distractors, "enabled", False) is True
 
 
 @dataclass
@@ -117,6 +132,7 @@ class PairOutcome:
     error: str = ""
     n_failed: int = 0
     advice: str = ""  # what to do about the error, the same for every pair it hits (print once)
+    headline: str = "acc1"  # the task's headline metric: what the progress line and the summary show
 
 
 # ---- one model x task ----------------------------------------------------------------------------------
@@ -128,7 +144,16 @@ def task_classnames(cfg: TaskConfig, samples: SampleSet) -> list[str]:
     return list(names)
 
 
-def task_templates(cfg: TaskConfig) -> list[str]:
+def task_templates(cfg: TaskConfig, samples: SampleSet | None = None) -> list[str]:
+    """``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark webdataset root's); before the
+    data is open (the run plan) that is an empty list."""
+    if cfg.templates == "dataset":
+        if samples is None:
+            return []
+        shipped = list(getattr(samples, "templates", None) or [])
+        if not shipped:
+            raise ValueError(f"task {cfg.task!r} says templates: dataset, but its dataset ships no templates")
+        return shipped
     base = cfg.source.parent if cfg.source else None
     return list(load_list("templates", cfg.templates, base))
 
@@ -154,7 +179,7 @@ def open_pair(
 ) -> PairContext:
     """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings."""
     samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
-    classnames, templates = task_classnames(cfg, samples), task_templates(cfg)
+    classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
     bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
     if bad:
         raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
@@ -174,6 +199,10 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log.
     ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches)."""
+    from covar_harness import retrieval  # retrieval tasks (task_kind of their format): recall@k, no classifier
+
+    if retrieval.is_retrieval_task(cfg, catalog):
+        return retrieval.evaluate_retrieval(adapter, cfg, catalog, options, reporter)
     ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec)
     pipeline = Pipeline(options.analysis_steps())
     pipeline.start(ctx)
@@ -213,10 +242,13 @@ def run(
     ``plan`` comes from :func:`covar_harness.plan.plan_run` (the CLI makes it before anything expensive);
     without it, it is made here, with the same checks.
     """
+    from covar_harness.distributed import agree_token, detect_world
     from covar_harness.plan import plan_run
 
     reporter = reporter or Reporter()
     plan = plan if plan is not None else plan_run(models, tasks, catalog, options)
+    if options.world is None:  # under torchrun: the ranks agree on this run's token before any pair
+        options = replace(options, world=agree_token(detect_world(timeout=options.dist_timeout)))
     outcomes: list[PairOutcome] = []
     with INTERRUPT.installed():
         for ref in _unique_refs(plan):
@@ -263,7 +295,7 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     """Load one model, run all its pending pairs; a model that fails to load fails its pairs with one message."""
     from covar_harness.models import load_model, resolve_device
 
-    device = resolve_device(options.device)
+    device = options.world.device(resolve_device(options.device))
     handle = reporter.task(f"loading {markup(ref.spec)}", None)
     try:
         adapter = load_model(ref.spec, device, options.precision, options.cache_dir, catalog)
@@ -279,7 +311,9 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     finally:
         reporter.done(handle)
     store = store_for(ref.spec, adapter, options.text_cache, options.precision)
-    model = _ModelRun(ref, adapter, device, catalog, options, ClassifierCache(adapter, store), reporter)
+    world = options.world
+    classifiers = SharedClassifiers(adapter, store, world) if world.active else ClassifierCache(adapter, store)
+    model = _ModelRun(ref, adapter, device, catalog, options, classifiers, reporter)
     return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
 
 
@@ -292,27 +326,47 @@ def one_line(exc: BaseException) -> str:
 def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
     """Everything one pair does, writing included, inside one handler: a failing pair never stops the run."""
     spec, options = model.ref.spec, model.options
-    started = results.now()
+    started, part = results.now(), part_path(path)
+    sync = PairSync.of(options.world, part) if options.world is not None and options.world.active else None
+    if isinstance(model.classifiers, SharedClassifiers):
+        model.classifiers.sync = sync
     try:
-        part = part_path(path)
+        if sync is not None:
+            sync.begin(options.checkpoint_every)
         record = evaluate_task(
             model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part
         )
-        out = _result_object(model, record, started)
+        out = _result_object(model, record, started, sync)
         if options.log_samples:
             results.write_jsonl(results.samples_path(path), record["samples"])
         results.write_json(path, out)  # last: its existence marks the pair done
-        remove_part(part)
+        if sync is not None:
+            sync.cleanup()
+        else:
+            remove_part(part)
+    except ShareDone as done:  # a rank other than 0: rank 0 merged the shares and wrote the result
+        task, metrics = done.result.get("task", {}), done.result.get("metrics", {})
+        headline = task.get("headline") or "acc1"
+        return PairOutcome(spec, cfg.task, "done", path, metrics, n_failed=task.get("n_failed", 0), headline=headline)
     except Exception as exc:
         INTERRUPT.check()
         log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())
-        return PairOutcome(spec, cfg.task, "failed", path, error=one_line(exc))
-    return PairOutcome(spec, cfg.task, "done", path, out["metrics"], n_failed=len(record["failed_files"]))
+        error = one_line(exc)
+        if sync is not None:  # the same one line on every rank, naming the rank that failed
+            error = str(exc) if isinstance(exc, RankFailed) else f"rank {sync.world.rank}: {error}"
+            sync.fail(error)
+        return PairOutcome(spec, cfg.task, "failed", path, error=error)
+    headline = out["task"].get("headline") or "acc1"
+    return PairOutcome(
+        spec, cfg.task, "done", path, out["metrics"], n_failed=len(record["failed_files"]), headline=headline
+    )
 
 
-def _result_object(model: _ModelRun, record: dict[str, Any], started: str) -> dict[str, Any]:
+def _result_object(
+    model: _ModelRun, record: dict[str, Any], started: str, sync: PairSync | None = None
+) -> dict[str, Any]:
     """The result file's content (docs/design.md section 6): model, task, metrics with intervals, settings,
-    provenance."""
+    provenance (with ``sync``: the ranks of a distributed run, ``distributed.provenance``)."""
     ref, options = model.ref, model.options
     return {
         "schema_version": results.SCHEMA_VERSION,
@@ -335,5 +389,5 @@ def _result_object(model: _ModelRun, record: dict[str, Any], started: str) -> di
         },
         "notes": record["notes"],
         "failed_files": record["failed_files"][:100],
-        "provenance": results.provenance(model.device, started),
+        "provenance": results.provenance(model.device, started, None if sync is None else dist_provenance(sync)),
     }

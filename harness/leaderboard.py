@@ -20,6 +20,7 @@ from covar_harness.leaderboard_render import render_csv, render_json, render_mar
 from covar_harness.published import (
     CA_GROUPS,
     CA_PUBLISHED_CAPTION,
+    DIAGNOSIS_PUBLISHED_CAPTION,
     PUBLISHED_CAPTION,
     _ca_label,
     _ca_paper_rows,
@@ -46,28 +47,34 @@ class Table:
 class Loaded:
     records: list[dict]
     invalid: list[tuple[Path, str]]
+    faithfulness: list[dict] = field(default_factory=list)  # `faithfulness` results (their own schema and table)
 
 
 def collect(directory: Path) -> Loaded:
     """Every valid result file under ``directory``; invalid ones are listed, never silently used.
 
     Anything wrong with one file (unreadable, not a regular file, too large, too deep, invalid) skips that file
-    with a one-line reason; nothing in one file can stop the others from being read.
+    with a one-line reason; nothing in one file can stop the others from being read. Faithfulness results go to
+    ``Loaded.faithfulness``, apart from the classification records every other table reads.
     """
+    from covar_harness.faithfulness.leaderboard import is_faithfulness
+    from covar_harness.validation import validate_any
+
     records: list[dict] = []
+    faithfulness: list[dict] = []
     paths, invalid = results.result_files(Path(directory))
     for path in paths:
         try:
             obj = results.load(path)
-            errors = results.validate(obj)
+            errors = validate_any(obj)
         except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's problem
             invalid.append((path, one_line(f"not readable JSON ({str(exc) or type(exc).__name__})")))
             continue
         if errors:
             invalid.append((path, one_line(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))))
         else:
-            records.append(obj)
-    return Loaded(records, invalid)
+            (faithfulness if is_faithfulness(obj) else records).append(obj)
+    return Loaded(records, invalid, faithfulness)
 
 
 def _pct(value: float | None) -> float | None:
@@ -231,7 +238,7 @@ def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | No
         values = [_float(prow.get(f"{k}_{s}")) if k != "bg_er_null" else None for s in diag for k in keys[s]]
         dt.rows.append([_paper_label(prow), *values])
     if paper:
-        dt.caption = PUBLISHED_CAPTION
+        dt.caption = DIAGNOSIS_PUBLISHED_CAPTION
     return dt
 
 
@@ -324,9 +331,10 @@ FAMILY_TABLES = {"counteranimals": counteranimals_tables, "imagenet9": _imagenet
 REFERENCE_FAMILIES = ("covar", "counteranimals")
 
 
-def build_tables(records: list[dict], reference: str | None = None) -> list[Table]:
+def build_tables(records: list[dict], reference: str | None = None, faithfulness: Iterable[dict] = ()) -> list[Table]:
     """Every table, own results first; ``reference="paper"`` adds the published COVAR and CounterAnimals rows
-    (in a table of their own when there are no own results of that family)."""
+    (in a table of their own when there are no own results of that family); ``faithfulness`` results
+    (``Loaded.faithfulness``) add one "faithfulness" table per task, last."""
     tables: list[Table] = []
     families = _families(records)
     if reference == "paper":
@@ -338,9 +346,10 @@ def build_tables(records: list[dict], reference: str | None = None) -> list[Tabl
             tables += covar_tables(records, family, reference)
         else:
             tables.append(generic_table(records, family))
+    from covar_harness.faithfulness.leaderboard import faithfulness_tables  # imports this module: on use
     from covar_harness.peer_tables import background_reliance_tables  # imports this module: on use
 
-    return tables + background_reliance_tables(records)
+    return tables + background_reliance_tables(records) + faithfulness_tables(list(faithfulness))
 
 
 LONG_FIELDS = ["model", "family", "task", "task_version", "metric", "value", "n_samples", "headline"]

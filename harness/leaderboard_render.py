@@ -74,10 +74,18 @@ def _csv_value(value: Any) -> Any:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def render_csv(records: list[dict], reference: str | None = None) -> str:
+def _faithfulness_rows(faithfulness: Any, reference: str | None) -> list[dict]:
+    """Faithfulness results in the long format (``faithfulness/<method>/<metric>``; own rows, never published)."""
+    from covar_harness.faithfulness.leaderboard import long_rows
+
+    rows = long_rows(list(faithfulness))
+    return [{**row, "published": False} for row in rows] if reference == "paper" else rows
+
+
+def render_csv(records: list[dict], reference: str | None = None, faithfulness: Any = ()) -> str:
     from covar_harness.leaderboard import LONG_FIELDS, long_records  # on use: leaderboard re-exports this module
 
-    rows = long_records(records, reference)
+    rows = long_records(records, reference) + _faithfulness_rows(faithfulness, reference)
     buf = io.StringIO()
     fields = LONG_FIELDS + (["published"] if reference == "paper" else [])
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -110,7 +118,7 @@ def _clean(obj: Any) -> Any:
     return results.jsonable(obj)
 
 
-def render_json(records: list[dict], tables: list[Table], reference: str | None = None) -> str:
+def render_json(records: list[dict], tables: list[Table], reference: str | None = None, faithfulness: Any = ()) -> str:
     from covar_harness.leaderboard import average_records, long_records  # on use: leaderboard re-exports this
 
     tables_out = []
@@ -120,5 +128,6 @@ def render_json(records: list[dict], tables: list[Table], reference: str | None 
             entry["caption"] = t.caption
         tables_out.append(entry)
     rows = long_records(records, reference) + average_records(records, reference)
+    rows += _faithfulness_rows(faithfulness, reference)
     data = _clean({"results": rows, "tables": tables_out})
     return json.dumps(data, indent=2, allow_nan=False)

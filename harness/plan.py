@@ -228,10 +228,25 @@ def stored_differences(
     ran_with = stored["config"].get("run_settings")
     if not isinstance(ran_with, dict):
         return diffs + ["made by an older harness that did not record its settings"]
-    diffs += [f"{key}: {a!r} there, {b!r} now" for key, a, b in _changed(_flat(ran_with), _flat(settings))]
+    stored_flat = _with_added_settings(_flat(ran_with))
+    diffs += [f"{key}: {a!r} there, {b!r} now" for key, a, b in _changed(stored_flat, _flat(settings))]
     if not diffs and stored["task"]["data_fingerprint"] != fingerprint(cfg):
         diffs.append("the data changed (data_fingerprint differs)")
     return diffs
+
+
+# settings recorded only since a later version: (flat key, the value a file without it was made with); a file
+# without the key compares as made with that value, so adding a setting does not orphan earlier results
+ADDED_SETTINGS = (("diagnosis.fine_rule", "shared class group"), ("steps.attribution.normalize", "none"))
+
+
+def _with_added_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    out = dict(flat)
+    for key, value in ADDED_SETTINGS:
+        parent = key.rsplit(".", 1)[0] + "."
+        if key not in out and any(k.startswith(parent) for k in out):  # only where that section was recorded
+            out[key] = value
+    return out
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

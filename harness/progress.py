@@ -89,9 +89,10 @@ class LineReporter(Reporter):
     def pair_done(self, outcome: PairOutcome) -> None:
         self.n_pairs += 1
         of = f"/{self.total_pairs}" if self.total_pairs else ""
-        acc = outcome.metrics.get("acc1")
+        name = getattr(outcome, "headline", "acc1")
+        acc = outcome.metrics.get(name)
         what = {
-            "done": f"done, acc1 {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "done",
+            "done": f"done, {name} {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "done",
             "skipped": f"skipped ({outcome.error})" if outcome.error else "skipped",
             "failed": f"failed: {clip(outcome.error, 100)}",
         }[outcome.status]  # in full in the summary

@@ -30,6 +30,10 @@ class StrictChecker:
 
     def problems(self, path: Path, obj: dict[str, Any]) -> list[str]:
         """Every strict problem of one schema-valid result file, each one line; empty when it passes."""
+        from covar_harness.faithfulness.leaderboard import is_faithfulness
+
+        if is_faithfulness(obj):  # `validate` takes them; a submission is a classification result
+            return ["a faithfulness result, not a submission: --strict checks classification results (run)"]
         out = _provenance_problems(obj) + _fingerprint_problems(obj, self.fingerprints)
         out += samples_problems(path, obj)
         key = (obj["model"]["spec"], obj["task"]["name"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.registry import UnknownNameError, UsageError, is_glob
+from covar_harness.retrieval import RETRIEVAL_METRICS
 
 REQUIRED = ("task", "dataset")
 OPTIONAL = (
@@ -28,7 +29,7 @@ OPTIONAL = (
     "metadata",
     "diagnose",
 )
-HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall", *RETRIEVAL_METRICS)  # recalls: retrieval tasks
 TASK_FILE_MAX_BYTES = 1 << 20
 MAX_VALUES = 200_000  # scalars and containers after alias expansion: far above any real task (1000 class names)
 MAX_DEPTH = 32

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from covar_harness.results import SCHEMA_VERSION, _short, is_number
+from covar_harness.retrieval import RETRIEVAL_METRICS, TASK_KIND
 
-FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "fg_driven_rate", "bg_er", "fine_er")
+FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "fg_driven_rate", "bg_er", "fine_er", *RETRIEVAL_METRICS)
 
 _SPEC: dict[str, dict[str, type | tuple]] = {
     "model": {"spec": str, "name": str, "family": str},
@@ -42,7 +43,10 @@ _NAMES = (
     ("task", "name"),
     ("task", "version"),
     ("task", "headline"),
+    ("task", "kind"),
 )
+# A retrieval task (``task.kind``) reports recalls in place of the accuracies (covar_harness.retrieval).
+_RETRIEVAL_METRICS_SPEC: dict[str, type | tuple] = {name: (float, int) for name in RETRIEVAL_METRICS}
 
 # Differences of two fractions (BG-Er minus its null) lie in [-1, 1]; every other interval is a fraction's.
 SIGNED_SUFFIXES = ("_minus_null",)
@@ -59,6 +63,10 @@ def validate(obj: Any) -> list[str]:
     """
     if not isinstance(obj, dict):
         return ["top level: must be a JSON object"]
+    from covar_harness.faithfulness.leaderboard import SCHEMA as FAITHFULNESS
+
+    if obj.get("schema") == FAITHFULNESS:  # valid or not, never a classification record (validate_any checks it)
+        return [f"schema: {FAITHFULNESS} is a faithfulness result, not a classification result"]
     errors: list[str] = []
     version = obj.get("schema_version")
     if isinstance(version, bool) or version != SCHEMA_VERSION:
@@ -71,12 +79,23 @@ def validate(obj: Any) -> list[str]:
     return errors
 
 
+def validate_any(obj: Any) -> list[str]:
+    """:func:`validate` for classification results, the faithfulness schema's own check for ``faithfulness``
+    results (``covar-harness validate`` and the leaderboard take both; readers of classification records call
+    :func:`validate`, which refuses a faithfulness file in one line)."""
+    from covar_harness.faithfulness import leaderboard as faithfulness
+
+    return faithfulness.validate(obj) if faithfulness.is_faithfulness(obj) else validate(obj)
+
+
 def _section(obj: dict, name: str) -> dict:
     return obj[name] if isinstance(obj.get(name), dict) else {}
 
 
 def _check_sections(obj: dict, errors: list[str]) -> None:
     for section, fields in _SPEC.items():
+        if section == "metrics" and _section(obj, "task").get("kind") == TASK_KIND:
+            fields = _RETRIEVAL_METRICS_SPEC
         block = obj.get(section)
         if not isinstance(block, dict):
             errors.append(f"{section}: missing or not an object")
@@ -119,7 +138,7 @@ def _check_names(obj: dict, errors: list[str]) -> None:
             problem = _text_problem(value, name=True) if value or key != "family" else None
             if problem:
                 errors.append(f"{section}.{key}: {problem}")
-        elif key in ("target", "headline") and key in block and not (key == "target" and value is None):
+        elif key in ("target", "headline", "kind") and key in block and not (key == "target" and value is None):
             errors.append(f"{section}.{key}: expected str, got {type(value).__name__}")
     headline = _section(obj, "task").get("headline")
     metrics = _section(obj, "metrics")

@@ -65,6 +65,14 @@ class OpenClipAdapter(BaseAdapter):
         with torch.inference_mode():
             return tower.patch_tokens(pixels.to(self.device, self.dtype), layer).float()
 
+    def input_tokens(self, pixels):
+        """(B, N, C) patch tokens entering the first block (after the pre-norm), raster order."""
+        import torch
+
+        tower = self._require_tower()
+        with torch.inference_mode():
+            return tower.embed(pixels.to(self.device, self.dtype))[:, tower.n_prefix :].float()
+
     def encode_images_without(
         self, pixels, drop, *, strategy: str = "auto", max_rows: int | None = None, allow_empty: bool = False
     ):
@@ -93,6 +101,16 @@ class OpenClipAdapter(BaseAdapter):
                 allow_empty=allow_empty,
             )
         return out.float()
+
+    @property
+    def attention_trace(self):  # None when this tower cannot trace (see BaseAdapter.attention_trace)
+        """pixels -> ``Trace`` of this CLS-readout ViT (plugins/openclip_trace.py), or None for other towers."""
+        from covar_harness.plugins.openclip_trace import OpenClipTracer, trace_unsupported
+
+        if trace_unsupported(self.model.visual):
+            return None
+        tracer = OpenClipTracer(self.model.visual)
+        return lambda pixels: tracer(pixels.to(self.device, self.dtype))
 
     def _require_tower(self):
         if self._tower is None:

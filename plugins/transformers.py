@@ -168,6 +168,13 @@ class HFAdapter(BaseAdapter):
                 x = out[0] if isinstance(out, tuple) else out  # 4.x layers return tuples
             return x[:, self.n_prefix :].float()
 
+    def input_tokens(self, pixels):
+        """(B, N, C) patch tokens entering the first encoder block (CLIP: after its pre-norm), raster order."""
+        import torch
+
+        with torch.inference_mode():
+            return self.embed(pixels)[:, self.n_prefix :].float()
+
     def encode_images_without(self, pixels, drop, **driver_options):
         """(B, D) or (B, K, D): embeddings with the ``drop``ped patches removed from attention and pooling.
 
@@ -182,6 +189,13 @@ class HFAdapter(BaseAdapter):
         with torch.inference_mode():
             tokens = self.embed(pixels)
             return encode_without(tokens, drop, self.n_prefix, self.finish, self.finish, **driver_options).float()
+
+    @property
+    def attention_trace(self):  # None when the tower cannot trace (see BaseAdapter.attention_trace)
+        """pixels -> ``Trace`` of this tower (plugins/hf_trace.py), or None when its layers do not fit."""
+        from covar_harness.plugins.hf_trace import HFTracer, trace_unsupported
+
+        return None if trace_unsupported(self) else HFTracer(self)
 
     def embed(self, pixels):
         """(B, P+N, C) tokens with position embeddings: everything before the first attention layer."""

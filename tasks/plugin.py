@@ -25,29 +25,81 @@ def _on_use(module: str, name: str):
     return call
 
 
+# name -> (module under covar_harness.tasks, loader, preflight, description): each module is imported on first
+# use, so `ls` and `--help` stay free of the formats' dependencies
+FORMATS = {
+    "covar": (
+        "covar",
+        "load_covar",
+        "preflight_covar",
+        "COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)",
+    ),
+    "counteranimals": (
+        "counteranimals",
+        "load_counteranimals",
+        "preflight_counteranimals",
+        "CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)",
+    ),
+    "retrieval": (
+        "retrieval",
+        "load_retrieval",
+        "preflight_retrieval",
+        "images + captions: <root>/captions.jsonl, a Karpathy split json, or an HF dataset (retrieval)",
+    ),
+    "waterbirds": (
+        "waterbirds",
+        "load_waterbirds",
+        "preflight_waterbirds",
+        "Waterbirds release: waterbird_complete95_forest2water2/metadata.csv + images (split 2 = test)",
+    ),
+    "imagenet_wnids": (
+        "imagenet_shifts",
+        "load_imagenet_wnids",
+        "preflight_imagenet_wnids",
+        (
+            "ImageNet classes by wnid/index: <root>/<wnid>/<images>; label_space: folders (present), imagenet1k, or"
+            " the official imagenet-r / imagenet-a 200"
+        ),
+    ),
+    "imagenet_val": (
+        "imagenet_val",
+        "load_imagenet_val",
+        "preflight_imagenet_val",
+        (
+            "ILSVRC2012 val: val/<wnid>/ images, or flat val/ + devkit ground truth and meta.mat, or Kaggle "
+            "LOC_val_solution.csv + ILSVRC/Data/CLS-LOC/val/"
+        ),
+    ),
+    "objectnet": (
+        "objectnet",
+        "load_objectnet",
+        "preflight_objectnet",
+        "ObjectNet release: objectnet-1.0/images/<folder>/ + mappings/*.json; the ImageNet-overlap classes",
+    ),
+    "wds": (
+        "wds",
+        "load_wds",
+        "preflight_wds",
+        (
+            "CLIP_benchmark webdataset: classnames.txt (+ zeroshot_classification_templates.txt) + "
+            "<split>/nshards.txt, <split>/0.tar ... (<key>.cls + <key>.webp|png|jpg|jpeg); templates: dataset"
+        ),
+    ),
+    "imagenet9": (
+        "imagenet9",
+        "load_imagenet9",
+        "preflight_imagenet9",
+        (
+            "Backgrounds Challenge: bg_challenge/<variation>/val/<NN_class>/ images (imagefolder), with fg_mask: "
+            "true the masks bg_challenge/fg_mask/val/<NN_class>/<name>.npy"
+        ),
+    ),
+}
+TASK_KINDS = {"retrieval": "retrieval"}  # formats whose tasks covar_harness.retrieval evaluates (recall@k)
+
+
 @hookimpl
 def register_dataset_formats(register):
-    register(
-        "covar",
-        _on_use("covar", "load_covar"),
-        preflight=_on_use("covar", "preflight_covar"),
-        description="COVAR layout: classes.json + <subset>/metadata.jsonl (+ masks, source_id, variation)",
-    )
-    register(
-        "counteranimals",
-        _on_use("counteranimals", "load_counteranimals"),
-        preflight=_on_use("counteranimals", "preflight_counteranimals"),
-        description="CounterAnimal release: LAION-final/<ImageNet idx> <names>/{common-*,counter-*}/ (or hf_id)",
-    )
-    register(
-        "waterbirds",
-        _on_use("waterbirds", "load_waterbirds"),
-        preflight=_on_use("waterbirds", "preflight_waterbirds"),
-        description="Waterbirds release: waterbird_complete95_forest2water2/metadata.csv + images (split 2 = test)",
-    )
-    register(
-        "imagenet_wnids",
-        _on_use("imagenet_shifts", "load_imagenet_wnids"),
-        preflight=_on_use("imagenet_shifts", "preflight_imagenet_wnids"),
-        description="ImageNet subset by wnid: <root>/<wnid>/<images> (ImageNet-R/A); classes = wnid folders present",
-    )
+    for name, (module, loader, preflight, description) in FORMATS.items():
+        extra = {"task_kind": TASK_KINDS[name]} if name in TASK_KINDS else {}
+        register(name, _on_use(module, loader), preflight=_on_use(module, preflight), description=description, **extra)

@@ -218,6 +218,7 @@ def test_builtin_adapters_subclass_the_base_class(openclip_dir):
         takes_layer=True,
         pattern_batches=True,
         remove_all_patches=True,
+        attention_trace=True,  # a CLS-readout ViT: the gradient / attention baselines can run
     )
 
 
