@@ -12,7 +12,9 @@ cheaply (checked further against the task), or None; missing data raises :class:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -326,25 +328,47 @@ def _hf_open(ds: dict):
         raise DatasetNotFound(f"could not load Hugging Face dataset {raw!r}: {str(exc).splitlines()[0]}") from exc
 
 
+def hf_split(ds: dict, columns: Sequence[str]) -> Any:
+    """The task's split (``split``, default ``test``) of a Hugging Face dataset, checked to hold ``columns``;
+    a missing split or column is one line naming what there is."""
+    import datasets
+
+    raw, split = ds.get("raw_path", ds.get("path")), ds.get("split", "test")
+    data = _hf_open(ds)
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise UsageError(f"dataset {raw!r} has no split {split!r}; splits: {', '.join(data)}")
+        data = data[split]
+    for key in columns:
+        if key not in data.column_names:
+            raise UsageError(f"dataset {raw!r} has no column {key!r}; columns: {', '.join(data.column_names)}")
+    return data
+
+
+def json_object(line: str, where: str, required: Sequence[str], error: type[Exception]) -> dict[str, Any]:
+    """One JSON-lines record: a JSON object holding ``required`` keys, else ``error`` naming ``where``
+    (file:line). Shared by the line-oriented formats (covar metadata.jsonl, retrieval captions.jsonl)."""
+    try:
+        rec = json.loads(line)
+    except ValueError as exc:
+        raise error(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from exc
+    if not isinstance(rec, dict):
+        raise error(f"{where}: each line must be a JSON object, got {type(rec).__name__}")
+    for key in required:
+        if key not in rec:
+            raise error(f"{where}: missing required key {key!r}")
+    return rec
+
+
 def load_hf(ds: dict, data_dir: Path) -> SampleSet:
     """A Hugging Face dataset: a hub id, a ``save_to_disk`` folder, or a local image folder.
 
     Class names come from the label column's ``ClassLabel`` names (or sorted string labels); a task that lists
     ``classnames`` gets its labels tied to them by name when they match (``open_task_data``).
     """
-    import datasets
-
-    raw = ds.get("raw_path", ds.get("path"))
-    split = ds.get("split", "test")
+    raw, split = ds.get("raw_path", ds.get("path")), ds.get("split", "test")
     image_key, label_key = ds.get("image_key", "image"), ds.get("label_key", "label")
-    data = _hf_open(ds)
-    if isinstance(data, datasets.DatasetDict):
-        if split not in data:
-            raise UsageError(f"dataset {raw!r} has no split {split!r}; splits: {', '.join(data)}")
-        data = data[split]
-    for key in (image_key, label_key):
-        if key not in data.column_names:
-            raise UsageError(f"dataset {raw!r} has no column {key!r}; columns: {', '.join(data.column_names)}")
+    data = hf_split(ds, (image_key, label_key))
     feature = data.features[label_key]
     classnames = list(feature.names) if hasattr(feature, "names") else None
     labels = data[label_key]

@@ -19,7 +19,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from covar_harness.data import DatasetNotFound, Sample, SampleSet
+from covar_harness.data import DatasetNotFound, Sample, SampleSet, json_object
 from covar_harness.registry import UsageError
 from covar_harness.safe_files import METADATA_MAX_BYTES, open_regular, read_text_capped
 from covar_harness.subsets import ALL_SUBSETS
@@ -106,15 +106,7 @@ def parse_record(
     line: str, subset: str, classes: list[str], lookup: dict[str, int], where: str, legacy: bool = True
 ) -> Sample:
     """One metadata line -> Sample; ``mask``, ``source_id`` and ``variation`` go to Sample.meta."""
-    try:
-        rec = json.loads(line)
-    except ValueError as exc:
-        raise CovarFormatError(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from exc
-    if not isinstance(rec, dict):
-        raise CovarFormatError(f"{where}: each line must be a JSON object, got {type(rec).__name__}")
-    for key in ("file_name", "label"):
-        if key not in rec:
-            raise CovarFormatError(f"{where}: missing required key {key!r}")
+    rec = json_object(line, where, ("file_name", "label"), CovarFormatError)
     meta: dict[str, Any] = {}
     if rec.get("mask") is not None:
         meta["mask"] = _rel_path(rec["mask"], "mask", subset, where, legacy)

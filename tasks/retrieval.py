@@ -25,7 +25,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from covar_harness.data import DatasetNotFound, HFSampleSet, Sample, SampleSet
+from covar_harness.data import DatasetNotFound, HFSampleSet, Sample, SampleSet, hf_split, json_object
 from covar_harness.registry import UsageError
 from covar_harness.safe_files import METADATA_MAX_BYTES, open_regular, read_text_capped
 
@@ -85,15 +85,7 @@ def _rel_path(value: Any, where: str, key: str = "file_name") -> str:
 
 def parse_line(line: str, where: str) -> Sample:
     """One captions.jsonl line -> Sample (id: the image path, ``meta["captions"]``)."""
-    try:
-        rec = json.loads(line)
-    except ValueError as exc:
-        raise RetrievalFormatError(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from exc
-    if not isinstance(rec, dict):
-        raise RetrievalFormatError(f"{where}: each line must be a JSON object, got {type(rec).__name__}")
-    for key in ("file_name", "captions"):
-        if key not in rec:
-            raise RetrievalFormatError(f"{where}: missing required key {key!r}")
+    rec = json_object(line, where, ("file_name", "captions"), RetrievalFormatError)
     return Sample(_rel_path(rec["file_name"], where), 0, {"captions": _captions(rec["captions"], where)})
 
 
@@ -185,20 +177,9 @@ def _read_local(ds: dict, root: Path, layout: str) -> tuple[list[Sample], str]:
 
 def _load_hf(ds: dict) -> SampleSet:
     """A Hugging Face dataset with an image and a captions column, opened as the ``hf`` format opens it."""
-    import datasets
-
-    from covar_harness.data import _hf_open
-
     raw, split = ds.get("raw_path", ds.get("path")), ds.get("split", "test")
     image_key, captions_key = ds.get("image_key", "image"), ds.get("captions_key", "captions")
-    data = _hf_open(ds)
-    if isinstance(data, datasets.DatasetDict):
-        if split not in data:
-            raise UsageError(f"dataset {raw!r} has no split {split!r}; splits: {', '.join(data)}")
-        data = data[split]
-    for key in (image_key, captions_key):
-        if key not in data.column_names:
-            raise UsageError(f"dataset {raw!r} has no column {key!r}; columns: {', '.join(data.column_names)}")
+    data = hf_split(ds, (image_key, captions_key))
     column = data[captions_key]
     samples = [Sample(str(i), 0, {"captions": _captions(c, f"{raw} row {i}")}) for i, c in enumerate(column)]
     return HFCaptionedSampleSet(data, image_key, samples, None, f"hf {raw} [{split}]")
