@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
+from covar_harness.batch_size import batch_size_value
 from covar_harness.cli_reporting import add_export, add_init_leaderboard, add_leaderboard, add_report, add_validate
 from covar_harness.cli_tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags, rise_flags
 from covar_harness.diagnosis import DiagnosisSettings
@@ -61,7 +62,12 @@ def _add_run(sub) -> None:
     io_.add_argument("--overwrite", action="store_true", help="redo pairs whose result file exists")
     io_.add_argument("--dry-run", action="store_true", help="print the models x tasks plan; load nothing")
     ex = p.add_argument_group("execution")
-    ex.add_argument("--batch-size", type=int, default=64)
+    ex.add_argument(
+        "--batch-size",
+        type=batch_size_value,
+        default=64,
+        help="images per batch, or auto: the largest that fits, probed once per model on CUDA (default: 64)",
+    )
     ex.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPUs))")
     ex.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     ex.add_argument("--precision", default="fp32", choices=PRECISIONS)

@@ -32,9 +32,8 @@ def prepare_run(args: Namespace) -> PreparedRun:
     from covar_harness.plugin_manager import load_catalog
     from covar_harness.text_cache import default_text_cache
 
-    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")  # --batch-size is checked by its argparse type
     if args.workers is not None and args.workers < 0:
         raise UsageError("--workers must be >= 0")
     if getattr(args, "checkpoint_every", 0) < 0:

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 class RunOptions:
     output_dir: Path = Path("results")
     data_dir: Path | None = None
-    batch_size: int = 64
+    batch_size: int | str = 64  # or "auto": resolved per model in _run_model (batch_size.py)
     workers: int | None = None  # None: min(4, cpu count)
     device: str = "auto"
     precision: str = "fp32"
@@ -83,6 +83,7 @@ class RunOptions:
     dist_timeout: float = 3600.0  # seconds a rank waits for the others (distributed.py)
     world: Any = None  # distributed.World of a torchrun / accelerate job; None: from the environment in ``run``
     distractors: Any = None  # covar_harness.distractors.DistractorSettings; None or not enabled: no check
+    batch_size_auto: dict | None = None  # how ``--batch-size auto`` was resolved for the model (batch_size.py)
 
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
@@ -310,11 +311,25 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
         ]
     finally:
         reporter.done(handle)
+    options = _with_batch_size(options, adapter, device)
     store = store_for(ref.spec, adapter, options.text_cache, options.precision)
     world = options.world
     classifiers = SharedClassifiers(adapter, store, world) if world.active else ClassifierCache(adapter, store)
     model = _ModelRun(ref, adapter, device, catalog, options, classifiers, reporter)
     return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
+
+
+def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptions:
+    """``--batch-size auto`` resolved for this model (batch_size.py), recorded in its results; else as given."""
+    from covar_harness import batch_size
+
+    if options.batch_size != batch_size.AUTO:
+        return options
+    k = next(
+        (s.settings.k for s in options.steps if isinstance(getattr(getattr(s, "settings", None), "k", None), int)), None
+    )
+    size, record = batch_size.resolve(adapter, device, k)
+    return replace(options, batch_size=size, batch_size_auto=record)
 
 
 def one_line(exc: BaseException) -> str:
@@ -381,6 +396,7 @@ def _result_object(
         "intervals": record["intervals"],
         "config": {
             "batch_size": options.batch_size,
+            **({"batch_size_auto": options.batch_size_auto} if options.batch_size_auto else {}),
             "precision": options.precision,
             "seed": options.seed,
             "limit": options.limit,
