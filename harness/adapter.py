@@ -113,6 +113,11 @@ class BaseAdapter:
         ``patch_grid`` in raster order, without prefix tokens (CLS). CCI clusters these."""
         raise NotImplementedError(f"{type(self).__name__} has no attribution capability (patch_tokens)")
 
+    def encode_images_with_tokens(self, pixels: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optional. ``(encode_images(pixels), patch_tokens(pixels, layer))`` from ONE forward: the zero-shot pass
+        then also gives CCI its tokens, one pass fewer per batch. Both must equal the separate calls."""
+        raise NotImplementedError(f"{type(self).__name__} does not fuse the token pass (encode_images_with_tokens)")
+
     def input_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Optional. (B, 3, H, W) -> (B, N, C) patch tokens as the first block receives them (after position
         embeddings and the pre-norm, where the tower has one), raster order, without prefix tokens. What
@@ -202,6 +207,11 @@ def attribution_support(obj: Any) -> tuple[bool, str]:
 def has_attention_trace(obj: Any) -> bool:
     """Whether ``attention_trace`` is really there (not the base class's placeholder, not set to None)."""
     return implements(obj, "attention_trace") and callable(getattr(obj, "attention_trace", None))
+
+
+def fuses_tokens(obj: Any, layer: int | str | None) -> bool:
+    """Whether the zero-shot forward can also give the patch tokens of block ``layer`` (an int index)."""
+    return isinstance(layer, int) and not isinstance(layer, bool) and implements(obj, "encode_images_with_tokens")
 
 
 def supports_pattern_batches(obj: Any) -> bool:

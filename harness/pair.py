@@ -53,7 +53,8 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
             failures += failed
             new: list = []
             if pixels is not None:
-                emb = F.normalize(ctx.adapter.encode_images(to_device(pixels, device)).float(), dim=-1)
+                raw, tokens = _forward(ctx.adapter, to_device(pixels, device), pipeline)
+                emb = F.normalize(raw.float(), dim=-1)
                 if W_dev is None:
                     W_dev = ctx.classifier.to(emb.device)
                 logits = emb @ W_dev
@@ -61,13 +62,24 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
                 new = [(i, top[r]) for r, i in enumerate(indices)]
                 rows += new
                 if pipeline.active:
-                    pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top))
+                    pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top, tokens))
             ck.done(new, failed, len(indices) + len(failed))
             reporter.advance(handle, len(indices) + len(failed))
     finally:
         ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
     reporter.done(handle)
     return (rows, failures) if sync is None else finish_share(ctx, ck, sync)
+
+
+def _forward(adapter: Any, pixels: torch.Tensor, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The zero-shot forward; when an active step reads patch tokens and the adapter fuses them into the same
+    forward (``encode_images_with_tokens``), those tokens too, so that step needs no pass of its own."""
+    from covar_harness.adapter import fuses_tokens
+
+    layer = pipeline.token_layer() if pipeline.active else None
+    if layer is not None and fuses_tokens(adapter, layer):
+        return adapter.encode_images_with_tokens(pixels, layer=layer)
+    return adapter.encode_images(pixels), None
 
 
 def _batch(
@@ -78,13 +90,14 @@ def _batch(
     W: torch.Tensor,
     logits: torch.Tensor,
     top: np.ndarray,
+    tokens: torch.Tensor | None = None,
 ) -> Batch:
     """What the steps see of one batch, with the foreground masks of its samples when the pair has them."""
     import torch
 
     labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
     fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
-    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top)
+    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top, tokens=tokens)
 
 
 def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:

@@ -145,6 +145,7 @@ class Batch:
     fg: list | None = None  # per sample: (rows*cols,) foreground fraction per patch, or None (no mask)
     top: np.ndarray | None = None  # (B, k) zero-shot top-k class indices, best first (the logged top5)
     upstream: dict[int, list[SampleRecord]] = field(default_factory=dict)  # index -> earlier steps' records
+    tokens: torch.Tensor | None = None  # (B, N, C) patch tokens at ``Pipeline.token_layer()``, from the same forward
 
     def pred(self, row: int) -> int:
         """The zero-shot prediction of batch row ``row``: the logged ``pred``."""
@@ -204,6 +205,9 @@ class Step:
 
     name: str = "step"
     active: bool = True  # False (set in ``start``): no ``process`` calls for this pair
+    # the block whose patch tokens the step reads (e.g. CCI's --cci-layer), or None: the batch loop then takes them
+    # from the zero-shot forward itself (``Batch.tokens``) when the adapter can, one pass fewer per batch
+    token_layer: int | str | None = None
 
     def start(self, ctx: PairContext) -> None:
         """Per model x task, before the first batch; may switch the step off (``active = False``)."""
@@ -297,6 +301,11 @@ class Pipeline:
     @property
     def active(self) -> bool:
         return any(step.active for step in self.steps)
+
+    def token_layer(self) -> int | str | None:
+        """The layer whose patch tokens the first active step reading tokens wants (None: no step does)."""
+        wanted = (getattr(step, "token_layer", None) for step in self.steps if step.active)
+        return next((layer for layer in wanted if layer is not None), None)
 
     def process(self, batch: Batch) -> None:
         for step, kept in zip(self.steps, self.records):

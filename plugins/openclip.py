@@ -65,6 +65,17 @@ class OpenClipAdapter(BaseAdapter):
         with torch.inference_mode():
             return tower.patch_tokens(pixels.to(self.device, self.dtype), layer).float()
 
+    def encode_images_with_tokens(self, pixels, layer: int = -1):
+        """(encode_images, patch_tokens at ``layer``) from one forward where the tower allows it (native ViT)."""
+        import torch
+
+        tower = self._require_tower()
+        if not hasattr(tower, "encode_with_tokens"):
+            return self.encode_images(pixels), self.patch_tokens(pixels, layer)
+        with torch.inference_mode():
+            emb, tokens = tower.encode_with_tokens(pixels.to(self.device, self.dtype), layer)
+            return emb.float(), tokens.float()
+
     def input_tokens(self, pixels):
         """(B, N, C) patch tokens entering the first block (after the pre-norm), raster order."""
         import torch
@@ -210,6 +221,14 @@ class NativeViTTower:
         x = self.visual._embeds(pixels)
         _, inter = self.visual.transformer.forward_intermediates(x, indices=[idx], stop_early=True)
         return inter[0][:, self.n_prefix :]
+
+    def encode_with_tokens(self, pixels, layer: int):
+        """``VisionTransformer.forward`` with block ``layer``'s output kept: the same operations, so the embedding
+        equals ``encode_image`` and the tokens equal ``patch_tokens``."""
+        idx = block_index(len(self.visual.transformer.resblocks), layer)
+        x, inter = self.visual.transformer.forward_intermediates(self.visual._embeds(pixels), indices=[idx])
+        pooled, _ = self.visual._pool(x)
+        return self._project(pooled), inter[0][:, self.n_prefix :]
 
     def _project(self, pooled):
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.adapter import adapter_name, n_blocks
+from covar_harness.adapter import adapter_name, check_shape, n_blocks
 from covar_harness.attribution.base import Attributor, ClusterBatch, find_attributor
 from covar_harness.attribution.kmeans import batched_kmeans
 from covar_harness.attribution.records import AttributionRecord, CCIRecord, short
@@ -122,9 +122,15 @@ def cluster(
     target: torch.Tensor,
     seeds: Sequence[int],
     settings: CCISettings,
+    tokens: torch.Tensor | None = None,
 ) -> ClusterBatch:
-    """Patch tokens -> k-means clusters -> leave-one-out patterns, and s = cos(image, text)."""
-    tokens = normalize_tokens(patch_tokens(adapter, pixels, settings.layer), settings.normalize)
+    """Patch tokens (``tokens`` when the zero-shot forward already gave them) -> k-means clusters ->
+    leave-one-out patterns, and s = cos(image, text)."""
+    if tokens is None:
+        tokens = patch_tokens(adapter, pixels, settings.layer)
+    else:
+        check_shape(adapter, "encode_images_with_tokens", tokens, (pixels.shape[0], grid_size(adapter), None))
+    tokens = normalize_tokens(tokens.float(), settings.normalize)
     km = batched_kmeans(tokens, settings.k, seeds, settings.kmeans_n_init, settings.kmeans_iters)
     patterns, valid = cluster_patterns(km.labels, settings.k)
     emb, text = emb.float(), text.float().to(emb.device)
@@ -160,6 +166,7 @@ def attribute(
     fg: torch.Tensor | None = None,
     classifier: torch.Tensor | None = None,
     alt: tuple[str, torch.Tensor, torch.Tensor] | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> Attribution:
     """One attributor (a name, class or instance; default CCI) on a batch. ``emb`` (B, D) normalised image
     embeddings, ``text`` (B, D) normalised class embeddings of ``target``; ``seeds`` one per image (see
@@ -169,13 +176,14 @@ def attribute(
     counterfactual region test. Everything that removes patches goes through ONE ``encode_images_without`` call.
     ``alt`` = (name, target, text) of a second target ("label" or "pred"): its importances are scored from the same
     removal embeddings (the removals do not depend on the target), so explaining both costs no model call.
+    ``tokens`` (B, N, C): the patch tokens at ``settings.layer`` when the caller has them (the fused forward).
     """
     import torch
 
     kind = find_attributor(method)
     kind.check_k(settings.k)  # K > patches is allowed here (empty clusters); the step refuses it per model
     strategy = method if isinstance(method, Attributor) else kind()
-    batch = cluster(adapter, pixels, emb, text, target, seeds, settings)
+    batch = cluster(adapter, pixels, emb, text, target, seeds, settings, tokens)
     main = strategy.patterns(batch)
     regional, masked = _region_part(fg, classifier, main, settings)
     allp = main if regional is None else torch.cat([main, regional], dim=1)

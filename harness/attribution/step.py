@@ -56,6 +56,11 @@ class AttributionStep(Step):
         self.ctx: PairContext | None = None
 
     @property
+    def token_layer(self) -> int | str | None:
+        """The block whose tokens k-means clusters: the batch loop then takes them from its own forward."""
+        return self.settings.layer if self.active else None
+
+    @property
     def save_maps(self) -> Path | None:
         return None if self.maps is None else self.maps.root
 
@@ -131,6 +136,7 @@ class AttributionStep(Step):
             self.attributor,
             fg=fg,
             classifier=batch.classifier if fg is not None else None,
+            tokens=None if batch.tokens is None else batch.tokens[sel],
             alt=("label" if self.settings.target == "pred" else "pred", alt_tgt, alt_text),
         )
         if self.maps is not None:
