@@ -1,6 +1,6 @@
 """The attention trace (``BaseAdapter.attention_trace``) of open_clip's own VisionTransformer.
 
-The block loop of ``open_clip.transformer.Transformer`` written out (as ``NativeViTTower`` in plugins/openclip.py
+The block loop of ``open_clip.transformer.Transformer`` written out (as ``NativeViTTower`` in plugins/openclip_towers.py
 wraps the tower for token removal), with each block's attention computed by
 :func:`covar_harness.attribution.attention_trace.attend` so the probabilities stay in the autograd graph. Same
 modules, same weights, same order of operations as ``encode_image``: the equality is tested
