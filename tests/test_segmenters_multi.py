@@ -254,3 +254,19 @@ def test_duplicate_boxes_of_one_instance_count_once(tmp_path, catalog, tiny):
     assert counts == {0.8: 2, 1.0: 3}
     with pytest.raises(ValueError, match="nms_iou"):
         choose_segmenter("groundedsam", samples, catalog, grounded_settings(tiny, nms_iou=0.0))
+
+
+def test_auto_attribution_stops_when_its_segmenter_fails(openclip_dir, tiny, tmp_path):
+    """A maskless task attributed only for GroundedSAM's masks: when the segmenter cannot load, CCI stops at the
+    first batch instead of running over the whole task for a diagnosis that is withdrawn anyway."""
+    images = make_image_folder(tmp_path / "imgs", per_class=4)
+    plain = write_task_yaml(tmp_path / "p.yaml", "toy/plain", images)
+    (tmp_path / "empty").mkdir()
+    broken = {**tiny, "detector": str(tmp_path / "empty")}  # a folder without a checkpoint: loading fails
+    res = _run(openclip_dir, broken, plain, tmp_path / "out", "--segmenter", "groundedsam", "--batch-size", "4")
+    attribution = res["config"]["attribution"]
+    assert attribution["status"] == "off" and attribution["reason"].startswith("auto: stopped after 0 image(s)")
+    assert "groundedsam" in attribution["reason"]
+    assert res["config"]["diagnosis"]["status"] == "skipped"
+    log = [json.loads(line) for line in next((tmp_path / "out").rglob("*.samples.jsonl")).read_text().splitlines()]
+    assert len(log) == 12 and not any("cci" in row for row in log)  # zero-shot results kept, no CCI at all

@@ -110,6 +110,8 @@ class AttributionStep(Step):
         """One record per attributed sample; nothing when inactive."""
         if not self.active or self.ctx is None:
             return []
+        if self._segmenter_failed():
+            return []
         self.n_seen += len(batch.indices)
         pred = batch.logits.argmax(dim=-1).cpu()
         target = pred if self.settings.target == "pred" else batch.labels.cpu()
@@ -142,6 +144,17 @@ class AttributionStep(Step):
         if self.maps is not None:
             self.maps.write(batch, rows, result)
         return [result.sample_record(batch.indices[r], j) for j, r in enumerate(rows)]
+
+    def _segmenter_failed(self) -> bool:
+        """Attribution that runs only because a segmenter was to give masks (``--attribution auto`` on a maskless
+        task) stops at the first batch the segmenter fails on (GroundedSAM weights unreachable, say): the
+        diagnosis it was for is withdrawn anyway, so the task's remaining CCI passes would be wasted."""
+        masks = None if self.ctx is None else self.ctx.masks
+        if self.auto_reason is None or masks is None or masks.failed is None:
+            return False
+        self.active, self.status = False, "off"
+        self.reason = f"auto: stopped after {self.n_seen} image(s): {masks.failed}"
+        return True
 
     def _fg(self, batch: Batch, rows: list[int]) -> torch.Tensor | None:
         """(R, N) foreground fraction per patch for the attributed rows (NaN rows: no mask), or None when the
