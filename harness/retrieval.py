@@ -13,6 +13,10 @@ in each direction, so memory stays bounded on COCO's 25,000 x 5,000 pairs. With 
 candidate is taken (recall 1; CLIP_benchmark raises there). An image that cannot be read is skipped and counted,
 and its captions leave the candidate set with it. Intervals: percentile bootstrap over images (a caption's
 outcome is resampled with its image).
+
+Attribution (``run --attribution ...``) explains the paired caption: ``attribution_pass`` runs the attribution
+steps as on a classification pair whose class i is image i's caption set (the normalised mean of its captions'
+embeddings, ``caption_sets``) and whose label is i. The diagnosis is skipped with a note (no masks, no classes).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ RETRIEVAL_METRICS = tuple(f"{side}_retrieval_recall@{k}" for side in ("image", "
 # CLIP_benchmark's default recall_k_list is [5]; text -> image is the direction its tables list first
 DEFAULT_HEADLINE = "image_retrieval_recall@5"
 SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 100 MB at most
-SKIPPED_STEPS_NOTE = "attribution and diagnosis skipped: they explain class predictions, and this is a retrieval task"
+DIAGNOSIS_SKIPPED = "diagnosis skipped: a retrieval task has no foreground masks or classes"
+PAIRED_TEXT = "paired_caption_mean"  # what attribution explains on a retrieval task (``caption_sets``)
+OTHER_STEPS_SKIPPED = "analysis steps other than attribution skipped: they explain class predictions"
 
 
 def task_kind(cfg: TaskConfig, catalog: Catalog) -> str:
@@ -125,6 +131,28 @@ def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Report
             reporter.advance(handle, len(part))
     reporter.done(handle)
     return torch.cat(chunks)
+
+
+def paired_caption_classifier(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> torch.Tensor:
+    """(D, N): per image, the L2-normalised mean of its captions' normalised embeddings: CLIP's recipe for a class
+    embedding from its templates (``text_cache.build_classifier``), with the image's captions as the prompts.
+    Why the mean and not the first caption: it uses every caption, and no caption is privileged by file order.
+    Column i is the text that attribution explains for image i (faithfulness on a retrieval task)."""
+    import torch
+
+    captions = [samples.captions(i) for i in range(len(samples))]
+    texts = encode_captions(adapter, [t for c in captions for t in c], reporter)
+    owner = torch.tensor([row for row, c in enumerate(captions) for _ in c], dtype=torch.long)
+    return caption_sets(texts, owner, len(captions))
+
+
+def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -> torch.Tensor:
+    """(D, n_images): column i the L2-normalised mean of the normalised caption rows of image i."""
+    import torch
+    import torch.nn.functional as F
+
+    sums = torch.zeros(n_images, texts.shape[1]).index_add_(0, text_image, texts)
+    return F.normalize(sums, dim=-1).T.contiguous()  # the mean's direction is the sum's
 
 
 def embed(adapter: ModelAdapter, samples: Any, options: RunOptions, reporter: Reporter, name: str) -> Embeddings:
@@ -251,14 +279,88 @@ def evaluate_retrieval(
         )
     hits = retrieval_hits(emb)
     metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), options.seed)
-    notes = [SKIPPED_STEPS_NOTE] if options.steps or options.diagnosis is not None else []
-    config = {"templates": [], "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}}
+    config: dict[str, Any] = {"templates": [], "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}}
+    finished, notes = attribution_pass(adapter, cfg, catalog, samples, emb, options, reporter)
+    rows = _sample_rows(emb, hits, samples)
+    by_index = {row["index"]: row for row in rows}
+    for done in finished:
+        metrics.update(done.summary.metrics)
+        intervals.update(done.summary.intervals)
+        if done.summary.config is not None:
+            text = {"explained_text": PAIRED_TEXT} if done.step.active else {}
+            config[done.step.name] = {**done.summary.config, **text}
+        notes += done.summary.notes
+        for record in done.records if done.summary.log_records else ():
+            by_index[record.index].update(record.log_fields())
     return {
         "metrics": metrics,
         "intervals": intervals,
         "config": config,
         "notes": notes,
         "task": _task_record(cfg, samples, emb),
-        "samples": _sample_rows(emb, hits, samples),
+        "samples": rows,
         "failed_files": [samples.samples[i].id for i, _ in emb.failures],
     }
+
+
+def self_labelled(samples: Any) -> Any:
+    """A copy of the sample set in which image i's label is i: the "class" of image i is its own caption set."""
+    from dataclasses import replace
+
+    own = samples.subset(list(range(len(samples))))  # a copy: the loader's samples keep their labels
+    own.samples = [replace(s, label=i) for i, s in enumerate(samples.samples)]
+    return own
+
+
+def attribution_pass(adapter, cfg, catalog, samples, emb: Embeddings, options: RunOptions, reporter: Reporter):
+    """The run's attribution steps over the images read, as on a classification pair whose class i is image i's
+    caption set (``caption_sets``; as ``faithfulness`` explains it) and whose label is i: ``--cci-target label``
+    explains the paired caption, ``pred`` the best-matching caption set of the task's images (image -> text top
+    1), and each record carries the other target's importances too. Masks and classes do not exist here, so the
+    diagnosis and other steps are skipped with a note. A second pass over the pixels (the recall pass keeps
+    none), with the recall pass's image embeddings. Returns (the steps' ``Finished`` records, notes)."""
+    import torch
+
+    from covar_harness.attribution.step import AttributionStep
+    from covar_harness.pipeline import PairContext, Pipeline
+
+    steps = [s for s in options.steps if isinstance(s, AttributionStep)]
+    notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
+    notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []
+    if not steps:
+        return [], notes
+    row_of = {i: row for row, i in enumerate(emb.indices)}
+    W = caption_sets(emb.texts, torch.tensor(emb.indices)[emb.text_image], len(samples))
+    unread = [i for i in range(len(samples)) if i not in row_of]
+    if unread:  # their captions left the recall pass: encoded here, so class i stays image i's caption set
+        W[:, unread] = paired_caption_classifier(adapter, samples.subset(unread), reporter)
+    own = self_labelled(samples)
+    names = [s.id for s in samples.samples]
+    ctx = PairContext(adapter, cfg, own, names, catalog=catalog, options=options, reporter=reporter, classifier=W)
+    pipeline = Pipeline(steps)
+    pipeline.start(ctx)
+    if pipeline.active:
+        _attribute_batches(adapter, pipeline, own, emb, W, options, row_of)
+    return pipeline.finish(), notes
+
+
+def _attribute_batches(adapter, pipeline, own, emb: Embeddings, W, options: RunOptions, row_of: dict[int, int]):
+    """Each batch's pixels with the image embeddings of the recall pass (no second forward for them); an image
+    unread in that pass is left out."""
+    import torch
+
+    from covar_harness.batches import default_workers, iterate_batches
+    from covar_harness.interrupt import INTERRUPT
+    from covar_harness.pipeline import Batch
+
+    workers = default_workers() if options.workers is None else options.workers
+    for indices, pixels, _ in iterate_batches(own, adapter.preprocess, options.batch_size, workers):
+        INTERRUPT.check()
+        keep = [r for r, i in enumerate(indices) if i in row_of]
+        if pixels is None or not keep:
+            continue
+        kept = [indices[r] for r in keep]
+        image_emb = emb.images[torch.tensor([row_of[i] for i in kept])]
+        logits = image_emb @ W
+        top = logits.topk(min(5, W.shape[1]), dim=-1).indices.numpy()
+        pipeline.process(Batch(kept, pixels[keep], image_emb, W, logits, torch.tensor(kept), own, None, top))

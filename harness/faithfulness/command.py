@@ -121,6 +121,7 @@ def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[s
     pair = []
     for name, run in runs.items():
         obj = result_object(model, task, run, settings, configs[name], data.n_failed, data.notes)
+        obj["settings"].update(data.settings)  # e.g. a retrieval task's explained text
         path = result_file(args.output_dir, model, task, name)
         if args.log_samples and run.rows:
             write_jsonl(samples_path(path), run.rows)  # the rows with every curve, one sample a line

@@ -3,6 +3,9 @@
 Data, class names, templates and class embeddings come from the evaluator's own helpers (``open_task_data``,
 ``limit_samples``, ``task_classnames``, ``ClassifierCache``), images from its DataLoader (``iterate_batches``),
 masks through the diagnosis's mapping onto the model's patch grid (``mask_patch_fractions``).
+
+A retrieval task (``retrieval.is_retrieval_task``) is mapped onto the same machinery: one "class" per image, whose
+text is the image's caption set, so attribution explains the paired caption (``_retrieval_pair``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy
 from covar_harness.faithfulness.patches import canvas, importance_order
 from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.retrieval import PAIRED_TEXT, TASK_KIND
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +40,7 @@ class PairData:
     classifier: torch.Tensor
     n_failed: int = 0
     notes: list[str] = field(default_factory=list)  # e.g. why the token-removal curves were not run
+    settings: dict[str, Any] = field(default_factory=dict)  # recorded with the curve settings (retrieval's text)
 
 
 @dataclass
@@ -49,15 +54,39 @@ class MethodRun:
 
 
 def open_pair_data(adapter: Any, cfg: Any, catalog: Any, classifiers: Any, limit: int | None, seed: int, data_dir):
-    """The pair's samples and class embeddings through the evaluator's helpers."""
+    """The pair's samples and class embeddings through the evaluator's helpers (a retrieval task's: its images'
+    caption sets)."""
     from covar_harness.data import open_task_data
     from covar_harness.evaluator import limit_samples, task_classnames, task_templates
     from covar_harness.progress import Reporter
+    from covar_harness.retrieval import is_retrieval_task
 
     samples = limit_samples(open_task_data(cfg, catalog, data_dir), limit, seed)
+    if is_retrieval_task(cfg, catalog):
+        return _retrieval_pair(adapter, samples)
     classnames = task_classnames(cfg, samples)
     W = classifiers.get(classnames, task_templates(cfg, samples), Reporter())
     return PairData(samples, classnames, W)
+
+
+# what a retrieval pair's result records in ``settings``: the explained text of image i is its caption set
+RETRIEVAL_SETTINGS = {"task_kind": TASK_KIND, "explained_text": PAIRED_TEXT}
+
+
+def _retrieval_pair(adapter: Any, samples: Any) -> PairData:
+    """A retrieval pair as a classification pair: class i is image i's caption set (the normalised mean of its
+    captions' embeddings, ``retrieval.paired_caption_classifier``) and image i's label is i. So ``--target label``
+    explains the paired caption, ``--target pred`` the best-matching caption set among the pair's images (the
+    image -> text top 1), and ``--score softmax`` is the softmax over the pair's caption sets (the retrieval
+    softmax over ``--limit`` images when given); ``--score cosine`` is the image-text similarity itself."""
+    from covar_harness.progress import Reporter
+    from covar_harness.retrieval import paired_caption_classifier, self_labelled
+
+    if not hasattr(samples, "captions"):
+        raise ValueError(f"{samples.description or 'this dataset'}: a retrieval task without captions")
+    own = self_labelled(samples)
+    W = paired_caption_classifier(adapter, own, Reporter())
+    return PairData(own, [s.id for s in own.samples], W, settings=dict(RETRIEVAL_SETTINGS))
 
 
 def patch_masks(adapter: Any, samples: SampleSet, indices: Sequence[int]) -> list[np.ndarray | None]:
