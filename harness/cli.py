@@ -71,6 +71,12 @@ def _add_run(sub) -> None:
     ex.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPUs))")
     ex.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     ex.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    ex.add_argument(
+        "--model-args",
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="loading settings for every model: precision, device, cache_dir (one model: SPEC@precision=bf16)",
+    )
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
     from covar_harness.scale_flags import add_scale_flags  # --shard, --text-cache, --checkpoint-every

@@ -27,6 +27,7 @@ class PreparedRun:
 def prepare_run(args: Namespace) -> PreparedRun:
     """Parse and check ``run``'s settings and make the plan: every mistake here is a UsageError (exit 2)."""
     from covar_harness.evaluator import RunOptions
+    from covar_harness.model_args import parse as parse_model_args
     from covar_harness.models import resolve_models
     from covar_harness.plan import check_writable, parse_shard, plan_run
     from covar_harness.plugin_manager import load_catalog
@@ -66,6 +67,7 @@ def prepare_run(args: Namespace) -> PreparedRun:
         text_cache=default_text_cache(getattr(args, "text_cache", None)),
         checkpoint_every=getattr(args, "checkpoint_every", 0),
         dist_timeout=getattr(args, "dist_timeout", 3600.0),
+        model_args=parse_model_args(getattr(args, "model_args", None)),
     )
     plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
     if getattr(args, "save_maps", None) and not args.dry_run:

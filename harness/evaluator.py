@@ -84,6 +84,7 @@ class RunOptions:
     world: Any = None  # distributed.World of a torchrun / accelerate job; None: from the environment in ``run``
     distractors: Any = None  # covar_harness.distractors.DistractorSettings; None or not enabled: no check
     batch_size_auto: dict | None = None  # how ``--batch-size auto`` was resolved for the model (batch_size.py)
+    model_args: dict = field(default_factory=dict)  # --model-args (model_args.py); per model: merged with SPEC@...
 
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
@@ -97,9 +98,25 @@ class RunOptions:
             "steps": steps,
             "diagnosis": diagnosis,
         }
+        if self.model_args:  # recorded only when given: results written before model arguments existed still resume
+            settings["model_args"] = dict(self.model_args)
         if self._distractors_on():  # recorded only when on: results written before the check existed still resume
             settings["distractors"] = self.distractors.as_config()
         return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
+
+    def for_model(self, ref: Any) -> RunOptions:
+        """These options for one model: ``--model-args`` and the spec's own ``@key=value`` arguments (which win)
+        in place of the run's precision, device and cache folder."""
+        args = {**self.model_args, **getattr(ref, "arguments", {})}
+        if not args:
+            return self
+        return replace(
+            self,
+            precision=args.get("precision", self.precision),
+            device=args.get("device", self.device),
+            cache_dir=args.get("cache_dir", self.cache_dir),
+            model_args=args,
+        )
 
     def diagnosis_step(self) -> Any:
         """The fg/bg diagnosis step (``diagnosis.DiagnosisStep``), or None without ``diagnosis`` settings."""
@@ -296,10 +313,13 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     """Load one model, run all its pending pairs; a model that fails to load fails its pairs with one message."""
     from covar_harness.models import load_model, resolve_device
 
+    options = options.for_model(ref)
     device = options.world.device(resolve_device(options.device))
     handle = reporter.task(f"loading {markup(ref.spec)}", None)
     try:
-        adapter = load_model(ref.spec, device, options.precision, options.cache_dir, catalog)
+        adapter = load_model(
+            ref.target if ref.args else ref.spec, device, options.precision, options.cache_dir, catalog
+        )
     except Exception as exc:
         INTERRUPT.check()
         advice = safe(getattr(exc, "advice", ""))
@@ -390,6 +410,7 @@ def _result_object(
             "name": getattr(model.adapter, "name", ref.spec),
             "family": adapter_family(model.adapter, ref.family),
             "target": ref.target,
+            **({"args": dict(options.model_args)} if options.model_args else {}),
         },
         "task": record["task"],
         "metrics": record["metrics"],

@@ -47,3 +47,19 @@ def from_args(cls: type, args: Any, prefix: str = "") -> dict[str, Any]:
     """The flagged fields of ``cls`` present in parsed ``args`` (under ``prefix + name``) and not None."""
     values = {f.name: getattr(args, prefix + f.name, None) for f in fields(cls) if "flag" in f.metadata}
     return {k: v for k, v in values.items() if v is not None}
+
+
+def parse_value(text: str) -> Any:
+    """A ``key=value`` setting's value (``--segmenter-opt``, ``--model-args``): int, float, bool (true/false,
+    yes/no, on/off), else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    return text

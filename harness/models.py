@@ -142,8 +142,13 @@ class ModelRef:
     """A resolved model selection: what was asked (``spec``) and what it stands for."""
 
     spec: str
-    target: str  # the scheme spec the name resolves to, or the spec itself
+    target: str  # the scheme spec the name resolves to, or the spec itself (without ``@`` model arguments)
     family: str  # the scheme (openclip, hf, custom) or "plugin"
+    args: tuple[tuple[str, Any], ...] = ()  # ``SPEC@key=value`` model arguments (model_args.py), in given order
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return dict(self.args)
 
 
 def scheme_of(spec: str, catalog: Catalog) -> tuple[str | None, str]:
@@ -166,38 +171,44 @@ def _target(spec: str, catalog: Catalog, depth: int = 0) -> tuple[str, str]:
 
 def resolve_models(specs: str | Iterable[str], catalog: Catalog) -> list[ModelRef]:
     """Expand ``--models``: comma-separated specs, names, globs over names, groups (tags, ``all``)."""
+    from covar_harness.model_args import split_spec
+
     tokens = [t.strip() for t in (specs.split(",") if isinstance(specs, str) else specs) if t.strip()]
     if not tokens:
         raise UsageError("no models given")
-    names: list[str] = []
-    for token in tokens:
-        scheme, _ = scheme_of(token, catalog)
-        if scheme:
-            names.append(token)
-        elif token == ALL_GROUP:
-            names += [e.name for e in catalog.models if EXCLUDED_FROM_ALL not in e.tags]
-        elif token in catalog.models:
-            names.append(catalog.models.entry(token).name)
-        elif token in catalog.models.tags():
-            names += catalog.models.tagged(token)
-        elif is_glob(token):
-            hits = catalog.models.match(token)
-            if not hits:
-                raise UnknownNameError("model pattern", token, catalog.models.names())
-            names += hits
-        else:
-            if ":" in token:
-                raise UsageError(
-                    f"unknown model scheme {token.partition(':')[0]!r} in {token!r}; known schemes: "
-                    + ", ".join(sorted(catalog.schemes.names()))
-                )
-            raise UnknownNameError("model", token, [*catalog.models.names(), *catalog.models.tags(), ALL_GROUP])
     seen: dict[str, ModelRef] = {}
-    for name in names:
-        if name not in seen:
-            target, family = _target(name, catalog)
-            seen[name] = ModelRef(name, target, family)
+    for token in tokens:
+        base, args = split_spec(token)
+        suffix = "".join(f"@{k}={v}" for k, v in args.items())
+        for name in _names(base, catalog):
+            if name + suffix not in seen:
+                target, family = _target(name, catalog)
+                seen[name + suffix] = ModelRef(name + suffix, target, family, tuple(args.items()))
     return list(seen.values())
+
+
+def _names(token: str, catalog: Catalog) -> list[str]:
+    """One ``--models`` item (without model arguments) as the model names or specs it stands for."""
+    scheme, _ = scheme_of(token, catalog)
+    if scheme:
+        return [token]
+    if token == ALL_GROUP:
+        return [e.name for e in catalog.models if EXCLUDED_FROM_ALL not in e.tags]
+    if token in catalog.models:
+        return [catalog.models.entry(token).name]
+    if token in catalog.models.tags():
+        return list(catalog.models.tagged(token))
+    if is_glob(token):
+        hits = catalog.models.match(token)
+        if not hits:
+            raise UnknownNameError("model pattern", token, catalog.models.names())
+        return list(hits)
+    if ":" in token:
+        raise UsageError(
+            f"unknown model scheme {token.partition(':')[0]!r} in {token!r}; known schemes: "
+            + ", ".join(sorted(catalog.schemes.names()))
+        )
+    raise UnknownNameError("model", token, [*catalog.models.names(), *catalog.models.tags(), ALL_GROUP])
 
 
 def load_model(

@@ -86,7 +86,7 @@ def check_k(models: list[ModelRef], catalog: Catalog, options: RunOptions) -> No
     from covar_harness.models import patch_count_hint
 
     for ref in models:
-        n = patch_count_hint(ref.spec, catalog)
+        n = patch_count_hint(ref.target, catalog)
         if n is not None and max(ks) > n:
             raise UsageError(f"--cci-k {max(ks)} is more than the {n} patches of {ref.spec}; use --cci-k <= {n}")
 
@@ -137,7 +137,8 @@ def plan_run(
     grid = shard_pairs(models, tasks, options.shard)
     check_k(list({id(ref): ref for ref, _ in grid}.values()), catalog, options)
     notes = check_data(list({id(cfg): cfg for _, cfg in grid}.values()), catalog, options.data_dir)
-    settings = options.result_settings()
+    for ref in {id(ref): ref for ref, _ in grid}.values():
+        check_device(options.for_model(ref).device)
     fingerprints = _Fingerprints(catalog, options)
     pairs, conflicts = [], []
     for ref, cfg in grid:
@@ -147,6 +148,7 @@ def plan_run(
         elif options.overwrite or not path.exists():
             pairs.append(PlannedPair(ref, cfg, path, "run"))
         else:
+            settings = options.for_model(ref).result_settings()
             diffs = stored_differences(path, ref.spec, cfg, settings, fingerprints.of)
             if diffs:
                 conflicts.append(f"{path} ({'; '.join(diffs)})")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from PIL import Image
 
 # Re-exported: part of the public plugin contract (``from covar_harness.segmentation import ...``).
+from covar_harness.flags import parse_value
 from covar_harness.mask_geometry import geometric_like as geometric_like
 from covar_harness.mask_geometry import mask_patch_fractions as mask_patch_fractions
 from covar_harness.patch_masks import PatchMasks as PatchMasks
@@ -134,22 +135,8 @@ def parse_segmenter_opts(items: Sequence[str] | None) -> dict[str, Any]:
         key = key.strip().replace("-", "_")
         if not sep or not key.isidentifier():
             raise UsageError(f"--segmenter-opt takes key=value (e.g. box_threshold=0.35), got {item!r}")
-        out[key] = _parse_value(value.strip())
+        out[key] = parse_value(value.strip())
     return out
-
-
-def _parse_value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    lowered = text.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    return text
 
 
 def label_prompts(samples: SampleSet, indices: Sequence[int]) -> list[str]:

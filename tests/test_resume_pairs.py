@@ -44,20 +44,24 @@ def _args(openclip_dir, data, out, *extra):
 
 
 class _Zeroshot:
-    """Counts the zero-shot ``encode_images`` calls (one per batch); raises Ctrl-C at call ``stop``."""
+    """Counts the zero-shot forwards (one per batch: ``encode_images``, or ``encode_images_with_tokens`` when CCI
+    takes its tokens from that forward); raises Ctrl-C at call ``stop``."""
 
     def __init__(self, monkeypatch, stop=None):
         from covar_harness.plugins.openclip import OpenClipAdapter
 
-        self.calls, real = 0, OpenClipAdapter.encode_images
+        self.calls = 0
+        for name in ("encode_images", "encode_images_with_tokens"):
+            monkeypatch.setattr(OpenClipAdapter, name, self._counting(getattr(OpenClipAdapter, name), stop))
 
-        def encode_images(adapter, pixels):
+    def _counting(self, real, stop):
+        def forward(adapter, pixels, **kw):
             self.calls += 1
             if stop is not None and self.calls == stop:
                 raise KeyboardInterrupt
-            return real(adapter, pixels)
+            return real(adapter, pixels, **kw)
 
-        monkeypatch.setattr(OpenClipAdapter, "encode_images", encode_images)
+        return forward
 
 
 def _result(out):
