@@ -14,9 +14,10 @@ candidate is taken (recall 1; CLIP_benchmark raises there). An image that cannot
 and its captions leave the candidate set with it. Intervals: percentile bootstrap over images (a caption's
 outcome is resampled with its image).
 
-Attribution (``run --attribution ...``) explains the paired caption: ``attribution_pass`` runs the attribution
+Attribution (``run --attribution ...``) explains the paired caption: ``AttributionPass`` runs the attribution
 steps as on a classification pair whose class i is image i's caption set (the normalised mean of its captions'
-embeddings, ``caption_sets``) and whose label is i. The diagnosis is skipped with a note (no masks, no classes).
+embeddings, ``caption_sets``) and whose label is i, on the batches of the recall pass's one pass over the images
+(every caption is encoded first, once). The diagnosis is skipped with a note (no masks, no classes).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
 
@@ -83,9 +86,16 @@ class Hits:
     k_texts: int
 
 
-def encode_images(adapter: ModelAdapter, samples: Any, options: RunOptions, reporter: Reporter, name: str):
+def encode_images(
+    adapter: ModelAdapter,
+    samples: Any,
+    options: RunOptions,
+    reporter: Reporter,
+    name: str,
+    on_batch: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
+):
     """One pass over the images through the DataLoader that skips bad images: (indices, (N, D) CPU, failures,
-    device)."""
+    device). ``on_batch(indices, pixels, embeddings)`` sees every batch read (the attribution steps)."""
     import torch
     import torch.nn.functional as F
 
@@ -107,6 +117,8 @@ def encode_images(adapter: ModelAdapter, samples: Any, options: RunOptions, repo
                 device = emb.device
                 chunks.append(F.normalize(emb, dim=-1).cpu())
                 indices += batch_indices
+                if on_batch is not None:
+                    on_batch(batch_indices, pixels, chunks[-1])
             reporter.advance(handle, len(batch_indices) + len(failed))
     reporter.done(handle)
     images = torch.cat(chunks) if chunks else torch.zeros(0, 0)
@@ -133,17 +145,22 @@ def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Report
     return torch.cat(chunks)
 
 
+def encode_all_captions(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's captions, encoded once: ((T, D) L2-normalised rows, (T,) the sample index of each row)."""
+    import torch
+
+    captions = [samples.captions(i) for i in range(len(samples))]
+    texts = encode_captions(adapter, [t for c in captions for t in c], reporter)
+    return texts, torch.tensor([i for i, c in enumerate(captions) for _ in c], dtype=torch.long)
+
+
 def paired_caption_classifier(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> torch.Tensor:
     """(D, N): per image, the L2-normalised mean of its captions' normalised embeddings: CLIP's recipe for a class
     embedding from its templates (``text_cache.build_classifier``), with the image's captions as the prompts.
     Why the mean and not the first caption: it uses every caption, and no caption is privileged by file order.
     Column i is the text that attribution explains for image i (faithfulness on a retrieval task)."""
-    import torch
-
-    captions = [samples.captions(i) for i in range(len(samples))]
-    texts = encode_captions(adapter, [t for c in captions for t in c], reporter)
-    owner = torch.tensor([row for row, c in enumerate(captions) for _ in c], dtype=torch.long)
-    return caption_sets(texts, owner, len(captions))
+    texts, owner = encode_all_captions(adapter, samples, reporter)
+    return caption_sets(texts, owner, len(samples))
 
 
 def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -> torch.Tensor:
@@ -155,18 +172,21 @@ def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -
     return F.normalize(sums, dim=-1).T.contiguous()  # the mean's direction is the sum's
 
 
-def embed(adapter: ModelAdapter, samples: Any, options: RunOptions, reporter: Reporter, name: str) -> Embeddings:
-    """Images first (a caption of an unreadable image is left out), then the captions of the images read."""
+def read_images(
+    images: tuple[list[int], torch.Tensor, list, Any], texts: torch.Tensor, owner: torch.Tensor
+) -> Embeddings:
+    """The recall pass's embeddings: the images read, and the captions of those images only (a caption of an
+    unreadable image leaves the candidate set with it), each pointing at its image's row."""
     import torch
 
-    indices, images, failures, device = encode_images(adapter, samples, options, reporter, name)
+    indices, image_rows, failures, device = images
     if not indices:
         first = f"; first: {failures[0][1]}" if failures else ""
         raise ValueError(f"no image of the task could be read ({len(failures)} failed{first})")
-    captions = [samples.captions(i) for i in indices]
-    text_image = torch.tensor([row for row, texts in enumerate(captions) for _ in texts], dtype=torch.long)
-    texts = encode_captions(adapter, [t for texts in captions for t in texts], reporter)
-    return Embeddings(indices, images, texts, text_image, failures, device)
+    rows = {i: r for r, i in enumerate(indices)}
+    kept = [j for j, i in enumerate(owner.tolist()) if i in rows]
+    text_image = torch.tensor([rows[i] for i in owner[kept].tolist()], dtype=torch.long)
+    return Embeddings(indices, image_rows, texts[kept], text_image, failures, device)
 
 
 def topk_blocks(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = SIMILARITY_BLOCK, device=None):
@@ -270,7 +290,11 @@ def evaluate_retrieval(
     samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
     if not hasattr(samples, "captions"):
         raise ValueError(f"task {cfg.task!r}: format {cfg.dataset['format']!r} gave samples without captions")
-    emb = embed(adapter, samples, options, reporter, markup(cfg.task))
+    texts, owner = encode_all_captions(adapter, samples, reporter)
+    W = caption_sets(texts, owner, len(samples))
+    attribution = AttributionPass.start(adapter, cfg, catalog, samples, W, options, reporter)
+    on_batch = attribution.process if attribution.pipeline is not None else None
+    emb = read_images(encode_images(adapter, samples, options, reporter, markup(cfg.task), on_batch), texts, owner)
     if emb.failures:
         first = emb.failures[0]
         reporter.say(
@@ -280,7 +304,7 @@ def evaluate_retrieval(
     hits = retrieval_hits(emb)
     metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), options.seed)
     config: dict[str, Any] = {"templates": [], "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}}
-    finished, notes = attribution_pass(adapter, cfg, catalog, samples, emb, options, reporter)
+    finished, notes = attribution.finish()
     rows = _sample_rows(emb, hits, samples)
     by_index = {row["index"]: row for row in rows}
     for done in finished:
@@ -312,55 +336,49 @@ def self_labelled(samples: Any) -> Any:
     return own
 
 
-def attribution_pass(adapter, cfg, catalog, samples, emb: Embeddings, options: RunOptions, reporter: Reporter):
-    """The run's attribution steps over the images read, as on a classification pair whose class i is image i's
-    caption set (``caption_sets``; as ``faithfulness`` explains it) and whose label is i: ``--cci-target label``
-    explains the paired caption, ``pred`` the best-matching caption set of the task's images (image -> text top
-    1), and each record carries the other target's importances too. Masks and classes do not exist here, so the
-    diagnosis and other steps are skipped with a note. A second pass over the pixels (the recall pass keeps
-    none), with the recall pass's image embeddings. Returns (the steps' ``Finished`` records, notes)."""
-    import torch
+class AttributionPass:
+    """The run's attribution steps on a retrieval pair, inside the recall pass's one pass over the images: as on a
+    classification pair whose class i is image i's caption set (``caption_sets``; as ``faithfulness`` explains it)
+    and whose label is i. ``--cci-target label`` explains the paired caption, ``pred`` the best-matching caption
+    set of the task's images (image -> text top 1), and each record carries the other target's importances too.
+    Masks and classes do not exist here, so the diagnosis and other steps are skipped with a note."""
 
-    from covar_harness.attribution.step import AttributionStep
-    from covar_harness.pipeline import PairContext, Pipeline
+    def __init__(self, pipeline: Any, own: Any, W: torch.Tensor, notes: list[str]):
+        self.pipeline, self.own, self.W, self.notes = pipeline, own, W, notes
 
-    steps = [s for s in options.steps if isinstance(s, AttributionStep)]
-    notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
-    notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []
-    if not steps:
-        return [], notes
-    row_of = {i: row for row, i in enumerate(emb.indices)}
-    W = caption_sets(emb.texts, torch.tensor(emb.indices)[emb.text_image], len(samples))
-    unread = [i for i in range(len(samples)) if i not in row_of]
-    if unread:  # their captions left the recall pass: encoded here, so class i stays image i's caption set
-        W[:, unread] = paired_caption_classifier(adapter, samples.subset(unread), reporter)
-    own = self_labelled(samples)
-    names = [s.id for s in samples.samples]
-    ctx = PairContext(adapter, cfg, own, names, catalog=catalog, options=options, reporter=reporter, classifier=W)
-    pipeline = Pipeline(steps)
-    pipeline.start(ctx)
-    if pipeline.active:
-        _attribute_batches(adapter, pipeline, own, emb, W, options, row_of)
-    return pipeline.finish(), notes
+    @classmethod
+    def start(
+        cls, adapter, cfg, catalog, samples, W: torch.Tensor, options: RunOptions, reporter: Reporter
+    ) -> AttributionPass:
+        """Started before the image pass (``pipeline`` None when no attribution step runs)."""
+        from covar_harness.attribution.step import AttributionStep
+        from covar_harness.pipeline import PairContext, Pipeline
 
+        steps = [s for s in options.steps if isinstance(s, AttributionStep)]
+        notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
+        notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []
+        own = self_labelled(samples)
+        if not steps:
+            return cls(None, own, W, notes)
+        names = [s.id for s in samples.samples]
+        ctx = PairContext(adapter, cfg, own, names, catalog=catalog, options=options, reporter=reporter, classifier=W)
+        pipeline = Pipeline(steps)
+        pipeline.start(ctx)
+        return cls(pipeline, own, W, notes)
 
-def _attribute_batches(adapter, pipeline, own, emb: Embeddings, W, options: RunOptions, row_of: dict[int, int]):
-    """Each batch's pixels with the image embeddings of the recall pass (no second forward for them); an image
-    unread in that pass is left out."""
-    import torch
+    def process(self, indices: list[int], pixels: torch.Tensor, image_emb: torch.Tensor) -> None:
+        """One batch of the recall pass: its pixels and (normalised, CPU) image embeddings, no second forward."""
+        import torch
 
-    from covar_harness.batches import default_workers, iterate_batches
-    from covar_harness.interrupt import INTERRUPT
-    from covar_harness.pipeline import Batch
+        from covar_harness.pipeline import Batch
 
-    workers = default_workers() if options.workers is None else options.workers
-    for indices, pixels, _ in iterate_batches(own, adapter.preprocess, options.batch_size, workers):
-        INTERRUPT.check()
-        keep = [r for r, i in enumerate(indices) if i in row_of]
-        if pixels is None or not keep:
-            continue
-        kept = [indices[r] for r in keep]
-        image_emb = emb.images[torch.tensor([row_of[i] for i in kept])]
-        logits = image_emb @ W
-        top = logits.topk(min(5, W.shape[1]), dim=-1).indices.numpy()
-        pipeline.process(Batch(kept, pixels[keep], image_emb, W, logits, torch.tensor(kept), own, None, top))
+        if not self.pipeline.active:
+            return
+        logits = image_emb @ self.W
+        top = logits.topk(min(5, self.W.shape[1]), dim=-1).indices.numpy()
+        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, None, top)
+        self.pipeline.process(batch)
+
+    def finish(self) -> tuple[list, list[str]]:
+        """(the steps' ``Finished`` records, notes)."""
+        return ([] if self.pipeline is None else self.pipeline.finish()), self.notes
