@@ -118,6 +118,12 @@ class RunOptions:
             model_args=args,
         )
 
+    def cluster_counts(self) -> list[int]:
+        """The K of every analysis step that clusters (its ``settings.k``): what the patch count must allow and
+        what a batch's removal call holds. Third-party steps need not have settings."""
+        ks = (getattr(getattr(step, "settings", None), "k", None) for step in self.steps)
+        return [k for k in ks if isinstance(k, int)]
+
     def diagnosis_step(self) -> Any:
         """The fg/bg diagnosis step (``diagnosis.DiagnosisStep``), or None without ``diagnosis`` settings."""
         if self.diagnosis is None:
@@ -345,10 +351,8 @@ def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptio
 
     if options.batch_size != batch_size.AUTO:
         return options
-    k = next(
-        (s.settings.k for s in options.steps if isinstance(getattr(getattr(s, "settings", None), "k", None), int)), None
-    )
-    size, record = batch_size.resolve(adapter, device, k)
+    ks = options.cluster_counts()
+    size, record = batch_size.resolve(adapter, device, max(ks) if ks else None)
     return replace(options, batch_size=size, batch_size_auto=record)
 
 
@@ -380,9 +384,7 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
         else:
             remove_part(part)
     except ShareDone as done:  # a rank other than 0: rank 0 merged the shares and wrote the result
-        task, metrics = done.result.get("task", {}), done.result.get("metrics", {})
-        headline = task.get("headline") or "acc1"
-        return PairOutcome(spec, cfg.task, "done", path, metrics, n_failed=task.get("n_failed", 0), headline=headline)
+        return _done(spec, cfg, path, done.result)
     except Exception as exc:
         INTERRUPT.check()
         log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())
@@ -391,9 +393,20 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
             error = str(exc) if isinstance(exc, RankFailed) else f"rank {sync.world.rank}: {error}"
             sync.fail(error)
         return PairOutcome(spec, cfg.task, "failed", path, error=error)
-    headline = out["task"].get("headline") or "acc1"
+    return _done(spec, cfg, path, out)
+
+
+def _done(spec: str, cfg: TaskConfig, path: Path, result: dict[str, Any]) -> PairOutcome:
+    """A finished pair's outcome, from its result object (this rank's, or the one rank 0 wrote)."""
+    task = result.get("task", {})
     return PairOutcome(
-        spec, cfg.task, "done", path, out["metrics"], n_failed=len(record["failed_files"]), headline=headline
+        spec,
+        cfg.task,
+        "done",
+        path,
+        result.get("metrics", {}),
+        n_failed=task.get("n_failed", 0),
+        headline=task.get("headline") or "acc1",
     )
 
 

@@ -76,11 +76,7 @@ def check_writable(folder: Path, flag: str) -> None:
 def check_k(models: list[ModelRef], catalog: Catalog, options: RunOptions) -> None:
     """``--cci-k`` above a model's patch count, refused before download where the patch count is known from the
     model's config alone (open_clip architectures, local folders); other models fail that pair at start."""
-    ks = {
-        step.settings.k
-        for step in options.steps
-        if isinstance(getattr(getattr(step, "settings", None), "k", None), int)
-    }
+    ks = options.cluster_counts()
     if not ks:
         return
     from covar_harness.models import patch_count_hint
