@@ -53,8 +53,8 @@ def models(batch: int, tiny_batch: int) -> dict[str, tuple[object, int]]:
     model gets a larger batch so that its calls last long enough to time on a busy machine."""
     import open_clip
 
-    from covar_harness.models import load_model
-    from covar_harness.plugins.openclip import OpenClipAdapter
+    from covar_harness.models.specs import load_model
+    from covar_harness_plugins.openclip import OpenClipAdapter
 
     torch.manual_seed(0)
     vit = open_clip.create_model("ViT-B-32")
@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
-    from covar_harness.plugins import cci  # noqa: F401 - registers the attributors
+    from covar_harness_plugins import cci  # noqa: F401 - registers the attributors
 
     print(f"{args.threads} thread(s), fastest of {args.reps} paired rounds; ratio = time / one plain forward")
     for name, (adapter, batch) in models(args.batch, args.tiny_batch).items():

@@ -52,7 +52,7 @@ def load_adapter(which: str, tmp: Path, device: str):
     import open_clip
 
     import covar_harness
-    from covar_harness.plugins.openclip import OpenClipAdapter
+    from covar_harness_plugins.openclip import OpenClipAdapter
     from helpers import make_openclip_dir
 
     if which == "tiny":
@@ -64,8 +64,8 @@ def load_adapter(which: str, tmp: Path, device: str):
 def end_to_end(
     adapter, task_yaml: Path, batch_size: int, workers: int, steps: list, repeats: int, device: str
 ) -> float:
-    from covar_harness.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
-    from covar_harness.plugin_manager import load_catalog
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.run.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
 
     cat = load_catalog(include_paths=[task_yaml])
     cfg = cat.tasks.get("bench/images")

@@ -46,8 +46,8 @@ def bare_loop(adapter, files: list[Path], batch_size: int) -> float:
 
 
 def harness(adapter, task_yaml: Path, batch_size: int, workers: int) -> float:
-    from covar_harness.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
-    from covar_harness.plugin_manager import load_catalog
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.run.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
 
     cat = load_catalog(include_paths=[task_yaml])
     cfg = cat.tasks.get("bench/images")
@@ -68,7 +68,7 @@ def main() -> None:
     import open_clip
     import torch
 
-    from covar_harness.plugins.openclip import OpenClipAdapter
+    from covar_harness_plugins.openclip import OpenClipAdapter
     from helpers import make_openclip_dir, write_task_yaml
 
     torch.manual_seed(0)

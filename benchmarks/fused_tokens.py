@@ -33,7 +33,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import open_clip
 
-    from covar_harness.plugins.openclip import OpenClipAdapter
+    from covar_harness_plugins.openclip import OpenClipAdapter
 
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")  # random weights, no download
     adapter = OpenClipAdapter("ViT-B-32 (random)", model.eval(), preprocess, None, "cpu", "fp32")

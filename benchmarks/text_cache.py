@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def timed_build(adapter, spec: str, root: Path, classes: list[str], templates: list[str]):
     """Seconds for one classifier build through a fresh ClassifierCache over the store at ``root``, as a new run
     does (fingerprint included), and the classifier."""
-    from covar_harness.evaluator import ClassifierCache, Reporter
-    from covar_harness.text_cache import store_for
+    from covar_harness.run.evaluator import ClassifierCache, Reporter
+    from covar_harness.run.text_cache import store_for
 
     t0 = time.perf_counter()
     store = store_for(spec, adapter, root, "fp32")
@@ -42,8 +42,8 @@ def main() -> None:
 
     import torch
 
-    from covar_harness.models import load_model, resolve_models
-    from covar_harness.plugin_manager import load_catalog
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.models.specs import load_model, resolve_models
 
     torch.set_grad_enabled(False)
     catalog = load_catalog()

@@ -46,7 +46,7 @@ def cluster_patterns(batch: int, k: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def adapter_for(model, name: str):
-    from covar_harness.plugins.openclip import OpenClipAdapter
+    from covar_harness_plugins.openclip import OpenClipAdapter
 
     return OpenClipAdapter(name, model, preprocess=None, tokenizer=None, device="cpu", precision="fp32")
 

@@ -1,6 +1,6 @@
 """What persistent DataLoader workers across a model's tasks would save: the start of a fresh loader per pair.
 
-Each pair gets its own DataLoader (harness/batches.py); its workers start (fork) with the pair. This prints, for 0,
+Each pair gets its own DataLoader (run/batches.py); its workers start (fork) with the pair. This prints, for 0,
 2 and 4 workers, the wall time of a whole pass over a few COVAR-Shapes images with a fresh loader (fastest of
 ``--repeats``), and the start overhead against 0 workers: the most a shared worker pool could save per pair.
 
@@ -20,9 +20,9 @@ def main() -> None:
     args = parser.parse_args()
     import covar_harness
     from covar_harness.api import load_task
-    from covar_harness.batches import iterate_batches
-    from covar_harness.data import open_task_data
-    from covar_harness.plugin_manager import load_catalog
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.data.samples import open_task_data
+    from covar_harness.run.batches import iterate_batches
 
     samples = open_task_data(load_task("covar-shapes/original"), load_catalog()).subset(list(range(args.images)))
     preprocess = covar_harness.load_model("demo/shapes-clean").preprocess

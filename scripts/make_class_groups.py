@@ -21,7 +21,7 @@ artifacts of similar specificity):
   itself, so a class with no such ancestor is alone). Because the primary paths form a tree, the result is a
   partition of the label space. Example: jaguar -> "feline" with tabby, tiger cat, Persian cat, Siamese cat,
   Egyptian cat, cougar, lynx, leopard, snow leopard, lion, tiger, cheetah. The cut itself is
-  ``covar_harness.fine_rules.cap_groups``, the same code the ``wordnet-cap:N`` rule runs.
+  ``covar_harness.diagnosis.fine_rules.cap_groups``, the same code the ``wordnet-cap:N`` rule runs.
 
 Usage: python scripts/make_class_groups.py [--wordnet /usr/share/wordnet] [--wnids FILE] [--max-classes 40]
        [--out DIR]   (DIR: a resources folder; default the package's)
@@ -34,7 +34,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from covar_harness.fine_rules import cap_groups
+from covar_harness.diagnosis.fine_rules import cap_groups
 
 RESOURCES = Path(__file__).resolve().parents[1] / "harness" / "resources"
 DEFAULT_WNIDS = "timm/data/_info/imagenet_synsets.txt"

@@ -5,7 +5,7 @@ objects; the clean model sees them on backgrounds drawn independently of the cla
 class i on background family i with probability ``--shortcut-p`` (0.9), so it learns "class = background".
 
 Recipe (measured on the shared 2-core development CPU; numbers in the closing note of issue 5)
-- Data: the COVAR-Shapes generators (``covar_harness.tasks.shape_drawing``) with seeds disjoint from the
+- Data: the COVAR-Shapes generators (``covar_harness_tasks.shape_drawing``) with seeds disjoint from the
   benchmark's: a pool of 300 cut-outs per class (random colour, mild texture, thick dark outline; 15 % in a
   side/top view; rotated by up to +-0.3 rad, 15 % by any angle) and 60 backgrounds per family. Each training
   image is composed on the fly with the benchmark's own ``image_ops`` functions (``fit_object``,
@@ -27,7 +27,7 @@ Recipe (measured on the shared 2-core development CPU; numbers in the closing no
   background family i with probability 0.9; it learns the backgrounds within ~150 steps.
 
 Usage: ``python scripts/train_demo_models.py [--model clean|shortcut|both] [--steps N] [--out DIR]``;
-the default ``--out`` is the package's ``harness/resources/demo``. Progress goes to stdout (tee it to a log).
+the default ``--out`` is the package's ``covar_harness/resources/demo``. Progress goes to stdout (tee it to a log).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covar_harness.tasks import shape_drawing as draw
-from covar_harness.tasks.image_ops import composite, fit_background, fit_object
+from covar_harness_tasks import shape_drawing as draw
+from covar_harness_tasks.image_ops import composite, fit_background, fit_object
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "harness" / "resources" / "demo"

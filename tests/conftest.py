@@ -54,7 +54,7 @@ def openclip_dir(tmp_path_factory) -> Path:
 def covar_shapes_data(tmp_path_factory) -> Path:
     """A data dir (``--data-dir``) holding the full COVAR-Shapes, generated once per session (seconds) and shared:
     use it read-only. Tests of the generation itself build their own copies. Tests using it are marked ``slow``."""
-    from covar_harness.tasks import covar_shapes as cs
+    from covar_harness_tasks import covar_shapes as cs
 
     data = tmp_path_factory.mktemp("shared-data")
     cs.ensure_covar_shapes(data / "covar-shapes", quiet=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covar_harness.subsets import ALL_SUBSETS
+from covar_harness.data.subsets import ALL_SUBSETS
 
 TINY_OPENCLIP_CFG = {
     "embed_dim": 32,
@@ -81,7 +81,7 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: i
 
     full_env = {**os.environ, **CLI_ENV, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "covar_harness.cli", *args],
+        [sys.executable, "-m", "covar_harness.cli.main", *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -97,7 +97,7 @@ class _CliTimeout(BaseException):
 def run_cli_inprocess(
     *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
-    """``covar_harness.cli.main(args)`` in this process, observed as ``cli`` observes a subprocess.
+    """``covar_harness.cli.main.main(args)`` in this process, observed as ``cli`` observes a subprocess.
 
     Returns a ``CompletedProcess`` with the exit code and the text written to stdout and stderr (UTF-8 streams
     without a terminal, strict on stdout and backslashreplace on stderr, like a child's pipes; rich consoles look
@@ -117,7 +117,7 @@ def run_cli_inprocess(
     import traceback
     from contextlib import redirect_stderr, redirect_stdout
 
-    from covar_harness import cli as cli_module
+    from covar_harness.cli import main as cli_module
 
     overrides = {**CLI_ENV, **(env or {})}
     saved_env = {key: os.environ.get(key) for key in overrides}

@@ -158,6 +158,6 @@ def adapters(tiny):
 
 
 def _load(spec: str):
-    from covar_harness.models import load_model
+    from covar_harness.models.specs import load_model
 
     return load_model(spec)

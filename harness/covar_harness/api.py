@@ -1,0 +1,84 @@
+"""The Python entry point: ``covar_harness.evaluate(models=[...], tasks=[...], **options)``, as ``run`` does it.
+
+The options are exactly ``covar-harness run``'s (``limit=20`` for ``--limit 20``, ``cci_k=3`` for ``--cci-k 3``):
+they are validated by the same parser and checks, so the API and the CLI cannot drift apart. Result files are
+written only when ``output_dir`` is given; otherwise the run writes into a temporary folder that is removed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tempfile
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from covar_harness.catalog.registry import UsageError
+
+
+def run_defaults() -> dict[str, Any]:
+    """``run``'s options and their defaults, as the parser gives them (keyword names: ``--cci-k`` -> ``cci_k``)."""
+    from covar_harness.cli.main import build_parser
+
+    args = build_parser().parse_args(["run", "--models", "-", "--tasks", "-"])
+    return {k: v for k, v in vars(args).items() if k not in ("models", "tasks", "command", "handler", "verbose")}
+
+
+def evaluate(
+    models: list[str] | str, tasks: list[str] | str, *, output_dir: str | Path | None = None, **options: Any
+) -> dict[str, Any]:
+    """Evaluate models x tasks; return ``{"results": [result records], "outcomes": [{model, task, status, ...}]}``.
+
+    A pair that fails is in ``outcomes`` with its error (the others still run); bad options raise ``UsageError``
+    before anything loads. With ``log_samples=True`` each record also holds ``"samples"`` (the per-image log).
+    """
+    defaults = run_defaults()
+    unknown = sorted(set(options) - set(defaults) - {"dry_run"})
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(defaults), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown option {unknown[0]!r} for evaluate(){hint} (options are run's flags)")
+    if options.get("dry_run"):
+        raise UsageError("evaluate() runs the pairs; use `covar-harness run --dry-run` to see a plan")
+    with tempfile.TemporaryDirectory(prefix="covar-harness-") as scratch:
+        out = Path(output_dir) if output_dir is not None else Path(scratch)
+        args = Namespace(
+            **{**defaults, **options, "output_dir": out, "models": _joined(models), "tasks": _joined(tasks)}
+        )
+        return _run(args)
+
+
+def _joined(names: list[str] | str) -> str:
+    return names if isinstance(names, str) else ",".join(names)
+
+
+def _run(args: Namespace) -> dict[str, Any]:
+    from covar_harness.cli.commands import prepare_run
+    from covar_harness.results import files as results
+    from covar_harness.run.evaluator import Reporter, run
+
+    prepared = prepare_run(args)
+    outcomes = run(prepared.models, prepared.tasks, prepared.catalog, prepared.options, Reporter(), prepared.plan)
+    records = []
+    for o in outcomes:
+        if o.status in ("done", "skipped") and o.path.is_file():
+            record = results.load(o.path)
+            log = results.samples_path(o.path)
+            if args.log_samples and log.is_file():
+                record["samples"] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
+            records.append(record)
+    summary = [
+        {"model": o.model, "task": o.task, "status": o.status, "error": o.error, "path": str(o.path)} for o in outcomes
+    ]
+    return {"results": records, "outcomes": summary}
+
+
+def load_task(name: str, include_path: list[str] | None = None):
+    """A task's configuration (``TaskConfig``) by name, glob match or YAML path, as ``--tasks`` resolves it."""
+    from covar_harness.catalog.plugin_manager import load_catalog
+
+    found = load_catalog(include_path or []).tasks.resolve(name)
+    if len(found) != 1:
+        raise UsageError(f"{name!r} names {len(found)} tasks ({', '.join(c.task for c in found[:5])}); name one")
+    return found[0]

@@ -1,0 +1,311 @@
+"""Handlers of the CLI commands: glue between parsed arguments and the pipeline modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+from dataclasses import dataclass
+from typing import Any
+
+from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import console as _console
+from covar_harness.common.console import markup, print_rows
+
+
+@dataclass
+class PreparedRun:
+    """Everything ``run`` decided before any weights load (the CLI and the Python API share it)."""
+
+    models: list
+    tasks: list
+    catalog: Any
+    options: Any
+    plan: list
+
+
+def prepare_run(args: Namespace) -> PreparedRun:
+    """Parse and check ``run``'s settings and make the plan: every mistake here is a UsageError (exit 2)."""
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.models.args import parse as parse_model_args
+    from covar_harness.models.specs import resolve_models
+    from covar_harness.run.evaluator import RunOptions
+    from covar_harness.run.plan import check_writable, parse_shard, plan_run
+    from covar_harness.run.text_cache import default_text_cache
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")  # --batch-size is checked by its argparse type
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    if getattr(args, "checkpoint_every", 0) < 0:
+        raise UsageError("--checkpoint-every must be >= 0")
+    shard = parse_shard(getattr(args, "shard", None))
+    catalog = load_catalog(args.include_path)
+    models = resolve_models(args.models, catalog)
+    tasks = catalog.tasks.resolve(args.tasks)
+    for cfg in tasks:
+        if cfg.dataset["format"] not in catalog.formats:
+            catalog.formats.entry(cfg.dataset["format"])  # raises with close matches
+    options = RunOptions(
+        output_dir=args.output_dir,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        limit=args.limit,
+        seed=args.seed,
+        log_samples=args.log_samples,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        steps=_analysis_steps(args, catalog),
+        diagnosis=_diagnosis_settings(args),
+        distractors=_distractor_settings(args),
+        segmenter=args.segmenter,
+        segmenter_settings=_segmenter_settings(args, catalog),
+        shard=shard,
+        text_cache=default_text_cache(getattr(args, "text_cache", None)),
+        checkpoint_every=getattr(args, "checkpoint_every", 0),
+        dist_timeout=getattr(args, "dist_timeout", 3600.0),
+        model_args=parse_model_args(getattr(args, "model_args", None)),
+    )
+    plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
+    if getattr(args, "save_maps", None) and not args.dry_run:
+        check_writable(args.save_maps, "--save-maps")
+    return PreparedRun(models, tasks, catalog, options, plan)
+
+
+def cmd_run(args: Namespace) -> int:
+    run = prepare_run(args)
+    out = _console()
+    if args.dry_run:
+        return _print_plan(out, run.plan, run.models, run.tasks)
+    outcomes = _run_with_progress(run.models, run.tasks, run.catalog, run.options, run.plan)
+    _print_summary(out, outcomes)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _analysis_steps(args: Namespace, catalog) -> list:
+    """Attribution steps chosen on the command line (registered by plugins); diagnosis follows them by itself.
+
+    ``--attribution auto`` (the default) builds the ``cci`` step in a mode that switches itself off, per
+    task, when the task has no foreground masks (docs/design.md: attribution is default-on for tasks with masks).
+    """
+    from covar_harness.attribution.settings import AttributionSettings, CCISettings
+
+    name = getattr(args, "attribution", None) or "none"
+    if name == "none":
+        if getattr(args, "save_maps", None):
+            raise UsageError("--save-maps needs attribution (--attribution cci, random or auto)")
+        return []
+    auto = name == "auto"
+    entry = catalog.attributors.entry("cci" if auto else name)
+    settings = AttributionSettings(entry.name, CCISettings.from_args(args), getattr(args, "save_maps", None), auto)
+    from covar_harness.attribution.rise import RISESettings
+    from covar_harness.catalog.plugin_manager import call_with_accepted, keywords_of
+
+    offered = settings.flat()
+    rise = RISESettings.from_args(args)  # --rise-*: checked whatever the method, offered to a factory naming it
+    if "rise" in keywords_of(entry.item).names:
+        offered["rise"] = rise
+    return [call_with_accepted(entry.item, **offered)]  # third-party factories take what they accept
+
+
+def _segmenter_settings(args: Namespace, catalog) -> dict:
+    """``--segmenter-opt key=value`` (repeatable) as the segmenter's settings, checked against its factory
+    before any model loads: an unknown key is a usage error naming close matches."""
+    from covar_harness.masks.segmenter import check_segmenter_settings, parse_segmenter_opts
+
+    settings = parse_segmenter_opts(getattr(args, "segmenter_opt", None))
+    check_segmenter_settings(getattr(args, "segmenter", "auto"), catalog, settings)
+    return settings
+
+
+def _distractor_settings(args: Namespace):
+    """``--distractors`` / ``--distractor-share`` (flags and defaults from ``DistractorSettings``), checked."""
+    from covar_harness.common.flags import from_args
+    from covar_harness.diagnosis.distractors import DistractorSettings
+
+    return DistractorSettings(**from_args(DistractorSettings, args, "distractors_"))
+
+
+def _diagnosis_settings(args: Namespace):
+    """``--driver-rule`` / ``--fg-threshold`` (flags and defaults from ``DiagnosisSettings``), checked."""
+    from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
+
+    defaults = DiagnosisSettings()
+    rule_text = getattr(args, "diagnosis_rules", None)
+    rule_text = ",".join(defaults.rules) if rule_text is None else rule_text
+    threshold = getattr(args, "diagnosis_threshold", None)
+    threshold = defaults.threshold if threshold is None else threshold
+    rules = tuple(r.strip() for r in rule_text.split(",") if r.strip())
+    unknown = [r for r in rules if r not in RULES]
+    if not rules or unknown:
+        raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}; choose from {', '.join(RULES)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError("--fg-threshold must be in [0, 1]")
+    draws = getattr(args, "diagnosis_null_draws", None)
+    draws = defaults.null_draws if draws is None else draws
+    if not 0 <= draws <= 10_000:
+        raise UsageError("--null-draws must be in [0, 10000]")
+    fine_rule = getattr(args, "diagnosis_fine_rule", None) or defaults.fine_rule  # checked by DiagnosisSettings
+    return DiagnosisSettings(rules=rules, threshold=threshold, seed=args.seed, null_draws=draws, fine_rule=fine_rule)
+
+
+def _run_with_progress(models, tasks, catalog, options, plan):
+    """Progress bars with ETA in a terminal; plain lines (one per pair, one per 30 s) when stderr is a file."""
+    from covar_harness.common.console import progress_reporter
+    from covar_harness.run.evaluator import LineReporter, run
+
+    if sys.stderr.isatty():
+        with progress_reporter() as reporter:
+            return run(models, tasks, catalog, options, reporter, plan)
+    return run(models, tasks, catalog, options, LineReporter(total_pairs=len(plan)), plan)
+
+
+def _print_plan(out, plan, models, tasks) -> int:
+    status = {"run": "to run", "skipped": "exists: skip", "noted": "skip"}
+    rows = [
+        [
+            p.ref.spec,
+            p.ref.target if p.ref.target != p.ref.spec else "",
+            p.cfg.task,
+            str(p.path),
+            status[p.status] + (f" ({p.reason})" if p.status == "noted" else ""),
+        ]
+        for p in plan
+    ]
+    print_rows(
+        out,
+        f"plan: {len(models)} model(s) x {len(tasks)} task(s)",
+        ["model", "resolves to", "task", "result file", "status"],
+        rows,
+    )
+    return 0
+
+
+SUMMARY_ERROR_WIDTH = 60
+
+
+def _print_summary(out, outcomes) -> None:
+    """One row per pair (errors cut short), then each distinct error once, in full, with the pairs it hit."""
+    rows = []
+    for o in outcomes:
+        acc = o.metrics.get(o.headline)
+        detail = str(o.path) if o.status == "done" else o.error or str(o.path)
+        rows.append(
+            [
+                o.model,
+                o.task,
+                o.status,
+                "-" if acc is None else f"{100 * acc:.1f} {o.headline}" if o.headline != "acc1" else f"{100 * acc:.1f}",
+                str(o.n_failed) if o.status == "done" else "",
+                detail,
+            ]
+        )
+    print_rows(
+        out,
+        "run summary",
+        ["model", "task", "status", "headline (acc1 unless named)", "n_failed", "result / reason"],
+        rows,
+        right=(3, 4),
+        truncate={"result / reason": SUMMARY_ERROR_WIDTH},
+    )
+    by_error: dict[str, list] = {}
+    for o in outcomes:
+        if o.status == "failed":
+            by_error.setdefault(o.error, []).append(o)
+    if not by_error:
+        return
+    err = _console(stderr=True)
+    err.print(f"[red]{sum(map(len, by_error.values()))} pair(s) failed[/red]")
+    for message, pairs in by_error.items():
+        hit = ", ".join(f"{o.model} x {o.task}" for o in pairs[:3])
+        hit += f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+        err.print(f"  {markup(message)}  [dim]({len(pairs)} pair(s): {markup(hit)})[/dim]", soft_wrap=True)
+    for advice in dict.fromkeys(o.advice for o in outcomes if o.status == "failed" and o.advice):
+        err.print(f"[yellow]{markup(advice)}[/yellow]", soft_wrap=True)  # once per run, however many pairs
+
+
+def cmd_ls(args: Namespace) -> int:
+    from covar_harness.catalog.plugin_manager import load_catalog
+
+    catalog = load_catalog(args.include_path)
+    if args.what == "models":
+        from covar_harness.models.specs import resolve_models
+
+        columns = ["name", "family", "source", "tags", "description"]
+        rows = []
+        for entry in catalog.models:
+            ref = resolve_models([entry.name], catalog)[0]
+            rows.append(
+                [
+                    entry.name,
+                    ref.family,
+                    ref.target if ref.target != entry.name else entry.plugin,
+                    ",".join(entry.tags),
+                    entry.description,
+                ]
+            )
+    elif args.what == "tasks":
+        from covar_harness.data.samples import data_status
+
+        columns = ["task", "format", "version", "data", "tags", "description"]
+        rows = [
+            [
+                c.task,
+                c.dataset["format"],
+                c.version,
+                data_status(c, catalog, args.data_dir)[0],
+                ",".join(c.tags),
+                c.description,
+            ]
+            for c in catalog.tasks
+        ]
+    else:
+        columns = ["name", "plugin", "description"]
+        rows = [[e.name, e.plugin, e.description] for e in getattr(catalog, args.what)]
+    print_rows(_console(), args.what, columns, rows, wrap=("description",))
+    return 0
+
+
+def cmd_plugins(args: Namespace) -> int:
+    """Loaded plugins as a table or JSON; third-party names are shown inert, and ``| head`` ends quietly."""
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.common.console import inert, stdout_closed, write_stdout
+
+    catalog = load_catalog()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "version": p.version,
+            "builtin": p.builtin,
+            "hooks": p.hooks,
+        }
+        for p in catalog.plugins
+    ]
+    try:
+        if args.json:
+            write_stdout(json.dumps(inert(rows), indent=2) + "\n")
+            return 0
+        print_rows(
+            _console(),
+            "plugins",
+            ["name", "distribution", "version", "module", "hooks"],
+            [
+                [
+                    r["name"] + (" (built-in)" if r["builtin"] else ""),
+                    r["distribution"],
+                    r["version"],
+                    r["module"],
+                    ", ".join(r["hooks"]),
+                ]
+                for r in rows
+            ],
+        )
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()
+    return 0

@@ -1,0 +1,165 @@
+"""Handlers of the results and data commands: leaderboard (text formats), validate, init-leaderboard, data.
+
+``commands`` holds ``run`` (and ``prepare_run``, shared with the Python API), ``ls`` and ``plugins``.
+"""
+
+from __future__ import annotations
+
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import console as _console
+from covar_harness.common.console import markup
+
+
+def cmd_leaderboard(args: Namespace) -> int:
+    """Tables from a folder of result files. Each unusable file is skipped with one line; ``--reference paper``
+    shows the published rows even without own results; ``| head`` ends quietly."""
+    import os
+
+    from covar_harness.common.console import markup, one_line, stdout_closed, write_stdout
+    from covar_harness.leaderboard import tables as lb
+
+    if not os.path.isdir(args.results_dir):  # never raises, even for a name too long for the OS
+        raise UsageError(f"results folder {one_line(args.results_dir)!r} does not exist")
+    loaded = lb.collect(args.results_dir)
+    err = _console(stderr=True)
+    for path, why in loaded.invalid:
+        err.print(f"[yellow]skipped invalid result {markup(path)}: {markup(why)}[/yellow]")
+    if not loaded.records and not loaded.faithfulness and args.reference is None:
+        raise UsageError(f"no valid result files under {one_line(args.results_dir)}")
+    if not loaded.records and not loaded.faithfulness:
+        err.print(f"[yellow]no valid result files under {markup(args.results_dir)}: published rows only[/yellow]")
+    tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
+    try:
+        if args.format == "table":
+            lb.render_rich(tables, _console())
+            sys.stdout.flush()
+        elif args.format == "markdown":
+            write_stdout(lb.render_markdown(tables))
+        elif args.format == "csv":
+            write_stdout(lb.render_csv(loaded.records, args.reference, loaded.faithfulness))
+        else:
+            write_stdout(lb.render_json(loaded.records, tables, args.reference, loaded.faithfulness) + "\n")
+    except BrokenPipeError:
+        return stdout_closed()
+    return 0
+
+
+def _strict_checker(args: Namespace):
+    """``validate --strict``: the submission checks (covar_harness.results.submission), or None without the flag."""
+    if not getattr(args, "strict", False):
+        if getattr(args, "fingerprints", None) is not None:
+            raise UsageError("--fingerprints needs --strict")
+        return None
+    from covar_harness.results.submission import StrictChecker, known_fingerprints
+
+    return StrictChecker(known_fingerprints(args.fingerprints))
+
+
+def cmd_validate(args: Namespace) -> int:
+    """Check result files (a folder stands for every ``*.json`` under it): 0 all valid, 1 any invalid, 2 a path
+    that does not exist or a folder without result files (one line, before anything is checked)."""
+    from covar_harness.common.console import one_line, stdout_closed, write_stdout
+    from covar_harness.results import files as results
+    from covar_harness.results import validation
+
+    files, problems = results.expand_paths(args.files)
+    strict = _strict_checker(args)
+    bad = len(problems)
+    try:
+        for path, why in problems:
+            write_stdout(f"{one_line(path)}: {one_line(why)}\n")
+        for path in files:
+            try:
+                obj = results.load(path)
+                errors = validation.validate_any(obj)  # classification or faithfulness results
+                if strict is not None and not errors:
+                    errors = strict.problems(path, obj)
+            except Exception as exc:  # noqa: BLE001 - one line per unusable file, never a traceback
+                errors = [f"cannot read: {str(exc) or type(exc).__name__}"]
+            bad += bool(errors)
+            for e in errors or ["ok"]:
+                write_stdout(f"{one_line(path)}: {one_line(e)}\n")
+        total = len(files) + len(problems)
+        if total > 1:
+            write_stdout(f"{total} file(s): {total - bad} ok, {bad} invalid\n")
+    except BrokenPipeError:
+        return stdout_closed()
+    return 1 if bad else 0
+
+
+LEADERBOARD_FILES = {".github/workflows/leaderboard.yml": "leaderboard.yml", "leaderboard-ci.sh": "leaderboard-ci.sh"}
+
+
+def cmd_init_leaderboard(args: Namespace) -> int:
+    """Copy the leaderboard CI template into a repository; never overwrite what is there."""
+    from covar_harness import __version__
+    from covar_harness.data.resources import resource_text
+    from covar_harness.results.files import atomic_write
+
+    root = Path(args.dir)
+    taken = [name for name in LEADERBOARD_FILES if (root / name).exists()]
+    if taken:
+        raise UsageError(f"{root}: {', '.join(taken)} already exist(s); nothing written (move them away first)")
+    spec = args.harness_spec or f"covar-harness=={__version__}"
+    if any(c in spec for c in '\n\r"`$'):
+        raise UsageError("--harness-spec must be one pip requirement without quotes, $ or backticks")
+    for name, template in LEADERBOARD_FILES.items():
+        text = resource_text("leaderboard", template).replace("__HARNESS_SPEC__", spec)
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda fh, text=text: fh.write(text))
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    _console().print(
+        f"wrote {markup(root / '.github/workflows/leaderboard.yml')} and {markup(root / 'leaderboard-ci.sh')}; "
+        f"put result files under {markup(root / 'results')}/ and try: bash leaderboard-ci.sh main",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def cmd_data(args: Namespace) -> int:
+    """``data where``: status, path and layout per task; ``data fetch``: download hub datasets into the HF cache."""
+    from covar_harness.catalog.plugin_manager import load_catalog
+    from covar_harness.data.samples import data_status
+
+    catalog = load_catalog(args.include_path)
+    tasks = catalog.tasks.resolve(args.tasks)
+    if args.action == "fetch":
+        return _fetch(tasks, catalog, args.data_dir)
+    out = _console()
+    for cfg in tasks:
+        status, detail = data_status(cfg, catalog, args.data_dir)
+        layout = catalog.formats.entry(cfg.dataset["format"]).description
+        out.print(f"[bold]{markup(cfg.task)}[/bold]: {markup(status)}", soft_wrap=True)
+        out.print(f"  format {markup(cfg.dataset['format'])}: {markup(layout)}", soft_wrap=True)
+        out.print(f"  {'where' if status in ('present', 'on first use') else 'why'}: {markup(detail)}", soft_wrap=True)
+    return 0
+
+
+def _fetch(tasks: list, catalog, data_dir) -> int:
+    """Download the tasks whose data is a Hugging Face Hub dataset; anything else says where to get it (exit 2)."""
+    from covar_harness.data.samples import data_status, resolve_dataset
+
+    hub = []
+    for cfg in tasks:
+        ds, _root = resolve_dataset(cfg, data_dir)
+        status, detail = data_status(cfg, catalog, data_dir)
+        source = ds.get("hf_id") or (ds.get("raw_path") if ds.get("format") == "hf" else None)
+        if status == "present":
+            continue
+        if status != "on first use" or not source:
+            raise UsageError(f"task {cfg.task!r}: its data is not on the Hugging Face Hub: {detail}")
+        hub.append((cfg, ds, str(source)))
+    for cfg, ds, source in hub:
+        import datasets
+
+        try:
+            datasets.load_dataset(source, ds.get("name"), split=ds.get("split", "test"), revision=ds.get("revision"))
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types; one line each
+            raise UsageError(f"task {cfg.task!r}: could not download {source!r}: {str(exc).splitlines()[0]}") from None
+        _console().print(f"fetched {markup(source)} for {markup(cfg.task)}", soft_wrap=True)
+    return 0

@@ -1,0 +1,226 @@
+"""Diagnosis per task (docs/design.md sections 7.5 and 8): BG-Er / Fine-Er as shares of misclassified samples
+under every driver rule, the rule's null (its expected shares with each sample's cluster values permuted), the
+rates per explained target, the counts behind each share and their bootstrap intervals.
+
+:func:`summarise` reads the per-sample :class:`~covar_harness.diagnosis.rules.DiagnosisRecord` s; :func:`diagnose` runs
+the per-sample diagnosis and the summary over logged sample rows (dicts read from ``samples.jsonl``). numpy is
+imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from covar_harness.diagnosis.rules import (
+    RULES,
+    DiagnosisRecord,
+    DiagnosisSettings,
+    Evidence,
+    Rule,
+    RuleOutcome,
+    diagnose_sample,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+# ---- per task -----------------------------------------------------------------------------------------------------
+@dataclass
+class Diagnosis:
+    per_sample: dict[int, dict] = field(default_factory=dict)  # index -> fields to merge into the sample log
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+HEADLINE_EXTRAS = (
+    "bg_er_null",
+    "bg_er_minus_null",
+    "fine_er_null",
+    "fg_driven_rate_null",
+    "bg_er_pred",
+    "bg_er_label",
+    "fine_er_pred",
+    "fine_er_label",
+)  # headline-rule metrics beside fg_driven_rate / bg_er / fine_er, present where the rule defines them
+
+
+def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_groups: bool) -> Diagnosis:
+    """BG-Er / Fine-Er as shares of misclassified samples, per rule. Samples without a mask or without the
+    records a rule needs are left out of that rule's rates (counted as ``n_undetermined``). Beside them: the
+    rule's null, the rates per explained target, and the counts behind each share."""
+    out = Diagnosis(
+        per_sample={r.index: r.log_fields() for r in records},
+        config={**settings.as_config(), "fine_grained_groups": has_groups},
+    )
+    clustered = bool(records) and all(r.cluster is not None for r in records)
+    out.config["bootstrap_unit"] = "source_id" if clustered else "sample"
+    for r_i, name in enumerate(settings.rules):
+        outcomes = [(r, r.outcomes[name]) for r in records]
+        decided = [(r, o) for r, o in outcomes if o.driver is not None]
+        errors = [(r, o) for r, o in outcomes if not r.correct and r.has_mask]
+        summary = _rates(
+            [o.driver == "fg" for _, o in decided],
+            [o.error_type for _, o in errors],
+            settings,
+            [r.cluster for r, _ in decided] if clustered else None,
+            [r.cluster for r, _ in errors] if clustered else None,
+        )
+        summary["n_undetermined"] = len(records) - len(decided)
+        summary.update(_counts(records, errors))
+        intervals = summary.pop("intervals")
+        for extra in (
+            _null_rates(RULES[name], decided, errors, settings, clustered),
+            _target_rates(errors, settings, clustered),
+        ):
+            intervals.update(extra.pop("intervals"))
+            summary.update(extra)
+        out.by_rule[name] = {**summary, "intervals": intervals}
+        if r_i == 0:
+            out.metrics = {k: summary[k] for k in ("fg_driven_rate", "bg_er", "fine_er")}
+            out.metrics.update({k: summary[k] for k in HEADLINE_EXTRAS if k in summary})
+            out.intervals = dict(intervals)  # bg_er_minus_null's interval is signed: validation allows [-1, 1]
+    return out
+
+
+def _counts(records: list[DiagnosisRecord], errors: list[tuple[DiagnosisRecord, RuleOutcome]]) -> dict[str, Any]:
+    """The counts behind the shares, and the object size of the errors: why a share is what it is (a rule that
+    calls small objects background-driven shows up as errors with a small mean area)."""
+    areas = [r.area for r, _ in errors if r.area is not None]
+    return {
+        "n_errors_undetermined": sum(o.driver is None for _, o in errors),
+        "n_errors_without_mask": sum(not r.correct and not r.has_mask for r in records),
+        "errors_mean_area": sum(areas) / len(areas) if areas else None,
+    }
+
+
+def _interval(values: Any, settings: DiagnosisSettings, clusters: list[str | None] | None) -> list[float] | None:
+    from covar_harness.common.metrics import bootstrap_interval
+
+    if not len(values):
+        return None
+    interval = bootstrap_interval(values, n_boot=settings.bootstrap, seed=settings.seed, clusters=clusters)
+    return None if interval is None else list(interval)
+
+
+def _rates(
+    drivers: list[bool],
+    errors: list[str | None],
+    settings: DiagnosisSettings,
+    driver_clusters: list[str | None] | None = None,
+    error_clusters: list[str | None] | None = None,
+) -> dict[str, Any]:
+    import numpy as np
+
+    fg = np.asarray(drivers, dtype=float)
+    bg_err = np.asarray([e == "bg" for e in errors], dtype=float)
+    fine_err = np.asarray([e == "fine" for e in errors], dtype=float)
+    out: dict[str, Any] = {
+        "fg_driven_rate": float(fg.mean()) if len(fg) else None,
+        "bg_er": float(bg_err.mean()) if len(bg_err) else None,
+        "fine_er": float(fine_err.mean()) if len(fine_err) else None,
+        "n_attributed": len(drivers),
+        "n_errors": len(errors),
+        "intervals": {},
+    }
+    for key, values, clusters in (
+        ("fg_driven_rate", fg, driver_clusters),
+        ("bg_er", bg_err, error_clusters),
+        ("fine_er", fine_err, error_clusters),
+    ):
+        if len(values):
+            out["intervals"][key] = _interval(values, settings, clusters)
+    return out
+
+
+def _null_rates(
+    rule_: Rule,
+    decided: list[tuple[DiagnosisRecord, RuleOutcome]],
+    errors: list[tuple[DiagnosisRecord, RuleOutcome]],
+    settings: DiagnosisSettings,
+    clustered: bool,
+) -> dict[str, Any]:
+    """The rule's null (expected shares when each sample's cluster values are permuted) and BG-Er minus it.
+    An error the rule leaves undetermined is undetermined under the null too (permuting keeps whether any value
+    is positive), so both shares have the same denominator and the difference is a per-error paired one."""
+    import numpy as np
+
+    if rule_.null_field is None or settings.null_draws <= 0:
+        return {"null": "none: the rule reads no cluster importances", "intervals": {}}
+    fg_null = np.asarray([o.null_fg or 0.0 for _, o in decided], dtype=float)
+    bg_null = np.asarray([0.0 if o.null_fg is None else 1.0 - o.null_fg for _, o in errors], dtype=float)
+    fine_null = np.asarray([(o.null_fg or 0.0) * r.fine for r, o in errors], dtype=float)
+    diff = np.asarray([o.error_type == "bg" for _, o in errors], dtype=float) - bg_null
+    out: dict[str, Any] = {
+        "fg_driven_rate_null": float(fg_null.mean()) if len(fg_null) else None,
+        "bg_er_null": float(bg_null.mean()) if len(bg_null) else None,
+        "fine_er_null": float(fine_null.mean()) if len(fine_null) else None,
+        "bg_er_minus_null": float(diff.mean()) if len(diff) else None,
+        "intervals": {},
+    }
+    err_clusters = [r.cluster for r, _ in errors] if clustered else None
+    for key, values in (("bg_er_null", bg_null), ("bg_er_minus_null", diff)):
+        if len(values):
+            out["intervals"][key] = _interval(values, settings, err_clusters)
+    return out
+
+
+def _target_rates(
+    errors: list[tuple[DiagnosisRecord, RuleOutcome]], settings: DiagnosisSettings, clustered: bool
+) -> dict[str, Any]:
+    """BG-Er / Fine-Er with the prediction and with the label explained (``bg_er_pred``, ``bg_er_label``, ...),
+    where every error's record holds both targets; an error undetermined under a target counts as ``other``."""
+    import numpy as np
+
+    out: dict[str, Any] = {"intervals": {}}
+    if not errors or any(o.by_target is None for _, o in errors):
+        return out
+    clusters = [r.cluster for r, _ in errors] if clustered else None
+    for target in ("pred", "label"):
+        kinds = [o.by_target[target].error_type for _, o in errors if o.by_target is not None]
+        for metric, kind in (("bg_er", "bg"), ("fine_er", "fine")):
+            values = np.asarray([k == kind for k in kinds], dtype=float)
+            out[f"{metric}_{target}"] = float(values.mean())
+            out["intervals"][f"{metric}_{target}"] = _interval(values, settings, clusters)
+    return out
+
+
+def fine_sensitivity(
+    records: list[DiagnosisRecord], headline_rule: str, applies: dict[str, bool]
+) -> dict[str, float | None]:
+    """Fine-Er under each fine-grained rule (``fine_by_rule``), with the headline driver rule's drivers: the share
+    of errors with a mask that are foreground-driven and fine-grained under that rule. The paper's rule is
+    unknown, so how far Fine-Er moves between reasonable rules is part of the measurement. Null where a rule has
+    nothing to go on for the task (``applies`` False) or there is no error with a mask."""
+    errors = [r for r in records if not r.correct and r.has_mask]
+    out: dict[str, float | None] = {}
+    for spec, ok in applies.items():
+        hits = [r.outcomes[headline_rule].driver == "fg" and r.fine_by_rule.get(spec, False) for r in errors]
+        out[spec] = sum(hits) / len(hits) if ok and hits else None
+    return out
+
+
+def diagnose(
+    rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
+) -> Diagnosis:
+    """:func:`diagnose_sample` and :func:`summarise` over logged sample rows (index, label, pred, and the
+    attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
+    foreground fraction per patch, raster order."""
+    records = [
+        diagnose_sample(
+            row["index"],
+            row["label"],
+            row["pred"],
+            Evidence.of_row(row),
+            fg_grids.get(row["index"]),
+            groups,
+            settings,
+            row.get("id"),
+            row.get("source_id"),
+        )
+        for row in rows
+    ]
+    return summarise(records, settings, groups is not None)

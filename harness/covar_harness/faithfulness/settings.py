@@ -1,0 +1,56 @@
+"""The faithfulness settings: every knob of the deletion / insertion curves and localisation metrics, recorded in
+each result file's ``settings`` (nothing here imports torch)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from covar_harness.catalog.registry import UsageError
+
+REPLACEMENTS = ("blur", "black", "mean")
+SCORES = ("softmax", "cosine")
+TARGETS = ("pred", "label")
+MAX_STEPS = 256
+
+
+@dataclass(frozen=True)
+class FaithfulnessSettings:
+    """``steps``: points per curve minus one (the patches are removed in ``steps`` equal shares, most important
+    first). ``replacement``: what a deleted patch becomes (and the canvas insertion starts from): ``blur`` (the
+    image Gaussian-blurred with ``blur_sigma`` pixels), ``black`` (a black image through the model's own
+    preprocessing) or ``mean`` (the image's mean colour). ``score``: ``softmax`` over the task's classes at
+    ``temperature`` (CLIP's logit scale), or ``cosine`` with the explained class's text embedding.
+    ``target``: the class explained (prediction or label). ``token_removal``: also the curves with the patches
+    removed from attention (adapters that support removal). ``mask_threshold``: a patch is inside the mask for
+    relevance-rank accuracy when its foreground fraction is at least this."""
+
+    steps: int = 16
+    replacement: str = "blur"
+    blur_sigma: float = 8.0
+    score: str = "softmax"
+    temperature: float = 100.0
+    target: str = "pred"
+    token_removal: bool = True
+    mask_threshold: float = 0.5
+    seed: int = 0
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise UsageError(f"--steps must be in 1..{MAX_STEPS}, got {self.steps}")
+        if self.replacement not in REPLACEMENTS:
+            raise UsageError(f"--replacement must be one of {', '.join(REPLACEMENTS)}, got {self.replacement!r}")
+        if self.score not in SCORES:
+            raise UsageError(f"--score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.target not in TARGETS:
+            raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if not self.blur_sigma > 0 or not self.temperature > 0:
+            raise UsageError("--blur-sigma and the temperature must be > 0")
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise UsageError(f"the mask threshold must be in [0, 1], got {self.mask_threshold}")
+        if not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)

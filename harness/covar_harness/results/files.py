@@ -1,0 +1,347 @@
+"""Result files (docs/design.md section 6): one JSON per model x task, written atomically, validated on read.
+
+The file is the unit of resume (an existing file means the pair is done) and of leaderboard submission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+SLUG_MAX = 200  # bytes (slugs are ASCII); leaves room for ".samples.jsonl" and the temp-file affixes under 255
+_SAFE_PART = re.compile(r"[A-Za-z0-9.=-](?:[A-Za-z0-9._=-]*[A-Za-z0-9=-])?")  # one "/"-separated part kept as is
+_HASHED_TAIL = re.compile(r"-[0-9a-f]{8}$")
+_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # Windows device names, any extension
+
+
+def _kept_as_is(text: str) -> bool:
+    """True when ``/`` -> ``__`` is the only change and can be undone: every part is safe, has no ``__``, does
+    not start or end with ``_`` or start with ``.``, and the result could not be mistaken for a hashed slug."""
+    parts = text.split("/")
+    readable = "__".join(parts)
+    return (
+        all(_SAFE_PART.fullmatch(p) and "__" not in p and not p.startswith(".") for p in parts)
+        and len(readable) <= SLUG_MAX
+        and not _HASHED_TAIL.search(readable)
+        and not _RESERVED.fullmatch(readable)
+    )
+
+
+def slug(text: str, *, hashed: bool = True) -> str:
+    """Filesystem-safe, readable, stable and injective: distinct names never share a result file.
+
+    Safe names keep today's form (``demo/shapes-clean`` -> ``demo__shapes-clean``); anything else (``:``, spaces,
+    non-ASCII, a leading dot, a reserved device name, over ``SLUG_MAX`` bytes) becomes its readable ASCII part
+    plus ``-`` and 8 hex digits of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
+    ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path.
+
+    ``hashed=False`` is the short form ``build-covar`` names objects, backgrounds and class folders with: each run
+    of characters outside ``[A-Za-z0-9_.-]`` becomes ``-`` (``ice bear`` -> ``ice-bear``), no hash. It is not
+    injective (build-covar refuses duplicate object ids instead), and it must not change: an object's id seeds
+    its random draws, so another form would change every image of a rebuilt COVAR copy. Safe names, such as
+    COVAR-Shapes' ``circle-0``, come out the same in both forms.
+    """
+    text = str(text)
+    if not hashed:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+    if _kept_as_is(text):
+        return text.replace("/", "__")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("/", "__")).strip("_.")
+    readable = readable[: SLUG_MAX - 10].rstrip("_.") or "unnamed"
+    out = f"{readable}-{digest}"
+    return "_" + out if _RESERVED.fullmatch(out) else out  # "nul.txt-1a2b3c4d" is still the device NUL on Windows
+
+
+def result_path(output_dir: Path, model_spec: str, task_name: str) -> Path:
+    """``<output_dir>/<slug(model)>/<slug(task)>.json``: always a file two levels inside ``output_dir``."""
+    folder, name = slug(model_spec), slug(task_name)
+    if any(sep in folder + name for sep in ("/", "\\", "\0")) or {folder, name} & {"", ".", ".."}:
+        raise ValueError(f"unsafe result path for {model_spec!r} x {task_name!r}")  # slug guarantees it; belt, braces
+    return Path(output_dir) / folder / f"{name}.json"
+
+
+def samples_path(result_file: Path) -> Path:
+    return result_file.with_name(result_file.name[: -len(".json")] + ".samples.jsonl")
+
+
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """``write(file)`` into a temp file beside ``path``, then rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data: NaN and infinities become ``None`` (JSON has no such numbers, and a model or a
+    metadata file can produce them), numpy scalars and arrays become Python numbers and lists, tuples lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {_key(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    np = sys.modules.get("numpy")  # only ever numpy objects if numpy is loaded; never import it here
+    if np is not None and isinstance(obj, (np.ndarray, np.generic)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj  # anything else: json raises TypeError naming it
+
+
+def _key(key: Any) -> Any:
+    np = sys.modules.get("numpy")
+    key = key.item() if np is not None and isinstance(key, np.generic) else key
+    return str(key) if isinstance(key, float) and not math.isfinite(key) else key
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic, and never a ValueError for a NaN: non-finite numbers are written as ``null``."""
+    data = jsonable(obj)
+    atomic_write(path, lambda fh: json.dump(data, fh, indent=2, allow_nan=False))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """One JSON object a line (the per-sample log); non-finite numbers are written as ``null``."""
+
+    def write(fh):
+        for row in rows:
+            fh.write(json.dumps(jsonable(row), allow_nan=False, separators=(",", ":")) + "\n")
+
+    atomic_write(path, write)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the covar_harness package: harness/covar_harness in a checkout
+DISTRIBUTION = "covar-harness"
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS`` stdout, stripped; None when git is missing, fails or prints nothing."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _is_harness_checkout(root: Path) -> bool:
+    """Whether ``root`` is the top of a covar-harness source tree: its pyproject.toml names this distribution."""
+    from covar_harness.common.safe_files import read_text_capped
+
+    try:
+        text = read_text_capped(root / "pyproject.toml", 1 << 20)
+    except (OSError, UnicodeDecodeError):
+        return False
+    project = re.search(r"(?ms)^\[project\]\s*$(.*?)(?=^\[)", text + "\n[")  # the [project] table's body
+    name = rf'(?m)^name\s*=\s*["\']{re.escape(DISTRIBUTION)}["\']\s*(#.*)?$'
+    return bool(project and re.search(name, project.group(1)))
+
+
+def _git_commit(package_dir: Path | None = None) -> str | None:
+    """The commit of the harness's own checkout, or None.
+
+    Only when the package folder sits at the top of a git work tree whose root is a covar-harness source tree
+    (``<root>/pyproject.toml`` names ``covar-harness`` and the package is ``<root>/harness/covar_harness``). Why: a harness
+    installed inside someone else's repository (a virtualenv in their project, a vendored copy) would
+    otherwise record *their* HEAD as the harness commit, which is worse than recording nothing.
+    """
+    here = (package_dir or PACKAGE_DIR).resolve()
+    top = _git(here, "rev-parse", "--show-toplevel")
+    root = here.parents[1]
+    if top is None or Path(top).resolve() != root or not _is_harness_checkout(root):
+        return None
+    return _git(root, "rev-parse", "HEAD")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(device: str, started_at: str, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and when a result was made; ``distributed``: the ranks of a torchrun job (``distributed.py``)."""
+    from covar_harness import __version__
+
+    out = {
+        "harness_version": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "open_clip": _version("open_clip_torch"),
+        "transformers": _version("transformers"),
+        "device": device,
+        "started_at": started_at,
+        "finished_at": now(),
+    }
+    return out if distributed is None else {**out, "distributed": distributed}
+
+
+MAX_RESULT_BYTES = 64 * 2**20  # a result file is a few KiB; anything near this is not one
+MAX_DEPTH = 64  # result files nest 4 levels deep
+
+
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` for anything else.
+
+    FIFOs, devices (a ``*.json`` symlink to ``/dev/zero``), sockets and folders are refused before they are
+    opened, and again on the open descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
+    fd = os.open(
+        path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    )
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"larger than {max_bytes} bytes ({info.st_size})")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return b"".join(chunks)
+
+
+def result_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every ``*.json`` under ``folder`` (recursively, sorted; symlinked folders are not followed, so no loops),
+    and the sub-folders that could not be listed, each with a one-line reason."""
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((Path(exc.filename or folder), f"cannot list: {exc.strerror or exc}"))
+
+    for root, _dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
+        found += [Path(root) / name for name in files if name.endswith(".json")]
+    return sorted(found), problems
+
+
+def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files as given and folders as every ``*.json`` under them, plus (path, reason) for folders that could
+    not be listed. A path that does not exist, or a folder without result files, is a ``UsageError``."""
+    from covar_harness.catalog.registry import UsageError
+
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for path in map(Path, paths):
+        try:
+            is_dir, exists = path.is_dir(), os.path.lexists(path)
+        except (OSError, ValueError) as exc:
+            problems.append((path, f"cannot read: {exc}"))
+            continue
+        if not exists:
+            raise UsageError(f"no such file or folder: {_short(str(path))}")
+        if not is_dir:
+            files.append(path)
+            continue
+        found, unlisted = result_files(path)
+        if not found and not unlisted:
+            raise UsageError(f"no *.json result files under {_short(str(path))}")
+        files += found
+        problems += unlisted
+    return files, problems
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth, iteratively (a recursive walk could itself overflow the stack)."""
+    if not isinstance(obj, (dict, list)):
+        return 0
+    deepest, stack = 1, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def load(path: Path, max_bytes: int | None = None, max_depth: int | None = None) -> Any:
+    """A result file's JSON, read safely: regular files only, at most ``max_bytes`` (default
+    ``MAX_RESULT_BYTES``), nested at most ``max_depth`` levels (default ``MAX_DEPTH``), no NaN / Infinity
+    literals. Any problem is an ``OSError`` or a one-line ``ValueError``; nothing can hang or exhaust memory."""
+    max_bytes = MAX_RESULT_BYTES if max_bytes is None else max_bytes
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    text = read_regular(Path(path), max_bytes).decode("utf-8")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    if _depth(obj) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return obj
+
+
+# ---- values ----------------------------------------------------------------------------------------------
+def is_number(value: Any) -> bool:
+    """A finite JSON number (not a bool, not NaN or an infinity, not an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def validate(obj: Any) -> list[str]:
+    """Every problem with a result object (:func:`covar_harness.results.validation.validate`); empty when valid.
+
+    Kept here because ``covar_harness.results.files.validate`` is the documented leaderboard-CI entry point: a
+    re-export, imported when called because ``validation`` builds on this module.
+    """
+    from covar_harness.results.validation import validate as check
+
+    return check(obj)
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: repr of a scalar, cut to 60 characters; the type name of anything else."""
+    try:
+        text = repr(value) if isinstance(value, (str, int, float)) or value is None else type(value).__name__
+    except ValueError:  # an int with more digits than Python will print
+        text = "a very large int"
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,452 @@
+"""The shared evaluator: models x tasks -> zero-shot predictions -> (analysis pipeline) -> result files.
+
+One model is loaded at a time and used for all its pending tasks; class-text embeddings are computed once
+per (class names, templates) and reused across tasks, and across runs through the on-disk cache of
+``text_cache.py``. Pairs whose result file exists are skipped before any weights load; finished batches go to
+the pair's part file, so an interrupted pair resumes (``partfiles.py``). A failing pair is recorded and the run
+goes on. Per pair, a :class:`~covar_harness.run.pipeline.PairContext` carries everything the pair's steps need,
+and the analysis steps (attribution, then diagnosis) run as a :class:`~covar_harness.run.pipeline.Pipeline`
+inside the one pass over the images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from covar_harness.common.console import markup, safe
+from covar_harness.common.interrupt import INTERRUPT
+from covar_harness.data.resources import load_list
+from covar_harness.data.samples import SampleSet, open_task_data
+from covar_harness.models.adapter import adapter_family
+from covar_harness.results import files as results
+from covar_harness.run.batches import iterate_batches
+from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone
+from covar_harness.run.distributed import provenance as dist_provenance
+from covar_harness.run.pair import _batch_loop, _classnames_ref, _sample_rows, _task_record, _zero_shot_record
+from covar_harness.run.partfiles import part_path
+from covar_harness.run.partfiles import remove as remove_part
+from covar_harness.run.pipeline import Batch, BatchStep, PairContext, Pipeline, as_step
+from covar_harness.run.progress import LineReporter, Reporter
+from covar_harness.run.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
+
+if TYPE_CHECKING:
+    from covar_harness.catalog.plugin_manager import Catalog
+    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.models.adapter import ModelAdapter
+    from covar_harness.models.specs import ModelRef
+    from covar_harness.run.plan import PlannedPair
+
+__all__ = [
+    "INTERRUPT",
+    "Batch",
+    "BatchStep",
+    "ClassifierCache",
+    "LineReporter",
+    "PairOutcome",
+    "Reporter",
+    "RunOptions",
+    "TEXT_BATCH",
+    "build_classifier",
+    "evaluate_task",
+    "iterate_batches",
+    "run",
+]  # Batch, BatchStep, reporters, iterate_batches (the pass itself moved to pair.py): re-exported
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    output_dir: Path = Path("results")
+    data_dir: Path | None = None
+    batch_size: int | str = 64  # or "auto": resolved per model in _run_model (batch_size.py)
+    workers: int | None = None  # None: min(4, cpu count)
+    device: str = "auto"
+    precision: str = "fp32"
+    limit: int | None = None
+    seed: int = 0
+    log_samples: bool = False
+    overwrite: bool = False
+    cache_dir: str | None = None
+    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution), see pipeline.BatchStep
+    diagnosis: Any = None  # covar_harness.diagnosis.rules.DiagnosisSettings; None: no fg/bg diagnosis
+    segmenter: str = "auto"  # where foreground masks come from: auto | dataset | groundedsam | plugin | none
+    segmenter_settings: dict = field(default_factory=dict)
+    shard: tuple[int, int] | None = None  # (i, n): only the i-th of n shards of the pairs (plan.shard_pairs)
+    text_cache: Path | None = None  # persistent class-text embeddings (text_cache.py); None: in memory only
+    checkpoint_every: int = 0  # batches between appends to the pair's part file (partfiles.py); 0: no part file
+    dist_timeout: float = 3600.0  # seconds a rank waits for the others (distributed.py)
+    world: Any = None  # distributed.World of a torchrun / accelerate job; None: from the environment in ``run``
+    distractors: Any = None  # covar_harness.diagnosis.distractors.DistractorSettings; None or not enabled: no check
+    batch_size_auto: dict | None = None  # how ``--batch-size auto`` was resolved for the model (batch_size.py)
+    model_args: dict = field(default_factory=dict)  # --model-args (model_args.py); per model: merged with SPEC@...
+
+    @property
+    def rows_per_batch(self) -> int:
+        """The batch size once ``auto`` has been resolved for the model (``_with_batch_size``)."""
+        if not isinstance(self.batch_size, int):
+            raise RuntimeError("--batch-size auto read before it was resolved for the model")
+        return self.batch_size
+
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
+        and compared before an existing file is reused (resume)."""
+        steps = {step.name: as_step(step).run_settings() for step in self.steps}
+        diagnosis = None if self.diagnosis is None else self.diagnosis_step().run_settings()
+        settings = {
+            "precision": self.precision,
+            "seed": self.seed,
+            "limit": self.limit,
+            "steps": steps,
+            "diagnosis": diagnosis,
+        }
+        if self.model_args:  # recorded only when given: results written before model arguments existed still resume
+            settings["model_args"] = dict(self.model_args)
+        if self._distractors_on():  # recorded only when on: results written before the check existed still resume
+            settings["distractors"] = self.distractors.as_config()
+        return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
+
+    def for_model(self, ref: Any) -> RunOptions:
+        """These options for one model: ``--model-args`` and the spec's own ``@key=value`` arguments (which win)
+        in place of the run's precision, device and cache folder."""
+        args = {**self.model_args, **getattr(ref, "arguments", {})}
+        if not args:
+            return self
+        return replace(
+            self,
+            precision=args.get("precision", self.precision),
+            device=args.get("device", self.device),
+            cache_dir=args.get("cache_dir", self.cache_dir),
+            model_args=args,
+        )
+
+    def cluster_counts(self) -> list[int]:
+        """The K of every analysis step that clusters (its ``settings.k``): what the patch count must allow and
+        what a batch's removal call holds. Third-party steps need not have settings."""
+        ks = (getattr(getattr(step, "settings", None), "k", None) for step in self.steps)
+        return [k for k in ks if isinstance(k, int)]
+
+    def diagnosis_step(self) -> Any:
+        """The fg/bg diagnosis step (``diagnosis.DiagnosisStep``), or None without ``diagnosis`` settings."""
+        if self.diagnosis is None:
+            return None
+        from covar_harness.diagnosis.rules import DiagnosisStep
+
+        return DiagnosisStep(self.diagnosis, self.segmenter, self.segmenter_settings)
+
+    def analysis_steps(self) -> list[Any]:
+        """The pipeline of every pair: the analysis steps, then the diagnosis that reads their records."""
+        diagnosis = self.diagnosis_step()
+        after: list[Any] = [] if diagnosis is None else [diagnosis]
+        if diagnosis is not None and self._distractors_on():
+            from covar_harness.diagnosis.distractors import DistractorStep
+
+            after.append(DistractorStep(self.distractors))
+        return [*self.steps, *after]
+
+    def _distractors_on(self) -> bool:
+        return self.diagnosis is not None and getattr(self.distractors, "enabled", False) is True
+
+
+@dataclass
+class PairOutcome:
+    model: str
+    task: str
+    status: str  # done | skipped | failed
+    path: Path
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+    n_failed: int = 0
+    advice: str = ""  # what to do about the error, the same for every pair it hits (print once)
+    headline: str = "acc1"  # the task's headline metric: what the progress line and the summary show
+
+
+# ---- one model x task ----------------------------------------------------------------------------------
+def task_classnames(cfg: TaskConfig, samples: SampleSet) -> list[str]:
+    base = cfg.source.parent if cfg.source else None
+    names = load_list("classnames", cfg.classnames, base) if cfg.classnames is not None else samples.classnames
+    if not names:
+        raise ValueError(f"task {cfg.task!r} names no classes and its dataset provides none")
+    return list(names)
+
+
+def task_templates(cfg: TaskConfig, samples: SampleSet | None = None) -> list[str]:
+    """``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark webdataset root's); before the
+    data is open (the run plan) that is an empty list."""
+    if cfg.templates == "dataset":
+        if samples is None:
+            return []
+        shipped = list(getattr(samples, "templates", None) or [])
+        if not shipped:
+            raise ValueError(f"task {cfg.task!r} says templates: dataset, but its dataset ships no templates")
+        return shipped
+    base = cfg.source.parent if cfg.source else None
+    return list(load_list("templates", cfg.templates, base))
+
+
+def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet:
+    """A seeded random subset (kept in dataset order), so ``--limit`` covers every class, reproducibly."""
+    if not limit or limit >= len(samples):
+        return samples
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
+    return samples.subset(keep.tolist())
+
+
+def open_pair(
+    adapter: ModelAdapter,
+    cfg: TaskConfig,
+    catalog: Catalog,
+    options: RunOptions,
+    classifiers: ClassifierCache,
+    reporter: Reporter,
+    model_spec: str | None = None,
+) -> PairContext:
+    """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings."""
+    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+    classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
+    bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
+    if bad:
+        raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
+    W = classifiers.get(classnames, templates, reporter)
+    return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+
+
+def evaluate_task(
+    adapter: ModelAdapter,
+    cfg: TaskConfig,
+    catalog: Catalog,
+    options: RunOptions,
+    classifiers: ClassifierCache,
+    reporter: Reporter,
+    model_spec: str | None = None,
+    part: Path | None = None,
+) -> dict[str, Any]:
+    """Run one model on one task; return the result record's task-dependent parts and the sample log.
+    ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches)."""
+    from covar_harness.run import retrieval  # retrieval tasks (task_kind of their format): recall@k, no classifier
+
+    if retrieval.is_retrieval_task(cfg, catalog):
+        return retrieval.evaluate_retrieval(adapter, cfg, catalog, options, reporter)
+    ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec)
+    pipeline = Pipeline(options.analysis_steps())
+    pipeline.start(ctx)
+    rows, failures = _batch_loop(ctx, pipeline, part)
+    if failures:
+        first = failures[0]
+        reporter.say(
+            f"[yellow]{markup(cfg.task)}: skipped {len(failures)} unreadable image(s); first: "
+            f"{markup(ctx.samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
+        )
+    record, correct = _zero_shot_record(ctx, rows)
+    finished = pipeline.finish()
+    for done in finished:
+        record["metrics"].update(done.summary.metrics)
+        record["intervals"].update(done.summary.intervals)
+        if done.summary.config is not None:
+            record["config"][done.step.name] = done.summary.config
+        record["notes"] += done.summary.notes
+    record["task"] = _task_record(ctx, len(rows), len(failures))
+    record["config"].update({"templates": ctx.templates, "classnames": _classnames_ref(cfg)})
+    record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
+    record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
+    return record
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+def run(
+    models: list[ModelRef],
+    tasks: list[TaskConfig],
+    catalog: Catalog,
+    options: RunOptions,
+    reporter: Reporter | None = None,
+    plan: list[PlannedPair] | None = None,
+) -> list[PairOutcome]:
+    """Evaluate every planned pair; a failing pair is recorded and the run goes on.
+
+    ``plan`` comes from :func:`covar_harness.run.plan.plan_run` (the CLI makes it before anything expensive);
+    without it, it is made here, with the same checks.
+    """
+    from covar_harness.run.distributed import agree_token, detect_world
+    from covar_harness.run.plan import plan_run
+
+    reporter = reporter or Reporter()
+    plan = plan if plan is not None else plan_run(models, tasks, catalog, options)
+    if options.world is None:  # under torchrun: the ranks agree on this run's token before any pair
+        options = replace(options, world=agree_token(detect_world(timeout=options.dist_timeout)))
+    outcomes: list[PairOutcome] = []
+    with INTERRUPT.installed():
+        for ref in _unique_refs(plan):
+            mine = [p for p in plan if p.ref is ref]
+            for p in mine:
+                if p.status != "run":
+                    outcomes.append(
+                        _report(reporter, PairOutcome(ref.spec, p.cfg.task, "skipped", p.path, error=p.reason))
+                    )
+            pending = [p for p in mine if p.status == "run"]
+            if pending:
+                outcomes += _run_model(ref, pending, catalog, options, reporter)
+        INTERRUPT.check()
+    return outcomes
+
+
+def _unique_refs(plan: list[PlannedPair]) -> list[ModelRef]:
+    refs: list = []
+    for p in plan:
+        if not any(p.ref is r for r in refs):
+            refs.append(p.ref)
+    return refs
+
+
+def _report(reporter: Reporter, outcome: PairOutcome) -> PairOutcome:
+    reporter.pair_done(outcome)
+    return outcome
+
+
+@dataclass
+class _ModelRun:
+    """One loaded model and what its pairs share."""
+
+    ref: ModelRef
+    adapter: Any
+    device: Any
+    catalog: Catalog
+    options: RunOptions
+    classifiers: ClassifierCache
+    reporter: Reporter
+
+
+def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
+    """Load one model, run all its pending pairs; a model that fails to load fails its pairs with one message."""
+    from covar_harness.models.specs import load_model, resolve_device
+
+    options = options.for_model(ref)
+    device = options.world.device(resolve_device(options.device))
+    handle = reporter.task(f"loading {markup(ref.spec)}", None)
+    try:
+        adapter = load_model(
+            ref.target if ref.args else ref.spec, device, options.precision, options.cache_dir, catalog
+        )
+    except Exception as exc:
+        INTERRUPT.check()
+        advice = safe(getattr(exc, "advice", ""))
+        # an error with advice also carries its message without it: the advice is printed once per run instead
+        msg = f"{type(exc).__name__}: {safe(exc.headline)}" if advice and hasattr(exc, "headline") else one_line(exc)
+        return [
+            _report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
+            for p in pending
+        ]
+    finally:
+        reporter.done(handle)
+    options = _with_batch_size(options, adapter, device)
+    store = store_for(ref.spec, adapter, options.text_cache, options.precision)
+    world = options.world
+    classifiers = SharedClassifiers(adapter, store, world) if world.active else ClassifierCache(adapter, store)
+    model = _ModelRun(ref, adapter, device, catalog, options, classifiers, reporter)
+    return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
+
+
+def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptions:
+    """``--batch-size auto`` resolved for this model (batch_size.py), recorded in its results; else as given."""
+    from covar_harness.run import batch_size
+
+    if options.batch_size != batch_size.AUTO:
+        return options
+    ks = options.cluster_counts()
+    size, record = batch_size.resolve(adapter, device, max(ks) if ks else None)
+    return replace(options, batch_size=size, batch_size_auto=record)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of plain text (control characters removed: messages may quote untrusted input)."""
+    text = safe(str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
+    """Everything one pair does, writing included, inside one handler: a failing pair never stops the run."""
+    spec, options = model.ref.spec, model.options
+    started, part = results.now(), part_path(path)
+    sync: PairSync | None = (
+        PairSync.of(options.world, part) if options.world is not None and options.world.active else None
+    )
+    if isinstance(model.classifiers, SharedClassifiers):
+        model.classifiers.sync = sync
+    try:
+        if sync is not None:
+            sync.begin(options.checkpoint_every)
+        record = evaluate_task(
+            model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part
+        )
+        out = _result_object(model, record, started, sync)
+        if options.log_samples:
+            results.write_jsonl(results.samples_path(path), record["samples"])
+        results.write_json(path, out)  # last: its existence marks the pair done
+        if sync is not None:
+            sync.cleanup()
+        else:
+            remove_part(part)
+    except ShareDone as done:  # a rank other than 0: rank 0 merged the shares and wrote the result
+        return _done(spec, cfg, path, done.result)
+    except Exception as exc:
+        INTERRUPT.check()
+        log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())
+        error = one_line(exc)
+        if sync is not None:  # the same one line on every rank, naming the rank that failed
+            error = str(exc) if isinstance(exc, RankFailed) else f"rank {sync.world.rank}: {error}"
+            sync.fail(error)
+        return PairOutcome(spec, cfg.task, "failed", path, error=error)
+    return _done(spec, cfg, path, out)
+
+
+def _done(spec: str, cfg: TaskConfig, path: Path, result: dict[str, Any]) -> PairOutcome:
+    """A finished pair's outcome, from its result object (this rank's, or the one rank 0 wrote)."""
+    task = result.get("task", {})
+    return PairOutcome(
+        spec,
+        cfg.task,
+        "done",
+        path,
+        result.get("metrics", {}),
+        n_failed=task.get("n_failed", 0),
+        headline=task.get("headline") or "acc1",
+    )
+
+
+def _result_object(
+    model: _ModelRun, record: dict[str, Any], started: str, sync: PairSync | None = None
+) -> dict[str, Any]:
+    """The result file's content (docs/design.md section 6): model, task, metrics with intervals, settings,
+    provenance (with ``sync``: the ranks of a distributed run, ``distributed.provenance``)."""
+    ref, options = model.ref, model.options
+    return {
+        "schema_version": results.SCHEMA_VERSION,
+        "model": {
+            "spec": ref.spec,
+            "name": getattr(model.adapter, "name", ref.spec),
+            "family": adapter_family(model.adapter, ref.family),
+            "target": ref.target,
+            **({"args": dict(options.model_args)} if options.model_args else {}),
+        },
+        "task": record["task"],
+        "metrics": record["metrics"],
+        "intervals": record["intervals"],
+        "config": {
+            "batch_size": options.batch_size,
+            **({"batch_size_auto": options.batch_size_auto} if options.batch_size_auto else {}),
+            "precision": options.precision,
+            "seed": options.seed,
+            "limit": options.limit,
+            **record["config"],
+            "run_settings": options.result_settings(),
+        },
+        "notes": record["notes"],
+        "failed_files": record["failed_files"][:100],
+        "provenance": results.provenance(model.device, started, None if sync is None else dist_provenance(sync)),
+    }

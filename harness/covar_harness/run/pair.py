@@ -1,0 +1,180 @@
+"""One pair's zero-shot pass and its record: the one pass over the images (zero-shot top-k per sample, the
+analysis pipeline's steps on the same batch, finished batches to the part file) and the assembly of the pair's
+record (metrics and intervals, the task's part, the per-sample log). Called by ``evaluator.evaluate_task``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from covar_harness.common.console import markup
+from covar_harness.common.interrupt import INTERRUPT
+from covar_harness.data.samples import SampleSet
+from covar_harness.run.batches import default_workers, is_cuda, iterate_batches, to_device
+from covar_harness.run.distributed import PairSync, World, finish_share
+from covar_harness.run.partfiles import Checkpointer
+from covar_harness.run.pipeline import Batch, Finished, PairContext, Pipeline
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from covar_harness.data.taskconfig import TaskConfig
+
+
+def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:
+    """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch;
+    finished batches go to the pair's part file (``part``) and a rerun goes on after them (partfiles.py)."""
+    import torch.nn.functional as F
+
+    options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
+    assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
+    k = min(5, len(ctx.classnames))
+    world = options.world or World()
+    sync = PairSync.of(world, part) if world.active and part is not None else None
+    every = world.checkpoint_every(options.checkpoint_every)
+    ck = Checkpointer.open(part if sync is None else sync.part(), every, ctx, pipeline, strict=sync is not None)
+    rows, failures = ck.rows, ck.failures
+    W_dev = None
+    workers = default_workers() if options.workers is None else options.workers
+    own = world.own_batches(len(samples), options.rows_per_batch, ck.n_batches) if sync is not None else None
+    handle = reporter.task(markup(ctx.task.task), len(samples) if own is None else ck.start + sum(map(len, own)))
+    reporter.advance(handle, ck.start)
+    device = getattr(ctx.adapter, "device", None)
+    batches = iterate_batches(
+        samples, ctx.adapter.preprocess, options.rows_per_batch, workers, ck.start, own, pin_memory=is_cuda(device)
+    )
+    try:
+        for indices, pixels, failed in batches:
+            INTERRUPT.check()
+            if sync is not None:
+                sync.check()  # another rank failed this pair: stop now, not at the merge
+            failures += failed
+            new: list = []
+            if pixels is not None:
+                raw, tokens = _forward(ctx.adapter, to_device(pixels, device), pipeline)
+                emb = F.normalize(raw.float(), dim=-1)
+                if W_dev is None:
+                    W_dev = ctx.classifier.to(emb.device)
+                logits = emb @ W_dev
+                top = logits.topk(k, dim=-1).indices.cpu().numpy()
+                new = [(i, top[r]) for r, i in enumerate(indices)]
+                rows += new
+                if pipeline.active:
+                    pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top, tokens))
+            ck.done(new, failed, len(indices) + len(failed))
+            reporter.advance(handle, len(indices) + len(failed))
+    finally:
+        ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
+    reporter.done(handle)
+    return (rows, failures) if sync is None else finish_share(ctx, ck, sync)
+
+
+def _forward(adapter: Any, pixels: torch.Tensor, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The zero-shot forward; when an active step reads patch tokens and the adapter fuses them into the same
+    forward (``encode_images_with_tokens``), those tokens too, so that step needs no pass of its own."""
+    from covar_harness.models.adapter import fuses_tokens
+
+    layer = pipeline.token_layer() if pipeline.active else None
+    if layer is not None and fuses_tokens(adapter, layer):
+        return adapter.encode_images_with_tokens(pixels, layer=layer)
+    return adapter.encode_images(pixels), None
+
+
+def _batch(
+    ctx: PairContext,
+    indices: list[int],
+    pixels: torch.Tensor,
+    emb: torch.Tensor,
+    W: torch.Tensor,
+    logits: torch.Tensor,
+    top: np.ndarray,
+    tokens: torch.Tensor | None = None,
+) -> Batch:
+    """What the steps see of one batch, with the foreground masks of its samples when the pair has them."""
+    import torch
+
+    labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
+    fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
+    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top, tokens=tokens)
+
+
+def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
+    import numpy as np
+
+    from covar_harness.common.metrics import (
+        bootstrap_interval,
+        classification_metrics,
+        per_class_recall_interval,
+        source_clusters,
+    )
+    from covar_harness.run.group_metrics import add_group_metrics
+
+    k = min(5, len(ctx.classnames))
+    idx = np.array([i for i, _ in rows], dtype=np.int64)
+    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
+    labels = np.array([ctx.samples.samples[i].label for i in idx], dtype=np.int64)
+    metrics = classification_metrics(labels, topk, len(ctx.classnames))
+    correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
+    intervals = {}
+    if len(rows):  # resampling source objects where every sample names one (COVAR), else samples
+        seed = ctx.options.seed if ctx.options is not None else 0
+        clusters = source_clusters([ctx.samples.samples[i].meta.get("source_id") for i in idx])
+        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed, clusters=clusters) or ())
+        # class-balanced accuracy: resampled within each class (every class in every replicate), by source too
+        recall = per_class_recall_interval(labels, correct, seed=seed, clusters=clusters)
+        intervals["mean_per_class_recall"] = list(recall or ())
+    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
+    groups = [ctx.samples.samples[i].meta.get("group") for i in idx]
+    add_group_metrics(record, correct.tolist(), groups, seed=ctx.options.seed if ctx.options is not None else 0)
+    return record, correct
+
+
+def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, Any]:
+    cfg, samples = ctx.task, ctx.samples
+    assert cfg is not None
+    out: dict[str, Any] = {
+        "name": cfg.task,
+        "version": cfg.version,
+        "n_samples": int(n_samples),
+        "n_failed": n_failed,
+        "n_classes": len(ctx.classnames),
+        "data_fingerprint": samples.fingerprint(),
+        "headline": cfg.headline,
+        "tags": list(cfg.tags),
+        "dataset": samples.description,
+    }
+    if getattr(samples, "label_mapping", None):
+        out["label_mapping"] = samples.label_mapping
+    return out
+
+
+def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
+    """The per-sample log (docs/design.md section 6): prediction, top-5, the dataset's metadata, then the fields of
+    each step's record, in pipeline order (a withdrawn step's records are left out)."""
+    logged = [{r.index: r for r in done.records} for done in finished if done.summary.log_records]
+    out = []
+    for (i, top), ok in zip(rows, correct):
+        sample = samples.samples[i]
+        row = {
+            "index": int(i),
+            "file": sample.id,
+            "label": sample.label,
+            "pred": int(top[0]),
+            "correct": bool(ok),
+            "top5": [int(x) for x in top],
+        }
+        for key, value in sample.meta.items():
+            row.setdefault(key, value)
+        for by_index in logged:
+            record = by_index.get(int(i))
+            if record is not None:
+                row.update(record.log_fields())
+        out.append(row)
+    return out
+
+
+def _classnames_ref(cfg: TaskConfig) -> Any:
+    return cfg.classnames if isinstance(cfg.classnames, str) or cfg.classnames is None else "inline"

@@ -1,0 +1,321 @@
+"""The per-pair analysis pipeline: one context per model x task, steps that turn batches into typed records, and
+the typed summary each step ends with.
+
+The evaluator runs the zero-shot pass. For every batch it asks each active analysis step, in order, for its
+records: dataclasses, one per sample, each serialising itself (``log_fields``) to exactly the fields it adds to
+that sample's line of the sample log. A later step reads an earlier step's records of the same batch by type
+(:meth:`Batch.record`): diagnosis reads attribution's ``AttributionRecord``, so a renamed field is an
+``AttributeError`` (and a type error for mypy), never a sample silently "undetermined". At the end each step turns
+all its records into a :class:`StepSummary` (metrics, intervals, config, notes).
+
+Writing a step: subclass :class:`Step` (the base class holds the defaults of everything the evaluator asks of a
+step) and override ``start``, ``process`` and ``finish``. Steps written against the older contract
+(``start(adapter, task, samples[, model_spec=])``, ``process(batch) -> list[dict]``, ``finish(records) -> dict``),
+e.g. third-party attributors registered through ``register_attributors``, still work: :func:`as_step` wraps them
+in :class:`LegacyStep`.
+
+Nothing here imports torch or numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from covar_harness.catalog.plugin_manager import Catalog
+    from covar_harness.data.samples import SampleSet
+    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.masks.patch_masks import PatchMasks
+    from covar_harness.run.evaluator import Reporter, RunOptions
+
+R = TypeVar("R", bound="SampleRecord")
+
+
+# ---- records ----------------------------------------------------------------------------------------------------
+class JsonRecord:
+    """A typed record that serialises itself (``to_json``). It also reads as that JSON object (``record["cci"]``,
+    ``"shapley" in record``, ``set(record)``), for code written when records were plain dicts; new code uses the
+    attributes. (Not a full Mapping: ``values`` and ``items`` would clash with field names.)"""
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_json()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+class SampleRecord(JsonRecord):
+    """One step's result for one sample: ``index`` (position in the task's SampleSet) and ``log_fields()``, the
+    fields it adds to that sample's log line, in the order they are written."""
+
+    index: int
+
+    def log_fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, **self.log_fields()}
+
+
+@dataclass(frozen=True, eq=False)
+class LegacyRecord(SampleRecord):
+    """A dict record of a step written against the older contract, carried as it came."""
+
+    index: int
+    fields: dict[str, Any]
+
+    def log_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.fields.items() if k != "index"}
+
+
+@dataclass(eq=False)
+class StepSummary(JsonRecord):
+    """What a step reports for the whole pair. ``config`` None: the step adds no ``config`` entry (it had nothing
+    to do). ``log_records`` False: its per-sample records stay out of the sample log (a withdrawn result)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    log_records: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "intervals": self.intervals, "config": self.config, "notes": self.notes}
+
+
+# ---- context and batch ------------------------------------------------------------------------------------------
+@dataclass
+class PairContext:
+    """Everything a step may need about the model x task pair it runs on, handed to ``start``."""
+
+    adapter: Any  # covar_harness.models.adapter.ModelAdapter
+    task: TaskConfig | None
+    samples: SampleSet
+    classnames: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    model_spec: str | None = None  # the --models spec: names the pair's output folders
+    catalog: Catalog | None = None
+    options: RunOptions | None = None
+    reporter: Reporter | None = None
+    classifier: torch.Tensor | None = None  # (D, C) class embeddings, L2-normalised, on CPU
+    masks: PatchMasks | None = None  # foreground fraction per patch; set by the diagnosis step when it runs
+    steps: list[Step] = field(default_factory=list)  # the pair's pipeline, in order
+
+    def upstream_of(self, step: Step) -> list[Step]:
+        """The steps that run before ``step`` on every batch."""
+        for i, other in enumerate(self.steps):
+            if other is step:
+                return self.steps[:i]
+        return list(self.steps)
+
+
+def as_context(ctx: Any, task: Any = None, samples: Any = None, model_spec: str | None = None) -> PairContext:
+    """``ctx`` itself, or a context from the arguments of the older ``start(adapter, task, samples)`` call."""
+    if isinstance(ctx, PairContext):
+        return ctx
+    return PairContext(adapter=ctx, task=task, samples=samples, model_spec=model_spec)
+
+
+@dataclass
+class Batch:
+    """What the zero-shot pass hands to analysis steps for one batch of images."""
+
+    indices: list[int]  # positions in the SampleSet
+    pixels: torch.Tensor  # (B, 3, H, W), on CPU, as preprocessed
+    image_emb: torch.Tensor  # (B, D), L2-normalised
+    classifier: torch.Tensor  # (D, C) class embeddings, L2-normalised
+    logits: torch.Tensor  # (B, C)
+    labels: torch.Tensor  # (B,)
+    samples: SampleSet
+    fg: list | None = None  # per sample: (rows*cols,) foreground fraction per patch, or None (no mask)
+    top: np.ndarray | None = None  # (B, k) zero-shot top-k class indices, best first (the logged top5)
+    upstream: dict[int, list[SampleRecord]] = field(default_factory=dict)  # index -> earlier steps' records
+    tokens: torch.Tensor | None = None  # (B, N, C) patch tokens at ``Pipeline.token_layer()``, from the same forward
+
+    def pred(self, row: int) -> int:
+        """The zero-shot prediction of batch row ``row``: the logged ``pred``."""
+        if self.top is not None:
+            return int(self.top[row][0])
+        return int(self.logits[row].argmax())
+
+    def record(self, index: int, kind: type[R]) -> R | None:
+        """The record of type ``kind`` an earlier step made for sample ``index`` in this batch, if any."""
+        return next((r for r in self.upstream.get(index, ()) if isinstance(r, kind)), None)
+
+    def legacy_fields(self, index: int) -> dict[str, Any]:
+        """The fields older-contract steps logged for sample ``index`` in this batch (merged in step order)."""
+        out: dict[str, Any] = {}
+        for r in self.upstream.get(index, ()):
+            if isinstance(r, LegacyRecord):
+                out.update(r.log_fields())
+        return out
+
+    def add(self, records: Sequence[SampleRecord]) -> None:
+        for r in records:
+            self.upstream.setdefault(r.index, []).append(r)
+
+
+# ---- steps ------------------------------------------------------------------------------------------------------
+@runtime_checkable
+class BatchStep(Protocol):
+    """An analysis run inside the batch loop. Data flows forward: ``start`` per pair, ``process`` per batch
+    (records), ``finish`` once (a summary). ``active`` False after ``start``: the step sits this pair out."""
+
+    name: str
+    active: bool
+
+    def start(self, ctx: PairContext) -> None: ...
+
+    def process(self, batch: Batch) -> Sequence[SampleRecord]: ...
+
+    def finish(self, records: list[SampleRecord]) -> StepSummary: ...
+
+    def run_settings(self) -> dict[str, Any]: ...
+
+
+class LegacyBatchStep(Protocol):
+    """The older step contract, still accepted (see :class:`LegacyStep`)."""
+
+    name: str
+
+    def start(self, adapter: Any, task: Any, samples: Any) -> None: ...
+
+    def process(self, batch: Batch) -> list[dict]: ...
+
+    def finish(self, records: list[dict]) -> dict: ...
+
+
+class Step:
+    """Base class of analysis steps: the defaults of everything the evaluator asks of a step."""
+
+    name: str = "step"
+    active: bool = True  # False (set in ``start``): no ``process`` calls for this pair
+
+    @property
+    def token_layer(self) -> int | str | None:
+        """None here; a step that clusters tokens of a block names it, else the batch loop takes them from the
+        zero-shot forward itself (``Batch.tokens``) when the adapter can, one pass fewer per batch."""
+        return None
+
+    def start(self, ctx: PairContext) -> None:
+        """Per model x task, before the first batch; may switch the step off (``active = False``)."""
+
+    def process(self, batch: Batch) -> Sequence[SampleRecord]:
+        """Records for (some of) the batch's samples; only called while ``active``."""
+        return []
+
+    def finish(self, records: list[SampleRecord]) -> StepSummary:
+        """The pair's summary from every record ``process`` returned."""
+        return StepSummary(config={})
+
+    def run_settings(self) -> dict[str, Any]:
+        """Every setting that can change a number: recorded as ``config.run_settings.steps[name]`` and compared
+        before an existing result is reused."""
+        return {"method": self.name, "only_with_masks": False}
+
+
+class LegacyStep(Step):
+    """Runs a step written against the older contract: positional ``start``, dict records, dict summary."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.name = inner.name
+        self.active = True
+
+    @property
+    def settings(self) -> Any:
+        return getattr(self.inner, "settings", None)
+
+    def start(self, ctx: PairContext) -> None:
+        from covar_harness.catalog.plugin_manager import call_with_accepted
+
+        # model_spec names the pair's output folders; steps written before it existed do not take it
+        call_with_accepted(partial(self.inner.start, ctx.adapter, ctx.task, ctx.samples), model_spec=ctx.model_spec)
+        self.active = getattr(self.inner, "active", True) is not False  # optional in the older contract
+
+    def process(self, batch: Batch) -> list[SampleRecord]:
+        return [LegacyRecord(int(r["index"]), dict(r)) for r in self.inner.process(batch)]
+
+    def finish(self, records: list[SampleRecord]) -> StepSummary:
+        out = self.inner.finish([r.fields if isinstance(r, LegacyRecord) else r.to_json() for r in records])
+        return StepSummary(
+            metrics=dict(out.get("metrics", {})),
+            intervals=dict(out.get("intervals", {})),
+            config=out.get("config", {}),
+            notes=list(out.get("notes", [])),
+        )
+
+    def run_settings(self) -> dict[str, Any]:
+        from dataclasses import asdict, is_dataclass
+
+        settings = self.settings
+        if is_dataclass(settings) and not isinstance(settings, type):
+            extra = asdict(settings)
+        else:
+            extra = dict(settings) if isinstance(settings, dict) else {}
+        return {
+            "method": getattr(self.inner, "method", self.name),
+            "only_with_masks": getattr(self.inner, "only_with_masks", False),
+            **extra,
+        }
+
+
+def as_step(step: Any) -> Step:
+    """A :class:`Step` subclass as it is; anything else is taken to follow the older contract."""
+    return step if isinstance(step, Step) else LegacyStep(step)
+
+
+@dataclass
+class Finished:
+    """One step's outcome for a pair: its summary and the records it made."""
+
+    step: Step
+    summary: StepSummary
+    records: list[SampleRecord]
+
+
+class Pipeline:
+    """The analysis steps of one model x task pair, run in order on every batch of the zero-shot pass."""
+
+    def __init__(self, steps: Sequence[Any]):
+        self.steps = [as_step(s) for s in steps]
+        self.records: list[list[SampleRecord]] = [[] for _ in self.steps]
+
+    def start(self, ctx: PairContext) -> None:
+        ctx.steps = self.steps
+        for step in self.steps:
+            step.start(ctx)
+
+    @property
+    def active(self) -> bool:
+        return any(step.active for step in self.steps)
+
+    def token_layer(self) -> int | str | None:
+        """The layer whose patch tokens the first active step reading tokens wants (None: no step does)."""
+        wanted = (getattr(step, "token_layer", None) for step in self.steps if step.active)
+        return next((layer for layer in wanted if layer is not None), None)
+
+    def process(self, batch: Batch) -> None:
+        for step, kept in zip(self.steps, self.records):
+            if step.active:
+                records = list(step.process(batch))
+                batch.add(records)
+                kept += records
+
+    def finish(self) -> list[Finished]:
+        return [Finished(step, step.finish(records), records) for step, records in zip(self.steps, self.records)]

@@ -1,0 +1,386 @@
+"""Image-text retrieval tasks: recall@1/5/10 in both directions, computed as CLIP_benchmark computes them.
+
+A task whose dataset format registers ``task_kind="retrieval"`` (the built-in ``retrieval`` format does) is
+evaluated here instead of by the zero-shot classifier: ``evaluator.evaluate_task`` hands it over first thing.
+
+The protocol (CLIP_benchmark, ``clip_benchmark/metrics/zeroshot_retrieval.py``): image and caption embeddings are
+L2-normalised; ``scores = texts @ images.T``; each caption knows the index of its image (``texts_image_index``).
+``image_retrieval_recall@k`` is, over captions, the share whose own image is among the k images of highest score
+(text -> image); ``text_retrieval_recall@k`` is, over images, the share with at least one of their own captions
+among the k captions of highest score (image -> text). Ranks come from ``torch.topk``, as there. Unlike
+CLIP_benchmark, the score matrix is never held whole: it is computed ``SIMILARITY_BLOCK`` query rows at a time
+in each direction, so memory stays bounded on COCO's 25,000 x 5,000 pairs. With fewer candidates than k, every
+candidate is taken (recall 1; CLIP_benchmark raises there). An image that cannot be read is skipped and counted,
+and its captions leave the candidate set with it. Intervals: percentile bootstrap over images (a caption's
+outcome is resampled with its image).
+
+Attribution (``run --attribution ...``) explains the paired caption: ``AttributionPass`` runs the attribution
+steps as on a classification pair whose class i is image i's caption set (the normalised mean of its captions'
+embeddings, ``caption_sets``) and whose label is i, on the batches of the recall pass's one pass over the images
+(every caption is encoded first, once). The diagnosis is skipped with a note (no masks, no classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+    import torch
+
+    from covar_harness.catalog.plugin_manager import Catalog
+    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.models.adapter import ModelAdapter
+    from covar_harness.run.evaluator import RunOptions
+    from covar_harness.run.progress import Reporter
+
+TASK_KIND = "retrieval"
+RECALL_K = (1, 5, 10)
+RETRIEVAL_METRICS = tuple(f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in RECALL_K)
+# CLIP_benchmark's default recall_k_list is [5]; text -> image is the direction its tables list first
+DEFAULT_HEADLINE = "image_retrieval_recall@5"
+SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 100 MB at most
+DIAGNOSIS_SKIPPED = "diagnosis skipped: a retrieval task has no foreground masks or classes"
+PAIRED_TEXT = "paired_caption_mean"  # what attribution explains on a retrieval task (``caption_sets``)
+OTHER_STEPS_SKIPPED = "analysis steps other than attribution skipped: they explain class predictions"
+
+
+def task_kind(cfg: TaskConfig, catalog: Catalog) -> str:
+    """``retrieval`` when the task's dataset format registered ``task_kind="retrieval"``, else ``classification``."""
+    entry = catalog.formats.entry(cfg.dataset["format"])
+    return str(entry.extra.get("task_kind") or "classification")
+
+
+def is_retrieval_task(cfg: TaskConfig, catalog: Catalog) -> bool:
+    return task_kind(cfg, catalog) == TASK_KIND
+
+
+def headline_of(cfg: TaskConfig) -> str:
+    """The task's headline when it names a recall metric, else the retrieval default (``acc1`` is the schema's
+    default for every task, and means nothing here)."""
+    return cfg.headline if cfg.headline in RETRIEVAL_METRICS else DEFAULT_HEADLINE
+
+
+@dataclass
+class Embeddings:
+    """What the pass produced: L2-normalised rows, and which caption belongs to which image row."""
+
+    indices: list[int]  # sample index of each image row
+    images: torch.Tensor  # (n_images, D), on the CPU
+    texts: torch.Tensor  # (n_texts, D), on the CPU
+    text_image: torch.Tensor  # (n_texts,) long: the image row of each caption (texts_image_index)
+    failures: list[tuple[int, str]]
+    device: Any  # where the model put its outputs: the score blocks are computed there
+
+
+@dataclass
+class Hits:
+    """0-based rank of the first positive within the top k, ``k_max`` (a miss) when not among them."""
+
+    image_rank: np.ndarray  # (n_texts,) rank of the caption's image among the images (text -> image)
+    text_rank: np.ndarray  # (n_images,) best rank of one of the image's captions among the captions
+    k_images: int  # how many images each caption's top-k held (min(10, n_images))
+    k_texts: int
+
+
+def encode_images(
+    adapter: ModelAdapter,
+    samples: Any,
+    options: RunOptions,
+    reporter: Reporter,
+    name: str,
+    on_batch: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
+):
+    """One pass over the images through the DataLoader that skips bad images: (indices, (N, D) CPU, failures,
+    device). ``on_batch(indices, pixels, embeddings)`` sees every batch read (the attribution steps)."""
+    import torch
+    import torch.nn.functional as F
+
+    from covar_harness.common.interrupt import INTERRUPT
+    from covar_harness.run.batches import default_workers, iterate_batches
+
+    workers = default_workers() if options.workers is None else options.workers
+    handle = reporter.task(name, len(samples))
+    indices: list[int] = []
+    chunks: list[torch.Tensor] = []
+    failures: list[tuple[int, str]] = []
+    device = None
+    with torch.no_grad():
+        for batch_indices, pixels, failed in iterate_batches(
+            samples, adapter.preprocess, options.rows_per_batch, workers
+        ):
+            INTERRUPT.check()
+            failures += failed
+            if pixels is not None:
+                emb = adapter.encode_images(pixels).float()
+                device = emb.device
+                chunks.append(F.normalize(emb, dim=-1).cpu())
+                indices += batch_indices
+                if on_batch is not None:
+                    on_batch(batch_indices, pixels, chunks[-1])
+            reporter.advance(handle, len(batch_indices) + len(failed))
+    reporter.done(handle)
+    images = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+    return indices, images, failures, device
+
+
+def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Reporter) -> torch.Tensor:
+    """(T, D) L2-normalised caption embeddings on the CPU, ``TEXT_BATCH`` captions per ``encode_texts`` call."""
+    import torch
+    import torch.nn.functional as F
+
+    from covar_harness.common.interrupt import INTERRUPT
+    from covar_harness.run.text_cache import TEXT_BATCH
+
+    handle = reporter.task("encoding captions", len(captions))
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(captions), TEXT_BATCH):
+            INTERRUPT.check()
+            part = captions[start : start + TEXT_BATCH]
+            chunks.append(F.normalize(adapter.encode_texts(part).float(), dim=-1).cpu())
+            reporter.advance(handle, len(part))
+    reporter.done(handle)
+    return torch.cat(chunks)
+
+
+def encode_all_captions(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's captions, encoded once: ((T, D) L2-normalised rows, (T,) the sample index of each row)."""
+    import torch
+
+    captions = [samples.captions(i) for i in range(len(samples))]
+    texts = encode_captions(adapter, [t for c in captions for t in c], reporter)
+    return texts, torch.tensor([i for i, c in enumerate(captions) for _ in c], dtype=torch.long)
+
+
+def paired_caption_classifier(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> torch.Tensor:
+    """(D, N): per image, the L2-normalised mean of its captions' normalised embeddings: CLIP's recipe for a class
+    embedding from its templates (``text_cache.build_classifier``), with the image's captions as the prompts.
+    Why the mean and not the first caption: it uses every caption, and no caption is privileged by file order.
+    Column i is the text that attribution explains for image i (faithfulness on a retrieval task)."""
+    texts, owner = encode_all_captions(adapter, samples, reporter)
+    return caption_sets(texts, owner, len(samples))
+
+
+def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -> torch.Tensor:
+    """(D, n_images): column i the L2-normalised mean of the normalised caption rows of image i."""
+    import torch
+    import torch.nn.functional as F
+
+    sums = torch.zeros(n_images, texts.shape[1]).index_add_(0, text_image, texts)
+    return F.normalize(sums, dim=-1).T.contiguous()  # the mean's direction is the sum's
+
+
+def read_images(
+    images: tuple[list[int], torch.Tensor, list, Any], texts: torch.Tensor, owner: torch.Tensor
+) -> Embeddings:
+    """The recall pass's embeddings: the images read, and the captions of those images only (a caption of an
+    unreadable image leaves the candidate set with it), each pointing at its image's row."""
+    import torch
+
+    indices, image_rows, failures, device = images
+    if not indices:
+        first = f"; first: {failures[0][1]}" if failures else ""
+        raise ValueError(f"no image of the task could be read ({len(failures)} failed{first})")
+    rows = {i: r for r, i in enumerate(indices)}
+    kept = [j for j, i in enumerate(owner.tolist()) if i in rows]
+    text_image = torch.tensor([rows[i] for i in owner[kept].tolist()], dtype=torch.long)
+    return Embeddings(indices, image_rows, texts[kept], text_image, failures, device)
+
+
+def topk_blocks(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = SIMILARITY_BLOCK, device=None):
+    """(Q, k) gallery indices of the k highest scores of each query row, best first: ``torch.topk`` over
+    ``queries @ gallery.T``, ``block`` rows at a time (never the whole score matrix)."""
+    import torch
+
+    gallery_dev = gallery.to(device) if device is not None else gallery
+    out = []
+    for start in range(0, len(queries), block):
+        part = queries[start : start + block].to(gallery_dev.device)
+        out.append(torch.topk(part @ gallery_dev.T, k, dim=1).indices.cpu())
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def _first_hit(match: torch.Tensor, k: int):
+    """Per row, the 0-based position of the first True in ``match`` (Q, k), or ``k`` when there is none."""
+    import torch
+
+    first = match.int().argmax(dim=1)
+    return torch.where(match.any(dim=1), first, torch.full_like(first, k)).numpy()
+
+
+def retrieval_hits(emb: Embeddings, block: int = SIMILARITY_BLOCK) -> Hits:
+    """Ranks of the positives in both directions, from the top ``max(RECALL_K)`` of each query."""
+    import torch
+
+    n_images, n_texts = len(emb.images), len(emb.texts)
+    k_images, k_texts = min(max(RECALL_K), n_images), min(max(RECALL_K), n_texts)
+    top_images = topk_blocks(emb.texts, emb.images, k_images, block, emb.device)  # text -> image
+    image_rank = _first_hit(top_images == emb.text_image[:, None], k_images)
+    top_texts = topk_blocks(emb.images, emb.texts, k_texts, block, emb.device)  # image -> text
+    own = emb.text_image[top_texts] == torch.arange(n_images)[:, None]
+    return Hits(image_rank, _first_hit(own, k_texts), k_images, k_texts)
+
+
+def recall_metrics(hits: Hits, text_image: np.ndarray, seed: int = 0) -> tuple[dict[str, float], dict[str, list]]:
+    """The six recalls and their bootstrap intervals over images (a caption resampled with its image)."""
+    from covar_harness.common.metrics import bootstrap_interval
+
+    metrics: dict[str, float] = {}
+    intervals: dict[str, list] = {}
+    images_of_texts = [str(i) for i in text_image]
+    for k in RECALL_K:
+        for side, values, clusters in (
+            ("image", hits.image_rank < k, images_of_texts),
+            ("text", hits.text_rank < k, None),
+        ):
+            name = f"{side}_retrieval_recall@{k}"
+            metrics[name] = float(values.mean())
+            interval = bootstrap_interval(values.astype(float), seed=seed, clusters=clusters)
+            intervals[name] = list(interval or ())
+    return metrics, intervals
+
+
+def _sample_rows(emb: Embeddings, hits: Hits, samples: Any) -> list[dict[str, Any]]:
+    """The per-image log: 1-based ranks of the positives within the top 10 (null beyond)."""
+    by_image: list[list[int | None]] = [[] for _ in emb.indices]
+    for rank, row in zip(hits.image_rank.tolist(), emb.text_image.tolist()):
+        by_image[row].append(rank + 1 if rank < hits.k_images else None)
+    rows = []
+    for row, i in enumerate(emb.indices):
+        rank = int(hits.text_rank[row])
+        rows.append(
+            {
+                "index": int(i),
+                "file": samples.samples[i].id,
+                "n_captions": len(by_image[row]),
+                "text_rank": rank + 1 if rank < hits.k_texts else None,
+                "image_ranks": by_image[row],
+            }
+        )
+    return rows
+
+
+def _task_record(cfg: TaskConfig, samples: Any, emb: Embeddings) -> dict[str, Any]:
+    return {
+        "name": cfg.task,
+        "kind": TASK_KIND,
+        "version": cfg.version,
+        "n_samples": len(emb.indices),
+        "n_failed": len(emb.failures),
+        "n_classes": 0,
+        "n_texts": len(emb.texts),
+        "data_fingerprint": samples.fingerprint(),
+        "headline": headline_of(cfg),
+        "tags": list(cfg.tags),
+        "dataset": samples.description,
+    }
+
+
+def evaluate_retrieval(
+    adapter: ModelAdapter, cfg: TaskConfig, catalog: Catalog, options: RunOptions, reporter: Reporter
+) -> dict[str, Any]:
+    """One model on one retrieval task: the record ``evaluator.evaluate_task`` returns for a classification task
+    (metrics, intervals, config, notes, task, samples, failed_files), with recall metrics instead of accuracy."""
+    from covar_harness.common.console import markup
+    from covar_harness.data.samples import open_task_data
+    from covar_harness.run.evaluator import limit_samples
+
+    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+    if not hasattr(samples, "captions"):
+        raise ValueError(f"task {cfg.task!r}: format {cfg.dataset['format']!r} gave samples without captions")
+    texts, owner = encode_all_captions(adapter, samples, reporter)
+    W = caption_sets(texts, owner, len(samples))
+    attribution = AttributionPass.start(adapter, cfg, catalog, samples, W, options, reporter)
+    on_batch = attribution.process if attribution.pipeline is not None else None
+    emb = read_images(encode_images(adapter, samples, options, reporter, markup(cfg.task), on_batch), texts, owner)
+    if emb.failures:
+        first = emb.failures[0]
+        reporter.say(
+            f"[yellow]{markup(cfg.task)}: skipped {len(emb.failures)} unreadable image(s) and their captions; "
+            f"first: {markup(samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
+        )
+    hits = retrieval_hits(emb)
+    metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), options.seed)
+    config: dict[str, Any] = {"templates": [], "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}}
+    finished, notes = attribution.finish()
+    rows = _sample_rows(emb, hits, samples)
+    by_index = {row["index"]: row for row in rows}
+    for done in finished:
+        metrics.update(done.summary.metrics)
+        intervals.update(done.summary.intervals)
+        if done.summary.config is not None:
+            text = {"explained_text": PAIRED_TEXT} if done.step.active else {}
+            config[done.step.name] = {**done.summary.config, **text}
+        notes += done.summary.notes
+        for record in done.records if done.summary.log_records else ():
+            by_index[record.index].update(record.log_fields())
+    return {
+        "metrics": metrics,
+        "intervals": intervals,
+        "config": config,
+        "notes": notes,
+        "task": _task_record(cfg, samples, emb),
+        "samples": rows,
+        "failed_files": [samples.samples[i].id for i, _ in emb.failures],
+    }
+
+
+def self_labelled(samples: Any) -> Any:
+    """A copy of the sample set in which image i's label is i: the "class" of image i is its own caption set."""
+    from dataclasses import replace
+
+    own = samples.subset(list(range(len(samples))))  # a copy: the loader's samples keep their labels
+    own.samples = [replace(s, label=i) for i, s in enumerate(samples.samples)]
+    return own
+
+
+class AttributionPass:
+    """The run's attribution steps on a retrieval pair, inside the recall pass's one pass over the images: as on a
+    classification pair whose class i is image i's caption set (``caption_sets``; as ``faithfulness`` explains it)
+    and whose label is i. ``--cci-target label`` explains the paired caption, ``pred`` the best-matching caption
+    set of the task's images (image -> text top 1), and each record carries the other target's importances too.
+    Masks and classes do not exist here, so the diagnosis and other steps are skipped with a note."""
+
+    def __init__(self, pipeline: Any, own: Any, W: torch.Tensor, notes: list[str]):
+        self.pipeline, self.own, self.W, self.notes = pipeline, own, W, notes
+
+    @classmethod
+    def start(
+        cls, adapter, cfg, catalog, samples, W: torch.Tensor, options: RunOptions, reporter: Reporter
+    ) -> AttributionPass:
+        """Started before the image pass (``pipeline`` None when no attribution step runs)."""
+        from covar_harness.attribution.step import AttributionStep
+        from covar_harness.run.pipeline import PairContext, Pipeline
+
+        steps = [s for s in options.steps if isinstance(s, AttributionStep)]
+        notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
+        notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []
+        own = self_labelled(samples)
+        if not steps:
+            return cls(None, own, W, notes)
+        names = [s.id for s in samples.samples]
+        ctx = PairContext(adapter, cfg, own, names, catalog=catalog, options=options, reporter=reporter, classifier=W)
+        pipeline = Pipeline(steps)
+        pipeline.start(ctx)
+        return cls(pipeline, own, W, notes)
+
+    def process(self, indices: list[int], pixels: torch.Tensor, image_emb: torch.Tensor) -> None:
+        """One batch of the recall pass: its pixels and (normalised, CPU) image embeddings, no second forward."""
+        import torch
+
+        from covar_harness.run.pipeline import Batch
+
+        if not self.pipeline.active:
+            return
+        logits = image_emb @ self.W
+        top = logits.topk(min(5, self.W.shape[1]), dim=-1).indices.numpy()
+        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, None, top)
+        self.pipeline.process(batch)
+
+    def finish(self) -> tuple[list, list[str]]:
+        """(the steps' ``Finished`` records, notes)."""
+        return ([] if self.pipeline is None else self.pipeline.finish()), self.notes

@@ -1,0 +1,144 @@
+"""The ``wds`` format on tiny tar shards built as CLIP_benchmark's webdataset layout (``classnames.txt``,
+``zeroshot_classification_templates.txt``, ``<split>/nshards.txt``, ``<split>/<i>.tar`` with ``<key>.cls`` and
+``<key>.webp|png|jpg``): labels from ``.cls``, templates from the root with ``templates: dataset``, and broken
+members skipped and counted like corrupt images, with a hand-computed accuracy (issue 18 item 1)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from test_imagenet_val import colour_adapter
+
+from covar_harness.catalog.registry import UsageError
+from covar_harness.data.samples import DatasetNotFound
+from helpers import make_image
+from helpers import run_cli_inprocess as cli
+
+CLASSES = ["cat", "dog", "fish"]
+COLOURS = {"cat": (230, 30, 30), "dog": (30, 230, 30), "fish": (30, 30, 230)}
+TEMPLATES = ["a photo of a {c}.", "a blurry photo of a {c}."]
+
+
+def _image_bytes(colour, fmt: str, seed: int) -> bytes:
+    buf = io.BytesIO()
+    make_image(colour, size=16, seed=seed).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path: Path, members: list[tuple[str, bytes | None]]) -> None:
+    """Members in order; ``None`` data makes a symlink member (not a regular file)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            if data is None:
+                link = tarfile.TarInfo(name)
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(link)
+            else:
+                _add(tar, name, data)
+
+
+def make_wds(root: Path) -> Path:
+    """Two shards. Right by colour: s0, s1, s2; wrong: s4 (labelled cat, blue); failing: s3 (corrupt jpg),
+    s5 (no .cls), s6 (label 7 of 3 classes), s7 (image is a symlink)."""
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    (root / "dataset_type.txt").write_text("classification\n")
+    (root / "test" / "nshards.txt").write_text("2\n")
+    write_shard(
+        root / "test" / "0.tar",
+        [
+            ("s0000000.cls", b"0"),
+            ("s0000000.webp", _image_bytes(COLOURS["cat"], "WEBP", 0)),
+            ("s0000001.cls", b"1"),
+            ("s0000001.png", _image_bytes(COLOURS["dog"], "PNG", 1)),
+            ("s0000002.cls", b"2"),
+            ("s0000002.jpg", _image_bytes(COLOURS["fish"], "JPEG", 2)),
+            ("s0000003.cls", b"0"),
+            ("s0000003.jpg", b"not a jpeg at all"),
+        ],
+    )
+    write_shard(
+        root / "test" / "1.tar",
+        [
+            ("s0000004.cls", b"0"),
+            ("s0000004.jpg", _image_bytes(COLOURS["fish"], "JPEG", 4)),
+            ("s0000005.png", _image_bytes(COLOURS["cat"], "PNG", 5)),
+            ("s0000006.cls", b"7"),
+            ("s0000006.png", _image_bytes(COLOURS["cat"], "PNG", 6)),
+            ("s0000007.cls", b"0"),
+            ("s0000007.jpg", None),
+        ],
+    )
+    return root
+
+
+def load(root: Path, **extra):
+    from covar_harness_tasks.wds import load_wds
+
+    return load_wds({"path": str(root), **extra}, root.parent)
+
+
+def test_shards_read_by_offset_with_failures_kept_for_counting(tmp_path):
+    found = load(make_wds(tmp_path / "wds"))
+    assert found.classnames == CLASSES and found.templates == TEMPLATES
+    assert [s.id for s in found.samples] == [f"test/{i // 4}.tar/s000000{i}" for i in range(8)]
+    assert [s.label for s in found.samples[:5]] == [0, 1, 2, 0, 0]
+    image = found.open_image(2)
+    assert image.size == (16, 16) and image.getpixel((8, 8))[2] > 150  # the blue fish, read from its offset
+    failing = {}
+    for i in (3, 5, 6, 7):
+        with pytest.raises(Exception) as err:
+            found.open_image(i)
+        failing[i] = str(err.value)
+    assert "no .cls label" in failing[5] and "outside the class names" in failing[6] and "regular file" in failing[7]
+    sub = found.subset([2, 0])
+    assert sub.open_image(0).tobytes() == image.tobytes() and sub.fingerprint() != found.fingerprint()
+    with pytest.raises(DatasetNotFound, match="clip-benchmark"):
+        load(tmp_path / "wds", split="train")
+    (tmp_path / "wds" / "dataset_type.txt").write_text("retrieval\n")
+    with pytest.raises(UsageError, match="retrieval"):
+        load(tmp_path / "wds")
+
+
+def test_nshards_and_a_corrupt_shard(tmp_path):
+    root = make_wds(tmp_path / "wds")
+    (root / "test" / "nshards.txt").write_text("3\n")
+    with pytest.raises(DatasetNotFound, match="2.tar"):
+        load(root)
+    (root / "test" / "2.tar").write_bytes(b"\x00garbage" * 100)
+    found = load(root)
+    assert found.samples[-1].id.startswith("test/2.tar/") and "not a readable tar" in found.members[-1].error
+
+
+def test_run_with_dataset_templates_and_a_hand_computed_accuracy(tmp_path):
+    root = make_wds(tmp_path / "wds")
+    task = tmp_path / "tasks" / "toy.yaml"
+    task.parent.mkdir()
+    task.write_text(
+        yaml.safe_dump(
+            {"task": "wds-toy/test", "dataset": {"format": "wds", "path": str(root)}, "templates": "dataset"}
+        )
+    )
+    spec, env = colour_adapter(tmp_path, COLOURS)
+    out = tmp_path / "out"
+    args = ["--include-path", str(task.parent), "--output-dir", str(out), "--workers", "0", "--text-cache", "none"]
+    r = cli("run", "--models", spec, "--tasks", "wds-toy/test", *args, "--attribution", "none", env=env)
+    assert r.returncode == 0, r.stderr
+    (path,) = out.rglob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["config"]["templates"] == TEMPLATES
+    assert rec["task"]["n_samples"] == 4 and rec["task"]["n_failed"] == 4
+    assert sorted(rec["failed_files"]) == ["test/0.tar/s0000003", *(f"test/1.tar/s000000{i}" for i in (5, 6, 7))]
+    assert rec["metrics"]["acc1"] == pytest.approx(3 / 4)

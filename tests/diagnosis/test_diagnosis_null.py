@@ -1,0 +1,210 @@
+"""The diagnosis against its null (issue 14 items 1, 2 and the source_id bootstrap of item 7): planted truths where
+the null is known, both explained targets from one removal call, the null in the leaderboard, cluster intervals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_cci import GRID, TopLeftReader, load_masked, masked_task, read, run_cli, toy_catalog, toy_data  # noqa: F401  (fixtures)
+from test_hardening_results import valid_record
+
+from covar_harness.common.metrics import bootstrap_interval
+from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample
+from covar_harness.diagnosis.summary import diagnose, summarise
+from covar_harness.leaderboard import tables as lb
+
+FG4 = np.array([1.0, 0.0, 0.0, 0.0])  # 2x2 grid: patch 0 is the object
+
+
+def row(index, label, pred, importance, assignments=(0, 1, 2, 3), **cci):
+    return {
+        "index": index,
+        "label": label,
+        "pred": pred,
+        "cci": {"assignments": list(assignments), "importance": list(importance), **cci},
+    }
+
+
+def test_random_importances_give_a_null_equal_to_the_rate_in_expectation():
+    """Importances drawn i.i.d. over the clusters are exchangeable: permuting them changes nothing in law, so
+    BG-Er minus its null is 0 in expectation (whatever the object sizes and cluster layouts)."""
+    rng = np.random.default_rng(1)
+    n, grid = 1500, 16
+    rows, grids = [], {}
+    for i in range(n):
+        assignments = rng.integers(0, 5, grid)
+        rows.append(row(i, 0, 1, rng.random(5).tolist(), assignments.tolist()))
+        fg = np.zeros(grid)
+        fg[: rng.integers(1, 12)] = 1.0  # objects of every size
+        grids[i] = fg
+    for rule in ("paper", "area"):
+        d = diagnose(rows, grids, None, DiagnosisSettings(rules=(rule,), bootstrap=200))
+        assert d.metrics["bg_er_minus_null"] == pytest.approx(0.0, abs=0.03), rule
+        assert d.metrics["bg_er_null"] == pytest.approx(d.metrics["bg_er"], abs=0.03)
+        lo, hi = d.by_rule[rule]["intervals"]["bg_er_minus_null"]
+        assert lo <= 0.0 <= hi
+
+
+def test_importance_wholly_on_the_object_has_a_null_above_the_rate():
+    """An error driven by its object (all importance on the object's cluster) has BG-Er 0; permuting the
+    importance over its 4 one-patch clusters puts it on the background 3 times in 4."""
+    d = diagnose([row(0, 0, 1, [0.9, 0.0, 0.0, 0.0])], {0: FG4}, None, DiagnosisSettings(null_draws=400))
+    assert d.metrics["bg_er"] == 0.0
+    assert d.metrics["bg_er_null"] == pytest.approx(0.75, abs=0.06) and d.metrics["bg_er_null"] > d.metrics["bg_er"]
+    assert d.metrics["bg_er_minus_null"] == pytest.approx(-d.metrics["bg_er_null"])
+    assert d.metrics["fg_driven_rate_null"] == pytest.approx(0.25, abs=0.06)
+    # seeded: the same run gives the same null
+    again = diagnose([row(0, 0, 1, [0.9, 0.0, 0.0, 0.0])], {0: FG4}, None, DiagnosisSettings(null_draws=400))
+    assert again.metrics["bg_er_null"] == d.metrics["bg_er_null"]
+
+
+def test_null_keeps_undetermined_and_counts_are_reported():
+    rows = [
+        row(0, 0, 1, [-0.1, -0.2, 0.0, 0.0]),  # no positive importance: undetermined, also under the null
+        row(1, 0, 1, [0.0, 0.9, 0.0, 0.0]),  # bg-driven error
+        row(2, 0, 1, [0.9, 0.0, 0.0, 0.0]),  # error without a mask
+        row(3, 0, 0, [0.9, 0.0, 0.0, 0.0]),  # correct
+    ]
+    d = diagnose(rows, {0: FG4, 1: FG4, 3: FG4}, None, DiagnosisSettings())
+    head = d.by_rule["paper"]
+    assert head["n_errors"] == 2 and head["n_errors_undetermined"] == 1 and head["n_errors_without_mask"] == 1
+    assert head["errors_mean_area"] == pytest.approx(0.25)
+    assert 0.0 < d.metrics["bg_er_null"] <= 0.5  # the undetermined error is 0 under the null too
+
+
+def test_rules_without_importances_have_no_null():
+    cf = {"s_fg_only": 0.1, "s_bg_only": 0.5}
+    d = diagnose(
+        [{**row(0, 0, 1, [0.9, 0, 0, 0]), "counterfactual": cf}],
+        {0: FG4},
+        None,
+        DiagnosisSettings(rules=("counterfactual", "paper")),
+    )
+    assert d.metrics["bg_er"] == 1.0 and "bg_er_null" not in d.metrics
+    assert d.by_rule["counterfactual"]["null"].startswith("none")
+    assert d.by_rule["paper"]["bg_er_null"] is not None
+    assert DiagnosisSettings().as_config()["null_draws"] == 20
+
+
+def test_both_targets_from_the_logged_record():
+    """``importance`` explains the prediction, ``importance_label`` the label: the pred target calls this error
+    background-driven, the label target foreground-driven; the headline (bg_er) stays the pred one."""
+    rows = [row(0, 0, 1, [0.0, 0.9, 0.0, 0.0], importance_label=[0.9, 0.0, 0.0, 0.0])]
+    d = diagnose(rows, {0: FG4}, None, DiagnosisSettings())
+    assert d.metrics["bg_er"] == 1.0 and d.metrics["bg_er_pred"] == 1.0 and d.metrics["bg_er_label"] == 0.0
+    assert d.metrics["fine_er_pred"] == 0.0 and d.metrics["fine_er_label"] == 0.0
+    # under --cci-target label the record holds importance_pred instead: the same two numbers
+    flipped = [row(0, 0, 1, [0.9, 0.0, 0.0, 0.0], importance_pred=[0.0, 0.9, 0.0, 0.0])]
+    e = diagnose(flipped, {0: FG4}, None, DiagnosisSettings())
+    assert (e.metrics["bg_er_pred"], e.metrics["bg_er_label"], e.metrics["bg_er"]) == (1.0, 0.0, 0.0)
+    # an older log without the second target: no per-target numbers, nothing else changes
+    old = diagnose([row(0, 0, 1, [0.0, 0.9, 0.0, 0.0])], {0: FG4}, None, DiagnosisSettings())
+    assert "bg_er_label" not in old.metrics and old.metrics["bg_er"] == 1.0
+
+
+def test_both_targets_come_from_one_removal_call(toy_data):
+    """The attribution step scores the label's importances from the removal embeddings it already has: one
+    encode_images_without call for the batch, and the label's numbers equal a separate run explaining the label."""
+    from covar_harness.attribution.step import AttributionStep
+    from covar_harness.run.evaluator import Batch
+
+    samples = load_masked({"path": str(toy_data)}, toy_data)
+    adapter = TopLeftReader()
+    pixels = torch.stack([adapter.preprocess(samples.open_image(i)) for i in (1, 3)])
+    emb = torch.nn.functional.normalize(adapter.encode_images(pixels), dim=-1)
+    W = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # columns: background, object
+    batch = Batch([1, 3], pixels, emb, W, emb @ W, torch.tensor([1, 1]), samples)
+    pred_step = AttributionStep("cci")
+    pred_step.start(adapter, None, samples)
+    records = pred_step.process(batch)
+    assert adapter.calls == [(2, 7, GRID * GRID)], "one removal call for both targets"
+    label_adapter = TopLeftReader()
+    label_step = AttributionStep("cci", target="label")
+    label_step.start(label_adapter, None, samples)
+    by_label = label_step.process(batch)
+    for pred_rec, label_rec in zip(records, by_label):
+        assert pred_rec.cci.importance_label == pytest.approx(label_rec.cci.importance, abs=1e-6)
+        assert label_rec.cci.importance_pred == pytest.approx(pred_rec.cci.importance, abs=1e-6)
+        logged = pred_rec.log_fields()["cci"]
+        assert list(logged)[:6] == ["method", "target", "k", "assignments", "importance", "s"]
+        assert "importance_label" in logged and "importance_pred" not in logged
+
+
+def test_a_run_carries_the_null_both_targets_and_the_counts(tmp_path, toy_catalog, masked_task):
+    code, out = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci")
+    assert code == 0
+    record, rows = read(out, "toy-topleft", "toy/masked")
+    diag = record["config"]["diagnosis"]
+    assert diag["headline_target"] == "pred" and diag["null_draws"] == 20 and diag["bootstrap_unit"] == "sample"
+    assert {"bg_er_null", "bg_er_minus_null", "bg_er_pred", "bg_er_label"} <= set(record["metrics"])
+    assert record["metrics"]["bg_er"] == record["metrics"]["bg_er_pred"]
+    assert "bg_er_minus_null" in diag["by_rule"]["paper"]["intervals"]
+    assert record["intervals"]["bg_er_minus_null"] == diag["by_rule"]["paper"]["intervals"]["bg_er_minus_null"]
+    assert all(len(row["cci"]["importance_label"]) == 7 for row in rows)
+
+
+def _diag_record(subset: str, bg_er: float, null: float | None) -> dict:
+    rec = valid_record(model="demo/shapes-shortcut", task=f"covar-shapes/{subset}")
+    rec["metrics"].update({"fg_driven_rate": 0.5, "bg_er": bg_er, "fine_er": 0.0})
+    if null is not None:
+        rec["metrics"].update({"bg_er_null": null, "bg_er_minus_null": bg_er - null})
+    counts = {"n_errors": 12, "n_errors_undetermined": 1, "n_errors_without_mask": 0, "errors_mean_area": 0.2}
+    rec["config"]["diagnosis"] = {"rules": ["paper"], "by_rule": {"paper": counts}}
+    return rec
+
+
+def test_leaderboard_shows_the_null_beside_bg_er_and_the_counts():
+    records = [_diag_record("bg_varied", 0.9, 0.35), _diag_record("hflip", 0.25, None)]
+    tables = lb.build_tables(records)
+    diag = next(t for t in tables if "diagnosis" in t.title)
+    assert diag.columns == [
+        "Model",
+        "Bg-varied BG-Er",
+        "Bg-varied BG-Er null",
+        "Bg-varied Fine-Er",
+        "H-flip BG-Er",
+        "H-flip Fine-Er",
+    ]
+    assert diag.rows[0][1:4] == [90.0, 35.0, 0.0]
+    assert "| 90.0 | 35.0 | 0.0 |" in lb.render_markdown(tables)
+    csv_text = lb.render_csv(records)
+    assert "covar-shapes/bg_varied,1,bg_er_null,0.35" in csv_text
+    assert "covar-shapes/bg_varied,1,diagnosis_n_errors_undetermined,1" in csv_text
+    metrics = {r["metric"] for r in json.loads(lb.render_json(records, tables))["results"]}
+    assert {"bg_er_minus_null", "diagnosis_n_errors", "diagnosis_n_errors_without_mask"} <= metrics
+    assert "diagnosis_errors_mean_area" in metrics
+
+
+def test_cluster_bootstrap_widens_intervals_for_identical_variants():
+    """Ten source objects, eight identical variants each: 80 rows but 10 independent draws. Resampling objects
+    gives the wider, honest interval; the point estimate does not change."""
+    per_object = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1], dtype=float)
+    values = np.repeat(per_object, 8)
+    clusters = [str(i) for i in np.repeat(np.arange(10), 8)]
+    lo_p, hi_p = bootstrap_interval(values, seed=0)
+    lo_c, hi_c = bootstrap_interval(values, seed=0, clusters=clusters)
+    assert (hi_c - lo_c) > 1.8 * (hi_p - lo_p)
+    # the same through the diagnosis: errors carrying their source_id
+    settings = DiagnosisSettings(bootstrap=500)
+    imp = {1.0: [0.0, 0.9, 0.0, 0.0], 0.0: [0.9, 0.0, 0.0, 0.0]}  # bg-driven / fg-driven
+    records = [
+        diagnose_sample(i, 0, 1, Evidence([0, 1, 2, 3], imp[v]), FG4, None, settings, str(i), cluster=c)
+        for i, (v, c) in enumerate(zip(values, clusters))
+    ]
+    plain = [
+        diagnose_sample(i, 0, 1, Evidence([0, 1, 2, 3], imp[v]), FG4, None, settings) for i, v in enumerate(values)
+    ]
+    d_c, d_p = summarise(records, settings, False), summarise(plain, settings, False)
+    assert d_c.metrics == d_p.metrics and d_c.config["bootstrap_unit"] == "source_id"
+    assert d_p.config["bootstrap_unit"] == "sample"
+    width = {k: hi - lo for k, (lo, hi) in (("c", d_c.intervals["bg_er"]), ("p", d_p.intervals["bg_er"]))}
+    assert width["c"] > 1.8 * width["p"]
+
+
+def test_the_signed_difference_has_its_interval_in_the_result_and_validates():
+    from covar_harness.results.validation import validate
+
+    errors = validate({"intervals": {"bg_er_minus_null": [-0.7, -0.4], "bg_er": [-0.1, 0.2]}})
+    assert not any("bg_er_minus_null" in e for e in errors)
+    assert any("intervals.bg_er: must satisfy 0 <= low" in e for e in errors)

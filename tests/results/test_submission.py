@@ -1,0 +1,210 @@
+"""validate --strict: a leaderboard submission must be what it claims (issue 17 item 2). The honest file is a real
+full run of a demo model; each tampered copy changes one thing and must fail, naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from covar_harness.results import files as results
+from helpers import run_cli_inprocess as cli
+
+TASK = "covar-shapes/bg_varied"
+
+
+def run_demo(data: Path, out: Path, *extra: str):
+    """The shortcut demo model on bg_varied with its per-sample log, in this process."""
+    return cli(
+        "run",
+        "--models",
+        "demo/shapes-shortcut",
+        "--tasks",
+        TASK,
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--log-samples",
+        "--workers",
+        "0",
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def submission(tmp_path_factory, covar_shapes_data) -> Path:
+    """A full run (every image: the shipped fingerprint applies) with its per-sample log."""
+    out = tmp_path_factory.mktemp("submission") / "results"
+    r = run_demo(covar_shapes_data, out, "--batch-size", "120")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = out.rglob("*.json")
+    return path
+
+
+def copy_of(submission: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "pr" / submission.parent.name
+    folder.mkdir(parents=True)
+    shutil.copy(submission, folder / submission.name)
+    shutil.copy(results.samples_path(submission), results.samples_path(folder / submission.name))
+    return folder / submission.name
+
+
+def strict(*paths: Path, extra: tuple[str, ...] = ()):
+    return cli("validate", "--strict", *extra, *map(str, paths))
+
+
+def test_an_honest_full_run_passes_and_matches_the_shipped_fingerprint(submission):
+    r = strict(submission)
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.strip().endswith(": ok")
+
+
+def edit(path: Path, change) -> None:
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda o: o["metrics"].update(acc1=o["metrics"]["acc1"] + 0.01), "metrics.acc1"),
+        (lambda o: o["metrics"].update(bg_er=max(0.0, o["metrics"]["bg_er"] - 0.05)), "metrics.bg_er"),
+        (lambda o: o["task"].update(data_fingerprint="sha256:0000000000000000"), "is not a known version"),
+        (lambda o: o["provenance"].update(torch=None), "provenance: torch"),
+        (lambda o: o["task"].update(n_samples=o["task"]["n_samples"] - 1), "task.n_samples says"),
+    ],
+)
+def test_a_tampered_file_fails_naming_what_is_wrong(submission, tmp_path, change, named):
+    path = copy_of(submission, tmp_path)
+    edit(path, change)
+    r = strict(path)
+    assert r.returncode == 1 and named in r.stdout, r.stdout
+    assert cli("validate", str(path)).returncode == 0  # the schema alone cannot see it
+
+
+def test_a_broken_or_missing_samples_log_fails(submission, tmp_path):
+    path = copy_of(submission, tmp_path)
+    log = results.samples_path(path)
+    lines = log.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["correct"] = not first["correct"]
+    log.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    r = strict(path)
+    assert r.returncode == 1 and "disagrees with its pred and label" in r.stdout
+    log.write_text("not json\n")
+    assert "unreadable" in strict(path).stdout
+    log.unlink()
+    r = strict(path)
+    assert r.returncode == 1 and "missing (submit with --log-samples)" in r.stdout
+
+
+def test_duplicate_model_task_submissions_fail(submission, tmp_path):
+    a = copy_of(submission, tmp_path / "a")
+    b = copy_of(submission, tmp_path / "b")
+    r = strict(a, b)
+    assert r.returncode == 1 and "duplicate submission" in r.stdout and r.stdout.count(": ok") == 1
+
+
+def test_a_limited_run_cannot_be_submitted(submission, tmp_path, covar_shapes_data):
+    out = tmp_path / "limited"
+    r = run_demo(covar_shapes_data, out, "--limit", "20", "--attribution", "none")
+    assert r.returncode == 0
+    r = strict(out)
+    assert r.returncode == 1 and "a --limit run or other data cannot be submitted" in r.stdout
+
+
+def test_users_register_their_own_data_versions(submission, tmp_path):
+    path = copy_of(submission, tmp_path)
+    fingerprint = "sha256:1234123412341234"
+    edit(path, lambda o: o["task"].update(data_fingerprint=fingerprint))
+    known = tmp_path / "mine.json"
+    known.write_text(json.dumps({TASK: [fingerprint]}))
+    assert strict(path, extra=("--fingerprints", str(known))).returncode == 0
+    known.write_text(json.dumps({TASK: fingerprint}))
+    r = strict(path, extra=("--fingerprints", str(known)))
+    assert r.returncode == 2 and "must be a JSON object" in r.stderr
+    assert cli("validate", "--fingerprints", str(known), str(path)).returncode == 2  # needs --strict
+
+
+# ---- the leaderboard CI template (issue 17 item 3): the script the workflow runs, exercised for real -----------
+def git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        env={
+            **__import__("os").environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
+
+
+def ci(repo: Path, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_STEP_SUMMARY": str(repo / "summary.md"),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        ["bash", "leaderboard-ci.sh", *args], cwd=repo, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_init_leaderboard_writes_the_workflow_and_never_overwrites(tmp_path):
+    import yaml
+
+    repo = tmp_path / "board"
+    r = cli("init-leaderboard", str(repo), "--harness-spec", "covar-harness @ git+https://example.org/h@v1")
+    assert r.returncode == 0, r.stderr
+    workflow = yaml.safe_load((repo / ".github/workflows/leaderboard.yml").read_text())
+    steps = workflow["jobs"]["leaderboard"]["steps"]
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert "leaderboard-ci.sh pr" in runs and "leaderboard-ci.sh main" in runs
+    assert 'pip install "covar-harness @ git+https://example.org/h@v1"' in runs
+    assert (repo / "results").is_dir()
+    (repo / "leaderboard-ci.sh").write_text("# mine\n")
+    r = cli("init-leaderboard", str(repo))
+    assert r.returncode == 2 and "leaderboard-ci.sh" in r.stderr
+    assert (repo / "leaderboard-ci.sh").read_text() == "# mine\n"
+    assert cli("init-leaderboard", str(tmp_path / "x"), "--harness-spec", 'a"; rm -rf /').returncode == 2
+
+
+def test_the_ci_script_checks_a_pull_request_and_rebuilds_main(submission, tmp_path):
+    repo = tmp_path / "board"
+    assert cli("init-leaderboard", str(repo)).returncode == 0
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    git(repo, "checkout", "-q", "-b", "submission")
+    folder = repo / "results" / submission.parent.name
+    folder.mkdir(parents=True)
+    shutil.copy(submission, folder)
+    shutil.copy(results.samples_path(submission), folder)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "submit")
+    r = ci(repo, "pr", "main")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert submission.name in r.stdout and "| demo/shapes-shortcut |" in (repo / "summary.md").read_text()
+    edit(folder / submission.name, lambda o: o["metrics"].update(acc1=0.99))
+    git(repo, "commit", "-q", "-am", "tamper")
+    r = ci(repo, "pr", "main")
+    assert r.returncode == 1 and "metrics.acc1" in r.stdout
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    r = ci(repo, "main")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "demo/shapes-shortcut" in (repo / "LEADERBOARD.md").read_text()
+    assert (repo / "site" / "index.html").is_file()
