@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def timed_build(adapter, spec: str, root: Path, classes: list[str], templates: list[str]):
     """Seconds for one classifier build through a fresh ClassifierCache over the store at ``root``, as a new run
     does (fingerprint included), and the classifier."""
-    from covar_harness.run.evaluator import ClassifierCache, Reporter
-    from covar_harness.run.text_cache import store_for
+    from covar_harness.run.progress import Reporter
+    from covar_harness.run.text_cache import ClassifierCache, store_for
 
     t0 = time.perf_counter()
     store = store_for(spec, adapter, root, "fp32")

@@ -28,7 +28,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from helpers import make_image_folder, make_openclip_dir, write_task_yaml  # noqa: E402
+from toy_vit import LAYOUTS, SIDE, ToyPlugin, layout  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -69,3 +74,51 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture
 def task_yaml(tmp_path, image_folder) -> Path:
     return write_task_yaml(tmp_path / "tasks" / "toy.yaml", "toy/shapes", image_folder)
+
+
+# ---- the toy ViT with a planted truth (toy_vit.py) -------------------------------------------------------
+@pytest.fixture
+def toy_catalog(monkeypatch):
+    """The CLI (in-process) sees the toy models and the masked format next to the built-ins."""
+    from covar_harness.catalog import plugin_manager
+
+    original = plugin_manager.load_catalog
+
+    def load(include_paths=(), allow=None, extra_plugins=()):
+        return original(include_paths, allow, [*extra_plugins, ToyPlugin()])
+
+    monkeypatch.setattr(plugin_manager, "load_catalog", load)
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> Path:
+    """Four images of class 'object' (one per layout) with top-left masks, plus an empty 'background' class."""
+    root = tmp_path / "toy"
+    for sub in ("images", "masks"):
+        (root / sub / "background").mkdir(parents=True)
+        (root / sub / "object").mkdir(parents=True)
+    mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    mask[:32, :32] = 255
+    for j, tl in enumerate(LAYOUTS):
+        layout(tl, seed=j).save(root / "images" / "object" / f"{j:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / "object" / f"{j:02d}.png")
+    return root
+
+
+@pytest.fixture
+def masked_task(tmp_path, toy_data) -> Path:
+    body = {
+        "task": "toy/masked",
+        "dataset": {"format": "toy-masked", "path": str(toy_data)},
+        "templates": ["a photo of a {}."],
+        "version": 1,
+    }
+    path = tmp_path / "tasks" / "masked.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.fixture
+def plain_task(tmp_path, toy_data) -> Path:
+    return write_task_yaml(tmp_path / "tasks" / "plain.yaml", "toy/plain", toy_data / "images")

@@ -56,7 +56,8 @@ def _joined(names: list[str] | str) -> str:
 def _run(args: Namespace) -> dict[str, Any]:
     from covar_harness.cli.commands import prepare_run
     from covar_harness.results import files as results
-    from covar_harness.run.evaluator import Reporter, run
+    from covar_harness.run.evaluator import run
+    from covar_harness.run.progress import Reporter
 
     prepared = prepare_run(args)
     outcomes = run(prepared.models, prepared.tasks, prepared.catalog, prepared.options, Reporter(), prepared.plan)

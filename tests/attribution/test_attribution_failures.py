@@ -18,6 +18,7 @@ from covar_harness.catalog.registry import UsageError
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.models.adapter import AdapterContractError
 from covar_harness.models.specs import load_model
+from covar_harness.pipeline.contract import PairContext
 from covar_harness.results import files as results
 
 # A toy written to the DOCUMENTED contract only: drop (B, N) -> (B, D). Given (B, K, N) it fails to broadcast,
@@ -212,7 +213,7 @@ def test_patch_tokens_and_patch_grid_are_checked(toy_file):
         attribute(adapter, pixels, emb, text, target, seeds, CCISettings(k=4))
     adapter.patch_grid = "5x5"
     with pytest.raises(AdapterContractError, match="patch_grid must be"):
-        AttributionStep("cci").start(adapter, None, SampleSet([Sample("a.png", 0)], ["a"], None))
+        AttributionStep("cci").start(PairContext(adapter, None, SampleSet([Sample("a.png", 0)], ["a"], None)))
 
 
 def test_old_style_adapter_runs_cci_end_to_end(toy_file, task_yaml, tmp_path, capsys):
@@ -341,10 +342,10 @@ def test_k_above_the_patch_count_fails_at_start_with_one_line(toy_file, task_yam
     samples = SampleSet([Sample("a.png", 0)], ["a"], None)
     step = AttributionStep("cci", k=30)
     with pytest.raises(ValueError, match=r"--cci-k 30 is more than the 25 patches of old-style"):
-        step.start(adapter, None, samples)
-    AttributionStep("cci", k=25).start(adapter, None, samples)  # exactly the patch count is fine
+        step.start(PairContext(adapter, None, samples))
+    AttributionStep("cci", k=25).start(PairContext(adapter, None, samples))  # exactly the patch count is fine
     off = AttributionStep("cci", k=30, only_with_masks=True)
-    off.start(adapter, None, samples)  # switched off (no masks): nothing to refuse
+    off.start(PairContext(adapter, None, samples))  # switched off (no masks): nothing to refuse
     assert off.status == "off"
 
     from covar_harness.cli.main import main
@@ -384,14 +385,14 @@ def test_kmeans_split_over_images_gives_the_same_clusters(monkeypatch):
 
 # ---- item 21: --save-maps folders are the result folders' slugs -----------------------------------------------
 def test_maps_folder_uses_the_model_spec_slug_like_the_result_folder(toy_file, tmp_path):
-    from covar_harness.run.evaluator import Batch
+    from covar_harness.pipeline.contract import Batch
 
     adapter = toy(toy_file)
     spec = f"custom:{toy_file}:build"  # an absolute path: the maps must not invent their own mangling
     task = type("Task", (), {"task": "toy/maps task"})()
     samples = SampleSet([Sample(f"img{i}.png", 0) for i in range(2)], ["a", "b"], None)
     step = AttributionStep("cci", k=3, save_maps=tmp_path / "maps")
-    step.start(adapter, task, samples, model_spec=spec)
+    step.start(PairContext(adapter, task, samples, model_spec=spec))
     pixels, emb, text, _, _ = batch_inputs(adapter, n=2)
     step.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
     folder = tmp_path / "maps" / results.slug(spec) / results.slug("toy/maps task")
@@ -411,7 +412,7 @@ def test_save_maps_under_a_regular_file_is_refused_up_front(tmp_path):
 
 def test_a_map_that_cannot_be_written_is_a_note_not_a_failed_pair(toy_file, tmp_path, monkeypatch):
     from covar_harness.attribution import overlays
-    from covar_harness.run.evaluator import Batch
+    from covar_harness.pipeline.contract import Batch
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -420,13 +421,14 @@ def test_a_map_that_cannot_be_written_is_a_note_not_a_failed_pair(toy_file, tmp_
     adapter = toy(toy_file)
     samples = SampleSet([Sample(f"img{i}.png", 0) for i in range(2)], ["a", "b"], None)
     step = AttributionStep("cci", k=3, save_maps=tmp_path / "maps")
-    step.start(adapter, None, samples, model_spec="toy")
+    step.start(PairContext(adapter, None, samples, model_spec="toy"))
     pixels, emb, text, _, _ = batch_inputs(adapter, n=2)
     records = step.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
     summary = step.finish(records)
-    assert len(records) == 2 and summary["config"]["summary"]["n_maps"] == 0
-    assert "No space left" in summary["config"]["maps_error"]
-    assert any(n.startswith("--save-maps stopped") for n in summary["notes"])
+    assert summary.config is not None
+    assert len(records) == 2 and summary.config["summary"]["n_maps"] == 0
+    assert "No space left" in summary.config["maps_error"]
+    assert any(n.startswith("--save-maps stopped") for n in summary.notes)
 
 
 # ---- item 13: untrusted names in explain -------------------------------------------------------------------

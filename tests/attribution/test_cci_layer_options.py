@@ -99,7 +99,7 @@ def test_bad_layer_flag_is_one_line_exit_2(tmp_path):
 def test_adapter_without_input_tokens_is_skipped_with_a_reason(openclip_adapter):
     """An adapter written before input_tokens existed: the step says why instead of failing the pair."""
     from covar_harness.attribution.step import AttributionStep
-    from covar_harness.run.pipeline import PairContext
+    from covar_harness.pipeline.contract import PairContext
 
     class Old:
         name = "old"

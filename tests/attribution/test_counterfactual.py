@@ -14,7 +14,7 @@ from covar_harness.attribution import AttributionStep, region_outcome
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.diagnosis.summary import diagnose
-from covar_harness.run.evaluator import Batch
+from covar_harness.pipeline.contract import Batch, PairContext
 
 # 2x2 patch grid; a "pixel" of each patch IS the vector it adds to the embedding (3 channels = 3 dims).
 A, B, C = 0, 1, 2  # classes; text embeddings below
@@ -72,7 +72,7 @@ def process(adapter, pixels, fg, **step_settings) -> tuple[list[dict], Attributi
     emb = F.normalize(adapter.encode_images(pixels), dim=-1)
     logits = emb @ W
     step = AttributionStep("cci", k=2, **step_settings)
-    step.start(adapter, None, samples)
+    step.start(PairContext(adapter, None, samples))
     idx = list(range(len(pixels)))
     return step.process(Batch(idx, pixels, emb, W, logits, logits.argmax(-1), samples, fg)), step
 
@@ -83,8 +83,8 @@ def test_each_outcome_where_the_truth_is_known_by_construction():
     records, step = process(adapter, pixels, [c[1] for c in CASES.values()])
     assert adapter.calls == [(4, 2 + 2, 4)], "one removal call: K cluster patterns + 2 region patterns"
     for rec, (name, (px, _, outcome, decision)) in zip(records, CASES.items()):
-        cf = rec["counterfactual"]
-        assert rec["cci"]["target"] == decision, name
+        cf = rec.to_json()["counterfactual"]
+        assert rec.to_json()["cci"]["target"] == decision, name
         assert cf["outcome"] == outcome, name
         vecs = px.flatten(1).T  # (4, 3)
         fg_only, bg_only = vecs[:2].sum(0), vecs[2:].sum(0)
@@ -92,7 +92,7 @@ def test_each_outcome_where_the_truth_is_known_by_construction():
         assert cf["s_fg_only"] == pytest.approx(float(F.normalize(fg_only, dim=0) @ text), abs=1e-6), name
         assert cf["s_bg_only"] == pytest.approx(float(F.normalize(bg_only, dim=0) @ text), abs=1e-6), name
         assert cf["pred_fg_only"] == int((fg_only @ W).argmax()) and cf["pred_bg_only"] == int((bg_only @ W).argmax())
-    summary = step.finish(records)["config"]["summary"]["counterfactual"]
+    summary = step.finish(records).to_json()["config"]["summary"]["counterfactual"]
     assert summary == {"n_tested": 4, "bg-sufficient": 1, "fg-sufficient": 1, "both": 1, "neither": 1, "undefined": 0}
 
 
@@ -102,13 +102,13 @@ def test_empty_region_and_missing_mask():
     px = torch.stack([CASES["bg-sufficient"][0], CASES["bg-sufficient"][0]])
     no_fg = np.zeros(4)
     records, _ = process(VectorSum(), px, [no_fg, None])
-    cf = records[0]["counterfactual"]
+    cf = records[0].to_json()["counterfactual"]
     assert cf["s_fg_only"] is None and cf["pred_fg_only"] is None and cf["outcome"] is None
     assert cf["pred_bg_only"] == B and cf["s_bg_only"] is not None
-    assert "counterfactual" not in records[1] and "cci" in records[1]
+    assert records[1].counterfactual is None and records[1].cci is not None
     prefix = torch.tensor([0.0, 0.0, 0.05])
     records, _ = process(VectorSum(prefix), px, [no_fg, None])
-    cf = records[0]["counterfactual"]
+    cf = records[0].to_json()["counterfactual"]
     assert cf["pred_fg_only"] == int((prefix @ W).argmax()) and cf["outcome"] == "bg-sufficient"
 
 
@@ -116,8 +116,8 @@ def test_mask_threshold_decides_which_patches_are_foreground():
     """Patch fractions 0.4: background at the default 0.5, foreground at 0.3 - and the outcome follows."""
     px = CASES["bg-sufficient"][0][None]
     fg = [np.array([1.0, 1.0, 0.4, 0.4])]
-    assert process(VectorSum(), px, fg)[0][0]["counterfactual"]["outcome"] == "bg-sufficient"
-    cf = process(VectorSum(), px, fg, cf_threshold=0.3)[0][0]["counterfactual"]
+    assert process(VectorSum(), px, fg)[0][0].to_json()["counterfactual"]["outcome"] == "bg-sufficient"
+    cf = process(VectorSum(), px, fg, cf_threshold=0.3)[0][0].to_json()["counterfactual"]
     # every patch is now "foreground": the background-only side removes every patch -> undefined
     assert cf["pred_bg_only"] is None and cf["outcome"] is None and cf["pred_fg_only"] == B
 
@@ -126,19 +126,19 @@ def test_setting_off_or_no_masks_means_no_extra_patterns():
     adapter = VectorSum()
     pixels = torch.stack([c[0] for c in CASES.values()])
     records, _ = process(adapter, pixels, [c[1] for c in CASES.values()], counterfactual=False)
-    assert adapter.calls == [(4, 2, 4)] and not any("counterfactual" in r for r in records)
+    assert adapter.calls == [(4, 2, 4)] and not any("counterfactual" in r.to_json() for r in records)
     adapter = VectorSum()
     records, _ = process(adapter, pixels, None)
-    assert adapter.calls == [(4, 2, 4)] and not any("counterfactual" in r for r in records)
+    assert adapter.calls == [(4, 2, 4)] and not any("counterfactual" in r.to_json() for r in records)
     adapter = VectorSum()  # random baseline: no cluster passes, but the region test still rides one call
     samples = SampleSet([Sample(f"{i}.png", 0) for i in range(4)], ["A", "B", "C"], None)
     emb = F.normalize(adapter.encode_images(pixels), dim=-1)
     step = AttributionStep("random", k=2)
-    step.start(adapter, None, samples)
+    step.start(PairContext(adapter, None, samples))
     recs = step.process(
         Batch([0, 1, 2, 3], pixels, emb, W, emb @ W, torch.zeros(4), samples, [c[1] for c in CASES.values()])
     )
-    assert adapter.calls == [(4, 2, 4)] and [r["counterfactual"]["outcome"] for r in recs] == list(CASES)
+    assert adapter.calls == [(4, 2, 4)] and [r.to_json()["counterfactual"]["outcome"] for r in recs] == list(CASES)
 
 
 def test_region_outcome_table():

@@ -14,7 +14,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cci import GRID, LAYOUTS, TopLeftReader, layout, masked_task, toy_catalog, toy_data  # noqa: F401
 
 from covar_harness.attribution import CCISettings
 from covar_harness.attribution.attention_trace import Readout, Trace, attend, cls_pool, cls_readout
@@ -27,6 +26,7 @@ from covar_harness.models.specs import load_model
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - registers the methods
 from helpers import TINY_OPENCLIP_CFG, make_openclip_dir, run_cli_inprocess
 from hf_helpers import tiny  # noqa: F401 - fixture
+from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
 
 METHODS = {"gradcam": GradCAM, "rollout": Rollout, "chefer": Chefer, "grad-eclip": GradECLIP}
 N = GRID * GRID
@@ -287,7 +287,7 @@ def test_faithfulness_command_reports_unsupported_in_one_line(tmp_path, toy_cata
 def test_run_with_a_trace_attribution(tmp_path, task_yaml, method):
     """``run --attribution METHOD`` on an open_clip ViT: every sample gets the method's record (a cluster's
     importance is the sum of its patches')."""
-    from test_cci import read, run_cli
+    from toy_vit import read, run_cli
 
     model = f"openclip:local-dir:{make_openclip_dir(tmp_path / 'vit')}"
     code, out = run_cli(tmp_path, model, task_yaml, "--attribution", method, "--cci-k", "3", "--segmenter", "none")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_cci import SIDE, layout, masked_task, read, run_cli, toy_catalog, toy_data  # noqa: F401 - fixtures
 
 from covar_harness.attribution import overlays
+from toy_vit import SIDE, layout, read, run_cli
 
 CAPTION = overlays.Caption(
     pred="fire truck",

@@ -220,7 +220,7 @@ def test_towers_that_pool_patches_refuse_empty_removal(towers):
 def test_shapley_step_on_a_real_tower_records_and_config(towers):
     """The step end to end on a tiny open_clip model: v_empty is the CLS-only forward, efficiency holds."""
     from covar_harness.data.samples import Sample, SampleSet
-    from covar_harness.run.evaluator import Batch
+    from covar_harness.pipeline.contract import Batch
 
     cls, _ = towers
     px = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from test_hardening_results import deadline, valid_record
 
 from covar_harness.cli.main import main
 from covar_harness.results import files as results
 from helpers import run_cli_inprocess
+from result_records import deadline, valid_record
 
 
 def _folder(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.results import files as results
+from covar_harness.results import validation
 from covar_harness.run.group_metrics import add_group_metrics, group_accuracies, group_intervals, group_summary
 from helpers import make_image
 from helpers import run_cli_inprocess as cli
@@ -108,7 +108,7 @@ def test_run_records_worst_group_and_validates(openclip_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     (path,) = [p for p in out.rglob("*.json")]
     rec = json.loads(path.read_text())
-    assert results.validate(rec) == []
+    assert validation.validate(rec) == []
     assert rec["task"]["n_samples"] == 8 and rec["task"]["label_mapping"] == "by_name"
     rows = [json.loads(line) for line in next(out.rglob("*.samples.jsonl")).read_text().splitlines()]
     by_group: dict[str, list[bool]] = {}

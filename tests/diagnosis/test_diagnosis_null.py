@@ -6,13 +6,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_cci import GRID, TopLeftReader, load_masked, masked_task, read, run_cli, toy_catalog, toy_data  # noqa: F401  (fixtures)
-from test_hardening_results import valid_record
 
 from covar_harness.common.metrics import bootstrap_interval
 from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample
 from covar_harness.diagnosis.summary import diagnose, summarise
+from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
+from covar_harness.pipeline.contract import PairContext
+from result_records import valid_record
+from toy_vit import GRID, TopLeftReader, load_masked, read, run_cli
 
 FG4 = np.array([1.0, 0.0, 0.0, 0.0])  # 2x2 grid: patch 0 is the object
 
@@ -107,7 +109,7 @@ def test_both_targets_come_from_one_removal_call(toy_data):
     """The attribution step scores the label's importances from the removal embeddings it already has: one
     encode_images_without call for the batch, and the label's numbers equal a separate run explaining the label."""
     from covar_harness.attribution.step import AttributionStep
-    from covar_harness.run.evaluator import Batch
+    from covar_harness.pipeline.contract import Batch
 
     samples = load_masked({"path": str(toy_data)}, toy_data)
     adapter = TopLeftReader()
@@ -116,12 +118,12 @@ def test_both_targets_come_from_one_removal_call(toy_data):
     W = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # columns: background, object
     batch = Batch([1, 3], pixels, emb, W, emb @ W, torch.tensor([1, 1]), samples)
     pred_step = AttributionStep("cci")
-    pred_step.start(adapter, None, samples)
+    pred_step.start(PairContext(adapter, None, samples))
     records = pred_step.process(batch)
     assert adapter.calls == [(2, 7, GRID * GRID)], "one removal call for both targets"
     label_adapter = TopLeftReader()
     label_step = AttributionStep("cci", target="label")
-    label_step.start(label_adapter, None, samples)
+    label_step.start(PairContext(label_adapter, None, samples))
     by_label = label_step.process(batch)
     for pred_rec, label_rec in zip(records, by_label):
         assert pred_rec.cci.importance_label == pytest.approx(label_rec.cci.importance, abs=1e-6)
@@ -167,11 +169,11 @@ def test_leaderboard_shows_the_null_beside_bg_er_and_the_counts():
         "H-flip Fine-Er",
     ]
     assert diag.rows[0][1:4] == [90.0, 35.0, 0.0]
-    assert "| 90.0 | 35.0 | 0.0 |" in lb.render_markdown(tables)
-    csv_text = lb.render_csv(records)
+    assert "| 90.0 | 35.0 | 0.0 |" in render.render_markdown(tables)
+    csv_text = render.render_csv(records)
     assert "covar-shapes/bg_varied,1,bg_er_null,0.35" in csv_text
     assert "covar-shapes/bg_varied,1,diagnosis_n_errors_undetermined,1" in csv_text
-    metrics = {r["metric"] for r in json.loads(lb.render_json(records, tables))["results"]}
+    metrics = {r["metric"] for r in json.loads(render.render_json(records, tables))["results"]}
     assert {"bg_er_minus_null", "diagnosis_n_errors", "diagnosis_n_errors_without_mask"} <= metrics
     assert "diagnosis_errors_mean_area" in metrics
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_cci import GRID, LAYOUTS, TopLeftReader, layout
 
 from covar_harness.attribution import CCISettings, attribute
 from covar_harness.catalog.registry import UsageError
@@ -24,6 +23,7 @@ from covar_harness.faithfulness import (
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.patches import canvas, importance_order, patch_pixel_masks, step_counts, top_masks
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - defines occlusion, rise
+from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
 
 N = GRID * GRID
 W = torch.eye(2)  # class columns: "object" = [1, 0], "other" = [0, 1]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-from test_cci import masked_task, toy_catalog, toy_data  # noqa: F401 - fixtures
-
 from helpers import run_cli_inprocess
 
 

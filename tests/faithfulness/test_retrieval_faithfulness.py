@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_retrieval import RECALL_NAMES, make_captions_dataset, write_yaml
 
+from captions import RECALL_NAMES, make_captions_dataset, write_yaml
 from helpers import run_cli_inprocess
 
 

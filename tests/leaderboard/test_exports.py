@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_hardening_results import valid_record
 
 from covar_harness.leaderboard import exports
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
+from result_records import valid_record
 
 # Names a validator accepts (one line, no control characters) but that mean something to YAML.
 HOSTILE_MODEL = "evil: &a [*a] !!python/object/apply:os.system ['echo pwned'] # \"'"

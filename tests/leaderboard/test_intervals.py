@@ -19,6 +19,7 @@ from covar_harness.common.metrics import (
     percentile_interval,
 )
 from covar_harness.data.subsets import COVAR_SUBSETS
+from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from helpers import run_cli_inprocess as cli
 
@@ -83,12 +84,12 @@ def test_leaderboard_average_interval_in_csv_json_and_caption():
     assert avg["value"] == pytest.approx(np.mean([0.5 + 0.01 * i for i in range(8)]))
     half = 1.96 * math.sqrt(8 * (0.1 / 1.96) ** 2) / 8
     assert avg["interval"] == pytest.approx([avg["value"] - half, avg["value"] + half])
-    rows = list(csv.DictReader(io.StringIO(lb.render_csv(records))))
+    rows = list(csv.DictReader(io.StringIO(render.render_csv(records))))
     got = {r["metric"]: float(r["value"]) for r in rows if r["task"] == "covar"}
     assert got == pytest.approx({"acc1_avg": avg["value"], "acc1_avg_ci_low": avg["interval"][0],
                                  "acc1_avg_ci_high": avg["interval"][1]})  # fmt: skip
     tables = lb.build_tables(records)
-    data = json.loads(lb.render_json(records, tables))
+    data = json.loads(render.render_json(records, tables))
     (jrow,) = [r for r in data["results"] if r["metric"] == "acc1_avg"]
     assert jrow["interval"] == pytest.approx(avg["interval"])
     caption = tables[0].caption or ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from covar_harness.data.subsets import COVAR_SUBSETS
+from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 
 
@@ -47,13 +49,13 @@ def test_counteranimals_paper_reference_rows_are_marked():
     by_name = {r[0]: r for r in official.rows}
     assert by_name["ViT-L/14 OpenAI (CounterAnimals paper, published)"][1:4] == [85.38, 70.28, 15.1]
     assert len(by_name) == 11
-    md = lb.render_markdown(tables)
+    md = render.render_markdown(tables)
     assert "| _ViT-H/14 LAION-2B (CounterAnimals paper, published)_ | 85.7 | 73.1 | 12.6 | - | - |" in md
     assert "45-way restriction (UNOFFICIAL)" in md
 
 
 def test_covar_average_is_over_the_eight_subsets():
-    subsets = lb.COVAR_SUBSETS
+    subsets = COVAR_SUBSETS
     records = [_rec("m", f"covar/{s}", 0.1 * (i + 1)) for i, s in enumerate(subsets)] + [
         _rec("m", "covar/original", 0.99)
     ]

@@ -11,19 +11,21 @@ import os
 
 import pytest
 from rich.console import Console
-from test_hardening_results import deadline, valid_record
 
 from covar_harness.common.console import print_rows
+from covar_harness.data.subsets import COVAR_SUBSETS
+from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
 from covar_harness.results import validation
+from result_records import deadline, valid_record
 
 HOSTILE = "[/x]e[blink]v[/blink]\x1b[5mil\x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\|<b>=1+2"
 
 
 def _rich(tables, width: int = 100, terminal: bool = True) -> str:
     buf = io.StringIO()
-    lb.render_rich(
+    render.render_rich(
         tables, Console(file=buf, width=width, force_terminal=terminal, color_system="truecolor" if terminal else None)
     )
     return buf.getvalue()
@@ -33,9 +35,9 @@ def _all_formats(records: list[dict], reference: str | None) -> dict[str, str]:
     tables = lb.build_tables(records, reference)
     return {
         "table": _rich(tables, terminal=False),
-        "markdown": lb.render_markdown(tables),
-        "csv": lb.render_csv(records, reference),
-        "json": lb.render_json(records, tables, reference),
+        "markdown": render.render_markdown(tables),
+        "csv": render.render_csv(records, reference),
+        "json": render.render_json(records, tables, reference),
     }
 
 
@@ -67,7 +69,7 @@ def test_markup_and_escapes_in_names_are_printed_literally_and_inert_in_every_fo
 
 def test_markdown_cells_escape_pipes_and_stay_on_one_line():
     rec = valid_record(model="a|b\nc", task="covar/hflip")
-    md = lb.render_markdown(lb.build_tables([rec]))
+    md = render.render_markdown(lb.build_tables([rec]))
     row = next(line for line in md.splitlines() if line.startswith("| a"))
     assert row.startswith("| a\\|b c |")
 
@@ -278,7 +280,7 @@ def test_every_row_is_averaged_over_the_same_subsets():
     assert rows["a"][-1] == "60.0*" and rows["b"][-1] == "30.0*"  # b's scale is not in anyone else's average
     paper = rows["ViT-B/32 256 DataComp-1B (paper, published)"]
     assert paper[-1] == f"{round((55.2 + 59.4) / 2, 1)}*"  # the paper's numbers over the same two subsets
-    full = [valid_record("c", f"covar/{s}", 0.5) for s in lb.COVAR_SUBSETS]
+    full = [valid_record("c", f"covar/{s}", 0.5) for s in COVAR_SUBSETS]
     acc = lb.build_tables(full, "paper")[0]
     rows = {r[0]: r for r in acc.rows}
     assert rows["c"][-1] == 50.0 and rows["ViT-B/32 256 DataComp-1B (paper, published)"][-1] == 44.5
@@ -286,9 +288,9 @@ def test_every_row_is_averaged_over_the_same_subsets():
 
 
 def test_no_reference_leaves_tables_and_formats_as_before():
-    full = [valid_record("c", f"covar/{s}", 0.5) for s in ("original", *lb.COVAR_SUBSETS)]
+    full = [valid_record("c", f"covar/{s}", 0.5) for s in ("original", *COVAR_SUBSETS)]
     tables = lb.build_tables(full)
     # without a reference the only caption is the average's interval (issue 14 item 7), never the published one
     assert all((t.caption is None or t.caption.startswith(lb.AVG_INTERVAL_NOTE)) and not t.published for t in tables)
-    assert lb.render_csv(full).splitlines()[0] == "model,family,task,task_version,metric,value,n_samples,headline"
-    assert "published" not in json.loads(lb.render_json(full, tables))["results"][0]
+    assert render.render_csv(full).splitlines()[0] == "model,family,task,task_version,metric,value,n_samples,headline"
+    assert "published" not in json.loads(render.render_json(full, tables))["results"][0]

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from covar_harness.leaderboard.peer_tables import background_reliance_tables
-from covar_harness.leaderboard.tables import build_tables, render_json, render_markdown
+from covar_harness.leaderboard.render import render_json, render_markdown
+from covar_harness.leaderboard.tables import build_tables
 
 TITLE = "background reliance: each benchmark's measure side by side"
 

@@ -21,10 +21,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_hardening_results import valid_record
 
+from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
+from result_records import valid_record
 
 HOSTILE = "<img src=x onerror=alert(1)>[/x]"
 HOSTILE_TASK = "fam<script>alert(2)</script>/x\"'"
@@ -178,7 +179,7 @@ def test_site_tables_show_exactly_the_leaderboard_numbers(site, demo):
     tables = lb.build_tables(records)
     shown = leaderboard_tables(page)
     assert len(shown) == len(tables) >= 3  # accuracy, diagnosis, the hostile family's generic table
-    md = markdown_rows(lb.render_markdown(tables))
+    md = markdown_rows(render.render_markdown(tables))
     md_bodies = [r for r in md if r[0] != "Model"]
     site_bodies = []
     for table, html_table in zip(tables, shown):
@@ -278,9 +279,9 @@ def test_every_referenced_file_is_inside_the_site_and_no_absolute_paths(site, de
     for name in ("leaderboard.csv", "leaderboard.json", "leaderboard.md", "assets/report.css", "assets/report.js"):
         assert (site / name).is_file()
     records = lb.collect(out).records
-    assert (site / "leaderboard.csv").read_text() == lb.render_csv(records)
+    assert (site / "leaderboard.csv").read_text() == render.render_csv(records)
     assert json.loads((site / "leaderboard.json").read_text()) == json.loads(
-        lb.render_json(records, lb.build_tables(records))
+        render.render_json(records, lb.build_tables(records))
     )
 
 
@@ -390,7 +391,7 @@ def test_leaderboard_format_html_is_one_self_contained_page(tmp_path):
     assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp
     tables = lb.build_tables(lb.collect(out).records, "paper")
     assert [t["rows"][1:] for t in leaderboard_tables(page)] == [expected_cells(t) for t in tables]
-    assert cli("leaderboard", out, "--format", "markdown")[1] == lb.render_markdown(
+    assert cli("leaderboard", out, "--format", "markdown")[1] == render.render_markdown(
         lb.build_tables(lb.collect(out).records)
     )
 

@@ -11,6 +11,7 @@ from covar_harness.attribution import AttributionStep
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.models import specs as models
 from covar_harness.models.specs import HubUnreachableError, ModelLoadError, hub_unreachable, load_model
+from covar_harness.pipeline.contract import PairContext
 from covar_harness_plugins.transformers import features
 from hf_helpers import FAMILIES, adapters, one_thread, tiny  # noqa: F401 (fixtures)
 
@@ -51,8 +52,8 @@ def test_hf_adapters_declare_pattern_batches_and_refuse_out_of_range_layers(fami
             adapter.patch_tokens(pixels, layer=layer)
     samples = SampleSet([Sample("a.png", 0)], ["a"], None)
     with pytest.raises(ValueError, match=r"--cci-layer 7 is out of range .* 2 blocks"):
-        AttributionStep("cci", layer=7).start(adapter, None, samples)
-    AttributionStep("cci", layer=-2).start(adapter, None, samples)
+        AttributionStep("cci", layer=7).start(PairContext(adapter, None, samples))
+    AttributionStep("cci", layer=-2).start(PairContext(adapter, None, samples))
 
 
 def test_openclip_adapter_declares_pattern_batches_and_blocks(openclip_dir):
@@ -60,9 +61,9 @@ def test_openclip_adapter_declares_pattern_batches_and_blocks(openclip_dir):
     assert adapter.supports_pattern_batches is True and adapter.n_blocks == 2
     samples = SampleSet([Sample("a.png", 0)], ["a"], None)
     with pytest.raises(ValueError, match="--cci-layer -3 is out of range"):
-        AttributionStep("cci", layer=-3, k=3).start(adapter, None, samples)
+        AttributionStep("cci", layer=-3, k=3).start(PairContext(adapter, None, samples))
     with pytest.raises(ValueError, match="--cci-k 17 is more than the 16 patches"):
-        AttributionStep("cci", k=17).start(adapter, None, samples)
+        AttributionStep("cci", k=17).start(PairContext(adapter, None, samples))
 
 
 # ---- patch counts before any weights load -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from covar_harness.models.specs import ModelLoadError, load_model
 from covar_harness.results import validation
-from covar_harness.run.evaluator import build_classifier
+from covar_harness.run.text_cache import build_classifier
 from covar_harness_plugins.transformers import features
 from helpers import COLOURS, cli, make_image, write_task_yaml
 from hf_helpers import FAMILIES, adapters, as_hub_cache, one_thread, save_tiny, tiny  # noqa: F401 (fixtures)

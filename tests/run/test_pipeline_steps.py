@@ -122,7 +122,9 @@ def evaluate(tmp_path: Path, steps: list, rules=("paper", "counterfactual"), ext
     """``evaluate_task`` on the toy task with ``steps`` and diagnosis under ``rules`` (dataset masks)."""
     from covar_harness.catalog.plugin_manager import load_catalog
     from covar_harness.diagnosis.rules import DiagnosisSettings
-    from covar_harness.run.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
+    from covar_harness.run.evaluator import RunOptions, evaluate_task
+    from covar_harness.run.progress import Reporter
+    from covar_harness.run.text_cache import ClassifierCache
 
     catalog = load_catalog([write_task(tmp_path)], allow="", extra_plugins=[ToyPlugin(), *extra_plugins])
     options = RunOptions(
@@ -182,7 +184,7 @@ def test_records_serialise_to_the_logged_fields_in_order():
         '[0.5, -0.25], "s": 0.9, "drop": [0.45, -0.2]}, "counterfactual": {"s_fg_only": 0.1, "s_bg_only": null, '
         '"pred_fg_only": 1, "pred_bg_only": null, "outcome": null}}'
     )
-    assert rec["cci"]["k"] == 2 and "shapley" not in rec and set(rec) == {"index", "cci", "counterfactual"}
+    assert rec.cci.k == 2 and rec.shapley is None and set(rec.to_json()) == {"index", "cci", "counterfactual"}
     assert "drop" not in CCIRecord("random", 0, 2, [0, 1], [0.1, 0.2], 0.3).to_json()
     diag = DiagnosisRecord(
         3, False, True, {"paper": RuleOutcome(0.2, "bg", "bg"), "area": RuleOutcome(0.6, "fg", "other")}
@@ -203,8 +205,9 @@ def test_diagnosis_reads_the_typed_record_and_a_renamed_field_fails_loudly():
     from types import SimpleNamespace
 
     from covar_harness.attribution import AttributionRecord, CCIRecord
-    from covar_harness.diagnosis.rules import DiagnosisSettings, DiagnosisStep, Evidence
-    from covar_harness.run.pipeline import Batch
+    from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence
+    from covar_harness.diagnosis.step import DiagnosisStep
+    from covar_harness.pipeline.contract import Batch
 
     samples = SampleSet([Sample("a.png", 1)], ["green", "red"], None)
     batch = Batch(
@@ -230,7 +233,7 @@ def test_diagnosis_reads_the_typed_record_and_a_renamed_field_fails_loudly():
 
 
 def test_a_step_is_started_with_the_pair_context_and_inactive_steps_are_not_asked(tmp_path):
-    from covar_harness.run.pipeline import PairContext, Step
+    from covar_harness.pipeline.contract import PairContext, Step
 
     class Off(Step):
         name = "off"
@@ -249,83 +252,34 @@ def test_a_step_is_started_with_the_pair_context_and_inactive_steps_are_not_aske
     assert "diagnosis" not in record["config"] and "driver" not in record["samples"][0]  # nothing attributed
 
 
-# ---- steps written against the older contract ---------------------------------------------------------------------
-class OldStep:
-    """The older contract: positional ``start`` (no model_spec), dict records, dict summary, no ``active``."""
+# ---- only Step subclasses run -------------------------------------------------------------------------------------
+class NotAStep:
+    """A step-like object that does not subclass Step (the contract before typed records)."""
 
     name = "old"
-    settings = {"alpha": 2}
-
-    def __init__(self):
-        self.started: list[str] = []
 
     def start(self, adapter, task, samples):
-        self.started.append(task.task)
-
-    def process(self, batch):
-        return [{"index": i, "old_field": int(batch.labels[r])} for r, i in enumerate(batch.indices)]
-
-    def finish(self, records):
-        return {"metrics": {"old_share": len(records) / 4}, "config": {"n": len(records)}, "notes": ["old step ran"]}
+        raise AssertionError("never started")
 
 
-class OldCCI(OldStep):
-    """An older attributor: its dict records carry a ``cci`` entry, which diagnosis still reads."""
+def test_a_pipeline_refuses_what_is_not_a_step():
+    from covar_harness.pipeline.contract import Pipeline
 
-    name = "old-cci"
-
-    def process(self, batch):
-        return [{"index": i, "cci": {"assignments": [0, 1, 1, 1], "importance": [1.0, 0.0]}} for i in batch.indices]
+    with pytest.raises(TypeError, match="NotAStep.*is not a covar_harness.pipeline.contract.Step subclass"):
+        Pipeline([NotAStep()])
 
 
-def test_an_old_style_step_still_runs(tmp_path):
-    from covar_harness.run.evaluator import RunOptions
-
-    step = OldStep()
-    record = evaluate(tmp_path, [step])
-    assert step.started == ["toy/pipeline"]
-    assert [r["old_field"] for r in record["samples"]] == [0, 0, 1, 1]
-    assert record["metrics"]["old_share"] == 1.0 and record["config"]["old"] == {"n": 4}
-    assert "old step ran" in record["notes"]
-    assert RunOptions(steps=[step]).result_settings()["steps"]["old"] == {
-        "method": "old",
-        "only_with_masks": False,
-        "alpha": 2,
-    }
-    rows = evaluate(tmp_path / "cci", [OldCCI()])["samples"]
-    assert [r["driver"] for r in rows] == ["fg"] * 4  # its dict records are diagnosed as before
-
-
-def test_an_old_style_attributor_registered_by_a_plugin_runs_from_the_cli(tmp_path, monkeypatch):
+def test_an_attributor_plugin_giving_a_non_step_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
     from covar_harness.cli.main import main
-    from covar_harness.results import files as results
 
     class OldPlugin:
         @hookimpl
         def register_attributors(self, register):
-            register("old-style", lambda **settings: OldStep(), description="an older third-party step")
+            register("old-style", lambda **settings: NotAStep(), description="an older third-party step")
 
     with_plugins(monkeypatch, ToyPlugin(), OldPlugin())
-    out = tmp_path / "results"
-    code = main(
-        [
-            "run",
-            "--models",
-            "toy-patch-sum",
-            "--tasks",
-            str(write_task(tmp_path)),
-            "--output-dir",
-            str(out),
-            "--workers",
-            "0",
-            "--attribution",
-            "old-style",
-            "--log-samples",
-            "--segmenter",
-            "dataset",
-        ]
-    )
-    assert code == 0
-    result = results.load(results.result_path(out, "toy-patch-sum", "toy/pipeline"))
-    assert result["config"]["old"] == {"n": 4} and result["metrics"]["old_share"] == 1.0
-    assert result["config"]["run_settings"]["steps"]["old"] == {"method": "old", "only_with_masks": False, "alpha": 2}
+    args = ["run", "--models", "toy-patch-sum", "--tasks", str(write_task(tmp_path)), "--attribution", "old-style"]
+    code = main([*args, "--output-dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and "attributor 'old-style' gave NotAStep, not a covar_harness.pipeline.contract.Step" in err
+    assert not (tmp_path / "results").exists()

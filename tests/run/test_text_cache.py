@@ -7,8 +7,14 @@ import threading
 import pytest
 import torch
 
-from covar_harness.run.evaluator import ClassifierCache, Reporter
-from covar_harness.run.text_cache import TextEmbeddingStore, default_text_cache, model_fingerprint, store_for
+from covar_harness.run.progress import Reporter
+from covar_harness.run.text_cache import (
+    ClassifierCache,
+    TextEmbeddingStore,
+    default_text_cache,
+    model_fingerprint,
+    store_for,
+)
 from helpers import make_image_folder, write_task_yaml
 from helpers import run_cli_inprocess as cli
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from covar_harness.attribution.engine import Attribution
     from covar_harness.attribution.overlays import Caption
     from covar_harness.attribution.records import AttributionRecord
-    from covar_harness.run.pipeline import Batch, PairContext
+    from covar_harness.pipeline.contract import Batch, PairContext
 
 
 def check_maps_dir(save_maps: str | Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from covar_harness.run.pipeline import JsonRecord, SampleRecord
+from covar_harness.pipeline.contract import JsonRecord, SampleRecord
 
 
 def short(value: float) -> float:

@@ -20,12 +20,12 @@ from covar_harness.attribution.records import AttributionRecord, short
 from covar_harness.attribution.regions import OUTCOMES
 from covar_harness.attribution.removal import can_remove_all_patches, layer_supported
 from covar_harness.attribution.settings import DEFAULTS, AttributionSettings, auto_decision
-from covar_harness.run.pipeline import PairContext, SampleRecord, Step, StepSummary, as_context
+from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
     import torch
 
-    from covar_harness.run.pipeline import Batch
+    from covar_harness.pipeline.contract import Batch
 
 
 class AttributionStep(Step):
@@ -67,13 +67,10 @@ class AttributionStep(Step):
     def run_settings(self) -> dict[str, Any]:
         return {"method": self.method, "only_with_masks": self.only_with_masks, **asdict(self.settings)}
 
-    def start(
-        self, ctx: PairContext | Any, task: Any = None, samples: Any = None, *, model_spec: str | None = None
-    ) -> None:
+    def start(self, ctx: PairContext) -> None:
         """Decide, per model x task, whether attribution runs: auto mode needs masks, the method needs its adapter
         members. Settings the model cannot honour (K above its patch count, a layer it lacks) raise one-line
-        ValueError. The older call ``start(adapter, task, samples, model_spec=...)`` works too."""
-        ctx = as_context(ctx, task, samples, model_spec)
+        ValueError."""
         self.ctx, self.n_seen, self.auto_reason = ctx, 0, None
         self.active, self.status, self.reason = True, "ran", ""
         if self.maps is not None:

@@ -103,12 +103,19 @@ def _analysis_steps(args: Namespace, catalog) -> list:
     settings = AttributionSettings(entry.name, CCISettings.from_args(args), getattr(args, "save_maps", None), auto)
     from covar_harness.attribution.rise import RISESettings
     from covar_harness.catalog.plugin_manager import call_with_accepted, keywords_of
+    from covar_harness.pipeline.contract import Step
 
     offered = settings.flat()
     rise = RISESettings.from_args(args)  # --rise-*: checked whatever the method, offered to a factory naming it
     if "rise" in keywords_of(entry.item).names:
         offered["rise"] = rise
-    return [call_with_accepted(entry.item, **offered)]  # third-party factories take what they accept
+    step = call_with_accepted(entry.item, **offered)  # third-party factories take what they accept
+    if not isinstance(step, Step):
+        raise UsageError(
+            f"attributor {entry.name!r} gave {type(step).__name__}, not a covar_harness.pipeline.contract.Step "
+            "(docs/design.md section 7: subclass Step)"
+        )
+    return [step]
 
 
 def _segmenter_settings(args: Namespace, catalog) -> dict:
@@ -155,7 +162,8 @@ def _diagnosis_settings(args: Namespace):
 def _run_with_progress(models, tasks, catalog, options, plan):
     """Progress bars with ETA in a terminal; plain lines (one per pair, one per 30 s) when stderr is a file."""
     from covar_harness.common.console import progress_reporter
-    from covar_harness.run.evaluator import LineReporter, run
+    from covar_harness.run.evaluator import run
+    from covar_harness.run.progress import LineReporter
 
     if sys.stderr.isatty():
         with progress_reporter() as reporter:

@@ -20,6 +20,7 @@ def cmd_leaderboard(args: Namespace) -> int:
     import os
 
     from covar_harness.common.console import markup, one_line, stdout_closed, write_stdout
+    from covar_harness.leaderboard import render
     from covar_harness.leaderboard import tables as lb
 
     if not os.path.isdir(args.results_dir):  # never raises, even for a name too long for the OS
@@ -35,14 +36,14 @@ def cmd_leaderboard(args: Namespace) -> int:
     tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
     try:
         if args.format == "table":
-            lb.render_rich(tables, _console())
+            render.render_rich(tables, _console())
             sys.stdout.flush()
         elif args.format == "markdown":
-            write_stdout(lb.render_markdown(tables))
+            write_stdout(render.render_markdown(tables))
         elif args.format == "csv":
-            write_stdout(lb.render_csv(loaded.records, args.reference, loaded.faithfulness))
+            write_stdout(render.render_csv(loaded.records, args.reference, loaded.faithfulness))
         else:
-            write_stdout(lb.render_json(loaded.records, tables, args.reference, loaded.faithfulness) + "\n")
+            write_stdout(render.render_json(loaded.records, tables, args.reference, loaded.faithfulness) + "\n")
     except BrokenPipeError:
         return stdout_closed()
     return 0

@@ -180,7 +180,7 @@ def progress_reporter() -> Iterator[Any]:
         TimeRemainingColumn,
     )
 
-    from covar_harness.run.evaluator import Reporter
+    from covar_harness.run.progress import Reporter
 
     err = console(stderr=True)
     columns = [

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import flag
-from covar_harness.run.pipeline import PairContext, SampleRecord, Step, StepSummary
+from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from covar_harness.run.pipeline import Batch
+    from covar_harness.pipeline.contract import Batch
 
 PATCH_FG = 0.5  # a patch belongs to an object when its mask covers at least half of it
 

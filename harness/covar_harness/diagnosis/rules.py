@@ -36,10 +36,7 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.common.flags import flag
 from covar_harness.diagnosis.fine_rules import DEFAULT as DEFAULT_FINE_RULE
 from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, is_fine, parse_fine_rule
-from covar_harness.diagnosis.step import (  # re-exported: part of the public plugin contract (lives in diagnosis_step)
-    DiagnosisStep as DiagnosisStep,
-)
-from covar_harness.run.pipeline import SampleRecord
+from covar_harness.pipeline.contract import SampleRecord
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,7 +134,7 @@ class Evidence:
 
     @classmethod
     def of_row(cls, row: dict) -> Evidence:
-        """From a logged sample row (``samples.jsonl``) or an older-contract step's dict record."""
+        """From a logged sample row (``samples.jsonl``): ``diagnose`` over a finished run's log."""
         cci, sh, cf = row.get("cci") or {}, row.get("shapley") or {}, row.get("counterfactual") or {}
         return cls(
             cci.get("assignments"),

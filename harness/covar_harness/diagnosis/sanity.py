@@ -90,7 +90,9 @@ def collect(
     from covar_harness.catalog.plugin_manager import load_catalog
     from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
     from covar_harness.models.specs import load_model
-    from covar_harness.run.evaluator import ClassifierCache, Reporter, RunOptions, evaluate_task
+    from covar_harness.run.evaluator import RunOptions, evaluate_task
+    from covar_harness.run.progress import Reporter
+    from covar_harness.run.text_cache import ClassifierCache
 
     reporter = reporter or Reporter()
     catalog = load_catalog()

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.run.pipeline import PairContext, SampleRecord, Step, StepSummary
+from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
     from covar_harness.diagnosis.fine_rules import FineRelation
     from covar_harness.diagnosis.rules import DiagnosisRecord, DiagnosisSettings
-    from covar_harness.run.pipeline import Batch
+    from covar_harness.pipeline.contract import Batch
 
 
 # ---- the step -------------------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class DiagnosisStep(Step):
         out = []
         for r, index in enumerate(batch.indices):
             typed = batch.record(index, AttributionRecord)
-            evidence = Evidence.of(typed) if typed is not None else Evidence.of_row(batch.legacy_fields(index))
+            evidence = Evidence.of(typed)  # no record (not attributed): every rule is undetermined
             fg = None if batch.fg is None else batch.fg[r]
             sample = batch.samples.samples[index]
             source = sample.meta.get("source_id")

@@ -90,7 +90,7 @@ def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[s
     """Load one model, then every task: maps, curves, result files and the curve plots per pair."""
     from covar_harness.faithfulness.evaluate import open_pair_data, run_pair
     from covar_harness.models.specs import load_model
-    from covar_harness.run.evaluator import ClassifierCache
+    from covar_harness.run.text_cache import ClassifierCache
 
     adapter = load_model(ref.spec, args.device, args.precision, args.cache_dir, catalog=catalog)
     classifiers = ClassifierCache(adapter)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from covar_harness.faithfulness.evaluate import MethodRun
-from covar_harness.faithfulness.leaderboard import BASELINE, METRICS, SCHEMA  # noqa: F401 - one source
+from covar_harness.faithfulness.leaderboard import BASELINE, METRICS, SCHEMA
 from covar_harness.faithfulness.settings import FaithfulnessSettings
 
 CURVES = ("deletion", "insertion", "deletion_tokens", "insertion_tokens")

@@ -6,13 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from covar_harness.common.console import one_line, safe
+from covar_harness.leaderboard.tables import LONG_FIELDS, Table, average_records, long_records
 from covar_harness.results import files as results
-
-if TYPE_CHECKING:
-    from covar_harness.leaderboard.tables import Table
 
 
 # ---- renderers -----------------------------------------------------------------------------------------
@@ -83,7 +81,6 @@ def _faithfulness_rows(faithfulness: Any, reference: str | None) -> list[dict]:
 
 
 def render_csv(records: list[dict], reference: str | None = None, faithfulness: Any = ()) -> str:
-    from covar_harness.leaderboard.tables import LONG_FIELDS, long_records  # on use: leaderboard re-exports this module
 
     rows = long_records(records, reference) + _faithfulness_rows(faithfulness, reference)
     buf = io.StringIO()
@@ -96,7 +93,6 @@ def render_csv(records: list[dict], reference: str | None = None, faithfulness: 
 
 def _csv_averages(records: list[dict], reference: str | None) -> list[dict]:
     """The averages' rows for csv: ``acc1_avg`` and its interval as ``acc1_avg_ci_low`` / ``acc1_avg_ci_high``."""
-    from covar_harness.leaderboard.tables import average_records  # on use: leaderboard re-exports this module
 
     out = []
     for row in average_records(records, reference):
@@ -119,7 +115,6 @@ def _clean(obj: Any) -> Any:
 
 
 def render_json(records: list[dict], tables: list[Table], reference: str | None = None, faithfulness: Any = ()) -> str:
-    from covar_harness.leaderboard.tables import average_records, long_records  # on use: leaderboard re-exports this
 
     tables_out = []
     for t in tables:

@@ -25,10 +25,6 @@ from covar_harness.leaderboard.published import (
     _paper_rows,
     published_records,
 )
-
-# The renderers live in leaderboard_render.py, the papers' published rows in published.py; re-exported here
-# (``lb.render_markdown``, ``lb.published_records``, ... are used by report/, exports.py, commands.py and tests).
-from covar_harness.leaderboard.render import render_csv, render_json, render_markdown, render_rich  # noqa: F401
 from covar_harness.results import files as results
 
 REFERENCES = ("paper",)

@@ -26,12 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
-
-# Re-exported: part of the public plugin contract (``from covar_harness.masks.segmenter import ...``).
 from covar_harness.common.flags import parse_value
-from covar_harness.masks.geometry import geometric_like as geometric_like
-from covar_harness.masks.geometry import mask_patch_fractions as mask_patch_fractions
-from covar_harness.masks.patch_masks import PatchMasks as PatchMasks
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog

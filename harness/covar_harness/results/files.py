@@ -327,17 +327,6 @@ def is_number(value: Any) -> bool:
         return False
 
 
-def validate(obj: Any) -> list[str]:
-    """Every problem with a result object (:func:`covar_harness.results.validation.validate`); empty when valid.
-
-    Kept here because ``covar_harness.results.files.validate`` is the documented leaderboard-CI entry point: a
-    re-export, imported when called because ``validation`` builds on this module.
-    """
-    from covar_harness.results.validation import validate as check
-
-    return check(obj)
-
-
 def _short(value: Any) -> str:
     """A value for an error message: repr of a scalar, cut to 60 characters; the type name of anything else."""
     try:

@@ -1,6 +1,6 @@
 """The result schema and :func:`validate`: what a result file must hold before it is tabulated (leaderboard CI).
 
-``covar_harness.results.files.validate``, the documented entry point, hands over to this function.
+``validate`` here is the documented leaderboard-CI entry point.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ from covar_harness.run.text_cache import ClassifierCache
 if TYPE_CHECKING:
     import torch
 
+    from covar_harness.pipeline.contract import PairContext
     from covar_harness.run.partfiles import Checkpointer
-    from covar_harness.run.pipeline import PairContext
     from covar_harness.run.progress import Reporter
 
 T = TypeVar("T")

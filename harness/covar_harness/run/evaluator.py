@@ -4,8 +4,8 @@ One model is loaded at a time and used for all its pending tasks; class-text emb
 per (class names, templates) and reused across tasks, and across runs through the on-disk cache of
 ``text_cache.py``. Pairs whose result file exists are skipped before any weights load; finished batches go to
 the pair's part file, so an interrupted pair resumes (``partfiles.py``). A failing pair is recorded and the run
-goes on. Per pair, a :class:`~covar_harness.run.pipeline.PairContext` carries everything the pair's steps need,
-and the analysis steps (attribution, then diagnosis) run as a :class:`~covar_harness.run.pipeline.Pipeline`
+goes on. Per pair, a :class:`~covar_harness.pipeline.contract.PairContext` carries everything the pair's steps need,
+and the analysis steps (attribution, then diagnosis) run as a :class:`~covar_harness.pipeline.contract.Pipeline`
 inside the one pass over the images.
 """
 
@@ -23,6 +23,7 @@ from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.data.resources import load_list
 from covar_harness.data.samples import SampleSet, open_task_data
 from covar_harness.models.adapter import adapter_family
+from covar_harness.pipeline.contract import Batch, BatchStep, PairContext, Pipeline
 from covar_harness.results import files as results
 from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone
@@ -30,7 +31,6 @@ from covar_harness.run.distributed import provenance as dist_provenance
 from covar_harness.run.pair import _batch_loop, _classnames_ref, _sample_rows, _task_record, _zero_shot_record
 from covar_harness.run.partfiles import part_path
 from covar_harness.run.partfiles import remove as remove_part
-from covar_harness.run.pipeline import Batch, BatchStep, PairContext, Pipeline, as_step
 from covar_harness.run.progress import LineReporter, Reporter
 from covar_harness.run.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
 
@@ -96,7 +96,7 @@ class RunOptions:
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
         and compared before an existing file is reused (resume)."""
-        steps = {step.name: as_step(step).run_settings() for step in self.steps}
+        steps = {step.name: step.run_settings() for step in self.steps}
         diagnosis = None if self.diagnosis is None else self.diagnosis_step().run_settings()
         settings = {
             "precision": self.precision,
@@ -135,7 +135,7 @@ class RunOptions:
         """The fg/bg diagnosis step (``diagnosis.DiagnosisStep``), or None without ``diagnosis`` settings."""
         if self.diagnosis is None:
             return None
-        from covar_harness.diagnosis.rules import DiagnosisStep
+        from covar_harness.diagnosis.step import DiagnosisStep
 
         return DiagnosisStep(self.diagnosis, self.segmenter, self.segmenter_settings)
 

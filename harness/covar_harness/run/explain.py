@@ -89,7 +89,7 @@ def explain_image(
     import torch.nn.functional as F
 
     from covar_harness.attribution import DEFAULTS, attribute, check_k, sample_seed
-    from covar_harness.run.evaluator import build_classifier
+    from covar_harness.run.text_cache import build_classifier
 
     if target is not None and target not in classes:
         raise UsageError(f"--target {target!r} is not one of --classes")

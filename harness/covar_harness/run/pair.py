@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.common.console import markup
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.data.samples import SampleSet
+from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline
 from covar_harness.run.batches import default_workers, is_cuda, iterate_batches, to_device
 from covar_harness.run.distributed import PairSync, World, finish_share
 from covar_harness.run.partfiles import Checkpointer
-from covar_harness.run.pipeline import Batch, Finished, PairContext, Pipeline
 
 if TYPE_CHECKING:
     import numpy as np

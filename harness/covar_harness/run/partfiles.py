@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covar_harness.run.pipeline import PairContext, Pipeline
+from covar_harness.pipeline.contract import PairContext, Pipeline
 from covar_harness.run.text_cache import model_fingerprint
 
 log = logging.getLogger(__name__)

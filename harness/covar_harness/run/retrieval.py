@@ -354,7 +354,7 @@ class AttributionPass:
     ) -> AttributionPass:
         """Started before the image pass (``pipeline`` None when no attribution step runs)."""
         from covar_harness.attribution.step import AttributionStep
-        from covar_harness.run.pipeline import PairContext, Pipeline
+        from covar_harness.pipeline.contract import PairContext, Pipeline
 
         steps = [s for s in options.steps if isinstance(s, AttributionStep)]
         notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
@@ -372,7 +372,7 @@ class AttributionPass:
         """One batch of the recall pass: its pixels and (normalised, CPU) image embeddings, no second forward."""
         import torch
 
-        from covar_harness.run.pipeline import Batch
+        from covar_harness.pipeline.contract import Batch
 
         if not self.pipeline.active:
             return

@@ -18,6 +18,7 @@ from importlib import resources as _res
 from typing import Any
 
 from covar_harness.common.console import one_line, safe
+from covar_harness.data.subsets import SUBSET_TITLES
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
 
@@ -91,7 +92,7 @@ class Source:
     metric: str
 
 
-_TITLE_SUBSET = {title: subset for subset, title in lb.SUBSET_TITLES.items()}
+_TITLE_SUBSET = {title: subset for subset, title in SUBSET_TITLES.items()}
 _DIAG_METRICS = {"BG-Er": "bg_er", "Fine-Er": "fine_er", "BG-Er null": "bg_er_null"}
 _CA_METRICS = {
     "Common": ("common", "mean_per_class_recall"),

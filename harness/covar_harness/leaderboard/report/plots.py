@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.common.console import one_line
+from covar_harness.data.subsets import COVAR_SUBSETS, SUBSET_TITLES
+from covar_harness.leaderboard import published
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
 
@@ -67,7 +69,7 @@ def _colours(n: int) -> list:
 
 
 def covar_subsets(models: dict[str, dict[str, dict]]) -> list[str]:
-    return [s for s in ("original", *lb.COVAR_SUBSETS) if any(s in runs for runs in models.values())]
+    return [s for s in ("original", *COVAR_SUBSETS) if any(s in runs for runs in models.values())]
 
 
 def accuracy(
@@ -107,7 +109,7 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
     """BG-Er and Fine-Er stacked per subset, one panel per model; the null (``bg_er_null``, when the result
     has it) marked by a black tick."""
     plt = _plt()
-    subsets = [s for s in lb.COVAR_SUBSETS if any(_value(r.get(s), "bg_er") is not None for r in models.values())]
+    subsets = [s for s in COVAR_SUBSETS if any(_value(r.get(s), "bg_er") is not None for r in models.values())]
     specs = [m for m in models if any(_value(models[m].get(s), "bg_er") is not None for s in subsets)]
     if not subsets or not specs:
         return None
@@ -130,7 +132,7 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
             if null is not None:
                 has_null = True
                 ax.plot([x - 0.38, x + 0.38], [100 * null] * 2, color="black", lw=1.6)
-        ax.set_xticks(list(xs), [label(lb.SUBSET_TITLES[s], 12) for s in subsets], rotation=30, ha="right")
+        ax.set_xticks(list(xs), [label(SUBSET_TITLES[s], 12) for s in subsets], rotation=30, ha="right")
         ax.set_ylim(0, 100)
         ax.set_title(label(spec, 60), fontsize=9)
     for ax in list(axes.flat)[len(shown) :]:
@@ -157,7 +159,7 @@ def accuracy_vs_bg(
     plt = _plt()
     points = {}
     for spec, runs in models.items():
-        pairs = [(_value(r, "bg_er"), _value(r, "acc1")) for s, r in runs.items() if s in lb.COVAR_SUBSETS]
+        pairs = [(_value(r, "bg_er"), _value(r, "acc1")) for s, r in runs.items() if s in COVAR_SUBSETS]
         pts = [(100 * bg, 100 * acc) for bg, acc in pairs if bg is not None and acc is not None]
         if pts:
             points[spec] = pts
@@ -241,7 +243,7 @@ def _published(reference: str | None) -> tuple[list[tuple[float, float]], dict[s
         return [], {}
     covar: dict[tuple[str, str], dict[str, float]] = {}
     ca: dict[str, dict[str, float]] = {}
-    for row in lb.published_records():
+    for row in published.published_records():
         if not results.is_number(row["value"]):
             continue
         if row["task"].startswith("covar/") and row["metric"] in ("acc1", "bg_er"):
@@ -296,7 +298,7 @@ def _family_plots(family: str, models: dict, published: list, out: Path) -> list
     """Accuracy per subset, the diagnosis bars and accuracy vs BG-Er for one task family."""
     shown, stem, made = one_line(family), results.slug(family), []
     subsets = covar_subsets(models)
-    titles = [lb.SUBSET_TITLES[s] for s in subsets]
+    titles = [SUBSET_TITLES[s] for s in subsets]
     if not subsets:
         subsets = list(dict.fromkeys(s for runs in models.values() for s in runs))
         titles = subsets

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import one_line
-from covar_harness.leaderboard import generated_folders
+from covar_harness.leaderboard import generated_folders, render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report import gallery as gal
 from covar_harness.leaderboard.report.html import ASSETS, asset_text, esc, page, render_tables, skipped_list
@@ -189,10 +189,11 @@ def _write(
         (site / "assets" / name).write_text(asset_text(name), encoding="utf-8")
     (site / MARKER).write_text(json.dumps({"generator": "covar-harness report", "version": __version__}) + "\n")
     (site / ".nojekyll").write_text("")
-    (site / "leaderboard.csv").write_text(lb.render_csv(records, reference, loaded.faithfulness), encoding="utf-8")
+    (site / "leaderboard.csv").write_text(render.render_csv(records, reference, loaded.faithfulness), encoding="utf-8")
     faith = loaded.faithfulness
-    (site / "leaderboard.json").write_text(lb.render_json(records, tables, reference, faith) + "\n", encoding="utf-8")
-    (site / "leaderboard.md").write_text(lb.render_markdown(tables), encoding="utf-8")
+    as_json = render.render_json(records, tables, reference, faith)
+    (site / "leaderboard.json").write_text(as_json + "\n", encoding="utf-8")
+    (site / "leaderboard.md").write_text(render.render_markdown(tables), encoding="utf-8")
 
     paths = result_paths(results_dir)
     pairs = {}

@@ -9,19 +9,15 @@ that sample's line of the sample log. A later step reads an earlier step's recor
 all its records into a :class:`StepSummary` (metrics, intervals, config, notes).
 
 Writing a step: subclass :class:`Step` (the base class holds the defaults of everything the evaluator asks of a
-step) and override ``start``, ``process`` and ``finish``. Steps written against the older contract
-(``start(adapter, task, samples[, model_spec=])``, ``process(batch) -> list[dict]``, ``finish(records) -> dict``),
-e.g. third-party attributors registered through ``register_attributors``, still work: :func:`as_step` wraps them
-in :class:`LegacyStep`.
+step) and override ``start``, ``process`` and ``finish``. Anything else is refused when the pipeline is built.
 
 Nothing here imports torch or numpy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
@@ -32,31 +28,18 @@ if TYPE_CHECKING:
     from covar_harness.data.samples import SampleSet
     from covar_harness.data.taskconfig import TaskConfig
     from covar_harness.masks.patch_masks import PatchMasks
-    from covar_harness.run.evaluator import Reporter, RunOptions
+    from covar_harness.run.evaluator import RunOptions
+    from covar_harness.run.progress import Reporter
 
 R = TypeVar("R", bound="SampleRecord")
 
 
 # ---- records ----------------------------------------------------------------------------------------------------
 class JsonRecord:
-    """A typed record that serialises itself (``to_json``). It also reads as that JSON object (``record["cci"]``,
-    ``"shapley" in record``, ``set(record)``), for code written when records were plain dicts; new code uses the
-    attributes. (Not a full Mapping: ``values`` and ``items`` would clash with field names.)"""
+    """A typed record that serialises itself: steps read each other's records by attribute, files get ``to_json``."""
 
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_json()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_json())
-
-    def __len__(self) -> int:
-        return len(self.to_json())
 
 
 class SampleRecord(JsonRecord):
@@ -70,17 +53,6 @@ class SampleRecord(JsonRecord):
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, **self.log_fields()}
-
-
-@dataclass(frozen=True, eq=False)
-class LegacyRecord(SampleRecord):
-    """A dict record of a step written against the older contract, carried as it came."""
-
-    index: int
-    fields: dict[str, Any]
-
-    def log_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in self.fields.items() if k != "index"}
 
 
 @dataclass(eq=False)
@@ -124,13 +96,6 @@ class PairContext:
         return list(self.steps)
 
 
-def as_context(ctx: Any, task: Any = None, samples: Any = None, model_spec: str | None = None) -> PairContext:
-    """``ctx`` itself, or a context from the arguments of the older ``start(adapter, task, samples)`` call."""
-    if isinstance(ctx, PairContext):
-        return ctx
-    return PairContext(adapter=ctx, task=task, samples=samples, model_spec=model_spec)
-
-
 @dataclass
 class Batch:
     """What the zero-shot pass hands to analysis steps for one batch of images."""
@@ -157,14 +122,6 @@ class Batch:
         """The record of type ``kind`` an earlier step made for sample ``index`` in this batch, if any."""
         return next((r for r in self.upstream.get(index, ()) if isinstance(r, kind)), None)
 
-    def legacy_fields(self, index: int) -> dict[str, Any]:
-        """The fields older-contract steps logged for sample ``index`` in this batch (merged in step order)."""
-        out: dict[str, Any] = {}
-        for r in self.upstream.get(index, ()):
-            if isinstance(r, LegacyRecord):
-                out.update(r.log_fields())
-        return out
-
     def add(self, records: Sequence[SampleRecord]) -> None:
         for r in records:
             self.upstream.setdefault(r.index, []).append(r)
@@ -186,18 +143,6 @@ class BatchStep(Protocol):
     def finish(self, records: list[SampleRecord]) -> StepSummary: ...
 
     def run_settings(self) -> dict[str, Any]: ...
-
-
-class LegacyBatchStep(Protocol):
-    """The older step contract, still accepted (see :class:`LegacyStep`)."""
-
-    name: str
-
-    def start(self, adapter: Any, task: Any, samples: Any) -> None: ...
-
-    def process(self, batch: Batch) -> list[dict]: ...
-
-    def finish(self, records: list[dict]) -> dict: ...
 
 
 class Step:
@@ -229,57 +174,6 @@ class Step:
         return {"method": self.name, "only_with_masks": False}
 
 
-class LegacyStep(Step):
-    """Runs a step written against the older contract: positional ``start``, dict records, dict summary."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.name = inner.name
-        self.active = True
-
-    @property
-    def settings(self) -> Any:
-        return getattr(self.inner, "settings", None)
-
-    def start(self, ctx: PairContext) -> None:
-        from covar_harness.catalog.plugin_manager import call_with_accepted
-
-        # model_spec names the pair's output folders; steps written before it existed do not take it
-        call_with_accepted(partial(self.inner.start, ctx.adapter, ctx.task, ctx.samples), model_spec=ctx.model_spec)
-        self.active = getattr(self.inner, "active", True) is not False  # optional in the older contract
-
-    def process(self, batch: Batch) -> list[SampleRecord]:
-        return [LegacyRecord(int(r["index"]), dict(r)) for r in self.inner.process(batch)]
-
-    def finish(self, records: list[SampleRecord]) -> StepSummary:
-        out = self.inner.finish([r.fields if isinstance(r, LegacyRecord) else r.to_json() for r in records])
-        return StepSummary(
-            metrics=dict(out.get("metrics", {})),
-            intervals=dict(out.get("intervals", {})),
-            config=out.get("config", {}),
-            notes=list(out.get("notes", [])),
-        )
-
-    def run_settings(self) -> dict[str, Any]:
-        from dataclasses import asdict, is_dataclass
-
-        settings = self.settings
-        if is_dataclass(settings) and not isinstance(settings, type):
-            extra = asdict(settings)
-        else:
-            extra = dict(settings) if isinstance(settings, dict) else {}
-        return {
-            "method": getattr(self.inner, "method", self.name),
-            "only_with_masks": getattr(self.inner, "only_with_masks", False),
-            **extra,
-        }
-
-
-def as_step(step: Any) -> Step:
-    """A :class:`Step` subclass as it is; anything else is taken to follow the older contract."""
-    return step if isinstance(step, Step) else LegacyStep(step)
-
-
 @dataclass
 class Finished:
     """One step's outcome for a pair: its summary and the records it made."""
@@ -292,8 +186,11 @@ class Finished:
 class Pipeline:
     """The analysis steps of one model x task pair, run in order on every batch of the zero-shot pass."""
 
-    def __init__(self, steps: Sequence[Any]):
-        self.steps = [as_step(s) for s in steps]
+    def __init__(self, steps: Sequence[Step]):
+        for step in steps:
+            if not isinstance(step, Step):
+                raise TypeError(f"analysis step {step!r} is not a covar_harness.pipeline.contract.Step subclass")
+        self.steps = list(steps)
         self.records: list[list[SampleRecord]] = [[] for _ in self.steps]
 
     def start(self, ctx: PairContext) -> None:
@@ -307,7 +204,7 @@ class Pipeline:
 
     def token_layer(self) -> int | str | None:
         """The layer whose patch tokens the first active step reading tokens wants (None: no step does)."""
-        wanted = (getattr(step, "token_layer", None) for step in self.steps if step.active)
+        wanted = (step.token_layer for step in self.steps if step.active)
         return next((layer for layer in wanted if layer is not None), None)
 
     def process(self, batch: Batch) -> None:
