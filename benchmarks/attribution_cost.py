@@ -68,9 +68,9 @@ def bench_model(adapter, batch: int, methods: list[str], steps: int, reps: int) 
     """(what, seconds, ratio to a plain forward) rows for one model; the first row is the plain forward."""
     from covar_harness.attribution import CCISettings
     from covar_harness.attribution.base import find_attributor
+    from covar_harness.attribution.patches import canvas, importance_order
     from covar_harness.faithfulness import Scorer, pixel_curves, token_curves
     from covar_harness.faithfulness.importance import importance_maps
-    from covar_harness.faithfulness.patches import canvas, importance_order
 
     side = adapter.model.visual.image_size
     side = side[0] if isinstance(side, (tuple, list)) else side

@@ -102,7 +102,7 @@ def sanity_args(path: Path) -> Namespace:
 
 
 def test_sanity_json_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
-    from covar_harness.diagnosis import sanity
+    from covar_harness.run import sanity
 
     def no_work(*args, **kwargs):
         raise AssertionError("evaluated although the report could never be written")
@@ -117,7 +117,7 @@ def test_sanity_json_under_a_file_is_refused_before_any_work(tmp_path, monkeypat
 
 
 def test_sanity_json_is_strict_json(tmp_path, monkeypatch):
-    from covar_harness.diagnosis import sanity
+    from covar_harness.run import sanity
 
     report = {"rules": {"paper": {"auroc": float("nan"), "cost_vs_plain": math.inf, "n": [1, float("-inf")]}}}
     monkeypatch.setattr(sanity, "collect", lambda *a, **k: None)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from covar_harness.diagnosis import sanity
+from covar_harness.run import sanity
 
 EXPECTED_ROWS = {"paper", "area", "shapley", "counterfactual", "paper/random", "area/random"}
 

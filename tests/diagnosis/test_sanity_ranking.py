@@ -10,8 +10,8 @@ import json
 import pytest
 from rich.console import Console
 
-from covar_harness.diagnosis import sanity
 from covar_harness.results import files as results
+from covar_harness.run import sanity
 from helpers import run_cli_inprocess as cli
 
 RULES = ("paper", "area", "shapley", "counterfactual")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from covar_harness.attribution import CCISettings, attribute
+from covar_harness.attribution.patches import canvas, importance_order, patch_pixel_masks, step_counts, top_masks
 from covar_harness.catalog.registry import UsageError
 from covar_harness.faithfulness import (
     FaithfulnessSettings,
@@ -21,7 +22,6 @@ from covar_harness.faithfulness import (
     token_curves,
 )
 from covar_harness.faithfulness.importance import importance_maps
-from covar_harness.faithfulness.patches import canvas, importance_order, patch_pixel_masks, step_counts, top_masks
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - defines occlusion, rise
 from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
 

@@ -167,7 +167,7 @@ def test_line_reporter_reports_long_pairs_every_interval():
 
 
 def test_terminal_progress_shows_eta():
-    from covar_harness.common.console import progress_reporter
+    from covar_harness.run.progress import progress_reporter
 
     with progress_reporter() as reporter:
         names = [type(c).__name__ for c in reporter.progress.columns]

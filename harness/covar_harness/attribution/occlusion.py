@@ -49,7 +49,7 @@ class Occlusion(Attributor):
         import torch
         import torch.nn.functional as F
 
-        from covar_harness.faithfulness.patches import patch_pixel_masks
+        from covar_harness.attribution.patches import patch_pixel_masks
         from covar_harness.models.adapter import patch_grid
 
         B, _, H, W = pixels.shape

@@ -161,9 +161,8 @@ def _diagnosis_settings(args: Namespace):
 
 def _run_with_progress(models, tasks, catalog, options, plan):
     """Progress bars with ETA in a terminal; plain lines (one per pair, one per 30 s) when stderr is a file."""
-    from covar_harness.common.console import progress_reporter
     from covar_harness.run.evaluator import run
-    from covar_harness.run.progress import LineReporter
+    from covar_harness.run.progress import LineReporter, progress_reporter
 
     if sys.stderr.isatty():
         with progress_reporter() as reporter:

@@ -35,7 +35,11 @@ def cmd_leaderboard(args: Namespace) -> int:
         err.print(f"[yellow]no valid result files under {markup(args.results_dir)}: published rows only[/yellow]")
     tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
     try:
-        if args.format == "table":
+        if args.format == "html":  # one self-contained page; file names only: no local paths in it
+            from covar_harness.leaderboard.report.html import leaderboard_page
+
+            write_stdout(leaderboard_page(loaded.records, tables, [(p.name, why) for p, why in loaded.invalid]))
+        elif args.format == "table":
             render.render_rich(tables, _console())
             sys.stdout.flush()
         elif args.format == "markdown":
@@ -46,6 +50,33 @@ def cmd_leaderboard(args: Namespace) -> int:
             write_stdout(render.render_json(loaded.records, tables, args.reference, loaded.faithfulness) + "\n")
     except BrokenPipeError:
         return stdout_closed()
+    return 0
+
+
+def cmd_report(args: Namespace) -> int:
+    from covar_harness.common.console import console, markup
+    from covar_harness.leaderboard.report.site import build_site as build
+
+    if args.gallery < 0:
+        raise UsageError("--gallery must be >= 0")
+    built = build(
+        args.results_dir,
+        args.out,
+        maps=args.maps,
+        reference=args.reference,
+        gallery=args.gallery,
+        data_dir=args.data_dir,
+        include_paths=args.include_path,
+        title=args.title,
+        console=console(stderr=True),
+    )
+    console().print(
+        f"report: {markup(built.out / 'index.html')} ({built.n_records} result file(s), "
+        f"{len(built.plots)} plot(s), {built.pages} model x task page(s), {built.images} overlay(s)"
+        + (f", {built.n_invalid} file(s) skipped" if built.n_invalid else "")
+        + f") in {built.seconds:.1f} s",
+        soft_wrap=True,
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ def add_leaderboard(sub) -> None:
         "(even without own results of that benchmark)",
     )
     p.set_defaults(
-        handler="covar_harness.leaderboard.report:cmd_leaderboard"
+        handler="covar_harness.cli.commands_results:cmd_leaderboard"
     )  # html there, every other format in commands_results
 
 
@@ -129,7 +129,7 @@ def add_report(sub) -> None:
         help="extra folder (or file) of task YAML, for class names; repeatable",
     )
     p.add_argument("--title", default="covar-harness report", help="the site's title")
-    p.set_defaults(handler="covar_harness.leaderboard.report:cmd_report")
+    p.set_defaults(handler="covar_harness.cli.commands_results:cmd_report")
 
 
 def add_export(sub) -> None:

@@ -82,7 +82,7 @@ def add_sanity(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
-    p.set_defaults(handler="covar_harness.diagnosis.sanity:cmd_sanity")
+    p.set_defaults(handler="covar_harness.run.sanity:cmd_sanity")
 
 
 def add_faithfulness(sub) -> None:

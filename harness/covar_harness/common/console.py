@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -165,32 +164,3 @@ def write_stdout(text: str) -> None:
 
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-@contextmanager
-def progress_reporter() -> Iterator[Any]:
-    """A ``covar_harness.run.evaluator.Reporter`` drawing rich progress bars on stderr (gone when done)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from covar_harness.run.progress import Reporter
-
-    err = console(stderr=True)
-    columns = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err, transient=True) as progress:
-        yield Reporter(progress, err)

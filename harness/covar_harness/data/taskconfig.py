@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
-from covar_harness.run.retrieval import RETRIEVAL_METRICS
+
+# Retrieval tasks (a format registered with task_kind="retrieval"): recall@k, CLIP_benchmark's protocol.
+TASK_KIND = "retrieval"
+RECALL_K = (1, 5, 10)
+RETRIEVAL_METRICS = tuple(f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in RECALL_K)
+# CLIP_benchmark's default recall_k_list is [5]; text -> image is the direction its tables list first
+DEFAULT_HEADLINE = "image_retrieval_recall@5"
+
 
 REQUIRED = ("task", "dataset")
 OPTIONAL = (

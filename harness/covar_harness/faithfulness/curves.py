@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covar_harness.faithfulness.patches import patch_pixel_masks, step_counts, top_masks
+from covar_harness.attribution.patches import patch_pixel_masks, step_counts, top_masks
 from covar_harness.models.adapter import can_remove_all_patches, patch_grid
 
 if TYPE_CHECKING:

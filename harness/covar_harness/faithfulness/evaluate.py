@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covar_harness.attribution.patches import canvas, importance_order
+from covar_harness.data.taskconfig import TASK_KIND
 from covar_harness.faithfulness.curves import Scorer, pixel_curves, token_curves
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy
-from covar_harness.faithfulness.patches import canvas, importance_order
 from covar_harness.faithfulness.settings import FaithfulnessSettings
-from covar_harness.run.retrieval import PAIRED_TEXT, TASK_KIND
+from covar_harness.run.retrieval import PAIRED_TEXT
 
 if TYPE_CHECKING:
     import torch

@@ -1,5 +1,5 @@
 """Progress reporters of the evaluator: the base :class:`Reporter` (silent, or drawing on a rich ``Progress``
-that ``console.progress_reporter`` gives it in a terminal) and :class:`LineReporter`, plain progress lines for
+that :func:`progress_reporter` gives it in a terminal) and :class:`LineReporter`, plain progress lines for
 output that is not a terminal. The evaluator only ever talks to a Reporter.
 """
 
@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from covar_harness.common.console import clip, safe
+from covar_harness.common.console import clip, console, safe
 
 if TYPE_CHECKING:
     from covar_harness.run.evaluator import PairOutcome
@@ -102,3 +104,30 @@ class LineReporter(Reporter):
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+@contextmanager
+def progress_reporter() -> Iterator[Reporter]:
+    """A :class:`Reporter` drawing rich progress bars on stderr (gone when done)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    err = console(stderr=True)
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=True) as progress:
+        yield Reporter(progress, err)

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.data.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -37,11 +39,6 @@ if TYPE_CHECKING:
     from covar_harness.run.evaluator import RunOptions
     from covar_harness.run.progress import Reporter
 
-TASK_KIND = "retrieval"
-RECALL_K = (1, 5, 10)
-RETRIEVAL_METRICS = tuple(f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in RECALL_K)
-# CLIP_benchmark's default recall_k_list is [5]; text -> image is the direction its tables list first
-DEFAULT_HEADLINE = "image_retrieval_recall@5"
 SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 100 MB at most
 DIAGNOSIS_SKIPPED = "diagnosis skipped: a retrieval task has no foreground masks or classes"
 PAIRED_TEXT = "paired_caption_mean"  # what attribution explains on a retrieval task (``caption_sets``)

@@ -357,7 +357,8 @@ def _render_footer(report: dict[str, Any], console) -> None:
 
 def cmd_sanity(args: Namespace) -> int:
     """Handler of ``covar-harness sanity``."""
-    from covar_harness.common.console import console, progress_reporter
+    from covar_harness.common.console import console
+    from covar_harness.run.progress import progress_reporter
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
