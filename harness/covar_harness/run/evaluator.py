@@ -28,7 +28,14 @@ from covar_harness.results import files as results
 from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone
 from covar_harness.run.distributed import provenance as dist_provenance
-from covar_harness.run.pair import _batch_loop, _classnames_ref, _sample_rows, _task_record, _zero_shot_record
+from covar_harness.run.pair import (
+    _batch_loop,
+    _classnames_ref,
+    _sample_rows,
+    _task_record,
+    _zero_shot_record,
+    label_embeddings,
+)
 from covar_harness.run.partfiles import part_path
 from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.progress import LineReporter, Reporter
@@ -214,8 +221,29 @@ def open_pair(
     bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
     if bad:
         raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
-    W = classifiers.get(classnames, templates, reporter)
-    return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+    cmap = samples.class_map
+    if cmap is None:
+        W = classifiers.get(classnames, templates, reporter)
+        return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+    # a class-mapped task (ImageNet-9's 1000-way protocol): the classifier is over the map's classes, so it is the
+    # one every task over those names and templates shares (ImageNet-1k's), built once per model
+    W = classifiers.get(list(cmap.classnames), templates, reporter)
+    labels = cmap.label_names(classnames)
+    members = cmap.members(len(classnames))
+    return PairContext(
+        adapter,
+        cfg,
+        samples,
+        labels,
+        templates,
+        model_spec,
+        catalog,
+        options,
+        reporter,
+        W,
+        class_map=cmap,
+        label_classifier=label_embeddings(W, members),
+    )
 
 
 def evaluate_task(
