@@ -107,6 +107,9 @@ class SampleSet:
 
     label_mapping: str | None = None
     class_map: ClassMap | None = None  # predictions over other classes, mapped onto the labels (ClassMap)
+    # group -> weight of the ``group`` metas in the average the group gap starts from (run.group_metrics):
+    # Waterbirds' training group sizes, as WILDS's adj_acc_avg weights them; None: every sample counts once
+    group_weights: dict[str, float] | None = None
 
     def __init__(self, samples: list[Sample], classnames: list[str] | None, root: Path | None, description: str = ""):
         self.samples = samples

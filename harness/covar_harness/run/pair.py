@@ -161,7 +161,8 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
     notes = list(getattr(ctx.samples, "notes", []))  # what the loader said about the data (no masks, ...)
     record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": notes}
     groups = [ctx.samples.samples[i].meta.get("group") for i in idx]
-    add_group_metrics(record, correct.tolist(), groups, seed=ctx.options.seed if ctx.options is not None else 0)
+    seed = ctx.options.seed if ctx.options is not None else 0
+    add_group_metrics(record, correct.tolist(), groups, seed=seed, weights=ctx.samples.group_weights)
     return record, correct
 
 
