@@ -47,7 +47,7 @@ class TaskConfig:
     task: str
     dataset: dict[str, Any]
     classnames: Any = None
-    templates: Any = "simple"
+    templates: Any = None  # None (no key): the prompts the dataset ships, if any (a wds root's), else "simple"
     version: int | str = 1
     tags: tuple[str, ...] = ()
     class_groups: Any = None
@@ -167,7 +167,7 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
         v = raw.get(key)
         if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
             raise _fail(where, key, "must be a name, a file path, or a list of strings")
-    templates = raw.get("templates", "simple")
+    templates = raw.get("templates")
     if isinstance(templates, list) and not all("{}" in t or "{c}" in t for t in templates):
         raise _fail(where, "templates", "every template needs a '{}' placeholder for the class name")
     tags = raw.get("tags", [])

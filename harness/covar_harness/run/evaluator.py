@@ -183,17 +183,20 @@ def task_classnames(cfg: TaskConfig, samples: SampleSet) -> list[str]:
 
 
 def task_templates(cfg: TaskConfig, samples: SampleSet | None = None) -> list[str]:
-    """``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark webdataset root's); before the
-    data is open (the run plan) that is an empty list."""
-    if cfg.templates == "dataset":
-        if samples is None:
-            return []
+    """The task's prompt templates. ``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark
+    webdataset root's); a task without ``templates:`` takes them too when the data ships any, as CLIP_benchmark
+    always does for a webdataset, and ``simple`` otherwise. Before the data is open (the run plan) the shipped
+    prompts are an empty list."""
+    wanted = cfg.templates
+    if wanted is None or wanted == "dataset":
         shipped = list(getattr(samples, "templates", None) or [])
-        if not shipped:
+        if shipped or samples is None:
+            return shipped
+        if wanted == "dataset":
             raise ValueError(f"task {cfg.task!r} says templates: dataset, but its dataset ships no templates")
-        return shipped
+        wanted = "simple"
     base = cfg.source.parent if cfg.source else None
-    return list(load_list("templates", cfg.templates, base))
+    return list(load_list("templates", wanted, base))
 
 
 def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet:
