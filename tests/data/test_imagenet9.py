@@ -16,7 +16,7 @@ from covar_harness.data.imagenet import curated_names
 from covar_harness.data.resources import named
 from covar_harness.leaderboard.peer_tables import IMAGENET9_VARIANTS
 from covar_harness.leaderboard.tables import build_tables
-from covar_harness.results import files as results
+from covar_harness.results import validation
 from helpers import make_image
 from helpers import run_cli_inprocess as cli
 
@@ -165,7 +165,7 @@ def test_reference_protocol_by_hand_and_the_bg_gap(tmp_path):
     same, rand = records["imagenet9/mixed_same"], records["imagenet9/mixed_rand"]
     assert same["metrics"]["acc1"] == pytest.approx(4 / 11) and rand["metrics"]["acc1"] == pytest.approx(2 / 11)
     assert same["task"]["n_classes"] == 9 and same["task"]["class_map"]["unmapped_classes"] == 630
-    assert same["task"]["class_map"]["other_index"] == 9 and results.validate(same) == []
+    assert same["task"]["class_map"]["other_index"] == 9 and validation.validate(same) == []
     assert sum(int(n) for n in log.read_text().split()) == 80 * 1000  # one 1000-way classifier for both tasks
     (table,) = [t for t in build_tables(list(records.values())) if t.title.startswith("imagenet9:")]
     assert table.columns == ["Model", "mixed_same", "mixed_rand", "BG-Gap"]

@@ -199,7 +199,7 @@ def test_both_averages_by_hand_on_unequal_training_groups(tmp_path):
     assert rec["config"]["groups"]["landbird on land"] == {"acc": 0.75, "n": 4, "weight": 6.0}
     low, high = rec["intervals"]["adj_acc_avg"]
     assert low <= 0.7 <= high
-    assert results.validate(rec) == []
+    assert validation.validate(rec) == []
 
 
 def test_the_release_s_training_sizes_are_wilds_weights(tmp_path):
