@@ -5,10 +5,13 @@ download produced. Three are read, detected in this order under ``<root>`` (``<d
 
 - ``class_folders``: ``val/<wnid>/ILSVRC2012_val_*.JPEG``, after the common ``valprep.sh`` script (torchvision's
   ``ImageFolder`` layout);
-- ``devkit``: ``val/ILSVRC2012_val_*.JPEG`` flat, as ``ILSVRC2012_img_val.tar`` unpacks, with the devkit
-  (``ILSVRC2012_devkit_t12/data/``) beside: ``ILSVRC2012_validation_ground_truth.txt`` holds one 1-based
-  ILSVRC2012_ID per image (line n = ``ILSVRC2012_val_<n:08d>``) and ``meta.mat`` maps an ILSVRC2012_ID to its
-  wnid. The IDs are the devkit's own order, NOT the sorted wnids (ID 1 is n02119789, kit fox), so the labels go
+- ``devkit``: ``val/ILSVRC2012_val_*.JPEG`` flat with the devkit (``ILSVRC2012_devkit_t12/data/``) beside.
+  ``ILSVRC2012_img_val.tar`` holds the 50,000 files with no folder, so it is unpacked into ``val/``
+  (``mkdir val && tar -xf ILSVRC2012_img_val.tar -C val``, what torchvision's ``parse_val_archive`` does; a copy
+  unpacked straight into the root is refused with that command in the message).
+  ``ILSVRC2012_validation_ground_truth.txt`` holds one 1-based ILSVRC2012_ID per image (line n =
+  ``ILSVRC2012_val_<n:08d>``) and ``meta.mat`` maps an ILSVRC2012_ID to its wnid.
+  The IDs are the devkit's own order, NOT the sorted wnids (ID 1 is n02119789, kit fox), so the labels go
   through ``meta.mat`` (read with scipy, a dependency of scikit-learn);
 - ``kaggle``: the Kaggle release (imagenet-object-localization-challenge): ``LOC_val_solution.csv``
   (``ImageId,PredictionString``, the wnid first in each prediction string) and
@@ -39,7 +42,8 @@ KAGGLE_CSV = "LOC_val_solution.csv"
 KAGGLE_IMAGES = Path("ILSVRC") / "Data" / "CLS-LOC" / "val"
 WHERE = (
     "ImageNet is not redistributable: download ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz from "
-    "image-net.org (or the Kaggle imagenet-object-localization-challenge) and unpack them into"
+    "image-net.org (or the Kaggle imagenet-object-localization-challenge), unpack the devkit into {root} and the "
+    "image tar, which has no folder inside, into {root}/val"
 )
 
 
@@ -149,7 +153,7 @@ def _missing(root: Path, why: str) -> DatasetNotFound:
     return DatasetNotFound(
         f"ImageNet-1k validation not found at {root}: {why} (expected {root}/val/<wnid>/<images>, or "
         f"{root}/val/ILSVRC2012_val_*.JPEG with {root}/{DEVKIT.as_posix()}/{{{GROUND_TRUTH},meta.mat}}, or "
-        f"{root}/{KAGGLE_CSV} with {root}/{KAGGLE_IMAGES.as_posix()}/; {WHERE} {root})"
+        f"{root}/{KAGGLE_CSV} with {root}/{KAGGLE_IMAGES.as_posix()}/; {WHERE.format(root=root)})"
     )
 
 
@@ -160,6 +164,13 @@ def detect_layout(root: Path) -> Layout:
     for layout in LAYOUTS:
         if layout.found(root):
             return layout
+    if any(root.glob("ILSVRC2012_val_*.JPEG")):
+        raise _missing(
+            root,
+            "the validation images lie flat in it, as ILSVRC2012_img_val.tar unpacks (the tar has no folder); move "
+            "them into val/ (mkdir val && mv ILSVRC2012_val_*.JPEG val/, or unpack with tar -xf "
+            "ILSVRC2012_img_val.tar -C val)",
+        )
     raise _missing(root, "none of the three layouts is there")
 
 

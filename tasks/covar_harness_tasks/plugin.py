@@ -90,8 +90,9 @@ FORMATS = {
         "load_imagenet9",
         "preflight_imagenet9",
         (
-            "Backgrounds Challenge: bg_challenge/<variation>/val/<NN_class>/ images (imagefolder), with fg_mask: "
-            "true the masks bg_challenge/fg_mask/val/<NN_class>/<name>.npy"
+            "Backgrounds Challenge: bg_challenge/<variation>/val/<NN_class>/ images (imagefolder), scored 1000-way "
+            "through in_to_in9.json (classifier: imagenet1k) or 9-way (superclasses); with fg_mask: true the masks "
+            "bg_challenge/fg_mask/val/<NN_class>/<stem>.npy (a mixed file fg_<stem>_bg_<stem> takes its foreground's)"
         ),
     ),
 }

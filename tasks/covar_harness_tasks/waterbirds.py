@@ -10,7 +10,11 @@ Layout, as ``waterbird_complete95_forest2water2.tar.gz`` unpacks (github.com/koh
 ``y`` is 0 landbird / 1 waterbird, ``place`` 0 land / 1 water, ``split`` 0 train / 1 val / 2 test; image paths
 (``img_filename``) are relative to the folder holding ``metadata.csv``. Each sample carries meta ``group`` =
 ``"<bird> on <place>"`` (e.g. ``"waterbird on land"``), which the evaluator turns into per-group accuracy,
-``worst_group_acc`` and ``group_acc_gap`` (harness/covar_harness/run/group_metrics.py).
+``worst_group_acc`` and ``group_acc_gap`` (harness/covar_harness/run/group_metrics.py). The SampleSet's
+``group_weights`` are the training split's group sizes, counted from ``metadata.csv`` (3498 / 184 / 56 / 1057 on the
+release: the constants of WILDS's ``waterbirds_dataset.py``), so the results also carry WILDS's ``adj_acc_avg`` (the
+group accuracies weighted by them), the average published Waterbirds tables report, and the gap is taken from it;
+``acc1`` stays the plain test average (group_DRO's ``loss.py``).
 
 Dataset keys (task YAML ``dataset:``): ``path`` (the release folder, or a folder holding it), ``split``
 (train | val | test, default test).
@@ -73,11 +77,25 @@ def _sample(row: dict[str, str], line: int, where: Path) -> Sample:
 
 def read_metadata(metadata: Path, split_code: str) -> list[Sample]:
     """The samples of one split, in file order; a missing column or a bad value raises UsageError."""
+    rows = _rows(metadata)
+    return [_sample(row, i + 2, metadata) for i, row in enumerate(rows) if str(row["split"]).strip() == split_code]
+
+
+def _rows(metadata: Path) -> list[dict[str, str]]:
     rows = parse_csv(read_text_capped(metadata))
     missing = [c for c in COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
         raise UsageError(f"{metadata}: expected columns {', '.join(COLUMNS)}; missing {', '.join(missing) or 'rows'}")
-    return [_sample(row, i + 2, metadata) for i, row in enumerate(rows) if str(row["split"]).strip() == split_code]
+    return rows
+
+
+def training_group_sizes(metadata: Path) -> dict[str, float]:
+    """Images per group in the training split (split 0): WILDS's ``adj_acc_avg`` weights (every group, 0 if absent)."""
+    sizes = {group_name(y, place): 0.0 for y in (0, 1) for place in (0, 1)}
+    for i, row in enumerate(_rows(metadata)):
+        if str(row["split"]).strip() == SPLITS["train"]:
+            sizes[str(_sample(row, i + 2, metadata).meta["group"])] += 1
+    return sizes
 
 
 def load_waterbirds(ds: dict, data_dir: Path) -> SampleSet:
@@ -87,7 +105,9 @@ def load_waterbirds(ds: dict, data_dir: Path) -> SampleSet:
     samples = read_metadata(metadata, _split_code(ds))
     if not samples:
         raise DatasetNotFound(f"Waterbirds at {metadata.parent}: no rows of split {split!r} in {METADATA}")
-    return SampleSet(samples, list(BIRDS), metadata.parent, f"waterbirds {metadata.parent} [{split}]")
+    out = SampleSet(samples, list(BIRDS), metadata.parent, f"waterbirds {metadata.parent} [{split}]")
+    out.group_weights = training_group_sizes(metadata)
+    return out
 
 
 def preflight_waterbirds(ds: dict, data_dir: Path) -> SampleSet:

@@ -13,7 +13,13 @@ Shards are read with the standard library's ``tarfile`` (no webdataset dependenc
 headers and the tiny ``.cls`` members are read, and each image is found later, in DataLoader workers, by its
 offset in its shard. Only regular members under a size cap count; a sample whose image or label is missing,
 unreadable or too large is kept as a failing sample, so the evaluator skips and counts it (``task.n_failed``,
-``failed_files``) exactly like a corrupt image file. A task takes the root's templates with ``templates: dataset``.
+``failed_files``) exactly like a corrupt image file.
+
+Class names and templates are read as CLIP_benchmark reads them (``builder.py`` ``build_wds_dataset``): every line,
+stripped, so a blank line inside ``classnames.txt`` is an (empty) class and the labels after it keep their line
+numbers. A task takes the root's templates with ``templates: dataset`` and, as CLIP_benchmark does for every
+webdataset, also when it names no ``templates:``; a root without ``zeroshot_classification_templates.txt`` (which
+CLIP_benchmark refuses) then falls back to ``simple``, and the result's notes say so.
 """
 
 from __future__ import annotations
@@ -89,14 +95,34 @@ class WdsSampleSet(SampleSet):
         return "sha256:" + h.hexdigest()[:16]
 
 
-def _lines(path: Path) -> list[str] | None:
-    """The non-empty stripped lines of a small text file, or None when it is not there."""
+def _lines(path: Path, keep_blank: bool = False) -> list[str] | None:
+    """The stripped lines of a small text file (blank ones too with ``keep_blank``, as CLIP_benchmark reads
+    ``classnames.txt`` and the templates), or None when it is not there."""
     if not path.exists():
         return None
     try:
-        return [line.strip() for line in read_text_capped(path).splitlines() if line.strip()]
+        return [line.strip() for line in read_text_capped(path).splitlines() if keep_blank or line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"wds: cannot read {path}: {exc}") from None
+
+
+def _blank_notes(root: Path, classnames: list[str], templates: list[str] | None) -> list[str]:
+    """What the result should say about blank lines and a missing templates file (kept as CLIP_benchmark keeps them)."""
+    notes = []
+    blank = [i for i, name in enumerate(classnames) if not name]
+    if blank:
+        notes.append(
+            f"{root / 'classnames.txt'}: {len(blank)} blank line(s) kept as empty class names, as CLIP_benchmark "
+            f"keeps them (first: label {blank[0]}); the labels after them keep their line numbers"
+        )
+    if templates is None:
+        notes.append(
+            f"{root} has no zeroshot_classification_templates.txt (CLIP_benchmark refuses such a set); a task "
+            "without templates: uses 'simple'"
+        )
+    elif any(not t for t in templates):
+        notes.append(f"{root / 'zeroshot_classification_templates.txt'}: blank lines kept as empty prompts")
+    return notes
 
 
 def shard_paths(root: Path, split: str) -> list[Path]:
@@ -180,7 +206,7 @@ def load_wds(ds: dict, data_dir: Path) -> WdsSampleSet:
     kind = _lines(root / "dataset_type.txt")
     if kind and kind[0].lower() not in ("classification", "zeroshot_classification"):
         raise UsageError(f"wds: {root} is a {kind[0]!r} dataset; only zero-shot classification sets are evaluated")
-    classnames = _lines(root / "classnames.txt")
+    classnames = _lines(root / "classnames.txt", keep_blank=True)
     if not classnames:
         raise DatasetNotFound(f"webdataset {root} has no classnames.txt (one class name per line); {WHERE}")
     split = str(ds.get("split", "test"))
@@ -195,7 +221,8 @@ def load_wds(ds: dict, data_dir: Path) -> WdsSampleSet:
             members.append(member)
     out = WdsSampleSet(samples, classnames, root, f"wds {root} [{split}] ({len(members)} samples in tar shards)")
     out.members = members
-    out.templates = _lines(root / "zeroshot_classification_templates.txt")
+    out.templates = _lines(root / "zeroshot_classification_templates.txt", keep_blank=True)
+    out.notes += _blank_notes(root, classnames, out.templates)
     return out
 
 

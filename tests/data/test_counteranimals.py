@@ -135,6 +135,8 @@ def test_cli_end_to_end_and_leaderboard(tmp_path, openclip_dir):
     common, path = recs["counteranimals/common"]
     assert common["task"]["n_classes"] == 1000 and common["task"]["n_samples"] == 7
     assert common["task"]["headline"] == "mean_per_class_recall"
+    assert not {"worst_group_acc", "group_acc_gap"} & set(common["metrics"])  # one group: no worst group
+    assert "groups" not in common["config"]
     assert common["config"]["templates"] == ["A photo of {}."]
     assert "bundled imagenet1k_wordnet" in common["task"]["dataset"]
     log = [json.loads(x) for x in results.samples_path(path).read_text().splitlines()]

@@ -30,11 +30,21 @@ COLOURS = {"n01443537": (230, 30, 30), "n01494475": (30, 230, 30), "n12267677": 
 COLOURS |= {"n01498041": (230, 230, 30), "n01534433": (30, 230, 230)}
 
 
+# file names as each release names its images: ImageNet-R <rendition>_<n>.jpg, ImageNet-A
+# <score>_<name> _ <name>_<score>.jpg, ImageNet-Sketch sketch_<n>.JPEG, ImageNet-V2 <40 hex digits>.jpeg
+RELEASE_NAMES = {
+    "imagenet-r": lambda c, j: f"art_{j}.jpg",
+    "imagenet-a": lambda c, j: f"0.00{c}{j}_goldfish _ goldfish_0.9.jpg",
+    "sketch": lambda c, j: f"sketch_{10 * c + j}.JPEG",
+}
+V2_NAME = "7e5f1c0b2d9a8e4f6c3b1a0d9e8f7c6b5a4d3e2f.jpeg"
+
+
 def make_shift(root: Path, name: str, wnids=WNIDS) -> Path:
     for c, wnid in enumerate(wnids):
         (root / name / wnid).mkdir(parents=True)
         for j in range(2):
-            file = f"art_{j}.jpg" if name == "imagenet-r" else f"0.00{c}{j}_goldfish _ goldfish_0.9.jpg"
+            file = RELEASE_NAMES[name](c, j)
             make_image(COLOURS.get(wnid, (70 * c, 40, 200 - 70 * c)), seed=10 * c + j).save(root / name / wnid / file)
     (root / name / "README.txt").write_text("release notes\n")
     return root
@@ -149,12 +159,12 @@ def test_v2_index_folders_and_sketch_over_all_1000_classes(tmp_path):
     v2 = tmp_path / "imagenetv2-matched-frequency-format-val"
     for index in ("0", "1", "10", "2"):  # as strings "10" sorts before "2": labels must come from the integers
         (v2 / index).mkdir(parents=True)
-        make_image((10, 20, 30), seed=int(index)).save(v2 / index / "7e5f1c.jpeg")
+        make_image((10, 20, 30), seed=int(index)).save(v2 / index / V2_NAME)
     make_shift(tmp_path, "sketch")
     tasks = {c.task: c for c in load_catalog().tasks}
     found = load_imagenet_wnids(tasks["imagenet-v2/matched-frequency"].dataset | {"path": str(v2)}, tmp_path)
     assert len(found.classnames) == 1000 and found.classnames[10] == curated_names()[10]
-    assert [(s.id, s.label) for s in found.samples] == [(f"{i}/7e5f1c.jpeg", i) for i in (0, 1, 2, 10)]
+    assert [(s.id, s.label) for s in found.samples] == [(f"{i}/{V2_NAME}", i) for i in (0, 1, 2, 10)]
     assert found.samples[0].meta["wnid"] == "n01440764"
     sketch_cfg = tasks["imagenet-sketch/test"].dataset | {"path": str(tmp_path / "sketch")}
     sketch = load_imagenet_wnids(sketch_cfg, tmp_path)

@@ -90,11 +90,30 @@ def flat_name(n: int) -> str:
     return f"ILSVRC2012_val_{n:08d}.JPEG"
 
 
-def make_devkit(root: Path, truth=(3, 1, 2, 1)) -> Path:
-    """Flat val images 1-4 with their devkit ground truth (1-based ILSVRC2012_IDs) and meta.mat."""
-    (root / "val").mkdir(parents=True)
-    for n, ident in enumerate(truth, start=1):
-        make_image(COLOURS[DEVKIT_IDS[ident]], seed=n).save(root / "val" / flat_name(n))
+def make_image_tar(path: Path, truth=(3, 1, 2, 1)) -> Path:
+    """``ILSVRC2012_img_val.tar`` as released: the images as flat members, no folder inside."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for n, ident in enumerate(truth, start=1):
+            buf = io.BytesIO()
+            make_image(COLOURS[DEVKIT_IDS[ident]], seed=n).save(buf, format="JPEG")
+            info = tarfile.TarInfo(flat_name(n))
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return path
+
+
+def make_devkit(root: Path, truth=(3, 1, 2, 1), into: str = "val") -> Path:
+    """Val images 1-4 unpacked from the released tar as documented (``tar -xf ILSVRC2012_img_val.tar -C val``;
+    ``into=""``: straight into the root, as plain ``tar -xf`` puts them), with their devkit ground truth (1-based
+    ILSVRC2012_IDs) and meta.mat."""
+    import tarfile
+
+    with tarfile.open(make_image_tar(root.parent / "downloads" / "ILSVRC2012_img_val.tar", truth)) as tar:
+        tar.extractall(root / into, filter="data")
     data = root / "ILSVRC2012_devkit_t12" / "data"
     data.mkdir(parents=True)
     (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{i}\n" for i in truth))
@@ -152,11 +171,21 @@ def test_class_folders_and_kaggle_layouts(tmp_path):
     ]
 
 
+def test_the_tar_unpacked_into_the_root_is_refused_with_the_fix(tmp_path):
+    """The image tar has no folder: unpacked plainly, its files lie beside the devkit, not in val/."""
+    root = make_devkit(tmp_path / "imagenet", into="")
+    assert (root / flat_name(1)).is_file() and not (root / "val").exists()
+    with pytest.raises(DatasetNotFound, match="lie flat in it") as err:
+        load(root)
+    assert "tar -xf ILSVRC2012_img_val.tar -C val" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_missing_data_names_the_layouts_and_where_to_get_them(tmp_path):
     (tmp_path / "imagenet").mkdir()
     with pytest.raises(DatasetNotFound, match="image-net.org") as err:
         load(tmp_path / "imagenet")
     assert "LOC_val_solution.csv" in str(err.value) and "meta.mat" in str(err.value)
+    assert f"into {tmp_path / 'imagenet'}/val" in str(err.value)  # the image tar has no folder inside
     where = cli("data", "where", "imagenet-1k/val", "--data-dir", str(tmp_path / "elsewhere"))
     assert "imagenet-1k/val: missing" in where.stdout and "image-net.org" in where.stdout
 

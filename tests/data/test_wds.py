@@ -142,3 +142,41 @@ def test_run_with_dataset_templates_and_a_hand_computed_accuracy(tmp_path):
     assert rec["task"]["n_samples"] == 4 and rec["task"]["n_failed"] == 4
     assert sorted(rec["failed_files"]) == ["test/0.tar/s0000003", *(f"test/1.tar/s000000{i}" for i in (5, 6, 7))]
     assert rec["metrics"]["acc1"] == pytest.approx(3 / 4)
+
+
+def _run_toy(tmp_path: Path, root: Path, **task_keys) -> dict:
+    task = tmp_path / "tasks" / "toy.yaml"
+    task.parent.mkdir(exist_ok=True)
+    body = {"task": "wds-toy/test", "dataset": {"format": "wds", "path": str(root)}, **task_keys}
+    task.write_text(yaml.safe_dump(body))
+    spec, env = colour_adapter(tmp_path, COLOURS)
+    out = tmp_path / "out"
+    args = ["--include-path", str(task.parent), "--output-dir", str(out), "--workers", "0", "--text-cache", "none"]
+    r = cli("run", "--models", spec, "--tasks", "wds-toy/test", *args, "--attribution", "none", "--overwrite", env=env)
+    assert r.returncode == 0, r.stderr
+    (path,) = out.rglob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_a_task_without_templates_uses_the_root_s_as_clip_benchmark_does(tmp_path):
+    """CLIP_benchmark (builder.py) always evaluates a webdataset with its zeroshot_classification_templates.txt; so
+    does a wds task that names no templates. Without the file: 'simple', and the result says so."""
+    root = make_wds(tmp_path / "wds")
+    assert _run_toy(tmp_path, root)["config"]["templates"] == TEMPLATES
+    assert _run_toy(tmp_path, root, templates="simple")["config"]["templates"] == ["a photo of a {}."]
+    (root / "zeroshot_classification_templates.txt").unlink()
+    rec = _run_toy(tmp_path, root)
+    assert rec["config"]["templates"] == ["a photo of a {}."]
+    assert any("no zeroshot_classification_templates.txt" in n for n in rec["notes"])
+
+
+def test_blank_class_lines_are_kept_as_clip_benchmark_keeps_them(tmp_path):
+    """classnames.txt 'cat, <blank>, dog, fish': CLIP_benchmark's classes are the 4 stripped lines, so label 2 is
+    dog and label 3 fish; dropping the blank line would shift them (label 2 would name fish)."""
+    root = make_wds(tmp_path / "wds")
+    (root / "classnames.txt").write_text("cat\n\n  dog \nfish\n")
+    found = load(root)
+    assert found.classnames == ["cat", "", "dog", "fish"]
+    assert any("1 blank line(s) kept as empty class names" in n for n in found.notes)
+    (root / "classnames.txt").write_text("cat\ndog\nfish\n")
+    assert load(root).classnames == CLASSES and load(root).notes == []

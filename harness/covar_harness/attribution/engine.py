@@ -172,8 +172,9 @@ def attribute(
     embeddings, ``text`` (B, D) normalised class embeddings of ``target``; ``seeds`` one per image (see
     ``sample_seed``).
 
-    ``fg`` (B, N) foreground fraction per patch (NaN rows: no mask) with ``classifier`` (D, C) adds the
-    counterfactual region test. Everything that removes patches goes through ONE ``encode_images_without`` call.
+    ``fg`` (B, N) foreground fraction per patch (NaN rows: no mask) with ``classifier`` (D, C), or (B, D, C) per
+    image on a class-mapped pair (``Batch.classifier_of``), adds the counterfactual region test. Everything that
+    removes patches goes through ONE ``encode_images_without`` call.
     ``alt`` = (name, target, text) of a second target ("label" or "pred"): its importances are scored from the same
     removal embeddings (the removals do not depend on the target), so explaining both costs no model call.
     ``tokens`` (B, N, C): the patch tokens at ``settings.layer`` when the caller has them (the fused forward).

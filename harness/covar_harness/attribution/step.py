@@ -120,8 +120,7 @@ class AttributionStep(Step):
             return []
         sel = rows if len(rows) < len(batch.indices) else slice(None)
         tgt, alt_tgt = target[sel], other[sel]
-        text = batch.classifier[:, tgt.to(batch.classifier.device)].T
-        alt_text = batch.classifier[:, alt_tgt.to(batch.classifier.device)].T
+        text, alt_text = batch.class_text(rows, tgt), batch.class_text(rows, alt_tgt)
         seeds = [sample_seed(self.settings.seed, batch.samples.samples[batch.indices[r]].id) for r in rows]
         fg = self._fg(batch, rows)
         result = attribute(
@@ -134,7 +133,7 @@ class AttributionStep(Step):
             self.settings,
             self.attributor,
             fg=fg,
-            classifier=batch.classifier if fg is not None else None,
+            classifier=batch.classifier_of(rows) if fg is not None else None,
             tokens=None if batch.tokens is None else batch.tokens[sel],
             alt=("label" if self.settings.target == "pred" else "pred", alt_tgt, alt_text),
         )

@@ -44,15 +44,72 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. mask (relative path), source_id, variation
 
 
+@dataclass(frozen=True)
+class ClassMap:
+    """Predictions made over another class list and mapped onto the task's labels.
+
+    The Backgrounds Challenge scores ImageNet-9 with a 1000-way ImageNet classifier whose top-1 goes through
+    ``in_to_in9.json``: an ImageNet class that belongs to no IN-9 class (-1) is always wrong. A SampleSet with a
+    ``class_map`` is scored that way: the classifier is built over ``classnames`` (so it is the same classifier,
+    and the same cached text embeddings, as any task over those names), ``to_label[i]`` is the task label of
+    classifier class i or -1. A label's score is the largest logit among its classifier classes, and the classes
+    no label claims form one more bucket, ``other_name``, that is never a label: the argmax over these buckets is
+    the mapped 1000-way top-1.
+    """
+
+    classnames: tuple[str, ...]
+    to_label: tuple[int, ...]
+    source: str
+    other_name: str = "none of these classes"
+
+    def __post_init__(self) -> None:
+        if len(self.classnames) != len(self.to_label):
+            raise ValueError(f"class map: {len(self.to_label)} labels for {len(self.classnames)} classifier classes")
+        if any(label < -1 for label in self.to_label):
+            raise ValueError("class map: a classifier class maps to a label below -1")
+
+    @property
+    def has_other(self) -> bool:
+        return any(label == -1 for label in self.to_label)
+
+    def label_names(self, names: Sequence[str]) -> list[str]:
+        """The task's class names, then the unclaimed classes' bucket when there is one (its index: len(names))."""
+        top = max(self.to_label, default=-1)
+        if top >= len(names):
+            raise ValueError(f"class map {self.source}: label {top} outside the task's {len(names)} class names")
+        return [*names, self.other_name] if self.has_other else list(names)
+
+    def members(self, n_labels: int) -> list[list[bool]]:
+        """Per bucket (each label, then the unclaimed classes when there are any): which classifier classes it takes."""
+        buckets = [*range(n_labels), -1] if self.has_other else list(range(n_labels))
+        return [[label == b for label in self.to_label] for b in buckets]
+
+    def record(self, n_labels: int) -> dict[str, Any]:
+        """What the result says about the mapping: source, sizes, and the index of the unclaimed bucket."""
+        return {
+            "source": self.source,
+            "classifier_classes": len(self.classnames),
+            "unmapped_classes": sum(label == -1 for label in self.to_label),
+            "other_index": n_labels if self.has_other else None,
+            "other_name": self.other_name if self.has_other else None,
+        }
+
+
 class SampleSet:
     """The samples of one task plus how to open them. Picklable, so DataLoader workers can use it.
 
     ``label_mapping`` says how labels were tied to a task's explicit ``classnames``: "by_name" (the dataset's
     class names matched them as a set, labels reordered to follow the list), "positional" (label i is the
-    list's i-th name), or None (the class names come from the dataset itself).
+    list's i-th name), or None (the class names come from the dataset itself). ``notes``: what the loader wants
+    the result to say about the data (e.g. that a variation asked for masks got none); the evaluator copies them
+    into the result's ``notes``.
     """
 
     label_mapping: str | None = None
+    class_map: ClassMap | None = None  # predictions over other classes, mapped onto the labels (ClassMap)
+    # group -> weight of the ``group`` metas in the average the group gap starts from (run.group_metrics):
+    # Waterbirds' training group sizes, as WILDS's adj_acc_avg weights them; None: every sample counts once
+    group_weights: dict[str, float] | None = None
 
     def __init__(self, samples: list[Sample], classnames: list[str] | None, root: Path | None, description: str = ""):
         self.samples = samples
@@ -60,6 +117,7 @@ class SampleSet:
         self.root = root
         self.description = description
         self.label_mapping = None
+        self.notes: list[str] = []
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -55,7 +55,9 @@ class DiagnosisStep(Step):
         segmenter = choose_segmenter(self.segmenter, ctx.samples, ctx.catalog, self.segmenter_settings)
         ctx.masks = PatchMasks(segmenter, ctx.samples, ctx.classnames, ctx.adapter.preprocess, ctx.adapter.patch_grid)
         specs = dict.fromkeys([*SENSITIVITY, self.settings.fine_rule])
-        self.alternatives = {s: parse_fine_rule(s).relation(ctx.task, ctx.classnames, ctx.classifier) for s in specs}
+        self.alternatives = {
+            s: parse_fine_rule(s).relation(ctx.task, ctx.classnames, ctx.class_embeddings()) for s in specs
+        }
         self.fine = self.alternatives[self.settings.fine_rule]
         self.active = True
 

@@ -65,6 +65,11 @@ def open_pair_data(adapter: Any, cfg: Any, catalog: Any, classifiers: Any, limit
     samples = limit_samples(open_task_data(cfg, catalog, data_dir), limit, seed)
     if is_retrieval_task(cfg, catalog):
         return _retrieval_pair(adapter, samples)
+    if samples.class_map is not None:  # scores are max-logit buckets there: no one linear classifier to perturb
+        raise ValueError(
+            f"task {cfg.task!r} maps a {len(samples.class_map.classnames)}-way classifier onto its labels; the "
+            "faithfulness curves need a classifier over the task's own classes (for ImageNet-9: imagenet9-9way/*)"
+        )
     classnames = task_classnames(cfg, samples)
     W = classifiers.get(classnames, task_templates(cfg, samples), Reporter())
     return PairData(samples, classnames, W)

@@ -324,7 +324,11 @@ def _imagenet9_tables(records: list[dict], family: str, reference: str | None) -
     return imagenet9_tables(records, family, reference)
 
 
-FAMILY_TABLES = {"counteranimals": counteranimals_tables, "imagenet9": _imagenet9_tables}
+FAMILY_TABLES = {
+    "counteranimals": counteranimals_tables,
+    "imagenet9": _imagenet9_tables,
+    "imagenet9-9way": _imagenet9_tables,
+}
 # Families whose published rows ``--reference paper`` adds, with or without own results of that family.
 REFERENCE_FAMILIES = ("covar", "counteranimals")
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.samples import SampleSet
+    from covar_harness.data.samples import ClassMap, SampleSet
     from covar_harness.data.taskconfig import TaskConfig
     from covar_harness.masks.patch_masks import PatchMasks
     from covar_harness.run.evaluator import RunOptions
@@ -87,6 +87,15 @@ class PairContext:
     classifier: torch.Tensor | None = None  # (D, C) class embeddings, L2-normalised, on CPU
     masks: PatchMasks | None = None  # foreground fraction per patch; set by the diagnosis step when it runs
     steps: list[Step] = field(default_factory=list)  # the pair's pipeline, in order
+    # A class-mapped pair (data.samples.ClassMap, e.g. ImageNet-9's 1000-way protocol): ``classifier`` is over the
+    # map's classes and ``classnames`` are the task's labels (+ the unclaimed bucket); ``label_classifier`` holds
+    # one embedding per ``classnames`` entry (the normalised mean of its classes), for steps that compare classes.
+    class_map: ClassMap | None = None
+    label_classifier: torch.Tensor | None = None
+
+    def class_embeddings(self) -> torch.Tensor | None:
+        """(D, len(classnames)): one embedding per class name, whether or not the pair is class-mapped."""
+        return self.classifier if self.label_classifier is None else self.label_classifier
 
     def upstream_of(self, step: Step) -> list[Step]:
         """The steps that run before ``step`` on every batch."""
@@ -103,7 +112,9 @@ class Batch:
     indices: list[int]  # positions in the SampleSet
     pixels: torch.Tensor  # (B, 3, H, W), on CPU, as preprocessed
     image_emb: torch.Tensor  # (B, D), L2-normalised
-    classifier: torch.Tensor  # (D, C) class embeddings, L2-normalised
+    # (D, C) class embeddings, L2-normalised; or (B, D, C), one set per image, on a class-mapped pair: column c is
+    # the classifier class that gives label c its score on that image (read it through class_text / classifier_of)
+    classifier: torch.Tensor
     logits: torch.Tensor  # (B, C)
     labels: torch.Tensor  # (B,)
     samples: SampleSet
@@ -117,6 +128,20 @@ class Batch:
         if self.top is not None:
             return int(self.top[row][0])
         return int(self.logits[row].argmax())
+
+    def class_text(self, rows: Sequence[int], classes: torch.Tensor) -> torch.Tensor:
+        """(R, D): the embedding of class ``classes[j]`` for batch row ``rows[j]`` (per image on a class-mapped
+        pair, where a label's embedding is the one of its best-scoring classifier class on that image)."""
+        W = self.classifier
+        classes = classes.to(W.device).long()
+        if W.dim() == 2:
+            return W[:, classes].T
+        return W[classes.new_tensor(list(rows)), :, classes]
+
+    def classifier_of(self, rows: Sequence[int]) -> torch.Tensor:
+        """The classifier the rows' embeddings are scored with: (D, C), or (R, D, C) per image on a class-mapped
+        pair; ``embeddings @ classifier_of(rows)`` scores (R, ..., D) embeddings either way."""
+        return self.classifier if self.classifier.dim() == 2 else self.classifier[list(rows)]
 
     def record(self, index: int, kind: type[R]) -> R | None:
         """The record of type ``kind`` an earlier step made for sample ``index`` in this batch, if any."""

@@ -28,7 +28,14 @@ from covar_harness.results import files as results
 from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone
 from covar_harness.run.distributed import provenance as dist_provenance
-from covar_harness.run.pair import _batch_loop, _classnames_ref, _sample_rows, _task_record, _zero_shot_record
+from covar_harness.run.pair import (
+    _batch_loop,
+    _classnames_ref,
+    _sample_rows,
+    _task_record,
+    _zero_shot_record,
+    label_embeddings,
+)
 from covar_harness.run.partfiles import part_path
 from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.progress import LineReporter, Reporter
@@ -176,17 +183,20 @@ def task_classnames(cfg: TaskConfig, samples: SampleSet) -> list[str]:
 
 
 def task_templates(cfg: TaskConfig, samples: SampleSet | None = None) -> list[str]:
-    """``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark webdataset root's); before the
-    data is open (the run plan) that is an empty list."""
-    if cfg.templates == "dataset":
-        if samples is None:
-            return []
+    """The task's prompt templates. ``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark
+    webdataset root's); a task without ``templates:`` takes them too when the data ships any, as CLIP_benchmark
+    always does for a webdataset, and ``simple`` otherwise. Before the data is open (the run plan) the shipped
+    prompts are an empty list."""
+    wanted = cfg.templates
+    if wanted is None or wanted == "dataset":
         shipped = list(getattr(samples, "templates", None) or [])
-        if not shipped:
+        if shipped or samples is None:
+            return shipped
+        if wanted == "dataset":
             raise ValueError(f"task {cfg.task!r} says templates: dataset, but its dataset ships no templates")
-        return shipped
+        wanted = "simple"
     base = cfg.source.parent if cfg.source else None
-    return list(load_list("templates", cfg.templates, base))
+    return list(load_list("templates", wanted, base))
 
 
 def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet:
@@ -214,8 +224,29 @@ def open_pair(
     bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
     if bad:
         raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
-    W = classifiers.get(classnames, templates, reporter)
-    return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+    cmap = samples.class_map
+    if cmap is None:
+        W = classifiers.get(classnames, templates, reporter)
+        return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+    # a class-mapped task (ImageNet-9's 1000-way protocol): the classifier is over the map's classes, so it is the
+    # one every task over those names and templates shares (ImageNet-1k's), built once per model
+    W = classifiers.get(list(cmap.classnames), templates, reporter)
+    labels = cmap.label_names(classnames)
+    members = cmap.members(len(classnames))
+    return PairContext(
+        adapter,
+        cfg,
+        samples,
+        labels,
+        templates,
+        model_spec,
+        catalog,
+        options,
+        reporter,
+        W,
+        class_map=cmap,
+        label_classifier=label_embeddings(W, members),
+    )
 
 
 def evaluate_task(

@@ -36,7 +36,7 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
     every = world.checkpoint_every(options.checkpoint_every)
     ck = Checkpointer.open(part if sync is None else sync.part(), every, ctx, pipeline, strict=sync is not None)
     rows, failures = ck.rows, ck.failures
-    W_dev = None
+    W_dev = members = None
     workers = default_workers() if options.workers is None else options.workers
     own = world.own_batches(len(samples), options.rows_per_batch, ck.n_batches) if sync is not None else None
     handle = reporter.task(markup(ctx.task.task), len(samples) if own is None else ck.start + sum(map(len, own)))
@@ -56,19 +56,51 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
                 raw, tokens = _forward(ctx.adapter, to_device(pixels, device), pipeline)
                 emb = F.normalize(raw.float(), dim=-1)
                 if W_dev is None:
-                    W_dev = ctx.classifier.to(emb.device)
-                logits = emb @ W_dev
+                    W_dev, members = ctx.classifier.to(emb.device), _members(ctx, emb.device)
+                logits, W_batch = emb @ W_dev, W_dev
+                if members is not None:  # a class-mapped pair: scores per label, classifier per image
+                    logits, W_batch = mapped_scores(logits, W_dev, members)
                 top = logits.topk(k, dim=-1).indices.cpu().numpy()
                 new = [(i, top[r]) for r, i in enumerate(indices)]
                 rows += new
                 if pipeline.active:
-                    pipeline.process(_batch(ctx, indices, pixels, emb, W_dev, logits, top, tokens))
+                    pipeline.process(_batch(ctx, indices, pixels, emb, W_batch, logits, top, tokens))
             ck.done(new, failed, len(indices) + len(failed))
             reporter.advance(handle, len(indices) + len(failed))
     finally:
         ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
     reporter.done(handle)
     return (rows, failures) if sync is None else finish_share(ctx, ck, sync)
+
+
+def _members(ctx: PairContext, device: Any) -> torch.Tensor | None:
+    """(L, F) which classifier classes each label bucket takes, on a class-mapped pair; else None."""
+    import torch
+
+    if ctx.class_map is None:
+        return None
+    n_labels = len(ctx.classnames) - int(ctx.class_map.has_other)
+    return torch.tensor(ctx.class_map.members(n_labels), dtype=torch.bool, device=device)
+
+
+def mapped_scores(logits: torch.Tensor, W: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) label scores from (B, F) classifier logits: each label bucket's largest logit, so the argmax over
+    buckets is the label of the F-way top-1 (``data.samples.ClassMap``); and (B, D, L) per image, the embedding of
+    the classifier class that gives each bucket its score, which is what that score is a cosine with (what
+    attribution explains, and what the region test scores region-only embeddings against)."""
+    masked = logits[:, None, :].masked_fill(~members[None], float("-inf"))  # (B, L, F)
+    scores, best = masked.max(dim=-1)
+    return scores, W.T[best].transpose(1, 2)
+
+
+def label_embeddings(W: torch.Tensor, members: list[list[bool]]) -> torch.Tensor:
+    """(D, L): per label bucket, the normalised mean of its classifier classes' embeddings; a class-mapped pair's
+    one embedding per label, for what compares labels with each other (the fine rule's embedding similarity)."""
+    import torch
+    import torch.nn.functional as F
+
+    take = torch.tensor(members, dtype=W.dtype, device=W.device)  # (L, F)
+    return F.normalize(W @ take.T, dim=0)
 
 
 def _forward(adapter: Any, pixels: torch.Tensor, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -116,7 +148,7 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
     idx = np.array([i for i, _ in rows], dtype=np.int64)
     topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
     labels = np.array([ctx.samples.samples[i].label for i in idx], dtype=np.int64)
-    metrics = classification_metrics(labels, topk, len(ctx.classnames))
+    metrics = classification_metrics(labels, topk, n_labels(ctx))
     correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
     intervals = {}
     if len(rows):  # resampling source objects where every sample names one (COVAR), else samples
@@ -126,9 +158,11 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
         # class-balanced accuracy: resampled within each class (every class in every replicate), by source too
         recall = per_class_recall_interval(labels, correct, seed=seed, clusters=clusters)
         intervals["mean_per_class_recall"] = list(recall or ())
-    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
+    notes = list(getattr(ctx.samples, "notes", []))  # what the loader said about the data (no masks, ...)
+    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": notes}
     groups = [ctx.samples.samples[i].meta.get("group") for i in idx]
-    add_group_metrics(record, correct.tolist(), groups, seed=ctx.options.seed if ctx.options is not None else 0)
+    seed = ctx.options.seed if ctx.options is not None else 0
+    add_group_metrics(record, correct.tolist(), groups, seed=seed, weights=ctx.samples.group_weights)
     return record, correct
 
 
@@ -140,7 +174,7 @@ def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, A
         "version": cfg.version,
         "n_samples": int(n_samples),
         "n_failed": n_failed,
-        "n_classes": len(ctx.classnames),
+        "n_classes": n_labels(ctx),
         "data_fingerprint": samples.fingerprint(),
         "headline": cfg.headline,
         "tags": list(cfg.tags),
@@ -148,7 +182,14 @@ def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, A
     }
     if getattr(samples, "label_mapping", None):
         out["label_mapping"] = samples.label_mapping
+    if ctx.class_map is not None:
+        out["class_map"] = ctx.class_map.record(n_labels(ctx))
     return out
+
+
+def n_labels(ctx: PairContext) -> int:
+    """The task's classes: ``classnames`` without a class-mapped pair's bucket of unclaimed classes."""
+    return len(ctx.classnames) - int(ctx.class_map is not None and ctx.class_map.has_other)
 
 
 def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
