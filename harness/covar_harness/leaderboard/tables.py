@@ -13,6 +13,8 @@ from typing import Any
 
 from covar_harness.common.console import one_line
 from covar_harness.data.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
+from covar_harness.leaderboard.cost_table import TITLE as COST_TITLE
+from covar_harness.leaderboard.cost_table import cost_columns, cost_rows
 from covar_harness.leaderboard.published import (
     CA_GROUPS,
     CA_PUBLISHED_CAPTION,
@@ -351,7 +353,17 @@ def build_tables(records: list[dict], reference: str | None = None, faithfulness
     from covar_harness.faithfulness.leaderboard import faithfulness_tables  # imports this module: on use
     from covar_harness.leaderboard.peer_tables import background_reliance_tables  # imports this module: on use
 
-    return tables + background_reliance_tables(records) + faithfulness_tables(list(faithfulness))
+    return tables + background_reliance_tables(records) + cost_tables(records) + faithfulness_tables(list(faithfulness))
+
+
+def cost_tables(records: list[dict]) -> list[Table]:
+    """The cost table (leaderboard/cost_table.py), when some result records its cost."""
+    rows = cost_rows(records)
+    caption = (
+        "Wall time per phase, exclusive (time in a nested phase counts there); forward passes count the image "
+        "rows sent through the image tower (each removal pattern is one); peak RSS is the process's peak."
+    )
+    return [Table(COST_TITLE, cost_columns(), rows, caption=caption)] if rows else []
 
 
 LONG_FIELDS = ["model", "family", "task", "task_version", "metric", "value", "n_samples", "headline"]

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from covar_harness.common.cost import Cost
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -96,6 +98,8 @@ class PairContext:
     def class_embeddings(self) -> torch.Tensor | None:
         """(D, len(classnames)): one embedding per class name, whether or not the pair is class-mapped."""
         return self.classifier if self.label_classifier is None else self.label_classifier
+
+    cost: Cost = field(default_factory=Cost)  # wall time and forward passes per phase (provenance.cost)
 
     def upstream_of(self, step: Step) -> list[Step]:
         """The steps that run before ``step`` on every batch."""
@@ -217,11 +221,13 @@ class Pipeline:
                 raise TypeError(f"analysis step {step!r} is not a covar_harness.pipeline.contract.Step subclass")
         self.steps = list(steps)
         self.records: list[list[SampleRecord]] = [[] for _ in self.steps]
+        self.cost = Cost()  # the pair's (``ctx.cost`` once started): each step's time is the phase of its name
 
     def start(self, ctx: PairContext) -> None:
-        ctx.steps = self.steps
+        ctx.steps, self.cost = self.steps, ctx.cost
         for step in self.steps:
-            step.start(ctx)
+            with self.cost.phase(step.name):
+                step.start(ctx)
 
     @property
     def active(self) -> bool:
@@ -235,9 +241,14 @@ class Pipeline:
     def process(self, batch: Batch) -> None:
         for step, kept in zip(self.steps, self.records):
             if step.active:
-                records = list(step.process(batch))
+                with self.cost.phase(step.name):
+                    records = list(step.process(batch))
                 batch.add(records)
                 kept += records
 
     def finish(self) -> list[Finished]:
-        return [Finished(step, step.finish(records), records) for step, records in zip(self.steps, self.records)]
+        out = []
+        for step, records in zip(self.steps, self.records):
+            with self.cost.phase(step.name):
+                out.append(Finished(step, step.finish(records), records))
+        return out

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.common.console import markup, safe
+from covar_harness.common.cost import Cost, ForwardMeter, reset_peak
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.data.resources import load_list
 from covar_harness.data.samples import SampleSet, open_task_data
-from covar_harness.models.adapter import adapter_family
+from covar_harness.models.adapter import adapter_family, implements
 from covar_harness.pipeline.contract import Batch, BatchStep, PairContext, Pipeline
 from covar_harness.results import files as results
 from covar_harness.run.batches import iterate_batches
@@ -217,20 +219,28 @@ def open_pair(
     classifiers: ClassifierCache,
     reporter: Reporter,
     model_spec: str | None = None,
+    cost: Cost | None = None,
 ) -> PairContext:
-    """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings."""
-    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
-    classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
+    """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings.
+    ``cost``: the pair's phase timings (opening the data is ``data``, the class embeddings ``zero-shot``)."""
+    cost = cost or Cost()
+    with cost.phase("data"):
+        samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+        classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
     bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
     if bad:
         raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
     cmap = samples.class_map
     if cmap is None:
-        W = classifiers.get(classnames, templates, reporter)
-        return PairContext(adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W)
+        with cost.phase("zero-shot"):
+            W = classifiers.get(classnames, templates, reporter)
+        return PairContext(
+            adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W, cost=cost
+        )
     # a class-mapped task (ImageNet-9's 1000-way protocol): the classifier is over the map's classes, so it is the
     # one every task over those names and templates shares (ImageNet-1k's), built once per model
-    W = classifiers.get(list(cmap.classnames), templates, reporter)
+    with cost.phase("zero-shot"):
+        W = classifiers.get(list(cmap.classnames), templates, reporter)
     labels = cmap.label_names(classnames)
     members = cmap.members(len(classnames))
     return PairContext(
@@ -246,6 +256,7 @@ def open_pair(
         W,
         class_map=cmap,
         label_classifier=label_embeddings(W, members),
+        cost=cost,
     )
 
 
@@ -258,14 +269,18 @@ def evaluate_task(
     reporter: Reporter,
     model_spec: str | None = None,
     part: Path | None = None,
+    cost: Cost | None = None,
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log.
-    ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches)."""
+    ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches);
+    ``cost``: where the pair's phase timings and forward passes go (common/cost.py)."""
     from covar_harness.run import retrieval  # retrieval tasks (task_kind of their format): recall@k, no classifier
 
+    cost = cost or Cost()
     if retrieval.is_retrieval_task(cfg, catalog):
-        return retrieval.evaluate_retrieval(adapter, cfg, catalog, options, reporter)
-    ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec)
+        with cost.phase("retrieval"):
+            return retrieval.evaluate_retrieval(adapter, cfg, catalog, options, reporter)
+    ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
     pipeline = Pipeline(options.analysis_steps())
     pipeline.start(ctx)
     rows, failures = _batch_loop(ctx, pipeline, part)
@@ -275,7 +290,8 @@ def evaluate_task(
             f"[yellow]{markup(cfg.task)}: skipped {len(failures)} unreadable image(s); first: "
             f"{markup(ctx.samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
         )
-    record, correct = _zero_shot_record(ctx, rows)
+    with cost.phase("zero-shot"):
+        record, correct = _zero_shot_record(ctx, rows)
     finished = pipeline.finish()
     for done in finished:
         record["metrics"].update(done.summary.metrics)
@@ -285,7 +301,8 @@ def evaluate_task(
         record["notes"] += done.summary.notes
     record["task"] = _task_record(ctx, len(rows), len(failures))
     record["config"].update({"templates": ctx.templates, "classnames": _classnames_ref(cfg)})
-    record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
+    with cost.phase("write"):
+        record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
     record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
     return record
 
@@ -351,6 +368,9 @@ class _ModelRun:
     options: RunOptions
     classifiers: ClassifierCache
     reporter: Reporter
+    load_seconds: float = 0.0  # loading the model (and probing ``--batch-size auto``): shared by its pairs
+    n_pairs: int = 1  # pairs run on this load
+    meter: ForwardMeter | None = None  # counts the image rows the adapter forwards, per phase of the pair
 
 
 def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
@@ -360,6 +380,7 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     options = options.for_model(ref)
     device = options.world.device(resolve_device(options.device))
     handle = reporter.task(f"loading {markup(ref.spec)}", None)
+    loading = time.perf_counter()
     try:
         adapter = load_model(
             ref.target if ref.args else ref.spec, device, options.precision, options.cache_dir, catalog
@@ -376,10 +397,12 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     finally:
         reporter.done(handle)
     options = _with_batch_size(options, adapter, device)
+    loaded = time.perf_counter() - loading
+    meter = ForwardMeter(adapter, implements)
     store = store_for(ref.spec, adapter, options.text_cache, options.precision)
     world = options.world
     classifiers = SharedClassifiers(adapter, store, world) if world.active else ClassifierCache(adapter, store)
-    model = _ModelRun(ref, adapter, device, catalog, options, classifiers, reporter)
+    model = _ModelRun(ref, adapter, device, catalog, options, classifiers, reporter, loaded, len(pending), meter)
     return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
 
 
@@ -409,15 +432,18 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
     )
     if isinstance(model.classifiers, SharedClassifiers):
         model.classifiers.sync = sync
+    cost = _start_cost(model)
     try:
         if sync is not None:
             sync.begin(options.checkpoint_every)
         record = evaluate_task(
-            model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part
+            model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part, cost
         )
-        out = _result_object(model, record, started, sync)
         if options.log_samples:
-            results.write_jsonl(results.samples_path(path), record["samples"])
+            with cost.phase("write"):
+                results.write_jsonl(results.samples_path(path), record["samples"])
+        out = _result_object(model, record, started, sync)
+        out["provenance"]["cost"] = _cost_record(model, cost, record)
         results.write_json(path, out)  # last: its existence marks the pair done
         if sync is not None:
             sync.cleanup()
@@ -434,6 +460,26 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
             sync.fail(error)
         return PairOutcome(spec, cfg.task, "failed", path, error=error)
     return _done(spec, cfg, path, out)
+
+
+def _start_cost(model: _ModelRun) -> Cost:
+    """A pair's cost record, starting with its model's load time; the adapter's forwards count into it."""
+    cost = Cost()
+    cost.add("load", model.load_seconds)
+    if model.meter is not None:
+        model.meter.cost = cost
+    reset_peak(model.device)
+    return cost
+
+
+def _cost_record(model: _ModelRun, cost: Cost, record: dict[str, Any]) -> dict[str, Any]:
+    """``provenance.cost`` (docs/design.md section 6): the time of writing the result file itself is not in it."""
+    if model.meter is not None:
+        model.meter.cost = None
+    extra: dict[str, Any] = {"load_shared_by": model.n_pairs, "batch_size": model.options.batch_size}
+    if model.meter is not None and model.meter.uncounted:  # e.g. attention_trace when it is a property
+        extra["forward_passes_uncounted"] = list(model.meter.uncounted)
+    return cost.record(int(record["task"].get("n_samples") or 0), model.device, extra)
 
 
 def _done(spec: str, cfg: TaskConfig, path: Path, result: dict[str, Any]) -> PairOutcome:

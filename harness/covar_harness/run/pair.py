@@ -5,10 +5,12 @@ record (metrics and intervals, the task's part, the per-sample log). Called by `
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.common.console import markup
+from covar_harness.common.cost import Cost
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.data.samples import SampleSet
 from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline
@@ -45,30 +47,34 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
     batches = iterate_batches(
         samples, ctx.adapter.preprocess, options.rows_per_batch, workers, ck.start, own, pin_memory=is_cuda(device)
     )
+    cost = ctx.cost
     try:
-        for indices, pixels, failed in batches:
+        for indices, pixels, failed in _timed(batches, cost):
             INTERRUPT.check()
             if sync is not None:
                 sync.check()  # another rank failed this pair: stop now, not at the merge
             failures += failed
             new: list = []
             if pixels is not None:
-                raw, tokens = _forward(ctx.adapter, to_device(pixels, device), pipeline)
-                emb = F.normalize(raw.float(), dim=-1)
-                if W_dev is None:
-                    W_dev, members = ctx.classifier.to(emb.device), _members(ctx, emb.device)
-                logits, W_batch = emb @ W_dev, W_dev
-                if members is not None:  # a class-mapped pair: scores per label, classifier per image
-                    logits, W_batch = mapped_scores(logits, W_dev, members)
-                top = logits.topk(k, dim=-1).indices.cpu().numpy()
+                with cost.phase("zero-shot"):
+                    raw, tokens = _forward(ctx.adapter, to_device(pixels, device), pipeline)
+                    emb = F.normalize(raw.float(), dim=-1)
+                    if W_dev is None:
+                        W_dev, members = ctx.classifier.to(emb.device), _members(ctx, emb.device)
+                    logits, W_batch = emb @ W_dev, W_dev
+                    if members is not None:  # a class-mapped pair: scores per label, classifier per image
+                        logits, W_batch = mapped_scores(logits, W_dev, members)
+                    top = logits.topk(k, dim=-1).indices.cpu().numpy()
                 new = [(i, top[r]) for r, i in enumerate(indices)]
                 rows += new
                 if pipeline.active:
                     pipeline.process(_batch(ctx, indices, pixels, emb, W_batch, logits, top, tokens))
-            ck.done(new, failed, len(indices) + len(failed))
+            with cost.phase("write"):
+                ck.done(new, failed, len(indices) + len(failed))
             reporter.advance(handle, len(indices) + len(failed))
     finally:
-        ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
+        with cost.phase("write"):
+            ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
     reporter.done(handle)
     return (rows, failures) if sync is None else finish_share(ctx, ck, sync)
 
@@ -103,6 +109,17 @@ def label_embeddings(W: torch.Tensor, members: list[list[bool]]) -> torch.Tensor
     return F.normalize(W @ take.T, dim=0)
 
 
+def _timed(batches: Iterable, cost: Cost) -> Iterator:
+    """The batches, with the time spent waiting for each (reading and preprocessing images) as phase ``data``."""
+    it = iter(batches)
+    while True:
+        with cost.phase("data"):
+            item = next(it, None)
+        if item is None:
+            return
+        yield item
+
+
 def _forward(adapter: Any, pixels: torch.Tensor, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The zero-shot forward; when an active step reads patch tokens and the adapter fuses them into the same
     forward (``encode_images_with_tokens``), those tokens too, so that step needs no pass of its own."""
@@ -128,7 +145,8 @@ def _batch(
     import torch
 
     labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
-    fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
+    with ctx.cost.phase("masks"):
+        fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
     return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top, tokens=tokens)
 
 
