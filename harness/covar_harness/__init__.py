@@ -1,6 +1,7 @@
 """covar-harness: evaluate CLIP-style models on controlled variations, explain them with CCI, diagnose errors.
 
 Public API: ``evaluate(models, tasks, **run_options)`` and ``load_task(name)`` (the ``run`` command from Python),
+``rescore(results, **settings)`` (metrics and diagnosis recomputed from sample logs under other settings),
 ``hookimpl`` for plugins, ``load_model(spec)`` for notebooks and tests, ``BaseAdapter`` (the base
 class of model adapters) and the ``ModelAdapter`` protocol. Importing this package does not import torch.
 """
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "hookimpl",
     "evaluate",
+    "rescore",
     "load_task",
     "load_model",
     "BaseAdapter",
@@ -35,6 +37,13 @@ def evaluate(models, tasks, *, output_dir=None, **options):
     from covar_harness.api import evaluate as _evaluate
 
     return _evaluate(models, tasks, output_dir=output_dir, **options)
+
+
+def rescore(results, *, out=None, **settings):
+    """``covar-harness rescore`` from Python (no model loaded); see :func:`covar_harness.api.rescore`."""
+    from covar_harness.api import rescore as _rescore
+
+    return _rescore(results, out=out, **settings)
 
 
 def load_task(name: str, include_path: list[str] | None = None):

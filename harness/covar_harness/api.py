@@ -83,3 +83,44 @@ def load_task(name: str, include_path: list[str] | None = None):
     if len(found) != 1:
         raise UsageError(f"{name!r} names {len(found)} tasks ({', '.join(c.task for c in found[:5])}); name one")
     return found[0]
+
+
+def rescore(
+    results: str | Path | list[str | Path],
+    *,
+    out: str | Path | None = None,
+    driver_rule: str | list[str] | None = None,
+    cci_target: str | None = None,
+    fine_rule: str | None = None,
+    null_draws: int | None = None,
+    bootstrap: int | None = None,
+) -> list[dict[str, Any]]:
+    """``covar-harness rescore`` from Python: each result (files, or folders of them) recomputed from its sample
+    log under the given settings, no model loaded; returns the rescored result records (each with ``"samples"``,
+    its rescored log). Written under ``out`` when given. A result that cannot be rescored raises ValueError
+    naming it; bad settings raise UsageError."""
+    from covar_harness.results import files
+    from covar_harness.results.rescore import NotClassification, RescoreSettings, rescore_file
+
+    rules = driver_rule.split(",") if isinstance(driver_rule, str) else driver_rule
+    asked = RescoreSettings(
+        None if rules is None else tuple(r.strip() for r in rules if r.strip()),
+        cci_target,
+        fine_rule,
+        null_draws,
+        bootstrap,
+    )
+    given = [results] if isinstance(results, (str, Path)) else results
+    paths, problems = files.expand_paths(Path(p) for p in given)
+    if problems:
+        raise ValueError(f"{problems[0][0]}: {problems[0][1]}")
+    records = []
+    for path in paths:
+        try:
+            done = rescore_file(path, asked, None if out is None else Path(out))
+        except NotClassification:
+            continue
+        except ValueError as exc:  # one line naming the file (UsageError, bad settings, passes through)
+            raise ValueError(f"{path}: {exc}") from None
+        records.append({**done.result, "samples": done.samples})
+    return records

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.attribution.base import Attributor, ClusterBatch, find_attributor
+from covar_harness.attribution.base import Attributor, ClusterBatch, Scores, find_attributor
 from covar_harness.attribution.kmeans import batched_kmeans
 from covar_harness.attribution.records import AttributionRecord, CCIRecord, short
 from covar_harness.attribution.regions import region_patterns, region_test
@@ -52,6 +52,8 @@ class Attribution:
     importance_alt: torch.Tensor | None = None  # (B, K) the other target's I_k, from the same removal call
     alt: str | None = None  # which target ``importance_alt`` explains: "label" or "pred"
     patch_map: torch.Tensor | None = None  # (B, N) per-patch importance of a patch-level method (occlusion)
+    shapley_alt: ShapleyValues | None = None  # the other target's Shapley values (cci-shapley), same call
+    regions_alt: RegionTest | None = None  # the region test scored for the other target, same call
 
     def patch_importance(self) -> torch.Tensor:
         """(B, N): each patch's cluster importance (docs/design.md section 7.4), or the method's own per-patch
@@ -80,13 +82,17 @@ class Attribution:
         return {f"importance_{self.alt}": [short(v) for v in self.importance_alt[b].tolist()]}
 
     def sample_record(self, index: int, b: int) -> AttributionRecord:
-        """Row ``b`` as sample ``index``'s record: ``cci``, and ``shapley`` / ``counterfactual`` when computed."""
-        return AttributionRecord(
-            index,
-            self.record(b),
-            None if self.shapley is None else self.shapley.record(b),
-            None if self.regions is None else self.regions.record(b),
-        )
+        """Row ``b`` as sample ``index``'s record: ``cci``, and ``shapley`` / ``counterfactual`` when computed,
+        each with the other target's values beside (what ``rescore --cci-target`` reads)."""
+        shapley = None if self.shapley is None else self.shapley.record(b)
+        if shapley is not None and self.shapley_alt is not None and self.alt is not None:
+            shapley = replace(shapley, alt=self.alt, values_alt=self.shapley_alt.record(b).values)
+        regions = None if self.regions is None else self.regions.record(b)
+        if regions is not None and self.regions_alt is not None and self.alt is not None:
+            other = self.regions_alt.record(b)
+            if other is not None:
+                regions = replace(regions, alt=self.alt, alt_fields=(other.s_fg_only, other.s_bg_only, other.outcome))
+        return AttributionRecord(index, self.record(b), shapley, regions)
 
 
 def cluster_patterns(assignments: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,13 +198,9 @@ def attribute(
     n = main.shape[1]
     ours = (without[:, :n], ran[:, :n]) if n and without is not None and ran is not None else (None, None)
     scores = strategy.scores(batch, *ours)
-    regions = None
-    if masked is not None:
-        # the region patterns went through the call, and _region_part gives them only with a classifier
-        assert without is not None and ran is not None and classifier is not None
-        regions = region_test(without[:, n:], ran[:, n:], batch.text, classifier, target, masked)
+    regions, regions_alt = _regions(without, ran, n, batch, classifier, target, masked, alt)
     s = batch.s if scores.s is None else scores.s
-    importance_alt = None if alt is None else _alt_importance(strategy, batch, alt, ours)
+    scores_alt = None if alt is None else _alt_scores(strategy, batch, alt, ours)
     return Attribution(
         kind.name,
         settings.k,
@@ -210,10 +212,35 @@ def attribute(
         batch.valid.cpu(),
         scores.shapley,
         regions,
-        importance_alt,
+        None if scores_alt is None else scores_alt.importance.cpu(),
         None if alt is None else alt[0],
         None if scores.patch is None else scores.patch.cpu(),
+        None if scores_alt is None else scores_alt.shapley,
+        regions_alt,
     )
+
+
+def _regions(
+    without: torch.Tensor | None,
+    ran: torch.Tensor | None,
+    n: int,
+    batch: ClusterBatch,
+    classifier: torch.Tensor | None,
+    target: torch.Tensor,
+    masked: torch.Tensor | None,
+    alt: tuple[str, torch.Tensor, torch.Tensor] | None,
+) -> tuple[RegionTest | None, RegionTest | None]:
+    """The region test from the removal call's last two patterns, for the target and (with ``alt``) the other
+    target too: the region embeddings do not depend on the class, so both cost no model call."""
+    if masked is None:
+        return None, None
+    # the region patterns went through the call, and _region_part gives them only with a classifier
+    assert without is not None and ran is not None and classifier is not None
+    regions = region_test(without[:, n:], ran[:, n:], batch.text, classifier, target, masked)
+    if alt is None:
+        return regions, None
+    alt_text = alt[2].float().to(batch.emb.device)
+    return regions, region_test(without[:, n:], ran[:, n:], alt_text, classifier, alt[1], masked)
 
 
 def _encode_all(
@@ -244,19 +271,19 @@ def reference_from_removal(adapter: Any) -> bool:
     return getattr(adapter, "dtype", None) in (torch.bfloat16, torch.float16)
 
 
-def _alt_importance(
+def _alt_scores(
     strategy: Attributor,
     batch: ClusterBatch,
     alt: tuple[str, torch.Tensor, torch.Tensor],
     ours: tuple[torch.Tensor | None, torch.Tensor | None],
-) -> torch.Tensor:
+) -> Scores:
     """The attributor's importances for the other target, from the embeddings already computed: the batch
     with the other target's text (and its s) in place, scored again. Why: a second removal pass would cost
     K+1 model calls for numbers the first pass already holds."""
     _, target, text = alt
     text = text.float().to(batch.emb.device)
     other = replace(batch, text=text, target=target, s=(batch.emb * text).sum(dim=-1))
-    return strategy.scores(other, *ours).importance.cpu()
+    return strategy.scores(other, *ours)
 
 
 def check_model(adapter: Any, settings: CCISettings, method: str | type[Attributor] = "cci") -> None:

@@ -59,9 +59,14 @@ class ShapleyRecord(JsonRecord):
     values: list[float]
     v_all: float
     v_empty: float
+    alt: str | None = None  # the other target ("label" or "pred") whose values are ``values_alt``
+    values_alt: list[float] | None = None  # its Shapley values, from the same coalition embeddings
 
     def to_json(self) -> dict[str, Any]:
-        return {"values": self.values, "v_all": self.v_all, "v_empty": self.v_empty}
+        out: dict[str, Any] = {"values": self.values, "v_all": self.v_all, "v_empty": self.v_empty}
+        if self.alt is not None and self.values_alt is not None:
+            out[f"values_{self.alt}"] = self.values_alt
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,15 +78,21 @@ class RegionRecord(JsonRecord):
     pred_fg_only: int | None
     pred_bg_only: int | None
     outcome: str | None  # bg-sufficient | fg-sufficient | both | neither | None (undefined)
+    alt: str | None = None  # the other target ("label" or "pred") of ``alt_fields``
+    alt_fields: tuple[float | None, float | None, str | None] | None = None  # its s_fg_only, s_bg_only, outcome
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "s_fg_only": self.s_fg_only,
             "s_bg_only": self.s_bg_only,
             "pred_fg_only": self.pred_fg_only,
             "pred_bg_only": self.pred_bg_only,
             "outcome": self.outcome,
         }
+        if self.alt is not None and self.alt_fields is not None:
+            for key, value in zip(("s_fg_only", "s_bg_only", "outcome"), self.alt_fields):
+                out[f"{key}_{self.alt}"] = value
+        return out
 
 
 @dataclass(frozen=True, eq=False)

@@ -279,17 +279,40 @@ class DiagnosisRecord(SampleRecord):
     fine: bool = False  # label and prediction share a class group (a fine-grained confusion if an error)
     fine_by_rule: dict[str, bool] = field(default_factory=dict)  # ``fine`` under each rule of fine_rules.SENSITIVITY
     segmenter_info: dict[str, Any] = field(default_factory=dict)  # what the segmenter said, e.g. {"n_boxes": 2}
+    fg: list[float] | None = None  # the foreground fraction per patch as logged (float32 values), None: no mask
 
     def log_fields(self) -> dict[str, Any]:
+        """The sample's diagnosis fields; also what ``rescore`` needs to redo it without a model: the patch-grid
+        mask (``fg``), the null's share (``null_fg``, per rule ``nulls``) and, for errors, ``fine_by_rule``."""
         head = next(iter(self.outcomes.values()))
-        out: dict[str, Any] = {"fg_fraction": head.score, "driver": head.driver}
+        out: dict[str, Any] = {"fg_fraction": head.score, "driver": head.driver, "null_fg": head.null_fg}
         if not self.correct:
             out["error_type"] = head.error_type
+            if self.fine_by_rule:
+                out["fine_by_rule"] = dict(self.fine_by_rule)
         if len(self.outcomes) > 1:
             out["drivers"] = {name: o.driver for name, o in self.outcomes.items()}
             out["scores"] = {name: o.score for name, o in self.outcomes.items()}
+            out["nulls"] = {name: o.null_fg for name, o in self.outcomes.items()}
         out.update(self.segmenter_info)  # logged only when a segmenter reported something (GroundedSAM: n_boxes)
+        if self.fg is not None:
+            out["fg"] = self.fg
         return out
+
+
+def logged_grid(fg: np.ndarray) -> list[float]:
+    """A patch grid as the sample log holds it: each float32 value in its shortest decimal form, which reads back
+    (as float32) to the very same value, so a rescored diagnosis equals the run's bit for bit."""
+    import numpy as np
+
+    return [float(str(v)) for v in np.asarray(fg, dtype=np.float32)]
+
+
+def read_grid(values: Sequence[float]) -> np.ndarray:
+    """A logged patch grid back as the float32 array the run diagnosed (see :func:`logged_grid`)."""
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float32)
 
 
 def diagnose_sample(
@@ -322,7 +345,8 @@ def diagnose_sample(
             outcome = replace(outcome, null_fg=null_fg_share(rule_, evidence, fg, settings, seed))
         outcomes[name] = outcome
     area = None if fg is None else float(fg.mean())
-    return DiagnosisRecord(index, correct, fg is not None, outcomes, area, cluster, fine)
+    grid = None if fg is None else logged_grid(fg)
+    return DiagnosisRecord(index, correct, fg is not None, outcomes, area, cluster, fine, fg=grid)
 
 
 def _outcome(

@@ -102,22 +102,12 @@ class DiagnosisStep(Step):
             )
         from covar_harness.diagnosis.fine_rules import parse_fine_rule
         from covar_harness.diagnosis.rules import DiagnosisRecord
-        from covar_harness.diagnosis.summary import fine_sensitivity, summarise
+        from covar_harness.diagnosis.summary import summarise_pair
 
-        assert self.fine is not None
         diagnosed = [r for r in records if isinstance(r, DiagnosisRecord)]
-        result = summarise(diagnosed, self.settings, self.fine.applies)
-        applies = {s: f.applies for s, f in self.alternatives.items()}
-        config = {
-            **result.config,
-            "fine_rule": self.fine.description,
-            "fine": self.fine.record(parse_fine_rule(self.fine.spec).status),
-            "fine_sensitivity": fine_sensitivity(diagnosed, self.settings.rules[0], applies),
-            "segmenter": masks.describe(),
-            "headline_target": self._headline_target(),
-            "by_rule": result.by_rule,
-        }
-        return StepSummary(metrics=result.metrics, intervals=result.intervals, config=config)
+        fine_records = {s: f.record(parse_fine_rule(s).status) for s, f in self.alternatives.items()}
+        result = summarise_pair(diagnosed, self.settings, fine_records, masks.describe(), self._headline_target())
+        return StepSummary(metrics=result.metrics, intervals=result.intervals, config=result.config)
 
     def _headline_target(self) -> str | None:
         """The class ``bg_er`` explains (the attribution step's ``--cci-target``): ``bg_er`` equals ``bg_er_pred``

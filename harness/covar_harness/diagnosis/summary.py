@@ -9,7 +9,7 @@ imported inside the functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.diagnosis.rules import (
@@ -84,6 +84,33 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
             out.metrics.update({k: summary[k] for k in HEADLINE_EXTRAS if k in summary})
             out.intervals = dict(intervals)  # bg_er_minus_null's interval is signed: validation allows [-1, 1]
     return out
+
+
+def summarise_pair(
+    records: list[DiagnosisRecord],
+    settings: DiagnosisSettings,
+    fine_records: dict[str, dict[str, Any]],
+    segmenter: dict[str, Any],
+    headline_target: str | None,
+) -> Diagnosis:
+    """The pair's diagnosis as the result holds it: :func:`summarise` under the chosen fine rule, Fine-Er under
+    every fine rule, and the config the diagnosis step writes. ``fine_records``: {spec: the rule's record for the
+    task} (``FineRelation.record``) for ``fine_rules.SENSITIVITY`` and the chosen rule, in that order. One
+    function for the run's step and for ``rescore``, so the two cannot disagree."""
+    chosen = fine_records[settings.fine_rule]
+    result = summarise(records, settings, bool(chosen["applies"]))
+    applies = {s: bool(r["applies"]) for s, r in fine_records.items()}
+    result.config = {
+        **result.config,
+        "fine_rule": chosen["description"],
+        "fine": chosen,
+        "fine_sensitivity": fine_sensitivity(records, settings.rules[0], applies),
+        "fine_rules": fine_records,
+        "segmenter": segmenter,
+        "headline_target": headline_target,
+        "by_rule": result.by_rule,
+    }
+    return result
 
 
 def _counts(records: list[DiagnosisRecord], errors: list[tuple[DiagnosisRecord, RuleOutcome]]) -> dict[str, Any]:
@@ -203,24 +230,31 @@ def fine_sensitivity(
     return out
 
 
+def row_record(row: dict, fg: np.ndarray | None, fine: Any, settings: DiagnosisSettings) -> DiagnosisRecord:
+    """One logged sample row (``samples.jsonl``: index, label, pred, ``file``, ``source_id``, the attribution
+    entries, ``fine_by_rule``) diagnosed as the run's step diagnosed it: the same sample id seeds the null and
+    ``source_id`` is the bootstrap unit. ``fine``: a ``FineRelation`` or a class-groups mapping."""
+    source = row.get("source_id")
+    record = diagnose_sample(
+        int(row["index"]),
+        int(row["label"]),
+        int(row["pred"]),
+        Evidence.of_row(row),
+        fg,
+        fine,
+        settings,
+        row.get("id", row.get("file")),
+        None if source is None else str(source),
+    )
+    by_rule = row.get("fine_by_rule")
+    return replace(record, fine_by_rule=dict(by_rule)) if isinstance(by_rule, dict) else record
+
+
 def diagnose(
     rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
 ) -> Diagnosis:
-    """:func:`diagnose_sample` and :func:`summarise` over logged sample rows (index, label, pred, and the
+    """:func:`row_record` and :func:`summarise` over logged sample rows (index, label, pred, and the
     attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
     foreground fraction per patch, raster order."""
-    records = [
-        diagnose_sample(
-            row["index"],
-            row["label"],
-            row["pred"],
-            Evidence.of_row(row),
-            fg_grids.get(row["index"]),
-            groups,
-            settings,
-            row.get("id"),
-            row.get("source_id"),
-        )
-        for row in rows
-    ]
+    records = [row_record(row, fg_grids.get(row["index"]), groups, settings) for row in rows]
     return summarise(records, settings, groups is not None)

@@ -124,6 +124,7 @@ def add_group_metrics(
     groups: Sequence[Any],
     seed: int = 0,
     weights: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
 ) -> None:
     """Put :func:`group_summary` into a result record's ``metrics`` and ``config.groups`` (and, with ``weights``,
     which average the gap is from in ``config.group_average``), and :func:`group_intervals` into its ``intervals``
@@ -133,4 +134,5 @@ def add_group_metrics(
         record["metrics"].update(metrics)
         record["config"]["groups"] = per_group
         record["config"]["group_average"] = "adj_acc_avg" if "adj_acc_avg" in metrics else "acc1"
-        record.setdefault("intervals", {}).update(group_intervals(correct, groups, seed=seed, weights=weights))
+        intervals = group_intervals(correct, groups, seed=seed, n_boot=n_boot, weights=weights)
+        record.setdefault("intervals", {}).update(intervals)

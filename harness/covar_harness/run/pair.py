@@ -5,7 +5,7 @@ record (metrics and intervals, the task's part, the per-sample log). Called by `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +154,37 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
     """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
     import numpy as np
 
+    k = min(5, len(ctx.classnames))
+    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
+    chosen = [ctx.samples.samples[i] for i, _ in rows]
+    record, correct = zero_shot_summary(
+        [s.label for s in chosen],
+        topk,
+        n_labels(ctx),
+        [s.meta.get("source_id") for s in chosen],
+        [s.meta.get("group") for s in chosen],
+        ctx.options.seed if ctx.options is not None else 0,
+        weights=ctx.samples.group_weights,
+    )
+    record["notes"] = list(getattr(ctx.samples, "notes", []))  # what the loader said about the data (no masks, ...)
+    return record, correct
+
+
+def zero_shot_summary(
+    labels: list[int],
+    topk: Any,
+    n_classes: int,
+    sources: list[Any],
+    groups: list[Any],
+    seed: int,
+    n_boot: int = 1000,
+    weights: Mapping[str, float] | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The zero-shot part of a result record (metrics, intervals, ``config.groups``) and which samples were right,
+    from labels and top-k predictions in sample order (``weights``: the task's group weights, see group_metrics).
+    The run and ``rescore`` (from the sample log) both call it."""
+    import numpy as np
+
     from covar_harness.common.metrics import (
         bootstrap_interval,
         classification_metrics,
@@ -162,25 +193,20 @@ def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.
     )
     from covar_harness.run.group_metrics import add_group_metrics
 
-    k = min(5, len(ctx.classnames))
-    idx = np.array([i for i, _ in rows], dtype=np.int64)
-    topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
-    labels = np.array([ctx.samples.samples[i].label for i in idx], dtype=np.int64)
-    metrics = classification_metrics(labels, topk, n_labels(ctx))
-    correct = (topk[:, 0] == labels) if len(rows) else np.zeros(0, bool)
+    labels_a = np.array(labels, dtype=np.int64)
+    topk = np.asarray(topk, dtype=np.int64).reshape(len(labels_a), -1)
+    metrics = classification_metrics(labels_a, topk, n_classes)
+    correct = (topk[:, 0] == labels_a) if len(labels_a) else np.zeros(0, bool)
     intervals = {}
-    if len(rows):  # resampling source objects where every sample names one (COVAR), else samples
-        seed = ctx.options.seed if ctx.options is not None else 0
-        clusters = source_clusters([ctx.samples.samples[i].meta.get("source_id") for i in idx])
-        intervals["acc1"] = list(bootstrap_interval(correct.astype(float), seed=seed, clusters=clusters) or ())
+    if len(labels_a):  # resampling source objects where every sample names one (COVAR), else samples
+        clusters = source_clusters(sources)
+        acc = bootstrap_interval(correct.astype(float), n_boot=n_boot, seed=seed, clusters=clusters)
+        intervals["acc1"] = list(acc or ())
         # class-balanced accuracy: resampled within each class (every class in every replicate), by source too
-        recall = per_class_recall_interval(labels, correct, seed=seed, clusters=clusters)
+        recall = per_class_recall_interval(labels_a, correct, n_boot=n_boot, seed=seed, clusters=clusters)
         intervals["mean_per_class_recall"] = list(recall or ())
-    notes = list(getattr(ctx.samples, "notes", []))  # what the loader said about the data (no masks, ...)
-    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": notes}
-    groups = [ctx.samples.samples[i].meta.get("group") for i in idx]
-    seed = ctx.options.seed if ctx.options is not None else 0
-    add_group_metrics(record, correct.tolist(), groups, seed=seed, weights=ctx.samples.group_weights)
+    record: dict[str, Any] = {"metrics": metrics, "intervals": intervals, "config": {}, "notes": []}
+    add_group_metrics(record, correct.tolist(), groups, seed=seed, weights=weights, n_boot=n_boot)
     return record, correct
 
 
