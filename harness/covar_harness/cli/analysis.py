@@ -62,3 +62,65 @@ def cmd_rescore(args: Namespace) -> int:
             err.print(f"[yellow]{markup(path)}: not rescored: {markup(item)}[/yellow]")
     console().print(f"rescored {done} result(s) into {markup(args.out)}" + (f"; {bad} could not be" if bad else ""))
     return 1 if bad else 0
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paired tests of two models on the same samples (McNemar, paired bootstrap)",
+        description="Compare two models task by task on the samples both evaluated (sample logs joined on the "
+        "sample id): accuracy by the exact McNemar test and a paired bootstrap interval; BG-Er and BG-Er minus its "
+        "null by a paired bootstrap (each replicate resamples the samples once, whole source objects where known, "
+        "and recomputes each model's BG-Er over its own errors). Needs --log-samples results.",
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS", help="a folder of result files and their sample logs")
+    p.add_argument("--models", required=True, help="two model specs as in the results: A,B")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task both have)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="table", choices=["table", "markdown", "json"])
+    p.set_defaults(handler="covar_harness.cli.analysis:cmd_compare")
+
+
+def cmd_compare(args: Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from covar_harness.common.console import console, markup, write_stdout
+    from covar_harness.results.compare import compare
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if len(models) != 2:
+        raise UsageError("--models takes exactly two model specs: A,B")
+    if not args.results.is_dir():
+        raise UsageError(f"results folder {args.results} does not exist")
+    if not 1 <= args.bootstrap <= 100_000:
+        raise UsageError("--bootstrap must be in [1, 100000]")
+    tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    rows, notes = compare(args.results, models[0], models[1], tasks, args.bootstrap, args.seed)
+    err = console(stderr=True)
+    for note in notes:
+        err.print(f"[yellow]{markup(note)}[/yellow]")
+    if args.format == "json":
+        write_stdout(json.dumps({"a": models[0], "b": models[1], "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        return 0
+    from covar_harness.leaderboard.render import render_markdown, render_rich
+    from covar_harness.leaderboard.tables import Table
+
+    table = Table(f"{models[0]} (A) vs {models[1]} (B), paired", COMPARE_COLUMNS, [_cells(r) for r in rows])
+    table.caption = "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap."
+    if args.format == "markdown":
+        write_stdout(render_markdown([table]))
+    else:
+        render_rich([table], console())
+    return 0
+
+
+COMPARE_COLUMNS = ["task", "metric", "A", "B", "A - B", "95% CI", "p", "test", "n", "unit"]
+
+
+def _cells(r) -> list:
+    pct = lambda v: None if v is None else round(100 * v, 1)  # noqa: E731
+    ci = "-" if r.interval is None else f"[{100 * r.interval[0]:.1f}, {100 * r.interval[1]:.1f}]"
+    p = "-" if r.p is None else f"{r.p:.3g}" + (" *" if r.significant() else "")
+    return [r.task, r.metric, pct(r.a), pct(r.b), pct(r.difference), ci, p, r.test, r.n, r.unit]

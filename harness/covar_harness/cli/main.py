@@ -16,7 +16,7 @@ from pathlib import Path
 
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
 from covar_harness.catalog.registry import UsageError
-from covar_harness.cli.analysis import add_rescore
+from covar_harness.cli.analysis import add_compare, add_rescore
 from covar_harness.cli.reporting import add_export, add_init_leaderboard, add_leaderboard, add_report, add_validate
 from covar_harness.cli.tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags, rise_flags
 from covar_harness.common.flags import cli_flags
@@ -172,6 +172,7 @@ COMMANDS: list[Callable] = [
     add_faithfulness,
     add_export,
     add_rescore,
+    add_compare,
 ]
 
 

@@ -140,3 +140,51 @@ def average_interval(
     mean = float(np.mean(values))
     half = z * float(np.sqrt(np.sum(np.square(se)))) / len(values)
     return mean - half, mean + half
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs (right for one model only) as Binomial(n, 1/2)."""
+    import math
+
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_ratio_difference(
+    num_a: np.ndarray,
+    den_a: np.ndarray,
+    num_b: np.ndarray,
+    den_b: np.ndarray,
+    clusters: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float | None, tuple[float, float] | None, float | None]:
+    """sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b) over paired rows (one row = one sample seen by both models),
+    with a paired bootstrap: each replicate resamples the rows (or whole ``clusters``, e.g. source objects) once
+    and recomputes BOTH ratios on it, so what the models share stays shared. Returns (difference, percentile
+    interval, two-sided bootstrap p: twice the smaller share of replicates on either side of 0); Nones when a
+    ratio is undefined. Accuracy is num = correct, den = 1; BG-Er is num = background error, den = error."""
+    arrays = [np.asarray(x, dtype=np.float64) for x in (num_a, den_a, num_b, den_b)]
+    if arrays[1].sum() <= 0 or arrays[3].sum() <= 0:
+        return None, None, None
+    diff = arrays[0].sum() / arrays[1].sum() - arrays[2].sum() / arrays[3].sum()
+    ids = [str(c) for c in clusters] if clusters is not None else [str(i) for i in range(len(arrays[0]))]
+    _, inverse = np.unique(np.asarray(ids), return_inverse=True)
+    sums = np.stack([np.bincount(inverse, weights=x) for x in arrays])  # (4, units)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, n_boot, 100):  # chunks keep the (replicates, units) count matrix small
+        counts = _resample_counts(rng, sums.shape[1], min(100, n_boot - start))
+        t = counts @ sums.T  # (replicates, 4)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stats.append(t[:, 0] / t[:, 1] - t[:, 2] / t[:, 3])
+    reps = np.concatenate(stats)
+    reps = reps[np.isfinite(reps)]
+    if not len(reps):
+        return float(diff), None, None
+    p = min(1.0, 2.0 * min(float(np.mean(reps <= 0)), float(np.mean(reps >= 0))))
+    return float(diff), percentile_interval(reps, level), p

@@ -27,6 +27,8 @@ from covar_harness.leaderboard.published import (
     _paper_rows,
     published_records,
 )
+from covar_harness.leaderboard.ranks import CAPTION as RANK_CAPTION
+from covar_harness.leaderboard.ranks import rank_rows
 from covar_harness.results import files as results
 
 REFERENCES = ("paper",)
@@ -350,10 +352,23 @@ def build_tables(records: list[dict], reference: str | None = None, faithfulness
             tables += covar_tables(records, family, reference)
         else:
             tables.append(generic_table(records, family))
+        tables += rank_tables(records, family)
     from covar_harness.faithfulness.leaderboard import faithfulness_tables  # imports this module: on use
     from covar_harness.leaderboard.peer_tables import background_reliance_tables  # imports this module: on use
 
     return tables + background_reliance_tables(records) + cost_tables(records) + faithfulness_tables(list(faithfulness))
+
+
+def rank_tables(records: list[dict], family: str) -> list[Table]:
+    """The family's rank intervals per task (leaderboard/ranks.py), when two or more models have a task."""
+    names = list(dict.fromkeys(r["task"]["name"] for r in records if r["task"]["name"].split("/", 1)[0] == family))
+    order = {s: i for i, s in enumerate(ALL_SUBSETS)}
+    names.sort(key=lambda n: order.get(_subset(n), len(order)))
+    rows = rank_rows(records, family, names)
+    if not rows:
+        return []
+    columns = ["model", *(SUBSET_TITLES.get(_subset(n), _subset(n)) for n in names)]
+    return [Table(f"rank intervals: {family}", columns, rows, caption=RANK_CAPTION)]
 
 
 def cost_tables(records: list[dict]) -> list[Table]:
