@@ -192,11 +192,13 @@ def test_records_serialise_to_the_logged_fields_in_order():
     assert diag.log_fields() == {
         "fg_fraction": 0.2,
         "driver": "bg",
+        "null_fg": None,
         "error_type": "bg",
         "drivers": {"paper": "bg", "area": "fg"},
         "scores": {"paper": 0.2, "area": 0.6},
+        "nulls": {"paper": None, "area": None},
     }
-    assert list(diag.log_fields()) == ["fg_fraction", "driver", "error_type", "drivers", "scores"]
+    assert list(diag.log_fields()) == ["fg_fraction", "driver", "null_fg", "error_type", "drivers", "scores", "nulls"]
 
 
 def test_diagnosis_reads_the_typed_record_and_a_renamed_field_fails_loudly():
