@@ -1,0 +1,318 @@
+"""Rescore (docs/design.md section 6, issue 26): a result's metrics, intervals and diagnosis recomputed from its
+sample log (``--log-samples``) under other settings, with no model loaded and no image read.
+
+The diagnosis has several defensible settings (driver rules, the explained class, null draws, the fine rule,
+bootstrap resamples); trying another one should be arithmetic on the logged samples, not a rerun of the models.
+Everything is recomputed by the functions the run uses (``run.pair.zero_shot_summary``,
+``diagnosis.summary.row_record`` and ``summarise_pair``), so a rescore from settings A into settings B equals a
+fresh run with B, provenance aside (``tests/results/test_rescore.py`` checks it for every rule and both targets).
+
+What a log must hold (sample log version 2, ``config.sample_log_version``): per sample the label, the top-5,
+``source_id`` and ``group`` where the data has them, the attribution records with the other target's values
+(``importance_label`` / ``importance_pred``, ``shapley.values_<target>``, ``counterfactual.*_<target>``), the
+patch-grid mask ``fg`` and, for errors, ``fine_by_rule``. Older logs rescore the zero-shot metrics and say that
+the diagnosis could not be redone. What no log holds (the distractor check's predicted-class masks, a plugin
+step's summary) is left out of the rescored result and named in ``config.rescored.not_rescored``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from covar_harness.catalog.registry import UsageError
+from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVITY, FineRelation, parse_fine_rule
+from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, read_grid
+from covar_harness.diagnosis.summary import row_record, summarise_pair
+from covar_harness.results import files
+from covar_harness.run.pair import zero_shot_summary
+
+TARGETS = ("pred", "label")
+# the diagnosis fields of a sample's log line (DiagnosisRecord.log_fields) and the distractor check's
+DIAGNOSIS_FIELDS = ("fg_fraction", "driver", "null_fg", "error_type", "fine_by_rule", "drivers", "scores", "nulls")
+DISTRACTOR_FIELDS = ("distractor_share", "distractor")
+MAX_LOG_BYTES = 4 * 2**30  # a 50,000-sample log with 196-patch grids is about 0.2 GiB
+
+
+@dataclass(frozen=True)
+class RescoreSettings:
+    """What to change; None keeps the result's own setting."""
+
+    rules: tuple[str, ...] | None = None
+    target: str | None = None
+    fine_rule: str | None = None
+    null_draws: int | None = None
+    bootstrap: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rules or () if r not in RULES]
+        if self.rules is not None and (not self.rules or unknown):
+            raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}; choose from {', '.join(RULES)}")
+        if self.target is not None and self.target not in TARGETS:
+            raise UsageError(f"--cci-target must be one of {', '.join(TARGETS)}")
+        if self.fine_rule is not None:
+            object.__setattr__(self, "fine_rule", parse_fine_rule(self.fine_rule).spec)
+        if self.null_draws is not None and not 0 <= self.null_draws <= 10_000:
+            raise UsageError("--null-draws must be in [0, 10000]")
+        if self.bootstrap is not None and not 1 <= self.bootstrap <= 1_000_000:
+            raise UsageError("--bootstrap must be in [1, 1000000]")
+
+    def asked(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items() if v is not None}
+
+
+class NotClassification(ValueError):
+    """A result file of another kind (faithfulness): not rescored, and not an error in a folder of results."""
+
+
+@dataclass
+class Rescored:
+    result: dict[str, Any]
+    samples: list[dict[str, Any]]
+    not_rescored: list[str]
+
+
+# ---- reading ------------------------------------------------------------------------------------------------------
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """A sample log's rows (one JSON object a line); a one-line ValueError naming ``file:line`` otherwise."""
+    text = files.read_regular(path, MAX_LOG_BYTES).decode("utf-8")
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_constant=files._reject_constant)
+        except ValueError as exc:
+            raise ValueError(f"{path.name}:{n}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict) or not all(k in row for k in ("index", "label", "pred", "top5")):
+            raise ValueError(f"{path.name}:{n}: not a sample record (index, label, pred, top5)")
+        rows.append(row)
+    return rows
+
+
+def load_result(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A classification result and its sample log, checked; ValueError (one line) for anything unusable."""
+    obj = files.load(path)
+    if isinstance(obj, dict) and str(obj.get("schema", "")).startswith("covar-harness/faithfulness"):
+        raise NotClassification("a faithfulness result")
+    errors = files.validate(obj)
+    if errors:
+        raise ValueError(f"not a valid result file: {errors[0]}")
+    if obj["task"].get("kind") == "retrieval":
+        raise ValueError("retrieval results are not rescored (no classifier, no diagnosis)")
+    log = files.samples_path(path)
+    if not log.is_file():
+        raise ValueError(f"no sample log {log.name} beside it: rerun with --log-samples")
+    rows = read_samples(log)
+    if len(rows) != obj["task"]["n_samples"]:
+        raise ValueError(f"{log.name} holds {len(rows)} samples, the result {obj['task']['n_samples']}")
+    return obj, rows
+
+
+# ---- the explained class ----------------------------------------------------------------------------------------
+def retarget(row: dict[str, Any], target: str, logged: str) -> dict[str, Any]:
+    """The row as if ``target`` had been explained: the run scores both targets from the same removal call and logs
+    the other one's importances, Shapley values and region similarities beside (``*_label`` / ``*_pred``); they
+    take the logged target's place. Values that explain only the logged class (``s``, ``drop``, ``v_all``,
+    ``v_empty``) are removed. KeyError when the log does not hold the other target."""
+    if target == logged or "cci" not in row:
+        return row
+    row = dict(row)
+    cci = dict(row["cci"])
+    cci["importance"], cci[f"importance_{logged}"] = cci.pop(f"importance_{target}"), cci["importance"]
+    cci["target"] = row["label"] if target == "label" else row["pred"]
+    for key in ("s", "drop"):
+        cci.pop(key, None)
+    row["cci"] = cci
+    if isinstance(row.get("shapley"), dict):
+        sh = {k: v for k, v in row["shapley"].items() if k not in ("v_all", "v_empty")}
+        sh["values"], sh[f"values_{logged}"] = sh.pop(f"values_{target}"), sh["values"]
+        row["shapley"] = sh
+    if isinstance(row.get("counterfactual"), dict):
+        cf = dict(row["counterfactual"])
+        for key in ("s_fg_only", "s_bg_only", "outcome"):
+            cf[key], cf[f"{key}_{logged}"] = cf.pop(f"{key}_{target}"), cf[key]
+        row["counterfactual"] = cf
+    return row
+
+
+# ---- settings -----------------------------------------------------------------------------------------------------
+def diagnosis_settings(obj: dict[str, Any], asked: RescoreSettings) -> DiagnosisSettings:
+    """The result's own diagnosis settings (``config.run_settings.diagnosis``) with the asked ones in place."""
+    base = obj["config"].get("run_settings", {}).get("diagnosis") or {}
+    fine = base.get("fine_rule")
+    fine = "groups" if fine in (None, LEGACY_DEFAULT_SETTING) else fine
+    return DiagnosisSettings(
+        rules=asked.rules or tuple(base.get("rules") or DiagnosisSettings().rules),
+        threshold=float(base.get("threshold", DiagnosisSettings().threshold)),
+        fine_rule=asked.fine_rule or fine,
+        bootstrap=asked.bootstrap or DiagnosisSettings().bootstrap,
+        seed=int(obj["config"].get("seed", 0)),
+        null_draws=base.get("null_draws", DiagnosisSettings().null_draws)
+        if asked.null_draws is None
+        else asked.null_draws,
+    )
+
+
+def logged_target(obj: dict[str, Any]) -> str | None:
+    attribution = obj["config"].get("attribution")
+    target = attribution.get("target") if isinstance(attribution, dict) else None
+    return target if target in TARGETS else None
+
+
+def fine_records(config: dict[str, Any], chosen: str) -> dict[str, dict[str, Any]]:
+    """{spec: the rule's record} for ``fine_rules.SENSITIVITY`` and ``chosen``, in the run's order, from what the
+    run recorded (``config.diagnosis.fine_rules``); a rule it did not log is a UsageError naming those it did."""
+    logged = config.get("fine_rules")
+    logged = logged if isinstance(logged, dict) else {}
+    specs = list(dict.fromkeys([*SENSITIVITY, chosen]))
+    if chosen not in logged:
+        raise UsageError(
+            f"--fine-rule {chosen}: the run did not log it (logged: {', '.join(logged) or 'none'}); "
+            f"rerun with --fine-rule {chosen}"
+        )
+    return {s: logged[s] for s in specs if s in logged}
+
+
+def logged_relation(spec: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> FineRelation:
+    """The fine rule as the run resolved it, read back from the errors' ``fine_by_rule`` (a rule relates label
+    and prediction only, so the logged pairs are the whole relation on the logged errors)."""
+    pairs = {
+        (int(r["label"]), int(r["pred"])): bool(r["fine_by_rule"].get(spec, False))
+        for r in rows
+        if isinstance(r.get("fine_by_rule"), dict)
+    }
+    return FineRelation(
+        spec,
+        str(record.get("description", "")),
+        bool(record.get("applies")),
+        int(record.get("classes", 0)),
+        int(record.get("unmatched", 0)),
+        lambda a, b: pairs.get((a, b), False),
+    )
+
+
+# ---- rescoring ----------------------------------------------------------------------------------------------------
+def rescore_result(obj: dict[str, Any], rows: list[dict[str, Any]], asked: RescoreSettings) -> Rescored:
+    """The result ``obj`` recomputed from its sample ``rows`` under ``asked`` (module docstring)."""
+    config = json.loads(json.dumps(obj["config"]))  # a deep copy, as it reads back from a file
+    n_boot = asked.bootstrap or DiagnosisSettings().bootstrap
+    zs, _ = zero_shot_summary(
+        [int(r["label"]) for r in rows],
+        [r["top5"] for r in rows],
+        int(obj["task"]["n_classes"]),
+        [r.get("source_id") for r in rows],
+        [r.get("group") for r in rows],
+        int(config.get("seed", 0)),
+        n_boot,
+    )
+    metrics, intervals = dict(zs["metrics"]), dict(zs["intervals"])
+    if "groups" in zs["config"]:
+        config["groups"] = zs["config"]["groups"]
+    rows, why = _rescore_diagnosis(obj, rows, asked, config, metrics, intervals)
+    if "distractors" in config:  # needs the predicted class's masks: not in any log
+        config.pop("distractors")
+        config.get("run_settings", {}).pop("distractors", None)
+        rows = [{k: v for k, v in r.items() if k not in DISTRACTOR_FIELDS} for r in rows]
+    not_rescored = _lost(obj, metrics, why)
+    config["rescored"] = {"asked": asked.asked(), "bootstrap": n_boot, "not_rescored": not_rescored}
+    notes = [*obj.get("notes", []), f"rescored from the sample log ({json.dumps(asked.asked())})"]
+    notes += [f"not rescored: {item}" for item in not_rescored]
+    made = files.provenance("none", files.now())  # who rescored, when: the numbers' own provenance is kept
+    provenance = {
+        **obj["provenance"],
+        "rescored": {k: made[k] for k in ("harness_version", "git_commit", "finished_at")},
+    }
+    result = {**obj, "metrics": metrics, "intervals": intervals, "config": config, "notes": notes}
+    return Rescored({**result, "provenance": provenance}, rows, not_rescored)
+
+
+def _lost(obj: dict[str, Any], metrics: dict[str, Any], why: str | None) -> list[str]:
+    """The result's metrics the rescore could not recompute, each with why. A diagnosis metric that the new
+    settings simply do not define (``bg_er_label`` under a rule that reads no importances) is not lost."""
+    diag = obj["config"].get("diagnosis")
+    rules = diag.get("rules") if isinstance(diag, dict) else None
+    by_rule = diag.get("by_rule") if isinstance(diag, dict) else None
+    head = by_rule.get(rules[0]) if isinstance(by_rule, dict) and isinstance(rules, list) and rules else None
+    diagnosis_keys = set(head) if isinstance(head, dict) else set()
+    lost = []
+    for key in obj["metrics"]:
+        if key in metrics or (key in diagnosis_keys and why is None):
+            continue
+        if key in diagnosis_keys:
+            lost.append(f"{key}: {why}")
+        elif isinstance(obj["config"].get("distractors"), dict):
+            lost.append(f"{key}: the distractor check needs the predicted class's masks, which no log holds")
+        else:
+            lost.append(f"{key}: an analysis step's summary, not recomputable from the sample log")
+    return lost
+
+
+def _rescore_diagnosis(
+    obj: dict[str, Any],
+    rows: list[dict[str, Any]],
+    asked: RescoreSettings,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    intervals: dict[str, Any],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The diagnosis redone into ``config`` / ``metrics`` / ``intervals``; (the new rows, why not when it cannot)."""
+    diag = config.get("diagnosis")
+    changes = asked.rules or asked.fine_rule or asked.target or asked.null_draws is not None
+    if not isinstance(diag, dict) or not isinstance(diag.get("by_rule"), dict):
+        if changes:
+            raise UsageError("the run has no diagnosis to rescore (no attribution with masks, or it was skipped)")
+        return rows, None
+    if int(config.get("sample_log_version", 1)) < files.SAMPLE_LOG_VERSION:
+        why = "the sample log (version 1) lacks the patch-grid masks; rerun with --log-samples to rescore it"
+        config["diagnosis"] = {"status": "not rescored", "reason": why}
+        return [{k: v for k, v in r.items() if k not in DIAGNOSIS_FIELDS} for r in rows], why
+    settings = diagnosis_settings(obj, asked)
+    logged = logged_target(obj)
+    target = asked.target or logged
+    if target != logged and target is not None and logged is not None:
+        try:
+            rows = [retarget(r, target, logged) for r in rows]
+        except KeyError as exc:
+            raise UsageError(
+                f"--cci-target {target}: the sample log holds no {exc.args[0]} (the other target)"
+            ) from None
+        config["attribution"]["target"] = target
+        config.get("run_settings", {}).get("steps", {}).get("attribution", {})["target"] = target
+    fines = fine_records(diag, settings.fine_rule)
+    relation = logged_relation(settings.fine_rule, fines[settings.fine_rule], rows)
+    records = [row_record(r, None if r.get("fg") is None else read_grid(r["fg"]), relation, settings) for r in rows]
+    result = summarise_pair(records, settings, fines, diag.get("segmenter") or {}, target)
+    metrics.update(result.metrics)
+    intervals.update(result.intervals)
+    config["diagnosis"] = result.config
+    run_settings = config.get("run_settings")
+    if isinstance(run_settings, dict) and isinstance(run_settings.get("diagnosis"), dict):
+        old = run_settings["diagnosis"]
+        run_settings["diagnosis"] = {
+            **settings.as_config(),
+            "segmenter": old.get("segmenter"),
+            "segmenter_settings": old.get("segmenter_settings"),
+        }
+    out = []
+    for row, record in zip(rows, records):
+        kept = {k: v for k, v in row.items() if k not in DIAGNOSIS_FIELDS and k != "fg"}
+        out.append({**kept, **record.log_fields()})
+    return out, None
+
+
+def rescore_file(path: Path, asked: RescoreSettings, out_dir: Path | None = None) -> Rescored:
+    """Rescore one result file; with ``out_dir`` write the new result (and its sample log) there, the result
+    file last. Refuses to write over the file it reads."""
+    obj, rows = load_result(Path(path))
+    done = rescore_result(obj, rows, asked)
+    done.result["config"]["rescored"]["from"] = str(path)
+    if out_dir is not None:
+        target = files.result_path(Path(out_dir), obj["model"]["spec"], obj["task"]["name"])
+        if target.resolve() == Path(path).resolve():
+            raise UsageError(f"--out {out_dir} would overwrite the result it rescores; choose another folder")
+        files.write_jsonl(files.samples_path(target), done.samples)
+        files.write_json(target, done.result)
+    return done
