@@ -126,11 +126,11 @@ def compare_diagnosis(
 ) -> list[Comparison]:
     """BG-Er and BG-Er minus its null, each model over its own errors (with a mask) among the paired samples."""
 
-    rules = [(c.get("diagnosis") or {}).get("rules") for c in (config_a, config_b)]
-    if not all(isinstance(r, list) and r for r in rules):
+    heads = [_headline_rule(c) for c in (config_a, config_b)]
+    if heads[0] is None or heads[1] is None:
         return []
-    if rules[0][0] != rules[1][0]:
-        notes.append(f"{task}: BG-Er not compared: headline rules differ ({rules[0][0]} vs {rules[1][0]})")
+    if heads[0] != heads[1]:
+        notes.append(f"{task}: BG-Er not compared: headline rules differ ({heads[0]} vs {heads[1]})")
         return []
     clusters, unit = _units(rows_a)
     out = []
@@ -142,13 +142,18 @@ def compare_diagnosis(
         if any(p is None for p in parts):
             notes.append(f"{task}: {metric} not compared: a sample log lacks the null (sample log version 1)")
             continue
-        (num_a, den_a), (num_b, den_b) = parts  # type: ignore[misc]
+        (num_a, den_a), (num_b, den_b) = parts
         diff, interval, p = paired_ratio_difference(num_a, den_a, num_b, den_b, clusters, n_boot, seed)
         if diff is None:
             continue
         a, b = float(num_a.sum() / den_a.sum()), float(num_b.sum() / den_b.sum())
         out.append(Comparison(task, metric, a, b, diff, interval, p, "paired bootstrap", len(rows_a), unit))
     return out
+
+
+def _headline_rule(config: dict) -> str | None:
+    rules = (config.get("diagnosis") or {}).get("rules")
+    return str(rules[0]) if isinstance(rules, list) and rules else None
 
 
 def _has_null(config: dict) -> bool:
