@@ -18,7 +18,7 @@ step's summary) is left out of the rescored result and named in ``config.rescore
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,20 +140,17 @@ def retarget(row: dict[str, Any], target: str, logged: str) -> dict[str, Any]:
 
 # ---- settings -----------------------------------------------------------------------------------------------------
 def diagnosis_settings(obj: dict[str, Any], asked: RescoreSettings) -> DiagnosisSettings:
-    """The result's own diagnosis settings (``config.run_settings.diagnosis``) with the asked ones in place."""
+    """The result's own diagnosis settings (``config.run_settings.diagnosis``: every ``DiagnosisSettings`` field it
+    records) with the asked ones in place; the seed is the run's."""
     base = obj["config"].get("run_settings", {}).get("diagnosis") or {}
-    fine = base.get("fine_rule")
-    fine = "groups" if fine in (None, LEGACY_DEFAULT_SETTING) else fine
-    return DiagnosisSettings(
-        rules=asked.rules or tuple(base.get("rules") or DiagnosisSettings().rules),
-        threshold=float(base.get("threshold", DiagnosisSettings().threshold)),
-        fine_rule=asked.fine_rule or fine,
-        bootstrap=asked.bootstrap or DiagnosisSettings().bootstrap,
-        seed=int(obj["config"].get("seed", 0)),
-        null_draws=base.get("null_draws", DiagnosisSettings().null_draws)
-        if asked.null_draws is None
-        else asked.null_draws,
-    )
+    known = {f.name for f in fields(DiagnosisSettings)} - {"bootstrap", "seed"}
+    given: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in known}
+    if given.get("fine_rule") == LEGACY_DEFAULT_SETTING:
+        given["fine_rule"] = "groups"
+    asked_now = {"rules": asked.rules, "fine_rule": asked.fine_rule, "null_draws": asked.null_draws}
+    given.update({k: v for k, v in asked_now.items() if v is not None})
+    seed = int(obj["config"].get("seed", 0))
+    return DiagnosisSettings(**given, bootstrap=asked.bootstrap or DiagnosisSettings().bootstrap, seed=seed)
 
 
 def logged_target(obj: dict[str, Any]) -> str | None:
