@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-# The per-sample log's version, recorded as ``config.sample_log_version`` with ``--log-samples``. 2 (issue 26): the
-# diagnosis fields also hold what ``rescore`` needs (``fg``, ``null_fg`` / ``nulls``, ``fine_by_rule``) and the
+# The version of the per-sample log ``--log-samples`` writes, recorded as ``config.sample_log_version``. 2 (issue 26):
+# the diagnosis fields also hold what ``rescore`` needs (``fg``, ``null_fg`` / ``nulls``, ``fine_by_rule``) and the
 # attribution records the other target's Shapley values and region similarities. A log without the key is 1.
 SAMPLE_LOG_VERSION = 2
 

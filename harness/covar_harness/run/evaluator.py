@@ -521,7 +521,7 @@ def _result_object(
             "seed": options.seed,
             "limit": options.limit,
             **record["config"],
-            **({"sample_log_version": results.SAMPLE_LOG_VERSION} if options.log_samples else {}),
+            "sample_log_version": results.SAMPLE_LOG_VERSION,  # of the log written with --log-samples
             "run_settings": options.result_settings(),
         },
         "notes": record["notes"],
