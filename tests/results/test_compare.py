@@ -73,3 +73,6 @@ def test_leaderboard_shows_rank_intervals(demo_results):
     assert "### rank intervals: covar-shapes" in md
     line = next(x for x in md.splitlines() if x.startswith("| demo/shapes-clean") and "[" in x)
     assert "1 [1, 1]" in line  # bg_varied: the clean model is first in every replicate
+    pair = "demo/shapes-clean,demo/shapes-shortcut"
+    md = cli("leaderboard", str(demo_results), "--format", "markdown", "--compare", pair).stdout
+    assert "### demo/shapes-clean (A) vs demo/shapes-shortcut (B), paired" in md and "mcnemar" in md

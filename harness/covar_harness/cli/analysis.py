@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
 from covar_harness.catalog.registry import UsageError
 
@@ -105,15 +106,35 @@ def cmd_compare(args: Namespace) -> int:
         write_stdout(json.dumps({"a": models[0], "b": models[1], "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
         return 0
     from covar_harness.leaderboard.render import render_markdown, render_rich
-    from covar_harness.leaderboard.tables import Table
 
-    table = Table(f"{models[0]} (A) vs {models[1]} (B), paired", COMPARE_COLUMNS, [_cells(r) for r in rows])
-    table.caption = "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap."
+    table = compare_table(models[0], models[1], rows)
     if args.format == "markdown":
         write_stdout(render_markdown([table]))
     else:
         render_rich([table], console())
     return 0
+
+
+def compare_table(a: str, b: str, rows: list) -> Any:
+    """The comparison as a leaderboard table (``compare`` and ``leaderboard --compare A,B``)."""
+    from covar_harness.leaderboard.tables import Table
+
+    caption = "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap; * p < 0.05."
+    return Table(f"{a} (A) vs {b} (B), paired", COMPARE_COLUMNS, [_cells(r) for r in rows], caption=caption)
+
+
+def leaderboard_comparison(folder: Path, spec: str) -> Any:
+    """``leaderboard --compare A,B``: the paired comparison table of the two models in ``folder``."""
+    from covar_harness.common.console import console, markup
+    from covar_harness.results.compare import compare
+
+    models = [m.strip() for m in spec.split(",") if m.strip()]
+    if len(models) != 2:
+        raise UsageError("--compare takes exactly two model specs: A,B")
+    rows, notes = compare(folder, models[0], models[1])
+    for note in notes:
+        console(stderr=True).print(f"[yellow]{markup(note)}[/yellow]")
+    return compare_table(models[0], models[1], rows)
 
 
 COMPARE_COLUMNS = ["task", "metric", "A", "B", "A - B", "95% CI", "p", "test", "n", "unit"]

@@ -34,6 +34,10 @@ def cmd_leaderboard(args: Namespace) -> int:
     if not loaded.records and not loaded.faithfulness:
         err.print(f"[yellow]no valid result files under {markup(args.results_dir)}: published rows only[/yellow]")
     tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
+    if getattr(args, "compare", None):  # the paired test of two models (table and markdown; csv / json: `compare`)
+        from covar_harness.cli.analysis import leaderboard_comparison
+
+        tables.append(leaderboard_comparison(args.results_dir, args.compare))
     try:
         if args.format == "html":  # one self-contained page; file names only: no local paths in it
             from covar_harness.leaderboard.report.html import leaderboard_page

@@ -24,6 +24,12 @@ def add_leaderboard(sub) -> None:
         help="add the published COVAR and CounterAnimals rows, marked as published, in every format "
         "(even without own results of that benchmark)",
     )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="A,B",
+        help="add the paired comparison of two models (as covar-harness compare; table and markdown formats)",
+    )
     p.set_defaults(
         handler="covar_harness.cli.commands_results:cmd_leaderboard"
     )  # html there, every other format in commands_results
