@@ -20,6 +20,7 @@ from covar_harness.catalog.registry import UsageError
 from covar_harness.common.metrics import mcnemar_exact, paired_ratio_difference, source_clusters
 from covar_harness.results import files
 from covar_harness.results.rescore import read_samples
+from covar_harness.results.validation import validate
 
 
 @dataclass
@@ -48,7 +49,7 @@ def find_results(folder: Path, model: str) -> dict[str, Path]:
             obj = files.load(path)
         except (OSError, ValueError):
             continue
-        if isinstance(obj, dict) and not files.validate(obj) and obj["model"]["spec"] == model:
+        if isinstance(obj, dict) and not validate(obj) and obj["model"]["spec"] == model:
             out[obj["task"]["name"]] = path
     return out
 

@@ -27,6 +27,7 @@ from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVI
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, read_grid
 from covar_harness.diagnosis.summary import row_record, summarise_pair
 from covar_harness.results import files
+from covar_harness.results.validation import validate
 from covar_harness.run.pair import zero_shot_summary
 
 TARGETS = ("pred", "label")
@@ -97,7 +98,7 @@ def load_result(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     obj = files.load(path)
     if isinstance(obj, dict) and str(obj.get("schema", "")).startswith("covar-harness/faithfulness"):
         raise NotClassification("a faithfulness result")
-    errors = files.validate(obj)
+    errors = validate(obj)
     if errors:
         raise ValueError(f"not a valid result file: {errors[0]}")
     if obj["task"].get("kind") == "retrieval":

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from covar_harness.results import files as results
 from covar_harness.catalog.registry import UsageError
+from covar_harness.results import files as results
 
 MAX_SAMPLES_BYTES = 512 * 1024 * 1024
 TOLERANCE = 1e-9  # recomputed fractions must match to float precision, not "roughly"
