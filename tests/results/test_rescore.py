@@ -90,12 +90,7 @@ def small_result(openclip_dir, tmp_path):
     data = tmp_path / "data"
     make_covar(data / "covar", subsets=("original",), per_class=3)
     return _run(
-        tmp_path / "run",
-        "--cci-k",
-        "3",
-        models=f"openclip:local-dir:{openclip_dir}",
-        tasks="covar/original",
-        data=data,
+        tmp_path / "run", "--cci-k", "3", models=f"openclip:local-dir:{openclip_dir}", tasks="covar/original", data=data
     )
 
 

@@ -82,3 +82,20 @@ def test_every_result_records_its_phases_and_the_leaderboard_shows_the_cost(open
     assert abs(cost["seconds"] - sum(p["seconds"] for p in phases.values())) < 0.01
     md = cli("leaderboard", str(out), "--format", "markdown").stdout
     assert "### cost per model" in md and "attribution s" in md
+
+
+def test_cost_table_reads_any_cost_a_file_may_hold():
+    from covar_harness.leaderboard.cost_table import cost_rows
+
+    def rec(cost):
+        return {"model": {"spec": "m"}, "task": {"name": "t"}, "provenance": {"cost": cost}}
+
+    hostile = [
+        {"phases": {"load": "x", "data": {"seconds": "1"}, "zero-shot": {"seconds": 2.0}}, "peak_memory_mb": [1]},
+        {"phases": {"attribution": {"seconds": 1e308, "forward_passes_per_image": None}}, "n_images": "many"},
+        {"phases": []},  # not a dict: the record is left out
+        "not a dict",
+    ]
+    (row,) = cost_rows([rec(c) for c in hostile])
+    assert row[0] == "m" and row[2] == 2  # two usable cost records
+    assert cost_rows([rec(None)]) == []

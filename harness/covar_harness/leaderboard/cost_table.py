@@ -28,6 +28,11 @@ def _phase(cost: dict, name: str, key: str = "seconds") -> float:
     return _number(entry.get(key)) if isinstance(entry, dict) else 0.0
 
 
+def _memory(cost: dict) -> dict:
+    memory = cost.get("peak_memory_mb")
+    return memory if isinstance(memory, dict) else {}
+
+
 def _passes(cost: dict) -> float:
     """Image rows forwarded by one pair, over all its phases."""
     per_image = sum(_phase(cost, p, "forward_passes_per_image") for p in cost["phases"])
@@ -51,8 +56,8 @@ def cost_rows(records: list[dict]) -> list[list[Any]]:
         passes = sum(
             _phase(c, p, "forward_passes_per_image") * _number(c.get("n_images")) for c in costs for p in c["phases"]
         )
-        peak = max(_number((c.get("peak_memory_mb") or {}).get("cpu_rss_process")) for c in costs)
-        gpu = [_number((c.get("peak_memory_mb") or {}).get("gpu_allocated")) for c in costs]
+        peak = max(_number(_memory(c).get("cpu_rss_process")) for c in costs)
+        gpu = [_number(_memory(c).get("gpu_allocated")) for c in costs]
         devices = sorted({str(c.get("device")) for c in costs})
         rows.append(
             [
