@@ -205,6 +205,7 @@ def rescore_result(obj: dict[str, Any], rows: list[dict[str, Any]], asked: Resco
         [r.get("group") for r in rows],
         int(config.get("seed", 0)),
         n_boot,
+        _group_weights(config),
     )
     metrics, intervals = dict(zs["metrics"]), dict(zs["intervals"])
     if "groups" in zs["config"]:
@@ -225,6 +226,15 @@ def rescore_result(obj: dict[str, Any], rows: list[dict[str, Any]], asked: Resco
     }
     result = {**obj, "metrics": metrics, "intervals": intervals, "config": config, "notes": notes}
     return Rescored({**result, "provenance": provenance}, rows, not_rescored)
+
+
+def _group_weights(config: dict[str, Any]) -> dict[str, float] | None:
+    """The task's group weights as the run recorded them (``config.groups[g].weight``; Waterbirds' adj_acc_avg)."""
+    groups = config.get("groups")
+    if not isinstance(groups, dict) or not groups:
+        return None
+    weights = {g: e.get("weight") for g, e in groups.items() if isinstance(e, dict)}
+    return {g: float(w) for g, w in weights.items()} if all(files.is_number(w) for w in weights.values()) else None
 
 
 def _lost(obj: dict[str, Any], metrics: dict[str, Any], why: str | None) -> list[str]:
