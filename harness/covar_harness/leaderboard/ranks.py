@@ -24,12 +24,13 @@ CAPTION = (
 def _value_and_sd(rec: dict) -> tuple[float, float] | None:
     metric = rec["task"].get("headline") or "acc1"
     metrics, intervals = rec.get("metrics"), rec.get("intervals")  # read defensively: any file validate accepts
-    value = metrics.get(metric) if isinstance(metrics, dict) else None
+    value: Any = metrics.get(metric) if isinstance(metrics, dict) else None
     if not files.is_number(value):
         return None
-    interval = intervals.get(metric) if isinstance(intervals, dict) else None
-    ok = isinstance(interval, list) and len(interval) == 2 and all(files.is_number(v) for v in interval)
-    return float(value), (float(interval[1]) - float(interval[0])) / 3.92 if ok else 0.0
+    interval: Any = intervals.get(metric) if isinstance(intervals, dict) else None
+    if not (isinstance(interval, list) and len(interval) == 2 and all(files.is_number(v) for v in interval)):
+        return float(value), 0.0
+    return float(value), (float(interval[1]) - float(interval[0])) / 3.92
 
 
 def rank_cells(values: list[tuple[float, float]], seed: int = 0) -> list[str]:

@@ -233,8 +233,10 @@ def _group_weights(config: dict[str, Any]) -> dict[str, float] | None:
     groups = config.get("groups")
     if not isinstance(groups, dict) or not groups:
         return None
-    weights = {g: e.get("weight") for g, e in groups.items() if isinstance(e, dict)}
-    return {g: float(w) for g, w in weights.items()} if all(files.is_number(w) for w in weights.values()) else None
+    weights: dict[str, Any] = {g: e.get("weight") for g, e in groups.items() if isinstance(e, dict)}
+    if not all(files.is_number(w) for w in weights.values()):
+        return None
+    return {g: float(w) for g, w in weights.items()}
 
 
 def _lost(obj: dict[str, Any], metrics: dict[str, Any], why: str | None) -> list[str]:
