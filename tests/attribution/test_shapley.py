@@ -21,6 +21,7 @@ from covar_harness.attribution import (
 )
 from covar_harness.catalog.registry import UsageError
 from covar_harness.models import token_removal as tr
+from covar_harness.pipeline.contract import PairContext
 from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
 from helpers import run_cli_inprocess as cli  # the CLI in this process: same exit codes and output, no start-up
 
@@ -115,8 +116,8 @@ def test_the_cci_record_of_a_shapley_run_is_the_leave_one_out_cci():
     cci_run = attribute(adapter, pixels, emb, TEXT, torch.tensor([0]), [sample_seed(0, "x")], CCISettings(k=4))
     assert torch.equal(shapley_run.assignments, cci_run.assignments)
     torch.testing.assert_close(shapley_run.importance.float(), cci_run.importance.float(), atol=1e-6, rtol=0)
-    assert shapley_run.record(0)["method"] == "cci-shapley"
-    rec = shapley_run.shapley.record(0)
+    assert shapley_run.record(0).method == "cci-shapley"
+    rec = shapley_run.shapley.record(0).to_json()
     assert set(rec) == {"values", "v_all", "v_empty"} and len(rec["values"]) == 4
 
 
@@ -228,14 +229,16 @@ def test_shapley_step_on_a_real_tower_records_and_config(towers):
     W = F.normalize(torch.randn(emb.shape[1], 2, generator=torch.Generator().manual_seed(2)), dim=0)
     samples = SampleSet([Sample(f"{i}.png", 0) for i in range(3)], ["a", "b"], None)
     step = AttributionStep("cci-shapley", k=4)
-    step.start(cls, None, samples)
+    step.start(PairContext(cls, None, samples))
     records = step.process(Batch([0, 1, 2], px, emb, W, emb @ W, torch.tensor([0, 0, 0]), samples))
-    for r in records:
+    rows = [r.to_json() for r in records]
+    for r in rows:
         sh, cci = r["shapley"], r["cci"]
         assert sum(sh["values"]) == pytest.approx(sh["v_all"] - sh["v_empty"], abs=1e-5)
         assert sh["v_all"] == pytest.approx(cci["s"], abs=1e-6)
         assert math.isfinite(sh["v_empty"]) and sh["v_empty"] != 0.0
-    assert len({round(r["shapley"]["v_empty"], 5) for r in records if r["cci"]["target"] == 0}) <= 1
-    config = step.finish(records)["config"]
+    assert len({round(r["shapley"]["v_empty"], 5) for r in rows if r["cci"]["target"] == 0}) <= 1
+    config = step.finish(records).config
+    assert config is not None
     assert config["method"] == "cci-shapley" and config["shapley"]["v_empty"].startswith("prefix-only")
     assert config["shapley"]["coalitions"] == 16

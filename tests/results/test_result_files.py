@@ -9,8 +9,6 @@ import json
 import math
 import os
 import re
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np

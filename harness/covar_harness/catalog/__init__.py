@@ -1,1 +1,1 @@
-"""catalog stage."""
+"""What plugins registered: the hook specs, the plugin manager (entry points, the Catalog) and the name registry."""

@@ -1,1 +1,1 @@
-"""data stage."""
+"""What is evaluated: samples, task configs, dataset formats, shipped resources, pixels, class groups."""

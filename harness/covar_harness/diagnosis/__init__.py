@@ -1,1 +1,1 @@
-"""diagnosis stage."""
+"""Why errors happen: driver rules, fine-grained rules, the diagnosis step and summary, distractors."""

@@ -1,1 +1,1 @@
-"""leaderboard stage."""
+"""Tables from result files, their renderers, published rows, peer tables, exports and the report site."""

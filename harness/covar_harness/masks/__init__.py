@@ -1,1 +1,1 @@
-"""masks stage."""
+"""Foreground masks: segmenters, and masks into the model frame and onto the patch grid."""

@@ -1,1 +1,1 @@
-"""models stage."""
+"""The model adapter contract (BaseAdapter), model specs and arguments, exact token removal."""

@@ -178,8 +178,8 @@ def _git_commit(package_dir: Path | None = None) -> str | None:
     """The commit of the harness's own checkout, or None.
 
     Only when the package folder sits at the top of a git work tree whose root is a covar-harness source tree
-    (``<root>/pyproject.toml`` names ``covar-harness`` and the package is ``<root>/harness/covar_harness``). Why: a harness
-    installed inside someone else's repository (a virtualenv in their project, a vendored copy) would
+    (``<root>/pyproject.toml`` names ``covar-harness`` and the package is ``<root>/harness/covar_harness``).
+    Why: a harness installed inside someone else's repository (a virtualenv in their project, a vendored copy) would
     otherwise record *their* HEAD as the harness commit, which is worse than recording nothing.
     """
     here = (package_dir or PACKAGE_DIR).resolve()

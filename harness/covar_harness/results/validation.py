@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from covar_harness.results.files import SCHEMA_VERSION, _short, is_number
 from covar_harness.data.taskconfig import RETRIEVAL_METRICS, TASK_KIND
+from covar_harness.results.files import SCHEMA_VERSION, _short, is_number
 
 FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "fg_driven_rate", "bg_er", "fine_er", *RETRIEVAL_METRICS)
 
