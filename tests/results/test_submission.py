@@ -307,9 +307,13 @@ def test_init_leaderboard_writes_the_workflow_and_never_overwrites(tmp_path):
     r = cli("init-leaderboard", str(repo), "--harness-spec", "covar-harness @ git+https://example.org/h@v1")
     assert r.returncode == 0, r.stderr
     workflow = yaml.safe_load((repo / ".github/workflows/leaderboard.yml").read_text())
-    steps = workflow["jobs"]["leaderboard"]["steps"]
+    steps = workflow["jobs"]["check"]["steps"] + workflow["jobs"]["leaderboard"]["steps"]
     runs = " ".join(s.get("run", "") for s in steps)
     assert "leaderboard-ci.sh pr" in runs and "leaderboard-ci.sh main" in runs
+    # the pull-request job runs submitted content: read-only; only the jobs on main may write
+    assert workflow["permissions"] == {"contents": "read"} and workflow["jobs"]["check"]["permissions"] == {
+        "contents": "read"
+    }
     assert 'pip install "covar-harness @ git+https://example.org/h@v1"' in runs
     assert (repo / "results").is_dir()
     (repo / "leaderboard-ci.sh").write_text("# mine\n")
@@ -344,3 +348,60 @@ def test_the_ci_script_checks_a_pull_request_and_rebuilds_main(submission, tmp_p
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo/shapes-shortcut" in (repo / "LEADERBOARD.md").read_text()
     assert (repo / "site" / "index.html").is_file()
+
+
+def _board_with(submission: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A leaderboard repository whose main holds one valid submission; a branch ``pr`` is checked out."""
+    repo = tmp_path / "board"
+    assert cli("init-leaderboard", str(repo)).returncode == 0
+    folder = repo / "results" / submission.parent.name
+    folder.mkdir(parents=True)
+    shutil.copy(submission, folder)
+    shutil.copy(results.samples_path(submission), folder)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    git(repo, "checkout", "-q", "-b", "pr")
+    return repo, folder / submission.name
+
+
+@pytest.mark.parametrize("folder", ["モデル", "tab\tand space", "plain"])
+def test_the_pr_check_validates_a_result_under_any_name(submission, tmp_path, folder):
+    """Issue 25 item 3 (audit C9): git quotes non-ASCII paths, so the old check saw no result file and passed."""
+    repo, _ = _board_with(submission, tmp_path)
+    (repo / "results" / folder).mkdir()
+    (repo / "results" / folder / "x.json").write_text('{"schema_version": 1}')
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "pr")
+    r = ci(repo, "pr", "main")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"results/{folder.replace(chr(9), '?')}/x.json" in r.stdout  # listed unquoted, control characters shown as ?
+
+
+def test_the_pr_check_validates_a_change_to_a_samples_log_alone(submission, tmp_path):
+    """Audit C10: a PR that only flips one 'correct' in samples.jsonl; sibling: one that deletes the log."""
+    repo, path = _board_with(submission, tmp_path)
+    log = results.samples_path(path)
+    rows = rows_of(path)
+    rows[0]["correct"] = not rows[0]["correct"]
+    write_rows(path, rows)
+    git(repo, "commit", "-q", "-am", "flip")
+    r = ci(repo, "pr", "main")
+    assert r.returncode == 1 and "disagrees with its pred and label" in r.stdout, r.stdout
+    git(repo, "reset", "-q", "--hard", "main")
+    git(repo, "rm", "-q", str(log))
+    git(repo, "commit", "-q", "-m", "drop the log")
+    r = ci(repo, "pr", "main")
+    assert r.returncode == 1 and "missing (submit with --log-samples)" in r.stdout and log.name in r.stdout
+
+
+def test_the_pr_check_reads_the_fingerprints_from_the_base(submission, tmp_path):
+    """Audit C12: a PR that registers its own data version in fingerprints.json is not trusted."""
+    repo, path = _board_with(submission, tmp_path)
+    mine = "sha256:1234123412341234"
+    edit(path, lambda o: o["task"].update(data_fingerprint=mine))
+    (repo / "fingerprints.json").write_text(json.dumps({TASK: [mine]}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "my own data version")
+    r = ci(repo, "pr", "main")
+    assert r.returncode == 1 and "is not a known version" in r.stdout, r.stdout
