@@ -19,7 +19,6 @@ error types consistently, and the metrics to match, passes. Only re-running the 
 from __future__ import annotations
 
 import hashlib
-import json
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import parse_json
 from covar_harness.results import files as results
 
 MAX_SAMPLES_BYTES = 512 * 1024 * 1024
@@ -303,7 +303,7 @@ def _rows(log: Path) -> Iterable[dict]:
     text = results.read_regular(log, MAX_SAMPLES_BYTES).decode("utf-8")
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
+            row = parse_json(line, f"line {number}", constants=False)
             if not isinstance(row, dict):
                 raise ValueError(f"line {number} is not a JSON object")
             yield row

@@ -11,7 +11,6 @@ checked before use: a stranger's log can hide a sample, never break the page.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import os
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covar_harness.common.safe_files import parse_json
 from covar_harness.leaderboard.report.html import esc, pct
 from covar_harness.results import files as results
 from covar_harness.results import validation
@@ -84,8 +84,8 @@ def read_gallery(path: Path, n: int) -> Gallery:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line, parse_constant=lambda _: None)
-                except (ValueError, RecursionError):
+                    row = parse_json(line, "")
+                except ValueError:
                     g.n_bad += 1
                     continue
                 if not _usable(row):
