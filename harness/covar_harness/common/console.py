@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -34,8 +35,12 @@ def unsafe_text(text: str) -> bool:
 
 
 def unsafe_name(text: str) -> bool:
-    """True when ``text`` cannot be a name: anything ``unsafe_text`` refuses, plus tabs and line breaks."""
-    return _NAME_CONTROL.search(text) is not None
+    """True when ``text`` cannot be a name: anything ``unsafe_text`` refuses, tabs and line breaks, invisible
+    format characters (Unicode category Cf: zero-width space and joiners, LRM / RLM / ALM, word joiner, BOM,
+    soft hyphen, tag characters) and white space at either end: two names that print the same are one name."""
+    if _NAME_CONTROL.search(text) is not None or text != text.strip():
+        return True
+    return any(unicodedata.category(c) == "Cf" for c in text)
 
 
 def one_line(text: Any) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
+from covar_harness.common.console import unsafe_name
 
 # Retrieval tasks (a format registered with task_kind="retrieval"): recall@k, CLIP_benchmark's protocol.
 TASK_KIND = "retrieval"
@@ -165,6 +166,8 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     name = raw["task"]
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise _fail(where, "task", "must be a non-empty name like 'family/name'")
+    if unsafe_name(name):  # a name that prints like another would make two rows look like one
+        raise _fail(where, "task", "must not contain control, bidi or invisible characters (zero-width, LRM, BOM)")
     ds = raw["dataset"]
     if not isinstance(ds, dict) or not isinstance(ds.get("format"), str):
         raise _fail(where, "dataset", "must be a mapping with a 'format' string (imagefolder, hf, covar, ...)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
+from covar_harness.common.console import one_line, unsafe_name
 from covar_harness.models.adapter import missing_members
 from covar_harness.models.args import split_spec
 
@@ -188,6 +189,8 @@ def resolve_models(specs: str | Iterable[str], catalog: Catalog) -> list[ModelRe
         raise UsageError("no models given")
     seen: dict[str, ModelRef] = {}
     for token in tokens:
+        if unsafe_name(token):  # "demo/shapes-clean\u200b" would be a second model that prints like the first
+            raise UsageError(f"model {one_line(token)!r}: control, bidi or invisible characters are not allowed")
         base, args = split_spec(token)
         suffix = "".join(f"@{k}={v}" for k, v in args.items())
         for name in _names(base, catalog):
