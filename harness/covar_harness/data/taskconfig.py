@@ -41,6 +41,13 @@ HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall", "adj_acc_avg", *RET
 TASK_FILE_MAX_BYTES = 1 << 20
 MAX_VALUES = 200_000  # scalars and containers after alias expansion: far above any real task (1000 class names)
 MAX_DEPTH = 32
+# Keys the shipped dataset formats read under ``dataset:``. A key that is none of these but close to one is a typo
+# ("pth", "subsset") and is refused with the match; any other key is a plugin format's own option and passes.
+DATASET_KEYS = (
+    "format", "path", "split", "subset", "name", "revision", "raw_path", "hf_id", "hf_split", "image_key",
+    "label_key", "hf_image_key", "hf_label_key", "hf_group_key", "group", "label_space", "fg_mask", "crop_border",
+    "layout", "karpathy_json", "images_dir", "captions_file", "captions_key", "folder_names", "how_to_get",
+)  # fmt: skip
 GROUP_SPEC_KEYS = ("groups", "rule", "label_space", "source", "max_classes_per_group", "group_names")
 
 
@@ -173,6 +180,10 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
         raise _fail(where, "dataset", "must be a mapping with a 'format' string (imagefolder, hf, covar, ...)")
     if "path" in ds and not isinstance(ds["path"], str):
         raise _fail(where, "dataset.path", "must be a string")
+    for key in ds:
+        close = [] if key in DATASET_KEYS else difflib.get_close_matches(str(key), DATASET_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise _fail(where, f"dataset.{key}", f"unknown key (did you mean {close[0]!r}?)")
     for key in ("classnames", "templates"):
         v = raw.get(key)
         if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
