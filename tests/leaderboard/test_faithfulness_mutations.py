@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 
 from covar_harness.faithfulness.leaderboard import METRICS, SCHEMA
+from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report.html import leaderboard_page
 from covar_harness.results import validation
@@ -74,10 +75,10 @@ def _apply(edits) -> dict:
 
 def _every_format(faithfulness: list[dict]) -> None:
     tables = lb.build_tables([], None, faithfulness)
-    lb.render_rich(tables, Console(file=io.StringIO(), width=120))
-    lb.render_markdown(tables)
-    lb.render_csv([], None, faithfulness)
-    lb.render_json([], tables, None, faithfulness)
+    render.render_rich(tables, Console(file=io.StringIO(), width=120))
+    render.render_markdown(tables)
+    render.render_csv([], None, faithfulness)
+    render.render_json([], tables, None, faithfulness)
     leaderboard_page([], tables)
 
 

@@ -11,6 +11,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from covar_harness.data.subsets import ALL_SUBSETS
+from covar_harness.leaderboard import render as renderers
 from covar_harness.leaderboard import tables as lb
 
 
@@ -39,7 +40,7 @@ def wide_records(model_names: list[str]) -> list[dict]:
 
 def render(records: list[dict], width: int) -> str:
     buf = io.StringIO()
-    lb.render_rich(lb.build_tables(records, None), Console(file=buf, width=width, color_system=None))
+    renderers.render_rich(lb.build_tables(records, None), Console(file=buf, width=width, color_system=None))
     return buf.getvalue()
 
 
