@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.common.safe_files import read_json
 from covar_harness.masks.segmenter import MaskCache, default_mask_cache_dir, grounding_prompt, image_fingerprint
 
 if TYPE_CHECKING:
@@ -326,12 +327,8 @@ def _check_arguments(batch_size: Any, box_threshold: Any, text_threshold: Any, m
 
 def _curated(path: str | Path) -> dict[str, str]:
     """A JSON object class name -> prompt (the ``prompts`` setting), read once, under 1 MiB."""
-    import json
-
-    from covar_harness.common.safe_files import read_text_capped
-
     try:
-        value = json.loads(read_text_capped(Path(path).expanduser(), 1 << 20))
+        value = read_json(Path(path).expanduser(), 1 << 20)
     except (OSError, ValueError) as exc:
         raise ValueError(f"prompts file {str(path)!r}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import difflib
 import io
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import METADATA_MAX_BYTES, open_regular, read_text_capped
+from covar_harness.common.safe_files import METADATA_MAX_BYTES, open_regular, read_json
 from covar_harness.data.samples import DatasetNotFound, Sample, SampleSet, json_object
 from covar_harness.data.subsets import ALL_SUBSETS
 
@@ -39,9 +38,9 @@ class CovarFormatError(UsageError):
 def read_classes(path: Path) -> list[str]:
     """``classes.json``: a JSON list of distinct, non-empty class names (label i = classes[i])."""
     try:
-        classes = json.loads(read_text_capped(path))
+        classes = read_json(path)
     except (OSError, ValueError) as exc:
-        raise CovarFormatError(f"{path}: not readable JSON ({exc})") from exc
+        raise CovarFormatError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise CovarFormatError(f"{path}: must be a non-empty JSON list of class-name strings")
     dupes = sorted({c for c in classes if classes.count(c) > 1})
@@ -66,7 +65,7 @@ def _rel_path(value: Any, key: str, subset: str, where: str, legacy: bool = True
 def build_info(root: Path) -> dict | None:
     """``build.json`` of a ``build-covar`` build, or None (no build, or not readable as a JSON object)."""
     try:
-        info = json.loads(read_text_capped(root / "build.json"))
+        info = read_json(root / "build.json")
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
@@ -78,7 +77,7 @@ def subset_relative(root: Path) -> bool:
     info = build_info(root)
     if info is None:
         try:
-            info = json.loads(read_text_capped(root / ".covar-build", 1 << 16))
+            info = read_json(root / ".covar-build", 1 << 16)
         except (OSError, ValueError):
             return False
     version = info.get("build_version") if isinstance(info, dict) else None

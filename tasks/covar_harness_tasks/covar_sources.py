@@ -8,7 +8,6 @@ See ``build_covar`` for the full description of the inputs.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import read_json
 from covar_harness.results.files import slug
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -101,12 +101,6 @@ def _mask_partner(p: Path) -> Path | None:
     return None
 
 
-def _read_small(path: Path) -> str:
-    from covar_harness.common.safe_files import read_text_capped
-
-    return read_text_capped(path)
-
-
 def _is_mask_file(p: Path) -> bool:
     return p.stem.endswith(MASK_SUFFIXES)
 
@@ -132,7 +126,7 @@ def discover_objects(folder: Path) -> list[ObjectSource]:
 
 def _objects_from_manifest(folder: Path, manifest: Path) -> list[ObjectSource]:
     try:
-        data = json.loads(_read_small(manifest))
+        data = read_json(manifest)
     except (OSError, ValueError) as exc:
         raise BuildError(f"cannot read {manifest}: {exc}") from exc
     if not isinstance(data, dict) or not data:
@@ -164,7 +158,7 @@ def discover_backgrounds(folder: Path, classes: Sequence[str]) -> list[Backgroun
     manifest = folder / "manifest.json"
     if manifest.is_file():
         try:
-            labels = json.loads(_read_small(manifest))
+            labels = read_json(manifest)
         except (OSError, ValueError) as exc:
             raise BuildError(f"cannot read {manifest}: {exc}") from exc
         if not isinstance(labels, dict) or not all(v is None or isinstance(v, str) for v in labels.values()):

@@ -23,12 +23,11 @@ Layout, as ``objectnet-1.0.zip`` unpacks (objectnet.dev)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import read_text_capped
+from covar_harness.common.safe_files import read_json
 from covar_harness.data.samples import IMAGE_EXTENSIONS, DatasetNotFound, Sample, SampleSet
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ def release_root(path: Path) -> Path:
 
 def _mapping(path: Path) -> dict[str, str]:
     try:
-        value = json.loads(read_text_capped(path))
+        value = read_json(path)
     except FileNotFoundError:
         raise DatasetNotFound(f"ObjectNet mapping {path} not found; {WHERE}") from None
     except (OSError, ValueError) as exc:

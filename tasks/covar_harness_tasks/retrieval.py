@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import METADATA_MAX_BYTES, open_regular, read_text_capped
+from covar_harness.common.safe_files import METADATA_MAX_BYTES, JsonFormatError, field, open_regular, read_json
 from covar_harness.data.samples import DatasetNotFound, HFSampleSet, Sample, SampleSet, hf_split, json_object
 
 MAX_CAPTIONS = 1000  # per image: COCO has 5-7; more is a mistake
@@ -116,9 +116,9 @@ def read_captions(path: Path) -> list[Sample]:
 def read_karpathy(path: Path, split: str, images_dir: str) -> list[Sample]:
     """The images of one split of a Karpathy split file (``dataset_coco.json``, ``dataset_flickr30k.json``)."""
     try:
-        data = json.loads(read_text_capped(path, METADATA_MAX_BYTES))
+        data = read_json(path, METADATA_MAX_BYTES)
     except (OSError, ValueError) as exc:
-        raise RetrievalFormatError(f"{path}: not readable JSON ({str(exc).splitlines()[0]})") from exc
+        raise RetrievalFormatError(f"{path}: not readable JSON ({str(exc).splitlines()[0]})") from None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise RetrievalFormatError(f"{path}: expected a JSON object with an 'images' list (a Karpathy split file)")
@@ -132,7 +132,11 @@ def read_karpathy(path: Path, split: str, images_dir: str) -> list[Sample]:
         sentences = item.get("sentences")
         if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
             raise RetrievalFormatError(f"{where}: 'sentences' must be a list of objects with 'raw'")
-        parts = [images_dir, item.get("filepath") or "", _rel_path(item.get("filename"), where, "filename")]
+        try:
+            folder = field(item, "filepath", str, where, required=False) or ""
+        except JsonFormatError as exc:
+            raise RetrievalFormatError(str(exc)) from None
+        parts = [images_dir, folder, _rel_path(item.get("filename"), where, "filename")]
         rel = _rel_path("/".join(p for p in parts if p), where, "filepath")
         samples.append(Sample(rel, 0, {"captions": _captions([s.get("raw") for s in sentences], where)}))
     if not samples:

@@ -20,17 +20,24 @@ stripped, so a blank line inside ``classnames.txt`` is an (empty) class and the 
 numbers. A task takes the root's templates with ``templates: dataset`` and, as CLIP_benchmark does for every
 webdataset, also when it names no ``templates:``; a root without ``zeroshot_classification_templates.txt`` (which
 CLIP_benchmark refuses) then falls back to ``simple``, and the result's notes say so.
+
+Shards are untrusted input, bounded before anything is read: ``tarfile`` reads an extended (pax or GNU long-name)
+header's payload whole, so the shard is read through :class:`_Bounded`, which never hands out more than the bytes
+left in the file (a header claiming 2^62 bytes gets the few that exist, and the shard is counted as unreadable
+from there); a shard holds at most ``MAX_MEMBERS`` members; ``nshards.txt`` is an ASCII decimal no larger than the
+number of ``.tar`` files present.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import open_regular, read_text_capped
@@ -44,7 +51,9 @@ IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order of prefere
 IMAGE_MAX_BYTES = 64 << 20
 CLS_MAX_BYTES = 32
 SHARD_MAX_BYTES = 1 << 40  # a sanity bound on a shard file, not a memory bound: shards are never read whole
-LABEL = re.compile(r"^\s*\d{1,9}\s*$")
+MAX_MEMBERS = 1 << 20  # members per shard (CLIP_benchmark's shards hold a few thousand)
+LABEL = re.compile(r"^\s*[0-9]{1,9}\s*$")  # ASCII digits only: "²" or "٣" is no label
+DECIMAL = re.compile(r"[0-9]{1,9}")
 WHERE = (
     "download a CLIP_benchmark webdataset (e.g. huggingface.co/datasets/clip-benchmark/wds_vtab-cifar10) into the "
     "data dir, or set --data-dir / dataset.path"
@@ -133,11 +142,17 @@ def shard_paths(root: Path, split: str) -> list[Path]:
             f"webdataset split not found: {folder} (expected {folder}/nshards.txt and 0.tar ...; {WHERE})"
         )
     count = _lines(folder / "nshards.txt")
+    found = [p for p in folder.glob("*.tar") if p.is_file()]
     if count is None:
-        found = [p for p in folder.glob("*.tar") if p.is_file()]
-        shards = sorted(found, key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
-    elif len(count) != 1 or not count[0].isdigit():
-        raise UsageError(f"wds: {folder / 'nshards.txt'} must hold one number, the shard count")
+        shards = sorted(found, key=lambda p: (not _decimal(p.stem), int(p.stem) if _decimal(p.stem) else 0, p.name))
+    elif len(count) != 1 or not _decimal(count[0]):
+        raise UsageError(f"wds: {folder / 'nshards.txt'} must hold one number (ASCII digits), the shard count")
+    elif int(count[0]) > len(found):  # checked before any path is built: "9999999999" must not spin
+        first = next(i for i in range(len(found) + 1) if not (folder / f"{i}.tar").is_file())
+        raise DatasetNotFound(
+            f"webdataset shard {folder / f'{first}.tar'} not found: nshards.txt names {int(count[0])} shards, "
+            f"{len(found)} .tar file(s) are there"
+        )
     else:
         shards = [folder / f"{i}.tar" for i in range(int(count[0]))]
         absent = [p for p in shards if not p.is_file()]
@@ -146,6 +161,34 @@ def shard_paths(root: Path, split: str) -> list[Path]:
     if not shards:
         raise DatasetNotFound(f"webdataset split {folder} has no .tar shards; {WHERE}")
     return shards
+
+
+def _decimal(text: str) -> bool:
+    return DECIMAL.fullmatch(text) is not None
+
+
+class _Bounded(io.RawIOBase):
+    """A shard file whose ``read(n)`` never asks for more than the bytes left in it: ``tarfile`` allocates what
+    a header claims, so a forged size becomes a short read (a broken shard), not a 2^62-byte allocation."""
+
+    def __init__(self, fh: IO[bytes], size: int) -> None:
+        self.fh, self.size = fh, size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(self.size - self.fh.tell(), 0)
+        return self.fh.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -171,14 +214,18 @@ def read_shard(path: Path, rel: str) -> list[tuple[str, int | str, Member]]:
     truncated = ""
     with open_regular(path, SHARD_MAX_BYTES) as fh:
         try:
-            with tarfile.open(fileobj=fh, mode="r:") as tar:
-                for info in tar:
+            bounded = _Bounded(fh, os.fstat(fh.fileno()).st_size)
+            with tarfile.open(fileobj=bounded, mode="r:") as tar:
+                for n, info in enumerate(tar):
+                    if n >= MAX_MEMBERS:
+                        raise tarfile.TarError(f"more than {MAX_MEMBERS} members")
                     key, ext = _split_key(info.name)
                     keys.setdefault(key, {})[ext] = info
                     if ext == "cls":
                         labels[key] = _read_label(tar, info)
-        except (tarfile.TarError, EOFError, OSError) as exc:  # one failing entry stands for the unreadable rest
-            truncated = f"{rel} is not a readable tar after {len(keys)} keys ({exc})"
+        # one failing entry stands for the unreadable rest; MemoryError / OverflowError: a forged size field
+        except (tarfile.TarError, EOFError, OSError, ValueError, MemoryError, OverflowError) as exc:
+            truncated = f"{rel} is not a readable tar after {len(keys)} keys ({type(exc).__name__}: {exc})"[:300]
     out = [
         (key, labels.get(key, f"sample {key} has no .cls label"), _image(rel, key, exts)) for key, exts in keys.items()
     ]

@@ -178,3 +178,19 @@ def test_explain_with_mask_prints_fg_fraction_and_driver_per_rule(tmp_path, toy_
     assert "driver: fg" in lines["area"]
     assert "n/a (explain computes no Shapley values)" in lines["shapley"]
     assert "n/a" in lines["counterfactual"]
+
+
+def test_explain_labels_runs_headline_rule_as_the_headline(tmp_path, toy_catalog, capsys):
+    """Issue 25: explain called the `paper` rule "(headline)" while run's headline is `area`."""
+    from covar_harness.diagnosis.rules import DiagnosisSettings
+
+    mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    mask[:32, :32] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert _explain(tmp_path, "--mask", str(tmp_path / "m.png")) == 0
+    rules = [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
+    headline = DiagnosisSettings().rules[0]
+    assert headline == "area" and rules[0].startswith(f"{headline}:") and rules[0].endswith("(headline, as in run)")
+    assert sum("headline" in ln for ln in rules) == 1
+    caption = overlays.caption_lines(overlays.Caption("a", ["a"], rules={"area": (0.9, "fg"), "paper": (0.2, "bg")}))
+    assert any(ln.startswith("area rule") and ln.endswith("(headline)") for ln in caption), caption

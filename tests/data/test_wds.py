@@ -180,3 +180,67 @@ def test_blank_class_lines_are_kept_as_clip_benchmark_keeps_them(tmp_path):
     assert any("1 blank line(s) kept as empty class names" in n for n in found.notes)
     (root / "classnames.txt").write_text("cat\ndog\nfish\n")
     assert load(root).classnames == CLASSES and load(root).notes == []
+
+
+# ---- issue 25 item 4: a hostile shard is bounded before anything is read, and never ends the run ------------------
+def _forged_header(name: str, kind: bytes, size: int) -> bytes:
+    """A 512-byte ustar header block with a base-256 size field (what a 5 KB shard can claim: 2^62 bytes)."""
+    block = bytearray(512)
+    block[0 : len(name)] = name.encode()
+    block[100:108] = b"0000644\0"
+    block[124:136] = b"\x80" + size.to_bytes(11, "big")
+    block[156:157] = kind
+    block[257:263] = b"ustar\0"
+    block[263:265] = b"00"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+@pytest.mark.parametrize("kind", [b"x", b"L"])  # the audit's pax header (E7) and a GNU long name (E8)
+def test_an_extended_header_claiming_2_to_the_62_bytes_is_a_broken_shard(tmp_path, kind):
+    root = make_wds(tmp_path / "wds")
+    shard = root / "test" / "1.tar"
+    body = shard.read_bytes().rstrip(b"\0")
+    body += b"\0" * (-len(body) % 512)
+    shard.write_bytes(body + _forged_header("././@PaxHeader", kind, 2**62) + b"\0" * 1024)
+    found = load(root)  # before: MemoryError, the whole run ended with "internal error"
+    assert "not a readable tar" in found.members[-1].error
+    assert [s.id for s in found.samples[:4]] == [f"test/0.tar/s000000{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize(
+    "count, message",
+    [
+        ("9999999999", "must hold one number"),  # audit E9: 10 digits, over the 9-digit bound
+        ("999999999", "names 999999999 shards, 2 .tar file(s) are there"),  # sibling: in bounds, far too many
+        ("²", "must hold one number (ASCII digits)"),  # audit E10: isdigit() but not int()
+        ("٣", "must hold one number (ASCII digits)"),  # sibling: an Arabic-Indic digit, which int() would take
+    ],
+)
+def test_nshards_is_an_ascii_count_no_larger_than_the_shards_present(tmp_path, count, message):
+    import time
+
+    root = make_wds(tmp_path / "wds")
+    (root / "test" / "nshards.txt").write_text(count + "\n")
+    started = time.monotonic()
+    with pytest.raises((UsageError, DatasetNotFound)) as err:
+        load(root)
+    assert message in str(err.value) and time.monotonic() - started < 5
+
+
+def test_shard_names_with_non_ascii_digits_sort_without_crashing(tmp_path):
+    root = make_wds(tmp_path / "wds")
+    (root / "test" / "nshards.txt").unlink()
+    (root / "test" / "1.tar").rename(root / "test" / "².tar")
+    assert [s.id for s in load(root).samples][-1].startswith("test/².tar/")
+
+
+def test_a_dry_run_with_a_hostile_shard_and_another_task_does_not_die(tmp_path, task_yaml):
+    root = make_wds(tmp_path / "wds")
+    shard = root / "test" / "0.tar"
+    shard.write_bytes(_forged_header("././@PaxHeader", b"x", 2**62) + b"\0" * 1024)
+    wds_yaml = tmp_path / "wds.yaml"
+    wds_yaml.write_text(yaml.safe_dump({"task": "fx/wds", "dataset": {"format": "wds", "path": str(root)}}))
+    r = cli("run", "--models", "demo/shapes-clean", "--tasks", f"{wds_yaml},{task_yaml}", "--dry-run")
+    assert r.returncode == 0 and "internal error" not in r.stderr, r.stderr

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from helpers import make_covar, make_image_folder, write_task_yaml
 from helpers import run_cli_inprocess as cli  # the CLI in this process: same exit codes and output, no start-up
 
@@ -114,3 +116,10 @@ def test_unavailable_segmenter_skips_diagnosis_not_the_pair(openclip_dir, tmp_pa
 def test_bad_driver_rule_is_a_usage_error(task_yaml):
     r = cli("run", "--models", "openclip:ViT-B-32", "--tasks", str(task_yaml), "--driver-rule", "paper,vibes")
     assert r.returncode == 2 and "unknown driver rule vibes" in r.stderr
+
+
+@pytest.mark.parametrize("typo, match", [("aera", "area"), ("papr", "paper"), ("shapely", "shapley")])
+def test_a_mistyped_driver_rule_gets_a_close_match(task_yaml, typo, match):
+    """Issue 25 (new-user friction): `--driver-rule aera` named the choices but not the one meant."""
+    r = cli("run", "--models", "demo/shapes-clean", "--tasks", str(task_yaml), "--driver-rule", typo, "--dry-run")
+    assert r.returncode == 2 and f"unknown driver rule {typo} (did you mean {match!r}?)" in r.stderr, r.stderr

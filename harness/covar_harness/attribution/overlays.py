@@ -43,6 +43,18 @@ CIVIDIS = np.array(
 )  # fmt: skip
 OUTLINE = np.array([0, 230, 255], dtype=np.uint8)  # mask outline: bright cyan, apart from the map and from red
 BOUNDARY = np.array([255, 255, 255], dtype=np.uint8)
+
+
+def hex_colour(rgb: Any) -> str:
+    return "#" + "".join(f"{int(round(float(c))):02x}" for c in rgb)
+
+
+# The one colour language of every view of an importance (overlays, their legend, the report's bars, patch grids
+# and legend swatches, report.css): the ends of the heat map's scale, and the two outlines.
+SUPPORT_HEX = hex_colour(CIVIDIS[-1])  # yellow: removing the cluster lowers the score (it supports the class)
+OPPOSE_HEX = hex_colour(CIVIDIS[0])  # dark blue: removing it raises the score
+OUTLINE_HEX = hex_colour(OUTLINE)  # cyan: the object mask's outline
+BOUNDARY_HEX = hex_colour(BOUNDARY)  # white: cluster boundaries
 MAX_ALPHA = 0.8
 TEXT, MUTED, GOOD, BAD = (0, 0, 0), (90, 90, 90), (0, 120, 40), (200, 0, 0)
 

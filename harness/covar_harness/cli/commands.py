@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from argparse import Namespace
@@ -148,7 +149,9 @@ def _diagnosis_settings(args: Namespace):
     rules = tuple(r.strip() for r in rule_text.split(",") if r.strip())
     unknown = [r for r in rules if r not in RULES]
     if not rules or unknown:
-        raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}; choose from {', '.join(RULES)}")
+        close = difflib.get_close_matches(unknown[0], list(RULES), n=1, cutoff=0.5) if unknown else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown driver rule {', '.join(unknown) or '(none)'}{hint}; choose from {', '.join(RULES)}")
     if not 0.0 <= threshold <= 1.0:
         raise UsageError("--fg-threshold must be in [0, 1]")
     draws = getattr(args, "diagnosis_null_draws", None)

@@ -9,9 +9,11 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console as _console
 from covar_harness.common.console import markup
+from covar_harness.models.specs import registered_target
 
 
 def cmd_leaderboard(args: Namespace) -> int:
@@ -92,7 +94,8 @@ def _strict_checker(args: Namespace):
         return None
     from covar_harness.results.submission import StrictChecker, known_fingerprints
 
-    return StrictChecker(known_fingerprints(args.fingerprints))
+    catalog = load_catalog()  # model names as this install registers them: model.target is checked against it
+    return StrictChecker(known_fingerprints(args.fingerprints), lambda spec: registered_target(spec, catalog))
 
 
 def cmd_validate(args: Namespace) -> int:

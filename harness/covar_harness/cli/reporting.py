@@ -68,8 +68,10 @@ def add_validate(sub) -> None:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="also check what a leaderboard submission must satisfy: provenance, a known data fingerprint, "
-        "samples.jsonl present and adding up to acc1 and BG-Er, no duplicate (model, task)",
+        help="also check what a leaderboard submission must satisfy: provenance, no --limit, a known data "
+        "version whose sample count and (file, label) list samples.jsonl matches, a well-formed log adding up to "
+        "acc1, acc5, mean per-class recall, fg-driven rate and BG-Er, the registry's model.target, no duplicate "
+        "or look-alike (model, task)",
     )
     p.add_argument(
         "--fingerprints",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError
+from covar_harness.common.safe_files import parse_json, read_text_capped
 
 KINDS = ("classnames", "templates", "class_groups", "reference")
 
@@ -64,16 +65,14 @@ def named(kind: str, name: str) -> Any:
 
 
 def _from_file(path: Path) -> Any:
-    from covar_harness.common.safe_files import read_text_capped
-
     try:  # regular files under a size cap only: a FIFO would hang, /dev/zero would never end
         text = read_text_capped(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {str(path)!r}: {exc}") from None
     if path.suffix == ".json":
         try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as exc:
+            return parse_json(text, "")
+        except ValueError as exc:
             raise UsageError(f"{str(path)!r} is not valid JSON: {str(exc)[:200]}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 

@@ -12,7 +12,6 @@ cheaply (checked further against the task), or None; missing data raises :class:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import JsonFormatError, parse_json
 from covar_harness.data.pixels import as_mask, as_rgb, open_image_file
 
 if TYPE_CHECKING:
@@ -405,11 +405,12 @@ def hf_split(ds: dict, columns: Sequence[str]) -> Any:
 
 def json_object(line: str, where: str, required: Sequence[str], error: type[Exception]) -> dict[str, Any]:
     """One JSON-lines record: a JSON object holding ``required`` keys, else ``error`` naming ``where``
-    (file:line). Shared by the line-oriented formats (covar metadata.jsonl, retrieval captions.jsonl)."""
+    (file:line). Shared by the line-oriented formats (covar metadata.jsonl, retrieval captions.jsonl); parsed by
+    the one bounded reader, so a line nested 100,000 deep is a ``file:line`` error, not a crash."""
     try:
-        rec = json.loads(line)
-    except ValueError as exc:
-        raise error(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from exc
+        rec = parse_json(line, where)
+    except JsonFormatError as exc:
+        raise error(str(exc)) from None
     if not isinstance(rec, dict):
         raise error(f"{where}: each line must be a JSON object, got {type(rec).__name__}")
     for key in required:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
+from covar_harness.common.console import unsafe_name
 
 # Retrieval tasks (a format registered with task_kind="retrieval"): recall@k, CLIP_benchmark's protocol.
 TASK_KIND = "retrieval"
@@ -40,6 +41,13 @@ HEADLINE_METRICS = ("acc1", "acc5", "mean_per_class_recall", "adj_acc_avg", *RET
 TASK_FILE_MAX_BYTES = 1 << 20
 MAX_VALUES = 200_000  # scalars and containers after alias expansion: far above any real task (1000 class names)
 MAX_DEPTH = 32
+# Keys the shipped dataset formats read under ``dataset:``. A key that is none of these but close to one is a typo
+# ("pth", "subsset") and is refused with the match; any other key is a plugin format's own option and passes.
+DATASET_KEYS = (
+    "format", "path", "split", "subset", "name", "revision", "raw_path", "hf_id", "hf_split", "image_key",
+    "label_key", "hf_image_key", "hf_label_key", "hf_group_key", "group", "label_space", "fg_mask", "crop_border",
+    "layout", "karpathy_json", "images_dir", "captions_file", "captions_key", "folder_names", "how_to_get",
+)  # fmt: skip
 GROUP_SPEC_KEYS = ("groups", "rule", "label_space", "source", "max_classes_per_group", "group_names")
 
 
@@ -165,11 +173,17 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
     name = raw["task"]
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise _fail(where, "task", "must be a non-empty name like 'family/name'")
+    if unsafe_name(name):  # a name that prints like another would make two rows look like one
+        raise _fail(where, "task", "must not contain control, bidi or invisible characters (zero-width, LRM, BOM)")
     ds = raw["dataset"]
     if not isinstance(ds, dict) or not isinstance(ds.get("format"), str):
         raise _fail(where, "dataset", "must be a mapping with a 'format' string (imagefolder, hf, covar, ...)")
     if "path" in ds and not isinstance(ds["path"], str):
         raise _fail(where, "dataset.path", "must be a string")
+    for key in ds:
+        close = [] if key in DATASET_KEYS else difflib.get_close_matches(str(key), DATASET_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise _fail(where, f"dataset.{key}", f"unknown key (did you mean {close[0]!r}?)")
     for key in ("classnames", "templates"):
         v = raw.get(key)
         if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):

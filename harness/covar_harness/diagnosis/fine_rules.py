@@ -163,10 +163,11 @@ class _WordNetRule(FineRule):
 
     def relation(self, task: TaskConfig | None, classnames: list[str], classifier: Any = None) -> FineRelation:
         by_imagenet = self.imagenet_groups(wordnet_tree())
+        indices = imagenet_indices(classnames)  # once: name matching is the costly part on 100k classes
         groups = {}
-        for i, (name, index) in enumerate(zip(classnames, imagenet_indices(classnames))):
+        for i, (name, index) in enumerate(zip(classnames, indices)):
             groups[i] = f"{UNMATCHED}{i}:{name}" if index is None else by_imagenet[index]  # alone, whatever the name
-        unmatched = sum(1 for index in imagenet_indices(classnames) if index is None)
+        unmatched = sum(1 for index in indices if index is None)
         note = f"; {unmatched} of {len(classnames)} classes matched no ImageNet class (never fine-grained)"
         return _partition(self.spec, self.describe() + (note if unmatched else ""), groups, unmatched, len(classnames))
 
@@ -224,16 +225,47 @@ class TextNeighboursRule(FineRule):
         return FineRelation(self.spec, description, n > 1, n, 0, lambda a, b: b in neighbours[a])
 
 
-def nearest_classes(classifier: Any, k: int) -> list[frozenset[int]]:
-    """Per class, its ``k`` nearest other classes by cosine of the (D, C) class embeddings; ties by index."""
-    import numpy as np
+class NearestClasses:
+    """Per class, its ``k`` nearest other classes by cosine of the (D, C) class embeddings; ties by index.
 
-    w = np.asarray(classifier.detach().cpu().double() if hasattr(classifier, "detach") else classifier, float)
-    w = w / np.clip(np.linalg.norm(w, axis=0, keepdims=True), 1e-12, None)
-    sims = w.T @ w
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, : min(k, len(sims) - 1)]
-    return [frozenset(int(j) for j in row) for row in order]
+    Computed per label when first asked and kept: memory is the (D, C) embeddings plus ``k`` indices per label
+    asked, never a C x C matrix (100,000 classes would need 75 GiB for it), and only the labels of errors are
+    ever asked. ``neighbours[a]`` is the frozenset of ``a``'s neighbours."""
+
+    def __init__(self, classifier: Any, k: int) -> None:
+        import numpy as np
+
+        w = np.asarray(classifier.detach().cpu().double() if hasattr(classifier, "detach") else classifier, float)
+        self.w = w / np.clip(np.linalg.norm(w, axis=0, keepdims=True), 1e-12, None)
+        self.k = max(0, min(k, self.w.shape[1] - 1))
+        self._found: dict[int, frozenset[int]] = {}
+
+    def __len__(self) -> int:
+        return int(self.w.shape[1])
+
+    def __getitem__(self, label: int) -> frozenset[int]:
+        found = self._found.get(label)
+        if found is None:
+            found = self._found[label] = self._nearest(label)
+        return found
+
+    def _nearest(self, label: int) -> frozenset[int]:
+        """The ``k`` largest cosines but the label's own (a stable sort's first ``k``, in O(C) memory and time)."""
+        import numpy as np
+
+        if self.k == 0:
+            return frozenset()
+        sims = self.w.T @ self.w[:, label]
+        sims[label] = -np.inf
+        kth = np.partition(sims, len(sims) - self.k)[len(sims) - self.k]  # the k-th largest value
+        above = np.flatnonzero(sims > kth)
+        ties = np.flatnonzero(sims == kth)[: self.k - len(above)]  # equal cosines: the lowest indices, as a stable sort
+        return frozenset(int(j) for j in (*above, *ties))
+
+
+def nearest_classes(classifier: Any, k: int) -> NearestClasses:
+    """Per class, its ``k`` nearest other classes by cosine of the class embeddings (lazily, see the class)."""
+    return NearestClasses(classifier, k)
 
 
 # ---- the WordNet tree ---------------------------------------------------------------------------------------------

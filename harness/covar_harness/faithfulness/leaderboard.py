@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.common.console import unsafe_name, unsafe_text
 from covar_harness.results.files import _short, is_number
 
 if TYPE_CHECKING:
@@ -69,12 +70,28 @@ def validate(obj: dict[str, Any]) -> list[str]:
     for key in ("settings", "curves"):
         if not isinstance(obj.get(key), dict):
             errors.append(f"{key}: missing or not an object")
+    errors += _settings_problems(obj.get("settings"))
     metrics = obj.get("metrics")
     if not isinstance(metrics, dict):
         return [*errors, "metrics: missing or not an object"]
     for name in METRICS:
         errors += _metric_problems(name, metrics.get(name), obj.get(name))
     return errors
+
+
+def _settings_problems(settings: Any) -> list[str]:
+    """The table compares, hashes and prints settings: each one a name mapped to a scalar (text, a finite number,
+    true / false or null), never a list or an object."""
+    if not isinstance(settings, dict):
+        return []
+    for key, value in settings.items():
+        if not isinstance(key, str) or not key.strip() or unsafe_name(key):
+            return [f"settings: name {_short(key)} must be a one-line name"]
+        if isinstance(value, str) and unsafe_text(value):
+            return [f"settings.{key}: must be one line of text"]
+        if not (value is None or isinstance(value, (str, bool)) or is_number(value)):
+            return [f"settings.{key}: must be text, a finite number, true/false or null, got {_short(value)}"]
+    return []
 
 
 def _metric_problems(name: str, entry: Any, headline: Any) -> list[str]:

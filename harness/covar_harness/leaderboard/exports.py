@@ -198,15 +198,22 @@ def check_push(repo: str, documents: dict[str, dict]) -> Any:
 def push_hf(hub: Any, repo: str, model_dir: Path, model_index: list) -> str:
     """Open pull requests on ``repo``: the ``.eval_results/`` files, then the ``model-index`` merged into the card
     (``huggingface_hub.metadata_update``, never overwriting a result already there). Returns the first's URL."""
-    api = hub.HfApi()
-    commit = api.upload_folder(
-        repo_id=repo,
-        folder_path=str(model_dir / ".eval_results"),
-        path_in_repo=".eval_results",
-        commit_message="Add covar-harness evaluation results",
-        create_pr=True,
-    )
-    hub.metadata_update(repo, {"model-index": model_index}, overwrite=False, create_pr=True)
+    try:
+        api = hub.HfApi()
+        commit = api.upload_folder(
+            repo_id=repo,
+            folder_path=str(model_dir / ".eval_results"),
+            path_in_repo=".eval_results",
+            commit_message="Add covar-harness evaluation results",
+            create_pr=True,
+        )
+        hub.metadata_update(repo, {"model-index": model_index}, overwrite=False, create_pr=True)
+    except Exception as exc:  # noqa: BLE001 - offline, auth and Hub errors come in many types: one line each
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(
+            f"--push {one_line(repo)}: the Hub could not be reached or refused the upload ({type(exc).__name__}: "
+            f"{one_line(why)}); the files are written under {one_line(model_dir)}, push again when online"
+        ) from None
     return str(getattr(commit, "pr_url", None) or commit)
 
 

@@ -60,6 +60,7 @@ def render_rich(tables: list[Table], console) -> None:
             right=range(1, len(columns)),
             row_styles={i: "dim italic" for i in t.published},
             caption=t.caption,
+            fit=True,  # folded (first column repeated) or long format: never wider than the terminal
         )
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
+from covar_harness.common.console import one_line, unsafe_name
 from covar_harness.models.adapter import missing_members
+from covar_harness.models.args import split_spec
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
@@ -169,15 +171,26 @@ def _target(spec: str, catalog: Catalog, depth: int = 0) -> tuple[str, str]:
     return spec, "plugin"
 
 
+def registered_target(spec: str, catalog: Catalog) -> str | None:
+    """What a result's ``model.spec`` stands for here (its ``model.target`` as a run would record it), without
+    loading anything; None when this catalog does not know the name (a plugin not installed here)."""
+    try:
+        base, _args = split_spec(spec)
+        scheme, _ = scheme_of(base, catalog)
+        return base if scheme else (_target(base, catalog)[0] if base in catalog.models else None)
+    except UsageError:
+        return None
+
+
 def resolve_models(specs: str | Iterable[str], catalog: Catalog) -> list[ModelRef]:
     """Expand ``--models``: comma-separated specs, names, globs over names, groups (tags, ``all``)."""
-    from covar_harness.models.args import split_spec
-
     tokens = [t.strip() for t in (specs.split(",") if isinstance(specs, str) else specs) if t.strip()]
     if not tokens:
         raise UsageError("no models given")
     seen: dict[str, ModelRef] = {}
     for token in tokens:
+        if unsafe_name(token):  # "demo/shapes-clean\u200b" would be a second model that prints like the first
+            raise UsageError(f"model {one_line(token)!r}: control, bidi or invisible characters are not allowed")
         base, args = split_spec(token)
         suffix = "".join(f"@{k}={v}" for k, v in args.items())
         for name in _names(base, catalog):

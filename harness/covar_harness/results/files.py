@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from covar_harness.common.safe_files import parse_json
+
 SCHEMA_VERSION = 1
 # The version of the per-sample log ``--log-samples`` writes, recorded as ``config.sample_log_version``. 2 (issue 26):
 # the diagnosis fields also hold what ``rescore`` needs (``fg``, ``null_fg`` / ``nulls``, ``fine_by_rule``) and the
@@ -287,23 +289,6 @@ def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, st
     return files, problems
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _depth(obj: Any) -> int:
-    """Nesting depth, iteratively (a recursive walk could itself overflow the stack)."""
-    if not isinstance(obj, (dict, list)):
-        return 0
-    deepest, stack = 1, [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
-
-
 def load(path: Path, max_bytes: int | None = None, max_depth: int | None = None) -> Any:
     """A result file's JSON, read safely: regular files only, at most ``max_bytes`` (default
     ``MAX_RESULT_BYTES``), nested at most ``max_depth`` levels (default ``MAX_DEPTH``), no NaN / Infinity
@@ -311,13 +296,7 @@ def load(path: Path, max_bytes: int | None = None, max_depth: int | None = None)
     max_bytes = MAX_RESULT_BYTES if max_bytes is None else max_bytes
     max_depth = MAX_DEPTH if max_depth is None else max_depth
     text = read_regular(Path(path), max_bytes).decode("utf-8")
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
-    if _depth(obj) > max_depth:
-        raise ValueError(f"JSON nested deeper than {max_depth} levels")
-    return obj
+    return parse_json(text, "", max_depth, constants=False)  # the one bounded JSON reader (common.safe_files)
 
 
 # ---- values ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import parse_json
 from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVITY, FineRelation, parse_fine_rule
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, read_grid
 from covar_harness.diagnosis.summary import row_record, summarise_pair
@@ -83,10 +84,7 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line, parse_constant=files._reject_constant)
-        except ValueError as exc:
-            raise ValueError(f"{path.name}:{n}: not valid JSON ({exc})") from None
+        row = parse_json(line, f"{path.name}:{n}", constants=False)  # one-line ValueError, nesting bounded
         if not isinstance(row, dict) or not all(k in row for k in ("index", "label", "pred", "top5")):
             raise ValueError(f"{path.name}:{n}: not a sample record (index, label, pred, top5)")
         rows.append(row)

@@ -126,7 +126,9 @@ def _text_problem(value: str, *, name: bool) -> str | None:
     if name and len(value) > MAX_NAME:
         return f"must be at most {MAX_NAME} characters, has {len(value)}"
     if (unsafe_name if name else unsafe_text)(value):
-        return "must not contain control, bidi or surrogate characters" + (" or line breaks" if name else "")
+        if name:
+            return "must not contain control, bidi, invisible or surrogate characters, line breaks or end spaces"
+        return "must not contain control, bidi or surrogate characters"
     return None
 
 

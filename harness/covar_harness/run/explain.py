@@ -128,12 +128,14 @@ NOT_COMPUTED = {"shapley": "explain computes no Shapley values", "counterfactual
 
 def rule_drivers(result: Any, fg: Any) -> dict[str, tuple[float | None, str | None]]:
     """{rule: (fg score, driver)} for every registered driver rule (default threshold, no null draws), from the
-    attribution ``result`` (a batch of one) and the (N,) foreground fraction per patch."""
+    attribution ``result`` (a batch of one) and the (N,) foreground fraction per patch. ``run``'s default rules
+    come first, in its order, so the first (labelled the headline) is ``run``'s headline rule."""
     import numpy as np
 
     from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, Evidence, diagnose_sample
 
-    settings = DiagnosisSettings(rules=tuple(RULES), null_draws=0)
+    order = (*DiagnosisSettings().rules, *(name for name in RULES if name not in DiagnosisSettings().rules))
+    settings = DiagnosisSettings(rules=order, null_draws=0)
     evidence = Evidence.of(result.sample_record(0, 0))
     outcome = diagnose_sample(0, 0, 0, evidence, np.asarray(fg, dtype=np.float64).reshape(-1), None, settings)
     return {name: (o.score, o.driver) for name, o in outcome.outcomes.items()}
@@ -148,12 +150,13 @@ def _print_prediction(console: Any, top: list[tuple[str, float]], drivers: dict 
     if drivers is None:
         return
     console.print(f"fg fraction and driver under each rule (fg at or above {DiagnosisSettings().threshold}):")
-    for name, (score, driver) in drivers.items():
+    for i, (name, (score, driver)) in enumerate(drivers.items()):
+        tail = "   (headline, as in run)" if i == 0 else ""  # rule_drivers puts run's headline rule first
         if score is None:
             why = NOT_COMPUTED.get(name, "undetermined")
-            console.print(f"  {markup(name)}: n/a ({why})")
+            console.print(f"  {markup(name)}: n/a ({why}){tail}")
         else:
-            console.print(f"  {markup(name)}: fg fraction {score:.3f}   driver: {driver}")
+            console.print(f"  {markup(name)}: fg fraction {score:.3f}   driver: {driver}{tail}")
 
 
 def cmd_explain(args: Namespace) -> int:

@@ -11,7 +11,6 @@ checked before use: a stranger's log can hide a sample, never break the page.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import os
 import shutil
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covar_harness.attribution.overlays import OPPOSE_HEX, SUPPORT_HEX
+from covar_harness.common.safe_files import parse_json
 from covar_harness.leaderboard.report.html import esc, pct
 from covar_harness.results import files as results
 from covar_harness.results import validation
@@ -30,7 +31,7 @@ MAX_MAP_BYTES = 32 << 20
 MAX_CLUSTERS = 64
 MAX_PATCHES = 4096
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-POSITIVE, NEGATIVE = "#e61e1e", "#1e5ae6"
+POSITIVE, NEGATIVE = SUPPORT_HEX, OPPOSE_HEX  # the overlays' colours: one language across the report
 
 
 @dataclass
@@ -84,8 +85,8 @@ def read_gallery(path: Path, n: int) -> Gallery:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line, parse_constant=lambda _: None)
-                except (ValueError, RecursionError):
+                    row = parse_json(line, "")
+                except ValueError:
                     g.n_bad += 1
                     continue
                 if not _usable(row):
@@ -188,8 +189,8 @@ def cluster_values(row: dict) -> tuple[list[float], list[int]] | None:
 
 
 def importance_bars(values: list[float], assign: list[int]) -> str:
-    """One horizontal bar per cluster (red: removing it lowers the score, blue: raises it), with the value and
-    the cluster's patch count."""
+    """One horizontal bar per cluster (yellow: removing it lowers the score, dark blue: raises it, as in the
+    overlay), with the value and the cluster's patch count."""
     peak = max((abs(v) for v in values), default=0.0) or 1.0
     row_h, left, width = 16, 92, 150
     parts = []
@@ -281,12 +282,12 @@ def card(row: dict, names: list[str] | None, image: str | None) -> str:
 
 
 _SWATCHES = (
-    '<span><span class="swatch sw-pos"></span>removing the cluster lowers the score (it supports the '
-    'decision)</span><span><span class="swatch sw-neg"></span>removing it raises the score</span>'
+    '<span><span class="swatch sw-pos"></span>yellow: removing the cluster lowers the score (it supports the '
+    'decision)</span><span><span class="swatch sw-neg"></span>dark blue: removing it raises the score</span>'
 )
 OVERLAY_LEGEND = (
-    '<div class="legend">' + _SWATCHES + '<span><span class="swatch sw-bound"></span>cluster boundaries '
-    '(overlay, left panel)</span><span><span class="swatch sw-mask"></span>object mask outline (overlay, '
+    '<div class="legend">' + _SWATCHES + '<span><span class="swatch sw-bound"></span>white: cluster boundaries '
+    '(overlay, left panel)</span><span><span class="swatch sw-mask"></span>cyan: object mask outline (overlay, '
     "right panel)</span><span>opacity: |importance| relative to the largest in the image; bars: "
     "importance per cluster (patches in it)</span></div>"
 )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import one_line
+from covar_harness.common.safe_files import read_json
 from covar_harness.leaderboard import generated_folders, render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report import gallery as gal
@@ -334,12 +335,8 @@ def _pair_page(site: Path, pair: Pair, maps: Path | None, n: int, names: ClassNa
 
 def _covar_classes(path: Path) -> list[str] | None:
     """A COVAR copy's ``classes.json`` when it is a list of names (the report only labels; the reader validates)."""
-    import json
-
-    from covar_harness.common.safe_files import read_text_capped
-
     try:
-        classes = json.loads(read_text_capped(path))
+        classes = read_json(path)
     except (OSError, ValueError):
         return None
     return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
