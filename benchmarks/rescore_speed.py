@@ -25,8 +25,8 @@ sys.path[:0] = [str(ROOT / p) for p in ("harness", "plugins", "tasks")]
 def timed_rescore(paths: list[Path], asked) -> dict[str, float]:
     """Seconds spent reading the logs, in the zero-shot part, in the whole rescore, and writing the results."""
     from covar_harness.results import files
-    from covar_harness.results.rescore import load_result, rescore_result
     from covar_harness.run.pair import zero_shot_summary
+    from covar_harness.run.rescore import load_result, rescore_result
 
     out = {"read": 0.0, "zero-shot": 0.0, "rescore": 0.0, "write": 0.0, "rows": 0, "cpu": 0.0}
     cpu = time.process_time()
@@ -92,7 +92,7 @@ def report(name: str, t: dict[str, float]) -> None:
 
 
 def main() -> int:
-    from covar_harness.results.rescore import RescoreSettings
+    from covar_harness.run.rescore import RescoreSettings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, required=True)

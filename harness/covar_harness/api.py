@@ -100,7 +100,7 @@ def rescore(
     its rescored log). Written under ``out`` when given. A result that cannot be rescored raises ValueError
     naming it; bad settings raise UsageError."""
     from covar_harness.results import files
-    from covar_harness.results.rescore import NotClassification, RescoreSettings, rescore_file
+    from covar_harness.run.rescore import NotClassification, RescoreSettings, rescore_file
 
     rules = driver_rule.split(",") if isinstance(driver_rule, str) else driver_rule
     asked = RescoreSettings(

@@ -37,7 +37,7 @@ def add_rescore(sub) -> None:
 def cmd_rescore(args: Namespace) -> int:
     from covar_harness.common.console import console, markup, one_line
     from covar_harness.results import files
-    from covar_harness.results.rescore import NotClassification, RescoreSettings, rescore_file
+    from covar_harness.run.rescore import NotClassification, RescoreSettings, rescore_file
 
     rules = None if args.driver_rule is None else tuple(r.strip() for r in args.driver_rule.split(",") if r.strip())
     asked = RescoreSettings(rules, args.cci_target, args.fine_rule, args.null_draws, args.bootstrap)
@@ -88,7 +88,7 @@ def cmd_compare(args: Namespace) -> int:
     from dataclasses import asdict
 
     from covar_harness.common.console import console, markup, write_stdout
-    from covar_harness.results.compare import compare
+    from covar_harness.leaderboard.compare import compare
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if len(models) != 2:
@@ -126,7 +126,7 @@ def compare_table(a: str, b: str, rows: list) -> Any:
 def leaderboard_comparison(folder: Path, spec: str) -> Any:
     """``leaderboard --compare A,B``: the paired comparison table of the two models in ``folder``."""
     from covar_harness.common.console import console, markup
-    from covar_harness.results.compare import compare
+    from covar_harness.leaderboard.compare import compare
 
     models = [m.strip() for m in spec.split(",") if m.strip()]
     if len(models) != 2:

@@ -1,2 +1,2 @@
-"""Result files: paths, atomic writes and provenance (files), the schema check (validation), strict submission
-checks (submission), rescoring from sample logs (rescore) and paired comparisons (compare)."""
+"""Result files: paths, atomic writes and provenance (files), the schema check (validation) and the strict
+submission checks (submission)."""

@@ -19,8 +19,8 @@ from typing import Any
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.metrics import mcnemar_exact, paired_ratio_difference, source_clusters
 from covar_harness.results import files
-from covar_harness.results.rescore import read_samples
 from covar_harness.results.validation import validate
+from covar_harness.run.rescore import read_samples
 
 
 @dataclass
