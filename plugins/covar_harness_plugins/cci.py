@@ -12,6 +12,9 @@ discovery, ``--help`` and ``ls`` stay light.
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
 from covar_harness.attribution import CCI, CCIShapley, RandomBaseline  # no torch at import
 from covar_harness.attribution.chefer import Chefer
 from covar_harness.attribution.grad_eclip import GradECLIP
@@ -20,6 +23,7 @@ from covar_harness.attribution.occlusion import Occlusion
 from covar_harness.attribution.rise import RISE
 from covar_harness.attribution.rollout import Rollout
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.concepts.banks import TextBank, read_vocabulary
 
 
 @hookimpl
@@ -33,3 +37,24 @@ def register_attributors(register):
     Rollout.register_with(register)
     Chefer.register_with(register)
     GradECLIP.register_with(register)
+
+
+VOCABULARY = "visual-concepts"
+
+
+def visual_concepts():
+    """The shipped general visual-concept vocabulary (resources/concepts/visual-concepts.txt; its sources are
+    named in the file): a text bank, encoded by each model's text encoder with the task's templates."""
+    path = resources.files("covar_harness") / "resources" / "concepts" / f"{VOCABULARY}.txt"
+    concepts, source = read_vocabulary(Path(str(path)))
+    return TextBank(VOCABULARY, concepts=concepts, source=source)
+
+
+@hookimpl
+def register_concept_banks(register):
+    register(
+        VOCABULARY,
+        visual_concepts,
+        description="173 visual concepts (text): DTD textures, MINC materials, scenes, weather, watermark/text, "
+        "COCO objects",
+    )

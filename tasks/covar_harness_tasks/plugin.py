@@ -104,3 +104,20 @@ def register_dataset_formats(register):
     for name, (module, loader, preflight, description) in FORMATS.items():
         extra = {"task_kind": TASK_KINDS[name]} if name in TASK_KINDS else {}
         register(name, _on_use(module, loader), preflight=_on_use(module, preflight), description=description, **extra)
+
+
+def _covar_shapes_backgrounds(data_dir=None):
+    """The ``covar-shapes-backgrounds`` image bank (``covar_shapes_bank``), imported on first use."""
+    from covar_harness_tasks.covar_shapes_bank import covar_shapes_backgrounds
+
+    return covar_shapes_backgrounds(data_dir)
+
+
+@hookimpl
+def register_concept_banks(register):
+    register(
+        "covar-shapes-backgrounds",
+        _covar_shapes_backgrounds,
+        description="COVAR-Shapes' 10 background families rendered alone (images; generated on first use into "
+        "<data-dir>/concept-banks)",
+    )

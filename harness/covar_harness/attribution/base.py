@@ -81,6 +81,12 @@ class Attributor:
         must not be used). Both None when :meth:`patterns` gave none."""
         raise NotImplementedError
 
+    def leave_one_out(self, batch: ClusterBatch, without: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, K, D) the normalised embeddings with each cluster removed on its own, read from ``without`` (the
+        embeddings of :meth:`patterns`), or None when the method removes no cluster on its own. Later steps (concept
+        naming, docs/design.md section 11) name each cluster from them without another model call."""
+        return None
+
     def config(self, adapter: Any, settings: CCISettings) -> dict[str, Any]:
         """Method-specific entries of the result's ``config.attribution`` (how a convention was resolved)."""
         return {}

@@ -33,6 +33,9 @@ class CCI(Attributor):
         s, drop, importance = cci_from_embeddings(batch.emb, batch.text, without.to(batch.emb.device), batch.valid)
         return Scores(importance, drop, s)
 
+    def leave_one_out(self, batch: ClusterBatch, without: torch.Tensor | None) -> torch.Tensor | None:
+        return without  # the patterns are the leave-one-cluster-out ones
+
 
 def cci_from_embeddings(emb, text, without, valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, drop, importance) from the normalised embeddings without each cluster (B, K, D)."""

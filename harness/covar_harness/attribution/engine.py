@@ -54,6 +54,11 @@ class Attribution:
     patch_map: torch.Tensor | None = None  # (B, N) per-patch importance of a patch-level method (occlusion)
     shapley_alt: ShapleyValues | None = None  # the other target's Shapley values (cci-shapley), same call
     regions_alt: RegionTest | None = None  # the region test scored for the other target, same call
+    # the normalised image embeddings every removal is relative to (B, D) and those with each cluster removed on
+    # its own (B, K, D), on the model's device, when the method removes clusters one at a time (CCI, cluster
+    # Shapley): what concept naming reads (``Attributor.leave_one_out``); None otherwise
+    emb: torch.Tensor | None = None
+    without: torch.Tensor | None = None
 
     def patch_importance(self) -> torch.Tensor:
         """(B, N): each patch's cluster importance (docs/design.md section 7.4), or the method's own per-patch
@@ -93,6 +98,25 @@ class Attribution:
             if other is not None:
                 regions = replace(regions, alt=self.alt, alt_fields=(other.s_fg_only, other.s_bg_only, other.outcome))
         return AttributionRecord(index, self.record(b), shapley, regions)
+
+
+@dataclass
+class LeaveOneOut:
+    """What attribution leaves on a batch for later steps (``Batch.carry``): for the attributed samples
+    ``indices`` (positions in the SampleSet, in row order), the normalised embeddings ``emb`` (R, D), those with
+    each cluster removed ``without`` (R, K, D) and which clusters were removed ``valid`` (R, K)."""
+
+    indices: list[int]
+    emb: torch.Tensor
+    without: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def of(cls, result: Attribution, indices: list[int]) -> LeaveOneOut | None:
+        """The batch's leave-one-out embeddings from an attribution result, None when it has none."""
+        if result.emb is None or result.without is None:
+            return None
+        return cls(indices, result.emb, result.without, result.valid)
 
 
 def cluster_patterns(assignments: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +225,7 @@ def attribute(
     regions, regions_alt = _regions(without, ran, n, batch, classifier, target, masked, alt)
     s = batch.s if scores.s is None else scores.s
     scores_alt = None if alt is None else _alt_scores(strategy, batch, alt, ours)
+    without_k = strategy.leave_one_out(batch, ours[0])
     return Attribution(
         kind.name,
         settings.k,
@@ -217,6 +242,8 @@ def attribute(
         None if scores.patch is None else scores.patch.cpu(),
         None if scores_alt is None else scores_alt.shapley,
         regions_alt,
+        None if without_k is None else batch.emb,
+        without_k,
     )
 
 

@@ -50,6 +50,13 @@ class CCIShapley(Attributor):
         _, drop, importance = relative_importance(s, s_k, batch.valid)
         return Scores(importance, drop, shapley=shapley)
 
+    def leave_one_out(self, batch: ClusterBatch, without: torch.Tensor | None) -> torch.Tensor | None:
+        """The coalitions that keep every cluster but one (an empty cluster's coalition equals the full one)."""
+        if without is None:
+            return None
+        full = 2**batch.k - 1
+        return without[:, [full ^ (1 << j) for j in range(batch.k)]]
+
     def config(self, adapter: Any, settings: CCISettings) -> dict[str, Any]:
         return {
             "shapley": {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import Attributor, find_attributor
-from covar_harness.attribution.engine import attribute, check_model, reference_from_removal, sample_seed
+from covar_harness.attribution.engine import LeaveOneOut, attribute, check_model, reference_from_removal, sample_seed
 from covar_harness.attribution.maps import MapWriter
 from covar_harness.attribution.records import AttributionRecord, short
 from covar_harness.attribution.regions import OUTCOMES
@@ -59,6 +59,12 @@ class AttributionStep(Step):
     def token_layer(self) -> int | str | None:
         """The block whose tokens k-means clusters: the batch loop then takes them from its own forward."""
         return self.settings.layer if self.active else None
+
+    @property
+    def carries_leave_one_out(self) -> bool:
+        """Whether each batch gets the embeddings with each cluster removed (``LeaveOneOut``), for concept naming:
+        methods that remove clusters one at a time (``Attributor.leave_one_out`` overridden)."""
+        return self.attributor.leave_one_out is not Attributor.leave_one_out
 
     @property
     def save_maps(self) -> Path | None:
@@ -139,6 +145,9 @@ class AttributionStep(Step):
         )
         if self.maps is not None:
             self.maps.write(batch, rows, result)
+        removal = LeaveOneOut.of(result, [batch.indices[r] for r in rows])
+        if removal is not None:  # for concept naming, read from this batch only (never logged or kept)
+            batch.carry(removal)
         return [result.sample_record(batch.indices[r], j) for j, r in enumerate(rows)]
 
     def _segmenter_failed(self) -> bool:

@@ -52,6 +52,16 @@ def register_segmenters(register):
 
 
 @hookspec
+def register_concept_banks(register):
+    """Register concept banks that ``--concepts NAME`` names CCI's regions against (docs/design.md section 11).
+
+    ``register(name, factory, *, description="")``; ``factory(**settings)`` returns a
+    ``covar_harness.concepts.ConceptBank`` (it receives ``data_dir`` when it accepts it). Building the bank must be
+    cheap (no image read, nothing generated): the CLI resolves it before any model loads.
+    """
+
+
+@hookspec
 def register_model_schemes(register):
     """Register a model spec scheme, the part before the first colon of ``openclip:ARCH/TAG``.
 

@@ -42,6 +42,7 @@ class Catalog:
     tasks: Any = None  # covar_harness.data.taskconfig.TaskIndex
     attributors: Registry[Any] = field(default_factory=lambda: Registry("attributor"))
     segmenters: Registry[Any] = field(default_factory=lambda: Registry("segmenter"))
+    concepts: Registry[Any] = field(default_factory=lambda: Registry("concept bank"))
     schemes: Registry[Any] = field(default_factory=lambda: Registry("model scheme"))
     formats: Registry[Any] = field(default_factory=lambda: Registry("dataset format"))
     plugins: list[PluginInfo] = field(default_factory=list)
@@ -182,6 +183,7 @@ def load_catalog(
     call("register_models", _registrar(cat.models, plugin_of))
     call("register_attributors", _registrar(cat.attributors, plugin_of))
     call("register_segmenters", _registrar(cat.segmenters, plugin_of))
+    call("register_concept_banks", _registrar(cat.concepts, plugin_of))
     call("register_tasks", lambda source: cat.tasks.add_source(source, plugin=plugin_of()))
     for path in include_paths:
         cat.tasks.add_source(Path(path), plugin="--include-path")

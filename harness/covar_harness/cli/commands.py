@@ -69,6 +69,7 @@ def prepare_run(args: Namespace) -> PreparedRun:
         checkpoint_every=getattr(args, "checkpoint_every", 0),
         dist_timeout=getattr(args, "dist_timeout", 3600.0),
         model_args=parse_model_args(getattr(args, "model_args", None)),
+        concepts=_concept_step(args, catalog),
     )
     plan = plan_run(models, tasks, catalog, options, check_only_plan=args.dry_run)
     if getattr(args, "save_maps", None) and not args.dry_run:
@@ -135,6 +136,24 @@ def _distractor_settings(args: Namespace):
     from covar_harness.diagnosis.distractors import DistractorSettings
 
     return DistractorSettings(**from_args(DistractorSettings, args, "distractors_"))
+
+
+def _concept_step(args: Namespace, catalog):
+    """``--concepts BANK`` / ``--concepts-top``: the naming step with its bank resolved (cheap: names and folders
+    only), so an unknown bank or an unreadable bank file exits 2 before any model loads; None when off."""
+    from covar_harness.common.flags import from_args
+    from covar_harness.concepts.banks import resolve_bank
+    from covar_harness.concepts.naming import ConceptStep
+    from covar_harness.concepts.settings import ConceptSettings
+
+    settings = ConceptSettings(**from_args(ConceptSettings, args, "concepts_"))
+    if not settings.enabled:
+        return None
+    if getattr(args, "attribution", "auto") == "none":
+        raise UsageError(
+            "--concepts names the regions attribution finds; it needs --attribution cci, cci-shapley or auto"
+        )
+    return ConceptStep(settings, resolve_bank(str(settings.bank), catalog, args.data_dir))
 
 
 def _diagnosis_settings(args: Namespace):

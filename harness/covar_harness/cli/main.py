@@ -20,6 +20,7 @@ from covar_harness.cli.analysis import add_compare, add_rescore
 from covar_harness.cli.reporting import add_export, add_init_leaderboard, add_leaderboard, add_report, add_validate
 from covar_harness.cli.tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags, rise_flags
 from covar_harness.common.flags import cli_flags
+from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.diagnosis.distractors import DistractorSettings
 from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.models.specs import PRECISIONS
@@ -125,11 +126,16 @@ def _add_run_analysis(p) -> None:
         dg.add_argument(flag, **options)
     for flag, options in cli_flags(DistractorSettings, prefix="distractors_"):  # defaults: DistractorSettings
         dg.add_argument(flag, **options)
+    cn = p.add_argument_group("concept naming (docs/design.md section 11; after the diagnosis)")
+    for flag, options in cli_flags(ConceptSettings, prefix="concepts_"):  # defaults: ConceptSettings
+        cn.add_argument(flag, **options)
 
 
 def _add_ls(sub) -> None:
-    p = sub.add_parser("ls", help="list registered models, tasks, attributors, segmenters, formats or schemes")
-    p.add_argument("what", choices=["models", "tasks", "attributors", "segmenters", "formats", "schemes"])
+    p = sub.add_parser(
+        "ls", help="list registered models, tasks, attributors, segmenters, formats, schemes or concept banks"
+    )
+    p.add_argument("what", choices=["models", "tasks", "attributors", "segmenters", "formats", "schemes", "concepts"])
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
     p.add_argument("--data-dir", default=None, type=Path, help="dataset root for the tasks' data column")
     p.set_defaults(handler="covar_harness.cli.commands:cmd_ls")

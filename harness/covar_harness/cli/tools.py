@@ -32,6 +32,13 @@ def add_explain(sub) -> None:
         p.add_argument(flag, **options)
     p.add_argument("--seed", type=int, default=CCI_DEFAULTS.seed)
     p.add_argument("--templates", default="simple", help="named template set or file (default: simple)")
+    p.add_argument(
+        "--concepts",
+        default=None,
+        metavar="BANK",
+        help="name each cluster against a concept bank: text:FILE, images:DIR or a registered bank "
+        "(covar-harness ls concepts); text banks use --templates",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")

@@ -13,6 +13,7 @@ from typing import Any
 
 from covar_harness.common.console import one_line
 from covar_harness.data.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
+from covar_harness.leaderboard import concepts
 from covar_harness.leaderboard.cost_table import TITLE as COST_TITLE
 from covar_harness.leaderboard.cost_table import cost_columns, cost_rows
 from covar_harness.leaderboard.published import (
@@ -356,7 +357,8 @@ def build_tables(records: list[dict], reference: str | None = None, faithfulness
     from covar_harness.faithfulness.leaderboard import faithfulness_tables  # imports this module: on use
     from covar_harness.leaderboard.peer_tables import background_reliance_tables  # imports this module: on use
 
-    return tables + background_reliance_tables(records) + cost_tables(records) + faithfulness_tables(list(faithfulness))
+    rest = [*background_reliance_tables(records), *concept_tables(records), *cost_tables(records)]
+    return tables + rest + faithfulness_tables(list(faithfulness))
 
 
 def rank_tables(records: list[dict], family: str) -> list[Table]:
@@ -369,6 +371,12 @@ def rank_tables(records: list[dict], family: str) -> list[Table]:
         return []
     columns = ["model", *(SUBSET_TITLES.get(_subset(n), _subset(n)) for n in names)]
     return [Table(f"rank intervals: {family}", columns, rows, caption=RANK_CAPTION)]
+
+
+def concept_tables(records: list[dict]) -> list[Table]:
+    """ "What drives background errors" (leaderboard/concepts.py), when some result was made with --concepts."""
+    rows = concepts.concept_rows(records)
+    return [Table(concepts.TITLE, list(concepts.COLUMNS), rows, caption=concepts.CAPTION)] if rows else []
 
 
 def cost_tables(records: list[dict]) -> list[Table]:

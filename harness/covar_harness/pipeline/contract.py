@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from covar_harness.run.progress import Reporter
 
 R = TypeVar("R", bound="SampleRecord")
+T = TypeVar("T")
 
 
 # ---- records ----------------------------------------------------------------------------------------------------
@@ -126,6 +127,9 @@ class Batch:
     top: np.ndarray | None = None  # (B, k) zero-shot top-k class indices, best first (the logged top5)
     upstream: dict[int, list[SampleRecord]] = field(default_factory=dict)  # index -> earlier steps' records
     tokens: torch.Tensor | None = None  # (B, N, C) patch tokens at ``Pipeline.token_layer()``, from the same forward
+    # objects a step leaves for later steps of the same batch (tensors, e.g. attribution's leave-one-out embeddings
+    # that concept naming reads): never logged, never kept past the batch, so records stay small and picklable
+    transient: list[Any] = field(default_factory=list)
 
     def pred(self, row: int) -> int:
         """The zero-shot prediction of batch row ``row``: the logged ``pred``."""
@@ -150,6 +154,14 @@ class Batch:
     def record(self, index: int, kind: type[R]) -> R | None:
         """The record of type ``kind`` an earlier step made for sample ``index`` in this batch, if any."""
         return next((r for r in self.upstream.get(index, ()) if isinstance(r, kind)), None)
+
+    def carry(self, item: Any) -> None:
+        """Leave ``item`` for the later steps of this batch (read back by type with :meth:`carried`)."""
+        self.transient.append(item)
+
+    def carried(self, kind: type[T]) -> T | None:
+        """The object of type ``kind`` an earlier step left on this batch (:meth:`carry`), if any."""
+        return next((x for x in self.transient if isinstance(x, kind)), None)
 
     def add(self, records: Sequence[SampleRecord]) -> None:
         for r in records:

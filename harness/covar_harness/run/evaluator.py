@@ -94,6 +94,7 @@ class RunOptions:
     distractors: Any = None  # covar_harness.diagnosis.distractors.DistractorSettings; None or not enabled: no check
     batch_size_auto: dict | None = None  # how ``--batch-size auto`` was resolved for the model (batch_size.py)
     model_args: dict = field(default_factory=dict)  # --model-args (model_args.py); per model: merged with SPEC@...
+    concepts: Any = None  # a covar_harness.concepts.ConceptStep (--concepts): names the regions, last; None: off
 
     @property
     def rows_per_batch(self) -> int:
@@ -118,6 +119,8 @@ class RunOptions:
             settings["model_args"] = dict(self.model_args)
         if self._distractors_on():  # recorded only when on: results written before the check existed still resume
             settings["distractors"] = self.distractors.as_config()
+        if self.concepts is not None:  # recorded only when on: results written before naming existed still resume
+            settings["concepts"] = self.concepts.run_settings()
         return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
 
     def for_model(self, ref: Any) -> RunOptions:
@@ -156,6 +159,8 @@ class RunOptions:
             from covar_harness.diagnosis.distractors import DistractorStep
 
             after.append(DistractorStep(self.distractors))
+        if self.concepts is not None:  # reads attribution's and the diagnosis's records of the same batch
+            after.append(self.concepts)
         return [*self.steps, *after]
 
     def _distractors_on(self) -> bool:

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import markup
+from covar_harness.concepts.banks import resolve_bank
+from covar_harness.concepts.naming import model_temperature, name_batch
+from covar_harness.run.text_cache import default_text_cache, store_for
 
 if TYPE_CHECKING:
     from covar_harness.attribution import CCISettings
@@ -142,7 +146,6 @@ def rule_drivers(result: Any, fg: Any) -> dict[str, tuple[float | None, str | No
 
 
 def _print_prediction(console: Any, top: list[tuple[str, float]], drivers: dict | None) -> None:
-    from covar_harness.common.console import markup
     from covar_harness.diagnosis.rules import DiagnosisSettings
 
     console.print(f"prediction: [bold]{markup(top[0][0])}[/bold]")
@@ -162,7 +165,6 @@ def _print_prediction(console: Any, top: list[tuple[str, float]], drivers: dict 
 def cmd_explain(args: Namespace) -> int:
     from covar_harness.attribution import CCISettings, check_k
     from covar_harness.common.console import console as make_console
-    from covar_harness.common.console import markup
     from covar_harness.data.resources import load_list
 
     classes = parse_classes(args.classes)
@@ -171,18 +173,20 @@ def cmd_explain(args: Namespace) -> int:
     image = _load_image(args.image)
     mask_image = _load_mask(args.mask) if args.mask is not None else None
     templates = list(load_list("templates", args.templates, Path.cwd()))
+    bank = resolve_bank(args.concepts) if getattr(args, "concepts", None) else None  # before the model loads
     adapter = _load_adapter(args, settings)
     out = explain_image(
         adapter, image, classes, templates=templates, target=args.target, settings=settings, sample_id=args.image.name
     )
     result, grid = out["result"], tuple(adapter.patch_grid)
+    named = None if bank is None else cluster_names(adapter, result, bank, templates, args.model, args.precision)
     console = make_console()
     console.print(
         f"model: {markup(adapter.name)}   image: {markup(args.image)}   "
         f"predicted: [bold]{markup(classes[out['pred']])}[/bold]   "
         f"explained: [bold]{markup(classes[out['target']])}[/bold]   s = {float(result.s[0]):.4f}"
     )
-    _print_clusters(console, result, args.k, args.layer, grid)
+    _print_clusters(console, result, args.k, args.layer, grid, named)
     top = top_classes(out["scores"], classes)
     size_hw = tuple(out["pixels"].shape[-2:])
     drivers = None
@@ -197,14 +201,35 @@ def cmd_explain(args: Namespace) -> int:
     return 0
 
 
-def _print_clusters(console: Any, result: Any, k: int, layer: int, grid: tuple) -> None:
+def cluster_names(
+    adapter: Any, result: Any, bank: Any, templates: list[str], spec: str, precision: str = "fp32"
+) -> list[list[tuple[str, float]]]:
+    """Per cluster of the explained image, its top concepts (concept, score) from the bank (docs/design.md section
+    11), read off the removal embeddings CCI computed; the bank is cached by model fingerprint like a run's."""
+    store = store_for(spec, adapter, default_text_cache(None), precision)
+    embeddings = bank.embed(adapter, templates, store)
+    temperature, _ = model_temperature(adapter)
+    named = name_batch(
+        result.emb, result.without, result.valid, embeddings, bank.concepts, 3, temperature, [[]], [[]], [None]
+    )
+    return named[0][0]
+
+
+def _print_clusters(
+    console: Any, result: Any, k: int, layer: int, grid: tuple, named: list[list[tuple[str, float]]] | None = None
+) -> None:
     from rich.table import Table
 
     table = Table(title=f"CCI clusters (K={k}, layer {layer}, {grid[0]}x{grid[1]} patches)", title_justify="left")
     for col in ("cluster", "#patches", "importance", "drop"):
         table.add_column(col, justify="right")
+    if named is not None:
+        table.add_column("concept (score)", justify="left")
     for c, n, imp, drop in cluster_rows(result):
-        table.add_row(str(c), str(n), f"{imp:+.4f}", f"{drop:+.5f}")
+        cells = [str(c), str(n), f"{imp:+.4f}", f"{drop:+.5f}"]
+        if named is not None:
+            cells.append(", ".join(f"{markup(name)} ({score:+.3f})" for name, score in named[c]) or "-")
+        table.add_row(*cells)
     console.print(table)
 
 

@@ -214,6 +214,10 @@ def rescore_result(obj: dict[str, Any], rows: list[dict[str, Any]], asked: Resco
         config.get("run_settings", {}).pop("distractors", None)
         rows = [{k: v for k, v in r.items() if k not in DISTRACTOR_FIELDS} for r in rows]
     not_rescored = _lost(obj, metrics, why)
+    if "concepts" in config:  # its background errors follow the diagnosis: a stale summary must not stay behind
+        config.pop("concepts")
+        config.get("run_settings", {}).pop("concepts", None)
+        not_rescored.append("concepts: the concept summary (--concepts) is not recomputed from the log; rerun")
     config["rescored"] = {"asked": asked.asked(), "bootstrap": n_boot, "not_rescored": not_rescored}
     notes = [*obj.get("notes", []), f"rescored from the sample log ({json.dumps(asked.asked())})"]
     notes += [f"not rescored: {item}" for item in not_rescored]

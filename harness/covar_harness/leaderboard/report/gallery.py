@@ -174,6 +174,11 @@ def _class(value: Any, names: list[str] | None) -> str:
     return f"class {idx}"
 
 
+def class_label(value: Any, names: list[str] | None) -> str:
+    """A class index as its escaped name and index (``class N`` without names): for other report sections."""
+    return _class(value, names)
+
+
 def cluster_values(row: dict) -> tuple[list[float], list[int]] | None:
     """(importance per cluster, cluster id per patch) when the log has a usable ``cci`` record."""
     cci = row.get("cci")

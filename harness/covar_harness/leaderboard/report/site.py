@@ -31,6 +31,7 @@ from covar_harness.common.safe_files import read_json
 from covar_harness.leaderboard import generated_folders, render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report import gallery as gal
+from covar_harness.leaderboard.report.concepts import concepts_section
 from covar_harness.leaderboard.report.html import ASSETS, asset_text, esc, page, render_tables, skipped_list
 from covar_harness.results import files as results
 from covar_harness.results import validation
@@ -324,6 +325,7 @@ def _pair_page(site: Path, pair: Pair, maps: Path | None, n: int, names: ClassNa
     body = (
         f'<nav class="toc"><a href="../../index.html">&larr; leaderboard</a></nav><main>'
         f'<h2>Metrics</h2>{gal.metrics_table(rec)}<h2>Provenance</h2><dl class="kv">{dl}</dl>{notes_html}'
+        f"{concepts_section(rec, g.bg_errors, class_names, images)}"
         f"<h2>Gallery</h2>{gal.gallery_html(g, class_names, images, maps is not None)}</main>"
     )
     page_path.write_text(
