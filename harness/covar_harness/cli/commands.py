@@ -200,7 +200,7 @@ def _print_plan(out, plan, models, tasks) -> int:
             p.ref.target if p.ref.target != p.ref.spec else "",
             p.cfg.task,
             str(p.path),
-            status[p.status] + (f" ({p.reason})" if p.status == "noted" else ""),
+            status[p.status] + (f" ({p.reason})" if p.status != "skipped" and p.reason else ""),
         ]
         for p in plan
     ]

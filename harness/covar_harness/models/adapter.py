@@ -303,3 +303,17 @@ def check_shape(obj: Any, method: str, value: Any, expected: tuple[int | None, .
     got = tuple(int(x) for x in shape)
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
         raise AdapterContractError(f"adapter {adapter_name(obj)!r}: {method} returned shape {got}, expected {want}")
+
+
+def check_finite(obj: Any, method: str, values: Any, name: Callable[[int], str], what: str = "row") -> None:
+    """Raise :class:`AdapterContractError` when a model output holds NaN or infinity, naming the output and the
+    first ``what`` (``name(row)``) it hit. Why: a NaN embedding scores as some class (``topk`` of NaN picks one),
+    so a broken model would be reported as a plausible accuracy; the pair fails with one line instead."""
+    finite = values.detach().isfinite().reshape(len(values), -1).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten().tolist()
+    raise AdapterContractError(
+        f"adapter {adapter_name(obj)!r}: {method} returned NaN or inf for {len(bad)} of {len(values)} {what}(s), "
+        f"first {name(bad[0])!r}; the pair is not scored"
+    )

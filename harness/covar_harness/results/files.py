@@ -30,6 +30,8 @@ SCHEMA_VERSION = 1
 SAMPLE_LOG_VERSION = 2
 
 
+SLUG_HASH = 16  # hex digits of SHA-256 in a hashed slug: 64 bits, no collision found by a birthday search
+LEGACY_SLUG_HASH = 8  # what harnesses before 0.2 wrote (32 bits: a collision takes 2 s to find)
 SLUG_MAX = 200  # bytes (slugs are ASCII); leaves room for ".samples.jsonl" and the temp-file affixes under 255
 _SAFE_PART = re.compile(r"[A-Za-z0-9.=-](?:[A-Za-z0-9._=-]*[A-Za-z0-9=-])?")  # one "/"-separated part kept as is
 _HASHED_TAIL = re.compile(r"-[0-9a-f]{8}$")
@@ -49,13 +51,14 @@ def _kept_as_is(text: str) -> bool:
     )
 
 
-def slug(text: str, *, hashed: bool = True) -> str:
+def slug(text: str, *, hashed: bool = True, digits: int = SLUG_HASH) -> str:
     """Filesystem-safe, readable, stable and injective: distinct names never share a result file.
 
     Safe names keep today's form (``demo/shapes-clean`` -> ``demo__shapes-clean``); anything else (``:``, spaces,
     non-ASCII, a leading dot, a reserved device name, over ``SLUG_MAX`` bytes) becomes its readable ASCII part
-    plus ``-`` and 8 hex digits of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
-    ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path.
+    plus ``-`` and 16 hex digits (64 bits) of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
+    ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path. ``digits=8``
+    gives the shorter form earlier harnesses wrote (``legacy_result_path``).
 
     ``hashed=False`` is the short form ``build-covar`` names objects, backgrounds and class folders with: each run
     of characters outside ``[A-Za-z0-9_.-]`` becomes ``-`` (``ice bear`` -> ``ice-bear``), no hash. It is not
@@ -68,9 +71,9 @@ def slug(text: str, *, hashed: bool = True) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
     if _kept_as_is(text):
         return text.replace("/", "__")
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
     readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("/", "__")).strip("_.")
-    readable = readable[: SLUG_MAX - 10].rstrip("_.") or "unnamed"
+    readable = readable[: SLUG_MAX - digits - 2].rstrip("_.") or "unnamed"
     out = f"{readable}-{digest}"
     return "_" + out if _RESERVED.fullmatch(out) else out  # "nul.txt-1a2b3c4d" is still the device NUL on Windows
 
@@ -81,6 +84,14 @@ def result_path(output_dir: Path, model_spec: str, task_name: str) -> Path:
     if any(sep in folder + name for sep in ("/", "\\", "\0")) or {folder, name} & {"", ".", ".."}:
         raise ValueError(f"unsafe result path for {model_spec!r} x {task_name!r}")  # slug guarantees it; belt, braces
     return Path(output_dir) / folder / f"{name}.json"
+
+
+def legacy_result_path(output_dir: Path, model_spec: str, task_name: str) -> Path | None:
+    """Where a harness before 0.2 put the pair's result (8-hex-digit slugs), or None when that is the same path:
+    the run plan still finds such a file (and compares its model and task names before reusing it)."""
+    folder, name = slug(model_spec, digits=LEGACY_SLUG_HASH), slug(task_name, digits=LEGACY_SLUG_HASH)
+    path = Path(output_dir) / folder / f"{name}.json"
+    return None if path == result_path(output_dir, model_spec, task_name) else path
 
 
 def samples_path(result_file: Path) -> Path:

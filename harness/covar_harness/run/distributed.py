@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import open_regular
 from covar_harness.run.text_cache import ClassifierCache
 
 if TYPE_CHECKING:
@@ -304,11 +305,11 @@ def _mismatch(path: Path, header: dict[str, Any]) -> str:
     (``model_fingerprint``: other weights, or weights summed on another kind of device; ``classifier_sha256``:
     class embeddings built apart, e.g. with ``--text-cache none``)."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # a FIFO in its place must not hang rank 0
             found = json.loads(fh.readline(1 << 20))
     except FileNotFoundError:
         return "is missing"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return f"is unreadable ({type(exc).__name__})"
     keys = sorted(k for k in header if not isinstance(found, dict) or found.get(k) != header[k])
     return f"differs from rank 0 in {', '.join(keys)}" if keys else "holds a damaged or foreign chunk"

@@ -11,6 +11,7 @@ inside the one pass over the images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ from covar_harness.run.pair import (
     _zero_shot_record,
     label_embeddings,
 )
-from covar_harness.run.partfiles import part_path
+from covar_harness.run.partfiles import pair_lock, part_path
 from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.progress import LineReporter, Reporter
 from covar_harness.run.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
@@ -206,6 +207,23 @@ def task_templates(cfg: TaskConfig, samples: SampleSet | None = None) -> list[st
     return list(load_list("templates", wanted, base))
 
 
+def task_digest(cfg: TaskConfig, classnames: list[str], templates: list[str]) -> str:
+    """What of a task, besides its samples (``data_fingerprint``), changes a number: its resolved class names and
+    templates, class groups, ``diagnose`` and the dataset settings other than where the data lies. Recorded as
+    ``config.task_digest`` and compared before an existing result is reused, so an edited task YAML (same name
+    and version) is never taken for the same settings."""
+    dataset = {k: v for k, v in cfg.dataset.items() if not str(k).endswith(("path", "dir"))}
+    what = {
+        "classnames": list(classnames),
+        "templates": list(templates),
+        "class_groups": cfg.class_groups,
+        "diagnose": cfg.diagnose,
+        "dataset": dataset,
+    }
+    text = json.dumps(what, sort_keys=True, ensure_ascii=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet:
     """A seeded random subset (kept in dataset order), so ``--limit`` covers every class, reproducibly."""
     if not limit or limit >= len(samples):
@@ -305,7 +323,13 @@ def evaluate_task(
             record["config"][done.step.name] = done.summary.config
         record["notes"] += done.summary.notes
     record["task"] = _task_record(ctx, len(rows), len(failures))
-    record["config"].update({"templates": ctx.templates, "classnames": _classnames_ref(cfg)})
+    record["config"].update(
+        {
+            "templates": ctx.templates,
+            "classnames": _classnames_ref(cfg),
+            "task_digest": task_digest(cfg, ctx.classnames, ctx.templates),
+        }
+    )
     with cost.phase("write"):
         record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
     record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
@@ -343,6 +367,9 @@ def run(
                         _report(reporter, PairOutcome(ref.spec, p.cfg.task, "skipped", p.path, error=p.reason))
                     )
             pending = [p for p in mine if p.status == "run"]
+            for p in pending:
+                if p.reason:  # an existing result redone (outputs newly asked for): said once, up front
+                    reporter.say(f"{markup(ref.spec)} x {markup(p.cfg.task)}: {markup(p.reason)}")
             if pending:
                 outcomes += _run_model(ref, pending, catalog, options, reporter)
         INTERRUPT.check()
@@ -408,7 +435,7 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     world = options.world
     classifiers = SharedClassifiers(adapter, store, world) if world.active else ClassifierCache(adapter, store)
     model = _ModelRun(ref, adapter, device, catalog, options, classifiers, reporter, loaded, len(pending), meter)
-    return [_report(reporter, _run_pair(model, p.cfg, p.path)) for p in pending]
+    return [_report(reporter, _run_pair(model, p.cfg, p.path, fresh=not p.existed)) for p in pending]
 
 
 def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptions:
@@ -428,8 +455,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
-    """Everything one pair does, writing included, inside one handler: a failing pair never stops the run."""
+def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path, fresh: bool = False) -> PairOutcome:
+    """Everything one pair does, writing included, inside one handler: a failing pair never stops the run.
+
+    The pair runs under its lock (``partfiles.pair_lock``): a pair another process is evaluating fails here with
+    one line, and a pair planned without a result file (``fresh``) whose file another run wrote meanwhile is
+    skipped, not redone."""
     spec, options = model.ref.spec, model.options
     started, part = results.now(), part_path(path)
     sync: PairSync | None = (
@@ -439,21 +470,24 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path) -> PairOutcome:
         model.classifiers.sync = sync
     cost = _start_cost(model)
     try:
-        if sync is not None:
-            sync.begin(options.checkpoint_every)
-        record = evaluate_task(
-            model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part, cost
-        )
-        if options.log_samples:
-            with cost.phase("write"):
-                results.write_jsonl(results.samples_path(path), record["samples"])
-        out = _result_object(model, record, started, sync)
-        out["provenance"]["cost"] = _cost_record(model, cost, record)
-        results.write_json(path, out)  # last: its existence marks the pair done
-        if sync is not None:
-            sync.cleanup()
-        else:
-            remove_part(part)
+        with pair_lock(part if sync is None else sync.part()):
+            if fresh and sync is None and path.exists():
+                return PairOutcome(spec, cfg.task, "skipped", path, error="another run finished it meanwhile")
+            if sync is not None:
+                sync.begin(options.checkpoint_every)
+            record = evaluate_task(
+                model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part, cost
+            )
+            if options.log_samples:
+                with cost.phase("write"):
+                    results.write_jsonl(results.samples_path(path), record["samples"])
+            out = _result_object(model, record, started, sync)
+            out["provenance"]["cost"] = _cost_record(model, cost, record)
+            results.write_json(path, out)  # last: its existence marks the pair done
+            if sync is not None:
+                sync.cleanup()
+            else:
+                remove_part(part)
     except ShareDone as done:  # a rank other than 0: rank 0 merged the shares and wrote the result
         return _done(spec, cfg, path, done.result)
     except Exception as exc:

@@ -5,7 +5,7 @@ record (metrics and intervals, the task's part, the per-sample log). Called by `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from covar_harness.common.console import markup
 from covar_harness.common.cost import Cost
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.data.samples import SampleSet
+from covar_harness.models.adapter import check_finite
 from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline
 from covar_harness.run.batches import default_workers, is_cuda, iterate_batches, to_device
 from covar_harness.run.distributed import PairSync, World, finish_share
@@ -58,10 +59,13 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
             if pixels is not None:
                 with cost.phase("zero-shot"):
                     raw, tokens = _forward(ctx.adapter, to_device(pixels, device), pipeline)
+                    image_id = _image_ids(ctx, indices)
+                    check_finite(ctx.adapter, "encode_images", raw, image_id, "image")
                     emb = F.normalize(raw.float(), dim=-1)
                     if W_dev is None:
                         W_dev, members = ctx.classifier.to(emb.device), _members(ctx, emb.device)
                     logits, W_batch = emb @ W_dev, W_dev
+                    check_finite(ctx.adapter, "logits (image x class text)", logits, image_id, "image")
                     if members is not None:  # a class-mapped pair: scores per label, classifier per image
                         logits, W_batch = mapped_scores(logits, W_dev, members)
                     top = logits.topk(k, dim=-1).indices.cpu().numpy()
@@ -77,6 +81,11 @@ def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) 
             ck.flush()  # also on Ctrl-C or a failing batch: the batches finished so far are kept
     reporter.done(handle)
     return (rows, failures) if sync is None else finish_share(ctx, ck, sync)
+
+
+def _image_ids(ctx: PairContext, indices: list[int]) -> Callable[[int], str]:
+    """Batch row -> the sample's id (what a one-line error names)."""
+    return lambda row: ctx.samples.samples[indices[row]].id
 
 
 def _members(ctx: PairContext, device: Any) -> torch.Tensor | None:

@@ -1,15 +1,25 @@
 """Resumable pairs: a pair's finished batches, appended to ``<result file>.part`` every N batches.
 
 The file starts with one JSON line, the pair's header: model, task, data fingerprint, sample count, batch size,
-the class embeddings' checksum and ``config.run_settings`` (``RunOptions.result_settings()``). Then come chunks,
-each ``length (8 bytes) + HMAC-SHA256 (32 bytes) + pickle`` of the batches it holds: per batch, the zero-shot rows,
+the class embeddings' checksum, ``config.run_settings`` (``RunOptions.result_settings()``) and a random nonce
+naming the file's writer. Then come chunks, each ``length (8 bytes) + HMAC-SHA256 (32 bytes) + pickle`` of the
+writer's nonce, the number of batches before the chunk and the batches it holds: per batch, the zero-shot rows,
 the unreadable images, each step's records and the scalar state of each step (counters such as ``n_seen``).
 
-A rerun of the pair reads the header; with the same settings it takes every complete chunk (a chunk cut short by a
-kill, or one that fails its checksum, ends the read and is cut off before appending), restores them into the
-pipeline and goes on from the next batch. Batches keep their boundaries (multiples of the batch size), so
-the records, and therefore the result file and samples.jsonl, are those of an uninterrupted run. Other settings:
-the part file is discarded and the pair starts over. The part file is removed once the result file is written.
+One process writes a pair's part file at a time: the pair runs under its lock (``pair_lock``, an ``flock`` on
+``<part>.lock`` that the kernel drops when the holder dies), and another run that reaches the pair meanwhile
+leaves it alone with one line. The reader does not rely on the lock: it takes only the unbroken sequence of
+the header's writer (each chunk from that writer, starting at the next batch, covering later samples than every
+earlier chunk, each once, inside the pair), so chunks that a second writer appended, a repeated or reordered
+chunk, are cut off and their batches redone, never counted twice.
+
+A rerun of the pair reads the header; with the same settings it takes every chunk of that sequence (a chunk cut
+short by a kill, one that fails its checksum or claims more bytes than the file holds ends the read and is cut
+off before appending), restores them into the pipeline and goes on from the next batch. Batches keep their
+boundaries (multiples of the batch size), so the records, and therefore the result file and samples.jsonl, are
+those of an uninterrupted run. Other settings, or a file that cannot be read (not a regular file, a corrupt
+header): the part file is replaced and the pair starts over, said once as a warning. The part file is removed
+once the result file is written.
 
 Nothing from a file is executed unless this harness wrote it for this user: every chunk carries an HMAC keyed by
 a secret that never leaves the user's cache folder (``~/.cache/covar-harness/part-file.key``, mode 600, made on
@@ -25,16 +35,28 @@ import json
 import logging
 import os
 import pickle
+import secrets
+import socket
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from covar_harness.common.console import one_line
+from covar_harness.common.safe_files import open_regular
 from covar_harness.pipeline.contract import PairContext, Pipeline
 from covar_harness.run.text_cache import model_fingerprint
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the reader's sequence check still refuses a second writer's chunks
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
-MAGIC = "covar-harness part v1"
+MAGIC = "covar-harness part v2"  # v2: a writer nonce in the header and every chunk, and each chunk's first batch
+MAX_HEADER = 1 << 20
 _HEAD = struct.Struct("<Q32s")
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -82,6 +104,8 @@ class Checkpointer:
     strict: bool = False  # a part file that cannot be written raises (ranks: rank 0 merges from it)
     masks: Any = None  # the pair's PatchMasks: their counters are state too (n_without_mask)
     n_batches: int = 0  # batches restored
+    writer: str = ""  # the nonce of the file's writer (its header's): every chunk appended carries it
+    written: int = 0  # batches in the file: the next chunk's ``first``
     initial: dict[str, Any] = field(default_factory=dict)  # the state before the first batch (``snapshot``)
     _marks: list[int] = field(default_factory=list)
 
@@ -89,19 +113,23 @@ class Checkpointer:
     def open(
         cls, path: Path | None, every: int, ctx: PairContext, pipeline: Pipeline, strict: bool = False
     ) -> Checkpointer:
-        """Restore what the part file at ``path`` holds for this pair (call after ``pipeline.start``)."""
+        """Restore what the part file at ``path`` holds for this pair (call after ``pipeline.start``, holding the
+        pair's lock, ``pair_lock``)."""
         ck = cls(path if every > 0 else None, every, pipeline, strict=strict, masks=ctx.masks)
         ck._marks = [len(kept) for kept in pipeline.records]
         ck.initial = ck.snapshot()
         if ck.path is None:
             return ck
         header = pair_header(ctx)
-        batches = read_batches(ck.path, header)
-        if batches is None:
-            _write_header(ck.path, header)
+        found = read_part(ck.path, header)
+        if found is None:
+            ck.writer = secrets.token_hex(8)
+            _write_header(ck.path, {**header, "writer": ck.writer})
             return ck
+        ck.writer, batches = found
         for batch in batches:
             ck._restore(batch)
+        ck.written = len(batches)
         if batches and ctx.reporter is not None:
             ctx.reporter.say(f"resuming {ctx.task.task if ctx.task else 'pair'} after {ck.start} sample(s)")
         return ck
@@ -154,11 +182,13 @@ class Checkpointer:
         if self.path is None or not self.pending:
             return
         try:
-            payload = pickle.dumps(self.pending, protocol=pickle.HIGHEST_PROTOCOL)
+            chunk = {"writer": self.writer, "first": self.written, "batches": self.pending}
+            payload = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
             with open(self.path, "ab") as fh:
                 fh.write(_HEAD.pack(len(payload), _mac(payload)) + payload)
                 fh.flush()
                 os.fsync(fh.fileno())
+            self.written += len(self.pending)
         except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
             if self.strict:
                 why = getattr(exc, "strerror", None) or exc
@@ -179,34 +209,149 @@ def _write_header(path: Path, header: dict[str, Any]) -> None:
 
 def read_batches(path: Path, header: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The complete batches of a part file with this ``header``, cutting off a torn tail; None: no usable file."""
+    found = read_part(path, header)
+    return None if found is None else found[1]
+
+
+def read_part(path: Path, header: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    """(writer, batches) of the part file at ``path`` when its header is ``header`` (plus its writer's nonce); the
+    batches are the unbroken sequence its writer appended, and anything after them (a torn chunk, a chunk that
+    fails its HMAC, claims more bytes than the file holds, or breaks the sequence) is cut off. None: no usable
+    file (missing, not a regular file, other settings, unreadable); the pair starts over."""
     try:
-        with open(path, "rb") as fh:
-            found = json.loads(fh.readline(1 << 20))
-            if found != header:
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            found = json.loads(fh.readline(MAX_HEADER))
+            writer = found.pop("writer", None) if isinstance(found, dict) else None
+            if found != header or not isinstance(writer, str):
                 log.warning("part file %s has other settings: starting the pair over", path)
                 return None
-            batches, good = [], fh.tell()
-            while True:
-                head = fh.read(_HEAD.size)
-                if len(head) < _HEAD.size:
-                    break
-                size, digest = _HEAD.unpack(head)
-                payload = fh.read(size)
-                if len(payload) != size or not hmac.compare_digest(_mac(payload), digest):
-                    break  # torn, edited or not written by this user's harness: never unpickled
-                batches += pickle.loads(payload)  # noqa: S301 - authenticated above with this user's secret
-                good = fh.tell()
-        os.truncate(path, good)  # a torn last chunk goes before anything is appended
+            batches, good = _chunks(fh, size, writer, header["n_samples"], path)
+        os.truncate(path, good)  # a torn or foreign tail goes before anything is appended
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        log.warning("unusable part file %s (%s): starting the pair over", path, exc)
+    except (OSError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        log.warning("unusable part file %s (%s): starting the pair over", path, one_line(exc))
         return None
-    return batches
+    return writer, batches
+
+
+def _chunks(fh: IO[bytes], size: int, writer: str, n_samples: int, path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The batches of every chunk in sequence, and the offset after the last one taken."""
+    batches: list[dict[str, Any]] = []
+    good, last = fh.tell(), -1
+    while True:
+        head = fh.read(_HEAD.size)
+        if len(head) < _HEAD.size:
+            break
+        length, digest = _HEAD.unpack(head)
+        if length > size - fh.tell():
+            break  # torn, or a size field no file this size can hold: never allocated
+        payload = fh.read(length)
+        if len(payload) != length or not hmac.compare_digest(_mac(payload), digest):
+            break  # torn, edited or not written by this user's harness: never unpickled
+        try:
+            chunk = pickle.loads(payload)  # noqa: S301 - authenticated above with this user's secret
+            why, last = _out_of_sequence(chunk, writer, len(batches), last, n_samples)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, KeyError, TypeError, ValueError) as exc:
+            why = f"unreadable chunk ({type(exc).__name__})"
+        if why:
+            log.warning("part file %s: %s; the batches from there on are redone", path, why)
+            break
+        batches += chunk["batches"]
+        good = fh.tell()
+    return batches, good
+
+
+def _out_of_sequence(chunk: Any, writer: str, first: int, last: int, n_samples: int) -> tuple[str, int]:
+    """Why ``chunk`` does not continue the sequence (empty: it does), and the last sample index it covers.
+
+    A chunk must come from the header's writer, start at the next batch, and cover samples after every earlier
+    one, each once, inside the pair: so a chunk appended by a second writer, repeated or reordered, is never
+    restored twice or out of place."""
+    if not isinstance(chunk, dict) or chunk.get("writer") != writer:
+        return "a chunk from another writer (two runs wrote this pair)", last
+    if chunk.get("first") != first:
+        return f"chunk out of order (batch {chunk.get('first')} where {first} was next)", last
+    for batch in chunk["batches"]:
+        indices = sorted(int(i) for i, _ in (*batch["rows"], *batch["failures"]))
+        if not indices or len(indices) != batch["n"] or len(set(indices)) != len(indices):
+            return "a batch whose sample count does not add up", last
+        if indices[0] <= last or indices[-1] >= n_samples:
+            return f"sample {indices[0]} repeated or out of order (after {last}, of {n_samples})", last
+        last = indices[-1]
+    return "", last
 
 
 def remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    """Remove the part file once the result is written; something else in its place (a folder) is left alone."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the part file %s: %s", path, exc)
+
+
+class PairBusy(RuntimeError):
+    """Another process holds the pair's lock: it is evaluating the pair now."""
+
+
+@contextmanager
+def pair_lock(part: Path) -> Iterator[None]:
+    """Hold the lock of the pair whose part file is ``part`` (``<part>.lock``, an ``flock``); ``PairBusy`` when
+    another process holds it.
+
+    Why a lock: two runs of one pair would append to one part file, and the rerun would restore both writers'
+    batches. The kernel drops an ``flock`` when its holder dies (``kill -9`` too), so a lock is never stale; the
+    lock file is removed on release. Where the file system has no locks (``ENOLCK``), the pair runs unlocked
+    and the reader's sequence check still refuses a second writer's chunks.
+    """
+    path = part.with_name(part.name + ".lock")
+    fd = _acquire(path)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _release(path, fd)
+
+
+def _acquire(path: Path) -> int | None:
+    if fcntl is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise PairBusy(
+                f"another run ({holder or 'unknown process'}) is evaluating this pair now: not run here; rerun "
+                "when it has finished to pick up its result"
+            ) from None
+        except OSError as exc:  # no locks on this file system
+            os.close(fd)
+            log.warning("no lock for %s (%s): running the pair unlocked", path, exc.strerror or exc)
+            return None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file the previous holder removed after we opened it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _release(path: Path, fd: int) -> None:
+    try:
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            path.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _mac(payload: bytes) -> bytes:

@@ -36,6 +36,7 @@ class PlannedPair:
     path: Path
     status: str  # run | skipped (result file made with the same settings) | noted (task not applicable)
     reason: str = ""
+    existed: bool = False  # a result file was there when planned (redone: --overwrite, or outputs newly asked for)
 
 
 def check_device(device: str) -> None:
@@ -136,20 +137,19 @@ def plan_run(
     notes = check_data(list({id(cfg): cfg for _, cfg in grid}.values()), catalog, options.data_dir)
     for ref in {id(ref): ref for ref, _ in grid}.values():
         check_device(options.for_model(ref).device)
-    fingerprints = _Fingerprints(catalog, options)
-    pairs, conflicts = [], []
+    facts = _TaskFacts(catalog, options)
+    pairs, conflicts, owners = [], [], {}
     for ref, cfg in grid:
-        path = results.result_path(options.output_dir, ref.spec, cfg.task)
-        if cfg.task in notes:
-            pairs.append(PlannedPair(ref, cfg, path, "noted", notes[cfg.task]))
-        elif options.overwrite or not path.exists():
-            pairs.append(PlannedPair(ref, cfg, path, "run"))
-        else:
-            settings = options.for_model(ref).result_settings()
-            diffs = stored_differences(path, ref.spec, cfg, settings, fingerprints.of)
-            if diffs:
-                conflicts.append(f"{path} ({'; '.join(diffs)})")
-            pairs.append(PlannedPair(ref, cfg, path, "skipped", "result file exists with the same settings"))
+        path = pair_result_path(options.output_dir, ref.spec, cfg.task)
+        owner = owners.setdefault(path, (ref.spec, cfg.task))
+        if owner != (ref.spec, cfg.task):  # never two pairs into one file: the first would be lost
+            raise UsageError(
+                f"{owner[0]} x {owner[1]} and {ref.spec} x {cfg.task} map to one result file, {path}; rename "
+                "one of them"
+            )
+        pair, conflict = _plan_pair(ref, cfg, path, notes.get(cfg.task), options, facts)
+        pairs.append(pair)
+        conflicts += [conflict] if conflict else []
     if conflicts:
         more = f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else ""
         raise UsageError(
@@ -157,6 +157,48 @@ def plan_run(
             "--overwrite to redo such pairs, or another --output-dir"
         )
     return pairs
+
+
+def pair_result_path(output_dir: Path, spec: str, task: str) -> Path:
+    """The pair's result file: ``results.result_path``, or the file an earlier harness named with the shorter
+    hash (``results.legacy_result_path``) when only that one exists, so earlier results are still found."""
+    path = results.result_path(output_dir, spec, task)
+    legacy = results.legacy_result_path(output_dir, spec, task)
+    return legacy if legacy is not None and not path.exists() and legacy.exists() else path
+
+
+def _plan_pair(
+    ref: ModelRef, cfg: TaskConfig, path: Path, note: str | None, options: RunOptions, facts: _TaskFacts
+) -> tuple[PlannedPair, str]:
+    """One pair of the plan, and the conflict that refuses the run (empty: none)."""
+    if note:
+        return PlannedPair(ref, cfg, path, "noted", note), ""
+    existed = path.exists()
+    if options.overwrite or not existed:
+        return PlannedPair(ref, cfg, path, "run", existed=existed), ""
+    stored, diffs = stored_differences(path, ref.spec, cfg, options.for_model(ref).result_settings(), facts.of)
+    if diffs:
+        return PlannedPair(ref, cfg, path, "skipped"), f"{path} ({'; '.join(diffs)})"
+    wanted = missing_outputs(path, stored, ref.spec, cfg.task, options)
+    if wanted:
+        return PlannedPair(ref, cfg, path, "run", f"redone for {' and '.join(wanted)}", existed=True), ""
+    return PlannedPair(ref, cfg, path, "skipped", "result file exists with the same settings"), ""
+
+
+def missing_outputs(path: Path, stored: dict[str, Any], spec: str, task: str, options: RunOptions) -> list[str]:
+    """Outputs this run asks for that an existing result with the same settings lacks (its samples log, its
+    ``--save-maps`` overlays where attribution ran): the pair is redone to write them, never skipped in silence.
+    """
+    wanted = []
+    if options.log_samples and not results.samples_path(path).is_file():
+        wanted.append("its samples log (--log-samples)")
+    for step in options.steps:
+        root = getattr(step, "save_maps", None)
+        ran = (stored.get("config", {}).get(getattr(step, "name", "")) or {}).get("status") == "ran"
+        folder = Path(root) / results.slug(spec) / results.slug(task) if root else None
+        if folder is not None and ran and not (folder.is_dir() and any(folder.glob("*.png"))):
+            wanted.append("its maps (--save-maps)")
+    return wanted
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -190,33 +232,41 @@ def shard_pairs(
     return [pair for j, pair in enumerate(grid) if j in mine]
 
 
-class _Fingerprints:
-    """The data fingerprint of each task's evaluated samples, computed only for tasks with a result to compare."""
+class _TaskFacts:
+    """What a task's existing results are compared with, computed only for tasks with a result to compare: the
+    data fingerprint of its evaluated samples, its templates and its task digest (``evaluator.task_digest``)."""
 
     def __init__(self, catalog: Catalog, options: RunOptions):
         self.catalog, self.options = catalog, options
-        self._cache: dict[str, str] = {}
+        self._cache: dict[str, tuple[str, list[str], str]] = {}
 
-    def of(self, cfg: TaskConfig) -> str:
+    def of(self, cfg: TaskConfig) -> tuple[str, list[str], str]:
         if cfg.task not in self._cache:
             from covar_harness.data.samples import open_task_data
-            from covar_harness.run.evaluator import limit_samples
+            from covar_harness.run.evaluator import limit_samples, task_classnames, task_digest, task_templates
 
             samples = open_task_data(cfg, self.catalog, self.options.data_dir)
-            self._cache[cfg.task] = limit_samples(samples, self.options.limit, self.options.seed).fingerprint()
+            samples = limit_samples(samples, self.options.limit, self.options.seed)
+            try:
+                classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
+            except ValueError as exc:  # the pair would fail: compare nothing that it cannot have
+                classnames, templates = [str(exc)], []
+            self._cache[cfg.task] = (samples.fingerprint(), templates, task_digest(cfg, classnames, templates))
         return self._cache[cfg.task]
 
 
 def stored_differences(
-    path: Path, spec: str, cfg: TaskConfig, settings: dict, fingerprint: Callable[[TaskConfig], str]
-) -> list[str]:
-    """What differs between an existing result file and the pair about to run; empty: the file can be reused."""
+    path: Path, spec: str, cfg: TaskConfig, settings: dict, facts: Callable[[TaskConfig], tuple[str, list[str], str]]
+) -> tuple[dict[str, Any], list[str]]:
+    """The existing result file and what differs between it and the pair about to run; no differences: the
+    file can be reused. Compared: model, task and version, every run setting, then the data, the templates and
+    the task digest (class names, class groups and the other task fields that change a number)."""
     try:
         stored = results.load(path)
     except (OSError, ValueError) as exc:
-        return [f"unreadable: {exc}"]
+        return {}, [f"unreadable: {exc}"]
     if validation.validate(stored):
-        return ["not a valid result file"]
+        return stored, ["not a valid result file"]
     wanted = {"model": spec, "task": cfg.task, "task version": cfg.version}
     found = {
         "model": stored["model"]["spec"],
@@ -226,12 +276,25 @@ def stored_differences(
     diffs = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
     ran_with = stored["config"].get("run_settings")
     if not isinstance(ran_with, dict):
-        return diffs + ["made by an older harness that did not record its settings"]
+        return stored, diffs + ["made by an older harness that did not record its settings"]
     stored_flat = _with_added_settings(_flat(ran_with))
     diffs += [f"{key}: {a!r} there, {b!r} now" for key, a, b in _changed(stored_flat, _flat(settings))]
-    if not diffs and stored["task"]["data_fingerprint"] != fingerprint(cfg):
+    if diffs:
+        return stored, diffs
+    fingerprint, templates, digest = facts(cfg)
+    if stored["task"]["data_fingerprint"] != fingerprint:
         diffs.append("the data changed (data_fingerprint differs)")
-    return diffs
+    if templates and stored["config"]["templates"] != templates:
+        diffs.append(f"templates: {_clip(stored['config']['templates'])} there, {_clip(templates)} now")
+    recorded = stored["config"].get("task_digest")  # absent: written before it was recorded; templates compared
+    if not diffs and recorded is not None and recorded != digest:
+        diffs.append("the task's class names, class groups or dataset settings changed (task_digest differs)")
+    return stored, diffs
+
+
+def _clip(values: list[str], n: int = 3) -> str:
+    shown = ", ".join(repr(v)[:60] for v in values[:n])
+    return f"[{shown}{f', ... {len(values) - n} more' if len(values) > n else ''}]"
 
 
 # settings recorded only since a later version: (flat key, the value a file without it was made with); a file

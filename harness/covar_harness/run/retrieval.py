@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.data.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
+from covar_harness.models.adapter import check_finite
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -113,6 +114,7 @@ def encode_images(
             failures += failed
             if pixels is not None:
                 emb = adapter.encode_images(pixels).float()
+                check_finite(adapter, "encode_images", emb, lambda row, b=batch_indices: samples.samples[b[row]].id)
                 device = emb.device
                 chunks.append(F.normalize(emb, dim=-1).cpu())
                 indices += batch_indices
@@ -138,7 +140,9 @@ def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Report
         for start in range(0, len(captions), TEXT_BATCH):
             INTERRUPT.check()
             part = captions[start : start + TEXT_BATCH]
-            chunks.append(F.normalize(adapter.encode_texts(part).float(), dim=-1).cpu())
+            raw = adapter.encode_texts(part)
+            check_finite(adapter, "encode_texts", raw, lambda row, part=part: part[row], "caption")
+            chunks.append(F.normalize(raw.float(), dim=-1).cpu())
             reporter.advance(handle, len(part))
     reporter.done(handle)
     return torch.cat(chunks)

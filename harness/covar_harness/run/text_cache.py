@@ -7,8 +7,10 @@ precision), and later runs, shards and processes read it instead of encoding the
 80-template classifier costs 80,000 text forwards once per model, not once per run.
 
 Files are written to a temporary file beside the target and renamed into place (``results.atomic_write``), so
-concurrent writers of the same key leave one complete file; a reader checks the magic line, the header (key,
-shape, dtype, payload size and SHA-256) and treats anything else (a partial, corrupt or foreign file) as a miss.
+concurrent writers of the same key leave one complete file; a reader opens regular files only (a FIFO in the
+place is a miss, not a hang), checks the magic line, the header's key (before reading on), dtype, shape against
+the bytes the file holds (a corrupt size field allocates nothing) and the payload's SHA-256, and treats anything
+else (a partial, corrupt or foreign file) as a miss: said once, the classifier is built and the file replaced.
 The stored tensor is the float32 classifier itself, so a hit gives the same bits as building it.
 """
 
@@ -21,7 +23,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.common.safe_files import open_regular
 from covar_harness.data.resources import format_prompt
+from covar_harness.models.adapter import check_finite
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +61,9 @@ def build_classifier(adapter, classnames: list[str], templates: list[str], repor
     chunks = []
     for start in range(0, len(prompts), TEXT_BATCH):
         part = prompts[start : start + TEXT_BATCH]
-        chunks.append(F.normalize(adapter.encode_texts(part).float().cpu(), dim=-1))
+        raw = adapter.encode_texts(part)
+        check_finite(adapter, "encode_texts", raw, lambda row, part=part: part[row], "prompt")
+        chunks.append(F.normalize(raw.float().cpu(), dim=-1))
         if reporter:
             reporter.advance(handle, len(part))
     if reporter:
@@ -137,25 +143,17 @@ class TextEmbeddingStore:
         return self.root / key[:2] / f"{key}.emb"
 
     def load(self, classnames: list[str], templates: list[str]) -> torch.Tensor | None:
-        """The stored classifier, or None: no file, or one that is partial, corrupt or for another key."""
+        """The stored classifier, or None: no file, or one that is not a regular file, partial, corrupt or for
+        another key (said once, as a warning; the classifier is then built and the file replaced)."""
         import numpy as np
         import torch
 
         path, key = self.path(classnames, templates), self.key(classnames, templates)
         try:
-            with open(path, "rb") as fh:
-                if fh.read(len(MAGIC)) != MAGIC:
-                    raise ValueError("not a text-embedding file")
-                header = json.loads(fh.readline(MAX_HEADER))
-                d, c = (int(x) for x in header["shape"])
-                payload = fh.read(d * c * 4 + 1)
-            if header["key"] != key or header["dtype"] != "float32" or c != len(classnames):
-                raise ValueError("header does not match")
-            if len(payload) != d * c * 4 or hashlib.sha256(payload).hexdigest() != header["sha256"]:
-                raise ValueError("payload size or checksum does not match (partial or corrupt file)")
+            payload, (d, c) = _read_entry(path, key, len(classnames))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError, OverflowError) as exc:
             log.warning("ignoring text-embedding cache file %s: %s", path, exc)
             return None
         return torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(d, c).copy())
@@ -176,6 +174,27 @@ class TextEmbeddingStore:
             atomic_write(self.path(classnames, templates), lambda fh: fh.write(head + payload), binary=True)
         except OSError as exc:
             log.warning("could not write the text-embedding cache under %s: %s", self.root, exc)
+
+
+def _read_entry(path: Path, key: str, n_classes: int) -> tuple[bytes, tuple[int, int]]:
+    """The payload and shape of the cache file at ``path`` for ``key``; ValueError for anything else.
+
+    The header is checked before the payload is read: the key first (a foreign file is never read on), then
+    the payload size against the bytes the file holds, so a size field of 2^40 costs nothing."""
+    with open_regular(path) as fh:
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise ValueError("not a text-embedding file")
+        header = json.loads(fh.readline(MAX_HEADER))
+        if not isinstance(header, dict) or header.get("key") != key or header.get("dtype") != "float32":
+            raise ValueError("header does not match")
+        d, c = (int(x) for x in header["shape"])
+        left = os.fstat(fh.fileno()).st_size - fh.tell()
+        if c != n_classes or d < 1 or d * c * 4 != left:
+            raise ValueError("payload size does not match its header (partial or corrupt file)")
+        payload = fh.read(left)
+    if len(payload) != left or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise ValueError("payload checksum does not match (partial or corrupt file)")
+    return payload, (d, c)
 
 
 def store_for(spec: str, adapter: Any, root: Path | None, precision: str) -> TextEmbeddingStore | None:
