@@ -1,14 +1,18 @@
 """The Python entry point: ``covar_harness.evaluate(models=[...], tasks=[...], **options)``, as ``run`` does it.
 
 The options are exactly ``covar-harness run``'s (``limit=20`` for ``--limit 20``, ``cci_k=3`` for ``--cci-k 3``):
-they are validated by the same parser and checks, so the API and the CLI cannot drift apart. Result files are
+each keyword becomes its flag and goes through ``run``'s own parser (``run_arguments``), so the API gets the
+CLI's types, conversions and checks (a bool for an on/off flag, one folder for ``include_path='/dir'``), and
+the parsed arguments, one options object for both, go to the same ``prepare_run``. Result files are
 written only when ``output_dir`` is given; otherwise the run writes into a temporary folder that is removed.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
+import os
 import tempfile
 from argparse import Namespace
 from pathlib import Path
@@ -41,16 +45,71 @@ def evaluate(
         raise UsageError(f"unknown option {unknown[0]!r} for evaluate(){hint} (options are run's flags)")
     if options.get("dry_run"):
         raise UsageError("evaluate() runs the pairs; use `covar-harness run --dry-run` to see a plan")
+    options.pop("dry_run", None)
     with tempfile.TemporaryDirectory(prefix="covar-harness-") as scratch:
-        out = Path(output_dir) if output_dir is not None else Path(scratch)
-        args = Namespace(
-            **{**defaults, **options, "output_dir": out, "models": _joined(models), "tasks": _joined(tasks)}
-        )
-        return _run(args)
+        out = output_dir if output_dir is not None else scratch
+        return _run(run_arguments(models, tasks, {**options, "output_dir": out}))
 
 
-def _joined(names: list[str] | str) -> str:
-    return names if isinstance(names, str) else ",".join(names)
+def run_arguments(models: Any, tasks: Any, options: dict[str, Any]) -> Namespace:
+    """Keyword options as ``run``'s parsed arguments: each value becomes its flag and goes through the parser,
+    so the API gets exactly the CLI's conversions and checks (``limit='5'`` is 5, ``limit=2.5`` and
+    ``overwrite='false'`` are UsageErrors); one string for a repeatable flag (``include_path``) is one value."""
+    from covar_harness.cli.main import build_parser
+
+    parser = build_parser(raise_errors=True)
+    actions = {a.dest: a for a in _subparser(parser, "run")._actions if a.option_strings}
+    argv = ["run", "--models", _names("models", models), "--tasks", _names("tasks", tasks)]
+    for name, value in options.items():
+        argv += _flag_tokens(name, value, actions[name])
+    return parser.parse_args(argv)
+
+
+def _names(what: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise UsageError(f"evaluate(): {what} must be a name or a non-empty list of names, got {_short(value)}")
+
+
+def _flag_tokens(name: str, value: Any, action: argparse.Action) -> list[str]:
+    """The command-line tokens of one keyword option (``[]``: the default)."""
+    flag = next(s for s in action.option_strings if s.startswith("--"))
+    if action.nargs == 0:  # on/off flags: a real bool, never a truthy string
+        if not isinstance(value, bool):
+            raise UsageError(f"evaluate(): {name} must be True or False, got {_short(value)}")
+        return [flag] if value != action.default else []
+    if value is None:
+        return []
+    if isinstance(action, argparse._AppendAction):
+        items = [value] if isinstance(value, (str, os.PathLike)) else value
+        if not isinstance(items, (list, tuple)):
+            raise UsageError(f"evaluate(): {name} must be a value or a list of values, got {_short(value)}")
+        return [f"{flag}={_token(name, item, action)}" for item in items]
+    if isinstance(value, dict) and name == "model_args":
+        value = ",".join(f"{k}={v}" for k, v in value.items())
+    return [f"{flag}={_token(name, value, action)}"]
+
+
+def _token(name: str, value: Any, action: argparse.Action) -> str:
+    """One value as the parser reads it: numbers for numeric flags, text or paths for the others."""
+    numeric = action.type not in (None, str, Path)
+    allowed: tuple[type, ...] = (str, int, float) if numeric else (str, os.PathLike)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        kind = "a number" if numeric else "a string or path"
+        raise UsageError(f"evaluate(): {name} must be {kind}, got {_short(value)}")
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
 
 
 def _run(args: Namespace) -> dict[str, Any]:

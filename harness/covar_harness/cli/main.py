@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
 from covar_harness.catalog.registry import UsageError
@@ -182,8 +183,18 @@ COMMANDS: list[Callable] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class RaisingParser(argparse.ArgumentParser):
+    """A parser whose errors raise :class:`UsageError` instead of printing usage and exiting: what the Python
+    API (``covar_harness.evaluate``) parses its keyword options with, so it gets the CLI's checks as exceptions."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``raise_errors``: errors raise UsageError (``RaisingParser``), for the API."""
+    parser_class = RaisingParser if raise_errors else argparse.ArgumentParser
+    parser = parser_class(
         prog="covar-harness",
         description="Evaluate CLIP-style models: zero-shot accuracy, CCI attribution, BG-Er / Fine-Er diagnosis.",
         epilog=EXAMPLES,

@@ -138,7 +138,8 @@ def plan_run(
     for ref in {id(ref): ref for ref, _ in grid}.values():
         check_device(options.for_model(ref).device)
     facts = _TaskFacts(catalog, options)
-    pairs, conflicts, owners = [], [], {}
+    pairs, conflicts = [], []
+    owners: dict[Path, tuple[str, str]] = {}
     for ref, cfg in grid:
         path = pair_result_path(options.output_dir, ref.spec, cfg.task)
         owner = owners.setdefault(path, (ref.spec, cfg.task))

@@ -114,7 +114,8 @@ def encode_images(
             failures += failed
             if pixels is not None:
                 emb = adapter.encode_images(pixels).float()
-                check_finite(adapter, "encode_images", emb, lambda row, b=batch_indices: samples.samples[b[row]].id)
+                ids = [samples.samples[i].id for i in batch_indices]
+                check_finite(adapter, "encode_images", emb, ids.__getitem__, "image")
                 device = emb.device
                 chunks.append(F.normalize(emb, dim=-1).cpu())
                 indices += batch_indices
@@ -141,7 +142,7 @@ def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Report
             INTERRUPT.check()
             part = captions[start : start + TEXT_BATCH]
             raw = adapter.encode_texts(part)
-            check_finite(adapter, "encode_texts", raw, lambda row, part=part: part[row], "caption")
+            check_finite(adapter, "encode_texts", raw, part.__getitem__, "caption")
             chunks.append(F.normalize(raw.float(), dim=-1).cpu())
             reporter.advance(handle, len(part))
     reporter.done(handle)

@@ -62,7 +62,7 @@ def build_classifier(adapter, classnames: list[str], templates: list[str], repor
     for start in range(0, len(prompts), TEXT_BATCH):
         part = prompts[start : start + TEXT_BATCH]
         raw = adapter.encode_texts(part)
-        check_finite(adapter, "encode_texts", raw, lambda row, part=part: part[row], "prompt")
+        check_finite(adapter, "encode_texts", raw, part.__getitem__, "prompt")
         chunks.append(F.normalize(raw.float().cpu(), dim=-1))
         if reporter:
             reporter.advance(handle, len(part))
