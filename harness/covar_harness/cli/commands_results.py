@@ -5,15 +5,23 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from argparse import Namespace
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
+from covar_harness import __version__
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console as _console
 from covar_harness.common.console import markup
 from covar_harness.models.specs import registered_target
+from covar_harness.results.files import DISTRIBUTION, _git
 
 
 def cmd_leaderboard(args: Namespace) -> int:
@@ -135,7 +143,6 @@ LEADERBOARD_FILES = {".github/workflows/leaderboard.yml": "leaderboard.yml", "le
 
 def cmd_init_leaderboard(args: Namespace) -> int:
     """Copy the leaderboard CI template into a repository; never overwrite what is there."""
-    from covar_harness import __version__
     from covar_harness.data.resources import resource_text
     from covar_harness.results.files import atomic_write
 
@@ -143,7 +150,7 @@ def cmd_init_leaderboard(args: Namespace) -> int:
     taken = [name for name in LEADERBOARD_FILES if (root / name).exists()]
     if taken:
         raise UsageError(f"{root}: {', '.join(taken)} already exist(s); nothing written (move them away first)")
-    spec = args.harness_spec or f"covar-harness=={__version__}"
+    spec, how = (args.harness_spec, "") if args.harness_spec else harness_source(_direct_url(), _git)
     if any(c in spec for c in '\n\r"`$'):
         raise UsageError("--harness-spec must be one pip requirement without quotes, $ or backticks")
     for name, template in LEADERBOARD_FILES.items():
@@ -157,7 +164,66 @@ def cmd_init_leaderboard(args: Namespace) -> int:
         f"put result files under {markup(root / 'results')}/ and try: bash leaderboard-ci.sh main",
         soft_wrap=True,
     )
+    if how:  # the default: say what the workflow installs and why, in one line
+        _console(stderr=True).print(
+            f"the workflow installs {markup(spec)}: {markup(how)}"
+            + ("" if "--harness-spec" in how else " (--harness-spec to change it)"),
+            soft_wrap=True,
+        )
     return 0
+
+
+def _direct_url() -> dict | None:
+    """This installation's PEP 610 record (``direct_url.json``): where pip installed the harness from."""
+    try:
+        text = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
+        found = json.loads(text) if text else None
+    except (metadata.PackageNotFoundError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def harness_source(direct: dict | None, git: Callable[..., str | None]) -> tuple[str, str]:
+    """(pip requirement, why) for the leaderboard workflow: the source this harness was installed from.
+
+    A git install: its URL and commit. A local checkout (``pip install -e .``): the checkout's ``origin`` remote
+    at its HEAD commit. Else the release ``covar-harness==<version>``, which only exists once published: said
+    so, with the flag that sets another source. Credentials in a URL never reach the workflow."""
+    release = f"{DISTRIBUTION}=={__version__}"
+    url = str((direct or {}).get("url") or "")
+    vcs = (direct or {}).get("vcs_info") or {}
+    if isinstance(vcs, dict) and vcs.get("vcs") == "git" and _public_url(url):
+        at = f"@{vcs['commit_id']}" if vcs.get("commit_id") else ""
+        return f"{DISTRIBUTION} @ git+{_public_url(url)}{at}", "the git URL this harness was installed from"
+    if url.startswith("file://"):
+        folder = Path(url2pathname(urlparse(url).path))
+        remote, commit = git(folder, "remote", "get-url", "origin"), git(folder, "rev-parse", "HEAD")
+        if remote and _public_url(remote) and commit:
+            why = f"the origin remote of the checkout {folder} at its HEAD commit (push that commit first)"
+            return f"{DISTRIBUTION} @ git+{_public_url(remote)}@{commit}", why
+        return release, (
+            f"this harness was installed from the folder {folder}, which has no git remote a CI machine could "
+            f"install from, so the workflow assumes {release} is published on PyPI; if it is not, pass "
+            "--harness-spec 'covar-harness @ git+https://HOST/OWNER/covar-harness@COMMIT'"
+        )
+    if url.startswith(("https://", "http://")) and _public_url(url):
+        return f"{DISTRIBUTION} @ {_public_url(url)}", "the URL this harness was installed from"
+    return release, "the release installed here (from PyPI)"
+
+
+def _public_url(url: str) -> str:
+    """``url`` as an https URL without credentials (``git@host:path`` and ``ssh://`` forms too); empty when it
+    is none of these or holds a character a workflow line must not."""
+    url = url.strip().removeprefix("git+")
+    scp = re.fullmatch(r"[\w.-]+@([\w.-]+):(?!//)(.+)", url)
+    if scp:
+        url = f"https://{scp.group(1)}/{scp.group(2)}"
+    parts = urlparse(url)
+    if parts.scheme not in ("https", "http", "ssh") or not parts.hostname:
+        return ""
+    host = parts.hostname + (f":{parts.port}" if parts.port and parts.scheme != "ssh" else "")
+    clean = f"https://{host}{parts.path}"
+    return "" if re.search(r"[\s\"'`$\\]", clean) else clean
 
 
 def cmd_data(args: Namespace) -> int:
@@ -183,14 +249,22 @@ def _fetch(tasks: list, catalog, data_dir) -> int:
     """Download the tasks whose data is a Hugging Face Hub dataset; anything else says where to get it (exit 2)."""
     from covar_harness.data.samples import data_status, resolve_dataset
 
-    hub = []
+    hub, out = [], _console()
     for cfg in tasks:
         ds, _root = resolve_dataset(cfg, data_dir)
         status, detail = data_status(cfg, catalog, data_dir)
         source = ds.get("hf_id") or (ds.get("raw_path") if ds.get("format") == "hf" else None)
         if status == "present":
+            out.print(f"{markup(cfg.task)}: data present at {markup(detail)}; nothing to fetch", soft_wrap=True)
             continue
-        if status != "on first use" or not source:
+        if status == "on first use" and not source:  # generated data (COVAR-Shapes): nothing to download
+            out.print(
+                f"{markup(cfg.task)}: generated on first use by `covar-harness run` into {markup(detail)}; "
+                "nothing to fetch",
+                soft_wrap=True,
+            )
+            continue
+        if status != "on first use":
             raise UsageError(f"task {cfg.task!r}: its data is not on the Hugging Face Hub: {detail}")
         hub.append((cfg, ds, str(source)))
     for cfg, ds, source in hub:
@@ -200,5 +274,5 @@ def _fetch(tasks: list, catalog, data_dir) -> int:
             datasets.load_dataset(source, ds.get("name"), split=ds.get("split", "test"), revision=ds.get("revision"))
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types; one line each
             raise UsageError(f"task {cfg.task!r}: could not download {source!r}: {str(exc).splitlines()[0]}") from None
-        _console().print(f"fetched {markup(source)} for {markup(cfg.task)}", soft_wrap=True)
+        out.print(f"fetched {markup(source)} for {markup(cfg.task)}", soft_wrap=True)
     return 0

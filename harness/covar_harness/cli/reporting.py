@@ -46,7 +46,8 @@ def add_init_leaderboard(sub) -> None:
     p.add_argument(
         "--harness-spec",
         default=None,
-        help="what the workflow pip-installs (default: covar-harness==<this version>; e.g. a git URL)",
+        help="what the workflow pip-installs (default: the git URL and commit this harness was installed from, "
+        "else covar-harness==<this version>)",
     )
     p.set_defaults(handler="covar_harness.cli.commands_results:cmd_init_leaderboard")
 
