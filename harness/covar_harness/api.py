@@ -116,10 +116,11 @@ def _run(args: Namespace) -> dict[str, Any]:
     from covar_harness.cli.commands import prepare_run
     from covar_harness.results import files as results
     from covar_harness.run.evaluator import run
-    from covar_harness.run.progress import Reporter
+    from covar_harness.run.progress import progress_reporter
 
     prepared = prepare_run(args)
-    outcomes = run(prepared.models, prepared.tasks, prepared.catalog, prepared.options, Reporter(), prepared.plan)
+    with progress_reporter(len(prepared.plan)) as reporter:  # lines on stderr when it is not a terminal
+        outcomes = run(prepared.models, prepared.tasks, prepared.catalog, prepared.options, reporter, prepared.plan)
     records = []
     for o in outcomes:
         if o.status in ("done", "skipped") and o.path.is_file():

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,10 @@ def ensure_covar_shapes(
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".covar-shapes-", dir=root.parent))
+    started = time.monotonic()
+    if not quiet:  # minutes on a small machine, once: say so, also where no progress bar is drawn (a log)
+        sys.stderr.write(f"covar-shapes: generating the benchmark into {root} (first use only) ...\n")
+        sys.stderr.flush()
     try:
         objects, backgrounds = write_sources(tmp / "sources", BENCH_SEED, per_class, BACKGROUNDS_PER_FAMILY)
         out = tmp / "data"
@@ -183,6 +188,8 @@ def ensure_covar_shapes(
         _install(out, root, per_class, quiet)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder (mkdtemp), never the user's
+    if not quiet:
+        sys.stderr.write(f"covar-shapes: generated in {time.monotonic() - started:.0f} s\n")
     return root
 
 

@@ -422,3 +422,65 @@ def test_a_model_returning_nan_fails_the_pair_naming_the_output_and_the_run_goes
     failed = [line for line in r.stderr.splitlines() if "NaN or inf" in line]
     assert failed and method in failed[0]
     assert not list(out.rglob("toy__t0.json")) and next(out.rglob("toy__t1.json")).is_file()
+
+
+# ---- minor findings: SIGTERM, file modes -------------------------------------------------------------------
+def test_sigterm_mid_pair_exits_143_with_one_line_and_the_rerun_resumes(openclip_dir, toy, reference, tmp_path):
+    """The audit's case: SIGTERM exited 143 with no word; now it stops as Ctrl-C does, finished batches kept."""
+    import signal
+
+    from covar_harness_plugins.openclip import OpenClipAdapter
+
+    out, real, calls = tmp_path / "out", OpenClipAdapter.encode_images, []
+
+    def forward(adapter, pixels, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's time limit, mid-pair
+        return real(adapter, pixels, **kw)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(OpenClipAdapter, "encode_images", forward)
+        r = cli(*_args(openclip_dir, toy[:1], out))
+    assert r.returncode == 143, r.stderr
+    assert "covar-harness: terminated (SIGTERM); finished pairs are saved, rerun to resume" in r.stderr
+    assert "Traceback" not in r.stderr and not list(out.rglob("*.tmp")) and not list(out.rglob("*.lock"))
+    r = cli(*_args(openclip_dir, toy[:1], out))
+    assert r.returncode == 0 and "resuming toy/t0 after 4 sample(s)" in r.stderr
+    assert _result(out) == reference
+
+
+def test_sigterm_during_report_leaves_no_temporary_folder(openclip_dir, toy, tmp_path, monkeypatch):
+    """Sibling: another command than run; its temporary site folder is removed as on Ctrl-C."""
+    import signal
+
+    from covar_harness.leaderboard.report import site
+
+    out = tmp_path / "out"
+    assert cli(*_args(openclip_dir, toy[:1], out)).returncode == 0
+
+    def killed(*args, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached: the handler raises")
+
+    monkeypatch.setattr(site, "_write", killed)
+    r = cli("report", str(out), "--out", str(tmp_path / "site"))
+    assert r.returncode == 143 and "terminated (SIGTERM)" in r.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
+
+
+def test_result_files_and_the_site_follow_the_umask(openclip_dir, toy, tmp_path):
+    """The audit's 1.56: results 0600 and the site root 0700 whatever the umask (mkstemp / mkdtemp)."""
+    out = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        assert cli(*_args(openclip_dir, toy[:1], out)).returncode == 0
+        assert cli("report", str(out), "--out", str(tmp_path / "site")).returncode == 0
+        assert cli("init-leaderboard", str(tmp_path / "board")).returncode == 0
+    finally:
+        os.umask(previous)
+    result = next(out.rglob("toy__t0.json"))
+    assert result.stat().st_mode & 0o777 == 0o644
+    assert results.samples_path(result).stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "site").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "board" / "leaderboard-ci.sh").stat().st_mode & 0o777 == 0o644

@@ -169,9 +169,10 @@ def test_line_reporter_reports_long_pairs_every_interval():
 def test_terminal_progress_shows_eta():
     from covar_harness.run.progress import progress_reporter
 
-    with progress_reporter() as reporter:
+    with progress_reporter(3, terminal=True) as reporter:
         names = [type(c).__name__ for c in reporter.progress.columns]
-    assert "TimeRemainingColumn" in names
+        bars = [t.description for t in reporter.progress.tasks]
+    assert "TimeRemainingColumn" in names and bars == ["pair 1 of 3"]  # the run's own bar: its ETA is the total
 
 
 def test_verbose_flag_works_before_and_after_the_command():

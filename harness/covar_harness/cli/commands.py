@@ -182,14 +182,13 @@ def _diagnosis_settings(args: Namespace):
 
 
 def _run_with_progress(models, tasks, catalog, options, plan):
-    """Progress bars with ETA in a terminal; plain lines (one per pair, one per 30 s) when stderr is a file."""
+    """Progress on stderr (``run.progress.progress_reporter``): bars with "pair k of N" and the run's ETA in a
+    terminal; plain lines (each phase, one per 30 s, one per pair with the ETA) when stderr is a file."""
     from covar_harness.run.evaluator import run
-    from covar_harness.run.progress import LineReporter, progress_reporter
+    from covar_harness.run.progress import progress_reporter
 
-    if sys.stderr.isatty():
-        with progress_reporter() as reporter:
-            return run(models, tasks, catalog, options, reporter, plan)
-    return run(models, tasks, catalog, options, LineReporter(total_pairs=len(plan)), plan)
+    with progress_reporter(len(plan)) as reporter:
+        return run(models, tasks, catalog, options, reporter, plan)
 
 
 def _print_plan(out, plan, models, tasks) -> int:

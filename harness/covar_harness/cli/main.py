@@ -21,6 +21,7 @@ from covar_harness.cli.analysis import add_compare, add_rescore
 from covar_harness.cli.reporting import add_export, add_init_leaderboard, add_leaderboard, add_report, add_validate
 from covar_harness.cli.tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags, rise_flags
 from covar_harness.common.flags import cli_flags
+from covar_harness.common.interrupt import Terminated, terminate_as_interrupt
 from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.diagnosis.distractors import DistractorSettings
 from covar_harness.diagnosis.rules import DiagnosisSettings
@@ -224,13 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module, _, func = args.handler.partition(":")
     try:
-        return int(getattr(importlib.import_module(module), func)(args) or 0)
+        with terminate_as_interrupt():
+            return int(getattr(importlib.import_module(module), func)(args) or 0)
     except UsageError as exc:
         print(f"covar-harness: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("covar-harness: interrupted; finished pairs are saved, rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"covar-harness: {how}; finished pairs are saved, rerun to resume", file=sys.stderr)
+        return code
     except BrokenPipeError:  # `covar-harness ... | head`: the reader has gone, nothing to report
         from covar_harness.common.console import stdout_closed
 

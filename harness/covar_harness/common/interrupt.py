@@ -1,10 +1,39 @@
 """Ctrl-C during a run: always stops it (exit 130), wherever SIGINT lands, and DataLoader workers leave it to
-the main process."""
+the main process. SIGTERM (``kill``, a job scheduler's time limit) is handled the same way, as
+:class:`Terminated`, and ends the command with exit 143 and one line: temporary files are cleaned up as on
+Ctrl-C, and finished pairs are kept."""
 
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops the command as Ctrl-C does (every cleanup that handles Ctrl-C handles it), exit 143."""
+
+
+def _raise_for(signum: int) -> None:
+    import signal
+
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """For a whole command (``cli.main``): SIGTERM raises :class:`Terminated` in the main thread instead of
+    ending the process where it stands (no message, temporary folders left behind); restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _raise_for(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Interrupt:
@@ -17,10 +46,11 @@ class _Interrupt:
 
     def __init__(self) -> None:
         self.hit = False
+        self.signum: int | None = None
 
     def _handler(self, signum, frame) -> None:
-        self.hit = True
-        raise KeyboardInterrupt
+        self.hit, self.signum = True, signum
+        _raise_for(signum)
 
     @contextmanager
     def installed(self):
@@ -30,8 +60,9 @@ class _Interrupt:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.hit = False
+        self.hit, self.signum = False, None
         previous = signal.signal(signal.SIGINT, self._handler)
+        previous_term = signal.signal(signal.SIGTERM, self._handler)
         previous_hook = sys.unraisablehook
 
         def unraisable(info) -> None:  # our KeyboardInterrupt raised in a __del__ or weakref callback: the flag
@@ -43,12 +74,13 @@ class _Interrupt:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
             sys.unraisablehook = previous_hook
             self.hit = False  # handled: a later run (or a direct evaluate_task call) starts clean
 
     def check(self) -> None:
         if self.hit:
-            raise KeyboardInterrupt
+            _raise_for(self.signum or 0)
 
 
 INTERRUPT = _Interrupt()  # signal handlers are process-wide, so is this flag
@@ -60,6 +92,7 @@ def ignore_sigint(_worker_id: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the loader ends its workers with SIGTERM: let it
     default = sys.excepthook
 
     def quiet_pipes(kind, value, tb):

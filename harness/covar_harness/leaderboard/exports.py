@@ -167,6 +167,7 @@ def write_hf(documents: dict[str, dict], out: Path) -> None:
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    tmp.chmod(results.umask_mode(0o777))  # the folder renamed into place: as mkdir would make it, not 0700
     try:
         _write_tree(tmp, documents)
         generated_folders.swap_in(tmp, out)

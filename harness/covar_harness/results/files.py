@@ -98,11 +98,22 @@ def samples_path(result_file: Path) -> Path:
     return result_file.with_name(result_file.name[: -len(".json")] + ".samples.jsonl")
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as ``open()`` / ``mkdir`` would create it under this process's umask. Why: ``mkstemp`` and
+    ``mkdtemp`` make 0600 / 0700 whatever the umask, so files renamed into place would be private to the user
+    even where the umask shares them (a group's results folder, a web server serving the report)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write(path: Path, write, binary: bool = False) -> None:
-    """``write(file)`` into a temp file beside ``path``, then rename: readers see the old file or the new one."""
+    """``write(file)`` into a temp file beside ``path``, then rename: readers see the old file or the new one
+    (with the mode the umask gives new files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
             write(fh)
             fh.flush()

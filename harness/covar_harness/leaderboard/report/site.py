@@ -158,6 +158,7 @@ def build_site(
         raise UsageError(f"no valid result files under {one_line(results_dir)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    tmp.chmod(results.umask_mode(0o777))  # the folder renamed into place: as mkdir would make it, not 0700
     try:
         built = _write(
             tmp, loaded, results_dir, maps, reference, gallery, ClassNames(data_dir, list(include_paths or [])), title
