@@ -484,3 +484,39 @@ def test_result_files_and_the_site_follow_the_umask(openclip_dir, toy, tmp_path)
     assert results.samples_path(result).stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "site").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "board" / "leaderboard-ci.sh").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("kill", ["first", "second", "both"])
+def test_two_concurrent_runs_killed_in_any_order_end_as_one_uninterrupted_run(openclip_dir, tmp_path, kill):
+    """Done-when of issue 25: two runs of one pair on one output folder, each killed -9 (or not) mid-pair in
+    either order, then a rerun: the result and sample log are those of one uninterrupted run, and a run that
+    met the other's lock said so in one line."""
+    import signal
+    import time
+
+    folder = make_image_folder(tmp_path / "imgs", per_class=20)  # 60 images: 30 batches of 2
+    task = write_task_yaml(tmp_path / "t.yaml", "toy/t0", folder)
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert cli(*_args(openclip_dir, [task], whole)).returncode == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "covar_harness", *_args(openclip_dir, [task], out)]
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)]
+    time.sleep(0.5)
+    runs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.stat().st_size > 4000 for p in out.rglob("*.part")):
+        if all(r.poll() is not None for r in runs):
+            break
+        time.sleep(0.01)
+    killed = [i for i in {"first": [0], "second": [1], "both": [1, 0]}[kill] if runs[i].poll() is None]
+    for i in killed:
+        os.killpg(runs[i].pid, signal.SIGKILL)
+    assert killed  # mid-pair: the part file had chunks
+    for r in runs:
+        _, err = r.communicate(timeout=300)
+        if r.returncode not in (0, -9):
+            assert r.returncode == 1 and "another run" in err, err
+    r = cli(*_args(openclip_dir, [task], out))
+    assert r.returncode == 0, r.stderr
+    assert _result(out) == _result(whole)
+    assert not list(out.rglob("*.part*"))
