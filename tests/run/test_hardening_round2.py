@@ -520,3 +520,30 @@ def test_two_concurrent_runs_killed_in_any_order_end_as_one_uninterrupted_run(op
     assert r.returncode == 0, r.stderr
     assert _result(out) == _result(whole)
     assert not list(out.rglob("*.part*"))
+
+
+def test_folders_left_by_a_killed_report_are_removed_by_the_next_and_live_ones_kept(tmp_path):
+    """The audit's 1.66: ``kill -9`` during ``report`` left ``.site2.new-*`` for good. Sibling: a folder a live
+    build holds (locked) is never taken, nor one younger than a minute."""
+    import fcntl
+
+    from covar_harness.leaderboard import generated_folders
+
+    out, hour = tmp_path / "site2", 3600
+    dead_new, dead_old = tmp_path / ".site2.new-abc", tmp_path / ".site2.old-def"
+    live, young = tmp_path / ".site2.new-live", tmp_path / ".site2.new-young"
+    for folder in (dead_new, dead_old, live, young):
+        (folder / "x").mkdir(parents=True)
+    for folder in (dead_new, dead_old, live):
+        os.utime(folder, (os.path.getmtime(folder) - hour, os.path.getmtime(folder) - hour))
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with generated_folders.building(out) as tmp:
+            (tmp / "index.html").write_text("ok")
+            generated_folders.swap_in(tmp, out)
+    finally:
+        os.close(fd)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".site2.new-live", ".site2.new-young", "site2"]
+    assert (out / "index.html").read_text() == "ok"

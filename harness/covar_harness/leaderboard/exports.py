@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -166,14 +164,9 @@ def write_hf(documents: dict[str, dict], out: Path) -> None:
     out = Path(out)
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    tmp.chmod(results.umask_mode(0o777))  # the folder renamed into place: as mkdir would make it, not 0700
-    try:
+    with generated_folders.building(out) as tmp:
         _write_tree(tmp, documents)
         generated_folders.swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---- pushing to the Hub (never in tests) -----------------------------------------------------------------

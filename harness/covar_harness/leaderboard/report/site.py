@@ -18,8 +18,6 @@ folder is refused (nothing of the user's is deleted).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,16 +155,11 @@ def build_site(
     if not loaded.records and not loaded.faithfulness and reference is None:
         raise UsageError(f"no valid result files under {one_line(results_dir)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    tmp.chmod(results.umask_mode(0o777))  # the folder renamed into place: as mkdir would make it, not 0700
-    try:
+    with generated_folders.building(out) as tmp:
         built = _write(
             tmp, loaded, results_dir, maps, reference, gallery, ClassNames(data_dir, list(include_paths or [])), title
         )
         generated_folders.swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     built.out = out
     built.seconds = time.perf_counter() - started
     return built
