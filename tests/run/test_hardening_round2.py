@@ -547,3 +547,12 @@ def test_folders_left_by_a_killed_report_are_removed_by_the_next_and_live_ones_k
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == [".site2.new-live", ".site2.new-young", "site2"]
     assert (out / "index.html").read_text() == "ok"
+
+
+def test_a_fifo_at_the_part_file_key_costs_resume_not_the_pair(openclip_dir, toy, reference, tmp_path):
+    """Sibling of item 11: the key that signs part files is a cache file too; a FIFO there must not hang."""
+    key = tmp_path / "part-file.key"
+    os.mkfifo(key)
+    r = cli(*_args(openclip_dir, toy[:1], tmp_path / "out"), env={"COVAR_HARNESS_PART_KEY": str(key)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "is a FIFO" in r.stderr and _result(tmp_path / "out") == reference

@@ -365,7 +365,8 @@ def _key() -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        key = path.read_bytes()
+        with open_regular(path, max_bytes=64) as fh:  # a FIFO or a huge file there: one line, no hang
+            key = fh.read(64)
         if len(key) != 32:
             raise OSError(f"{path}: not a 32-byte key (delete it to make a new one)") from None
         return key
