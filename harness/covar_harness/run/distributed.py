@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import open_regular
+from covar_harness.common.safe_files import open_regular, parse_json
 from covar_harness.run.text_cache import ClassifierCache
 
 if TYPE_CHECKING:
@@ -306,7 +306,7 @@ def _mismatch(path: Path, header: dict[str, Any]) -> str:
     class embeddings built apart, e.g. with ``--text-cache none``)."""
     try:
         with open_regular(path) as fh:  # a FIFO in its place must not hang rank 0
-            found = json.loads(fh.readline(1 << 20))
+            found = parse_json(fh.readline(1 << 20), str(path))
     except FileNotFoundError:
         return "is missing"
     except (OSError, ValueError, RecursionError) as exc:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from covar_harness.common.console import one_line
-from covar_harness.common.safe_files import open_regular
+from covar_harness.common.safe_files import open_regular, parse_json
 from covar_harness.pipeline.contract import PairContext, Pipeline
 from covar_harness.run.text_cache import model_fingerprint
 
@@ -221,7 +221,7 @@ def read_part(path: Path, header: dict[str, Any]) -> tuple[str, list[dict[str, A
     try:
         with open_regular(path) as fh:
             size = os.fstat(fh.fileno()).st_size
-            found = json.loads(fh.readline(MAX_HEADER))
+            found = parse_json(fh.readline(MAX_HEADER), str(path))
             writer = found.pop("writer", None) if isinstance(found, dict) else None
             if found != header or not isinstance(writer, str):
                 log.warning("part file %s has other settings: starting the pair over", path)

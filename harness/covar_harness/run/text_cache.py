@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.common.safe_files import open_regular
+from covar_harness.common.safe_files import open_regular, parse_json
 from covar_harness.data.resources import format_prompt
 from covar_harness.models.adapter import check_finite
 
@@ -184,7 +184,7 @@ def _read_entry(path: Path, key: str, n_classes: int) -> tuple[bytes, tuple[int,
     with open_regular(path) as fh:
         if fh.read(len(MAGIC)) != MAGIC:
             raise ValueError("not a text-embedding file")
-        header = json.loads(fh.readline(MAX_HEADER))
+        header = parse_json(fh.readline(MAX_HEADER), str(path))
         if not isinstance(header, dict) or header.get("key") != key or header.get("dtype") != "float32":
             raise ValueError("header does not match")
         d, c = (int(x) for x in header["shape"])
