@@ -227,6 +227,8 @@ def test_results_without_a_fine_rule_setting_still_resume_with_the_default(defau
     stored = json.loads(default_run.read_text())
     del stored["config"]["run_settings"]["diagnosis"]["fine_rule"]  # as written before the setting was recorded
     copy.write_text(json.dumps(stored))
+    log = default_run.with_name(default_run.stem + ".samples.jsonl")  # --log-samples asks for it: copied too
+    copy.with_name(log.name).write_bytes(log.read_bytes())
     again = _run(covar_shapes_data, out)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(copy.read_text()) == stored  # skipped: the same settings, the file untouched

@@ -180,7 +180,8 @@ def test_site_tables_show_exactly_the_leaderboard_numbers(site, demo):
     shown = leaderboard_tables(page)
     assert len(shown) == len(tables) >= 3  # accuracy, diagnosis, the hostile family's generic table
     md = markdown_rows(render.render_markdown(tables))
-    md_bodies = [r for r in md if r[0] != "Model"]
+    headers = {tuple(t.columns) for t in tables}
+    md_bodies = [r for r in md if r[0] != "Model" and tuple(r) not in headers]
     site_bodies = []
     for table, html_table in zip(tables, shown):
         header, *body = html_table["rows"]

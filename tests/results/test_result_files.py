@@ -65,7 +65,7 @@ def test_safe_names_keep_todays_slugs_and_the_demo_paths():
         == out / "demo__shapes-clean" / "covar-shapes__original.json"
     )
     hashed = results.slug("openclip:ViT-B-32/openai")
-    assert re.fullmatch(r"openclip_ViT-B-32__openai-[0-9a-f]{8}", hashed)
+    assert re.fullmatch(r"openclip_ViT-B-32__openai-[0-9a-f]{16}", hashed)
     assert results.slug("openclip:ViT-B-32/openai") == hashed  # stable
 
 

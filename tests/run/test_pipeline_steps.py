@@ -166,7 +166,7 @@ def test_attribution_then_diagnosis_in_one_loop(tmp_path):
         want = "fg" if row["correct"] else "bg"
         assert row["drivers"] == {"paper": want, "counterfactual": want}
     assert record["metrics"]["bg_er"] == 1.0 and record["metrics"]["fg_driven_rate"] == 0.5
-    assert list(record["config"]) == ["attribution", "diagnosis", "templates", "classnames"]
+    assert list(record["config"]) == ["attribution", "diagnosis", "templates", "classnames", "task_digest"]
     assert record["config"]["diagnosis"]["by_rule"]["counterfactual"]["n_undetermined"] == 0
 
 

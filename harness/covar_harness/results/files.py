@@ -34,7 +34,7 @@ SLUG_HASH = 16  # hex digits of SHA-256 in a hashed slug: 64 bits, no collision 
 LEGACY_SLUG_HASH = 8  # what harnesses before 0.2 wrote (32 bits: a collision takes 2 s to find)
 SLUG_MAX = 200  # bytes (slugs are ASCII); leaves room for ".samples.jsonl" and the temp-file affixes under 255
 _SAFE_PART = re.compile(r"[A-Za-z0-9.=-](?:[A-Za-z0-9._=-]*[A-Za-z0-9=-])?")  # one "/"-separated part kept as is
-_HASHED_TAIL = re.compile(r"-[0-9a-f]{8}$")
+_HASHED_TAIL = re.compile(r"-(?:[0-9a-f]{8}|[0-9a-f]{16})$")  # a hashed slug, in the form written now or earlier
 _RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # Windows device names, any extension
 
 
