@@ -99,7 +99,7 @@ def test_allowlist_variable_filters_third_party_but_keeps_builtins(plugin_env):
     assert unknown.returncode == 2
 
 
-def test_help_ls_and_plugins_do_not_import_torch(plugin_env):
+def test_help_run_help_ls_and_plugins_do_not_import_torch(plugin_env):
     import subprocess
     import sys
 
@@ -108,10 +108,13 @@ def test_help_ls_and_plugins_do_not_import_torch(plugin_env):
         from covar_harness.cli.main import main
         for argv in (["ls", "models"], ["ls", "tasks"], ["plugins"], ["ls", "attributors"]):
             assert main(argv) == 0, argv
-        try:
-            main(["--help"])
-        except SystemExit:
-            pass
+        for argv in (["--help"], ["run", "--help"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+        from covar_harness.models.specs import resolve_device
+        assert resolve_device("cpu") == "cpu"  # --device cpu: torch is not even imported to resolve it
         heavy = sorted(m for m in ("torch", "open_clip", "transformers", "datasets") if m in sys.modules)
         print("HEAVY:" + ",".join(heavy))
     """)

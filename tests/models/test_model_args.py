@@ -67,3 +67,23 @@ def test_run_wide_model_args_and_errors(tmp_path, covar_shapes_data):
     gpu = run_cli_inprocess("run", "--models", "demo/shapes-clean@device=cuda:7", "--tasks", "covar-shapes/original",
                             "--output-dir", str(tmp_path / "gpu"))  # fmt: skip
     assert gpu.returncode == 2 and "cuda" in gpu.stderr  # checked before any model loads
+
+
+def test_auto_device_asks_cuda_nothing_more_when_no_gpu_is_counted(monkeypatch):
+    """``--device auto`` on a machine where NVML counts no GPU: ``cpu`` (or ``mps``) without the CUDA runtime
+    query (``is_available`` initialises it); a counted GPU is still confirmed by ``is_available``."""
+    import torch
+
+    from covar_harness.models.specs import resolve_device
+
+    def no_runtime_query():
+        raise AssertionError("torch.cuda.is_available must not be asked when no GPU is counted")
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", no_runtime_query)
+    assert resolve_device("auto") in ("cpu", "mps")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # counted, but the runtime cannot use it
+    assert resolve_device("auto") in ("cpu", "mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import Attributor, ClusterBatch, Scores, find_attributor
@@ -67,24 +68,39 @@ class Attribution:
             return self.patch_map
         return self.importance.gather(1, self.assignments)
 
+    @cached_property
+    def _rows(self) -> dict[str, Any]:
+        """The batch's per-row numbers as Python lists, converted once per batch: building a row's record then
+        indexes lists instead of tensors (one ``tolist`` per tensor, not several small ones per sample)."""
+        return {
+            "target": self.target.tolist(),
+            "assignments": self.assignments.tolist(),
+            "importance": self.importance.tolist(),
+            "s": self.s.tolist(),
+            "drop": None if self.drop is None else self.drop.tolist(),
+            "alt": None if self.importance_alt is None else self.importance_alt.tolist(),
+        }
+
     def record(self, b: int) -> CCIRecord:
         """The ``cci`` entry of row ``b``'s log line (docs/design.md section 6)."""
+        rows = self._rows
         return CCIRecord(
             self.method,
-            int(self.target[b]),
+            int(rows["target"][b]),
             self.k,
-            [int(v) for v in self.assignments[b].tolist()],
-            [short(v) for v in self.importance[b].tolist()],
-            short(float(self.s[b])),
-            None if self.drop is None else [short(v) for v in self.drop[b].tolist()],
+            [int(v) for v in rows["assignments"][b]],
+            [short(v) for v in rows["importance"][b]],
+            short(float(rows["s"][b])),
+            None if rows["drop"] is None else [short(v) for v in rows["drop"][b]],
             **self._alt_field(b),
         )
 
     def _alt_field(self, b: int) -> dict[str, list[float]]:
         """``{"importance_label": [...]}`` (or ``importance_pred``) for row ``b``; empty without the other target."""
-        if self.importance_alt is None or self.alt is None:
+        alt = self._rows["alt"]
+        if alt is None or self.alt is None:
             return {}
-        return {f"importance_{self.alt}": [short(v) for v in self.importance_alt[b].tolist()]}
+        return {f"importance_{self.alt}": [short(v) for v in alt[b]]}
 
     def sample_record(self, index: int, b: int) -> AttributionRecord:
         """Row ``b`` as sample ``index``'s record: ``cci``, and ``shapley`` / ``counterfactual`` when computed,

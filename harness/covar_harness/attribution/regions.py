@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from covar_harness.attribution.records import RegionRecord, short
@@ -32,14 +33,21 @@ class RegionTest:
     target: torch.Tensor  # (B,)
     masked: torch.Tensor  # (B,) bool: the sample had a foreground mask (else no test)
 
+    @cached_property
+    def _rows(self) -> tuple[list, ...]:
+        """The batch as Python lists, converted once (see ``Attribution._rows``)."""
+        tensors = (self.masked, self.target, self.s_fg_only, self.s_bg_only, self.pred_fg_only, self.pred_bg_only)
+        return tuple(t.tolist() for t in tensors)
+
     def record(self, b: int) -> RegionRecord | None:
         """The ``counterfactual`` entry of one sample's log line; None when the sample had no mask."""
-        if not bool(self.masked[b]):
+        masked, target, s_fg_only, s_bg_only, pred_fg_only, pred_bg_only = self._rows
+        if not bool(masked[b]):
             return None
-        s_fg, s_bg = _maybe(self.s_fg_only[b]), _maybe(self.s_bg_only[b])
-        p_fg = int(self.pred_fg_only[b]) if int(self.pred_fg_only[b]) >= 0 else None
-        p_bg = int(self.pred_bg_only[b]) if int(self.pred_bg_only[b]) >= 0 else None
-        return RegionRecord(s_fg, s_bg, p_fg, p_bg, region_outcome(int(self.target[b]), p_fg, p_bg))
+        s_fg, s_bg = _maybe(s_fg_only[b]), _maybe(s_bg_only[b])
+        p_fg = int(pred_fg_only[b]) if int(pred_fg_only[b]) >= 0 else None
+        p_bg = int(pred_bg_only[b]) if int(pred_bg_only[b]) >= 0 else None
+        return RegionRecord(s_fg, s_bg, p_fg, p_bg, region_outcome(int(target[b]), p_fg, p_bg))
 
 
 def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | None) -> str | None:
@@ -56,7 +64,7 @@ def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | No
     }[(fg_ok, bg_ok)]
 
 
-def _maybe(value: torch.Tensor) -> float | None:
+def _maybe(value: float) -> float | None:
     v = float(value)
     return None if math.isnan(v) else short(v)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import Attributor, ClusterBatch, Scores
@@ -84,10 +85,14 @@ class ShapleyValues:
     v_empty: torch.Tensor  # (B,) prefix-only forward, or 0 by convention (see ``v_empty_rule``)
     v_empty_rule: str
 
+    @cached_property
+    def _rows(self) -> tuple[list, list, list]:
+        """The batch as Python lists, converted once (see ``Attribution._rows``)."""
+        return self.values.tolist(), self.v_all.tolist(), self.v_empty.tolist()
+
     def record(self, b: int) -> ShapleyRecord:
-        return ShapleyRecord(
-            [short(v) for v in self.values[b].tolist()], short(float(self.v_all[b])), short(float(self.v_empty[b]))
-        )
+        values, v_all, v_empty = self._rows
+        return ShapleyRecord([short(v) for v in values[b]], short(float(v_all[b])), short(float(v_empty[b])))
 
 
 def coalition_table(k: int) -> torch.Tensor:

@@ -34,6 +34,19 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.common.flags import flag
+from covar_harness.diagnosis.arrays import (
+    PatchScore,
+    blocks,
+    density_ratios,
+    fg_fractions,
+    null_columns,
+    null_counts,
+    null_order,
+    patch_index,
+    patch_values,
+    present_clusters,
+    value_table,
+)
 from covar_harness.diagnosis.fine_rules import DEFAULT as DEFAULT_FINE_RULE
 from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, is_fine, parse_fine_rule
 from covar_harness.pipeline.contract import SampleRecord
@@ -161,12 +174,15 @@ def _by_target(
 @dataclass(frozen=True)
 class Rule:
     """A driver rule: ``score`` (higher = more foreground-driven; None = undetermined) and the threshold that
-    calls fg: ``--fg-threshold`` when ``uses_threshold``, else 0.5 (where the score is symmetric)."""
+    calls fg: ``--fg-threshold`` when ``uses_threshold``, else 0.5 (where the score is symmetric).
+    ``on_patches``: the same score over arrays of patch values (rules registered with :func:`patch_rule`),
+    which the diagnosis uses to score a whole batch and every draw of its null at once."""
 
     name: str
     score: Callable[[Evidence, np.ndarray], float | None]
     uses_threshold: bool = False
     null_field: str | None = None  # the Evidence field of per-cluster values the null permutes; None: no null
+    on_patches: PatchScore | None = None
 
     def threshold(self, settings: DiagnosisSettings) -> float:
         return settings.threshold if self.uses_threshold else 0.5
@@ -179,7 +195,8 @@ def rule(name: str, *, uses_threshold: bool = False, null_field: str | None = No
     """Register ``fn(evidence, fg) -> score | None`` as driver rule ``name``; ``fg`` is the (N,) foreground
     fraction per patch in raster order. ``null_field`` names the Evidence field of per-cluster values the rule
     reads ("importance", "shapley"): its null permutes them; the rule is also scored per explained target when
-    it reads "importance"."""
+    it reads "importance". Such a rule is called once per sample (and per draw of its null); a rule that is a
+    function of the patch values is faster registered with :func:`patch_rule`."""
 
     def register(fn: Callable[[Evidence, np.ndarray], float | None]) -> Callable:
         RULES[name] = Rule(name, fn, uses_threshold, null_field)
@@ -188,55 +205,43 @@ def rule(name: str, *, uses_threshold: bool = False, null_field: str | None = No
     return register
 
 
-def _patch_values(assignments: Sequence[int], values: Sequence[float]) -> np.ndarray:
-    """Per-patch values from per-cluster values (a cluster id with no value counts 0)."""
-    import numpy as np
+def patch_rule(name: str, field: str, *, uses_threshold: bool = False) -> Callable[[PatchScore], PatchScore]:
+    """Register ``fn(patch_values, fg) -> (scores, decided)`` as driver rule ``name`` reading the per-cluster
+    values of Evidence field ``field`` ("importance", "shapley"), each patch carrying its cluster's value.
+    ``fn`` works on (..., N) arrays and reduces the last axis (``arrays.fg_fractions`` is one), so the diagnosis
+    scores every sample of a batch and every draw of the null in one call; the null permutes ``field``."""
 
-    vals = np.asarray(values, dtype=np.float64)
-    assign = np.asarray(assignments, dtype=np.int64)
-    return np.where(assign < len(vals), vals[np.minimum(assign, len(vals) - 1)], 0.0)
+    def register(fn: PatchScore) -> PatchScore:
+        def score(ev: Evidence, fg: np.ndarray) -> float | None:
+            import numpy as np
+
+            values = getattr(ev, field)
+            if ev.assignments is None or values is None:
+                return None
+            share, decided = fn(patch_values(ev.assignments, values), np.asarray(fg))
+            return float(share) if bool(decided) else None
+
+        RULES[name] = Rule(name, score, uses_threshold, field, fn)
+        return fn
+
+    return register
 
 
 def fg_fraction(patch_importance: np.ndarray, fg: np.ndarray) -> float | None:
     """Positive importance mass inside the foreground / total positive mass; None when nothing is positive."""
-    import numpy as np
-
-    pos = np.clip(patch_importance, 0.0, None)
-    total = pos.sum()
-    return None if total <= 0 else float((pos * fg).sum() / total)
+    share, decided = fg_fractions(patch_importance, fg)
+    return float(share) if bool(decided) else None
 
 
 def density_ratio(patch_importance: np.ndarray, fg: np.ndarray) -> float | None:
     """Share of positive importance *density* that is foreground: d_fg / (d_fg + d_bg), in [0, 1]."""
-    import numpy as np
-
-    pos = np.clip(patch_importance, 0.0, None)
-    area_fg, area_bg = fg.sum(), (1 - fg).sum()
-    if pos.sum() <= 0 or area_fg <= 0 or area_bg <= 0:
-        return None
-    d_fg, d_bg = (pos * fg).sum() / area_fg, (pos * (1 - fg)).sum() / area_bg
-    return float(d_fg / (d_fg + d_bg))
+    ratio, decided = density_ratios(patch_importance, fg)
+    return float(ratio) if bool(decided) else None
 
 
-@rule("paper", uses_threshold=True, null_field="importance")
-def _score_paper(ev: Evidence, fg: np.ndarray) -> float | None:
-    if ev.assignments is None or ev.importance is None:
-        return None
-    return fg_fraction(_patch_values(ev.assignments, ev.importance), fg)
-
-
-@rule("area", null_field="importance")
-def _score_area(ev: Evidence, fg: np.ndarray) -> float | None:
-    if ev.assignments is None or ev.importance is None:
-        return None
-    return density_ratio(_patch_values(ev.assignments, ev.importance), fg)
-
-
-@rule("shapley", uses_threshold=True, null_field="shapley")
-def _score_shapley(ev: Evidence, fg: np.ndarray) -> float | None:
-    if ev.assignments is None or ev.shapley is None:
-        return None
-    return fg_fraction(_patch_values(ev.assignments, ev.shapley), fg)
+patch_rule("paper", "importance", uses_threshold=True)(fg_fractions)
+patch_rule("area", "importance")(density_ratios)
+patch_rule("shapley", "shapley", uses_threshold=True)(fg_fractions)
 
 
 @rule("counterfactual")
@@ -315,6 +320,20 @@ def read_grid(values: Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Case:
+    """One sample as the diagnosis reads it. Without a mask (``fg`` None) nothing is decided; ``sample_id``
+    seeds the null's draws (default: the index), ``cluster`` is the bootstrap unit."""
+
+    index: int
+    label: int
+    pred: int
+    evidence: Evidence
+    fg: np.ndarray | None = None  # (N,) foreground fraction per patch, raster order
+    sample_id: str | None = None
+    cluster: str | None = None
+
+
 def diagnose_sample(
     index: int,
     label: int,
@@ -326,35 +345,152 @@ def diagnose_sample(
     sample_id: str | None = None,
     cluster: str | None = None,
 ) -> DiagnosisRecord:
-    """Driver and error type of one sample under each rule. Without a mask (``fg`` None) nothing is decided.
-    ``sample_id`` seeds the null's draws (default: the index), ``cluster`` is the bootstrap unit."""
-    correct = label == pred
-    fine = is_fine(groups, label, pred)
-    outcomes = {}
+    """Driver and error type of one sample under each rule: :func:`diagnose_batch` on a batch of one."""
+    return diagnose_batch([Case(index, label, pred, evidence, fg, sample_id, cluster)], groups, settings)[0]
+
+
+def diagnose_batch(
+    cases: Sequence[Case], groups: dict[int, Any] | FineRelation | None, settings: DiagnosisSettings
+) -> list[DiagnosisRecord]:
+    """Driver and error type of every case under each rule, with the rule's null and its per-target outcomes.
+    Rules registered with :func:`patch_rule` are scored as array operations over the whole batch, the null's
+    draws of all cases included (``arrays``); each case's numbers are those it gets alone."""
+    correct = [c.label == c.pred for c in cases]
+    fine = [is_fine(groups, c.label, c.pred) for c in cases]
+    outcomes: list[dict[str, RuleOutcome]] = [{} for _ in cases]
+    draws: dict[tuple[int, int], np.ndarray] = {}  # the null's columns per case, shared by the rules
     for name in settings.rules:
-        rule_ = RULES[name]
-        outcome = _outcome(rule_, evidence, fg, correct, fine, settings)
-        if fg is not None and rule_.null_field == "importance" and evidence.by_target is not None:
-            by_target = {
-                t: _outcome(rule_, replace(evidence, importance=v), fg, correct, fine, settings)
-                for t, v in evidence.by_target.items()
+        for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, correct, fine, settings, draws)):
+            out[name] = outcome
+    return [
+        DiagnosisRecord(
+            c.index,
+            ok,
+            c.fg is not None,
+            out,
+            None if c.fg is None else float(c.fg.mean()),
+            c.cluster,
+            f,
+            fg=None if c.fg is None else logged_grid(c.fg),
+        )
+        for c, ok, f, out in zip(cases, correct, fine, outcomes)
+    ]
+
+
+def _rule_outcomes(
+    rule_: Rule,
+    cases: Sequence[Case],
+    correct: list[bool],
+    fine: list[bool],
+    settings: DiagnosisSettings,
+    draws: dict[tuple[int, int], np.ndarray],
+) -> list[RuleOutcome]:
+    """One rule's outcome for every case: score and driver, per explained target, and the null's share."""
+    masked = [i for i, c in enumerate(cases) if c.fg is not None]
+    scores = _scores(rule_, cases, masked)
+    threshold = rule_.threshold(settings)
+    drivers = {i: _driver(s, threshold) for i, s in scores.items()}
+    by_target: dict[str, dict[int, float | None]] = {}
+    if rule_.null_field == "importance":
+        targets = [i for i in masked if cases[i].evidence.by_target is not None]
+        by_target = {t: _scores(rule_, cases, targets, t) for t in ("pred", "label")}
+    nulls = _null_shares(rule_, cases, [i for i in masked if drivers[i] is not None], settings, draws)
+
+    def outcome(i: int, score: float | None, driver: str | None) -> RuleOutcome:
+        return RuleOutcome(score, driver, None if cases[i].fg is None else error_type(correct[i], driver, fine[i]))
+
+    out = []
+    for i, case in enumerate(cases):
+        per_target = None
+        if by_target and case.fg is not None and case.evidence.by_target is not None:
+            per_target = {
+                t: outcome(i, by_target[t][i], _driver(by_target[t][i], threshold)) for t in case.evidence.by_target
             }
-            outcome = replace(outcome, by_target=by_target)
-        if fg is not None and outcome.driver is not None:
-            seed = _null_seed(settings.seed, str(index) if sample_id is None else sample_id)
-            outcome = replace(outcome, null_fg=null_fg_share(rule_, evidence, fg, settings, seed))
-        outcomes[name] = outcome
-    area = None if fg is None else float(fg.mean())
-    grid = None if fg is None else logged_grid(fg)
-    return DiagnosisRecord(index, correct, fg is not None, outcomes, area, cluster, fine, fg=grid)
+        base = outcome(i, scores.get(i), drivers.get(i))
+        out.append(replace(base, null_fg=nulls.get(i), by_target=per_target))
+    return out
 
 
-def _outcome(
-    rule_: Rule, evidence: Evidence, fg: np.ndarray | None, correct: bool, fine: bool, settings: DiagnosisSettings
-) -> RuleOutcome:
-    score = None if fg is None else rule_.score(evidence, fg)
-    driver = None if score is None else ("fg" if score >= rule_.threshold(settings) else "bg")
-    return RuleOutcome(score, driver, error_type(correct, driver, fine) if fg is not None else None)
+def _driver(score: float | None, threshold: float) -> str | None:
+    return None if score is None else ("fg" if score >= threshold else "bg")
+
+
+def _rule_values(rule_: Rule, evidence: Evidence, target: str | None) -> Sequence[float] | None:
+    """The per-cluster values the rule reads: its field, or under ``target`` that target's importances."""
+    if target is None:
+        return None if rule_.null_field is None else getattr(evidence, rule_.null_field)
+    return None if evidence.by_target is None else evidence.by_target[target]
+
+
+def _scores(rule_: Rule, cases: Sequence[Case], rows: list[int], target: str | None = None) -> dict[int, float | None]:
+    """The rule's score of each case at ``rows`` (their masks are given); ``target``: with that explained
+    target's importances. A :func:`patch_rule` scores every block of the batch in one call."""
+    import numpy as np
+
+    if rule_.on_patches is None:  # a rule given per sample (``@rule``): called per sample
+        if target is None:
+            return {i: rule_.score(cases[i].evidence, _grid(cases[i])) for i in rows}
+        return {i: rule_.score(_with_importance(cases[i].evidence, target), _grid(cases[i])) for i in rows}
+    out: dict[int, float | None] = dict.fromkeys(rows)
+    values = {i: _rule_values(rule_, cases[i].evidence, target) for i in rows}
+    ready = [(i, cases[i].fg, cases[i].evidence.assignments) for i in rows]
+    for block in blocks([(i, fg, a) for i, fg, a in ready if a is not None and values[i] is not None]):
+        table, lengths = value_table([values[i] or () for i in block.rows])
+        index = patch_index(block.assignments, lengths, table.shape[1])
+        score, decided = rule_.on_patches(np.take_along_axis(table, index, axis=1), block.fg)
+        out.update({i: float(s) if ok else None for i, s, ok in zip(block.rows, score.tolist(), decided.tolist())})
+    return out
+
+
+def _with_importance(evidence: Evidence, target: str) -> Evidence:
+    assert evidence.by_target is not None
+    return replace(evidence, importance=evidence.by_target[target])
+
+
+def _null_shares(
+    rule_: Rule,
+    cases: Sequence[Case],
+    rows: list[int],
+    settings: DiagnosisSettings,
+    draws: dict[tuple[int, int], np.ndarray],
+) -> dict[int, float | None]:
+    """The null's share of fg calls for each case at ``rows`` (decided, with a mask); {} without a null. A
+    :func:`patch_rule` scores all draws of all cases at once; ``draws`` keeps each case's permutations for the
+    next rule reading the same number of values (the same seed gives the same draws)."""
+
+    if rule_.null_field is None or settings.null_draws <= 0 or not rows:
+        return {}
+    seeds = {i: _null_seed(settings.seed, _seed_id(cases[i])) for i in rows}
+    if rule_.on_patches is None:  # a rule given per sample: one call per case and draw
+        return {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows}
+    values = {i: _rule_values(rule_, cases[i].evidence, None) or () for i in rows}
+    out: dict[int, float | None] = {}
+    for block in blocks([(i, cases[i].fg, cases[i].evidence.assignments or ()) for i in rows]):
+        table, lengths = value_table([values[i] for i in block.rows])
+        index = patch_index(block.assignments, lengths, table.shape[1])
+        present = present_clusters(index, table.shape[1])
+        orders = [_order(draws, i, seeds[i], int(n), settings.null_draws) for i, n in zip(block.rows, present.sum(1))]
+        columns = null_columns(present, orders)
+        calls, decided = null_counts(rule_.on_patches, rule_.threshold(settings), table, index, block.fg, columns)
+        out.update({i: None if d == 0 else c / d for i, c, d in zip(block.rows, calls.tolist(), decided.tolist())})
+    return out
+
+
+def _order(draws: dict[tuple[int, int], np.ndarray], i: int, seed: int, n: int, k: int) -> np.ndarray:
+    """Case ``i``'s permutations of its ``n`` non-empty clusters (``null_order``), made once per batch: every
+    rule permuting as many values draws the same ones."""
+    if (i, n) not in draws:
+        draws[(i, n)] = null_order(seed, n, k)
+    return draws[(i, n)]
+
+
+def _seed_id(case: Case) -> str:
+    return str(case.index) if case.sample_id is None else case.sample_id
+
+
+def _grid(case: Case) -> np.ndarray:
+    assert case.fg is not None  # only cases with a mask are scored (a case without one decides nothing)
+    return case.fg
 
 
 def _null_seed(seed: int, sample_id: str) -> int:

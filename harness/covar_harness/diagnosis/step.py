@@ -62,30 +62,28 @@ class DiagnosisStep(Step):
         self.active = True
 
     def process(self, batch: Batch) -> list[DiagnosisRecord]:
+        """Every sample of the batch diagnosed at once (``diagnose_batch``: array operations over the batch)."""
         from covar_harness.attribution.records import AttributionRecord
-        from covar_harness.diagnosis.rules import Evidence, diagnose_sample
+        from covar_harness.diagnosis.rules import Case, Evidence, diagnose_batch
 
-        out = []
+        cases = []
         for r, index in enumerate(batch.indices):
             typed = batch.record(index, AttributionRecord)
             evidence = Evidence.of(typed)  # no record (not attributed): every rule is undetermined
-            fg = None if batch.fg is None else batch.fg[r]
             sample = batch.samples.samples[index]
             source = sample.meta.get("source_id")
+            fg = None if batch.fg is None else batch.fg[r]
             label, pred = int(batch.labels[r]), batch.pred(r)
-            record = diagnose_sample(
-                index,
-                label,
-                pred,
-                evidence,
-                fg,
-                self.fine,
-                self.settings,
-                sample.id,
-                None if source is None else str(source),
+            cases.append(Case(index, label, pred, evidence, fg, sample.id, None if source is None else str(source)))
+        masks = self.ctx.masks if self.ctx is not None else None
+        out = []
+        for case, record in zip(cases, diagnose_batch(cases, self.fine, self.settings)):
+            info = masks.sample_info(case.index) if masks is not None else {}
+            fine_by_rule = (
+                {s: f.fine(case.label, case.pred) for s, f in self.alternatives.items()}
+                if case.label != case.pred
+                else {}
             )
-            info = self.ctx.masks.sample_info(index) if self.ctx is not None and self.ctx.masks is not None else {}
-            fine_by_rule = {s: f.fine(label, pred) for s, f in self.alternatives.items()} if label != pred else {}
             out.append(replace(record, segmenter_info=dict(info), fine_by_rule=fine_by_rule))
         return out
 

@@ -9,17 +9,19 @@ imported inside the functions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.diagnosis.rules import (
     RULES,
+    Case,
     DiagnosisRecord,
     DiagnosisSettings,
     Evidence,
     Rule,
     RuleOutcome,
-    diagnose_sample,
+    diagnose_batch,
 )
 
 if TYPE_CHECKING:
@@ -230,31 +232,40 @@ def fine_sensitivity(
     return out
 
 
+def row_records(
+    rows: Sequence[dict], fgs: Sequence[np.ndarray | None], fine: Any, settings: DiagnosisSettings
+) -> list[DiagnosisRecord]:
+    """Logged sample rows (``samples.jsonl``: index, label, pred, ``file``, ``source_id``, the attribution
+    entries, ``fine_by_rule``) diagnosed as the run's step diagnosed them, all at once (``diagnose_batch``): the
+    same sample id seeds the null and ``source_id`` is the bootstrap unit. ``fgs[i]``: row i's patch grid;
+    ``fine``: a ``FineRelation`` or a class-groups mapping."""
+    cases = [
+        Case(
+            int(row["index"]),
+            int(row["label"]),
+            int(row["pred"]),
+            Evidence.of_row(row),
+            fg,
+            row.get("id", row.get("file")),
+            None if row.get("source_id") is None else str(row["source_id"]),
+        )
+        for row, fg in zip(rows, fgs)
+    ]
+    records = diagnose_batch(cases, fine, settings)
+    by_rule = [row.get("fine_by_rule") for row in rows]
+    return [replace(r, fine_by_rule=dict(b)) if isinstance(b, dict) else r for r, b in zip(records, by_rule)]
+
+
 def row_record(row: dict, fg: np.ndarray | None, fine: Any, settings: DiagnosisSettings) -> DiagnosisRecord:
-    """One logged sample row (``samples.jsonl``: index, label, pred, ``file``, ``source_id``, the attribution
-    entries, ``fine_by_rule``) diagnosed as the run's step diagnosed it: the same sample id seeds the null and
-    ``source_id`` is the bootstrap unit. ``fine``: a ``FineRelation`` or a class-groups mapping."""
-    source = row.get("source_id")
-    record = diagnose_sample(
-        int(row["index"]),
-        int(row["label"]),
-        int(row["pred"]),
-        Evidence.of_row(row),
-        fg,
-        fine,
-        settings,
-        row.get("id", row.get("file")),
-        None if source is None else str(source),
-    )
-    by_rule = row.get("fine_by_rule")
-    return replace(record, fine_by_rule=dict(by_rule)) if isinstance(by_rule, dict) else record
+    """One logged sample row diagnosed (:func:`row_records` on one row)."""
+    return row_records([row], [fg], fine, settings)[0]
 
 
 def diagnose(
     rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
 ) -> Diagnosis:
-    """:func:`row_record` and :func:`summarise` over logged sample rows (index, label, pred, and the
+    """:func:`row_records` and :func:`summarise` over logged sample rows (index, label, pred, and the
     attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
     foreground fraction per patch, raster order."""
-    records = [row_record(row, fg_grids.get(row["index"]), groups, settings) for row in rows]
+    records = row_records(rows, [fg_grids.get(row["index"]) for row in rows], groups, settings)
     return summarise(records, settings, groups is not None)

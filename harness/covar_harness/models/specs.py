@@ -287,11 +287,15 @@ def patch_count_hint(spec: str, catalog: Catalog | None = None) -> int | None:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` -> cuda, mps or cpu; any other value as given (torch is not even imported for ``--device cpu``).
+    CUDA is asked through ``torch.cuda.device_count`` first, which counts GPUs through NVML where it can: on a
+    machine without a GPU the answer comes without initialising the CUDA runtime (``is_available`` would), and
+    ``is_available`` then only confirms a GPU that NVML reported."""
     if device != "auto":
         return device
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.device_count() > 0 and torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"

@@ -4,7 +4,7 @@ sample log (``--log-samples``) under other settings, with no model loaded and no
 The diagnosis has several defensible settings (driver rules, the explained class, null draws, the fine rule,
 bootstrap resamples); trying another one should be arithmetic on the logged samples, not a rerun of the models.
 Everything is recomputed by the functions the run uses (``run.pair.zero_shot_summary``,
-``diagnosis.summary.row_record`` and ``summarise_pair``), so a rescore from settings A into settings B equals a
+``diagnosis.summary.row_records`` and ``summarise_pair``), so a rescore from settings A into settings B equals a
 fresh run with B, provenance aside (``tests/results/test_rescore.py`` checks it for every rule and both targets).
 
 What a log must hold (sample log version 2, ``config.sample_log_version``): per sample the label, the top-5,
@@ -26,7 +26,7 @@ from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import parse_json
 from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVITY, FineRelation, parse_fine_rule
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, read_grid
-from covar_harness.diagnosis.summary import row_record, summarise_pair
+from covar_harness.diagnosis.summary import row_records, summarise_pair
 from covar_harness.results import files
 from covar_harness.results.validation import validate
 from covar_harness.run.pair import zero_shot_summary
@@ -295,7 +295,7 @@ def _rescore_diagnosis(
         config.get("run_settings", {}).get("steps", {}).get("attribution", {})["target"] = target
     fines = fine_records(diag, settings.fine_rule)
     relation = logged_relation(settings.fine_rule, fines[settings.fine_rule], rows)
-    records = [row_record(r, None if r.get("fg") is None else read_grid(r["fg"]), relation, settings) for r in rows]
+    records = row_records(rows, [None if r.get("fg") is None else read_grid(r["fg"]) for r in rows], relation, settings)
     result = summarise_pair(records, settings, fines, diag.get("segmenter") or {}, target)
     metrics.update(result.metrics)
     intervals.update(result.intervals)

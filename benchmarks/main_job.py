@@ -1,0 +1,175 @@
+"""The main job at the cost of its forward passes: the README's demo run, against itself without attribution and
+without the diagnosis null, each in one fresh process, paired (the three run one after another, ``--repeat`` times
+in turn), so the ratios compare runs made under the same conditions.
+
+    python benchmarks/main_job.py [--repeat 1] [--models demo] [--tasks 'covar-shapes/*'] [--limit N]
+
+Prints, per configuration, the wall time (median over the repeats) and the ratios the issue asks for:
+default / ``--attribution none`` (what CCI and the diagnosis cost on top of the zero-shot pass) and default /
+``--null-draws 0`` (what the diagnosis null costs); then the default run's time per phase and its share:
+imports (``covar_harness.cli.main``, torch and open_clip, which a demo run needs), model loading, the zero-shot
+forward, k-means, the removal passes, the rest of attribution (patterns, scores, records), the masks, the
+diagnosis, and everything else (data loading, text embeddings, metrics, writing). The phases are timed by
+wrapping the harness's own functions in the child process; nothing in the harness is changed for it.
+A warm-up run first generates the data and fills a text-embedding cache that every measured run then reads.
+The machine (CPUs, torch threads, load average before and after) is printed with the numbers: on a shared
+machine the load says how far to trust them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"default": [], "attribution none": ["--attribution", "none"], "null-draws 0": ["--null-draws", "0"]}
+PHASES = ("imports", "load", "forward", "kmeans", "removal", "attribution other", "masks", "diagnosis", "other")
+
+
+# ---- the child: one run of the CLI with its phases timed ------------------------------------------------------------
+def child(argv: list[str], out: Path) -> None:
+    """Run ``covar-harness run <argv>`` in this process and write its wall time and phase times to ``out``."""
+    t0 = time.perf_counter()
+    import open_clip  # noqa: F401  (imported by any openclip model: timed here as the run's import cost)
+    import torch  # noqa: F401
+
+    from covar_harness.cli.main import main
+
+    imports = time.perf_counter() - t0
+    spent = _instrument()
+    code = main(["run", *argv])
+    total = time.perf_counter() - t0
+    out.write_text(json.dumps({"code": code, "total": total, "imports": imports, **spent}))
+
+
+def _instrument() -> dict[str, float]:
+    """Wrap the functions each phase runs in (where they are looked up) with timers; returns the running sums."""
+    from covar_harness.attribution import engine
+    from covar_harness.attribution.step import AttributionStep
+    from covar_harness.diagnosis.step import DiagnosisStep
+    from covar_harness.masks.patch_masks import PatchMasks
+    from covar_harness.models import specs
+    from covar_harness.run import pair
+
+    spent = dict.fromkeys(("load", "forward", "kmeans", "removal", "attribution", "masks", "diagnosis"), 0.0)
+
+    def timed(owner: object, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[phase] += time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    for owner, name, phase in (
+        (specs, "load_model", "load"),
+        (pair, "_forward", "forward"),
+        (engine, "batched_kmeans", "kmeans"),
+        (engine, "encode_patterns", "removal"),
+        (AttributionStep, "process", "attribution"),
+        (PatchMasks, "for_batch", "masks"),
+        (DiagnosisStep, "process", "diagnosis"),
+        (DiagnosisStep, "finish", "diagnosis"),
+    ):
+        timed(owner, name, phase)
+    return spent
+
+
+# ---- the parent: paired runs, ratios, phase shares ------------------------------------------------------------------
+def run_once(argv: list[str], folder: Path) -> dict[str, float]:
+    out = folder / "timing.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("harness", "plugins", "tasks"))}
+    cmd = [sys.executable, __file__, "--child", str(out), "--", *argv, "--output-dir", str(folder / "results")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise SystemExit(f"run failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-2000:]}")
+    timing = json.loads(out.read_text())
+    if timing["code"] != 0:
+        raise SystemExit(f"covar-harness run exited {timing['code']}: {' '.join(argv)}\n{proc.stderr[-2000:]}")
+    return timing
+
+
+def phases(t: dict[str, float]) -> dict[str, float]:
+    """The default run's phases, each counted once (k-means and removal are parts of attribution)."""
+    parts = {
+        "imports": t["imports"],
+        "load": t["load"],
+        "forward": t["forward"],
+        "kmeans": t["kmeans"],
+        "removal": t["removal"],
+        "attribution other": t["attribution"] - t["kmeans"] - t["removal"],
+        "masks": t["masks"],
+        "diagnosis": t["diagnosis"],
+    }
+    parts["other"] = t["total"] - sum(parts.values())
+    return parts
+
+
+def machine() -> str:
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, load average {load:.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1, help="paired rounds (the median of each is reported)")
+    parser.add_argument("--models", default="demo")
+    parser.add_argument("--tasks", default="covar-shapes/*")
+    parser.add_argument("--limit", type=int, default=None, help="images per task (default: all)")
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args()
+    selection = ["--models", args.models, "--tasks", args.tasks]
+    options = [] if args.workers is None else ["--workers", str(args.workers)]
+    print(f"machine before: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="covar-main-job-") as tmp:
+        root = Path(tmp)
+        options += ["--text-cache", str(root / "text-cache")]
+        run_once([*selection, *options, "--limit", "4", "--attribution", "none"], root / "warm-up")
+        options += [] if args.limit is None else ["--limit", str(args.limit)]
+        times: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+        for round_ in range(args.repeat):
+            for name, extra in CONFIGS.items():
+                folder = root / f"{round_}-{name.replace(' ', '-')}"
+                times[name].append(run_once([*selection, *options, *extra], folder))
+    print(f"machine after:  {machine()}")
+    report(times, " ".join(selection))
+
+
+def report(times: dict[str, list[dict[str, float]]], job: str) -> None:
+    wall = {name: statistics.median(t["total"] for t in runs) for name, runs in times.items()}
+    print(f"\ncovar-harness run {job}  ({len(times['default'])} paired round(s), median wall time)")
+    for name, seconds in wall.items():
+        print(f"  {name:<18} {seconds:7.1f} s")
+    print(f"  default / --attribution none : {wall['default'] / wall['attribution none']:.2f}")
+    print(f"  default / --null-draws 0     : {wall['default'] / wall['null-draws 0']:.2f}")
+    best = min(times["default"], key=lambda t: abs(t["total"] - wall["default"]))
+    parts = phases(best)
+    print(f"\nphases of the default run ({best['total']:.1f} s):")
+    for name in PHASES:
+        print(f"  {name:<18} {parts[name]:7.2f} s  {100 * parts[name] / best['total']:5.1f} %")
+    imports = [t["imports"] for runs in times.values() for t in runs]
+    print(f"\nimport time (covar_harness.cli.main, torch, open_clip): median {statistics.median(imports):.2f} s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(sys.argv[4:], Path(sys.argv[2]))
+    else:
+        main()

@@ -1,0 +1,176 @@
+"""The diagnosis as array operations (docs/design.md section 8): every sample of a batch, and every draw of the
+null, scored in one numpy call per rule instead of one Python call per sample and draw.
+
+A driver rule that reads per-cluster values (each patch carries its cluster's value) is a :data:`PatchScore`: a
+function of the (..., N) patch values and the (..., N) foreground fraction per patch that returns the (...)
+scores and whether each was decided. :func:`blocks` groups a batch's samples into rectangular arrays,
+:func:`value_table` and :func:`patch_index` turn per-cluster values into patch values with one gather, and
+:func:`null_order`, :func:`null_columns` and :func:`null_counts` give the null's draws.
+
+The null's draws stay those of one ``rng.permutation`` per draw from a generator seeded per sample:
+``Generator.permuted`` over a tiled range shuffles each row with the same calls on the same stream, so a sample's
+draws (and its null) do not depend on the batch it sits in, and match what the per-draw loop gave. The sums are
+reductions over the last, contiguous axis, which numpy computes per row exactly as for a one-dimensional array,
+so a batched score is bit-for-bit the one-sample score. numpy is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PatchScore = Callable[["np.ndarray", "np.ndarray"], "tuple[np.ndarray, np.ndarray]"]
+NULL_BLOCK = 1 << 22  # elements of one (samples, draws, patches) array of the null; larger batches go in slices
+
+
+@dataclass
+class Block:
+    """Samples that share the shape and dtype of their foreground grid and the length of their cluster ids."""
+
+    rows: list[int]  # positions in the caller's sequence
+    fg: np.ndarray  # (M, N) foreground fraction per patch, in the dtype the samples gave it
+    assignments: np.ndarray  # (M, N) int64 cluster id per patch
+
+
+def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
+    """``(row, fg, assignments)`` per sample as rectangular blocks. Samples are grouped, not converted: a
+    float32 grid is summed in float32 as it would be on its own."""
+    import numpy as np
+
+    groups: dict[tuple[Any, ...], list[tuple[int, Any, Sequence[int]]]] = {}
+    for row, fg, assignments in items:
+        grid = np.asarray(fg)
+        groups.setdefault((grid.dtype.str, grid.shape, len(assignments)), []).append((row, grid, assignments))
+    return [
+        Block(
+            [row for row, _, _ in members],
+            np.stack([grid for _, grid, _ in members]),
+            np.asarray([assignments for _, _, assignments in members], dtype=np.int64),
+        )
+        for members in groups.values()
+    ]
+
+
+def value_table(values: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(M, L + 1) float64 per-cluster values, zero-padded to the longest, with a last column of zeros (where a
+    patch whose cluster has no value reads its 0); and the (M,) number of values of each sample."""
+    import numpy as np
+
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    width = int(lengths.max(initial=0)) + 1
+    table = np.zeros((len(values), width), dtype=np.float64)
+    if len(values) and (lengths == width - 1).all():
+        table[:, :-1] = np.asarray(values, dtype=np.float64)
+    else:
+        for r, v in enumerate(values):
+            table[r, : len(v)] = np.asarray(v, dtype=np.float64)
+    return table, lengths
+
+
+def patch_index(assignments: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """(M, N) column of the value table each patch reads: its cluster's, or the zero column (``width - 1``) for
+    a cluster id with no value (outside 0..len(values) - 1)."""
+    import numpy as np
+
+    has_value = (assignments >= 0) & (assignments < lengths[:, None])
+    return np.where(has_value, assignments, width - 1)
+
+
+def patch_values(assignments: Sequence[int], values: Sequence[float]) -> np.ndarray:
+    """(N,) per-patch values of one sample from its per-cluster values (a cluster id with no value counts 0)."""
+    import numpy as np
+
+    table, lengths = value_table([values])
+    index = patch_index(np.asarray([assignments], dtype=np.int64), lengths, table.shape[1])
+    return np.take_along_axis(table, index, axis=1)[0]
+
+
+def null_order(seed: int, n: int, draws: int) -> np.ndarray:
+    """(draws, n) int: one permutation of ``n`` non-empty clusters per draw of a sample's null, from a generator
+    seeded with ``seed``: the same rows that ``draws`` successive ``rng.permutation(n)`` calls give."""
+    import numpy as np
+
+    return np.random.default_rng(seed).permuted(np.broadcast_to(np.arange(n), (draws, n)), axis=1)
+
+
+def present_clusters(index: np.ndarray, width: int) -> np.ndarray:
+    """(M, width) bool: the clusters with a value that hold at least one patch (``index`` from
+    :func:`patch_index`); the null permutes the values of these only."""
+    import numpy as np
+
+    present = np.zeros((index.shape[0], width), dtype=bool)
+    present[np.arange(index.shape[0])[:, None], index] = True
+    present[:, width - 1] = False  # the zero column: patches whose cluster has no value
+    return present
+
+
+def null_columns(present: np.ndarray, orders: Sequence[np.ndarray]) -> np.ndarray:
+    """(M, D, width) int: per sample and draw of the null, the value-table column each cluster takes its value
+    from: the non-empty clusters' values permuted among them by ``orders[r]`` (:func:`null_order`), every other
+    column its own."""
+    import numpy as np
+
+    rows, width = present.shape
+    draws = orders[0].shape[0] if len(orders) else 0
+    columns = np.broadcast_to(np.arange(width), (rows, draws, width)).copy()
+    for r, order in enumerate(orders):
+        clusters = np.flatnonzero(present[r])
+        columns[r][:, clusters] = clusters[order]
+    return columns
+
+
+def null_counts(
+    score: PatchScore, threshold: float, table: np.ndarray, index: np.ndarray, fg: np.ndarray, columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, over its null's draws: how many call fg (score >= ``threshold``) and how many are decided.
+    ``table`` (M, W) values, ``index`` (M, N) the column of each patch, ``fg`` (M, N), ``columns`` (M, D, W)
+    from :func:`null_columns`. All draws of all samples go through ``score`` at once, in slices of at most
+    ``NULL_BLOCK`` elements."""
+    import numpy as np
+
+    rows, draws = columns.shape[:2]
+    n = index.shape[1]
+    step = max(1, NULL_BLOCK // max(1, draws * n))
+    calls, decided = [], []
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        drawn = np.take_along_axis(table[a:b, None, :], columns[a:b], axis=2)  # (m, D, W) permuted values
+        values = np.take_along_axis(drawn, np.broadcast_to(index[a:b, None, :], (b - a, draws, n)), axis=2)
+        scores, ok = score(values, fg[a:b, None, :])
+        with np.errstate(invalid="ignore"):
+            calls.append(((scores >= threshold) & ok).sum(axis=1))
+        decided.append(ok.sum(axis=1))
+    if not calls:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(calls), np.concatenate(decided)
+
+
+# ---- the scores of the built-in rules -----------------------------------------------------------------------------
+def fg_fractions(patch_values: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positive mass inside the foreground / total positive mass, over the last axis; undecided where nothing
+    is positive."""
+    import numpy as np
+
+    pos = np.clip(patch_values, 0.0, None)
+    total = pos.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = (pos * fg).sum(axis=-1) / total
+    return share, ~(total <= 0)
+
+
+def density_ratios(patch_values: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Share of positive *density* that is foreground, d_fg / (d_fg + d_bg), over the last axis; undecided
+    where nothing is positive or either region is empty."""
+    import numpy as np
+
+    pos = np.clip(patch_values, 0.0, None)
+    area_fg, area_bg = fg.sum(axis=-1), (1 - fg).sum(axis=-1)
+    decided = ~((pos.sum(axis=-1) <= 0) | (area_fg <= 0) | (area_bg <= 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_fg, d_bg = (pos * fg).sum(axis=-1) / area_fg, (pos * (1 - fg)).sum(axis=-1) / area_bg
+        ratio = d_fg / (d_fg + d_bg)
+    return ratio, decided
