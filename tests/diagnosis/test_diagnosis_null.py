@@ -28,37 +28,69 @@ def row(index, label, pred, importance, assignments=(0, 1, 2, 3), **cci):
     }
 
 
-def test_random_importances_give_a_null_equal_to_the_rate_in_expectation():
-    """Importances drawn i.i.d. over the clusters are exchangeable: permuting them changes nothing in law, so
-    BG-Er minus its null is 0 in expectation (whatever the object sizes and cluster layouts)."""
-    rng = np.random.default_rng(1)
-    n, grid = 1500, 16
-    rows, grids = [], {}
-    for i in range(n):
-        assignments = rng.integers(0, 5, grid)
-        rows.append(row(i, 0, 1, rng.random(5).tolist(), assignments.tolist()))
-        fg = np.zeros(grid)
-        fg[: rng.integers(1, 12)] = 1.0  # objects of every size
-        grids[i] = fg
-    for rule in ("paper", "area"):
-        d = diagnose(rows, grids, None, DiagnosisSettings(rules=(rule,), bootstrap=200))
-        assert d.metrics["bg_er_minus_null"] == pytest.approx(0.0, abs=0.03), rule
-        assert d.metrics["bg_er_null"] == pytest.approx(d.metrics["bg_er"], abs=0.03)
-        lo, hi = d.by_rule[rule]["intervals"]["bg_er_minus_null"]
-        assert lo <= 0.0 <= hi
+# Planted truth with sparse importances (the planted-region model of the science audit): a 4x4 grid, the object
+# is the top-left quarter, 7 clusters; all importance on one cluster, inside the object (an object-driven error,
+# layout A) or outside it (background-driven, layout B).
+OBJ16 = np.zeros(16)
+OBJ16[[0, 1, 4, 5]] = 1.0
+CLUSTERS16 = [0, 0, 1, 1, 0, 0, 1, 1, 2, 3, 4, 4, 2, 5, 6, 6]  # cluster 0 = the object, 1..6 background
+READS_OBJECT, READS_BACKGROUND = [0.9, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0.9, 0, 0, 0]
 
 
-def test_importance_wholly_on_the_object_has_a_null_above_the_rate():
-    """An error driven by its object (all importance on the object's cluster) has BG-Er 0; permuting the
-    importance over its 4 one-patch clusters puts it on the background 3 times in 4."""
-    d = diagnose([row(0, 0, 1, [0.9, 0.0, 0.0, 0.0])], {0: FG4}, None, DiagnosisSettings(null_draws=400))
-    assert d.metrics["bg_er"] == 0.0
-    assert d.metrics["bg_er_null"] == pytest.approx(0.75, abs=0.06) and d.metrics["bg_er_null"] > d.metrics["bg_er"]
-    assert d.metrics["bg_er_minus_null"] == pytest.approx(-d.metrics["bg_er_null"])
-    assert d.metrics["fg_driven_rate_null"] == pytest.approx(0.25, abs=0.06)
-    # seeded: the same run gives the same null
-    again = diagnose([row(0, 0, 1, [0.9, 0.0, 0.0, 0.0])], {0: FG4}, None, DiagnosisSettings(null_draws=400))
-    assert again.metrics["bg_er_null"] == d.metrics["bg_er_null"]
+def planted(n_a: int, n_b: int) -> tuple[list[dict], dict[int, np.ndarray]]:
+    rows = [row(i, 0, 1, READS_OBJECT, CLUSTERS16) for i in range(n_a)]
+    rows += [row(n_a + i, 0, 1, READS_BACKGROUND, CLUSTERS16) for i in range(n_b)]
+    return rows, {r["index"]: OBJ16 for r in rows}
+
+
+@pytest.mark.parametrize(("n_a", "n_b", "truth"), [(12, 0, 0.0), (0, 12, 1.0), (6, 6, 0.5)])
+def test_raw_bg_er_is_the_planted_share_and_the_null_is_a_test(n_a, n_b, truth):
+    """The raw share is exact on every planted truth. The null (one cluster in 7 carries everything, so under
+    permutation the object's cluster gets it 1 time in 7) sits far from 50%: BG-Er minus null would read a
+    half-background set as "below chance". The p-value asks the right question instead: more background-driven
+    errors than uninformative importances give? Yes for all-background, no for all-object."""
+    rows, grids = planted(n_a, n_b)
+    for rule in ("area", "paper"):
+        d = diagnose(rows, grids, None, DiagnosisSettings(rules=(rule,), null_draws=200))
+        assert d.metrics["bg_er"] == truth, rule
+        assert d.metrics["bg_er_null"] == pytest.approx(6 / 7, abs=0.05)
+        assert "bg_er_minus_null" not in d.metrics and "bg_er_minus_null" not in d.by_rule[rule]
+        p = d.metrics["bg_er_null_p"]
+        if truth == 1.0:
+            assert p == pytest.approx((6 / 7) ** 12, rel=0.6)  # every error bg, each with null probability ~6/7
+        elif truth == 0.0:
+            assert p == 1.0
+        else:
+            assert p > 0.9  # half background-driven is fewer than the null's 6 in 7: no evidence of more
+
+
+def test_the_p_value_is_calibrated_when_importances_carry_no_information():
+    """A check that can fail (unlike BG-Er minus null against i.i.d. importances, which is 0 by construction):
+    with importances drawn i.i.d. over the clusters the null is true, so the one-sided p-value must not reject
+    more often than its level, and must not pile up at 1 either (a wrong tail or a two-sided test would)."""
+    rng = np.random.default_rng(3)
+    ps = []
+    for task in range(120):
+        rows, grids = [], {}
+        for i in range(20):
+            assignments = rng.integers(0, 5, 16)
+            rows.append(row(i, 0, 1, (rng.random(5) ** 4).tolist(), assignments.tolist()))
+            fg = np.zeros(16)
+            fg[: rng.integers(1, 12)] = 1.0
+            grids[i] = fg
+        d = diagnose(rows, grids, None, DiagnosisSettings(rules=("area",), bootstrap=10, seed=task))
+        ps.append(d.metrics["bg_er_null_p"])
+    ps = np.asarray(ps)
+    assert (ps < 0.05).mean() <= 0.1
+    assert 0.3 <= (ps < 0.5).mean() <= 0.7
+
+
+def test_a_rule_undetermined_on_every_error_reports_null_not_zero():
+    rows = [row(i, 0, 1, [-0.1, -0.2, 0.0, 0.0]) for i in range(3)]  # nothing positive: undetermined
+    d = diagnose(rows, {i: FG4 for i in range(3)}, None, DiagnosisSettings(rules=("area",)))
+    head = d.by_rule["area"]
+    assert head["bg_er"] is None and head["fine_er"] is None and head["bg_er_null_p"] is None
+    assert "bg_er" not in head["intervals"] and head["n_errors"] == 3 and head["n_errors_undetermined"] == 3
 
 
 def test_null_keeps_undetermined_and_counts_are_reported():
@@ -134,15 +166,18 @@ def test_both_targets_come_from_one_removal_call(toy_data):
 
 
 def test_a_run_carries_the_null_both_targets_and_the_counts(tmp_path, toy_catalog, masked_task):
-    code, out = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci")
+    code, out = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci", "--driver-rule", "paper,area")
     assert code == 0
     record, rows = read(out, "toy-topleft", "toy/masked")
     diag = record["config"]["diagnosis"]
     assert diag["headline_target"] == "pred" and diag["null_draws"] == 20 and diag["bootstrap_unit"] == "sample"
-    assert {"bg_er_null", "bg_er_minus_null", "bg_er_pred", "bg_er_label"} <= set(record["metrics"])
-    assert record["metrics"]["bg_er"] == record["metrics"]["bg_er_pred"]
-    assert "bg_er_minus_null" in diag["by_rule"]["paper"]["intervals"]
-    assert record["intervals"]["bg_er_minus_null"] == diag["by_rule"]["paper"]["intervals"]["bg_er_minus_null"]
+    assert {"bg_er_null", "bg_er_null_p", "bg_er_pred", "bg_er_label", "bg_sufficient_rate"} <= set(record["metrics"])
+    # the toy's one error has no positive importance for its prediction: undetermined, so BG-Er says nothing (null,
+    # not 0.0 [0, 0]); explaining the label decides it
+    assert record["metrics"]["bg_er"] is None and record["metrics"]["bg_er_pred"] is None
+    assert record["metrics"]["bg_er_label"] == 0.0 and diag["by_rule"]["paper"]["n_errors_undetermined"] == 1
+    # the counterfactual truth beside it, rule-free: with two classes both regions keep the toy's prediction
+    assert diag["counterfactual_truth"]["n_tested"] == 1 and record["intervals"]["bg_sufficient_rate"] == [1.0, 1.0]
     assert all(len(row["cci"]["importance_label"]) == 7 for row in rows)
 
 

@@ -103,6 +103,27 @@ def auroc_replicates(positive: Sequence[float], negative: Sequence[float], n_boo
     return ((pos_counts @ wins) * neg_counts).sum(axis=1) / (pos.size * neg.size)
 
 
+def poisson_binomial_upper(probs: Sequence[float], observed: int) -> float:
+    """P(S >= observed) for S a sum of independent Bernoulli(p_i): the one-sided permutation p-value of a count
+    against a null that gives each unit its own probability (the diagnosis null: error i is called background-
+    driven with probability 1 - null_fg_i). Exact, by convolving the units one at a time (O(n^2), n = units
+    with 0 < p < 1: about a second at 20 000); units with p 0 or 1 shift the count instead."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    need = int(observed) - int((p >= 1.0).sum())
+    p = p[(p > 0.0) & (p < 1.0)]
+    if need <= 0:
+        return 1.0
+    if need > p.size:
+        return 0.0
+    pmf = np.zeros(p.size + 1)
+    pmf[0] = 1.0
+    for j, q in enumerate(p):
+        head = pmf[: j + 1].copy()
+        pmf[: j + 1] *= 1.0 - q
+        pmf[1 : j + 2] += head * q
+    return float(min(1.0, max(0.0, pmf[need:].sum())))
+
+
 def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
     """(n_boot, n): how often each row is drawn in each resample with replacement."""
     idx = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]

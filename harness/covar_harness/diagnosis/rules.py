@@ -129,6 +129,10 @@ class Evidence:
     # importances per explained target ("pred", "label"), when the record holds both (``importance_label`` or
     # ``importance_pred`` beside ``importance``)
     by_target: dict[str, Sequence[float]] | None = None
+    # the region test's predictions over the task's classes with only the foreground / only the background kept
+    # (the counterfactual truth beside every BG-Er: does the decision survive removing the object?)
+    pred_fg_only: int | None = None
+    pred_bg_only: int | None = None
 
     @classmethod
     def of(cls, record: AttributionRecord | None) -> Evidence:
@@ -143,6 +147,8 @@ class Evidence:
             None if cf is None else cf.s_fg_only,
             None if cf is None else cf.s_bg_only,
             _by_target(record.cci.importance, record.cci.importance_label, record.cci.importance_pred),
+            None if cf is None else cf.pred_fg_only,
+            None if cf is None else cf.pred_bg_only,
         )
 
     @classmethod
@@ -156,6 +162,8 @@ class Evidence:
             cf.get("s_fg_only"),
             cf.get("s_bg_only"),
             _by_target(cci.get("importance"), cci.get("importance_label"), cci.get("importance_pred")),
+            cf.get("pred_fg_only"),
+            cf.get("pred_bg_only"),
         )
 
 
@@ -183,29 +191,50 @@ class Rule:
     uses_threshold: bool = False
     null_field: str | None = None  # the Evidence field of per-cluster values the null permutes; None: no null
     on_patches: PatchScore | None = None
+    inferred: bool = False  # reconstructed from the paper's text (its exact rule is not published)
 
     def threshold(self, settings: DiagnosisSettings) -> float:
         return settings.threshold if self.uses_threshold else 0.5
+
+    @property
+    def label(self) -> str:
+        """What the rule is, for every table header: "area, harness rule", "paper rule, inferred"."""
+        return f"{self.name} rule, inferred" if self.inferred else f"{self.name}, harness rule"
 
 
 RULES: dict[str, Rule] = {}  # name -> rule, in registration order (``--driver-rule`` accepts these)
 
 
-def rule(name: str, *, uses_threshold: bool = False, null_field: str | None = None) -> Callable[[Callable], Callable]:
+def rule(
+    name: str, *, uses_threshold: bool = False, null_field: str | None = None, inferred: bool = False
+) -> Callable[[Callable], Callable]:
     """Register ``fn(evidence, fg) -> score | None`` as driver rule ``name``; ``fg`` is the (N,) foreground
     fraction per patch in raster order. ``null_field`` names the Evidence field of per-cluster values the rule
     reads ("importance", "shapley"): its null permutes them; the rule is also scored per explained target when
     it reads "importance". Such a rule is called once per sample (and per draw of its null); a rule that is a
-    function of the patch values is faster registered with :func:`patch_rule`."""
+    function of the patch values is faster registered with :func:`patch_rule`. ``inferred``: a reconstruction
+    of the paper's rule, labelled so wherever it is shown."""
 
     def register(fn: Callable[[Evidence, np.ndarray], float | None]) -> Callable:
-        RULES[name] = Rule(name, fn, uses_threshold, null_field)
+        RULES[name] = Rule(name, fn, uses_threshold, null_field, inferred=inferred)
         return fn
 
     return register
 
 
-def patch_rule(name: str, field: str, *, uses_threshold: bool = False) -> Callable[[PatchScore], PatchScore]:
+def titled(metric: str, rule_name: str | None) -> str:
+    """A diagnosis metric's column title naming the rule behind it: ``titled("BG-Er", "area")`` is
+    "BG-Er (area, harness rule)". Why: the harness's rules and the paper's (unknown) rule measure different
+    things, so a bare "BG-Er" column would put them side by side as if they were one quantity."""
+    if rule_name is None:
+        return f"{metric} (rule not recorded)"
+    known = RULES.get(rule_name)
+    return f"{metric} ({known.label if known is not None else f'{rule_name} rule'})"
+
+
+def patch_rule(
+    name: str, field: str, *, uses_threshold: bool = False, inferred: bool = False
+) -> Callable[[PatchScore], PatchScore]:
     """Register ``fn(patch_values, fg) -> (scores, decided)`` as driver rule ``name`` reading the per-cluster
     values of Evidence field ``field`` ("importance", "shapley"), each patch carrying its cluster's value.
     ``fn`` works on (..., N) arrays and reduces the last axis (``arrays.fg_fractions`` is one), so the diagnosis
@@ -221,7 +250,7 @@ def patch_rule(name: str, field: str, *, uses_threshold: bool = False) -> Callab
             share, decided = fn(patch_values(ev.assignments, values), np.asarray(fg))
             return float(share) if bool(decided) else None
 
-        RULES[name] = Rule(name, score, uses_threshold, field, fn)
+        RULES[name] = Rule(name, score, uses_threshold, field, fn, inferred=inferred)
         return fn
 
     return register
@@ -239,7 +268,7 @@ def density_ratio(patch_importance: np.ndarray, fg: np.ndarray) -> float | None:
     return float(ratio) if bool(decided) else None
 
 
-patch_rule("paper", "importance", uses_threshold=True)(fg_fractions)
+patch_rule("paper", "importance", uses_threshold=True, inferred=True)(fg_fractions)
 patch_rule("area", "importance")(density_ratios)
 patch_rule("shapley", "shapley", uses_threshold=True)(fg_fractions)
 
@@ -285,6 +314,10 @@ class DiagnosisRecord(SampleRecord):
     fine_by_rule: dict[str, bool] = field(default_factory=dict)  # ``fine`` under each rule of fine_rules.SENSITIVITY
     segmenter_info: dict[str, Any] = field(default_factory=dict)  # what the segmenter said, e.g. {"n_boxes": 2}
     fg: list[float] | None = None  # the foreground fraction per patch as logged (float32 values), None: no mask
+    # counterfactual truth (the region test, same removal call): the model's own prediction survives with only
+    # the background kept / only the foreground kept; None without a mask or where a region could not run
+    bg_sufficient: bool | None = None
+    fg_sufficient: bool | None = None
 
     def log_fields(self) -> dict[str, Any]:
         """The sample's diagnosis fields; also what ``rescore`` needs to redo it without a model: the patch-grid
@@ -372,9 +405,16 @@ def diagnose_batch(
             c.cluster,
             f,
             fg=None if c.fg is None else logged_grid(c.fg),
+            **_truth_fields(c),
         )
         for c, ok, f, out in zip(cases, correct, fine, outcomes)
     ]
+
+
+def _truth_fields(case: Case) -> dict[str, bool | None]:
+    """The counterfactual truth of a masked case (``region_truth``); nothing without a mask."""
+    bg_ok, fg_ok = region_truth(case.evidence, case.pred) if case.fg is not None else (None, None)
+    return {"bg_sufficient": bg_ok, "fg_sufficient": fg_ok}
 
 
 def _rule_outcomes(
@@ -409,6 +449,16 @@ def _rule_outcomes(
         base = outcome(i, scores.get(i), drivers.get(i))
         out.append(replace(base, null_fg=nulls.get(i), by_target=per_target))
     return out
+
+
+def region_truth(evidence: Evidence, pred: int) -> tuple[bool | None, bool | None]:
+    """(background alone keeps the prediction, foreground alone keeps it), from the region test's predictions:
+    the intervention the rules are read against. Compared with the model's own prediction ``pred`` whatever
+    class the attribution explained, so for an error it asks whether the *wrong* answer survives removing every
+    foreground patch. (None, None) where the test did not run or a region held no patch."""
+    if evidence.pred_fg_only is None or evidence.pred_bg_only is None:
+        return None, None
+    return evidence.pred_bg_only == pred, evidence.pred_fg_only == pred
 
 
 def _driver(score: float | None, threshold: float) -> str | None:

@@ -1,6 +1,8 @@
 """Diagnosis per task (docs/design.md sections 7.5 and 8): BG-Er / Fine-Er as shares of misclassified samples
-under every driver rule, the rule's null (its expected shares with each sample's cluster values permuted), the
-rates per explained target, the counts behind each share and their bootstrap intervals.
+under every driver rule, with their bootstrap intervals; the rule's null (its expected shares with each sample's
+cluster values permuted) and the one-sided permutation p-value of the share against it; the counterfactual truth
+beside them (``bg_sufficient_rate``: the wrong prediction survives with only the background kept) and each rule's
+agreement with it; the rates per explained target and the counts behind each share.
 
 :func:`summarise` reads the per-sample :class:`~covar_harness.diagnosis.rules.DiagnosisRecord` s; :func:`diagnose` runs
 the per-sample diagnosis and the summary over logged sample rows (dicts read from ``samples.jsonl``). numpy is
@@ -40,8 +42,9 @@ class Diagnosis:
 
 HEADLINE_EXTRAS = (
     "bg_er_null",
-    "bg_er_minus_null",
+    "bg_er_null_p",
     "fine_er_null",
+    "fine_er_null_p",
     "fg_driven_rate_null",
     "bg_er_pred",
     "bg_er_label",
@@ -53,7 +56,8 @@ HEADLINE_EXTRAS = (
 def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_groups: bool) -> Diagnosis:
     """BG-Er / Fine-Er as shares of misclassified samples, per rule. Samples without a mask or without the
     records a rule needs are left out of that rule's rates (counted as ``n_undetermined``). Beside them: the
-    rule's null, the rates per explained target, and the counts behind each share."""
+    rule's null and the p-value against it, the rates per explained target, and the counts behind each share;
+    the counterfactual truth (rule-free) in the metrics and each rule's agreement with it in ``by_rule``."""
     out = Diagnosis(
         per_sample={r.index: r.log_fields() for r in records},
         config={**settings.as_config(), "fine_grained_groups": has_groups},
@@ -70,6 +74,7 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
             settings,
             [r.cluster for r, _ in decided] if clustered else None,
             [r.cluster for r, _ in errors] if clustered else None,
+            any(o.driver is not None for _, o in errors),
         )
         summary["n_undetermined"] = len(records) - len(decided)
         summary.update(_counts(records, errors))
@@ -77,6 +82,7 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
         for extra in (
             _null_rates(RULES[name], decided, errors, settings, clustered),
             _target_rates(errors, settings, clustered),
+            _agreement(errors),
         ):
             intervals.update(extra.pop("intervals"))
             summary.update(extra)
@@ -84,7 +90,12 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
         if r_i == 0:
             out.metrics = {k: summary[k] for k in ("fg_driven_rate", "bg_er", "fine_er")}
             out.metrics.update({k: summary[k] for k in HEADLINE_EXTRAS if k in summary})
-            out.intervals = dict(intervals)  # bg_er_minus_null's interval is signed: validation allows [-1, 1]
+            out.intervals = dict(intervals)
+    truth = _truth_rates(records, settings, clustered)
+    if truth:
+        out.intervals.update(truth.pop("intervals"))
+        out.metrics.update({k: truth.pop(k) for k in TRUTH_METRICS})
+        out.config["counterfactual_truth"] = {**truth, "definition": TRUTH_DEFINITION}
     return out
 
 
@@ -115,6 +126,54 @@ def summarise_pair(
     return result
 
 
+TRUTH_METRICS = ("bg_sufficient_rate", "fg_sufficient_rate")
+TRUTH_DEFINITION = (
+    "bg_sufficient_rate: share of the errors with a mask whose (wrong) prediction survives removing every "
+    "foreground patch (the region test, same removal call); fg_sufficient_rate: the same with every background "
+    "patch removed. Rule-free: an intervention, read beside BG-Er"
+)
+
+
+def _truth_rates(records: list[DiagnosisRecord], settings: DiagnosisSettings, clustered: bool) -> dict[str, Any]:
+    """The counterfactual truth beside every BG-Er: of the errors whose region test ran, the share whose wrong
+    prediction survives with the background alone (``bg_sufficient_rate``) and with the foreground alone
+    (``fg_sufficient_rate``). Empty when no error had the test (no masks, ``--no-counterfactual``)."""
+    import numpy as np
+
+    tested = [r for r in records if not r.correct and r.has_mask and r.bg_sufficient is not None]
+    if not tested:
+        return {}
+    clusters = [r.cluster for r in tested] if clustered else None
+    out: dict[str, Any] = {"n_tested": len(tested), "intervals": {}}
+    for key, values in (
+        ("bg_sufficient_rate", np.asarray([bool(r.bg_sufficient) for r in tested], dtype=float)),
+        ("fg_sufficient_rate", np.asarray([bool(r.fg_sufficient) for r in tested], dtype=float)),
+    ):
+        out[key] = float(values.mean())
+        out["intervals"][key] = _interval(values, settings, clusters)
+    return out
+
+
+def _agreement(errors: list[tuple[DiagnosisRecord, RuleOutcome]]) -> dict[str, Any]:
+    """How the rule's verdicts on errors compare with the counterfactual truth, over the errors where exactly one
+    region alone keeps the prediction (the decisive ones): ``sensitivity`` = called bg among background-
+    sufficient, ``specificity`` = called fg among foreground-sufficient. A per-pair reliability flag: a rule
+    that disagrees with the intervention on this pair's errors deserves less trust here."""
+    decisive = [(r, o) for r, o in errors if o.driver is not None and r.bg_sufficient != r.fg_sufficient]
+    decisive = [(r, o) for r, o in decisive if r.bg_sufficient is not None]
+    bg = [o.driver == "bg" for r, o in decisive if r.bg_sufficient]
+    fg = [o.driver == "fg" for r, o in decisive if r.fg_sufficient]
+    return {
+        "vs_counterfactual": {
+            "n_bg_sufficient": len(bg),
+            "n_fg_sufficient": len(fg),
+            "sensitivity": sum(bg) / len(bg) if bg else None,
+            "specificity": sum(fg) / len(fg) if fg else None,
+        },
+        "intervals": {},
+    }
+
+
 def _counts(records: list[DiagnosisRecord], errors: list[tuple[DiagnosisRecord, RuleOutcome]]) -> dict[str, Any]:
     """The counts behind the shares, and the object size of the errors: why a share is what it is (a rule that
     calls small objects background-driven shows up as errors with a small mean area)."""
@@ -141,12 +200,18 @@ def _rates(
     settings: DiagnosisSettings,
     driver_clusters: list[str | None] | None = None,
     error_clusters: list[str | None] | None = None,
+    any_decided: bool = True,
 ) -> dict[str, Any]:
+    """fg_driven_rate, BG-Er and Fine-Er with their intervals. An undetermined error counts as ``other`` (it stays
+    in the denominator), but when the rule decided none of the errors (``any_decided`` False) BG-Er and Fine-Er
+    are None: the rule said nothing about them."""
     import numpy as np
 
     fg = np.asarray(drivers, dtype=float)
-    bg_err = np.asarray([e == "bg" for e in errors], dtype=float)
-    fine_err = np.asarray([e == "fine" for e in errors], dtype=float)
+    # a rule that decided none of the errors says nothing about them: null, not 0.0 [0, 0]
+    shown = errors if any_decided else []
+    bg_err = np.asarray([e == "bg" for e in shown], dtype=float)
+    fine_err = np.asarray([e == "fine" for e in shown], dtype=float)
     out: dict[str, Any] = {
         "fg_driven_rate": float(fg.mean()) if len(fg) else None,
         "bg_er": float(bg_err.mean()) if len(bg_err) else None,
@@ -172,28 +237,41 @@ def _null_rates(
     settings: DiagnosisSettings,
     clustered: bool,
 ) -> dict[str, Any]:
-    """The rule's null (expected shares when each sample's cluster values are permuted) and BG-Er minus it.
-    An error the rule leaves undetermined is undetermined under the null too (permuting keeps whether any value
-    is positive), so both shares have the same denominator and the difference is a per-error paired one."""
+    """The rule's null: the shares it gives when each sample's cluster values are permuted (uninformative
+    importances on the same clusters), and the one-sided p-value of the observed share against it.
+
+    The null is a test, not a baseline to subtract: its level follows how sparse the importances are and how the
+    object falls across clusters, so BG-Er minus null is not a share of errors (a planted set with half its
+    errors background-driven reads 50% raw but -0.22 minus null). ``bg_er_null_p`` = P(at least the observed
+    number of background-driven errors | each error independently called bg with its null probability
+    1 - null_fg), a Poisson-binomial tail; ``fine_er_null_p`` likewise for fine-grained errors. Small p: the
+    importances put errors on the background (on fine-grained confusions) more than uninformative ones would.
+    The per-error null probabilities are ``null_draws`` Monte-Carlo estimates, so p is approximate. An error the
+    rule leaves undetermined is undetermined under the null too (probability 0), as in the share."""
     import numpy as np
+
+    from covar_harness.common.metrics import poisson_binomial_upper
 
     if rule_.null_field is None or settings.null_draws <= 0:
         return {"null": "none: the rule reads no cluster importances", "intervals": {}}
     fg_null = np.asarray([o.null_fg or 0.0 for _, o in decided], dtype=float)
     bg_null = np.asarray([0.0 if o.null_fg is None else 1.0 - o.null_fg for _, o in errors], dtype=float)
     fine_null = np.asarray([(o.null_fg or 0.0) * r.fine for r, o in errors], dtype=float)
-    diff = np.asarray([o.error_type == "bg" for _, o in errors], dtype=float) - bg_null
+    any_decided = any(o.driver is not None for _, o in errors)
+    n_bg = sum(o.error_type == "bg" for _, o in errors)
+    n_fine = sum(o.error_type == "fine" for _, o in errors)
     out: dict[str, Any] = {
         "fg_driven_rate_null": float(fg_null.mean()) if len(fg_null) else None,
-        "bg_er_null": float(bg_null.mean()) if len(bg_null) else None,
-        "fine_er_null": float(fine_null.mean()) if len(fine_null) else None,
-        "bg_er_minus_null": float(diff.mean()) if len(diff) else None,
+        "bg_er_null": float(bg_null.mean()) if any_decided else None,
+        "fine_er_null": float(fine_null.mean()) if any_decided else None,
+        "bg_er_null_p": poisson_binomial_upper(bg_null, n_bg) if any_decided else None,
+        "fine_er_null_p": poisson_binomial_upper(fine_null, n_fine) if any_decided else None,
         "intervals": {},
     }
-    err_clusters = [r.cluster for r, _ in errors] if clustered else None
-    for key, values in (("bg_er_null", bg_null), ("bg_er_minus_null", diff)):
-        if len(values):
-            out["intervals"][key] = _interval(values, settings, err_clusters)
+    if any_decided:
+        out["intervals"]["bg_er_null"] = _interval(
+            bg_null, settings, [r.cluster for r, _ in errors] if clustered else None
+        )
     return out
 
 
@@ -201,7 +279,8 @@ def _target_rates(
     errors: list[tuple[DiagnosisRecord, RuleOutcome]], settings: DiagnosisSettings, clustered: bool
 ) -> dict[str, Any]:
     """BG-Er / Fine-Er with the prediction and with the label explained (``bg_er_pred``, ``bg_er_label``, ...),
-    where every error's record holds both targets; an error undetermined under a target counts as ``other``."""
+    where every error's record holds both targets; an error undetermined under a target counts as ``other``, and
+    a target under which no error is decided gives None (as BG-Er does)."""
     import numpy as np
 
     out: dict[str, Any] = {"intervals": {}}
@@ -209,11 +288,13 @@ def _target_rates(
         return out
     clusters = [r.cluster for r, _ in errors] if clustered else None
     for target in ("pred", "label"):
-        kinds = [o.by_target[target].error_type for _, o in errors if o.by_target is not None]
+        outcomes = [o.by_target[target] for _, o in errors if o.by_target is not None]
+        decided = any(o.driver is not None for o in outcomes)
         for metric, kind in (("bg_er", "bg"), ("fine_er", "fine")):
-            values = np.asarray([k == kind for k in kinds], dtype=float)
-            out[f"{metric}_{target}"] = float(values.mean())
-            out["intervals"][f"{metric}_{target}"] = _interval(values, settings, clusters)
+            values = np.asarray([o.error_type == kind for o in outcomes], dtype=float)
+            out[f"{metric}_{target}"] = float(values.mean()) if decided else None
+            if decided:
+                out["intervals"][f"{metric}_{target}"] = _interval(values, settings, clusters)
     return out
 
 

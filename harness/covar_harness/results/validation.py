@@ -10,7 +10,19 @@ from typing import Any
 from covar_harness.data.taskconfig import RETRIEVAL_METRICS, TASK_KIND
 from covar_harness.results.files import SCHEMA_VERSION, _short, is_number
 
-FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "fg_driven_rate", "bg_er", "fine_er", *RETRIEVAL_METRICS)
+FRACTION_METRICS = (
+    "acc1",
+    "acc5",
+    "mean_per_class_recall",
+    "fg_driven_rate",
+    "bg_er",
+    "fine_er",
+    "bg_er_null_p",  # p-values and the counterfactual truth's shares lie in [0, 1] too (issue 23)
+    "fine_er_null_p",
+    "bg_sufficient_rate",
+    "fg_sufficient_rate",
+    *RETRIEVAL_METRICS,
+)
 
 _SPEC: dict[str, dict[str, type | tuple]] = {
     "model": {"spec": str, "name": str, "family": str},
@@ -48,7 +60,8 @@ _NAMES = (
 # A retrieval task (``task.kind``) reports recalls in place of the accuracies (covar_harness.run.retrieval).
 _RETRIEVAL_METRICS_SPEC: dict[str, type | tuple] = {name: (float, int) for name in RETRIEVAL_METRICS}
 
-# Differences of two fractions (BG-Er minus its null) lie in [-1, 1]; every other interval is a fraction's.
+# Differences of two fractions lie in [-1, 1] (results made before issue 23 carried BG-Er minus its null);
+# every other interval is a fraction's.
 SIGNED_SUFFIXES = ("_minus_null",)
 
 
