@@ -93,6 +93,28 @@ def test_a_rule_undetermined_on_every_error_reports_null_not_zero():
     assert "bg_er" not in head["intervals"] and head["n_errors"] == 3 and head["n_errors_undetermined"] == 3
 
 
+def test_counterfactual_truth_sits_beside_bg_er_with_each_rules_agreement():
+    """bg_sufficient_rate: of the errors whose region test ran, the share whose wrong prediction (1) survives with
+    only the background kept; compared with the model's own prediction whatever class was explained. The rule's
+    sensitivity / specificity against it use the decisive errors (exactly one region keeps the prediction)."""
+    rows, grids = planted(2, 2)  # errors 0, 1 object-driven, 2, 3 background-driven (label 0, prediction 1)
+    regions = [(0, 1), (1, 1), (1, 0), (1, 0)]  # (pred with foreground only, with background only)
+    for r, (p_fg, p_bg) in zip(rows, regions):
+        r["counterfactual"] = {"pred_fg_only": p_fg, "pred_bg_only": p_bg, "s_fg_only": 0.1, "s_bg_only": 0.1}
+    rows.append(row(4, 0, 1, READS_OBJECT, CLUSTERS16))  # no region test: left out of the truth's share
+    grids[4] = OBJ16
+    rows.append({**row(5, 0, 0, READS_OBJECT, CLUSTERS16), "counterfactual": {"pred_fg_only": 1, "pred_bg_only": 0}})
+    grids[5] = OBJ16  # a correct decision: not an error, not in the truth's share
+    d = diagnose(rows, grids, None, DiagnosisSettings(rules=("area", "paper")))
+    assert d.metrics["bg_sufficient_rate"] == 0.5 and d.metrics["fg_sufficient_rate"] == 0.75
+    assert d.config["counterfactual_truth"]["n_tested"] == 4 and "intervals" not in d.config["counterfactual_truth"]
+    assert d.intervals["bg_sufficient_rate"][0] <= 0.5 <= d.intervals["bg_sufficient_rate"][1]
+    vs = d.by_rule["area"]["vs_counterfactual"]
+    # decisive: error 0 (bg-sufficient, called fg: missed), errors 2, 3 (fg-sufficient, called bg: both wrong)
+    assert (vs["n_bg_sufficient"], vs["n_fg_sufficient"]) == (1, 2)
+    assert vs["sensitivity"] == 0.0 and vs["specificity"] == 0.0
+
+
 def test_null_keeps_undetermined_and_counts_are_reported():
     rows = [
         row(0, 0, 1, [-0.1, -0.2, 0.0, 0.0]),  # no positive importance: undetermined, also under the null
@@ -181,36 +203,43 @@ def test_a_run_carries_the_null_both_targets_and_the_counts(tmp_path, toy_catalo
     assert all(len(row["cci"]["importance_label"]) == 7 for row in rows)
 
 
-def _diag_record(subset: str, bg_er: float, null: float | None) -> dict:
+def _diag_record(subset: str, bg_er: float, p: float | None, rule: str = "paper") -> dict:
     rec = valid_record(model="demo/shapes-shortcut", task=f"covar-shapes/{subset}")
     rec["metrics"].update({"fg_driven_rate": 0.5, "bg_er": bg_er, "fine_er": 0.0})
-    if null is not None:
-        rec["metrics"].update({"bg_er_null": null, "bg_er_minus_null": bg_er - null})
+    if p is not None:
+        rec["metrics"].update({"bg_er_null": 0.35, "bg_er_null_p": p, "bg_sufficient_rate": 0.8})
     counts = {"n_errors": 12, "n_errors_undetermined": 1, "n_errors_without_mask": 0, "errors_mean_area": 0.2}
-    rec["config"]["diagnosis"] = {"rules": ["paper"], "by_rule": {"paper": counts}}
+    rec["config"]["diagnosis"] = {"rules": [rule], "by_rule": {rule: counts}}
     return rec
 
 
-def test_leaderboard_shows_the_null_beside_bg_er_and_the_counts():
-    records = [_diag_record("bg_varied", 0.9, 0.35), _diag_record("hflip", 0.25, None)]
+def test_leaderboard_names_the_rule_and_shows_the_p_value_and_the_truth_beside_bg_er():
+    records = [_diag_record("bg_varied", 0.9, 0.00012), _diag_record("hflip", 0.25, None)]
     tables = lb.build_tables(records)
     diag = next(t for t in tables if "diagnosis" in t.title)
     assert diag.columns == [
         "Model",
-        "Bg-varied BG-Er",
-        "Bg-varied BG-Er null",
-        "Bg-varied Fine-Er",
-        "H-flip BG-Er",
-        "H-flip Fine-Er",
+        "Bg-varied BG-Er (paper rule, inferred)",
+        "Bg-varied BG-Er p vs null",
+        "Bg-varied bg-sufficient (counterfactual)",
+        "Bg-varied Fine-Er (paper rule, inferred)",
+        "H-flip BG-Er (paper rule, inferred)",
+        "H-flip Fine-Er (paper rule, inferred)",
     ]
-    assert diag.rows[0][1:4] == [90.0, 35.0, 0.0]
-    assert "| 90.0 | 35.0 | 0.0 |" in render.render_markdown(tables)
+    assert diag.rows[0][1:5] == [90.0, "0.00012", 80.0, 0.0]  # the p-value is a probability, not a percentage
+    assert "| 90.0 | 0.00012 | 80.0 | 0.0 |" in render.render_markdown(tables)
     csv_text = render.render_csv(records)
-    assert "covar-shapes/bg_varied,1,bg_er_null,0.35" in csv_text
+    assert 'covar-shapes/bg_varied,1,bg_er_null_p,0.00012,8,False,"paper rule, inferred"' in csv_text
     assert "covar-shapes/bg_varied,1,diagnosis_n_errors_undetermined,1" in csv_text
-    metrics = {r["metric"] for r in json.loads(render.render_json(records, tables))["results"]}
-    assert {"bg_er_minus_null", "diagnosis_n_errors", "diagnosis_n_errors_without_mask"} <= metrics
-    assert "diagnosis_errors_mean_area" in metrics
+    rows = json.loads(render.render_json(records, tables))["results"]
+    assert {r["metric"] for r in rows} >= {"bg_er_null", "diagnosis_n_errors", "diagnosis_errors_mean_area"}
+    assert {r["rule"] for r in rows if r["metric"] == "bg_er"} == {"paper rule, inferred"}
+    assert {r["rule"] for r in rows if r["metric"] == "acc1"} == {None}
+    # results with different headline rules: the column says so rather than naming one of them
+    mixed = [_diag_record("bg_varied", 0.9, None, "area"), _diag_record("bg_varied", 0.5, None)]
+    mixed[1]["model"]["spec"] = "other"
+    cols = next(t for t in lb.build_tables(mixed) if "diagnosis" in t.title).columns
+    assert cols[1] == "Bg-varied BG-Er (mixed rules: area, paper)"
 
 
 def test_cluster_bootstrap_widens_intervals_for_identical_variants():

@@ -208,7 +208,7 @@ def test_cells_carry_interval_and_n_on_hover_and_link_their_pair_page(site, demo
     )
     assert acc["rows"][row][col] == value
     diag = leaderboard_tables(page)[1]
-    col = diag["rows"][0].index("Bg-varied BG-Er")
+    col = next(i for i, c in enumerate(diag["rows"][0]) if c.startswith("Bg-varied BG-Er (area, harness rule)"))
     row = next(i for i, r in enumerate(diag["rows"]) if r[0] == "demo/shapes-shortcut")
     assert re.fullmatch(
         r"\d+\.\d% \[\d+\.\d, \d+\.\d\], n=\d+ errors of 24 images \(bg_er, covar-shapes/bg_varied\)",

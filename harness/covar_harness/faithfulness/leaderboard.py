@@ -225,5 +225,5 @@ def long_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 ("_vs_random", ratio(r, base, metric)),
             ):
                 if value is not None:
-                    out.append({**row, "metric": name + suffix, "value": value, "headline": False})
+                    out.append({**row, "metric": name + suffix, "value": value, "headline": False, "rule": None})
     return out

@@ -44,6 +44,10 @@ METRIC_NAMES = {
     "mean_per_class_recall": "mean per-class recall",
     "bg_er": "BG-Er (background-driven error share)",
     "fine_er": "Fine-Er (fine-grained error share)",
+    "bg_er_null_p": "BG-Er p-value against the rule's permutation null (one-sided)",
+    "fine_er_null_p": "Fine-Er p-value against the rule's permutation null (one-sided)",
+    "bg_sufficient_rate": "counterfactual truth: share of errors whose prediction survives with the background alone",
+    "fg_sufficient_rate": "counterfactual truth: share of errors whose prediction survives with the foreground alone",
     "fg_driven_rate": "foreground-driven rate",
 }
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -85,6 +89,16 @@ def _source(rec: dict, url: str | None) -> dict | None:
     return None if url is None else {"name": f"{SOURCE_NAME} {version}".strip(), "url": _text(url)}
 
 
+def _metric_name(row: dict) -> str:
+    """The metric's name for the Hub; a diagnosis metric names its rule ("BG-Er (background-driven error share;
+    area, harness rule)"), since the harness's rules and the paper's unknown one measure different things."""
+    name = METRIC_NAMES.get(row["metric"], row["metric"])
+    rule = row.get("rule")
+    if not rule:
+        return name
+    return f"{name[:-1]}; {rule})" if name.endswith(")") else f"{name} ({rule})"
+
+
 def model_index_result(rec: dict, source_url: str | None = None) -> dict:
     """One ``model-index`` result: task, dataset, every metric with a number, source (with a url only)."""
     task = _text(rec["task"]["name"])
@@ -96,7 +110,7 @@ def model_index_result(rec: dict, source_url: str | None = None) -> dict:
         {
             "type": METRIC_TYPES.get(row["metric"], _text(row["metric"])),
             "value": row["value"],
-            "name": _text(METRIC_NAMES.get(row["metric"], row["metric"])),
+            "name": _text(_metric_name(row)),
         }
         for row in _metric_rows(rec)
     ]

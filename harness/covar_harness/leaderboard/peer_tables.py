@@ -5,9 +5,9 @@ mixed_rand: how much accuracy the right-class background was worth. Kept apart f
 paper's COVAR and CounterAnimals layouts), which dispatches here by family name.
 
 The **background reliance** table puts every benchmark's own measure side by side, one row per model: COVAR's
-bg_varied accuracy drop and BG-Er (with its null), the CounterAnimals common - counter drop, the ImageNet-9
-BG-Gap and the Waterbirds worst-group gap, each followed by its n; a column only where some result has it, and
-the table only when a peer benchmark (not COVAR alone) has results.
+bg_varied accuracy drop and BG-Er (named by its rule, with the counterfactual truth), the CounterAnimals
+common - counter drop, the ImageNet-9 BG-Gap and the Waterbirds worst-group gap, each followed by its n; a column
+only where some result has it, and the table only when a peer benchmark (not COVAR alone) has results.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from covar_harness.leaderboard.tables import Table, _by_model, _headline, _metric, _pct, diagnosis_counts
+from covar_harness.leaderboard.tables import (
+    Table,
+    _by_model,
+    _headline,
+    _metric,
+    _pct,
+    diag_titles,
+    diagnosis_counts,
+    headline_rule,
+)
 from covar_harness.results import files as results
 
 IMAGENET9_VARIANTS = (
@@ -117,26 +126,29 @@ def _difference(family: str, first: str, second: str, key: str) -> Callable[[Run
 
 
 def _single(family: str, subset: str, key: str) -> Callable[[Runs], Cell]:
-    """Metric ``key`` of one task; n = its diagnosed errors for BG-Er and its null, else its samples."""
+    """Metric ``key`` of one task; n = its diagnosed errors for BG-Er and bg-sufficient, else its samples."""
 
     def value(runs: Runs) -> Cell:
         rec = runs.get(family, {}).get(subset)
         got = _metric(rec, key)
         if got is None or rec is None:
             return Cell()
-        errors = diagnosis_counts(rec).get("diagnosis_n_errors") if key.startswith("bg_er") else None
+        errors = diagnosis_counts(rec).get("diagnosis_n_errors") if key.startswith(("bg_er", "bg_suff")) else None
         return Cell(got, int(errors) if errors is not None else _n(rec), _interval(rec, key))
 
     return value
 
 
-def _measures() -> list[Measure]:
+def _measures(bg_er: str = "BG-Er") -> list[Measure]:
+    """The table's measures; ``bg_er`` is BG-Er's title, naming the rule the results used."""
     out = []
     for family, label in (("covar", "COVAR"), ("covar-shapes", "COVAR-Shapes")):
         out += [
             Measure(f"{label} bg_varied drop", False, _difference(family, "original", "bg_varied", "acc1")),
-            Measure(f"{label} BG-Er", False, _single(family, "bg_varied", "bg_er")),
-            Measure(f"{label} BG-Er null", False, _single(family, "bg_varied", "bg_er_null")),
+            Measure(f"{label} {bg_er}", False, _single(family, "bg_varied", "bg_er")),
+            Measure(
+                f"{label} bg-sufficient (counterfactual)", False, _single(family, "bg_varied", "bg_sufficient_rate")
+            ),
         ]
     return [
         *out,
@@ -150,8 +162,10 @@ def _measures() -> list[Measure]:
 
 BACKGROUND_CAPTION = (
     "Each benchmark's own background-reliance measure, in points (%): COVAR bg_varied drop = original - "
-    "bg_varied acc1; BG-Er = share of bg_varied errors the diagnosis attributes to the background, its null = "
-    "the same rule with importances permuted; CounterAnimals drop = common - counter class-balanced accuracy; "
+    "bg_varied acc1; BG-Er = share of bg_varied errors the diagnosis attributes to the background, under the "
+    "headline rule each result names (default `area`, a harness rule; `paper` is the inferred reconstruction); "
+    "bg-sufficient = share of those errors whose prediction survives with the background alone (the "
+    "counterfactual region test, rule-free); CounterAnimals drop = common - counter class-balanced accuracy; "
     "ImageNet-9 BG-Gap = mixed_same - mixed_rand acc1; Waterbirds gap = adj_acc_avg (WILDS: the group "
     "accuracies weighted by the training group sizes) - worst-group accuracy. "
     "n = images of the shifted set (bg_varied, counter, mixed_rand, Waterbirds test); for BG-Er, the diagnosed "
@@ -169,7 +183,8 @@ def background_reliance_tables(records: list[dict]) -> list[Table]:
         for spec, runs in _by_model(records, family).items():
             models.setdefault(spec, {})[family] = runs
     order = [spec for spec in dict.fromkeys(r["model"]["spec"] for r in records) if spec in models]  # as given
-    measures = _measures()
+    diagnosed = {spec: runs[f] for spec, runs in models.items() for f in ("covar", "covar-shapes") if f in runs}
+    measures = _measures(diag_titles(headline_rule(diagnosed))["bg_er"])
     cells = {spec: [m.value(models[spec]) for m in measures] for spec in order}
     present = [i for i, _ in enumerate(measures) if any(row[i].value is not None for row in cells.values())]
     if not any(measures[i].peer for i in present):

@@ -68,6 +68,7 @@ def published_records() -> list[dict]:
             "value": None if number is None else round(number / 100.0, 6),
             "n_samples": None,
             "headline": headline,
+            "rule": "published rule, unknown" if metric in ("bg_er", "fine_er") else None,
             "published": True,
         }
 

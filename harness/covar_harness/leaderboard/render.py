@@ -46,11 +46,21 @@ def render_markdown(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
+def header_lines(column: str) -> tuple[str, str]:
+    """A wide column's title in two lines: before a parenthesis ("Bg-varied BG-Er" / "(area, harness rule)"),
+    else at its last space ("H-flip" / "BG-Er"); ("title", "") when it has neither."""
+    if " (" in column:
+        head, tail = column.split(" (", 1)
+        return head, "(" + tail
+    head, _, tail = column.rpartition(" ")
+    return (head, tail) if head else (column, "")
+
+
 def render_rich(tables: list[Table], console) -> None:
     from covar_harness.common.console import print_rows
 
     for t in tables:  # "H-flip BG-Er" -> two header lines: wide tables stay readable
-        columns = [c if i == 0 else c.replace(" ", "\n") for i, c in enumerate(t.columns)]
+        columns = [c if i == 0 else "\n".join(x for x in header_lines(c) if x) for i, c in enumerate(t.columns)]
         rows = [[_cell(v) for v in row] for row in t.rows]
         print_rows(
             console,

@@ -13,6 +13,7 @@ from typing import Any
 
 from covar_harness.common.console import one_line
 from covar_harness.data.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
+from covar_harness.diagnosis.rules import RULES
 from covar_harness.leaderboard import concepts
 from covar_harness.leaderboard.cost_table import TITLE as COST_TITLE
 from covar_harness.leaderboard.cost_table import cost_columns, cost_rows
@@ -224,32 +225,88 @@ def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | No
         diag = list(COVAR_SUBSETS)  # published figures only: show the paper's second table whole
     if not diag:
         return None
-    # per subset: BG-Er, its null beside it where any result has one (the share random importances over the
-    # same clusters would give), Fine-Er
+    # per subset: BG-Er named by its rule (the raw share), its one-sided p-value against the permutation null
+    # and the counterfactual truth (bg_sufficient_rate) where any result has them, Fine-Er
     keys = {s: _diagnosis_keys(s, models) for s in diag}
-    cols = ["Model"] + [f"{SUBSET_TITLES[s]} {DIAG_TITLES[k]}" for s in diag for k in keys[s]]
-    dt = Table(f"{family}: error diagnosis (% of misclassified)", cols)
+    titles = diag_titles(headline_rule(models), own=bool(models))
+    cols = ["Model"] + [f"{SUBSET_TITLES[s]} {titles[k]}" for s in diag for k in keys[s]]
+    dt = Table(f"{family}: error diagnosis (% of misclassified; p: one-sided, against the rule's null)", cols)
     for spec, runs in models.items():
         row: list[Any] = [spec]
         for s in diag:
-            row += [_pct(_metric(runs.get(s), k)) for k in keys[s]]
+            row += [_diag_cell(runs.get(s), k) for k in keys[s]]
         dt.rows.append(row)
     for prow in paper:
         dt.published.add(len(dt.rows))
-        values = [_float(prow.get(f"{k}_{s}")) if k != "bg_er_null" else None for s in diag for k in keys[s]]
+        values = [_float(prow.get(f"{k}_{s}")) if k in PUBLISHED_DIAG else None for s in diag for k in keys[s]]
         dt.rows.append([_paper_label(prow), *values])
     if paper:
         dt.caption = DIAGNOSIS_PUBLISHED_CAPTION
     return dt
 
 
-DIAG_TITLES = {"bg_er": "BG-Er", "bg_er_null": "BG-Er null", "fine_er": "Fine-Er"}
+PUBLISHED_DIAG = ("bg_er", "fine_er")  # what the paper's second table publishes
+DIAG_KEYS = ("bg_er", "bg_er_null_p", "bg_sufficient_rate", "fine_er")
+OPTIONAL_DIAG = ("bg_er_null_p", "bg_sufficient_rate")  # shown where some result carries them
+
+
+def diag_titles(rule: str | None, own: bool = True) -> dict[str, str]:
+    """Column titles of the diagnosis metrics, BG-Er and Fine-Er named by the rule behind them ("BG-Er (area,
+    harness rule)"): the harness's rules and the paper's unknown one measure different things, so no column
+    may read as a bare "BG-Er". Without own rows the column holds the paper's figures only."""
+    if rule in RULES:
+        label = RULES[rule].label
+    else:  # a rule this version does not know (a plugin's), several, or none recorded
+        label = "rule not recorded" if rule is None else rule if rule.startswith("mixed") else f"{rule} rule"
+    name = label if own else "published rule, unknown"
+    return {
+        "bg_er": f"BG-Er ({name})",
+        "fine_er": f"Fine-Er ({name})",
+        "bg_er_null_p": "BG-Er p vs null",
+        "bg_sufficient_rate": "bg-sufficient (counterfactual)",
+        "bg_er_null": "BG-Er null",
+    }
+
+
+def headline_rule(models: dict) -> str | None:
+    """The headline driver rule the own results name (``config.diagnosis.rules[0]``): one rule, or "mixed: a, b"
+    when results disagree (each result's rule is in its csv / json rows)."""
+    found = []
+    for runs in models.values():
+        for rec in runs.values():
+            rule = record_rule(rec)
+            if rule is not None and rule not in found:
+                found.append(rule)
+    if len(found) > 1:
+        return "mixed rules: " + ", ".join(one_line(r) for r in found)
+    return found[0] if found else None
+
+
+def record_rule(rec: dict | None) -> str | None:
+    """The headline driver rule a result names, read defensively (any file ``validate`` accepts)."""
+    config = rec.get("config") if isinstance(rec, dict) else None
+    diag = config.get("diagnosis") if isinstance(config, dict) else None
+    rules = diag.get("rules") if isinstance(diag, dict) else None
+    return rules[0] if isinstance(rules, list) and rules and isinstance(rules[0], str) else None
+
+
+def _diag_cell(rec: dict | None, key: str) -> Any:
+    """A percentage, except the p-value: a probability, shown as itself with 2 significant digits ("0.00012",
+    a string, so no renderer rounds it to a percentage's one decimal)."""
+    value = _metric(rec, key)
+    if key != "bg_er_null_p" or value is None:
+        return _pct(value)
+    return f"{value:.2g}"
 
 
 def _diagnosis_keys(subset: str, models: dict) -> list[str]:
-    """The diagnosis metrics shown for one subset: the null column only where some result carries it."""
-    has_null = any(_metric(m.get(subset), "bg_er_null") is not None for m in models.values())
-    return ["bg_er", "bg_er_null", "fine_er"] if has_null else ["bg_er", "fine_er"]
+    """The diagnosis metrics shown for one subset: the p-value and the counterfactual truth only where some
+    result carries them (results made before issue 23 have neither)."""
+    return [
+        k
+        for k in DIAG_KEYS
+        if k not in OPTIONAL_DIAG or any(_metric(m.get(subset), k) is not None for m in models.values())
+    ]
 
 
 def generic_table(records: list[dict], family: str) -> Table:
@@ -389,7 +446,8 @@ def cost_tables(records: list[dict]) -> list[Table]:
     return [Table(COST_TITLE, cost_columns(), rows, caption=caption)] if rows else []
 
 
-LONG_FIELDS = ["model", "family", "task", "task_version", "metric", "value", "n_samples", "headline"]
+LONG_FIELDS = ["model", "family", "task", "task_version", "metric", "value", "n_samples", "headline", "rule"]
+DIAGNOSIS_PREFIXES = ("bg_er", "fine_er", "fg_driven_rate", "diagnosis_", "distractor_rate")
 
 
 def long_records(records: list[dict], reference: str | None = None) -> list[dict]:
@@ -402,6 +460,8 @@ def long_records(records: list[dict], reference: str | None = None) -> list[dict
     rows = []
     for r in records:
         headline = r["task"].get("headline") or "acc1"
+        rule = record_rule(r)
+        rule_label = RULES[rule].label if rule in RULES else rule  # the diagnosis rows name their rule
         for metric, value in [*r["metrics"].items(), *diagnosis_counts(r).items()]:
             rows.append(
                 {
@@ -413,6 +473,7 @@ def long_records(records: list[dict], reference: str | None = None) -> list[dict
                     "value": value,
                     "n_samples": r["task"]["n_samples"],
                     "headline": metric == headline,
+                    "rule": rule_label if metric.startswith(DIAGNOSIS_PREFIXES) else None,
                 }
             )
     if reference == "paper":

@@ -20,6 +20,7 @@ from typing import Any
 from covar_harness.common.console import one_line, safe
 from covar_harness.data.subsets import SUBSET_TITLES
 from covar_harness.leaderboard import tables as lb
+from covar_harness.leaderboard.render import header_lines
 from covar_harness.results import files as results
 
 ASSETS = ("report.css", "report.js")
@@ -93,7 +94,14 @@ class Source:
 
 
 _TITLE_SUBSET = {title: subset for subset, title in SUBSET_TITLES.items()}
-_DIAG_METRICS = {"BG-Er": "bg_er", "Fine-Er": "fine_er", "BG-Er null": "bg_er_null"}
+# a diagnosis column's title after its subset -> the metric (titles from ``leaderboard.diag_titles``: "BG-Er (area,
+# harness rule)", "BG-Er p vs null", ...); matched by prefix, since BG-Er / Fine-Er carry their rule's name
+_DIAG_METRICS = {
+    "BG-Er p vs null": "bg_er_null_p",
+    "BG-Er (": "bg_er",
+    "Fine-Er (": "fine_er",
+    "bg-sufficient": "bg_sufficient_rate",
+}
 _CA_METRICS = {
     "Common": ("common", "mean_per_class_recall"),
     "Counter": ("counter", "mean_per_class_recall"),
@@ -133,7 +141,7 @@ class Sources:
             return Source(r, r["task"].get("headline") or "acc1")
         for title, subset in _TITLE_SUBSET.items():
             for label, metric in _DIAG_METRICS.items():
-                if column == f"{title} {label}" and (r := rec(subset)) is not None:
+                if column.startswith(f"{title} {label}") and (r := rec(subset)) is not None:
                     return Source(r, metric)
         return None
 
@@ -142,11 +150,15 @@ def hover(src: Source, shown: str) -> str:
     """``94.2% [90.8, 96.7], n=240``: the value, its bootstrap interval and what it was measured on."""
     rec, metric = src.record, src.metric
     interval = rec.get("intervals", {}).get(metric)
+    if metric.endswith("_p"):  # a p-value: a probability, not a share of anything
+        return (
+            f"p = {shown}, one-sided against the rule's permutation null ({safe(metric)}, {safe(rec['task']['name'])})"
+        )
     text = f"{shown}%"
     if isinstance(interval, list) and len(interval) == 2 and all(results.is_number(v) for v in interval):
         text += f" [{pct(interval[0])}, {pct(interval[1])}]"
     n = rec["task"].get("n_samples")
-    if metric.startswith(("bg_er", "fine_er")):
+    if metric.startswith(("bg_er", "fine_er", "bg_sufficient")):
         errors = n_errors(rec)
         text += f", n={errors} errors of {n} images" if errors is not None else f", n={n} images"
     else:
@@ -228,9 +240,10 @@ def render_tables(tables: list[lb.Table], records: list[dict], link: Callable[[d
 
 
 def _header(column: str, i: int) -> str:
-    """A column name; "H-flip BG-Er" on two lines (as the terminal table), so wide tables stay readable."""
-    head, _, tail = str(column).rpartition(" ")
-    return f"{esc(head)}<br>{esc(tail)}" if i > 0 and head else esc(column)
+    """A column name on two lines (as the terminal table), so wide tables stay readable: "H-flip BG-Er",
+    "H-flip BG-Er (area, harness rule)" breaks before the parenthesis."""
+    head, tail = header_lines(str(column))
+    return f"{esc(head)}<br>{esc(tail)}" if i > 0 and tail else esc(column)
 
 
 def _number(value: Any) -> float | None:

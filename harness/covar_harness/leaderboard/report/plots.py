@@ -106,8 +106,9 @@ def accuracy(
 
 
 def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: str) -> str | None:
-    """BG-Er and Fine-Er stacked per subset, one panel per model; the null (``bg_er_null``, when the result
-    has it) marked by a black tick."""
+    """BG-Er and Fine-Er stacked per subset, one panel per model, named by their rule; the counterfactual truth
+    (``bg_sufficient_rate``: the wrong prediction survives with the background alone, when the result has it)
+    marked by a black tick, so the rule's share can be read against the intervention."""
     plt = _plt()
     subsets = [s for s in COVAR_SUBSETS if any(_value(r.get(s), "bg_er") is not None for r in models.values())]
     specs = [m for m in models if any(_value(models[m].get(s), "bg_er") is not None for s in subsets)]
@@ -119,19 +120,19 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
     fig, axes = plt.subplots(
         rows, cols, figsize=(max(6.0, 0.75 * len(subsets)) * cols, 2.5 * rows + 0.6), squeeze=False, sharey=True
     )
-    has_null = False
+    has_truth, titles = False, lb.diag_titles(lb.headline_rule(models))
     for ax, spec in zip(axes.flat, shown):
         runs = models[spec]
         bg = [100 * (_value(runs.get(s), "bg_er") or 0) for s in subsets]
         fine = [100 * (_value(runs.get(s), "fine_er") or 0) for s in subsets]
         xs = range(len(subsets))
-        ax.bar(xs, bg, 0.7, color=BG_COLOUR, label="BG-Er")
-        ax.bar(xs, fine, 0.7, bottom=bg, color=FINE_COLOUR, label="Fine-Er")
+        ax.bar(xs, bg, 0.7, color=BG_COLOUR, label=label(titles["bg_er"], 60))
+        ax.bar(xs, fine, 0.7, bottom=bg, color=FINE_COLOUR, label=label(titles["fine_er"], 60))
         for x, s in zip(xs, subsets):
-            null = _value(runs.get(s), "bg_er_null")
-            if null is not None:
-                has_null = True
-                ax.plot([x - 0.38, x + 0.38], [100 * null] * 2, color="black", lw=1.6)
+            truth = _value(runs.get(s), "bg_sufficient_rate")
+            if truth is not None:
+                has_truth = True
+                ax.plot([x - 0.38, x + 0.38], [100 * truth] * 2, color="black", lw=1.6)
         ax.set_xticks(list(xs), [label(SUBSET_TITLES[s], 12) for s in subsets], rotation=30, ha="right")
         ax.set_ylim(0, 100)
         ax.set_title(label(spec, 60), fontsize=9)
@@ -140,11 +141,11 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
     for ax in axes[:, 0]:
         ax.set_ylabel("% of misclassified")
     handles, names = axes.flat[0].get_legend_handles_labels()
-    if has_null:
+    if has_truth:
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], color="black", lw=1.6))
-        names.append("BG-Er null")
+        names.append(titles["bg_sufficient_rate"])
     fig.legend(handles, names, loc="upper right", frameon=False, ncol=3)
     more = f" (first {MAX_PANELS} of {len(specs)} models)" if len(specs) > MAX_PANELS else ""
     fig.suptitle(label(f"{family}: error diagnosis{more}", 100), x=0.01, ha="left")
@@ -173,7 +174,7 @@ def accuracy_vs_bg(
             s=10,
             color=PUBLISHED_COLOUR,
             alpha=0.6,
-            label="published (paper)",
+            label="published (paper; its rule unknown)",
             marker="s",
         )
     for (spec, pts), colour in zip(points.items(), _colours(len(points))):
@@ -188,7 +189,8 @@ def accuracy_vs_bg(
         )
     ax.set_xlim(-2, 102)
     ax.set_ylim(-2, 102)
-    ax.set_xlabel("BG-Er (% of misclassified that are background-driven)")
+    rule = lb.diag_titles(lb.headline_rule(models))["bg_er"]  # own points' rule; the paper's is unknown
+    ax.set_xlabel(label(f"{rule}: % of misclassified that are background-driven", 90))
     ax.set_ylabel("accuracy (%)")
     ax.set_title(label(f"{family}: accuracy vs background reliance (one point per subset)", 100))
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -311,8 +313,9 @@ def _family_plots(family: str, models: dict, published: list, out: Path) -> list
             (
                 name,
                 f"{shown}: BG-Er (background-driven) and Fine-Er (fine-grained) errors as a share of "
-                "the misclassified images, per subset; a black tick marks BG-Er under the null when the "
-                "results carry it.",
+                "the misclassified images, per subset, under the rule the legend names; a black tick marks the "
+                "counterfactual truth (the share of errors whose prediction survives with the background alone) "
+                "when the results carry it.",
             )
         )
     name = accuracy_vs_bg(models, published, family, out, f"{stem}/accuracy-vs-bg-er.svg")
