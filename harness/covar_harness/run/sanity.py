@@ -13,6 +13,12 @@ Two bundled demo models differ in one known way: ``demo/shapes-clean`` decides f
 - agreement with the counterfactual proxy truth: driver == "bg" vs outcome == "bg-sufficient" (background patches
   alone reproduce the decision, foreground alone does not), on the same samples. The region test is a proxy, not
   the truth, and is itself the ``counterfactual`` rule's evidence, so agreement is no argument for a rule.
+- sensitivity and specificity against that truth on the decisive samples (exactly one region alone keeps the
+  decision): P(rule says bg | bg-sufficient) and P(rule says fg | fg-sufficient). What a rule's BG-Er misses and
+  what it adds, measured on the two planted demo models (issue 23).
+- paired differences: each ranked row against the next one, AUROC on original / correct, with a bootstrap
+  interval from the same resampled samples for both rows (the rows score the same images), so "A ranks above B"
+  is read from the interval of A - B, not from two overlapping marginal intervals.
 - cost per image relative to a plain forward: wall time of the same evaluation with and without the attributor.
 
 The ``paper`` rule is labelled "inferred": the paper's exact rule is not published; it is kept for comparison.
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.diagnosis.rules import RULES
 
 CLEAN, SHORTCUT = "demo/shapes-clean", "demo/shapes-shortcut"
 ORIGINAL, BG_VARIED = "covar-shapes/original", "covar-shapes/bg_varied"
@@ -50,7 +57,6 @@ ROWS = (
     ("paper", "random"),
     ("area", "random"),
 )
-INFERRED = {"paper"}  # rules reconstructed from the paper's description, not from its code
 RANKED_BY = "auroc_original_correct"
 N_BOOT = 1000
 
@@ -185,6 +191,51 @@ def ranking(rules: dict[str, dict]) -> list[str]:
     return sorted(rules, key=lambda n: -1.0 if rules[n][RANKED_BY] is None else -rules[n][RANKED_BY])
 
 
+def sensitivity_specificity(rows: list[dict], rule: str) -> dict[str, Any]:
+    """The rule against the counterfactual truth on the decisive samples (exactly one region alone keeps the
+    decision): ``sensitivity`` = share called bg of the background-sufficient ones, ``specificity`` = share called
+    fg of the foreground-sufficient ones, with their counts. An undetermined sample counts as a miss on both."""
+    outcomes = [((r.get("counterfactual") or {}).get("outcome"), (r.get("drivers") or {}).get(rule)) for r in rows]
+    bg = [driver == "bg" for outcome, driver in outcomes if outcome == "bg-sufficient"]
+    fg = [driver == "fg" for outcome, driver in outcomes if outcome == "fg-sufficient"]
+    return {
+        "sensitivity": sum(bg) / len(bg) if bg else None,
+        "specificity": sum(fg) / len(fg) if fg else None,
+        "n_bg_sufficient": len(bg),
+        "n_fg_sufficient": len(fg),
+    }
+
+
+def paired_differences(run: SanityRun, rules: dict[str, dict], order: list[str]) -> list[dict[str, Any]]:
+    """Each ranked row minus the next one, AUROC on original / correct, with a paired bootstrap interval: both
+    rows' replicates resample the same samples (same seed, same sizes), so the interval is that of the difference.
+    Rows from different attributors score the same images in the same order (checked by sample id; a pair that
+    is not aligned gets no interval)."""
+    import numpy as np
+
+    from covar_harness.common.metrics import auroc_replicates, percentile_interval
+
+    def replicates(name: str):
+        part = groups(run, rules[name]["attributor"])["original_correct"]
+        rule, (clean, short) = rules[name]["rule"], (part[CLEAN], part[SHORTCUT])
+        ids = [r.get("id") for r in clean + short]
+        reps = auroc_replicates(
+            [score_of(r, rule) for r in clean], [score_of(r, rule) for r in short], N_BOOT, run.seed
+        )
+        return ids, reps
+
+    out = []
+    for upper, lower in zip(order, order[1:]):
+        (ids_a, a), (ids_b, b) = replicates(upper), replicates(lower)
+        va, vb = rules[upper][RANKED_BY], rules[lower][RANKED_BY]
+        if va is None or vb is None or a is None or b is None:
+            continue
+        aligned = ids_a == ids_b
+        interval = list(percentile_interval(np.asarray(a) - np.asarray(b))) if aligned else None
+        out.append({"upper": upper, "lower": lower, "difference": va - vb, "interval": interval})
+    return out
+
+
 def truth_is_bg(row: dict) -> bool | None:
     """Counterfactual proxy truth: background alone reproduces the decision and foreground alone does not."""
     outcome = (row.get("counterfactual") or {}).get("outcome")
@@ -220,11 +271,12 @@ def summarise(run: SanityRun) -> dict[str, Any]:
         rules[row_name(rule, attributor)] = {
             "rule": rule,
             "attributor": attributor,
-            "inferred": rule in INFERRED,
+            "inferred": RULES[rule].inferred,
             "auroc": statistics.fmean(both) if both else None,
             "auroc_original_correct": a,
             "auroc_bg_varied_errors": b,
             "agreement_with_counterfactual": agreement(everyone, rule),
+            **sensitivity_specificity(everyone, rule),
             "undetermined_share": _undetermined(everyone, rule),
             "ms_per_image": ms,
             "cost_vs_plain": ratio,
@@ -242,6 +294,7 @@ def summarise(run: SanityRun) -> dict[str, Any]:
         "rules": rules,
         "ranked_by": RANKED_BY,
         "ranking": order,
+        "paired_differences": paired_differences(run, rules, order),
         "best_rule": next((n for n in order if rules[n][RANKED_BY] is not None), None),
         "truth": "proxy: the counterfactual region test, not ground truth",
         "bootstrap": {"n_boot": N_BOOT, "seed": run.seed, "unit": "sample, each model's side resampled on its own"},
@@ -295,22 +348,28 @@ def render(report: dict[str, Any], console) -> None:
         "AUROC orig/correct (ranked)",
         "AUROC bgvar/errors",
         "AUROC mean",
+        "minus next (paired)",
         "agrees w/ cf proxy",
+        "sens / spec vs cf",
         "undetermined",
         "ms/image",
         "x plain",
     ]
     order = report.get("ranking") or list(report["rules"])
+    paired = {d["upper"]: d for d in report.get("paired_differences") or []}
     rows = []
     for i, name in enumerate(order, 1):
         r, ci = report["rules"][name], report["rules"][name].get("intervals") or {}
+        diff = paired.get(name)
         rows.append(
             [
                 str(i),
                 _label(name, r),
                 r["attributor"],
                 *(_with_interval(r[k], ci.get(k)) for k in (RANKED_BY, "auroc_bg_varied_errors", "auroc")),
+                "-" if diff is None else _with_interval(diff["difference"], diff["interval"]),
                 _fmt(r["agreement_with_counterfactual"], pct=True),
+                f"{_fmt(r.get('sensitivity'))} / {_fmt(r.get('specificity'))}",
                 _fmt(r["undetermined_share"], pct=True),
                 f"{r['ms_per_image']:.2f}",
                 f"{r['cost_vs_plain']:.1f}",
@@ -320,7 +379,9 @@ def render(report: dict[str, Any], console) -> None:
     print_rows(
         console,
         f"which diagnosis to trust: clean vs shortcut demo model (--limit {report['limit']}; ranked by AUROC on "
-        "original/correct; [95% bootstrap interval over samples])",
+        "original/correct; [95% bootstrap interval over samples]; minus next: this row's AUROC minus the next "
+        "row's, paired bootstrap; sens / spec: called bg among background-sufficient, fg among foreground-"
+        "sufficient decisions)",
         columns,
         rows,
         right=range(3, len(columns)),
