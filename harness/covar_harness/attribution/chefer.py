@@ -4,7 +4,9 @@ Visualization"), in the gradient-weighted attention form of their CLIP notebook 
 R starts as the identity; every block adds mean_heads(clamp(dA * A, min=0)) @ R, where A is the block's attention
 probabilities and dA the gradient of s = cos(image, text(class)) with respect to them. A patch's importance is the
 readout's row of R (the CLS row, or an attention-pool head's weights ``Trace.pool``) at that patch. All blocks
-are used. One traced forward and one backward per batch per explained class.
+are used: Chefer's generic-attention rule for ViTs. Their CLIP notebook's default is different, ``start_layer =
+-1``, the last block only; this module does not offer that variant (issue 23 leaves it open). One traced forward
+and one backward per batch per explained class.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """``gradcam``: Grad-CAM (Selvaraju et al., 2017) for ViTs, on the last block.
 
-Activations are the tokens ENTERING the last block (what pytorch-grad-cam's ViT recipe hooks, ``blocks[-1].norm1``
-before its norm, and what Grad-ECLIP's own Grad-CAM baseline uses): the last block's output patch tokens never
-reach a CLS readout, so their gradient is zero. Channel weights are the gradients of s = cos(image, text(class))
-averaged over the patches; a patch's importance is ReLU(sum_c w_c A_nc). One traced forward and one backward per
-batch per explained class.
+Activations are the tokens ENTERING the last block, before its first LayerNorm (the last block's output patch
+tokens never reach a CLS readout, so their gradient is zero). Channel weights are the gradients of
+s = cos(image, text(class)) averaged over the patches, CLS excluded; a patch's importance is ReLU(sum_c w_c A_nc).
+One traced forward and one backward per batch per explained class.
+
+Neither named reference is matched exactly (measured on the clean demo model by the science audit, issue 23;
+none of the three variants beats the random baseline on pixel curves there): pytorch-grad-cam's ViT recipe hooks
+``blocks[-1].norm1`` and stores its OUTPUT (post-LayerNorm) and that output's gradient; Grad-ECLIP's own Grad-CAM
+baseline (``generate_emap.py::grad_cam``) uses the block input, as here, but averages the gradient over all tokens
+including CLS.
 """
 
 from __future__ import annotations
