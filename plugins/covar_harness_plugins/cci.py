@@ -1,7 +1,7 @@
 """Built-in plugin: the attributors of ``covar_harness.attribution`` (docs/design.md section 7): ``cci``,
-``cci-shapley``, the ``random`` baseline, ``occlusion``, ``rise`` and the gradient / attention baselines
-``gradcam``, ``rollout``, ``chefer`` and ``grad-eclip`` (these need the adapter's ``attention_trace``), one
-Attributor class each.
+``cci-shapley``, the ``random`` and ``random-patch`` baselines, ``occlusion``, ``rise`` and the gradient /
+attention baselines ``gradcam``, ``rollout``, ``chefer`` and ``grad-eclip`` (these need the adapter's
+``attention_trace``), one Attributor class each.
 
 Each class registers itself with one line (``Method.register_with(register)``): its name, description, the K it
 allows (``k_range``, checked when the step is built, so a bad ``--cci-k`` is exit 2 before any model loads) and its
@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from covar_harness.attribution import CCI, CCIShapley, RandomBaseline  # no torch at import
+from covar_harness.attribution import CCI, CCIShapley, RandomBaseline, RandomPatch  # no torch at import
 from covar_harness.attribution.chefer import Chefer
 from covar_harness.attribution.grad_eclip import GradECLIP
 from covar_harness.attribution.gradcam import GradCAM
@@ -31,6 +31,7 @@ def register_attributors(register):
     CCI.register_with(register)
     CCIShapley.register_with(register)
     RandomBaseline.register_with(register)
+    RandomPatch.register_with(register)
     Occlusion.register_with(register)
     RISE.register_with(register)
     GradCAM.register_with(register)

@@ -203,6 +203,34 @@ def test_random_attributor_same_clusters_seeded_importances(tmp_path, toy_catalo
     assert [r["cci"]["importance"] for r in other] != [r["cci"]["importance"] for r in rand_rows]
 
 
+def test_random_patch_baseline_draws_every_patch_and_averages_per_cluster():
+    """``random-patch``: a per-patch uniform order (not constant over CCI's clusters, unlike ``random``), seeded
+    per image; the cluster importances diagnosis reads are the mean of their patches' draws."""
+    adapter = TopLeftReader()
+    images = [layout(tl, seed=i) for i, tl in enumerate(LAYOUTS[:2])]
+    pixels = torch.stack([adapter.preprocess(im) for im in images])
+    emb = torch.nn.functional.normalize(adapter.encode_images(pixels), dim=-1)
+    target, text = torch.zeros(2, dtype=torch.long), torch.tensor([[1.0, 0.0]]).expand(2, 2)
+    seeds = [sample_seed(0, str(i)) for i in range(2)]
+
+    def run(method, seeds=seeds):
+        return attribute(adapter, pixels, emb, text, target, seeds, CCISettings(), method)
+
+    patch, clusters = run("random-patch"), run("random")
+    assert torch.equal(patch.assignments, clusters.assignments)  # the same clusters, other draws
+    maps = patch.patch_importance()
+    assert maps.shape == (2, GRID * GRID) and ((maps >= 0) & (maps < 1)).all()
+    for b in range(2):
+        for k in patch.assignments[b].unique().tolist():
+            members = maps[b][patch.assignments[b] == k]
+            assert patch.importance[b, k] == pytest.approx(float(members.mean()), abs=1e-6)
+        sizes = torch.bincount(patch.assignments[b])
+        big = int(sizes.argmax())
+        assert maps[b][patch.assignments[b] == big].unique().numel() > 1  # not constant over a cluster
+    assert torch.equal(run("random-patch").patch_importance(), maps)  # seeded
+    assert not torch.equal(run("random-patch", [s + 1 for s in seeds]).patch_importance(), maps)
+
+
 def test_model_without_capability_gets_a_note_not_a_crash(tmp_path, toy_catalog, masked_task):
     code, out = run_cli(tmp_path, "toy-plain", masked_task, "--attribution", "cci")
     record, rows = read(out, "toy-plain", "toy/masked")

@@ -32,7 +32,7 @@ from covar_harness.attribution.cci import CCI, EPS, cci_from_embeddings, relativ
 from covar_harness.attribution.engine import Attribution, attribute, check_model, cluster, cluster_patterns, sample_seed
 from covar_harness.attribution.kmeans import KMEANS_BUDGET_BYTES, KMeansResult, batched_kmeans, kmeans_plusplus, lloyd
 from covar_harness.attribution.maps import MapWriter, check_maps_dir
-from covar_harness.attribution.random_baseline import RandomBaseline
+from covar_harness.attribution.random_baseline import RandomBaseline, RandomPatch
 from covar_harness.attribution.records import AttributionRecord, CCIRecord, RegionRecord, ShapleyRecord, short
 from covar_harness.attribution.regions import OUTCOMES, RegionTest, region_outcome, region_patterns, region_test
 from covar_harness.attribution.removal import (
@@ -97,6 +97,7 @@ __all__ = [
     "KMeansResult",
     "MapWriter",
     "RandomBaseline",
+    "RandomPatch",
     "RegionRecord",
     "RegionTest",
     "Scores",

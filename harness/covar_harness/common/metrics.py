@@ -103,7 +103,7 @@ def auroc_replicates(positive: Sequence[float], negative: Sequence[float], n_boo
     return ((pos_counts @ wins) * neg_counts).sum(axis=1) / (pos.size * neg.size)
 
 
-def poisson_binomial_upper(probs: Sequence[float], observed: int) -> float:
+def poisson_binomial_upper(probs: Sequence[float] | np.ndarray, observed: int) -> float:
     """P(S >= observed) for S a sum of independent Bernoulli(p_i): the one-sided permutation p-value of a count
     against a null that gives each unit its own probability (the diagnosis null: error i is called background-
     driven with probability 1 - null_fg_i). Exact, by convolving the units one at a time (O(n^2), n = units

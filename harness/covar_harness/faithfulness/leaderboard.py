@@ -185,8 +185,9 @@ def _caption(rows: list[dict[str, Any]], by_key: dict) -> str:
     """What the numbers are, the protocol when every row shares it, and what has no ratio and why."""
     text = (
         "Mean over samples [95% bootstrap interval]; tokens: patches removed from attention instead of pixels "
-        "replaced. Ratio: method / random on the same model and task; deletion lower is better (< 1x), "
-        "insertion and pointing energy higher (> 1x)."
+        "replaced. Ratio: method / random on the same model and task, where random is CCI's clusters with "
+        "random importances (cluster-constant; `random-patch` is the per-patch uniform order, a row of its own); "
+        "deletion lower is better (< 1x), insertion and pointing energy higher (> 1x)."
     )
     protocols = {
         (r["settings"].get("score"), r["settings"].get("steps"), r["settings"].get("replacement")) for r in rows
