@@ -132,8 +132,8 @@ def test_from_crop_to_scale_area_moves_with_the_counterfactual_truth_and_paper_o
     object-driven as objects shrink is not known, and the counterfactual truth says they do not. Measured at
     --limit 60: the share of errors whose prediction survives with the background alone goes 0.14 -> 0.37; raw
     `area` BG-Er 0.14 -> 0.30 follows it, the mass-based `paper` rule 0.14 -> 0.78 overshoots (small objects read
-    as background). Full subsets (issue 23 audit, paired over shared sources): truth +22.1 [+13.2, +30.5] points,
-    area +13.4 [+5.7, +21.0], paper +70.2 [+62.0, +77.5]."""
+    as background). Full subsets (paired, source-clustered bootstrap): truth +25.0 [+16.1, +33.6] points, area
+    +13.4 [+5.7, +20.6], paper +70.2 [+62.8, +77.5]."""
     r = cli(
         "run",
         "--models",
