@@ -294,7 +294,10 @@ def test_each_attributor_declares_its_k_range():
     from covar_harness.catalog.plugin_manager import load_catalog
 
     catalog = load_catalog(allow="")
-    ranges = {name: catalog.attributors.entry(name).extra["k_range"] for name in ("cci", "cci-shapley", "random")}
+    ranges = {
+        name: catalog.attributors.entry(name).extra["k_range"]
+        for name in ("cci", "cci-shapley", "random", "random-patch")
+    }
     assert ranges == attribution.K_RANGES
     for name, (lo, hi) in ranges.items():
         AttributionStep(name, k=lo), AttributionStep(name, k=hi)  # the bounds themselves are allowed
