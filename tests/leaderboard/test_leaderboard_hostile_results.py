@@ -292,5 +292,7 @@ def test_no_reference_leaves_tables_and_formats_as_before():
     tables = lb.build_tables(full)
     # without a reference the only caption is the average's interval (issue 14 item 7), never the published one
     assert all((t.caption is None or t.caption.startswith(lb.AVG_INTERVAL_NOTE)) and not t.published for t in tables)
-    assert render.render_csv(full).splitlines()[0] == "model,family,task,task_version,metric,value,n_samples,headline,rule"
+    assert (
+        render.render_csv(full).splitlines()[0] == "model,family,task,task_version,metric,value,n_samples,headline,rule"
+    )
     assert "published" not in json.loads(render.render_json(full, tables))["results"][0]
