@@ -158,10 +158,11 @@ def _headline_rule(config: dict) -> str | None:
 
 
 def _has_null(config: dict) -> bool:
-    """Whether the result's headline rule has a null (``null_draws`` > 0 and a rule reading importances)."""
+    """Whether the result's headline rule has a null (``null_draws`` > 0 and a rule reading importances): its
+    ``bg_er_null`` (results before issue 23 also carried ``bg_er_minus_null``; neither is needed per sample)."""
     diag = config.get("diagnosis") or {}
     head = (diag.get("by_rule") or {}).get((diag.get("rules") or [None])[0]) or {}
-    return files.is_number(head.get("bg_er_minus_null"))
+    return files.is_number(head.get("bg_er_null")) or files.is_number(head.get("bg_er_minus_null"))
 
 
 def _bg_parts(rows: list[dict], metric: str) -> Any:
