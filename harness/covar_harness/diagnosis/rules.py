@@ -405,16 +405,16 @@ def diagnose_batch(
             c.cluster,
             f,
             fg=None if c.fg is None else logged_grid(c.fg),
-            **_truth_fields(c),
+            bg_sufficient=_truth(c)[0],
+            fg_sufficient=_truth(c)[1],
         )
         for c, ok, f, out in zip(cases, correct, fine, outcomes)
     ]
 
 
-def _truth_fields(case: Case) -> dict[str, bool | None]:
-    """The counterfactual truth of a masked case (``region_truth``); nothing without a mask."""
-    bg_ok, fg_ok = region_truth(case.evidence, case.pred) if case.fg is not None else (None, None)
-    return {"bg_sufficient": bg_ok, "fg_sufficient": fg_ok}
+def _truth(case: Case) -> tuple[bool | None, bool | None]:
+    """The counterfactual truth of a masked case (``region_truth``); (None, None) without a mask."""
+    return region_truth(case.evidence, case.pred) if case.fg is not None else (None, None)
 
 
 def _rule_outcomes(
