@@ -44,8 +44,6 @@ BACK_EDGES = {
     ("results.validation", "faithfulness.leaderboard"): "the faithfulness schema moves into results",
     ("results.submission", "faithfulness.leaderboard"): "the faithfulness schema moves into results",
     ("faithfulness.leaderboard", "leaderboard.tables"): "faithfulness tables move into leaderboard",
-    ("run.explain", "concepts.banks"): "explain --concepts names the clusters; explain is a command, it moves to cli",
-    ("run.explain", "concepts.naming"): "explain --concepts names the clusters; explain is a command, it moves to cli",
 }
 
 

@@ -28,7 +28,7 @@ from covar_harness.attribution.base import (
     check_k,
     find_attributor,
 )
-from covar_harness.attribution.cci import CCI, EPS, cci_from_embeddings, relative_importance, similarity_drops
+from covar_harness.attribution.cci import CCI, EPS, cci_from_embeddings, relative_importance
 from covar_harness.attribution.engine import Attribution, attribute, check_model, cluster, cluster_patterns, sample_seed
 from covar_harness.attribution.kmeans import KMEANS_BUDGET_BYTES, KMeansResult, batched_kmeans, kmeans_plusplus, lloyd
 from covar_harness.attribution.maps import MapWriter, check_maps_dir
@@ -132,6 +132,5 @@ __all__ = [
     "shapley_from_values",
     "shapley_game",
     "short",
-    "similarity_drops",
     "summarise",
 ]

@@ -7,10 +7,9 @@ patch (whose removal is undefined), has importance exactly 0.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from covar_harness.attribution.base import Attributor, ClusterBatch, Scores
-from covar_harness.attribution.removal import encode_patterns
 
 if TYPE_CHECKING:
     import torch
@@ -49,20 +48,3 @@ def relative_importance(s, s_k, valid) -> tuple[torch.Tensor, torch.Tensor, torc
     that reads leave-one-out similarities s_k."""
     drop = (s[:, None] - s_k) * valid.to(s.device)
     return s, drop, drop / s.abs().clamp_min(EPS)[:, None]
-
-
-def similarity_drops(
-    adapter: Any,
-    pixels: torch.Tensor,
-    emb: torch.Tensor,
-    text: torch.Tensor,
-    patterns: torch.Tensor,
-    valid: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(s, drop, importance) from one batched ``encode_images_without`` call with (B, K, N) patterns.
-
-    ``emb`` (B, D) and ``text`` (B, D) are L2-normalised, so s is a dot product. The embedding without
-    cluster k is normalised the same way the harness normalises ``encode_images``.
-    """
-    without, _ = encode_patterns(adapter, pixels, patterns, emb.shape[-1])
-    return cci_from_embeddings(emb, text, without.to(emb.device), valid)

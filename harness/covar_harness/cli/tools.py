@@ -42,7 +42,7 @@ def add_explain(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
-    p.set_defaults(handler="covar_harness.run.explain:cmd_explain")
+    p.set_defaults(handler="covar_harness.cli.explain:cmd_explain")
 
 
 def add_build_covar(sub) -> None:
