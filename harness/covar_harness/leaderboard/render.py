@@ -16,7 +16,8 @@ from covar_harness.results import files as results
 # ---- renderers -----------------------------------------------------------------------------------------
 # Every string here may come from a result file: ``safe`` removes control characters in every format, and
 # each format escapes what it gives meaning to (rich markup, markdown pipes and HTML, spreadsheet formulas).
-def _cell(v: Any) -> str:
+def cell(v: Any) -> str:
+    """A table value as every leaderboard format shows it: ``-`` for none, one decimal for floats."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -36,7 +37,7 @@ def render_markdown(tables: list[Table]) -> str:
         out.append("| " + " | ".join(_md(c) for c in t.columns) + " |")
         out.append("|" + "|".join("---" for _ in t.columns) + "|")
         for i, row in enumerate(t.rows):
-            cells = [_md(_cell(v)) for v in row]
+            cells = [_md(cell(v)) for v in row]
             if i in t.published:
                 cells[0] = f"_{cells[0]}_"
             out.append("| " + " | ".join(cells) + " |")
@@ -61,7 +62,7 @@ def render_rich(tables: list[Table], console) -> None:
 
     for t in tables:  # "H-flip BG-Er" -> two header lines: wide tables stay readable
         columns = [c if i == 0 else "\n".join(x for x in header_lines(c) if x) for i, c in enumerate(t.columns)]
-        rows = [[_cell(v) for v in row] for row in t.rows]
+        rows = [[cell(v) for v in row] for row in t.rows]
         print_rows(
             console,
             t.title,

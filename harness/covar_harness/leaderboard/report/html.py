@@ -20,7 +20,7 @@ from typing import Any
 from covar_harness.common.console import one_line, safe
 from covar_harness.data.subsets import SUBSET_TITLES
 from covar_harness.leaderboard import tables as lb
-from covar_harness.leaderboard.render import header_lines
+from covar_harness.leaderboard.render import cell, header_lines
 from covar_harness.results import files as results
 
 ASSETS = ("report.css", "report.js")
@@ -43,15 +43,6 @@ def esc1(text: Any) -> str:
 
 def asset_text(name: str) -> str:
     return (_res.files("covar_harness") / "resources" / "report" / name).read_text(encoding="utf-8")
-
-
-def fmt(value: Any) -> str:
-    """A table value exactly as the terminal leaderboard prints it: ``-`` for none, one decimal for floats."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return safe(value)
 
 
 def pct(value: Any, digits: int = 1) -> str:
@@ -205,7 +196,7 @@ def render_tables(tables: list[lb.Table], records: list[dict], link: Callable[[d
             published = i in table.published
             cells = []
             for j, value in enumerate(row):
-                shown = fmt(value)
+                shown = cell(value)
                 if j == 0:
                     title = ' title="published figure, not a result of this harness"' if published else ""
                     cells.append(f'<th scope="row" class="text"{title}>{esc(shown)}</th>')
