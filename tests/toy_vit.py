@@ -114,10 +114,13 @@ class ToyPlugin:
     def register_models(self, register):
         register("toy-topleft", TopLeftReader)
         register("toy-plain", PlainAdapter)
+        register("toy-sized", SizedReader)
+        register("toy-redundant", RedundantReader)
 
     @hookimpl
     def register_dataset_formats(self, register):
         register("toy-masked", load_masked)
+        register("toy-sourced", load_sourced)
 
 
 def run_cli(tmp_path, model: str, task: Path, *extra: str) -> tuple[int, Path]:
@@ -149,3 +152,98 @@ def read(out: Path, model: str, task: str) -> tuple[dict, list[dict]]:
     path = results.result_path(out, model, task)
     rows = [json.loads(line) for line in results.samples_path(path).read_text().splitlines()]
     return results.load(path), rows
+
+
+# ---- planted readers of a known patch region (issue 23: object size, redundant evidence) -------------------------
+class RegionReader(TopLeftReader):
+    """A planted reader on a grid of ``SIDE // patch`` patches: embedding = [a, BIAS] with ``a`` read from the
+    KEPT patches of ``read`` only, each contributing its mean colour + 0.1. ``combine`` "sum" adds them (every
+    read patch carries part of the evidence); "max" takes the largest, so any one read patch carries nearly all of
+    it alone (redundant evidence). With BIAS small every image is predicted "object", so on images labelled
+    otherwise every decision is an error driven by the read patches: by the object when they lie inside the mask,
+    by the background when they lie outside it."""
+
+    name = "toy:region-reader"
+    patch, read, combine, bias = 8, (0, 1, 8, 9), "sum", 0.2
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:  # type: ignore[override]
+        return (SIDE // self.patch, SIDE // self.patch)
+
+    def patch_tokens(self, pixels, layer=-1):
+        g, p = SIDE // self.patch, self.patch
+        tiles = pixels.float().unfold(2, p, p).unfold(3, p, p).mean(dim=(-1, -2))  # (B, 3, g, g)
+        return tiles.permute(0, 2, 3, 1).reshape(pixels.shape[0], g * g, 3)
+
+    def _embed(self, pixels, keep):  # keep (B, R, N) -> (B, R, 2)
+        v = self.patch_tokens(pixels).mean(-1) + 0.1
+        read = torch.zeros(v.shape[1], dtype=torch.bool)
+        read[list(self.read)] = True
+        values = v[:, None, :] * (keep & read).float()
+        a = values.sum(-1) if self.combine == "sum" else values.max(-1).values
+        return torch.stack([a, torch.full_like(a, self.bias)], dim=-1)
+
+
+class SizedReader(RegionReader):
+    """Reads the top-left 2x2 patches of an 8x8 grid, additively: objects of any size can cover them or not."""
+
+    name = "toy:sized-reader"
+
+
+class RedundantReader(RegionReader):
+    """Reads 4 of 16 patches (the top-left 2x2 of a 4x4 grid) through a max: redundant evidence."""
+
+    name = "toy:redundant-reader"
+    patch, read, combine = 16, (0, 1, 4, 5), "max"
+
+
+QUADRANTS = ((100, 0, 0), (0, 100, 0), (0, 0, 100), (80, 80, 80))  # background colours: TL, TR, BL, BR
+
+
+def painted(grid: int, cells: dict[tuple[int, int], tuple[int, int, int]], seed: int) -> Image.Image:
+    """SIDE x SIDE on a ``grid`` x ``grid`` patch grid: background quadrants in QUADRANTS, ``cells`` {(row, col):
+    colour} painted over them, a little noise."""
+    p, half = SIDE // grid, grid // 2
+    arr = np.zeros((SIDE, SIDE, 3), dtype=np.float32)
+    for r in range(grid):
+        for c in range(grid):
+            colour = cells.get((r, c), QUADRANTS[2 * (r >= half) + (c >= half)])
+            arr[r * p : (r + 1) * p, c * p : (c + 1) * p] = colour
+    arr += np.random.default_rng(seed).normal(0, 2, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def write_sourced(root: Path, images: dict[str, tuple[Image.Image, set[tuple[int, int]], int]]) -> Path:
+    """A ``toy-sourced`` dataset: images/thing/<source>.png with masks/thing/<source>.png (the object's cells,
+    on the image's grid ``images[source][2]``), and an empty "object" class (what the readers predict)."""
+    for sub in ("images", "masks"):
+        (root / sub / "thing").mkdir(parents=True, exist_ok=True)
+        (root / sub / "object").mkdir(parents=True, exist_ok=True)
+    for source, (image, cells, grid) in images.items():
+        image.save(root / "images" / "thing" / f"{source}.png")
+        p, mask = SIDE // grid, np.zeros((SIDE, SIDE), dtype=np.uint8)
+        for r, c in cells:
+            mask[r * p : (r + 1) * p, c * p : (c + 1) * p] = 255
+        Image.fromarray(mask).save(root / "masks" / "thing" / f"{source}.png")
+    return root
+
+
+def load_sourced(ds: dict, data_dir: Path) -> SampleSet:
+    """Dataset format ``toy-sourced``: ``toy-masked`` whose file name (without extension) is the sample's
+    ``source_id``, so two subsets holding the same names show the same source objects (as COVAR's do)."""
+    samples = load_masked(ds, data_dir)
+    for s in samples.samples:
+        s.meta["source_id"] = Path(s.id).stem
+    return samples
+
+
+def task_yaml(path: Path, name: str, data: Path, fmt: str = "toy-sourced") -> Path:
+    body = {
+        "task": name,
+        "dataset": {"format": fmt, "path": str(data)},
+        "templates": ["a photo of a {}."],
+        "version": 1,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body))  # JSON is YAML
+    return path

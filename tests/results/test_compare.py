@@ -76,3 +76,47 @@ def test_leaderboard_shows_rank_intervals(demo_results):
     pair = "demo/shapes-clean,demo/shapes-shortcut"
     md = cli("leaderboard", str(demo_results), "--format", "markdown", "--compare", pair).stdout
     assert "### demo/shapes-clean (A) vs demo/shapes-shortcut (B), paired" in md and "mcnemar" in md
+
+
+def _row(i: int, correct: bool, area: str | None, paper: str | None, bg_survives: bool) -> dict:
+    cf = {"pred_bg_only": 1 if bg_survives else 0, "pred_fg_only": 0 if bg_survives else 1}
+    return {
+        "index": i,
+        "file": f"f{i}",
+        "correct": correct,
+        "pred": 1,
+        "error_type": None if correct else ("bg" if area == "bg" else "other"),
+        "drivers": {"area": area, "paper": paper},
+        "counterfactual": cf,
+    }
+
+
+def test_compare_diagnosis_headlines_raw_bg_er_per_rule_and_the_truth_not_minus_null():
+    """Issue 23: the raw BG-Er under each rule both results logged and the counterfactual truth; no minus-null row
+    (not a share). A rule that decided no error on one side is left out with a note, as its BG-Er is null."""
+    from covar_harness.leaderboard.compare import compare_diagnosis
+
+    rows_a = [_row(i, False, "bg" if i < 3 else "fg", "bg", i < 2) for i in range(4)]
+    rows_b = [_row(i, i == 3, "fg", None, False) for i in range(4)]
+    config = {"diagnosis": {"rules": ["area", "paper"]}}
+    notes: list[str] = []
+    out = compare_diagnosis("t", rows_a, rows_b, config, config, 200, 0, notes)
+    by = {(c.metric, c.rule): c for c in out}
+    assert set(by) == {("bg_er", "area"), ("bg_sufficient_rate", None)}
+    assert (by[("bg_er", "area")].a, by[("bg_er", "area")].b) == (0.75, 0.0)
+    assert by[("bg_er", "area")].title == "bg_er (area, harness rule)"
+    assert (by[("bg_sufficient_rate", None)].a, by[("bg_sufficient_rate", None)].b) == (0.5, 0.0)
+    assert notes == ["t: bg_er (paper) not compared: no error decided (or tested) on one side"]
+
+
+def test_paired_ratio_difference_between_subsets_pairs_by_unit():
+    """clusters_b: the b rows are other samples of the same units. With identical per-unit values on both sides
+    the difference is 0 in every replicate; the same rows with the units shuffled on one side are not paired."""
+    values = np.array([1, 0, 1, 1, 0, 0, 1, 0], dtype=float)
+    units = [str(i) for i in range(8)]
+    diff, interval, _ = paired_ratio_difference(values, np.ones(8), values, np.ones(8), units, clusters_b=units)
+    assert diff == 0.0 and interval == (0.0, 0.0)
+    _, (lo, hi), _ = paired_ratio_difference(values, np.ones(8), values, np.ones(8), units, clusters_b=units[::-1])
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="needs clusters"):
+        paired_ratio_difference(values, np.ones(8), values, np.ones(8), clusters_b=units)

@@ -68,15 +68,23 @@ def cmd_rescore(args: Namespace) -> int:
 def add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="paired tests of two models on the same samples (McNemar, paired bootstrap)",
+        help="paired tests of two models on the same samples, or of one model on two subsets (--between)",
         description="Compare two models task by task on the samples both evaluated (sample logs joined on the "
-        "sample id): accuracy by the exact McNemar test and a paired bootstrap interval; BG-Er and BG-Er minus its "
-        "null by a paired bootstrap (each replicate resamples the samples once, whole source objects where known, "
-        "and recomputes each model's BG-Er over its own errors). Needs --log-samples results.",
+        "sample id): accuracy by the exact McNemar test and a paired bootstrap interval; raw BG-Er under every "
+        "driver rule both logged and the counterfactual bg_sufficient_rate by a paired bootstrap (each replicate "
+        "resamples the samples once, whole source objects where known, and recomputes each model's share over its "
+        "own errors). With --between TASK_A,TASK_B and one model: the same for subset A minus subset B, paired by "
+        "source object (COVAR Scale vs Crop). Needs --log-samples results.",
     )
     p.add_argument("results", type=Path, metavar="RESULTS", help="a folder of result files and their sample logs")
-    p.add_argument("--models", required=True, help="two model specs as in the results: A,B")
+    p.add_argument("--models", required=True, help="two model specs as in the results: A,B (one with --between)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task both have)")
+    p.add_argument(
+        "--between",
+        default=None,
+        metavar="TASK_A,TASK_B",
+        help="one model on two subsets sharing source objects: A minus B, bootstrap by source_id",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="table", choices=["table", "markdown", "json"])
@@ -88,26 +96,34 @@ def cmd_compare(args: Namespace) -> int:
     from dataclasses import asdict
 
     from covar_harness.common.console import console, markup, write_stdout
-    from covar_harness.leaderboard.compare import compare
+    from covar_harness.leaderboard.compare import compare, compare_subsets
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if len(models) != 2:
-        raise UsageError("--models takes exactly two model specs: A,B")
     if not args.results.is_dir():
         raise UsageError(f"results folder {args.results} does not exist")
     if not 1 <= args.bootstrap <= 100_000:
         raise UsageError("--bootstrap must be in [1, 100000]")
-    tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    rows, notes = compare(args.results, models[0], models[1], tasks, args.bootstrap, args.seed)
+    if args.between is not None:
+        pair = [t.strip() for t in args.between.split(",") if t.strip()]
+        if len(models) != 1 or len(pair) != 2 or args.tasks is not None:
+            raise UsageError("--between TASK_A,TASK_B takes exactly two tasks and one model (--models M), no --tasks")
+        rows, notes = compare_subsets(args.results, models[0], pair[0], pair[1], args.bootstrap, args.seed)
+        a, b, title = pair[0], pair[1], f"{models[0]}: {pair[0]} (A) vs {pair[1]} (B), paired by source object"
+    else:
+        if len(models) != 2:
+            raise UsageError("--models takes exactly two model specs: A,B")
+        tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+        rows, notes = compare(args.results, models[0], models[1], tasks, args.bootstrap, args.seed)
+        a, b, title = models[0], models[1], None
     err = console(stderr=True)
     for note in notes:
         err.print(f"[yellow]{markup(note)}[/yellow]")
     if args.format == "json":
-        write_stdout(json.dumps({"a": models[0], "b": models[1], "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        write_stdout(json.dumps({"a": a, "b": b, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
         return 0
     from covar_harness.leaderboard.render import render_markdown, render_rich
 
-    table = compare_table(models[0], models[1], rows)
+    table = compare_table(a, b, rows, title)
     if args.format == "markdown":
         write_stdout(render_markdown([table]))
     else:
@@ -115,12 +131,16 @@ def cmd_compare(args: Namespace) -> int:
     return 0
 
 
-def compare_table(a: str, b: str, rows: list) -> Any:
+def compare_table(a: str, b: str, rows: list, title: str | None = None) -> Any:
     """The comparison as a leaderboard table (``compare`` and ``leaderboard --compare A,B``)."""
     from covar_harness.leaderboard.tables import Table
 
-    caption = "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap; * p < 0.05."
-    return Table(f"{a} (A) vs {b} (B), paired", COMPARE_COLUMNS, [_cells(r) for r in rows], caption=caption)
+    caption = (
+        "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap; * p < 0.05. "
+        "bg_er: raw share of errors under the named rule; bg_sufficient_rate: the counterfactual truth."
+    )
+    title = title or f"{a} (A) vs {b} (B), paired"
+    return Table(title, COMPARE_COLUMNS, [_cells(r) for r in rows], caption=caption)
 
 
 def leaderboard_comparison(folder: Path, spec: str) -> Any:
@@ -144,4 +164,4 @@ def _cells(r) -> list:
     pct = lambda v: None if v is None else round(100 * v, 1)  # noqa: E731
     ci = "-" if r.interval is None else f"[{100 * r.interval[0]:.1f}, {100 * r.interval[1]:.1f}]"
     p = "-" if r.p is None else f"{r.p:.3g}" + (" *" if r.significant() else "")
-    return [r.task, r.metric, pct(r.a), pct(r.b), pct(r.difference), ci, p, r.test, r.n, r.unit]
+    return [r.task, r.title, pct(r.a), pct(r.b), pct(r.difference), ci, p, r.test, r.n, r.unit]

@@ -183,19 +183,31 @@ def paired_ratio_difference(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    clusters_b: Sequence[Any] | None = None,
 ) -> tuple[float | None, tuple[float, float] | None, float | None]:
     """sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b) over paired rows (one row = one sample seen by both models),
     with a paired bootstrap: each replicate resamples the rows (or whole ``clusters``, e.g. source objects) once
     and recomputes BOTH ratios on it, so what the models share stays shared. Returns (difference, percentile
     interval, two-sided bootstrap p: twice the smaller share of replicates on either side of 0); Nones when a
-    ratio is undefined. Accuracy is num = correct, den = 1; BG-Er is num = background error, den = error."""
+    ratio is undefined. Accuracy is num = correct, den = 1; BG-Er is num = background error, den = error.
+
+    ``clusters_b``: the b rows are other samples than the a rows (another subset of the same source objects, e.g.
+    COVAR Crop vs Scale), each naming its unit as ``clusters`` names the a rows'. A replicate draws from the union
+    of units once, and a drawn unit brings its rows on both sides: pairing by source object, not by sample."""
     arrays = [np.asarray(x, dtype=np.float64) for x in (num_a, den_a, num_b, den_b)]
     if arrays[1].sum() <= 0 or arrays[3].sum() <= 0:
         return None, None, None
     diff = arrays[0].sum() / arrays[1].sum() - arrays[2].sum() / arrays[3].sum()
-    ids = [str(c) for c in clusters] if clusters is not None else [str(i) for i in range(len(arrays[0]))]
-    _, inverse = np.unique(np.asarray(ids), return_inverse=True)
-    sums = np.stack([np.bincount(inverse, weights=x) for x in arrays])  # (4, units)
+    ids_a = [str(c) for c in clusters] if clusters is not None else [str(i) for i in range(len(arrays[0]))]
+    if clusters_b is not None and clusters is None:
+        raise ValueError("clusters_b needs clusters: the a rows' units")
+    ids_b = ids_a if clusters_b is None else [str(c) for c in clusters_b]
+    if len(ids_b) != len(arrays[2]):
+        raise ValueError(f"{len(ids_b)} unit ids for {len(arrays[2])} rows of b")
+    _, inverse = np.unique(np.asarray(ids_a + ids_b), return_inverse=True)
+    n_units = int(inverse.max()) + 1 if len(inverse) else 0
+    parts = (inverse[: len(ids_a)], inverse[: len(ids_a)], inverse[len(ids_a) :], inverse[len(ids_a) :])
+    sums = np.stack([np.bincount(ix, weights=x, minlength=n_units) for ix, x in zip(parts, arrays)])  # (4, units)
     rng = np.random.default_rng(seed)
     stats = []
     for start in range(0, n_boot, 100):  # chunks keep the (replicates, units) count matrix small

@@ -1,13 +1,17 @@
-"""Paired comparison of two models on the same samples (docs/design.md section 10, issue 26): is model A really
-better than B on a task, or is the gap within what resampling the same images gives?
+"""Paired comparisons (docs/design.md section 10, issues 26 and 23): is model A really better than B on a task, or
+one model different on subset A than on subset B, or is the gap within what resampling the same images gives?
 
-Pairing: the two models' sample logs (``--log-samples``) are joined on the sample id (``file``); only samples
-both evaluated count. Accuracy: the exact McNemar test on the discordant samples (right for one model only),
-and a paired bootstrap interval of the difference. BG-Er and BG-Er minus its null: the errors differ between the
-models, so these are compared as ratios over the SAME resampled samples: each bootstrap replicate draws the
-samples once (whole source objects where every sample names one, ``source_id``: COVAR's variants of one object are
-not independent) and recomputes each model's BG-Er over its own errors among them. Both models' diagnoses must use
-the same headline rule. McNemar treats samples as independent; with source objects the bootstrap is the honest one.
+Two models (``compare``): their sample logs (``--log-samples``) are joined on the sample id (``file``); only
+samples both evaluated count. Accuracy: the exact McNemar test on the discordant samples (right for one model
+only), and a paired bootstrap interval of the difference. Raw BG-Er under every driver rule both results logged,
+and the counterfactual truth ``bg_sufficient_rate``: the errors differ between the models, so these are compared
+as ratios over the SAME resampled samples: each bootstrap replicate draws the samples once (whole source objects
+where every sample names one, ``source_id``: COVAR's variants of one object are not independent) and recomputes
+each model's share over its own errors among them. McNemar treats samples as independent; with source objects the
+bootstrap is the honest one. BG-Er minus its null is not compared: it is not a share of errors (issue 23).
+
+One model, two subsets (``compare_subsets``, COVAR Scale vs Crop): the samples differ but the source objects are
+shared, so the bootstrap draws source objects and each brings its samples in both subsets.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.metrics import mcnemar_exact, paired_ratio_difference, source_clusters
+from covar_harness.diagnosis.rules import titled
 from covar_harness.results import files
 from covar_harness.results.validation import validate
 from covar_harness.run.rescore import read_samples
@@ -33,8 +40,14 @@ class Comparison:
     interval: tuple[float, float] | None  # paired bootstrap, 95 %
     p: float | None
     test: str  # mcnemar | paired bootstrap
-    n: int  # paired samples (for BG-Er: samples; each model's errors among them count)
+    n: int  # paired samples (for BG-Er: samples; each model's errors among them count); between subsets: sources
     unit: str  # source_id | sample
+    rule: str | None = None  # the driver rule behind a BG-Er row
+
+    @property
+    def title(self) -> str:
+        """The metric as a table shows it, a BG-Er row naming its rule: "bg_er (area, harness rule)"."""
+        return self.metric if self.rule is None else titled(self.metric, self.rule)
 
     def significant(self, alpha: float = 0.05) -> bool:
         return self.p is not None and self.p < alpha
@@ -80,18 +93,13 @@ def compare(
 
 def _paired_rows(path_a: Path, path_b: Path) -> tuple[list[dict], list[dict], dict, dict]:
     """Both sample logs restricted to the samples both evaluated, in the same order (joined on ``file``)."""
-    logs = [files.samples_path(p) for p in (path_a, path_b)]
-    for log in logs:
-        if not log.is_file():
-            raise ValueError(f"no sample log {log.name}: run with --log-samples to compare")
-    a, b = (read_samples(log) for log in logs)
+    (a, config_a), (b, config_b) = _logged(path_a), _logged(path_b)
     by_id = {str(r.get("file", r["index"])): r for r in b}
     rows_a = [r for r in a if str(r.get("file", r["index"])) in by_id]
     rows_b = [by_id[str(r.get("file", r["index"]))] for r in rows_a]
     if not rows_a:
         raise ValueError("the two models share no sample")
-    configs = [files.load(p)["config"] for p in (path_a, path_b)]
-    return rows_a, rows_b, configs[0], configs[1]
+    return rows_a, rows_b, config_a, config_b
 
 
 def _units(rows: list[dict]) -> tuple[list[str] | None, str]:
@@ -101,8 +109,6 @@ def _units(rows: list[dict]) -> tuple[list[str] | None, str]:
 
 def compare_rows(task: str, rows_a: list[dict], rows_b: list[dict], n_boot: int, seed: int) -> list[Comparison]:
     """Accuracy (acc1): exact McNemar and the paired bootstrap of the difference."""
-    import numpy as np
-
     right_a = np.asarray([bool(r["correct"]) for r in rows_a], dtype=float)
     right_b = np.asarray([bool(r["correct"]) for r in rows_b], dtype=float)
     clusters, unit = _units(rows_a)
@@ -125,56 +131,152 @@ def compare_diagnosis(
     seed: int,
     notes: list[str],
 ) -> list[Comparison]:
-    """BG-Er and BG-Er minus its null, each model over its own errors (with a mask) among the paired samples."""
-
-    heads = [_headline_rule(c) for c in (config_a, config_b)]
-    if heads[0] is None or heads[1] is None:
+    """Raw BG-Er under every driver rule both results logged, each model over its own errors (with a mask) among
+    the paired samples, and the counterfactual truth beside it (``bg_sufficient_rate``). No "BG-Er minus null":
+    it is not a share of errors (issue 23), and the difference of two raw shares on the same images needs none."""
+    rules_a, rules_b = (_rules(c) for c in (config_a, config_b))
+    if not rules_a or not rules_b:
         return []
-    if heads[0] != heads[1]:
-        notes.append(f"{task}: BG-Er not compared: headline rules differ ({heads[0]} vs {heads[1]})")
+    shared = [r for r in rules_a if r in rules_b]
+    if not shared:
+        notes.append(f"{task}: BG-Er not compared: the results share no driver rule ({rules_a[0]} vs {rules_b[0]})")
         return []
     clusters, unit = _units(rows_a)
+    sides = ((rows_a, rules_a[0]), (rows_b, rules_b[0]))
+    return ratio_comparisons(task, sides, shared, clusters, None, unit, len(rows_a), n_boot, seed, notes)
+
+
+def ratio_comparisons(
+    task: str,
+    sides: tuple[tuple[list[dict], str], tuple[list[dict], str]],
+    rules: list[str],
+    clusters_a: list[str] | None,
+    clusters_b: list[str] | None,
+    unit: str,
+    n: int,
+    n_boot: int,
+    seed: int,
+    notes: list[str],
+) -> list[Comparison]:
+    """BG-Er per rule and ``bg_sufficient_rate`` of side a minus side b, each a ratio over the side's own errors
+    (``paired_ratio_difference``); ``sides``: (sample rows, the result's headline rule) per side. A rule that
+    decided no error on a side, or a truth no error was tested for, is left out with a note."""
     out = []
-    for metric in ("bg_er", "bg_er_minus_null"):
-        if metric == "bg_er_minus_null" and not all(_has_null(c) for c in (config_a, config_b)):
-            notes.append(f"{task}: bg_er_minus_null not compared: the headline rule has no null in both results")
+    metrics: list[tuple[str, str | None]] = [("bg_er", rule) for rule in rules] + [("bg_sufficient_rate", None)]
+    for metric, rule in metrics:
+        (rows_a, head_a), (rows_b, head_b) = sides
+        parts_a, parts_b = _ratio_parts(rows_a, metric, rule, head_a), _ratio_parts(rows_b, metric, rule, head_b)
+        if parts_a is None or parts_b is None:
+            what = f"{metric} ({rule})" if rule else metric
+            notes.append(f"{task}: {what} not compared: no error decided (or tested) on one side")
             continue
-        parts = [_bg_parts(rows, metric) for rows in (rows_a, rows_b)]
-        if any(p is None for p in parts):
-            notes.append(f"{task}: {metric} not compared: a sample log lacks the null (sample log version 1)")
-            continue
-        (num_a, den_a), (num_b, den_b) = parts
-        diff, interval, p = paired_ratio_difference(num_a, den_a, num_b, den_b, clusters, n_boot, seed)
+        (num_a, den_a), (num_b, den_b) = parts_a, parts_b
+        diff, interval, p = paired_ratio_difference(
+            num_a, den_a, num_b, den_b, clusters_a, n_boot, seed, clusters_b=clusters_b
+        )
         if diff is None:
             continue
         a, b = float(num_a.sum() / den_a.sum()), float(num_b.sum() / den_b.sum())
-        out.append(Comparison(task, metric, a, b, diff, interval, p, "paired bootstrap", len(rows_a), unit))
+        out.append(Comparison(task, metric, a, b, diff, interval, p, "paired bootstrap", n, unit, rule))
     return out
 
 
-def _headline_rule(config: dict) -> str | None:
+def _rules(config: dict) -> list[str]:
     rules = (config.get("diagnosis") or {}).get("rules")
-    return str(rules[0]) if isinstance(rules, list) and rules else None
+    return [str(r) for r in rules] if isinstance(rules, list) else []
 
 
-def _has_null(config: dict) -> bool:
-    """Whether the result's headline rule has a null (``null_draws`` > 0 and a rule reading importances): its
-    ``bg_er_null`` (results before issue 23 also carried ``bg_er_minus_null``; neither is needed per sample)."""
-    diag = config.get("diagnosis") or {}
-    head = (diag.get("by_rule") or {}).get((diag.get("rules") or [None])[0]) or {}
-    return files.is_number(head.get("bg_er_null")) or files.is_number(head.get("bg_er_minus_null"))
+def _driver(row: dict, rule: str, head: str) -> str | None:
+    """The sample's driver under ``rule``: ``drivers`` when the run logged several rules, else ``driver``."""
+    drivers = row.get("drivers")
+    if isinstance(drivers, dict):
+        return drivers.get(rule)
+    return row.get("driver") if rule == head else None
 
 
-def _bg_parts(rows: list[dict], metric: str) -> Any:
-    """(numerator, denominator) per sample: errors with a mask count in the denominator; a background-driven one
-    counts 1 (``bg_er``) or 1 minus its null's background share (``bg_er_minus_null``) in the numerator."""
-    import numpy as np
-
+def _ratio_parts(rows: list[dict], metric: str, rule: str | None, head: str) -> Any:
+    """(numerator, denominator) per sample, or None when the ratio says nothing. ``bg_er``: errors with a mask
+    count in the denominator, those ``rule`` calls background-driven in the numerator (None when the rule decided
+    none of them, as the result's BG-Er is null). ``bg_sufficient_rate``: errors whose region test ran, those
+    whose wrong prediction survives with the background alone (``diagnosis.rules.region_truth``)."""
     error = np.asarray([not r["correct"] and r.get("error_type") is not None for r in rows], dtype=float)
-    bg = np.asarray([r.get("error_type") == "bg" for r in rows], dtype=float)
     if metric == "bg_er":
-        return bg * error, error
-    if any(e and "null_fg" not in r for e, r in zip(error, rows)):
+        assert rule is not None
+        drivers = [_driver(r, rule, head) for r in rows]
+        if not any(e and d is not None for e, d in zip(error, drivers)):
+            return None
+        return np.asarray([d == "bg" for d in drivers], dtype=float) * error, error
+    cf = [r.get("counterfactual") if isinstance(r.get("counterfactual"), dict) else {} for r in rows]
+    tested = error * np.asarray([c.get("pred_bg_only") is not None for c in cf], dtype=float)
+    if not tested.any():
         return None
-    null_bg = np.asarray([0.0 if r.get("null_fg") is None else 1.0 - r["null_fg"] for r in rows], dtype=float)
-    return (bg - null_bg) * error, error
+    survives = np.asarray([c.get("pred_bg_only") == r["pred"] for c, r in zip(cf, rows)], dtype=float)
+    return survives * tested, tested
+
+
+# ---- one model, two subsets of the same source objects ----------------------------------------------------------
+def compare_subsets(
+    folder: Path, model: str, task_a: str, task_b: str, n_boot: int = 1000, seed: int = 0
+) -> tuple[list[Comparison], list[str]]:
+    """One model on two subsets that share source objects (COVAR Scale vs Crop): accuracy, raw BG-Er under every
+    rule both results logged and ``bg_sufficient_rate`` of ``task_a`` minus ``task_b``, with a bootstrap paired
+    by source object (``paired_ratio_difference(..., clusters_b=...)``): a replicate draws source objects once and
+    each brings its samples in both subsets. The point estimates are the two results' own full-subset shares.
+    Why: a difference between subsets is what object size (or any COVAR factor) does; two independent intervals
+    ignore that the subsets show the same objects, and a per-sample bootstrap ignores that variants of one
+    object are not independent."""
+    found = find_results(folder, model)
+    for task in (task_a, task_b):
+        if task not in found:
+            raise UsageError(f"no result of {model!r} on {task} under {folder}")
+    try:
+        (rows_a, config_a), (rows_b, config_b) = (_logged(found[t]) for t in (task_a, task_b))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    clusters_a, clusters_b = (source_clusters([r.get("source_id") for r in rows]) for rows in (rows_a, rows_b))
+    if clusters_a is None or clusters_b is None:
+        raise UsageError(f"{task_a} and {task_b}: every sample needs a source_id to pair subsets by source object")
+    shared = set(clusters_a) & set(clusters_b)
+    if not shared:
+        raise UsageError(f"{task_a} and {task_b} share no source object: compare them as independent results")
+    units = len(set(clusters_a) | set(clusters_b))
+    notes = [f"{task_a} vs {task_b}: {len(shared)} of {units} source objects appear in both subsets"]
+    label = f"{task_a} - {task_b}"
+    acc = _subset_accuracy(label, rows_a, rows_b, clusters_a, clusters_b, units, n_boot, seed)
+    rules_a, rules_b = _rules(config_a), _rules(config_b)
+    shared_rules = [r for r in rules_a if r in rules_b]
+    if not shared_rules:
+        return [acc], notes
+    sides = ((rows_a, rules_a[0]), (rows_b, rules_b[0]))
+    diagnosis = ratio_comparisons(
+        label, sides, shared_rules, clusters_a, clusters_b, "source_id", units, n_boot, seed, notes
+    )
+    return [acc, *diagnosis], notes
+
+
+def _subset_accuracy(
+    label: str,
+    rows_a: list[dict],
+    rows_b: list[dict],
+    clusters_a: list[str],
+    clusters_b: list[str],
+    units: int,
+    n_boot: int,
+    seed: int,
+) -> Comparison:
+    """acc1 of subset a minus subset b, bootstrapped by source object (no McNemar: the samples differ)."""
+    right_a, right_b = (np.asarray([bool(r["correct"]) for r in rows], dtype=float) for rows in (rows_a, rows_b))
+    ones_a, ones_b = np.ones_like(right_a), np.ones_like(right_b)
+    diff, interval, p = paired_ratio_difference(
+        right_a, ones_a, right_b, ones_b, clusters_a, n_boot, seed, clusters_b=clusters_b
+    )
+    a, b = float(right_a.mean()), float(right_b.mean())
+    return Comparison(label, "acc1", a, b, diff, interval, p, "paired bootstrap", units, "source_id")
+
+
+def _logged(path: Path) -> tuple[list[dict], dict]:
+    """A result's sample log rows and its config; ValueError when it has no log."""
+    log = files.samples_path(path)
+    if not log.is_file():
+        raise ValueError(f"no sample log {log.name}: run with --log-samples to compare")
+    return read_samples(log), files.load(path)["config"]
