@@ -183,6 +183,10 @@ class RegionReader(TopLeftReader):
         a = values.sum(-1) if self.combine == "sum" else values.max(-1).values
         return torch.stack([a, torch.full_like(a, self.bias)], dim=-1)
 
+    def encode_images(self, pixels):
+        n = (SIDE // self.patch) ** 2
+        return self._embed(pixels, torch.ones(pixels.shape[0], 1, n, dtype=torch.bool))[:, 0]
+
 
 class SizedReader(RegionReader):
     """Reads the top-left 2x2 patches of an 8x8 grid, additively: objects of any size can cover them or not."""

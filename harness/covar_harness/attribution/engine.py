@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.attribution.base import Attributor, ClusterBatch, Scores, find_attributor
 from covar_harness.attribution.kmeans import batched_kmeans
 from covar_harness.attribution.records import AttributionRecord, CCIRecord, short
-from covar_harness.attribution.regions import region_patterns, region_test
+from covar_harness.attribution.regions import additive_share, region_patterns, region_test
 from covar_harness.attribution.removal import encode_patterns, grid_size, patch_tokens
 from covar_harness.attribution.settings import CCISettings
 from covar_harness.models.adapter import adapter_name, check_shape, n_blocks
@@ -112,7 +112,8 @@ class Attribution:
         if regions is not None and self.regions_alt is not None and self.alt is not None:
             other = self.regions_alt.record(b)
             if other is not None:
-                regions = replace(regions, alt=self.alt, alt_fields=(other.s_fg_only, other.s_bg_only, other.outcome))
+                fields = (other.s_fg_only, other.s_bg_only, other.outcome, other.additive_share)
+                regions = replace(regions, alt=self.alt, alt_fields=fields)
         return AttributionRecord(index, self.record(b), shapley, regions)
 
 
@@ -241,6 +242,7 @@ def attribute(
     regions, regions_alt = _regions(without, ran, n, batch, classifier, target, masked, alt)
     s = batch.s if scores.s is None else scores.s
     scores_alt = None if alt is None else _alt_scores(strategy, batch, alt, ours)
+    regions, regions_alt = _with_additive(regions, scores, s), _with_additive(regions_alt, scores_alt, None)
     without_k = strategy.leave_one_out(batch, ours[0])
     return Attribution(
         kind.name,
@@ -326,7 +328,18 @@ def _alt_scores(
     _, target, text = alt
     text = text.float().to(batch.emb.device)
     other = replace(batch, text=text, target=target, s=(batch.emb * text).sum(dim=-1))
-    return strategy.scores(other, *ours)
+    scores = strategy.scores(other, *ours)
+    return scores if scores.s is not None else replace(scores, s=other.s)
+
+
+def _with_additive(regions: RegionTest | None, scores: Scores | None, s: torch.Tensor | None) -> RegionTest | None:
+    """The region test with each sample's :func:`~covar_harness.attribution.regions.additive_share` for the
+    target ``scores`` explain (``s``: its similarity, else ``scores.s``); unchanged where the method gives no
+    leave-one-out drops (``Scores.drop`` None: random, patch-level maps) or there was no region test."""
+    s = scores.s if s is None and scores is not None else s
+    if regions is None or scores is None or scores.drop is None or s is None:
+        return regions
+    return replace(regions, additive=additive_share(scores.drop.float().cpu(), s.float().cpu(), regions))
 
 
 def check_model(adapter: Any, settings: CCISettings, method: str | type[Attributor] = "cci") -> None:

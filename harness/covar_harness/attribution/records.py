@@ -79,7 +79,11 @@ class RegionRecord(JsonRecord):
     pred_bg_only: int | None
     outcome: str | None  # bg-sufficient | fg-sufficient | both | neither | None (undefined)
     alt: str | None = None  # the other target ("label" or "pred") of ``alt_fields``
-    alt_fields: tuple[float | None, float | None, str | None] | None = None  # its s_fg_only, s_bg_only, outcome
+    # the other target's s_fg_only, s_bg_only, outcome, additive_share
+    alt_fields: tuple[float | None, float | None, str | None, float | None] | None = None
+    # the share of the target's drop that the single-cluster drops explain (``regions.additive_share``); logged
+    # only where defined (a leave-one-out attributor, and removing the regions moves s)
+    additive_share: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -89,10 +93,16 @@ class RegionRecord(JsonRecord):
             "pred_bg_only": self.pred_bg_only,
             "outcome": self.outcome,
         }
+        if self.additive_share is not None:
+            out["additive_share"] = self.additive_share
         if self.alt is not None and self.alt_fields is not None:
-            for key, value in zip(("s_fg_only", "s_bg_only", "outcome"), self.alt_fields):
-                out[f"{key}_{self.alt}"] = value
+            for key, value in zip(ALT_REGION_FIELDS, self.alt_fields):
+                if key != "additive_share" or value is not None:
+                    out[f"{key}_{self.alt}"] = value
         return out
+
+
+ALT_REGION_FIELDS = ("s_fg_only", "s_bg_only", "outcome", "additive_share")  # logged per target ("_label"/"_pred")
 
 
 @dataclass(frozen=True, eq=False)

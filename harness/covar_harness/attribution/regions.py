@@ -5,6 +5,9 @@ one removal call: all foreground patches removed (background only) and all backg
 (foreground only; a patch is foreground when its mask fraction >= ``cf_threshold``). Predictions over the task's
 classifier and similarities to the explained target decide ``bg-sufficient`` / ``fg-sufficient`` / ``both`` /
 ``neither``. A region with no patch at all is a prefix-only forward where the adapter allows it, else None.
+
+The same two patterns measure how much of the evidence leave-one-out sees (:func:`additive_share`, issue 23):
+no extra model call.
 """
 
 from __future__ import annotations
@@ -32,22 +35,25 @@ class RegionTest:
     pred_bg_only: torch.Tensor  # (B,)
     target: torch.Tensor  # (B,)
     masked: torch.Tensor  # (B,) bool: the sample had a foreground mask (else no test)
+    additive: torch.Tensor | None = None  # (B,) :func:`additive_share` (NaN: undefined); None: no drops to sum
 
     @cached_property
     def _rows(self) -> tuple[list, ...]:
         """The batch as Python lists, converted once (see ``Attribution._rows``)."""
         tensors = (self.masked, self.target, self.s_fg_only, self.s_bg_only, self.pred_fg_only, self.pred_bg_only)
-        return tuple(t.tolist() for t in tensors)
+        additive = [] if self.additive is None else self.additive.tolist()
+        return (*(t.tolist() for t in tensors), additive)
 
     def record(self, b: int) -> RegionRecord | None:
         """The ``counterfactual`` entry of one sample's log line; None when the sample had no mask."""
-        masked, target, s_fg_only, s_bg_only, pred_fg_only, pred_bg_only = self._rows
+        masked, target, s_fg_only, s_bg_only, pred_fg_only, pred_bg_only, additive = self._rows
         if not bool(masked[b]):
             return None
         s_fg, s_bg = _maybe(s_fg_only[b]), _maybe(s_bg_only[b])
         p_fg = int(pred_fg_only[b]) if int(pred_fg_only[b]) >= 0 else None
         p_bg = int(pred_bg_only[b]) if int(pred_bg_only[b]) >= 0 else None
-        return RegionRecord(s_fg, s_bg, p_fg, p_bg, region_outcome(int(target[b]), p_fg, p_bg))
+        share = _maybe(additive[b]) if additive else None
+        return RegionRecord(s_fg, s_bg, p_fg, p_bg, region_outcome(int(target[b]), p_fg, p_bg), additive_share=share)
 
 
 def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | None) -> str | None:
@@ -62,6 +68,24 @@ def region_outcome(target: int, pred_fg_only: int | None, pred_bg_only: int | No
         (False, True): "bg-sufficient",
         (False, False): "neither",
     }[(fg_ok, bg_ok)]
+
+
+MIN_UNION_DROP = 0.01  # |s| fraction: below it removing the regions barely moves s and the share is undefined
+
+
+def additive_share(drop: torch.Tensor, s: torch.Tensor, regions: RegionTest) -> torch.Tensor:
+    """(B,) the share of the target's drop that leave-one-cluster-out sees: sum_k (s - s_k) over the clusters,
+    divided by (s - s[background only]) + (s - s[foreground only]), the drops of removing each region whole.
+    Both are sums of leave-one-part-out drops over a partition of the same patches, so when the similarity is
+    additive over patches the share is exactly 1 whatever the clusters and the mask; evidence that several
+    clusters each carry alone (redundant evidence, invisible to CCI) pulls it towards 0, synergy above 1. It
+    reads the region test's two removals, already in the call: no model call of its own. NaN where the region
+    test did not run or the regions' drops sum to under ``MIN_UNION_DROP`` of |s| (nothing to explain)."""
+    import torch
+
+    union = 2 * s - regions.s_fg_only.to(s.device) - regions.s_bg_only.to(s.device)  # NaN where no test ran
+    ok = union > MIN_UNION_DROP * s.abs()
+    return torch.where(ok, drop.sum(dim=-1) / union.where(ok, torch.ones_like(union)), torch.nan)
 
 
 def _maybe(value: float) -> float | None:

@@ -133,6 +133,9 @@ class Evidence:
     # (the counterfactual truth beside every BG-Er: does the decision survive removing the object?)
     pred_fg_only: int | None = None
     pred_bg_only: int | None = None
+    # the share of the target's drop the single-cluster drops explain (the region test's ``additive_share``):
+    # low when the evidence is redundant across clusters, which leave-one-out cannot see
+    additive_share: float | None = None
 
     @classmethod
     def of(cls, record: AttributionRecord | None) -> Evidence:
@@ -149,6 +152,7 @@ class Evidence:
             _by_target(record.cci.importance, record.cci.importance_label, record.cci.importance_pred),
             None if cf is None else cf.pred_fg_only,
             None if cf is None else cf.pred_bg_only,
+            None if cf is None else cf.additive_share,
         )
 
     @classmethod
@@ -164,6 +168,7 @@ class Evidence:
             _by_target(cci.get("importance"), cci.get("importance_label"), cci.get("importance_pred")),
             cf.get("pred_fg_only"),
             cf.get("pred_bg_only"),
+            cf.get("additive_share"),
         )
 
 
@@ -318,6 +323,7 @@ class DiagnosisRecord(SampleRecord):
     # the background kept / only the foreground kept; None without a mask or where a region could not run
     bg_sufficient: bool | None = None
     fg_sufficient: bool | None = None
+    additive_share: float | None = None  # Evidence.additive_share (logged with the region test, not here)
 
     def log_fields(self) -> dict[str, Any]:
         """The sample's diagnosis fields; also what ``rescore`` needs to redo it without a model: the patch-grid
@@ -407,6 +413,7 @@ def diagnose_batch(
             fg=None if c.fg is None else logged_grid(c.fg),
             bg_sufficient=_truth(c)[0],
             fg_sufficient=_truth(c)[1],
+            additive_share=c.evidence.additive_share if c.fg is not None else None,
         )
         for c, ok, f, out in zip(cases, correct, fine, outcomes)
     ]

@@ -105,7 +105,9 @@ class DiagnosisStep(Step):
         diagnosed = [r for r in records if isinstance(r, DiagnosisRecord)]
         fine_records = {s: f.record(parse_fine_rule(s).status) for s, f in self.alternatives.items()}
         result = summarise_pair(diagnosed, self.settings, fine_records, masks.describe(), self._headline_target())
-        return StepSummary(metrics=result.metrics, intervals=result.intervals, config=result.config)
+        warning = (result.config.get("redundancy") or {}).get("warning")
+        notes = [] if warning is None else [warning]
+        return StepSummary(metrics=result.metrics, intervals=result.intervals, config=result.config, notes=notes)
 
     def _headline_target(self) -> str | None:
         """The class ``bg_er`` explains (the attribution step's ``--cci-target``): ``bg_er`` equals ``bg_er_pred``

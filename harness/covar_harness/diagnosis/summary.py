@@ -96,7 +96,52 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
         out.intervals.update(truth.pop("intervals"))
         out.metrics.update({k: truth.pop(k) for k in TRUTH_METRICS})
         out.config["counterfactual_truth"] = {**truth, "definition": TRUTH_DEFINITION}
+    redundancy = redundancy_summary(records)
+    if redundancy:
+        out.metrics["additive_share"] = redundancy["median"]
+        out.config["redundancy"] = redundancy
     return out
+
+
+# ---- redundant evidence (issue 23 item 6) ------------------------------------------------------------------------
+REDUNDANCY_WARN_BELOW = 0.5  # median additive share under which most of the target's drop is invisible to CCI
+REDUNDANCY_DEFINITION = (
+    "additive_share per sample: the sum of CCI's single-cluster drops over the drops of removing the foreground "
+    "and the background whole (the region test, same removal call); 1 when the evidence adds up over patches, "
+    "near 0 when several clusters each carry it alone (redundant evidence: leave-one-out gives each ~0)"
+)
+
+
+def redundancy_summary(records: list[DiagnosisRecord]) -> dict[str, Any]:
+    """The median additive share over the masked samples that have one, the share of them under 0.5, and a
+    warning when the median is under ``REDUNDANCY_WARN_BELOW``: then most of what the model reads is missing from
+    every cluster's importance, so the drivers (and BG-Er) rest on what little leave-one-out still sees; a
+    smaller ``--cci-k`` or ``cci-shapley`` handles it. Empty without values (no masks, no leave-one-out drops)."""
+    import numpy as np
+
+    values = np.asarray([r.additive_share for r in records if r.additive_share is not None], dtype=float)
+    if not len(values):
+        return {}
+    median = float(np.median(values))
+    out: dict[str, Any] = {
+        "n": len(values),
+        "median": median,
+        "share_below_half": float((values < 0.5).mean()),
+        "warn_below": REDUNDANCY_WARN_BELOW,
+        "definition": REDUNDANCY_DEFINITION,
+    }
+    if median < REDUNDANCY_WARN_BELOW:
+        out["warning"] = redundancy_warning(median)
+    return out
+
+
+def redundancy_warning(median: float) -> str:
+    """The one line that says redundant evidence hides most of the importance (result notes, leaderboard)."""
+    return (
+        f"redundant evidence: CCI's single-cluster drops explain a median {100 * median:.0f}% of the drop of "
+        "removing the regions whole; most importance is missing from every cluster, so the drivers rest on what "
+        "leave-one-out still sees (try a smaller --cci-k or --attribution cci-shapley)"
+    )
 
 
 def summarise_pair(

@@ -242,7 +242,29 @@ def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | No
         dt.rows.append([_paper_label(prow), *values])
     if paper:
         dt.caption = DIAGNOSIS_PUBLISHED_CAPTION
+    redundant = _redundancy_caption(models, diag)
+    if redundant:
+        dt.caption = f"{dt.caption} {redundant}" if dt.caption else redundant
     return dt
+
+
+def _redundancy_caption(models: dict, subsets: list[str]) -> str | None:
+    """The warning of every pair whose diagnosis found redundant evidence (``config.diagnosis.redundancy``
+    carries a ``warning``: most of the target's drop is missing from CCI's single-cluster drops), so a reader of
+    the BG-Er column sees which cells rest on little of what the model reads."""
+    flagged = []
+    for spec, runs in models.items():
+        for s in subsets:
+            red = (((runs.get(s) or {}).get("config") or {}).get("diagnosis") or {}).get("redundancy")
+            if isinstance(red, dict) and red.get("warning") and results.is_number(red.get("median")):
+                flagged.append(f"{spec} on {SUBSET_TITLES[s]} ({100 * float(red['median']):.0f}%)")
+    if not flagged:
+        return None
+    return (
+        "Redundant evidence: CCI's single-cluster drops explain a median of only "
+        + "; ".join(flagged)
+        + " of the drop of removing the regions whole, so BG-Er there rests on what leave-one-out still sees."
+    )
 
 
 PUBLISHED_DIAG = ("bg_er", "fine_er")  # what the paper's second table publishes

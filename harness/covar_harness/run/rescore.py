@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from covar_harness.attribution.records import ALT_REGION_FIELDS
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import parse_json
 from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVITY, FineRelation, parse_fine_rule
@@ -131,7 +132,11 @@ def retarget(row: dict[str, Any], target: str, logged: str) -> dict[str, Any]:
         row["shapley"] = sh
     if isinstance(row.get("counterfactual"), dict):
         cf = dict(row["counterfactual"])
-        for key in ("s_fg_only", "s_bg_only", "outcome"):
+        for key in ALT_REGION_FIELDS:
+            if key == "additive_share":  # logged only where defined, and not before issue 23
+                mine, other = cf.pop(key, None), cf.pop(f"{key}_{target}", None)
+                cf.update({k: v for k, v in ((key, other), (f"{key}_{logged}", mine)) if v is not None})
+                continue
             cf[key], cf[f"{key}_{logged}"] = cf.pop(f"{key}_{target}"), cf[key]
         row["counterfactual"] = cf
     return row
