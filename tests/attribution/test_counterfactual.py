@@ -192,7 +192,9 @@ def test_run_logs_counterfactual_by_default_on_masked_tasks(tmp_path, covar_shap
     cfs = [r["counterfactual"] for r in rows]
     own = {"s_fg_only", "s_bg_only", "pred_fg_only", "pred_bg_only", "outcome"}
     other = {"s_fg_only_label", "s_bg_only_label", "outcome_label"}  # the other target, for rescore
-    assert all(set(cf) == own | other for cf in cfs)
+    shares = {"additive_share", "additive_share_label"}  # logged where defined (issue 23: redundant evidence)
+    assert all(set(cf) - shares == own | other for cf in cfs)
+    assert all("additive_share" in cf for cf in cfs)
     assert sum(cf["outcome"] == "bg-sufficient" for cf in cfs) >= len(cfs) / 2
     record = json.loads(path.read_text())
     assert record["config"]["attribution"]["counterfactual"] is True

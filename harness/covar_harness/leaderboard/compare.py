@@ -206,11 +206,11 @@ def _ratio_parts(rows: list[dict], metric: str, rule: str | None, head: str) -> 
         if not any(e and d is not None for e, d in zip(error, drivers)):
             return None
         return np.asarray([d == "bg" for d in drivers], dtype=float) * error, error
-    cf = [r.get("counterfactual") if isinstance(r.get("counterfactual"), dict) else {} for r in rows]
-    tested = error * np.asarray([c.get("pred_bg_only") is not None for c in cf], dtype=float)
+    bg_only: list[Any] = [(r.get("counterfactual") or {}).get("pred_bg_only") for r in rows]
+    tested = error * np.asarray([p is not None for p in bg_only], dtype=np.float64)
     if not tested.any():
         return None
-    survives = np.asarray([c.get("pred_bg_only") == r["pred"] for c, r in zip(cf, rows)], dtype=float)
+    survives = np.asarray([p == r["pred"] for p, r in zip(bg_only, rows)], dtype=np.float64)
     return survives * tested, tested
 
 

@@ -248,6 +248,12 @@ def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | No
     return dt
 
 
+def _section(obj: Any, key: str) -> dict:
+    """``obj[key]`` when both are dicts, else {}: result files are read, not trusted."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def _redundancy_caption(models: dict, subsets: list[str]) -> str | None:
     """The warning of every pair whose diagnosis found redundant evidence (``config.diagnosis.redundancy``
     carries a ``warning``: most of the target's drop is missing from CCI's single-cluster drops), so a reader of
@@ -255,7 +261,8 @@ def _redundancy_caption(models: dict, subsets: list[str]) -> str | None:
     flagged = []
     for spec, runs in models.items():
         for s in subsets:
-            red = (((runs.get(s) or {}).get("config") or {}).get("diagnosis") or {}).get("redundancy")
+            diag = _section(_section(runs.get(s), "config"), "diagnosis")
+            red = diag.get("redundancy")
             if isinstance(red, dict) and red.get("warning") and results.is_number(red.get("median")):
                 flagged.append(f"{spec} on {SUBSET_TITLES[s]} ({100 * float(red['median']):.0f}%)")
     if not flagged:
