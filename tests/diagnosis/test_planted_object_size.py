@@ -17,9 +17,10 @@ import json
 
 import pytest
 
+from covar_harness.catalog import plugin_manager
 from covar_harness.cli.main import main
 from covar_harness.leaderboard.compare import compare_subsets
-from toy_vit import painted, task_yaml, write_sourced
+from toy_vit import ToyPlugin, painted, task_yaml, write_sourced
 
 WHITE = (255, 255, 255)
 GRID = 8
@@ -41,9 +42,6 @@ def cells(rect: tuple[int, int, int, int]) -> set[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """Both subsets run through the real CLI with CCI, both rules and sample logs."""
-    from covar_harness.catalog import plugin_manager
-    from toy_vit import ToyPlugin
-
     base = tmp_path_factory.mktemp("sized")
     tasks = []
     for size, which in (("large", 0), ("small", 1)):

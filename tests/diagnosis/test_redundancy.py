@@ -15,9 +15,12 @@ import json
 import numpy as np
 import pytest
 
+from covar_harness.catalog import plugin_manager
 from covar_harness.cli.main import main
 from covar_harness.diagnosis.summary import REDUNDANCY_WARN_BELOW
-from toy_vit import painted, task_yaml, write_sourced
+from covar_harness.leaderboard import tables as lb
+from result_records import valid_record
+from toy_vit import ToyPlugin, painted, task_yaml, write_sourced
 
 READ = {(0, 0): (255, 204, 204), (0, 1): (204, 255, 204), (1, 0): (204, 204, 255), (1, 1): (255, 255, 204)}
 
@@ -30,9 +33,6 @@ def task(tmp_path_factory):
 
 
 def _run(tmp_path, task, k: int) -> tuple[dict, list[dict]]:
-    from covar_harness.catalog import plugin_manager
-    from toy_vit import ToyPlugin
-
     original = plugin_manager.load_catalog
     mp = pytest.MonkeyPatch()
     mp.setattr(plugin_manager, "load_catalog", lambda p=(), a=None, e=(): original(p, a, [*e, ToyPlugin()]))
@@ -72,9 +72,6 @@ def test_redundant_evidence_shows_at_k7_and_not_at_k2(tmp_path, task):
 
 
 def test_the_leaderboard_caption_names_the_redundant_pairs():
-    from covar_harness.leaderboard import tables as lb
-    from result_records import valid_record
-
     rec = valid_record(model="demo/shapes-shortcut", task="covar-shapes/bg_varied")
     rec["metrics"].update({"fg_driven_rate": 0.5, "bg_er": 0.9, "fine_er": 0.0, "additive_share": 0.2})
     rec["config"]["diagnosis"] = {

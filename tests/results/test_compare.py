@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from covar_harness.common.metrics import mcnemar_exact, paired_ratio_difference
+from covar_harness.leaderboard.compare import compare_diagnosis
 from helpers import run_cli_inprocess as cli
 
 
@@ -94,8 +95,6 @@ def _row(i: int, correct: bool, area: str | None, paper: str | None, bg_survives
 def test_compare_diagnosis_headlines_raw_bg_er_per_rule_and_the_truth_not_minus_null():
     """Issue 23: the raw BG-Er under each rule both results logged and the counterfactual truth; no minus-null row
     (not a share). A rule that decided no error on one side is left out with a note, as its BG-Er is null."""
-    from covar_harness.leaderboard.compare import compare_diagnosis
-
     rows_a = [_row(i, False, "bg" if i < 3 else "fg", "bg", i < 2) for i in range(4)]
     rows_b = [_row(i, i == 3, "fg", None, False) for i in range(4)]
     config = {"diagnosis": {"rules": ["area", "paper"]}}
