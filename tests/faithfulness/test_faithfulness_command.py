@@ -1,10 +1,12 @@
 """``covar-harness faithfulness`` end to end on the planted-truth toy (test_cci): one JSON per model x task x
-attributor with AUCs, pointing energy and intervals, the curves PNG, and the table with the random row and the
-ratio to it; bad flags are exit 2 before any model loads."""
+attributor with AUCs, pointing energy and intervals, the curves PNG, the table with the random rows, and each
+method's paired per-image differences from both random baselines; bad flags are exit 2 before any model loads."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from helpers import run_cli_inprocess
 
@@ -19,10 +21,12 @@ def test_command_end_to_end(tmp_path, toy_catalog, masked_task):  # noqa: F811
     assert proc.returncode == 0, proc.stderr
     folder = out / "toy-topleft" / "toy__masked"
     files = {p.name for p in folder.iterdir()}
-    assert files == {"cci.json", "occlusion.json", "random.json", "curves.png"}  # random added: the baseline
+    # both random baselines added: every method is compared with them image by image
+    assert files == {"cci.json", "occlusion.json", "random.json", "random-patch.json", "curves.png"}
     assert {p.name for p in out.glob("*.png")} == {"curves-toy-topleft-toy__masked.png"}  # all methods, one figure
     assert (out / "curves-toy-topleft-toy__masked.png").stat().st_size > 1000
-    res = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("cci", "occlusion", "random")}
+    names = ("cci", "occlusion", "random", "random-patch")
+    res = {name: json.loads((folder / f"{name}.json").read_text()) for name in names}
     for r in res.values():
         assert r["n_samples"] == 4 and r["error"] is None
         assert "samples_file" not in r and all("deletion_curve" not in x for x in r["samples"])  # no --log-samples
@@ -37,12 +41,22 @@ def test_command_end_to_end(tmp_path, toy_catalog, masked_task):  # noqa: F811
     assert occ["pointing_energy"] == 1.0  # the toy mask is the top-left quarter, the only patches that matter
     assert occ["relevance_rank_accuracy"] == 1.0
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # paired differences: the mean of the per-image differences, by hand from the files' own samples
+    assert set(occ["paired"]) == {"random", "random-patch"} and set(rnd["paired"]) == {"random-patch"}
+    assert res["random-patch"]["paired"] == {}
+    for base in ("random", "random-patch"):
+        theirs = {s["index"]: s for s in res[base]["samples"]}
+        for metric in ("deletion_auc", "insertion_tokens_auc"):
+            d = [s[metric] - theirs[s["index"]][metric] for s in occ["samples"]]
+            entry = occ["paired"][base][metric]
+            assert entry["n"] == 4 and entry["mean"] == pytest.approx(sum(d) / 4)
+            assert entry["interval"][0] <= entry["mean"] <= entry["interval"][1] and 0 <= entry["p"] <= 1
+            assert min(d) - 1e-9 <= entry["interval"][0] and entry["interval"][1] <= max(d) + 1e-9
     lines = proc.stdout.splitlines()
-    random_row = next(line for line in lines if "│ random" in line)
-    assert random_row.count("1.00x") == 4  # the baseline's own ratios: pixels and tokens, deletion and insertion
-    occ_row = next(line for line in lines if "│ occlusion" in line)
-    ratio = occ["deletion_auc"] / rnd["deletion_auc"]
-    assert f"{ratio:.2f}x" in occ_row
+    assert any("paired differences" in line for line in lines)
+    occ_row = next(line for line in lines if "│ occlusion" in line and "│ random-patch" in line)
+    assert not any(line.startswith("│ random-patch") and "│ random " in line for line in lines)  # no mirror
+    assert f"{occ['paired']['random-patch']['deletion_auc']['mean']:+.3f}" in occ_row
 
 
 def test_bad_flags_exit_2(tmp_path, toy_catalog, masked_task):  # noqa: F811

@@ -1,7 +1,8 @@
 """``covar-harness faithfulness``: deletion / insertion AUC (pixel replacement and token removal) and localisation
 of each attributor's importance maps, per model x task; one JSON per model x task x attributor (with
 ``--log-samples``, each sample's curves as JSON lines beside it), two PNGs of the mean curves per model x task,
-and the table of methods x models x tasks with the random baseline's ratio. RISE runs with the ``--rise-*``
+the table of methods x models x tasks and the table of each method's paired per-image differences from the
+random baselines (``random`` and ``random-patch``, always run). RISE runs with the ``--rise-*``
 settings (``attribution.rise.RISESettings``), recorded in its result.
 
 The run plan's cheap checks come first (device, output folder, every task's data), before any weights load."""
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.faithfulness.leaderboard import BASELINES, PAIRED_CAPTION
 
 DEFAULT_ATTRIBUTORS = "cci,random,occlusion"
 
@@ -43,8 +45,8 @@ def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
 
 def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
     """The Attributor classes of the registered names (unknown ones refused with close matches), RISE with the
-    ``--rise-*`` settings; the random baseline is added when missing, since the table reports every method's
-    ratio to it."""
+    ``--rise-*`` settings; the random baselines (``BASELINES``) are added when missing, since every method is
+    compared with them image by image."""
     from covar_harness.attribution.base import find_attributor
     from covar_harness.attribution.rise import RISE, RISE_DEFAULTS
 
@@ -57,7 +59,7 @@ def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
         find_attributor(entry.name)  # a registered name without an Attributor class is not a map method
         if entry.name not in methods:
             methods.append(entry.name)
-    methods = methods if "random" in methods else [*methods, "random"]
+    methods += [b for b in BASELINES if b not in methods]
     classes = [find_attributor(m) for m in methods]
     return [c.with_settings(rise or RISE_DEFAULTS) if issubclass(c, RISE) else c for c in classes]
 
@@ -115,12 +117,13 @@ def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[s
     """One JSON per method (and, with ``--log-samples``, its per-sample curves as JSON lines beside it), the
     pair's ``curves.png`` and the all-methods figure ``curves-<model>-<task>.png`` in the output folder."""
     from covar_harness.faithfulness.plots import plot_curves, plot_methods
-    from covar_harness.faithfulness.summary import result_file, result_object
+    from covar_harness.faithfulness.summary import paired_differences, result_file, result_object
     from covar_harness.results.files import samples_path, write_json, write_jsonl
 
     pair = []
     for name, run in runs.items():
-        obj = result_object(model, task, run, settings, configs[name], data.n_failed, data.notes)
+        paired = paired_differences(run, runs, settings)
+        obj = result_object(model, task, run, settings, configs[name], data.n_failed, data.notes, paired)
         obj["settings"].update(data.settings)  # e.g. a retrieval task's explained text
         path = result_file(args.output_dir, model, task, name)
         if args.log_samples and run.rows:
@@ -145,12 +148,16 @@ def methods_plot_name(model: str, task: str) -> str:
 
 def _print_table(out: Any, results: list[dict[str, Any]], settings: Any) -> None:
     from covar_harness.common.console import print_rows
-    from covar_harness.faithfulness.summary import TABLE_COLUMNS, table_rows
+    from covar_harness.faithfulness.summary import PAIRED_COLUMNS, TABLE_COLUMNS, paired_table_rows, table_rows
 
     caption = (
         f"{settings.score} score of the {settings.target} class; {settings.steps} steps; replacement "
-        f"{settings.replacement}. Ratios are method / random on the same model and task: deletion lower is "
-        "better (< 1x), insertion higher (> 1x)."
+        f"{settings.replacement}. Means over images; deletion lower is better, the others higher. The paired "
+        "differences below say which differences are real."
     )
     numeric = list(range(3, len(TABLE_COLUMNS)))
     print_rows(out, "faithfulness", TABLE_COLUMNS, table_rows(results), right=numeric, caption=caption)
+    paired = paired_table_rows(results)
+    if paired:
+        right = list(range(4, len(PAIRED_COLUMNS)))
+        print_rows(out, "paired differences", PAIRED_COLUMNS, paired, right=right, caption=PAIRED_CAPTION)

@@ -1,7 +1,8 @@
 """Faithfulness result files in the leaderboard: their schema check (``validate`` and the leaderboard's
 ``collect`` call it), the "faithfulness" table per task (methods x models, each metric with its bootstrap
-interval and the ratio to the random baseline of the same model and task) and their long-format rows for csv /
-json. Plain data for the leaderboard's own renderers; no numpy, no torch.
+interval), the "paired differences" table per task (each method minus each random baseline, per image, with a
+bootstrap interval: ``paired`` of the result files) and their long-format rows for csv / json. Plain data for the
+leaderboard's own renderers; no numpy, no torch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
 SCHEMA = "covar-harness/faithfulness/1"
 BASELINE = "random"
+# the random baselines every method is compared with, per image: CCI's clusters with random importances, and the
+# standard per-patch uniform order (the issue 23 audit: the choice moves every comparison)
+BASELINES = ("random", "random-patch")
 METRICS = (
     "deletion_auc",
     "insertion_auc",
@@ -26,15 +30,24 @@ METRICS = (
     "relevance_rank_accuracy",
 )
 FRACTIONS = ("pointing_energy", "relevance_rank_accuracy")  # shares; the AUCs of a cosine score may be negative
-# (metric, column title, its ratio's title) of the table; short: the terminal table is 13 columns wide
+# (metric, column title) of the tables; short: the terminal tables are up to 10 columns wide
 COLUMNS = (
-    ("deletion_auc", "Del. AUC", "Del. ratio"),
-    ("deletion_tokens_auc", "Del. tokens AUC", "Del. tokens ratio"),
-    ("insertion_auc", "Ins. AUC", "Ins. ratio"),
-    ("insertion_tokens_auc", "Ins. tokens AUC", "Ins. tokens ratio"),
-    ("pointing_energy", "Pointing energy", "Pointing ratio"),
+    ("deletion_auc", "Del. AUC"),
+    ("deletion_tokens_auc", "Del. tokens AUC"),
+    ("insertion_auc", "Ins. AUC"),
+    ("insertion_tokens_auc", "Ins. tokens AUC"),
+    ("pointing_energy", "Pointing energy"),
+    ("relevance_rank_accuracy", "Rank accuracy"),
 )
+PAIRED_TITLES = ("Δ del", "Δ del tok", "Δ ins", "Δ ins tok", "Δ energy", "Δ rank")  # per COLUMNS entry
 TITLE = "faithfulness: "
+PAIRED_TITLE = "faithfulness, paired differences: "
+PAIRED_CAPTION = (
+    "Method minus baseline, per image on the same images, averaged [95% bootstrap interval over images, whole "
+    "source objects resampled where every image has a source_id]. Deletion: below 0 is better; insertion, "
+    "pointing energy and rank accuracy: above 0. An interval that excludes 0 is a win (or a loss). random: CCI's "
+    "clusters with random importances (cluster-constant); random-patch: the per-patch uniform order."
+)
 # settings that change no number of the curves: a random row with other values still is the method's baseline
 NEUTRAL_SETTINGS = ("bootstrap",)
 
@@ -71,6 +84,7 @@ def validate(obj: dict[str, Any]) -> list[str]:
         if not isinstance(obj.get(key), dict):
             errors.append(f"{key}: missing or not an object")
     errors += _settings_problems(obj.get("settings"))
+    errors += _paired_problems(obj.get("paired", {}))
     metrics = obj.get("metrics")
     if not isinstance(metrics, dict):
         return [*errors, "metrics: missing or not an object"]
@@ -92,6 +106,50 @@ def _settings_problems(settings: Any) -> list[str]:
         if not (value is None or isinstance(value, (str, bool)) or is_number(value)):
             return [f"settings.{key}: must be text, a finite number, true/false or null, got {_short(value)}"]
     return []
+
+
+def _paired_problems(paired: Any) -> list[str]:
+    """``paired`` (optional: files written before it lack it) is {baseline: {metric: {mean, interval, p, n}}}:
+    one-line baseline names, known metrics, finite numbers, an ordered interval, p in [0, 1]."""
+    if not isinstance(paired, dict):
+        return ["paired: must be an object"]
+    out = []
+    for base, entries in paired.items():
+        if not isinstance(base, str) or unsafe_name(base) or not isinstance(entries, dict):
+            return [f"paired: {_short(base)} must be a one-line name mapped to an object"]
+        for metric, entry in entries.items():
+            where = f"paired.{base}.{metric}"
+            if metric not in METRICS or not isinstance(entry, dict):
+                out.append(f"{where}: not a metric, or not an object")
+                continue
+            out += [f"{where}.{e}" for e in _entry_problems(entry)]
+    return out
+
+
+def _entry_problems(entry: dict[str, Any]) -> list[str]:
+    mean, interval, p, n = entry.get("mean"), entry.get("interval"), entry.get("p"), entry.get("n")
+    out = []
+    if not is_number(mean):
+        out.append(f"mean: must be a finite number, got {_short(mean)}")
+    if interval is not None and not (
+        isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)
+    ):
+        out.append("interval: must be [low, high] (finite numbers) or null")
+    elif interval is not None and not interval[0] <= interval[1]:
+        out.append("interval: low must be <= high")
+    if p is not None and not (is_number(p) and 0.0 <= p <= 1.0):
+        out.append(f"p: must be null or in [0, 1], got {_short(p)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        out.append(f"n: must be an integer >= 1, got {_short(n)}")
+    return out
+
+
+def paired_cell(entry: dict[str, Any] | None) -> str | None:
+    """``-0.133 [-0.255, -0.014]``: a paired difference with its interval, signed (0 is the baseline)."""
+    if not entry or entry.get("mean") is None:
+        return None
+    interval = entry.get("interval")
+    return f"{entry['mean']:+.3f}" + (f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "")
 
 
 def _metric_problems(name: str, entry: Any, headline: Any) -> list[str]:
@@ -123,27 +181,6 @@ def latest(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], dict
     return {(r["model"], r["task"], r["attributor"]): r for r in records}
 
 
-def _comparable(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same curve settings (steps, replacement, score, ...): otherwise a ratio compares different protocols."""
-
-    def strip(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in r["settings"].items() if k not in NEUTRAL_SETTINGS}
-
-    return strip(a) == strip(b)
-
-
-def baseline_of(rec: dict[str, Any], by_key: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any] | None:
-    """The random row of the same model and task with the same settings, or None."""
-    base = by_key.get((rec["model"], rec["task"], BASELINE))
-    return base if base is not None and not base.get("error") and _comparable(rec, base) else None
-
-
-def ratio(rec: dict[str, Any], base: dict[str, Any] | None, metric: str) -> float | None:
-    value: Any = rec.get(metric)
-    ref: Any = None if base is None else base.get(metric)
-    return value / ref if is_number(value) and is_number(ref) and ref != 0 else None
-
-
 def _value_cell(rec: dict[str, Any], metric: str) -> str | None:
     """``0.412 [0.381, 0.440]``: three decimals (AUCs are small fractions; the leaderboard's percentages do not
     fit them), the interval when there is one."""
@@ -155,8 +192,8 @@ def _value_cell(rec: dict[str, Any], metric: str) -> str | None:
 
 
 def faithfulness_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
-    """One table per task: rows method x model (per model, the random baseline last), for each metric that some
-    row has its value with interval and the ratio to the random row of the same model and task."""
+    """Per task: the values table (rows method x model, per model the random baselines last; each metric that
+    some row has, with its interval) and, when the files carry them, the paired differences table."""
     from covar_harness.leaderboard.tables import Table
 
     by_key = latest(records)
@@ -164,30 +201,42 @@ def faithfulness_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
     for task in dict.fromkeys(k[1] for k in by_key):
         rows = sorted((r for k, r in by_key.items() if k[1] == task), key=_row_order)
         shown = [c for c in COLUMNS if any(r["metrics"].get(c[0], {}).get("mean") is not None for r in rows)]
-        columns = ["Method", "Model", "n", *(title for _, value, ratio in shown for title in (value, ratio))]
-        table = Table(TITLE + task, columns, caption=_caption(rows, by_key))
+        table = Table(TITLE + task, ["Method", "Model", "n", *(t for _, t in shown)], caption=_caption(rows))
         for r in rows:
-            base = baseline_of(r, by_key)
-            cells: list[Any] = [r["attributor"] + (" (failed)" if r.get("error") else ""), r["model"], r["n_samples"]]
-            for metric, _, _ in shown:
-                value = ratio(r, base, metric)
-                cells += [_value_cell(r, metric), None if value is None else f"{value:.2f}x"]
-            table.rows.append(cells)
+            name = r["attributor"] + (" (failed)" if r.get("error") else "")
+            table.rows.append([name, r["model"], r["n_samples"], *(_value_cell(r, m) for m, _ in shown)])
         tables.append(table)
+        paired = paired_rows(rows, [m for m, _ in shown])
+        if paired:
+            titles = dict(zip((m for m, _ in COLUMNS), PAIRED_TITLES))
+            columns = ["Method", "Model", "vs", "n", *(titles[m] for m, _ in shown)]
+            tables.append(Table(PAIRED_TITLE + task, columns, rows=paired, caption=PAIRED_CAPTION))
     return tables
 
 
-def _row_order(r: dict[str, Any]) -> tuple[str, bool, str]:
-    return (r["model"], r["attributor"] == BASELINE, r["attributor"])
+def paired_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[list[Any]]:
+    """One row per record x baseline it was paired with (``paired`` of the file): method, model, baseline, the
+    images paired (the most any metric had), then each metric's difference cell."""
+    out: list[list[Any]] = []
+    for r in rows:
+        for base, entries in (r.get("paired") or {}).items():
+            n = max((e.get("n", 0) for e in entries.values()), default=0)
+            out.append([r["attributor"], r["model"], base, n, *(paired_cell(entries.get(m)) for m in metrics)])
+    return out
 
 
-def _caption(rows: list[dict[str, Any]], by_key: dict) -> str:
-    """What the numbers are, the protocol when every row shares it, and what has no ratio and why."""
+def _row_order(r: dict[str, Any]) -> tuple[str, int, str]:
+    base = BASELINES.index(r["attributor"]) if r["attributor"] in BASELINES else -1
+    return (r["model"], base, r["attributor"])
+
+
+def _caption(rows: list[dict[str, Any]]) -> str:
+    """What the numbers are, the protocol when every row shares it, and what failed."""
     text = (
         "Mean over samples [95% bootstrap interval]; tokens: patches removed from attention instead of pixels "
-        "replaced. Ratio: method / random on the same model and task, where random is CCI's clusters with "
-        "random importances (cluster-constant; `random-patch` is the per-patch uniform order, a row of its own); "
-        "deletion lower is better (< 1x), insertion and pointing energy higher (> 1x)."
+        "replaced. Deletion: lower is better; insertion, pointing energy and rank accuracy: higher. Compare "
+        "methods through the paired differences table (per image, against random and random-patch), not by "
+        "these means' overlap."
     )
     protocols = {
         (r["settings"].get("score"), r["settings"].get("steps"), r["settings"].get("replacement")) for r in rows
@@ -198,33 +247,33 @@ def _caption(rows: list[dict[str, Any]], by_key: dict) -> str:
     failed = [f"{r['attributor']} on {r['model']}: {r['error']}" for r in rows if r.get("error")]
     if failed:
         text += " Failed: " + "; ".join(failed) + "."
-    unmatched = sorted({r["model"] for r in rows if r["attributor"] != BASELINE and baseline_of(r, by_key) is None})
-    if unmatched:
-        text += f" No ratio for {', '.join(unmatched)}: no random row with the same settings."
     return text
 
 
 # ---- long format -------------------------------------------------------------------------------------------
 def long_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """csv / json rows in the leaderboard's long format: metric ``faithfulness/<method>/<metric>`` with its mean,
-    ``..._ci_low`` / ``..._ci_high`` and ``..._vs_random``; ``n_samples`` is the samples the metric covers."""
-    by_key = latest(records)
+    """csv / json rows in the leaderboard's long format: metric ``faithfulness/<method>/<metric>`` with its mean
+    and ``..._ci_low`` / ``..._ci_high``, and ``..._minus_<baseline>`` (the paired difference) with its own
+    ``_ci_low`` / ``_ci_high``; ``n_samples`` is the samples (or pairs) the number covers."""
     out = []
-    for (model, task, method), r in by_key.items():
-        base = baseline_of(r, by_key)
+    for (model, task, method), r in latest(records).items():
+        row = {"model": model, "family": "", "task": task, "task_version": None}
         for metric in METRICS:
-            entry = r["metrics"].get(metric, {})
-            if entry.get("mean") is None:
-                continue
-            interval = entry.get("interval") or [None, None]
             name = f"faithfulness/{method}/{metric}"
-            row = {"model": model, "family": "", "task": task, "task_version": None, "n_samples": entry.get("n")}
-            for suffix, value in (
-                ("", entry["mean"]),
-                ("_ci_low", interval[0]),
-                ("_ci_high", interval[1]),
-                ("_vs_random", ratio(r, base, metric)),
-            ):
-                if value is not None:
-                    out.append({**row, "metric": name + suffix, "value": value, "headline": False, "rule": None})
+            out += _long(row, name, r["metrics"].get(metric, {}))
+            for base, entries in (r.get("paired") or {}).items():
+                out += _long(row, f"{name}_minus_{base}", entries.get(metric) or {})
     return out
+
+
+def _long(row: dict[str, Any], name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    if entry.get("mean") is None:
+        return []
+    interval = entry.get("interval") or [None, None]
+    row = {**row, "n_samples": entry.get("n")}
+    values = (("", entry["mean"]), ("_ci_low", interval[0]), ("_ci_high", interval[1]))
+    return [
+        {**row, "metric": name + suffix, "value": value, "headline": False, "rule": None}
+        for suffix, value in values
+        if value is not None
+    ]
