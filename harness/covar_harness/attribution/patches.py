@@ -3,6 +3,7 @@ removed, and what a removed patch becomes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,11 +23,25 @@ def patch_pixel_masks(grid: tuple[int, int], size_hw: tuple[int, int]) -> torch.
     return ids[None] == torch.arange(rows * cols)[:, None, None]
 
 
-def importance_order(importance: torch.Tensor) -> torch.Tensor:
-    """(B, N) -> (B, N) patch indices, most important first; ties keep raster order (stable sort)."""
+TIE_SEED_OFFSET = 3  # added to an image's seed for its tie order (random uses +1, random-patch +2)
+
+
+def importance_order(importance: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """(B, N) -> (B, N) indices, most important first. Ties keep raster order without ``seeds``; with one seed
+    per image they fall in a seeded random order of that image (the same whatever the batch). Why: a ReLU map
+    (gradcam, grad-eclip) is exactly 0 on about half the patches and a cluster-constant map (cci) ties within
+    each cluster, so raster order would hand the top-left patches the lead in every curve and rank."""
     import torch
 
-    return torch.sort(importance.float(), dim=1, descending=True, stable=True).indices
+    values = importance.float()
+    if seeds is None:
+        return torch.sort(values, dim=1, descending=True, stable=True).indices
+    N = values.shape[1]
+    perms = torch.stack(
+        [torch.randperm(N, generator=torch.Generator().manual_seed(int(s) + TIE_SEED_OFFSET)) for s in seeds]
+    ).to(values.device)
+    ranked = torch.sort(values.gather(1, perms), dim=1, descending=True, stable=True).indices
+    return perms.gather(1, ranked)
 
 
 def step_counts(n: int, steps: int) -> list[int]:

@@ -112,6 +112,12 @@ def add_faithfulness(sub) -> None:
     p.add_argument("--score", default="softmax", choices=["softmax", "cosine"], help="score of the explained class")
     p.add_argument("--target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
     p.add_argument("--no-token-removal", action="store_true", help="skip the token-removal curves")
+    p.add_argument(
+        "--ties",
+        default="random",
+        choices=["random", "raster"],
+        help="order of equally important patches: seeded random per image (default) or raster (before issue 23)",
+    )
     p.add_argument("--k", type=int, default=CCI_DEFAULTS.k, help="clusters for cluster methods (default: %(default)s)")
     for flag, options in rise_flags():  # --rise-masks, --rise-cell, ...: defaults from RISESettings
         p.add_argument(flag, **options)

@@ -38,6 +38,7 @@ def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
         token_removal=not args.no_token_removal,
         seed=args.seed,
         bootstrap=args.bootstrap,
+        ties=args.ties,
     )
     cci = replace(DEFAULTS, k=args.k, seed=args.seed, target=args.target, counterfactual=False)
     return settings, cci, RISESettings.from_args(args)

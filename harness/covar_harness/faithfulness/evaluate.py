@@ -185,15 +185,15 @@ class _Batch:
         text = self.data.classifier[:, self.target].T.contiguous()
         with torch.no_grad():
             maps = importance_maps(method, self.adapter, self.pixels, self.emb, text, self.target, seeds, self.cci)
-        order = importance_order(maps)
+        order = importance_order(maps, seeds if self.settings.ties == "random" else None)
         curves = {"": pixel_curves(self.adapter, self.pixels, order, self.base, self.scorer, self.settings.steps)}
         if self.settings.token_removal and attribution_support(self.adapter)[0]:
             curves["_tokens"] = token_curves(self.adapter, self.pixels, order, self.scorer, self.settings.steps)
         for suffix, c in curves.items():
             x[f"deletion{suffix}"], x[f"insertion{suffix}"] = c.x_deletion.tolist(), c.x_insertion.tolist()
-        return [self._row(b, maps[b].numpy(), curves) for b in range(len(self.indices))]
+        return [self._row(b, maps[b].numpy(), order[b].numpy(), curves) for b in range(len(self.indices))]
 
-    def _row(self, b: int, imp: np.ndarray, curves: dict[str, Any]) -> dict[str, Any]:
+    def _row(self, b: int, imp: np.ndarray, order: np.ndarray, curves: dict[str, Any]) -> dict[str, Any]:
         sample = self.data.samples.samples[self.indices[b]]
         row: dict[str, Any] = {
             "index": self.indices[b],
@@ -210,6 +210,6 @@ class _Batch:
         fg = self.fg[b]
         row["pointing_energy"] = None if fg is None else pointing_energy(imp, fg)
         row["relevance_rank_accuracy"] = (
-            None if fg is None else relevance_rank_accuracy(imp, fg, self.settings.mask_threshold)
+            None if fg is None else relevance_rank_accuracy(imp, fg, self.settings.mask_threshold, order)
         )
         return row
