@@ -298,3 +298,22 @@ def test_ties_break_in_a_seeded_random_order():
 def test_settings_check_ties():
     with pytest.raises(UsageError, match="--ties"):
         FaithfulnessSettings(ties="none")
+
+
+def test_softmax_at_the_models_own_logit_scale():
+    """The softmax score's T: ``--temperature`` when given, else the model's learned logit scale (exp of the
+    stored log), else CLIP's 100 with a note saying the model exposes none."""
+    from covar_harness.faithfulness.evaluate import softmax_temperature
+
+    class WithScale(Counting):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(14.8))))
+
+    assert softmax_temperature(WithScale(), FaithfulnessSettings()) == (pytest.approx(14.8), "the model's logit scale")
+    assert softmax_temperature(WithScale(), FaithfulnessSettings(temperature=50.0)) == (50.0, "--temperature")
+    T, source = softmax_temperature(Counting(), FaithfulnessSettings())
+    assert T == 100.0 and "exposes no logit scale" in source
+    with pytest.raises(UsageError, match="--temperature"):
+        FaithfulnessSettings(temperature=0.0)

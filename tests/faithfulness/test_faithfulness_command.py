@@ -35,6 +35,7 @@ def test_command_end_to_end(tmp_path, toy_catalog, masked_task):  # noqa: F811
             lo, hi = r["metrics"][key]["interval"]
             assert lo <= r[key] <= hi
         assert len(r["curves"]["deletion"]["mean"]) == 9 and r["settings"]["replacement"] == "black"
+        assert r["settings"]["temperature"] == 100.0 and "no logit scale" in r["settings"]["temperature_from"]
     occ, rnd = res["occlusion"], res["random"]
     assert occ["deletion_auc"] < rnd["deletion_auc"] and occ["insertion_auc"] > rnd["insertion_auc"]
     assert occ["deletion_tokens_auc"] < rnd["deletion_tokens_auc"]

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import markup
 from covar_harness.concepts.banks import resolve_bank
-from covar_harness.concepts.naming import model_temperature, name_batch
+from covar_harness.concepts.naming import name_batch
+from covar_harness.models.adapter import logit_scale
 from covar_harness.run.text_cache import default_text_cache, store_for
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def cluster_names(
     11), read off the removal embeddings CCI computed; the bank is cached by model fingerprint like a run's."""
     store = store_for(spec, adapter, default_text_cache(None), precision)
     embeddings = bank.embed(adapter, templates, store)
-    temperature, _ = model_temperature(adapter)
+    temperature, _ = logit_scale(adapter)
     named = name_batch(
         result.emb, result.without, result.valid, embeddings, bank.concepts, 3, temperature, [[]], [[]], [None]
     )

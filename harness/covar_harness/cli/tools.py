@@ -111,6 +111,12 @@ def add_faithfulness(sub) -> None:
     p.add_argument("--replacement", default="blur", choices=["blur", "black", "mean"], help="deleted patches become")
     p.add_argument("--score", default="softmax", choices=["softmax", "cosine"], help="score of the explained class")
     p.add_argument("--target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the score (default: the model's own logit scale, else 100)",
+    )
     p.add_argument("--no-token-removal", action="store_true", help="skip the token-removal curves")
     p.add_argument(
         "--ties",

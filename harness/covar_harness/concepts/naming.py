@@ -25,7 +25,6 @@ driver rule).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from covar_harness.concepts.banks import ConceptBank, resolve_bank
 from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.concepts.summary import summarise
 from covar_harness.diagnosis.rules import DiagnosisRecord
+from covar_harness.models.adapter import DEFAULT_LOGIT_SCALE, logit_scale
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 from covar_harness.run.text_cache import store_for
 
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from covar_harness.pipeline.contract import Batch
 
 PATCH_FG = 0.5  # a cluster is background when its patches' mean foreground fraction is below this
-DEFAULT_TEMPERATURE = 100.0  # CLIP's learned logit scale (its maximum): for models that expose none
 
 
 def direction_scores(emb: torch.Tensor, without: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -71,19 +70,6 @@ def cluster_concept_scores(
     full = (temperature * (emb.float() @ bank)).softmax(dim=-1)
     removed = (temperature * (without.float() @ bank)).softmax(dim=-1)
     return full[:, None, :] - removed
-
-
-def model_temperature(adapter: Any) -> tuple[float, str]:
-    """(T, where it comes from): the model's learned logit scale when its module exposes one (open_clip and
-    transformers CLIP / SigLIP keep ``logit_scale`` as a log), else ``DEFAULT_TEMPERATURE`` (CLIP's 100)."""
-    scale = getattr(getattr(adapter, "model", None), "logit_scale", None)
-    try:
-        value = float(scale.detach().float().exp())  # type: ignore[union-attr]
-    except (AttributeError, TypeError, ValueError, RuntimeError):
-        return DEFAULT_TEMPERATURE, "default (CLIP's logit scale)"
-    if not math.isfinite(value) or value <= 0:
-        return DEFAULT_TEMPERATURE, "default (CLIP's logit scale)"
-    return value, "the model's logit scale"
 
 
 def top_concepts(
@@ -180,7 +166,7 @@ class ConceptStep(Step):
         self.bank = bank  # resolved before any model loads (the CLI), else in ``start``
         self.ctx: PairContext | None = None
         self.embeddings: torch.Tensor | None = None  # (D, C) the bank in the pair's model space
-        self.temperature, self.temperature_source = DEFAULT_TEMPERATURE, ""
+        self.temperature, self.temperature_source = DEFAULT_LOGIT_SCALE, ""
         self.reason = ""
 
     def run_settings(self) -> dict[str, Any]:
@@ -209,7 +195,7 @@ class ConceptStep(Step):
             else store_for(ctx.model_spec or "", ctx.adapter, options.text_cache, options.precision)
         )
         self.embeddings = self.bank.embed(ctx.adapter, ctx.templates, store, ctx.reporter)
-        self.temperature, self.temperature_source = model_temperature(ctx.adapter)
+        self.temperature, self.temperature_source = logit_scale(ctx.adapter)
         if self.settings.temperature is not None:
             self.temperature, self.temperature_source = float(self.settings.temperature), "--concepts-temperature"
         self.active = True

@@ -39,6 +39,7 @@ def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
         seed=args.seed,
         bootstrap=args.bootstrap,
         ties=args.ties,
+        temperature=args.temperature,
     )
     cci = replace(DEFAULTS, k=args.k, seed=args.seed, target=args.target, counterfactual=False)
     return settings, cci, RISESettings.from_args(args)
@@ -91,16 +92,18 @@ def cmd_faithfulness(args: Namespace) -> int:
 
 def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[str, Any]]:
     """Load one model, then every task: maps, curves, result files and the curve plots per pair."""
-    from covar_harness.faithfulness.evaluate import open_pair_data, run_pair
+    from covar_harness.faithfulness.evaluate import open_pair_data, run_pair, softmax_temperature
     from covar_harness.models.specs import load_model
     from covar_harness.run.text_cache import ClassifierCache
 
     adapter = load_model(ref.spec, args.device, args.precision, args.cache_dir, catalog=catalog)
     classifiers = ClassifierCache(adapter)
     configs = _method_configs(methods, adapter, cci)
+    temperature, source = softmax_temperature(adapter, settings)
     out: list[dict[str, Any]] = []
     for cfg in tasks:
         data = open_pair_data(adapter, cfg, catalog, classifiers, args.limit, args.seed, args.data_dir)
+        data.settings.update(temperature=temperature, temperature_from=source)
         runs = run_pair(adapter, data, methods, settings, cci, args.batch_size)
         out += _write_pair(ref.spec, cfg.task, runs, data, settings, configs, args)
     return out

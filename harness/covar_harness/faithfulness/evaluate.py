@@ -22,6 +22,7 @@ from covar_harness.faithfulness.curves import Scorer, pixel_curves, token_curves
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy
 from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.models.adapter import logit_scale
 from covar_harness.run.retrieval import PAIRED_TEXT
 
 if TYPE_CHECKING:
@@ -145,6 +146,15 @@ def run_pair(
     return runs
 
 
+def softmax_temperature(adapter: Any, settings: FaithfulnessSettings) -> tuple[float, str]:
+    """(T, where it comes from) of the softmax score: ``--temperature`` when given, else the model's own logit
+    scale (``models.adapter.logit_scale``; 100 with a note when the model exposes none). Recorded per result in
+    ``settings.temperature`` / ``settings.temperature_from``."""
+    if settings.temperature is not None:
+        return settings.temperature, "--temperature"
+    return logit_scale(adapter)
+
+
 @dataclass
 class _Batch:
     adapter: Any
@@ -169,7 +179,7 @@ class _Batch:
             emb = F.normalize(adapter.encode_images(pixels).float().cpu(), dim=-1)
         labels = torch.tensor([data.samples.samples[i].label for i in indices])
         target = (emb @ data.classifier).argmax(dim=-1) if settings.target == "pred" else labels
-        scorer = Scorer(data.classifier, target, settings.score, settings.temperature)
+        scorer = Scorer(data.classifier, target, settings.score, softmax_temperature(adapter, settings)[0])
         base = canvas(adapter, pixels, settings.replacement, settings.blur_sigma)
         fg = patch_masks(adapter, data.samples, indices)
         return cls(adapter, data, indices, pixels, emb, target, labels, scorer, base, fg, settings, cci)

@@ -3,6 +3,7 @@ each result file's ``settings`` (nothing here imports torch)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +22,8 @@ class FaithfulnessSettings:
     first). ``replacement``: what a deleted patch becomes (and the canvas insertion starts from): ``blur`` (the
     image Gaussian-blurred with ``blur_sigma`` pixels), ``black`` (a black image through the model's own
     preprocessing) or ``mean`` (the image's mean colour). ``score``: ``softmax`` over the task's classes at
-    ``temperature`` (CLIP's logit scale), or ``cosine`` with the explained class's text embedding.
+    ``temperature`` (None: the model's own logit scale, ``models.adapter.logit_scale``, so the probabilities are
+    the model's; 100 when it exposes none), or ``cosine`` with the explained class's text embedding.
     ``target``: the class explained (prediction or label). ``token_removal``: also the curves with the patches
     removed from attention (adapters that support removal). ``mask_threshold``: a patch is inside the mask for
     relevance-rank accuracy when its foreground fraction is at least this. ``ties``: how patches of equal
@@ -32,7 +34,7 @@ class FaithfulnessSettings:
     replacement: str = "blur"
     blur_sigma: float = 8.0
     score: str = "softmax"
-    temperature: float = 100.0
+    temperature: float | None = None
     target: str = "pred"
     token_removal: bool = True
     mask_threshold: float = 0.5
@@ -49,8 +51,10 @@ class FaithfulnessSettings:
             raise UsageError(f"--score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if self.target not in TARGETS:
             raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if not self.blur_sigma > 0 or not self.temperature > 0:
-            raise UsageError("--blur-sigma and the temperature must be > 0")
+        if not self.blur_sigma > 0:
+            raise UsageError("--blur-sigma must be > 0")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"--temperature must be a finite number > 0, got {self.temperature}")
         if self.ties not in TIES:
             raise UsageError(f"--ties must be one of {', '.join(TIES)}, got {self.ties!r}")
         if not 0.0 <= self.mask_threshold <= 1.0:
