@@ -97,3 +97,35 @@ def test_run_records_the_rise_settings(tmp_path, toy_catalog, masked_task):  # n
     assert again.returncode == 0 and "skipped" in again.stdout
     other = run_cli_inprocess(*run, "--attribution", "rise", "--rise-masks", "9", "--rise-cell", "1")
     assert other.returncode == 2 and "rise.n_masks: 8 there, 9 now" in other.stderr
+
+
+def test_published_protocols_end_to_end(tmp_path, toy_catalog, masked_task):  # noqa: F811
+    """``--protocol grad-eclip`` and ``--protocol rise`` beside the default in one folder: each protocol's files in
+    its own subfolder with what it is recorded, its own leaderboard tables; a flag the protocol fixes is exit 2."""
+    out = tmp_path / "faith"
+    base = ["faithfulness", "--models", "toy-topleft", "--tasks", str(masked_task), "--output-dir", str(out),
+            "--attributors", "occlusion", "--bootstrap", "20", "--device", "cpu"]  # fmt: skip
+    for protocol in ("grad-eclip", "rise"):
+        proc = run_cli_inprocess(*base, "--protocol", protocol)
+        assert proc.returncode == 0, proc.stderr
+        assert f"protocol {protocol}:" in proc.stdout
+        folder = out / protocol / "toy-topleft" / "toy__masked"
+        assert {p.name for p in folder.glob("*.json")} == {"occlusion.json", "random.json", "random-patch.json"}
+        occ = json.loads((folder / "occlusion.json").read_text())
+        assert occ["settings"]["protocol"] == protocol and occ["metrics"]["deletion_tokens_auc"]["n"] == 0
+        assert occ["settings"]["target"] == ("label" if protocol == "grad-eclip" else "pred")
+        assert len(occ["curves"]["deletion"]["x"]) == (11 if protocol == "grad-eclip" else 65)
+        assert set(occ["paired"]) == {"random", "random-patch"}
+    assert run_cli_inprocess(*base, "--steps", "4").returncode == 0  # the default protocol at the top level
+    md = run_cli_inprocess("leaderboard", str(out), "--format", "markdown").stdout
+    titles = [line[4:] for line in md.splitlines() if line.startswith("### faithfulness")]
+    where = ("", " (protocol grad-eclip)", " (protocol rise)")
+    expected = [f"faithfulness{kind}: toy/masked{p}" for p in where for kind in ("", ", paired differences")]
+    assert sorted(titles) == sorted(expected), titles
+    assert run_cli_inprocess("validate", str(out)).returncode == 0
+    proc = run_cli_inprocess(*base, "--protocol", "grad-eclip", "--steps", "4")
+    assert proc.returncode == 2 and "--protocol grad-eclip sets --steps itself" in proc.stderr
+    proc = run_cli_inprocess(*base, "--protocol", "rise", "--target", "label")
+    assert proc.returncode == 2 and "--target" in proc.stderr
+    proc = run_cli_inprocess(*base, "--protocol", "causal")
+    assert proc.returncode == 2 and "--protocol must be one of patches, grad-eclip, rise" in proc.stderr

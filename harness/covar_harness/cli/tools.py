@@ -107,10 +107,21 @@ def add_faithfulness(sub) -> None:
         "--attributors", default="cci,random,occlusion", help="registered attributors (default: %(default)s)"
     )
     p.add_argument("--limit", type=int, default=None, help="a seeded random subset of N images per task")
-    p.add_argument("--steps", type=int, default=16, help="curve points minus one (default: %(default)s)")
-    p.add_argument("--replacement", default="blur", choices=["blur", "black", "mean"], help="deleted patches become")
-    p.add_argument("--score", default="softmax", choices=["softmax", "cosine"], help="score of the explained class")
-    p.add_argument("--target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
+    p.add_argument(
+        "--protocol",
+        default="patches",
+        help="curve protocol: patches (default: the harness's own, patches onto a canvas, and token removal), "
+        "grad-eclip (Zhao et al.'s pixel deletion / insertion, top-1 accuracy on the label) or rise "
+        "(Petsiuk et al.'s causal metric); the published ones set the flags below themselves",
+    )
+    p.add_argument("--steps", type=int, default=None, help="curve points minus one (patches; default: 16)")
+    p.add_argument(
+        "--replacement", default=None, choices=["blur", "black", "mean"], help="deleted patches become (default: blur)"
+    )
+    p.add_argument(
+        "--score", default=None, choices=["softmax", "cosine", "top1"], help="score of the explained class (softmax)"
+    )
+    p.add_argument("--target", default=None, choices=["pred", "label"], help="class explained (default: pred)")
     p.add_argument(
         "--temperature",
         type=float,

@@ -30,18 +30,19 @@ def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1")
-    settings = FaithfulnessSettings(
+    settings = FaithfulnessSettings.for_protocol(
+        args.protocol,
         steps=args.steps,
         replacement=args.replacement,
         score=args.score,
         target=args.target,
-        token_removal=not args.no_token_removal,
+        token_removal=False if args.no_token_removal else None,
         seed=args.seed,
         bootstrap=args.bootstrap,
         ties=args.ties,
         temperature=args.temperature,
     )
-    cci = replace(DEFAULTS, k=args.k, seed=args.seed, target=args.target, counterfactual=False)
+    cci = replace(DEFAULTS, k=args.k, seed=args.seed, target=settings.target, counterfactual=False)
     return settings, cci, RISESettings.from_args(args)
 
 
@@ -129,7 +130,7 @@ def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[s
         paired = paired_differences(run, runs, settings)
         obj = result_object(model, task, run, settings, configs[name], data.n_failed, data.notes, paired)
         obj["settings"].update(data.settings)  # e.g. a retrieval task's explained text
-        path = result_file(args.output_dir, model, task, name)
+        path = result_file(output_dir(args, settings), model, task, name)
         if args.log_samples and run.rows:
             write_jsonl(samples_path(path), run.rows)  # the rows with every curve, one sample a line
             obj["samples_file"] = samples_path(path).name
@@ -137,9 +138,16 @@ def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[s
         pair.append(obj)
     ok = [p for p in pair if not p["error"]]
     title = f"{model} x {task}"
-    plot_curves(ok, result_file(args.output_dir, model, task, "curves").with_suffix(".png"), title)
-    plot_methods(ok, Path(args.output_dir) / methods_plot_name(model, task), title)
+    plot_curves(ok, result_file(output_dir(args, settings), model, task, "curves").with_suffix(".png"), title)
+    plot_methods(ok, output_dir(args, settings) / methods_plot_name(model, task), title)
     return pair
+
+
+def output_dir(args: Namespace, settings: Any) -> Path:
+    """``--output-dir``, and for a published protocol its subfolder (``<out>/grad-eclip``), so one folder can hold
+    every protocol's results side by side without one overwriting another."""
+    out = Path(args.output_dir)
+    return out if settings.protocol == "patches" else out / settings.protocol
 
 
 def methods_plot_name(model: str, task: str) -> str:
@@ -154,10 +162,11 @@ def _print_table(out: Any, results: list[dict[str, Any]], settings: Any) -> None
     from covar_harness.common.console import print_rows
     from covar_harness.faithfulness.summary import PAIRED_COLUMNS, TABLE_COLUMNS, paired_table_rows, table_rows
 
+    record = settings.record()
     caption = (
-        f"{settings.score} score of the {settings.target} class; {settings.steps} steps; replacement "
-        f"{settings.replacement}. Means over images; deletion lower is better, the others higher. The paired "
-        "differences below say which differences are real."
+        f"protocol {settings.protocol}: {settings.score} score of the {settings.target} class; {record['steps']} "
+        f"steps; replacement {record['replacement']}. Means over images; deletion lower is better, the others "
+        "higher. The paired differences below say which differences are real."
     )
     numeric = list(range(3, len(TABLE_COLUMNS)))
     print_rows(out, "faithfulness", TABLE_COLUMNS, table_rows(results), right=numeric, caption=caption)

@@ -9,7 +9,8 @@ the removal engine's one ``encode_images_without`` call for the token variant).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 @dataclass
 class Scorer:
     """The score of the explained class for (B, P, D) embeddings: softmax over the classes at ``temperature``,
-    or the cosine with the class's text embedding (``classifier`` (D, C) holds L2-normalised class columns)."""
+    the cosine with the class's text embedding, or ``top1``: 1 where the class is the top-1 prediction, else 0
+    (Grad-ECLIP's accuracy on the label) (``classifier`` (D, C) holds L2-normalised class columns)."""
 
     classifier: torch.Tensor
     target: torch.Tensor  # (B,)
@@ -39,21 +41,25 @@ class Scorer:
         target = self.target.cpu()
         if self.kind == "cosine":
             return (emb * W[:, target].T[:, None, :]).sum(dim=-1)
+        if self.kind == "top1":
+            return ((emb @ W).argmax(dim=-1) == target[:, None]).float()
         probs = (self.temperature * emb @ W).softmax(dim=-1)  # (B, P, C)
         return probs.gather(-1, target[:, None, None].expand(-1, emb.shape[1], 1))[..., 0]
 
 
 @dataclass
 class Curves:
-    """(B, steps + 1) scores at the fractions ``x`` (steps + 1,) of patches removed (deletion) or revealed."""
+    """(B, points) scores at the fractions ``x`` (points,) of patches (or pixels) removed (deletion) or revealed;
+    ``area`` turns a curve and its fractions into its AUC (the trapezoid unless a protocol says otherwise)."""
 
     deletion: np.ndarray
     insertion: np.ndarray
     x_deletion: np.ndarray
     x_insertion: np.ndarray
+    area: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(default=lambda y, x: auc(y, x))
 
     def aucs(self) -> tuple[np.ndarray, np.ndarray]:
-        return auc(self.deletion, self.x_deletion), auc(self.insertion, self.x_insertion)
+        return self.area(self.deletion, self.x_deletion), self.area(self.insertion, self.x_insertion)
 
 
 def auc(curves: np.ndarray, x: np.ndarray) -> np.ndarray:

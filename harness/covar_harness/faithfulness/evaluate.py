@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covar_harness.attribution.patches import canvas, importance_order
+from covar_harness.attribution.patches import importance_order
 from covar_harness.data.taskconfig import TASK_KIND
-from covar_harness.faithfulness.curves import Scorer, pixel_curves, token_curves
+from covar_harness.faithfulness.curves import Scorer
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy
+from covar_harness.faithfulness.protocols import PROTOCOLS, CurveInput
 from covar_harness.faithfulness.settings import FaithfulnessSettings
 from covar_harness.models.adapter import logit_scale
 from covar_harness.run.retrieval import PAIRED_TEXT
@@ -165,7 +166,6 @@ class _Batch:
     target: torch.Tensor
     labels: torch.Tensor
     scorer: Scorer
-    base: torch.Tensor
     fg: list[np.ndarray | None]
     settings: FaithfulnessSettings
     cci: CCISettings
@@ -180,25 +180,25 @@ class _Batch:
         labels = torch.tensor([data.samples.samples[i].label for i in indices])
         target = (emb @ data.classifier).argmax(dim=-1) if settings.target == "pred" else labels
         scorer = Scorer(data.classifier, target, settings.score, softmax_temperature(adapter, settings)[0])
-        base = canvas(adapter, pixels, settings.replacement, settings.blur_sigma)
         fg = patch_masks(adapter, data.samples, indices)
-        return cls(adapter, data, indices, pixels, emb, target, labels, scorer, base, fg, settings, cci)
+        return cls(adapter, data, indices, pixels, emb, target, labels, scorer, fg, settings, cci)
 
     def rows(self, method: str | type[Attributor], x: dict[str, list[float]]) -> list[dict[str, Any]]:
         import torch
 
         from covar_harness.attribution.engine import sample_seed
-        from covar_harness.models.adapter import attribution_support
 
         samples = self.data.samples.samples
         seeds = [sample_seed(self.cci.seed, samples[i].id) for i in self.indices]
         text = self.data.classifier[:, self.target].T.contiguous()
         with torch.no_grad():
             maps = importance_maps(method, self.adapter, self.pixels, self.emb, text, self.target, seeds, self.cci)
-        order = importance_order(maps, seeds if self.settings.ties == "random" else None)
-        curves = {"": pixel_curves(self.adapter, self.pixels, order, self.base, self.scorer, self.settings.steps)}
-        if self.settings.token_removal and attribution_support(self.adapter)[0]:
-            curves["_tokens"] = token_curves(self.adapter, self.pixels, order, self.scorer, self.settings.steps)
+        random_ties = self.settings.ties == "random"
+        order = importance_order(maps, seeds if random_ties else None)
+        s = self.settings
+        inp = CurveInput(self.adapter, self.pixels, maps, order, seeds, random_ties, self.scorer, s.steps,
+                         s.replacement, s.blur_sigma, s.token_removal)  # fmt: skip
+        curves = PROTOCOLS[s.protocol]().curves(inp)
         for suffix, c in curves.items():
             x[f"deletion{suffix}"], x[f"insertion{suffix}"] = c.x_deletion.tolist(), c.x_insertion.tolist()
         return [self._row(b, maps[b].numpy(), order[b].numpy(), curves) for b in range(len(self.indices))]

@@ -176,9 +176,15 @@ def _metric_problems(name: str, entry: Any, headline: Any) -> list[str]:
 
 
 # ---- table -------------------------------------------------------------------------------------------------
-def latest(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(model, task, method) -> record; the last file of a triple wins, as in the leaderboard."""
-    return {(r["model"], r["task"], r["attributor"]): r for r in records}
+def protocol_of(r: dict[str, Any]) -> str:
+    """The record's curve protocol (``settings.protocol``; files before protocols existed: ``patches``)."""
+    value = r["settings"].get("protocol")
+    return value if isinstance(value, str) and value else "patches"
+
+
+def latest(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    """(model, task, method, protocol) -> record; the last file of each wins, as in the leaderboard."""
+    return {(r["model"], r["task"], r["attributor"], protocol_of(r)): r for r in records}
 
 
 def _value_cell(rec: dict[str, Any], metric: str) -> str | None:
@@ -198,10 +204,11 @@ def faithfulness_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
 
     by_key = latest(records)
     tables = []
-    for task in dict.fromkeys(k[1] for k in by_key):
-        rows = sorted((r for k, r in by_key.items() if k[1] == task), key=_row_order)
+    for task, protocol in dict.fromkeys((k[1], k[3]) for k in by_key):
+        rows = sorted((r for k, r in by_key.items() if (k[1], k[3]) == (task, protocol)), key=_row_order)
         shown = [c for c in COLUMNS if any(r["metrics"].get(c[0], {}).get("mean") is not None for r in rows)]
-        table = Table(TITLE + task, ["Method", "Model", "n", *(t for _, t in shown)], caption=_caption(rows))
+        where = task if protocol == "patches" else f"{task} (protocol {protocol})"
+        table = Table(TITLE + where, ["Method", "Model", "n", *(t for _, t in shown)], caption=_caption(rows))
         for r in rows:
             name = r["attributor"] + (" (failed)" if r.get("error") else "")
             table.rows.append([name, r["model"], r["n_samples"], *(_value_cell(r, m) for m, _ in shown)])
@@ -210,7 +217,7 @@ def faithfulness_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
         if paired:
             titles = dict(zip((m for m, _ in COLUMNS), PAIRED_TITLES))
             columns = ["Method", "Model", "vs", "n", *(titles[m] for m, _ in shown)]
-            tables.append(Table(PAIRED_TITLE + task, columns, rows=paired, caption=PAIRED_CAPTION))
+            tables.append(Table(PAIRED_TITLE + where, columns, rows=paired, caption=PAIRED_CAPTION))
     return tables
 
 
@@ -238,12 +245,14 @@ def _caption(rows: list[dict[str, Any]]) -> str:
         "methods through the paired differences table (per image, against random and random-patch), not by "
         "these means' overlap."
     )
-    protocols = {
-        (r["settings"].get("score"), r["settings"].get("steps"), r["settings"].get("replacement")) for r in rows
-    }
+    keys = ("protocol", "score", "target", "steps", "replacement")
+    protocols = {tuple(r["settings"].get(k) for k in keys) for r in rows}
     if len(protocols) == 1:
-        score, steps, replacement = next(iter(protocols))
-        text += f" {score} score of the explained class, {steps} steps, deleted patches become {replacement}."
+        protocol, score, target, steps, replacement = next(iter(protocols))
+        text += (
+            f" Protocol {protocol or 'patches'}: {score} score of the {target} class, {steps} steps, deleted "
+            f"{'patches' if protocol in (None, 'patches') else 'pixels'} become {replacement}."
+        )
     failed = [f"{r['attributor']} on {r['model']}: {r['error']}" for r in rows if r.get("error")]
     if failed:
         text += " Failed: " + "; ".join(failed) + "."
@@ -252,14 +261,16 @@ def _caption(rows: list[dict[str, Any]]) -> str:
 
 # ---- long format -------------------------------------------------------------------------------------------
 def long_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """csv / json rows in the leaderboard's long format: metric ``faithfulness/<method>/<metric>`` with its mean
+    """csv / json rows in the leaderboard's long format: metric ``faithfulness/<method>/<metric>`` (a published
+    protocol's: ``faithfulness-<protocol>/...``) with its mean
     and ``..._ci_low`` / ``..._ci_high``, and ``..._minus_<baseline>`` (the paired difference) with its own
     ``_ci_low`` / ``_ci_high``; ``n_samples`` is the samples (or pairs) the number covers."""
     out = []
-    for (model, task, method), r in latest(records).items():
+    for (model, task, method, protocol), r in latest(records).items():
         row = {"model": model, "family": "", "task": task, "task_version": None}
+        prefix = "faithfulness" if protocol == "patches" else f"faithfulness-{protocol}"
         for metric in METRICS:
-            name = f"faithfulness/{method}/{metric}"
+            name = f"{prefix}/{method}/{metric}"
             out += _long(row, name, r["metrics"].get(metric, {}))
             for base, entries in (r.get("paired") or {}).items():
                 out += _long(row, f"{name}_minus_{base}", entries.get(metric) or {})
