@@ -1,4 +1,5 @@
-"""Deletion and insertion curves (the Grad-ECLIP protocol) and their AUC, by pixel replacement and by token removal.
+"""Deletion and insertion curves of the ``patches`` protocol (the harness's own, not Grad-ECLIP's: see
+``protocols``) and their AUC, by pixel replacement and by token removal.
 
 Patches are taken in order of importance, most important first, in ``steps`` equal shares. Deletion: the top
 patches' pixels become the replacement canvas. Insertion: the image starts as the canvas and the top patches'
