@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from covar_harness.common.safe_files import atomic_write, read_text_capped, slug
 from covar_harness.data.subsets import ALL_SUBSETS
-from covar_harness.results.files import slug
 from covar_harness_tasks.covar_sources import (
     BackgroundSource,
     BuildError,
@@ -221,14 +221,11 @@ def _run_jobs(jobs: list[ItemJob], workers: int, progress: Callable[[int], None]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from covar_harness.results.files import atomic_write
-
     atomic_write(path, lambda fh: fh.write(text))
 
 
 def holds_build(out: Path) -> bool:
     """``out`` carries a build stamp: the start marker, or a ``build.json`` with a ``build_version``."""
-    from covar_harness.common.safe_files import read_text_capped
 
     if (out / BUILD_MARKER).is_file():
         return True

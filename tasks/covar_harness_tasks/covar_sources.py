@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import read_json
-from covar_harness.results.files import slug
+from covar_harness.common.safe_files import read_json, slug
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".mask", "_mask")

@@ -227,7 +227,7 @@ def test_auto_runs_cci_on_a_maskless_task_that_asks_or_names_a_segmenter(opencli
 
 
 def test_task_yaml_diagnose_must_be_a_bool(tmp_path):
-    from covar_harness.data.taskconfig import TaskConfigError, load_task_file
+    from covar_harness.catalog.taskconfig import TaskConfigError, load_task_file
 
     images = make_image_folder(tmp_path / "imgs", per_class=1)
     assert load_task_file(write_task_yaml(tmp_path / "a.yaml", "toy/a", images, diagnose=True)).diagnose is True

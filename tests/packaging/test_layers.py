@@ -34,13 +34,9 @@ ORDER = [
 ]
 # (importing module, imported module) -> why it still goes up
 BACK_EDGES = {
-    ("catalog.plugin_manager", "data.taskconfig"): "the Catalog holds the TaskIndex; the index moves into catalog",
-    ("masks.segmenter", "results.files"): "MaskCache writes atomically; atomic writes move to common",
     ("pipeline.contract", "run.evaluator"): "type only: PairContext.options is a RunOptions",
     ("pipeline.contract", "run.progress"): "type only: PairContext.reporter is a Reporter",
     ("attribution.maps", "diagnosis.rules"): "overlay captions re-run the diagnosis; they should read its record",
-    ("attribution.maps", "results.files"): "overlay paths; atomic writes move to common",
-    ("attribution.overlays", "results.files"): "atomic writes move to common",
     ("results.validation", "faithfulness.leaderboard"): "the faithfulness schema moves into results",
     ("results.submission", "faithfulness.leaderboard"): "the faithfulness schema moves into results",
     ("faithfulness.leaderboard", "leaderboard.tables"): "faithfulness tables move into leaderboard",

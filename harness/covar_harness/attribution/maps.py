@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import slug
 from covar_harness.models.adapter import adapter_name
 
 if TYPE_CHECKING:
@@ -52,20 +53,18 @@ class MapWriter:
         self.ctx, self.n_maps, self.error = ctx, 0, None
 
     def folder(self) -> Path:
-        """``ROOT/<model slug>/<task slug>``: the slugs (``results.slug``) of the model spec (the adapter's name
+        """``ROOT/<model slug>/<task slug>``: the slugs (``slug``) of the model spec (the adapter's name
         only when no spec was given) and the task."""
-        from covar_harness.results import files as results
 
         assert self.ctx is not None, "start() first"
         model = self.ctx.model_spec or adapter_name(self.ctx.adapter)
         task = getattr(self.ctx.task, "task", None) or "task"
-        return self.root / results.slug(model) / results.slug(task)
+        return self.root / slug(model) / slug(task)
 
     def write(self, batch: Batch, rows: list[int], result: Attribution) -> None:
         """One overlay PNG per attributed row of the batch (``rows``, in ``result`` order)."""
         from covar_harness.attribution import overlays
         from covar_harness.common.console import safe
-        from covar_harness.results import files as results
 
         if self.error is not None or self.ctx is None:
             return
@@ -77,7 +76,7 @@ class MapWriter:
             height, width = batch.pixels.shape[-2:]
             mask = overlays.mask_in_input_frame(batch.samples, index, adapter.preprocess, (int(height), int(width)))
             caption = self.caption(batch, r, result.sample_record(index, j))
-            stem = results.slug(Path(batch.samples.samples[index].id).stem)
+            stem = slug(Path(batch.samples.samples[index].id).stem)
             try:
                 overlays.save_overlay(
                     folder / overlays.map_name(index, stem, caption.correct),

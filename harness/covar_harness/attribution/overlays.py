@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covar_harness.common.safe_files import atomic_write
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -327,8 +329,6 @@ def save_overlay(
 
     image = render_overlay(rgb, to_np(patch_importance), to_np(assignments), mask, caption)
     from PIL import Image
-
-    from covar_harness.results.files import atomic_write
 
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # as image.save(path) would choose

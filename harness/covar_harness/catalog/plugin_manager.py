@@ -39,7 +39,7 @@ class Catalog:
     """Everything the loaded plugins registered. Built once per process (or per test) and passed along."""
 
     models: Registry[Any] = field(default_factory=lambda: Registry("model"))
-    tasks: Any = None  # covar_harness.data.taskconfig.TaskIndex
+    tasks: Any = None  # covar_harness.catalog.taskconfig.TaskIndex
     attributors: Registry[Any] = field(default_factory=lambda: Registry("attributor"))
     segmenters: Registry[Any] = field(default_factory=lambda: Registry("segmenter"))
     concepts: Registry[Any] = field(default_factory=lambda: Registry("concept bank"))
@@ -161,7 +161,7 @@ def load_catalog(
     ``allow`` defaults to the ``COVAR_HARNESS_PLUGINS`` environment variable. ``include_paths`` are extra
     task YAML files or directories (``--include-path``).
     """
-    from covar_harness.data.taskconfig import TaskIndex
+    from covar_harness.catalog.taskconfig import TaskIndex
 
     if allow is None:
         allow = os.environ.get(ALLOW_ENV)

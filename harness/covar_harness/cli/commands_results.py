@@ -20,6 +20,7 @@ from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console as _console
 from covar_harness.common.console import markup
+from covar_harness.common.safe_files import atomic_write
 from covar_harness.models.specs import registered_target
 from covar_harness.results.files import DISTRIBUTION, _git
 
@@ -144,7 +145,6 @@ LEADERBOARD_FILES = {".github/workflows/leaderboard.yml": "leaderboard.yml", "le
 def cmd_init_leaderboard(args: Namespace) -> int:
     """Copy the leaderboard CI template into a repository; never overwrite what is there."""
     from covar_harness.data.resources import resource_text
-    from covar_harness.results.files import atomic_write
 
     root = Path(args.dir)
     taken = [name for name in LEADERBOARD_FILES if (root / name).exists()]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_ENV = "COVAR_HARNESS_DATA"

@@ -33,7 +33,7 @@ from covar_harness.data.class_groups import UNMATCHED, class_groups, class_group
 from covar_harness.data.resources import named
 
 if TYPE_CHECKING:
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 DEFAULT = "groups"
 # Fine-Er is also reported under each of these (config.diagnosis.fine_sensitivity); fixed, so results compare

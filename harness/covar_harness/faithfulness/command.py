@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import slug
 
 DEFAULT_ATTRIBUTORS = "cci,random,occlusion"
 
@@ -137,7 +138,6 @@ def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[s
 
 def methods_plot_name(model: str, task: str) -> str:
     """``curves-<slug(model)>-<slug(task)>.png``; one slug of both when that would be too long a file name."""
-    from covar_harness.results.files import slug
 
     name = f"curves-{slug(model)}-{slug(task)}.png"
     return name if len(name) <= 200 else f"curves-{slug(f'{model} x {task}')}.png"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covar_harness.attribution.patches import canvas, importance_order
-from covar_harness.data.taskconfig import TASK_KIND
+from covar_harness.catalog.taskconfig import TASK_KIND
 from covar_harness.faithfulness.curves import Scorer, pixel_curves, token_curves
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy

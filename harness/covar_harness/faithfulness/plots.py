@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from covar_harness.common.safe_files import atomic_write
+
 KINDS = ("deletion", "insertion")
 BASELINE_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 2.0}
 
@@ -25,8 +27,6 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from covar_harness.results.files import atomic_write
-
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)
     _pyplot().close(fig)
     return path

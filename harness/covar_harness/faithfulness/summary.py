@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from covar_harness.common.safe_files import slug
 from covar_harness.faithfulness.evaluate import MethodRun
 from covar_harness.faithfulness.leaderboard import BASELINE, METRICS, SCHEMA
 from covar_harness.faithfulness.settings import FaithfulnessSettings
@@ -74,7 +75,6 @@ def result_object(
 
 def result_file(output_dir: Path, model: str, task: str, method: str) -> Path:
     """``<output_dir>/<slug(model)>/<slug(task)>/<slug(method)>.json``."""
-    from covar_harness.results.files import slug
 
     return Path(output_dir) / slug(model) / slug(task) / f"{slug(method)}.json"
 

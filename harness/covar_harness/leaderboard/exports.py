@@ -1,6 +1,6 @@
 """``covar-harness export``: result files -> the Hugging Face Hub's evaluation-results layouts or Weights & Biases.
 
-``--to hf --out DIR`` writes one folder per model (``results.slug`` of its spec)::
+``--to hf --out DIR`` writes one folder per model (``slug`` of its spec)::
 
     <slug>/README.md                      model-card front matter: the ``model-index`` block (task, dataset,
                                           metrics, source), ready to merge into the model's card
@@ -28,6 +28,7 @@ from typing import Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import one_line
+from covar_harness.common.safe_files import slug
 from covar_harness.leaderboard import generated_folders
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
@@ -143,8 +144,8 @@ def hf_documents(records: list[dict], source_url: str | None = None) -> dict[str
     out = {}
     for spec, recs in by_model(records).items():
         index = [{"name": _text(spec), "results": [model_index_result(r, source_url) for r in recs]}]
-        evals = {f"{results.slug(r['task']['name'])}.yaml": eval_result(r, source_url) for r in recs}
-        out[results.slug(spec)] = {"model_index": index, "eval_results": {k: v for k, v in evals.items() if v}}
+        evals = {f"{slug(r['task']['name'])}.yaml": eval_result(r, source_url) for r in recs}
+        out[slug(spec)] = {"model_index": index, "eval_results": {k: v for k, v in evals.items() if v}}
     return out
 
 

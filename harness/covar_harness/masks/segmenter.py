@@ -27,6 +27,7 @@ from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import parse_value
+from covar_harness.common.safe_files import atomic_write
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
@@ -208,8 +209,6 @@ class MaskCache:
         """Store ``mask`` (None: "no object"); ``info`` (small JSON) travels in the PNG's text chunk and comes
         back as ``get(key).info[MaskCache.INFO]``."""
         from PIL.PngImagePlugin import PngInfo
-
-        from covar_harness.results.files import atomic_write
 
         text = PngInfo()
         if info:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.catalog.plugin_manager import Catalog
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.data.samples import ClassMap, SampleSet
-    from covar_harness.data.taskconfig import TaskConfig
     from covar_harness.masks.patch_masks import PatchMasks
     from covar_harness.run.evaluator import RunOptions
     from covar_harness.run.progress import Reporter

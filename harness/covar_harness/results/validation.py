@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from covar_harness.data.taskconfig import RETRIEVAL_METRICS, TASK_KIND
+from covar_harness.catalog.taskconfig import RETRIEVAL_METRICS, TASK_KIND
 from covar_harness.results.files import SCHEMA_VERSION, _short, is_number
 
 FRACTION_METRICS = (

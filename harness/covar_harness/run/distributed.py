@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import open_regular, parse_json
+from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
 from covar_harness.run.text_cache import ClassifierCache
 
 if TYPE_CHECKING:
@@ -178,8 +178,6 @@ class PairSync:
             self.part().unlink(missing_ok=True)
 
     def _write(self, kind: str, body: dict[str, Any]) -> None:
-        from covar_harness.results.files import atomic_write
-
         text = json.dumps({"token": self.world.token, "rank": self.world.rank, **body})
         atomic_write(self.marker(kind), lambda fh: fh.write(text))
 

@@ -46,7 +46,7 @@ from covar_harness.run.text_cache import TEXT_BATCH, ClassifierCache, build_clas
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.adapter import ModelAdapter
     from covar_harness.models.specs import ModelRef
     from covar_harness.run.plan import PlannedPair

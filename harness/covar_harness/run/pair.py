@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 
 def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:

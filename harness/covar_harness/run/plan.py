@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import slug
 from covar_harness.results import files as results
 from covar_harness.results import validation
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.specs import ModelRef
     from covar_harness.run.evaluator import RunOptions
 
@@ -196,7 +197,7 @@ def missing_outputs(path: Path, stored: dict[str, Any], spec: str, task: str, op
     for step in options.steps:
         root = getattr(step, "save_maps", None)
         ran = (stored.get("config", {}).get(getattr(step, "name", "")) or {}).get("status") == "ran"
-        folder = Path(root) / results.slug(spec) / results.slug(task) if root else None
+        folder = Path(root) / slug(spec) / slug(task) if root else None
         if folder is not None and ran and not (folder.is_dir() and any(folder.glob("*.png"))):
             wanted.append("its maps (--save-maps)")
     return wanted

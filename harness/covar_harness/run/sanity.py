@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import atomic_write
 from covar_harness.diagnosis.rules import RULES
 
 CLEAN, SHORTCUT = "demo/shapes-clean", "demo/shapes-shortcut"
@@ -430,8 +431,6 @@ def cmd_sanity(args: Namespace) -> int:
     report = summarise(run)
     render(report, console())
     if args.json is not None:
-        from covar_harness.results.files import atomic_write
-
         text = json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
         try:
             atomic_write(args.json, lambda fh: fh.write(text))

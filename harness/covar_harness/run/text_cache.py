@@ -6,7 +6,7 @@
 precision), and later runs, shards and processes read it instead of encoding the prompts again: the 1000-class x
 80-template classifier costs 80,000 text forwards once per model, not once per run.
 
-Files are written to a temporary file beside the target and renamed into place (``results.atomic_write``), so
+Files are written to a temporary file beside the target and renamed into place (``safe_files.atomic_write``), so
 concurrent writers of the same key leave one complete file; a reader opens regular files only (a FIFO in the
 place is a miss, not a hang), checks the magic line, the header's key (before reading on), dtype, shape against
 the bytes the file holds (a corrupt size field allocates nothing) and the payload's SHA-256, and treats anything
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.common.safe_files import open_regular, parse_json
+from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
 from covar_harness.data.resources import format_prompt
 from covar_harness.models.adapter import check_finite
 
@@ -160,7 +160,6 @@ class TextEmbeddingStore:
 
     def save(self, classnames: list[str], templates: list[str], W: torch.Tensor) -> None:
         """Write atomically; a cache that cannot be written costs a warning, never the pair."""
-        from covar_harness.results.files import atomic_write
 
         payload = W.detach().float().cpu().contiguous().numpy().astype("<f4").tobytes()
         header = {

@@ -3,7 +3,7 @@
 Every string that may come from a result file (model, task and class names, file names, notes, provenance) goes
 through :func:`esc` (control characters removed, then ``html.escape`` with ``quote=True``) before it lands in a
 page, in text or in an attribute. Scripts and styles are our own static files; links and image sources are
-built from slugs (``results.slug``) and numbers only. The same table code renders the site's index and
+built from slugs (``safe_files.slug``) and numbers only. The same table code renders the site's index and
 ``leaderboard --format html``, so both show the numbers of the terminal leaderboard exactly.
 """
 

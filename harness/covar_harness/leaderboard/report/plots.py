@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.common.console import one_line
+from covar_harness.common.safe_files import slug
 from covar_harness.data.subsets import COVAR_SUBSETS, SUBSET_TITLES
 from covar_harness.leaderboard import published
 from covar_harness.leaderboard import tables as lb
@@ -270,7 +271,7 @@ def draw_plots(records: list[dict], reference: str | None, out: Path) -> list[tu
 
 def _counteranimals_plots(family: str, models: dict, ca_published: dict, out: Path) -> list[tuple[str, str]]:
     """Common vs counter, one plot per CounterAnimals variant (official, and acc1)."""
-    shown, stem, made = one_line(family), results.slug(family), []
+    shown, stem, made = one_line(family), slug(family), []
     for suffix, title in lb.CA_VARIANTS:
         own = []
         for spec, runs in models.items():
@@ -298,7 +299,7 @@ def _counteranimals_plots(family: str, models: dict, ca_published: dict, out: Pa
 
 def _family_plots(family: str, models: dict, published: list, out: Path) -> list[tuple[str, str]]:
     """Accuracy per subset, the diagnosis bars and accuracy vs BG-Er for one task family."""
-    shown, stem, made = one_line(family), results.slug(family), []
+    shown, stem, made = one_line(family), slug(family), []
     subsets = covar_subsets(models)
     titles = [SUBSET_TITLES[s] for s in subsets]
     if not subsets:

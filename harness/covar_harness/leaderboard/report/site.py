@@ -1,6 +1,6 @@
 """``covar-harness report RESULTS_DIR --out SITE_DIR``: a static, self-contained site of a results folder.
 
-Layout of the site (every name we write is fixed or a ``results.slug``; nothing points outside the site)::
+Layout of the site (every name we write is fixed or a ``slug``; nothing points outside the site)::
 
     index.html                              tables, plots, pair list, provenance, downloads, skipped files
     assets/report.css, assets/report.js     our own static files (no CDN, no data inside)
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import one_line
-from covar_harness.common.safe_files import read_json
+from covar_harness.common.safe_files import read_json, slug
 from covar_harness.leaderboard import generated_folders, render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report import gallery as gal
@@ -60,7 +60,7 @@ class Built:
 
 
 def pair_href(rec: dict) -> str:
-    return f"pairs/{results.slug(rec['model']['spec'])}/{results.slug(rec['task']['name'])}.html"
+    return f"pairs/{slug(rec['model']['spec'])}/{slug(rec['task']['name'])}.html"
 
 
 def result_paths(directory: Path) -> dict[tuple[str, str], Path]:
@@ -301,12 +301,12 @@ def _pair_page(site: Path, pair: Pair, maps: Path | None, n: int, names: ClassNa
         g = gal.Gallery(problem="no gallery (--gallery 0)")
     else:
         g = gal.read_gallery(log, n) if log is not None else gal.Gallery(problem="no per-sample log")
-    folder = (Path(maps) / results.slug(spec) / results.slug(task)) if maps is not None else None
+    folder = (Path(maps) / slug(spec) / slug(task)) if maps is not None else None
     images: dict[int, str] = {}
     for row in g.bg_errors + g.fg_correct:
         src = gal.find_map(folder, row)
         if src is not None and row["index"] not in images:
-            rel = f"{results.slug(task)}/{row['index']:06d}.png"
+            rel = f"{slug(task)}/{row['index']:06d}.png"
             if gal.copy_map(src, page_path.parent / rel):
                 images[row["index"]] = rel
     class_names = names(rec) if (g.bg_errors or g.fg_correct) else None
