@@ -37,9 +37,6 @@ BACK_EDGES = {
     ("pipeline.contract", "run.evaluator"): "type only: PairContext.options is a RunOptions",
     ("pipeline.contract", "run.progress"): "type only: PairContext.reporter is a Reporter",
     ("attribution.maps", "diagnosis.rules"): "overlay captions re-run the diagnosis; they should read its record",
-    ("results.validation", "faithfulness.leaderboard"): "the faithfulness schema moves into results",
-    ("results.submission", "faithfulness.leaderboard"): "the faithfulness schema moves into results",
-    ("faithfulness.leaderboard", "leaderboard.tables"): "faithfulness tables move into leaderboard",
 }
 
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from covar_harness.common.safe_files import slug
 from covar_harness.faithfulness.evaluate import MethodRun
-from covar_harness.faithfulness.leaderboard import BASELINE, METRICS, SCHEMA
 from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.results.faithfulness import BASELINE, METRICS, SCHEMA
 
 CURVES = ("deletion", "insertion", "deletion_tokens", "insertion_tokens")
 

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from covar_harness.common.console import one_line, safe
+from covar_harness.leaderboard.faithfulness import long_rows
 from covar_harness.leaderboard.tables import LONG_FIELDS, Table, average_records, long_records
 from covar_harness.results import files as results
 
@@ -86,7 +87,6 @@ def _csv_value(value: Any) -> Any:
 
 def _faithfulness_rows(faithfulness: Any, reference: str | None) -> list[dict]:
     """Faithfulness results in the long format (``faithfulness/<method>/<metric>``; own rows, never published)."""
-    from covar_harness.faithfulness.leaderboard import long_rows
 
     rows = long_rows(list(faithfulness))
     return [{**row, "published": False} for row in rows] if reference == "paper" else rows

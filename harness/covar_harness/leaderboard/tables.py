@@ -17,6 +17,7 @@ from covar_harness.diagnosis.rules import RULES
 from covar_harness.leaderboard import concepts
 from covar_harness.leaderboard.cost_table import TITLE as COST_TITLE
 from covar_harness.leaderboard.cost_table import cost_columns, cost_rows
+from covar_harness.leaderboard.faithfulness import faithfulness_tables
 from covar_harness.leaderboard.published import (
     CA_GROUPS,
     CA_PUBLISHED_CAPTION,
@@ -32,6 +33,7 @@ from covar_harness.leaderboard.published import (
 from covar_harness.leaderboard.ranks import CAPTION as RANK_CAPTION
 from covar_harness.leaderboard.ranks import rank_rows
 from covar_harness.results import files as results
+from covar_harness.results.faithfulness import is_faithfulness
 
 REFERENCES = ("paper",)
 
@@ -59,7 +61,6 @@ def collect(directory: Path) -> Loaded:
     with a one-line reason; nothing in one file can stop the others from being read. Faithfulness results go to
     ``Loaded.faithfulness``, apart from the classification records every other table reads.
     """
-    from covar_harness.faithfulness.leaderboard import is_faithfulness
     from covar_harness.results.validation import validate_any
 
     records: list[dict] = []
@@ -440,11 +441,14 @@ def build_tables(records: list[dict], reference: str | None = None, faithfulness
         else:
             tables.append(generic_table(records, family))
         tables += rank_tables(records, family)
-    from covar_harness.faithfulness.leaderboard import faithfulness_tables  # imports this module: on use
     from covar_harness.leaderboard.peer_tables import background_reliance_tables  # imports this module: on use
 
     rest = [*background_reliance_tables(records), *concept_tables(records), *cost_tables(records)]
-    return tables + rest + faithfulness_tables(list(faithfulness))
+    faith = [
+        Table(title, columns, rows, caption=caption)
+        for title, columns, rows, caption in faithfulness_tables(faithfulness)
+    ]
+    return tables + rest + faith
 
 
 def rank_tables(records: list[dict], family: str) -> list[Table]:

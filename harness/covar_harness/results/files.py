@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from covar_harness.common.safe_files import LEGACY_SLUG_HASH, atomic_write, parse_json, slug
+from covar_harness.common.console import unsafe_name, unsafe_text
+from covar_harness.common.safe_files import LEGACY_SLUG_HASH, atomic_write, parse_json, read_text_capped, slug
 
 SCHEMA_VERSION = 1
 # The version of the per-sample log ``--log-samples`` writes, recorded as ``config.sample_log_version``. 2 (issue 26):
@@ -111,7 +112,6 @@ def _git(folder: Path, *args: str) -> str | None:
 
 def _is_harness_checkout(root: Path) -> bool:
     """Whether ``root`` is the top of a covar-harness source tree: its pyproject.toml names this distribution."""
-    from covar_harness.common.safe_files import read_text_capped
 
     try:
         text = read_text_capped(root / "pyproject.toml", 1 << 20)
@@ -160,6 +160,7 @@ def provenance(device: str, started_at: str, distributed: dict[str, Any] | None 
     return out if distributed is None else {**out, "distributed": distributed}
 
 
+MAX_NAME = 1000  # characters in a name (a model spec may be a long local path)
 MAX_RESULT_BYTES = 64 * 2**20  # a result file is a few KiB; anything near this is not one
 MAX_DEPTH = 64  # result files nest 4 levels deep
 
@@ -254,6 +255,19 @@ def is_number(value: Any) -> bool:
         return math.isfinite(float(value))
     except OverflowError:
         return False
+
+
+def text_problem(value: str, *, name: bool) -> str | None:
+    """Why ``value`` may not be stored as a name (``name``) or a free-text line; None when it may."""
+    if name and not value.strip():
+        return "must not be empty"
+    if name and len(value) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters, has {len(value)}"
+    if (unsafe_name if name else unsafe_text)(value):
+        if name:
+            return "must not contain control, bidi, invisible or surrogate characters, line breaks or end spaces"
+        return "must not contain control, bidi or surrogate characters"
+    return None
 
 
 def _short(value: Any) -> str:
