@@ -34,8 +34,6 @@ ORDER = [
 ]
 # (importing module, imported module) -> why it still goes up
 BACK_EDGES = {
-    ("pipeline.contract", "run.evaluator"): "type only: PairContext.options is a RunOptions",
-    ("pipeline.contract", "run.progress"): "type only: PairContext.reporter is a Reporter",
     ("attribution.maps", "diagnosis.rules"): "overlay captions re-run the diagnosis; they should read its record",
 }
 

@@ -446,7 +446,7 @@ def build_tables(records: list[dict], reference: str | None = None, faithfulness
     rest = [*background_reliance_tables(records), *concept_tables(records), *cost_tables(records)]
     faith = [
         Table(title, columns, rows, caption=caption)
-        for title, columns, rows, caption in faithfulness_tables(faithfulness)
+        for title, columns, rows, caption in faithfulness_tables(list(faithfulness))
     ]
     return tables + rest + faith
 

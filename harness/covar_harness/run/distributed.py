@@ -34,9 +34,8 @@ from covar_harness.run.text_cache import ClassifierCache
 if TYPE_CHECKING:
     import torch
 
-    from covar_harness.pipeline.contract import PairContext
+    from covar_harness.pipeline.contract import PairContext, Progress
     from covar_harness.run.partfiles import Checkpointer
-    from covar_harness.run.progress import Reporter
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 3600.0  # seconds a rank waits for the others: long enough for the slowest share of a big pair
@@ -338,7 +337,7 @@ class SharedClassifiers(ClassifierCache):
         self.world = world
         self.sync: PairSync | None = None  # the pair being opened (its failures end the wait)
 
-    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> torch.Tensor:
+    def get(self, classnames: list[str], templates: list[str], reporter: Progress) -> torch.Tensor:
         key = (tuple(classnames), tuple(templates))
         store = self.store
         sync = self.sync

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.models.adapter import ModelAdapter
-    from covar_harness.run.progress import Reporter
+    from covar_harness.pipeline.contract import Progress
 
 log = logging.getLogger(__name__)
 TEXT_BATCH = 256
@@ -51,7 +51,7 @@ def default_text_cache(flag: str | None) -> Path | None:
     return Path(value).expanduser()
 
 
-def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Reporter | None = None):
+def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Progress | None = None):
     """(D, C): per class, the mean of the L2-normalised template embeddings, renormalised (CLIP's recipe)."""
     import torch
     import torch.nn.functional as F
@@ -80,7 +80,7 @@ class ClassifierCache:
         self.adapter, self.store = adapter, store
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> torch.Tensor:
+    def get(self, classnames: list[str], templates: list[str], reporter: Progress) -> torch.Tensor:
         key = (tuple(classnames), tuple(templates))
         if key not in self._cache:
             W = self.store.load(classnames, templates) if self.store is not None else None
