@@ -25,7 +25,7 @@ from covar_harness.common.interrupt import Terminated, terminate_as_interrupt
 from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.diagnosis.distractors import DistractorSettings
 from covar_harness.diagnosis.rules import DiagnosisSettings
-from covar_harness.models.specs import PRECISIONS
+from covar_harness.models.args import PRECISIONS
 from covar_harness.run.batch_size import batch_size_value
 
 EXAMPLES = """examples:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
 from covar_harness.common.console import one_line, unsafe_name
 from covar_harness.models.adapter import missing_members
-from covar_harness.models.args import split_spec
+from covar_harness.models.args import PRECISIONS, split_spec
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 ALL_GROUP = "all"
 EXCLUDED_FROM_ALL = "demo"
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ModelLoadError(RuntimeError):
