@@ -421,7 +421,7 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
         INTERRUPT.check()
         advice = safe(getattr(exc, "advice", ""))
         # an error with advice also carries its message without it: the advice is printed once per run instead
-        msg = f"{type(exc).__name__}: {safe(exc.headline)}" if advice and hasattr(exc, "headline") else one_line(exc)
+        msg = f"{type(exc).__name__}: {safe(exc.headline)}" if advice and hasattr(exc, "headline") else error_line(exc)
         return [
             _report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
             for p in pending
@@ -449,7 +449,7 @@ def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptio
     return replace(options, batch_size=size, batch_size_auto=record)
 
 
-def one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """An exception as one line of plain text (control characters removed: messages may quote untrusted input)."""
     text = safe(str(exc)).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -493,7 +493,7 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path, fresh: bool = False
     except Exception as exc:
         INTERRUPT.check()
         log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())
-        error = one_line(exc)
+        error = error_line(exc)
         if sync is not None:  # the same one line on every rank, naming the rank that failed
             error = str(exc) if isinstance(exc, RankFailed) else f"rank {sync.world.rank}: {error}"
             sync.fail(error)
