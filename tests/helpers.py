@@ -18,6 +18,17 @@ TINY_OPENCLIP_CFG = {
 }
 
 
+def patch_everywhere(monkeypatch, module, name: str, value) -> None:
+    """``monkeypatch.setattr(module, name, value)`` and the same in every loaded module of the harness that
+    imported the name itself (``from module import name`` binds it at import): the use sites see the patch too."""
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, value)
+    for other in list(sys.modules.values()):
+        home = getattr(other, "__name__", "") or ""
+        if other is not module and home.startswith("covar_harness") and getattr(other, name, None) is original:
+            monkeypatch.setattr(other, name, value)
+
+
 def make_openclip_dir(path: Path, cfg: dict | None = None, seed: int = 0) -> Path:
     """Save a random open_clip model in the ``local-dir:`` layout: open_clip_config.json + safetensors."""
     import open_clip

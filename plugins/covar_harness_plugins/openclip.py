@@ -7,10 +7,15 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.common.console import safe
 from covar_harness.models.adapter import BaseAdapter
 from covar_harness.models.specs import ModelLoadError, torch_dtype, unreachable_error
 from covar_harness_plugins.openclip_towers import removal_tower
@@ -147,14 +152,10 @@ def load_openclip(rest: str, *, device: str = "cpu", precision: str = "fp32", ca
 
     model_name, tag = parse_spec(rest)
     if not rest.startswith(("hf-hub:", "local-dir:")) and model_name not in open_clip.list_models():
-        import difflib
-
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelLoadError(f"open_clip has no architecture {model_name!r}{hint}")
     if tag is None and not rest.startswith(("hf-hub:", "local-dir:")):
-        from covar_harness.common.console import safe
-
         log.warning("openclip:%s has no pretrained tag: the weights are RANDOM (smoke tests only)", safe(rest))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -178,8 +179,6 @@ def patch_count_hint(spec: str) -> int | None:
     """Patches (rows * cols) of an ``openclip:ARCH[/TAG]`` or ``openclip:local-dir:PATH`` spec from its config
     alone (no weights, no network): image_size / patch_size of a native ViT, or the patch size in a plain timm
     ``vit_*`` tower's name (SigLIP). None when it cannot tell (ResNets, ConvNeXt, hf-hub: specs, other timm)."""
-    import json
-    from pathlib import Path
 
     rest = spec[len("openclip:") :] if spec.startswith("openclip:") else spec
     if rest.startswith("hf-hub:"):
@@ -198,8 +197,6 @@ def patch_count_hint(spec: str) -> int | None:
 
 
 def _patches_of(vision: dict) -> int | None:
-    import re
-
     size = vision.get("image_size")
     patch = vision.get("patch_size")
     timm_name = vision.get("timm_model_name")

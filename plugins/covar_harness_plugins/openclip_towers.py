@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from covar_harness.catalog.plugin_manager import keywords_of
+
 # Token removal for the attribution capability (docs/design.md section 3). A "tower" wraps one vision-tower family
 # and exposes embed (tokens after position embedding), run_shortened / run_masked (the rest of the tower; see
 # covar_harness.models.token_removal) and patch_tokens. Everything imports torch lazily.
@@ -172,7 +174,6 @@ class TimmViTTower:
             return f"attention pool {type(trunk.attn_pool).__name__} takes no key mask"
         if trunk.attn_pool is None and trunk.global_pool not in TIMM_POOLS:
             return f"timm global_pool {trunk.global_pool!r} gives no pooled image embedding"
-        from covar_harness.catalog.plugin_manager import keywords_of
 
         # named explicitly: a block that swallowed attn_mask through **kwargs would silently not remove anything
         if not all(keywords_of(blk.forward).accepts("attn_mask", explicit=True) for blk in trunk.blocks):

@@ -16,9 +16,13 @@ the offline test machines cannot reach: the tests run the same code on tiny rand
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from PIL import Image
 
 from covar_harness.catalog.hookspecs import hookimpl
 from covar_harness.common.safe_files import read_json
@@ -64,8 +68,6 @@ class DatasetSegmenter:
 
     @staticmethod
     def _mask(samples: SampleSet, index: int) -> Image.Image | None:
-        from PIL import Image
-
         mask = samples.open_mask(index)
         if mask is None:
             return None
@@ -288,9 +290,7 @@ class GroundedSAMSegmenter:
         """One SAM call for the batch, every box of an image as one prompt each; per image the union of its
         boxes' masks at the original image size (None when empty). Images with fewer boxes than the most are
         padded with their own best box, which adds nothing to the union."""
-        import numpy as np
         import torch
-        from PIL import Image
 
         m = self._load()
         processor = m["sam_processor"]
@@ -372,7 +372,6 @@ def _corners(boxes, size: tuple[int, int]):
 def _word_token_mask(input_ids, tokenizer):
     """(B, L) bool: tokens of the class name itself, not special tokens, padding, the '.' separators or any
     other punctuation (a box must be about a word of the name, not about "(" or "'")."""
-    import string
 
     import torch
 

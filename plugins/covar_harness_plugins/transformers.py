@@ -20,8 +20,11 @@ the shared driver in ``covar_harness.models.token_removal``. Nothing here import
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from covar_harness.catalog.hookspecs import hookimpl
 from covar_harness.models.adapter import BaseAdapter
@@ -63,8 +66,6 @@ class NaflexTransform:
         return self.side // self.patch
 
     def __call__(self, image):
-        from PIL import Image
-
         image = image.convert("RGB")
         if image.width != image.height:  # the processor would keep the aspect ratio: a different grid
             image = image.resize((self.side, self.side), resample=Image.Resampling.BILINEAR)
@@ -301,7 +302,6 @@ def load_hf(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_di
 def patch_count_hint(spec: str) -> int | None:
     """Patches of an ``hf:/path`` save_pretrained folder from its config.json alone (no weights, no network);
     None for hub ids (their config would need the network) and anything it cannot tell."""
-    import json
 
     rest = spec[len("hf:") :] if spec.startswith("hf:") else spec
     path = Path(rest).expanduser() / "config.json"
@@ -323,7 +323,6 @@ def patch_count_hint(spec: str) -> int | None:
 def _image_processor_config(folder: Path) -> dict:
     """The saved image processor settings: ``preprocessor_config.json`` (transformers 4.x) or the
     ``image_processor`` entry of ``processor_config.json`` (5.x)."""
-    import json
 
     old = folder / "preprocessor_config.json"
     if old.is_file():

@@ -21,6 +21,7 @@ from covar_harness.models.adapter import AdapterContractError
 from covar_harness.models.specs import load_model
 from covar_harness.pipeline.contract import PairContext
 from covar_harness.results import files as results
+from helpers import patch_everywhere
 
 # A toy written to the DOCUMENTED contract only: drop (B, N) -> (B, D). Given (B, K, N) it fails to broadcast,
 # exactly like the third-party adapter of the issue. 20 px images in 4 px patches: a 5 x 5 grid, 25 patches.
@@ -323,7 +324,7 @@ def test_cli_exits_2_before_any_model_loads(flags, task_yaml, tmp_path, monkeypa
     def no_load(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(models, "load_model", no_load)
+    patch_everywhere(monkeypatch, models, "load_model", no_load)
     args = [
         "run",
         "--models",

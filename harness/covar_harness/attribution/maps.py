@@ -9,11 +9,17 @@ settings, without its null draws, from the same record the diagnosis step reads)
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import safe
 from covar_harness.common.safe_files import slug
+from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample
 from covar_harness.models.adapter import adapter_name
 
 if TYPE_CHECKING:
@@ -26,7 +32,6 @@ if TYPE_CHECKING:
 def check_maps_dir(save_maps: str | Path) -> Path:
     """``--save-maps`` checked before any model loads: a regular file on the way, or a folder that cannot be
     created or written, is a one-line UsageError (rather than every pair failing later)."""
-    import os
 
     path = Path(save_maps).expanduser()
     probe = path
@@ -64,7 +69,6 @@ class MapWriter:
     def write(self, batch: Batch, rows: list[int], result: Attribution) -> None:
         """One overlay PNG per attributed row of the batch (``rows``, in ``result`` order)."""
         from covar_harness.attribution import overlays
-        from covar_harness.common.console import safe
 
         if self.error is not None or self.ctx is None:
             return
@@ -119,11 +123,6 @@ class MapWriter:
     ) -> dict[str, tuple[float | None, str | None]]:
         """{rule: (fg score, driver)} as the diagnosis step will log them (its settings, ``--driver-rule`` order);
         empty when that cannot be computed (the caption is decoration: it must not stop the maps)."""
-        from dataclasses import replace
-
-        import numpy as np
-
-        from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample
 
         options = self.ctx.options if self.ctx is not None else None
         settings = getattr(options, "diagnosis", None) or DiagnosisSettings()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import Attributor, ClusterBatch, Scores
 from covar_harness.attribution.cci import relative_importance
+from covar_harness.models.adapter import patch_grid
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +51,6 @@ class Occlusion(Attributor):
         import torch.nn.functional as F
 
         from covar_harness.attribution.patches import patch_pixel_masks
-        from covar_harness.models.adapter import patch_grid
 
         B, _, H, W = pixels.shape
         masks = patch_pixel_masks(patch_grid(adapter), (H, W)).to(pixels.device)  # (N, H, W)

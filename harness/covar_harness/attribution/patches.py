@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
 if TYPE_CHECKING:
     import torch
 
@@ -12,7 +16,6 @@ if TYPE_CHECKING:
 def patch_pixel_masks(grid: tuple[int, int], size_hw: tuple[int, int]) -> torch.Tensor:
     """(N, H, W) bool, raster order: patch (r, c) covers rows [r*H//rows, (r+1)*H//rows) and the same for columns
     (exact tiles for a ViT; the nearest split otherwise)."""
-    import torch
 
     rows, cols = grid
     H, W = size_hw
@@ -24,7 +27,6 @@ def patch_pixel_masks(grid: tuple[int, int], size_hw: tuple[int, int]) -> torch.
 
 def importance_order(importance: torch.Tensor) -> torch.Tensor:
     """(B, N) -> (B, N) patch indices, most important first; ties keep raster order (stable sort)."""
-    import torch
 
     return torch.sort(importance.float(), dim=1, descending=True, stable=True).indices
 
@@ -36,7 +38,6 @@ def step_counts(n: int, steps: int) -> list[int]:
 
 def top_masks(order: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """(B, S + 1, N) bool: at point k, the ``counts[k]`` most important patches of each image."""
-    import torch
 
     B, N = order.shape
     rank = torch.empty_like(order)
@@ -47,8 +48,6 @@ def top_masks(order: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), reflect padding (kernel radius 3 sigma, capped by the image)."""
-    import torch
-    import torch.nn.functional as F
 
     B, C, H, W = pixels.shape
     radius = max(1, min(int(3 * sigma), H - 1, W - 1))
@@ -68,7 +67,6 @@ def canvas(adapter: Any, pixels: torch.Tensor, replacement: str, sigma: float) -
         return gaussian_blur(pixels, sigma)
     if replacement == "mean":
         return pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels).clone()
-    from PIL import Image
 
     H, W = pixels.shape[-2:]
     black = adapter.preprocess(Image.new("RGB", (W, H), (0, 0, 0)))

@@ -24,7 +24,8 @@ from covar_harness.attribution.cci import EPS
 from covar_harness.attribution.settings import CCISettings, is_int
 from covar_harness.attribution.step import AttributionStep
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.flags import flag, from_args
+from covar_harness.common.flags import cli_flags, flag, from_args
+from covar_harness.models.adapter import patch_grid
 
 if TYPE_CHECKING:
     import torch
@@ -90,8 +91,6 @@ class RISE(Attributor):
     def patterns(self, batch: ClusterBatch) -> torch.Tensor:
         import torch
 
-        from covar_harness.models.adapter import patch_grid
-
         rows, cols = patch_grid(batch.adapter)
         drops = [self._masks(int(seed), rows, cols) for seed in batch.seeds]
         return torch.stack(drops).to(batch.labels.device)  # (B, M, N) drop patterns
@@ -152,6 +151,5 @@ def _configured(cls: type[RISE], settings: RISESettings) -> type[RISE]:
 
 def rise_flags(prefix: str = FLAG_PREFIX):
     """The ``--rise-*`` flags (``add_argument`` keywords), defaults and help text from :class:`RISESettings`."""
-    from covar_harness.common.flags import cli_flags
 
     return cli_flags(RISESettings, prefix)

@@ -133,7 +133,7 @@ def cmd_compare(args: Namespace) -> int:
 
 def compare_table(a: str, b: str, rows: list, title: str | None = None) -> Any:
     """The comparison as a leaderboard table (``compare`` and ``leaderboard --compare A,B``)."""
-    from covar_harness.leaderboard.tables import Table
+    from covar_harness.leaderboard.readers import Table
 
     caption = (
         "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap; * p < 0.05. "

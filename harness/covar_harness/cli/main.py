@@ -10,11 +10,14 @@ plugins); ``cli_reporting`` the results commands' (leaderboard, validate, init-l
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from covar_harness import __version__
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
 from covar_harness.catalog.registry import UsageError
 from covar_harness.cli.analysis import add_compare, add_rescore
@@ -27,6 +30,7 @@ from covar_harness.diagnosis.distractors import DistractorSettings
 from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.models.args import PRECISIONS
 from covar_harness.run.batch_size import batch_size_value
+from covar_harness.run.scale_flags import add_scale_flags
 
 EXAMPLES = """examples:
   covar-harness run --models demo --tasks 'covar-shapes/*'
@@ -83,7 +87,6 @@ def _add_run(sub) -> None:
     )
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
-    from covar_harness.run.scale_flags import add_scale_flags  # --shard, --text-cache, --checkpoint-every
 
     add_scale_flags(ex)
     _add_run_analysis(p)
@@ -201,7 +204,6 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from covar_harness import __version__
 
     parser.add_argument("--version", action="version", version=f"covar-harness {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and tracebacks")
@@ -216,9 +218,6 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import importlib
-    import logging
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

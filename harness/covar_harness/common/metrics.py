@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -165,7 +166,6 @@ def average_interval(
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Two-sided exact McNemar p-value: the discordant pairs (right for one model only) as Binomial(n, 1/2)."""
-    import math
 
     n, k = a_only + b_only, min(a_only, b_only)
     if n == 0:

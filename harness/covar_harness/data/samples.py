@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import JsonFormatError, parse_json
 from covar_harness.data.pixels import as_mask, as_rgb, open_image_file
+from covar_harness.data.resources import load_list
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -239,7 +240,6 @@ def explicit_classnames(cfg: TaskConfig) -> list[str] | None:
     """The task's explicit ``classnames`` (inline, shipped name or file), or None when the dataset names them."""
     if cfg.classnames is None:
         return None
-    from covar_harness.data.resources import load_list
 
     names = load_list("classnames", cfg.classnames, cfg.source.parent if cfg.source else None)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.data.class_groups import UNMATCHED, class_groups, class_groups_rule, imagenet_indices, share_group
 from covar_harness.data.resources import named
@@ -233,8 +235,6 @@ class NearestClasses:
     ever asked. ``neighbours[a]`` is the frozenset of ``a``'s neighbours."""
 
     def __init__(self, classifier: Any, k: int) -> None:
-        import numpy as np
-
         w = np.asarray(classifier.detach().cpu().double() if hasattr(classifier, "detach") else classifier, float)
         self.w = w / np.clip(np.linalg.norm(w, axis=0, keepdims=True), 1e-12, None)
         self.k = max(0, min(k, self.w.shape[1] - 1))
@@ -251,7 +251,6 @@ class NearestClasses:
 
     def _nearest(self, label: int) -> frozenset[int]:
         """The ``k`` largest cosines but the label's own (a stable sort's first ``k``, in O(C) memory and time)."""
-        import numpy as np
 
         if self.k == 0:
             return frozenset()

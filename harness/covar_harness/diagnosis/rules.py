@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from covar_harness.common.flags import flag
 from covar_harness.diagnosis.arrays import (
     PatchScore,
@@ -247,8 +249,6 @@ def patch_rule(
 
     def register(fn: PatchScore) -> PatchScore:
         def score(ev: Evidence, fg: np.ndarray) -> float | None:
-            import numpy as np
-
             values = getattr(ev, field)
             if ev.assignments is None or values is None:
                 return None
@@ -347,14 +347,12 @@ class DiagnosisRecord(SampleRecord):
 def logged_grid(fg: np.ndarray) -> list[float]:
     """A patch grid as the sample log holds it: each float32 value in its shortest decimal form, which reads back
     (as float32) to the very same value, so a rescored diagnosis equals the run's bit for bit."""
-    import numpy as np
 
     return [float(str(v)) for v in np.asarray(fg, dtype=np.float32)]
 
 
 def read_grid(values: Sequence[float]) -> np.ndarray:
     """A logged patch grid back as the float32 array the run diagnosed (see :func:`logged_grid`)."""
-    import numpy as np
 
     return np.asarray(values, dtype=np.float32)
 
@@ -482,7 +480,6 @@ def _rule_values(rule_: Rule, evidence: Evidence, target: str | None) -> Sequenc
 def _scores(rule_: Rule, cases: Sequence[Case], rows: list[int], target: str | None = None) -> dict[int, float | None]:
     """The rule's score of each case at ``rows`` (their masks are given); ``target``: with that explained
     target's importances. A :func:`patch_rule` scores every block of the batch in one call."""
-    import numpy as np
 
     if rule_.on_patches is None:  # a rule given per sample (``@rule``): called per sample
         if target is None:
@@ -562,7 +559,6 @@ def null_fg_share(
     are permuted over its non-empty clusters. Why this null: it keeps the clusters (their sizes and their
     overlap with the object) and the multiset of importances, and breaks only which cluster got which value,
     so a rule's share that merely follows object size or cluster layout shows up in the null as well."""
-    import numpy as np
 
     name = rule_.null_field
     values = None if name is None else getattr(evidence, name)

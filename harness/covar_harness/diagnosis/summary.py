@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from covar_harness.common.metrics import bootstrap_interval, poisson_binomial_upper
 from covar_harness.diagnosis.rules import (
     RULES,
     Case,
@@ -183,7 +186,6 @@ def _truth_rates(records: list[DiagnosisRecord], settings: DiagnosisSettings, cl
     """The counterfactual truth beside every BG-Er: of the errors whose region test ran, the share whose wrong
     prediction survives with the background alone (``bg_sufficient_rate``) and with the foreground alone
     (``fg_sufficient_rate``). Empty when no error had the test (no masks, ``--no-counterfactual``)."""
-    import numpy as np
 
     tested = [r for r in records if not r.correct and r.has_mask and r.bg_sufficient is not None]
     if not tested:
@@ -231,8 +233,6 @@ def _counts(records: list[DiagnosisRecord], errors: list[tuple[DiagnosisRecord, 
 
 
 def _interval(values: Any, settings: DiagnosisSettings, clusters: list[str | None] | None) -> list[float] | None:
-    from covar_harness.common.metrics import bootstrap_interval
-
     if not len(values):
         return None
     interval = bootstrap_interval(values, n_boot=settings.bootstrap, seed=settings.seed, clusters=clusters)
@@ -250,7 +250,6 @@ def _rates(
     """fg_driven_rate, BG-Er and Fine-Er with their intervals. An undetermined error counts as ``other`` (it stays
     in the denominator), but when the rule decided none of the errors (``any_decided`` False) BG-Er and Fine-Er
     are None: the rule said nothing about them."""
-    import numpy as np
 
     fg = np.asarray(drivers, dtype=float)
     # a rule that decided none of the errors says nothing about them: null, not 0.0 [0, 0]
@@ -293,9 +292,6 @@ def _null_rates(
     importances put errors on the background (on fine-grained confusions) more than uninformative ones would.
     The per-error null probabilities are ``null_draws`` Monte-Carlo estimates, so p is approximate. An error the
     rule leaves undetermined is undetermined under the null too (probability 0), as in the share."""
-    import numpy as np
-
-    from covar_harness.common.metrics import poisson_binomial_upper
 
     if rule_.null_field is None or settings.null_draws <= 0:
         return {"null": "none: the rule reads no cluster importances", "intervals": {}}
@@ -326,7 +322,6 @@ def _target_rates(
     """BG-Er / Fine-Er with the prediction and with the label explained (``bg_er_pred``, ``bg_er_label``, ...),
     where every error's record holds both targets; an error undetermined under a target counts as ``other``, and
     a target under which no error is decided gives None (as BG-Er does)."""
-    import numpy as np
 
     out: dict[str, Any] = {"intervals": {}}
     if not errors or any(o.by_target is None for _, o in errors):

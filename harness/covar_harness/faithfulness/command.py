@@ -9,22 +9,31 @@ The run plan's cheap checks come first (device, output folder, every task's data
 from __future__ import annotations
 
 from argparse import Namespace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from covar_harness.attribution.base import find_attributor
+from covar_harness.attribution.rise import RISE, RISE_DEFAULTS, RISESettings
+from covar_harness.attribution.settings import DEFAULTS
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import console, print_rows
 from covar_harness.common.safe_files import slug
+from covar_harness.faithfulness.evaluate import open_pair_data, run_pair
+from covar_harness.faithfulness.plots import plot_curves, plot_methods
+from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.faithfulness.summary import TABLE_COLUMNS, result_file, result_object, table_rows
+from covar_harness.models.specs import load_model, resolve_models
+from covar_harness.results.files import samples_path, write_json, write_jsonl
+from covar_harness.run.plan import check_data, check_device, check_writable
+from covar_harness.run.text_cache import ClassifierCache
 
 DEFAULT_ATTRIBUTORS = "cci,random,occlusion"
 
 
 def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
     """(FaithfulnessSettings, CCISettings, RISESettings) from the flags; every bad value is a UsageError (exit 2)."""
-    from dataclasses import replace
-
-    from covar_harness.attribution.rise import RISESettings
-    from covar_harness.attribution.settings import DEFAULTS
-    from covar_harness.faithfulness.settings import FaithfulnessSettings
 
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
@@ -46,8 +55,6 @@ def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
     """The Attributor classes of the registered names (unknown ones refused with close matches), RISE with the
     ``--rise-*`` settings; the random baseline is added when missing, since the table reports every method's
     ratio to it."""
-    from covar_harness.attribution.base import find_attributor
-    from covar_harness.attribution.rise import RISE, RISE_DEFAULTS
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
@@ -64,11 +71,6 @@ def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
 
 
 def cmd_faithfulness(args: Namespace) -> int:
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.common.console import console
-    from covar_harness.models.specs import resolve_models
-    from covar_harness.run.plan import check_data, check_device, check_writable
-
     settings, cci, rise = settings_from_args(args)
     catalog = load_catalog(args.include_path)
     models = resolve_models(args.models, catalog)
@@ -89,9 +91,6 @@ def cmd_faithfulness(args: Namespace) -> int:
 
 def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[str, Any]]:
     """Load one model, then every task: maps, curves, result files and the curve plots per pair."""
-    from covar_harness.faithfulness.evaluate import open_pair_data, run_pair
-    from covar_harness.models.specs import load_model
-    from covar_harness.run.text_cache import ClassifierCache
 
     adapter = load_model(ref.spec, args.device, args.precision, args.cache_dir, catalog=catalog)
     classifiers = ClassifierCache(adapter)
@@ -107,7 +106,6 @@ def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[s
 def _method_configs(methods: list[Any], adapter: Any, cci: Any) -> dict[str, dict[str, Any]]:
     """Per method: the attribution settings its result records (CCISettings plus the method's own entries,
     e.g. RISE's masks), as ``run`` records them in ``config.attribution``."""
-    from dataclasses import asdict
 
     return {m.name: {**asdict(cci), **m().config(adapter, cci)} for m in methods}
 
@@ -115,9 +113,6 @@ def _method_configs(methods: list[Any], adapter: Any, cci: Any) -> dict[str, dic
 def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[str, Any]]:
     """One JSON per method (and, with ``--log-samples``, its per-sample curves as JSON lines beside it), the
     pair's ``curves.png`` and the all-methods figure ``curves-<model>-<task>.png`` in the output folder."""
-    from covar_harness.faithfulness.plots import plot_curves, plot_methods
-    from covar_harness.faithfulness.summary import result_file, result_object
-    from covar_harness.results.files import samples_path, write_json, write_jsonl
 
     pair = []
     for name, run in runs.items():
@@ -144,9 +139,6 @@ def methods_plot_name(model: str, task: str) -> str:
 
 
 def _print_table(out: Any, results: list[dict[str, Any]], settings: Any) -> None:
-    from covar_harness.common.console import print_rows
-    from covar_harness.faithfulness.summary import TABLE_COLUMNS, table_rows
-
     caption = (
         f"{settings.score} score of the {settings.target} class; {settings.steps} steps; replacement "
         f"{settings.replacement}. Ratios are method / random on the same model and task: deletion lower is "

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from covar_harness.common.metrics import bootstrap_interval, source_clusters
 from covar_harness.common.safe_files import slug
 from covar_harness.faithfulness.evaluate import MethodRun
 from covar_harness.faithfulness.settings import FaithfulnessSettings
@@ -20,7 +21,6 @@ CURVES = ("deletion", "insertion", "deletion_tokens", "insertion_tokens")
 def metric_summary(rows: Sequence[dict[str, Any]], name: str, settings: FaithfulnessSettings) -> dict[str, Any]:
     """{mean, interval, n} of one metric over the samples that have it; the bootstrap resamples whole source
     objects when every sample has a ``source_id`` (``metrics.source_clusters``)."""
-    from covar_harness.common.metrics import bootstrap_interval, source_clusters
 
     kept = [r for r in rows if r.get(name) is not None]
     if not kept:

@@ -26,8 +26,11 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from covar_harness import __version__
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.console import one_line
+from covar_harness.common.console import console, inert, markup, one_line
 from covar_harness.common.safe_files import slug
 from covar_harness.leaderboard import generated_folders
 from covar_harness.leaderboard import tables as lb
@@ -151,8 +154,6 @@ def hf_documents(records: list[dict], source_url: str | None = None) -> dict[str
 
 # ---- writing ---------------------------------------------------------------------------------------------
 def _dump(obj: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=10_000)
 
 
@@ -162,8 +163,6 @@ def check_out(out: Path) -> None:
 
 
 def _write_tree(folder: Path, documents: dict[str, dict]) -> None:
-    from covar_harness import __version__
-
     (folder / MARKER).write_text(json.dumps({"generator": "covar-harness export", "version": __version__}) + "\n")
     for name, doc in documents.items():
         model_dir = folder / name
@@ -237,7 +236,6 @@ def import_wandb() -> Any:
 
 def wandb_payload(recs: list[dict]) -> tuple[list[list[Any]], dict[str, Any]]:
     """(table rows in ``leaderboard.LONG_FIELDS`` order, summary {"task/metric": value} of the headlines)."""
-    from covar_harness.common.console import inert
 
     rows = inert(lb.long_records(recs))
     data = [[row[f] for f in lb.LONG_FIELDS] for row in rows]
@@ -283,8 +281,6 @@ def _check_flags(args: Namespace) -> None:
 
 
 def _load(args: Namespace, err: Any) -> list[dict]:
-    from covar_harness.common.console import markup
-
     if not os.path.isdir(args.results_dir):
         raise UsageError(f"results folder {one_line(args.results_dir)!r} does not exist")
     loaded = lb.collect(args.results_dir)
@@ -298,8 +294,6 @@ def _load(args: Namespace, err: Any) -> list[dict]:
 
 
 def cmd_export(args: Namespace) -> int:
-    from covar_harness.common.console import console, markup
-
     _check_flags(args)
     wandb = import_wandb() if args.to == "wandb" else None  # before anything is read: one line, exit 2
     out, err = console(), console(stderr=True)

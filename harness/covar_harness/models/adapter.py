@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from covar_harness.catalog.plugin_manager import keywords_of
+
 if TYPE_CHECKING:  # keep torch and PIL out of import time
     import torch
     from PIL import Image
@@ -250,7 +252,6 @@ def n_blocks(obj: Any) -> int | None:
 def takes_layer(obj: Any) -> bool:
     """Whether ``patch_tokens`` accepts ``layer=`` (by name or through ``**kwargs``). Adapters written before the
     argument existed give the last block only. The policy is :func:`catalog.plugin_manager.keywords_of`."""
-    from covar_harness.catalog.plugin_manager import keywords_of
 
     method = getattr(obj, "patch_tokens", None)
     return method is not None and keywords_of(method).accepts("layer")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.catalog.plugin_manager import call_with_accepted, default_catalog
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
 from covar_harness.common.console import one_line, unsafe_name
 from covar_harness.models.adapter import missing_members
@@ -232,7 +233,6 @@ def load_model(
 ) -> ModelAdapter:
     """Return the ModelAdapter for any model spec (docs/design.md section 4). The public entry point for notebooks
     and tests."""
-    from covar_harness.catalog.plugin_manager import call_with_accepted, default_catalog
 
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -270,7 +270,6 @@ def patch_count_hint(spec: str, catalog: Catalog | None = None) -> int | None:
     """The patch count (rows * cols) of a model spec WITHOUT loading weights, when its scheme's loader can tell
     cheaply (``loader.patch_count_hint(rest)``: openclip ARCH/TAG and local folders, hf: local folders); else None.
     Why: ``--cci-k`` above the patch count can then be refused before any download."""
-    from covar_harness.catalog.plugin_manager import default_catalog
 
     catalog = catalog or default_catalog()
     try:

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from covar_harness import __version__
+from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import unsafe_name, unsafe_text
 from covar_harness.common.safe_files import LEGACY_SLUG_HASH, atomic_write, parse_json, read_text_capped, slug
 
@@ -144,7 +146,6 @@ def now() -> str:
 
 def provenance(device: str, started_at: str, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where and when a result was made; ``distributed``: the ranks of a torchrun job (``distributed.py``)."""
-    from covar_harness import __version__
 
     out = {
         "harness_version": __version__,
@@ -213,7 +214,6 @@ def result_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files as given and folders as every ``*.json`` under them, plus (path, reason) for folders that could
     not be listed. A path that does not exist, or a folder without result files, is a ``UsageError``."""
-    from covar_harness.catalog.registry import UsageError
 
     files: list[Path] = []
     problems: list[tuple[Path, str]] = []

@@ -27,6 +27,7 @@ from typing import Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import parse_json
+from covar_harness.data.resources import named
 from covar_harness.results import files as results
 from covar_harness.results.faithfulness import is_faithfulness
 
@@ -92,7 +93,6 @@ def samples_digest(pairs: Iterable[tuple[str, int]]) -> str:
 def known_fingerprints(extra: Path | None = None) -> Known:
     """The shipped data versions of the benchmark, plus a user file (their own COVAR copy, say):
     ``{task: [fingerprint, ...]}`` or ``{task: {fingerprint: {"n_samples": N, "samples": "sha256:..."}}}``."""
-    from covar_harness.data.resources import named
 
     shipped = named("reference", "data_fingerprints")
     known = {task: _versions(v) for task, v in shipped.items() if not task.startswith("_")}

@@ -15,6 +15,11 @@ from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from PIL import Image
+
+from covar_harness.attribution.removal import encode_patterns
+from covar_harness.models.adapter import attribution_support, patch_grid
+
 AUTO = "auto"
 DEFAULT = 64
 PROBE_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)  # doubling; a batch above 1024 buys nothing on one device
@@ -75,16 +80,11 @@ def resolve(adapter: Any, device: Any, k: int | None) -> tuple[int, dict[str, An
 def _heaviest_batch(adapter: Any, size: int, k: int | None) -> None:
     """One synthetic batch of ``size`` images through what a real batch costs most."""
     import torch
-    from PIL import Image
-
-    from covar_harness.models.adapter import attribution_support, patch_grid
 
     pixels = adapter.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0).expand(size, -1, -1, -1).contiguous()
     with torch.inference_mode():
         adapter.encode_images(pixels)
         if k is not None and attribution_support(adapter)[0]:
-            from covar_harness.attribution.removal import encode_patterns
-
             rows, cols = patch_grid(adapter)
             patterns = torch.rand(size, k + 3, rows * cols) < 0.5
             encode_patterns(adapter, pixels, patterns)

@@ -24,11 +24,16 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from torch.distributed import TCPStore
+
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
+from covar_harness.run.partfiles import pair_header, read_batches
 from covar_harness.run.text_cache import ClassifierCache
 
 if TYPE_CHECKING:
@@ -108,9 +113,6 @@ def agree_token(world: World) -> World:
     deadline, and meanwhile rank 0 gets its own share done (kept in its part file)."""
     if not world.active:
         return world
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
 
     try:
         addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
@@ -132,7 +134,6 @@ def agree_token(world: World) -> World:
 def wait_for(probe: Callable[[], T | None], world: World, what: str, check: Callable[[], None] = lambda: None) -> T:
     """Poll ``probe`` until it gives something; ``check`` raises when another rank failed; RankFailed at the
     deadline."""
-    from covar_harness.common.interrupt import INTERRUPT
 
     deadline, pause = time.monotonic() + world.timeout, 0.01
     while True:
@@ -275,7 +276,6 @@ def merge_shares(ctx: PairContext, ck: Checkpointer, sync: PairSync) -> tuple[li
     from the state before the first batch adds up (``n_seen``: samples seen); any other value (a status, the
     error that stopped the masks) is the first change in sample order, as a one-process run would keep it.
     """
-    from covar_harness.run.partfiles import pair_header, read_batches
 
     header, shares = pair_header(ctx), []
     for r in range(sync.world.world_size):

@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
 from covar_harness.data.resources import format_prompt
 from covar_harness.models.adapter import check_finite
@@ -145,7 +147,6 @@ class TextEmbeddingStore:
     def load(self, classnames: list[str], templates: list[str]) -> torch.Tensor | None:
         """The stored classifier, or None: no file, or one that is not a regular file, partial, corrupt or for
         another key (said once, as a warning; the classifier is then built and the file replaced)."""
-        import numpy as np
         import torch
 
         path, key = self.path(classnames, templates), self.key(classnames, templates)

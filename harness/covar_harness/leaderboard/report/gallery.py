@@ -21,7 +21,7 @@ from typing import Any
 
 from covar_harness.attribution.overlays import OPPOSE_HEX, SUPPORT_HEX
 from covar_harness.common.safe_files import parse_json, slug
-from covar_harness.leaderboard.report.html import esc, pct
+from covar_harness.leaderboard.report.html import esc, n_errors, pct
 from covar_harness.results import files as results
 from covar_harness.results import validation
 
@@ -344,8 +344,6 @@ def gallery_html(g: Gallery, names: list[str] | None, images: dict[int, str], ma
 
 
 def metrics_table(rec: dict) -> str:
-    from covar_harness.leaderboard.report.html import n_errors
-
     rows = []
     intervals = rec.get("intervals", {})
     for key, value in rec.get("metrics", {}).items():
