@@ -25,8 +25,10 @@ import numpy as np
 from PIL import Image
 
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.common.console import safe
 from covar_harness.common.safe_files import read_json
 from covar_harness.masks.segmenter import MaskCache, default_mask_cache_dir, grounding_prompt, image_fingerprint
+from covar_harness.models.specs import unreachable_error
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,8 +60,6 @@ class DatasetSegmenter:
         try:
             return self._mask(samples, index)
         except Exception as exc:  # noqa: BLE001 - one bad file must not switch the diagnosis off
-            from covar_harness.common.console import safe
-
             self.n_unreadable += 1
             if self.first_error is None:
                 first = (str(exc).strip().splitlines() or [""])[0]
@@ -211,8 +211,6 @@ class GroundedSAMSegmenter:
             try:
                 self._models = self._build()
             except Exception as exc:
-                from covar_harness.models.specs import unreachable_error
-
                 unreachable = unreachable_error(f"segmenter groundedsam ({self.detector_id}, {self.sam_id})", exc)
                 if unreachable is not None:  # one line with the way to fail fast
                     raise unreachable from exc

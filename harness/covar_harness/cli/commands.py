@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
-import sys
 from argparse import Namespace
 from dataclasses import dataclass
 from typing import Any
@@ -14,17 +12,19 @@ from covar_harness.attribution.settings import AttributionSettings, CCISettings
 from covar_harness.catalog.plugin_manager import call_with_accepted, keywords_of, load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console as _console
-from covar_harness.common.console import inert, markup, print_rows, stdout_closed, write_stdout
+from covar_harness.common.console import markup, print_rows
 from covar_harness.common.flags import from_args
 from covar_harness.concepts.banks import resolve_bank
+from covar_harness.concepts.naming import ConceptStep
 from covar_harness.concepts.settings import ConceptSettings
-from covar_harness.data.samples import data_status
 from covar_harness.diagnosis.distractors import DistractorSettings
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
 from covar_harness.masks.segmenter import check_segmenter_settings, parse_segmenter_opts
 from covar_harness.models.args import parse as parse_model_args
 from covar_harness.models.specs import resolve_models
 from covar_harness.pipeline.contract import Step
+from covar_harness.run.evaluator import RunOptions, run
+from covar_harness.run.plan import check_writable, parse_shard, plan_run
 from covar_harness.run.progress import progress_reporter
 from covar_harness.run.text_cache import default_text_cache
 
@@ -42,8 +42,6 @@ class PreparedRun:
 
 def prepare_run(args: Namespace) -> PreparedRun:
     """Parse and check ``run``'s settings and make the plan: every mistake here is a UsageError (exit 2)."""
-    from covar_harness.run.evaluator import RunOptions
-    from covar_harness.run.plan import check_writable, parse_shard, plan_run
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")  # --batch-size is checked by its argparse type
@@ -145,7 +143,6 @@ def _distractor_settings(args: Namespace):
 def _concept_step(args: Namespace, catalog):
     """``--concepts BANK`` / ``--concepts-top``: the naming step with its bank resolved (cheap: names and folders
     only), so an unknown bank or an unreadable bank file exits 2 before any model loads; None when off."""
-    from covar_harness.concepts.naming import ConceptStep
 
     settings = ConceptSettings(**from_args(ConceptSettings, args, "concepts_"))
     if not settings.enabled:
@@ -184,7 +181,6 @@ def _diagnosis_settings(args: Namespace):
 def _run_with_progress(models, tasks, catalog, options, plan):
     """Progress on stderr (``run.progress.progress_reporter``): bars with "pair k of N" and the run's ETA in a
     terminal; plain lines (each phase, one per 30 s, one per pair with the ETA) when stderr is a file."""
-    from covar_harness.run.evaluator import run
 
     with progress_reporter(len(plan)) as reporter:
         return run(models, tasks, catalog, options, reporter, plan)
@@ -252,79 +248,3 @@ def _print_summary(out, outcomes) -> None:
         err.print(f"  {markup(message)}  [dim]({len(pairs)} pair(s): {markup(hit)})[/dim]", soft_wrap=True)
     for advice in dict.fromkeys(o.advice for o in outcomes if o.status == "failed" and o.advice):
         err.print(f"[yellow]{markup(advice)}[/yellow]", soft_wrap=True)  # once per run, however many pairs
-
-
-def cmd_ls(args: Namespace) -> int:
-    catalog = load_catalog(args.include_path)
-    if args.what == "models":
-        columns = ["name", "family", "source", "tags", "description"]
-        rows = []
-        for entry in catalog.models:
-            ref = resolve_models([entry.name], catalog)[0]
-            rows.append(
-                [
-                    entry.name,
-                    ref.family,
-                    ref.target if ref.target != entry.name else entry.plugin,
-                    ",".join(entry.tags),
-                    entry.description,
-                ]
-            )
-    elif args.what == "tasks":
-        columns = ["task", "format", "version", "data", "tags", "description"]
-        rows = [
-            [
-                c.task,
-                c.dataset["format"],
-                c.version,
-                data_status(c, catalog, args.data_dir)[0],
-                ",".join(c.tags),
-                c.description,
-            ]
-            for c in catalog.tasks
-        ]
-    else:
-        columns = ["name", "plugin", "description"]
-        rows = [[e.name, e.plugin, e.description] for e in getattr(catalog, args.what)]
-    print_rows(_console(), args.what, columns, rows, wrap=("description",))
-    return 0
-
-
-def cmd_plugins(args: Namespace) -> int:
-    """Loaded plugins as a table or JSON; third-party names are shown inert, and ``| head`` ends quietly."""
-
-    catalog = load_catalog()
-    rows: list[dict[str, Any]] = [
-        {
-            "name": p.name,
-            "module": p.module,
-            "distribution": p.distribution,
-            "version": p.version,
-            "builtin": p.builtin,
-            "hooks": p.hooks,
-        }
-        for p in catalog.plugins
-    ]
-    try:
-        if args.json:
-            write_stdout(json.dumps(inert(rows), indent=2) + "\n")
-            return 0
-        print_rows(
-            _console(),
-            "plugins",
-            ["name", "distribution", "version", "module", "hooks"],
-            [
-                [
-                    r["name"] + (" (built-in)" if r["builtin"] else ""),
-                    r["distribution"],
-                    r["version"],
-                    r["module"],
-                    ", ".join(r["hooks"]),
-                ]
-                for r in rows
-            ],
-        )
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return stdout_closed()
-    return 0

@@ -27,6 +27,7 @@ from covar_harness.data.resources import resource_text
 from covar_harness.data.samples import data_status, resolve_dataset
 from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
+from covar_harness.leaderboard.report.html import leaderboard_page
 from covar_harness.leaderboard.report.site import build_site as build
 from covar_harness.models.specs import registered_target
 from covar_harness.results import files as results
@@ -54,8 +55,6 @@ def cmd_leaderboard(args: Namespace) -> int:
         tables.append(leaderboard_comparison(args.results_dir, args.compare))
     try:
         if args.format == "html":  # one self-contained page; file names only: no local paths in it
-            from covar_harness.leaderboard.report.html import leaderboard_page
-
             write_stdout(leaderboard_page(loaded.records, tables, [(p.name, why) for p, why in loaded.invalid]))
         elif args.format == "table":
             render.render_rich(tables, _console())

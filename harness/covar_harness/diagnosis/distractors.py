@@ -23,6 +23,7 @@ import numpy as np
 from covar_harness.attribution.records import AttributionRecord
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import flag
+from covar_harness.common.metrics import bootstrap_interval
 from covar_harness.diagnosis.rules import DiagnosisRecord
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
@@ -150,8 +151,6 @@ class DistractorStep(Step):
 def summarise(records: list[DistractorRecord], settings: DistractorSettings) -> StepSummary:
     """``distractor_rate`` and ``bg_er_without_distractors`` over the errors the headline rule decided (BG-Er's
     denominator), with per-sample bootstrap intervals, and the counts behind them."""
-
-    from covar_harness.common.metrics import bootstrap_interval
 
     decided = [r for r in records if r.bg_driven is not None]
     metrics: dict[str, Any] = {"distractor_rate": None, "bg_er_without_distractors": None}

@@ -22,6 +22,7 @@ from covar_harness.attribution.base import find_attributor
 from covar_harness.attribution.engine import sample_seed
 from covar_harness.attribution.patches import canvas, importance_order
 from covar_harness.catalog.taskconfig import TASK_KIND
+from covar_harness.common.console import one_line
 from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples, task_classnames, task_templates
 from covar_harness.faithfulness.curves import Scorer, pixel_curves, token_curves
@@ -137,8 +138,6 @@ def run_pair(
             try:
                 run.rows += batch.rows(classes[method], run.x)
             except Exception as exc:  # noqa: BLE001 - a method that cannot explain this model is reported, not fatal
-                from covar_harness.common.console import one_line
-
                 run.error = f"{type(exc).__name__}: {one_line(exc)}"
                 run.rows = []  # no partial summary: the method failed on this pair
     return runs
