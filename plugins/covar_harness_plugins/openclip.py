@@ -52,20 +52,20 @@ class OpenClipAdapter(BaseAdapter):
         self.n_blocks: int | None = self._tower.n_blocks if self._tower is not None else None
 
     def encode_images(self, pixels):
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         with torch.inference_mode():
             return self.model.encode_image(pixels.to(self.device, self.dtype)).float()
 
     def encode_texts(self, texts: list[str]):
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         with torch.inference_mode():
             return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
 
     def patch_tokens(self, pixels, layer: int = -1):
         """(B, N, C) patch tokens (no CLS/prefix) after block ``layer`` (default the last), raster order."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tower = self._require_tower()
         with torch.inference_mode():
@@ -73,7 +73,7 @@ class OpenClipAdapter(BaseAdapter):
 
     def encode_images_with_tokens(self, pixels, layer: int = -1):
         """(encode_images, patch_tokens at ``layer``) from one forward where the tower allows it (native ViT)."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tower = self._require_tower()
         if not hasattr(tower, "encode_with_tokens"):
@@ -84,7 +84,7 @@ class OpenClipAdapter(BaseAdapter):
 
     def input_tokens(self, pixels):
         """(B, N, C) patch tokens entering the first block (after the pre-norm), raster order."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tower = self._require_tower()
         with torch.inference_mode():
@@ -97,9 +97,9 @@ class OpenClipAdapter(BaseAdapter):
         attention in every layer and from pooling. Same space and scale as :meth:`encode_images`.
         ``strategy``/``max_rows`` are for tests and benchmarks (see covar_harness.models.token_removal).
         ``allow_empty``: a pattern may drop every patch (only when ``can_remove_all_patches``)."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
-        from covar_harness.models import token_removal as tr
+        from covar_harness.models import token_removal as tr  # lazy: imports torch; the plugin registers without it
 
         tower = self._require_tower()
         if allow_empty and not self.can_remove_all_patches:
@@ -122,6 +122,7 @@ class OpenClipAdapter(BaseAdapter):
     @property
     def attention_trace(self):  # None when this tower cannot trace (see BaseAdapter.attention_trace)
         """pixels -> ``Trace`` of this CLS-readout ViT (openclip_trace.py), or None for other towers."""
+        # lazy: imports torch; the plugin registers without it
         from covar_harness_plugins.openclip_trace import OpenClipTracer, trace_unsupported
 
         if trace_unsupported(self.model.visual):
@@ -148,7 +149,7 @@ def parse_spec(rest: str) -> tuple[str, str | None]:
 
 
 def load_openclip(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
-    import open_clip
+    import open_clip  # lazy: the backend loads with the model, not at plugin discovery
 
     model_name, tag = parse_spec(rest)
     if not rest.startswith(("hf-hub:", "local-dir:")) and model_name not in open_clip.list_models():
@@ -188,7 +189,7 @@ def patch_count_hint(spec: str) -> int | None:
             cfg = json.loads((Path(rest[len("local-dir:") :]).expanduser() / "open_clip_config.json").read_text())
             cfg = cfg.get("model_cfg", cfg)
         else:
-            import open_clip
+            import open_clip  # lazy: the backend loads with the model, not at plugin discovery
 
             cfg = open_clip.get_model_config(parse_spec(rest)[0])
         return _patches_of(cfg["vision_cfg"]) if cfg else None

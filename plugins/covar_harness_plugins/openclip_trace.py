@@ -20,6 +20,7 @@ from covar_harness.attribution.attention_trace import Trace, attend, cls_pool, c
 
 def trace_unsupported(visual: Any) -> str:
     """Why this vision tower cannot be traced, or "" when it can."""
+    # lazy: the backend loads with the model, not at plugin discovery
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
     if not isinstance(visual, VisionTransformer):

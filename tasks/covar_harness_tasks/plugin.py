@@ -107,6 +107,7 @@ def register_dataset_formats(register):
 
 def _covar_shapes_backgrounds(data_dir=None):
     """The ``covar-shapes-backgrounds`` image bank (``covar_shapes_bank``), imported on first use."""
+    # lazy: task modules load on first use (see _on_use)
     from covar_harness_tasks.covar_shapes_bank import covar_shapes_backgrounds
 
     return covar_shapes_backgrounds(data_dir)

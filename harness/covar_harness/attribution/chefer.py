@@ -30,7 +30,7 @@ class Chefer(TraceAttributor):
 
 def chefer_map(trace: Trace, s: torch.Tensor) -> torch.Tensor:
     """(B, N) relevance of the patches from a trace and its scores s (B,) in the graph."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     grads = gradients(s, trace.attentions)
     B, _, T, _ = trace.attentions[0].shape

@@ -68,7 +68,7 @@ class MapWriter:
 
     def write(self, batch: Batch, rows: list[int], result: Attribution) -> None:
         """One overlay PNG per attributed row of the batch (``rows``, in ``result`` order)."""
-        from covar_harness.attribution import overlays
+        from covar_harness.attribution import overlays  # lazy: overlay drawing loads only when maps are written
 
         if self.error is not None or self.ctx is None:
             return
@@ -99,7 +99,7 @@ class MapWriter:
     def caption(self, batch: Batch, r: int, record: AttributionRecord | None = None) -> Caption:
         """The caption of batch row ``r``: label, prediction, top-5 and correct or not from the batch, the fg
         fraction and driver per rule from ``record`` and the batch's foreground (none without either)."""
-        from covar_harness.attribution.overlays import Caption
+        from covar_harness.attribution.overlays import Caption  # lazy: as above
 
         classnames = list((self.ctx.classnames if self.ctx else None) or batch.samples.classnames or [])
         label, pred = int(batch.labels[r]), batch.pred(r)

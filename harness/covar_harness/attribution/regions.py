@@ -96,7 +96,7 @@ def _maybe(value: float) -> float | None:
 def region_patterns(fg: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, N) foreground fraction per patch -> (B, 2, N): [drop foreground (background only), drop background
     (foreground only)]. The two regions partition the patches."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     is_fg = fg >= threshold
     return torch.stack([is_fg, ~is_fg], dim=1)
@@ -111,7 +111,7 @@ def region_test(
     masked: torch.Tensor,
 ) -> RegionTest:
     """Similarities and predictions from the two region-only embeddings (B, 2, D) (normalised)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     sims = (without * text[:, None, :]).sum(dim=-1).cpu()  # (B, 2): [bg only, fg only]
     preds = (without @ classifier.to(without.device)).argmax(dim=-1).cpu()

@@ -89,7 +89,7 @@ class RISE(Attributor):
         return {"rise": asdict(self.settings)}
 
     def patterns(self, batch: ClusterBatch) -> torch.Tensor:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         rows, cols = patch_grid(batch.adapter)
         drops = [self._masks(int(seed), rows, cols) for seed in batch.seeds]
@@ -97,7 +97,7 @@ class RISE(Attributor):
 
     def _masks(self, seed: int, rows: int, cols: int) -> torch.Tensor:
         """(M, N) drop patterns for one image: coarse keep cells, shifted by a random offset per mask."""
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         s = self.settings
         g = torch.Generator().manual_seed(seed + 2 + s.seed)
@@ -111,7 +111,7 @@ class RISE(Attributor):
         return ~shifted.reshape(m, rows * cols)
 
     def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         assert without is not None and ran is not None
         s = batch.s

@@ -172,7 +172,7 @@ class AttributionStep(Step):
         grids = [batch.fg[r] for r in rows]
         if all(g is None for g in grids):
             return None
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         n = next(len(g) for g in grids if g is not None)
         return torch.from_numpy(

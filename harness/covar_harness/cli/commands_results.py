@@ -259,7 +259,7 @@ def _fetch(tasks: list, catalog, data_dir) -> int:
             raise UsageError(f"task {cfg.task!r}: its data is not on the Hugging Face Hub: {detail}")
         hub.append((cfg, ds, str(source)))
     for cfg, ds, source in hub:
-        import datasets
+        import datasets  # lazy: optional dependency, imported where used
 
         try:
             datasets.load_dataset(source, ds.get("name"), split=ds.get("split", "test"), revision=ds.get("revision"))

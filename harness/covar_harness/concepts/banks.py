@@ -126,8 +126,8 @@ def embed_image_folders(adapter: Any, files: dict[str, list[Path]], reporter: Pr
     """(D, C): per concept the normalised mean of its images' normalised embeddings (CLIP's prompt-ensemble recipe,
     with images in place of prompts). An unreadable image is a one-line error naming it: a bank is the user's
     curated data, silently dropping part of a concept would change what it means."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     items = [(c, p) for c, paths in files.items() for p in paths]
     handle = reporter.task("embedding the concept bank", len(items)) if reporter else None

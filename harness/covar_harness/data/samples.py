@@ -367,7 +367,7 @@ def _hf_local_missing(raw: str, path: Path | None) -> DatasetNotFound:
 
 def _hf_open(ds: dict):
     """The ``datasets`` object behind a task: a save_to_disk folder, a local image folder, or a hub dataset."""
-    import datasets
+    import datasets  # lazy: optional dependency, imported where used
 
     raw = ds.get("raw_path", ds.get("path"))
     path = Path(ds["path"]) if ds.get("path") else None
@@ -389,7 +389,7 @@ def _hf_open(ds: dict):
 def hf_split(ds: dict, columns: Sequence[str]) -> Any:
     """The task's split (``split``, default ``test``) of a Hugging Face dataset, checked to hold ``columns``;
     a missing split or column is one line naming what there is."""
-    import datasets
+    import datasets  # lazy: optional dependency, imported where used
 
     raw, split = ds.get("raw_path", ds.get("path")), ds.get("split", "test")
     data = _hf_open(ds)

@@ -18,10 +18,10 @@ BASELINE_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 2.0}
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     return plt
 

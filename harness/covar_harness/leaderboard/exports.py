@@ -195,7 +195,7 @@ def check_push(repo: str, documents: dict[str, dict]) -> Any:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
         raise UsageError(f"--push {one_line(repo)!r} is not a Hub repository id (owner/name)")
     try:
-        import huggingface_hub
+        import huggingface_hub  # lazy: optional dependency, imported where used
     except ImportError:
         raise UsageError(HUB_HINT) from None
     if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
@@ -228,7 +228,7 @@ def push_hf(hub: Any, repo: str, model_dir: Path, model_index: list) -> str:
 # ---- Weights & Biases --------------------------------------------------------------------------------------
 def import_wandb() -> Any:
     try:
-        import wandb
+        import wandb  # lazy: optional dependency, imported where used
     except ImportError:
         raise UsageError(WANDB_HINT) from None
     return wandb

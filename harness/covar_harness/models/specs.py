@@ -80,7 +80,7 @@ def hub_offline() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         return True
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # lazy: optional dependency, imported where used
     except ImportError:
         return False
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
@@ -118,7 +118,7 @@ def hub_cache(cache_dir: str | None = None) -> str:
     if cache_dir:
         return str(cache_dir)
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # lazy: optional dependency, imported where used
     except ImportError:
         return os.path.expanduser("~/.cache/huggingface/hub")
     return str(constants.HF_HUB_CACHE)
@@ -134,7 +134,7 @@ def unreachable_error(spec: str, exc: BaseException, cache_dir: str | None = Non
 
 def torch_dtype(precision: str):
     """The torch dtype of a ``--precision`` value (adapters cast weights and pixels to it)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -291,7 +291,7 @@ def resolve_device(device: str) -> str:
     ``is_available`` then only confirms a GPU that NVML reported."""
     if device != "auto":
         return device
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     if torch.cuda.device_count() > 0 and torch.cuda.is_available():
         return "cuda"

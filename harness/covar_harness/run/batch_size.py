@@ -40,7 +40,7 @@ def batch_size_value(text: str) -> int | str:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's out-of-memory error (or an allocator's 'out of memory' RuntimeError on another backend)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -79,7 +79,7 @@ def resolve(adapter: Any, device: Any, k: int | None) -> tuple[int, dict[str, An
 
 def _heaviest_batch(adapter: Any, size: int, k: int | None) -> None:
     """One synthetic batch of ``size`` images through what a real batch costs most."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     pixels = adapter.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0).expand(size, -1, -1, -1).contiguous()
     with torch.inference_mode():
@@ -91,7 +91,7 @@ def _heaviest_batch(adapter: Any, size: int, k: int | None) -> None:
 
 
 def _free() -> None:
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

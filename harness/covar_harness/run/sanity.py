@@ -158,7 +158,7 @@ def score_of(row: dict, rule: str) -> float:
 
 def auroc(clean: list[dict], shortcut: list[dict], rule: str) -> float | None:
     """P(clean decision scores higher than shortcut decision); None when a side has no sample."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: optional dependency, imported where used
 
     if not clean or not shortcut:
         return None

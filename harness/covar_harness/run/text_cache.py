@@ -55,8 +55,8 @@ def default_text_cache(flag: str | None) -> Path | None:
 
 def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Progress | None = None):
     """(D, C): per class, the mean of the L2-normalised template embeddings, renormalised (CLIP's recipe)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     prompts = [format_prompt(t, c) for c in classnames for t in templates]
     handle = reporter.task("encoding class prompts", len(prompts)) if reporter else None
@@ -107,7 +107,7 @@ def model_fingerprint(spec: str, adapter: Any) -> str | None:
     are taken where the weights are: another device may round them differently, which costs a miss, never a
     wrong hit.
     """
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     members = vars(adapter).items() if hasattr(adapter, "__dict__") else ()
     modules = sorted((name, value) for name, value in members if isinstance(value, torch.nn.Module))
@@ -147,7 +147,7 @@ class TextEmbeddingStore:
     def load(self, classnames: list[str], templates: list[str]) -> torch.Tensor | None:
         """The stored classifier, or None: no file, or one that is not a regular file, partial, corrupt or for
         another key (said once, as a warning; the classifier is then built and the file replaced)."""
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         path, key = self.path(classnames, templates), self.key(classnames, templates)
         try:

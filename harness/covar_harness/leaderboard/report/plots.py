@@ -24,10 +24,10 @@ BG_COLOUR, FINE_COLOUR, PUBLISHED_COLOUR = "#d9822b", "#7d4cc2", "#b5a36a"
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     plt.rcParams.update(
         {
@@ -52,7 +52,7 @@ def label(text: Any, limit: int = MAX_LABEL) -> str:
 def _save(fig, out: Path, name: str) -> str:
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / name, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     plt.close(fig)
     return name
@@ -143,7 +143,7 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
         ax.set_ylabel("% of misclassified")
     handles, names = axes.flat[0].get_legend_handles_labels()
     if has_truth:
-        from matplotlib.lines import Line2D
+        from matplotlib.lines import Line2D  # lazy: matplotlib only when a plot is drawn
 
         handles.append(Line2D([], [], color="black", lw=1.6))
         names.append(titles["bg_sufficient_rate"])
