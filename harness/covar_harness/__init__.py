@@ -8,7 +8,6 @@ class of model adapters) and the ``ModelAdapter`` protocol. Importing this packa
 
 from covar_harness.catalog.hookspecs import hookimpl
 from covar_harness.models.adapter import AttributionCapable, BaseAdapter, ModelAdapter
-from covar_harness.models.specs import load_model as _load
 
 # The one version source: pyproject.toml reads it (``dynamic = ["version"]``), and so do ``covar-harness
 # --version`` and the results' ``provenance.harness_version``. Change it here only.
@@ -28,6 +27,8 @@ __all__ = [
 
 def load_model(spec: str, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
     """The ModelAdapter for any model spec: ``openclip:...``, ``hf:...``, ``custom:...`` or a registered name."""
+
+    from covar_harness.models.specs import load_model as _load  # lazy: `import covar_harness` stays light
 
     return _load(spec, device=device, precision=precision, cache_dir=cache_dir)
 

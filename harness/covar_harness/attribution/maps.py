@@ -10,16 +10,12 @@ settings, without its null draws, from the same record the diagnosis step reads)
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import safe
 from covar_harness.common.safe_files import slug
-from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample
 from covar_harness.models.adapter import adapter_name
 
 if TYPE_CHECKING:
@@ -32,7 +28,6 @@ if TYPE_CHECKING:
 def check_maps_dir(save_maps: str | Path) -> Path:
     """``--save-maps`` checked before any model loads: a regular file on the way, or a folder that cannot be
     created or written, is a one-line UsageError (rather than every pair failing later)."""
-
     path = Path(save_maps).expanduser()
     probe = path
     while not probe.exists() and probe.parent != probe:
@@ -60,7 +55,6 @@ class MapWriter:
     def folder(self) -> Path:
         """``ROOT/<model slug>/<task slug>``: the slugs (``slug``) of the model spec (the adapter's name
         only when no spec was given) and the task."""
-
         assert self.ctx is not None, "start() first"
         model = self.ctx.model_spec or adapter_name(self.ctx.adapter)
         task = getattr(self.ctx.task, "task", None) or "task"
@@ -123,6 +117,11 @@ class MapWriter:
     ) -> dict[str, tuple[float | None, str | None]]:
         """{rule: (fg score, driver)} as the diagnosis step will log them (its settings, ``--driver-rule`` order);
         empty when that cannot be computed (the caption is decoration: it must not stop the maps)."""
+        from dataclasses import replace  # lazy: with the two below, for the caption's diagnosis re-run
+
+        import numpy as np  # lazy: --help imports this module without numpy
+
+        from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample  # lazy: as above
 
         options = self.ctx.options if self.ctx is not None else None
         settings = getattr(options, "diagnosis", None) or DiagnosisSettings()

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from covar_harness.catalog.plugin_manager import keywords_of
-
 if TYPE_CHECKING:  # keep torch and PIL out of import time
     import torch
     from PIL import Image
@@ -254,6 +252,9 @@ def takes_layer(obj: Any) -> bool:
     argument existed give the last block only. The policy is :func:`catalog.plugin_manager.keywords_of`."""
 
     method = getattr(obj, "patch_tokens", None)
+    # lazy: `import covar_harness` stays light (the plugin manager reads entry-point metadata)
+    from covar_harness.catalog.plugin_manager import keywords_of
+
     return method is not None and keywords_of(method).accepts("layer")
 
 
