@@ -1,6 +1,6 @@
 """The ``covar-harness`` command line (docs/design.md section 9).
 
-Parsing is cheap and imports nothing heavy: each command's handler is a "module:function" string that
+Parsing imports no torch: each command's handler is a "module:function" string that
 ``main`` imports only when that command runs (the one deliberate lazy import of the CLI), so ``--help``, ``ls``
 and ``plugins`` never load torch. Exit codes: 0 ok, 1 a model x task pair failed, 2 usage error.
 This module holds ``main``, ``build_parser``, ``COMMANDS`` and the core commands' parsers (run, ls, data,

@@ -1,6 +1,6 @@
 """Parsers of the results commands: leaderboard, validate, init-leaderboard, report, export, rescore, compare.
 
-Argparse only, nothing heavy at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
+Argparse only, no torch at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
 """
 
 from __future__ import annotations

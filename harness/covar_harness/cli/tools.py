@@ -1,6 +1,6 @@
 """Parsers of the standalone tools: explain, build-covar, sanity, faithfulness; ``cci_flags`` and ``rise_flags``.
 
-Argparse only, nothing heavy at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
+Argparse only, no torch at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The null's draws stay those of one ``rng.permutation`` per draw from a generator
 ``Generator.permuted`` over a tiled range shuffles each row with the same calls on the same stream, so a sample's
 draws (and its null) do not depend on the batch it sits in, and match what the per-draw loop gave. The sums are
 reductions over the last, contiguous axis, which numpy computes per row exactly as for a one-dimensional array,
-so a batched score is bit-for-bit the one-sample score. numpy is imported inside the functions.
+so a batched score is bit-for-bit the one-sample score.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ number owes to the choice. Each rule is one small class registered in :data:`FIN
 The WordNet rules read ``resources/reference/imagenet1k_hypernyms.json`` (each chain's parent links, built by
 ``scripts/make_class_groups.py``) and apply to classes matched to ImageNet classes by name, as ``class_groups``
 does; a class that matches none is never fine-grained, and the rule says how many those were.
-A rule resolved for one task is a :class:`FineRelation`. numpy is imported inside the functions.
+A rule resolved for one task is a :class:`FineRelation`.
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ Rules (:data:`RULES`; a new one is one function with the :func:`rule` decorator)
   foreground alone is at least as close to the target text; fg if >= 0.5, else bg (``counterfactual`` records
   from the region test). Continuous so that rankings (AUROC in ``covar-harness sanity``) are meaningful.
 
-With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}. numpy is
-imported inside the functions, so the CLI can read :class:`DiagnosisSettings` for its flags without it.
+With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ beside them (``bg_sufficient_rate``: the wrong prediction survives with only the
 agreement with it; the rates per explained target and the counts behind each share.
 
 :func:`summarise` reads the per-sample :class:`~covar_harness.diagnosis.rules.DiagnosisRecord` s; :func:`diagnose` runs
-the per-sample diagnosis and the summary over logged sample rows (dicts read from ``samples.jsonl``). numpy is
-imported inside the functions.
+the per-sample diagnosis and the summary over logged sample rows (dicts read from ``samples.jsonl``).
 """
 
 from __future__ import annotations
