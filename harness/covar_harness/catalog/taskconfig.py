@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
 from covar_harness.common.console import unsafe_name
 from covar_harness.common.safe_files import read_text_capped
@@ -232,6 +230,7 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
 
 def load_task_file(path: Path) -> TaskConfig:
     """One task YAML: a regular file under the size cap, safe-loaded, size-bounded, then validated."""
+    import yaml  # lazy: --help loads this module (the parser's class-group checks) without a YAML parser
 
     try:
         raw = yaml.safe_load(read_text_capped(path, TASK_FILE_MAX_BYTES))
