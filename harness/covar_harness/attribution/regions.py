@@ -81,7 +81,7 @@ def additive_share(drop: torch.Tensor, s: torch.Tensor, regions: RegionTest) -> 
     clusters each carry alone (redundant evidence, invisible to CCI) pulls it towards 0, synergy above 1. It
     reads the region test's two removals, already in the call: no model call of its own. NaN where the region
     test did not run or the regions' drops sum to under ``MIN_UNION_DROP`` of |s| (nothing to explain)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     union = 2 * s - regions.s_fg_only.to(s.device) - regions.s_bg_only.to(s.device)  # NaN where no test ran
     ok = union > MIN_UNION_DROP * s.abs()

@@ -5,7 +5,9 @@ samples). Parsers here are argparse only; each handler imports what it needs whe
 
 from __future__ import annotations
 
+import json
 from argparse import Namespace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,6 @@ def cmd_rescore(args: Namespace) -> int:
 
 
 def cmd_compare(args: Namespace) -> int:
-    import json
-    from dataclasses import asdict
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.results.is_dir():
         raise UsageError(f"results folder {args.results} does not exist")

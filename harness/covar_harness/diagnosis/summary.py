@@ -119,7 +119,6 @@ def redundancy_summary(records: list[DiagnosisRecord]) -> dict[str, Any]:
     warning when the median is under ``REDUNDANCY_WARN_BELOW``: then most of what the model reads is missing from
     every cluster's importance, so the drivers (and BG-Er) rest on what little leave-one-out still sees; a
     smaller ``--cci-k`` or ``cci-shapley`` handles it. Empty without values (no masks, no leave-one-out drops)."""
-    import numpy as np
 
     values = np.asarray([r.additive_share for r in records if r.additive_share is not None], dtype=float)
     if not len(values):
