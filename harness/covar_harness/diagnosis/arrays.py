@@ -56,6 +56,15 @@ def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
     ]
 
 
+def grid_means(grids: dict[int, Any]) -> dict[int, float]:
+    """{key: the grid's mean} (the object's area), each as ``float(grid.mean())`` gives it: the grids of one
+    shape and dtype are stacked and averaged per row, which numpy sums like each row on its own."""
+    out: dict[int, float] = {}
+    for block in blocks([(key, grid, ()) for key, grid in grids.items()]):
+        out.update(zip(block.rows, block.fg.reshape(len(block.rows), -1).mean(axis=1).tolist()))
+    return out
+
+
 def value_table(values: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
     """(M, L + 1) float64 per-cluster values, zero-padded to the longest, with a last column of zeros (where a
     patch whose cluster has no value reads its 0); and the (M,) number of values of each sample."""

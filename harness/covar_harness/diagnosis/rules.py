@@ -40,6 +40,7 @@ from covar_harness.diagnosis.arrays import (
     blocks,
     density_ratios,
     fg_fractions,
+    grid_means,
     null_columns,
     null_counts,
     null_order,
@@ -346,8 +347,21 @@ class DiagnosisRecord(SampleRecord):
 def logged_grid(fg: np.ndarray) -> list[float]:
     """A patch grid as the sample log holds it: each float32 value in its shortest decimal form, which reads back
     (as float32) to the very same value, so a rescored diagnosis equals the run's bit for bit."""
+    return logged_grids([fg])[0]
 
-    return [float(str(v)) for v in np.asarray(fg, dtype=np.float32)]
+
+def logged_grids(grids: Sequence[np.ndarray]) -> list[list[float]]:
+    """:func:`logged_grid` of each grid, each distinct float32 value (bit pattern) turned into its decimal form
+    once: a mask's grid holds few distinct fractions (k / pixels per patch), a 50,000-sample task millions."""
+
+    flat = [np.asarray(g, dtype=np.float32).ravel() for g in grids]
+    if not flat:
+        return []
+    bits, inverse = np.unique(np.concatenate(flat).view(np.uint32), return_inverse=True)
+    text = np.array([float(str(v)) for v in bits.view(np.float32)] + [None], dtype=object)[:-1]
+    values = text[inverse].tolist()
+    ends = np.cumsum([len(f) for f in flat]).tolist()
+    return [values[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def read_grid(values: Sequence[float]) -> np.ndarray:
@@ -398,21 +412,24 @@ def diagnose_batch(
     for name in settings.rules:
         for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, correct, fine, settings, draws)):
             out[name] = outcome
+    masked = [i for i, c in enumerate(cases) if c.fg is not None]
+    grids = dict(zip(masked, logged_grids([_grid(cases[i]) for i in masked])))
+    areas = grid_means({i: _grid(cases[i]) for i in masked})
     return [
         DiagnosisRecord(
             c.index,
             ok,
             c.fg is not None,
             out,
-            None if c.fg is None else float(c.fg.mean()),
+            areas.get(i),
             c.cluster,
             f,
-            fg=None if c.fg is None else logged_grid(c.fg),
+            fg=grids.get(i),
             bg_sufficient=_truth(c)[0],
             fg_sufficient=_truth(c)[1],
             additive_share=c.evidence.additive_share if c.fg is not None else None,
         )
-        for c, ok, f, out in zip(cases, correct, fine, outcomes)
+        for i, (c, ok, f, out) in enumerate(zip(cases, correct, fine, outcomes))
     ]
 
 
@@ -451,7 +468,7 @@ def _rule_outcomes(
                 t: outcome(i, by_target[t][i], _driver(by_target[t][i], threshold)) for t in case.evidence.by_target
             }
         base = outcome(i, scores.get(i), drivers.get(i))
-        out.append(replace(base, null_fg=nulls.get(i), by_target=per_target))
+        out.append(RuleOutcome(base.score, base.driver, base.error_type, nulls.get(i), per_target))
     return out
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covar_harness.common.metrics import bootstrap_interval, poisson_binomial_upper
+from covar_harness.common.metrics import bootstrap_interval, poisson_binomial_upper, shared_draws
 from covar_harness.diagnosis.rules import (
     RULES,
     Case,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # ---- per task -----------------------------------------------------------------------------------------------------
 @dataclass
 class Diagnosis:
-    per_sample: dict[int, dict] = field(default_factory=dict)  # index -> fields to merge into the sample log
+    per_sample: dict[int, dict] = field(default_factory=dict)  # index -> its log fields (filled by ``diagnose``)
     metrics: dict[str, float | None] = field(default_factory=dict)
     intervals: dict[str, list[float]] = field(default_factory=dict)
     by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -60,10 +60,12 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
     records a rule needs are left out of that rule's rates (counted as ``n_undetermined``). Beside them: the
     rule's null and the p-value against it, the rates per explained target, and the counts behind each share;
     the counterfactual truth (rule-free) in the metrics and each rule's agreement with it in ``by_rule``."""
-    out = Diagnosis(
-        per_sample={r.index: r.log_fields() for r in records},
-        config={**settings.as_config(), "fine_grained_groups": has_groups},
-    )
+    with shared_draws():  # the intervals over the same errors (every rule's, each target's) share their draws
+        return _summarise(records, settings, has_groups)
+
+
+def _summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_groups: bool) -> Diagnosis:
+    out = Diagnosis(config={**settings.as_config(), "fine_grained_groups": has_groups})
     clustered = bool(records) and all(r.cluster is not None for r in records)
     out.config["bootstrap_unit"] = "source_id" if clustered else "sample"
     for r_i, name in enumerate(settings.rules):
@@ -387,4 +389,6 @@ def diagnose(
     attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
     foreground fraction per patch, raster order."""
     records = row_records(rows, [fg_grids.get(row["index"]) for row in rows], groups, settings)
-    return summarise(records, settings, groups is not None)
+    out = summarise(records, settings, groups is not None)
+    out.per_sample = {r.index: r.log_fields() for r in records}
+    return out
