@@ -26,35 +26,36 @@ def timed_rescore(paths: list[Path], asked) -> dict[str, float]:
     """Seconds spent reading the logs, in the zero-shot part, in the whole rescore, and writing the results."""
     from covar_harness.results import files
     from covar_harness.run.pair import zero_shot_summary
-    from covar_harness.run.rescore import load_result, rescore_result
+    from covar_harness.run.rescore import load_result, paused_gc, rescore_result
 
     out = {"read": 0.0, "zero-shot": 0.0, "rescore": 0.0, "write": 0.0, "rows": 0, "cpu": 0.0}
     cpu = time.process_time()
     with tempfile.TemporaryDirectory() as scratch:
         for path in paths:
-            t0 = time.perf_counter()
-            obj, rows = load_result(path)
-            t1 = time.perf_counter()
-            zero_shot_summary(
-                [r["label"] for r in rows],
-                [r["top5"] for r in rows],
-                obj["task"]["n_classes"],
-                [r.get("source_id") for r in rows],
-                [r.get("group") for r in rows],
-                0,
-            )
-            t2 = time.perf_counter()
-            done = rescore_result(obj, rows, asked)
-            t3 = time.perf_counter()
-            target = Path(scratch) / f"{len(out)}-{path.name}"
-            files.write_jsonl(files.samples_path(target), done.samples)
-            files.write_json(target, done.result)
-            t4 = time.perf_counter()
-            out["read"] += t1 - t0
-            out["zero-shot"] += t2 - t1
-            out["rescore"] += t3 - t2
-            out["write"] += t4 - t3
-            out["rows"] += len(rows)
+            with paused_gc():  # as rescore_file does
+                t0 = time.perf_counter()
+                obj, rows = load_result(path)
+                t1 = time.perf_counter()
+                zero_shot_summary(
+                    [r["label"] for r in rows],
+                    [r["top5"] for r in rows],
+                    obj["task"]["n_classes"],
+                    [r.get("source_id") for r in rows],
+                    [r.get("group") for r in rows],
+                    0,
+                )
+                t2 = time.perf_counter()
+                done = rescore_result(obj, rows, asked)
+                t3 = time.perf_counter()
+                target = Path(scratch) / f"{len(out)}-{path.name}"
+                files.write_jsonl(files.samples_path(target), done.samples)
+                files.write_json(target, done.result)
+                t4 = time.perf_counter()
+                out["read"] += t1 - t0
+                out["zero-shot"] += t2 - t1
+                out["rescore"] += t3 - t2
+                out["write"] += t4 - t3
+                out["rows"] += len(rows)
     out["cpu"] = time.process_time() - cpu  # on a shared machine wall time includes waiting for a core
     return out
 

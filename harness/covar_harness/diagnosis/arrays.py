@@ -56,6 +56,20 @@ def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
     ]
 
 
+def int_rows(items: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
+    """{key: int64 array}: the sequences of one length converted together (one numpy call per length, not one
+    per sample and rule), each key's row a view."""
+    import numpy as np
+
+    by_length: dict[int, list[int]] = {}
+    for key, seq in items.items():
+        by_length.setdefault(len(seq), []).append(key)
+    out: dict[int, np.ndarray] = {}
+    for keys in by_length.values():
+        out.update(zip(keys, np.asarray([items[k] for k in keys], dtype=np.int64)))
+    return out
+
+
 def grid_means(grids: dict[int, Any]) -> dict[int, float]:
     """{key: the grid's mean} (the object's area), each as ``float(grid.mean())`` gives it: the grids of one
     shape and dtype are stacked and averaged per row, which numpy sums like each row on its own."""
@@ -121,9 +135,13 @@ def null_columns(present: np.ndarray, orders: Sequence[np.ndarray]) -> np.ndarra
     rows, width = present.shape
     draws = orders[0].shape[0] if len(orders) else 0
     columns = np.broadcast_to(np.arange(width), (rows, draws, width)).copy()
-    for r, order in enumerate(orders):
-        clusters = np.flatnonzero(present[r])
-        columns[r][:, clusters] = clusters[order]
+    sizes = present.sum(axis=1)
+    for n in np.unique(sizes).tolist():  # the samples with n non-empty clusters, all at once
+        same = np.flatnonzero(sizes == n)
+        clusters = np.nonzero(present[same])[1].reshape(len(same), 1, n)  # each row's, ascending
+        order = np.stack([orders[r] for r in same.tolist()])  # (m, draws, n)
+        taken = np.take_along_axis(np.broadcast_to(clusters, order.shape), order, axis=2)
+        columns[same[:, None, None], np.arange(draws)[None, :, None], clusters] = taken
     return columns
 
 

@@ -41,6 +41,7 @@ from covar_harness.diagnosis.arrays import (
     density_ratios,
     fg_fractions,
     grid_means,
+    int_rows,
     null_columns,
     null_counts,
     null_order,
@@ -409,8 +410,10 @@ def diagnose_batch(
     fine = [is_fine(groups, c.label, c.pred) for c in cases]
     outcomes: list[dict[str, RuleOutcome]] = [{} for _ in cases]
     draws: dict[tuple[int, int], np.ndarray] = {}  # the null's columns per case, shared by the rules
+    given = {i: c.evidence.assignments for i, c in enumerate(cases) if c.evidence.assignments is not None}
+    assign = int_rows(given)  # converted once for every rule, target and the null
     for name in settings.rules:
-        for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, correct, fine, settings, draws)):
+        for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, assign, correct, fine, settings, draws)):
             out[name] = outcome
     masked = [i for i, c in enumerate(cases) if c.fg is not None]
     grids = dict(zip(masked, logged_grids([_grid(cases[i]) for i in masked])))
@@ -441,21 +444,23 @@ def _truth(case: Case) -> tuple[bool | None, bool | None]:
 def _rule_outcomes(
     rule_: Rule,
     cases: Sequence[Case],
+    assign: dict[int, np.ndarray],
     correct: list[bool],
     fine: list[bool],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
 ) -> list[RuleOutcome]:
-    """One rule's outcome for every case: score and driver, per explained target, and the null's share."""
+    """One rule's outcome for every case: score and driver, per explained target, and the null's share
+    (``assign``: each case's cluster ids as an int64 array)."""
     masked = [i for i, c in enumerate(cases) if c.fg is not None]
-    scores = _scores(rule_, cases, masked)
+    scores = _scores(rule_, cases, assign, masked)
     threshold = rule_.threshold(settings)
     drivers = {i: _driver(s, threshold) for i, s in scores.items()}
     by_target: dict[str, dict[int, float | None]] = {}
     if rule_.null_field == "importance":
         targets = [i for i in masked if cases[i].evidence.by_target is not None]
-        by_target = {t: _scores(rule_, cases, targets, t) for t in ("pred", "label")}
-    nulls = _null_shares(rule_, cases, [i for i in masked if drivers[i] is not None], settings, draws)
+        by_target = {t: _scores(rule_, cases, assign, targets, t) for t in ("pred", "label")}
+    nulls = _null_shares(rule_, cases, assign, [i for i in masked if drivers[i] is not None], settings, draws)
 
     def outcome(i: int, score: float | None, driver: str | None) -> RuleOutcome:
         return RuleOutcome(score, driver, None if cases[i].fg is None else error_type(correct[i], driver, fine[i]))
@@ -493,7 +498,9 @@ def _rule_values(rule_: Rule, evidence: Evidence, target: str | None) -> Sequenc
     return None if evidence.by_target is None else evidence.by_target[target]
 
 
-def _scores(rule_: Rule, cases: Sequence[Case], rows: list[int], target: str | None = None) -> dict[int, float | None]:
+def _scores(
+    rule_: Rule, cases: Sequence[Case], assign: dict[int, np.ndarray], rows: list[int], target: str | None = None
+) -> dict[int, float | None]:
     """The rule's score of each case at ``rows`` (their masks are given); ``target``: with that explained
     target's importances. A :func:`patch_rule` scores every block of the batch in one call."""
 
@@ -503,7 +510,7 @@ def _scores(rule_: Rule, cases: Sequence[Case], rows: list[int], target: str | N
         return {i: rule_.score(_with_importance(cases[i].evidence, target), _grid(cases[i])) for i in rows}
     out: dict[int, float | None] = dict.fromkeys(rows)
     values = {i: _rule_values(rule_, cases[i].evidence, target) for i in rows}
-    ready = [(i, cases[i].fg, cases[i].evidence.assignments) for i in rows]
+    ready = [(i, cases[i].fg, assign.get(i)) for i in rows]
     for block in blocks([(i, fg, a) for i, fg, a in ready if a is not None and values[i] is not None]):
         table, lengths = value_table([values[i] or () for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
@@ -520,6 +527,7 @@ def _with_importance(evidence: Evidence, target: str) -> Evidence:
 def _null_shares(
     rule_: Rule,
     cases: Sequence[Case],
+    assign: dict[int, np.ndarray],
     rows: list[int],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
@@ -535,7 +543,7 @@ def _null_shares(
         return {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows}
     values = {i: _rule_values(rule_, cases[i].evidence, None) or () for i in rows}
     out: dict[int, float | None] = {}
-    for block in blocks([(i, cases[i].fg, cases[i].evidence.assignments or ()) for i in rows]):
+    for block in blocks([(i, cases[i].fg, assign.get(i, ())) for i in rows]):
         table, lengths = value_table([values[i] for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         present = present_clusters(index, table.shape[1])
