@@ -13,6 +13,7 @@ import numpy as np
 EXACT_TOTAL = 2.0**52  # sums of whole numbers below this are exact in float64, whatever the order of the additions
 FLOAT32_WHOLE = 2.0**24  # the same in float32
 REPLICATE_ROWS = 64  # replicates per slice where a bootstrap gathers or counts its draws
+COUNT_BLOCK = 1 << 22  # draws counted per bincount call
 SHARED_DRAWS = 2  # Draws a shared_draws block keeps at once (600 MB each at 1000 replicates x 50,000 units)
 
 
@@ -85,8 +86,11 @@ class Draws:
         is at most n, a whole number float32 holds exactly below 2**24)."""
         if self._counts is None:
             counts = np.empty(self.index.shape, dtype=np.float32 if self.n < FLOAT32_WHOLE else np.float64)
-            for b, drawn in enumerate(self.index):
-                counts[b] = np.bincount(drawn, minlength=self.n)
+            rows = max(1, COUNT_BLOCK // max(1, self.n))  # replicates counted per bincount
+            for a in range(0, len(self.index), rows):
+                drawn = self.index[a : a + rows]
+                flat = (drawn + self.n * np.arange(len(drawn))[:, None]).ravel()  # replicate r's units at r * n
+                counts[a : a + rows] = np.bincount(flat, minlength=drawn.size).reshape(drawn.shape)
             self._counts = counts
         return self._counts
 
