@@ -13,7 +13,7 @@ import numpy as np
 EXACT_TOTAL = 2.0**52  # sums of whole numbers below this are exact in float64, whatever the order of the additions
 FLOAT32_WHOLE = 2.0**24  # the same in float32
 REPLICATE_ROWS = 64  # replicates per slice where a bootstrap gathers or counts its draws
-COUNT_BLOCK = 1 << 22  # draws counted per bincount call
+COUNT_BLOCK = 1 << 16  # draws counted per bincount call (its bins stay in cache)
 SHARED_DRAWS = 2  # Draws a shared_draws block keeps at once (600 MB each at 1000 replicates x 50,000 units)
 
 

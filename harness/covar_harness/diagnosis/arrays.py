@@ -38,11 +38,11 @@ class Block:
     assignments: np.ndarray  # (M, N) int64 cluster id per patch
 
 
-def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
+def blocks(items: Sequence[tuple[int, Any, Sequence[int] | np.ndarray]]) -> list[Block]:
     """``(row, fg, assignments)`` per sample as rectangular blocks. Samples are grouped, not converted: a
     float32 grid is summed in float32 as it would be on its own."""
 
-    groups: dict[tuple[Any, ...], list[tuple[int, Any, Sequence[int]]]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[int, Any, Sequence[int] | np.ndarray]]] = {}
     for row, fg, assignments in items:
         grid = np.asarray(fg)
         groups.setdefault((grid.dtype.str, grid.shape, len(assignments)), []).append((row, grid, assignments))
@@ -54,20 +54,6 @@ def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
         )
         for members in groups.values()
     ]
-
-
-def int_rows(items: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
-    """{key: int64 array}: the sequences of one length converted together (one numpy call per length, not one
-    per sample and rule), each key's row a view."""
-    import numpy as np
-
-    by_length: dict[int, list[int]] = {}
-    for key, seq in items.items():
-        by_length.setdefault(len(seq), []).append(key)
-    out: dict[int, np.ndarray] = {}
-    for keys in by_length.values():
-        out.update(zip(keys, np.asarray([items[k] for k in keys], dtype=np.int64)))
-    return out
 
 
 def grid_means(grids: dict[int, Any]) -> dict[int, float]:

@@ -41,7 +41,6 @@ from covar_harness.diagnosis.arrays import (
     density_ratios,
     fg_fractions,
     grid_means,
-    int_rows,
     null_columns,
     null_counts,
     null_order,
@@ -410,8 +409,8 @@ def diagnose_batch(
     fine = [is_fine(groups, c.label, c.pred) for c in cases]
     outcomes: list[dict[str, RuleOutcome]] = [{} for _ in cases]
     draws: dict[tuple[int, int], np.ndarray] = {}  # the null's columns per case, shared by the rules
-    given = {i: c.evidence.assignments for i, c in enumerate(cases) if c.evidence.assignments is not None}
-    assign = int_rows(given)  # converted once for every rule, target and the null
+    given = [(i, (), c.evidence.assignments) for i, c in enumerate(cases) if c.evidence.assignments is not None]
+    assign = {i: a for b in blocks(given) for i, a in zip(b.rows, b.assignments)}  # int64, once for all rules
     for name in settings.rules:
         for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, assign, correct, fine, settings, draws)):
             out[name] = outcome
