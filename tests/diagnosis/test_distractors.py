@@ -16,7 +16,7 @@ from PIL import Image
 from covar_harness.catalog.registry import UsageError
 from covar_harness.diagnosis.distractors import DistractorRecord, DistractorSettings, distractor_share, summarise
 from covar_harness.masks.geometry import mask_patch_fractions
-from helpers import run_cli_inprocess
+from helpers import patch_everywhere, run_cli_inprocess
 
 
 def test_share_is_positive_importance_on_the_other_object_outside_the_label():
@@ -71,7 +71,7 @@ def _plant(monkeypatch):
     def choose(name, samples, catalog, settings=None):
         return RightHalf(real("dataset", samples, catalog), samples.classnames)
 
-    monkeypatch.setattr(seg, "choose_segmenter", choose)
+    patch_everywhere(monkeypatch, seg, "choose_segmenter", choose)
 
 
 def test_run_with_a_prompted_segmenter(tmp_path, covar_shapes_data, monkeypatch):

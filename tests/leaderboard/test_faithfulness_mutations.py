@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from covar_harness.faithfulness.leaderboard import METRICS, SCHEMA
 from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report.html import leaderboard_page
 from covar_harness.results import validation
+from covar_harness.results.faithfulness import METRICS, SCHEMA
 from helpers import run_cli_inprocess
 
 VALUES = [

@@ -52,7 +52,7 @@ def first_block(n_blocks: int, start_layer: int) -> int:
 def chefer_map(trace: Trace, s: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
     """(B, N) relevance of the patches from a trace and its scores s (B,) in the graph, over the blocks from
     ``start_layer`` on (-1: the last one only)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     first = first_block(len(trace.attentions), start_layer)
     used = trace.attentions[first:]

@@ -9,10 +9,13 @@ settings, without its null draws, from the same record the diagnosis step reads)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import safe
+from covar_harness.common.safe_files import slug
 from covar_harness.models.adapter import adapter_name
 
 if TYPE_CHECKING:
@@ -25,8 +28,6 @@ if TYPE_CHECKING:
 def check_maps_dir(save_maps: str | Path) -> Path:
     """``--save-maps`` checked before any model loads: a regular file on the way, or a folder that cannot be
     created or written, is a one-line UsageError (rather than every pair failing later)."""
-    import os
-
     path = Path(save_maps).expanduser()
     probe = path
     while not probe.exists() and probe.parent != probe:
@@ -52,20 +53,16 @@ class MapWriter:
         self.ctx, self.n_maps, self.error = ctx, 0, None
 
     def folder(self) -> Path:
-        """``ROOT/<model slug>/<task slug>``: the slugs (``results.slug``) of the model spec (the adapter's name
+        """``ROOT/<model slug>/<task slug>``: the slugs (``slug``) of the model spec (the adapter's name
         only when no spec was given) and the task."""
-        from covar_harness.results import files as results
-
         assert self.ctx is not None, "start() first"
         model = self.ctx.model_spec or adapter_name(self.ctx.adapter)
         task = getattr(self.ctx.task, "task", None) or "task"
-        return self.root / results.slug(model) / results.slug(task)
+        return self.root / slug(model) / slug(task)
 
     def write(self, batch: Batch, rows: list[int], result: Attribution) -> None:
         """One overlay PNG per attributed row of the batch (``rows``, in ``result`` order)."""
-        from covar_harness.attribution import overlays
-        from covar_harness.common.console import safe
-        from covar_harness.results import files as results
+        from covar_harness.attribution import overlays  # lazy: overlay drawing loads only when maps are written
 
         if self.error is not None or self.ctx is None:
             return
@@ -77,7 +74,7 @@ class MapWriter:
             height, width = batch.pixels.shape[-2:]
             mask = overlays.mask_in_input_frame(batch.samples, index, adapter.preprocess, (int(height), int(width)))
             caption = self.caption(batch, r, result.sample_record(index, j))
-            stem = results.slug(Path(batch.samples.samples[index].id).stem)
+            stem = slug(Path(batch.samples.samples[index].id).stem)
             try:
                 overlays.save_overlay(
                     folder / overlays.map_name(index, stem, caption.correct),
@@ -96,7 +93,7 @@ class MapWriter:
     def caption(self, batch: Batch, r: int, record: AttributionRecord | None = None) -> Caption:
         """The caption of batch row ``r``: label, prediction, top-5 and correct or not from the batch, the fg
         fraction and driver per rule from ``record`` and the batch's foreground (none without either)."""
-        from covar_harness.attribution.overlays import Caption
+        from covar_harness.attribution.overlays import Caption  # lazy: as above
 
         classnames = list((self.ctx.classnames if self.ctx else None) or batch.samples.classnames or [])
         label, pred = int(batch.labels[r]), batch.pred(r)
@@ -120,11 +117,11 @@ class MapWriter:
     ) -> dict[str, tuple[float | None, str | None]]:
         """{rule: (fg score, driver)} as the diagnosis step will log them (its settings, ``--driver-rule`` order);
         empty when that cannot be computed (the caption is decoration: it must not stop the maps)."""
-        from dataclasses import replace
+        from dataclasses import replace  # lazy: with the two below, for the caption's diagnosis re-run
 
-        import numpy as np
+        import numpy as np  # lazy: --help imports this module without numpy
 
-        from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample
+        from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence, diagnose_sample  # lazy: as above
 
         options = self.ctx.options if self.ctx is not None else None
         settings = getattr(options, "diagnosis", None) or DiagnosisSettings()

@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
 if TYPE_CHECKING:
     import torch
 
@@ -13,7 +17,6 @@ if TYPE_CHECKING:
 def patch_pixel_masks(grid: tuple[int, int], size_hw: tuple[int, int]) -> torch.Tensor:
     """(N, H, W) bool, raster order: patch (r, c) covers rows [r*H//rows, (r+1)*H//rows) and the same for columns
     (exact tiles for a ViT; the nearest split otherwise)."""
-    import torch
 
     rows, cols = grid
     H, W = size_hw
@@ -31,7 +34,6 @@ def importance_order(importance: torch.Tensor, seeds: Sequence[int] | None = Non
     per image they fall in a seeded random order of that image (the same whatever the batch). Why: a ReLU map
     (gradcam, grad-eclip) is exactly 0 on about half the patches and a cluster-constant map (cci) ties within
     each cluster, so raster order would hand the top-left patches the lead in every curve and rank."""
-    import torch
 
     values = importance.float()
     if seeds is None:
@@ -51,7 +53,6 @@ def step_counts(n: int, steps: int) -> list[int]:
 
 def top_masks(order: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """(B, S + 1, N) bool: at point k, the ``counts[k]`` most important patches of each image."""
-    import torch
 
     B, N = order.shape
     rank = torch.empty_like(order)
@@ -62,8 +63,6 @@ def top_masks(order: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), reflect padding (kernel radius 3 sigma, capped by the image)."""
-    import torch
-    import torch.nn.functional as F
 
     B, C, H, W = pixels.shape
     radius = max(1, min(int(3 * sigma), H - 1, W - 1))
@@ -83,7 +82,6 @@ def canvas(adapter: Any, pixels: torch.Tensor, replacement: str, sigma: float) -
         return gaussian_blur(pixels, sigma)
     if replacement == "mean":
         return pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels).clone()
-    from PIL import Image
 
     H, W = pixels.shape[-2:]
     black = adapter.preprocess(Image.new("RGB", (W, H), (0, 0, 0)))

@@ -1,6 +1,6 @@
 """Parsers of the standalone tools: explain, build-covar, sanity, faithfulness; ``cci_flags`` and ``rise_flags``.
 
-Argparse only, nothing heavy at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
+Argparse only, no torch at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from covar_harness.attribution.rise import rise_flags
 from covar_harness.attribution.settings import DEFAULTS as CCI_DEFAULTS
 from covar_harness.attribution.settings import CCISettings
 from covar_harness.common.flags import cli_flags
-from covar_harness.models.specs import PRECISIONS
+from covar_harness.models.args import PRECISIONS
 
 EXPLAIN_FLAGS = {"k": "--k", "layer": "--layer"}  # the CCISettings fields explain has flags for; others: defaults
 

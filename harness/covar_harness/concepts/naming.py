@@ -29,6 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from covar_harness.attribution.engine import LeaveOneOut
 from covar_harness.attribution.records import AttributionRecord, short
 from covar_harness.catalog.registry import UsageError
@@ -52,7 +56,6 @@ PATCH_FG = 0.5  # a cluster is background when its patches' mean foreground frac
 def direction_scores(emb: torch.Tensor, without: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """(B, K, C) cos(e - e_k, concept): the plain contribution direction (kept for comparison; the module docstring
     says why naming uses :func:`cluster_concept_scores`). A cluster not removed (e_k = e) scores 0."""
-    import torch.nn.functional as F
 
     directions = F.normalize(emb.float()[:, None, :] - without.float(), dim=-1)
     return directions @ bank.to(directions.device, directions.dtype)
@@ -64,7 +67,6 @@ def cluster_concept_scores(
     """(B, K, C) p_c(e) - p_c(e_k), p = softmax over the bank's concepts of ``temperature`` * cosine, for the
     normalised embeddings ``emb`` (B, D), ``without`` (B, K, D) and the bank (D, C). A cluster not removed
     (e_k = e) scores 0 for every concept."""
-    import torch
 
     bank = bank.to(emb.device, torch.float32)
     full = (temperature * (emb.float() @ bank)).softmax(dim=-1)
@@ -89,7 +91,6 @@ def driving_background_cluster(
 ) -> int | None:
     """The cluster of largest positive importance among those whose patches lie mostly outside the object (mean
     foreground fraction < ``PATCH_FG``); None without a mask or without such a cluster."""
-    import numpy as np
 
     if fg is None:
         return None

@@ -11,6 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.attribution.records import AttributionRecord
+from covar_harness.diagnosis.fine_rules import SENSITIVITY, parse_fine_rule
+from covar_harness.diagnosis.rules import Case, DiagnosisRecord, Evidence, diagnose_batch
+from covar_harness.diagnosis.summary import summarise_pair
+from covar_harness.masks.patch_masks import PatchMasks
+from covar_harness.masks.segmenter import choose_segmenter
+from covar_harness.models.adapter import attribution_support
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
@@ -41,15 +48,11 @@ class DiagnosisStep(Step):
     def start(self, ctx: PairContext) -> None:
         """Runs when an earlier step attributes this pair and masks can be had: builds them into ``ctx.masks``
         (the batch loop reads them; attribution's region test too)."""
-        from covar_harness.models.adapter import attribution_support
 
         self.ctx, self.active, self.fine, self.alternatives = ctx, False, None, {}
         attributing = any(step.active for step in ctx.upstream_of(self))
         if self.segmenter == "none" or not attributing or not attribution_support(ctx.adapter)[0]:
             return
-        from covar_harness.diagnosis.fine_rules import SENSITIVITY, parse_fine_rule
-        from covar_harness.masks.patch_masks import PatchMasks
-        from covar_harness.masks.segmenter import choose_segmenter
 
         assert ctx.catalog is not None  # the evaluator opens every pair with its catalog
         segmenter = choose_segmenter(self.segmenter, ctx.samples, ctx.catalog, self.segmenter_settings)
@@ -63,8 +66,6 @@ class DiagnosisStep(Step):
 
     def process(self, batch: Batch) -> list[DiagnosisRecord]:
         """Every sample of the batch diagnosed at once (``diagnose_batch``: array operations over the batch)."""
-        from covar_harness.attribution.records import AttributionRecord
-        from covar_harness.diagnosis.rules import Case, Evidence, diagnose_batch
 
         cases = []
         for r, index in enumerate(batch.indices):
@@ -98,9 +99,6 @@ class DiagnosisStep(Step):
                 notes=[f"diagnosis skipped: {masks.failed}"],
                 log_records=False,
             )
-        from covar_harness.diagnosis.fine_rules import parse_fine_rule
-        from covar_harness.diagnosis.rules import DiagnosisRecord
-        from covar_harness.diagnosis.summary import summarise_pair
 
         diagnosed = [r for r in records if isinstance(r, DiagnosisRecord)]
         fine_records = {s: f.record(parse_fine_rule(s).status) for s, f in self.alternatives.items()}

@@ -10,22 +10,40 @@ The run plan's cheap checks come first (device, output folder, every task's data
 from __future__ import annotations
 
 from argparse import Namespace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from covar_harness.attribution.base import find_attributor
+from covar_harness.attribution.rise import RISE, RISE_DEFAULTS, RISESettings
+from covar_harness.attribution.settings import DEFAULTS
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
-from covar_harness.faithfulness.leaderboard import BASELINES, PAIRED_CAPTION
+from covar_harness.common.console import console, print_rows
+from covar_harness.common.safe_files import slug
+from covar_harness.faithfulness.evaluate import open_pair_data, run_pair, softmax_temperature
+from covar_harness.faithfulness.plots import plot_curves, plot_methods
+from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.faithfulness.summary import (
+    PAIRED_COLUMNS,
+    TABLE_COLUMNS,
+    paired_differences,
+    paired_table_rows,
+    result_file,
+    result_object,
+    table_rows,
+)
+from covar_harness.models.specs import load_model, resolve_models
+from covar_harness.results.faithfulness import BASELINES, PAIRED_CAPTION
+from covar_harness.results.files import samples_path, write_json, write_jsonl
+from covar_harness.run.plan import check_data, check_device, check_writable
+from covar_harness.run.text_cache import ClassifierCache
 
 DEFAULT_ATTRIBUTORS = "cci,random,occlusion"
 
 
 def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
     """(FaithfulnessSettings, CCISettings, RISESettings) from the flags; every bad value is a UsageError (exit 2)."""
-    from dataclasses import replace
-
-    from covar_harness.attribution.rise import RISESettings
-    from covar_harness.attribution.settings import DEFAULTS
-    from covar_harness.faithfulness.settings import FaithfulnessSettings
 
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
@@ -50,8 +68,6 @@ def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
     """The Attributor classes of the registered names (unknown ones refused with close matches), RISE with the
     ``--rise-*`` settings; the random baselines (``BASELINES``) are added when missing, since every method is
     compared with them image by image."""
-    from covar_harness.attribution.base import find_attributor
-    from covar_harness.attribution.rise import RISE, RISE_DEFAULTS
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
@@ -68,11 +84,6 @@ def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
 
 
 def cmd_faithfulness(args: Namespace) -> int:
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.common.console import console
-    from covar_harness.models.specs import resolve_models
-    from covar_harness.run.plan import check_data, check_device, check_writable
-
     settings, cci, rise = settings_from_args(args)
     catalog = load_catalog(args.include_path)
     models = resolve_models(args.models, catalog)
@@ -93,9 +104,6 @@ def cmd_faithfulness(args: Namespace) -> int:
 
 def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[str, Any]]:
     """Load one model, then every task: maps, curves, result files and the curve plots per pair."""
-    from covar_harness.faithfulness.evaluate import open_pair_data, run_pair, softmax_temperature
-    from covar_harness.models.specs import load_model
-    from covar_harness.run.text_cache import ClassifierCache
 
     adapter = load_model(ref.spec, args.device, args.precision, args.cache_dir, catalog=catalog)
     classifiers = ClassifierCache(adapter)
@@ -113,7 +121,6 @@ def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[s
 def _method_configs(methods: list[Any], adapter: Any, cci: Any) -> dict[str, dict[str, Any]]:
     """Per method: the attribution settings its result records (CCISettings plus the method's own entries,
     e.g. RISE's masks), as ``run`` records them in ``config.attribution``."""
-    from dataclasses import asdict
 
     return {m.name: {**asdict(cci), **m().config(adapter, cci)} for m in methods}
 
@@ -121,9 +128,6 @@ def _method_configs(methods: list[Any], adapter: Any, cci: Any) -> dict[str, dic
 def _write_pair(model, task, runs, data, settings, configs, args) -> list[dict[str, Any]]:
     """One JSON per method (and, with ``--log-samples``, its per-sample curves as JSON lines beside it), the
     pair's ``curves.png`` and the all-methods figure ``curves-<model>-<task>.png`` in the output folder."""
-    from covar_harness.faithfulness.plots import plot_curves, plot_methods
-    from covar_harness.faithfulness.summary import paired_differences, result_file, result_object
-    from covar_harness.results.files import samples_path, write_json, write_jsonl
 
     pair = []
     for name, run in runs.items():
@@ -152,16 +156,12 @@ def output_dir(args: Namespace, settings: Any) -> Path:
 
 def methods_plot_name(model: str, task: str) -> str:
     """``curves-<slug(model)>-<slug(task)>.png``; one slug of both when that would be too long a file name."""
-    from covar_harness.results.files import slug
 
     name = f"curves-{slug(model)}-{slug(task)}.png"
     return name if len(name) <= 200 else f"curves-{slug(f'{model} x {task}')}.png"
 
 
 def _print_table(out: Any, results: list[dict[str, Any]], settings: Any) -> None:
-    from covar_harness.common.console import print_rows
-    from covar_harness.faithfulness.summary import PAIRED_COLUMNS, TABLE_COLUMNS, paired_table_rows, table_rows
-
     record = settings.record()
     caption = (
         f"protocol {settings.protocol}: {settings.score} score of the {settings.target} class; {record['steps']} "

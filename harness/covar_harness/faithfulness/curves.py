@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from covar_harness.attribution.patches import patch_pixel_masks, step_counts, top_masks
+from covar_harness.attribution.removal import encode_patterns
 from covar_harness.models.adapter import can_remove_all_patches, patch_grid
 
 if TYPE_CHECKING:
@@ -35,8 +38,6 @@ class Scorer:
     temperature: float = 100.0
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
         emb = F.normalize(emb.float().cpu(), dim=-1)
         W = self.classifier.float().cpu()
         target = self.target.cpu()
@@ -80,7 +81,6 @@ def pixel_curves(
     adapter: Any, pixels: torch.Tensor, order: torch.Tensor, base: torch.Tensor, scorer: Scorer, steps: int
 ) -> Curves:
     """Deletion and insertion by pixel replacement; ``order`` (B, N) most important first, ``base`` the canvas."""
-    import torch
 
     B, _, H, W = pixels.shape
     masks = patch_pixel_masks(patch_grid(adapter), (H, W)).to(pixels.device).float()  # (N, H, W)
@@ -101,9 +101,6 @@ def token_curves(adapter: Any, pixels: torch.Tensor, order: torch.Tensor, scorer
     """Deletion and insertion by removing patches from attention (``encode_images_without`` through the removal
     engine: one call per curve for adapters that take pattern batches). Where the adapter cannot remove every
     patch, deletion stops at N - 1 patches removed and insertion starts from one patch kept (``x`` says so)."""
-    import torch
-
-    from covar_harness.attribution.removal import encode_patterns
 
     N = order.shape[1]
     counts = step_counts(N, steps)

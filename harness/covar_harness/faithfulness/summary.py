@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from covar_harness.common.metrics import bootstrap_interval, paired_ratio_difference, source_clusters
+from covar_harness.common.safe_files import slug
 from covar_harness.faithfulness.evaluate import MethodRun
-from covar_harness.faithfulness.leaderboard import BASELINES, COLUMNS, METRICS, PAIRED_TITLES, SCHEMA, paired_rows
 from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.results.faithfulness import BASELINES, COLUMNS, METRICS, PAIRED_TITLES, SCHEMA, paired_rows
 
 CURVES = ("deletion", "insertion", "deletion_tokens", "insertion_tokens")
 
@@ -114,7 +115,6 @@ def result_object(
 
 def result_file(output_dir: Path, model: str, task: str, method: str) -> Path:
     """``<output_dir>/<slug(model)>/<slug(task)>/<slug(method)>.json``."""
-    from covar_harness.results.files import slug
 
     return Path(output_dir) / slug(model) / slug(task) / f"{slug(method)}.json"
 

@@ -251,9 +251,11 @@ def n_blocks(obj: Any) -> int | None:
 def takes_layer(obj: Any) -> bool:
     """Whether ``patch_tokens`` accepts ``layer=`` (by name or through ``**kwargs``). Adapters written before the
     argument existed give the last block only. The policy is :func:`catalog.plugin_manager.keywords_of`."""
-    from covar_harness.catalog.plugin_manager import keywords_of
 
     method = getattr(obj, "patch_tokens", None)
+    # lazy: `import covar_harness` stays light (the plugin manager reads entry-point metadata)
+    from covar_harness.catalog.plugin_manager import keywords_of
+
     return method is not None and keywords_of(method).accepts("layer")
 
 

@@ -1,20 +1,16 @@
-"""Faithfulness result files in the leaderboard: their schema check (``validate`` and the leaderboard's
-``collect`` call it), the "faithfulness" table per task (methods x models, each metric with its bootstrap
-interval), the "paired differences" table per task (each method minus each random baseline, per image, with a
-bootstrap interval: ``paired`` of the result files) and their long-format rows for csv / json. Plain data for the
-leaderboard's own renderers; no numpy, no torch.
+"""The faithfulness result schema (``covar-harness faithfulness`` writes these files): its name, metrics, the random
+baselines every method is paired with, the column titles the terminal and the leaderboard share, and
+:func:`validate`, which ``validate`` and the leaderboard's ``collect`` call (through
+``validation.validate_any``). Plain data checks; no numpy, no torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from covar_harness.common.console import unsafe_name, unsafe_text
-from covar_harness.results.files import _short, is_number
-
-if TYPE_CHECKING:
-    from covar_harness.leaderboard.tables import Table
+from covar_harness.results.files import _short, is_number, text_problem
 
 SCHEMA = "covar-harness/faithfulness/1"
 BASELINE = "random"
@@ -40,16 +36,12 @@ COLUMNS = (
     ("relevance_rank_accuracy", "Rank accuracy"),
 )
 PAIRED_TITLES = ("Δ del", "Δ del tok", "Δ ins", "Δ ins tok", "Δ energy", "Δ rank")  # per COLUMNS entry
-TITLE = "faithfulness: "
-PAIRED_TITLE = "faithfulness, paired differences: "
 PAIRED_CAPTION = (
     "Method minus baseline, per image on the same images, averaged [95% bootstrap interval over images, whole "
     "source objects resampled where every image has a source_id]. Deletion: below 0 is better; insertion, "
     "pointing energy and rank accuracy: above 0. An interval that excludes 0 is a win (or a loss). random: CCI's "
     "clusters with random importances (cluster-constant); random-patch: the per-patch uniform order."
 )
-# settings that change no number of the curves: a random row with other values still is the method's baseline
-NEUTRAL_SETTINGS = ("bootstrap",)
 
 
 def is_faithfulness(obj: Any) -> bool:
@@ -60,12 +52,10 @@ def is_faithfulness(obj: Any) -> bool:
 def validate(obj: dict[str, Any]) -> list[str]:
     """Every problem with a faithfulness result (``command.py`` writes them), each ``key: message``; empty when
     it is safe to tabulate: names are one-line names, numbers finite, intervals ordered, shares in [0, 1]."""
-    from covar_harness.results.validation import _text_problem
-
     errors: list[str] = []
     for key in ("model", "task", "attributor"):
         value = obj.get(key)
-        problem = _text_problem(value, name=True) if isinstance(value, str) else "missing or not a string"
+        problem = text_problem(value, name=True) if isinstance(value, str) else "missing or not a string"
         if problem:
             errors.append(f"{key}: {problem}")
     for key in ("n_samples", "n_failed_images"):
@@ -73,11 +63,11 @@ def validate(obj: dict[str, Any]) -> list[str]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             errors.append(f"{key}: must be an integer >= 0, got {_short(value)}")
     error = obj.get("error")
-    if error is not None and not (isinstance(error, str) and _text_problem(error, name=False) is None):
+    if error is not None and not (isinstance(error, str) and text_problem(error, name=False) is None):
         errors.append("error: must be null or one line of text")
     notes = obj.get("notes", [])
     if not isinstance(notes, list) or not all(
-        isinstance(n, str) and _text_problem(n, name=False) is None for n in notes
+        isinstance(n, str) and text_problem(n, name=False) is None for n in notes
     ):
         errors.append("notes: must be a list of text lines")
     for key in ("settings", "curves"):
@@ -175,52 +165,6 @@ def _metric_problems(name: str, entry: Any, headline: Any) -> list[str]:
     return out
 
 
-# ---- table -------------------------------------------------------------------------------------------------
-def protocol_of(r: dict[str, Any]) -> str:
-    """The record's curve protocol (``settings.protocol``; files before protocols existed: ``patches``)."""
-    value = r["settings"].get("protocol")
-    return value if isinstance(value, str) and value else "patches"
-
-
-def latest(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
-    """(model, task, method, protocol) -> record; the last file of each wins, as in the leaderboard."""
-    return {(r["model"], r["task"], r["attributor"], protocol_of(r)): r for r in records}
-
-
-def _value_cell(rec: dict[str, Any], metric: str) -> str | None:
-    """``0.412 [0.381, 0.440]``: three decimals (AUCs are small fractions; the leaderboard's percentages do not
-    fit them), the interval when there is one."""
-    entry = rec["metrics"].get(metric, {})
-    mean, interval = entry.get("mean"), entry.get("interval")
-    if mean is None:
-        return None
-    return f"{mean:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
-def faithfulness_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
-    """Per task: the values table (rows method x model, per model the random baselines last; each metric that
-    some row has, with its interval) and, when the files carry them, the paired differences table."""
-    from covar_harness.leaderboard.tables import Table
-
-    by_key = latest(records)
-    tables = []
-    for task, protocol in dict.fromkeys((k[1], k[3]) for k in by_key):
-        rows = sorted((r for k, r in by_key.items() if (k[1], k[3]) == (task, protocol)), key=_row_order)
-        shown = [c for c in COLUMNS if any(r["metrics"].get(c[0], {}).get("mean") is not None for r in rows)]
-        where = task if protocol == "patches" else f"{task} (protocol {protocol})"
-        table = Table(TITLE + where, ["Method", "Model", "n", *(t for _, t in shown)], caption=_caption(rows))
-        for r in rows:
-            name = r["attributor"] + (" (failed)" if r.get("error") else "")
-            table.rows.append([name, r["model"], r["n_samples"], *(_value_cell(r, m) for m, _ in shown)])
-        tables.append(table)
-        paired = paired_rows(rows, [m for m, _ in shown])
-        if paired:
-            titles = dict(zip((m for m, _ in COLUMNS), PAIRED_TITLES))
-            columns = ["Method", "Model", "vs", "n", *(titles[m] for m, _ in shown)]
-            tables.append(Table(PAIRED_TITLE + where, columns, rows=paired, caption=PAIRED_CAPTION))
-    return tables
-
-
 def paired_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[list[Any]]:
     """One row per record x baseline it was paired with (``paired`` of the file): method, model, baseline, the
     images paired (the most any metric had), then each metric's difference cell."""
@@ -230,61 +174,3 @@ def paired_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[
             n = max((e.get("n", 0) for e in entries.values()), default=0)
             out.append([r["attributor"], r["model"], base, n, *(paired_cell(entries.get(m)) for m in metrics)])
     return out
-
-
-def _row_order(r: dict[str, Any]) -> tuple[str, int, str]:
-    base = BASELINES.index(r["attributor"]) if r["attributor"] in BASELINES else -1
-    return (r["model"], base, r["attributor"])
-
-
-def _caption(rows: list[dict[str, Any]]) -> str:
-    """What the numbers are, the protocol when every row shares it, and what failed."""
-    text = (
-        "Mean over samples [95% bootstrap interval]; tokens: patches removed from attention instead of pixels "
-        "replaced. Deletion: lower is better; insertion, pointing energy and rank accuracy: higher. Compare "
-        "methods through the paired differences table (per image, against random and random-patch), not by "
-        "these means' overlap."
-    )
-    keys = ("protocol", "score", "target", "steps", "replacement")
-    protocols = {tuple(r["settings"].get(k) for k in keys) for r in rows}
-    if len(protocols) == 1:
-        protocol, score, target, steps, replacement = next(iter(protocols))
-        text += (
-            f" Protocol {protocol or 'patches'}: {score} score of the {target} class, {steps} steps, deleted "
-            f"{'patches' if protocol in (None, 'patches') else 'pixels'} become {replacement}."
-        )
-    failed = [f"{r['attributor']} on {r['model']}: {r['error']}" for r in rows if r.get("error")]
-    if failed:
-        text += " Failed: " + "; ".join(failed) + "."
-    return text
-
-
-# ---- long format -------------------------------------------------------------------------------------------
-def long_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """csv / json rows in the leaderboard's long format: metric ``faithfulness/<method>/<metric>`` (a published
-    protocol's: ``faithfulness-<protocol>/...``) with its mean
-    and ``..._ci_low`` / ``..._ci_high``, and ``..._minus_<baseline>`` (the paired difference) with its own
-    ``_ci_low`` / ``_ci_high``; ``n_samples`` is the samples (or pairs) the number covers."""
-    out = []
-    for (model, task, method, protocol), r in latest(records).items():
-        row = {"model": model, "family": "", "task": task, "task_version": None}
-        prefix = "faithfulness" if protocol == "patches" else f"faithfulness-{protocol}"
-        for metric in METRICS:
-            name = f"{prefix}/{method}/{metric}"
-            out += _long(row, name, r["metrics"].get(metric, {}))
-            for base, entries in (r.get("paired") or {}).items():
-                out += _long(row, f"{name}_minus_{base}", entries.get(metric) or {})
-    return out
-
-
-def _long(row: dict[str, Any], name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    if entry.get("mean") is None:
-        return []
-    interval = entry.get("interval") or [None, None]
-    row = {**row, "n_samples": entry.get("n")}
-    values = (("", entry["mean"]), ("_ci_low", interval[0]), ("_ci_high", interval[1]))
-    return [
-        {**row, "metric": name + suffix, "value": value, "headline": False, "rule": None}
-        for suffix, value in values
-        if value is not None
-    ]
