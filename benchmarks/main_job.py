@@ -13,7 +13,9 @@ diagnosis, and everything else (data loading, text embeddings, metrics, writing)
 wrapping the harness's own functions in the child process; nothing in the harness is changed for it.
 A warm-up run first generates the data and fills a text-embedding cache that every measured run then reads.
 The machine (CPUs, torch threads, load average before and after) is printed with the numbers: on a shared
-machine the load says how far to trust them.
+machine the load says how far to trust them. CPU time is printed beside wall time (the child's user + system
+time from ``getrusage``, and ``process_time`` per phase): on a shared machine it moves much less than wall time
+with other people's jobs, though OpenMP threads spin-waiting under load still inflate it.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"default": [], "attribution none": ["--attribution", "none"], "null-draws 0": ["--null-draws", "0"]}
@@ -37,21 +41,23 @@ PHASES = ("imports", "load", "forward", "kmeans", "removal", "attribution other"
 # ---- the child: one run of the CLI with its phases timed ------------------------------------------------------------
 def child(argv: list[str], out: Path) -> None:
     """Run ``covar-harness run <argv>`` in this process and write its wall time and phase times to ``out``."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     import open_clip  # noqa: F401  (imported by any openclip model: timed here as the run's import cost)
     import torch  # noqa: F401
 
     from covar_harness.cli.main import main
 
-    imports = time.perf_counter() - t0
+    imports, imports_cpu = time.perf_counter() - t0, time.process_time() - c0
     spent = _instrument()
     code = main(["run", *argv])
-    total = time.perf_counter() - t0
-    out.write_text(json.dumps({"code": code, "total": total, "imports": imports, **spent}))
+    total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
+    record = {"code": code, "total": total, "imports": imports, "cpu": {"total": total_cpu, "imports": imports_cpu}}
+    out.write_text(json.dumps({**record, **spent}))
 
 
-def _instrument() -> dict[str, float]:
-    """Wrap the functions each phase runs in (where they are looked up) with timers; returns the running sums."""
+def _instrument() -> dict[str, Any]:
+    """Wrap the functions each phase runs in (where they are looked up) with timers; returns the running sums
+    (wall seconds per phase, and CPU seconds per phase under ``"cpu"``)."""
     from covar_harness.attribution import engine
     from covar_harness.attribution.step import AttributionStep
     from covar_harness.diagnosis.step import DiagnosisStep
@@ -59,17 +65,20 @@ def _instrument() -> dict[str, float]:
     from covar_harness.models import specs
     from covar_harness.run import pair
 
-    spent = dict.fromkeys(("load", "forward", "kmeans", "removal", "attribution", "masks", "diagnosis"), 0.0)
+    names = ("load", "forward", "kmeans", "removal", "attribution", "masks", "diagnosis")
+    spent: dict[str, Any] = dict.fromkeys(names, 0.0)
+    cpu = spent["cpu"] = dict.fromkeys(names, 0.0)
 
     def timed(owner: object, name: str, phase: str) -> None:
         inner = getattr(owner, name)
 
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             try:
                 return inner(*args, **kwargs)
             finally:
                 spent[phase] += time.perf_counter() - start
+                cpu[phase] += time.process_time() - start_cpu
 
         setattr(owner, name, wrapper)
 
@@ -88,8 +97,10 @@ def _instrument() -> dict[str, float]:
 
 
 # ---- the parent: paired runs, ratios, phase shares ------------------------------------------------------------------
-def run_once(argv: list[str], folder: Path) -> dict[str, float]:
+def run_once(argv: list[str], folder: Path) -> dict[str, Any]:
+    """One child run; its timings, with ``rusage``: the child's user + system CPU seconds (all its threads)."""
     out = folder / "timing.json"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("harness", "plugins", "tasks"))}
     cmd = [sys.executable, __file__, "--child", str(out), "--", *argv, "--output-dir", str(folder / "results")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -98,11 +109,14 @@ def run_once(argv: list[str], folder: Path) -> dict[str, float]:
     timing = json.loads(out.read_text())
     if timing["code"] != 0:
         raise SystemExit(f"covar-harness run exited {timing['code']}: {' '.join(argv)}\n{proc.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timing["rusage"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return timing
 
 
-def phases(t: dict[str, float]) -> dict[str, float]:
-    """The default run's phases, each counted once (k-means and removal are parts of attribution)."""
+def phases(t: dict[str, Any]) -> dict[str, float]:
+    """The default run's phases, each counted once (k-means and removal are parts of attribution); ``t`` is the
+    wall-time record or its ``"cpu"`` part."""
     parts = {
         "imports": t["imports"],
         "load": t["load"],
@@ -152,20 +166,28 @@ def main() -> None:
     report(times, " ".join(selection))
 
 
-def report(times: dict[str, list[dict[str, float]]], job: str) -> None:
+def report(times: dict[str, list[dict[str, Any]]], job: str) -> None:
+    """Wall and CPU time per configuration (medians), both ratios in each, and the default run's phases."""
     wall = {name: statistics.median(t["total"] for t in runs) for name, runs in times.items()}
-    print(f"\ncovar-harness run {job}  ({len(times['default'])} paired round(s), median wall time)")
-    for name, seconds in wall.items():
-        print(f"  {name:<18} {seconds:7.1f} s")
-    print(f"  default / --attribution none : {wall['default'] / wall['attribution none']:.2f}")
-    print(f"  default / --null-draws 0     : {wall['default'] / wall['null-draws 0']:.2f}")
+    cpu = {name: statistics.median(t["rusage"] for t in runs) for name, runs in times.items()}
+    print(f"\ncovar-harness run {job}  ({len(times['default'])} paired round(s), medians)")
+    print(f"  {'':<18} {'wall':>8}  {'CPU (user+sys)':>14}")
+    for name in wall:
+        print(f"  {name:<18} {wall[name]:7.1f} s  {cpu[name]:12.1f} s")
+    for name, label in (("attribution none", "--attribution none"), ("null-draws 0", "--null-draws 0")):
+        print(f"  default / {label:<18}: wall {wall['default'] / wall[name]:.2f}, CPU {cpu['default'] / cpu[name]:.2f}")
     best = min(times["default"], key=lambda t: abs(t["total"] - wall["default"]))
-    parts = phases(best)
-    print(f"\nphases of the default run ({best['total']:.1f} s):")
+    parts, parts_cpu = phases(best), phases(best["cpu"])
+    print(f"\nphases of the default run ({best['total']:.1f} s wall, {best['cpu']['total']:.1f} s CPU in the process):")
     for name in PHASES:
-        print(f"  {name:<18} {parts[name]:7.2f} s  {100 * parts[name] / best['total']:5.1f} %")
+        share = 100 * parts[name] / best["total"]
+        print(f"  {name:<18} {parts[name]:7.2f} s  {share:5.1f} %   CPU {parts_cpu[name]:7.2f} s")
     imports = [t["imports"] for runs in times.values() for t in runs]
-    print(f"\nimport time (covar_harness.cli.main, torch, open_clip): median {statistics.median(imports):.2f} s")
+    imports_cpu = [t["cpu"]["imports"] for runs in times.values() for t in runs]
+    print(
+        f"\nimport time (covar_harness.cli.main, torch, open_clip): median {statistics.median(imports):.2f} s wall, "
+        f"{statistics.median(imports_cpu):.2f} s CPU"
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,25 @@ class KMeansResult:
     n_iter: int  # Lloyd iterations run (the batch's slowest row)
 
 
-def _sq_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(R, N, C), (R, K, C) -> (R, N, K) squared Euclidean distances, via the Gram expansion (no R*N*K*C buffer)."""
-    d = (x * x).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + (centres * centres).sum(-1)[:, None, :]
+@dataclass
+class Points:
+    """The points of every row with the two terms of the Gram expansion that do not depend on the centres,
+    computed once per k-means run instead of once per Lloyd iteration (they were the largest elementwise work of
+    an iteration; the same operations on the same values, so every distance is bit-identical)."""
+
+    x: torch.Tensor  # (R, N, C)
+    sq: torch.Tensor  # (R, N, 1) squared norms
+    twice: torch.Tensor  # (R, N, C) 2 * x
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Points:
+        return cls(x, (x * x).sum(-1, keepdim=True), 2 * x)
+
+
+def _sq_distances(points: Points, centres: torch.Tensor) -> torch.Tensor:
+    """(R, N, C) points, (R, K, C) centres -> (R, N, K) squared Euclidean distances, via the Gram expansion
+    (no R*N*K*C buffer)."""
+    d = points.sq - points.twice @ centres.transpose(1, 2) + (centres * centres).sum(-1)[:, None, :]
     return d.clamp_min_(0)
 
 
@@ -68,6 +84,8 @@ def _reseed_empty(x: torch.Tensor, dist: torch.Tensor, empty: torch.Tensor, cent
     import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     R, N, _ = x.shape
+    if not bool(empty.any()):  # the common case: nothing to reseed (skips a top-k per row and iteration)
+        return empty.any(dim=1)
     top = min(centres.shape[1], N)
     far_d, far_i = dist.topk(top, dim=1)
     rank = (empty.long().cumsum(dim=1) - 1).clamp_(0, top - 1)
@@ -86,10 +104,11 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int) -> KMeansResult
 
     centres = centres.clone()
     k = centres.shape[1]
+    points = Points.of(x)
     prev = None
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is returned after the loop)
-        dist, labels = _sq_distances(x, centres).min(dim=-1)
+        dist, labels = _sq_distances(points, centres).min(dim=-1)
         onehot = F.one_hot(labels, k).to(x.dtype)  # (R, N, K)
         counts = onehot.sum(dim=1)  # (R, K)
         new = (onehot.transpose(1, 2) @ x) / counts.clamp_min(1)[..., None]
@@ -101,7 +120,7 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int) -> KMeansResult
         if prev is not None and bool(settled.all()):
             break
         prev = labels
-    dist, labels = _sq_distances(x, centres).min(dim=-1)
+    dist, labels = _sq_distances(points, centres).min(dim=-1)
     return KMeansResult(labels, centres, dist.sum(dim=-1), n_iter)
 
 
