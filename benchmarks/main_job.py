@@ -2,7 +2,7 @@
 without the diagnosis null, each in one fresh process, paired (the three run one after another, ``--repeat`` times
 in turn), so the ratios compare runs made under the same conditions.
 
-    python benchmarks/main_job.py [--repeat 1] [--models demo] [--tasks 'covar-shapes/*'] [--limit N]
+    python benchmarks/main_job.py [--repeat 1] [--models demo] [--tasks 'covar-shapes/*'] [--limit N] [--threads N]
 
 Prints, per configuration, the wall time (median over the repeats) and the ratios the issue asks for:
 default / ``--attribution none`` (what CCI and the diagnosis cost on top of the zero-shot pass) and default /
@@ -93,15 +93,41 @@ def _instrument() -> dict[str, Any]:
         (DiagnosisStep, "finish", "diagnosis"),
     ):
         timed(owner, name, phase)
+    spent["work"] = _count_work(pair, engine)
     return spent
 
 
+def _count_work(pair: Any, engine: Any) -> dict[str, int]:
+    """Count what the forwards process (outside the timers): images and patch tokens of the zero-shot forward,
+    and the removal call's sequences (one per drop pattern) and the patch tokens they keep. Why: the removal
+    passes' share can then be read as work (tokens) times the cost of a token, which the harness cannot lower
+    without changing the arithmetic."""
+    work = {"images": 0, "forward_tokens": 0, "removal_rows": 0, "removal_tokens": 0}
+    forward, encode = pair._forward, engine.encode_patterns
+
+    def counted_forward(adapter, pixels, *args, **kwargs):
+        rows, cols = getattr(adapter, "patch_grid", None) or (0, 0)
+        work["images"] += int(pixels.shape[0])
+        work["forward_tokens"] += int(pixels.shape[0]) * rows * cols
+        return forward(adapter, pixels, *args, **kwargs)
+
+    def counted_encode(adapter, pixels, patterns, *args, **kwargs):
+        work["removal_rows"] += int(patterns.shape[0] * patterns.shape[1])
+        work["removal_tokens"] += int((~patterns).sum())
+        return encode(adapter, pixels, patterns, *args, **kwargs)
+
+    pair._forward, engine.encode_patterns = counted_forward, counted_encode
+    return work
+
+
 # ---- the parent: paired runs, ratios, phase shares ------------------------------------------------------------------
-def run_once(argv: list[str], folder: Path) -> dict[str, Any]:
+def run_once(argv: list[str], folder: Path, threads: int | None = None) -> dict[str, Any]:
     """One child run; its timings, with ``rusage``: the child's user + system CPU seconds (all its threads)."""
     out = folder / "timing.json"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("harness", "plugins", "tasks"))}
+    if threads is not None:  # torch's intra-op threads in the child (it reads these at start-up)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--child", str(out), "--", *argv, "--output-dir", str(folder / "results")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
@@ -131,13 +157,13 @@ def phases(t: dict[str, Any]) -> dict[str, float]:
     return parts
 
 
-def machine() -> str:
+def machine(threads: int | None = None) -> str:
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads, load average {load:.1f}"
+        f"with {threads or torch.get_num_threads()} threads, load average {load:.1f}"
     )
 
 
@@ -148,22 +174,48 @@ def main() -> None:
     parser.add_argument("--tasks", default="covar-shapes/*")
     parser.add_argument("--limit", type=int, default=None, help="images per task (default: all)")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in each run (default: torch's own); 1 on a loaded machine, where spin-waiting "
+        "OpenMP threads inflate both wall and CPU time",
+    )
     args = parser.parse_args()
     selection = ["--models", args.models, "--tasks", args.tasks]
     options = [] if args.workers is None else ["--workers", str(args.workers)]
-    print(f"machine before: {machine()}")
+    print(f"machine before: {machine(args.threads)}")
     with tempfile.TemporaryDirectory(prefix="covar-main-job-") as tmp:
         root = Path(tmp)
         options += ["--text-cache", str(root / "text-cache")]
-        run_once([*selection, *options, "--limit", "4", "--attribution", "none"], root / "warm-up")
+        run_once([*selection, *options, "--limit", "4", "--attribution", "none"], root / "warm-up", args.threads)
         options += [] if args.limit is None else ["--limit", str(args.limit)]
         times: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
         for round_ in range(args.repeat):
             for name, extra in CONFIGS.items():
                 folder = root / f"{round_}-{name.replace(' ', '-')}"
-                times[name].append(run_once([*selection, *options, *extra], folder))
-    print(f"machine after:  {machine()}")
+                times[name].append(run_once([*selection, *options, *extra], folder, args.threads))
+    print(f"machine after:  {machine(args.threads)}")
     report(times, " ".join(selection))
+
+
+def work_line(t: dict[str, Any]) -> None:
+    """What the forwards of the default run processed, per image, and the cost of a patch token in each."""
+    w = t["work"]
+    if not w["images"] or not w["forward_tokens"] or not w["removal_tokens"]:
+        return
+    per_token = {
+        name: 1e6 * t["cpu"][name] / w[f"{name}_tokens"] for name in ("forward", "removal") if t["cpu"][name] > 0
+    }
+    print(
+        f"\nwork of the default run: {w['images']} images; zero-shot forward 1 sequence and "
+        f"{w['forward_tokens'] / w['images']:.0f} patch tokens per image; removal passes "
+        f"{w['removal_rows'] / w['images']:.1f} sequences and {w['removal_tokens'] / w['images']:.0f} kept patch "
+        f"tokens per image ({w['removal_tokens'] / w['forward_tokens']:.2f}x the zero-shot forward's tokens)"
+    )
+    if len(per_token) == 2:
+        forward, removal = per_token["forward"], per_token["removal"]
+        print(f"  CPU per patch token: zero-shot forward {forward:.1f} us, removal passes {removal:.1f} us")
 
 
 def report(times: dict[str, list[dict[str, Any]]], job: str) -> None:
@@ -182,6 +234,7 @@ def report(times: dict[str, list[dict[str, Any]]], job: str) -> None:
     for name in PHASES:
         share = 100 * parts[name] / best["total"]
         print(f"  {name:<18} {parts[name]:7.2f} s  {share:5.1f} %   CPU {parts_cpu[name]:7.2f} s")
+    work_line(best)
     imports = [t["imports"] for runs in times.values() for t in runs]
     imports_cpu = [t["cpu"]["imports"] for runs in times.values() for t in runs]
     print(
