@@ -51,8 +51,8 @@ def child(argv: list[str], out: Path) -> None:
     spent = _instrument()
     code = main(["run", *argv])
     total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
-    record = {"code": code, "total": total, "imports": imports, "cpu": {"total": total_cpu, "imports": imports_cpu}}
-    out.write_text(json.dumps({**record, **spent}))
+    spent["cpu"].update(total=total_cpu, imports=imports_cpu)
+    out.write_text(json.dumps({"code": code, "total": total, "imports": imports, **spent}))
 
 
 def _instrument() -> dict[str, Any]:
