@@ -15,6 +15,7 @@ from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.diagnosis.distractors import DistractorRecord, DistractorSettings, distractor_share, summarise
+from covar_harness.masks import step as mask_step
 from covar_harness.masks.geometry import mask_patch_fractions
 from helpers import run_cli_inprocess
 
@@ -64,14 +65,12 @@ class RightHalf:
 
 
 def _plant(monkeypatch):
-    import covar_harness.masks.segmenter as seg
-
-    real = seg.choose_segmenter
+    real = mask_step.choose_segmenter
 
     def choose(name, samples, catalog, settings=None):
         return RightHalf(real("dataset", samples, catalog), samples.classnames)
 
-    monkeypatch.setattr(seg, "choose_segmenter", choose)
+    monkeypatch.setattr(mask_step, "choose_segmenter", choose)  # where the mask step builds its segmenter
 
 
 def test_run_with_a_prompted_segmenter(tmp_path, covar_shapes_data, monkeypatch):

@@ -380,7 +380,7 @@ class AttributionPass:
             return
         logits = image_emb @ self.W
         top = logits.topk(min(5, self.W.shape[1]), dim=-1).indices.numpy()
-        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, None, top)
+        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, top)
         self.pipeline.process(batch)
 
     def finish(self) -> tuple[list, list[str]]:
