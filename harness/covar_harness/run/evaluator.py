@@ -165,12 +165,17 @@ class RunOptions:
             before, after = [self.mask_step()], [DiagnosisStep(self.diagnosis)]
             if self._distractors_on():
                 after.append(DistractorStep(self.distractors))
-        roots = [root for root in (getattr(step, "save_maps", None) for step in self.steps) if root is not None]
-        if roots:
-            after.append(MapStep(roots[0]))
+        maps = self.map_step()
+        if maps is not None:
+            after.append(maps)
         if self.concepts is not None:  # reads attribution's and the diagnosis's records of the same batch
             after.append(self.concepts)
         return [*before, *self.steps, *after]
+
+    def map_step(self) -> MapStep | None:
+        """The ``--save-maps`` step (the folder is the attribution step's ``save_maps``), or None without it."""
+        roots = [root for root in (getattr(step, "save_maps", None) for step in self.steps) if root is not None]
+        return MapStep(roots[0]) if roots else None
 
     def _distractors_on(self) -> bool:
         return self.diagnosis is not None and getattr(self.distractors, "enabled", False) is True
