@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from covar_harness.models.adapter import logit_scale
+
 
 def _fastest(fn, reps: int) -> float:
     fn()
@@ -43,7 +45,7 @@ def bench(name: str, adapter, bank_spec: str, batch: int, reps: int) -> None:
 
     from covar_harness.attribution import DEFAULTS, attribute, sample_seed
     from covar_harness.concepts.banks import resolve_bank
-    from covar_harness.concepts.naming import model_temperature, name_batch
+    from covar_harness.concepts.naming import name_batch
     from covar_harness.run.text_cache import build_classifier
 
     torch.manual_seed(0)
@@ -63,7 +65,7 @@ def bench(name: str, adapter, bank_spec: str, batch: int, reps: int) -> None:
     seeds = [sample_seed(0, str(i)) for i in range(batch)]
     n = adapter.patch_grid[0] * adapter.patch_grid[1]
     fg = [np.random.default_rng(i).random(n) for i in range(batch)]
-    temperature, _ = model_temperature(adapter)
+    temperature, _ = logit_scale(adapter)
     holder = {}
 
     def cci() -> None:

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import make_image_folder, make_openclip_dir, write_task_yaml  # noqa: E402
+from helpers import make_image_folder, make_openclip_dir, patch_everywhere, write_task_yaml  # noqa: E402
 from toy_vit import LAYOUTS, SIDE, ToyPlugin, layout  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def toy_catalog(monkeypatch):
     def load(include_paths=(), allow=None, extra_plugins=()):
         return original(include_paths, allow, [*extra_plugins, ToyPlugin()])
 
-    monkeypatch.setattr(plugin_manager, "load_catalog", load)
+    patch_everywhere(monkeypatch, plugin_manager, "load_catalog", load)
 
 
 @pytest.fixture

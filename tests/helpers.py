@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,25 @@ TINY_OPENCLIP_CFG = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+
+
+def patch_everywhere(monkeypatch, module, name: str, value) -> None:
+    """``monkeypatch.setattr(module, name, value)`` and the same in every module of the harness that imports the
+    name itself (``from module import name`` binds it at import): the use sites see the patch too. Those modules
+    are imported first, so that none binds the patched value for good by being imported during the test."""
+    original = getattr(module, name)
+    pattern = re.compile(rf"^\s*from {re.escape(module.__name__)} import .*\b{re.escape(name)}\b", re.M)
+    for package in ("covar_harness", "covar_harness_plugins", "covar_harness_tasks"):
+        root = Path(importlib.import_module(package).__file__).parent
+        for path in root.rglob("*.py"):
+            if pattern.search(path.read_text(encoding="utf-8")):
+                parts = path.relative_to(root.parent).with_suffix("").parts
+                importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    monkeypatch.setattr(module, name, value)
+    for other in list(sys.modules.values()):
+        home = getattr(other, "__name__", "") or ""
+        if other is not module and home.startswith("covar_harness") and getattr(other, name, None) is original:
+            monkeypatch.setattr(other, name, value)
 
 
 def make_openclip_dir(path: Path, cfg: dict | None = None, seed: int = 0) -> Path:

@@ -27,27 +27,28 @@ __all__ = [
 
 def load_model(spec: str, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
     """The ModelAdapter for any model spec: ``openclip:...``, ``hf:...``, ``custom:...`` or a registered name."""
-    from covar_harness.models.specs import load_model as _load
+
+    from covar_harness.models.specs import load_model as _load  # lazy: `import covar_harness` stays light
 
     return _load(spec, device=device, precision=precision, cache_dir=cache_dir)
 
 
 def evaluate(models, tasks, *, output_dir=None, **options):
     """``covar-harness run`` from Python; see :func:`covar_harness.api.evaluate`."""
-    from covar_harness.api import evaluate as _evaluate
+    from covar_harness.api import evaluate as _evaluate  # lazy: `import covar_harness` stays torch-free
 
     return _evaluate(models, tasks, output_dir=output_dir, **options)
 
 
 def rescore(results, *, out=None, **settings):
     """``covar-harness rescore`` from Python (no model loaded); see :func:`covar_harness.api.rescore`."""
-    from covar_harness.api import rescore as _rescore
+    from covar_harness.api import rescore as _rescore  # lazy: `import covar_harness` stays torch-free
 
     return _rescore(results, out=out, **settings)
 
 
 def load_task(name: str, include_path: list[str] | None = None):
     """A task's configuration by name; see :func:`covar_harness.api.load_task`."""
-    from covar_harness.api import load_task as _load_task
+    from covar_harness.api import load_task as _load_task  # lazy: `import covar_harness` stays torch-free
 
     return _load_task(name, include_path)

@@ -18,12 +18,19 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
+from covar_harness.cli.commands import prepare_run
+from covar_harness.cli.main import build_parser
+from covar_harness.results import files
+from covar_harness.results import files as results
+from covar_harness.run.evaluator import run
+from covar_harness.run.progress import progress_reporter
+from covar_harness.run.rescore import NotClassification, RescoreSettings, rescore_file
 
 
 def run_defaults() -> dict[str, Any]:
     """``run``'s options and their defaults, as the parser gives them (keyword names: ``--cci-k`` -> ``cci_k``)."""
-    from covar_harness.cli.main import build_parser
 
     args = build_parser().parse_args(["run", "--models", "-", "--tasks", "-"])
     return {k: v for k, v in vars(args).items() if k not in ("models", "tasks", "command", "handler", "verbose")}
@@ -55,7 +62,6 @@ def run_arguments(models: Any, tasks: Any, options: dict[str, Any]) -> Namespace
     """Keyword options as ``run``'s parsed arguments: each value becomes its flag and goes through the parser,
     so the API gets exactly the CLI's conversions and checks (``limit='5'`` is 5, ``limit=2.5`` and
     ``overwrite='false'`` are UsageErrors); one string for a repeatable flag (``include_path``) is one value."""
-    from covar_harness.cli.main import build_parser
 
     parser = build_parser(raise_errors=True)
     actions = {a.dest: a for a in _subparser(parser, "run")._actions if a.option_strings}
@@ -113,11 +119,6 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def _run(args: Namespace) -> dict[str, Any]:
-    from covar_harness.cli.commands import prepare_run
-    from covar_harness.results import files as results
-    from covar_harness.run.evaluator import run
-    from covar_harness.run.progress import progress_reporter
-
     prepared = prepare_run(args)
     with progress_reporter(len(prepared.plan)) as reporter:  # lines on stderr when it is not a terminal
         outcomes = run(prepared.models, prepared.tasks, prepared.catalog, prepared.options, reporter, prepared.plan)
@@ -137,7 +138,6 @@ def _run(args: Namespace) -> dict[str, Any]:
 
 def load_task(name: str, include_path: list[str] | None = None):
     """A task's configuration (``TaskConfig``) by name, glob match or YAML path, as ``--tasks`` resolves it."""
-    from covar_harness.catalog.plugin_manager import load_catalog
 
     found = load_catalog(include_path or []).tasks.resolve(name)
     if len(found) != 1:
@@ -159,8 +159,6 @@ def rescore(
     log under the given settings, no model loaded; returns the rescored result records (each with ``"samples"``,
     its rescored log). Written under ``out`` when given. A result that cannot be rescored raises ValueError
     naming it; bad settings raise UsageError."""
-    from covar_harness.results import files
-    from covar_harness.run.rescore import NotClassification, RescoreSettings, rescore_file
 
     rules = driver_rule.split(",") if isinstance(driver_rule, str) else driver_rule
     asked = RescoreSettings(

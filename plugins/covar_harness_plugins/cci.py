@@ -1,7 +1,7 @@
 """Built-in plugin: the attributors of ``covar_harness.attribution`` (docs/design.md section 7): ``cci``,
 ``cci-shapley``, the ``random`` and ``random-patch`` baselines, ``occlusion``, ``rise`` and the gradient /
-attention baselines ``gradcam``, ``rollout``, ``chefer`` and ``grad-eclip`` (these need the adapter's
-``attention_trace``), one Attributor class each.
+attention baselines ``gradcam``, ``rollout``, ``chefer``, ``chefer-last`` and ``grad-eclip`` (these need the
+adapter's ``attention_trace``), one Attributor class each.
 
 Each class registers itself with one line (``Method.register_with(register)``): its name, description, the K it
 allows (``k_range``, checked when the step is built, so a bad ``--cci-k`` is exit 2 before any model loads) and its
@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from covar_harness.attribution import CCI, CCIShapley, RandomBaseline, RandomPatch  # no torch at import
-from covar_harness.attribution.chefer import Chefer
+from covar_harness.attribution.chefer import Chefer, CheferLast
 from covar_harness.attribution.grad_eclip import GradECLIP
 from covar_harness.attribution.gradcam import GradCAM
 from covar_harness.attribution.occlusion import Occlusion
@@ -37,6 +37,7 @@ def register_attributors(register):
     GradCAM.register_with(register)
     Rollout.register_with(register)
     Chefer.register_with(register)
+    CheferLast.register_with(register)
     GradECLIP.register_with(register)
 
 

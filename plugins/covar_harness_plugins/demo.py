@@ -10,6 +10,8 @@ need no network. Nothing heavy is imported here: the format's loader imports wha
 from __future__ import annotations
 
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.data.resources import resource_path
+from covar_harness_tasks.covar_shapes import load_covar_shapes, preflight_covar_shapes
 
 DEMO_MODELS = {
     "demo/shapes-clean": ("shapes-clean", "tiny ViT, COVAR-Shapes, backgrounds independent of the class"),
@@ -19,20 +21,15 @@ DEMO_MODELS = {
 
 def demo_model_dir(folder: str) -> str:
     """Filesystem path of a bundled demo model folder (package data under resources/demo/)."""
-    from covar_harness.data.resources import resource_path
 
     return str(resource_path("demo", folder))
 
 
 def _load_covar_shapes(ds: dict, data_dir):
-    from covar_harness_tasks.covar_shapes import load_covar_shapes
-
     return load_covar_shapes(ds, data_dir)
 
 
 def _preflight_covar_shapes(ds: dict, data_dir):
-    from covar_harness_tasks.covar_shapes import preflight_covar_shapes
-
     return preflight_covar_shapes(ds, data_dir)
 
 

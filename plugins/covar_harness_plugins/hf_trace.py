@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
+
+from covar_harness.attribution.attention_trace import Readout, Trace, attend, cls_pool, cls_readout
+
 
 class HFTracer:
     """A traced forward of one ``HFAdapter``'s vision tower (embedding through the adapter's own ``embed``)."""
@@ -21,8 +25,6 @@ class HFTracer:
         self.adapter = adapter
 
     def __call__(self, pixels: Any) -> Any:
-        from covar_harness.attribution.attention_trace import Trace, cls_pool, cls_readout
-
         a = self.adapter
         x = a.embed(pixels)
         attentions, last_input, parts = [], x, None
@@ -41,7 +43,6 @@ class HFTracer:
 def encoder_layer(blk: Any, x: Any) -> tuple[Any, tuple[Any, ...]]:
     """``CLIPEncoderLayer`` / ``SiglipEncoderLayer`` forward with the attention written out:
     (new x, (q, k, v, out, probs))."""
-    from covar_harness.attribution.attention_trace import attend
 
     at = blk.self_attn
     h = blk.layer_norm1(x)
@@ -55,9 +56,6 @@ def encoder_layer(blk: Any, x: Any) -> tuple[Any, tuple[Any, ...]]:
 def pool_head(head: Any, x: Any) -> tuple[Any, Any, Any]:
     """SigLIP's multihead attention-pooling head written out: (embedding (B, D), its ``Readout``, its attention
     over the tokens (B, T), mean over heads)."""
-    import torch.nn.functional as F
-
-    from covar_harness.attribution.attention_trace import Readout, attend
 
     mha = head.attention
     wq, wk, wv = mha.in_proj_weight.chunk(3)

@@ -7,10 +7,15 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.common.console import safe
 from covar_harness.models.adapter import BaseAdapter
 from covar_harness.models.specs import ModelLoadError, torch_dtype, unreachable_error
 from covar_harness_plugins.openclip_towers import removal_tower
@@ -47,20 +52,20 @@ class OpenClipAdapter(BaseAdapter):
         self.n_blocks: int | None = self._tower.n_blocks if self._tower is not None else None
 
     def encode_images(self, pixels):
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         with torch.inference_mode():
             return self.model.encode_image(pixels.to(self.device, self.dtype)).float()
 
     def encode_texts(self, texts: list[str]):
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         with torch.inference_mode():
             return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
 
     def patch_tokens(self, pixels, layer: int = -1):
         """(B, N, C) patch tokens (no CLS/prefix) after block ``layer`` (default the last), raster order."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tower = self._require_tower()
         with torch.inference_mode():
@@ -68,7 +73,7 @@ class OpenClipAdapter(BaseAdapter):
 
     def encode_images_with_tokens(self, pixels, layer: int = -1):
         """(encode_images, patch_tokens at ``layer``) from one forward where the tower allows it (native ViT)."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tower = self._require_tower()
         if not hasattr(tower, "encode_with_tokens"):
@@ -79,7 +84,7 @@ class OpenClipAdapter(BaseAdapter):
 
     def input_tokens(self, pixels):
         """(B, N, C) patch tokens entering the first block (after the pre-norm), raster order."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tower = self._require_tower()
         with torch.inference_mode():
@@ -92,9 +97,9 @@ class OpenClipAdapter(BaseAdapter):
         attention in every layer and from pooling. Same space and scale as :meth:`encode_images`.
         ``strategy``/``max_rows`` are for tests and benchmarks (see covar_harness.models.token_removal).
         ``allow_empty``: a pattern may drop every patch (only when ``can_remove_all_patches``)."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
-        from covar_harness.models import token_removal as tr
+        from covar_harness.models import token_removal as tr  # lazy: imports torch; the plugin registers without it
 
         tower = self._require_tower()
         if allow_empty and not self.can_remove_all_patches:
@@ -117,6 +122,7 @@ class OpenClipAdapter(BaseAdapter):
     @property
     def attention_trace(self):  # None when this tower cannot trace (see BaseAdapter.attention_trace)
         """pixels -> ``Trace`` of this CLS-readout ViT (openclip_trace.py), or None for other towers."""
+        # lazy: imports torch; the plugin registers without it
         from covar_harness_plugins.openclip_trace import OpenClipTracer, trace_unsupported
 
         if trace_unsupported(self.model.visual):
@@ -143,18 +149,14 @@ def parse_spec(rest: str) -> tuple[str, str | None]:
 
 
 def load_openclip(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None):
-    import open_clip
+    import open_clip  # lazy: the backend loads with the model, not at plugin discovery
 
     model_name, tag = parse_spec(rest)
     if not rest.startswith(("hf-hub:", "local-dir:")) and model_name not in open_clip.list_models():
-        import difflib
-
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelLoadError(f"open_clip has no architecture {model_name!r}{hint}")
     if tag is None and not rest.startswith(("hf-hub:", "local-dir:")):
-        from covar_harness.common.console import safe
-
         log.warning("openclip:%s has no pretrained tag: the weights are RANDOM (smoke tests only)", safe(rest))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -178,8 +180,6 @@ def patch_count_hint(spec: str) -> int | None:
     """Patches (rows * cols) of an ``openclip:ARCH[/TAG]`` or ``openclip:local-dir:PATH`` spec from its config
     alone (no weights, no network): image_size / patch_size of a native ViT, or the patch size in a plain timm
     ``vit_*`` tower's name (SigLIP). None when it cannot tell (ResNets, ConvNeXt, hf-hub: specs, other timm)."""
-    import json
-    from pathlib import Path
 
     rest = spec[len("openclip:") :] if spec.startswith("openclip:") else spec
     if rest.startswith("hf-hub:"):
@@ -189,7 +189,7 @@ def patch_count_hint(spec: str) -> int | None:
             cfg = json.loads((Path(rest[len("local-dir:") :]).expanduser() / "open_clip_config.json").read_text())
             cfg = cfg.get("model_cfg", cfg)
         else:
-            import open_clip
+            import open_clip  # lazy: the backend loads with the model, not at plugin discovery
 
             cfg = open_clip.get_model_config(parse_spec(rest)[0])
         return _patches_of(cfg["vision_cfg"]) if cfg else None
@@ -198,8 +198,6 @@ def patch_count_hint(spec: str) -> int | None:
 
 
 def _patches_of(vision: dict) -> int | None:
-    import re
-
     size = vision.get("image_size")
     patch = vision.get("patch_size")
     timm_name = vision.get("timm_model_name")

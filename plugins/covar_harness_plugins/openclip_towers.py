@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from covar_harness.catalog.plugin_manager import keywords_of
+
 # Token removal for the attribution capability (docs/design.md section 3). A "tower" wraps one vision-tower family
 # and exposes embed (tokens after position embedding), run_shortened / run_masked (the rest of the tower; see
 # covar_harness.models.token_removal) and patch_tokens. Everything imports torch lazily.
@@ -15,6 +17,7 @@ MASK_BUDGET_BYTES = 1 << 28  # cap on a chunk's materialised (rows*heads, L, L) 
 
 def removal_tower(visual) -> tuple[Any, str]:
     """(tower, "") when patch-token removal is exact for this vision tower, else (None, reason)."""
+    # lazy: the backend loads with the model, not at plugin discovery
     from open_clip.transformer import VisionTransformer
 
     if isinstance(visual, VisionTransformer):
@@ -73,7 +76,7 @@ class NativeViTTower:
 
     def max_rows(self, seq_len: int) -> int:
         """Rows per chunk so the masked path's (rows*heads, L, L) mask stays within MASK_BUDGET_BYTES."""
-        from covar_harness.models.token_removal import MAX_ROWS
+        from covar_harness.models.token_removal import MAX_ROWS  # lazy: imports torch; the plugin registers without it
 
         return max(1, min(MAX_ROWS, MASK_BUDGET_BYTES // (self.heads * seq_len * seq_len * 4)))
 
@@ -149,7 +152,10 @@ class TimmViTTower:
 
     @staticmethod
     def unsupported(visual) -> str:
+        # lazy: the backend loads with the model, not at plugin discovery
         from timm.layers import AttentionPoolLatent, PatchEmbed
+
+        # lazy: the backend loads with the model, not at plugin discovery
         from timm.models.vision_transformer import VisionTransformer
 
         trunk = visual.trunk
@@ -172,7 +178,6 @@ class TimmViTTower:
             return f"attention pool {type(trunk.attn_pool).__name__} takes no key mask"
         if trunk.attn_pool is None and trunk.global_pool not in TIMM_POOLS:
             return f"timm global_pool {trunk.global_pool!r} gives no pooled image embedding"
-        from covar_harness.catalog.plugin_manager import keywords_of
 
         # named explicitly: a block that swallowed attn_mask through **kwargs would silently not remove anything
         if not all(keywords_of(blk.forward).accepts("attn_mask", explicit=True) for blk in trunk.blocks):
@@ -180,7 +185,7 @@ class TimmViTTower:
         return ""
 
     def max_rows(self, seq_len: int) -> int:
-        from covar_harness.models.token_removal import MAX_ROWS
+        from covar_harness.models.token_removal import MAX_ROWS  # lazy: imports torch; the plugin registers without it
 
         return MAX_ROWS  # the (R, 1, 1, L) mask broadcasts: nothing quadratic is materialised
 

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
+
+from covar_harness.attribution.attention_trace import Trace, attend, cls_pool, cls_readout
+
 
 def trace_unsupported(visual: Any) -> str:
     """Why this vision tower cannot be traced, or "" when it can."""
+    # lazy: the backend loads with the model, not at plugin discovery
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
     if not isinstance(visual, VisionTransformer):
@@ -42,8 +47,6 @@ class OpenClipTracer:
         self.visual = visual
 
     def __call__(self, pixels: Any) -> Any:
-        from covar_harness.attribution.attention_trace import Trace, cls_pool, cls_readout
-
         v = self.visual
         x = v._embeds(pixels)
         attentions = []
@@ -64,9 +67,6 @@ class OpenClipTracer:
     @staticmethod
     def _block(blk: Any, x: Any) -> tuple[Any, tuple[Any, ...]]:
         """``ResidualAttentionBlock.forward`` with the attention written out: (new x, (q, k, v, out, probs))."""
-        import torch.nn.functional as F
-
-        from covar_harness.attribution.attention_trace import attend
 
         attn = blk.attn
         q, k, v = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)

@@ -16,13 +16,19 @@ the offline test machines cannot reach: the tests run the same code on tiny rand
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+from PIL import Image
+
 from covar_harness.catalog.hookspecs import hookimpl
+from covar_harness.common.console import safe
 from covar_harness.common.safe_files import read_json
 from covar_harness.masks.segmenter import MaskCache, default_mask_cache_dir, grounding_prompt, image_fingerprint
+from covar_harness.models.specs import unreachable_error
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,8 +60,6 @@ class DatasetSegmenter:
         try:
             return self._mask(samples, index)
         except Exception as exc:  # noqa: BLE001 - one bad file must not switch the diagnosis off
-            from covar_harness.common.console import safe
-
             self.n_unreadable += 1
             if self.first_error is None:
                 first = (str(exc).strip().splitlines() or [""])[0]
@@ -64,8 +68,6 @@ class DatasetSegmenter:
 
     @staticmethod
     def _mask(samples: SampleSet, index: int) -> Image.Image | None:
-        from PIL import Image
-
         mask = samples.open_mask(index)
         if mask is None:
             return None
@@ -209,8 +211,6 @@ class GroundedSAMSegmenter:
             try:
                 self._models = self._build()
             except Exception as exc:
-                from covar_harness.models.specs import unreachable_error
-
                 unreachable = unreachable_error(f"segmenter groundedsam ({self.detector_id}, {self.sam_id})", exc)
                 if unreachable is not None:  # one line with the way to fail fast
                     raise unreachable from exc
@@ -218,7 +218,9 @@ class GroundedSAMSegmenter:
         return self._models
 
     def _build(self) -> dict[str, Any]:
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
+
+        # lazy: the backend loads with the model, not at plugin discovery
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, SamModel
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -250,7 +252,7 @@ class GroundedSAMSegmenter:
     def _detect_all(self, images: list[Image.Image], prompts: list[str]) -> list[list[list[float]]]:
         """One Grounding DINO call for the batch; per image every box that passes both thresholds, in pixels
         [x0, y0, x1, y1], best score first (empty when none does)."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         m = self._load()
         processor = m["det_processor"]
@@ -268,8 +270,8 @@ class GroundedSAMSegmenter:
     def _passing_boxes(self, probs, boxes, words, size: tuple[int, int]) -> list[list[float]]:
         """probs (Q, L) token probabilities, boxes (Q, 4) normalised cx, cy, w, h; size (W, H). The boxes that
         pass both thresholds and are not empty, best score first."""
-        import torch
-        from torchvision.ops import nms
+        import torch  # lazy: the plugin registers its names without torch
+        from torchvision.ops import nms  # lazy: the plugin registers its names without torch
 
         scores = probs.max(dim=-1).values
         word_probs = probs[:, : words.shape[0]][:, words]
@@ -288,9 +290,7 @@ class GroundedSAMSegmenter:
         """One SAM call for the batch, every box of an image as one prompt each; per image the union of its
         boxes' masks at the original image size (None when empty). Images with fewer boxes than the most are
         padded with their own best box, which adds nothing to the union."""
-        import numpy as np
-        import torch
-        from PIL import Image
+        import torch  # lazy: the plugin registers its names without torch
 
         m = self._load()
         processor = m["sam_processor"]
@@ -358,7 +358,7 @@ def _box_summary(counts: dict[int, int]) -> dict[str, Any]:
 
 def _corners(boxes, size: tuple[int, int]):
     """Normalised (cx, cy, w, h) -> pixel (x0, y0, x1, y1), clipped to the image of ``size`` = (W, H)."""
-    import torch
+    import torch  # lazy: the plugin registers its names without torch
 
     width, height = size
     cx, cy, w, h = boxes.unbind(-1)
@@ -372,9 +372,8 @@ def _corners(boxes, size: tuple[int, int]):
 def _word_token_mask(input_ids, tokenizer):
     """(B, L) bool: tokens of the class name itself, not special tokens, padding, the '.' separators or any
     other punctuation (a box must be about a word of the name, not about "(" or "'")."""
-    import string
 
-    import torch
+    import torch  # lazy: the plugin registers its names without torch
 
     skip = set(tokenizer.all_special_ids) | set(tokenizer(".", add_special_tokens=False)["input_ids"])
     for token_id in {int(t) for t in input_ids.flatten().tolist()} - skip:

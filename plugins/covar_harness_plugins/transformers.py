@@ -20,8 +20,11 @@ the shared driver in ``covar_harness.models.token_removal``. Nothing here import
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from covar_harness.catalog.hookspecs import hookimpl
 from covar_harness.models.adapter import BaseAdapter
@@ -50,6 +53,7 @@ class NaflexTransform:
     """
 
     def __init__(self, image_processor):
+        # lazy: the backend loads with the model, not at plugin discovery
         from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
 
         self.image_processor = image_processor
@@ -63,8 +67,6 @@ class NaflexTransform:
         return self.side // self.patch
 
     def __call__(self, image):
-        from PIL import Image
-
         image = image.convert("RGB")
         if image.width != image.height:  # the processor would keep the aspect ratio: a different grid
             image = image.resize((self.side, self.side), resample=Image.Resampling.BILINEAR)
@@ -121,7 +123,7 @@ class HFAdapter(BaseAdapter):
 
     # -- the protocol
     def encode_texts(self, texts: list[str]):
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         tokens = self.tokenizer(
             list(texts),
@@ -136,7 +138,7 @@ class HFAdapter(BaseAdapter):
             return features(self.model.get_text_features(**inputs)).float()
 
     def encode_images(self, pixels):
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         with torch.inference_mode():
             return features(self.model.get_image_features(**self.image_inputs(pixels))).float()
@@ -152,7 +154,7 @@ class HFAdapter(BaseAdapter):
 
     def patch_tokens(self, pixels, layer: int = -1):
         """(B, N, C) patch tokens after encoder block ``layer`` (default: the last), raster order."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         n_layers = self.n_blocks
         if not -n_layers <= layer < n_layers:  # no modulo: layer 7 of 2 blocks must not quietly mean block 1
@@ -167,7 +169,7 @@ class HFAdapter(BaseAdapter):
 
     def input_tokens(self, pixels):
         """(B, N, C) patch tokens entering the first encoder block (CLIP: after its pre-norm), raster order."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         with torch.inference_mode():
             return self.embed(pixels)[:, self.n_prefix :].float()
@@ -177,8 +179,9 @@ class HFAdapter(BaseAdapter):
 
         ``driver_options`` go to ``models.token_removal.encode_without`` (e.g. ``strategy``, ``max_rows``).
         """
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
+        # lazy: imports torch; the plugin registers without it
         from covar_harness.models.token_removal import encode_without
 
         if driver_options.get("allow_empty") and not self.can_remove_all_patches:
@@ -190,6 +193,7 @@ class HFAdapter(BaseAdapter):
     @property
     def attention_trace(self):  # None when the tower cannot trace (see BaseAdapter.attention_trace)
         """pixels -> ``Trace`` of this tower (hf_trace.py), or None when its layers do not fit."""
+        # lazy: imports torch; the plugin registers without it
         from covar_harness_plugins.hf_trace import HFTracer, trace_unsupported
 
         return None if trace_unsupported(self) else HFTracer(self)
@@ -243,7 +247,7 @@ class Siglip2Adapter(HFAdapter):
 
     def image_inputs(self, pixels) -> dict:
         """NaFlex inputs for fixed-size images: every image is a full g x g grid, so the mask is all ones."""
-        import torch
+        import torch  # lazy: the plugin registers its names without torch
 
         patches = patchify(pixels.to(self.device, self.dtype), self.naflex.patch)
         B, P, _ = patches.shape
@@ -269,7 +273,7 @@ ADAPTERS = {"clip": ClipAdapter, "siglip": SiglipAdapter, "siglip2": Siglip2Adap
 # ---- loading ---------------------------------------------------------------------------------------------
 def load_hf(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None) -> HFAdapter:
     """The ``hf:`` scheme loader: config -> model class by ``model_type`` -> weights -> processor."""
-    import transformers
+    import transformers  # lazy: the backend loads with the model, not at plugin discovery
 
     source = _source(rest)
     stage = "config"
@@ -301,7 +305,6 @@ def load_hf(rest: str, *, device: str = "cpu", precision: str = "fp32", cache_di
 def patch_count_hint(spec: str) -> int | None:
     """Patches of an ``hf:/path`` save_pretrained folder from its config.json alone (no weights, no network);
     None for hub ids (their config would need the network) and anything it cannot tell."""
-    import json
 
     rest = spec[len("hf:") :] if spec.startswith("hf:") else spec
     path = Path(rest).expanduser() / "config.json"
@@ -309,6 +312,7 @@ def patch_count_hint(spec: str) -> int | None:
         cfg = json.loads(path.read_text()) if path.is_file() else {}
         vision = cfg.get("vision_config") or {}
         if cfg.get("model_type") == "siglip2":  # the processor's square grid, as NaflexTransform computes it
+            # lazy: the backend loads with the model, not at plugin discovery
             from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
 
             pre = _image_processor_config(path.parent)
@@ -323,7 +327,6 @@ def patch_count_hint(spec: str) -> int | None:
 def _image_processor_config(folder: Path) -> dict:
     """The saved image processor settings: ``preprocessor_config.json`` (transformers 4.x) or the
     ``image_processor`` entry of ``processor_config.json`` (5.x)."""
-    import json
 
     old = folder / "preprocessor_config.json"
     if old.is_file():
@@ -348,7 +351,7 @@ def _explain_failure(rest: str, source: str, stage: str, cache_dir: str | None, 
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if Path(source).is_dir():
         return f"hf:{rest}: cannot load the {stage} from the local folder {source} ({first})"
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: optional dependency, imported where used
 
     cache = cache_dir or constants.HF_HUB_CACHE
     return (

@@ -30,15 +30,19 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from covar_harness.common.safe_files import atomic_write, read_text_capped, slug
 from covar_harness.data.subsets import ALL_SUBSETS
-from covar_harness.results.files import slug
+from covar_harness_tasks.covar import subset_relative
 from covar_harness_tasks.covar_sources import (
     BackgroundSource,
     BuildError,
@@ -209,7 +213,6 @@ def _run_jobs(jobs: list[ItemJob], workers: int, progress: Callable[[int], None]
             if progress:
                 progress(1)
         return results
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(build_item, job): i for i, job in enumerate(jobs)}
@@ -221,14 +224,11 @@ def _run_jobs(jobs: list[ItemJob], workers: int, progress: Callable[[int], None]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from covar_harness.results.files import atomic_write
-
     atomic_write(path, lambda fh: fh.write(text))
 
 
 def holds_build(out: Path) -> bool:
     """``out`` carries a build stamp: the start marker, or a ``build.json`` with a ``build_version``."""
-    from covar_harness.common.safe_files import read_text_capped
 
     if (out / BUILD_MARKER).is_file():
         return True
@@ -351,7 +351,6 @@ def build_from_folders(
 def iter_records(out: Path, subset: str) -> Iterable[dict]:
     """A subset's metadata records with ``file_name`` and ``mask`` relative to ``out``, whatever the build version
     (the same ids the ``covar`` reader gives)."""
-    from covar_harness_tasks.covar import subset_relative
 
     prefix = f"{subset}/" if subset_relative(Path(out)) else ""
     with open(Path(out) / subset / "metadata.jsonl", encoding="utf-8") as f:
@@ -367,8 +366,6 @@ def iter_records(out: Path, subset: str) -> Iterable[dict]:
 # --------------------------------------------------------------------------------------------------- CLI
 def cmd_build_covar(args) -> int:
     """Handler of ``covar-harness build-covar``: discover inputs, build with a progress bar, print counts."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if args.workers is not None and args.workers < 1:
         raise BuildError(f"--workers must be >= 1, got {args.workers}")

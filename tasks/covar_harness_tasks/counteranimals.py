@@ -22,10 +22,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from PIL import ImageFile
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import read_text_capped
 from covar_harness.data.imagenet import counteranimals_classes, imagenet_index, wordnet_names
-from covar_harness.data.samples import DatasetNotFound, Sample, SampleSet
+from covar_harness.data.samples import DatasetNotFound, Sample, SampleSet, load_hf, preflight_hf
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ class CounterAnimalsSampleSet(SampleSet):
     """Release photos; truncated JPEGs are decoded as far as they go, as the paper's reproduction did."""
 
     def open_image(self, index: int):
-        from PIL import ImageFile
-
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
@@ -229,8 +229,6 @@ def preflight_counteranimals(ds_cfg: dict, data_dir: Path) -> None:
     """The options are valid and the release folder is found (a Hugging Face id is not contacted)."""
     _options(ds_cfg)
     if ds_cfg.get("hf_id"):
-        from covar_harness.data.samples import preflight_hf
-
         hf_id = str(ds_cfg["hf_id"])
         return preflight_hf({"path": hf_id, "raw_path": hf_id}, data_dir)
     if not ds_cfg.get("path"):
@@ -242,7 +240,6 @@ def preflight_counteranimals(ds_cfg: dict, data_dir: Path) -> None:
 # ---- Hugging Face copy -----------------------------------------------------------------------------------
 def _from_hf(ds: dict, group: str, data_dir: Path):
     """Through ``harness.data.load_hf``; labels mapped to ImageNet indices, rows filtered to ``group``."""
-    from covar_harness.data.samples import load_hf
 
     hf_id = str(ds["hf_id"])
     split = ds.get("hf_split", "train")

@@ -24,8 +24,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import read_text_capped
+from covar_harness_tasks.build_covar import BUILD_VERSION, BuildOptions, build_from_folders, is_complete
+from covar_harness_tasks.covar import load_covar
 from covar_harness_tasks.shape_drawing import CLASSES, FAMILIES, render_background, render_object
 
 GENERATOR_VERSION = "2"  # bump when anything here or in shape_drawing changes what is generated: data is rebuilt
@@ -68,7 +73,6 @@ def write_sources(root: Path, seed: int, per_class: int, bgs_per_family: int) ->
 
 def stamp_text(per_class: int | None = None) -> str:
     """What the data at a root was made with; any difference means it must be rebuilt."""
-    from covar_harness_tasks.build_covar import BUILD_VERSION
 
     return json.dumps(
         {
@@ -84,8 +88,6 @@ def stamp_text(per_class: int | None = None) -> str:
 
 def is_current(root: Path, per_class: int | None = None) -> bool:
     """The data at ``root`` is complete and was made by this generator version."""
-    from covar_harness.common.safe_files import read_text_capped
-    from covar_harness_tasks.build_covar import is_complete
 
     try:
         return read_text_capped(root / STAMP, 1 << 16) == stamp_text(per_class) and is_complete(root)
@@ -167,7 +169,6 @@ def ensure_covar_shapes(
     place, so a crash never leaves a half-built benchmark that looks complete, and two processes racing both end
     with a complete one. ``per_class`` (default ``OBJECTS_PER_CLASS``) exists so tests can build a small copy.
     """
-    from covar_harness_tasks.build_covar import BuildOptions
 
     root = Path(root)
     per_class = per_class or OBJECTS_PER_CLASS
@@ -194,13 +195,9 @@ def ensure_covar_shapes(
 
 
 def _build_with_progress(objects: Path, backgrounds: Path, out: Path, options, quiet: bool) -> None:
-    from covar_harness_tasks.build_covar import build_from_folders
-
     if quiet:
         build_from_folders(objects, backgrounds, out, options)
         return
-    from rich.console import Console
-    from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generating covar-shapes (first use)", total=None)
@@ -216,7 +213,6 @@ def _build_with_progress(objects: Path, backgrounds: Path, out: Path, options, q
 
 def load_covar_shapes(ds: dict, data_dir: Path):
     """Dataset format ``covar-shapes``: make sure the data exists, then read it with the ``covar`` reader."""
-    from covar_harness_tasks.covar import load_covar
 
     root = _root(ds, data_dir)
     ensure_covar_shapes(root)
@@ -229,7 +225,6 @@ def _root(ds: dict, data_dir: Path) -> Path:
 
 def preflight_covar_shapes(ds: dict, data_dir: Path):
     """Data not generated yet is fine; a folder that is not ours is refused; a current build is read (cheap)."""
-    from covar_harness_tasks.covar import load_covar
 
     root = _root(ds, data_dir)
     if target_state(root) != "current":

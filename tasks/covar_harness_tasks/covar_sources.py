@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import read_json
-from covar_harness.results.files import slug
+from covar_harness.common.safe_files import open_regular, read_json, slug
+from covar_harness.data.pixels import as_mask, as_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".mask", "_mask")
@@ -56,7 +56,6 @@ class BackgroundSource:
 
 def _open(x: ImageLike) -> Image.Image:
     """A decoded image; regular files only (a FIFO would hang the build)."""
-    from covar_harness.common.safe_files import open_regular
 
     if isinstance(x, Image.Image):
         return x
@@ -70,7 +69,6 @@ def _open(x: ImageLike) -> Image.Image:
 
 def load_view(view: View) -> tuple[np.ndarray, np.ndarray]:
     """(rgb uint8 HxWx3, mask bool HxW). The mask is alpha > 127, or the mask image > 127 (white = object)."""
-    from covar_harness.data.pixels import as_mask, as_rgb
 
     im = _open(view.image)
     if view.mask is not None:

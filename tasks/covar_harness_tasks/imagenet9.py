@@ -31,6 +31,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import SMALL_FILE_MAX_BYTES, open_regular
 from covar_harness.data.imagenet import curated_names
@@ -52,8 +55,6 @@ MIXED_NAME = re.compile(r"^fg_(?P<fg>.+?)_bg_(?P<bg>.+)$")  # the mixed_* variat
 
 def npy_mask(path: Path) -> Image.Image:
     """A 0/1 (or boolean) ``.npy`` array as a mode-L mask, white = object; never unpickles."""
-    import numpy as np
-    from PIL import Image
 
     with open_regular(path, SMALL_FILE_MAX_BYTES) as fh:
         arr = np.load(fh, allow_pickle=False)

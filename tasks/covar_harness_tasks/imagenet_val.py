@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import SMALL_FILE_MAX_BYTES, open_regular, read_text_capped
 from covar_harness.data.imagenet import curated_names
@@ -85,8 +87,7 @@ def _read_class_folders(root: Path) -> list[tuple[str, str]]:
 # ---- devkit: val/ILSVRC2012_val_*.JPEG + ground truth + meta.mat ---------------------------------------
 def ilsvrc_id_to_wnid(meta: Path) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid of the devkit's 1000 leaf synsets (``num_children == 0``) in ``meta.mat``."""
-    import numpy as np
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # lazy: optional dependency, imported where used
 
     try:
         with open_regular(meta, SMALL_FILE_MAX_BYTES) as fh:

@@ -1,5 +1,6 @@
 """Built-in plugin: the task YAML files shipped in this folder and the benchmark-specific dataset formats."""
 
+from importlib import import_module
 from pathlib import Path
 
 from covar_harness.catalog.hookspecs import hookimpl
@@ -17,8 +18,6 @@ def _on_use(module: str, name: str):
     """``covar_harness_tasks.<module>.<name>``, imported when first called: ``ls`` and ``--help`` stay light."""
 
     def call(ds_cfg, data_dir):
-        from importlib import import_module
-
         return getattr(import_module(f"covar_harness_tasks.{module}"), name)(ds_cfg, data_dir)
 
     call.__name__ = call.__qualname__ = name
@@ -108,6 +107,7 @@ def register_dataset_formats(register):
 
 def _covar_shapes_backgrounds(data_dir=None):
     """The ``covar-shapes-backgrounds`` image bank (``covar_shapes_bank``), imported on first use."""
+    # lazy: task modules load on first use (see _on_use)
     from covar_harness_tasks.covar_shapes_bank import covar_shapes_backgrounds
 
     return covar_shapes_backgrounds(data_dir)

@@ -27,7 +27,15 @@ from typing import Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import METADATA_MAX_BYTES, JsonFormatError, field, open_regular, read_json
-from covar_harness.data.samples import DatasetNotFound, HFSampleSet, Sample, SampleSet, hf_split, json_object
+from covar_harness.data.samples import (
+    DatasetNotFound,
+    HFSampleSet,
+    Sample,
+    SampleSet,
+    hf_split,
+    json_object,
+    preflight_hf,
+)
 
 MAX_CAPTIONS = 1000  # per image: COCO has 5-7; more is a mistake
 MAX_CAPTION_CHARS = 10_000  # tokenisers truncate at 64-77 tokens anyway
@@ -206,8 +214,6 @@ def load_retrieval(ds: dict, data_dir: Path) -> SampleSet:
 def preflight_retrieval(ds: dict, data_dir: Path) -> SampleSet | None:
     """Local layouts: the loader (cheap: captions read, no image decoded); hub datasets are not contacted."""
     if _layout(ds, Path(ds.get("path") or ".")) == "hf":
-        from covar_harness.data.samples import preflight_hf
-
         preflight_hf(ds, data_dir)  # checks the columns' names; a hub dataset's rows are not read here
         return None
     return load_retrieval(ds, data_dir)

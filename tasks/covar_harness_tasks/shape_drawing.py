@@ -8,6 +8,7 @@ benchmark's sources with these functions; ``scripts/train_demo_models.py`` draws
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Callable
 
@@ -120,8 +121,6 @@ def shape_mask(
 
 
 def _hsv_colour(rng: np.random.Generator) -> np.ndarray:
-    import colorsys
-
     h, s, v = rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0)
     return np.array(colorsys.hsv_to_rgb(h, s, v)) * 255
 

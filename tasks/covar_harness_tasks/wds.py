@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from PIL import Image
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import open_regular, read_text_capped
 from covar_harness.data.pixels import as_rgb
@@ -77,8 +79,6 @@ class WdsSampleSet(SampleSet):
     templates: list[str] | None = None
 
     def open_image(self, index: int) -> Image.Image:
-        from PIL import Image
-
         member = self.members[index]
         if member.error:
             raise ValueError(member.error)

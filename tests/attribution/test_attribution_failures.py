@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from covar_harness import attribution
 from covar_harness.attribution import AttributionStep, CCISettings, attribute, sample_seed
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import slug
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.models.adapter import AdapterContractError
 from covar_harness.models.specs import load_model
 from covar_harness.pipeline.contract import Batch, PairContext, Pipeline
 from covar_harness.results import files as results
 from covar_harness.results.maps import MapStep
+from helpers import patch_everywhere
 
 # A toy written to the DOCUMENTED contract only: drop (B, N) -> (B, D). Given (B, K, N) it fails to broadcast,
 # exactly like the third-party adapter of the issue. 20 px images in 4 px patches: a 5 x 5 grid, 25 patches.
@@ -323,7 +325,7 @@ def test_cli_exits_2_before_any_model_loads(flags, task_yaml, tmp_path, monkeypa
     def no_load(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(models, "load_model", no_load)
+    patch_everywhere(monkeypatch, models, "load_model", no_load)
     args = [
         "run",
         "--models",
@@ -404,7 +406,7 @@ def test_maps_folder_uses_the_model_spec_slug_like_the_result_folder(toy_file, t
     pipeline, maps = _maps_pipeline(adapter, task, samples, spec, tmp_path / "maps")
     pixels, emb, text, _, _ = batch_inputs(adapter, n=2)
     pipeline.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
-    folder = tmp_path / "maps" / results.slug(spec) / results.slug("toy/maps task")
+    folder = tmp_path / "maps" / slug(spec) / slug("toy/maps task")
     assert maps.folder() == folder
     assert results.result_path(tmp_path / "maps", spec, "toy/maps task").parent == folder.parent
     names = sorted(p.name for p in folder.iterdir())  # <index>_<correct|wrong>_<stem>.png (issue 17 item 4)

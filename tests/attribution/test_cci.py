@@ -17,9 +17,9 @@ import yaml
 from PIL import Image
 
 from covar_harness.attribution import AttributionStep, CCISettings, attribute, overlays, sample_seed
+from covar_harness.common.safe_files import slug
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.pipeline.contract import PairContext
-from covar_harness.results import files as results
 from covar_harness.results import validation
 from toy_vit import GRID, LAYOUTS, SIDE, PlainAdapter, TopLeftReader, layout, load_masked, read, run_cli
 
@@ -245,7 +245,7 @@ def test_save_maps_writes_overlays_with_mask_outline(tmp_path, toy_catalog, mask
     code, _ = run_cli(tmp_path, "toy-topleft", masked_task, "--attribution", "cci", "--save-maps", str(maps))
     files = sorted(maps.rglob("*.png"))
     assert code == 0 and len(files) == 4
-    assert files[0].parent == maps / results.slug("toy-topleft") / results.slug("toy/masked")  # as the results
+    assert files[0].parent == maps / slug("toy-topleft") / slug("toy/masked")  # as the results
     arr = np.asarray(Image.open(files[0]).convert("RGB"))
     side = (arr.shape[1] - 4) // 2  # two square panels and a 4 px gap, then the legend and caption below
     assert side >= 224 and arr.shape[0] > side

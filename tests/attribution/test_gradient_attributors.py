@@ -287,7 +287,7 @@ def test_faithfulness_command_reports_unsupported_in_one_line(tmp_path, toy_cata
     assert json.loads((folder / "occlusion.json").read_text())["error"] is None
 
 
-@pytest.mark.parametrize("method", ["grad-eclip", "rollout"])
+@pytest.mark.parametrize("method", ["grad-eclip", "rollout", "chefer-last"])
 def test_run_with_a_trace_attribution(tmp_path, task_yaml, method):
     """``run --attribution METHOD`` on an open_clip ViT: every sample gets the method's record (a cluster's
     importance is the sum of its patches')."""
@@ -296,7 +296,9 @@ def test_run_with_a_trace_attribution(tmp_path, task_yaml, method):
     model = f"openclip:local-dir:{make_openclip_dir(tmp_path / 'vit')}"
     code, out = run_cli(tmp_path, model, task_yaml, "--attribution", method, "--cci-k", "3", "--segmenter", "none")
     assert code == 0
-    _, rows = read(out, model, "toy/shapes")
+    result, rows = read(out, model, "toy/shapes")
     records = [r["cci"] for r in rows]
     assert len(records) == 12 and all(r["method"] == method and len(r["importance"]) == 3 for r in records)
+    if method == "chefer-last":  # the start block is recorded with the result
+        assert result["config"]["attribution"]["chefer"] == {"start_layer": -1}
     assert any(abs(v) > 0 for r in records for v in r["importance"])

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from covar_harness.catalog.registry import Entry, Registry, UnknownNameError, UsageError
-from covar_harness.data.taskconfig import TaskConfigError, TaskIndex, load_task_file, parse_task
+from covar_harness.catalog.taskconfig import TaskConfigError, TaskIndex, load_task_file, parse_task
 
 
 def test_registry_suggests_close_names_and_rejects_duplicates():

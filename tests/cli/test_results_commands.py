@@ -13,7 +13,7 @@ import pytest
 
 from covar_harness.cli.main import main
 from covar_harness.results import files as results
-from helpers import run_cli_inprocess
+from helpers import patch_everywhere, run_cli_inprocess
 from result_records import deadline, valid_record
 
 
@@ -137,7 +137,7 @@ def test_plugins_json_strips_control_characters(capsys, monkeypatch):
         catalog.plugins = [dataclasses.replace(catalog.plugins[0], name="evil\x1b[5m[/x]"), *catalog.plugins[1:]]
         return catalog
 
-    monkeypatch.setattr(plugin_manager, "load_catalog", tampered)
+    patch_everywhere(monkeypatch, plugin_manager, "load_catalog", tampered)
     assert main(["plugins", "--json"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\\u001b" not in out and "evil[5m[/x]" in out

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.catalog.taskconfig import TaskConfigError, load_task_file, parse_task
 from covar_harness.common import safe_files
 from covar_harness.data.pixels import as_mask, as_rgb
 from covar_harness.data.samples import Sample, SampleSet
-from covar_harness.data.taskconfig import TaskConfigError, load_task_file, parse_task
 from helpers import COVAR_CLASSES, make_covar, make_image_folder, run_cli_inprocess
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from covar_harness.catalog.taskconfig import parse_task
 from covar_harness.data.class_groups import class_groups, class_groups_rule, share_group
 from covar_harness.data.imagenet import imagenet_index
 from covar_harness.data.resources import named
 from covar_harness.data.samples import DatasetNotFound
-from covar_harness.data.taskconfig import parse_task
 from covar_harness.results import files as results
 from covar_harness_tasks.counteranimals import load_counteranimals
 from helpers import make_image, run_cli_inprocess

@@ -9,8 +9,8 @@ import pytest
 
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
+from covar_harness.catalog.taskconfig import load_task_file, parse_task
 from covar_harness.data.samples import DatasetNotFound, open_task_data, preflight
-from covar_harness.data.taskconfig import load_task_file, parse_task
 from covar_harness_tasks import covar_shapes as cs
 from helpers import make_covar, make_image_folder, run_cli_inprocess, write_task_yaml
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from covar_harness.catalog.plugin_manager import load_catalog
-from covar_harness.data.taskconfig import TaskConfigError, parse_task
+from covar_harness.catalog.taskconfig import TaskConfigError, parse_task
 from helpers import run_cli_inprocess, write_task_yaml
 
 

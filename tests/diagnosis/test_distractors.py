@@ -15,9 +15,8 @@ from PIL import Image
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.diagnosis.distractors import DistractorRecord, DistractorSettings, distractor_share, summarise
-from covar_harness.masks import step as mask_step
 from covar_harness.masks.geometry import mask_patch_fractions
-from helpers import run_cli_inprocess
+from helpers import patch_everywhere, run_cli_inprocess
 
 
 def test_share_is_positive_importance_on_the_other_object_outside_the_label():
@@ -65,12 +64,14 @@ class RightHalf:
 
 
 def _plant(monkeypatch):
-    real = mask_step.choose_segmenter
+    import covar_harness.masks.segmenter as seg
+
+    real = seg.choose_segmenter
 
     def choose(name, samples, catalog, settings=None):
         return RightHalf(real("dataset", samples, catalog), samples.classnames)
 
-    monkeypatch.setattr(mask_step, "choose_segmenter", choose)  # where the mask step builds its segmenter
+    patch_everywhere(monkeypatch, seg, "choose_segmenter", choose)
 
 
 def test_run_with_a_prompted_segmenter(tmp_path, covar_shapes_data, monkeypatch):

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.catalog.taskconfig import load_task_file
 from covar_harness.data.class_groups import class_groups, share_group
 from covar_harness.data.resources import named
-from covar_harness.data.taskconfig import load_task_file
 from covar_harness.diagnosis import fine_rules as fr
 from covar_harness.diagnosis.rules import DiagnosisRecord, DiagnosisSettings, RuleOutcome
 from covar_harness.diagnosis.summary import fine_sensitivity

@@ -20,6 +20,7 @@ import pytest
 from covar_harness.catalog import plugin_manager
 from covar_harness.cli.main import main
 from covar_harness.leaderboard.compare import compare_subsets
+from helpers import patch_everywhere
 from toy_vit import ToyPlugin, painted, task_yaml, write_sourced
 
 WHITE = (255, 255, 255)
@@ -57,7 +58,7 @@ def results(tmp_path_factory):
         tasks.append(str(task_yaml(base / "tasks" / f"{size}.yaml", f"toy/{size}", data)))
     original = plugin_manager.load_catalog
     mp = pytest.MonkeyPatch()
-    mp.setattr(plugin_manager, "load_catalog", lambda p=(), a=None, e=(): original(p, a, [*e, ToyPlugin()]))
+    patch_everywhere(mp, plugin_manager, "load_catalog", lambda p=(), a=None, e=(): original(p, a, [*e, ToyPlugin()]))
     try:
         args = ["run", "--models", "toy-sized", "--tasks", ",".join(tasks), "--output-dir", str(base / "out")]
         args += ["--attribution", "cci", "--driver-rule", "area,paper", "--log-samples", "--workers", "0"]

@@ -19,6 +19,7 @@ from covar_harness.catalog import plugin_manager
 from covar_harness.cli.main import main
 from covar_harness.diagnosis.summary import REDUNDANCY_WARN_BELOW
 from covar_harness.leaderboard import tables as lb
+from helpers import patch_everywhere
 from result_records import valid_record
 from toy_vit import ToyPlugin, painted, task_yaml, write_sourced
 
@@ -35,7 +36,7 @@ def task(tmp_path_factory):
 def _run(tmp_path, task, k: int) -> tuple[dict, list[dict]]:
     original = plugin_manager.load_catalog
     mp = pytest.MonkeyPatch()
-    mp.setattr(plugin_manager, "load_catalog", lambda p=(), a=None, e=(): original(p, a, [*e, ToyPlugin()]))
+    patch_everywhere(mp, plugin_manager, "load_catalog", lambda p=(), a=None, e=(): original(p, a, [*e, ToyPlugin()]))
     out = tmp_path / f"k{k}"
     try:
         args = ["run", "--models", "toy-redundant", "--tasks", str(task), "--output-dir", str(out), "--workers", "0"]

@@ -274,3 +274,46 @@ def test_rise_step_records_settings_only_when_not_the_defaults():
     assert step.attributor().config(Counting(), step.settings) == {
         "rise": {"n_masks": 8, "cell": 2, "p_keep": 0.5, "seed": 0}
     }
+
+
+def test_ties_break_in_a_seeded_random_order():
+    """Strict order kept; tied patches in a random order seeded per image (the same in any batch), not raster
+    order; rank accuracy takes that order, so a map tied everywhere scores about the mask's share."""
+    imp = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 1.0], [3.0, 2.0, 1.0, *[0.0] * 7]])
+    order = importance_order(imp, seeds=[7, 8])
+    assert order[0, :2].tolist() == [8, 9] and order[1, :3].tolist() == [0, 1, 2]
+    assert sorted(order[0, 2:].tolist()) == list(range(8)) and order[0, 2:].tolist() != list(range(8))
+    assert torch.equal(importance_order(imp[:1], seeds=[7]), order[:1])  # per image, whatever the batch
+    assert torch.equal(importance_order(imp, seeds=[7, 8]), order)  # deterministic
+    assert importance_order(imp)[0, 2:].tolist() == list(range(8))  # no seeds: raster order (the old ties)
+    flat = np.zeros(64)
+    fg = np.zeros(64)
+    fg[48:] = 1.0  # the mask is the last quarter: raster ties never reach it
+    assert relevance_rank_accuracy(flat, fg) == 0.0
+    seeded = [relevance_rank_accuracy(flat, fg, 0.5, importance_order(torch.zeros(1, 64), [s])[0].numpy())
+              for s in range(200)]  # fmt: skip
+    assert abs(float(np.mean(seeded)) - 0.25) < 0.03
+
+
+def test_settings_check_ties():
+    with pytest.raises(UsageError, match="--ties"):
+        FaithfulnessSettings(ties="none")
+
+
+def test_softmax_at_the_models_own_logit_scale():
+    """The softmax score's T: ``--temperature`` when given, else the model's learned logit scale (exp of the
+    stored log), else CLIP's 100 with a note saying the model exposes none."""
+    from covar_harness.faithfulness.evaluate import softmax_temperature
+
+    class WithScale(Counting):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(14.8))))
+
+    assert softmax_temperature(WithScale(), FaithfulnessSettings()) == (pytest.approx(14.8), "the model's logit scale")
+    assert softmax_temperature(WithScale(), FaithfulnessSettings(temperature=50.0)) == (50.0, "--temperature")
+    T, source = softmax_temperature(Counting(), FaithfulnessSettings())
+    assert T == 100.0 and "exposes no logit scale" in source
+    with pytest.raises(UsageError, match="--temperature"):
+        FaithfulnessSettings(temperature=0.0)

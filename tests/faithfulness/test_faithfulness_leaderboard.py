@@ -1,8 +1,8 @@
 """Faithfulness results in the leaderboard (issue 15): real ``faithfulness`` runs on the demo models at a small
 --limit, then ``leaderboard`` in every format, ``validate``, the HTML report; the per-sample curves of
 ``--log-samples`` and the all-methods plot. The numbers in the table are checked against the result files
-themselves (means, intervals, ratio to the random row of the same model and task), not against the code that
-builds the table."""
+themselves (means, intervals, the paired differences from the random baselines), not against the code that builds
+the table."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from helpers import run_cli_inprocess
 
 MODELS = ("demo/shapes-clean", "demo/shapes-shortcut")
 TASKS = ("covar-shapes/original", "covar-shapes/bg_varied")
-METHODS = ("cci", "occlusion", "rise", "random")
+METHODS = ("cci", "occlusion", "rise", "random", "random-patch")
 STEPS = 4
 COMMON = ("--limit", "3", "--steps", str(STEPS), "--bootstrap", "50", "--device", "cpu", "--batch-size", "4")
 
 
 @pytest.fixture(scope="module")
 def faith(covar_shapes_data, tmp_path_factory):
-    """Two demo models x two tasks x cci, occlusion, rise (16 masks) and random, with --log-samples."""
+    """Two demo models x two tasks x cci, occlusion, rise (16 masks) and the random baselines, with --log-samples."""
     out = tmp_path_factory.mktemp("faith") / "out"
     proc = run_cli_inprocess(
         "faithfulness", "--models", ",".join(MODELS), "--tasks", ",".join(TASKS), "--attributors", "cci,occlusion,rise",
@@ -91,39 +91,70 @@ def _fmt(res: dict, metric: str) -> str:
     return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _diff(entry: dict) -> str:
+    lo, hi = entry["interval"]
+    return f"{entry['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def test_leaderboard_table_matches_the_files(faith):
-    """One table per task, a row per method x model; every value, interval and ratio as the files say."""
+    """Per task a values table (a row per method x model) and a paired differences table (a row per method x
+    model x baseline); every value, interval and difference as the files say."""
     proc = run_cli_inprocess("leaderboard", str(faith), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     tables = {t["title"]: t for t in data["tables"]}
-    assert set(tables) == {f"faithfulness: {task}" for task in TASKS}
+    assert set(tables) == {f"faithfulness{kind}: {task}" for task in TASKS for kind in ("", ", paired differences")}
     for task in TASKS:
         table = tables[f"faithfulness: {task}"]
         cols = table["columns"]
-        assert cols[:3] == ["Method", "Model", "n"] and "Del. tokens AUC" in cols and "Pointing ratio" in cols
+        assert cols[:3] == ["Method", "Model", "n"] and "Del. tokens AUC" in cols and "Rank accuracy" in cols
         assert len(table["rows"]) == len(MODELS) * len(METHODS)
+        assert [r[0] for r in table["rows"]][-2:] == ["random", "random-patch"]  # the baselines last per model
         for row in table["rows"]:
             method, model, n = row[:3]
-            res, rnd = result(faith, model, task, method), result(faith, model, task, "random")
+            res = result(faith, model, task, method)
             assert n == res["n_samples"] == 3
-            for metric, value_col, ratio_col in (
-                ("deletion_auc", "Del. AUC", "Del. ratio"),
-                ("insertion_tokens_auc", "Ins. tokens AUC", "Ins. tokens ratio"),
-                ("pointing_energy", "Pointing energy", "Pointing ratio"),
-            ):
-                assert row[cols.index(value_col)] == _fmt(res, metric)
-                assert row[cols.index(ratio_col)] == f"{res[metric] / rnd[metric]:.2f}x"
-        randoms = [r for r in table["rows"] if r[0] == "random"]
-        assert all(r[cols.index("Del. ratio")] == "1.00x" for r in randoms)
-    # long rows: the same numbers as fractions, with the interval ends and the ratio
+            for metric, col in (("deletion_auc", "Del. AUC"), ("insertion_tokens_auc", "Ins. tokens AUC"),
+                                ("pointing_energy", "Pointing energy")):  # fmt: skip
+                assert row[cols.index(col)] == _fmt(res, metric)
+        paired = tables[f"faithfulness, paired differences: {task}"]
+        cols = paired["columns"]
+        assert cols[:4] == ["Method", "Model", "vs", "n"] and "Δ del tok" in cols
+        # every method against both baselines, random against random-patch, random-patch against none
+        assert len(paired["rows"]) == len(MODELS) * ((len(METHODS) - 2) * 2 + 1)
+        for row in paired["rows"]:
+            res = result(faith, row[1], task, row[0])
+            for metric, col in (("deletion_auc", "Δ del"), ("relevance_rank_accuracy", "Δ rank")):
+                assert row[cols.index(col)] == _diff(res["paired"][row[2]][metric])
+    # long rows: the same numbers, with the interval ends and the paired differences
     cci = result(faith, MODELS[0], TASKS[0], "cci")
     rows = {(r["model"], r["task"], r["metric"]): r for r in data["results"]}
     key = (MODELS[0], TASKS[0], "faithfulness/cci/deletion_auc")
     assert rows[key]["value"] == cci["deletion_auc"]
     assert rows[(*key[:2], key[2] + "_ci_low")]["value"] == cci["metrics"]["deletion_auc"]["interval"][0]
-    rnd = result(faith, MODELS[0], TASKS[0], "random")
-    assert rows[(*key[:2], key[2] + "_vs_random")]["value"] == pytest.approx(cci["deletion_auc"] / rnd["deletion_auc"])
+    minus = rows[(*key[:2], key[2] + "_minus_random-patch")]
+    assert minus["value"] == cci["paired"]["random-patch"]["deletion_auc"]["mean"] and minus["n_samples"] == 3
+    high = rows[(*key[:2], key[2] + "_minus_random_ci_high")]["value"]
+    assert high == cci["paired"]["random"]["deletion_auc"]["interval"][1]
+
+
+def test_paired_difference_by_hand():
+    """Source-clustered pairing on a fixture: the mean of the per-image differences, images paired by index
+    (missing or null values dropped), and an interval of a constant difference that is that constant."""
+    from covar_harness.faithfulness.settings import FaithfulnessSettings
+    from covar_harness.faithfulness.summary import paired_difference
+
+    a = [{"index": i, "source_id": f"s{i // 2}", "m": v} for i, v in enumerate([0.5, 0.7, 0.2, None, 0.9])]
+    b = [{"index": i, "source_id": f"s{i // 2}", "m": v} for i, v in enumerate([0.4, 0.4, 0.1, 0.3])]
+    got = paired_difference(a, b, "m", FaithfulnessSettings(bootstrap=200))
+    assert got["n"] == 3 and got["mean"] == pytest.approx((0.1 + 0.3 + 0.1) / 3)
+    lo, hi = got["interval"]
+    assert 0.1 - 1e-9 <= lo <= got["mean"] <= hi <= 0.2 + 1e-9  # source s0 (0.1, 0.3) or s1 (0.1) resampled
+    same = paired_difference(a[:3], [{**r, "m": r["m"] - 0.25} for r in a[:3]], "m", FaithfulnessSettings())
+    assert same["mean"] == pytest.approx(0.25) and same["interval"] == pytest.approx([0.25, 0.25])
+    assert same["p"] == 0.0
+    none = paired_difference(a, b, "m", FaithfulnessSettings(bootstrap=0))
+    assert none["interval"] is None and none["p"] is None
 
 
 def test_every_format_shows_it(faith):
@@ -145,7 +176,7 @@ def test_every_format_shows_it(faith):
 def test_validate_accepts_faithfulness_files_and_refuses_broken_ones(faith, tmp_path):
     proc = run_cli_inprocess("validate", str(faith))
     assert proc.returncode == 0, proc.stdout
-    assert f"{len(MODELS) * len(TASKS) * len(METHODS)} file(s): 16 ok, 0 invalid" in proc.stdout
+    assert f"{len(MODELS) * len(TASKS) * len(METHODS)} file(s): 20 ok, 0 invalid" in proc.stdout
     strict = run_cli_inprocess("validate", "--strict", str(faith))
     assert strict.returncode == 1 and "a faithfulness result, not a submission" in strict.stdout
     good = result(faith, MODELS[0], TASKS[0], "cci")
@@ -157,29 +188,18 @@ def test_validate_accepts_faithfulness_files_and_refuses_broken_ones(faith, tmp_
     bad["metrics"]["deletion_auc"]["interval"] = [0.9, 0.1]
     bad["metrics"]["pointing_energy"]["mean"] = bad["pointing_energy"] = 1.5
     bad["model"] = "two\nlines"
+    bad["paired"]["random"]["deletion_auc"]["p"] = 2.0
+    bad["paired"]["random"]["no_such_metric"] = {"mean": 0.1, "n": 3}
     errors = validation.validate_any(bad)
     assert any("deletion_auc.interval" in e for e in errors) and any("pointing_energy.mean" in e for e in errors)
     assert any(e.startswith("model:") for e in errors)
+    assert "paired.random.deletion_auc.p: must be null or in [0, 1], got 2.0" in errors
+    assert any(e.startswith("paired.random.no_such_metric") for e in errors)
     folder = tmp_path / "mixed"
     shutil.copytree(faith, folder)
     (folder / "broken.json").write_text(json.dumps(bad))
     proc = run_cli_inprocess("leaderboard", str(folder), "--format", "markdown")
     assert proc.returncode == 0 and "broken.json" in proc.stderr and "two" not in proc.stdout
-
-
-def test_ratio_needs_a_random_row_with_the_same_settings(faith):
-    loaded = lb.collect(faith)
-    changed = [json.loads(json.dumps(r)) for r in loaded.faithfulness]
-    for r in changed:
-        if r["attributor"] == "random" and r["model"] == MODELS[0]:
-            r["settings"]["steps"] = 99  # another protocol: no ratio against it
-    tables = {t.title: t for t in lb.build_tables([], None, changed)}
-    table = tables[f"faithfulness: {TASKS[0]}"]
-    ratio = table.columns.index("Del. ratio")
-    for row in table.rows:
-        if row[0] != "random":
-            assert (row[ratio] is None) == (row[1] == MODELS[0])
-    assert "No ratio for demo/shapes-clean" in (table.caption or "")
 
 
 def test_classification_tables_unchanged_and_report_has_it(faith, covar_shapes_data, tmp_path):

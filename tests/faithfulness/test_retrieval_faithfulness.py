@@ -90,14 +90,16 @@ def test_cosine_label_explains_the_paired_caption(openclip_dir, retrieval_task, 
 
 def test_softmax_pred_explains_the_best_matching_caption_set(openclip_dir, retrieval_task, tmp_path):
     """``--target pred``: the image -> text top 1 among the pair's caption sets; ``--score softmax``: the softmax
-    over those sets at CLIP's logit scale (the retrieval softmax)."""
+    over those sets at the model's own logit scale (the retrieval softmax), recorded in the result."""
     data, task = retrieval_task
     spec, out = f"openclip:local-dir:{openclip_dir}", tmp_path / "faith"
     proc = _faithfulness(spec, task, out, "--score", "softmax", "--target", "pred")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     _, cos, _ = independent_scores(spec, data)
-    _, rows = _rows(out, "occlusion")
-    probs = np.exp(100 * (cos - cos.max(axis=1, keepdims=True)))
+    result, rows = _rows(out, "occlusion")
+    T = result["settings"]["temperature"]
+    assert result["settings"]["temperature_from"] == "the model's logit scale" and T != 100.0
+    probs = np.exp(T * (cos - cos.max(axis=1, keepdims=True)))
     probs /= probs.sum(axis=1, keepdims=True)
     assert [r["target"] for r in rows] == cos.argmax(axis=1).tolist()
     assert [r["label"] for r in rows] == list(range(7))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from covar_harness.common.safe_files import slug
 from covar_harness.leaderboard import exports
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
@@ -70,9 +71,9 @@ def test_hf_layout_parses_and_carries_the_leaderboards_numbers(tmp_path, monkeyp
     assert code == 0, err
     assert "2 model folder(s)" in out
     folders = sorted(p.name for p in (tmp_path / "hf").iterdir() if p.is_dir())
-    assert folders == sorted(results.slug(m) for m in MODELS)
+    assert folders == sorted(slug(m) for m in MODELS)
     for model in MODELS:
-        folder = tmp_path / "hf" / results.slug(model)
+        folder = tmp_path / "hf" / slug(model)
         text = (folder / "README.md").read_text(encoding="utf-8")
         assert text.startswith("---\n") and text.endswith("---\n")
         card = yaml.safe_load(text[4:-4])
@@ -87,7 +88,7 @@ def test_hf_layout_parses_and_carries_the_leaderboards_numbers(tmp_path, monkeyp
             assert got == {exports.METRIC_NAMES.get(k, k): v for k, v in want.items()}
             assert next(m for m in result["metrics"] if m["name"] == "top-1 accuracy")["type"] == "accuracy"
         for task in TASKS:
-            (item,) = yaml.safe_load((folder / ".eval_results" / f"{results.slug(task)}.yaml").read_text("utf-8"))
+            (item,) = yaml.safe_load((folder / ".eval_results" / f"{slug(task)}.yaml").read_text("utf-8"))
             assert item["dataset"] == {"id": task, "task_id": "acc1"}
             assert item["value"] == expected(tmp_path / "results", model, task)["acc1"]
             assert item["date"] == "2024-01-01" and item["source"] == {"name": "covar-harness 0", "url": url}
@@ -219,7 +220,7 @@ def test_push_opens_pull_requests_through_huggingface_hub(tmp_path, monkeypatch)
     assert "discussions/1" in out
     (_, upload, files), (_, (repo, metadata), options) = calls
     assert upload["repo_id"] == "me/model" and upload["create_pr"] and upload["path_in_repo"] == ".eval_results"
-    assert files == sorted(f"{results.slug(t)}.yaml" for t in TASKS)
+    assert files == sorted(f"{slug(t)}.yaml" for t in TASKS)
     assert repo == "me/model" and options == {"overwrite": False, "create_pr": True}
     assert metadata["model-index"][0]["name"] == MODELS[0]
     assert metadata["model-index"][0]["results"][0]["source"]["url"] == "https://huggingface.co/me/model"

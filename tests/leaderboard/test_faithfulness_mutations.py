@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from covar_harness.faithfulness.leaderboard import METRICS, SCHEMA
 from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report.html import leaderboard_page
 from covar_harness.results import validation
+from covar_harness.results.faithfulness import METRICS, SCHEMA
 from helpers import run_cli_inprocess
 
 VALUES = [
@@ -38,6 +38,7 @@ def faithfulness_record(model: str = "demo/shapes-clean", method: str = "cci") -
         "error": None,
         "notes": [],
         "metrics": metrics,
+        "paired": {"random": {"deletion_auc": {"mean": -0.1, "interval": [-0.2, 0.0], "p": 0.04, "n": 4}}},
         "curves": {"deletion": {"x": [0.0, 1.0], "mean": [0.5, 0.1]}},
         "settings": {"score": "cosine", "steps": 4, "replacement": "blur", "bootstrap": 50},
         "samples": [],
@@ -51,10 +52,12 @@ def _mutations():
     paths = [(key,) for key in base] + [("settings", k) for k in base["settings"]] + [("settings", "new")]
     paths += [("metrics", "deletion_auc", k) for k in ("mean", "interval", "n")] + [("metrics", "deletion_auc")]
     paths += [("curves", "deletion"), ("curves", "deletion", "x")]
+    paired = ("paired", "random", "deletion_auc")
+    paths += [paired, paired[:2], ("paired", "random", "rank"), *((*paired, k) for k in ("mean", "interval", "p", "n"))]
     for path in paths:
         for value in [*VALUES, "<delete>"]:
             yield [(path, value)]
-    for value in VALUES:  # the same value on the method's random baseline: the ratio compares settings
+    for value in VALUES:  # the same value on the method's random baseline
         yield [(("settings", "score"), value), (("attributor",), "random")]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from covar_harness.common.safe_files import slug
 from covar_harness.leaderboard import render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
@@ -274,7 +275,7 @@ def test_every_referenced_file_is_inside_the_site_and_no_absolute_paths(site, de
             "covar-shapes/accuracy-vs-bg-er.svg",
             "covar-shapes/accuracy.svg",
             "covar-shapes/diagnosis.svg",
-            f"{results.slug(HOSTILE_TASK.split('/')[0])}/accuracy.svg",
+            f"{slug(HOSTILE_TASK.split('/')[0])}/accuracy.svg",
         ]
     )
     for name in ("leaderboard.csv", "leaderboard.json", "leaderboard.md", "assets/report.css", "assets/report.js"):

@@ -140,7 +140,7 @@ def test_mask_cache_round_trip_is_atomic_and_remembers_misses(tmp_path):
     cache.put(key_b, None)
     assert np.array_equal(np.asarray(cache.get(key_a)), np.asarray(stripe_mask(6, 4, 0, 3)))
     assert cache.get(key_b) is None
-    assert not list(tmp_path.rglob("*.tmp"))  # temp files (results.atomic_write) renamed away
+    assert not list(tmp_path.rglob("*.tmp"))  # temp files (safe_files.atomic_write) renamed away
     (tmp_path / key_a[:2] / f"{key_a}.png").write_bytes(b"truncated")
     assert cache.get(key_a) is MaskCache.MISSING  # a damaged entry is recomputed, not an error
 

@@ -22,7 +22,7 @@ from covar_harness.masks.segmenter import (
     grounding_prompt,
     parse_segmenter_opts,
 )
-from helpers import make_image_folder, write_task_yaml
+from helpers import make_image_folder, patch_everywhere, write_task_yaml
 from helpers import run_cli_inprocess as cli
 from segmenter_helpers import BoxSam, PlantedDetector, bert_tokenizer
 
@@ -168,7 +168,7 @@ def test_unknown_segmenter_opt_exits_2_before_any_model_loads(task_yaml, monkeyp
     def fail(*_, **__):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(models, "load_model", fail)
+    patch_everywhere(monkeypatch, models, "load_model", fail)
     r = cli("run", "--models", "openclip:ViT-B-32", "--tasks", str(task_yaml), "--segmenter-opt", "box_treshold=0.2")
     assert r.returncode == 2 and "did you mean 'box_threshold'" in r.stderr
     r = cli("run", "--models", "openclip:ViT-B-32", "--tasks", str(task_yaml), "--segmenter-opt", "threshold")
@@ -227,7 +227,7 @@ def test_auto_runs_cci_on_a_maskless_task_that_asks_or_names_a_segmenter(opencli
 
 
 def test_task_yaml_diagnose_must_be_a_bool(tmp_path):
-    from covar_harness.data.taskconfig import TaskConfigError, load_task_file
+    from covar_harness.catalog.taskconfig import TaskConfigError, load_task_file
 
     images = make_image_folder(tmp_path / "imgs", per_class=1)
     assert load_task_file(write_task_yaml(tmp_path / "a.yaml", "toy/a", images, diagnose=True)).diagnose is True

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from covar_harness.catalog.plugin_manager import Keywords, call_with_accepted, keywords_of
+from covar_harness.common.safe_files import slug
 from covar_harness.data import subsets
 from covar_harness.data.resources import read_csv
 from covar_harness.data.subsets import COVAR_SUBSETS, SUBSET_TITLES
-from covar_harness.results import files as results
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("harness", "plugins", "tasks", "scripts")
@@ -70,12 +70,12 @@ def test_one_csv_reader():
 
 # ---- one slug --------------------------------------------------------------------------------------------------
 def test_one_slug_function_with_the_build_covar_form_unchanged():
-    assert _holders(r"def _?slug\(", _code_files()) == ["harness/covar_harness/results/files.py"]
-    assert results.slug("ice bear", hashed=False) == "ice-bear"  # build-covar class folders and object ids
-    assert results.slug("ice bear/one:two", hashed=False) == "ice-bear-one-two"
-    assert results.slug("", hashed=False) == "x"
+    assert _holders(r"def _?slug\(", _code_files()) == ["harness/covar_harness/common/safe_files.py"]
+    assert slug("ice bear", hashed=False) == "ice-bear"  # build-covar class folders and object ids
+    assert slug("ice bear/one:two", hashed=False) == "ice-bear-one-two"
+    assert slug("", hashed=False) == "x"
     for safe in ("circle-circle0", "grass-07", "ell-e0"):  # COVAR-Shapes and build-covar ids: both forms agree
-        assert results.slug(safe) == results.slug(safe, hashed=False) == safe
+        assert slug(safe) == slug(safe, hashed=False) == safe
 
 
 # ---- one signature policy --------------------------------------------------------------------------------------

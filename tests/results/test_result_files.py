@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covar_harness.common.safe_files import slug
 from covar_harness.results import files as results
 from covar_harness.results import validation
 from result_records import deadline, valid_record
@@ -42,7 +43,7 @@ def test_slugs_of_names_that_used_to_collide_differ():
         "a",
         ".a",
     ]
-    slugs = [results.slug(n) for n in names]
+    slugs = [slug(n) for n in names]
     assert len(set(slugs)) == len(names), dict(zip(names, slugs))
 
 
@@ -51,22 +52,22 @@ def test_slug_is_injective_on_every_short_string_over_a_tricky_alphabet():
     names = ["".join(t) for n in range(5) for t in itertools.product(alphabet, repeat=n)]
     seen: dict[str, str] = {}
     for name in names:
-        s = results.slug(name)
+        s = slug(name)
         assert seen.setdefault(s, name) == name, f"{name!r} and {seen[s]!r} both -> {s!r}"
 
 
 def test_safe_names_keep_todays_slugs_and_the_demo_paths():
-    assert results.slug("demo/shapes-clean") == "demo__shapes-clean"
-    assert results.slug("toy/good") == "toy__good"
-    assert results.slug("covar/bg_varied") == "covar__bg_varied"
+    assert slug("demo/shapes-clean") == "demo__shapes-clean"
+    assert slug("toy/good") == "toy__good"
+    assert slug("covar/bg_varied") == "covar__bg_varied"
     out = Path("results")
     assert (
         results.result_path(out, "demo/shapes-clean", "covar-shapes/original")
         == out / "demo__shapes-clean" / "covar-shapes__original.json"
     )
-    hashed = results.slug("openclip:ViT-B-32/openai")
+    hashed = slug("openclip:ViT-B-32/openai")
     assert re.fullmatch(r"openclip_ViT-B-32__openai-[0-9a-f]{16}", hashed)
-    assert results.slug("openclip:ViT-B-32/openai") == hashed  # stable
+    assert slug("openclip:ViT-B-32/openai") == hashed  # stable
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,7 @@ def test_safe_names_keep_todays_slugs_and_the_demo_paths():
     ],
 )
 def test_slugs_are_short_plain_names_inside_the_output_dir(tmp_path, name):
-    s = results.slug(name)
+    s = slug(name)
     assert re.fullmatch(r"[A-Za-z0-9._=-]+", s) and len(s.encode()) <= 200
     assert s not in (".", "..") and not s.startswith(".")
     assert not re.fullmatch(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", s)
@@ -100,14 +101,14 @@ def test_slugs_are_short_plain_names_inside_the_output_dir(tmp_path, name):
 
 
 def test_a_name_spelling_out_another_names_hashed_slug_gets_its_own():
-    hashed = results.slug("col/a b")
-    assert results.slug(hashed) != hashed
-    assert results.slug(hashed.replace("__", "/")) != hashed
+    hashed = slug("col/a b")
+    assert slug(hashed) != hashed
+    assert slug(hashed.replace("__", "/")) != hashed
 
 
 def test_long_names_differing_only_at_the_end_get_different_files():
     a, b = "m/" + "x" * 300 + "a", "m/" + "x" * 300 + "b"
-    assert results.slug(a) != results.slug(b)
+    assert slug(a) != slug(b)
 
 
 # ---- 8: non-finite numbers --------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import pytest
 
 import covar_harness
 from covar_harness.catalog.registry import UsageError
+from covar_harness.models import specs
+from helpers import patch_everywhere
 from helpers import run_cli_inprocess as cli
 
 
@@ -39,7 +41,7 @@ def test_evaluate_writes_only_into_output_dir_and_resumes(openclip_dir, task_yam
 
 
 def test_bad_options_fail_before_anything_loads(task_yaml, monkeypatch):
-    monkeypatch.setattr("covar_harness.models.specs.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    patch_everywhere(monkeypatch, specs, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(UsageError, match="did you mean 'cci_k'"):
         covar_harness.evaluate("demo", str(task_yaml), cci_kk=3)
     with pytest.raises(UsageError, match="--cci-k 99"):

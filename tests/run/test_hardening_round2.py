@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import yaml
 
+from covar_harness.common.safe_files import slug
 from covar_harness.results import files as results
 from covar_harness.run.partfiles import pair_lock, part_path
 from helpers import make_image_folder, write_task_yaml
@@ -357,7 +358,7 @@ def test_missing_maps_redo_a_pair_whose_attribution_ran_only(tmp_path):
     off = {"config": {"attribution": {"status": "off"}}}
     assert missing_outputs(path, ran, "m/x", "t/y", options) == ["its maps (--save-maps)"]
     assert missing_outputs(path, off, "m/x", "t/y", options) == []
-    folder = maps / results.slug("m/x") / results.slug("t/y")
+    folder = maps / slug("m/x") / slug("t/y")
     folder.mkdir(parents=True)
     (folder / "000000_correct_a.png").write_bytes(b"png")
     assert missing_outputs(path, ran, "m/x", "t/y", options) == []
@@ -366,9 +367,9 @@ def test_missing_maps_redo_a_pair_whose_attribution_ran_only(tmp_path):
 # ---- item 9: result file names ---------------------------------------------------------------------------
 def test_the_audits_colliding_task_names_get_two_files():
     a, b = "col/a^}%#;%)%%&b", "col/a}:+}:}%+)@b"
-    assert results.slug(a, digits=8) == results.slug(b, digits=8)  # the 32-bit collision the audit found
-    assert results.slug(a) != results.slug(b)
-    assert len(results.slug(a).rsplit("-", 1)[1]) == 16
+    assert slug(a, digits=8) == slug(b, digits=8)  # the 32-bit collision the audit found
+    assert slug(a) != slug(b)
+    assert len(slug(a).rsplit("-", 1)[1]) == 16
 
 
 def test_two_pairs_that_map_to_one_file_are_refused_before_anything_runs(openclip_dir, toy, tmp_path, monkeypatch):

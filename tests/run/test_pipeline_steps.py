@@ -18,7 +18,7 @@ from PIL import Image
 
 from covar_harness import hookimpl
 from covar_harness.data.samples import Sample, SampleSet
-from helpers import with_masks
+from helpers import patch_everywhere, with_masks
 
 SIDE, PATCH = 16, 8
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -116,7 +116,7 @@ def with_plugins(monkeypatch, *plugins) -> None:
     def load_with(include_paths=(), allow=None, extra_plugins=()):
         return original(include_paths, allow, [*extra_plugins, *plugins])
 
-    monkeypatch.setattr(plugin_manager, "load_catalog", load_with)
+    patch_everywhere(monkeypatch, plugin_manager, "load_catalog", load_with)
 
 
 def evaluate(tmp_path: Path, steps: list, rules=("paper", "counterfactual"), extra_plugins=()) -> dict:

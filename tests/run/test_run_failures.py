@@ -12,8 +12,9 @@ import pytest
 
 from covar_harness.cli import main as cli
 from covar_harness.cli.main import build_parser
+from covar_harness.models import specs
 from covar_harness.run import evaluator
-from helpers import make_image_folder, write_task_yaml
+from helpers import make_image_folder, patch_everywhere, write_task_yaml
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -91,7 +92,7 @@ def test_cheap_checks_fail_before_any_model_loads(openclip_dir, two_tasks, tmp_p
     def no_load(*a, **k):
         raise AssertionError("a model was loaded before the cheap checks")
 
-    monkeypatch.setattr("covar_harness.models.specs.load_model", no_load)
+    patch_everywhere(monkeypatch, specs, "load_model", no_load)
     args = base_args(openclip_dir, two_tasks, tmp_path / "out")
     code, _, err = run_cli(capsys, *args, "--device", "cdua")
     assert code == 2 and "did you mean 'cuda'" in err
@@ -242,7 +243,7 @@ def test_a_templates_file_that_is_a_fifo_or_bad_json_is_exit_2_not_a_hang(opencl
 
 
 def test_k_above_the_patch_count_is_refused_before_loading(openclip_dir, two_tasks, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("covar_harness.models.specs.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    patch_everywhere(monkeypatch, specs, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     code, _, err = run_cli(
         capsys, *base_args(openclip_dir, two_tasks, tmp_path / "out")[:-2], "--attribution", "cci", "--cci-k", "20"
     )
@@ -255,7 +256,7 @@ def test_an_unreachable_hub_is_explained_once_per_run(two_tasks, tmp_path, capsy
     def unreachable(spec, *a, **k):
         raise HubUnreachableError(spec, "/cache", "ConnectError: timed out")
 
-    monkeypatch.setattr("covar_harness.models.specs.load_model", unreachable)
+    patch_everywhere(monkeypatch, specs, "load_model", unreachable)
     code, stdout, err = run_cli(
         capsys,
         "run",

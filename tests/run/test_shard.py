@@ -8,7 +8,7 @@ import pytest
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.run.plan import parse_shard, shard_pairs
-from helpers import make_image_folder, write_task_yaml
+from helpers import make_image_folder, patch_everywhere, write_task_yaml
 from helpers import run_cli_inprocess as cli
 
 
@@ -90,7 +90,7 @@ def test_an_invalid_shard_exits_2_before_anything_loads(openclip_dir, two_tasks,
     def no_load(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(models, "load_model", no_load)
+    patch_everywhere(monkeypatch, models, "load_model", no_load)
     r = _run(openclip_dir, two_tasks, tmp_path / "out", "--shard", "2/2")
     assert r.returncode == 2 and "--shard" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()

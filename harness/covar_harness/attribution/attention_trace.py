@@ -73,7 +73,7 @@ def cls_readout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Te
 
 def cls_pool(x: torch.Tensor) -> torch.Tensor:
     """(B, T) one-hot on the CLS token (index 0) for tokens ``x`` (B, T, C): a CLS readout's ``Trace.pool``."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     pool = torch.zeros(x.shape[:2], device=x.device, dtype=torch.float32)
     pool[:, 0] = 1.0
@@ -83,8 +83,8 @@ def cls_pool(x: torch.Tensor) -> torch.Tensor:
 def traced_scores(adapter: Any, pixels: torch.Tensor, text: torch.Tensor) -> tuple[Trace, torch.Tensor]:
     """(trace, s): a traced forward with gradients on, and s (B,) = cos(image_b, text_b) in the graph. Works
     under the callers' ``no_grad``; inputs made in inference mode are cloned into normal tensors first."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     with torch.inference_mode(False), torch.enable_grad():
         # the pixels require grad so the graph exists even for a model with frozen weights
@@ -97,7 +97,7 @@ def traced_scores(adapter: Any, pixels: torch.Tensor, text: torch.Tensor) -> tup
 def gradients(s: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """d(sum_b s_b)/d tensors: one backward for the whole batch (images are independent, so row b of each
     gradient is image b's own)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     with torch.inference_mode(False), torch.enable_grad():
         return list(torch.autograd.grad(s.sum(), tensors))
@@ -115,7 +115,7 @@ class TraceAttributor(Attributor):
         raise NotImplementedError
 
     def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         patch = self.patch_map(batch.adapter, batch.pixels, batch.text).detach().float().to(batch.s.device)
         clusters = torch.zeros(patch.shape[0], batch.k, device=patch.device, dtype=patch.dtype)

@@ -113,7 +113,7 @@ class Attributor:
     def make_step(cls, **settings: Any) -> AttributionStep:
         """The registered factory: an attribution step running this method (keyword settings as the CLI offers
         them, see ``AttributionSettings.from_flat``)."""
-        from covar_harness.attribution.step import AttributionStep
+        from covar_harness.attribution.step import AttributionStep  # cycle: the step module builds on this one
 
         return AttributionStep(cls, **settings)
 

@@ -150,7 +150,7 @@ class LeaveOneOut:
 def cluster_patterns(assignments: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N) ids -> drop patterns (B, K, N) and ``valid`` (B, K). An empty cluster, or one that holds every
     patch, gets an all-False pattern (nothing removed) and is marked invalid."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     patterns = assignments[:, None, :] == torch.arange(k, device=assignments.device)[None, :, None]
     counts = patterns.sum(dim=-1)
@@ -162,7 +162,7 @@ def normalize_tokens(tokens: torch.Tensor, how: str) -> torch.Tensor:
     """(B, N, C) tokens as k-means sees them (``--cci-normalize``): ``none`` as given; ``l2`` unit length per token
     (clusters by direction: token norms vary a lot across a ViT's patches); ``ln`` zero mean, unit variance over
     channels per token, without the affine part (what the next block's pre-norm sees)."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     normalizers = {
         "none": lambda t: t,
@@ -202,7 +202,7 @@ def _region_part(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The counterfactual region test's patterns (foreground only, background only), sent with the attributor's in
     the same removal call, and which images have a mask; (None, None) without masks or a classifier."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     if fg is None or classifier is None:
         return None, None
@@ -237,7 +237,7 @@ def attribute(
     removal embeddings (the removals do not depend on the target), so explaining both costs no model call.
     ``tokens`` (B, N, C): the patch tokens at ``settings.layer`` when the caller has them (the fused forward).
     """
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     kind = find_attributor(method)
     kind.check_k(settings.k)  # K > patches is allowed here (empty clusters); the step refuses it per model
@@ -304,7 +304,7 @@ def _encode_all(
 ) -> tuple[ClusterBatch, torch.Tensor | None, torch.Tensor | None]:
     """The one removal call for every pattern of the batch: (batch, embeddings, ran). In bf16/fp16 an all-False
     pattern rides along and the batch's reference embedding and s are read from it (``reference_from_removal``)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     if not allp.shape[1]:
         return batch, None, None
@@ -322,7 +322,7 @@ def reference_from_removal(adapter: Any) -> bool:
     """Whether s (the similarity every I_k is relative to) is read from the removal path (an all-False pattern)
     instead of ``encode_images``: in bf16/fp16 the two code paths round differently, and that difference would
     bias every I_k; in fp32 they agree to ~1e-6 and the extra pattern is skipped."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     return getattr(adapter, "dtype", None) in (torch.bfloat16, torch.float16)
 

@@ -37,7 +37,7 @@ class GradECLIP(TraceAttributor):
 
 def grad_eclip_map(trace: Trace, s: torch.Tensor) -> torch.Tensor:
     """(B, N) Grad-ECLIP map of the patches from a trace and its scores s (B,) in the graph."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     r, p = trace.readout, trace.n_prefix
     grad = gradients(s, [r.attended])[0][:, r.row]  # (B, C) at the readout query

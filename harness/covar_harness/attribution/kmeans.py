@@ -37,7 +37,7 @@ def kmeans_plusplus(x: torch.Tensor, k: int, uniforms: torch.Tensor) -> torch.Te
     """k-means++ seeding for every row at once. ``uniforms`` (R, k) in [0, 1) make it deterministic and
     device-independent: centre j is drawn by inverse CDF over the current squared distances. When every
     distance is 0 (fewer distinct points than k) the draw is uniform; duplicates then give empty clusters."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     R, N, _ = x.shape
     rows = torch.arange(R, device=x.device)
@@ -65,7 +65,7 @@ def _reseed_empty(x: torch.Tensor, dist: torch.Tensor, empty: torch.Tensor, cent
     """Move each empty cluster's centre onto a point far from its own centre (the j-th empty cluster of a row
     gets the j-th farthest point; sklearn's rule). A cluster whose candidate is at distance 0 stays empty:
     there is nothing left to split. Edits ``centres`` in place; returns (R,) whether a row was reseeded."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     R, N, _ = x.shape
     top = min(centres.shape[1], N)
@@ -82,7 +82,7 @@ def _reseed_empty(x: torch.Tensor, dist: torch.Tensor, empty: torch.Tensor, cent
 def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int) -> KMeansResult:
     """Lloyd iterations on every row until no row's assignment changes (sklearn's strict convergence,
     i.e. ``tol=0``). Converged rows sit at a fixed point, so iterating them along with the others is harmless."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     centres = centres.clone()
     k = centres.shape[1]
@@ -122,7 +122,7 @@ def batched_kmeans(
     When the restarts' copy of ``x`` would exceed ``KMEANS_BUDGET_BYTES``, the images are clustered in groups
     (every row is independent, so only memory changes).
     """
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     B, N, C = x.shape
     if len(seeds) != B and init is None:

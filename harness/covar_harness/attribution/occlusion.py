@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import Attributor, ClusterBatch, Scores
 from covar_harness.attribution.cci import relative_importance
+from covar_harness.models.adapter import patch_grid
 
 if TYPE_CHECKING:
     import torch
@@ -25,14 +26,14 @@ class Occlusion(Attributor):
     description = "baseline: occlusion, relative similarity drop when one patch alone is removed (N removal passes)"
 
     def patterns(self, batch: ClusterBatch) -> torch.Tensor:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         B, N = batch.labels.shape
         eye = torch.eye(N, dtype=torch.bool, device=batch.labels.device)
         return eye[None].expand(B, N, N)
 
     def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         assert without is not None and ran is not None  # N >= 1 patterns always go through the call
         s = batch.s
@@ -46,11 +47,11 @@ class Occlusion(Attributor):
     def pixel_importance(adapter: Any, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, N) occlusion in pixel space, for adapters without removal: each patch zeroed (the normalised
         mean colour) in turn; the B * (N + 1) images go to ``encode_images`` in one call."""
-        import torch
-        import torch.nn.functional as F
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
+        import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
+        # lazy: imports torch; ls registers this attributor without it
         from covar_harness.attribution.patches import patch_pixel_masks
-        from covar_harness.models.adapter import patch_grid
 
         B, _, H, W = pixels.shape
         masks = patch_pixel_masks(patch_grid(adapter), (H, W)).to(pixels.device)  # (N, H, W)

@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from covar_harness.common.console import clip, safe
+from covar_harness.common.safe_files import atomic_write
+from covar_harness.masks.geometry import geometric_like
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +66,6 @@ TEXT, MUTED, GOOD, BAD = (0, 0, 0), (90, 90, 90), (0, 120, 40), (200, 0, 0)
 
 def _probe(preprocess: Callable, value: int, size: tuple[int, int]) -> np.ndarray:
     """The preprocessed value of a uniform grey image: locates the per-channel affine normalisation."""
-    from PIL import Image
 
     return np.asarray(preprocess(Image.new("RGB", size, (value,) * 3)), dtype=np.float32).mean(axis=(1, 2))
 
@@ -86,7 +90,6 @@ def mask_to_input_frame(
 ) -> np.ndarray:
     """A mask (mode L, white = object) in the original frame -> (H, W) bool in the model-input frame: the mapping
     diagnosis uses (``mask_geometry.geometric_like``), thresholded at half a pixel of foreground."""
-    from covar_harness.masks.geometry import geometric_like
 
     return np.asarray(geometric_like(preprocess, mask, input_size_hw), dtype=np.float32) > 0.5
 
@@ -168,8 +171,6 @@ def map_name(index: int, stem: str, correct: bool | None) -> str:
 
 
 def _name(text: Any) -> str:
-    from covar_harness.common.console import clip, safe
-
     return clip(safe(text), NAME_CELLS)
 
 
@@ -194,15 +195,11 @@ def caption_lines(caption: Caption) -> list[str]:
 
 
 def safe_clip(text: Any, cells: int) -> str:
-    from covar_harness.common.console import clip, safe
-
     return clip(safe(text), cells)
 
 
 @cache
 def _font() -> Any:
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=12)  # Pillow >= 10.1 with FreeType: a scalable font
     except (TypeError, ImportError, OSError):
@@ -211,7 +208,6 @@ def _font() -> Any:
 
 def _drawable(text: str, font: Any, width: int) -> str:
     """``text`` cut until it fits ``width`` pixels; characters the bitmap fallback font lacks become ``?``."""
-    from PIL import ImageFont
 
     if not isinstance(font, ImageFont.FreeTypeFont):
         text = text.encode("latin-1", "replace").decode("latin-1")
@@ -264,7 +260,6 @@ def _draw_caption(draw: Any, y: int, width: int, caption: Caption) -> int:
 
 def _with_legend(panels: np.ndarray, peak: float, has_mask: bool, caption: Caption | None) -> Image.Image:
     """The panels with the legend and (when given) the caption on a white strip below."""
-    from PIL import Image, ImageDraw
 
     height, width = panels.shape[:2]
     lh = _line_height(_font())
@@ -288,7 +283,6 @@ def render_overlay(
     caption: Caption | None = None,
 ) -> Image.Image:
     """The overlay as a PIL image: two panels, legend, caption (see the module docstring)."""
-    from PIL import Image
 
     h, w = rgb.shape[:2]
     scale = max(1, -(-MIN_SIDE // min(h, w)))
@@ -326,9 +320,6 @@ def save_overlay(
         return None if t is None else (t.numpy() if hasattr(t, "numpy") else np.asarray(t))
 
     image = render_overlay(rgb, to_np(patch_importance), to_np(assignments), mask, caption)
-    from PIL import Image
-
-    from covar_harness.results.files import atomic_write
 
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # as image.save(path) would choose

@@ -3,7 +3,12 @@ removed, and what a removed patch becomes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 if TYPE_CHECKING:
     import torch
@@ -12,7 +17,6 @@ if TYPE_CHECKING:
 def patch_pixel_masks(grid: tuple[int, int], size_hw: tuple[int, int]) -> torch.Tensor:
     """(N, H, W) bool, raster order: patch (r, c) covers rows [r*H//rows, (r+1)*H//rows) and the same for columns
     (exact tiles for a ViT; the nearest split otherwise)."""
-    import torch
 
     rows, cols = grid
     H, W = size_hw
@@ -22,11 +26,24 @@ def patch_pixel_masks(grid: tuple[int, int], size_hw: tuple[int, int]) -> torch.
     return ids[None] == torch.arange(rows * cols)[:, None, None]
 
 
-def importance_order(importance: torch.Tensor) -> torch.Tensor:
-    """(B, N) -> (B, N) patch indices, most important first; ties keep raster order (stable sort)."""
-    import torch
+TIE_SEED_OFFSET = 3  # added to an image's seed for its tie order (random uses +1, random-patch +2)
 
-    return torch.sort(importance.float(), dim=1, descending=True, stable=True).indices
+
+def importance_order(importance: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """(B, N) -> (B, N) indices, most important first. Ties keep raster order without ``seeds``; with one seed
+    per image they fall in a seeded random order of that image (the same whatever the batch). Why: a ReLU map
+    (gradcam, grad-eclip) is exactly 0 on about half the patches and a cluster-constant map (cci) ties within
+    each cluster, so raster order would hand the top-left patches the lead in every curve and rank."""
+
+    values = importance.float()
+    if seeds is None:
+        return torch.sort(values, dim=1, descending=True, stable=True).indices
+    N = values.shape[1]
+    perms = torch.stack(
+        [torch.randperm(N, generator=torch.Generator().manual_seed(int(s) + TIE_SEED_OFFSET)) for s in seeds]
+    ).to(values.device)
+    ranked = torch.sort(values.gather(1, perms), dim=1, descending=True, stable=True).indices
+    return perms.gather(1, ranked)
 
 
 def step_counts(n: int, steps: int) -> list[int]:
@@ -36,7 +53,6 @@ def step_counts(n: int, steps: int) -> list[int]:
 
 def top_masks(order: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """(B, S + 1, N) bool: at point k, the ``counts[k]`` most important patches of each image."""
-    import torch
 
     B, N = order.shape
     rank = torch.empty_like(order)
@@ -47,8 +63,6 @@ def top_masks(order: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), reflect padding (kernel radius 3 sigma, capped by the image)."""
-    import torch
-    import torch.nn.functional as F
 
     B, C, H, W = pixels.shape
     radius = max(1, min(int(3 * sigma), H - 1, W - 1))
@@ -68,7 +82,6 @@ def canvas(adapter: Any, pixels: torch.Tensor, replacement: str, sigma: float) -
         return gaussian_blur(pixels, sigma)
     if replacement == "mean":
         return pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels).clone()
-    from PIL import Image
 
     H, W = pixels.shape[-2:]
     black = adapter.preprocess(Image.new("RGB", (W, H), (0, 0, 0)))

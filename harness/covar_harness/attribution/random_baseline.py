@@ -23,7 +23,7 @@ class RandomBaseline(Attributor):
     description = "baseline: CCI's clusters with random importances (seeded)"
 
     def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         draws = torch.stack(
             [torch.rand(batch.k, generator=torch.Generator().manual_seed(int(seed) + 1)) for seed in batch.seeds]
@@ -38,7 +38,7 @@ class RandomPatch(Attributor):
     def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
         """Per-patch draws (the map faithfulness reads); per cluster, their mean (what diagnosis reads: still
         uninformative, and comparable across cluster sizes)."""
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         B, N = batch.labels.shape
         patch = torch.stack(

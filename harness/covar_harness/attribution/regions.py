@@ -81,7 +81,7 @@ def additive_share(drop: torch.Tensor, s: torch.Tensor, regions: RegionTest) -> 
     clusters each carry alone (redundant evidence, invisible to CCI) pulls it towards 0, synergy above 1. It
     reads the region test's two removals, already in the call: no model call of its own. NaN where the region
     test did not run or the regions' drops sum to under ``MIN_UNION_DROP`` of |s| (nothing to explain)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     union = 2 * s - regions.s_fg_only.to(s.device) - regions.s_bg_only.to(s.device)  # NaN where no test ran
     ok = union > MIN_UNION_DROP * s.abs()
@@ -96,7 +96,7 @@ def _maybe(value: float) -> float | None:
 def region_patterns(fg: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, N) foreground fraction per patch -> (B, 2, N): [drop foreground (background only), drop background
     (foreground only)]. The two regions partition the patches."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     is_fg = fg >= threshold
     return torch.stack([is_fg, ~is_fg], dim=1)
@@ -111,7 +111,7 @@ def region_test(
     masked: torch.Tensor,
 ) -> RegionTest:
     """Similarities and predictions from the two region-only embeddings (B, 2, D) (normalised)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     sims = (without * text[:, None, :]).sum(dim=-1).cpu()  # (B, 2): [bg only, fg only]
     preds = (without @ classifier.to(without.device)).argmax(dim=-1).cpu()

@@ -66,8 +66,8 @@ def encode_patterns(
 
     A pattern that removes every patch runs only when the adapter keeps a prefix token; otherwise it is replaced
     by "remove nothing" and marked not ``ran`` (its embedding must not be used)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     empty = patterns.all(dim=-1)
     if not bool(empty.any()):
@@ -88,7 +88,7 @@ def encode_without(
     gets the public (B, N) contract: the patterns flattened to (B*P, N) rows, each with its image's pixels
     (``repeat_interleave`` order), in calls of at most max(B, PATTERN_ROWS) rows, reshaped back. Every result is
     shape-checked, so a wrong one fails the pair with one line instead of broadcasting into wrong numbers."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     B, P, N = patterns.shape
     if supports_pattern_batches(adapter):

@@ -24,7 +24,8 @@ from covar_harness.attribution.cci import EPS
 from covar_harness.attribution.settings import CCISettings, is_int
 from covar_harness.attribution.step import AttributionStep
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.flags import flag, from_args
+from covar_harness.common.flags import cli_flags, flag, from_args
+from covar_harness.models.adapter import patch_grid
 
 if TYPE_CHECKING:
     import torch
@@ -88,9 +89,7 @@ class RISE(Attributor):
         return {"rise": asdict(self.settings)}
 
     def patterns(self, batch: ClusterBatch) -> torch.Tensor:
-        import torch
-
-        from covar_harness.models.adapter import patch_grid
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         rows, cols = patch_grid(batch.adapter)
         drops = [self._masks(int(seed), rows, cols) for seed in batch.seeds]
@@ -98,7 +97,7 @@ class RISE(Attributor):
 
     def _masks(self, seed: int, rows: int, cols: int) -> torch.Tensor:
         """(M, N) drop patterns for one image: coarse keep cells, shifted by a random offset per mask."""
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         s = self.settings
         g = torch.Generator().manual_seed(seed + 2 + s.seed)
@@ -112,7 +111,7 @@ class RISE(Attributor):
         return ~shifted.reshape(m, rows * cols)
 
     def scores(self, batch: ClusterBatch, without: torch.Tensor | None, ran: torch.Tensor | None) -> Scores:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         assert without is not None and ran is not None
         s = batch.s
@@ -152,6 +151,5 @@ def _configured(cls: type[RISE], settings: RISESettings) -> type[RISE]:
 
 def rise_flags(prefix: str = FLAG_PREFIX):
     """The ``--rise-*`` flags (``add_argument`` keywords), defaults and help text from :class:`RISESettings`."""
-    from covar_harness.common.flags import cli_flags
 
     return cli_flags(RISESettings, prefix)

@@ -21,7 +21,7 @@ class Rollout(TraceAttributor):
     description = "baseline: attention rollout (class-agnostic, 1 forward, no backward)"
 
     def patch_map(self, adapter: Any, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         with torch.no_grad():
             trace = adapter.attention_trace(pixels)
@@ -30,7 +30,7 @@ class Rollout(TraceAttributor):
 
 def rollout_map(attentions: list[torch.Tensor], pool: torch.Tensor, n_prefix: int) -> torch.Tensor:
     """(B, N) rollout from per-block probabilities (B, H, T, T) and the readout's weights ``pool`` (B, T)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     B, _, T, _ = attentions[0].shape
     eye = torch.eye(T, device=attentions[0].device)

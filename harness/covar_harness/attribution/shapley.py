@@ -97,7 +97,7 @@ class ShapleyValues:
 
 def coalition_table(k: int) -> torch.Tensor:
     """(2^K, K) bool: row c keeps cluster j iff bit j of c is set (row 0 = empty coalition, last = all)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     c = torch.arange(2**k)
     return (c[:, None] >> torch.arange(k)[None, :]) & 1 == 1
@@ -113,7 +113,7 @@ def coalition_patterns(assignments: torch.Tensor, k: int) -> torch.Tensor:
 def canonical_coalitions(assignments: torch.Tensor, k: int) -> torch.Tensor:
     """(B, 2^K) index of each coalition with its empty clusters removed: coalitions that differ only by empty
     clusters remove the same patches, so they share ONE value and an empty cluster is an exact null player."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     present = torch.zeros(assignments.shape[0], k, dtype=torch.long)
     present.scatter_(1, assignments.cpu(), 1)
@@ -124,7 +124,7 @@ def canonical_coalitions(assignments: torch.Tensor, k: int) -> torch.Tensor:
 def shapley_from_values(v: torch.Tensor, k: int) -> torch.Tensor:
     """Exact Shapley values (B, K) from coalition values v (B, 2^K) indexed as in ``coalition_table``:
     phi_i = sum over S not containing i of |S|! (K-|S|-1)! / K! * (v(S + i) - v(S)). Computed in float64."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     v = v.double()
     c = torch.arange(2**k)

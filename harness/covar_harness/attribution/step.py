@@ -9,9 +9,12 @@ masks, and on others when the diagnosis is on and its segmenter can provide mask
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from covar_harness.attribution.base import Attributor, find_attributor
 from covar_harness.attribution.engine import (
@@ -172,8 +175,7 @@ class AttributionStep(Step):
         grids = [foreground(batch, r) for r in rows]
         if all(g is None for g in grids):
             return None
-        import numpy as np
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         n = next(len(g) for g in grids if g is not None)
         return torch.from_numpy(
@@ -240,7 +242,6 @@ def _cluster_shares(records: list[AttributionRecord]) -> dict[str, float]:
     """How evenly k-means split the images: mean share of patches in each image's largest and smallest non-empty
     cluster. Why: a layer or normalisation that puts most patches in one cluster explains little (the per-image
     sizes are in the log's ``assignments``)."""
-    from collections import Counter
 
     sizes = [sorted(Counter(r.cci.assignments).values()) for r in records if r.cci.assignments]
     if not sizes:

@@ -7,6 +7,7 @@ comma-separated distributions it names load (empty string: none). Nothing here i
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pluggy
 
 from covar_harness.catalog import hookspecs
 from covar_harness.catalog.registry import Entry, Registry, UsageError
+from covar_harness.catalog.taskconfig import TaskIndex
 
 PROJECT = "covar_harness"
 DISTRIBUTION = "covar-harness"
@@ -39,7 +41,7 @@ class Catalog:
     """Everything the loaded plugins registered. Built once per process (or per test) and passed along."""
 
     models: Registry[Any] = field(default_factory=lambda: Registry("model"))
-    tasks: Any = None  # covar_harness.data.taskconfig.TaskIndex
+    tasks: Any = None  # covar_harness.catalog.taskconfig.TaskIndex
     attributors: Registry[Any] = field(default_factory=lambda: Registry("attributor"))
     segmenters: Registry[Any] = field(default_factory=lambda: Registry("segmenter"))
     concepts: Registry[Any] = field(default_factory=lambda: Registry("concept bank"))
@@ -122,7 +124,6 @@ class Keywords:
 
 def keywords_of(fn: Callable[..., Any]) -> Keywords:
     """The :class:`Keywords` of ``fn`` (positional-only and ``*args`` parameters cannot be passed by name)."""
-    import inspect
 
     try:
         params = inspect.signature(fn).parameters.values()
@@ -161,7 +162,6 @@ def load_catalog(
     ``allow`` defaults to the ``COVAR_HARNESS_PLUGINS`` environment variable. ``include_paths`` are extra
     task YAML files or directories (``--include-path``).
     """
-    from covar_harness.data.taskconfig import TaskIndex
 
     if allow is None:
         allow = os.environ.get(ALLOW_ENV)

@@ -1,1 +1,1 @@
-"""The command line: argparse parsers (nothing heavy at import) and the subcommand handlers."""
+"""The command line: argparse parsers (no torch at import) and the subcommand handlers."""

@@ -5,40 +5,22 @@ samples). Parsers here are argparse only; each handler imports what it needs whe
 
 from __future__ import annotations
 
+import json
 from argparse import Namespace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from covar_harness.catalog.registry import UsageError
-
-
-def add_rescore(sub) -> None:
-    from covar_harness.diagnosis.rules import RULES
-
-    p = sub.add_parser(
-        "rescore",
-        help="recompute metrics, intervals and diagnosis from sample logs under other settings (no model)",
-        description="Recompute every metric, interval and diagnosis of each result from its sample log "
-        "(--log-samples) under other settings, with no model loaded; write new result files (and logs) under --out. "
-        "Exit 0: all rescored; 1: some could not be (each named, with why); 2: bad input.",
-    )
-    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="result files, or folders of them")
-    p.add_argument(
-        "--out", type=Path, default=Path("rescored"), help="where the rescored results go (default: rescored)"
-    )
-    p.add_argument("--driver-rule", default=None, help=f"comma-separated, the first heads: {', '.join(RULES)}")
-    p.add_argument("--cci-target", default=None, choices=["pred", "label"], help="the class the diagnosis explains")
-    p.add_argument("--fine-rule", default=None, help="a fine rule the run logged (fine_rules.SENSITIVITY or its own)")
-    p.add_argument("--null-draws", type=int, default=None, help="permutation draws of the null per sample (0: none)")
-    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples of every interval (run: 1000)")
-    p.set_defaults(handler="covar_harness.cli.analysis:cmd_rescore")
+from covar_harness.common.console import console, markup, one_line, write_stdout
+from covar_harness.leaderboard.compare import compare, compare_subsets
+from covar_harness.leaderboard.readers import Table
+from covar_harness.leaderboard.render import render_markdown, render_rich
+from covar_harness.results import files
+from covar_harness.run.rescore import NotClassification, RescoreSettings, rescore_file
 
 
 def cmd_rescore(args: Namespace) -> int:
-    from covar_harness.common.console import console, markup, one_line
-    from covar_harness.results import files
-    from covar_harness.run.rescore import NotClassification, RescoreSettings, rescore_file
-
     rules = None if args.driver_rule is None else tuple(r.strip() for r in args.driver_rule.split(",") if r.strip())
     asked = RescoreSettings(rules, args.cci_target, args.fine_rule, args.null_draws, args.bootstrap)
     paths, problems = files.expand_paths(args.results)
@@ -65,39 +47,7 @@ def cmd_rescore(args: Namespace) -> int:
     return 1 if bad else 0
 
 
-def add_compare(sub) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="paired tests of two models on the same samples, or of one model on two subsets (--between)",
-        description="Compare two models task by task on the samples both evaluated (sample logs joined on the "
-        "sample id): accuracy by the exact McNemar test and a paired bootstrap interval; raw BG-Er under every "
-        "driver rule both logged and the counterfactual bg_sufficient_rate by a paired bootstrap (each replicate "
-        "resamples the samples once, whole source objects where known, and recomputes each model's share over its "
-        "own errors). With --between TASK_A,TASK_B and one model: the same for subset A minus subset B, paired by "
-        "source object (COVAR Scale vs Crop). Needs --log-samples results.",
-    )
-    p.add_argument("results", type=Path, metavar="RESULTS", help="a folder of result files and their sample logs")
-    p.add_argument("--models", required=True, help="two model specs as in the results: A,B (one with --between)")
-    p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task both have)")
-    p.add_argument(
-        "--between",
-        default=None,
-        metavar="TASK_A,TASK_B",
-        help="one model on two subsets sharing source objects: A minus B, bootstrap by source_id",
-    )
-    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="table", choices=["table", "markdown", "json"])
-    p.set_defaults(handler="covar_harness.cli.analysis:cmd_compare")
-
-
 def cmd_compare(args: Namespace) -> int:
-    import json
-    from dataclasses import asdict
-
-    from covar_harness.common.console import console, markup, write_stdout
-    from covar_harness.leaderboard.compare import compare, compare_subsets
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.results.is_dir():
         raise UsageError(f"results folder {args.results} does not exist")
@@ -121,7 +71,6 @@ def cmd_compare(args: Namespace) -> int:
     if args.format == "json":
         write_stdout(json.dumps({"a": a, "b": b, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
         return 0
-    from covar_harness.leaderboard.render import render_markdown, render_rich
 
     table = compare_table(a, b, rows, title)
     if args.format == "markdown":
@@ -133,7 +82,6 @@ def cmd_compare(args: Namespace) -> int:
 
 def compare_table(a: str, b: str, rows: list, title: str | None = None) -> Any:
     """The comparison as a leaderboard table (``compare`` and ``leaderboard --compare A,B``)."""
-    from covar_harness.leaderboard.tables import Table
 
     caption = (
         "Differences in points; 95% paired bootstrap interval; p: McNemar (acc1) or bootstrap; * p < 0.05. "
@@ -145,8 +93,6 @@ def compare_table(a: str, b: str, rows: list, title: str | None = None) -> Any:
 
 def leaderboard_comparison(folder: Path, spec: str) -> Any:
     """``leaderboard --compare A,B``: the paired comparison table of the two models in ``folder``."""
-    from covar_harness.common.console import console, markup
-    from covar_harness.leaderboard.compare import compare
 
     models = [m.strip() for m in spec.split(",") if m.strip()]
     if len(models) != 2:

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import difflib
-import json
-import sys
 from argparse import Namespace
 from dataclasses import dataclass
 from typing import Any
 
+from covar_harness.attribution.rise import RISESettings
+from covar_harness.attribution.settings import AttributionSettings, CCISettings
+from covar_harness.catalog.plugin_manager import call_with_accepted, keywords_of, load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console as _console
 from covar_harness.common.console import markup, print_rows
+from covar_harness.common.flags import from_args
+from covar_harness.concepts.banks import resolve_bank
+from covar_harness.concepts.naming import ConceptStep
+from covar_harness.concepts.settings import ConceptSettings
+from covar_harness.diagnosis.distractors import DistractorSettings
+from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
+from covar_harness.masks.segmenter import check_segmenter_settings, parse_segmenter_opts
+from covar_harness.models.args import parse as parse_model_args
+from covar_harness.models.specs import resolve_models
+from covar_harness.pipeline.contract import Step
+from covar_harness.run.evaluator import RunOptions, run
+from covar_harness.run.plan import check_writable, parse_shard, plan_run
+from covar_harness.run.progress import progress_reporter
+from covar_harness.run.text_cache import default_text_cache
 
 
 @dataclass
@@ -27,12 +42,6 @@ class PreparedRun:
 
 def prepare_run(args: Namespace) -> PreparedRun:
     """Parse and check ``run``'s settings and make the plan: every mistake here is a UsageError (exit 2)."""
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.models.args import parse as parse_model_args
-    from covar_harness.models.specs import resolve_models
-    from covar_harness.run.evaluator import RunOptions
-    from covar_harness.run.plan import check_writable, parse_shard, plan_run
-    from covar_harness.run.text_cache import default_text_cache
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")  # --batch-size is checked by its argparse type
@@ -93,7 +102,6 @@ def _analysis_steps(args: Namespace, catalog) -> list:
     ``--attribution auto`` (the default) builds the ``cci`` step in a mode that switches itself off, per
     task, when the task has no foreground masks (docs/design.md: attribution is default-on for tasks with masks).
     """
-    from covar_harness.attribution.settings import AttributionSettings, CCISettings
 
     name = getattr(args, "attribution", None) or "none"
     if name == "none":
@@ -103,9 +111,6 @@ def _analysis_steps(args: Namespace, catalog) -> list:
     auto = name == "auto"
     entry = catalog.attributors.entry("cci" if auto else name)
     settings = AttributionSettings(entry.name, CCISettings.from_args(args), getattr(args, "save_maps", None), auto)
-    from covar_harness.attribution.rise import RISESettings
-    from covar_harness.catalog.plugin_manager import call_with_accepted, keywords_of
-    from covar_harness.pipeline.contract import Step
 
     offered = settings.flat()
     rise = RISESettings.from_args(args)  # --rise-*: checked whatever the method, offered to a factory naming it
@@ -123,7 +128,6 @@ def _analysis_steps(args: Namespace, catalog) -> list:
 def _segmenter_settings(args: Namespace, catalog) -> dict:
     """``--segmenter-opt key=value`` (repeatable) as the segmenter's settings, checked against its factory
     before any model loads: an unknown key is a usage error naming close matches."""
-    from covar_harness.masks.segmenter import check_segmenter_settings, parse_segmenter_opts
 
     settings = parse_segmenter_opts(getattr(args, "segmenter_opt", None))
     check_segmenter_settings(getattr(args, "segmenter", "auto"), catalog, settings)
@@ -132,8 +136,6 @@ def _segmenter_settings(args: Namespace, catalog) -> dict:
 
 def _distractor_settings(args: Namespace):
     """``--distractors`` / ``--distractor-share`` (flags and defaults from ``DistractorSettings``), checked."""
-    from covar_harness.common.flags import from_args
-    from covar_harness.diagnosis.distractors import DistractorSettings
 
     return DistractorSettings(**from_args(DistractorSettings, args, "distractors_"))
 
@@ -141,10 +143,6 @@ def _distractor_settings(args: Namespace):
 def _concept_step(args: Namespace, catalog):
     """``--concepts BANK`` / ``--concepts-top``: the naming step with its bank resolved (cheap: names and folders
     only), so an unknown bank or an unreadable bank file exits 2 before any model loads; None when off."""
-    from covar_harness.common.flags import from_args
-    from covar_harness.concepts.banks import resolve_bank
-    from covar_harness.concepts.naming import ConceptStep
-    from covar_harness.concepts.settings import ConceptSettings
 
     settings = ConceptSettings(**from_args(ConceptSettings, args, "concepts_"))
     if not settings.enabled:
@@ -158,7 +156,6 @@ def _concept_step(args: Namespace, catalog):
 
 def _diagnosis_settings(args: Namespace):
     """``--driver-rule`` / ``--fg-threshold`` (flags and defaults from ``DiagnosisSettings``), checked."""
-    from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
 
     defaults = DiagnosisSettings()
     rule_text = getattr(args, "diagnosis_rules", None)
@@ -184,8 +181,6 @@ def _diagnosis_settings(args: Namespace):
 def _run_with_progress(models, tasks, catalog, options, plan):
     """Progress on stderr (``run.progress.progress_reporter``): bars with "pair k of N" and the run's ETA in a
     terminal; plain lines (each phase, one per 30 s, one per pair with the ETA) when stderr is a file."""
-    from covar_harness.run.evaluator import run
-    from covar_harness.run.progress import progress_reporter
 
     with progress_reporter(len(plan)) as reporter:
         return run(models, tasks, catalog, options, reporter, plan)
@@ -253,87 +248,3 @@ def _print_summary(out, outcomes) -> None:
         err.print(f"  {markup(message)}  [dim]({len(pairs)} pair(s): {markup(hit)})[/dim]", soft_wrap=True)
     for advice in dict.fromkeys(o.advice for o in outcomes if o.status == "failed" and o.advice):
         err.print(f"[yellow]{markup(advice)}[/yellow]", soft_wrap=True)  # once per run, however many pairs
-
-
-def cmd_ls(args: Namespace) -> int:
-    from covar_harness.catalog.plugin_manager import load_catalog
-
-    catalog = load_catalog(args.include_path)
-    if args.what == "models":
-        from covar_harness.models.specs import resolve_models
-
-        columns = ["name", "family", "source", "tags", "description"]
-        rows = []
-        for entry in catalog.models:
-            ref = resolve_models([entry.name], catalog)[0]
-            rows.append(
-                [
-                    entry.name,
-                    ref.family,
-                    ref.target if ref.target != entry.name else entry.plugin,
-                    ",".join(entry.tags),
-                    entry.description,
-                ]
-            )
-    elif args.what == "tasks":
-        from covar_harness.data.samples import data_status
-
-        columns = ["task", "format", "version", "data", "tags", "description"]
-        rows = [
-            [
-                c.task,
-                c.dataset["format"],
-                c.version,
-                data_status(c, catalog, args.data_dir)[0],
-                ",".join(c.tags),
-                c.description,
-            ]
-            for c in catalog.tasks
-        ]
-    else:
-        columns = ["name", "plugin", "description"]
-        rows = [[e.name, e.plugin, e.description] for e in getattr(catalog, args.what)]
-    print_rows(_console(), args.what, columns, rows, wrap=("description",))
-    return 0
-
-
-def cmd_plugins(args: Namespace) -> int:
-    """Loaded plugins as a table or JSON; third-party names are shown inert, and ``| head`` ends quietly."""
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.common.console import inert, stdout_closed, write_stdout
-
-    catalog = load_catalog()
-    rows: list[dict[str, Any]] = [
-        {
-            "name": p.name,
-            "module": p.module,
-            "distribution": p.distribution,
-            "version": p.version,
-            "builtin": p.builtin,
-            "hooks": p.hooks,
-        }
-        for p in catalog.plugins
-    ]
-    try:
-        if args.json:
-            write_stdout(json.dumps(inert(rows), indent=2) + "\n")
-            return 0
-        print_rows(
-            _console(),
-            "plugins",
-            ["name", "distribution", "version", "module", "hooks"],
-            [
-                [
-                    r["name"] + (" (built-in)" if r["builtin"] else ""),
-                    r["distribution"],
-                    r["version"],
-                    r["module"],
-                    ", ".join(r["hooks"]),
-                ]
-                for r in rows
-            ],
-        )
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return stdout_closed()
-    return 0

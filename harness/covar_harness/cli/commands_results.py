@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from argparse import Namespace
@@ -18,20 +19,26 @@ from urllib.request import url2pathname
 from covar_harness import __version__
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
+from covar_harness.cli.analysis import leaderboard_comparison
+from covar_harness.common.console import console, markup, one_line, stdout_closed, write_stdout
 from covar_harness.common.console import console as _console
-from covar_harness.common.console import markup
+from covar_harness.common.safe_files import atomic_write
+from covar_harness.data.resources import resource_text
+from covar_harness.data.samples import data_status, resolve_dataset
+from covar_harness.leaderboard import render
+from covar_harness.leaderboard import tables as lb
+from covar_harness.leaderboard.report.html import leaderboard_page
+from covar_harness.leaderboard.report.site import build_site as build
 from covar_harness.models.specs import registered_target
+from covar_harness.results import files as results
+from covar_harness.results import validation
 from covar_harness.results.files import DISTRIBUTION, _git
+from covar_harness.results.submission import StrictChecker, known_fingerprints
 
 
 def cmd_leaderboard(args: Namespace) -> int:
     """Tables from a folder of result files. Each unusable file is skipped with one line; ``--reference paper``
     shows the published rows even without own results; ``| head`` ends quietly."""
-    import os
-
-    from covar_harness.common.console import markup, one_line, stdout_closed, write_stdout
-    from covar_harness.leaderboard import render
-    from covar_harness.leaderboard import tables as lb
 
     if not os.path.isdir(args.results_dir):  # never raises, even for a name too long for the OS
         raise UsageError(f"results folder {one_line(args.results_dir)!r} does not exist")
@@ -45,13 +52,9 @@ def cmd_leaderboard(args: Namespace) -> int:
         err.print(f"[yellow]no valid result files under {markup(args.results_dir)}: published rows only[/yellow]")
     tables = lb.build_tables(loaded.records, args.reference, loaded.faithfulness)
     if getattr(args, "compare", None):  # the paired test of two models (table and markdown; csv / json: `compare`)
-        from covar_harness.cli.analysis import leaderboard_comparison
-
         tables.append(leaderboard_comparison(args.results_dir, args.compare))
     try:
         if args.format == "html":  # one self-contained page; file names only: no local paths in it
-            from covar_harness.leaderboard.report.html import leaderboard_page
-
             write_stdout(leaderboard_page(loaded.records, tables, [(p.name, why) for p, why in loaded.invalid]))
         elif args.format == "table":
             render.render_rich(tables, _console())
@@ -68,9 +71,6 @@ def cmd_leaderboard(args: Namespace) -> int:
 
 
 def cmd_report(args: Namespace) -> int:
-    from covar_harness.common.console import console, markup
-    from covar_harness.leaderboard.report.site import build_site as build
-
     if args.gallery < 0:
         raise UsageError("--gallery must be >= 0")
     built = build(
@@ -100,7 +100,6 @@ def _strict_checker(args: Namespace):
         if getattr(args, "fingerprints", None) is not None:
             raise UsageError("--fingerprints needs --strict")
         return None
-    from covar_harness.results.submission import StrictChecker, known_fingerprints
 
     catalog = load_catalog()  # model names as this install registers them: model.target is checked against it
     return StrictChecker(known_fingerprints(args.fingerprints), lambda spec: registered_target(spec, catalog))
@@ -109,9 +108,6 @@ def _strict_checker(args: Namespace):
 def cmd_validate(args: Namespace) -> int:
     """Check result files (a folder stands for every ``*.json`` under it): 0 all valid, 1 any invalid, 2 a path
     that does not exist or a folder without result files (one line, before anything is checked)."""
-    from covar_harness.common.console import one_line, stdout_closed, write_stdout
-    from covar_harness.results import files as results
-    from covar_harness.results import validation
 
     files, problems = results.expand_paths(args.files)
     strict = _strict_checker(args)
@@ -143,8 +139,6 @@ LEADERBOARD_FILES = {".github/workflows/leaderboard.yml": "leaderboard.yml", "le
 
 def cmd_init_leaderboard(args: Namespace) -> int:
     """Copy the leaderboard CI template into a repository; never overwrite what is there."""
-    from covar_harness.data.resources import resource_text
-    from covar_harness.results.files import atomic_write
 
     root = Path(args.dir)
     taken = [name for name in LEADERBOARD_FILES if (root / name).exists()]
@@ -228,8 +222,6 @@ def _public_url(url: str) -> str:
 
 def cmd_data(args: Namespace) -> int:
     """``data where``: status, path and layout per task; ``data fetch``: download hub datasets into the HF cache."""
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.data.samples import data_status
 
     catalog = load_catalog(args.include_path)
     tasks = catalog.tasks.resolve(args.tasks)
@@ -247,7 +239,6 @@ def cmd_data(args: Namespace) -> int:
 
 def _fetch(tasks: list, catalog, data_dir) -> int:
     """Download the tasks whose data is a Hugging Face Hub dataset; anything else says where to get it (exit 2)."""
-    from covar_harness.data.samples import data_status, resolve_dataset
 
     hub, out = [], _console()
     for cfg in tasks:
@@ -268,7 +259,7 @@ def _fetch(tasks: list, catalog, data_dir) -> int:
             raise UsageError(f"task {cfg.task!r}: its data is not on the Hugging Face Hub: {detail}")
         hub.append((cfg, ds, str(source)))
     for cfg, ds, source in hub:
-        import datasets
+        import datasets  # lazy: optional dependency, imported where used
 
         try:
             datasets.load_dataset(source, ds.get("name"), split=ds.get("split", "test"), revision=ds.get("revision"))

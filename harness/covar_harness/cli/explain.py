@@ -16,11 +16,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from rich.table import Table
+
+from covar_harness.attribution import DEFAULTS, CCISettings, attribute, check_k, check_model, overlays, sample_seed
+from covar_harness.attribution.overlays import Caption
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import console as make_console
 from covar_harness.common.console import markup
 from covar_harness.concepts.banks import resolve_bank
-from covar_harness.concepts.naming import model_temperature, name_batch
-from covar_harness.run.text_cache import default_text_cache, store_for
+from covar_harness.concepts.naming import name_batch
+from covar_harness.data.resources import load_list
+from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, Evidence, diagnose_sample
+from covar_harness.masks.geometry import mask_patch_fractions
+from covar_harness.models.adapter import AdapterContractError, attribution_support, logit_scale
+from covar_harness.models.specs import ModelLoadError, load_model
+from covar_harness.run.text_cache import build_classifier, default_text_cache, store_for
 
 if TYPE_CHECKING:
     from covar_harness.attribution import CCISettings
@@ -36,8 +51,6 @@ def parse_classes(text: str) -> list[str]:
 
 
 def _load_image(path: Path, what: str = "image", mode: str = "RGB"):
-    from PIL import Image
-
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist")
     try:
@@ -50,10 +63,6 @@ def _load_image(path: Path, what: str = "image", mode: str = "RGB"):
 def _load_adapter(args: Namespace, settings: CCISettings):
     """The model, or one line (exit 2) when it cannot be loaded or attributed: no traceback for a bad spec,
     an unreachable hub or a model that cannot honour ``--k`` / ``--layer``."""
-    from covar_harness.attribution import check_model
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.models.adapter import AdapterContractError, attribution_support
-    from covar_harness.models.specs import ModelLoadError, load_model
 
     catalog = load_catalog(args.include_path)
     try:
@@ -89,11 +98,6 @@ def explain_image(
 ) -> dict[str, Any]:
     """Zero-shot scores and CCI of one PIL image (``settings``: CCISettings, its defaults when None; ``target``
     None explains the predicted class); returns what the table and the overlay need."""
-    import torch
-    import torch.nn.functional as F
-
-    from covar_harness.attribution import DEFAULTS, attribute, check_k, sample_seed
-    from covar_harness.run.text_cache import build_classifier
 
     if target is not None and target not in classes:
         raise UsageError(f"--target {target!r} is not one of --classes")
@@ -134,9 +138,6 @@ def rule_drivers(result: Any, fg: Any) -> dict[str, tuple[float | None, str | No
     """{rule: (fg score, driver)} for every registered driver rule (default threshold, no null draws), from the
     attribution ``result`` (a batch of one) and the (N,) foreground fraction per patch. ``run``'s default rules
     come first, in its order, so the first (labelled the headline) is ``run``'s headline rule."""
-    import numpy as np
-
-    from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, Evidence, diagnose_sample
 
     order = (*DiagnosisSettings().rules, *(name for name in RULES if name not in DiagnosisSettings().rules))
     settings = DiagnosisSettings(rules=order, null_draws=0)
@@ -146,8 +147,6 @@ def rule_drivers(result: Any, fg: Any) -> dict[str, tuple[float | None, str | No
 
 
 def _print_prediction(console: Any, top: list[tuple[str, float]], drivers: dict | None) -> None:
-    from covar_harness.diagnosis.rules import DiagnosisSettings
-
     console.print(f"prediction: [bold]{markup(top[0][0])}[/bold]")
     console.print("top-5: " + ", ".join(f"{markup(name)} {score:.4f}" for name, score in top))
     if drivers is None:
@@ -163,10 +162,6 @@ def _print_prediction(console: Any, top: list[tuple[str, float]], drivers: dict 
 
 
 def cmd_explain(args: Namespace) -> int:
-    from covar_harness.attribution import CCISettings, check_k
-    from covar_harness.common.console import console as make_console
-    from covar_harness.data.resources import load_list
-
     classes = parse_classes(args.classes)
     check_k("cci", args.k)  # before the model loads
     settings = CCISettings(k=args.k, layer=args.layer, seed=args.seed)
@@ -191,8 +186,6 @@ def cmd_explain(args: Namespace) -> int:
     size_hw = tuple(out["pixels"].shape[-2:])
     drivers = None
     if mask_image is not None:
-        from covar_harness.masks.geometry import mask_patch_fractions
-
         drivers = rule_drivers(result, mask_patch_fractions(adapter.preprocess, mask_image, grid, size_hw))
     _print_prediction(console, top, drivers)
     path = args.out or Path(f"{args.image.stem}.cci.png")
@@ -208,7 +201,7 @@ def cluster_names(
     11), read off the removal embeddings CCI computed; the bank is cached by model fingerprint like a run's."""
     store = store_for(spec, adapter, default_text_cache(None), precision)
     embeddings = bank.embed(adapter, templates, store)
-    temperature, _ = model_temperature(adapter)
+    temperature, _ = logit_scale(adapter)
     named = name_batch(
         result.emb, result.without, result.valid, embeddings, bank.concepts, 3, temperature, [[]], [[]], [None]
     )
@@ -218,8 +211,6 @@ def cluster_names(
 def _print_clusters(
     console: Any, result: Any, k: int, layer: int, grid: tuple, named: list[list[tuple[str, float]]] | None = None
 ) -> None:
-    from rich.table import Table
-
     table = Table(title=f"CCI clusters (K={k}, layer {layer}, {grid[0]}x{grid[1]} patches)", title_justify="left")
     for col in ("cluster", "#patches", "importance", "drop"):
         table.add_column(col, justify="right")
@@ -235,7 +226,6 @@ def _print_clusters(
 
 def _caption(args: Namespace, classes: list[str], out: dict, top: list, drivers: dict | None):
     """No ground truth in explain: the caption names the explained class and the image instead."""
-    from covar_harness.attribution.overlays import Caption
 
     return Caption(
         pred=classes[out["pred"]],
@@ -246,8 +236,6 @@ def _caption(args: Namespace, classes: list[str], out: dict, top: list, drivers:
 
 
 def _write_overlay(path: Path, adapter: Any, out: dict, mask_image: Any, caption: Any) -> None:
-    from covar_harness.attribution import overlays
-
     grid = tuple(adapter.patch_grid)
     size_hw = tuple(out["pixels"].shape[-2:])
     mask = None if mask_image is None else overlays.mask_to_input_frame(mask_image, adapter.preprocess, size_hw)

@@ -1,32 +1,45 @@
 """The ``covar-harness`` command line (docs/design.md section 9).
 
-Parsing is cheap and imports nothing heavy: each command's handler imports what it needs, so ``--help``,
-``ls`` and ``plugins`` never load torch. Exit codes: 0 ok, 1 a model x task pair failed, 2 usage error.
+Parsing imports no torch: each command's handler is a "module:function" string that
+``main`` imports only when that command runs (the one deliberate lazy import of the CLI), so ``--help``, ``ls``
+and ``plugins`` never load torch. Exit codes: 0 ok, 1 a model x task pair failed, 2 usage error.
 This module holds ``main``, ``build_parser``, ``COMMANDS`` and the core commands' parsers (run, ls, data,
-plugins); ``cli_reporting`` the results commands' (leaderboard, validate, init-leaderboard, report, export),
-``cli_tools`` the standalone tools' (explain, build-covar, sanity, faithfulness).
+plugins); ``reporting`` the results commands' (leaderboard, validate, init-leaderboard, report, export,
+rescore, compare), ``tools`` the standalone tools' (explain, build-covar, sanity, faithfulness).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from covar_harness import __version__
 from covar_harness.attribution.settings import FLAG_PREFIX as CCI_PREFIX
 from covar_harness.catalog.registry import UsageError
-from covar_harness.cli.analysis import add_compare, add_rescore
-from covar_harness.cli.reporting import add_export, add_init_leaderboard, add_leaderboard, add_report, add_validate
+from covar_harness.cli.reporting import (
+    add_compare,
+    add_export,
+    add_init_leaderboard,
+    add_leaderboard,
+    add_report,
+    add_rescore,
+    add_validate,
+)
 from covar_harness.cli.tools import add_build_covar, add_explain, add_faithfulness, add_sanity, cci_flags, rise_flags
+from covar_harness.common.console import one_line, stdout_closed
 from covar_harness.common.flags import cli_flags
 from covar_harness.common.interrupt import Terminated, terminate_as_interrupt
 from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.diagnosis.distractors import DistractorSettings
 from covar_harness.diagnosis.rules import DiagnosisSettings
-from covar_harness.models.specs import PRECISIONS
+from covar_harness.models.args import PRECISIONS
 from covar_harness.run.batch_size import batch_size_value
+from covar_harness.run.scale_flags import add_scale_flags
 
 EXAMPLES = """examples:
   covar-harness run --models demo --tasks 'covar-shapes/*'
@@ -83,7 +96,6 @@ def _add_run(sub) -> None:
     )
     ex.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images per task")
     ex.add_argument("--seed", type=int, default=0)
-    from covar_harness.run.scale_flags import add_scale_flags  # --shard, --text-cache, --checkpoint-every
 
     add_scale_flags(ex)
     _add_run_analysis(p)
@@ -140,7 +152,7 @@ def _add_ls(sub) -> None:
     p.add_argument("what", choices=["models", "tasks", "attributors", "segmenters", "formats", "schemes", "concepts"])
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
     p.add_argument("--data-dir", default=None, type=Path, help="dataset root for the tasks' data column")
-    p.set_defaults(handler="covar_harness.cli.commands:cmd_ls")
+    p.set_defaults(handler="covar_harness.cli.listing:cmd_ls")
 
 
 def _add_data(sub) -> None:
@@ -161,7 +173,7 @@ def _add_data(sub) -> None:
 def _add_plugins(sub) -> None:
     p = sub.add_parser("plugins", help="list loaded plugins, their distributions and hooks")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler="covar_harness.cli.commands:cmd_plugins")
+    p.set_defaults(handler="covar_harness.cli.listing:cmd_plugins")
 
 
 # Each entry adds one subcommand; handlers are "module:function" strings imported only when used.
@@ -201,7 +213,6 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from covar_harness import __version__
 
     parser.add_argument("--version", action="version", version=f"covar-harness {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and tracebacks")
@@ -216,9 +227,6 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import importlib
-    import logging
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -235,13 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"covar-harness: {how}; finished pairs are saved, rerun to resume", file=sys.stderr)
         return code
     except BrokenPipeError:  # `covar-harness ... | head`: the reader has gone, nothing to report
-        from covar_harness.common.console import stdout_closed
-
         return stdout_closed()
     except Exception as exc:  # a bug, not bad input: one line by default, the traceback with -v
         if args.verbose:
             raise
-        from covar_harness.common.console import one_line
 
         print(
             f"covar-harness: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "

@@ -1,11 +1,13 @@
-"""Parsers of the results commands: leaderboard, validate, init-leaderboard, report, export.
+"""Parsers of the results commands: leaderboard, validate, init-leaderboard, report, export, rescore, compare.
 
-Argparse only, nothing heavy at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
+Argparse only, no torch at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from covar_harness.diagnosis.rules import RULES
 
 
 def add_leaderboard(sub) -> None:
@@ -166,3 +168,50 @@ def add_export(sub) -> None:
     p.add_argument("--project", default=None, help="wandb: the project")
     p.add_argument("--entity", default=None, help="wandb: the entity (default: yours)")
     p.set_defaults(handler="covar_harness.leaderboard.exports:cmd_export")
+
+
+def add_rescore(sub) -> None:
+
+    p = sub.add_parser(
+        "rescore",
+        help="recompute metrics, intervals and diagnosis from sample logs under other settings (no model)",
+        description="Recompute every metric, interval and diagnosis of each result from its sample log "
+        "(--log-samples) under other settings, with no model loaded; write new result files (and logs) under --out. "
+        "Exit 0: all rescored; 1: some could not be (each named, with why); 2: bad input.",
+    )
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="result files, or folders of them")
+    p.add_argument(
+        "--out", type=Path, default=Path("rescored"), help="where the rescored results go (default: rescored)"
+    )
+    p.add_argument("--driver-rule", default=None, help=f"comma-separated, the first heads: {', '.join(RULES)}")
+    p.add_argument("--cci-target", default=None, choices=["pred", "label"], help="the class the diagnosis explains")
+    p.add_argument("--fine-rule", default=None, help="a fine rule the run logged (fine_rules.SENSITIVITY or its own)")
+    p.add_argument("--null-draws", type=int, default=None, help="permutation draws of the null per sample (0: none)")
+    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples of every interval (run: 1000)")
+    p.set_defaults(handler="covar_harness.cli.analysis:cmd_rescore")
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paired tests of two models on the same samples, or of one model on two subsets (--between)",
+        description="Compare two models task by task on the samples both evaluated (sample logs joined on the "
+        "sample id): accuracy by the exact McNemar test and a paired bootstrap interval; raw BG-Er under every "
+        "driver rule both logged and the counterfactual bg_sufficient_rate by a paired bootstrap (each replicate "
+        "resamples the samples once, whole source objects where known, and recomputes each model's share over its "
+        "own errors). With --between TASK_A,TASK_B and one model: the same for subset A minus subset B, paired by "
+        "source object (COVAR Scale vs Crop). Needs --log-samples results.",
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS", help="a folder of result files and their sample logs")
+    p.add_argument("--models", required=True, help="two model specs as in the results: A,B (one with --between)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task both have)")
+    p.add_argument(
+        "--between",
+        default=None,
+        metavar="TASK_A,TASK_B",
+        help="one model on two subsets sharing source objects: A minus B, bootstrap by source_id",
+    )
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="table", choices=["table", "markdown", "json"])
+    p.set_defaults(handler="covar_harness.cli.analysis:cmd_compare")

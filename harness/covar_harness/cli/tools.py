@@ -1,6 +1,6 @@
 """Parsers of the standalone tools: explain, build-covar, sanity, faithfulness; ``cci_flags`` and ``rise_flags``.
 
-Argparse only, nothing heavy at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
+Argparse only, no torch at import; ``cli.COMMANDS`` adds them. Handlers are "module:function" strings.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from covar_harness.attribution.rise import rise_flags
 from covar_harness.attribution.settings import DEFAULTS as CCI_DEFAULTS
 from covar_harness.attribution.settings import CCISettings
 from covar_harness.common.flags import cli_flags
-from covar_harness.models.specs import PRECISIONS
+from covar_harness.models.args import PRECISIONS
 
 EXPLAIN_FLAGS = {"k": "--k", "layer": "--layer"}  # the CCISettings fields explain has flags for; others: defaults
 
@@ -107,11 +107,34 @@ def add_faithfulness(sub) -> None:
         "--attributors", default="cci,random,occlusion", help="registered attributors (default: %(default)s)"
     )
     p.add_argument("--limit", type=int, default=None, help="a seeded random subset of N images per task")
-    p.add_argument("--steps", type=int, default=16, help="curve points minus one (default: %(default)s)")
-    p.add_argument("--replacement", default="blur", choices=["blur", "black", "mean"], help="deleted patches become")
-    p.add_argument("--score", default="softmax", choices=["softmax", "cosine"], help="score of the explained class")
-    p.add_argument("--target", default="pred", choices=["pred", "label"], help="class explained (default: pred)")
+    p.add_argument(
+        "--protocol",
+        default="patches",
+        help="curve protocol: patches (default: the harness's own, patches onto a canvas, and token removal), "
+        "grad-eclip (Zhao et al.'s pixel deletion / insertion, top-1 accuracy on the label) or rise "
+        "(Petsiuk et al.'s causal metric); the published ones set the flags below themselves",
+    )
+    p.add_argument("--steps", type=int, default=None, help="curve points minus one (patches; default: 16)")
+    p.add_argument(
+        "--replacement", default=None, choices=["blur", "black", "mean"], help="deleted patches become (default: blur)"
+    )
+    p.add_argument(
+        "--score", default=None, choices=["softmax", "cosine", "top1"], help="score of the explained class (softmax)"
+    )
+    p.add_argument("--target", default=None, choices=["pred", "label"], help="class explained (default: pred)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the score (default: the model's own logit scale, else 100)",
+    )
     p.add_argument("--no-token-removal", action="store_true", help="skip the token-removal curves")
+    p.add_argument(
+        "--ties",
+        default="random",
+        choices=["random", "raster"],
+        help="order of equally important patches: seeded random per image (default) or raster (before issue 23)",
+    )
     p.add_argument("--k", type=int, default=CCI_DEFAULTS.k, help="clusters for cluster methods (default: %(default)s)")
     for flag, options in rise_flags():  # --rise-masks, --rise-cell, ...: defaults from RISESettings
         p.add_argument(flag, **options)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
+
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 WRAP_WIDTH = 40  # columns allowed to wrap (descriptions) get this width at most
 # C0 controls except tab/newline, DEL, C1 controls (ESC starts ANSI/OSC-8 sequences; CSI is also U+009B), the
@@ -24,7 +32,6 @@ def safe(text: Any) -> str:
 
 def markup(text: Any) -> str:
     """Untrusted text to interpolate into a rich markup string: ``safe`` plus escaped ``[...]`` tags."""
-    from rich.markup import escape
 
     return escape(safe(text))
 
@@ -61,8 +68,6 @@ def inert(obj: Any) -> Any:
 
 @cache
 def _console_class():
-    from rich.console import Console
-
     class QuietPipeConsole(Console):
         """A rich console that ends the program quietly with 141 when its reader goes away (``| head``)."""
 
@@ -79,14 +84,11 @@ def console(stderr: bool = False, **kwargs: Any):
 
 
 def _width(text: str) -> int:
-    from rich.cells import cell_len
-
     return max((cell_len(line) for line in text.split("\n")), default=0)  # terminal cells: 猫 is 2 wide
 
 
 def clip(text: str, width: int) -> str:
     """``text`` on one line and at most ``width`` terminal cells, cut with an ellipsis."""
-    from rich.cells import cell_len, set_cell_size
 
     text = " ".join(text.split())
     return text if cell_len(text) <= width else set_cell_size(text, max(width - 1, 0)).rstrip() + "…"
@@ -172,9 +174,6 @@ def _print_long(out, title, columns, cells, right, styles, caption) -> None:
 
 
 def _print_table(out, title, columns, cells, widths, wrap, right, styles, caption, max_first=None) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(
         title=Text(safe(title)),
         title_justify="left",
@@ -208,8 +207,6 @@ def stdout_closed(stream: Any = None) -> int:
     """After ``BrokenPipeError`` (``covar-harness ... | head``): point the closed stream (default stdout) at
     devnull so the interpreter's final flush stays quiet, and return 141 (128 + SIGPIPE), the exit status of a
     tool whose reader went away. Callers return it as the exit code."""
-    import os
-    import sys
 
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -222,7 +219,6 @@ def stdout_closed(stream: Any = None) -> int:
 
 def write_stdout(text: str) -> None:
     """Write and flush now, so a closed pipe raises ``BrokenPipeError`` here, where the caller handles it."""
-    import sys
 
     sys.stdout.write(text)
     sys.stdout.flush()

@@ -5,7 +5,9 @@ Ctrl-C, and finished pairs are kept."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 
@@ -14,8 +16,6 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_for(signum: int) -> None:
-    import signal
-
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
@@ -23,8 +23,6 @@ def _raise_for(signum: int) -> None:
 def terminate_as_interrupt():
     """For a whole command (``cli.main``): SIGTERM raises :class:`Terminated` in the main thread instead of
     ending the process where it stands (no message, temporary folders left behind); restored after."""
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -54,9 +52,6 @@ class _Interrupt:
 
     @contextmanager
     def installed(self):
-        import signal
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -89,7 +84,6 @@ INTERRUPT = _Interrupt()  # signal handlers are process-wide, so is this flag
 def ignore_sigint(_worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the main process, which stops the run cleanly; when it does, a worker's
     fd-sharing thread finds its pipe closed, which is expected then and not worth a traceback."""
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the loader ends its workers with SIGTERM: let it
@@ -105,8 +99,6 @@ def ignore_sigint(_worker_id: int) -> None:
 @contextmanager
 def sigint_deferred():
     """Hold SIGINT back (it is delivered, to the main process, right after); forked workers inherit the block."""
-    import signal
-    import threading
 
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield

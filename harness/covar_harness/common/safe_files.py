@@ -1,14 +1,20 @@
-"""Safe file reading: open a file only when it is a regular file under a size cap for its kind.
+"""Safe files: bounded reads, atomic writes and file names safe on every OS, for every stage.
 
-A FIFO, device, socket or folder where a file was expected fails with :class:`NotRegularFile` instead of hanging
-the run; a file over its cap fails with :class:`FileTooLarge` instead of exhausting memory.
+Reading opens a file only when it is a regular file under a size cap for its kind: a FIFO, device, socket or
+folder where a file was expected fails with :class:`NotRegularFile` instead of hanging the run; a file over its
+cap fails with :class:`FileTooLarge` instead of exhausting memory. Writing goes through :func:`atomic_write`
+(temp file beside the target, then rename), so a reader never sees half a file. :func:`slug` names the files of
+results, caches, masks and overlays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import stat
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,9 +111,17 @@ def parse_json(text: str | bytes, where: str, max_depth: int = JSON_MAX_DEPTH, c
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError of bytes, a refused constant
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise JsonFormatError(f"{at}not valid JSON ({first})") from None
-    if json_depth(obj) > max_depth:
+    if _openings(text) > max_depth and json_depth(obj) > max_depth:  # d levels need d opening brackets
         raise JsonFormatError(f"{at}JSON nested deeper than {max_depth} levels")
     return obj
+
+
+def _openings(text: str | bytes) -> int:
+    """How many ``[`` and ``{`` the text holds (in strings too): a bound on its nesting that costs no walk, so a
+    sample log's lines (a dozen containers each) are not walked value by value."""
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{")
+    return text.count("[") + text.count("{")
 
 
 def read_json(
@@ -135,3 +149,77 @@ def field(record: dict, key: str, types: type | tuple[type, ...], where: str, re
         names = " or ".join(t.__name__ for t in wanted)
         raise JsonFormatError(f"{where}: {key!r} must be {names}, got {type(value).__name__}")
     return value
+
+
+SLUG_HASH = 16  # hex digits of SHA-256 in a hashed slug: 64 bits, no collision found by a birthday search
+LEGACY_SLUG_HASH = 8  # what harnesses before 0.2 wrote (32 bits: a collision takes 2 s to find)
+SLUG_MAX = 200  # bytes (slugs are ASCII); leaves room for ".samples.jsonl" and the temp-file affixes under 255
+_SAFE_PART = re.compile(r"[A-Za-z0-9.=-](?:[A-Za-z0-9._=-]*[A-Za-z0-9=-])?")  # one "/"-separated part kept as is
+_HASHED_TAIL = re.compile(r"-(?:[0-9a-f]{8}|[0-9a-f]{16})$")  # a hashed slug, in the form written now or earlier
+_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # Windows device names, any extension
+
+
+def _kept_as_is(text: str) -> bool:
+    """True when ``/`` -> ``__`` is the only change and can be undone: every part is safe, has no ``__``, does
+    not start or end with ``_`` or start with ``.``, and the result could not be mistaken for a hashed slug."""
+    parts = text.split("/")
+    readable = "__".join(parts)
+    return (
+        all(_SAFE_PART.fullmatch(p) and "__" not in p and not p.startswith(".") for p in parts)
+        and len(readable) <= SLUG_MAX
+        and not _HASHED_TAIL.search(readable)
+        and not _RESERVED.fullmatch(readable)
+    )
+
+
+def slug(text: str, *, hashed: bool = True, digits: int = SLUG_HASH) -> str:
+    """Filesystem-safe, readable, stable and injective: distinct names never share a result file.
+
+    Safe names keep today's form (``demo/shapes-clean`` -> ``demo__shapes-clean``); anything else (``:``, spaces,
+    non-ASCII, a leading dot, a reserved device name, over ``SLUG_MAX`` bytes) becomes its readable ASCII part
+    plus ``-`` and 16 hex digits (64 bits) of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
+    ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path. ``digits=8``
+    gives the shorter form earlier harnesses wrote (``legacy_result_path``).
+
+    ``hashed=False`` is the short form ``build-covar`` names objects, backgrounds and class folders with: each run
+    of characters outside ``[A-Za-z0-9_.-]`` becomes ``-`` (``ice bear`` -> ``ice-bear``), no hash. It is not
+    injective (build-covar refuses duplicate object ids instead), and it must not change: an object's id seeds
+    its random draws, so another form would change every image of a rebuilt COVAR copy. Safe names, such as
+    COVAR-Shapes' ``circle-0``, come out the same in both forms.
+    """
+    text = str(text)
+    if not hashed:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+    if _kept_as_is(text):
+        return text.replace("/", "__")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
+    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("/", "__")).strip("_.")
+    readable = readable[: SLUG_MAX - digits - 2].rstrip("_.") or "unnamed"
+    out = f"{readable}-{digest}"
+    return "_" + out if _RESERVED.fullmatch(out) else out  # "nul.txt-1a2b3c4d" is still the device NUL on Windows
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as ``open()`` / ``mkdir`` would create it under this process's umask. Why: ``mkstemp`` and
+    ``mkdtemp`` make 0600 / 0700 whatever the umask, so files renamed into place would be private to the user
+    even where the umask shares them (a group's results folder, a web server serving the report)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """``write(file)`` into a temp file beside ``path``, then rename: readers see the old file or the new one
+    (with the mode the umask gives new files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, umask_mode(0o666))
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -30,6 +30,7 @@ from covar_harness.common.console import one_line, unsafe_name
 from covar_harness.common.safe_files import read_text_capped
 from covar_harness.data.pixels import open_image_file
 from covar_harness.data.samples import IMAGE_EXTENSIONS
+from covar_harness.pipeline.contract import Progress
 from covar_harness.run.progress import Reporter
 from covar_harness.run.text_cache import ClassifierCache
 
@@ -61,7 +62,7 @@ class ConceptBank:
         return {"name": self.name, "kind": self.kind, "n_concepts": len(self.concepts), "source": self.source}
 
     def embed(
-        self, adapter: Any, templates: list[str], store: TextEmbeddingStore | None, reporter: Reporter | None = None
+        self, adapter: Any, templates: list[str], store: TextEmbeddingStore | None, reporter: Progress | None = None
     ) -> torch.Tensor:
         raise NotImplementedError
 
@@ -73,7 +74,7 @@ class TextBank(ConceptBank):
     kind: ClassVar[str] = "text"
 
     def embed(
-        self, adapter: Any, templates: list[str], store: TextEmbeddingStore | None, reporter: Reporter | None = None
+        self, adapter: Any, templates: list[str], store: TextEmbeddingStore | None, reporter: Progress | None = None
     ) -> torch.Tensor:
         return ClassifierCache(adapter, store).get(self.concepts, list(templates) or ["{}"], reporter or Reporter())
 
@@ -107,7 +108,7 @@ class ImageBank(ConceptBank):
         return digest.hexdigest()
 
     def embed(
-        self, adapter: Any, templates: list[str], store: TextEmbeddingStore | None, reporter: Reporter | None = None
+        self, adapter: Any, templates: list[str], store: TextEmbeddingStore | None, reporter: Progress | None = None
     ) -> torch.Tensor:
         """Templates do not apply to images; the store caches the result under the bank's file key."""
         self.folder()
@@ -121,12 +122,12 @@ class ImageBank(ConceptBank):
         return bank
 
 
-def embed_image_folders(adapter: Any, files: dict[str, list[Path]], reporter: Reporter | None = None) -> torch.Tensor:
+def embed_image_folders(adapter: Any, files: dict[str, list[Path]], reporter: Progress | None = None) -> torch.Tensor:
     """(D, C): per concept the normalised mean of its images' normalised embeddings (CLIP's prompt-ensemble recipe,
     with images in place of prompts). An unreadable image is a one-line error naming it: a bank is the user's
     curated data, silently dropping part of a concept would change what it means."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     items = [(c, p) for c, paths in files.items() for p in paths]
     handle = reporter.task("embedding the concept bank", len(items)) if reporter else None

@@ -25,10 +25,13 @@ driver rule).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 from covar_harness.attribution.engine import LeaveOneOut
 from covar_harness.attribution.records import AttributionRecord, short
@@ -38,6 +41,7 @@ from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.concepts.summary import summarise
 from covar_harness.diagnosis.rules import DiagnosisRecord
 from covar_harness.masks.step import foreground
+from covar_harness.models.adapter import DEFAULT_LOGIT_SCALE, logit_scale
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 from covar_harness.run.text_cache import store_for
 
@@ -48,13 +52,11 @@ if TYPE_CHECKING:
     from covar_harness.pipeline.contract import Batch
 
 PATCH_FG = 0.5  # a cluster is background when its patches' mean foreground fraction is below this
-DEFAULT_TEMPERATURE = 100.0  # CLIP's learned logit scale (its maximum): for models that expose none
 
 
 def direction_scores(emb: torch.Tensor, without: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """(B, K, C) cos(e - e_k, concept): the plain contribution direction (kept for comparison; the module docstring
     says why naming uses :func:`cluster_concept_scores`). A cluster not removed (e_k = e) scores 0."""
-    import torch.nn.functional as F
 
     directions = F.normalize(emb.float()[:, None, :] - without.float(), dim=-1)
     return directions @ bank.to(directions.device, directions.dtype)
@@ -66,25 +68,11 @@ def cluster_concept_scores(
     """(B, K, C) p_c(e) - p_c(e_k), p = softmax over the bank's concepts of ``temperature`` * cosine, for the
     normalised embeddings ``emb`` (B, D), ``without`` (B, K, D) and the bank (D, C). A cluster not removed
     (e_k = e) scores 0 for every concept."""
-    import torch
 
     bank = bank.to(emb.device, torch.float32)
     full = (temperature * (emb.float() @ bank)).softmax(dim=-1)
     removed = (temperature * (without.float() @ bank)).softmax(dim=-1)
     return full[:, None, :] - removed
-
-
-def model_temperature(adapter: Any) -> tuple[float, str]:
-    """(T, where it comes from): the model's learned logit scale when its module exposes one (open_clip and
-    transformers CLIP / SigLIP keep ``logit_scale`` as a log), else ``DEFAULT_TEMPERATURE`` (CLIP's 100)."""
-    scale = getattr(getattr(adapter, "model", None), "logit_scale", None)
-    try:
-        value = float(scale.detach().float().exp())  # type: ignore[union-attr]
-    except (AttributeError, TypeError, ValueError, RuntimeError):
-        return DEFAULT_TEMPERATURE, "default (CLIP's logit scale)"
-    if not math.isfinite(value) or value <= 0:
-        return DEFAULT_TEMPERATURE, "default (CLIP's logit scale)"
-    return value, "the model's logit scale"
 
 
 def top_concepts(
@@ -104,7 +92,6 @@ def driving_background_cluster(
 ) -> int | None:
     """The cluster of largest positive importance among those whose patches lie mostly outside the object (mean
     foreground fraction < ``PATCH_FG``); None without a mask or without such a cluster."""
-    import numpy as np
 
     if fg is None:
         return None
@@ -181,7 +168,7 @@ class ConceptStep(Step):
         self.bank = bank  # resolved before any model loads (the CLI), else in ``start``
         self.ctx: PairContext | None = None
         self.embeddings: torch.Tensor | None = None  # (D, C) the bank in the pair's model space
-        self.temperature, self.temperature_source = DEFAULT_TEMPERATURE, ""
+        self.temperature, self.temperature_source = DEFAULT_LOGIT_SCALE, ""
         self.reason = ""
 
     def run_settings(self) -> dict[str, Any]:
@@ -210,7 +197,7 @@ class ConceptStep(Step):
             else store_for(ctx.model_spec or "", ctx.adapter, options.text_cache, options.precision)
         )
         self.embeddings = self.bank.embed(ctx.adapter, ctx.templates, store, ctx.reporter)
-        self.temperature, self.temperature_source = model_temperature(ctx.adapter)
+        self.temperature, self.temperature_source = logit_scale(ctx.adapter)
         if self.settings.temperature is not None:
             self.temperature, self.temperature_source = float(self.settings.temperature), "--concepts-temperature"
         self.active = True

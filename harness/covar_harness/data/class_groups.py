@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UsageError
+from covar_harness.catalog.taskconfig import check_class_groups, check_size
 from covar_harness.data.imagenet import imagenet_index
 from covar_harness.data.resources import load_list
-from covar_harness.data.taskconfig import check_class_groups, check_size
 
 if TYPE_CHECKING:
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 UNMATCHED = "unmatched:"
 

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
+
 from covar_harness.common.safe_files import open_regular
 
 if TYPE_CHECKING:
@@ -13,8 +16,6 @@ if TYPE_CHECKING:
 
 
 def _stretch(arr, lo: float, hi: float):
-    import numpy as np
-
     if hi <= lo:
         return np.zeros(arr.shape, np.uint8) if hi <= 0 else np.full(arr.shape, min(255, round(hi)), np.uint8)
     return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
@@ -29,8 +30,6 @@ def to_8bit(im: Image.Image) -> Image.Image:
     """
     if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
         return im
-    import numpy as np
-    from PIL import Image
 
     arr = np.asarray(im)
     if im.mode.startswith("I;16"):
@@ -62,7 +61,6 @@ def as_mask(im: Image.Image) -> Image.Image:
 
 def open_image_file(path: str | Path, convert: Callable[[Image.Image], Image.Image] = as_rgb) -> Image.Image:
     """Decode one image file (regular files only: a FIFO fails this image instead of hanging the run)."""
-    from PIL import Image
 
     with open_regular(path) as fh, Image.open(fh) as im:
         return convert(im)

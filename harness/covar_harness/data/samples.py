@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import JsonFormatError, parse_json
 from covar_harness.data.pixels import as_mask, as_rgb, open_image_file
+from covar_harness.data.resources import load_list
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_ENV = "COVAR_HARNESS_DATA"
@@ -239,7 +240,6 @@ def explicit_classnames(cfg: TaskConfig) -> list[str] | None:
     """The task's explicit ``classnames`` (inline, shipped name or file), or None when the dataset names them."""
     if cfg.classnames is None:
         return None
-    from covar_harness.data.resources import load_list
 
     names = load_list("classnames", cfg.classnames, cfg.source.parent if cfg.source else None)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -367,7 +367,7 @@ def _hf_local_missing(raw: str, path: Path | None) -> DatasetNotFound:
 
 def _hf_open(ds: dict):
     """The ``datasets`` object behind a task: a save_to_disk folder, a local image folder, or a hub dataset."""
-    import datasets
+    import datasets  # lazy: optional dependency, imported where used
 
     raw = ds.get("raw_path", ds.get("path"))
     path = Path(ds["path"]) if ds.get("path") else None
@@ -389,7 +389,7 @@ def _hf_open(ds: dict):
 def hf_split(ds: dict, columns: Sequence[str]) -> Any:
     """The task's split (``split``, default ``test``) of a Hugging Face dataset, checked to hold ``columns``;
     a missing split or column is one line naming what there is."""
-    import datasets
+    import datasets  # lazy: optional dependency, imported where used
 
     raw, split = ds.get("raw_path", ds.get("path")), ds.get("split", "test")
     data = _hf_open(ds)

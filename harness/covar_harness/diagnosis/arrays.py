@@ -11,7 +11,7 @@ The null's draws stay those of one ``rng.permutation`` per draw from a generator
 ``Generator.permuted`` over a tiled range shuffles each row with the same calls on the same stream, so a sample's
 draws (and its null) do not depend on the batch it sits in, and match what the per-draw loop gave. The sums are
 reductions over the last, contiguous axis, which numpy computes per row exactly as for a one-dimensional array,
-so a batched score is bit-for-bit the one-sample score. numpy is imported inside the functions.
+so a batched score is bit-for-bit the one-sample score.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,12 +38,11 @@ class Block:
     assignments: np.ndarray  # (M, N) int64 cluster id per patch
 
 
-def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
+def blocks(items: Sequence[tuple[int, Any, Sequence[int] | np.ndarray]]) -> list[Block]:
     """``(row, fg, assignments)`` per sample as rectangular blocks. Samples are grouped, not converted: a
     float32 grid is summed in float32 as it would be on its own."""
-    import numpy as np
 
-    groups: dict[tuple[Any, ...], list[tuple[int, Any, Sequence[int]]]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[int, Any, Sequence[int] | np.ndarray]]] = {}
     for row, fg, assignments in items:
         grid = np.asarray(fg)
         groups.setdefault((grid.dtype.str, grid.shape, len(assignments)), []).append((row, grid, assignments))
@@ -55,10 +56,18 @@ def blocks(items: Sequence[tuple[int, Any, Sequence[int]]]) -> list[Block]:
     ]
 
 
+def grid_means(grids: dict[int, Any]) -> dict[int, float]:
+    """{key: the grid's mean} (the object's area), each as ``float(grid.mean())`` gives it: the grids of one
+    shape and dtype are stacked and averaged per row, which numpy sums like each row on its own."""
+    out: dict[int, float] = {}
+    for block in blocks([(key, grid, ()) for key, grid in grids.items()]):
+        out.update(zip(block.rows, block.fg.reshape(len(block.rows), -1).mean(axis=1).tolist()))
+    return out
+
+
 def value_table(values: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
     """(M, L + 1) float64 per-cluster values, zero-padded to the longest, with a last column of zeros (where a
     patch whose cluster has no value reads its 0); and the (M,) number of values of each sample."""
-    import numpy as np
 
     lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
     width = int(lengths.max(initial=0)) + 1
@@ -74,7 +83,6 @@ def value_table(values: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarr
 def patch_index(assignments: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     """(M, N) column of the value table each patch reads: its cluster's, or the zero column (``width - 1``) for
     a cluster id with no value (outside 0..len(values) - 1)."""
-    import numpy as np
 
     has_value = (assignments >= 0) & (assignments < lengths[:, None])
     return np.where(has_value, assignments, width - 1)
@@ -82,7 +90,6 @@ def patch_index(assignments: np.ndarray, lengths: np.ndarray, width: int) -> np.
 
 def patch_values(assignments: Sequence[int], values: Sequence[float]) -> np.ndarray:
     """(N,) per-patch values of one sample from its per-cluster values (a cluster id with no value counts 0)."""
-    import numpy as np
 
     table, lengths = value_table([values])
     index = patch_index(np.asarray([assignments], dtype=np.int64), lengths, table.shape[1])
@@ -92,7 +99,6 @@ def patch_values(assignments: Sequence[int], values: Sequence[float]) -> np.ndar
 def null_order(seed: int, n: int, draws: int) -> np.ndarray:
     """(draws, n) int: one permutation of ``n`` non-empty clusters per draw of a sample's null, from a generator
     seeded with ``seed``: the same rows that ``draws`` successive ``rng.permutation(n)`` calls give."""
-    import numpy as np
 
     return np.random.default_rng(seed).permuted(np.broadcast_to(np.arange(n), (draws, n)), axis=1)
 
@@ -100,7 +106,6 @@ def null_order(seed: int, n: int, draws: int) -> np.ndarray:
 def present_clusters(index: np.ndarray, width: int) -> np.ndarray:
     """(M, width) bool: the clusters with a value that hold at least one patch (``index`` from
     :func:`patch_index`); the null permutes the values of these only."""
-    import numpy as np
 
     present = np.zeros((index.shape[0], width), dtype=bool)
     present[np.arange(index.shape[0])[:, None], index] = True
@@ -112,14 +117,17 @@ def null_columns(present: np.ndarray, orders: Sequence[np.ndarray]) -> np.ndarra
     """(M, D, width) int: per sample and draw of the null, the value-table column each cluster takes its value
     from: the non-empty clusters' values permuted among them by ``orders[r]`` (:func:`null_order`), every other
     column its own."""
-    import numpy as np
 
     rows, width = present.shape
     draws = orders[0].shape[0] if len(orders) else 0
     columns = np.broadcast_to(np.arange(width), (rows, draws, width)).copy()
-    for r, order in enumerate(orders):
-        clusters = np.flatnonzero(present[r])
-        columns[r][:, clusters] = clusters[order]
+    sizes = present.sum(axis=1)
+    for n in np.unique(sizes).tolist():  # the samples with n non-empty clusters, all at once
+        same = np.flatnonzero(sizes == n)
+        clusters = np.nonzero(present[same])[1].reshape(len(same), 1, n)  # each row's, ascending
+        order = np.stack([orders[r] for r in same.tolist()])  # (m, draws, n)
+        taken = np.take_along_axis(np.broadcast_to(clusters, order.shape), order, axis=2)
+        columns[same[:, None, None], np.arange(draws)[None, :, None], clusters] = taken
     return columns
 
 
@@ -130,7 +138,6 @@ def null_counts(
     ``table`` (M, W) values, ``index`` (M, N) the column of each patch, ``fg`` (M, N), ``columns`` (M, D, W)
     from :func:`null_columns`. All draws of all samples go through ``score`` at once, in slices of at most
     ``NULL_BLOCK`` elements."""
-    import numpy as np
 
     rows, draws = columns.shape[:2]
     n = index.shape[1]
@@ -153,7 +160,6 @@ def null_counts(
 def fg_fractions(patch_values: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positive mass inside the foreground / total positive mass, over the last axis; undecided where nothing
     is positive."""
-    import numpy as np
 
     pos = np.clip(patch_values, 0.0, None)
     total = pos.sum(axis=-1)
@@ -165,7 +171,6 @@ def fg_fractions(patch_values: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, 
 def density_ratios(patch_values: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Share of positive *density* that is foreground, d_fg / (d_fg + d_bg), over the last axis; undecided
     where nothing is positive or either region is empty."""
-    import numpy as np
 
     pos = np.clip(patch_values, 0.0, None)
     area_fg, area_bg = fg.sum(axis=-1), (1 - fg).sum(axis=-1)

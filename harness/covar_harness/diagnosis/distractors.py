@@ -18,9 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from covar_harness.attribution.records import AttributionRecord
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import flag
+from covar_harness.common.metrics import bootstrap_interval
 from covar_harness.diagnosis.rules import DiagnosisRecord
 from covar_harness.masks.step import MaskStep, foreground, upstream_masks
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
@@ -83,7 +86,6 @@ class DistractorRecord(SampleRecord):
 def distractor_share(importance: np.ndarray, label_fg: np.ndarray, pred_fg: np.ndarray) -> float | None:
     """Share of the positive per-patch importance on patches of the predicted-class object that are not the
     labelled object's; None when nothing has positive importance."""
-    import numpy as np
 
     positive = np.clip(np.asarray(importance, dtype=np.float64), 0.0, None)
     total = float(positive.sum())
@@ -151,9 +153,6 @@ class DistractorStep(Step):
 def summarise(records: list[DistractorRecord], settings: DistractorSettings) -> StepSummary:
     """``distractor_rate`` and ``bg_er_without_distractors`` over the errors the headline rule decided (BG-Er's
     denominator), with per-sample bootstrap intervals, and the counts behind them."""
-    import numpy as np
-
-    from covar_harness.common.metrics import bootstrap_interval
 
     decided = [r for r in records if r.bg_driven is not None]
     metrics: dict[str, Any] = {"distractor_rate": None, "bg_er_without_distractors": None}

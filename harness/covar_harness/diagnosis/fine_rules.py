@@ -16,7 +16,7 @@ number owes to the choice. Each rule is one small class registered in :data:`FIN
 The WordNet rules read ``resources/reference/imagenet1k_hypernyms.json`` (each chain's parent links, built by
 ``scripts/make_class_groups.py``) and apply to classes matched to ImageNet classes by name, as ``class_groups``
 does; a class that matches none is never fine-grained, and the rule says how many those were.
-A rule resolved for one task is a :class:`FineRelation`. numpy is imported inside the functions.
+A rule resolved for one task is a :class:`FineRelation`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from covar_harness.catalog.registry import UsageError
 from covar_harness.data.class_groups import UNMATCHED, class_groups, class_groups_rule, imagenet_indices, share_group
 from covar_harness.data.resources import named
 
 if TYPE_CHECKING:
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 DEFAULT = "groups"
 # Fine-Er is also reported under each of these (config.diagnosis.fine_sensitivity); fixed, so results compare
@@ -233,8 +235,6 @@ class NearestClasses:
     ever asked. ``neighbours[a]`` is the frozenset of ``a``'s neighbours."""
 
     def __init__(self, classifier: Any, k: int) -> None:
-        import numpy as np
-
         w = np.asarray(classifier.detach().cpu().double() if hasattr(classifier, "detach") else classifier, float)
         self.w = w / np.clip(np.linalg.norm(w, axis=0, keepdims=True), 1e-12, None)
         self.k = max(0, min(k, self.w.shape[1] - 1))
@@ -251,7 +251,6 @@ class NearestClasses:
 
     def _nearest(self, label: int) -> frozenset[int]:
         """The ``k`` largest cosines but the label's own (a stable sort's first ``k``, in O(C) memory and time)."""
-        import numpy as np
 
         if self.k == 0:
             return frozenset()

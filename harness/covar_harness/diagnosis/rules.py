@@ -22,8 +22,7 @@ Rules (:data:`RULES`; a new one is one function with the :func:`rule` decorator)
   foreground alone is at least as close to the target text; fg if >= 0.5, else bg (``counterfactual`` records
   from the region test). Continuous so that rankings (AUROC in ``covar-harness sanity``) are meaningful.
 
-With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}. numpy is
-imported inside the functions, so the CLI can read :class:`DiagnosisSettings` for its flags without it.
+With several rules, each sample also gets ``scores`` {rule: score} next to ``drivers`` {rule: driver}.
 """
 
 from __future__ import annotations
@@ -33,12 +32,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from covar_harness.common.flags import flag
 from covar_harness.diagnosis.arrays import (
     PatchScore,
     blocks,
     density_ratios,
     fg_fractions,
+    grid_means,
     null_columns,
     null_counts,
     null_order,
@@ -247,8 +249,6 @@ def patch_rule(
 
     def register(fn: PatchScore) -> PatchScore:
         def score(ev: Evidence, fg: np.ndarray) -> float | None:
-            import numpy as np
-
             values = getattr(ev, field)
             if ev.assignments is None or values is None:
                 return None
@@ -347,14 +347,25 @@ class DiagnosisRecord(SampleRecord):
 def logged_grid(fg: np.ndarray) -> list[float]:
     """A patch grid as the sample log holds it: each float32 value in its shortest decimal form, which reads back
     (as float32) to the very same value, so a rescored diagnosis equals the run's bit for bit."""
-    import numpy as np
+    return logged_grids([fg])[0]
 
-    return [float(str(v)) for v in np.asarray(fg, dtype=np.float32)]
+
+def logged_grids(grids: Sequence[np.ndarray]) -> list[list[float]]:
+    """:func:`logged_grid` of each grid, each distinct float32 value (bit pattern) turned into its decimal form
+    once: a mask's grid holds few distinct fractions (k / pixels per patch), a 50,000-sample task millions."""
+
+    flat = [np.asarray(g, dtype=np.float32).ravel() for g in grids]
+    if not flat:
+        return []
+    bits, inverse = np.unique(np.concatenate(flat).view(np.uint32), return_inverse=True)
+    text = np.array([float(str(v)) for v in bits.view(np.float32)] + [None], dtype=object)[:-1]
+    values = text[inverse].tolist()
+    ends = np.cumsum([len(f) for f in flat]).tolist()
+    return [values[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def read_grid(values: Sequence[float]) -> np.ndarray:
     """A logged patch grid back as the float32 array the run diagnosed (see :func:`logged_grid`)."""
-    import numpy as np
 
     return np.asarray(values, dtype=np.float32)
 
@@ -398,24 +409,29 @@ def diagnose_batch(
     fine = [is_fine(groups, c.label, c.pred) for c in cases]
     outcomes: list[dict[str, RuleOutcome]] = [{} for _ in cases]
     draws: dict[tuple[int, int], np.ndarray] = {}  # the null's columns per case, shared by the rules
+    given = [(i, (), c.evidence.assignments) for i, c in enumerate(cases) if c.evidence.assignments is not None]
+    assign = {i: a for b in blocks(given) for i, a in zip(b.rows, b.assignments)}  # int64, once for all rules
     for name in settings.rules:
-        for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, correct, fine, settings, draws)):
+        for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, assign, correct, fine, settings, draws)):
             out[name] = outcome
+    masked = [i for i, c in enumerate(cases) if c.fg is not None]
+    grids = dict(zip(masked, logged_grids([_grid(cases[i]) for i in masked])))
+    areas = grid_means({i: _grid(cases[i]) for i in masked})
     return [
         DiagnosisRecord(
             c.index,
             ok,
             c.fg is not None,
             out,
-            None if c.fg is None else float(c.fg.mean()),
+            areas.get(i),
             c.cluster,
             f,
-            fg=None if c.fg is None else logged_grid(c.fg),
+            fg=grids.get(i),
             bg_sufficient=_truth(c)[0],
             fg_sufficient=_truth(c)[1],
             additive_share=c.evidence.additive_share if c.fg is not None else None,
         )
-        for c, ok, f, out in zip(cases, correct, fine, outcomes)
+        for i, (c, ok, f, out) in enumerate(zip(cases, correct, fine, outcomes))
     ]
 
 
@@ -427,21 +443,23 @@ def _truth(case: Case) -> tuple[bool | None, bool | None]:
 def _rule_outcomes(
     rule_: Rule,
     cases: Sequence[Case],
+    assign: dict[int, np.ndarray],
     correct: list[bool],
     fine: list[bool],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
 ) -> list[RuleOutcome]:
-    """One rule's outcome for every case: score and driver, per explained target, and the null's share."""
+    """One rule's outcome for every case: score and driver, per explained target, and the null's share
+    (``assign``: each case's cluster ids as an int64 array)."""
     masked = [i for i, c in enumerate(cases) if c.fg is not None]
-    scores = _scores(rule_, cases, masked)
+    scores = _scores(rule_, cases, assign, masked)
     threshold = rule_.threshold(settings)
     drivers = {i: _driver(s, threshold) for i, s in scores.items()}
     by_target: dict[str, dict[int, float | None]] = {}
     if rule_.null_field == "importance":
         targets = [i for i in masked if cases[i].evidence.by_target is not None]
-        by_target = {t: _scores(rule_, cases, targets, t) for t in ("pred", "label")}
-    nulls = _null_shares(rule_, cases, [i for i in masked if drivers[i] is not None], settings, draws)
+        by_target = {t: _scores(rule_, cases, assign, targets, t) for t in ("pred", "label")}
+    nulls = _null_shares(rule_, cases, assign, [i for i in masked if drivers[i] is not None], settings, draws)
 
     def outcome(i: int, score: float | None, driver: str | None) -> RuleOutcome:
         return RuleOutcome(score, driver, None if cases[i].fg is None else error_type(correct[i], driver, fine[i]))
@@ -454,7 +472,7 @@ def _rule_outcomes(
                 t: outcome(i, by_target[t][i], _driver(by_target[t][i], threshold)) for t in case.evidence.by_target
             }
         base = outcome(i, scores.get(i), drivers.get(i))
-        out.append(replace(base, null_fg=nulls.get(i), by_target=per_target))
+        out.append(RuleOutcome(base.score, base.driver, base.error_type, nulls.get(i), per_target))
     return out
 
 
@@ -479,10 +497,11 @@ def _rule_values(rule_: Rule, evidence: Evidence, target: str | None) -> Sequenc
     return None if evidence.by_target is None else evidence.by_target[target]
 
 
-def _scores(rule_: Rule, cases: Sequence[Case], rows: list[int], target: str | None = None) -> dict[int, float | None]:
+def _scores(
+    rule_: Rule, cases: Sequence[Case], assign: dict[int, np.ndarray], rows: list[int], target: str | None = None
+) -> dict[int, float | None]:
     """The rule's score of each case at ``rows`` (their masks are given); ``target``: with that explained
     target's importances. A :func:`patch_rule` scores every block of the batch in one call."""
-    import numpy as np
 
     if rule_.on_patches is None:  # a rule given per sample (``@rule``): called per sample
         if target is None:
@@ -490,7 +509,7 @@ def _scores(rule_: Rule, cases: Sequence[Case], rows: list[int], target: str | N
         return {i: rule_.score(_with_importance(cases[i].evidence, target), _grid(cases[i])) for i in rows}
     out: dict[int, float | None] = dict.fromkeys(rows)
     values = {i: _rule_values(rule_, cases[i].evidence, target) for i in rows}
-    ready = [(i, cases[i].fg, cases[i].evidence.assignments) for i in rows]
+    ready = [(i, cases[i].fg, assign.get(i)) for i in rows]
     for block in blocks([(i, fg, a) for i, fg, a in ready if a is not None and values[i] is not None]):
         table, lengths = value_table([values[i] or () for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
@@ -507,6 +526,7 @@ def _with_importance(evidence: Evidence, target: str) -> Evidence:
 def _null_shares(
     rule_: Rule,
     cases: Sequence[Case],
+    assign: dict[int, np.ndarray],
     rows: list[int],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
@@ -522,7 +542,7 @@ def _null_shares(
         return {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows}
     values = {i: _rule_values(rule_, cases[i].evidence, None) or () for i in rows}
     out: dict[int, float | None] = {}
-    for block in blocks([(i, cases[i].fg, cases[i].evidence.assignments or ()) for i in rows]):
+    for block in blocks([(i, cases[i].fg, assign.get(i, ())) for i in rows]):
         table, lengths = value_table([values[i] for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         present = present_clusters(index, table.shape[1])
@@ -562,7 +582,6 @@ def null_fg_share(
     are permuted over its non-empty clusters. Why this null: it keeps the clusters (their sizes and their
     overlap with the object) and the multiset of importances, and breaks only which cluster got which value,
     so a rule's share that merely follows object size or cluster layout shows up in the null as well."""
-    import numpy as np
 
     name = rule_.null_field
     values = None if name is None else getattr(evidence, name)

@@ -5,8 +5,7 @@ beside them (``bg_sufficient_rate``: the wrong prediction survives with only the
 agreement with it; the rates per explained target and the counts behind each share.
 
 :func:`summarise` reads the per-sample :class:`~covar_harness.diagnosis.rules.DiagnosisRecord` s; :func:`diagnose` runs
-the per-sample diagnosis and the summary over logged sample rows (dicts read from ``samples.jsonl``). numpy is
-imported inside the functions.
+the per-sample diagnosis and the summary over logged sample rows (dicts read from ``samples.jsonl``).
 """
 
 from __future__ import annotations
@@ -15,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from covar_harness.common.metrics import bootstrap_interval, poisson_binomial_upper, shared_draws
 from covar_harness.diagnosis.rules import (
     RULES,
     Case,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 # ---- per task -----------------------------------------------------------------------------------------------------
 @dataclass
 class Diagnosis:
-    per_sample: dict[int, dict] = field(default_factory=dict)  # index -> fields to merge into the sample log
+    per_sample: dict[int, dict] = field(default_factory=dict)  # index -> its log fields (filled by ``diagnose``)
     metrics: dict[str, float | None] = field(default_factory=dict)
     intervals: dict[str, list[float]] = field(default_factory=dict)
     by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -58,10 +60,12 @@ def summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_g
     records a rule needs are left out of that rule's rates (counted as ``n_undetermined``). Beside them: the
     rule's null and the p-value against it, the rates per explained target, and the counts behind each share;
     the counterfactual truth (rule-free) in the metrics and each rule's agreement with it in ``by_rule``."""
-    out = Diagnosis(
-        per_sample={r.index: r.log_fields() for r in records},
-        config={**settings.as_config(), "fine_grained_groups": has_groups},
-    )
+    with shared_draws():  # the intervals over the same errors (every rule's, each target's) share their draws
+        return _summarise(records, settings, has_groups)
+
+
+def _summarise(records: list[DiagnosisRecord], settings: DiagnosisSettings, has_groups: bool) -> Diagnosis:
+    out = Diagnosis(config={**settings.as_config(), "fine_grained_groups": has_groups})
     clustered = bool(records) and all(r.cluster is not None for r in records)
     out.config["bootstrap_unit"] = "source_id" if clustered else "sample"
     for r_i, name in enumerate(settings.rules):
@@ -117,7 +121,6 @@ def redundancy_summary(records: list[DiagnosisRecord]) -> dict[str, Any]:
     warning when the median is under ``REDUNDANCY_WARN_BELOW``: then most of what the model reads is missing from
     every cluster's importance, so the drivers (and BG-Er) rest on what little leave-one-out still sees; a
     smaller ``--cci-k`` or ``cci-shapley`` handles it. Empty without values (no masks, no leave-one-out drops)."""
-    import numpy as np
 
     values = np.asarray([r.additive_share for r in records if r.additive_share is not None], dtype=float)
     if not len(values):
@@ -183,7 +186,6 @@ def _truth_rates(records: list[DiagnosisRecord], settings: DiagnosisSettings, cl
     """The counterfactual truth beside every BG-Er: of the errors whose region test ran, the share whose wrong
     prediction survives with the background alone (``bg_sufficient_rate``) and with the foreground alone
     (``fg_sufficient_rate``). Empty when no error had the test (no masks, ``--no-counterfactual``)."""
-    import numpy as np
 
     tested = [r for r in records if not r.correct and r.has_mask and r.bg_sufficient is not None]
     if not tested:
@@ -231,8 +233,6 @@ def _counts(records: list[DiagnosisRecord], errors: list[tuple[DiagnosisRecord, 
 
 
 def _interval(values: Any, settings: DiagnosisSettings, clusters: list[str | None] | None) -> list[float] | None:
-    from covar_harness.common.metrics import bootstrap_interval
-
     if not len(values):
         return None
     interval = bootstrap_interval(values, n_boot=settings.bootstrap, seed=settings.seed, clusters=clusters)
@@ -250,7 +250,6 @@ def _rates(
     """fg_driven_rate, BG-Er and Fine-Er with their intervals. An undetermined error counts as ``other`` (it stays
     in the denominator), but when the rule decided none of the errors (``any_decided`` False) BG-Er and Fine-Er
     are None: the rule said nothing about them."""
-    import numpy as np
 
     fg = np.asarray(drivers, dtype=float)
     # a rule that decided none of the errors says nothing about them: null, not 0.0 [0, 0]
@@ -293,9 +292,6 @@ def _null_rates(
     importances put errors on the background (on fine-grained confusions) more than uninformative ones would.
     The per-error null probabilities are ``null_draws`` Monte-Carlo estimates, so p is approximate. An error the
     rule leaves undetermined is undetermined under the null too (probability 0), as in the share."""
-    import numpy as np
-
-    from covar_harness.common.metrics import poisson_binomial_upper
 
     if rule_.null_field is None or settings.null_draws <= 0:
         return {"null": "none: the rule reads no cluster importances", "intervals": {}}
@@ -326,7 +322,6 @@ def _target_rates(
     """BG-Er / Fine-Er with the prediction and with the label explained (``bg_er_pred``, ``bg_er_label``, ...),
     where every error's record holds both targets; an error undetermined under a target counts as ``other``, and
     a target under which no error is decided gives None (as BG-Er does)."""
-    import numpy as np
 
     out: dict[str, Any] = {"intervals": {}}
     if not errors or any(o.by_target is None for _, o in errors):
@@ -394,4 +389,6 @@ def diagnose(
     attribution entries ``cci`` / ``shapley`` / ``counterfactual``). ``fg_grids``: index -> (rows*cols,)
     foreground fraction per patch, raster order."""
     records = row_records(rows, [fg_grids.get(row["index"]) for row in rows], groups, settings)
-    return summarise(records, settings, groups is not None)
+    out = summarise(records, settings, groups is not None)
+    out.per_sample = {r.index: r.log_fields() for r in records}
+    return out

@@ -1,14 +1,14 @@
-"""Faithfulness of attributions (issue 15): deletion / insertion curves and AUC (Grad-ECLIP protocol) by pixel
-replacement and by token removal, and localisation against masks (energy pointing game, Quantus' relevance-rank
-accuracy), for any registered attributor's per-patch importance map over any task.
+"""Faithfulness of attributions (issue 15): deletion / insertion curves and AUC under a curve protocol (the
+harness's own ``patches``, by pixel replacement and by token removal; Grad-ECLIP's; RISE's), localisation against
+masks (energy pointing game, Quantus' relevance-rank accuracy), and paired per-image differences from two random
+baselines, for any registered attributor's per-patch importance map over any task.
 
-Modules: ``settings`` (:class:`FaithfulnessSettings`), ``patches`` (patch geometry, order, canvases),
-``curves`` (the curves, one model call per curve per batch), ``localisation``, ``importance`` (any attributor's
+Modules: ``settings`` (:class:`FaithfulnessSettings`), ``protocols`` (one class per curve protocol),
+``curves`` (the patch curves, one model call per curve per batch), ``localisation``, ``importance`` (any attributor's
 map), ``evaluate`` (one model x task), ``summary`` (metrics, intervals, result files, table rows), ``plots``
-(PNG, matplotlib imported there only), ``leaderboard`` (the result schema's check and the leaderboard's
-faithfulness table; no numpy) and ``command`` (``covar-harness faithfulness``). torch is imported inside
-functions; the names below load their module on first use, so ``validate`` and ``leaderboard`` reading
-``faithfulness.leaderboard`` import no numpy.
+(PNG, matplotlib imported there only) and ``command`` (``covar-harness faithfulness``). The result schema is
+``results.faithfulness`` and the leaderboard's table ``leaderboard.faithfulness``: ``validate`` and
+``leaderboard`` import nothing from this package. The names below load their module on first use.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Deletion and insertion curves (the Grad-ECLIP protocol) and their AUC, by pixel replacement and by token removal.
+"""Deletion and insertion curves of the ``patches`` protocol (the harness's own, not Grad-ECLIP's: see
+``protocols``) and their AUC, by pixel replacement and by token removal.
 
 Patches are taken in order of importance, most important first, in ``steps`` equal shares. Deletion: the top
 patches' pixels become the replacement canvas. Insertion: the image starts as the canvas and the top patches'
@@ -9,12 +10,16 @@ the removal engine's one ``encode_images_without`` call for the token variant).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from covar_harness.attribution.patches import patch_pixel_masks, step_counts, top_masks
+from covar_harness.attribution.removal import encode_patterns
 from covar_harness.models.adapter import can_remove_all_patches, patch_grid
 
 if TYPE_CHECKING:
@@ -24,7 +29,8 @@ if TYPE_CHECKING:
 @dataclass
 class Scorer:
     """The score of the explained class for (B, P, D) embeddings: softmax over the classes at ``temperature``,
-    or the cosine with the class's text embedding (``classifier`` (D, C) holds L2-normalised class columns)."""
+    the cosine with the class's text embedding, or ``top1``: 1 where the class is the top-1 prediction, else 0
+    (Grad-ECLIP's accuracy on the label) (``classifier`` (D, C) holds L2-normalised class columns)."""
 
     classifier: torch.Tensor
     target: torch.Tensor  # (B,)
@@ -32,28 +38,30 @@ class Scorer:
     temperature: float = 100.0
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
         emb = F.normalize(emb.float().cpu(), dim=-1)
         W = self.classifier.float().cpu()
         target = self.target.cpu()
         if self.kind == "cosine":
             return (emb * W[:, target].T[:, None, :]).sum(dim=-1)
+        if self.kind == "top1":
+            return ((emb @ W).argmax(dim=-1) == target[:, None]).float()
         probs = (self.temperature * emb @ W).softmax(dim=-1)  # (B, P, C)
         return probs.gather(-1, target[:, None, None].expand(-1, emb.shape[1], 1))[..., 0]
 
 
 @dataclass
 class Curves:
-    """(B, steps + 1) scores at the fractions ``x`` (steps + 1,) of patches removed (deletion) or revealed."""
+    """(B, points) scores at the fractions ``x`` (points,) of patches (or pixels) removed (deletion) or revealed;
+    ``area`` turns a curve and its fractions into its AUC (the trapezoid unless a protocol says otherwise)."""
 
     deletion: np.ndarray
     insertion: np.ndarray
     x_deletion: np.ndarray
     x_insertion: np.ndarray
+    area: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(default=lambda y, x: auc(y, x))
 
     def aucs(self) -> tuple[np.ndarray, np.ndarray]:
-        return auc(self.deletion, self.x_deletion), auc(self.insertion, self.x_insertion)
+        return self.area(self.deletion, self.x_deletion), self.area(self.insertion, self.x_insertion)
 
 
 def auc(curves: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -73,7 +81,6 @@ def pixel_curves(
     adapter: Any, pixels: torch.Tensor, order: torch.Tensor, base: torch.Tensor, scorer: Scorer, steps: int
 ) -> Curves:
     """Deletion and insertion by pixel replacement; ``order`` (B, N) most important first, ``base`` the canvas."""
-    import torch
 
     B, _, H, W = pixels.shape
     masks = patch_pixel_masks(patch_grid(adapter), (H, W)).to(pixels.device).float()  # (N, H, W)
@@ -94,9 +101,6 @@ def token_curves(adapter: Any, pixels: torch.Tensor, order: torch.Tensor, scorer
     """Deletion and insertion by removing patches from attention (``encode_images_without`` through the removal
     engine: one call per curve for adapters that take pattern batches). Where the adapter cannot remove every
     patch, deletion stops at N - 1 patches removed and insertion starts from one patch kept (``x`` says so)."""
-    import torch
-
-    from covar_harness.attribution.removal import encode_patterns
 
     N = order.shape[1]
     counts = step_counts(N, steps)

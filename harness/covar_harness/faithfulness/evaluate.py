@@ -15,14 +15,26 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from covar_harness.attribution.patches import canvas, importance_order
-from covar_harness.data.taskconfig import TASK_KIND
-from covar_harness.faithfulness.curves import Scorer, pixel_curves, token_curves
+from covar_harness.attribution.base import find_attributor
+from covar_harness.attribution.engine import sample_seed
+from covar_harness.attribution.patches import importance_order
+from covar_harness.catalog.taskconfig import TASK_KIND
+from covar_harness.common.console import one_line
+from covar_harness.data.samples import open_task_data
+from covar_harness.data.task_inputs import limit_samples, task_classnames, task_templates
+from covar_harness.faithfulness.curves import Scorer
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.localisation import pointing_energy, relevance_rank_accuracy
+from covar_harness.faithfulness.protocols import PROTOCOLS, CurveInput
 from covar_harness.faithfulness.settings import FaithfulnessSettings
-from covar_harness.run.retrieval import PAIRED_TEXT
+from covar_harness.masks.geometry import mask_patch_fractions
+from covar_harness.models.adapter import attribution_support, logit_scale, patch_grid
+from covar_harness.run.batches import iterate_batches
+from covar_harness.run.progress import Reporter
+from covar_harness.run.retrieval import PAIRED_TEXT, is_retrieval_task, paired_caption_classifier, self_labelled
 
 if TYPE_CHECKING:
     import torch
@@ -57,10 +69,6 @@ class MethodRun:
 def open_pair_data(adapter: Any, cfg: Any, catalog: Any, classifiers: Any, limit: int | None, seed: int, data_dir):
     """The pair's samples and class embeddings through the evaluator's helpers (a retrieval task's: its images'
     caption sets)."""
-    from covar_harness.data.samples import open_task_data
-    from covar_harness.run.evaluator import limit_samples, task_classnames, task_templates
-    from covar_harness.run.progress import Reporter
-    from covar_harness.run.retrieval import is_retrieval_task
 
     samples = limit_samples(open_task_data(cfg, catalog, data_dir), limit, seed)
     if is_retrieval_task(cfg, catalog):
@@ -85,8 +93,6 @@ def _retrieval_pair(adapter: Any, samples: Any) -> PairData:
     explains the paired caption, ``--target pred`` the best-matching caption set among the pair's images (the
     image -> text top 1), and ``--score softmax`` is the softmax over the pair's caption sets (the retrieval
     softmax over ``--limit`` images when given); ``--score cosine`` is the image-text similarity itself."""
-    from covar_harness.run.progress import Reporter
-    from covar_harness.run.retrieval import paired_caption_classifier, self_labelled
 
     if not hasattr(samples, "captions"):
         raise ValueError(f"{samples.description or 'this dataset'}: a retrieval task without captions")
@@ -97,8 +103,6 @@ def _retrieval_pair(adapter: Any, samples: Any) -> PairData:
 
 def patch_masks(adapter: Any, samples: SampleSet, indices: Sequence[int]) -> list[np.ndarray | None]:
     """Each sample's foreground fraction per patch (raster order) in the model-input frame, None without a mask."""
-    from covar_harness.masks.geometry import mask_patch_fractions
-    from covar_harness.models.adapter import patch_grid
 
     out: list[np.ndarray | None] = []
     for i in indices:
@@ -118,9 +122,6 @@ def run_pair(
 ) -> dict[str, MethodRun]:
     """Every method (a name, or an Attributor class such as RISE with its settings) over every sample of the
     pair, batch by batch (one pass over the images); keyed by method name."""
-    from covar_harness.attribution.base import find_attributor
-    from covar_harness.models.adapter import attribution_support
-    from covar_harness.run.batches import iterate_batches
 
     classes = {find_attributor(m).name: find_attributor(m) for m in methods}
     runs = {name: MethodRun(name) for name in classes}
@@ -138,11 +139,18 @@ def run_pair(
             try:
                 run.rows += batch.rows(classes[method], run.x)
             except Exception as exc:  # noqa: BLE001 - a method that cannot explain this model is reported, not fatal
-                from covar_harness.common.console import one_line
-
                 run.error = f"{type(exc).__name__}: {one_line(exc)}"
                 run.rows = []  # no partial summary: the method failed on this pair
     return runs
+
+
+def softmax_temperature(adapter: Any, settings: FaithfulnessSettings) -> tuple[float, str]:
+    """(T, where it comes from) of the softmax score: ``--temperature`` when given, else the model's own logit
+    scale (``models.adapter.logit_scale``; 100 with a note when the model exposes none). Recorded per result in
+    ``settings.temperature`` / ``settings.temperature_from``."""
+    if settings.temperature is not None:
+        return settings.temperature, "--temperature"
+    return logit_scale(adapter)
 
 
 @dataclass
@@ -155,45 +163,37 @@ class _Batch:
     target: torch.Tensor
     labels: torch.Tensor
     scorer: Scorer
-    base: torch.Tensor
     fg: list[np.ndarray | None]
     settings: FaithfulnessSettings
     cci: CCISettings
 
     @classmethod
     def make(cls, adapter, data, indices, pixels, settings, cci) -> _Batch:
-        import torch
-        import torch.nn.functional as F
-
         with torch.no_grad():
             emb = F.normalize(adapter.encode_images(pixels).float().cpu(), dim=-1)
         labels = torch.tensor([data.samples.samples[i].label for i in indices])
         target = (emb @ data.classifier).argmax(dim=-1) if settings.target == "pred" else labels
-        scorer = Scorer(data.classifier, target, settings.score, settings.temperature)
-        base = canvas(adapter, pixels, settings.replacement, settings.blur_sigma)
+        scorer = Scorer(data.classifier, target, settings.score, softmax_temperature(adapter, settings)[0])
         fg = patch_masks(adapter, data.samples, indices)
-        return cls(adapter, data, indices, pixels, emb, target, labels, scorer, base, fg, settings, cci)
+        return cls(adapter, data, indices, pixels, emb, target, labels, scorer, fg, settings, cci)
 
     def rows(self, method: str | type[Attributor], x: dict[str, list[float]]) -> list[dict[str, Any]]:
-        import torch
-
-        from covar_harness.attribution.engine import sample_seed
-        from covar_harness.models.adapter import attribution_support
-
         samples = self.data.samples.samples
         seeds = [sample_seed(self.cci.seed, samples[i].id) for i in self.indices]
         text = self.data.classifier[:, self.target].T.contiguous()
         with torch.no_grad():
             maps = importance_maps(method, self.adapter, self.pixels, self.emb, text, self.target, seeds, self.cci)
-        order = importance_order(maps)
-        curves = {"": pixel_curves(self.adapter, self.pixels, order, self.base, self.scorer, self.settings.steps)}
-        if self.settings.token_removal and attribution_support(self.adapter)[0]:
-            curves["_tokens"] = token_curves(self.adapter, self.pixels, order, self.scorer, self.settings.steps)
+        random_ties = self.settings.ties == "random"
+        order = importance_order(maps, seeds if random_ties else None)
+        s = self.settings
+        inp = CurveInput(self.adapter, self.pixels, maps, order, seeds, random_ties, self.scorer, s.steps,
+                         s.replacement, s.blur_sigma, s.token_removal)  # fmt: skip
+        curves = PROTOCOLS[s.protocol]().curves(inp)
         for suffix, c in curves.items():
             x[f"deletion{suffix}"], x[f"insertion{suffix}"] = c.x_deletion.tolist(), c.x_insertion.tolist()
-        return [self._row(b, maps[b].numpy(), curves) for b in range(len(self.indices))]
+        return [self._row(b, maps[b].numpy(), order[b].numpy(), curves) for b in range(len(self.indices))]
 
-    def _row(self, b: int, imp: np.ndarray, curves: dict[str, Any]) -> dict[str, Any]:
+    def _row(self, b: int, imp: np.ndarray, order: np.ndarray, curves: dict[str, Any]) -> dict[str, Any]:
         sample = self.data.samples.samples[self.indices[b]]
         row: dict[str, Any] = {
             "index": self.indices[b],
@@ -210,6 +210,6 @@ class _Batch:
         fg = self.fg[b]
         row["pointing_energy"] = None if fg is None else pointing_energy(imp, fg)
         row["relevance_rank_accuracy"] = (
-            None if fg is None else relevance_rank_accuracy(imp, fg, self.settings.mask_threshold)
+            None if fg is None else relevance_rank_accuracy(imp, fg, self.settings.mask_threshold, order)
         )
         return row

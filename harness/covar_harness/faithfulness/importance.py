@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from covar_harness.attribution.base import find_attributor
+from covar_harness.attribution.engine import attribute, check_model
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,6 @@ def importance_maps(
     """(B, N) importance of every patch for the explained class (``text`` (B, D) normalised), on CPU. Methods
     over the clustering-and-removal engine run through ``attribution.attribute``; a method the adapter cannot
     run that has ``pixel_importance`` (occlusion) uses it; anything else raises :class:`Unsupported`."""
-    from covar_harness.attribution.engine import attribute, check_model
 
     cls = find_attributor(method)
     ok, why = cls.supported_by(adapter)

@@ -11,22 +11,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from covar_harness.common.safe_files import atomic_write
+
 KINDS = ("deletion", "insertion")
 BASELINE_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 2.0}
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     return plt
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from covar_harness.results.files import atomic_write
-
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)
     _pyplot().close(fig)
     return path

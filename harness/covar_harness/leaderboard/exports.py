@@ -1,6 +1,6 @@
 """``covar-harness export``: result files -> the Hugging Face Hub's evaluation-results layouts or Weights & Biases.
 
-``--to hf --out DIR`` writes one folder per model (``results.slug`` of its spec)::
+``--to hf --out DIR`` writes one folder per model (``slug`` of its spec)::
 
     <slug>/README.md                      model-card front matter: the ``model-index`` block (task, dataset,
                                           metrics, source), ready to merge into the model's card
@@ -26,8 +26,12 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from covar_harness import __version__
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.console import one_line
+from covar_harness.common.console import console, inert, markup, one_line
+from covar_harness.common.safe_files import slug
 from covar_harness.leaderboard import generated_folders
 from covar_harness.leaderboard import tables as lb
 from covar_harness.results import files as results
@@ -143,15 +147,13 @@ def hf_documents(records: list[dict], source_url: str | None = None) -> dict[str
     out = {}
     for spec, recs in by_model(records).items():
         index = [{"name": _text(spec), "results": [model_index_result(r, source_url) for r in recs]}]
-        evals = {f"{results.slug(r['task']['name'])}.yaml": eval_result(r, source_url) for r in recs}
-        out[results.slug(spec)] = {"model_index": index, "eval_results": {k: v for k, v in evals.items() if v}}
+        evals = {f"{slug(r['task']['name'])}.yaml": eval_result(r, source_url) for r in recs}
+        out[slug(spec)] = {"model_index": index, "eval_results": {k: v for k, v in evals.items() if v}}
     return out
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
 def _dump(obj: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=10_000)
 
 
@@ -161,8 +163,6 @@ def check_out(out: Path) -> None:
 
 
 def _write_tree(folder: Path, documents: dict[str, dict]) -> None:
-    from covar_harness import __version__
-
     (folder / MARKER).write_text(json.dumps({"generator": "covar-harness export", "version": __version__}) + "\n")
     for name, doc in documents.items():
         model_dir = folder / name
@@ -195,7 +195,7 @@ def check_push(repo: str, documents: dict[str, dict]) -> Any:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
         raise UsageError(f"--push {one_line(repo)!r} is not a Hub repository id (owner/name)")
     try:
-        import huggingface_hub
+        import huggingface_hub  # lazy: optional dependency, imported where used
     except ImportError:
         raise UsageError(HUB_HINT) from None
     if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
@@ -228,7 +228,7 @@ def push_hf(hub: Any, repo: str, model_dir: Path, model_index: list) -> str:
 # ---- Weights & Biases --------------------------------------------------------------------------------------
 def import_wandb() -> Any:
     try:
-        import wandb
+        import wandb  # lazy: optional dependency, imported where used
     except ImportError:
         raise UsageError(WANDB_HINT) from None
     return wandb
@@ -236,7 +236,6 @@ def import_wandb() -> Any:
 
 def wandb_payload(recs: list[dict]) -> tuple[list[list[Any]], dict[str, Any]]:
     """(table rows in ``leaderboard.LONG_FIELDS`` order, summary {"task/metric": value} of the headlines)."""
-    from covar_harness.common.console import inert
 
     rows = inert(lb.long_records(recs))
     data = [[row[f] for f in lb.LONG_FIELDS] for row in rows]
@@ -282,8 +281,6 @@ def _check_flags(args: Namespace) -> None:
 
 
 def _load(args: Namespace, err: Any) -> list[dict]:
-    from covar_harness.common.console import markup
-
     if not os.path.isdir(args.results_dir):
         raise UsageError(f"results folder {one_line(args.results_dir)!r} does not exist")
     loaded = lb.collect(args.results_dir)
@@ -297,8 +294,6 @@ def _load(args: Namespace, err: Any) -> list[dict]:
 
 
 def cmd_export(args: Namespace) -> int:
-    from covar_harness.common.console import console, markup
-
     _check_flags(args)
     wandb = import_wandb() if args.to == "wandb" else None  # before anything is read: one line, exit 2
     out, err = console(), console(stderr=True)

@@ -26,7 +26,7 @@ except ImportError:  # Windows: killed builds' folders are only removed once the
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import one_line
-from covar_harness.results.files import umask_mode
+from covar_harness.common.safe_files import umask_mode
 
 STALE_S = 60.0  # a leftover folder younger than this may belong to a build that has not locked it yet
 

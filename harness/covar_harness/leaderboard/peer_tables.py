@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from covar_harness.leaderboard.tables import (
+from covar_harness.leaderboard.readers import (
     Table,
     _by_model,
     _headline,

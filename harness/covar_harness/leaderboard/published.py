@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from covar_harness.data.resources import read_csv
 from covar_harness.data.subsets import COVAR_SUBSETS
 from covar_harness.results import files as results
 
@@ -39,14 +40,10 @@ def _paper_label(row: dict[str, str]) -> str:
 
 
 def _paper_rows() -> list[dict[str, str]]:
-    from covar_harness.data.resources import read_csv
-
     return read_csv("reference", "paper_covar_results.csv")
 
 
 def _ca_paper_rows() -> list[dict[str, str]]:
-    from covar_harness.data.resources import read_csv
-
     return read_csv("reference", "counteranimals_paper.csv")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from covar_harness.results import files
 
 N_DRAWS = 1000
@@ -35,7 +37,6 @@ def _value_and_sd(rec: dict) -> tuple[float, float] | None:
 
 def rank_cells(values: list[tuple[float, float]], seed: int = 0) -> list[str]:
     """'point [low, high]' per model from (value, sd) pairs."""
-    import numpy as np
 
     mean = np.array([v for v, _ in values])
     sd = np.array([s for _, s in values])

@@ -8,8 +8,10 @@ import io
 import json
 from typing import Any
 
-from covar_harness.common.console import one_line, safe
-from covar_harness.leaderboard.tables import LONG_FIELDS, Table, average_records, long_records
+from covar_harness.common.console import one_line, print_rows, safe
+from covar_harness.leaderboard.faithfulness import long_rows
+from covar_harness.leaderboard.readers import Table
+from covar_harness.leaderboard.tables import LONG_FIELDS, average_records, long_records
 from covar_harness.results import files as results
 
 
@@ -58,8 +60,6 @@ def header_lines(column: str) -> tuple[str, str]:
 
 
 def render_rich(tables: list[Table], console) -> None:
-    from covar_harness.common.console import print_rows
-
     for t in tables:  # "H-flip BG-Er" -> two header lines: wide tables stay readable
         columns = [c if i == 0 else "\n".join(x for x in header_lines(c) if x) for i, c in enumerate(t.columns)]
         rows = [[cell(v) for v in row] for row in t.rows]
@@ -86,7 +86,6 @@ def _csv_value(value: Any) -> Any:
 
 def _faithfulness_rows(faithfulness: Any, reference: str | None) -> list[dict]:
     """Faithfulness results in the long format (``faithfulness/<method>/<metric>``; own rows, never published)."""
-    from covar_harness.faithfulness.leaderboard import long_rows
 
     rows = long_rows(list(faithfulness))
     return [{**row, "published": False} for row in rows] if reference == "paper" else rows

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.common.console import one_line
+from covar_harness.common.metrics import average_interval
 from covar_harness.data.subsets import ALL_SUBSETS, COVAR_SUBSETS, SUBSET_TITLES
 from covar_harness.diagnosis.rules import RULES
 from covar_harness.leaderboard import concepts
 from covar_harness.leaderboard.cost_table import TITLE as COST_TITLE
 from covar_harness.leaderboard.cost_table import cost_columns, cost_rows
+from covar_harness.leaderboard.faithfulness import faithfulness_tables
+from covar_harness.leaderboard.peer_tables import background_reliance_tables, imagenet9_tables
 from covar_harness.leaderboard.published import (
     CA_GROUPS,
     CA_PUBLISHED_CAPTION,
@@ -31,18 +34,23 @@ from covar_harness.leaderboard.published import (
 )
 from covar_harness.leaderboard.ranks import CAPTION as RANK_CAPTION
 from covar_harness.leaderboard.ranks import rank_rows
+from covar_harness.leaderboard.readers import (
+    Table,
+    _by_model,
+    _headline,
+    _metric,
+    _pct,
+    _subset,
+    diag_titles,
+    diagnosis_counts,
+    headline_rule,
+    record_rule,
+)
 from covar_harness.results import files as results
+from covar_harness.results.faithfulness import is_faithfulness
+from covar_harness.results.validation import validate_any
 
 REFERENCES = ("paper",)
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[Any]] = field(default_factory=list)
-    published: set[int] = field(default_factory=set)  # row indices that are published figures, not ours
-    caption: str | None = None  # printed under the table: what the published rows and the averages are
 
 
 @dataclass
@@ -59,8 +67,6 @@ def collect(directory: Path) -> Loaded:
     with a one-line reason; nothing in one file can stop the others from being read. Faithfulness results go to
     ``Loaded.faithfulness``, apart from the classification records every other table reads.
     """
-    from covar_harness.faithfulness.leaderboard import is_faithfulness
-    from covar_harness.results.validation import validate_any
 
     records: list[dict] = []
     faithfulness: list[dict] = []
@@ -79,20 +85,6 @@ def collect(directory: Path) -> Loaded:
     return Loaded(records, invalid, faithfulness)
 
 
-def _pct(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * value, 1)
-
-
-def _metric(rec: dict | None, key: str) -> float | None:
-    """A metric's value when it is a finite number, else None (never a string or a dict into arithmetic)."""
-    value = None if rec is None else rec.get("metrics", {}).get(key)
-    return value if results.is_number(value) else None
-
-
-def _headline(rec: dict) -> float | None:
-    return _metric(rec, rec["task"].get("headline") or "acc1")
-
-
 def _families(records: Iterable[dict]) -> list[str]:
     out: list[str] = []
     for r in records:
@@ -102,21 +94,9 @@ def _families(records: Iterable[dict]) -> list[str]:
     return out
 
 
-def _subset(task_name: str) -> str:
-    return task_name.split("/", 1)[1] if "/" in task_name else task_name
-
-
 def _is_covar_like(records: list[dict], family: str) -> bool:
     subsets = {_subset(r["task"]["name"]) for r in records if r["task"]["name"].startswith(family + "/")}
     return bool(subsets & set(COVAR_SUBSETS)) and subsets <= set(ALL_SUBSETS)
-
-
-def _by_model(records: list[dict], family: str) -> dict[str, dict[str, dict]]:
-    out: dict[str, dict[str, dict]] = {}
-    for r in records:
-        if r["task"]["name"].split("/", 1)[0] == family:
-            out.setdefault(r["model"]["spec"], {})[_subset(r["task"]["name"])] = r
-    return out
 
 
 def covar_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
@@ -161,7 +141,6 @@ AVG_INTERVAL_NOTE = (
 def average_records(records: list[dict], reference: str | None = None) -> list[dict]:
     """Per own model with all 8 COVAR subsets of a family: ``acc1_avg`` (task = the family) and its interval
     (``interval``; :data:`AVG_INTERVAL_NOTE`), in the long format of :func:`long_records`."""
-    from covar_harness.common.metrics import average_interval
 
     out = []
     for family in _families(records):
@@ -279,46 +258,6 @@ DIAG_KEYS = ("bg_er", "bg_er_null_p", "bg_sufficient_rate", "fine_er")
 OPTIONAL_DIAG = ("bg_er_null_p", "bg_sufficient_rate")  # shown where some result carries them
 
 
-def diag_titles(rule: str | None, own: bool = True) -> dict[str, str]:
-    """Column titles of the diagnosis metrics, BG-Er and Fine-Er named by the rule behind them ("BG-Er (area,
-    harness rule)"): the harness's rules and the paper's unknown one measure different things, so no column
-    may read as a bare "BG-Er". Without own rows the column holds the paper's figures only."""
-    if rule in RULES:
-        label = RULES[rule].label
-    else:  # a rule this version does not know (a plugin's), several, or none recorded
-        label = "rule not recorded" if rule is None else rule if rule.startswith("mixed") else f"{rule} rule"
-    name = label if own else "published rule, unknown"
-    return {
-        "bg_er": f"BG-Er ({name})",
-        "fine_er": f"Fine-Er ({name})",
-        "bg_er_null_p": "BG-Er p vs null",
-        "bg_sufficient_rate": "bg-sufficient (counterfactual)",
-        "bg_er_null": "BG-Er null",
-    }
-
-
-def headline_rule(models: dict) -> str | None:
-    """The headline driver rule the own results name (``config.diagnosis.rules[0]``): one rule, or "mixed: a, b"
-    when results disagree (each result's rule is in its csv / json rows)."""
-    found = []
-    for runs in models.values():
-        for rec in runs.values():
-            rule = record_rule(rec)
-            if rule is not None and rule not in found:
-                found.append(rule)
-    if len(found) > 1:
-        return "mixed rules: " + ", ".join(one_line(r) for r in found)
-    return found[0] if found else None
-
-
-def record_rule(rec: dict | None) -> str | None:
-    """The headline driver rule a result names, read defensively (any file ``validate`` accepts)."""
-    config = rec.get("config") if isinstance(rec, dict) else None
-    diag = config.get("diagnosis") if isinstance(config, dict) else None
-    rules = diag.get("rules") if isinstance(diag, dict) else None
-    return rules[0] if isinstance(rules, list) and rules and isinstance(rules[0], str) else None
-
-
 def _diag_cell(rec: dict | None, key: str) -> Any:
     """A percentage, except the p-value: a probability, shown as itself with 2 significant digits ("0.00012",
     a string, so no renderer rounds it to a percentage's one decimal)."""
@@ -408,10 +347,6 @@ def counteranimals_tables(records: list[dict], family: str, reference: str | Non
 
 # Families with a dedicated layout; everything else gets the generic one (COVAR-like families are detected).
 def _imagenet9_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
-    from covar_harness.leaderboard.peer_tables import (
-        imagenet9_tables,  # the peers' layouts live apart (and import this)
-    )
-
     return imagenet9_tables(records, family, reference)
 
 
@@ -440,11 +375,13 @@ def build_tables(records: list[dict], reference: str | None = None, faithfulness
         else:
             tables.append(generic_table(records, family))
         tables += rank_tables(records, family)
-    from covar_harness.faithfulness.leaderboard import faithfulness_tables  # imports this module: on use
-    from covar_harness.leaderboard.peer_tables import background_reliance_tables  # imports this module: on use
 
     rest = [*background_reliance_tables(records), *concept_tables(records), *cost_tables(records)]
-    return tables + rest + faithfulness_tables(list(faithfulness))
+    faith = [
+        Table(title, columns, rows, caption=caption)
+        for title, columns, rows, caption in faithfulness_tables(list(faithfulness))
+    ]
+    return tables + rest + faith
 
 
 def rank_tables(records: list[dict], family: str) -> list[Table]:
@@ -508,23 +445,3 @@ def long_records(records: list[dict], reference: str | None = None) -> list[dict
     if reference == "paper":
         rows = [{**row, "published": False} for row in rows] + published_records()
     return rows
-
-
-DIAG_COUNTS = ("n_errors", "n_errors_undetermined", "n_errors_without_mask", "errors_mean_area")
-
-
-def diagnosis_counts(rec: dict) -> dict[str, float]:
-    """The counts behind the headline rule's shares (errors with a mask, of them undetermined, errors without a
-    mask) and the errors' mean object area, as ``diagnosis_*`` rows of csv / json: a share means little without
-    its denominator, and a rule that tracks object size shows it in the area. Read defensively (any file
-    ``validate`` accepts)."""
-    config = rec.get("config")
-    diag = config.get("diagnosis") if isinstance(config, dict) else None
-    rules = diag.get("rules") if isinstance(diag, dict) else None
-    by_rule = diag.get("by_rule") if isinstance(diag, dict) else None
-    if not (isinstance(rules, list) and rules and isinstance(rules[0], str) and isinstance(by_rule, dict)):
-        return {}
-    head = by_rule.get(rules[0])
-    if not isinstance(head, dict):
-        return {}
-    return {f"diagnosis_{k}": head[k] for k in DIAG_COUNTS if results.is_number(head.get(k))}

@@ -78,6 +78,7 @@ def _box_interpolating(step: Any) -> Any:
     current = getattr(step, "interpolation", None)
     if current is None:
         return step
+    # lazy: ls / --help / plugin discovery import this module without torch
     from torchvision.transforms import InterpolationMode
 
     step = copy.copy(step)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covar_harness.common.console import safe
 from covar_harness.masks.geometry import mask_patch_fractions
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ class PatchMasks:
 
     def _fail(self, stage: str, exc: Exception) -> None:
         """Switch the masks off for this task with one line saying why (untrusted text made inert)."""
-        from covar_harness.common.console import safe
 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         name = safe(getattr(self.segmenter, "name", type(self.segmenter).__name__))

@@ -16,6 +16,7 @@ rule), the ``--segmenter-opt`` checks, :class:`MaskCache` (atomic on-disk mask c
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -24,9 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from covar_harness.catalog.plugin_manager import keywords_of
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import parse_value
+from covar_harness.common.safe_files import atomic_write
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
@@ -83,9 +87,6 @@ def choose_segmenter(
 def _check_settings(name: str, factory: Callable[..., Any], settings: dict[str, Any]) -> None:
     """Reject setting names the factory does not take, listing the ones it does (a typo must not be ignored).
     What a factory takes is read with the harness's one signature policy (``plugin_manager.keywords_of``)."""
-    import difflib
-
-    from covar_harness.catalog.plugin_manager import keywords_of
 
     accepts = keywords_of(factory)
     unknown = sorted(k for k in settings if not accepts.accepts(k))
@@ -207,9 +208,6 @@ class MaskCache:
     def put(self, key: str, mask: Image.Image | None, info: dict[str, Any] | None = None) -> None:
         """Store ``mask`` (None: "no object"); ``info`` (small JSON) travels in the PNG's text chunk and comes
         back as ``get(key).info[MaskCache.INFO]``."""
-        from PIL.PngImagePlugin import PngInfo
-
-        from covar_harness.results.files import atomic_write
 
         text = PngInfo()
         if info:

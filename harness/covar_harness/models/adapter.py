@@ -17,6 +17,7 @@ which treat a missing member exactly like the base class's default. That is what
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -250,10 +251,30 @@ def n_blocks(obj: Any) -> int | None:
 def takes_layer(obj: Any) -> bool:
     """Whether ``patch_tokens`` accepts ``layer=`` (by name or through ``**kwargs``). Adapters written before the
     argument existed give the last block only. The policy is :func:`catalog.plugin_manager.keywords_of`."""
-    from covar_harness.catalog.plugin_manager import keywords_of
 
     method = getattr(obj, "patch_tokens", None)
+    # lazy: `import covar_harness` stays light (the plugin manager reads entry-point metadata)
+    from covar_harness.catalog.plugin_manager import keywords_of
+
     return method is not None and keywords_of(method).accepts("layer")
+
+
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's learned logit scale at its clamp: for models that expose none
+DEFAULT_LOGIT_SCALE_SOURCE = "default: CLIP's 100, the model exposes no logit scale"
+
+
+def logit_scale(obj: Any) -> tuple[float, str]:
+    """(T, where it comes from): the temperature the model itself turns cosines into class logits with, its
+    learned ``logit_scale`` when its module exposes one (open_clip and transformers CLIP / SigLIP keep it as a
+    log), else ``DEFAULT_LOGIT_SCALE``. A softmax at another T is sharper or flatter than the model's own."""
+    scale = getattr(getattr(obj, "model", None), "logit_scale", None)
+    try:
+        value = float(scale.detach().float().exp())  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return DEFAULT_LOGIT_SCALE, DEFAULT_LOGIT_SCALE_SOURCE
+    if not math.isfinite(value) or value <= 0:
+        return DEFAULT_LOGIT_SCALE, DEFAULT_LOGIT_SCALE_SOURCE
+    return value, "the model's logit scale"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import parse_value
 
 KEYS = ("precision", "device", "cache_dir")
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision and precision=: what load_model accepts
 
 
 def parse(text: str | None, separator: str = ",", where: str = "--model-args") -> dict[str, Any]:
@@ -36,8 +37,6 @@ def parse(text: str | None, separator: str = ",", where: str = "--model-args") -
 
 def check(args: dict[str, Any], where: str) -> None:
     """Unknown keys (with the close match) and values a model cannot load with are usage errors."""
-    from covar_harness.models.specs import PRECISIONS
-
     for key in args:
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)

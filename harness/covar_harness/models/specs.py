@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.catalog.plugin_manager import call_with_accepted, default_catalog
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
 from covar_harness.common.console import one_line, unsafe_name
 from covar_harness.models.adapter import missing_members
-from covar_harness.models.args import split_spec
+from covar_harness.models.args import PRECISIONS, split_spec
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 ALL_GROUP = "all"
 EXCLUDED_FROM_ALL = "demo"
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ModelLoadError(RuntimeError):
@@ -80,7 +80,7 @@ def hub_offline() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         return True
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # lazy: optional dependency, imported where used
     except ImportError:
         return False
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
@@ -118,7 +118,7 @@ def hub_cache(cache_dir: str | None = None) -> str:
     if cache_dir:
         return str(cache_dir)
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # lazy: optional dependency, imported where used
     except ImportError:
         return os.path.expanduser("~/.cache/huggingface/hub")
     return str(constants.HF_HUB_CACHE)
@@ -134,7 +134,7 @@ def unreachable_error(spec: str, exc: BaseException, cache_dir: str | None = Non
 
 def torch_dtype(precision: str):
     """The torch dtype of a ``--precision`` value (adapters cast weights and pixels to it)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -233,7 +233,6 @@ def load_model(
 ) -> ModelAdapter:
     """Return the ModelAdapter for any model spec (docs/design.md section 4). The public entry point for notebooks
     and tests."""
-    from covar_harness.catalog.plugin_manager import call_with_accepted, default_catalog
 
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -271,7 +270,6 @@ def patch_count_hint(spec: str, catalog: Catalog | None = None) -> int | None:
     """The patch count (rows * cols) of a model spec WITHOUT loading weights, when its scheme's loader can tell
     cheaply (``loader.patch_count_hint(rest)``: openclip ARCH/TAG and local folders, hf: local folders); else None.
     Why: ``--cci-k`` above the patch count can then be refused before any download."""
-    from covar_harness.catalog.plugin_manager import default_catalog
 
     catalog = catalog or default_catalog()
     try:
@@ -293,7 +291,7 @@ def resolve_device(device: str) -> str:
     ``is_available`` then only confirms a GPU that NVML reported."""
     if device != "auto":
         return device
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     if torch.cuda.device_count() > 0 and torch.cuda.is_available():
         return "cuda"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from covar_harness.common.cost import Cost
@@ -31,10 +32,8 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.catalog.plugin_manager import Catalog
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.data.samples import ClassMap, SampleSet
-    from covar_harness.data.taskconfig import TaskConfig
-    from covar_harness.run.evaluator import RunOptions
-    from covar_harness.run.progress import Reporter
 
 R = TypeVar("R", bound="SampleRecord")
 T = TypeVar("T")
@@ -77,6 +76,39 @@ class StepSummary(JsonRecord):
 
 
 # ---- context and batch ------------------------------------------------------------------------------------------
+class RunSettings(Protocol):
+    """What steps and the per-pair pass read of the run's options; ``run.evaluator.RunOptions`` is the one
+    implementation. A protocol here, so that the contract does not import the run stage above it."""
+
+    data_dir: Path | None
+    seed: int
+    precision: str
+    text_cache: Path | None
+    segmenter: str
+    diagnosis: Any
+    batch_size: int | str
+    workers: int | None
+    checkpoint_every: int
+    world: Any
+
+    @property
+    def rows_per_batch(self) -> int: ...
+
+    def result_settings(self) -> dict[str, Any]: ...
+
+
+class Progress(Protocol):
+    """The progress calls a step may make; ``run.progress.Reporter`` implements them (silent without a terminal)."""
+
+    def task(self, description: str, total: int | None) -> Any: ...
+
+    def advance(self, handle: Any, n: int = 1) -> None: ...
+
+    def done(self, handle: Any) -> None: ...
+
+    def say(self, message: str) -> None: ...
+
+
 @dataclass
 class PairContext:
     """Everything a step may need about the model x task pair it runs on, handed to ``start``."""
@@ -88,8 +120,8 @@ class PairContext:
     templates: list[str] = field(default_factory=list)
     model_spec: str | None = None  # the --models spec: names the pair's output folders
     catalog: Catalog | None = None
-    options: RunOptions | None = None
-    reporter: Reporter | None = None
+    options: RunSettings | None = None  # the run's RunOptions
+    reporter: Progress | None = None  # the run's Reporter
     classifier: torch.Tensor | None = None  # (D, C) class embeddings, L2-normalised, on CPU
     steps: list[Step] = field(default_factory=list)  # the pair's pipeline, in order
     # A class-mapped pair (data.samples.ClassMap, e.g. ImageNet-9's 1000-way protocol): ``classifier`` is over the

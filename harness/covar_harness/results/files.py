@@ -5,7 +5,6 @@ The file is the unit of resume (an existing file means the pair is done) and of 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -14,68 +13,22 @@ import re
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from covar_harness.common.safe_files import parse_json
+from covar_harness import __version__
+from covar_harness.catalog.registry import UsageError
+from covar_harness.common.console import unsafe_name, unsafe_text
+from covar_harness.common.safe_files import LEGACY_SLUG_HASH, atomic_write, parse_json, read_text_capped, slug
 
 SCHEMA_VERSION = 1
 # The version of the per-sample log ``--log-samples`` writes, recorded as ``config.sample_log_version``. 2 (issue 26):
 # the diagnosis fields also hold what ``rescore`` needs (``fg``, ``null_fg`` / ``nulls``, ``fine_by_rule``) and the
 # attribution records the other target's Shapley values and region similarities. A log without the key is 1.
 SAMPLE_LOG_VERSION = 2
-
-
-SLUG_HASH = 16  # hex digits of SHA-256 in a hashed slug: 64 bits, no collision found by a birthday search
-LEGACY_SLUG_HASH = 8  # what harnesses before 0.2 wrote (32 bits: a collision takes 2 s to find)
-SLUG_MAX = 200  # bytes (slugs are ASCII); leaves room for ".samples.jsonl" and the temp-file affixes under 255
-_SAFE_PART = re.compile(r"[A-Za-z0-9.=-](?:[A-Za-z0-9._=-]*[A-Za-z0-9=-])?")  # one "/"-separated part kept as is
-_HASHED_TAIL = re.compile(r"-(?:[0-9a-f]{8}|[0-9a-f]{16})$")  # a hashed slug, in the form written now or earlier
-_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # Windows device names, any extension
-
-
-def _kept_as_is(text: str) -> bool:
-    """True when ``/`` -> ``__`` is the only change and can be undone: every part is safe, has no ``__``, does
-    not start or end with ``_`` or start with ``.``, and the result could not be mistaken for a hashed slug."""
-    parts = text.split("/")
-    readable = "__".join(parts)
-    return (
-        all(_SAFE_PART.fullmatch(p) and "__" not in p and not p.startswith(".") for p in parts)
-        and len(readable) <= SLUG_MAX
-        and not _HASHED_TAIL.search(readable)
-        and not _RESERVED.fullmatch(readable)
-    )
-
-
-def slug(text: str, *, hashed: bool = True, digits: int = SLUG_HASH) -> str:
-    """Filesystem-safe, readable, stable and injective: distinct names never share a result file.
-
-    Safe names keep today's form (``demo/shapes-clean`` -> ``demo__shapes-clean``); anything else (``:``, spaces,
-    non-ASCII, a leading dot, a reserved device name, over ``SLUG_MAX`` bytes) becomes its readable ASCII part
-    plus ``-`` and 16 hex digits (64 bits) of the SHA-256 of the original text: ``openclip:ViT-B-32/openai`` ->
-    ``openclip_ViT-B-32__openai-<hash>``. A slug is never empty, ``.``, ``..``, hidden, or a path. ``digits=8``
-    gives the shorter form earlier harnesses wrote (``legacy_result_path``).
-
-    ``hashed=False`` is the short form ``build-covar`` names objects, backgrounds and class folders with: each run
-    of characters outside ``[A-Za-z0-9_.-]`` becomes ``-`` (``ice bear`` -> ``ice-bear``), no hash. It is not
-    injective (build-covar refuses duplicate object ids instead), and it must not change: an object's id seeds
-    its random draws, so another form would change every image of a rebuilt COVAR copy. Safe names, such as
-    COVAR-Shapes' ``circle-0``, come out the same in both forms.
-    """
-    text = str(text)
-    if not hashed:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
-    if _kept_as_is(text):
-        return text.replace("/", "__")
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
-    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("/", "__")).strip("_.")
-    readable = readable[: SLUG_MAX - digits - 2].rstrip("_.") or "unnamed"
-    out = f"{readable}-{digest}"
-    return "_" + out if _RESERVED.fullmatch(out) else out  # "nul.txt-1a2b3c4d" is still the device NUL on Windows
 
 
 def result_path(output_dir: Path, model_spec: str, task_name: str) -> Path:
@@ -96,32 +49,6 @@ def legacy_result_path(output_dir: Path, model_spec: str, task_name: str) -> Pat
 
 def samples_path(result_file: Path) -> Path:
     return result_file.with_name(result_file.name[: -len(".json")] + ".samples.jsonl")
-
-
-def umask_mode(mode: int = 0o666) -> int:
-    """``mode`` as ``open()`` / ``mkdir`` would create it under this process's umask. Why: ``mkstemp`` and
-    ``mkdtemp`` make 0600 / 0700 whatever the umask, so files renamed into place would be private to the user
-    even where the umask shares them (a group's results folder, a web server serving the report)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mode & ~mask
-
-
-def atomic_write(path: Path, write, binary: bool = False) -> None:
-    """``write(file)`` into a temp file beside ``path``, then rename: readers see the old file or the new one
-    (with the mode the umask gives new files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, umask_mode(0o666))
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def jsonable(obj: Any) -> Any:
@@ -160,9 +87,19 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
     def write(fh):
         for row in rows:
-            fh.write(json.dumps(jsonable(row), allow_nan=False, separators=(",", ":")) + "\n")
+            fh.write(_jsonl_line(row) + "\n")
 
     atomic_write(path, write)
+
+
+def _jsonl_line(row: dict) -> str:
+    """One log line. Most rows are plain JSON data already, which ``json.dumps`` writes as :func:`jsonable`'s copy
+    would be written; only a row it refuses (a NaN, a numpy number) is made plain first: a 50,000-sample log
+    is written without walking every value in Python."""
+    try:
+        return json.dumps(row, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return json.dumps(jsonable(row), allow_nan=False, separators=(",", ":"))
 
 
 def _version(dist: str) -> str | None:
@@ -187,7 +124,6 @@ def _git(folder: Path, *args: str) -> str | None:
 
 def _is_harness_checkout(root: Path) -> bool:
     """Whether ``root`` is the top of a covar-harness source tree: its pyproject.toml names this distribution."""
-    from covar_harness.common.safe_files import read_text_capped
 
     try:
         text = read_text_capped(root / "pyproject.toml", 1 << 20)
@@ -220,7 +156,6 @@ def now() -> str:
 
 def provenance(device: str, started_at: str, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where and when a result was made; ``distributed``: the ranks of a torchrun job (``distributed.py``)."""
-    from covar_harness import __version__
 
     out = {
         "harness_version": __version__,
@@ -236,6 +171,7 @@ def provenance(device: str, started_at: str, distributed: dict[str, Any] | None 
     return out if distributed is None else {**out, "distributed": distributed}
 
 
+MAX_NAME = 1000  # characters in a name (a model spec may be a long local path)
 MAX_RESULT_BYTES = 64 * 2**20  # a result file is a few KiB; anything near this is not one
 MAX_DEPTH = 64  # result files nest 4 levels deep
 
@@ -288,7 +224,6 @@ def result_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files as given and folders as every ``*.json`` under them, plus (path, reason) for folders that could
     not be listed. A path that does not exist, or a folder without result files, is a ``UsageError``."""
-    from covar_harness.catalog.registry import UsageError
 
     files: list[Path] = []
     problems: list[tuple[Path, str]] = []
@@ -330,6 +265,19 @@ def is_number(value: Any) -> bool:
         return math.isfinite(float(value))
     except OverflowError:
         return False
+
+
+def text_problem(value: str, *, name: bool) -> str | None:
+    """Why ``value`` may not be stored as a name (``name``) or a free-text line; None when it may."""
+    if name and not value.strip():
+        return "must not be empty"
+    if name and len(value) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters, has {len(value)}"
+    if (unsafe_name if name else unsafe_text)(value):
+        if name:
+            return "must not contain control, bidi, invisible or surrogate characters, line breaks or end spaces"
+        return "must not contain control, bidi or surrogate characters"
+    return None
 
 
 def _short(value: Any) -> str:

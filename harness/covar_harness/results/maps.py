@@ -4,7 +4,7 @@ them), under ``SAVE_MAPS/<model slug>/<task slug>``, the slugs of the result fol
 top-5, correct or wrong, and, when the sample has a mask, the fg fraction and driver under each ``--driver-rule``
 as the diagnosis logged them (its ``DiagnosisRecord`` of the same batch: nothing is recomputed).
 
-Why here, in ``results``: the maps are an output of the pair named like its result folder (``results.slug``), and
+Why here, in ``results``: the maps are an output of the pair named like its result folder (``slug``), and
 the step runs after the diagnosis and the distractor check (docs/design.md section 7), so it reads their records;
 a stage below the diagnosis could not. A map that cannot be written (full or read-only disk) stops the maps of that
 pair with a note; the records and the result file are unaffected.
@@ -21,10 +21,10 @@ from covar_harness.attribution.overlays import Caption
 from covar_harness.attribution.settings import check_maps_dir
 from covar_harness.attribution.step import AttributionStep
 from covar_harness.common.console import safe
+from covar_harness.common.safe_files import slug
 from covar_harness.diagnosis.rules import DiagnosisRecord
 from covar_harness.models.adapter import adapter_name
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
-from covar_harness.results import files as results
 
 if TYPE_CHECKING:
     from covar_harness.pipeline.contract import Batch
@@ -52,12 +52,12 @@ class MapStep(Step):
         self.active = any(isinstance(s, AttributionStep) and s.active for s in ctx.upstream_of(self))
 
     def folder(self) -> Path:
-        """``ROOT/<model slug>/<task slug>``: the slugs (``results.slug``) of the model spec (the adapter's name
+        """``ROOT/<model slug>/<task slug>``: the slugs (``slug``) of the model spec (the adapter's name
         only when no spec was given) and the task."""
         assert self.ctx is not None, "start() first"
         model = self.ctx.model_spec or adapter_name(self.ctx.adapter)
         task = getattr(self.ctx.task, "task", None) or "task"
-        return self.root / results.slug(model) / results.slug(task)
+        return self.root / slug(model) / slug(task)
 
     def process(self, batch: Batch) -> list[SampleRecord]:
         """One overlay PNG per attributed row of the batch; no records (nothing goes into the sample log)."""
@@ -72,7 +72,7 @@ class MapStep(Step):
         for j, (index, r) in enumerate(zip(attributed.indices, attributed.rows)):
             mask = overlays.mask_in_input_frame(batch.samples, index, adapter.preprocess, (int(height), int(width)))
             caption = self.caption(batch, r)
-            stem = results.slug(Path(batch.samples.samples[index].id).stem)
+            stem = slug(Path(batch.samples.samples[index].id).stem)
             try:
                 overlays.save_overlay(
                     folder / overlays.map_name(index, stem, caption.correct),

@@ -27,7 +27,9 @@ from typing import Any
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import parse_json
+from covar_harness.data.resources import named
 from covar_harness.results import files as results
+from covar_harness.results.faithfulness import is_faithfulness
 
 MAX_SAMPLES_BYTES = 512 * 1024 * 1024
 TOLERANCE = 1e-9  # recomputed fractions must match to float precision, not "roughly"
@@ -56,7 +58,6 @@ class StrictChecker:
 
     def problems(self, path: Path, obj: dict[str, Any]) -> list[str]:
         """Every strict problem of one schema-valid result file, each one line; empty when it passes."""
-        from covar_harness.faithfulness.leaderboard import is_faithfulness
 
         if is_faithfulness(obj):  # `validate` takes them; a submission is a classification result
             return ["a faithfulness result, not a submission: --strict checks classification results (run)"]
@@ -92,7 +93,6 @@ def samples_digest(pairs: Iterable[tuple[str, int]]) -> str:
 def known_fingerprints(extra: Path | None = None) -> Known:
     """The shipped data versions of the benchmark, plus a user file (their own COVAR copy, say):
     ``{task: [fingerprint, ...]}`` or ``{task: {fingerprint: {"n_samples": N, "samples": "sha256:..."}}}``."""
-    from covar_harness.data.resources import named
 
     shipped = named("reference", "data_fingerprints")
     known = {task: _versions(v) for task, v in shipped.items() if not task.startswith("_")}

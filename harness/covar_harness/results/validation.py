@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from covar_harness.data.taskconfig import RETRIEVAL_METRICS, TASK_KIND
-from covar_harness.results.files import SCHEMA_VERSION, _short, is_number
+from covar_harness.catalog.taskconfig import RETRIEVAL_METRICS, TASK_KIND
+from covar_harness.results import faithfulness
+from covar_harness.results.faithfulness import SCHEMA as FAITHFULNESS
+from covar_harness.results.files import SCHEMA_VERSION, _short, is_number, text_problem
 
 FRACTION_METRICS = (
     "acc1",
@@ -46,7 +48,6 @@ _SPEC: dict[str, dict[str, type | tuple]] = {
     },
 }
 # Printed by the leaderboard or used as names: one line, no control characters (see console.unsafe_name).
-MAX_NAME = 1000  # characters in a name (a model spec may be a long local path)
 _NAMES = (
     ("model", "spec"),
     ("model", "name"),
@@ -76,8 +77,6 @@ def validate(obj: Any) -> list[str]:
     """
     if not isinstance(obj, dict):
         return ["top level: must be a JSON object"]
-    from covar_harness.faithfulness.leaderboard import SCHEMA as FAITHFULNESS
-
     if obj.get("schema") == FAITHFULNESS:  # valid or not, never a classification record (validate_any checks it)
         return [f"schema: {FAITHFULNESS} is a faithfulness result, not a classification result"]
     errors: list[str] = []
@@ -96,8 +95,6 @@ def validate_any(obj: Any) -> list[str]:
     """:func:`validate` for classification results, the faithfulness schema's own check for ``faithfulness``
     results (``covar-harness validate`` and the leaderboard take both; readers of classification records call
     :func:`validate`, which refuses a faithfulness file in one line)."""
-    from covar_harness.faithfulness import leaderboard as faithfulness
-
     return faithfulness.validate(obj) if faithfulness.is_faithfulness(obj) else validate(obj)
 
 
@@ -130,27 +127,12 @@ def _check_sections(obj: dict, errors: list[str]) -> None:
         errors.append("task.n_samples: 0 samples cannot have an accuracy")
 
 
-def _text_problem(value: str, *, name: bool) -> str | None:
-    """Why ``value`` may not be stored as a name (``name``) or a free-text line; None when it may."""
-    from covar_harness.common.console import unsafe_name, unsafe_text
-
-    if name and not value.strip():
-        return "must not be empty"
-    if name and len(value) > MAX_NAME:
-        return f"must be at most {MAX_NAME} characters, has {len(value)}"
-    if (unsafe_name if name else unsafe_text)(value):
-        if name:
-            return "must not contain control, bidi, invisible or surrogate characters, line breaks or end spaces"
-        return "must not contain control, bidi or surrogate characters"
-    return None
-
-
 def _check_names(obj: dict, errors: list[str]) -> None:
     for section, key in _NAMES:
         block = _section(obj, section)
         value = block.get(key)
         if isinstance(value, str):
-            problem = _text_problem(value, name=True) if value or key != "family" else None
+            problem = text_problem(value, name=True) if value or key != "family" else None
             if problem:
                 errors.append(f"{section}.{key}: {problem}")
         elif key in ("target", "headline", "kind") and key in block and not (key == "target" and value is None):
@@ -166,7 +148,7 @@ def _check_names(obj: dict, errors: list[str]) -> None:
 def _check_metrics(obj: dict, errors: list[str]) -> None:
     """Every metric a finite number or null; fractions in [0, 1]; metric names are names."""
     for key, value in _section(obj, "metrics").items():
-        problem = _text_problem(key, name=True) if isinstance(key, str) else "must be a string"
+        problem = text_problem(key, name=True) if isinstance(key, str) else "must be a string"
         if problem:
             errors.append(f"metrics: name {_short(key)} {problem}")
         elif value is not None and not is_number(value):
@@ -182,7 +164,7 @@ def _check_intervals(intervals: Any, errors: list[str]) -> None:
         errors.append(f"intervals: must be an object of [low, high] pairs, got {type(intervals).__name__}")
         return
     for key, interval in intervals.items():
-        problem = _text_problem(key, name=True) if isinstance(key, str) else "must be a string"
+        problem = text_problem(key, name=True) if isinstance(key, str) else "must be a string"
         if problem:
             errors.append(f"intervals: name {_short(key)} {problem}")
         elif not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
@@ -217,7 +199,7 @@ def _check_strings(where: str, value: Any, kind: str | None, errors: list[str]) 
         errors.append(f"{where}: must be a list of strings")
         return
     for item in value if kind else ():
-        problem = _text_problem(item, name=kind == "name")
+        problem = text_problem(item, name=kind == "name")
         if problem:
             errors.append(f"{where}: {_short(item)} {problem}")
             return

@@ -15,6 +15,11 @@ from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from PIL import Image
+
+from covar_harness.attribution.removal import encode_patterns
+from covar_harness.models.adapter import attribution_support, patch_grid
+
 AUTO = "auto"
 DEFAULT = 64
 PROBE_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)  # doubling; a batch above 1024 buys nothing on one device
@@ -35,7 +40,7 @@ def batch_size_value(text: str) -> int | str:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's out-of-memory error (or an allocator's 'out of memory' RuntimeError on another backend)."""
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -74,24 +79,19 @@ def resolve(adapter: Any, device: Any, k: int | None) -> tuple[int, dict[str, An
 
 def _heaviest_batch(adapter: Any, size: int, k: int | None) -> None:
     """One synthetic batch of ``size`` images through what a real batch costs most."""
-    import torch
-    from PIL import Image
-
-    from covar_harness.models.adapter import attribution_support, patch_grid
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     pixels = adapter.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0).expand(size, -1, -1, -1).contiguous()
     with torch.inference_mode():
         adapter.encode_images(pixels)
         if k is not None and attribution_support(adapter)[0]:
-            from covar_harness.attribution.removal import encode_patterns
-
             rows, cols = patch_grid(adapter)
             patterns = torch.rand(size, k + 3, rows * cols) < 0.5
             encode_patterns(adapter, pixels, patterns)
 
 
 def _free() -> None:
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

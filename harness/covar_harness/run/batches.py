@@ -7,6 +7,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader, Subset
+
 from covar_harness.common.interrupt import ignore_sigint, sigint_deferred
 from covar_harness.data.samples import SampleSet
 
@@ -28,8 +31,6 @@ class _PixelDataset:
 
 
 def _collate(items):
-    import torch
-
     ok = [(i, x) for i, x, _ in items if x is not None]
     failed = [(i, err) for i, x, err in items if x is None]
     pixels = torch.stack([x for _, x in ok]) if ok else None
@@ -49,7 +50,6 @@ def iterate_batches(
     ``batch_size``, so batches keep the boundaries of an uninterrupted run); with ``batches``, exactly those
     (one rank's share of a pair, ``distributed.World.own_batches``). ``pin_memory``: page-locked pixels, so the
     copy to a CUDA device can overlap (``to_device``)."""
-    from torch.utils.data import DataLoader, Subset
 
     dataset: Any = _PixelDataset(samples, preprocess)  # map-style: __len__ and __getitem__
     if start and batches is None:

@@ -24,19 +24,23 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from torch.distributed import TCPStore
+
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import open_regular, parse_json
+from covar_harness.common.interrupt import INTERRUPT
+from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
+from covar_harness.run.partfiles import pair_header, read_batches
 from covar_harness.run.text_cache import ClassifierCache
 
 if TYPE_CHECKING:
     import torch
 
-    from covar_harness.pipeline.contract import PairContext
+    from covar_harness.pipeline.contract import PairContext, Progress
     from covar_harness.run.partfiles import Checkpointer
-    from covar_harness.run.progress import Reporter
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 3600.0  # seconds a rank waits for the others: long enough for the slowest share of a big pair
@@ -109,9 +113,6 @@ def agree_token(world: World) -> World:
     deadline, and meanwhile rank 0 gets its own share done (kept in its part file)."""
     if not world.active:
         return world
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
 
     try:
         addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
@@ -133,7 +134,6 @@ def agree_token(world: World) -> World:
 def wait_for(probe: Callable[[], T | None], world: World, what: str, check: Callable[[], None] = lambda: None) -> T:
     """Poll ``probe`` until it gives something; ``check`` raises when another rank failed; RankFailed at the
     deadline."""
-    from covar_harness.common.interrupt import INTERRUPT
 
     deadline, pause = time.monotonic() + world.timeout, 0.01
     while True:
@@ -178,8 +178,6 @@ class PairSync:
             self.part().unlink(missing_ok=True)
 
     def _write(self, kind: str, body: dict[str, Any]) -> None:
-        from covar_harness.results.files import atomic_write
-
         text = json.dumps({"token": self.world.token, "rank": self.world.rank, **body})
         atomic_write(self.marker(kind), lambda fh: fh.write(text))
 
@@ -278,7 +276,6 @@ def merge_shares(ctx: PairContext, ck: Checkpointer, sync: PairSync) -> tuple[li
     from the state before the first batch adds up (``n_seen``: samples seen); any other value (a status, the
     error that stopped the masks) is the first change in sample order, as a one-process run would keep it.
     """
-    from covar_harness.run.partfiles import pair_header, read_batches
 
     header, shares = pair_header(ctx), []
     for r in range(sync.world.world_size):
@@ -340,7 +337,7 @@ class SharedClassifiers(ClassifierCache):
         self.world = world
         self.sync: PairSync | None = None  # the pair being opened (its failures end the wait)
 
-    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> torch.Tensor:
+    def get(self, classnames: list[str], templates: list[str], reporter: Progress) -> torch.Tensor:
         key = (tuple(classnames), tuple(templates))
         store = self.store
         sync = self.sync

@@ -11,7 +11,6 @@ inside the one pass over the images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,17 +22,19 @@ from typing import TYPE_CHECKING, Any
 from covar_harness.common.console import markup, safe
 from covar_harness.common.cost import Cost, ForwardMeter, reset_peak
 from covar_harness.common.interrupt import INTERRUPT
-from covar_harness.data.resources import load_list
-from covar_harness.data.samples import SampleSet, open_task_data
+from covar_harness.data.samples import open_task_data
+from covar_harness.data.task_inputs import limit_samples, task_classnames, task_digest, task_templates
 from covar_harness.diagnosis.distractors import DistractorStep
 from covar_harness.diagnosis.step import DiagnosisStep
 from covar_harness.masks.step import MaskStep
 from covar_harness.models.adapter import adapter_family, implements
+from covar_harness.models.specs import load_model, resolve_device
 from covar_harness.pipeline.contract import Batch, BatchStep, PairContext, Pipeline, Step
 from covar_harness.results import files as results
 from covar_harness.results.maps import MapStep
+from covar_harness.run import batch_size, retrieval
 from covar_harness.run.batches import iterate_batches
-from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone
+from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone, agree_token, detect_world
 from covar_harness.run.distributed import provenance as dist_provenance
 from covar_harness.run.pair import (
     _batch_loop,
@@ -45,12 +46,13 @@ from covar_harness.run.pair import (
 )
 from covar_harness.run.partfiles import pair_lock, part_path
 from covar_harness.run.partfiles import remove as remove_part
+from covar_harness.run.plan import plan_run
 from covar_harness.run.progress import LineReporter, Reporter
 from covar_harness.run.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.adapter import ModelAdapter
     from covar_harness.models.specs import ModelRef
     from covar_harness.run.plan import PlannedPair
@@ -195,58 +197,6 @@ class PairOutcome:
 
 
 # ---- one model x task ----------------------------------------------------------------------------------
-def task_classnames(cfg: TaskConfig, samples: SampleSet) -> list[str]:
-    base = cfg.source.parent if cfg.source else None
-    names = load_list("classnames", cfg.classnames, base) if cfg.classnames is not None else samples.classnames
-    if not names:
-        raise ValueError(f"task {cfg.task!r} names no classes and its dataset provides none")
-    return list(names)
-
-
-def task_templates(cfg: TaskConfig, samples: SampleSet | None = None) -> list[str]:
-    """The task's prompt templates. ``templates: dataset`` takes the prompts the data ships (a CLIP_benchmark
-    webdataset root's); a task without ``templates:`` takes them too when the data ships any, as CLIP_benchmark
-    always does for a webdataset, and ``simple`` otherwise. Before the data is open (the run plan) the shipped
-    prompts are an empty list."""
-    wanted = cfg.templates
-    if wanted is None or wanted == "dataset":
-        shipped = list(getattr(samples, "templates", None) or [])
-        if shipped or samples is None:
-            return shipped
-        if wanted == "dataset":
-            raise ValueError(f"task {cfg.task!r} says templates: dataset, but its dataset ships no templates")
-        wanted = "simple"
-    base = cfg.source.parent if cfg.source else None
-    return list(load_list("templates", wanted, base))
-
-
-def task_digest(cfg: TaskConfig, classnames: list[str], templates: list[str]) -> str:
-    """What of a task, besides its samples (``data_fingerprint``), changes a number: its resolved class names and
-    templates, class groups, ``diagnose`` and the dataset settings other than where the data lies. Recorded as
-    ``config.task_digest`` and compared before an existing result is reused, so an edited task YAML (same name
-    and version) is never taken for the same settings."""
-    dataset = {k: v for k, v in cfg.dataset.items() if not str(k).endswith(("path", "dir"))}
-    what = {
-        "classnames": list(classnames),
-        "templates": list(templates),
-        "class_groups": cfg.class_groups,
-        "diagnose": cfg.diagnose,
-        "dataset": dataset,
-    }
-    text = json.dumps(what, sort_keys=True, ensure_ascii=True, default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def limit_samples(samples: SampleSet, limit: int | None, seed: int) -> SampleSet:
-    """A seeded random subset (kept in dataset order), so ``--limit`` covers every class, reproducibly."""
-    if not limit or limit >= len(samples):
-        return samples
-    import numpy as np
-
-    keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
-    return samples.subset(keep.tolist())
-
-
 def open_pair(
     adapter: ModelAdapter,
     cfg: TaskConfig,
@@ -310,7 +260,6 @@ def evaluate_task(
     """Run one model on one task; return the result record's task-dependent parts and the sample log.
     ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches);
     ``cost``: where the pair's phase timings and forward passes go (common/cost.py)."""
-    from covar_harness.run import retrieval  # retrieval tasks (task_kind of their format): recall@k, no classifier
 
     cost = cost or Cost()
     if retrieval.is_retrieval_task(cfg, catalog):
@@ -363,8 +312,6 @@ def run(
     ``plan`` comes from :func:`covar_harness.run.plan.plan_run` (the CLI makes it before anything expensive);
     without it, it is made here, with the same checks.
     """
-    from covar_harness.run.distributed import agree_token, detect_world
-    from covar_harness.run.plan import plan_run
 
     reporter = reporter or Reporter()
     plan = plan if plan is not None else plan_run(models, tasks, catalog, options)
@@ -420,7 +367,6 @@ class _ModelRun:
 
 def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
     """Load one model, run all its pending pairs; a model that fails to load fails its pairs with one message."""
-    from covar_harness.models.specs import load_model, resolve_device
 
     options = options.for_model(ref)
     device = options.world.device(resolve_device(options.device))
@@ -434,7 +380,7 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
         INTERRUPT.check()
         advice = safe(getattr(exc, "advice", ""))
         # an error with advice also carries its message without it: the advice is printed once per run instead
-        msg = f"{type(exc).__name__}: {safe(exc.headline)}" if advice and hasattr(exc, "headline") else one_line(exc)
+        msg = f"{type(exc).__name__}: {safe(exc.headline)}" if advice and hasattr(exc, "headline") else error_line(exc)
         return [
             _report(reporter, PairOutcome(ref.spec, p.cfg.task, "failed", p.path, error=msg, advice=advice))
             for p in pending
@@ -453,7 +399,6 @@ def _run_model(ref, pending, catalog, options, reporter) -> list[PairOutcome]:
 
 def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptions:
     """``--batch-size auto`` resolved for this model (batch_size.py), recorded in its results; else as given."""
-    from covar_harness.run import batch_size
 
     if options.batch_size != batch_size.AUTO:
         return options
@@ -462,7 +407,7 @@ def _with_batch_size(options: RunOptions, adapter: Any, device: Any) -> RunOptio
     return replace(options, batch_size=size, batch_size_auto=record)
 
 
-def one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """An exception as one line of plain text (control characters removed: messages may quote untrusted input)."""
     text = safe(str(exc)).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -506,7 +451,7 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path, fresh: bool = False
     except Exception as exc:
         INTERRUPT.check()
         log.debug("pair %s x %s failed:\n%s", spec, cfg.task, traceback.format_exc())
-        error = one_line(exc)
+        error = error_line(exc)
         if sync is not None:  # the same one line on every rank, naming the rank that failed
             error = str(exc) if isinstance(exc, RankFailed) else f"rank {sync.world.rank}: {error}"
             sync.fail(error)

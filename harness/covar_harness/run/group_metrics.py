@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def group_accuracies(correct: Sequence[bool], groups: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """``{group: {"acc": fraction correct, "n": samples}}`` over the samples that name a group, sorted by name."""
@@ -81,7 +83,6 @@ def group_intervals(
     Stratified: each group is resampled within itself, so every replicate keeps every group at its size (a
     plain resample could leave the worst group out). Empty with fewer than two groups.
     """
-    import numpy as np
 
     flags = np.asarray(correct, dtype=float)
     members: dict[str, list[int]] = {}

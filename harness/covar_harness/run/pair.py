@@ -9,27 +9,37 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from covar_harness.common.console import markup
 from covar_harness.common.cost import Cost
 from covar_harness.common.interrupt import INTERRUPT
+from covar_harness.common.metrics import (
+    bootstrap_interval,
+    classification_metrics,
+    per_class_recall_interval,
+    source_clusters,
+)
 from covar_harness.data.samples import SampleSet
-from covar_harness.models.adapter import check_finite
+from covar_harness.models.adapter import check_finite, fuses_tokens
 from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline
 from covar_harness.run.batches import default_workers, is_cuda, iterate_batches, to_device
 from covar_harness.run.distributed import PairSync, World, finish_share
+from covar_harness.run.group_metrics import add_group_metrics
 from covar_harness.run.partfiles import Checkpointer
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
 
 
 def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:
     """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch;
     finished batches go to the pair's part file (``part``) and a rerun goes on after them (partfiles.py)."""
-    import torch.nn.functional as F
 
     options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
     assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
@@ -90,7 +100,6 @@ def _image_ids(ctx: PairContext, indices: list[int]) -> Callable[[int], str]:
 
 def _members(ctx: PairContext, device: Any) -> torch.Tensor | None:
     """(L, F) which classifier classes each label bucket takes, on a class-mapped pair; else None."""
-    import torch
 
     if ctx.class_map is None:
         return None
@@ -111,8 +120,6 @@ def mapped_scores(logits: torch.Tensor, W: torch.Tensor, members: torch.Tensor) 
 def label_embeddings(W: torch.Tensor, members: list[list[bool]]) -> torch.Tensor:
     """(D, L): per label bucket, the normalised mean of its classifier classes' embeddings; a class-mapped pair's
     one embedding per label, for what compares labels with each other (the fine rule's embedding similarity)."""
-    import torch
-    import torch.nn.functional as F
 
     take = torch.tensor(members, dtype=W.dtype, device=W.device)  # (L, F)
     return F.normalize(W @ take.T, dim=0)
@@ -132,7 +139,6 @@ def _timed(batches: Iterable, cost: Cost) -> Iterator:
 def _forward(adapter: Any, pixels: torch.Tensor, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The zero-shot forward; when an active step reads patch tokens and the adapter fuses them into the same
     forward (``encode_images_with_tokens``), those tokens too, so that step needs no pass of its own."""
-    from covar_harness.models.adapter import fuses_tokens
 
     layer = pipeline.token_layer() if pipeline.active else None
     if layer is not None and fuses_tokens(adapter, layer):
@@ -151,7 +157,6 @@ def _batch(
     tokens: torch.Tensor | None = None,
 ) -> Batch:
     """What the steps see of one batch (the mask step, first in the pipeline, adds its samples' masks)."""
-    import torch
 
     labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
     return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, top, tokens=tokens)
@@ -159,7 +164,6 @@ def _batch(
 
 def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
-    import numpy as np
 
     k = min(5, len(ctx.classnames))
     topk = np.stack([t for _, t in rows]) if rows else np.zeros((0, k), dtype=np.int64)
@@ -190,15 +194,6 @@ def zero_shot_summary(
     """The zero-shot part of a result record (metrics, intervals, ``config.groups``) and which samples were right,
     from labels and top-k predictions in sample order (``weights``: the task's group weights, see group_metrics).
     The run and ``rescore`` (from the sample log) both call it."""
-    import numpy as np
-
-    from covar_harness.common.metrics import (
-        bootstrap_interval,
-        classification_metrics,
-        per_class_recall_interval,
-        source_clusters,
-    )
-    from covar_harness.run.group_metrics import add_group_metrics
 
     labels_a = np.array(labels, dtype=np.int64)
     topk = np.asarray(topk, dtype=np.int64).reshape(len(labels_a), -1)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from covar_harness.common.console import one_line
-from covar_harness.common.safe_files import open_regular, parse_json
+from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
 from covar_harness.masks.step import MaskStep
 from covar_harness.pipeline.contract import PairContext, Pipeline
 from covar_harness.run.text_cache import model_fingerprint
@@ -201,8 +201,6 @@ class Checkpointer:
 
 
 def _write_header(path: Path, header: dict[str, Any]) -> None:
-    from covar_harness.results.files import atomic_write
-
     try:
         atomic_write(path, lambda fh: fh.write((json.dumps(header) + "\n").encode()), binary=True)
     except OSError as exc:

@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from covar_harness.catalog.registry import UsageError
+from covar_harness.common.safe_files import slug
+from covar_harness.data.resources import load_list
+from covar_harness.data.samples import DatasetNotFound, open_task_data, preflight
+from covar_harness.data.task_inputs import limit_samples, task_classnames, task_digest, task_templates
+from covar_harness.models.specs import patch_count_hint
 from covar_harness.results import files as results
 from covar_harness.results import validation
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.specs import ModelRef
     from covar_harness.run.evaluator import RunOptions
 
@@ -48,7 +55,6 @@ def check_device(device: str) -> None:
         raise UsageError(f"unknown --device {device!r}: choose from {', '.join(DEVICES)}{hint}")
     if device in ("auto", "cpu"):
         return
-    import torch
 
     if device == "mps":
         if not torch.backends.mps.is_available():
@@ -81,7 +87,6 @@ def check_k(models: list[ModelRef], catalog: Catalog, options: RunOptions) -> No
     ks = options.cluster_counts()
     if not ks:
         return
-    from covar_harness.models.specs import patch_count_hint
 
     for ref in models:
         n = patch_count_hint(ref.target, catalog)
@@ -94,9 +99,6 @@ def check_data(tasks: list[TaskConfig], catalog: Catalog, data_dir: Path | None)
 
     Missing data for several tasks is one error naming them all, not one per task and model.
     """
-    from covar_harness.data.resources import load_list
-    from covar_harness.data.samples import DatasetNotFound, preflight
-    from covar_harness.run.evaluator import task_templates
 
     notes, missing = {}, []
     for cfg in tasks:
@@ -196,7 +198,7 @@ def missing_outputs(path: Path, stored: dict[str, Any], spec: str, task: str, op
     for step in options.steps:
         root = getattr(step, "save_maps", None)
         ran = (stored.get("config", {}).get(getattr(step, "name", "")) or {}).get("status") == "ran"
-        folder = Path(root) / results.slug(spec) / results.slug(task) if root else None
+        folder = Path(root) / slug(spec) / slug(task) if root else None
         if folder is not None and ran and not (folder.is_dir() and any(folder.glob("*.png"))):
             wanted.append("its maps (--save-maps)")
     return wanted
@@ -235,7 +237,7 @@ def shard_pairs(
 
 class _TaskFacts:
     """What a task's existing results are compared with, computed only for tasks with a result to compare: the
-    data fingerprint of its evaluated samples, its templates and its task digest (``evaluator.task_digest``)."""
+    data fingerprint of its evaluated samples, its templates and its task digest (``task_inputs.task_digest``)."""
 
     def __init__(self, catalog: Catalog, options: RunOptions):
         self.catalog, self.options = catalog, options
@@ -243,9 +245,6 @@ class _TaskFacts:
 
     def of(self, cfg: TaskConfig) -> tuple[str, list[str], str]:
         if cfg.task not in self._cache:
-            from covar_harness.data.samples import open_task_data
-            from covar_harness.run.evaluator import limit_samples, task_classnames, task_digest, task_templates
-
             samples = open_task_data(cfg, self.catalog, self.options.data_dir)
             samples = limit_samples(samples, self.options.limit, self.options.seed)
             try:

@@ -15,6 +15,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
 from covar_harness.common.console import clip, console, safe
 
 if TYPE_CHECKING:
@@ -84,8 +95,6 @@ class LineReporter(Reporter):
             print(f"[{_clock(self.last_line - self.started)}] {safe(text)}", file=self.stream, flush=True)
 
     def task(self, description: str, total: int | None):
-        from rich.text import Text
-
         name = Text.from_markup(description).plain
         with self._lock:
             handle = len(self._bars) + 1
@@ -129,8 +138,6 @@ class LineReporter(Reporter):
         self._stop.set()
 
     def say(self, message: str) -> None:
-        from rich.text import Text
-
         self._line(Text.from_markup(message).plain)
 
     def pair_done(self, outcome: PairOutcome) -> None:
@@ -159,15 +166,6 @@ def progress_reporter(total_pairs: int | None = None, terminal: bool | None = No
     "pair k of N" bar whose ETA is the run's (all gone when done); otherwise a :class:`LineReporter`, so a piped
     or logged run is never silent for long. ``terminal``: force either (default: whether stderr is a terminal).
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     if not (sys.stderr.isatty() if terminal is None else terminal):
         lines = LineReporter(total_pairs=total_pairs)

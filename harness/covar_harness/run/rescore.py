@@ -17,7 +17,10 @@ step's summary) is left out of the rescored result and named in ``config.rescore
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -78,17 +81,32 @@ class Rescored:
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for the block. A sample log read into memory is millions of containers
+    that live until the rescore ends, and every full collection would walk them all again (a third of the time
+    of a 50,000-sample rescore); reference counting still frees what is dropped, and the collector runs after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def read_samples(path: Path) -> list[dict[str, Any]]:
     """A sample log's rows (one JSON object a line); a one-line ValueError naming ``file:line`` otherwise."""
     text = files.read_regular(path, MAX_LOG_BYTES).decode("utf-8")
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        row = parse_json(line, f"{path.name}:{n}", constants=False)  # one-line ValueError, nesting bounded
-        if not isinstance(row, dict) or not all(k in row for k in ("index", "label", "pred", "top5")):
-            raise ValueError(f"{path.name}:{n}: not a sample record (index, label, pred, top5)")
-        rows.append(row)
+    with paused_gc():
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            row = parse_json(line, f"{path.name}:{n}", constants=False)  # one-line ValueError, nesting bounded
+            if not isinstance(row, dict) or not all(k in row for k in ("index", "label", "pred", "top5")):
+                raise ValueError(f"{path.name}:{n}: not a sample record (index, label, pred, top5)")
+            rows.append(row)
     return rows
 
 
@@ -323,13 +341,14 @@ def _rescore_diagnosis(
 def rescore_file(path: Path, asked: RescoreSettings, out_dir: Path | None = None) -> Rescored:
     """Rescore one result file; with ``out_dir`` write the new result (and its sample log) there, the result
     file last. Refuses to write over the file it reads."""
-    obj, rows = load_result(Path(path))
-    done = rescore_result(obj, rows, asked)
-    done.result["config"]["rescored"]["from"] = str(path)
-    if out_dir is not None:
-        target = files.result_path(Path(out_dir), obj["model"]["spec"], obj["task"]["name"])
-        if target.resolve() == Path(path).resolve():
-            raise UsageError(f"--out {out_dir} would overwrite the result it rescores; choose another folder")
-        files.write_jsonl(files.samples_path(target), done.samples)
-        files.write_json(target, done.result)
+    with paused_gc():
+        obj, rows = load_result(Path(path))
+        done = rescore_result(obj, rows, asked)
+        done.result["config"]["rescored"]["from"] = str(path)
+        if out_dir is not None:
+            target = files.result_path(Path(out_dir), obj["model"]["spec"], obj["task"]["name"])
+            if target.resolve() == Path(path).resolve():
+                raise UsageError(f"--out {out_dir} would overwrite the result it rescores; choose another folder")
+            files.write_jsonl(files.samples_path(target), done.samples)
+            files.write_json(target, done.result)
     return done

@@ -22,11 +22,23 @@ embeddings, ``caption_sets``) and whose label is i, on the batches of the recall
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.data.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
+import torch
+import torch.nn.functional as F
+
+from covar_harness.attribution.step import AttributionStep
+from covar_harness.catalog.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
+from covar_harness.common.console import markup
+from covar_harness.common.interrupt import INTERRUPT
+from covar_harness.common.metrics import bootstrap_interval
+from covar_harness.data.samples import open_task_data
+from covar_harness.data.task_inputs import limit_samples
 from covar_harness.models.adapter import check_finite
+from covar_harness.pipeline.contract import Batch, PairContext, Pipeline
+from covar_harness.run.batches import default_workers, iterate_batches
+from covar_harness.run.text_cache import TEXT_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,7 +47,7 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.catalog.plugin_manager import Catalog
-    from covar_harness.data.taskconfig import TaskConfig
+    from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.adapter import ModelAdapter
     from covar_harness.run.evaluator import RunOptions
     from covar_harness.run.progress import Reporter
@@ -94,11 +106,6 @@ def encode_images(
 ):
     """One pass over the images through the DataLoader that skips bad images: (indices, (N, D) CPU, failures,
     device). ``on_batch(indices, pixels, embeddings)`` sees every batch read (the attribution steps)."""
-    import torch
-    import torch.nn.functional as F
-
-    from covar_harness.common.interrupt import INTERRUPT
-    from covar_harness.run.batches import default_workers, iterate_batches
 
     workers = default_workers() if options.workers is None else options.workers
     handle = reporter.task(name, len(samples))
@@ -129,11 +136,6 @@ def encode_images(
 
 def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Reporter) -> torch.Tensor:
     """(T, D) L2-normalised caption embeddings on the CPU, ``TEXT_BATCH`` captions per ``encode_texts`` call."""
-    import torch
-    import torch.nn.functional as F
-
-    from covar_harness.common.interrupt import INTERRUPT
-    from covar_harness.run.text_cache import TEXT_BATCH
 
     handle = reporter.task("encoding captions", len(captions))
     chunks = []
@@ -151,7 +153,6 @@ def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Report
 
 def encode_all_captions(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image's captions, encoded once: ((T, D) L2-normalised rows, (T,) the sample index of each row)."""
-    import torch
 
     captions = [samples.captions(i) for i in range(len(samples))]
     texts = encode_captions(adapter, [t for c in captions for t in c], reporter)
@@ -169,8 +170,6 @@ def paired_caption_classifier(adapter: ModelAdapter, samples: Any, reporter: Rep
 
 def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -> torch.Tensor:
     """(D, n_images): column i the L2-normalised mean of the normalised caption rows of image i."""
-    import torch
-    import torch.nn.functional as F
 
     sums = torch.zeros(n_images, texts.shape[1]).index_add_(0, text_image, texts)
     return F.normalize(sums, dim=-1).T.contiguous()  # the mean's direction is the sum's
@@ -181,7 +180,6 @@ def read_images(
 ) -> Embeddings:
     """The recall pass's embeddings: the images read, and the captions of those images only (a caption of an
     unreadable image leaves the candidate set with it), each pointing at its image's row."""
-    import torch
 
     indices, image_rows, failures, device = images
     if not indices:
@@ -196,7 +194,6 @@ def read_images(
 def topk_blocks(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = SIMILARITY_BLOCK, device=None):
     """(Q, k) gallery indices of the k highest scores of each query row, best first: ``torch.topk`` over
     ``queries @ gallery.T``, ``block`` rows at a time (never the whole score matrix)."""
-    import torch
 
     gallery_dev = gallery.to(device) if device is not None else gallery
     out = []
@@ -208,7 +205,6 @@ def topk_blocks(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int
 
 def _first_hit(match: torch.Tensor, k: int):
     """Per row, the 0-based position of the first True in ``match`` (Q, k), or ``k`` when there is none."""
-    import torch
 
     first = match.int().argmax(dim=1)
     return torch.where(match.any(dim=1), first, torch.full_like(first, k)).numpy()
@@ -216,7 +212,6 @@ def _first_hit(match: torch.Tensor, k: int):
 
 def retrieval_hits(emb: Embeddings, block: int = SIMILARITY_BLOCK) -> Hits:
     """Ranks of the positives in both directions, from the top ``max(RECALL_K)`` of each query."""
-    import torch
 
     n_images, n_texts = len(emb.images), len(emb.texts)
     k_images, k_texts = min(max(RECALL_K), n_images), min(max(RECALL_K), n_texts)
@@ -229,7 +224,6 @@ def retrieval_hits(emb: Embeddings, block: int = SIMILARITY_BLOCK) -> Hits:
 
 def recall_metrics(hits: Hits, text_image: np.ndarray, seed: int = 0) -> tuple[dict[str, float], dict[str, list]]:
     """The six recalls and their bootstrap intervals over images (a caption resampled with its image)."""
-    from covar_harness.common.metrics import bootstrap_interval
 
     metrics: dict[str, float] = {}
     intervals: dict[str, list] = {}
@@ -287,9 +281,6 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """One model on one retrieval task: the record ``evaluator.evaluate_task`` returns for a classification task
     (metrics, intervals, config, notes, task, samples, failed_files), with recall metrics instead of accuracy."""
-    from covar_harness.common.console import markup
-    from covar_harness.data.samples import open_task_data
-    from covar_harness.run.evaluator import limit_samples
 
     samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
     if not hasattr(samples, "captions"):
@@ -333,7 +324,6 @@ def evaluate_retrieval(
 
 def self_labelled(samples: Any) -> Any:
     """A copy of the sample set in which image i's label is i: the "class" of image i is its own caption set."""
-    from dataclasses import replace
 
     own = samples.subset(list(range(len(samples))))  # a copy: the loader's samples keep their labels
     own.samples = [replace(s, label=i) for i, s in enumerate(samples.samples)]
@@ -356,8 +346,6 @@ class AttributionPass:
         cls, adapter, cfg, catalog, samples, W: torch.Tensor, options: RunOptions, reporter: Reporter
     ) -> AttributionPass:
         """Started before the image pass (``pipeline`` None when no attribution step runs)."""
-        from covar_harness.attribution.step import AttributionStep
-        from covar_harness.pipeline.contract import PairContext, Pipeline
 
         steps = [s for s in options.steps if isinstance(s, AttributionStep)]
         notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
@@ -374,9 +362,6 @@ class AttributionPass:
 
     def process(self, indices: list[int], pixels: torch.Tensor, image_emb: torch.Tensor) -> None:
         """One batch of the recall pass: its pixels and (normalised, CPU) image embeddings, no second forward."""
-        import torch
-
-        from covar_harness.pipeline.contract import Batch
 
         if not self.pipeline.active:
             return

@@ -32,15 +32,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from argparse import Namespace
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from covar_harness.attribution.settings import DEFAULTS
+from covar_harness.catalog.plugin_manager import call_with_accepted, load_catalog
 from covar_harness.catalog.registry import UsageError
-from covar_harness.diagnosis.rules import RULES
+from covar_harness.common.console import console, markup, print_rows
+from covar_harness.common.metrics import auroc_replicates, percentile_interval
+from covar_harness.common.safe_files import atomic_write
+from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
+from covar_harness.models.specs import load_model
+from covar_harness.run.evaluator import RunOptions, evaluate_task
+from covar_harness.run.progress import Reporter, progress_reporter
+from covar_harness.run.text_cache import ClassifierCache
 
 CLEAN, SHORTCUT = "demo/shapes-clean", "demo/shapes-shortcut"
 ORIGINAL, BG_VARIED = "covar-shapes/original", "covar-shapes/bg_varied"
@@ -90,15 +102,6 @@ def collect(
 ) -> SanityRun:
     """Evaluate both demo models on both tasks, plainly and with each attributor (diagnosis under every rule).
     Attribution uses the ``CCISettings`` defaults, with ``k`` (when given) and ``seed``."""
-    from dataclasses import replace
-
-    from covar_harness.attribution.settings import DEFAULTS
-    from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
-    from covar_harness.models.specs import load_model
-    from covar_harness.run.evaluator import RunOptions, evaluate_task
-    from covar_harness.run.progress import Reporter
-    from covar_harness.run.text_cache import ClassifierCache
 
     reporter = reporter or Reporter()
     catalog = load_catalog()
@@ -127,16 +130,11 @@ def collect(
 
 def _step(catalog, name: str, settings):
     """The attributor's step, built through its registered factory (as ``covar-harness run`` does)."""
-    from dataclasses import asdict
-
-    from covar_harness.catalog.plugin_manager import call_with_accepted
 
     return call_with_accepted(catalog.attributors.entry(name).item, **asdict(settings))
 
 
 def _timed(adapter, cfg, catalog, options, classifiers, reporter) -> Evaluation:
-    from covar_harness.run.evaluator import evaluate_task
-
     t0 = time.perf_counter()
     record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter)
     return Evaluation(record["samples"], time.perf_counter() - t0, record["metrics"]["acc1"])
@@ -160,7 +158,7 @@ def score_of(row: dict, rule: str) -> float:
 
 def auroc(clean: list[dict], shortcut: list[dict], rule: str) -> float | None:
     """P(clean decision scores higher than shortcut decision); None when a side has no sample."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: optional dependency, imported where used
 
     if not clean or not shortcut:
         return None
@@ -173,7 +171,6 @@ def auroc_intervals(
 ) -> dict[str, list[float]]:
     """Bootstrap intervals of the AUROC on (a) and (b) and of their mean (the two comparisons are separate
     samples, so the mean's replicates average one replicate of each)."""
-    from covar_harness.common.metrics import auroc_replicates, percentile_interval
 
     reps = {
         key: auroc_replicates([score_of(r, rule) for r in clean], [score_of(r, rule) for r in shortcut], N_BOOT, seed)
@@ -211,9 +208,6 @@ def paired_differences(run: SanityRun, rules: dict[str, dict], order: list[str])
     rows' replicates resample the same samples (same seed, same sizes), so the interval is that of the difference.
     Rows from different attributors score the same images in the same order (checked by sample id; a pair that
     is not aligned gets no interval)."""
-    import numpy as np
-
-    from covar_harness.common.metrics import auroc_replicates, percentile_interval
 
     def replicates(name: str):
         part = groups(run, rules[name]["attributor"])["original_correct"]
@@ -339,7 +333,6 @@ def _label(name: str, row: dict) -> str:
 
 def render(report: dict[str, Any], console) -> None:
     """The per-rule table ranked on the discriminating column, then the proxy truth and the accuracies."""
-    from covar_harness.common.console import print_rows
 
     columns = [
         "rank",
@@ -391,8 +384,6 @@ def render(report: dict[str, Any], console) -> None:
 
 
 def _render_footer(report: dict[str, Any], console) -> None:
-    from covar_harness.common.console import markup
-
     n, truth = report["n"], report["counterfactual_truth"]
     console.print(
         f"samples: original/correct clean {n['original_correct'][CLEAN]}, shortcut {n['original_correct'][SHORTCUT]}; "
@@ -418,8 +409,6 @@ def _render_footer(report: dict[str, Any], console) -> None:
 
 def cmd_sanity(args: Namespace) -> int:
     """Handler of ``covar-harness sanity``."""
-    from covar_harness.common.console import console
-    from covar_harness.run.progress import progress_reporter
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
@@ -430,8 +419,6 @@ def cmd_sanity(args: Namespace) -> int:
     report = summarise(run)
     render(report, console())
     if args.json is not None:
-        from covar_harness.results.files import atomic_write
-
         text = json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
         try:
             atomic_write(args.json, lambda fh: fh.write(text))
@@ -453,7 +440,6 @@ def _finite(value: Any) -> Any:
 
 def _check_writable(path: Path) -> None:
     """--json names a file in a folder that exists or can be made, and is not itself a folder."""
-    import os
 
     if path.is_dir():
         raise UsageError(f"--json {str(path)!r} is a folder; name a file")

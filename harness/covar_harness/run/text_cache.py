@@ -6,7 +6,7 @@
 precision), and later runs, shards and processes read it instead of encoding the prompts again: the 1000-class x
 80-template classifier costs 80,000 text forwards once per model, not once per run.
 
-Files are written to a temporary file beside the target and renamed into place (``results.atomic_write``), so
+Files are written to a temporary file beside the target and renamed into place (``safe_files.atomic_write``), so
 concurrent writers of the same key leave one complete file; a reader opens regular files only (a FIFO in the
 place is a miss, not a hang), checks the magic line, the header's key (before reading on), dtype, shape against
 the bytes the file holds (a corrupt size field allocates nothing) and the payload's SHA-256, and treats anything
@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.common.safe_files import open_regular, parse_json
+import numpy as np
+
+from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
 from covar_harness.data.resources import format_prompt
 from covar_harness.models.adapter import check_finite
 
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.models.adapter import ModelAdapter
-    from covar_harness.run.progress import Reporter
+    from covar_harness.pipeline.contract import Progress
 
 log = logging.getLogger(__name__)
 TEXT_BATCH = 256
@@ -51,10 +53,10 @@ def default_text_cache(flag: str | None) -> Path | None:
     return Path(value).expanduser()
 
 
-def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Reporter | None = None):
+def build_classifier(adapter, classnames: list[str], templates: list[str], reporter: Progress | None = None):
     """(D, C): per class, the mean of the L2-normalised template embeddings, renormalised (CLIP's recipe)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
+    import torch.nn.functional as F  # lazy: ls / --help / plugin discovery import this module without torch
 
     prompts = [format_prompt(t, c) for c in classnames for t in templates]
     handle = reporter.task("encoding class prompts", len(prompts)) if reporter else None
@@ -80,7 +82,7 @@ class ClassifierCache:
         self.adapter, self.store = adapter, store
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def get(self, classnames: list[str], templates: list[str], reporter: Reporter) -> torch.Tensor:
+    def get(self, classnames: list[str], templates: list[str], reporter: Progress) -> torch.Tensor:
         key = (tuple(classnames), tuple(templates))
         if key not in self._cache:
             W = self.store.load(classnames, templates) if self.store is not None else None
@@ -105,7 +107,7 @@ def model_fingerprint(spec: str, adapter: Any) -> str | None:
     are taken where the weights are: another device may round them differently, which costs a miss, never a
     wrong hit.
     """
-    import torch
+    import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
     members = vars(adapter).items() if hasattr(adapter, "__dict__") else ()
     modules = sorted((name, value) for name, value in members if isinstance(value, torch.nn.Module))
@@ -145,8 +147,7 @@ class TextEmbeddingStore:
     def load(self, classnames: list[str], templates: list[str]) -> torch.Tensor | None:
         """The stored classifier, or None: no file, or one that is not a regular file, partial, corrupt or for
         another key (said once, as a warning; the classifier is then built and the file replaced)."""
-        import numpy as np
-        import torch
+        import torch  # lazy: ls / --help / plugin discovery import this module without torch
 
         path, key = self.path(classnames, templates), self.key(classnames, templates)
         try:
@@ -160,7 +161,6 @@ class TextEmbeddingStore:
 
     def save(self, classnames: list[str], templates: list[str], W: torch.Tensor) -> None:
         """Write atomically; a cache that cannot be written costs a warning, never the pair."""
-        from covar_harness.results.files import atomic_write
 
         payload = W.detach().float().cpu().contiguous().numpy().astype("<f4").tobytes()
         header = {

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.attribution.overlays import OPPOSE_HEX, SUPPORT_HEX
-from covar_harness.common.safe_files import parse_json
-from covar_harness.leaderboard.report.html import esc, pct
+from covar_harness.common.safe_files import parse_json, slug
+from covar_harness.leaderboard.report.html import esc, n_errors, pct
 from covar_harness.results import files as results
 from covar_harness.results import validation
 
@@ -137,7 +137,7 @@ def find_map(folder: Path | None, row: dict) -> Path | None:
     candidates = []
     file = row.get("file")
     if isinstance(file, str) and file:
-        candidates.append(folder / f"{index:06d}_{results.slug(Path(file).stem)}.png")
+        candidates.append(folder / f"{index:06d}_{slug(Path(file).stem)}.png")
     try:
         candidates += sorted(folder.glob(f"{index:06d}_*.png"))
     except OSError:
@@ -344,8 +344,6 @@ def gallery_html(g: Gallery, names: list[str] | None, images: dict[int, str], ma
 
 
 def metrics_table(rec: dict) -> str:
-    from covar_harness.leaderboard.report.html import n_errors
-
     rows = []
     intervals = rec.get("intervals", {})
     for key, value in rec.get("metrics", {}).items():

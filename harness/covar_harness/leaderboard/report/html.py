@@ -3,7 +3,7 @@
 Every string that may come from a result file (model, task and class names, file names, notes, provenance) goes
 through :func:`esc` (control characters removed, then ``html.escape`` with ``quote=True``) before it lands in a
 page, in text or in an attribute. Scripts and styles are our own static files; links and image sources are
-built from slugs (``results.slug``) and numbers only. The same table code renders the site's index and
+built from slugs (``safe_files.slug``) and numbers only. The same table code renders the site's index and
 ``leaderboard --format html``, so both show the numbers of the terminal leaderboard exactly.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources as _res
 from typing import Any
 
+from covar_harness import __version__
 from covar_harness.common.console import one_line, safe
 from covar_harness.data.subsets import SUBSET_TITLES
 from covar_harness.leaderboard import tables as lb
@@ -259,7 +260,6 @@ def leaderboard_page(
     title: str = "covar-harness leaderboard",
 ) -> str:
     """``leaderboard --format html``: one self-contained page (CSS and JS inline), sortable, with hover text."""
-    from covar_harness import __version__
 
     body = render_tables(tables, records) or '<p class="note">No tables.</p>'
     skipped = skipped_list(invalid)

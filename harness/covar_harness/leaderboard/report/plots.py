@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from covar_harness.common.console import one_line
+from covar_harness.common.safe_files import slug
 from covar_harness.data.subsets import COVAR_SUBSETS, SUBSET_TITLES
 from covar_harness.leaderboard import published
 from covar_harness.leaderboard import tables as lb
@@ -23,10 +24,10 @@ BG_COLOUR, FINE_COLOUR, PUBLISHED_COLOUR = "#d9822b", "#7d4cc2", "#b5a36a"
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     plt.rcParams.update(
         {
@@ -51,7 +52,7 @@ def label(text: Any, limit: int = MAX_LABEL) -> str:
 def _save(fig, out: Path, name: str) -> str:
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / name, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     plt.close(fig)
     return name
@@ -142,7 +143,7 @@ def diagnosis(models: dict[str, dict[str, dict]], family: str, out: Path, name: 
         ax.set_ylabel("% of misclassified")
     handles, names = axes.flat[0].get_legend_handles_labels()
     if has_truth:
-        from matplotlib.lines import Line2D
+        from matplotlib.lines import Line2D  # lazy: matplotlib only when a plot is drawn
 
         handles.append(Line2D([], [], color="black", lw=1.6))
         names.append(titles["bg_sufficient_rate"])
@@ -270,7 +271,7 @@ def draw_plots(records: list[dict], reference: str | None, out: Path) -> list[tu
 
 def _counteranimals_plots(family: str, models: dict, ca_published: dict, out: Path) -> list[tuple[str, str]]:
     """Common vs counter, one plot per CounterAnimals variant (official, and acc1)."""
-    shown, stem, made = one_line(family), results.slug(family), []
+    shown, stem, made = one_line(family), slug(family), []
     for suffix, title in lb.CA_VARIANTS:
         own = []
         for spec, runs in models.items():
@@ -298,7 +299,7 @@ def _counteranimals_plots(family: str, models: dict, ca_published: dict, out: Pa
 
 def _family_plots(family: str, models: dict, published: list, out: Path) -> list[tuple[str, str]]:
     """Accuracy per subset, the diagnosis bars and accuracy vs BG-Er for one task family."""
-    shown, stem, made = one_line(family), results.slug(family), []
+    shown, stem, made = one_line(family), slug(family), []
     subsets = covar_subsets(models)
     titles = [SUBSET_TITLES[s] for s in subsets]
     if not subsets:

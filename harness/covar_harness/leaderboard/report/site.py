@@ -1,6 +1,6 @@
 """``covar-harness report RESULTS_DIR --out SITE_DIR``: a static, self-contained site of a results folder.
 
-Layout of the site (every name we write is fixed or a ``results.slug``; nothing points outside the site)::
+Layout of the site (every name we write is fixed or a ``slug``; nothing points outside the site)::
 
     index.html                              tables, plots, pair list, provenance, downloads, skipped files
     assets/report.css, assets/report.js     our own static files (no CDN, no data inside)
@@ -23,14 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covar_harness import __version__
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.console import one_line
-from covar_harness.common.safe_files import read_json
+from covar_harness.common.console import markup, one_line
+from covar_harness.common.safe_files import read_json, slug
+from covar_harness.data.resources import named
+from covar_harness.data.samples import explicit_classnames, resolve_dataset
 from covar_harness.leaderboard import generated_folders, render
 from covar_harness.leaderboard import tables as lb
 from covar_harness.leaderboard.report import gallery as gal
 from covar_harness.leaderboard.report.concepts import concepts_section
 from covar_harness.leaderboard.report.html import ASSETS, asset_text, esc, page, render_tables, skipped_list
+from covar_harness.leaderboard.report.plots import draw_plots
 from covar_harness.results import files as results
 from covar_harness.results import validation
 
@@ -60,7 +65,7 @@ class Built:
 
 
 def pair_href(rec: dict) -> str:
-    return f"pairs/{results.slug(rec['model']['spec'])}/{results.slug(rec['task']['name'])}.html"
+    return f"pairs/{slug(rec['model']['spec'])}/{slug(rec['task']['name'])}.html"
 
 
 def result_paths(directory: Path) -> dict[tuple[str, str], Path]:
@@ -99,11 +104,7 @@ class ClassNames:
         return self.cache[task]
 
     def _find(self, task: str) -> list[str] | None:
-        from covar_harness.data.samples import explicit_classnames, resolve_dataset
-
         if self.catalog is None:
-            from covar_harness.catalog.plugin_manager import load_catalog
-
             self.catalog = load_catalog(self.include_paths)
         if task not in self.catalog.tasks:
             return None
@@ -114,8 +115,6 @@ class ClassNames:
         if ds.get("format") in ("covar", "covar-shapes") and ds.get("path"):
             return _covar_classes(Path(ds["path"]) / "classes.json")
         if ds.get("format") == "counteranimals" and ds.get("label_space", "imagenet1k") == "imagenet1k":
-            from covar_harness.data.resources import named
-
             return list(named("classnames", "imagenet1k_wordnet"))  # the loader's fallback names, label order
         return None
 
@@ -148,8 +147,6 @@ def build_site(
     check_out(out)
     loaded = lb.collect(results_dir)
     if console is not None:
-        from covar_harness.common.console import markup
-
         for path, why in loaded.invalid:
             console.print(f"[yellow]skipped invalid result {markup(path)}: {markup(why)}[/yellow]", soft_wrap=True)
     if not loaded.records and not loaded.faithfulness and reference is None:
@@ -175,8 +172,6 @@ def _write(
     names: ClassNames,
     title: str,
 ) -> Built:
-    from covar_harness import __version__
-
     records = loaded.records
     tables = lb.build_tables(records, reference, loaded.faithfulness)
     built = Built(site, n_records=len(records), n_invalid=len(loaded.invalid))
@@ -199,7 +194,6 @@ def _write(
     for pair in pairs.values():
         built.images += _pair_page(site, pair, maps, n_gallery, names, title)
         built.pages += 1
-    from covar_harness.leaderboard.report.plots import draw_plots
 
     plots = draw_plots(records, reference, site / "plots")
     built.plots = [name for name, _caption in plots]
@@ -220,8 +214,6 @@ NAV = (
 
 
 def _index_body(tables, records, pairs, plots, loaded, results_dir, reference) -> str:
-    from covar_harness import __version__
-
     parts = [NAV, "<main>", '<h2 id="tables">Leaderboard</h2>']
     parts.append(render_tables(tables, records, link=lambda rec: pair_href(rec)) or '<p class="note">No tables.</p>')
     parts.append('<h2 id="plots">Plots</h2>')
@@ -301,12 +293,12 @@ def _pair_page(site: Path, pair: Pair, maps: Path | None, n: int, names: ClassNa
         g = gal.Gallery(problem="no gallery (--gallery 0)")
     else:
         g = gal.read_gallery(log, n) if log is not None else gal.Gallery(problem="no per-sample log")
-    folder = (Path(maps) / results.slug(spec) / results.slug(task)) if maps is not None else None
+    folder = (Path(maps) / slug(spec) / slug(task)) if maps is not None else None
     images: dict[int, str] = {}
     for row in g.bg_errors + g.fg_correct:
         src = gal.find_map(folder, row)
         if src is not None and row["index"] not in images:
-            rel = f"{results.slug(task)}/{row['index']:06d}.png"
+            rel = f"{slug(task)}/{row['index']:06d}.png"
             if gal.copy_map(src, page_path.parent / rel):
                 images[row["index"]] = rel
     class_names = names(rec) if (g.bg_errors or g.fg_correct) else None

@@ -16,6 +16,7 @@ from typing import Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
 from covar_harness.common.console import unsafe_name
+from covar_harness.common.safe_files import read_text_capped
 
 # Retrieval tasks (a format registered with task_kind="retrieval"): recall@k, CLIP_benchmark's protocol.
 TASK_KIND = "retrieval"
@@ -229,9 +230,7 @@ def parse_task(raw: Any, source: Path | None = None) -> TaskConfig:
 
 def load_task_file(path: Path) -> TaskConfig:
     """One task YAML: a regular file under the size cap, safe-loaded, size-bounded, then validated."""
-    import yaml
-
-    from covar_harness.common.safe_files import read_text_capped
+    import yaml  # lazy: --help loads this module (the parser's class-group checks) without a YAML parser
 
     try:
         raw = yaml.safe_load(read_text_capped(path, TASK_FILE_MAX_BYTES))
