@@ -12,6 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from covar_harness.data.subsets import ALL_SUBSETS
+from covar_harness.masks.step import MaskRecord
+
+
+def with_masks(batch, grids):
+    """``batch`` as the pipeline hands it to the steps after the mask step: one ``MaskRecord`` per row (``grids``:
+    per row a patch grid, or None for a sample without a mask)."""
+    batch.add([MaskRecord(i, None if g is None else np.asarray(g), {}) for i, g in zip(batch.indices, grids)])
+    return batch
+
 
 TINY_OPENCLIP_CFG = {
     "embed_dim": 32,

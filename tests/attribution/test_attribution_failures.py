@@ -19,8 +19,9 @@ from covar_harness.common.safe_files import slug
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.models.adapter import AdapterContractError
 from covar_harness.models.specs import load_model
-from covar_harness.pipeline.contract import PairContext
+from covar_harness.pipeline.contract import Batch, PairContext, Pipeline
 from covar_harness.results import files as results
+from covar_harness.results.maps import MapStep
 from helpers import patch_everywhere
 
 # A toy written to the DOCUMENTED contract only: drop (B, N) -> (B, D). Given (B, K, N) it fails to broadcast,
@@ -389,19 +390,24 @@ def test_kmeans_split_over_images_gives_the_same_clusters(monkeypatch):
 
 
 # ---- item 21: --save-maps folders are the result folders' slugs -----------------------------------------------
-def test_maps_folder_uses_the_model_spec_slug_like_the_result_folder(toy_file, tmp_path):
-    from covar_harness.pipeline.contract import Batch
+def _maps_pipeline(adapter, task, samples, spec, root):
+    """Attribution, then the maps step that draws what it leaves on the batch, started on one pair."""
+    maps = MapStep(root)
+    pipeline = Pipeline([AttributionStep("cci", k=3, save_maps=root), maps])
+    pipeline.start(PairContext(adapter, task, samples, model_spec=spec))
+    return pipeline, maps
 
+
+def test_maps_folder_uses_the_model_spec_slug_like_the_result_folder(toy_file, tmp_path):
     adapter = toy(toy_file)
     spec = f"custom:{toy_file}:build"  # an absolute path: the maps must not invent their own mangling
     task = type("Task", (), {"task": "toy/maps task"})()
     samples = SampleSet([Sample(f"img{i}.png", 0) for i in range(2)], ["a", "b"], None)
-    step = AttributionStep("cci", k=3, save_maps=tmp_path / "maps")
-    step.start(PairContext(adapter, task, samples, model_spec=spec))
+    pipeline, maps = _maps_pipeline(adapter, task, samples, spec, tmp_path / "maps")
     pixels, emb, text, _, _ = batch_inputs(adapter, n=2)
-    step.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
+    pipeline.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
     folder = tmp_path / "maps" / slug(spec) / slug("toy/maps task")
-    assert step.maps_folder() == folder
+    assert maps.folder() == folder
     assert results.result_path(tmp_path / "maps", spec, "toy/maps task").parent == folder.parent
     names = sorted(p.name for p in folder.iterdir())  # <index>_<correct|wrong>_<stem>.png (issue 17 item 4)
     assert [n.split("_")[0] + "_" + n.split("_")[-1] for n in names] == ["000000_img0.png", "000001_img1.png"]
@@ -417,7 +423,6 @@ def test_save_maps_under_a_regular_file_is_refused_up_front(tmp_path):
 
 def test_a_map_that_cannot_be_written_is_a_note_not_a_failed_pair(toy_file, tmp_path, monkeypatch):
     from covar_harness.attribution import overlays
-    from covar_harness.pipeline.contract import Batch
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -425,15 +430,14 @@ def test_a_map_that_cannot_be_written_is_a_note_not_a_failed_pair(toy_file, tmp_
     monkeypatch.setattr(overlays, "save_overlay", full_disk)
     adapter = toy(toy_file)
     samples = SampleSet([Sample(f"img{i}.png", 0) for i in range(2)], ["a", "b"], None)
-    step = AttributionStep("cci", k=3, save_maps=tmp_path / "maps")
-    step.start(PairContext(adapter, None, samples, model_spec="toy"))
+    pipeline, maps = _maps_pipeline(adapter, None, samples, "toy", tmp_path / "maps")
     pixels, emb, text, _, _ = batch_inputs(adapter, n=2)
-    records = step.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
-    summary = step.finish(records)
-    assert summary.config is not None
-    assert len(records) == 2 and summary.config["summary"]["n_maps"] == 0
-    assert "No space left" in summary.config["maps_error"]
-    assert any(n.startswith("--save-maps stopped") for n in summary.notes)
+    pipeline.process(Batch([0, 1], pixels, emb, text.T, emb @ text.T, torch.tensor([0, 1]), samples))
+    attribution, drawn = pipeline.finish()
+    assert len(attribution.records) == 2 and attribution.summary.config["status"] == "ran"
+    assert drawn.summary.config is not None and drawn.summary.config["n_maps"] == 0
+    assert "No space left" in drawn.summary.config["error"] and maps.error is not None
+    assert any(n.startswith("--save-maps stopped") for n in drawn.summary.notes)
 
 
 # ---- item 13: untrusted names in explain -------------------------------------------------------------------

@@ -15,6 +15,7 @@ from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.diagnosis.summary import diagnose
 from covar_harness.pipeline.contract import Batch, PairContext
+from helpers import with_masks
 
 # 2x2 patch grid; a "pixel" of each patch IS the vector it adds to the embedding (3 channels = 3 dims).
 A, B, C = 0, 1, 2  # classes; text embeddings below
@@ -74,7 +75,8 @@ def process(adapter, pixels, fg, **step_settings) -> tuple[list[dict], Attributi
     step = AttributionStep("cci", k=2, **step_settings)
     step.start(PairContext(adapter, None, samples))
     idx = list(range(len(pixels)))
-    return step.process(Batch(idx, pixels, emb, W, logits, logits.argmax(-1), samples, fg)), step
+    batch = Batch(idx, pixels, emb, W, logits, logits.argmax(-1), samples)
+    return step.process(batch if fg is None else with_masks(batch, fg)), step
 
 
 def test_each_outcome_where_the_truth_is_known_by_construction():
@@ -135,9 +137,8 @@ def test_setting_off_or_no_masks_means_no_extra_patterns():
     emb = F.normalize(adapter.encode_images(pixels), dim=-1)
     step = AttributionStep("random", k=2)
     step.start(PairContext(adapter, None, samples))
-    recs = step.process(
-        Batch([0, 1, 2, 3], pixels, emb, W, emb @ W, torch.zeros(4), samples, [c[1] for c in CASES.values()])
-    )
+    batch = Batch([0, 1, 2, 3], pixels, emb, W, emb @ W, torch.zeros(4), samples)
+    recs = step.process(with_masks(batch, [c[1] for c in CASES.values()]))
     assert adapter.calls == [(4, 2, 4)] and [r.to_json()["counterfactual"]["outcome"] for r in recs] == list(CASES)
 
 

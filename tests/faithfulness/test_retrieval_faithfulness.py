@@ -116,6 +116,7 @@ def test_run_attribution_explains_the_paired_caption(openclip_dir, retrieval_tas
     proc = run_cli_inprocess(
         "run", "--models", spec, "--tasks", str(task), "--output-dir", str(out), "--workers", "0", "--device",
         "cpu", "--attribution", "cci", "--cci-target", target, "--log-samples", "--batch-size", "3",
+        "--save-maps", str(tmp_path / "maps"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     (path,) = out.rglob("*.json")
@@ -124,6 +125,8 @@ def test_run_attribution_explains_the_paired_caption(openclip_dir, retrieval_tas
     attribution = result["config"]["attribution"]
     assert attribution["status"] == "ran" and attribution["explained_text"] == "paired_caption_mean"
     assert attribution["summary"]["n_attributed"] == 7
+    # the maps step runs after attribution on a retrieval pair too: one overlay per image
+    assert result["config"]["maps"]["n_maps"] == 7 == len(list((tmp_path / "maps").rglob("*.png")))
     assert "diagnosis skipped: a retrieval task has no foreground masks or classes" in result["notes"]
     rows = [json.loads(x) for x in path.with_name(path.stem + ".samples.jsonl").read_text().splitlines()]
     other = "importance_pred" if target == "label" else "importance_label"

@@ -18,7 +18,7 @@ from PIL import Image
 
 from covar_harness import hookimpl
 from covar_harness.data.samples import Sample, SampleSet
-from helpers import patch_everywhere
+from helpers import patch_everywhere, with_masks
 
 SIDE, PATCH = 16, 8
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -221,8 +221,8 @@ def test_diagnosis_reads_the_typed_record_and_a_renamed_field_fails_loudly():
         torch.tensor([[0.0, 1.0]]),
         torch.tensor([1]),
         samples,
-        [np.array([1.0, 0.0, 0.0, 0.0])],
     )
+    with_masks(batch, [np.array([1.0, 0.0, 0.0, 0.0])])
     batch.add([AttributionRecord(0, CCIRecord("cci", 1, 2, [0, 1, 1, 1], [0.9, 0.1], 0.5))])
     step = DiagnosisStep(DiagnosisSettings(rules=("paper", "area")))
     (out,) = step.process(batch)

@@ -10,7 +10,7 @@ Modules:
 - ``cci``, ``shapley``, ``random_baseline``: the built-in methods, one class each.
 - ``regions``: the counterfactual region test (foreground only / background only), riding the same call.
 - ``records``: the typed per-sample records written to the sample log.
-- ``maps``: ``--save-maps`` overlay PNGs.
+- ``overlays``: drawing an importance map as a PNG (the maps step, ``results.maps``, and ``explain`` use it).
 - ``step``: :class:`AttributionStep`, the pipeline step.
 
 Adding a method is one Attributor subclass plus ``Method.register_with(register)`` in a ``register_attributors``
@@ -31,7 +31,6 @@ from covar_harness.attribution.base import (
 from covar_harness.attribution.cci import CCI, EPS, cci_from_embeddings, relative_importance
 from covar_harness.attribution.engine import Attribution, attribute, check_model, cluster, cluster_patterns, sample_seed
 from covar_harness.attribution.kmeans import KMEANS_BUDGET_BYTES, KMeansResult, batched_kmeans, kmeans_plusplus, lloyd
-from covar_harness.attribution.maps import MapWriter, check_maps_dir
 from covar_harness.attribution.random_baseline import RandomBaseline, RandomPatch
 from covar_harness.attribution.records import AttributionRecord, CCIRecord, RegionRecord, ShapleyRecord, short
 from covar_harness.attribution.regions import OUTCOMES, RegionTest, region_outcome, region_patterns, region_test
@@ -95,7 +94,6 @@ __all__ = [
     "CCIShapley",
     "ClusterBatch",
     "KMeansResult",
-    "MapWriter",
     "RandomBaseline",
     "RandomPatch",
     "RegionRecord",
@@ -110,7 +108,6 @@ __all__ = [
     "canonical_coalitions",
     "cci_from_embeddings",
     "check_k",
-    "check_maps_dir",
     "check_model",
     "cluster",
     "cluster_patterns",

@@ -118,6 +118,17 @@ class Attribution:
 
 
 @dataclass
+class Attributed:
+    """What attribution leaves on a batch for the maps step (``Batch.carry``): the attributed samples ``indices``
+    (positions in the SampleSet), their batch ``rows`` and the batch's ``result`` (full precision, unlike the
+    records' seven digits: the overlays are drawn from it)."""
+
+    indices: list[int]
+    rows: list[int]
+    result: Attribution
+
+
+@dataclass
 class LeaveOneOut:
     """What attribution leaves on a batch for later steps (``Batch.carry``): for the attributed samples
     ``indices`` (positions in the SampleSet, in row order), the normalised embeddings ``emb`` (R, D), those with

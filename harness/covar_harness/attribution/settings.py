@@ -10,6 +10,7 @@ the seed, which samples are attributed, and the k-means restarts / iterations. N
 
 from __future__ import annotations
 
+import os
 from argparse import ArgumentTypeError
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -187,3 +188,18 @@ class AttributionSettings:
     def flat(self) -> dict[str, Any]:
         """The keyword form (:meth:`from_flat`): what the CLI offers to an attributor's factory."""
         return {**asdict(self.cci), "save_maps": self.save_maps, "only_with_masks": self.only_with_masks}
+
+
+def check_maps_dir(save_maps: str | Path) -> Path:
+    """``--save-maps`` checked before any model loads (when the attribution step is built): a regular file on the
+    way, or a folder that cannot be created or written, is a one-line UsageError (rather than every pair failing
+    later). The maps step (``results.maps``) writes into it."""
+    path = Path(save_maps).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"--save-maps {str(path)!r}: {str(probe)!r} is not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--save-maps {str(path)!r}: {str(probe)!r} is not writable")
+    return path

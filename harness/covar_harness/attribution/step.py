@@ -17,12 +17,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covar_harness.attribution.base import Attributor, find_attributor
-from covar_harness.attribution.engine import LeaveOneOut, attribute, check_model, reference_from_removal, sample_seed
-from covar_harness.attribution.maps import MapWriter
+from covar_harness.attribution.engine import (
+    Attributed,
+    LeaveOneOut,
+    attribute,
+    check_model,
+    reference_from_removal,
+    sample_seed,
+)
 from covar_harness.attribution.records import AttributionRecord, short
 from covar_harness.attribution.regions import OUTCOMES
 from covar_harness.attribution.removal import can_remove_all_patches, layer_supported
-from covar_harness.attribution.settings import DEFAULTS, AttributionSettings, auto_decision
+from covar_harness.attribution.settings import DEFAULTS, AttributionSettings, auto_decision, check_maps_dir
+from covar_harness.masks.step import MaskStep, foreground, upstream_masks
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
@@ -53,10 +60,12 @@ class AttributionStep(Step):
         self.options = settings
         self.method, self.settings = self.attributor.name, settings.cci
         self.only_with_masks = settings.only_with_masks
-        self.maps = MapWriter(settings.save_maps) if settings.save_maps else None
+        # --save-maps: checked now; the maps step (results.maps, after the diagnosis) writes them
+        self.save_maps: Path | None = None if settings.save_maps is None else check_maps_dir(settings.save_maps)
         self.status, self.reason, self.n_seen = "ran", "", 0
         self.auto_reason: str | None = None  # auto mode on a task without masks: why attribution runs anyway
         self.ctx: PairContext | None = None
+        self.masks: MaskStep | None = None  # the pair's mask step (before this one), when it has one
 
     @property
     def token_layer(self) -> int | str | None:
@@ -69,10 +78,6 @@ class AttributionStep(Step):
         methods that remove clusters one at a time (``Attributor.leave_one_out`` overridden)."""
         return self.attributor.leave_one_out is not Attributor.leave_one_out
 
-    @property
-    def save_maps(self) -> Path | None:
-        return None if self.maps is None else self.maps.root
-
     def run_settings(self) -> dict[str, Any]:
         return {"method": self.method, "only_with_masks": self.only_with_masks, **asdict(self.settings)}
 
@@ -82,8 +87,7 @@ class AttributionStep(Step):
         ValueError."""
         self.ctx, self.n_seen, self.auto_reason = ctx, 0, None
         self.active, self.status, self.reason = True, "ran", ""
-        if self.maps is not None:
-            self.maps.start(ctx)
+        self.masks = upstream_masks(ctx, self)
         supported, why = self.attributor.supported_by(ctx.adapter)
         runs, auto_why = self._auto(ctx) if self.only_with_masks else (True, "")
         if not runs:
@@ -146,8 +150,7 @@ class AttributionStep(Step):
             tokens=None if batch.tokens is None else batch.tokens[sel],
             alt=("label" if self.settings.target == "pred" else "pred", alt_tgt, alt_text),
         )
-        if self.maps is not None:
-            self.maps.write(batch, rows, result)
+        batch.carry(Attributed([batch.indices[r] for r in rows], rows, result))  # the maps step draws it
         removal = LeaveOneOut.of(result, [batch.indices[r] for r in rows])
         if removal is not None:  # for concept naming, read from this batch only (never logged or kept)
             batch.carry(removal)
@@ -157,19 +160,19 @@ class AttributionStep(Step):
         """Attribution that runs only because a segmenter was to give masks (``--attribution auto`` on a maskless
         task) stops at the first batch the segmenter fails on (GroundedSAM weights unreachable, say): the
         diagnosis it was for is withdrawn anyway, so the task's remaining CCI passes would be wasted."""
-        masks = None if self.ctx is None else self.ctx.masks
-        if self.auto_reason is None or masks is None or masks.failed is None:
+        failed = None if self.masks is None else self.masks.failed
+        if self.auto_reason is None or failed is None:
             return False
         self.active, self.status = False, "off"
-        self.reason = f"auto: stopped after {self.n_seen} image(s): {masks.failed}"
+        self.reason = f"auto: stopped after {self.n_seen} image(s): {failed}"
         return True
 
     def _fg(self, batch: Batch, rows: list[int]) -> torch.Tensor | None:
         """(R, N) foreground fraction per patch for the attributed rows (NaN rows: no mask), or None when the
         region test is off or no attributed sample has a mask."""
-        if not self.settings.counterfactual or batch.fg is None:
+        if not self.settings.counterfactual:
             return None
-        grids = [batch.fg[r] for r in rows]
+        grids = [foreground(batch, r) for r in rows]
         if all(g is None for g in grids):
             return None
         import torch  # lazy: ls / --help / plugin discovery import this module without torch
@@ -178,10 +181,6 @@ class AttributionStep(Step):
         return torch.from_numpy(
             np.stack([np.full(n, np.nan) if g is None else np.asarray(g, dtype=np.float64) for g in grids])
         ).float()
-
-    def maps_folder(self) -> Path | None:
-        """Where this pair's ``--save-maps`` overlays go (None without ``--save-maps``)."""
-        return None if self.maps is None else self.maps.folder()
 
     def finish(self, records: list[SampleRecord]) -> StepSummary:
         """Settings, status and a numeric summary under ``config``; notes say when attribution did not run."""
@@ -209,12 +208,6 @@ class AttributionStep(Step):
             config["s_from"] = "removal path (all-False pattern)" if from_removal else "encode_images"
             empty = can_remove_all_patches(adapter)
             config["counterfactual_empty_region"] = "prefix-only forward" if empty else "undefined (None)"
-            if self.maps is not None:
-                config["maps_dir"] = str(self.maps.root)
-                config["summary"]["n_maps"] = self.maps.n_maps
-                if self.maps.error is not None:
-                    config["maps_error"] = self.maps.error
-                    notes.append(f"--save-maps stopped after {self.maps.n_maps} map(s): {self.maps.error}")
         return StepSummary(config=config, notes=notes)
 
 

@@ -40,6 +40,7 @@ from covar_harness.concepts.banks import ConceptBank, resolve_bank
 from covar_harness.concepts.settings import ConceptSettings
 from covar_harness.concepts.summary import summarise
 from covar_harness.diagnosis.rules import DiagnosisRecord
+from covar_harness.masks.step import foreground
 from covar_harness.models.adapter import DEFAULT_LOGIT_SCALE, logit_scale
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 from covar_harness.run.text_cache import store_for
@@ -223,7 +224,7 @@ class ConceptStep(Step):
             self.temperature,
             [[] if a is None else a.cci.importance for a in attributed],
             [[] if a is None else a.cci.assignments for a in attributed],
-            [None if batch.fg is None else batch.fg[r] for r in rows],
+            [foreground(batch, r) for r in rows],
         )
         return [self._record(batch, i, r, pairs, k) for i, r, (pairs, k) in zip(removal.indices, rows, named)]
 

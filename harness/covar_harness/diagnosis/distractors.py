@@ -25,6 +25,7 @@ from covar_harness.catalog.registry import UsageError
 from covar_harness.common.flags import flag
 from covar_harness.common.metrics import bootstrap_interval
 from covar_harness.diagnosis.rules import DiagnosisRecord
+from covar_harness.masks.step import MaskStep, foreground, upstream_masks
 from covar_harness.pipeline.contract import PairContext, SampleRecord, Step, StepSummary
 
 if TYPE_CHECKING:
@@ -102,25 +103,26 @@ class DistractorStep(Step):
     def __init__(self, settings: DistractorSettings):
         self.settings = settings
         self.ctx: PairContext | None = None
+        self.masks: MaskStep | None = None  # the pair's mask step, asked for the predicted class's masks
         self.reason = ""
 
     def run_settings(self) -> dict[str, Any]:
         return self.settings.as_config()
 
     def start(self, ctx: PairContext) -> None:
-        self.ctx, self.active = ctx, False
+        self.ctx, self.active, self.masks = ctx, False, None
         diagnosing = any(step.name == "diagnosis" and step.active for step in ctx.upstream_of(self))
-        masks = ctx.masks
-        if not diagnosing or masks is None:
+        masks = upstream_masks(ctx, self)
+        if not diagnosing or masks is None or not masks.active:
             self.reason = "no diagnosis on this pair"
-        elif getattr(masks.segmenter, "prompted", False) is not True:
-            name = getattr(masks.segmenter, "name", "segmenter")
+        elif not masks.prompted:
+            name = masks.segmenter_name
             self.reason = f"segmenter {name!r} shows the labelled object whatever the prompt, not the predicted class"
         else:
-            self.active, self.reason = True, ""
+            self.active, self.reason, self.masks = True, "", masks
 
     def process(self, batch: Batch) -> list[DistractorRecord]:
-        assert self.ctx is not None and self.ctx.masks is not None
+        assert self.masks is not None
         todo = []  # (row, index, attribution, headline driver) of each diagnosed error with a label mask
         for r, i in enumerate(batch.indices):
             diagnosis, attribution = batch.record(i, DiagnosisRecord), batch.record(i, AttributionRecord)
@@ -128,10 +130,10 @@ class DistractorStep(Step):
                 continue
             todo.append((r, i, attribution, next(iter(diagnosis.outcomes.values())).driver))
         preds = [batch.pred(r) for r, *_ in todo]
-        pred_masks = self.ctx.masks.for_batch([i for _, i, *_ in todo], classes=preds) if todo else []
+        pred_masks = self.masks.of_classes([i for _, i, *_ in todo], preds) if todo else []
         out = []
         for (r, i, attribution, driver), pred_fg in zip(todo, pred_masks):
-            label_fg = None if batch.fg is None else batch.fg[r]
+            label_fg = foreground(batch, r)
             share = None
             if pred_fg is not None and label_fg is not None:
                 importance = [attribution.cci.importance[c] for c in attribution.cci.assignments]

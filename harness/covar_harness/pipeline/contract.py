@@ -8,6 +8,10 @@ that sample's line of the sample log. A later step reads an earlier step's recor
 ``AttributeError`` (and a type error for mypy), never a sample silently "undetermined". At the end each step turns
 all its records into a :class:`StepSummary` (metrics, intervals, config, notes).
 
+Data only flows forward: a step reads the records (and :meth:`Batch.carried` objects) of the steps before it in
+the same batch, never those of a later one. The run's order (docs/design.md section 7): masks, attribution,
+diagnosis, distractors, maps, concepts. Masks are a record like any other (``masks.step.MaskRecord``).
+
 Writing a step: subclass :class:`Step` (the base class holds the defaults of everything the evaluator asks of a
 step) and override ``start``, ``process`` and ``finish``. Anything else is refused when the pipeline is built.
 
@@ -30,7 +34,6 @@ if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.data.samples import ClassMap, SampleSet
-    from covar_harness.masks.patch_masks import PatchMasks
 
 R = TypeVar("R", bound="SampleRecord")
 T = TypeVar("T")
@@ -120,7 +123,6 @@ class PairContext:
     options: RunSettings | None = None  # the run's RunOptions
     reporter: Progress | None = None  # the run's Reporter
     classifier: torch.Tensor | None = None  # (D, C) class embeddings, L2-normalised, on CPU
-    masks: PatchMasks | None = None  # foreground fraction per patch; set by the diagnosis step when it runs
     steps: list[Step] = field(default_factory=list)  # the pair's pipeline, in order
     # A class-mapped pair (data.samples.ClassMap, e.g. ImageNet-9's 1000-way protocol): ``classifier`` is over the
     # map's classes and ``classnames`` are the task's labels (+ the unclaimed bucket); ``label_classifier`` holds
@@ -155,7 +157,6 @@ class Batch:
     logits: torch.Tensor  # (B, C)
     labels: torch.Tensor  # (B,)
     samples: SampleSet
-    fg: list | None = None  # per sample: (rows*cols,) foreground fraction per patch, or None (no mask)
     top: np.ndarray | None = None  # (B, k) zero-shot top-k class indices, best first (the logged top5)
     upstream: dict[int, list[SampleRecord]] = field(default_factory=dict)  # index -> earlier steps' records
     tokens: torch.Tensor | None = None  # (B, N, C) patch tokens at ``Pipeline.token_layer()``, from the same forward

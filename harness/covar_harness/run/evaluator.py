@@ -26,10 +26,12 @@ from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples, task_classnames, task_digest, task_templates
 from covar_harness.diagnosis.distractors import DistractorStep
 from covar_harness.diagnosis.step import DiagnosisStep
+from covar_harness.masks.step import MaskStep
 from covar_harness.models.adapter import adapter_family, implements
 from covar_harness.models.specs import load_model, resolve_device
-from covar_harness.pipeline.contract import Batch, BatchStep, PairContext, Pipeline
+from covar_harness.pipeline.contract import Batch, BatchStep, PairContext, Pipeline, Step
 from covar_harness.results import files as results
+from covar_harness.results.maps import MapStep
 from covar_harness.run import batch_size, retrieval
 from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone, agree_token, detect_world
@@ -112,7 +114,9 @@ class RunOptions:
         """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
         and compared before an existing file is reused (resume)."""
         steps = {step.name: step.run_settings() for step in self.steps}
-        diagnosis = None if self.diagnosis is None else self.diagnosis_step().run_settings()
+        diagnosis = None
+        if self.diagnosis is not None:  # the diagnosis's settings and those of the masks it reads
+            diagnosis = {**DiagnosisStep(self.diagnosis).run_settings(), **self.mask_step().run_settings()}
         settings = {
             "precision": self.precision,
             "seed": self.seed,
@@ -148,22 +152,32 @@ class RunOptions:
         ks = (getattr(getattr(step, "settings", None), "k", None) for step in self.steps)
         return [k for k in ks if isinstance(k, int)]
 
-    def diagnosis_step(self) -> Any:
-        """The fg/bg diagnosis step (``diagnosis.DiagnosisStep``), or None without ``diagnosis`` settings."""
+    def mask_step(self) -> MaskStep:
+        """The step that makes the foreground masks (``--segmenter``), first in the pipeline."""
+        return MaskStep(self.segmenter, self.segmenter_settings)
+
+    def analysis_steps(self) -> list[Step]:
+        """The pipeline of every pair, in order (docs/design.md section 7): the masks (made only when the
+        diagnosis asks), the analysis steps (attribution), the diagnosis that reads both, the distractor check,
+        the ``--save-maps`` overlays captioned from the diagnosis, then concept naming."""
         if self.diagnosis is None:
-            return None
-
-        return DiagnosisStep(self.diagnosis, self.segmenter, self.segmenter_settings)
-
-    def analysis_steps(self) -> list[Any]:
-        """The pipeline of every pair: the analysis steps, then the diagnosis that reads their records."""
-        diagnosis = self.diagnosis_step()
-        after: list[Any] = [] if diagnosis is None else [diagnosis]
-        if diagnosis is not None and self._distractors_on():
-            after.append(DistractorStep(self.distractors))
+            before: list[Step] = []
+            after: list[Step] = []
+        else:
+            before, after = [self.mask_step()], [DiagnosisStep(self.diagnosis)]
+            if self._distractors_on():
+                after.append(DistractorStep(self.distractors))
+        maps = self.map_step()
+        if maps is not None:
+            after.append(maps)
         if self.concepts is not None:  # reads attribution's and the diagnosis's records of the same batch
             after.append(self.concepts)
-        return [*self.steps, *after]
+        return [*before, *self.steps, *after]
+
+    def map_step(self) -> MapStep | None:
+        """The ``--save-maps`` step (the folder is the attribution step's ``save_maps``), or None without it."""
+        roots = [root for root in (getattr(step, "save_maps", None) for step in self.steps) if root is not None]
+        return MapStep(roots[0]) if roots else None
 
     def _distractors_on(self) -> bool:
         return self.diagnosis is not None and getattr(self.distractors, "enabled", False) is True

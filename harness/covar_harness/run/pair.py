@@ -156,12 +156,10 @@ def _batch(
     top: np.ndarray,
     tokens: torch.Tensor | None = None,
 ) -> Batch:
-    """What the steps see of one batch, with the foreground masks of its samples when the pair has them."""
+    """What the steps see of one batch (the mask step, first in the pipeline, adds its samples' masks)."""
 
     labels = torch.tensor([ctx.samples.samples[i].label for i in indices])
-    with ctx.cost.phase("masks"):
-        fg = ctx.masks.for_batch(indices) if ctx.masks is not None else None
-    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, fg, top, tokens=tokens)
+    return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, top, tokens=tokens)
 
 
 def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:

@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from covar_harness.common.console import one_line
 from covar_harness.common.safe_files import atomic_write, open_regular, parse_json
+from covar_harness.masks.step import MaskStep
 from covar_harness.pipeline.contract import PairContext, Pipeline
 from covar_harness.run.text_cache import model_fingerprint
 
@@ -102,7 +103,7 @@ class Checkpointer:
     start: int = 0  # samples covered by the restored batches: the loop goes on from here
     pending: list = field(default_factory=list)
     strict: bool = False  # a part file that cannot be written raises (ranks: rank 0 merges from it)
-    masks: Any = None  # the pair's PatchMasks: their counters are state too (n_without_mask)
+    masks: Any = None  # the mask step's PatchMasks: their counters are state too (n_without_mask)
     n_batches: int = 0  # batches restored
     writer: str = ""  # the nonce of the file's writer (its header's): every chunk appended carries it
     written: int = 0  # batches in the file: the next chunk's ``first``
@@ -115,7 +116,8 @@ class Checkpointer:
     ) -> Checkpointer:
         """Restore what the part file at ``path`` holds for this pair (call after ``pipeline.start``, holding the
         pair's lock, ``pair_lock``)."""
-        ck = cls(path if every > 0 else None, every, pipeline, strict=strict, masks=ctx.masks)
+        masks = next((s.patch_masks for s in pipeline.steps if isinstance(s, MaskStep)), None)
+        ck = cls(path if every > 0 else None, every, pipeline, strict=strict, masks=masks)
         ck._marks = [len(kept) for kept in pipeline.records]
         ck.initial = ck.snapshot()
         if ck.path is None:

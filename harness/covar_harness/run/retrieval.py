@@ -306,7 +306,7 @@ def evaluate_retrieval(
         metrics.update(done.summary.metrics)
         intervals.update(done.summary.intervals)
         if done.summary.config is not None:
-            text = {"explained_text": PAIRED_TEXT} if done.step.active else {}
+            text = {"explained_text": PAIRED_TEXT} if done.step.active and done.step in attribution.steps else {}
             config[done.step.name] = {**done.summary.config, **text}
         notes += done.summary.notes
         for record in done.records if done.summary.log_records else ():
@@ -337,8 +337,9 @@ class AttributionPass:
     set of the task's images (image -> text top 1), and each record carries the other target's importances too.
     Masks and classes do not exist here, so the diagnosis and other steps are skipped with a note."""
 
-    def __init__(self, pipeline: Any, own: Any, W: torch.Tensor, notes: list[str]):
+    def __init__(self, pipeline: Any, own: Any, W: torch.Tensor, notes: list[str], steps: list | None = None):
         self.pipeline, self.own, self.W, self.notes = pipeline, own, W, notes
+        self.steps = list(steps or [])  # the attribution steps (the pipeline may add the maps after them)
 
     @classmethod
     def start(
@@ -354,9 +355,10 @@ class AttributionPass:
             return cls(None, own, W, notes)
         names = [s.id for s in samples.samples]
         ctx = PairContext(adapter, cfg, own, names, catalog=catalog, options=options, reporter=reporter, classifier=W)
-        pipeline = Pipeline(steps)
+        maps = options.map_step()  # --save-maps: drawn after attribution, as on a classification pair
+        pipeline = Pipeline([*steps, *([] if maps is None else [maps])])
         pipeline.start(ctx)
-        return cls(pipeline, own, W, notes)
+        return cls(pipeline, own, W, notes, steps)
 
     def process(self, indices: list[int], pixels: torch.Tensor, image_emb: torch.Tensor) -> None:
         """One batch of the recall pass: its pixels and (normalised, CPU) image embeddings, no second forward."""
@@ -365,7 +367,7 @@ class AttributionPass:
             return
         logits = image_emb @ self.W
         top = logits.topk(min(5, self.W.shape[1]), dim=-1).indices.numpy()
-        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, None, top)
+        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, top)
         self.pipeline.process(batch)
 
     def finish(self) -> tuple[list, list[str]]:
