@@ -20,14 +20,7 @@ hook (CONTRIBUTING). torch is imported inside functions, so importing this packa
 
 from __future__ import annotations
 
-from covar_harness.attribution.base import (
-    Attributor,
-    ClusterBatch,
-    Scores,
-    attributor_classes,
-    check_k,
-    find_attributor,
-)
+from covar_harness.attribution.base import Attributor, ClusterBatch, Scores, check_k, find_attributor
 from covar_harness.attribution.cci import CCI, EPS, cci_from_embeddings, relative_importance
 from covar_harness.attribution.engine import Attribution, attribute, check_model, cluster, cluster_patterns, sample_seed
 from covar_harness.attribution.kmeans import KMEANS_BUDGET_BYTES, KMeansResult, batched_kmeans, kmeans_plusplus, lloyd
@@ -65,22 +58,16 @@ from covar_harness.attribution.shapley import (
 )
 from covar_harness.attribution.step import AttributionStep, summarise
 
-# the built-in methods (the ``cci`` plugin registers them) and the K each allows, read off their classes
-METHODS = tuple(cls.name for cls in attributor_classes())
-K_RANGES = {cls.name: cls.k_range for cls in attributor_classes()}
-
 __all__ = [
     "ATTRIBUTE_ON",
     "CCI",
     "DEFAULTS",
     "EPS",
     "KMEANS_BUDGET_BYTES",
-    "K_RANGES",
     "MAX_ITERS",
     "MAX_K",
     "MAX_N_INIT",
     "MAX_SHAPLEY_K",
-    "METHODS",
     "OUTCOMES",
     "PATTERN_ROWS",
     "TARGETS",
@@ -102,7 +89,6 @@ __all__ = [
     "ShapleyRecord",
     "ShapleyValues",
     "attribute",
-    "attributor_classes",
     "batched_kmeans",
     "can_remove_all_patches",
     "canonical_coalitions",

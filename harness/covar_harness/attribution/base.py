@@ -5,18 +5,22 @@ The engine does what every method shares: patch tokens -> per-image k-means -> O
 of the method (and the counterfactual region test) -> the batch's records. A method is one :class:`Attributor`
 subclass that declares its ``name``, ``description``, the K it allows (``k_range``) and the adapter members it
 needs (``needs``), and implements two hooks: ``patterns`` (what to remove, (B, P, N)) and ``scores`` (importances
-from the embeddings without those patterns). No table or switch elsewhere names the methods: the step finds a
-method by name among the subclasses (:func:`find_attributor`), and the plugin that provides it registers it with
-one line, ``MyMethod.register_with(register)`` inside ``register_attributors``.
+from the embeddings without those patterns). No table or switch elsewhere names the methods: the plugin that
+provides one registers it with one line, ``MyMethod.register_with(register)`` inside ``register_attributors``,
+and a name is found in the catalog, the one registry (:func:`find_attributor`): a class nobody registered is not
+found by name.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from covar_harness.attribution.settings import MAX_K, CCISettings, is_int
+from covar_harness.catalog.plugin_manager import ALLOW_ENV, Catalog, load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.models.adapter import attribution_support, implements
 
@@ -123,29 +127,25 @@ class Attributor:
         register(cls.name, cls.make_step, k_range=cls.k_range, description=cls.description)
 
 
-def attributor_classes() -> list[type[Attributor]]:
-    """Every named Attributor subclass defined so far, in definition order (the built-ins first)."""
-    out: list[type[Attributor]] = []
-    pending = list(Attributor.__subclasses__())
-    while pending:
-        cls = pending.pop(0)
-        if cls.name and all(c.name != cls.name for c in out):
-            out.append(cls)
-        pending += cls.__subclasses__()
-    return out
-
-
-def find_attributor(method: str | type[Attributor] | Attributor) -> type[Attributor]:
-    """The Attributor class of ``method`` (a name, a class or an instance); UsageError for an unknown name."""
+def find_attributor(method: str | type[Attributor] | Attributor, catalog: Catalog | None = None) -> type[Attributor]:
+    """The Attributor class of ``method`` (a name, a class or an instance). A name is looked up in ``catalog``
+    (default: the plugins installed, as ``COVAR_HARNESS_PLUGINS`` allows): an unknown name is a UsageError with
+    close matches, and a registered factory that is not an Attributor's (a custom step) has no importance maps."""
     if isinstance(method, Attributor):
         return type(method)
     if isinstance(method, type) and issubclass(method, Attributor):
         return method
-    for cls in attributor_classes():
-        if cls.name == method:
-            return cls
-    names = ", ".join(c.name for c in attributor_classes())
-    raise UsageError(f"unknown attribution method {method!r}; choose from {names}")
+    entry = (catalog or _installed_catalog(os.environ.get(ALLOW_ENV))).attributors.entry(str(method))
+    cls = getattr(entry.item, "__self__", None)  # Attributor.register_with registers the bound cls.make_step
+    if not (isinstance(cls, type) and issubclass(cls, Attributor)):
+        raise UsageError(f"attributor {entry.name!r} is a custom step, not an Attributor: it gives no importance maps")
+    return cls
+
+
+@lru_cache(maxsize=4)
+def _installed_catalog(allow: str | None) -> Catalog:
+    """The catalog of the installed plugins, once per process and allow-list (building it reads entry points)."""
+    return load_catalog(allow=allow)
 
 
 def check_k(method: str | type[Attributor], k: Any) -> None:

@@ -75,11 +75,10 @@ def methods_from_args(text: str, catalog: Any, rise: Any = None) -> list[Any]:
     methods = []
     for name in names:
         entry = catalog.attributors.entry(name)
-        find_attributor(entry.name)  # a registered name without an Attributor class is not a map method
         if entry.name not in methods:
             methods.append(entry.name)
     methods += [b for b in BASELINES if b not in methods]
-    classes = [find_attributor(m) for m in methods]
+    classes = [find_attributor(m, catalog) for m in methods]  # a custom step (no Attributor) has no maps: refused
     return [c.with_settings(rise or RISE_DEFAULTS) if issubclass(c, RISE) else c for c in classes]
 
 
