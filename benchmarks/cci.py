@@ -81,7 +81,10 @@ def breakdown(adapter, pixels, k: int, repeats: int, device: str) -> dict[str, f
     import torch
     import torch.nn.functional as F
 
-    from covar_harness.attribution import DEFAULTS, attribute, batched_kmeans, cluster_patterns, patch_tokens
+    from covar_harness.attribution.engine import attribute, cluster_patterns
+    from covar_harness.attribution.kmeans import batched_kmeans
+    from covar_harness.attribution.removal import patch_tokens
+    from covar_harness.attribution.settings import DEFAULTS
 
     settings = replace(DEFAULTS, k=k)
     seeds = list(range(len(pixels)))
@@ -123,7 +126,8 @@ def main() -> None:
 
     from eval_overhead import make_images
 
-    from covar_harness.attribution import AttributionSettings, AttributionStep
+    from covar_harness.attribution import AttributionStep
+    from covar_harness.attribution.settings import AttributionSettings
     from helpers import write_task_yaml
 
     torch.manual_seed(0)

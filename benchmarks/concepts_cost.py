@@ -43,7 +43,8 @@ def bench(name: str, adapter, bank_spec: str, batch: int, reps: int) -> None:
     import numpy as np
     import torch.nn.functional as F
 
-    from covar_harness.attribution import DEFAULTS, attribute, sample_seed
+    from covar_harness.attribution.engine import attribute, sample_seed
+    from covar_harness.attribution.settings import DEFAULTS
     from covar_harness.concepts.banks import resolve_bank
     from covar_harness.concepts.naming import name_batch
     from covar_harness.run.text_cache import build_classifier

@@ -15,13 +15,15 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from covar_harness.attribution import CCI, CCIShapley, RandomBaseline, RandomPatch  # no torch at import
+from covar_harness.attribution.cci import CCI  # no torch at import
 from covar_harness.attribution.chefer import Chefer, CheferLast
 from covar_harness.attribution.grad_eclip import GradECLIP
 from covar_harness.attribution.gradcam import GradCAM
 from covar_harness.attribution.occlusion import Occlusion
+from covar_harness.attribution.random_baseline import RandomBaseline, RandomPatch
 from covar_harness.attribution.rise import RISE
 from covar_harness.attribution.rollout import Rollout
+from covar_harness.attribution.shapley import CCIShapley
 from covar_harness.catalog.hookspecs import hookimpl
 from covar_harness.concepts.banks import TextBank, read_vocabulary
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from covar_harness import attribution
-from covar_harness.attribution import AttributionStep, CCISettings, attribute, sample_seed
+from covar_harness.attribution import AttributionStep, CCISettings
+from covar_harness.attribution.engine import attribute, sample_seed
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.safe_files import slug
 from covar_harness.data.samples import Sample, SampleSet
@@ -180,7 +181,7 @@ def test_flattened_calls_are_chunked(toy_file):
     pixels, emb, text, target, seeds = batch_inputs(old, n=2)
     a = attribute(old, pixels, emb, text, target, seeds, CCISettings(k=7), "cci-shapley")
     b = attribute(new, pixels, emb, text, target, seeds, CCISettings(k=7), "cci-shapley")
-    assert max(shape[0] for shape in old.calls) <= attribution.PATTERN_ROWS and len(old.calls) == 4
+    assert max(shape[0] for shape in old.calls) <= attribution.removal.PATTERN_ROWS and len(old.calls) == 4
     torch.testing.assert_close(a.shapley.values, b.shapley.values, atol=1e-6, rtol=1e-5)
 
 
@@ -301,7 +302,7 @@ def test_each_attributor_declares_its_k_range():
         name: catalog.attributors.entry(name).extra["k_range"]
         for name in ("cci", "cci-shapley", "random", "random-patch")
     }
-    assert ranges == {name: attribution.find_attributor(name).k_range for name in ranges}  # the class declares it
+    assert ranges == {name: attribution.base.find_attributor(name).k_range for name in ranges}  # the class declares it
     for name, (lo, hi) in ranges.items():
         AttributionStep(name, k=lo), AttributionStep(name, k=hi)  # the bounds themselves are allowed
 
@@ -382,9 +383,9 @@ def test_kmeans_split_over_images_gives_the_same_clusters(monkeypatch):
     with exactly the clusters of the one-piece run."""
     x = torch.randn(5, 30, 8, generator=torch.Generator().manual_seed(3))
     seeds = [11, 12, 13, 14, 15]
-    whole = attribution.batched_kmeans(x, 4, seeds, n_init=3)
+    whole = attribution.kmeans.batched_kmeans(x, 4, seeds, n_init=3)
     monkeypatch.setattr(attribution.kmeans, "KMEANS_BUDGET_BYTES", 2 * 3 * 30 * 8 * 4)  # two images per piece
-    split = attribution.batched_kmeans(x, 4, seeds, n_init=3)
+    split = attribution.kmeans.batched_kmeans(x, 4, seeds, n_init=3)
     assert torch.equal(whole.labels, split.labels)
     torch.testing.assert_close(whole.inertia, split.inertia)
 

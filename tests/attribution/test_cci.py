@@ -16,7 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
-from covar_harness.attribution import AttributionStep, CCISettings, attribute, overlays, sample_seed
+from covar_harness.attribution import AttributionStep, CCISettings, overlays
+from covar_harness.attribution.engine import attribute, sample_seed
 from covar_harness.common.safe_files import slug
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.pipeline.contract import PairContext

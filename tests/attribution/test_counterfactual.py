@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from covar_harness.attribution import AttributionStep, region_outcome
+from covar_harness.attribution import AttributionStep
+from covar_harness.attribution.regions import region_outcome
 from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.diagnosis.summary import diagnose

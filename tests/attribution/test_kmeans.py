@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from covar_harness.attribution import batched_kmeans, cluster_patterns, kmeans_plusplus, sample_seed
+from covar_harness.attribution.engine import cluster_patterns, sample_seed
+from covar_harness.attribution.kmeans import batched_kmeans, kmeans_plusplus
 
 
 def _blobs(rng, n_per=12, k=4, dim=5, spread=0.6):

@@ -11,14 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import covar_harness
-from covar_harness.attribution import (
-    AttributionStep,
-    CCISettings,
-    attribute,
-    coalition_patterns,
-    sample_seed,
-    shapley_from_values,
-)
+from covar_harness.attribution import AttributionStep, CCISettings
+from covar_harness.attribution.engine import attribute, sample_seed
+from covar_harness.attribution.shapley import coalition_patterns, shapley_from_values
 from covar_harness.catalog.registry import UsageError
 from covar_harness.models import token_removal as tr
 from covar_harness.pipeline.contract import PairContext

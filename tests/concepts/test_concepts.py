@@ -163,7 +163,8 @@ def test_summary_counts_only_named_background_errors():
 
 
 def test_shapley_names_from_the_same_leave_one_out_embeddings_as_cci(openclip_dir):
-    from covar_harness.attribution import DEFAULTS, attribute
+    from covar_harness.attribution.engine import attribute
+    from covar_harness.attribution.settings import DEFAULTS
     from covar_harness.models.specs import load_model
 
     adapter = load_model(f"openclip:local-dir:{openclip_dir}")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from covar_harness.attribution import CCISettings, attribute
+from covar_harness.attribution import CCISettings
+from covar_harness.attribution.engine import attribute
 from covar_harness.attribution.patches import canvas, importance_order, patch_pixel_masks, step_counts, top_masks
 from covar_harness.catalog.registry import UsageError
 from covar_harness.faithfulness import (

@@ -172,7 +172,8 @@ def test_attribution_then_diagnosis_in_one_loop(tmp_path):
 
 
 def test_records_serialise_to_the_logged_fields_in_order():
-    from covar_harness.attribution import AttributionRecord, CCIRecord, RegionRecord
+    from covar_harness.attribution import AttributionRecord
+    from covar_harness.attribution.records import CCIRecord, RegionRecord
     from covar_harness.diagnosis.rules import DiagnosisRecord, RuleOutcome
 
     rec = AttributionRecord(
@@ -207,7 +208,8 @@ def test_diagnosis_reads_the_typed_record_and_a_renamed_field_fails_loudly():
     AttributeError (and a mypy error), not a sample silently left "undetermined"."""
     from types import SimpleNamespace
 
-    from covar_harness.attribution import AttributionRecord, CCIRecord
+    from covar_harness.attribution import AttributionRecord
+    from covar_harness.attribution.records import CCIRecord
     from covar_harness.diagnosis.rules import DiagnosisSettings, Evidence
     from covar_harness.diagnosis.step import DiagnosisStep
     from covar_harness.pipeline.contract import Batch

@@ -22,8 +22,11 @@ import torch.nn.functional as F
 from PIL import Image
 from rich.table import Table
 
-from covar_harness.attribution import DEFAULTS, CCISettings, attribute, check_k, check_model, overlays, sample_seed
+from covar_harness.attribution import CCISettings, overlays
+from covar_harness.attribution.base import check_k
+from covar_harness.attribution.engine import attribute, check_model, sample_seed
 from covar_harness.attribution.overlays import Caption
+from covar_harness.attribution.settings import DEFAULTS
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console as make_console
