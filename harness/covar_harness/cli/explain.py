@@ -4,7 +4,7 @@ It prints the prediction and the top-5 (cosine similarities); with ``--mask``, t
 under each diagnosis rule (``diagnosis.RULES``, default threshold, no null draws), the same numbers the
 overlay's caption shows. Rules that need what explain does not compute (Shapley values, the region test) say so.
 
-The same code path as ``run --attribution cci`` (``covar_harness.attribution.attribute``) on a batch of one, with
+The same code path as ``run --attribution cci`` (``covar_harness.attribution.engine.attribute``) on a batch of one, with
 the same ``CCISettings`` (its defaults are the flags' defaults), so what you see here is what the sample logs of a
 run contain for that image.
 """

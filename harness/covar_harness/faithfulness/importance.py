@@ -39,7 +39,7 @@ def importance_maps(
     settings: CCISettings,
 ) -> torch.Tensor:
     """(B, N) importance of every patch for the explained class (``text`` (B, D) normalised), on CPU. Methods
-    over the clustering-and-removal engine run through ``attribution.attribute``; a method the adapter cannot
+    over the clustering-and-removal engine run through ``attribution.engine.attribute``; a method the adapter cannot
     run that has ``pixel_importance`` (occlusion) uses it; anything else raises :class:`Unsupported`."""
 
     cls = find_attributor(method)
