@@ -11,7 +11,7 @@ import torch
 
 import covar_harness
 from covar_harness.models import adapter as adapter_module
-from helpers import TINY_OPENCLIP_CFG, make_openclip_dir
+from helpers import TINY_OPENCLIP_CFG, make_openclip_dir, patch_everywhere
 
 
 @pytest.mark.parametrize("layer", [-1, 0])
@@ -35,7 +35,7 @@ def _run(monkeypatch, fused: bool) -> tuple[dict, int]:
 
     monkeypatch.setattr(cls, "patch_tokens", counting)
     if not fused:
-        monkeypatch.setattr(adapter_module, "fuses_tokens", lambda obj, layer: False)
+        patch_everywhere(monkeypatch, adapter_module, "fuses_tokens", lambda obj, layer: False)
     out = covar_harness.evaluate("demo/shapes-clean", "covar-shapes/crop", limit=12, batch_size=4, log_samples=True)
     (record,) = out["results"]
     record.pop("provenance")
