@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,16 +29,25 @@ TINY_OPENCLIP_CFG = {
 }
 
 
+def _imports_name(text: str, module: str, name: str) -> bool:
+    """Whether ``text`` (a module's source) has ``from <module> import ... name ...`` anywhere (ast, not a regex)."""
+    return any(
+        isinstance(node, ast.ImportFrom) and node.module == module and any(a.name == name for a in node.names)
+        for node in ast.walk(ast.parse(text))
+    )
+
+
 def patch_everywhere(monkeypatch, module, name: str, value) -> None:
     """``monkeypatch.setattr(module, name, value)`` and the same in every module of the harness that imports the
-    name itself (``from module import name`` binds it at import): the use sites see the patch too. Those modules
-    are imported first, so that none binds the patched value for good by being imported during the test."""
+    name itself (``from module import name`` binds it at import, one line or parenthesised): the use sites see the
+    patch too. Those modules are imported first, so that none binds the patched value for good by being imported
+    during the test."""
     original = getattr(module, name)
-    pattern = re.compile(rf"^\s*from {re.escape(module.__name__)} import .*\b{re.escape(name)}\b", re.M)
     for package in ("covar_harness", "covar_harness_plugins", "covar_harness_tasks"):
         root = Path(importlib.import_module(package).__file__).parent
         for path in root.rglob("*.py"):
-            if pattern.search(path.read_text(encoding="utf-8")):
+            text = path.read_text(encoding="utf-8")
+            if name in text and _imports_name(text, module.__name__, name):
                 parts = path.relative_to(root.parent).with_suffix("").parts
                 importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     monkeypatch.setattr(module, name, value)
