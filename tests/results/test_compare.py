@@ -108,6 +108,17 @@ def test_compare_diagnosis_headlines_raw_bg_er_per_rule_and_the_truth_not_minus_
     assert notes == ["t: bg_er (paper) not compared: no error decided (or tested) on one side"]
 
 
+def test_compare_truth_counts_the_errors_the_result_counts():
+    """A region test where one region held no patch (pred_fg_only None) decides nothing, as in the result's own
+    bg_sufficient_rate (``region_truth``): that error leaves the denominator instead of counting as tested."""
+    rows_a = [_row(i, False, "bg", "bg", i < 3) for i in range(4)]
+    rows_a[3]["counterfactual"]["pred_fg_only"] = None  # undecided: 3 of 3, not 3 of 4
+    rows_b = [_row(i, False, "fg", "fg", False) for i in range(4)]
+    config = {"diagnosis": {"rules": ["area"]}}
+    by = {c.metric: c for c in compare_diagnosis("t", rows_a, rows_b, config, config, 200, 0, [])}
+    assert (by["bg_sufficient_rate"].a, by["bg_sufficient_rate"].b) == (1.0, 0.0)
+
+
 def test_paired_ratio_difference_between_subsets_pairs_by_unit():
     """clusters_b: the b rows are other samples of the same units. With identical per-unit values on both sides
     the difference is 0 in every replicate; the same rows with the units shuffled on one side are not paired."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.metrics import mcnemar_exact, paired_ratio_difference, source_clusters
-from covar_harness.diagnosis.rules import titled
+from covar_harness.diagnosis.rules import Evidence, region_truth, titled
 from covar_harness.results import files
 from covar_harness.results.validation import validate
 from covar_harness.run.rescore import read_samples
@@ -206,12 +206,11 @@ def _ratio_parts(rows: list[dict], metric: str, rule: str | None, head: str) -> 
         if not any(e and d is not None for e, d in zip(error, drivers)):
             return None
         return np.asarray([d == "bg" for d in drivers], dtype=float) * error, error
-    bg_only: list[Any] = [(r.get("counterfactual") or {}).get("pred_bg_only") for r in rows]
-    tested = error * np.asarray([p is not None for p in bg_only], dtype=np.float64)
+    truth = [region_truth(Evidence.of_row(r), r["pred"])[0] for r in rows]  # the result's own definition
+    tested = error * np.asarray([t is not None for t in truth], dtype=np.float64)
     if not tested.any():
         return None
-    survives = np.asarray([p == r["pred"] for p, r in zip(bg_only, rows)], dtype=np.float64)
-    return survives * tested, tested
+    return np.asarray([t is True for t in truth], dtype=np.float64) * tested, tested
 
 
 # ---- one model, two subsets of the same source objects ----------------------------------------------------------
