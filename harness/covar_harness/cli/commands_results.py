@@ -32,7 +32,7 @@ from covar_harness.leaderboard.report.site import build_site as build
 from covar_harness.models.specs import registered_target
 from covar_harness.results import files as results
 from covar_harness.results import validation
-from covar_harness.results.files import DISTRIBUTION, _git
+from covar_harness.results.files import DISTRIBUTION, run_git
 from covar_harness.results.submission import StrictChecker, known_fingerprints
 
 
@@ -144,7 +144,7 @@ def cmd_init_leaderboard(args: Namespace) -> int:
     taken = [name for name in LEADERBOARD_FILES if (root / name).exists()]
     if taken:
         raise UsageError(f"{root}: {', '.join(taken)} already exist(s); nothing written (move them away first)")
-    spec, how = (args.harness_spec, "") if args.harness_spec else harness_source(_direct_url(), _git)
+    spec, how = (args.harness_spec, "") if args.harness_spec else harness_source(_direct_url(), run_git)
     if any(c in spec for c in '\n\r"`$'):
         raise UsageError("--harness-spec must be one pip requirement without quotes, $ or backticks")
     for name, template in LEADERBOARD_FILES.items():

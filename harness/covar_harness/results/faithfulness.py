@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from covar_harness.common.console import unsafe_name, unsafe_text
-from covar_harness.results.files import _short, is_number, text_problem
+from covar_harness.results.files import is_number, short_value, text_problem
 
 SCHEMA = "covar-harness/faithfulness/1"
-BASELINE = "random"
 # the random baselines every method is compared with, per image: CCI's clusters with random importances, and the
 # standard per-patch uniform order (the issue 23 audit: the choice moves every comparison)
 BASELINES = ("random", "random-patch")
@@ -61,7 +60,7 @@ def validate(obj: dict[str, Any]) -> list[str]:
     for key in ("n_samples", "n_failed_images"):
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            errors.append(f"{key}: must be an integer >= 0, got {_short(value)}")
+            errors.append(f"{key}: must be an integer >= 0, got {short_value(value)}")
     error = obj.get("error")
     if error is not None and not (isinstance(error, str) and text_problem(error, name=False) is None):
         errors.append("error: must be null or one line of text")
@@ -90,11 +89,11 @@ def _settings_problems(settings: Any) -> list[str]:
         return []
     for key, value in settings.items():
         if not isinstance(key, str) or not key.strip() or unsafe_name(key):
-            return [f"settings: name {_short(key)} must be a one-line name"]
+            return [f"settings: name {short_value(key)} must be a one-line name"]
         if isinstance(value, str) and unsafe_text(value):
             return [f"settings.{key}: must be one line of text"]
         if not (value is None or isinstance(value, (str, bool)) or is_number(value)):
-            return [f"settings.{key}: must be text, a finite number, true/false or null, got {_short(value)}"]
+            return [f"settings.{key}: must be text, a finite number, true/false or null, got {short_value(value)}"]
     return []
 
 
@@ -106,7 +105,7 @@ def _paired_problems(paired: Any) -> list[str]:
     out = []
     for base, entries in paired.items():
         if not isinstance(base, str) or unsafe_name(base) or not isinstance(entries, dict):
-            return [f"paired: {_short(base)} must be a one-line name mapped to an object"]
+            return [f"paired: {short_value(base)} must be a one-line name mapped to an object"]
         for metric, entry in entries.items():
             where = f"paired.{base}.{metric}"
             if metric not in METRICS or not isinstance(entry, dict):
@@ -120,7 +119,7 @@ def _entry_problems(entry: dict[str, Any]) -> list[str]:
     mean, interval, p, n = entry.get("mean"), entry.get("interval"), entry.get("p"), entry.get("n")
     out = []
     if not is_number(mean):
-        out.append(f"mean: must be a finite number, got {_short(mean)}")
+        out.append(f"mean: must be a finite number, got {short_value(mean)}")
     if interval is not None and not (
         isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)
     ):
@@ -128,9 +127,9 @@ def _entry_problems(entry: dict[str, Any]) -> list[str]:
     elif interval is not None and not interval[0] <= interval[1]:
         out.append("interval: low must be <= high")
     if p is not None and not (is_number(p) and 0.0 <= p <= 1.0):
-        out.append(f"p: must be null or in [0, 1], got {_short(p)}")
+        out.append(f"p: must be null or in [0, 1], got {short_value(p)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        out.append(f"n: must be an integer >= 1, got {_short(n)}")
+        out.append(f"n: must be an integer >= 1, got {short_value(n)}")
     return out
 
 
@@ -149,9 +148,9 @@ def _metric_problems(name: str, entry: Any, headline: Any) -> list[str]:
     mean, interval, n = entry.get("mean"), entry.get("interval"), entry.get("n")
     out = []
     if mean is not None and not is_number(mean):
-        out.append(f"metrics.{name}.mean: must be a finite number or null, got {_short(mean)}")
+        out.append(f"metrics.{name}.mean: must be a finite number or null, got {short_value(mean)}")
     elif name in FRACTIONS and mean is not None and not 0.0 <= mean <= 1.0:
-        out.append(f"metrics.{name}.mean: must be a fraction in [0, 1], got {_short(mean)}")
+        out.append(f"metrics.{name}.mean: must be a fraction in [0, 1], got {short_value(mean)}")
     if interval is not None and not (
         isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)
     ):
@@ -159,7 +158,7 @@ def _metric_problems(name: str, entry: Any, headline: Any) -> list[str]:
     elif interval is not None and not interval[0] <= interval[1]:
         out.append(f"metrics.{name}.interval: low must be <= high")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        out.append(f"metrics.{name}.n: must be an integer >= 0, got {_short(n)}")
+        out.append(f"metrics.{name}.n: must be an integer >= 0, got {short_value(n)}")
     if headline != mean:
         out.append(f"{name}: must equal metrics.{name}.mean")
     return out

@@ -113,7 +113,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the covar_harness package: 
 DISTRIBUTION = "covar-harness"
 
 
-def _git(folder: Path, *args: str) -> str | None:
+def run_git(folder: Path, *args: str) -> str | None:
     """``git -C folder ARGS`` stdout, stripped; None when git is missing, fails or prints nothing."""
     try:
         out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5, check=True)
@@ -143,11 +143,11 @@ def _git_commit(package_dir: Path | None = None) -> str | None:
     otherwise record *their* HEAD as the harness commit, which is worse than recording nothing.
     """
     here = (package_dir or PACKAGE_DIR).resolve()
-    top = _git(here, "rev-parse", "--show-toplevel")
+    top = run_git(here, "rev-parse", "--show-toplevel")
     root = here.parents[1]
     if top is None or Path(top).resolve() != root or not _is_harness_checkout(root):
         return None
-    return _git(root, "rev-parse", "HEAD")
+    return run_git(root, "rev-parse", "HEAD")
 
 
 def now() -> str:
@@ -234,13 +234,13 @@ def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, st
             problems.append((path, f"cannot read: {exc}"))
             continue
         if not exists:
-            raise UsageError(f"no such file or folder: {_short(str(path))}")
+            raise UsageError(f"no such file or folder: {short_value(str(path))}")
         if not is_dir:
             files.append(path)
             continue
         found, unlisted = result_files(path)
         if not found and not unlisted:
-            raise UsageError(f"no *.json result files under {_short(str(path))}")
+            raise UsageError(f"no *.json result files under {short_value(str(path))}")
         files += found
         problems += unlisted
     return files, problems
@@ -280,7 +280,7 @@ def text_problem(value: str, *, name: bool) -> str | None:
     return None
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
     """A value for an error message: repr of a scalar, cut to 60 characters; the type name of anything else."""
     try:
         text = repr(value) if isinstance(value, (str, int, float)) or value is None else type(value).__name__

@@ -143,7 +143,7 @@ def _provenance_problems(obj: dict[str, Any]) -> list[str]:
 def _config_problems(obj: dict[str, Any]) -> list[str]:
     limit = (obj.get("config") or {}).get("limit")
     if limit is not None:
-        return [f"config.limit: {results._short(limit)}; a --limit run is a subset and cannot be submitted"]
+        return [f"config.limit: {results.short_value(limit)}; a --limit run is a subset and cannot be submitted"]
     return []
 
 
@@ -210,7 +210,9 @@ def _row_problems(rows: list[dict], n_classes: int) -> list[str]:
         for key, typ in ROW_TYPES.items():
             value = row.get(key)
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-                found.setdefault(f"type:{key}", f"{where}: {key!r} must be {typ.__name__}, got {results._short(value)}")
+                found.setdefault(
+                    f"type:{key}", f"{where}: {key!r} must be {typ.__name__}, got {results.short_value(value)}"
+                )
         if found:
             continue
         for key in ("label", "pred"):

@@ -10,7 +10,7 @@ from typing import Any
 from covar_harness.catalog.taskconfig import RETRIEVAL_METRICS, TASK_KIND
 from covar_harness.results import faithfulness
 from covar_harness.results.faithfulness import SCHEMA as FAITHFULNESS
-from covar_harness.results.files import SCHEMA_VERSION, _short, is_number, text_problem
+from covar_harness.results.files import SCHEMA_VERSION, is_number, short_value, text_problem
 
 FRACTION_METRICS = (
     "acc1",
@@ -82,7 +82,7 @@ def validate(obj: Any) -> list[str]:
     errors: list[str] = []
     version = obj.get("schema_version")
     if isinstance(version, bool) or version != SCHEMA_VERSION:
-        errors.append(f"schema_version: expected {SCHEMA_VERSION}, got {_short(version)}")
+        errors.append(f"schema_version: expected {SCHEMA_VERSION}, got {short_value(version)}")
     _check_sections(obj, errors)
     _check_names(obj, errors)
     _check_metrics(obj, errors)
@@ -140,9 +140,9 @@ def _check_names(obj: dict, errors: list[str]) -> None:
     headline = _section(obj, "task").get("headline")
     metrics = _section(obj, "metrics")
     if isinstance(headline, str) and headline not in metrics:
-        errors.append(f"task.headline: names no metric ({_short(headline)})")
+        errors.append(f"task.headline: names no metric ({short_value(headline)})")
     elif isinstance(headline, str) and metrics[headline] is not None and not is_number(metrics[headline]):
-        errors.append(f"task.headline: metric {_short(headline)} is not a number")
+        errors.append(f"task.headline: metric {short_value(headline)} is not a number")
 
 
 def _check_metrics(obj: dict, errors: list[str]) -> None:
@@ -150,11 +150,11 @@ def _check_metrics(obj: dict, errors: list[str]) -> None:
     for key, value in _section(obj, "metrics").items():
         problem = text_problem(key, name=True) if isinstance(key, str) else "must be a string"
         if problem:
-            errors.append(f"metrics: name {_short(key)} {problem}")
+            errors.append(f"metrics: name {short_value(key)} {problem}")
         elif value is not None and not is_number(value):
-            errors.append(f"metrics.{key}: must be a finite number or null, got {_short(value)}")
+            errors.append(f"metrics.{key}: must be a finite number or null, got {short_value(value)}")
         elif key in FRACTION_METRICS and value is not None and not 0.0 <= value <= 1.0:
-            errors.append(f"metrics.{key}: must be a fraction in [0, 1], got {_short(value)}")
+            errors.append(f"metrics.{key}: must be a fraction in [0, 1], got {short_value(value)}")
 
 
 def _check_intervals(intervals: Any, errors: list[str]) -> None:
@@ -166,14 +166,14 @@ def _check_intervals(intervals: Any, errors: list[str]) -> None:
     for key, interval in intervals.items():
         problem = text_problem(key, name=True) if isinstance(key, str) else "must be a string"
         if problem:
-            errors.append(f"intervals: name {_short(key)} {problem}")
+            errors.append(f"intervals: name {short_value(key)} {problem}")
         elif not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
             errors.append(f"intervals.{key}: must be [low, high] (finite numbers)")
         elif not (-1 if key.endswith(SIGNED_SUFFIXES) else 0) <= interval[0] <= interval[1] <= 1:
             low = "-1" if key.endswith(SIGNED_SUFFIXES) else "0"
             errors.append(
                 f"intervals.{key}: must satisfy {low} <= low <= high <= 1, "
-                f"got [{_short(interval[0])}, {_short(interval[1])}]"
+                f"got [{short_value(interval[0])}, {short_value(interval[1])}]"
             )
 
 
@@ -201,5 +201,5 @@ def _check_strings(where: str, value: Any, kind: str | None, errors: list[str]) 
     for item in value if kind else ():
         problem = text_problem(item, name=kind == "name")
         if problem:
-            errors.append(f"{where}: {_short(item)} {problem}")
+            errors.append(f"{where}: {short_value(item)} {problem}")
             return
