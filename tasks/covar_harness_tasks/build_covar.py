@@ -47,10 +47,10 @@ from covar_harness_tasks.covar_sources import (
     BackgroundSource,
     BuildError,
     ObjectSource,
-    _open,
     discover_backgrounds,
     discover_objects,
     load_view,
+    open_image,
 )
 from covar_harness_tasks.image_ops import (
     composite,
@@ -124,7 +124,7 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
     size, frac = opts.size, opts.object_frac
     rgb, mask = load_view(obj.views[0])
     bg_src = _pick(rng, job.typical)
-    bg, bg_params = fit_background(_open(bg_src.image), size, rng)
+    bg, bg_params = fit_background(open_image(bg_src.image), size, rng)
     o_rgb, o_mask = fit_object(rgb, mask, round(frac * size))
     centre = (size / 2, size / 2)
     base = {"background": bg_src.id, **bg_params, "object_frac": frac, "center": list(centre)}
@@ -141,7 +141,7 @@ def build_item(job: ItemJob) -> list[tuple[str, dict]]:
 
     emit("original", stem, image, fg, base)
     alt_src = _pick(rng, [b for b in job.others if b.id != bg_src.id] or job.others)
-    alt, alt_params = fit_background(_open(alt_src.image), size, rng)
+    alt, alt_params = fit_background(open_image(alt_src.image), size, rng)
     alt_variation = {**base, "background": alt_src.id, **alt_params, "original_background": bg_src.id}
     alt_image, alt_mask = composite(alt, o_rgb, o_mask, centre)
     emit("bg_varied", stem, alt_image, alt_mask, alt_variation)

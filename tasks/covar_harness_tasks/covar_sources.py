@@ -54,7 +54,7 @@ class BackgroundSource:
     label: str | None = None  # the class it is typical of; None = usable for any class
 
 
-def _open(x: ImageLike) -> Image.Image:
+def open_image(x: ImageLike) -> Image.Image:
     """A decoded image; regular files only (a FIFO would hang the build)."""
 
     if isinstance(x, Image.Image):
@@ -70,10 +70,10 @@ def _open(x: ImageLike) -> Image.Image:
 def load_view(view: View) -> tuple[np.ndarray, np.ndarray]:
     """(rgb uint8 HxWx3, mask bool HxW). The mask is alpha > 127, or the mask image > 127 (white = object)."""
 
-    im = _open(view.image)
+    im = open_image(view.image)
     if view.mask is not None:
         rgb = np.asarray(as_rgb(im))
-        mask = np.asarray(as_mask(_open(view.mask))) > 127
+        mask = np.asarray(as_mask(open_image(view.mask))) > 127
         if mask.shape != rgb.shape[:2]:
             raise BuildError(f"mask {view.mask} is {mask.shape[::-1]} but its image {view.image} is {rgb.shape[1::-1]}")
     elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

@@ -19,13 +19,13 @@ from typing import Any
 
 from covar_harness.leaderboard.readers import (
     Table,
-    _by_model,
-    _headline,
-    _metric,
-    _pct,
+    as_percent,
     diag_titles,
     diagnosis_counts,
     headline_rule,
+    headline_value,
+    metric_of,
+    records_by_model,
 )
 from covar_harness.results import files as results
 
@@ -52,16 +52,18 @@ IMAGENET9_9WAY_CAPTION = (
 
 def imagenet9_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
     """Accuracy per variation present, then BG-Gap where both mixed_same and mixed_rand ran."""
-    models = _by_model(records, family)
+    models = records_by_model(records, family)
     present = {s for runs in models.values() for s in runs}
     columns = [v for v in IMAGENET9_VARIANTS if v in present]
     columns += sorted(present - set(IMAGENET9_VARIANTS))
     caption = IMAGENET9_CAPTION if family == "imagenet9" else IMAGENET9_9WAY_CAPTION
     t = Table(f"{family}: zero-shot accuracy (%) and BG-Gap", ["Model", *columns, "BG-Gap"], caption=caption)
     for spec, runs in models.items():
-        same, rand = (_headline(runs[v]) if v in runs else None for v in ("mixed_same", "mixed_rand"))
+        same, rand = (headline_value(runs[v]) if v in runs else None for v in ("mixed_same", "mixed_rand"))
         gap = None if same is None or rand is None else same - rand
-        t.rows.append([spec, *[_pct(_headline(runs[c])) if c in runs else None for c in columns], _pct(gap)])
+        t.rows.append(
+            [spec, *[as_percent(headline_value(runs[c])) if c in runs else None for c in columns], as_percent(gap)]
+        )
     return [t]
 
 
@@ -116,7 +118,7 @@ def _difference(family: str, first: str, second: str, key: str) -> Callable[[Run
 
     def value(runs: Runs) -> Cell:
         fam = runs.get(family, {})
-        a, b = _metric(fam.get(first), key), _metric(fam.get(second), key)
+        a, b = metric_of(fam.get(first), key), metric_of(fam.get(second), key)
         if a is None or b is None:
             return Cell()
         ci = difference_interval(a, b, _interval(fam.get(first), key), _interval(fam.get(second), key))
@@ -130,7 +132,7 @@ def _single(family: str, subset: str, key: str) -> Callable[[Runs], Cell]:
 
     def value(runs: Runs) -> Cell:
         rec = runs.get(family, {}).get(subset)
-        got = _metric(rec, key)
+        got = metric_of(rec, key)
         if got is None or rec is None:
             return Cell()
         errors = diagnosis_counts(rec).get("diagnosis_n_errors") if key.startswith(("bg_er", "bg_suff")) else None
@@ -180,7 +182,7 @@ def background_reliance_tables(records: list[dict]) -> list[Table]:
     """The background-reliance table, or nothing when no peer benchmark (CounterAnimals, IN-9, Waterbirds) ran."""
     models: dict[str, Runs] = {}
     for family in ("covar", "covar-shapes", "counteranimals", "imagenet9", "waterbirds"):
-        for spec, runs in _by_model(records, family).items():
+        for spec, runs in records_by_model(records, family).items():
             models.setdefault(spec, {})[family] = runs
     order = [spec for spec in dict.fromkeys(r["model"]["spec"] for r in records) if spec in models]  # as given
     diagnosed = {spec: runs[f] for spec, runs in models.items() for f in ("covar", "covar-shapes") if f in runs}
@@ -199,7 +201,7 @@ def background_reliance_tables(records: list[dict]) -> list[Table]:
         if any(row[i].value is not None for i in present):
             values: list[Any] = [spec]
             for i in present:
-                values += [_pct(row[i].value), *([_ci(row[i].interval)] if i in with_ci else []), row[i].n]
+                values += [as_percent(row[i].value), *([_ci(row[i].interval)] if i in with_ci else []), row[i].n]
             table.rows.append(values)
     return [table]
 

@@ -27,7 +27,7 @@ CA_PUBLISHED_CAPTION = (
 )
 
 
-def _float(text: Any) -> float | None:
+def as_float(text: Any) -> float | None:
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -35,19 +35,19 @@ def _float(text: Any) -> float | None:
     return value if results.is_number(value) else None
 
 
-def _paper_label(row: dict[str, str]) -> str:
+def paper_label(row: dict[str, str]) -> str:
     return f"{row['name']}/{row['patch']} {row['res']} {row['dataset']} (paper, published)"
 
 
-def _paper_rows() -> list[dict[str, str]]:
+def paper_rows() -> list[dict[str, str]]:
     return read_csv("reference", "paper_covar_results.csv")
 
 
-def _ca_paper_rows() -> list[dict[str, str]]:
+def ca_paper_rows() -> list[dict[str, str]]:
     return read_csv("reference", "counteranimals_paper.csv")
 
 
-def _ca_label(row: dict[str, str]) -> str:
+def ca_label(row: dict[str, str]) -> str:
     return f"{row['model']} (CounterAnimals paper, published)"
 
 
@@ -55,7 +55,7 @@ def published_records() -> list[dict]:
     """The papers' published figures in the long format (percentages turned into fractions)."""
 
     def row(model: str, task: str, metric: str, value: Any, headline: bool) -> dict:
-        number = _float(value)
+        number = as_float(value)
         return {
             "model": model,
             "family": "",
@@ -70,8 +70,8 @@ def published_records() -> list[dict]:
         }
 
     out = []
-    for prow in _paper_rows():
-        label = _paper_label(prow)
+    for prow in paper_rows():
+        label = paper_label(prow)
         for s in COVAR_SUBSETS:
             out += [
                 row(label, f"covar/{s}", "acc1", prow.get(f"acc_{s}"), True),
@@ -79,8 +79,8 @@ def published_records() -> list[dict]:
                 row(label, f"covar/{s}", "fine_er", prow.get(f"fine_er_{s}"), False),
             ]
         out.append(row(label, "covar", "acc1_avg", prow.get("acc_avg"), False))
-    for crow in _ca_paper_rows():
+    for crow in ca_paper_rows():
         out += [
-            row(_ca_label(crow), f"counteranimals/{g}", "mean_per_class_recall", crow.get(g), True) for g in CA_GROUPS
+            row(ca_label(crow), f"counteranimals/{g}", "mean_per_class_recall", crow.get(g), True) for g in CA_GROUPS
         ]
     return out

@@ -22,29 +22,29 @@ class Table:
     caption: str | None = None  # printed under the table: what the published rows and the averages are
 
 
-def _pct(value: float | None) -> float | None:
+def as_percent(value: float | None) -> float | None:
     return None if value is None else round(100.0 * value, 1)
 
 
-def _metric(rec: dict | None, key: str) -> float | None:
+def metric_of(rec: dict | None, key: str) -> float | None:
     """A metric's value when it is a finite number, else None (never a string or a dict into arithmetic)."""
     value = None if rec is None else rec.get("metrics", {}).get(key)
     return value if results.is_number(value) else None
 
 
-def _headline(rec: dict) -> float | None:
-    return _metric(rec, rec["task"].get("headline") or "acc1")
+def headline_value(rec: dict) -> float | None:
+    return metric_of(rec, rec["task"].get("headline") or "acc1")
 
 
-def _subset(task_name: str) -> str:
+def subset_of(task_name: str) -> str:
     return task_name.split("/", 1)[1] if "/" in task_name else task_name
 
 
-def _by_model(records: list[dict], family: str) -> dict[str, dict[str, dict]]:
+def records_by_model(records: list[dict], family: str) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for r in records:
         if r["task"]["name"].split("/", 1)[0] == family:
-            out.setdefault(r["model"]["spec"], {})[_subset(r["task"]["name"])] = r
+            out.setdefault(r["model"]["spec"], {})[subset_of(r["task"]["name"])] = r
     return out
 
 

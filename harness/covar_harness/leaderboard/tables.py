@@ -25,26 +25,26 @@ from covar_harness.leaderboard.published import (
     CA_PUBLISHED_CAPTION,
     DIAGNOSIS_PUBLISHED_CAPTION,
     PUBLISHED_CAPTION,
-    _ca_label,
-    _ca_paper_rows,
-    _float,
-    _paper_label,
-    _paper_rows,
+    as_float,
+    ca_label,
+    ca_paper_rows,
+    paper_label,
+    paper_rows,
     published_records,
 )
 from covar_harness.leaderboard.ranks import CAPTION as RANK_CAPTION
 from covar_harness.leaderboard.ranks import rank_rows
 from covar_harness.leaderboard.readers import (
     Table,
-    _by_model,
-    _headline,
-    _metric,
-    _pct,
-    _subset,
+    as_percent,
     diag_titles,
     diagnosis_counts,
     headline_rule,
+    headline_value,
+    metric_of,
     record_rule,
+    records_by_model,
+    subset_of,
 )
 from covar_harness.results import files as results
 from covar_harness.results.faithfulness import is_faithfulness
@@ -95,7 +95,7 @@ def _families(records: Iterable[dict]) -> list[str]:
 
 
 def _is_covar_like(records: list[dict], family: str) -> bool:
-    subsets = {_subset(r["task"]["name"]) for r in records if r["task"]["name"].startswith(family + "/")}
+    subsets = {subset_of(r["task"]["name"]) for r in records if r["task"]["name"].startswith(family + "/")}
     return bool(subsets & set(COVAR_SUBSETS)) and subsets <= set(ALL_SUBSETS)
 
 
@@ -107,13 +107,13 @@ def covar_tables(records: list[dict], family: str, reference: str | None) -> lis
     generic table. With ``reference="paper"`` the published rows appear even without own COVAR results.
     """
     known = set(ALL_SUBSETS)
-    models = _by_model([r for r in records if _subset(r["task"]["name"]) in known], family)
-    paper = _paper_rows() if reference == "paper" and family == "covar" else []
+    models = records_by_model([r for r in records if subset_of(r["task"]["name"]) in known], family)
+    paper = paper_rows() if reference == "paper" and family == "covar" else []
     present = [s for s in ALL_SUBSETS if any(s in m for m in models.values())] or (list(COVAR_SUBSETS) if paper else [])
     common = [
         s
         for s in COVAR_SUBSETS
-        if s in present and all(s in m and _headline(m[s]) is not None for m in models.values())
+        if s in present and all(s in m and headline_value(m[s]) is not None for m in models.values())
     ]
     tables = []
     if models or paper:
@@ -122,7 +122,7 @@ def covar_tables(records: list[dict], family: str, reference: str | None) -> lis
         if diag is not None:
             tables.append(diag)
     others = [
-        r for r in records if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known
+        r for r in records if r["task"]["name"].startswith(family + "/") and subset_of(r["task"]["name"]) not in known
     ]
     if others:
         tables.append(generic_table(others, family))
@@ -144,9 +144,9 @@ def average_records(records: list[dict], reference: str | None = None) -> list[d
 
     out = []
     for family in _families(records):
-        for spec, runs in _by_model(records, family).items():
+        for spec, runs in records_by_model(records, family).items():
             parts = [runs.get(s) for s in COVAR_SUBSETS]
-            values = [v for v in (None if r is None else _headline(r) for r in parts) if v is not None]
+            values = [v for v in (None if r is None else headline_value(r) for r in parts) if v is not None]
             if len(values) < len(COVAR_SUBSETS):
                 continue
             heads = [(r["task"].get("headline") or "acc1", r.get("intervals") or {}) for r in parts if r]
@@ -177,15 +177,15 @@ def _covar_accuracy(family: str, models: dict, present: list[str], common: list[
     acc = Table(f"{family}: zero-shot accuracy (%)", ["Model", *[SUBSET_TITLES[s] for s in present], "Avg"])
     partial = len(common) < len(COVAR_SUBSETS)
     for spec, runs in models.items():
-        values = [_pct(_headline(runs[s])) if s in runs else None for s in present]
-        avg = _pct(_average([_headline(runs[s]) for s in common]))
+        values = [as_percent(headline_value(runs[s])) if s in runs else None for s in present]
+        avg = as_percent(_average([headline_value(runs[s]) for s in common]))
         acc.rows.append([spec, *values, f"{avg}*" if partial and avg is not None else avg])
     for row in paper:
         acc.published.add(len(acc.rows))
-        values = [_float(row.get(f"acc_{s}")) for s in present]
-        avg = _float(row.get("acc_avg")) if not partial else _average([_float(row.get(f"acc_{s}")) for s in common])
+        values = [as_float(row.get(f"acc_{s}")) for s in present]
+        avg = as_float(row.get("acc_avg")) if not partial else _average([as_float(row.get(f"acc_{s}")) for s in common])
         avg = round(avg, 1) if partial and avg is not None else avg
-        acc.rows.append([_paper_label(row), *values, f"{avg}*" if partial and avg is not None else avg])
+        acc.rows.append([paper_label(row), *values, f"{avg}*" if partial and avg is not None else avg])
     if partial:
         which = ", ".join(SUBSET_TITLES[s] for s in common) or "none: no subset has a result in every row"
         acc.title += f"  (* average over the subsets present in every row: {which}; the paper averages all 8)"
@@ -217,8 +217,8 @@ def _covar_diagnosis(family: str, models: dict, paper: list[dict]) -> Table | No
         dt.rows.append(row)
     for prow in paper:
         dt.published.add(len(dt.rows))
-        values = [_float(prow.get(f"{k}_{s}")) if k in PUBLISHED_DIAG else None for s in diag for k in keys[s]]
-        dt.rows.append([_paper_label(prow), *values])
+        values = [as_float(prow.get(f"{k}_{s}")) if k in PUBLISHED_DIAG else None for s in diag for k in keys[s]]
+        dt.rows.append([paper_label(prow), *values])
     if paper:
         dt.caption = DIAGNOSIS_PUBLISHED_CAPTION
     redundant = _redundancy_caption(models, diag)
@@ -261,9 +261,9 @@ OPTIONAL_DIAG = ("bg_er_null_p", "bg_sufficient_rate")  # shown where some resul
 def _diag_cell(rec: dict | None, key: str) -> Any:
     """A percentage, except the p-value: a probability, shown as itself with 2 significant digits ("0.00012",
     a string, so no renderer rounds it to a percentage's one decimal)."""
-    value = _metric(rec, key)
+    value = metric_of(rec, key)
     if key != "bg_er_null_p" or value is None:
-        return _pct(value)
+        return as_percent(value)
     return f"{value:.2g}"
 
 
@@ -273,16 +273,16 @@ def _diagnosis_keys(subset: str, models: dict) -> list[str]:
     return [
         k
         for k in DIAG_KEYS
-        if k not in OPTIONAL_DIAG or any(_metric(m.get(subset), k) is not None for m in models.values())
+        if k not in OPTIONAL_DIAG or any(metric_of(m.get(subset), k) is not None for m in models.values())
     ]
 
 
 def generic_table(records: list[dict], family: str) -> Table:
-    models = _by_model(records, family)
+    models = records_by_model(records, family)
     subsets = list(dict.fromkeys(s for runs in models.values() for s in runs))
     t = Table(f"{family}: headline metric (%)", ["Model", *subsets])
     for spec, runs in models.items():
-        t.rows.append([spec, *[_pct(_headline(runs[s])) if s in runs else None for s in subsets]])
+        t.rows.append([spec, *[as_percent(headline_value(runs[s])) if s in runs else None for s in subsets]])
     return t
 
 
@@ -297,32 +297,32 @@ CA_COLUMNS = ["Model", "Common", "Counter", "Drop", "Common acc1", "Counter acc1
 
 def _balanced(rec: dict | None) -> float | None:
     """Class-balanced accuracy (mean over the classes present): the paper's CounterAnimals metric."""
-    return _metric(rec, "mean_per_class_recall")
+    return metric_of(rec, "mean_per_class_recall")
 
 
 def _acc1(rec: dict | None) -> float | None:
-    return _metric(rec, "acc1")
+    return metric_of(rec, "acc1")
 
 
 def _ca_row(spec: str, common: dict | None, counter: dict | None) -> list[Any]:
     c, k = _balanced(common), _balanced(counter)
-    drop = _pct(c - k) if c is not None and k is not None else None
-    return [spec, _pct(c), _pct(k), drop, _pct(_acc1(common)), _pct(_acc1(counter))]
+    drop = as_percent(c - k) if c is not None and k is not None else None
+    return [spec, as_percent(c), as_percent(k), drop, as_percent(_acc1(common)), as_percent(_acc1(counter))]
 
 
 def _add_ca_paper_rows(table: Table) -> None:
     """The CounterAnimals paper's published 1-vs-1000 class-balanced numbers (no per-image figures)."""
-    for row in _ca_paper_rows():
-        common, counter = _float(row.get("common")), _float(row.get("counter"))
+    for row in ca_paper_rows():
+        common, counter = as_float(row.get("common")), as_float(row.get("counter"))
         drop = round(common - counter, 2) if common is not None and counter is not None else None
         table.published.add(len(table.rows))
-        table.rows.append([_ca_label(row), common, counter, drop, None, None])
+        table.rows.append([ca_label(row), common, counter, drop, None, None])
     table.caption = CA_PUBLISHED_CAPTION
 
 
 def counteranimals_tables(records: list[dict], family: str, reference: str | None) -> list[Table]:
     """Common, counter and the drop (class-balanced, as the paper), per-image acc1 beside; one table per variant."""
-    models = _by_model(records, family)
+    models = records_by_model(records, family)
     known = {f"{g}{suffix}" for g in CA_GROUPS for suffix, _ in CA_VARIANTS}
     tables = []
     for suffix, title in CA_VARIANTS:
@@ -338,7 +338,7 @@ def counteranimals_tables(records: list[dict], family: str, reference: str | Non
             _add_ca_paper_rows(table)
         tables.append(table)
     others = [
-        r for r in records if r["task"]["name"].startswith(family + "/") and _subset(r["task"]["name"]) not in known
+        r for r in records if r["task"]["name"].startswith(family + "/") and subset_of(r["task"]["name"]) not in known
     ]
     if others:
         tables.append(generic_table(others, family))
@@ -388,11 +388,11 @@ def rank_tables(records: list[dict], family: str) -> list[Table]:
     """The family's rank intervals per task (leaderboard/ranks.py), when two or more models have a task."""
     names = list(dict.fromkeys(r["task"]["name"] for r in records if r["task"]["name"].split("/", 1)[0] == family))
     order = {s: i for i, s in enumerate(ALL_SUBSETS)}
-    names.sort(key=lambda n: order.get(_subset(n), len(order)))
+    names.sort(key=lambda n: order.get(subset_of(n), len(order)))
     rows = rank_rows(records, family, names)
     if not rows:
         return []
-    columns = ["model", *(SUBSET_TITLES.get(_subset(n), _subset(n)) for n in names)]
+    columns = ["model", *(SUBSET_TITLES.get(subset_of(n), subset_of(n)) for n in names)]
     return [Table(f"rank intervals: {family}", columns, rows, caption=RANK_CAPTION)]
 
 

@@ -37,12 +37,12 @@ from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone, agree_token, detect_world
 from covar_harness.run.distributed import provenance as dist_provenance
 from covar_harness.run.pair import (
-    _batch_loop,
-    _classnames_ref,
-    _sample_rows,
-    _task_record,
-    _zero_shot_record,
+    classnames_ref,
+    image_pass,
     label_embeddings,
+    sample_rows,
+    task_record,
+    zero_shot_record,
 )
 from covar_harness.run.partfiles import pair_lock, part_path
 from covar_harness.run.partfiles import remove as remove_part
@@ -268,7 +268,7 @@ def evaluate_task(
     ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
     pipeline = Pipeline(options.analysis_steps())
     pipeline.start(ctx)
-    rows, failures = _batch_loop(ctx, pipeline, part)
+    rows, failures = image_pass(ctx, pipeline, part)
     if failures:
         first = failures[0]
         reporter.say(
@@ -276,7 +276,7 @@ def evaluate_task(
             f"{markup(ctx.samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
         )
     with cost.phase("zero-shot"):
-        record, correct = _zero_shot_record(ctx, rows)
+        record, correct = zero_shot_record(ctx, rows)
     finished = pipeline.finish()
     for done in finished:
         record["metrics"].update(done.summary.metrics)
@@ -284,16 +284,16 @@ def evaluate_task(
         if done.summary.config is not None:
             record["config"][done.step.name] = done.summary.config
         record["notes"] += done.summary.notes
-    record["task"] = _task_record(ctx, len(rows), len(failures))
+    record["task"] = task_record(ctx, len(rows), len(failures))
     record["config"].update(
         {
             "templates": ctx.templates,
-            "classnames": _classnames_ref(cfg),
+            "classnames": classnames_ref(cfg),
             "task_digest": task_digest(cfg, ctx.classnames, ctx.templates),
         }
     )
     with cost.phase("write"):
-        record["samples"] = _sample_rows(rows, correct, ctx.samples, finished)
+        record["samples"] = sample_rows(rows, correct, ctx.samples, finished)
     record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
     return record
 

@@ -37,9 +37,11 @@ if TYPE_CHECKING:
     from covar_harness.catalog.taskconfig import TaskConfig
 
 
-def _batch_loop(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:
+def image_pass(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:
     """The one pass over the images: zero-shot top-k per sample, then the pipeline's steps on the same batch;
-    finished batches go to the pair's part file (``part``) and a rerun goes on after them (partfiles.py)."""
+    finished batches go to the pair's part file (``part``) and a rerun goes on after them (partfiles.py).
+    Returns (rows, failures): ``(index, top-k class indices)`` per forwarded sample, ``(index, why)`` per image
+    that could not be read. Every per-sample pass of the harness goes through here."""
 
     options, samples, reporter = ctx.options, ctx.samples, ctx.reporter
     assert options is not None and reporter is not None and ctx.classifier is not None and ctx.task is not None
@@ -162,7 +164,7 @@ def _batch(
     return Batch(indices, pixels, emb, W, logits, labels, ctx.samples, top, tokens=tokens)
 
 
-def _zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:
+def zero_shot_record(ctx: PairContext, rows: list) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics and the acc1 interval of the zero-shot pass; also which samples were correct."""
 
     k = min(5, len(ctx.classnames))
@@ -212,7 +214,7 @@ def zero_shot_summary(
     return record, correct
 
 
-def _task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, Any]:
+def task_record(ctx: PairContext, n_samples: int, n_failed: int) -> dict[str, Any]:
     cfg, samples = ctx.task, ctx.samples
     assert cfg is not None
     out: dict[str, Any] = {
@@ -238,7 +240,7 @@ def n_labels(ctx: PairContext) -> int:
     return len(ctx.classnames) - int(ctx.class_map is not None and ctx.class_map.has_other)
 
 
-def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
+def sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
     """The per-sample log (docs/design.md section 6): prediction, top-5, the dataset's metadata, then the fields of
     each step's record, in pipeline order (a withdrawn step's records are left out)."""
     logged = [{r.index: r for r in done.records} for done in finished if done.summary.log_records]
@@ -263,5 +265,5 @@ def _sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) ->
     return out
 
 
-def _classnames_ref(cfg: TaskConfig) -> Any:
+def classnames_ref(cfg: TaskConfig) -> Any:
     return cfg.classnames if isinstance(cfg.classnames, str) or cfg.classnames is None else "inline"
