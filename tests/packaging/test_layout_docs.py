@@ -43,3 +43,14 @@ def test_design_doc_lists_every_stage_package():
     block = block[: block.index("```")]
     listed = set(re.findall(r"^(\w+)/", block, flags=re.M))
     assert listed == _stage_packages() - {"resources"}
+
+
+def test_tests_mirror_the_stages_and_are_named_after_behaviour():
+    """Issue 22 item 7: a test folder per stage (plus packaging), and no test file named after the issue, round or
+    audit that added it (``test_issue_12.py``, ``test_hardening_round2.py``): a name must say what breaks."""
+
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    assert folders <= _stage_packages() | {"packaging"}, folders - _stage_packages()
+    named = [p.name for p in tests.rglob("test_*.py") if re.search(r"issue|round\d|audit|_\d+\.py$", p.name)]
+    assert not named, named

@@ -1,7 +1,7 @@
-"""Hardening round 2 (issue 25, items 1, 6, 9, 11, 12, 14 and the report recipe): part files have one writer and
-one sequence, corrupt or non-regular cache files are a miss, result files never collide, resume compares the
-task, and a model that returns NaN fails its pair with one line. Each case is the audit's
-(shared/research/reliability-audit.md) plus a sibling it did not list."""
+"""Interrupted and concurrent runs lose nothing: part files have one writer and one sequence, corrupt or
+non-regular cache files are a miss, result files never collide, resume compares the task, a killed run's locks and
+temporary folders are no obstacle, and a model that returns NaN fails its pair with one line. Each case is one of
+the reliability audit's (shared/research/reliability-audit.md) plus a sibling it did not list."""
 
 import json
 import os
