@@ -167,17 +167,19 @@ def test_explain_prints_prediction_and_top5(tmp_path, toy_catalog, capsys):
     assert arr.shape[0] > (arr.shape[1] - 4) // 2 + 60
 
 
-def test_explain_with_mask_prints_fg_fraction_and_driver_per_rule(tmp_path, toy_catalog, capsys):
+def test_explain_with_mask_prints_fg_score_and_driver_per_configured_rule(tmp_path, toy_catalog, capsys):
+    """The diagnosis record of the run's pass: the configured rules only (default ``area,paper``; a rule that was
+    not asked for is not shown, as a run does not log it), each with its threshold, and the region test."""
     mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
     mask[:32, :32] = 255  # the top-left quarter the toy model reads
     Image.fromarray(mask).save(tmp_path / "m.png")
     assert _explain(tmp_path, "--mask", str(tmp_path / "m.png")) == 0
     text = capsys.readouterr().out
     lines = {ln.split(":")[0].strip(): ln for ln in text.splitlines() if "rule" not in ln and ln.startswith("  ")}
-    assert "fg fraction 1.000   driver: fg" in lines["paper"]
+    assert "fg score 1.000   driver: fg" in lines["paper"] and "fg at or above: area 0.5, paper 0.5" in text
     assert "driver: fg" in lines["area"]
-    assert "n/a (explain computes no Shapley values)" in lines["shapley"]
-    assert "n/a" in lines["counterfactual"]
+    assert "shapley" not in lines and "counterfactual" not in lines
+    assert "outcome fg-sufficient" in text and "verdict: correct" in text  # only the top-left quarter counts
 
 
 def test_explain_labels_runs_headline_rule_as_the_headline(tmp_path, toy_catalog, capsys):

@@ -69,7 +69,7 @@ def prepare_run(args: Namespace) -> PreparedRun:
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
         steps=_analysis_steps(args, catalog),
-        diagnosis=_diagnosis_settings(args),
+        diagnosis=diagnosis_from_args(args),
         distractors=_distractor_settings(args),
         segmenter=args.segmenter,
         segmenter_settings=_segmenter_settings(args, catalog),
@@ -154,7 +154,7 @@ def _concept_step(args: Namespace, catalog):
     return ConceptStep(settings, resolve_bank(str(settings.bank), catalog, args.data_dir))
 
 
-def _diagnosis_settings(args: Namespace):
+def diagnosis_from_args(args: Namespace):
     """``--driver-rule`` / ``--fg-threshold`` (flags and defaults from ``DiagnosisSettings``), checked."""
 
     defaults = DiagnosisSettings()

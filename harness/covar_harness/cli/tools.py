@@ -11,6 +11,7 @@ from covar_harness.attribution.rise import rise_flags
 from covar_harness.attribution.settings import DEFAULTS as CCI_DEFAULTS
 from covar_harness.attribution.settings import CCISettings
 from covar_harness.common.flags import cli_flags
+from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.models.args import PRECISIONS
 
 EXPLAIN_FLAGS = {"k": "--k", "layer": "--layer"}  # the CCISettings fields explain has flags for; others: defaults
@@ -26,11 +27,29 @@ def add_explain(sub) -> None:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--classes", required=True, help="comma-separated class names (zero-shot candidates)")
     p.add_argument("--out", default=None, type=Path, help="overlay PNG (default: <image stem>.cci.png here)")
-    p.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
-    p.add_argument("--mask", default=None, type=Path, help="foreground mask PNG (white = object) to outline")
+    p.add_argument(
+        "--target", default=None, help="class to explain, as the label (--cci-target label; default: the prediction)"
+    )
+    p.add_argument(
+        "--label",
+        default=None,
+        help="the image's true class: the diagnosis then says correct or error as a run does (default: --target, "
+        "else the prediction)",
+    )
+    p.add_argument(
+        "--mask", default=None, type=Path, help="foreground mask PNG (white = object): the diagnosis and region test"
+    )
+    p.add_argument(
+        "--sample-id",
+        default=None,
+        help="the id a run logged for this image (`file` in samples.jsonl): seeds k-means and the diagnosis's null "
+        "as in that run (default: the image's file name)",
+    )
     for flag, options in cci_flags(names=EXPLAIN_FLAGS):  # --k, --layer: defaults from CCISettings
         p.add_argument(flag, **options)
     p.add_argument("--seed", type=int, default=CCI_DEFAULTS.seed)
+    for flag, options in cli_flags(DiagnosisSettings, prefix="diagnosis_"):  # with --mask; defaults as in run
+        p.add_argument(flag, **options)
     p.add_argument("--templates", default="simple", help="named template set or file (default: simple)")
     p.add_argument(
         "--concepts",
