@@ -471,7 +471,14 @@ def test_explain_prints_markup_and_control_characters_inertly(toy_file, tmp_path
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--k", "65"], "--cci-k 65"), (["--k", "30"], "25 patches"), (["--mask", "missing.png"], "mask")],
+    [
+        (["--k", "65"], "--cci-k 65"),
+        (["--k", "30"], "25 patches"),
+        (["--mask", "missing.png"], "mask"),
+        (["--target", "c"], "--target 'c' is not one of --classes"),
+        (["--label", "a", "--target", "b"], "give --label the same class"),
+        (["--driver-rule", "aera"], "did you mean 'area'"),
+    ],
 )
 def test_explain_refuses_bad_settings_with_one_line(flags, message, toy_file, tmp_path, capsys):
     from covar_harness.cli.main import main

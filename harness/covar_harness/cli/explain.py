@@ -17,7 +17,7 @@ from __future__ import annotations
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from rich.table import Table
@@ -44,13 +44,14 @@ from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.diagnosis.rules import RULES, DiagnosisRecord, DiagnosisSettings
 from covar_harness.models.adapter import AdapterContractError, attribution_support
 from covar_harness.models.specs import ModelLoadError, load_model
-from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline, Step
+from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline, SampleRecord, Step
 from covar_harness.run.evaluator import RunOptions
 from covar_harness.run.pair import image_pass
 from covar_harness.run.progress import Reporter
 from covar_harness.run.text_cache import ClassifierCache, default_text_cache, store_for
 
 CONCEPTS_TOP = 3  # concepts shown per cluster
+R = TypeVar("R", bound=SampleRecord)
 
 
 def parse_classes(text: str) -> list[str]:
@@ -142,7 +143,7 @@ class Explained:
     classes: list[str]
     notes: list[str] = field(default_factory=list)
 
-    def record(self, kind: type) -> Any:
+    def record(self, kind: type[R]) -> R | None:
         """The image's record of type ``kind`` (None: that step made none)."""
         return self.batch.record(self.batch.indices[0], kind)
 
@@ -212,6 +213,7 @@ def explain_options(args: Namespace, settings: CCISettings, with_mask: bool, ban
     """The run's options for explain's flags: CCI with ``settings`` (not the auto mode: explain always
     attributes), the dataset segmenter reading ``--mask`` and the diagnosis when a mask is given, concept naming
     with ``--concepts``; one image in one batch, no worker processes, no part file."""
+    diagnosis = diagnosis_from_args(args)  # checked with or without a mask: a bad flag is one line either way
     concepts = None
     if bank is not None:
         concepts = ConceptStep(ConceptSettings(bank=str(args.concepts), top=CONCEPTS_TOP), bank)
@@ -222,7 +224,7 @@ def explain_options(args: Namespace, settings: CCISettings, with_mask: bool, ban
         precision=args.precision,
         seed=args.seed,
         steps=[AttributionStep(AttributionSettings("cci", settings))],
-        diagnosis=diagnosis_from_args(args) if with_mask else None,
+        diagnosis=diagnosis if with_mask else None,
         segmenter="dataset" if with_mask else "none",
         text_cache=default_text_cache(None),
         concepts=concepts,

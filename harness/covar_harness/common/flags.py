@@ -2,7 +2,7 @@
 
 A field that has a flag carries ``metadata=flag(...)``; :func:`cli_flags` turns the fields of a settings class
 into ``add_argument`` calls and :func:`from_args` reads the parsed values back into keyword arguments. Used for
-``CCISettings`` (``run`` and ``explain``) and ``DiagnosisSettings`` (``run``). Imports nothing heavy.
+``CCISettings`` (``run`` and ``explain``) and ``DiagnosisSettings`` (``run`` and ``explain``). Imports nothing heavy.
 """
 
 from __future__ import annotations
