@@ -12,7 +12,9 @@ import torch
 from covar_harness.attribution import CCISettings
 from covar_harness.attribution.engine import attribute
 from covar_harness.attribution.patches import canvas, importance_order, patch_pixel_masks, step_counts, top_masks
+from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
+from covar_harness.catalog.taskconfig import TaskConfig
 from covar_harness.faithfulness import (
     FaithfulnessSettings,
     Scorer,
@@ -22,6 +24,7 @@ from covar_harness.faithfulness import (
     relevance_rank_accuracy,
     token_curves,
 )
+from covar_harness.faithfulness.evaluate import PairData
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - defines occlusion, rise
 from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
@@ -59,6 +62,11 @@ def truth_map(b: int) -> torch.Tensor:
 
 def random_map(b: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, N, generator=torch.Generator().manual_seed(seed))
+
+
+def pair_data(samples, classnames):
+    """A classification pair of ``samples`` under the class columns ``W``, as the command opens one."""
+    return PairData(TaskConfig("toy/pair", {"format": "toy-masked"}), samples, classnames, W, load_catalog())
 
 
 def curves_for(adapter, pixels, importance, steps=8, kind="cosine", replacement="black", tokens=False):
@@ -109,7 +117,7 @@ def test_run_pair_calls_per_batch(tmp_path):
     """The whole pass: per batch one plain forward, then per method its map (cci: one removal call) and one call
     per curve (two pixel, two token-removal)."""
     from covar_harness.data.samples import Sample, SampleSet
-    from covar_harness.faithfulness.evaluate import PairData, run_pair
+    from covar_harness.faithfulness.evaluate import run_pair
 
     root = tmp_path / "imgs"
     root.mkdir()
@@ -118,9 +126,10 @@ def test_run_pair_calls_per_batch(tmp_path):
     samples = SampleSet([Sample(f"{j}.png", 0) for j in range(4)], ["object", "other"], root)
     adapter = Counting()
     settings = FaithfulnessSettings(steps=4, replacement="black", bootstrap=0)
-    runs = run_pair(adapter, PairData(samples, ["object", "other"], W), ["cci"], settings, CCISettings(k=4), 2)
+    runs = run_pair(adapter, pair_data(samples, ["object", "other"]), ["cci"], settings, CCISettings(k=4), 2)
     assert len(runs["cci"].rows) == 4 and not runs["cci"].error
-    assert adapter.image_calls == [2, 10, 10] * 2  # per batch of 2: plain, deletion, insertion (5 points each)
+    # per batch of 2: the pass's one forward (the embeddings every method explains), deletion, insertion (5 points)
+    assert adapter.image_calls == [2, 10, 10] * 2
     assert [c[1] for c in adapter.calls] == [4, 5, 5] * 2  # per batch: CCI's K patterns, two token curves
 
 
@@ -216,13 +225,13 @@ def test_rise_ranks_the_read_patches_first():
 def test_model_without_removal(tmp_path):
     """Pixel curves only (noted), occlusion in pixels, and cci refused in one line with no partial rows."""
     from covar_harness.data.samples import Sample, SampleSet
-    from covar_harness.faithfulness.evaluate import PairData, run_pair
+    from covar_harness.faithfulness.evaluate import run_pair
 
     root = tmp_path / "imgs"
     root.mkdir()
     for j, tl in enumerate(LAYOUTS[:2]):
         layout(tl, seed=j).save(root / f"{j}.png")
-    data = PairData(SampleSet([Sample(f"{j}.png", 0) for j in range(2)], ["object", "other"], root), ["o", "x"], W)
+    data = pair_data(SampleSet([Sample(f"{j}.png", 0) for j in range(2)], ["object", "other"], root), ["o", "x"])
     settings = FaithfulnessSettings(steps=4, replacement="black", bootstrap=0)
     runs = run_pair(NoRemoval(), data, ["occlusion", "cci"], settings, CCISettings(k=4), 2)
     assert data.notes and "token-removal" in data.notes[0]

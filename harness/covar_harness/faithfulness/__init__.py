@@ -5,7 +5,8 @@ baselines, for any registered attributor's per-patch importance map over any tas
 
 Modules: ``settings`` (:class:`FaithfulnessSettings`), ``protocols`` (one class per curve protocol),
 ``curves`` (the patch curves, one model call per curve per batch), ``localisation``, ``importance`` (any attributor's
-map), ``evaluate`` (one model x task), ``summary`` (metrics, intervals, result files, table rows), ``plots``
+map), ``step`` (every method's curves for a batch, a step of the run's one per-sample pass), ``evaluate`` (one model
+x task through that pass), ``summary`` (metrics, intervals, result files, table rows), ``plots``
 (PNG, matplotlib imported there only) and ``command`` (``covar-harness faithfulness``). The result schema is
 ``results.faithfulness`` and the leaderboard's table ``leaderboard.faithfulness``: ``validate`` and
 ``leaderboard`` import nothing from this package. The names below load their module on first use.

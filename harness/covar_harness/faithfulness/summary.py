@@ -11,8 +11,8 @@ import numpy as np
 
 from covar_harness.common.metrics import bootstrap_interval, paired_ratio_difference, source_clusters
 from covar_harness.common.safe_files import slug
-from covar_harness.faithfulness.evaluate import MethodRun
 from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.faithfulness.step import MethodRun
 from covar_harness.results.faithfulness import BASELINES, COLUMNS, METRICS, PAIRED_TITLES, SCHEMA, paired_rows
 
 CURVES = ("deletion", "insertion", "deletion_tokens", "insertion_tokens")
