@@ -11,10 +11,12 @@ import torch
 
 from covar_harness.attribution import CCISettings
 from covar_harness.attribution.engine import attribute
+from covar_harness.attribution.occlusion import Occlusion
 from covar_harness.attribution.patches import canvas, importance_order, patch_pixel_masks, step_counts, top_masks
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.catalog.taskconfig import TaskConfig
+from covar_harness.data.samples import Sample, SampleSet
 from covar_harness.faithfulness import (
     FaithfulnessSettings,
     Scorer,
@@ -24,7 +26,7 @@ from covar_harness.faithfulness import (
     relevance_rank_accuracy,
     token_curves,
 )
-from covar_harness.faithfulness.evaluate import PairData
+from covar_harness.faithfulness.evaluate import PairData, run_pair
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - defines occlusion, rise
 from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
@@ -116,9 +118,6 @@ def test_one_model_call_per_curve_per_batch():
 def test_run_pair_calls_per_batch(tmp_path):
     """The whole pass: per batch one plain forward, then per method its map (cci: one removal call) and one call
     per curve (two pixel, two token-removal)."""
-    from covar_harness.data.samples import Sample, SampleSet
-    from covar_harness.faithfulness.evaluate import run_pair
-
     root = tmp_path / "imgs"
     root.mkdir()
     for j, tl in enumerate(LAYOUTS):
@@ -224,9 +223,6 @@ def test_rise_ranks_the_read_patches_first():
 
 def test_model_without_removal(tmp_path):
     """Pixel curves only (noted), occlusion in pixels, and cci refused in one line with no partial rows."""
-    from covar_harness.data.samples import Sample, SampleSet
-    from covar_harness.faithfulness.evaluate import run_pair
-
     root = tmp_path / "imgs"
     root.mkdir()
     for j, tl in enumerate(LAYOUTS[:2]):
@@ -327,3 +323,34 @@ def test_softmax_at_the_models_own_logit_scale():
     assert T == 100.0 and "exposes no logit scale" in source
     with pytest.raises(UsageError, match="--temperature"):
         FaithfulnessSettings(temperature=0.0)
+
+
+class FailsOnSecondBatch(Occlusion):
+    """Occlusion in pixels that fails on its second batch (say, out of memory on a larger image)."""
+
+    name = "fails-later"
+    calls = 0
+
+    @staticmethod
+    def pixel_importance(adapter, pixels, text):
+        FailsOnSecondBatch.calls += 1
+        if FailsOnSecondBatch.calls == 2:
+            raise RuntimeError("out of memory\nwhile explaining")
+        return Occlusion.pixel_importance(adapter, pixels, text)
+
+
+def test_a_method_failing_part_way_is_reported_without_rows(tmp_path):
+    """A method that fails on a later batch: its error in one line and no rows (no partial summary), not asked
+    again; the other methods keep every row."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for j, tl in enumerate(LAYOUTS):
+        layout(tl, seed=j).save(root / f"{j}.png")
+    data = pair_data(SampleSet([Sample(f"{j}.png", 0) for j in range(4)], ["object", "other"], root), ["o", "x"])
+    settings = FaithfulnessSettings(steps=2, replacement="black", bootstrap=0)
+    FailsOnSecondBatch.calls = 0
+    runs = run_pair(NoRemoval(), data, [FailsOnSecondBatch, "occlusion"], settings, CCISettings(k=4), 1)
+    assert runs["fails-later"].rows == []
+    assert runs["fails-later"].error == "RuntimeError: out of memory while explaining"  # one line
+    assert FailsOnSecondBatch.calls == 2  # not asked again after it failed
+    assert [r["index"] for r in runs["occlusion"].rows] == [0, 1, 2, 3] and not runs["occlusion"].error

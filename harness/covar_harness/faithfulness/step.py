@@ -89,9 +89,6 @@ class CurveStep(Step):
         self.notes: list[str] = []
         self.ctx: PairContext | None = None
 
-    def run_settings(self) -> dict[str, Any]:
-        return {"method": self.name, "methods": list(self.classes), "settings": self.settings.record()}
-
     def start(self, ctx: PairContext) -> None:
         """Notes why there are no token-removal curves; asks the mask step for the task's masks when it has any
         (localisation), on a model with a patch grid to map them onto."""
