@@ -75,6 +75,28 @@ def make_openclip_dir(path: Path, cfg: dict | None = None, seed: int = 0) -> Pat
 COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 220), "bird": (200, 200, 40)}
 
 
+class ZeroShotForwards:
+    """Counts the open_clip adapter's zero-shot forwards (one per batch of the run's pass: ``encode_images``, or
+    ``encode_images_with_tokens`` when CCI takes its tokens from that forward); raises Ctrl-C at call ``stop``.
+    What the resume tests count to see that finished batches are not redone."""
+
+    def __init__(self, monkeypatch, stop=None):
+        from covar_harness_plugins.openclip import OpenClipAdapter
+
+        self.calls = 0
+        for name in ("encode_images", "encode_images_with_tokens"):
+            monkeypatch.setattr(OpenClipAdapter, name, self._counting(getattr(OpenClipAdapter, name), stop))
+
+    def _counting(self, real, stop):
+        def forward(adapter, pixels, **kw):
+            self.calls += 1
+            if stop is not None and self.calls == stop:
+                raise KeyboardInterrupt
+            return real(adapter, pixels, **kw)
+
+        return forward
+
+
 def make_image(colour, size=40, seed=0):
     from PIL import Image
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from captions import make_captions_dataset, write_yaml
 from covar_harness.catalog.registry import UsageError
 from covar_harness.run.distributed import PairSync, SharedClassifiers, World, _merge_scalars, detect_world
 
@@ -74,6 +75,34 @@ def test_two_ranks_give_the_one_process_result(covar_shapes_data, tmp_path):
         assert ranks[1]["ranges"] == [[4, 8], [12, 16], [20, 22]] and ranks[1]["n_samples"] == 10
     leftovers = [p.name for p in (tmp_path / "A").rglob("*") if p.is_file() and ".part" in p.name]
     assert leftovers == []  # rank 0 removes every rank's part file and marker
+
+
+def test_two_ranks_give_the_one_process_result_on_a_retrieval_task(openclip_dir, tmp_path):
+    """A retrieval pair runs the one pass too: its batches are dealt to the ranks, the image embeddings and
+    attribution records come back through the ranks' part files, and rank 0's recall, sample log and attribution
+    equal a one-process run's."""
+    task = write_yaml(tmp_path / "toy.yaml", make_captions_dataset(tmp_path / "data", n_images=10))
+
+    def args(out: Path) -> list[str]:
+        return [
+            "run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", str(task), "--batch-size", "3",
+            "--workers", "0", "--device", "cpu", "--log-samples", "--output-dir", str(out), "--attribution", "cci",
+            "--cci-k", "3",
+        ]  # fmt: skip
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python"]
+    dist = subprocess.run(
+        [*torchrun, _cli(), *args(tmp_path / "A")], capture_output=True, text=True, env=_env(), timeout=240
+    )
+    assert dist.returncode == 0, dist.stdout + dist.stderr
+    single = subprocess.run([_cli(), *args(tmp_path / "B")], capture_output=True, text=True, env=_env())
+    assert single.returncode == 0, single.stderr
+    (obj_a, prov_a, log_a), (obj_b, _, log_b) = (_results(tmp_path / x)["toy__retrieval.json"] for x in "AB")
+    assert obj_a == obj_b and log_a == log_b
+    assert obj_a["task"]["n_samples"] == 10 and obj_a["config"]["attribution"]["summary"]["n_attributed"] == 10
+    # 10 images in batches of 3: rank 0 has batches 0 and 2, rank 1 batches 1 and 3
+    ranks = prov_a["distributed"]["ranks"]
+    assert [r["ranges"] for r in ranks] == [[[0, 3], [6, 9]], [[3, 6], [9, 10]]]
 
 
 def _free_port() -> int:

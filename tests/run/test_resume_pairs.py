@@ -6,7 +6,7 @@ import json
 import pytest
 
 from covar_harness.run.partfiles import part_path
-from helpers import make_covar
+from helpers import ZeroShotForwards, make_covar
 from helpers import run_cli_inprocess as cli
 
 
@@ -43,27 +43,6 @@ def _args(openclip_dir, data, out, *extra):
     ]
 
 
-class _Zeroshot:
-    """Counts the zero-shot forwards (one per batch: ``encode_images``, or ``encode_images_with_tokens`` when CCI
-    takes its tokens from that forward); raises Ctrl-C at call ``stop``."""
-
-    def __init__(self, monkeypatch, stop=None):
-        from covar_harness_plugins.openclip import OpenClipAdapter
-
-        self.calls = 0
-        for name in ("encode_images", "encode_images_with_tokens"):
-            monkeypatch.setattr(OpenClipAdapter, name, self._counting(getattr(OpenClipAdapter, name), stop))
-
-    def _counting(self, real, stop):
-        def forward(adapter, pixels, **kw):
-            self.calls += 1
-            if stop is not None and self.calls == stop:
-                raise KeyboardInterrupt
-            return real(adapter, pixels, **kw)
-
-        return forward
-
-
 def _result(out):
     path = next(out.rglob("covar__original.json"))
     obj = json.loads(path.read_text())
@@ -82,12 +61,12 @@ def test_an_interrupted_pair_resumes_and_ends_as_an_uninterrupted_run(
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        _Zeroshot(m, stop=4)  # Ctrl-C in the 4th batch: 3 batches (6 samples) done
+        ZeroShotForwards(m, stop=4)  # Ctrl-C in the 4th batch: 3 batches (6 samples) done
         r = cli(*_args(openclip_dir, covar_data, out, "--checkpoint-every", every))
     assert r.returncode == 130
     assert not list(out.rglob("*.json")) and len(list(out.rglob("*.part"))) == 1
 
-    counter = _Zeroshot(monkeypatch)
+    counter = ZeroShotForwards(monkeypatch)
     r = cli(*_args(openclip_dir, covar_data, out, "--checkpoint-every", every))
     assert r.returncode == 0, r.stderr
     assert counter.calls == 2  # batches 4 and 5 only
@@ -99,11 +78,11 @@ def test_an_interrupted_pair_resumes_and_ends_as_an_uninterrupted_run(
 def test_a_torn_tail_is_cut_off_and_other_settings_start_over(openclip_dir, covar_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        _Zeroshot(m, stop=3)
+        ZeroShotForwards(m, stop=3)
         assert cli(*_args(openclip_dir, covar_data, out)).returncode == 130
     part = next(out.rglob("*.part"))
     part.write_bytes(part.read_bytes() + b"\x10\0\0\0\0\0\0\0torn")  # a chunk cut short by a kill
-    counter = _Zeroshot(monkeypatch)
+    counter = ZeroShotForwards(monkeypatch)
     r = cli(*_args(openclip_dir, covar_data, out, "--seed", "1"))  # other settings: the part file is not used
     assert r.returncode == 0, r.stderr
     assert counter.calls == 5 and "other settings" in r.stderr
@@ -116,11 +95,11 @@ def test_a_torn_tail_is_cut_off_and_other_settings_start_over(openclip_dir, cova
 def test_a_torn_tail_keeps_the_complete_batches(openclip_dir, covar_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        _Zeroshot(m, stop=3)
+        ZeroShotForwards(m, stop=3)
         assert cli(*_args(openclip_dir, covar_data, out)).returncode == 130
     part = next(out.rglob("*.part"))
     part.write_bytes(part.read_bytes() + b"\x10\0\0\0\0\0\0\0torn")
-    counter = _Zeroshot(monkeypatch)
+    counter = ZeroShotForwards(monkeypatch)
     assert cli(*_args(openclip_dir, covar_data, out)).returncode == 0
     assert counter.calls == 3  # batches 3 to 5
     whole = tmp_path / "whole"
@@ -131,7 +110,7 @@ def test_a_torn_tail_keeps_the_complete_batches(openclip_dir, covar_data, tmp_pa
 def test_checkpoint_every_0_writes_no_part_file(openclip_dir, covar_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        _Zeroshot(m, stop=3)
+        ZeroShotForwards(m, stop=3)
         assert cli(*_args(openclip_dir, covar_data, out, "--checkpoint-every", "0")).returncode == 130
     assert not list(out.rglob("*.part"))
     assert cli(*_args(openclip_dir, covar_data, out, "--checkpoint-every", "-1")).returncode == 2
@@ -148,7 +127,7 @@ def test_a_part_file_not_written_by_this_users_harness_is_never_unpickled(
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        _Zeroshot(m, stop=3)
+        ZeroShotForwards(m, stop=3)
         assert cli(*_args(openclip_dir, covar_data, out)).returncode == 130
     part = next(out.rglob("*.part"))
     header = part.read_bytes().split(b"\n", 1)[0] + b"\n"
@@ -160,15 +139,15 @@ def test_a_part_file_not_written_by_this_users_harness_is_never_unpickled(
 
     payload = pickle.dumps(Evil())
     part.write_bytes(header + struct.pack("<Q32s", len(payload), hashlib.sha256(payload).digest()) + payload)
-    counter = _Zeroshot(monkeypatch)
+    counter = ZeroShotForwards(monkeypatch)
     assert cli(*_args(openclip_dir, covar_data, out)).returncode == 0
     assert not canary.exists() and counter.calls == 5  # started over
 
     other = tmp_path / "other"
     with monkeypatch.context() as m:
-        _Zeroshot(m, stop=3)
+        ZeroShotForwards(m, stop=3)
         assert cli(*_args(openclip_dir, covar_data, other)).returncode == 130
     monkeypatch.setenv("COVAR_HARNESS_PART_KEY", str(tmp_path / "another-user.key"))
-    counter = _Zeroshot(monkeypatch)
+    counter = ZeroShotForwards(monkeypatch)
     assert cli(*_args(openclip_dir, covar_data, other)).returncode == 0
     assert counter.calls == 5

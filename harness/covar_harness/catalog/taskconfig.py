@@ -12,18 +12,30 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covar_harness.catalog.registry import UnknownNameError, UsageError, is_glob
 from covar_harness.common.console import unsafe_name
 from covar_harness.common.safe_files import read_text_capped
 
+if TYPE_CHECKING:
+    from covar_harness.catalog.plugin_manager import Catalog
+
+# A task's kind is its dataset format's ``task_kind`` (``register(..., task_kind=...)``), ``classification`` when
+# it sets none; ``run.evaluator.PAIR_KINDS`` maps each kind to how its pairs run.
+CLASSIFICATION = "classification"
 # Retrieval tasks (a format registered with task_kind="retrieval"): recall@k, CLIP_benchmark's protocol.
 TASK_KIND = "retrieval"
 RECALL_K = (1, 5, 10)
 RETRIEVAL_METRICS = tuple(f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in RECALL_K)
 # CLIP_benchmark's default recall_k_list is [5]; text -> image is the direction its tables list first
 DEFAULT_HEADLINE = "image_retrieval_recall@5"
+
+
+def task_kind(cfg: TaskConfig, catalog: Catalog) -> str:
+    """The task's kind: what its dataset format registered as ``task_kind``, else ``classification``."""
+    entry = catalog.formats.entry(cfg.dataset["format"])
+    return str(entry.extra.get("task_kind") or CLASSIFICATION)
 
 
 REQUIRED = ("task", "dataset")

@@ -15,10 +15,12 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covar_harness.catalog.taskconfig import CLASSIFICATION, TASK_KIND, task_kind
 from covar_harness.common.console import markup, safe
 from covar_harness.common.cost import Cost, ForwardMeter, reset_peak
 from covar_harness.common.interrupt import INTERRUPT
@@ -29,7 +31,7 @@ from covar_harness.diagnosis.step import DiagnosisStep
 from covar_harness.masks.step import MaskStep
 from covar_harness.models.adapter import adapter_family, implements
 from covar_harness.models.specs import load_model, resolve_device
-from covar_harness.pipeline.contract import Batch, BatchStep, PairContext, Pipeline, Step
+from covar_harness.pipeline.contract import Batch, BatchStep, Finished, PairContext, Pipeline, Step
 from covar_harness.results import files as results
 from covar_harness.results.maps import MapStep
 from covar_harness.run import batch_size, retrieval
@@ -37,6 +39,7 @@ from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone, agree_token, detect_world
 from covar_harness.run.distributed import provenance as dist_provenance
 from covar_harness.run.pair import (
+    TaskPair,
     classnames_ref,
     image_pass,
     label_embeddings,
@@ -246,6 +249,65 @@ def open_pair(
     )
 
 
+@dataclass
+class ClassificationPair:
+    """A classification pair opened for the one pass (``PAIR_KINDS``): its steps are the run's analysis pipeline
+    (``RunOptions.analysis_steps``), its record the zero-shot metrics with every step's summary."""
+
+    ctx: PairContext
+    options: RunOptions
+    skipped: str = "unreadable image(s)"
+
+    @classmethod
+    def open(
+        cls,
+        adapter: ModelAdapter,
+        cfg: TaskConfig,
+        catalog: Catalog,
+        options: RunOptions,
+        classifiers: ClassifierCache,
+        reporter: Reporter,
+        model_spec: str | None = None,
+        cost: Cost | None = None,
+    ) -> ClassificationPair:
+        return cls(open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost), options)
+
+    def steps(self) -> list[Step]:
+        return self.options.analysis_steps()
+
+    def record(self, rows: list, failures: list, finished: list[Finished]) -> dict[str, Any]:
+        """Metrics and intervals (zero-shot, then each step's), config, notes, the task's part, the sample log."""
+        ctx, cfg = self.ctx, self.ctx.task
+        assert cfg is not None
+        with ctx.cost.phase("zero-shot"):
+            record, correct = zero_shot_record(ctx, rows)
+        for done in finished:
+            record["metrics"].update(done.summary.metrics)
+            record["intervals"].update(done.summary.intervals)
+            if done.summary.config is not None:
+                record["config"][done.step.name] = done.summary.config
+            record["notes"] += done.summary.notes
+        record["task"] = task_record(ctx, len(rows), len(failures))
+        record["config"].update(
+            {
+                "templates": ctx.templates,
+                "classnames": classnames_ref(cfg),
+                "task_digest": task_digest(cfg, ctx.classnames, ctx.templates),
+            }
+        )
+        with ctx.cost.phase("write"):
+            record["samples"] = sample_rows(rows, correct, ctx.samples, finished)
+        record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
+        return record
+
+
+# How each task kind (``taskconfig.task_kind``: what the task's dataset format registered) opens its pairs.
+PAIR_KINDS: dict[str, Callable[..., TaskPair]] = {
+    CLASSIFICATION: ClassificationPair.open,
+    TASK_KIND: retrieval.RetrievalPair.open,
+}
+
+
 def evaluate_task(
     adapter: ModelAdapter,
     cfg: TaskConfig,
@@ -258,44 +320,28 @@ def evaluate_task(
     cost: Cost | None = None,
 ) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log.
+    The task's kind opens the pair (``PAIR_KINDS``), and every kind runs the one pass (``pair.image_pass``).
     ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches);
     ``cost``: where the pair's phase timings and forward passes go (common/cost.py)."""
 
     cost = cost or Cost()
-    if retrieval.is_retrieval_task(cfg, catalog):
-        with cost.phase("retrieval"):
-            return retrieval.evaluate_retrieval(adapter, cfg, catalog, options, reporter)
-    ctx = open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
-    pipeline = Pipeline(options.analysis_steps())
-    pipeline.start(ctx)
-    rows, failures = image_pass(ctx, pipeline, part)
+    kind = task_kind(cfg, catalog)
+    if kind not in PAIR_KINDS:
+        raise ValueError(
+            f"task {cfg.task!r}: format {cfg.dataset['format']!r} registered task_kind {kind!r}; "
+            f"known: {', '.join(PAIR_KINDS)}"
+        )
+    pair = PAIR_KINDS[kind](adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
+    pipeline = Pipeline(pair.steps())
+    pipeline.start(pair.ctx)
+    rows, failures = image_pass(pair.ctx, pipeline, part)
     if failures:
         first = failures[0]
         reporter.say(
-            f"[yellow]{markup(cfg.task)}: skipped {len(failures)} unreadable image(s); first: "
-            f"{markup(ctx.samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
+            f"[yellow]{markup(cfg.task)}: skipped {len(failures)} {pair.skipped}; first: "
+            f"{markup(pair.ctx.samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
         )
-    with cost.phase("zero-shot"):
-        record, correct = zero_shot_record(ctx, rows)
-    finished = pipeline.finish()
-    for done in finished:
-        record["metrics"].update(done.summary.metrics)
-        record["intervals"].update(done.summary.intervals)
-        if done.summary.config is not None:
-            record["config"][done.step.name] = done.summary.config
-        record["notes"] += done.summary.notes
-    record["task"] = task_record(ctx, len(rows), len(failures))
-    record["config"].update(
-        {
-            "templates": ctx.templates,
-            "classnames": classnames_ref(cfg),
-            "task_digest": task_digest(cfg, ctx.classnames, ctx.templates),
-        }
-    )
-    with cost.phase("write"):
-        record["samples"] = sample_rows(rows, correct, ctx.samples, finished)
-    record["failed_files"] = [ctx.samples.samples[i].id for i, _ in failures]
-    return record
+    return pair.record(rows, failures, pipeline.finish())
 
 
 # ---- the run -------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
-"""One pair's zero-shot pass and its record: the one pass over the images (zero-shot top-k per sample, the
-analysis pipeline's steps on the same batch, finished batches to the part file) and the assembly of the pair's
-record (metrics and intervals, the task's part, the per-sample log). Called by ``evaluator.evaluate_task``.
+"""One pair's pass and its record: the one pass over the images (zero-shot top-k per sample, the analysis
+pipeline's steps on the same batch, finished batches to the part file), the contract of a task kind's pair
+(:class:`TaskPair`: what ``evaluator.evaluate_task`` opens for classification and retrieval alike) and the
+assembly of a classification pair's record (metrics and intervals, the task's part, the per-sample log).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from covar_harness.common.metrics import (
 )
 from covar_harness.data.samples import SampleSet
 from covar_harness.models.adapter import check_finite, fuses_tokens
-from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline
+from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline, Step
 from covar_harness.run.batches import default_workers, is_cuda, iterate_batches, to_device
 from covar_harness.run.distributed import PairSync, World, finish_share
 from covar_harness.run.group_metrics import add_group_metrics
@@ -35,6 +36,19 @@ if TYPE_CHECKING:
     import torch
 
     from covar_harness.catalog.taskconfig import TaskConfig
+
+
+class TaskPair(Protocol):
+    """One model x task pair of one task kind, opened (``evaluator.PAIR_KINDS``): the context and the steps of its
+    pass through :func:`image_pass`, and how the pass's rows, unreadable images and step outcomes become the
+    pair's record. Why one contract: every kind gets the pass's part files (resume), ranks and cost phases."""
+
+    ctx: PairContext
+    skipped: str  # what the run's warning says an unreadable image takes with it
+
+    def steps(self) -> list[Step]: ...
+
+    def record(self, rows: list, failures: list, finished: list[Finished]) -> dict[str, Any]: ...
 
 
 def image_pass(ctx: PairContext, pipeline: Pipeline, part: Path | None = None) -> tuple[list, list]:

@@ -1,7 +1,12 @@
 """Image-text retrieval tasks: recall@1/5/10 in both directions, computed as CLIP_benchmark computes them.
 
-A task whose dataset format registers ``task_kind="retrieval"`` (the built-in ``retrieval`` format does) is
-evaluated here instead of by the zero-shot classifier: ``evaluator.evaluate_task`` hands it over first thing.
+A task whose dataset format registers ``task_kind="retrieval"`` (the built-in ``retrieval`` format does) opens as a
+:class:`RetrievalPair` (``evaluator.PAIR_KINDS``) and runs through the run's one pass over the images
+(``pair.image_pass``), as a classification pair whose class i is image i's caption set (the normalised mean of its
+captions' embeddings, ``caption_sets``) and whose label is i (``self_labelled``): so part files (resume), ranks,
+cost phases and the analysis steps apply as on any pair. The pass's first step, :class:`ImageEmbeddingStep`,
+keeps each image's normalised embedding as a record (in the part file with the other records); recall is
+computed from them once the pass is over. Every caption is encoded first, once.
 
 The protocol (CLIP_benchmark, ``clip_benchmark/metrics/zeroshot_retrieval.py``): image and caption embeddings are
 L2-normalised; ``scores = texts @ images.T``; each caption knows the index of its image (``texts_image_index``).
@@ -14,38 +19,33 @@ candidate is taken (recall 1; CLIP_benchmark raises there). An image that cannot
 and its captions leave the candidate set with it. Intervals: percentile bootstrap over images (a caption's
 outcome is resampled with its image).
 
-Attribution (``run --attribution ...``) explains the paired caption: ``AttributionPass`` runs the attribution
-steps as on a classification pair whose class i is image i's caption set (the normalised mean of its captions'
-embeddings, ``caption_sets``) and whose label is i, on the batches of the recall pass's one pass over the images
-(every caption is encoded first, once). The diagnosis is skipped with a note (no masks, no classes).
+Attribution (``run --attribution ...``) explains the paired caption: ``--cci-target label`` image i's own caption
+set, ``pred`` the best-matching caption set of the task's images (image -> text top 1). The diagnosis is skipped
+with a note (no masks, no classes), and so are analysis steps other than attribution (they explain class
+predictions); ``--save-maps`` draws the maps after attribution.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from covar_harness.attribution.step import AttributionStep
-from covar_harness.catalog.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
-from covar_harness.common.console import markup
+from covar_harness.catalog.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND, task_kind
+from covar_harness.common.cost import Cost
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.common.metrics import bootstrap_interval
 from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples
 from covar_harness.models.adapter import check_finite
-from covar_harness.pipeline.contract import Batch, PairContext, Pipeline
-from covar_harness.run.batches import default_workers, iterate_batches
+from covar_harness.pipeline.contract import Batch, Finished, PairContext, SampleRecord, Step, StepSummary
 from covar_harness.run.text_cache import TEXT_BATCH
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    import numpy as np
-    import torch
-
     from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.adapter import ModelAdapter
@@ -58,13 +58,8 @@ PAIRED_TEXT = "paired_caption_mean"  # what attribution explains on a retrieval 
 OTHER_STEPS_SKIPPED = "analysis steps other than attribution skipped: they explain class predictions"
 
 
-def task_kind(cfg: TaskConfig, catalog: Catalog) -> str:
-    """``retrieval`` when the task's dataset format registered ``task_kind="retrieval"``, else ``classification``."""
-    entry = catalog.formats.entry(cfg.dataset["format"])
-    return str(entry.extra.get("task_kind") or "classification")
-
-
 def is_retrieval_task(cfg: TaskConfig, catalog: Catalog) -> bool:
+    """The task's kind (``taskconfig.task_kind``) is retrieval."""
     return task_kind(cfg, catalog) == TASK_KIND
 
 
@@ -76,14 +71,14 @@ def headline_of(cfg: TaskConfig) -> str:
 
 @dataclass
 class Embeddings:
-    """What the pass produced: L2-normalised rows, and which caption belongs to which image row."""
+    """What recall is computed from: L2-normalised rows, and which caption belongs to which image row."""
 
     indices: list[int]  # sample index of each image row
     images: torch.Tensor  # (n_images, D), on the CPU
     texts: torch.Tensor  # (n_texts, D), on the CPU
     text_image: torch.Tensor  # (n_texts,) long: the image row of each caption (texts_image_index)
     failures: list[tuple[int, str]]
-    device: Any  # where the model put its outputs: the score blocks are computed there
+    device: Any  # where the model put its outputs: the score blocks are computed there (None: CPU)
 
 
 @dataclass
@@ -94,44 +89,6 @@ class Hits:
     text_rank: np.ndarray  # (n_images,) best rank of one of the image's captions among the captions
     k_images: int  # how many images each caption's top-k held (min(10, n_images))
     k_texts: int
-
-
-def encode_images(
-    adapter: ModelAdapter,
-    samples: Any,
-    options: RunOptions,
-    reporter: Reporter,
-    name: str,
-    on_batch: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
-):
-    """One pass over the images through the DataLoader that skips bad images: (indices, (N, D) CPU, failures,
-    device). ``on_batch(indices, pixels, embeddings)`` sees every batch read (the attribution steps)."""
-
-    workers = default_workers() if options.workers is None else options.workers
-    handle = reporter.task(name, len(samples))
-    indices: list[int] = []
-    chunks: list[torch.Tensor] = []
-    failures: list[tuple[int, str]] = []
-    device = None
-    with torch.no_grad():
-        for batch_indices, pixels, failed in iterate_batches(
-            samples, adapter.preprocess, options.rows_per_batch, workers
-        ):
-            INTERRUPT.check()
-            failures += failed
-            if pixels is not None:
-                emb = adapter.encode_images(pixels).float()
-                ids = [samples.samples[i].id for i in batch_indices]
-                check_finite(adapter, "encode_images", emb, ids.__getitem__, "image")
-                device = emb.device
-                chunks.append(F.normalize(emb, dim=-1).cpu())
-                indices += batch_indices
-                if on_batch is not None:
-                    on_batch(batch_indices, pixels, chunks[-1])
-            reporter.advance(handle, len(batch_indices) + len(failed))
-    reporter.done(handle)
-    images = torch.cat(chunks) if chunks else torch.zeros(0, 0)
-    return indices, images, failures, device
 
 
 def encode_captions(adapter: ModelAdapter, captions: list[str], reporter: Reporter) -> torch.Tensor:
@@ -175,20 +132,53 @@ def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -
     return F.normalize(sums, dim=-1).T.contiguous()  # the mean's direction is the sum's
 
 
-def read_images(
-    images: tuple[list[int], torch.Tensor, list, Any], texts: torch.Tensor, owner: torch.Tensor
-) -> Embeddings:
-    """The recall pass's embeddings: the images read, and the captions of those images only (a caption of an
-    unreadable image leaves the candidate set with it), each pointing at its image's row."""
+@dataclass(eq=False)
+class ImageEmbedding(SampleRecord):
+    """One image's L2-normalised embedding from the pass (float32, CPU): what recall ranks. A record like any other,
+    so it goes to the part file with the batch (resume, ranks); never logged."""
 
-    indices, image_rows, failures, device = images
-    if not indices:
+    index: int
+    embedding: np.ndarray  # (D,)
+
+    def log_fields(self) -> dict[str, Any]:
+        return {}
+
+
+class ImageEmbeddingStep(Step):
+    """The first step of a retrieval pair: keeps each image's normalised embedding from the pass's zero-shot forward
+    (no forward of its own), so that recall is computed from the one pass over the images."""
+
+    name = "image_embeddings"
+
+    def __init__(self) -> None:
+        self.device: Any = None  # where the model put its outputs (not a scalar: not in the part file's state)
+
+    def process(self, batch: Batch) -> list[ImageEmbedding]:
+        self.device = batch.image_emb.device
+        rows = batch.image_emb.detach().float().cpu().numpy()
+        return [ImageEmbedding(int(i), rows[r]) for r, i in enumerate(batch.indices)]
+
+    def finish(self, records: list[SampleRecord]) -> StepSummary:
+        return StepSummary(log_records=False)  # no config entry, nothing in the sample log
+
+
+def recall_embeddings(
+    records: list[SampleRecord], failures: list, texts: torch.Tensor, owner: torch.Tensor, device: Any
+) -> Embeddings:
+    """What recall ranks: the images read (the pass's ``ImageEmbedding`` records, in sample order), and the captions
+    of those images only (a caption of an unreadable image leaves the candidate set with it), each pointing at its
+    image's row."""
+
+    kept = sorted((r for r in records if isinstance(r, ImageEmbedding)), key=lambda r: r.index)
+    if not kept:
         first = f"; first: {failures[0][1]}" if failures else ""
         raise ValueError(f"no image of the task could be read ({len(failures)} failed{first})")
+    indices = [r.index for r in kept]
+    images = torch.from_numpy(np.stack([r.embedding for r in kept]))
     rows = {i: r for r, i in enumerate(indices)}
-    kept = [j for j, i in enumerate(owner.tolist()) if i in rows]
-    text_image = torch.tensor([rows[i] for i in owner[kept].tolist()], dtype=torch.long)
-    return Embeddings(indices, image_rows, texts[kept], text_image, failures, device)
+    own = [j for j, i in enumerate(owner.tolist()) if i in rows]
+    text_image = torch.tensor([rows[i] for i in owner[own].tolist()], dtype=torch.long)
+    return Embeddings(indices, images, texts[own], text_image, failures, device)
 
 
 def topk_blocks(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = SIMILARITY_BLOCK, device=None):
@@ -276,52 +266,6 @@ def _task_record(cfg: TaskConfig, samples: Any, emb: Embeddings) -> dict[str, An
     }
 
 
-def evaluate_retrieval(
-    adapter: ModelAdapter, cfg: TaskConfig, catalog: Catalog, options: RunOptions, reporter: Reporter
-) -> dict[str, Any]:
-    """One model on one retrieval task: the record ``evaluator.evaluate_task`` returns for a classification task
-    (metrics, intervals, config, notes, task, samples, failed_files), with recall metrics instead of accuracy."""
-
-    samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
-    if not hasattr(samples, "captions"):
-        raise ValueError(f"task {cfg.task!r}: format {cfg.dataset['format']!r} gave samples without captions")
-    texts, owner = encode_all_captions(adapter, samples, reporter)
-    W = caption_sets(texts, owner, len(samples))
-    attribution = AttributionPass.start(adapter, cfg, catalog, samples, W, options, reporter)
-    on_batch = attribution.process if attribution.pipeline is not None else None
-    emb = read_images(encode_images(adapter, samples, options, reporter, markup(cfg.task), on_batch), texts, owner)
-    if emb.failures:
-        first = emb.failures[0]
-        reporter.say(
-            f"[yellow]{markup(cfg.task)}: skipped {len(emb.failures)} unreadable image(s) and their captions; "
-            f"first: {markup(samples.samples[first[0]].id)} ({markup(first[1])})[/yellow]"
-        )
-    hits = retrieval_hits(emb)
-    metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), options.seed)
-    config: dict[str, Any] = {"templates": [], "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}}
-    finished, notes = attribution.finish()
-    rows = _sample_rows(emb, hits, samples)
-    by_index = {row["index"]: row for row in rows}
-    for done in finished:
-        metrics.update(done.summary.metrics)
-        intervals.update(done.summary.intervals)
-        if done.summary.config is not None:
-            text = {"explained_text": PAIRED_TEXT} if done.step.active and done.step in attribution.steps else {}
-            config[done.step.name] = {**done.summary.config, **text}
-        notes += done.summary.notes
-        for record in done.records if done.summary.log_records else ():
-            by_index[record.index].update(record.log_fields())
-    return {
-        "metrics": metrics,
-        "intervals": intervals,
-        "config": config,
-        "notes": notes,
-        "task": _task_record(cfg, samples, emb),
-        "samples": rows,
-        "failed_files": [samples.samples[i].id for i, _ in emb.failures],
-    }
-
-
 def self_labelled(samples: Any) -> Any:
     """A copy of the sample set in which image i's label is i: the "class" of image i is its own caption set."""
 
@@ -330,46 +274,94 @@ def self_labelled(samples: Any) -> Any:
     return own
 
 
-class AttributionPass:
-    """The run's attribution steps on a retrieval pair, inside the recall pass's one pass over the images: as on a
-    classification pair whose class i is image i's caption set (``caption_sets``; as ``faithfulness`` explains it)
-    and whose label is i. ``--cci-target label`` explains the paired caption, ``pred`` the best-matching caption
-    set of the task's images (image -> text top 1), and each record carries the other target's importances too.
-    Masks and classes do not exist here, so the diagnosis and other steps are skipped with a note."""
+@dataclass
+class RetrievalPair:
+    """A retrieval pair opened for the run's one pass over the images (``evaluator.PAIR_KINDS``): a classification
+    pair whose class i is image i's caption set (``caption_sets``; as ``faithfulness`` explains it) and whose label
+    is i (``self_labelled``). Its steps: the image embeddings (for recall), then the attribution steps and the maps
+    (``--cci-target label`` explains the paired caption, ``pred`` the best-matching caption set; each record
+    carries the other target's importances too). Masks and classes do not exist here, so the diagnosis and other
+    steps are skipped with a note."""
 
-    def __init__(self, pipeline: Any, own: Any, W: torch.Tensor, notes: list[str], steps: list | None = None):
-        self.pipeline, self.own, self.W, self.notes = pipeline, own, W, notes
-        self.steps = list(steps or [])  # the attribution steps (the pipeline may add the maps after them)
+    ctx: PairContext
+    samples: Any  # the task's samples as loaded (the pass reads ``ctx.samples``, the self-labelled copy)
+    texts: torch.Tensor  # (T, D) every caption, L2-normalised, on the CPU
+    owner: torch.Tensor  # (T,) the sample index of each caption
+    attribution: list[Step]
+    notes: list[str]
+    maps: Step | None = None
+    embeddings: ImageEmbeddingStep = field(default_factory=ImageEmbeddingStep)
+    skipped: str = "unreadable image(s) and their captions"  # what the run's warning says was left out
 
     @classmethod
-    def start(
-        cls, adapter, cfg, catalog, samples, W: torch.Tensor, options: RunOptions, reporter: Reporter
-    ) -> AttributionPass:
-        """Started before the image pass (``pipeline`` None when no attribution step runs)."""
-
-        steps = [s for s in options.steps if isinstance(s, AttributionStep)]
-        notes = [OTHER_STEPS_SKIPPED] if len(steps) < len(options.steps) else []
-        notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []
-        own = self_labelled(samples)
-        if not steps:
-            return cls(None, own, W, notes)
+    def open(
+        cls,
+        adapter: ModelAdapter,
+        cfg: TaskConfig,
+        catalog: Catalog,
+        options: RunOptions,
+        classifiers: Any,
+        reporter: Reporter,
+        model_spec: str | None = None,
+        cost: Cost | None = None,
+    ) -> RetrievalPair:
+        """The pair's samples (``--limit`` applied) and its caption sets, every caption encoded once (``data`` and
+        ``zero-shot`` in the pair's cost, as a classification pair's class embeddings); ``classifiers`` is unused:
+        caption sets belong to one task's images."""
+        cost = cost or Cost()
+        with cost.phase("data"):
+            samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+        if not hasattr(samples, "captions"):
+            raise ValueError(f"task {cfg.task!r}: format {cfg.dataset['format']!r} gave samples without captions")
+        with cost.phase("zero-shot"):
+            texts, owner = encode_all_captions(adapter, samples, reporter)
+            W = caption_sets(texts, owner, len(samples))
         names = [s.id for s in samples.samples]
-        ctx = PairContext(adapter, cfg, own, names, catalog=catalog, options=options, reporter=reporter, classifier=W)
-        maps = options.map_step()  # --save-maps: drawn after attribution, as on a classification pair
-        pipeline = Pipeline([*steps, *([] if maps is None else [maps])])
-        pipeline.start(ctx)
-        return cls(pipeline, own, W, notes, steps)
+        own = self_labelled(samples)
+        ctx = PairContext(adapter, cfg, own, names, [], model_spec, catalog, options, reporter, W, cost=cost)
+        attribution: list[Step] = [s for s in options.steps if isinstance(s, AttributionStep)]
+        notes = [OTHER_STEPS_SKIPPED] if len(attribution) < len(options.steps) else []
+        notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []
+        maps = options.map_step() if attribution else None  # --save-maps: after attribution, as on classification
+        return cls(ctx, samples, texts, owner, attribution, notes, maps)
 
-    def process(self, indices: list[int], pixels: torch.Tensor, image_emb: torch.Tensor) -> None:
-        """One batch of the recall pass: its pixels and (normalised, CPU) image embeddings, no second forward."""
+    def steps(self) -> list[Step]:
+        """The pair's pipeline: the image embeddings first, then attribution and the maps."""
+        return [self.embeddings, *self.attribution, *([] if self.maps is None else [self.maps])]
 
-        if not self.pipeline.active:
-            return
-        logits = image_emb @ self.W
-        top = logits.topk(min(5, self.W.shape[1]), dim=-1).indices.numpy()
-        batch = Batch(indices, pixels, image_emb, self.W, logits, torch.tensor(indices), self.own, top)
-        self.pipeline.process(batch)
-
-    def finish(self) -> tuple[list, list[str]]:
-        """(the steps' ``Finished`` records, notes)."""
-        return ([] if self.pipeline is None else self.pipeline.finish()), self.notes
+    def record(self, rows: list, failures: list, finished: list[Finished]) -> dict[str, Any]:
+        """The record ``evaluator.evaluate_task`` returns (metrics, intervals, config, notes, task, samples,
+        failed_files), with recall metrics instead of accuracy; ``rows`` (top-5 caption sets) are not logged."""
+        ctx = self.ctx
+        assert ctx.task is not None and ctx.options is not None
+        kept = next(done.records for done in finished if done.step is self.embeddings)
+        device = self.embeddings.device or getattr(ctx.adapter, "device", None)
+        emb = recall_embeddings(kept, failures, self.texts, self.owner, device)
+        with ctx.cost.phase("retrieval"):
+            hits = retrieval_hits(emb)
+            metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), ctx.options.seed)
+        config: dict[str, Any] = {
+            "templates": [],
+            "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"},
+        }
+        notes = list(self.notes)
+        samples = _sample_rows(emb, hits, self.samples)
+        by_index = {row["index"]: row for row in samples}
+        for done in finished:
+            metrics.update(done.summary.metrics)
+            intervals.update(done.summary.intervals)
+            if done.summary.config is not None:
+                text = {"explained_text": PAIRED_TEXT} if done.step.active and done.step in self.attribution else {}
+                config[done.step.name] = {**done.summary.config, **text}
+            notes += done.summary.notes
+            for record in done.records if done.summary.log_records else ():
+                by_index[record.index].update(record.log_fields())
+        return {
+            "metrics": metrics,
+            "intervals": intervals,
+            "config": config,
+            "notes": notes,
+            "task": _task_record(ctx.task, self.samples, emb),
+            "samples": samples,
+            "failed_files": [self.samples.samples[i].id for i, _ in emb.failures],
+        }
