@@ -1,6 +1,7 @@
 """Zero-shot evaluation: parity with open_clip's reference, caching, bad images, metrics."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import covar_harness
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.common.metrics import bootstrap_interval, classification_metrics
 from covar_harness.models.specs import resolve_models
-from covar_harness.run.evaluator import RunOptions, run
+from covar_harness.run.evaluator import PAIR_KINDS, RunOptions, evaluate_task, run
 from covar_harness.run.progress import Reporter
 from covar_harness.run.text_cache import ClassifierCache, build_classifier
 from helpers import make_image_folder, write_task_yaml
@@ -106,3 +107,17 @@ def test_limit_is_a_seeded_subset_covering_classes(openclip_dir, tmp_path):
     a, b, c = files(0, "a"), files(0, "b"), files(1, "c")
     assert len(a) == 7 and a == b and a != c
     assert len({f.split("/")[0] for f in a}) >= 2
+
+
+def test_a_task_kind_no_entry_opens_fails_with_one_line():
+    """A format registering a kind the run does not know is refused before any data or forward, not run as
+    classification."""
+    entry = SimpleNamespace(extra={"task_kind": "segmentation"})
+    catalog = SimpleNamespace(formats=SimpleNamespace(entry=lambda name: entry))
+    cfg = SimpleNamespace(task="mine/masks", dataset={"format": "masks"})
+    with pytest.raises(ValueError) as err:
+        evaluate_task(None, cfg, catalog, RunOptions(), None, None)
+    assert str(err.value) == (
+        "task 'mine/masks': format 'masks' registered task_kind 'segmentation'; known: classification, retrieval"
+    )
+    assert sorted(PAIR_KINDS) == ["classification", "retrieval"]

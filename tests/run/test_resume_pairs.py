@@ -1,10 +1,12 @@
 """Resumable long pairs: finished batches go to ``<result>.part``; an interrupted pair goes on from its last
-complete batch and ends with the result of an uninterrupted run (issue 16 item 3)."""
+complete batch and ends with the result of an uninterrupted run (issue 16 item 3). Every task kind runs the one
+pass over the images, so a retrieval pair resumes too, its image embeddings restored with the other records."""
 
 import json
 
 import pytest
 
+from captions import make_captions_dataset, write_yaml
 from covar_harness.run.partfiles import part_path
 from helpers import ZeroShotForwards, make_covar
 from helpers import run_cli_inprocess as cli
@@ -43,34 +45,56 @@ def _args(openclip_dir, data, out, *extra):
     ]
 
 
-def _result(out):
-    path = next(out.rglob("covar__original.json"))
+def _retrieval_args(openclip_dir, task, out, *extra):
+    return [
+        "run", "--models", f"openclip:local-dir:{openclip_dir}", "--tasks", str(task), "--output-dir", str(out),
+        "--workers", "0", "--batch-size", "2", "--log-samples", "--attribution", "cci", "--cci-k", "3",
+        "--checkpoint-every", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(params=["classification", "retrieval"])
+def pair(request, openclip_dir, tmp_path):
+    """(the kind, the stem of its result file, out folder + extra arguments -> the run's arguments): 5 batches."""
+    if request.param == "retrieval":  # 10 images with 2-5 captions each
+        task = write_yaml(tmp_path / "toy.yaml", make_captions_dataset(tmp_path / "captions", n_images=10))
+        return "retrieval", "toy__retrieval", lambda out, *extra: _retrieval_args(openclip_dir, task, out, *extra)
+    data = request.getfixturevalue("covar_data")
+    return "classification", "covar__original", lambda out, *extra: _args(openclip_dir, data, out, *extra)
+
+
+def _result(out, stem="covar__original"):
+    path = next(out.rglob(f"{stem}.json"))
     obj = json.loads(path.read_text())
     obj.pop("provenance")
-    return obj, path.with_name("covar__original.samples.jsonl").read_bytes(), path
+    return obj, path.with_name(f"{stem}.samples.jsonl").read_bytes(), path
 
 
 @pytest.mark.parametrize("every", ["1", "2", "10"])  # 2 and 10: the batches since the last append go on Ctrl-C
-def test_an_interrupted_pair_resumes_and_ends_as_an_uninterrupted_run(
-    openclip_dir, covar_data, tmp_path, monkeypatch, every
-):
+def test_an_interrupted_pair_resumes_and_ends_as_an_uninterrupted_run(pair, tmp_path, monkeypatch, every):
+    kind, stem, args = pair
     whole = tmp_path / "whole"
-    assert cli(*_args(openclip_dir, covar_data, whole)).returncode == 0
-    expected, expected_samples, _ = _result(whole)
-    assert expected["config"]["attribution"]["status"] == "ran" and "diagnosis" in expected["config"]
+    assert cli(*args(whole)).returncode == 0
+    expected, expected_samples, _ = _result(whole, stem)
+    assert expected["config"]["attribution"]["status"] == "ran"
+    if kind == "classification":
+        assert "diagnosis" in expected["config"]
+    else:  # recall over every image's embedding, the restored ones included
+        assert expected["task"]["n_samples"] == 10 and 0 < expected["metrics"]["image_retrieval_recall@1"] < 1
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         ZeroShotForwards(m, stop=4)  # Ctrl-C in the 4th batch: 3 batches (6 samples) done
-        r = cli(*_args(openclip_dir, covar_data, out, "--checkpoint-every", every))
+        r = cli(*args(out, "--checkpoint-every", every))
     assert r.returncode == 130
     assert not list(out.rglob("*.json")) and len(list(out.rglob("*.part"))) == 1
 
     counter = ZeroShotForwards(monkeypatch)
-    r = cli(*_args(openclip_dir, covar_data, out, "--checkpoint-every", every))
+    r = cli(*args(out, "--checkpoint-every", every))
     assert r.returncode == 0, r.stderr
     assert counter.calls == 2  # batches 4 and 5 only
-    result, samples, path = _result(out)
+    assert "after 6 sample(s)" in r.stdout + r.stderr  # "resuming <task> after ..."
+    result, samples, path = _result(out, stem)
     assert result == expected and samples == expected_samples
     assert not part_path(path).exists()  # removed once the result is written
 
