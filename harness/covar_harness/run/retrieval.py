@@ -151,7 +151,9 @@ class ImageEmbeddingStep(Step):
     name = "image_embeddings"
 
     def __init__(self) -> None:
-        self.device: Any = None  # where the model put its outputs (not a scalar: not in the part file's state)
+        # where the model put its outputs (recall is computed there), as seen on this process's batches (the CPU
+        # for a pair restored whole from its part file); a torch.device is no scalar, so no part file holds it
+        self.device: torch.device = torch.device("cpu")
 
     def process(self, batch: Batch) -> list[ImageEmbedding]:
         self.device = batch.image_emb.device
@@ -335,8 +337,7 @@ class RetrievalPair:
         ctx = self.ctx
         assert ctx.task is not None and ctx.options is not None
         kept = next(done.records for done in finished if done.step is self.embeddings)
-        device = self.embeddings.device or getattr(ctx.adapter, "device", None)
-        emb = recall_embeddings(kept, failures, self.texts, self.owner, device)
+        emb = recall_embeddings(kept, failures, self.texts, self.owner, self.embeddings.device)
         with ctx.cost.phase("retrieval"):
             hits = retrieval_hits(emb)
             metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), ctx.options.seed)
