@@ -28,19 +28,19 @@ def timed_rescore(paths: list[Path], asked) -> dict[str, float]:
     ``rescore_file`` does them (the collector paused); and the zero-shot part alone, timed apart."""
     from covar_harness.results import files
     from covar_harness.run.pair import zero_shot_summary
-    from covar_harness.run.rescore import load_result, paused_gc, rescore_result
+    from covar_harness.run.rescore import load_result_log, paused_gc, rescore_result
 
     out = {"rows": 0.0, "zero-shot": 0.0}
     with tempfile.TemporaryDirectory() as scratch:
         for path in paths:
             with paused_gc():  # as rescore_file does
                 t = Stopwatch(out)
-                obj, rows = load_result(path)
+                obj, rows, lines = load_result_log(path)
                 t.lap("read")
                 done = rescore_result(obj, rows, asked)
                 t.lap("rescore")
                 target = Path(scratch) / f"{len(out)}-{path.name}"
-                files.write_jsonl(files.samples_path(target), done.samples)
+                files.write_jsonl(files.samples_path(target), done.samples, logged=list(zip(rows, lines)))
                 files.write_json(target, done.result)
                 t.lap("write")
                 labels, top5 = [r["label"] for r in rows], [r["top5"] for r in rows]

@@ -15,6 +15,8 @@ FLOAT32_WHOLE = 2.0**24  # the same in float32
 REPLICATE_ROWS = 64  # replicates per slice where a bootstrap gathers or counts its draws
 COUNT_BLOCK = 1 << 16  # draws counted per bincount call (its bins stay in cache)
 SHARED_DRAWS = 2  # Draws a shared_draws block keeps at once (600 MB each at 1000 replicates x 50,000 units)
+DISTINCT_SHARE = 8  # resampled_sums draws per-row counts when at most 1 unit in 8 has a row of its own
+BOOTSTRAP_VERSION = 2  # config.run_settings.bootstrap: 2 (issue 26) draws counts per distinct unit, not unit indices
 
 
 def classification_metrics(labels: np.ndarray, topk: np.ndarray, n_classes: int) -> dict[str, float | None]:
@@ -50,23 +52,57 @@ def bootstrap_interval(
 
     ``clusters`` (one id per row, e.g. COVAR's ``source_id``): resample whole clusters, not rows, because the
     variants of one source object are not independent draws and a per-row bootstrap would be too narrow. With
-    clusters the statistic is the mean (the pooled mean of the resampled clusters' rows). The replicates are
-    those of ``rng.integers(0, units, (n_boot, units))`` of a generator seeded ``seed`` (:class:`Draws`; shared
-    by the intervals of one :func:`shared_draws` block).
+    clusters the statistic is the mean (the pooled mean of the resampled clusters' rows). The replicates' sums
+    come from :func:`resampled_sums` with a generator seeded ``seed``: how many units of each distinct value
+    (each distinct (sum, size) pair of a cluster) a replicate draws, the same distribution as drawing the units.
     """
     values = np.asarray(values)
     if len(values) == 0:
         return None
     if clusters is not None:
         sums, counts = _cluster_totals(values, clusters)
-        draws = _draws(seed, len(sums), n_boot)
-        stats = draws.totals(sums) / draws.totals(counts)
+        totals = resampled_sums(np.column_stack([sums, counts]), n_boot, seed)
+        stats = totals[:, 0] / totals[:, 1]
     elif statistic is np.mean:
-        stats = _draws(seed, len(values), n_boot).means(values)
+        stats = resampled_sums(values.astype(np.float64).reshape(len(values), 1), n_boot, seed)[:, 0] / len(values)
     else:
         idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
         stats = np.array([statistic(values[i]) for i in idx])
     return percentile_interval(stats, level)
+
+
+def resampled_sums(columns: np.ndarray, n_boot: int, rng: np.random.Generator | int) -> np.ndarray:
+    """(n_boot, k) float64: per bootstrap replicate, the column sums of ``columns`` (n units x k values each) over
+    n units drawn uniformly with replacement. ``rng``: a generator, or the seed of a fresh one.
+
+    Units with equal rows are interchangeable, so drawing n units and summing their rows has exactly the
+    distribution of drawing how many units of each distinct row a replicate gets (multinomial, with the rows'
+    frequencies as probabilities) and summing count x row: O(n_boot x distinct rows) random numbers instead of
+    O(n_boot x n). A bootstrap over 0/1 flags (accuracy, BG-Er: 2 distinct rows, or a few (sum, size) pairs per
+    source object) draws a few thousand numbers, not 50 million. Where most rows are distinct (continuous
+    values) the units themselves are drawn (:class:`Draws`, shared within a :func:`shared_draws` block when
+    ``rng`` is a seed). Sums of whole numbers are exact either way."""
+    n = len(columns)
+    rows, freq = _distinct_rows(columns)
+    if len(rows) * DISTINCT_SHARE <= n:
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        counts = gen.multinomial(n, freq / n, size=n_boot).astype(np.float64)  # (n_boot, distinct rows)
+        return counts @ rows
+    draws = Draws(rng, n, n_boot) if isinstance(rng, np.random.Generator) else _draws(rng, n, n_boot)
+    return np.column_stack([draws.totals(columns[:, j]) for j in range(columns.shape[1])])
+
+
+def _distinct_rows(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``columns`` (n, k) float64 and how many units hold each (one or two columns through
+    a one-dimensional unique: a pair as one complex number sorts ten times faster than ``unique(axis=0)``)."""
+    if columns.shape[1] == 1:
+        rows, freq = np.unique(columns[:, 0], return_counts=True)
+        return rows.reshape(-1, 1), freq
+    if columns.shape[1] == 2:
+        pairs, freq = np.unique(columns[:, 0] + 1j * columns[:, 1], return_counts=True)
+        return np.column_stack([pairs.real, pairs.imag]), freq
+    rows, freq = np.unique(columns, axis=0, return_counts=True)
+    return rows, freq
 
 
 class Draws:
@@ -176,10 +212,10 @@ def per_class_recall_interval(
         rows = np.flatnonzero(labels == c)
         if clusters is not None:
             sums, counts = _cluster_totals(correct[rows], [clusters[int(i)] for i in rows])
-            draws = Draws(rng, len(sums), n_boot)
-            recalls[:, j] = draws.totals(sums) / draws.totals(counts)
+            totals = resampled_sums(np.column_stack([sums, counts]), n_boot, rng)
+            recalls[:, j] = totals[:, 0] / totals[:, 1]
         else:
-            recalls[:, j] = Draws(rng, len(rows), n_boot).means(correct[rows])
+            recalls[:, j] = resampled_sums(correct[rows].reshape(-1, 1), n_boot, rng)[:, 0] / len(rows)
     return percentile_interval(recalls.mean(axis=1), level)
 
 

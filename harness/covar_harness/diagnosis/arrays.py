@@ -16,6 +16,7 @@ so a batched score is bit-for-bit the one-sample score.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,34 @@ def blocks(items: Sequence[tuple[int, Any, Sequence[int] | np.ndarray]]) -> list
         )
         for members in groups.values()
     ]
+
+
+class BlockSet:
+    """A batch's samples grouped into :func:`blocks` once; :meth:`take` gives the blocks of any subset of them
+    (a rule's scored samples, its null's decided ones) by indexing those arrays, not by converting every grid and
+    cluster list again for each rule, target and null. A sample's row is the same either way."""
+
+    def __init__(self, items: Sequence[tuple[int, Any, Sequence[int] | np.ndarray]]):
+        self.blocks = blocks(items)
+        self.where = {row: (b, k) for b, block in enumerate(self.blocks) for k, row in enumerate(block.rows)}
+
+    def take(self, rows: Sequence[int]) -> list[Block]:
+        """The blocks of ``rows`` (each in ``where``), grouped as :func:`blocks` groups them, in their order."""
+        picked: dict[int, tuple[list[int], list[int]]] = {}
+        for row in rows:
+            b, k = self.where[row]
+            members, positions = picked.setdefault(b, ([], []))
+            members.append(row)
+            positions.append(k)
+        out = []
+        for b, (members, positions) in picked.items():
+            block = self.blocks[b]
+            if members == block.rows:
+                out.append(block)
+            else:
+                at = np.asarray(positions, dtype=np.int64)
+                out.append(Block(members, block.fg[at], block.assignments[at]))
+        return out
 
 
 def grid_means(grids: dict[int, Any]) -> dict[int, float]:
@@ -100,7 +129,16 @@ def null_order(seed: int, n: int, draws: int) -> np.ndarray:
     """(draws, n) int: one permutation of ``n`` non-empty clusters per draw of a sample's null, from a generator
     seeded with ``seed``: the same rows that ``draws`` successive ``rng.permutation(n)`` calls give."""
 
-    return np.random.default_rng(seed).permuted(np.broadcast_to(np.arange(n), (draws, n)), axis=1)
+    return np.random.Generator(np.random.PCG64(seed)).permuted(_ranges(n, draws), axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _ranges(n: int, draws: int) -> np.ndarray:
+    """(draws, n) read-only rows of ``arange(n)``: made once per shape, not once per sample (``permuted`` copies
+    it; ``default_rng(seed)`` is ``Generator(PCG64(seed))``, the same draws, without its argument checks)."""
+    out = np.tile(np.arange(n), (draws, 1))
+    out.flags.writeable = False
+    return out
 
 
 def present_clusters(index: np.ndarray, width: int) -> np.ndarray:

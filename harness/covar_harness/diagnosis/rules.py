@@ -36,6 +36,7 @@ import numpy as np
 
 from covar_harness.common.flags import flag
 from covar_harness.diagnosis.arrays import (
+    BlockSet,
     PatchScore,
     blocks,
     density_ratios,
@@ -409,8 +410,13 @@ def diagnose_batch(
     fine = [is_fine(groups, c.label, c.pred) for c in cases]
     outcomes: list[dict[str, RuleOutcome]] = [{} for _ in cases]
     draws: dict[tuple[int, int], np.ndarray] = {}  # the null's columns per case, shared by the rules
-    given = [(i, (), c.evidence.assignments) for i, c in enumerate(cases) if c.evidence.assignments is not None]
-    assign = {i: a for b in blocks(given) for i, a in zip(b.rows, b.assignments)}  # int64, once for all rules
+    assign = BlockSet(  # grids and int64 cluster ids, once for all rules
+        [
+            (i, c.fg, c.evidence.assignments)
+            for i, c in enumerate(cases)
+            if c.fg is not None and c.evidence.assignments is not None
+        ]
+    )
     for name in settings.rules:
         for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, assign, correct, fine, settings, draws)):
             out[name] = outcome
@@ -443,14 +449,14 @@ def _truth(case: Case) -> tuple[bool | None, bool | None]:
 def _rule_outcomes(
     rule_: Rule,
     cases: Sequence[Case],
-    assign: dict[int, np.ndarray],
+    assign: BlockSet,
     correct: list[bool],
     fine: list[bool],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
 ) -> list[RuleOutcome]:
     """One rule's outcome for every case: score and driver, per explained target, and the null's share
-    (``assign``: each case's cluster ids as an int64 array)."""
+    (``assign``: the masked cases with cluster ids, as blocks)."""
     masked = [i for i, c in enumerate(cases) if c.fg is not None]
     scores = _scores(rule_, cases, assign, masked)
     threshold = rule_.threshold(settings)
@@ -498,7 +504,7 @@ def _rule_values(rule_: Rule, evidence: Evidence, target: str | None) -> Sequenc
 
 
 def _scores(
-    rule_: Rule, cases: Sequence[Case], assign: dict[int, np.ndarray], rows: list[int], target: str | None = None
+    rule_: Rule, cases: Sequence[Case], assign: BlockSet, rows: list[int], target: str | None = None
 ) -> dict[int, float | None]:
     """The rule's score of each case at ``rows`` (their masks are given); ``target``: with that explained
     target's importances. A :func:`patch_rule` scores every block of the batch in one call."""
@@ -509,8 +515,7 @@ def _scores(
         return {i: rule_.score(_with_importance(cases[i].evidence, target), _grid(cases[i])) for i in rows}
     out: dict[int, float | None] = dict.fromkeys(rows)
     values = {i: _rule_values(rule_, cases[i].evidence, target) for i in rows}
-    ready = [(i, cases[i].fg, assign.get(i)) for i in rows]
-    for block in blocks([(i, fg, a) for i, fg, a in ready if a is not None and values[i] is not None]):
+    for block in assign.take([i for i in rows if i in assign.where and values[i] is not None]):
         table, lengths = value_table([values[i] or () for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         score, decided = rule_.on_patches(np.take_along_axis(table, index, axis=1), block.fg)
@@ -526,7 +531,7 @@ def _with_importance(evidence: Evidence, target: str) -> Evidence:
 def _null_shares(
     rule_: Rule,
     cases: Sequence[Case],
-    assign: dict[int, np.ndarray],
+    assign: BlockSet,
     rows: list[int],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
@@ -542,7 +547,8 @@ def _null_shares(
         return {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows}
     values = {i: _rule_values(rule_, cases[i].evidence, None) or () for i in rows}
     out: dict[int, float | None] = {}
-    for block in blocks([(i, cases[i].fg, assign.get(i, ())) for i in rows]):
+    kept = [i for i in rows if i in assign.where]  # a decided case without cluster ids reads no values: none
+    for block in assign.take(kept) + blocks([(i, cases[i].fg, ()) for i in rows if i not in assign.where]):
         table, lengths = value_table([values[i] for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         present = present_clusters(index, table.shape[1])

@@ -13,7 +13,7 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -82,14 +82,46 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda fh: json.dump(data, fh, indent=2, allow_nan=False))
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """One JSON object a line (the per-sample log); non-finite numbers are written as ``null``."""
+def write_jsonl(path: Path, rows: Iterable[dict], logged: Sequence[tuple[dict, str]] | None = None) -> None:
+    """One JSON object a line (the per-sample log); non-finite numbers are written as ``null``. ``logged``: the
+    (row, line) pairs of the log these rows were read from, in their order (``rescore``): what a row keeps of
+    its logged row is copied from that line, not serialized again (:func:`rewritten_line`; most of a
+    50,000-line rewrite's time is spent writing floats back as decimals)."""
 
     def write(fh):
-        for row in rows:
-            fh.write(_jsonl_line(row) + "\n")
+        for i, row in enumerate(rows):
+            line = rewritten_line(row, *logged[i]) if logged is not None and i < len(logged) else None
+            fh.write((_jsonl_line(row) if line is None else line) + "\n")
 
     atomic_write(path, write)
+
+
+def rewritten_line(row: dict, old: dict, line: str) -> str | None:
+    """``row`` as a log line that reuses ``line`` (the compact JSON of ``old``): ``line`` itself when the rows are
+    equal; when ``row`` starts with ``old``'s first keys and values and ends with other fields, ``line`` up to
+    the first field that changed, then those fields. None when neither holds or ``line`` cannot be cut safely:
+    the cut is at the one ``,"key":`` of that field (a ``,"`` cannot occur inside a JSON string, where every
+    quote is escaped; a second match, say in a nested object, and the row is serialized whole)."""
+    if row == old:
+        return line
+    new_keys, old_keys = list(row), list(old)
+    n = 0
+    while n < min(len(new_keys), len(old_keys)) and new_keys[n] == old_keys[n] and row[new_keys[n]] == old[old_keys[n]]:
+        n += 1
+    if n == 0 or any(k in old_keys[:n] for k in new_keys[n:]) or not line.startswith(f'{{"{old_keys[0]}":'):
+        return None  # nothing kept, a key moved, or not written compact (the cut below looks for compact keys)
+    if n < len(old_keys):
+        marker = f',"{old_keys[n]}":'
+        if '"' in old_keys[n] or "\\" in old_keys[n] or line.count(marker) != 1:
+            return None
+        head = line[: line.index(marker)]
+    else:
+        head = line.rstrip()
+        if not head.endswith("}"):
+            return None
+        head = head[:-1]
+    rest = {k: row[k] for k in new_keys[n:]}
+    return head + ("," + _jsonl_line(rest)[1:] if rest else "}")
 
 
 def _jsonl_line(row: dict) -> str:

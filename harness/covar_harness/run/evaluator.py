@@ -24,6 +24,7 @@ from covar_harness.catalog.taskconfig import CLASSIFICATION, TASK_KIND, task_kin
 from covar_harness.common.console import markup, safe
 from covar_harness.common.cost import Cost, ForwardMeter, reset_peak
 from covar_harness.common.interrupt import INTERRUPT
+from covar_harness.common.metrics import BOOTSTRAP_VERSION
 from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples, task_classnames, task_digest, task_templates
 from covar_harness.diagnosis.distractors import DistractorStep
@@ -133,6 +134,9 @@ class RunOptions:
             settings["distractors"] = self.distractors.as_config()
         if self.concepts is not None:  # recorded only when on: results written before naming existed still resume
             settings["concepts"] = self.concepts.run_settings()
+        # how every interval draws its replicates, last (where rescore adds it): files made with the old draws do
+        # not resume (issue 26)
+        settings["bootstrap"] = BOOTSTRAP_VERSION
         return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
 
     def for_model(self, ref: Any) -> RunOptions:

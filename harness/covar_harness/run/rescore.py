@@ -27,7 +27,8 @@ from typing import Any
 
 from covar_harness.attribution.records import ALT_REGION_FIELDS
 from covar_harness.catalog.registry import UsageError
-from covar_harness.common.safe_files import parse_json
+from covar_harness.common.metrics import BOOTSTRAP_VERSION
+from covar_harness.common.safe_files import parse_json_record
 from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVITY, FineRelation, parse_fine_rule
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, read_grid
 from covar_harness.diagnosis.summary import row_records, summarise_pair
@@ -97,21 +98,34 @@ def paused_gc() -> Iterator[None]:
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
     """A sample log's rows (one JSON object a line); a one-line ValueError naming ``file:line`` otherwise."""
+    return read_log(path)[0]
+
+
+def read_log(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """A sample log's rows and the lines they were read from (:func:`read_samples`; the lines let a rescore
+    write an unchanged row as it was logged)."""
     text = files.read_regular(path, MAX_LOG_BYTES).decode("utf-8")
-    rows = []
+    rows, lines = [], []
     with paused_gc():
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            row = parse_json(line, f"{path.name}:{n}", constants=False)  # one-line ValueError, nesting bounded
+            row = parse_json_record(line, f"{path.name}:{n}")  # one-line ValueError, nesting bounded
             if not isinstance(row, dict) or not all(k in row for k in ("index", "label", "pred", "top5")):
                 raise ValueError(f"{path.name}:{n}: not a sample record (index, label, pred, top5)")
             rows.append(row)
-    return rows
+            lines.append(line)
+    return rows, lines
 
 
 def load_result(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A classification result and its sample log, checked; ValueError (one line) for anything unusable."""
+    obj, rows, _ = load_result_log(path)
+    return obj, rows
+
+
+def load_result_log(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """:func:`load_result` and the log's lines (:func:`read_log`)."""
     obj = files.load(path)
     if isinstance(obj, dict) and str(obj.get("schema", "")).startswith("covar-harness/faithfulness"):
         raise NotClassification("a faithfulness result")
@@ -123,10 +137,10 @@ def load_result(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     log = files.samples_path(path)
     if not log.is_file():
         raise ValueError(f"no sample log {log.name} beside it: rerun with --log-samples")
-    rows = read_samples(log)
+    rows, lines = read_log(log)
     if len(rows) != obj["task"]["n_samples"]:
         raise ValueError(f"{log.name} holds {len(rows)} samples, the result {obj['task']['n_samples']}")
-    return obj, rows
+    return obj, rows, lines
 
 
 # ---- the explained class ----------------------------------------------------------------------------------------
@@ -229,6 +243,8 @@ def rescore_result(obj: dict[str, Any], rows: list[dict[str, Any]], asked: Resco
         _group_weights(config),
     )
     metrics, intervals = dict(zs["metrics"]), dict(zs["intervals"])
+    if isinstance(config.get("run_settings"), dict):  # the intervals are drawn as a run draws them now
+        config["run_settings"]["bootstrap"] = BOOTSTRAP_VERSION
     if "groups" in zs["config"]:
         config["groups"] = zs["config"]["groups"]
     rows, why = _rescore_diagnosis(obj, rows, asked, config, metrics, intervals)
@@ -340,15 +356,16 @@ def _rescore_diagnosis(
 
 def rescore_file(path: Path, asked: RescoreSettings, out_dir: Path | None = None) -> Rescored:
     """Rescore one result file; with ``out_dir`` write the new result (and its sample log) there, the result
-    file last. Refuses to write over the file it reads."""
+    file last. Refuses to write over the file it reads. A log row the rescore left as it was is written as the
+    line it was read from (``files.write_jsonl``'s ``logged``), not serialized again."""
     with paused_gc():
-        obj, rows = load_result(Path(path))
+        obj, rows, lines = load_result_log(Path(path))
         done = rescore_result(obj, rows, asked)
         done.result["config"]["rescored"]["from"] = str(path)
         if out_dir is not None:
             target = files.result_path(Path(out_dir), obj["model"]["spec"], obj["task"]["name"])
             if target.resolve() == Path(path).resolve():
                 raise UsageError(f"--out {out_dir} would overwrite the result it rescores; choose another folder")
-            files.write_jsonl(files.samples_path(target), done.samples)
+            files.write_jsonl(files.samples_path(target), done.samples, logged=list(zip(rows, lines)))
             files.write_json(target, done.result)
     return done
