@@ -7,7 +7,9 @@ machine may be shared; wall time is printed beside).
 
 ``--results``: a folder of results written with ``--log-samples`` (e.g. ``benchmarks/phase_costs.py --keep DIR``).
 ``--synthetic N``: the largest of them replicated to N samples (each copy its own sample ids and source objects),
-rescored the same way. Numbers are measured in this run, on this machine.
+rescored the same way. The sample id seeds the null, so every synthetic row's null changes and every line is
+rewritten (the worst case for the writer, which copies what a row kept from the line read). Numbers are measured
+in this run, on this machine.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def test_an_unchanged_row_is_its_logged_line():
     [
         {"driver": "fg"},  # a diagnosis field changed, the rest kept
         {"driver": "fg", "fg": [0.5, 1e-07], "nulls": {"area": 0.25}},  # one added at the end
-        {"cci": {"importance": [1.0]}},  # the attribution swapped (--cci-target)
+        {"cci": {"importance": [1.0]}},  # the attribution swapped (--cci-target): fields on both sides kept
+        {"index": 3, "fg": [0.25]},  # only the last field changed
     ],
 )
 def test_a_changed_row_is_written_as_a_full_serialization_writes_it(change):
@@ -89,8 +90,11 @@ def test_a_changed_row_is_written_as_a_full_serialization_writes_it(change):
     assert got == _line(row)
 
 
-def test_fields_removed_at_the_end_close_the_line():
-    row = {k: v for k, v in ROW.items() if k not in ("driver", "fg")}
+def test_fields_removed_at_the_end_or_between_kept_ones():
+    for gone in (("driver", "fg"), ("cci",), ("cci", "driver")):
+        row = {k: v for k, v in ROW.items() if k not in gone}
+        assert files.rewritten_line(row, ROW, _line(ROW)) == _line(row)
+    row = {"index": 3, "file": "a/b.png", "new": [1], "fg": [0.5, 1e-07]}  # removed and added between kept ones
     assert files.rewritten_line(row, ROW, _line(ROW)) == _line(row)
 
 
@@ -122,3 +126,14 @@ def test_parse_json_record_refuses_what_parse_json_refuses(bad):
         parse_json_record(bad, "log:3")
     with pytest.raises(JsonFormatError):
         parse_json(bad, "log:3", constants=False)
+
+
+def test_rows_equal_in_python_but_not_in_json_are_not_the_logged_line():
+    """Python's == ignores key order and 1 == 1.0 == True; the line written must be the row's own JSON."""
+    old = {**ROW, "scores": {"area": 1.0, "paper": 0.5}, "n": 1}
+    reordered = {**old, "scores": {"paper": 0.5, "area": 1.0}}
+    retyped = {**old, "n": 1.0}
+    for row in (reordered, retyped):
+        assert row == old
+        assert files.rewritten_line(row, old, _line(old)) == _line(row) != _line(old)
+    assert files.same_json([1.0, {"a": 1}], [1.0, {"a": 1}]) and not files.same_json([1.0], [True])

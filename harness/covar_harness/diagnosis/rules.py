@@ -383,6 +383,7 @@ class Case:
     fg: np.ndarray | None = None  # (N,) foreground fraction per patch, raster order
     sample_id: str | None = None
     cluster: str | None = None
+    fine_by_rule: dict[str, bool] | None = None  # as logged (a rescore reads it back), for DiagnosisRecord
 
 
 def diagnose_sample(
@@ -432,6 +433,7 @@ def diagnose_batch(
             areas.get(i),
             c.cluster,
             f,
+            {} if c.fine_by_rule is None else c.fine_by_rule,
             fg=grids.get(i),
             bg_sufficient=_truth(c)[0],
             fg_sufficient=_truth(c)[1],
@@ -477,8 +479,9 @@ def _rule_outcomes(
             per_target = {
                 t: outcome(i, by_target[t][i], _driver(by_target[t][i], threshold)) for t in case.evidence.by_target
             }
-        base = outcome(i, scores.get(i), drivers.get(i))
-        out.append(RuleOutcome(base.score, base.driver, base.error_type, nulls.get(i), per_target))
+        driver = drivers.get(i)
+        kind = None if case.fg is None else error_type(correct[i], driver, fine[i])
+        out.append(RuleOutcome(scores.get(i), driver, kind, nulls.get(i), per_target))
     return out
 
 
@@ -542,8 +545,8 @@ def _null_shares(
 
     if rule_.null_field is None or settings.null_draws <= 0 or not rows:
         return {}
-    seeds = {i: _null_seed(settings.seed, _seed_id(cases[i])) for i in rows}
     if rule_.on_patches is None:  # a rule given per sample: one call per case and draw
+        seeds = {i: _null_seed(settings.seed, _seed_id(cases[i])) for i in rows}
         return {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows}
     values = {i: _rule_values(rule_, cases[i].evidence, None) or () for i in rows}
     out: dict[int, float | None] = {}
@@ -552,18 +555,20 @@ def _null_shares(
         table, lengths = value_table([values[i] for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         present = present_clusters(index, table.shape[1])
-        orders = [_order(draws, i, seeds[i], int(n), settings.null_draws) for i, n in zip(block.rows, present.sum(1))]
+        orders = [_order(draws, cases, i, int(n), settings) for i, n in zip(block.rows, present.sum(1).tolist())]
         columns = null_columns(present, orders)
         calls, decided = null_counts(rule_.on_patches, rule_.threshold(settings), table, index, block.fg, columns)
         out.update({i: None if d == 0 else c / d for i, c, d in zip(block.rows, calls.tolist(), decided.tolist())})
     return out
 
 
-def _order(draws: dict[tuple[int, int], np.ndarray], i: int, seed: int, n: int, k: int) -> np.ndarray:
-    """Case ``i``'s permutations of its ``n`` non-empty clusters (``null_order``), made once per batch: every
-    rule permuting as many values draws the same ones."""
+def _order(
+    draws: dict[tuple[int, int], np.ndarray], cases: Sequence[Case], i: int, n: int, settings: DiagnosisSettings
+) -> np.ndarray:
+    """Case ``i``'s permutations of its ``n`` non-empty clusters (``null_order``, seeded by ``_null_seed``), made
+    once per batch: every rule permuting as many values draws the same ones."""
     if (i, n) not in draws:
-        draws[(i, n)] = null_order(seed, n, k)
+        draws[(i, n)] = null_order(_null_seed(settings.seed, _seed_id(cases[i])), n, settings.null_draws)
     return draws[(i, n)]
 
 

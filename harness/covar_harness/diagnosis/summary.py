@@ -11,7 +11,7 @@ the per-sample diagnosis and the summary over logged sample rows (dicts read fro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -369,12 +369,11 @@ def row_records(
             fg,
             row.get("id", row.get("file")),
             None if row.get("source_id") is None else str(row["source_id"]),
+            dict(row["fine_by_rule"]) if isinstance(row.get("fine_by_rule"), dict) else None,
         )
         for row, fg in zip(rows, fgs)
     ]
-    records = diagnose_batch(cases, fine, settings)
-    by_rule = [row.get("fine_by_rule") for row in rows]
-    return [replace(r, fine_by_rule=dict(b)) if isinstance(b, dict) else r for r, b in zip(records, by_rule)]
+    return diagnose_batch(cases, fine, settings)
 
 
 def row_record(row: dict, fg: np.ndarray | None, fine: Any, settings: DiagnosisSettings) -> DiagnosisRecord:

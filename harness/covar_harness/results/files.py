@@ -98,30 +98,65 @@ def write_jsonl(path: Path, rows: Iterable[dict], logged: Sequence[tuple[dict, s
 
 def rewritten_line(row: dict, old: dict, line: str) -> str | None:
     """``row`` as a log line that reuses ``line`` (the compact JSON of ``old``): ``line`` itself when the rows are
-    equal; when ``row`` starts with ``old``'s first keys and values and ends with other fields, ``line`` up to
-    the first field that changed, then those fields. None when neither holds or ``line`` cannot be cut safely:
-    the cut is at the one ``,"key":`` of that field (a ``,"`` cannot occur inside a JSON string, where every
-    quote is escaped; a second match, say in a nested object, and the row is serialized whole)."""
-    if row == old:
-        return line
+    the same JSON (:func:`same_json`: key order and number types too, so the bytes are those a serialization of
+    ``row`` gives); when ``row`` keeps ``old``'s first fields (and maybe its last ones) and changes those between,
+    the kept parts of ``line`` around the changed fields, serialized. None when nothing at the start is kept or
+    ``line`` cannot be cut safely: a cut is at the one ``,"key":`` of a field (a ``,"`` cannot occur inside a JSON
+    string, where every quote is escaped; a second match, say in a nested object, and the row is serialized
+    whole)."""
     new_keys, old_keys = list(row), list(old)
+    common = min(len(new_keys), len(old_keys))
     n = 0
-    while n < min(len(new_keys), len(old_keys)) and new_keys[n] == old_keys[n] and row[new_keys[n]] == old[old_keys[n]]:
+    while n < common and new_keys[n] == old_keys[n] and _same_field(row, old, new_keys[n]):
         n += 1
-    if n == 0 or any(k in old_keys[:n] for k in new_keys[n:]) or not line.startswith(f'{{"{old_keys[0]}":'):
-        return None  # nothing kept, a key moved, or not written compact (the cut below looks for compact keys)
-    if n < len(old_keys):
-        marker = f',"{old_keys[n]}":'
-        if '"' in old_keys[n] or "\\" in old_keys[n] or line.count(marker) != 1:
-            return None
-        head = line[: line.index(marker)]
-    else:
-        head = line.rstrip()
-        if not head.endswith("}"):
-            return None
-        head = head[:-1]
-    rest = {k: row[k] for k in new_keys[n:]}
-    return head + ("," + _jsonl_line(rest)[1:] if rest else "}")
+    if n == len(new_keys) == len(old_keys):
+        return line
+    m = 0  # fields kept at the end, after the changed ones
+    while m < common - n and new_keys[-1 - m] == old_keys[-1 - m] and _same_field(row, old, new_keys[-1 - m]):
+        m += 1
+    if n == 0 or not line.startswith(f'{{"{old_keys[0]}":'):
+        return None  # nothing kept, or not written compact (the cuts look for compact keys)
+    end = len(line.rstrip()) - 1  # the closing brace
+    head = _cut(line, old_keys[n]) if n < len(old_keys) else end
+    tail = _cut(line, old_keys[-m]) if m else end
+    if head is None or tail is None or head > tail or line[end] != "}":
+        return None
+    middle = {k: row[k] for k in new_keys[n : len(new_keys) - m]}
+    text = line[:head] + ("," + _jsonl_line(middle)[1:-1] if middle else "")
+    return text + line[tail : end + 1]
+
+
+def _same_field(row: dict, old: dict, key: str) -> bool:
+    value, was = row[key], old[key]
+    return value is was or same_json(value, was)  # a kept field is the very object read: no walk
+
+
+def _cut(line: str, key: str) -> int | None:
+    """Where the top-level field ``key`` starts in the compact line (at its comma); None unless that is sure."""
+    marker = f',"{key}":'
+    at = -1 if '"' in key or "\\" in key else line.find(marker)
+    return None if at < 0 or line.find(marker, at + 1) >= 0 else at
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` serialize to the same JSON text: equal, with the same types (1, 1.0 and True
+    are equal in Python, not in JSON) and dict keys in the same order. A flat list or dict compares in C."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        if list(a) != list(b):
+            return False
+        a, b = list(a.values()), list(b.values())
+    elif type(a) is not list:
+        return bool(a == b)
+    types = list(map(type, a))
+    if types != list(map(type, b)):
+        return False
+    if dict in types or list in types:
+        return all(same_json(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 def _jsonl_line(row: dict) -> str:
