@@ -466,7 +466,7 @@ def _rule_outcomes(
     by_target: dict[str, dict[int, float | None]] = {}
     if rule_.null_field == "importance":
         targets = [i for i in masked if cases[i].evidence.by_target is not None]
-        by_target = {t: _scores(rule_, cases, assign, targets, t) for t in ("pred", "label")}
+        by_target = {t: _target_scores(rule_, cases, assign, targets, t, scores) for t in ("pred", "label")}
     nulls = _null_shares(rule_, cases, assign, [i for i in masked if drivers[i] is not None], settings, draws)
 
     def outcome(i: int, score: float | None, driver: str | None) -> RuleOutcome:
@@ -524,6 +524,18 @@ def _scores(
         score, decided = rule_.on_patches(np.take_along_axis(table, index, axis=1), block.fg)
         out.update({i: float(s) if ok else None for i, s, ok in zip(block.rows, score.tolist(), decided.tolist())})
     return out
+
+
+def _target_scores(
+    rule_: Rule, cases: Sequence[Case], assign: BlockSet, rows: list[int], target: str, scores: dict[int, float | None]
+) -> dict[int, float | None]:
+    """:func:`_scores` under ``target``; a case whose ``target`` importances are the very values it logged as
+    ``importance`` (the target the run explained) has the score it has in ``scores``: same values, same score."""
+    by_target = {i: cases[i].evidence.by_target for i in rows}
+    same = [i for i in rows if (by_target[i] or {}).get(target) is cases[i].evidence.importance and i in scores]
+    out = {i: scores[i] for i in same}
+    out.update(_scores(rule_, cases, assign, [i for i in rows if i not in out], target))
+    return {i: out[i] for i in rows}
 
 
 def _with_importance(evidence: Evidence, target: str) -> Evidence:

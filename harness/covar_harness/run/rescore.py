@@ -347,10 +347,12 @@ def _rescore_diagnosis(
             "segmenter": old.get("segmenter"),
             "segmenter_settings": old.get("segmenter_settings"),
         }
-    out = []
+    out, redone = [], frozenset((*DIAGNOSIS_FIELDS, "fg"))
+    kept_keys: dict[tuple[str, ...], list[str]] = {}
     for row, record in zip(rows, records):
-        kept = {k: v for k, v in row.items() if k not in DIAGNOSIS_FIELDS and k != "fg"}
-        out.append({**kept, **record.log_fields()})
+        keys = tuple(row)  # rows of a log share a few key lists: what is kept of each is worked out once
+        kept = kept_keys.get(keys) or kept_keys.setdefault(keys, [k for k in keys if k not in redone])
+        out.append({**{k: row[k] for k in kept}, **record.log_fields()})
     return out, None
 
 
