@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import platform
 import re
@@ -106,7 +107,7 @@ def rewritten_line(row: dict, old: dict, line: str) -> str | None:
     whole)."""
     new_keys, old_keys = list(row), list(old)
     common = min(len(new_keys), len(old_keys))
-    n = 0
+    n = _kept_run(new_keys, old_keys, list(row.values()), list(old.values()))  # the very objects read: no walk
     while n < common and new_keys[n] == old_keys[n] and _same_field(row, old, new_keys[n]):
         n += 1
     if n == len(new_keys) == len(old_keys):
@@ -124,6 +125,12 @@ def rewritten_line(row: dict, old: dict, line: str) -> str | None:
     middle = {k: row[k] for k in new_keys[n : len(new_keys) - m]}
     text = line[:head] + ("," + _jsonl_line(middle)[1:-1] if middle else "")
     return text + line[tail : end + 1]
+
+
+def _kept_run(new_keys: list, old_keys: list, new_values: list, old_values: list) -> int:
+    """How many leading fields have the same key and the very same value object (compared in C)."""
+    same = list(map(operator.and_, map(operator.eq, new_keys, old_keys), map(operator.is_, new_values, old_values)))
+    return same.index(False) if False in same else len(same)
 
 
 def _same_field(row: dict, old: dict, key: str) -> bool:
