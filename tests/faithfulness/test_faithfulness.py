@@ -28,6 +28,8 @@ from covar_harness.faithfulness import (
 )
 from covar_harness.faithfulness.evaluate import PairData, run_pair
 from covar_harness.faithfulness.importance import importance_maps
+from covar_harness.faithfulness.step import CurveStep
+from covar_harness.run.evaluator import RunOptions
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - defines occlusion, rise
 from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
 
@@ -125,7 +127,14 @@ def test_run_pair_calls_per_batch(tmp_path):
     samples = SampleSet([Sample(f"{j}.png", 0) for j in range(4)], ["object", "other"], root)
     adapter = Counting()
     settings = FaithfulnessSettings(steps=4, replacement="black", bootstrap=0)
-    runs = run_pair(adapter, pair_data(samples, ["object", "other"]), ["cci"], settings, CCISettings(k=4), 2)
+    runs = run_pair(
+        adapter,
+        pair_data(samples, ["object", "other"]),
+        ["cci"],
+        settings,
+        CCISettings(k=4),
+        RunOptions(batch_size=2, workers=0),
+    )
     assert len(runs["cci"].rows) == 4 and not runs["cci"].error
     # per batch of 2: the pass's one forward (the embeddings every method explains), deletion, insertion (5 points)
     assert adapter.image_calls == [2, 10, 10] * 2
@@ -229,7 +238,9 @@ def test_model_without_removal(tmp_path):
         layout(tl, seed=j).save(root / f"{j}.png")
     data = pair_data(SampleSet([Sample(f"{j}.png", 0) for j in range(2)], ["object", "other"], root), ["o", "x"])
     settings = FaithfulnessSettings(steps=4, replacement="black", bootstrap=0)
-    runs = run_pair(NoRemoval(), data, ["occlusion", "cci"], settings, CCISettings(k=4), 2)
+    runs = run_pair(
+        NoRemoval(), data, ["occlusion", "cci"], settings, CCISettings(k=4), RunOptions(batch_size=2, workers=0)
+    )
     assert data.notes and "token-removal" in data.notes[0]
     occ = runs["occlusion"]
     assert len(occ.rows) == 2 and not occ.error and "deletion_tokens_auc" not in occ.rows[0]
@@ -349,8 +360,54 @@ def test_a_method_failing_part_way_is_reported_without_rows(tmp_path):
     data = pair_data(SampleSet([Sample(f"{j}.png", 0) for j in range(4)], ["object", "other"], root), ["o", "x"])
     settings = FaithfulnessSettings(steps=2, replacement="black", bootstrap=0)
     FailsOnSecondBatch.calls = 0
-    runs = run_pair(NoRemoval(), data, [FailsOnSecondBatch, "occlusion"], settings, CCISettings(k=4), 1)
+    runs = run_pair(
+        NoRemoval(),
+        data,
+        [FailsOnSecondBatch, "occlusion"],
+        settings,
+        CCISettings(k=4),
+        RunOptions(batch_size=1, workers=0),
+    )
     assert runs["fails-later"].rows == []
     assert runs["fails-later"].error == "RuntimeError: out of memory while explaining"  # one line
     assert FailsOnSecondBatch.calls == 2  # not asked again after it failed
     assert [r["index"] for r in runs["occlusion"].rows] == [0, 1, 2, 3] and not runs["occlusion"].error
+
+
+def test_a_resumed_pair_keeps_its_failed_methods_and_curve_points(tmp_path, monkeypatch):
+    """The part file keeps the curve step's state beyond counters (``Step.resumed``): a method that failed before
+    Ctrl-C is not asked again after it and keeps its error, and a pair restored whole from its part file keeps
+    the curves' points (``x``) without forwarding a batch; both end as the uninterrupted pair."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for j, tl in enumerate(LAYOUTS):
+        layout(tl, seed=j).save(root / f"{j}.png")
+
+    def pair(part=None):
+        data = pair_data(SampleSet([Sample(f"{j}.png", 0) for j in range(4)], ["object", "other"], root), ["o", "x"])
+        settings = FaithfulnessSettings(steps=2, replacement="black", bootstrap=0)
+        options = RunOptions(batch_size=1, workers=0, checkpoint_every=1)
+        FailsOnSecondBatch.calls = 0
+        return run_pair(NoRemoval(), data, [FailsOnSecondBatch, "occlusion"], settings, CCISettings(k=4), options, part)
+
+    expected = pair()
+    assert expected["fails-later"].error and expected["occlusion"].x["deletion"]
+    part, batches, real = tmp_path / "curves.part", [], CurveStep.process
+
+    def process(step, batch):
+        batches.append(batch.indices)
+        if len(batches) == 3:
+            raise KeyboardInterrupt  # after the 2nd batch, where fails-later failed
+        return real(step, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(CurveStep, "process", process)
+        with pytest.raises(KeyboardInterrupt):
+            pair(part)
+    batches.clear()
+    monkeypatch.setattr(CurveStep, "process", lambda step, batch: batches.append(batch.indices) or real(step, batch))
+    resumed = pair(part)
+    assert batches == [[2], [3]] and FailsOnSecondBatch.calls == 0  # not asked again on batches 3 and 4
+    assert resumed == expected
+    batches.clear()
+    assert pair(part) == expected and batches == []  # every batch restored: the points come from the part file

@@ -22,6 +22,7 @@ from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.taskconfig import TaskConfig
 from covar_harness.faithfulness.evaluate import PairData, run_pair
 from covar_harness.faithfulness.settings import FaithfulnessSettings
+from covar_harness.run.evaluator import RunOptions
 from helpers import patch_everywhere, run_cli_inprocess
 from toy_vit import LAYOUTS, SIDE, TopLeftReader, layout, load_masked
 
@@ -106,7 +107,9 @@ def test_an_unreadable_mask_is_noted_not_fatal(tmp_path):
     W = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # class columns: "background" = [0, 1], "object" = [1, 0]
     data = PairData(TaskConfig("toy/masked", {"format": "toy-masked"}), samples, samples.classnames, W, load_catalog())
     settings = FaithfulnessSettings(steps=2, replacement="black", bootstrap=0, target="label")
-    runs = run_pair(TopLeftReader(), data, ["occlusion"], settings, CCISettings(k=4), 2)
+    runs = run_pair(
+        TopLeftReader(), data, ["occlusion"], settings, CCISettings(k=4), RunOptions(batch_size=2, workers=0)
+    )
     rows = runs["occlusion"].rows
     assert not runs["occlusion"].error and [r["id"] for r in rows] == [s.id for s in samples.samples]
     assert [r["pointing_energy"] is None for r in rows] == [False, True, False, False]

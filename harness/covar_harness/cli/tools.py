@@ -13,6 +13,7 @@ from covar_harness.attribution.settings import CCISettings
 from covar_harness.common.flags import cli_flags
 from covar_harness.diagnosis.rules import DiagnosisSettings
 from covar_harness.models.args import PRECISIONS
+from covar_harness.run.scale_flags import add_checkpoint_flag
 
 EXPLAIN_FLAGS = {"k": "--k", "layer": "--layer"}  # the CCISettings fields explain has flags for; others: defaults
 
@@ -171,4 +172,5 @@ def add_faithfulness(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--seed", type=int, default=0)
+    add_checkpoint_flag(p)
     p.set_defaults(handler="covar_harness.faithfulness.command:cmd_faithfulness")

@@ -5,7 +5,9 @@ the table of methods x models x tasks and the table of each method's paired per-
 random baselines (``random`` and ``random-patch``, always run). RISE runs with the ``--rise-*``
 settings (``attribution.rise.RISESettings``), recorded in its result.
 
-The run plan's cheap checks come first (device, output folder, every task's data), before any weights load."""
+The run plan's cheap checks come first (device, output folder, every task's data), before any weights load. A pair
+opens as a run's does (by task kind) and its finished batches go to ``<model>/<task>/curves.part`` every
+``--checkpoint-every`` batches: an interrupted command resumes each pair after its last finished batch."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.console import console, print_rows
 from covar_harness.common.safe_files import slug
-from covar_harness.faithfulness.evaluate import open_pair_data, run_pair, softmax_temperature
+from covar_harness.faithfulness.evaluate import open_pair_data, pair_part, run_pair, softmax_temperature
 from covar_harness.faithfulness.plots import plot_curves, plot_methods
 from covar_harness.faithfulness.settings import FaithfulnessSettings
 from covar_harness.faithfulness.summary import (
@@ -36,6 +38,9 @@ from covar_harness.faithfulness.summary import (
 from covar_harness.models.specs import load_model, resolve_models
 from covar_harness.results.faithfulness import BASELINES, PAIRED_CAPTION
 from covar_harness.results.files import samples_path, write_json, write_jsonl
+from covar_harness.run.evaluator import RunOptions
+from covar_harness.run.partfiles import pair_lock
+from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.plan import check_data, check_device, check_writable
 from covar_harness.run.text_cache import ClassifierCache
 
@@ -48,6 +53,8 @@ def settings_from_args(args: Namespace) -> tuple[Any, Any, Any]:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1")
+    if args.checkpoint_every < 0:
+        raise UsageError("--checkpoint-every must be >= 0")
     settings = FaithfulnessSettings.for_protocol(
         args.protocol,
         steps=args.steps,
@@ -108,13 +115,31 @@ def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[s
     classifiers = ClassifierCache(adapter)
     configs = _method_configs(methods, adapter, cci)
     temperature, source = softmax_temperature(adapter, settings)
+    options = pair_options(args)
     out: list[dict[str, Any]] = []
     for cfg in tasks:
-        data = open_pair_data(adapter, cfg, catalog, classifiers, args.limit, args.seed, args.data_dir)
-        data.settings.update(temperature=temperature, temperature_from=source)
-        runs = run_pair(adapter, data, methods, settings, cci, args.batch_size)
-        out += _write_pair(ref.spec, cfg.task, runs, data, settings, configs, args)
+        part = pair_part(output_dir(args, settings), ref.spec, cfg.task)
+        with pair_lock(part):  # another process on this pair: PairBusy, one line
+            data = open_pair_data(adapter, cfg, catalog, classifiers, options, ref.spec)
+            data.settings.update(temperature=temperature, temperature_from=source)
+            runs = run_pair(adapter, data, methods, settings, cci, options, part)
+            out += _write_pair(ref.spec, cfg.task, runs, data, settings, configs, args)
+            remove_part(part)  # the results are written: the pair is done
     return out
+
+
+def pair_options(args: Namespace) -> RunOptions:
+    """The run options a faithfulness pair opens and passes with: what decides its samples and batches (data,
+    ``--limit``, seed, batch size, precision) and ``--checkpoint-every``; images read in the main process."""
+    return RunOptions(
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        workers=0,
+        precision=args.precision,
+        limit=args.limit,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
 
 
 def _method_configs(methods: list[Any], adapter: Any, cci: Any) -> dict[str, dict[str, Any]]:

@@ -1,33 +1,30 @@
 """One model x task: every method's importance maps, curves and localisation, per sample.
 
-Data, class names, templates and class embeddings come from the evaluator's own helpers (``open_task_data``,
-``limit_samples``, ``task_classnames``, ``ClassifierCache``). The images go through the run's one per-sample pass
-(``run.pair.image_pass``): one forward per batch, then the pipeline's steps on the same batch, the mask step
-(``masks.step.MaskStep`` with the task's own masks, mapped onto the patch grid as in a run) and the curves
-(``faithfulness.step.CurveStep``).
-
-A retrieval task (``retrieval.is_retrieval_task``) is mapped onto the same machinery: one "class" per image, whose
-text is the image's caption set, so attribution explains the paired caption (``_retrieval_pair``).
+The pair opens as a run's does, by its task kind (``run.evaluator.open_task_pair``: data, ``--limit``, class names,
+templates and class embeddings; a retrieval task as a classification pair whose class i is image i's caption set
+and whose label is i, so attribution explains the paired caption). Faithfulness refuses what it cannot perturb: a
+class-mapped pair (one line). The images go through the run's one per-sample pass (``run.pair.image_pass``): one
+forward per batch, then the pipeline's steps on the same batch, the mask step (``masks.step.MaskStep`` with the
+task's own masks, mapped onto the patch grid as in a run) and the curves (``faithfulness.step.CurveStep``).
+Finished batches go to the pair's part file (``run.partfiles``), so an interrupted pair resumes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covar_harness.catalog.taskconfig import TASK_KIND
-from covar_harness.data.samples import open_task_data
-from covar_harness.data.task_inputs import limit_samples, task_classnames, task_templates
 from covar_harness.faithfulness.settings import FaithfulnessSettings
 from covar_harness.faithfulness.step import CurveStep, MethodRun
+from covar_harness.faithfulness.summary import result_file
 from covar_harness.masks.step import MaskStep
 from covar_harness.models.adapter import logit_scale
 from covar_harness.pipeline.contract import PairContext, Pipeline
-from covar_harness.run.evaluator import RunOptions
+from covar_harness.run.evaluator import RunOptions, open_task_pair
 from covar_harness.run.pair import image_pass
 from covar_harness.run.progress import Reporter
-from covar_harness.run.retrieval import PAIRED_TEXT, is_retrieval_task, paired_caption_classifier, self_labelled
 
 if TYPE_CHECKING:
     import torch
@@ -37,12 +34,13 @@ if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.data.samples import SampleSet
+    from covar_harness.run.text_cache import ClassifierCache
 
 
 @dataclass
 class PairData:
-    """What the pass over one task needs: the task, its samples (``--limit`` applied), class embeddings (D, C) and
-    the catalogue (where the masks' ``dataset`` segmenter comes from)."""
+    """What the pass over one task needs: the task, its samples (``--limit`` applied), class embeddings (D, C),
+    the catalogue (where the masks' ``dataset`` segmenter comes from) and the model spec (the part file's)."""
 
     task: TaskConfig
     samples: SampleSet
@@ -52,41 +50,32 @@ class PairData:
     n_failed: int = 0
     notes: list[str] = field(default_factory=list)  # e.g. why the token-removal curves were not run
     settings: dict[str, Any] = field(default_factory=dict)  # recorded with the curve settings (retrieval's text)
+    model_spec: str | None = None
 
 
-def open_pair_data(adapter: Any, cfg: Any, catalog: Any, classifiers: Any, limit: int | None, seed: int, data_dir):
-    """The pair's samples and class embeddings through the evaluator's helpers (a retrieval task's: its images'
-    caption sets)."""
+def open_pair_data(
+    adapter: Any, cfg: TaskConfig, catalog: Catalog, classifiers: ClassifierCache, options: RunOptions, spec: str
+) -> PairData:
+    """The pair of the task's kind as the run opens it (``open_task_pair``); what it explains beyond class names
+    (a retrieval pair's caption sets) goes to the result's settings."""
 
-    samples = limit_samples(open_task_data(cfg, catalog, data_dir), limit, seed)
-    if is_retrieval_task(cfg, catalog):
-        return _retrieval_pair(adapter, cfg, catalog, samples)
-    if samples.class_map is not None:  # scores are max-logit buckets there: no one linear classifier to perturb
+    pair = open_task_pair(adapter, cfg, catalog, options, classifiers, Reporter(), spec)
+    ctx = pair.ctx
+    if ctx.class_map is not None:  # scores are max-logit buckets there: no one linear classifier to perturb
         raise ValueError(
-            f"task {cfg.task!r} maps a {len(samples.class_map.classnames)}-way classifier onto its labels; the "
+            f"task {cfg.task!r} maps a {len(ctx.class_map.classnames)}-way classifier onto its labels; the "
             "faithfulness curves need a classifier over the task's own classes (for ImageNet-9: imagenet9-9way/*)"
         )
-    classnames = task_classnames(cfg, samples)
-    W = classifiers.get(classnames, task_templates(cfg, samples), Reporter())
-    return PairData(cfg, samples, classnames, W, catalog)
+    assert ctx.classifier is not None
+    return PairData(
+        cfg, ctx.samples, ctx.classnames, ctx.classifier, catalog, settings=dict(pair.explained), model_spec=spec
+    )
 
 
-# what a retrieval pair's result records in ``settings``: the explained text of image i is its caption set
-RETRIEVAL_SETTINGS = {"task_kind": TASK_KIND, "explained_text": PAIRED_TEXT}
-
-
-def _retrieval_pair(adapter: Any, cfg: TaskConfig, catalog: Catalog, samples: Any) -> PairData:
-    """A retrieval pair as a classification pair: class i is image i's caption set (the normalised mean of its
-    captions' embeddings, ``retrieval.paired_caption_classifier``) and image i's label is i. So ``--target label``
-    explains the paired caption, ``--target pred`` the best-matching caption set among the pair's images (the
-    image -> text top 1), and ``--score softmax`` is the softmax over the pair's caption sets (the retrieval
-    softmax over ``--limit`` images when given); ``--score cosine`` is the image-text similarity itself."""
-
-    if not hasattr(samples, "captions"):
-        raise ValueError(f"{samples.description or 'this dataset'}: a retrieval task without captions")
-    own = self_labelled(samples)
-    W = paired_caption_classifier(adapter, own, Reporter())
-    return PairData(cfg, own, [s.id for s in own.samples], W, catalog, settings=dict(RETRIEVAL_SETTINGS))
+def pair_part(output_dir: Path, model: str, task: str) -> Path:
+    """The pair's part file, ``<model>/<task>/curves.part`` beside its results (no method's JSON can take that
+    name); removed once the results are written."""
+    return result_file(output_dir, model, task, "curves").with_suffix(".part")
 
 
 def run_pair(
@@ -95,12 +84,15 @@ def run_pair(
     methods: Sequence[str | type[Attributor]],
     settings: FaithfulnessSettings,
     cci: CCISettings,
-    batch_size: int = 16,
+    options: RunOptions,
+    part: Path | None = None,
 ) -> dict[str, MethodRun]:
     """Every method (a name, or an Attributor class such as RISE with its settings) over every sample of the
     pair, in the run's one pass over the images (``image_pass``: one forward per batch, the masks, then every
     method's curves on the same batch); keyed by method name. Unreadable images are counted in ``data.n_failed``;
-    notes (no token removal, unreadable masks) go to ``data.notes``."""
+    notes (no token removal, unreadable masks) go to ``data.notes``. ``part``: the pair's part file (every
+    ``options.checkpoint_every`` batches; hold its ``partfiles.pair_lock``), resumed from when its header, the
+    curve settings included, matches."""
 
     curves = CurveStep(methods, settings, cci, softmax_temperature(adapter, settings)[0])
     pipeline = Pipeline([MaskStep("dataset"), curves])
@@ -109,13 +101,14 @@ def run_pair(
         data.task,
         data.samples,
         data.classnames,
+        model_spec=data.model_spec,
         catalog=data.catalog,
-        options=RunOptions(batch_size=batch_size, workers=0),  # no part file: a pair is redone whole
+        options=options,
         reporter=Reporter(),
         classifier=data.classifier,
     )
     pipeline.start(ctx)
-    _, failures = image_pass(ctx, pipeline)
+    _, failures = image_pass(ctx, pipeline, part)
     data.n_failed += len(failures)
     done = pipeline.finish()[-1]
     data.notes += done.summary.notes

@@ -12,7 +12,7 @@ runs on no later batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,6 +74,8 @@ class CurveStep(Step):
     """Deletion / insertion curves and localisation of every method's maps, batch by batch."""
 
     name = "faithfulness"
+    # restored on resume (``run.partfiles``): the methods that failed (not asked again), the curves' fractions
+    resumed = ("errors", "x")
 
     def __init__(
         self,
@@ -100,6 +102,12 @@ class CurveStep(Step):
         masks = upstream_masks(ctx, self)
         if masks is not None and ctx.samples.has_masks and _has_patch_grid(ctx.adapter):
             masks.request()
+
+    def run_settings(self) -> dict[str, Any]:
+        """Every setting that decides the records (a part file made with others is not resumed): the methods with
+        their own settings (RISE's masks), the curve settings, CCI's, and the softmax temperature."""
+        methods = {name: _own_settings(cls) for name, cls in self.classes.items()}
+        return {"methods": methods, "settings": asdict(self.settings), "cci": asdict(self.cci), "T": self.temperature}
 
     def process(self, batch: Batch) -> list[CurveRecord]:
         assert self.ctx is not None, "start() first"
@@ -206,3 +214,9 @@ def _has_patch_grid(adapter: Any) -> bool:
     except AdapterContractError:
         return False
     return True
+
+
+def _own_settings(method: type[Attributor]) -> dict[str, Any] | None:
+    """A method's own settings (``RISE.with_settings``), as plain data; None for a method without any."""
+    own = getattr(method, "settings", None)
+    return asdict(own) if is_dataclass(own) and not isinstance(own, type) else None

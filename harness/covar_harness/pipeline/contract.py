@@ -224,6 +224,10 @@ class Step:
 
     name: str = "step"
     active: bool = True  # False (set in ``start``): no ``process`` calls for this pair
+    # attributes beyond the scalar ones (counters, status: always kept) that a resumed pair restores as they were
+    # after its last finished batch (``run.partfiles``): state that later batches or ``finish`` read, such as
+    # which methods failed; plain picklable data, copied with every batch
+    resumed: tuple[str, ...] = ()
 
     @property
     def token_layer(self) -> int | str | None:

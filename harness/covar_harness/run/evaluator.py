@@ -74,6 +74,7 @@ __all__ = [
     "build_classifier",
     "evaluate_task",
     "iterate_batches",
+    "open_task_pair",
     "run",
 ]  # Batch, BatchStep, reporters, iterate_batches (the pass itself moved to pair.py): re-exported
 
@@ -261,6 +262,7 @@ class ClassificationPair:
     ctx: PairContext
     options: RunOptions
     skipped: str = "unreadable image(s)"
+    explained: dict[str, str] = field(default_factory=dict)  # class i is class name i: nothing to add
 
     @classmethod
     def open(
@@ -312,6 +314,27 @@ PAIR_KINDS: dict[str, Callable[..., TaskPair]] = {
 }
 
 
+def open_task_pair(
+    adapter: ModelAdapter,
+    cfg: TaskConfig,
+    catalog: Catalog,
+    options: RunOptions,
+    classifiers: ClassifierCache,
+    reporter: Reporter,
+    model_spec: str | None = None,
+    cost: Cost | None = None,
+) -> TaskPair:
+    """The pair of ``cfg``'s task kind, opened (``PAIR_KINDS``): what ``evaluate_task`` and ``faithfulness`` run
+    their pass on. A kind no entry names fails with one line (it never silently runs as classification)."""
+    kind = task_kind(cfg, catalog)
+    if kind not in PAIR_KINDS:
+        raise ValueError(
+            f"task {cfg.task!r}: format {cfg.dataset['format']!r} registered task_kind {kind!r}; "
+            f"known: {', '.join(PAIR_KINDS)}"
+        )
+    return PAIR_KINDS[kind](adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
+
+
 def evaluate_task(
     adapter: ModelAdapter,
     cfg: TaskConfig,
@@ -329,13 +352,7 @@ def evaluate_task(
     ``cost``: where the pair's phase timings and forward passes go (common/cost.py)."""
 
     cost = cost or Cost()
-    kind = task_kind(cfg, catalog)
-    if kind not in PAIR_KINDS:
-        raise ValueError(
-            f"task {cfg.task!r}: format {cfg.dataset['format']!r} registered task_kind {kind!r}; "
-            f"known: {', '.join(PAIR_KINDS)}"
-        )
-    pair = PAIR_KINDS[kind](adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
+    pair = open_task_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
     pipeline = Pipeline(pair.steps())
     pipeline.start(pair.ctx)
     rows, failures = image_pass(pair.ctx, pipeline, part)

@@ -45,6 +45,9 @@ class TaskPair(Protocol):
 
     ctx: PairContext
     skipped: str  # what the run's warning says an unreadable image takes with it
+    # what class i of ``ctx.classifier`` stands for where it is not class name i (retrieval: image i's caption set):
+    # recorded by what explains classes outside a run's record (the faithfulness result's ``settings``)
+    explained: dict[str, str]
 
     def steps(self) -> list[Step]: ...
 

@@ -1,10 +1,12 @@
 """Resumable pairs: a pair's finished batches, appended to ``<result file>.part`` every N batches.
 
 The file starts with one JSON line, the pair's header: model, task, data fingerprint, sample count, batch size,
-the class embeddings' checksum, ``config.run_settings`` (``RunOptions.result_settings()``) and a random nonce
-naming the file's writer. Then come chunks, each ``length (8 bytes) + HMAC-SHA256 (32 bytes) + pickle`` of the
-writer's nonce, the number of batches before the chunk and the batches it holds: per batch, the zero-shot rows,
-the unreadable images, each step's records and the scalar state of each step (counters such as ``n_seen``).
+the class embeddings' checksum, each step of the pipeline with its ``run_settings()``, ``config.run_settings``
+(``RunOptions.result_settings()``) and a random nonce naming the file's writer. Then come chunks, each
+``length (8 bytes) + HMAC-SHA256 (32 bytes) + pickle`` of the writer's nonce, the number of batches before the
+chunk and the batches it holds: per batch, the zero-shot rows, the unreadable images, each step's records and
+the state of each step (its scalar attributes, counters such as ``n_seen``, and copies of those it names in
+``Step.resumed``).
 
 One process writes a pair's part file at a time: the pair runs under its lock (``pair_lock``, an ``flock`` on
 ``<part>.lock`` that the kernel drops when the holder dies), and another run that reaches the pair meanwhile
@@ -29,6 +31,7 @@ the check before anything is unpickled, and the pair starts over.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -80,15 +83,21 @@ def pair_header(ctx: PairContext) -> dict[str, Any]:
         "batch_size": ctx.options.batch_size,
         "model_fingerprint": model_fingerprint(ctx.model_spec or "", ctx.adapter),  # image-side weights too
         "classifier_sha256": hashlib.sha256(W).hexdigest(),
-        "steps": [step.name for step in ctx.steps],
+        "steps": [[step.name, step.run_settings()] for step in ctx.steps],  # the settings that decide its records
         "run_settings": ctx.options.result_settings(),
     }
     return json.loads(json.dumps(header, default=str))
 
 
 def _step_state(step: Any) -> dict[str, Any]:
-    """A step's scalar attributes (counters, status): restored with its records on resume."""
-    return {k: v for k, v in vars(step).items() if isinstance(v, _SCALARS)} if hasattr(step, "__dict__") else {}
+    """A step's scalar attributes (counters, status) and copies of those it names in ``Step.resumed``: restored
+    with its records on resume."""
+    if not hasattr(step, "__dict__"):
+        return {}
+    named = getattr(step, "resumed", ())
+    return {
+        k: copy.deepcopy(v) if k in named else v for k, v in vars(step).items() if k in named or isinstance(v, _SCALARS)
+    }
 
 
 @dataclass

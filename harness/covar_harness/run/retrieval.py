@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from covar_harness.attribution.step import AttributionStep
-from covar_harness.catalog.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND, task_kind
+from covar_harness.catalog.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
 from covar_harness.common.cost import Cost
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.common.metrics import bootstrap_interval
@@ -56,11 +56,6 @@ SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 10
 DIAGNOSIS_SKIPPED = "diagnosis skipped: a retrieval task has no foreground masks or classes"
 PAIRED_TEXT = "paired_caption_mean"  # what attribution explains on a retrieval task (``caption_sets``)
 OTHER_STEPS_SKIPPED = "analysis steps other than attribution skipped: they explain class predictions"
-
-
-def is_retrieval_task(cfg: TaskConfig, catalog: Catalog) -> bool:
-    """The task's kind (``taskconfig.task_kind``) is retrieval."""
-    return task_kind(cfg, catalog) == TASK_KIND
 
 
 def headline_of(cfg: TaskConfig) -> str:
@@ -116,17 +111,11 @@ def encode_all_captions(adapter: ModelAdapter, samples: Any, reporter: Reporter)
     return texts, torch.tensor([i for i, c in enumerate(captions) for _ in c], dtype=torch.long)
 
 
-def paired_caption_classifier(adapter: ModelAdapter, samples: Any, reporter: Reporter) -> torch.Tensor:
-    """(D, N): per image, the L2-normalised mean of its captions' normalised embeddings: CLIP's recipe for a class
-    embedding from its templates (``text_cache.build_classifier``), with the image's captions as the prompts.
-    Why the mean and not the first caption: it uses every caption, and no caption is privileged by file order.
-    Column i is the text that attribution explains for image i (faithfulness on a retrieval task)."""
-    texts, owner = encode_all_captions(adapter, samples, reporter)
-    return caption_sets(texts, owner, len(samples))
-
-
 def caption_sets(texts: torch.Tensor, text_image: torch.Tensor, n_images: int) -> torch.Tensor:
-    """(D, n_images): column i the L2-normalised mean of the normalised caption rows of image i."""
+    """(D, n_images): column i the L2-normalised mean of the normalised caption rows of image i: CLIP's recipe for
+    a class embedding from its templates (``text_cache.build_classifier``), with the image's captions as the
+    prompts. Why the mean and not the first caption: it uses every caption, and no caption is privileged by file
+    order. Column i is the text that attribution (``run`` and ``faithfulness``) explains for image i."""
 
     sums = torch.zeros(n_images, texts.shape[1]).index_add_(0, text_image, texts)
     return F.normalize(sums, dim=-1).T.contiguous()  # the mean's direction is the sum's
@@ -294,6 +283,7 @@ class RetrievalPair:
     maps: Step | None = None
     embeddings: ImageEmbeddingStep = field(default_factory=ImageEmbeddingStep)
     skipped: str = "unreadable image(s) and their captions"  # what the run's warning says was left out
+    explained: dict[str, str] = field(default_factory=lambda: {"task_kind": TASK_KIND, "explained_text": PAIRED_TEXT})
 
     @classmethod
     def open(
@@ -352,7 +342,8 @@ class RetrievalPair:
             metrics.update(done.summary.metrics)
             intervals.update(done.summary.intervals)
             if done.summary.config is not None:
-                text = {"explained_text": PAIRED_TEXT} if done.step.active and done.step in self.attribution else {}
+                explains = done.step.active and done.step in self.attribution
+                text = {"explained_text": self.explained["explained_text"]} if explains else {}
                 config[done.step.name] = {**done.summary.config, **text}
             notes += done.summary.notes
             for record in done.records if done.summary.log_records else ():

@@ -22,14 +22,7 @@ def add_scale_flags(ex) -> None:
         help="class-text embeddings kept across runs (default: $COVAR_HARNESS_TEXT_CACHE or "
         "~/.cache/covar-harness/text-embeddings; none: off)",
     )
-    ex.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=10,
-        metavar="N",
-        help="append finished batches to the pair's .part file every N batches, so an interrupted pair resumes "
-        "(default: 10; 0: off)",
-    )
+    add_checkpoint_flag(ex)
     ex.add_argument(
         "--dist-timeout",
         type=float,
@@ -37,4 +30,16 @@ def add_scale_flags(ex) -> None:
         metavar="SECONDS",
         help="under torchrun / accelerate launch: how long a rank waits for the others' shares of a pair (or "
         "rank 0's result) before the pair fails on every rank (default: 3600)",
+    )
+
+
+def add_checkpoint_flag(ex) -> None:
+    """``--checkpoint-every``: ``run``'s and ``faithfulness``'s (both resume a pair from its part file)."""
+    ex.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="append finished batches to the pair's .part file every N batches, so an interrupted pair resumes "
+        "(default: 10; 0: off)",
     )
