@@ -5,9 +5,13 @@ retrieval pair opens as the run's (``open_task_pair``) and resumes the same way.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from captions import make_captions_dataset, write_yaml
+from covar_harness.common.metrics import BOOTSTRAP_VERSION
 from covar_harness.faithfulness.step import CurveStep
 from helpers import run_cli_inprocess
 
@@ -100,3 +104,16 @@ def test_checkpoint_every_0_keeps_no_part_file_and_a_negative_one_is_refused(com
     assert not list(out.rglob("*.part"))
     r = run(out, "--checkpoint-every", "-1")
     assert r.returncode == 2 and "--checkpoint-every" in r.stderr
+
+
+def test_the_command_shows_progress_and_records_how_its_intervals_were_drawn(command, tmp_path):
+    """Faithfulness is long work (every method's curves per image): its pass reports progress like a run's (a
+    line per pair's images when stderr is a log, not a terminal); and each result says which bootstrap drew its
+    intervals (``settings.bootstrap``), as a run's ``config.run_settings.bootstrap`` does."""
+
+    run, n_batches = command
+    proc = run(tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\[0:00:\d\d\] .+: \d+ to do$", proc.stderr, flags=re.M), proc.stderr
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("*.json")]
+    assert results and {r["settings"]["bootstrap"] for r in results} == {BOOTSTRAP_VERSION}

@@ -42,6 +42,7 @@ from covar_harness.run.evaluator import RunOptions
 from covar_harness.run.partfiles import pair_lock
 from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.plan import check_data, check_device, check_writable
+from covar_harness.run.progress import Reporter, progress_reporter
 from covar_harness.run.text_cache import ClassifierCache
 
 DEFAULT_ATTRIBUTORS = "cci,random,occlusion"
@@ -100,15 +101,17 @@ def cmd_faithfulness(args: Namespace) -> int:
     notes = check_data(tasks, catalog, args.data_dir)
     err = console(stderr=True)
     results: list[dict[str, Any]] = []
-    for ref in models:
-        results += _run_model(ref, [t for t in tasks if t.task not in notes], catalog, methods, settings, cci, args)
+    todo = [t for t in tasks if t.task not in notes]
+    with progress_reporter(len(models) * len(todo)) as reporter:  # bars in a terminal, lines in a log
+        for ref in models:
+            results += _run_model(ref, todo, catalog, methods, settings, cci, args, reporter)
     for task, note in notes.items():
         err.print(f"skipped {task}: {note}", markup=False)
     _print_table(console(), results, settings)
     return 1 if any(r.get("error") for r in results) else 0
 
 
-def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[str, Any]]:
+def _run_model(ref, tasks, catalog, methods, settings, cci, args, reporter: Reporter) -> list[dict[str, Any]]:
     """Load one model, then every task: maps, curves, result files and the curve plots per pair."""
 
     adapter = load_model(ref.spec, args.device, args.precision, args.cache_dir, catalog=catalog)
@@ -120,9 +123,9 @@ def _run_model(ref, tasks, catalog, methods, settings, cci, args) -> list[dict[s
     for cfg in tasks:
         part = pair_part(output_dir(args, settings), ref.spec, cfg.task)
         with pair_lock(part):  # another process on this pair: PairBusy, one line
-            data = open_pair_data(adapter, cfg, catalog, classifiers, options, ref.spec)
+            data = open_pair_data(adapter, cfg, catalog, classifiers, options, ref.spec, reporter)
             data.settings.update(temperature=temperature, temperature_from=source)
-            runs = run_pair(adapter, data, methods, settings, cci, options, part)
+            runs = run_pair(adapter, data, methods, settings, cci, options, part, reporter)
             out += _write_pair(ref.spec, cfg.task, runs, data, settings, configs, args)
             remove_part(part)  # the results are written: the pair is done
     return out

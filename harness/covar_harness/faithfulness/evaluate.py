@@ -54,12 +54,18 @@ class PairData:
 
 
 def open_pair_data(
-    adapter: Any, cfg: TaskConfig, catalog: Catalog, classifiers: ClassifierCache, options: RunOptions, spec: str
+    adapter: Any,
+    cfg: TaskConfig,
+    catalog: Catalog,
+    classifiers: ClassifierCache,
+    options: RunOptions,
+    spec: str,
+    reporter: Reporter | None = None,
 ) -> PairData:
     """The pair of the task's kind as the run opens it (``open_task_pair``); what it explains beyond class names
     (a retrieval pair's caption sets) goes to the result's settings."""
 
-    pair = open_task_pair(adapter, cfg, catalog, options, classifiers, Reporter(), spec)
+    pair = open_task_pair(adapter, cfg, catalog, options, classifiers, reporter or Reporter(), spec)
     ctx = pair.ctx
     if ctx.class_map is not None:  # scores are max-logit buckets there: no one linear classifier to perturb
         raise ValueError(
@@ -86,6 +92,7 @@ def run_pair(
     cci: CCISettings,
     options: RunOptions,
     part: Path | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, MethodRun]:
     """Every method (a name, or an Attributor class such as RISE with its settings) over every sample of the
     pair, in the run's one pass over the images (``image_pass``: one forward per batch, the masks, then every
@@ -104,7 +111,7 @@ def run_pair(
         model_spec=data.model_spec,
         catalog=data.catalog,
         options=options,
-        reporter=Reporter(),
+        reporter=reporter or Reporter(),  # the command's bars; silent when called as a library
         classifier=data.classifier,
     )
     pipeline.start(ctx)

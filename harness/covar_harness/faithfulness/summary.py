@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from covar_harness.common.metrics import bootstrap_interval, paired_ratio_difference, source_clusters
+from covar_harness.common.metrics import BOOTSTRAP_VERSION, bootstrap_interval, paired_ratio_difference, source_clusters
 from covar_harness.common.safe_files import slug
 from covar_harness.faithfulness.settings import FaithfulnessSettings
 from covar_harness.faithfulness.step import MethodRun
@@ -107,7 +107,7 @@ def result_object(
         "metrics": metrics,
         "paired": paired or {},
         "curves": mean_curves(run),
-        "settings": settings.record(),
+        "settings": {**settings.record(), "bootstrap": BOOTSTRAP_VERSION},  # how the intervals were drawn
         "attribution_settings": cci,
         "samples": samples,
     }
