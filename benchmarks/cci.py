@@ -65,7 +65,8 @@ def end_to_end(
     adapter, task_yaml: Path, batch_size: int, workers: int, steps: list, repeats: int, device: str
 ) -> float:
     from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.run.evaluator import RunOptions, evaluate_task
+    from covar_harness.run.evaluator import evaluate_task
+    from covar_harness.run.options import RunOptions
     from covar_harness.run.progress import Reporter
     from covar_harness.run.text_cache import ClassifierCache
 

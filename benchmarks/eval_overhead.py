@@ -47,7 +47,8 @@ def bare_loop(adapter, files: list[Path], batch_size: int) -> float:
 
 def harness(adapter, task_yaml: Path, batch_size: int, workers: int) -> float:
     from covar_harness.catalog.plugin_manager import load_catalog
-    from covar_harness.run.evaluator import RunOptions, evaluate_task
+    from covar_harness.run.evaluator import evaluate_task
+    from covar_harness.run.options import RunOptions
     from covar_harness.run.progress import Reporter
     from covar_harness.run.text_cache import ClassifierCache
 

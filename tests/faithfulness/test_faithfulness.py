@@ -29,7 +29,7 @@ from covar_harness.faithfulness import (
 from covar_harness.faithfulness.evaluate import PairData, run_pair
 from covar_harness.faithfulness.importance import importance_maps
 from covar_harness.faithfulness.step import CurveStep
-from covar_harness.run.evaluator import RunOptions
+from covar_harness.run.options import RunOptions
 from covar_harness_plugins import cci as builtin_attributors  # noqa: F401 - defines occlusion, rise
 from toy_vit import GRID, LAYOUTS, TopLeftReader, layout
 

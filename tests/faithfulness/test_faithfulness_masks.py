@@ -22,7 +22,7 @@ from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.catalog.taskconfig import TaskConfig
 from covar_harness.faithfulness.evaluate import PairData, run_pair
 from covar_harness.faithfulness.settings import FaithfulnessSettings
-from covar_harness.run.evaluator import RunOptions
+from covar_harness.run.options import RunOptions
 from helpers import patch_everywhere, run_cli_inprocess
 from toy_vit import LAYOUTS, SIDE, TopLeftReader, layout, load_masked
 

@@ -11,7 +11,8 @@ import covar_harness
 from covar_harness.catalog.plugin_manager import load_catalog
 from covar_harness.common.metrics import bootstrap_interval, classification_metrics
 from covar_harness.models.specs import resolve_models
-from covar_harness.run.evaluator import PAIR_KINDS, RunOptions, evaluate_task, run
+from covar_harness.run.evaluator import PAIR_KINDS, evaluate_task, run
+from covar_harness.run.options import RunOptions
 from covar_harness.run.progress import Reporter
 from covar_harness.run.text_cache import ClassifierCache, build_classifier
 from helpers import make_image_folder, write_task_yaml

@@ -123,7 +123,8 @@ def evaluate(tmp_path: Path, steps: list, rules=("paper", "counterfactual"), ext
     """``evaluate_task`` on the toy task with ``steps`` and diagnosis under ``rules`` (dataset masks)."""
     from covar_harness.catalog.plugin_manager import load_catalog
     from covar_harness.diagnosis.rules import DiagnosisSettings
-    from covar_harness.run.evaluator import RunOptions, evaluate_task
+    from covar_harness.run.evaluator import evaluate_task
+    from covar_harness.run.options import RunOptions
     from covar_harness.run.progress import Reporter
     from covar_harness.run.text_cache import ClassifierCache
 

@@ -160,8 +160,10 @@ def test_progress_is_printed_as_lines_when_not_a_terminal(openclip_dir, two_task
 def test_line_reporter_reports_long_pairs_every_interval():
     import io
 
+    from covar_harness.run.progress import LineReporter
+
     stream = io.StringIO()
-    reporter = evaluator.LineReporter(stream, every_s=0.0)
+    reporter = LineReporter(stream, every_s=0.0)
     handle = reporter.task("[bold]toy/x[/bold]", 10)
     reporter.advance(handle, 4)
     assert "toy/x: 4/10 in" in stream.getvalue()

@@ -23,7 +23,8 @@ from covar_harness.masks.segmenter import check_segmenter_settings, parse_segmen
 from covar_harness.models.args import parse as parse_model_args
 from covar_harness.models.specs import resolve_models
 from covar_harness.pipeline.contract import Step
-from covar_harness.run.evaluator import RunOptions, run
+from covar_harness.run.evaluator import run
+from covar_harness.run.options import RunOptions
 from covar_harness.run.plan import check_writable, parse_shard, plan_run
 from covar_harness.run.progress import progress_reporter
 from covar_harness.run.text_cache import default_text_cache

@@ -45,7 +45,7 @@ from covar_harness.diagnosis.rules import RULES, DiagnosisRecord, DiagnosisSetti
 from covar_harness.models.adapter import AdapterContractError, attribution_support
 from covar_harness.models.specs import ModelLoadError, load_model
 from covar_harness.pipeline.contract import Batch, Finished, PairContext, Pipeline, SampleRecord, Step
-from covar_harness.run.evaluator import RunOptions
+from covar_harness.run.options import RunOptions
 from covar_harness.run.pair import image_pass
 from covar_harness.run.progress import Reporter
 from covar_harness.run.text_cache import ClassifierCache, default_text_cache, store_for

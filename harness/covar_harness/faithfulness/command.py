@@ -38,7 +38,7 @@ from covar_harness.faithfulness.summary import (
 from covar_harness.models.specs import load_model, resolve_models
 from covar_harness.results.faithfulness import BASELINES, PAIRED_CAPTION
 from covar_harness.results.files import samples_path, write_json, write_jsonl
-from covar_harness.run.evaluator import RunOptions
+from covar_harness.run.options import RunOptions
 from covar_harness.run.partfiles import pair_lock
 from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.plan import check_data, check_device, check_writable

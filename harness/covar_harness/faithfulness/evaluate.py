@@ -22,7 +22,8 @@ from covar_harness.faithfulness.summary import result_file
 from covar_harness.masks.step import MaskStep
 from covar_harness.models.adapter import logit_scale
 from covar_harness.pipeline.contract import PairContext, Pipeline
-from covar_harness.run.evaluator import RunOptions, open_task_pair
+from covar_harness.run.evaluator import open_task_pair
+from covar_harness.run.options import RunOptions
 from covar_harness.run.pair import image_pass
 from covar_harness.run.progress import Reporter
 

@@ -77,7 +77,7 @@ class StepSummary(JsonRecord):
 
 # ---- context and batch ------------------------------------------------------------------------------------------
 class RunSettings(Protocol):
-    """What steps and the per-pair pass read of the run's options; ``run.evaluator.RunOptions`` is the one
+    """What steps and the per-pair pass read of the run's options; ``run.options.RunOptions`` is the one
     implementation. A protocol here, so that the contract does not import the run stage above it."""
 
     data_dir: Path | None

@@ -11,7 +11,6 @@ inside the one pass over the images.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -24,21 +23,16 @@ from covar_harness.catalog.taskconfig import CLASSIFICATION, TASK_KIND, task_kin
 from covar_harness.common.console import markup, safe
 from covar_harness.common.cost import Cost, ForwardMeter, reset_peak
 from covar_harness.common.interrupt import INTERRUPT
-from covar_harness.common.metrics import BOOTSTRAP_VERSION
 from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples, task_classnames, task_digest, task_templates
-from covar_harness.diagnosis.distractors import DistractorStep
-from covar_harness.diagnosis.step import DiagnosisStep
-from covar_harness.masks.step import MaskStep
 from covar_harness.models.adapter import adapter_family, implements
 from covar_harness.models.specs import load_model, resolve_device
-from covar_harness.pipeline.contract import Batch, BatchStep, Finished, PairContext, Pipeline, Step
+from covar_harness.pipeline.contract import Finished, PairContext, Pipeline, Step
 from covar_harness.results import files as results
-from covar_harness.results.maps import MapStep
 from covar_harness.run import batch_size, retrieval
-from covar_harness.run.batches import iterate_batches
 from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifiers, ShareDone, agree_token, detect_world
 from covar_harness.run.distributed import provenance as dist_provenance
+from covar_harness.run.options import PairOutcome, RunOptions
 from covar_harness.run.pair import (
     TaskPair,
     classnames_ref,
@@ -51,8 +45,8 @@ from covar_harness.run.pair import (
 from covar_harness.run.partfiles import pair_lock, part_path
 from covar_harness.run.partfiles import remove as remove_part
 from covar_harness.run.plan import plan_run
-from covar_harness.run.progress import LineReporter, Reporter
-from covar_harness.run.text_cache import TEXT_BATCH, ClassifierCache, build_classifier, store_for
+from covar_harness.run.progress import Reporter
+from covar_harness.run.text_cache import ClassifierCache, store_for
 
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
@@ -61,147 +55,8 @@ if TYPE_CHECKING:
     from covar_harness.models.specs import ModelRef
     from covar_harness.run.plan import PlannedPair
 
-__all__ = [
-    "INTERRUPT",
-    "Batch",
-    "BatchStep",
-    "ClassifierCache",
-    "LineReporter",
-    "PairOutcome",
-    "Reporter",
-    "RunOptions",
-    "TEXT_BATCH",
-    "build_classifier",
-    "evaluate_task",
-    "iterate_batches",
-    "open_task_pair",
-    "run",
-]  # Batch, BatchStep, reporters, iterate_batches (the pass itself moved to pair.py): re-exported
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunOptions:
-    output_dir: Path = Path("results")
-    data_dir: Path | None = None
-    batch_size: int | str = 64  # or "auto": resolved per model in _run_model (batch_size.py)
-    workers: int | None = None  # None: min(4, cpu count)
-    device: str = "auto"
-    precision: str = "fp32"
-    limit: int | None = None
-    seed: int = 0
-    log_samples: bool = False
-    overwrite: bool = False
-    cache_dir: str | None = None
-    steps: list[Any] = field(default_factory=list)  # analysis steps (attribution), see pipeline.BatchStep
-    diagnosis: Any = None  # covar_harness.diagnosis.rules.DiagnosisSettings; None: no fg/bg diagnosis
-    segmenter: str = "auto"  # where foreground masks come from: auto | dataset | groundedsam | plugin | none
-    segmenter_settings: dict = field(default_factory=dict)
-    shard: tuple[int, int] | None = None  # (i, n): only the i-th of n shards of the pairs (plan.shard_pairs)
-    text_cache: Path | None = None  # persistent class-text embeddings (text_cache.py); None: in memory only
-    checkpoint_every: int = 0  # batches between appends to the pair's part file (partfiles.py); 0: no part file
-    dist_timeout: float = 3600.0  # seconds a rank waits for the others (distributed.py)
-    world: Any = None  # distributed.World of a torchrun / accelerate job; None: from the environment in ``run``
-    distractors: Any = None  # covar_harness.diagnosis.distractors.DistractorSettings; None or not enabled: no check
-    batch_size_auto: dict | None = None  # how ``--batch-size auto`` was resolved for the model (batch_size.py)
-    model_args: dict = field(default_factory=dict)  # --model-args (model_args.py); per model: merged with SPEC@...
-    concepts: Any = None  # a covar_harness.concepts.ConceptStep (--concepts): names the regions, last; None: off
-
-    @property
-    def rows_per_batch(self) -> int:
-        """The batch size once ``auto`` has been resolved for the model (``_with_batch_size``)."""
-        if not isinstance(self.batch_size, int):
-            raise RuntimeError("--batch-size auto read before it was resolved for the model")
-        return self.batch_size
-
-    def result_settings(self) -> dict[str, Any]:
-        """Every setting that can change a number in a result file: recorded in it as ``config.run_settings``
-        and compared before an existing file is reused (resume)."""
-        steps = {step.name: step.run_settings() for step in self.steps}
-        diagnosis = None
-        if self.diagnosis is not None:  # the diagnosis's settings and those of the masks it reads
-            diagnosis = {**DiagnosisStep(self.diagnosis).run_settings(), **self.mask_step().run_settings()}
-        settings = {
-            "precision": self.precision,
-            "seed": self.seed,
-            "limit": self.limit,
-            "steps": steps,
-            "diagnosis": diagnosis,
-        }
-        if self.model_args:  # recorded only when given: results written before model arguments existed still resume
-            settings["model_args"] = dict(self.model_args)
-        if self._distractors_on():  # recorded only when on: results written before the check existed still resume
-            settings["distractors"] = self.distractors.as_config()
-        if self.concepts is not None:  # recorded only when on: results written before naming existed still resume
-            settings["concepts"] = self.concepts.run_settings()
-        # how every interval draws its replicates, last (where rescore adds it): files made with the old draws do
-        # not resume (issue 26)
-        settings["bootstrap"] = BOOTSTRAP_VERSION
-        return json.loads(json.dumps(settings, default=str))  # as it reads back from the file (lists, not tuples)
-
-    def for_model(self, ref: Any) -> RunOptions:
-        """These options for one model: ``--model-args`` and the spec's own ``@key=value`` arguments (which win)
-        in place of the run's precision, device and cache folder."""
-        args = {**self.model_args, **getattr(ref, "arguments", {})}
-        if not args:
-            return self
-        return replace(
-            self,
-            precision=args.get("precision", self.precision),
-            device=args.get("device", self.device),
-            cache_dir=args.get("cache_dir", self.cache_dir),
-            model_args=args,
-        )
-
-    def cluster_counts(self) -> list[int]:
-        """The K of every analysis step that clusters (its ``settings.k``): what the patch count must allow and
-        what a batch's removal call holds. Third-party steps need not have settings."""
-        ks = (getattr(getattr(step, "settings", None), "k", None) for step in self.steps)
-        return [k for k in ks if isinstance(k, int)]
-
-    def mask_step(self) -> MaskStep:
-        """The step that makes the foreground masks (``--segmenter``), first in the pipeline."""
-        return MaskStep(self.segmenter, self.segmenter_settings)
-
-    def analysis_steps(self) -> list[Step]:
-        """The pipeline of every pair, in order (docs/design.md section 7): the masks (made only when the
-        diagnosis asks), the analysis steps (attribution), the diagnosis that reads both, the distractor check,
-        the ``--save-maps`` overlays captioned from the diagnosis, then concept naming."""
-        if self.diagnosis is None:
-            before: list[Step] = []
-            after: list[Step] = []
-        else:
-            before, after = [self.mask_step()], [DiagnosisStep(self.diagnosis)]
-            if self._distractors_on():
-                after.append(DistractorStep(self.distractors))
-        maps = self.map_step()
-        if maps is not None:
-            after.append(maps)
-        if self.concepts is not None:  # reads attribution's and the diagnosis's records of the same batch
-            after.append(self.concepts)
-        return [*before, *self.steps, *after]
-
-    def map_step(self) -> MapStep | None:
-        """The ``--save-maps`` step (the folder is the attribution step's ``save_maps``), or None without it."""
-        roots = [root for root in (getattr(step, "save_maps", None) for step in self.steps) if root is not None]
-        return MapStep(roots[0]) if roots else None
-
-    def _distractors_on(self) -> bool:
-        return self.diagnosis is not None and getattr(self.distractors, "enabled", False) is True
-
-
-@dataclass
-class PairOutcome:
-    model: str
-    task: str
-    status: str  # done | skipped | failed
-    path: Path
-    metrics: dict = field(default_factory=dict)
-    error: str = ""
-    n_failed: int = 0
-    advice: str = ""  # what to do about the error, the same for every pair it hits (print once)
-    headline: str = "acc1"  # the task's headline metric: what the progress line and the summary show
 
 
 # ---- one model x task ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.specs import ModelRef
-    from covar_harness.run.evaluator import RunOptions
+    from covar_harness.run.options import RunOptions
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 

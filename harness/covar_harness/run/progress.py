@@ -29,7 +29,7 @@ from rich.text import Text
 from covar_harness.common.console import clip, console, safe
 
 if TYPE_CHECKING:
-    from covar_harness.run.evaluator import PairOutcome
+    from covar_harness.run.options import PairOutcome
 
 log = logging.getLogger("covar_harness.run.evaluator")
 

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.adapter import ModelAdapter
-    from covar_harness.run.evaluator import RunOptions
+    from covar_harness.run.options import RunOptions
     from covar_harness.run.progress import Reporter
 
 SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 100 MB at most

@@ -50,7 +50,8 @@ from covar_harness.common.metrics import auroc_replicates, percentile_interval
 from covar_harness.common.safe_files import atomic_write
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
 from covar_harness.models.specs import load_model
-from covar_harness.run.evaluator import RunOptions, evaluate_task
+from covar_harness.run.evaluator import evaluate_task
+from covar_harness.run.options import RunOptions
 from covar_harness.run.progress import Reporter, progress_reporter
 from covar_harness.run.text_cache import ClassifierCache
 
