@@ -170,28 +170,36 @@ def null_columns(present: np.ndarray, orders: Sequence[np.ndarray]) -> np.ndarra
 
 
 def null_counts(
-    score: PatchScore, threshold: float, table: np.ndarray, index: np.ndarray, fg: np.ndarray, columns: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample, over its null's draws: how many call fg (score >= ``threshold``) and how many are decided.
-    ``table`` (M, W) values, ``index`` (M, N) the column of each patch, ``fg`` (M, N), ``columns`` (M, D, W)
-    from :func:`null_columns`. All draws of all samples go through ``score`` at once, in slices of at most
-    ``NULL_BLOCK`` elements."""
+    scores: Sequence[tuple[PatchScore, float]],
+    table: np.ndarray,
+    index: np.ndarray,
+    fg: np.ndarray,
+    columns: np.ndarray,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per ``(score, threshold)`` of ``scores``, per sample, over its null's draws: how many call fg (score >=
+    threshold) and how many are decided. ``table`` (M, W) values, ``index`` (M, N) the column of each patch,
+    ``fg`` (M, N), ``columns`` (M, D, W) from :func:`null_columns`. All draws of all samples go through each score
+    at once, in slices of at most ``NULL_BLOCK`` elements; the rules reading the same values (paper and area both
+    read ``importance``) score one gather of the permuted patch values, made once, not once per rule."""
 
     rows, draws = columns.shape[:2]
     n = index.shape[1]
     step = max(1, NULL_BLOCK // max(1, draws * n))
-    calls, decided = [], []
+    calls: list[list[np.ndarray]] = [[] for _ in scores]
+    decided: list[list[np.ndarray]] = [[] for _ in scores]
     for a in range(0, rows, step):
         b = min(rows, a + step)
         drawn = np.take_along_axis(table[a:b, None, :], columns[a:b], axis=2)  # (m, D, W) permuted values
         values = np.take_along_axis(drawn, np.broadcast_to(index[a:b, None, :], (b - a, draws, n)), axis=2)
-        scores, ok = score(values, fg[a:b, None, :])
-        with np.errstate(invalid="ignore"):
-            calls.append(((scores >= threshold) & ok).sum(axis=1))
-        decided.append(ok.sum(axis=1))
-    if not calls:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(calls), np.concatenate(decided)
+        for k, (score, threshold) in enumerate(scores):
+            got, ok = score(values, fg[a:b, None, :])
+            with np.errstate(invalid="ignore"):
+                calls[k].append(((got >= threshold) & ok).sum(axis=1))
+            decided[k].append(ok.sum(axis=1))
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return [(empty, empty) for _ in scores]
+    return [(np.concatenate(c), np.concatenate(d)) for c, d in zip(calls, decided)]
 
 
 # ---- the scores of the built-in rules -----------------------------------------------------------------------------

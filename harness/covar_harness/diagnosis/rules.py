@@ -410,7 +410,6 @@ def diagnose_batch(
     correct = [c.label == c.pred for c in cases]
     fine = [is_fine(groups, c.label, c.pred) for c in cases]
     outcomes: list[dict[str, RuleOutcome]] = [{} for _ in cases]
-    draws: dict[tuple[int, int], np.ndarray] = {}  # the null's columns per case, shared by the rules
     assign = BlockSet(  # grids and int64 cluster ids, once for all rules
         [
             (i, c.fg, c.evidence.assignments)
@@ -418,10 +417,14 @@ def diagnose_batch(
             if c.fg is not None and c.evidence.assignments is not None
         ]
     )
-    for name in settings.rules:
-        for out, outcome in zip(outcomes, _rule_outcomes(RULES[name], cases, assign, correct, fine, settings, draws)):
-            out[name] = outcome
     masked = [i for i, c in enumerate(cases) if c.fg is not None]
+    rules = [RULES[name] for name in settings.rules]
+    scored = [_rule_scores(rule_, cases, assign, masked, settings) for rule_ in rules]
+    decided = [[i for i in masked if s.drivers[i] is not None] for s in scored]
+    nulls = _null_shares(rules, cases, assign, decided, settings)
+    for name, s, null in zip(settings.rules, scored, nulls):
+        for out, outcome in zip(outcomes, _rule_outcomes(s, null, cases, correct, fine)):
+            out[name] = outcome
     grids = dict(zip(masked, logged_grids([_grid(cases[i]) for i in masked])))
     areas = grid_means({i: _grid(cases[i]) for i in masked})
     return [
@@ -448,18 +451,22 @@ def _truth(case: Case) -> tuple[bool | None, bool | None]:
     return region_truth(case.evidence, case.pred) if case.fg is not None else (None, None)
 
 
-def _rule_outcomes(
-    rule_: Rule,
-    cases: Sequence[Case],
-    assign: BlockSet,
-    correct: list[bool],
-    fine: list[bool],
-    settings: DiagnosisSettings,
-    draws: dict[tuple[int, int], np.ndarray],
-) -> list[RuleOutcome]:
-    """One rule's outcome for every case: score and driver, per explained target, and the null's share
-    (``assign``: the masked cases with cluster ids, as blocks)."""
-    masked = [i for i, c in enumerate(cases) if c.fg is not None]
+@dataclass
+class RuleScores:
+    """One rule's scores over a batch: per masked case its score and driver, and per explained target
+    (``by_target``, {} for a rule not reading importances) each case's score; the threshold that called them."""
+
+    scores: dict[int, float | None]
+    drivers: dict[int, str | None]
+    by_target: dict[str, dict[int, float | None]]
+    threshold: float
+
+
+def _rule_scores(
+    rule_: Rule, cases: Sequence[Case], assign: BlockSet, masked: list[int], settings: DiagnosisSettings
+) -> RuleScores:
+    """One rule's score and driver of every masked case, and per explained target (``assign``: the masked
+    cases with cluster ids, as blocks)."""
     scores = _scores(rule_, cases, assign, masked)
     threshold = rule_.threshold(settings)
     drivers = {i: _driver(s, threshold) for i, s in scores.items()}
@@ -467,7 +474,14 @@ def _rule_outcomes(
     if rule_.null_field == "importance":
         targets = [i for i in masked if cases[i].evidence.by_target is not None]
         by_target = {t: _target_scores(rule_, cases, assign, targets, t, scores) for t in ("pred", "label")}
-    nulls = _null_shares(rule_, cases, assign, [i for i in masked if drivers[i] is not None], settings, draws)
+    return RuleScores(scores, drivers, by_target, threshold)
+
+
+def _rule_outcomes(
+    scored: RuleScores, nulls: dict[int, float | None], cases: Sequence[Case], correct: list[bool], fine: list[bool]
+) -> list[RuleOutcome]:
+    """One rule's outcome for every case: score and driver, per explained target, and the null's share."""
+    by_target, threshold = scored.by_target, scored.threshold
 
     def outcome(i: int, score: float | None, driver: str | None) -> RuleOutcome:
         return RuleOutcome(score, driver, None if cases[i].fg is None else error_type(correct[i], driver, fine[i]))
@@ -479,9 +493,9 @@ def _rule_outcomes(
             per_target = {
                 t: outcome(i, by_target[t][i], _driver(by_target[t][i], threshold)) for t in case.evidence.by_target
             }
-        driver = drivers.get(i)
+        driver = scored.drivers.get(i)
         kind = None if case.fg is None else error_type(correct[i], driver, fine[i])
-        out.append(RuleOutcome(scores.get(i), driver, kind, nulls.get(i), per_target))
+        out.append(RuleOutcome(scored.scores.get(i), driver, kind, nulls.get(i), per_target))
     return out
 
 
@@ -544,33 +558,66 @@ def _with_importance(evidence: Evidence, target: str) -> Evidence:
 
 
 def _null_shares(
-    rule_: Rule,
+    rules: Sequence[Rule],
     cases: Sequence[Case],
     assign: BlockSet,
-    rows: list[int],
+    rows: Sequence[list[int]],
+    settings: DiagnosisSettings,
+) -> list[dict[int, float | None]]:
+    """Per rule, the null's share of fg calls for each case at its ``rows`` (decided, with a mask); {} without a
+    null. The :func:`patch_rule` rules permuting the same field are scored together (:func:`_patch_nulls`); a rule
+    given per sample is called once per case and draw."""
+
+    out: list[dict[int, float | None]] = [{} for _ in rules]
+    shared: dict[str, list[int]] = {}  # field -> the rules (positions) whose null permutes it
+    for k, rule_ in enumerate(rules):
+        if rule_.null_field is None or settings.null_draws <= 0 or not rows[k]:
+            continue
+        if rule_.on_patches is None:
+            seeds = {i: _null_seed(settings.seed, _seed_id(cases[i])) for i in rows[k]}
+            out[k] = {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows[k]}
+        else:
+            shared.setdefault(rule_.null_field, []).append(k)
+    draws: dict[tuple[int, int], np.ndarray] = {}  # the null's permutations per case, shared by the fields
+    for ks in shared.values():
+        for k, got in zip(
+            ks, _patch_nulls([rules[k] for k in ks], cases, assign, [rows[k] for k in ks], settings, draws)
+        ):
+            out[k] = got
+    return out
+
+
+def _patch_nulls(
+    rules: Sequence[Rule],
+    cases: Sequence[Case],
+    assign: BlockSet,
+    rows: Sequence[list[int]],
     settings: DiagnosisSettings,
     draws: dict[tuple[int, int], np.ndarray],
-) -> dict[int, float | None]:
-    """The null's share of fg calls for each case at ``rows`` (decided, with a mask); {} without a null. A
-    :func:`patch_rule` scores all draws of all cases at once; ``draws`` keeps each case's permutations for the
-    next rule reading the same number of values (the same seed gives the same draws)."""
+) -> list[dict[int, float | None]]:
+    """The nulls of :func:`patch_rule` rules permuting the same field: all draws of all cases at once, each draw's
+    patch values gathered once and scored by every rule (``arrays.null_counts``); a rule's shares kept for its
+    own ``rows``. A case's null is its own whatever else is in the batch, so scoring the union is exact.
+    ``draws`` keeps each case's permutations for the next field with as many values (same seed, same draws)."""
 
-    if rule_.null_field is None or settings.null_draws <= 0 or not rows:
-        return {}
-    if rule_.on_patches is None:  # a rule given per sample: one call per case and draw
-        seeds = {i: _null_seed(settings.seed, _seed_id(cases[i])) for i in rows}
-        return {i: null_fg_share(rule_, cases[i].evidence, _grid(cases[i]), settings, seeds[i]) for i in rows}
-    values = {i: _rule_values(rule_, cases[i].evidence, None) or () for i in rows}
-    out: dict[int, float | None] = {}
-    kept = [i for i in rows if i in assign.where]  # a decided case without cluster ids reads no values: none
-    for block in assign.take(kept) + blocks([(i, cases[i].fg, ()) for i in rows if i not in assign.where]):
+    union = sorted(set().union(*rows))
+    values = {i: _rule_values(rules[0], cases[i].evidence, None) or () for i in union}
+    scores = [(rule_.on_patches, rule_.threshold(settings)) for rule_ in rules if rule_.on_patches is not None]
+    wanted = [set(r) for r in rows]
+    out: list[dict[int, float | None]] = [{} for _ in rules]
+    kept = [i for i in union if i in assign.where]  # a decided case without cluster ids reads no values: none
+    for block in assign.take(kept) + blocks([(i, cases[i].fg, ()) for i in union if i not in assign.where]):
         table, lengths = value_table([values[i] for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         present = present_clusters(index, table.shape[1])
         orders = [_order(draws, cases, i, int(n), settings) for i, n in zip(block.rows, present.sum(1).tolist())]
-        columns = null_columns(present, orders)
-        calls, decided = null_counts(rule_.on_patches, rule_.threshold(settings), table, index, block.fg, columns)
-        out.update({i: None if d == 0 else c / d for i, c, d in zip(block.rows, calls.tolist(), decided.tolist())})
+        counted = null_counts(scores, table, index, block.fg, null_columns(present, orders))
+        for k, (calls, decided) in enumerate(counted):
+            out[k].update(
+                (i, None if d == 0 else c / d)
+                for i, c, d in zip(block.rows, calls.tolist(), decided.tolist())
+                if i in wanted[k]
+            )
     return out
 
 
