@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -109,6 +109,28 @@ def is_fine(relation: FineRelation | dict[int, Any] | None, label: int, pred: in
     if isinstance(relation, FineRelation):
         return relation.fine(label, pred)
     return share_group(relation, label, pred)
+
+
+def pairs_text(pairs: Iterable[tuple[int, int]]) -> str:
+    """The (label, pred) pairs of a result's errors that a rule calls fine-grained, as the result records them
+    (``config.diagnosis.fine_rules[rule].fine_pairs``, sample log version 3): "label:pred", sorted, one space
+    apart. A rule relates label and prediction only, so these pairs are all ``rescore`` needs of it, not a
+    ``fine_by_rule`` entry on every error's log line; one string, so the indented result file holds it on one
+    line (a 1000-class task's thousands of pairs as JSON lists would take four lines each)."""
+    return " ".join(f"{label}:{pred}" for label, pred in sorted(set(pairs)))
+
+
+def read_pairs(text: Any) -> frozenset[tuple[int, int]]:
+    """:func:`pairs_text` read back; a ValueError naming the first token that is not "label:pred"."""
+    if not isinstance(text, str):
+        raise ValueError(f"fine_pairs: expected a string of label:pred pairs, got {type(text).__name__}")
+    out = set()
+    for token in text.split(" ") if text else ():
+        label, sep, pred = token.partition(":")
+        if not (sep and label.isascii() and label.isdigit() and pred.isascii() and pred.isdigit()):
+            raise ValueError(f"fine_pairs: {token[:40]!r} is not label:pred")
+        out.add((int(label), int(pred)))
+    return frozenset(out)
 
 
 # ---- the rules ----------------------------------------------------------------------------------------------------

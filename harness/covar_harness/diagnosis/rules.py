@@ -325,16 +325,18 @@ class DiagnosisRecord(SampleRecord):
     bg_sufficient: bool | None = None
     fg_sufficient: bool | None = None
     additive_share: float | None = None  # Evidence.additive_share (logged with the region test, not here)
+    label: int | None = None  # the sample's label and the model's prediction: the pair ``fine_by_rule`` is of
+    pred: int | None = None
 
     def log_fields(self) -> dict[str, Any]:
         """The sample's diagnosis fields; also what ``rescore`` needs to redo it without a model: the patch-grid
-        mask (``fg``), the null's share (``null_fg``, per rule ``nulls``) and, for errors, ``fine_by_rule``."""
+        mask (``fg``) and the null's share (``null_fg``, per rule ``nulls``). ``fine_by_rule`` is not logged
+        (sample log version 3): it follows from the label and prediction, and the result holds each rule's fine
+        pairs (``fine_rules.pairs_text``)."""
         head = next(iter(self.outcomes.values()))
         out: dict[str, Any] = {"fg_fraction": head.score, "driver": head.driver, "null_fg": head.null_fg}
         if not self.correct:
             out["error_type"] = head.error_type
-            if self.fine_by_rule:
-                out["fine_by_rule"] = dict(self.fine_by_rule)
         if len(self.outcomes) > 1:
             out["drivers"] = {name: o.driver for name, o in self.outcomes.items()}
             out["scores"] = {name: o.score for name, o in self.outcomes.items()}
@@ -441,6 +443,8 @@ def diagnose_batch(
             bg_sufficient=_truth(c)[0],
             fg_sufficient=_truth(c)[1],
             additive_share=c.evidence.additive_share if c.fg is not None else None,
+            label=c.label,
+            pred=c.pred,
         )
         for i, (c, ok, f, out) in enumerate(zip(cases, correct, fine, outcomes))
     ]

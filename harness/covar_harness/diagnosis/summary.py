@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covar_harness.common.metrics import bootstrap_interval, poisson_binomial_upper, shared_draws
+from covar_harness.diagnosis.fine_rules import pairs_text
 from covar_harness.diagnosis.rules import (
     RULES,
     Case,
@@ -158,7 +159,7 @@ def summarise_pair(
     every fine rule, and the config the diagnosis step writes. ``fine_records``: {spec: the rule's record for the
     task} (``FineRelation.record``) for ``fine_rules.SENSITIVITY`` and the chosen rule, in that order. One
     function for the run's step and for ``rescore``, so the two cannot disagree."""
-    chosen = fine_records[settings.fine_rule]
+    chosen = {k: v for k, v in fine_records[settings.fine_rule].items() if k != "fine_pairs"}  # a rescore's has them
     result = summarise(records, settings, bool(chosen["applies"]))
     applies = {s: bool(r["applies"]) for s, r in fine_records.items()}
     result.config = {
@@ -166,7 +167,7 @@ def summarise_pair(
         "fine_rule": chosen["description"],
         "fine": chosen,
         "fine_sensitivity": fine_sensitivity(records, settings.rules[0], applies),
-        "fine_rules": fine_records,
+        "fine_rules": {spec: {**r, "fine_pairs": fine_pairs(records, spec)} for spec, r in fine_records.items()},
         "segmenter": segmenter,
         "headline_target": headline_target,
         "by_rule": result.by_rule,
@@ -338,6 +339,16 @@ def _target_rates(
     return out
 
 
+def fine_pairs(records: list[DiagnosisRecord], spec: str) -> str:
+    """The errors' (label, pred) pairs that fine rule ``spec`` calls fine-grained (``fine_by_rule``), as the
+    result records them (``fine_rules.pairs_text``): what ``rescore`` reads the rule back from."""
+    return pairs_text(
+        (r.label, r.pred)
+        for r in records
+        if not r.correct and r.label is not None and r.pred is not None and r.fine_by_rule.get(spec, False)
+    )
+
+
 def fine_sensitivity(
     records: list[DiagnosisRecord], headline_rule: str, applies: dict[str, bool]
 ) -> dict[str, float | None]:
@@ -354,12 +365,18 @@ def fine_sensitivity(
 
 
 def row_records(
-    rows: Sequence[dict], fgs: Sequence[np.ndarray | None], fine: Any, settings: DiagnosisSettings
+    rows: Sequence[dict],
+    fgs: Sequence[np.ndarray | None],
+    fine: Any,
+    settings: DiagnosisSettings,
+    fine_by_rule: Sequence[dict[str, bool] | None] | None = None,
 ) -> list[DiagnosisRecord]:
     """Logged sample rows (``samples.jsonl``: index, label, pred, ``file``, ``source_id``, the attribution
-    entries, ``fine_by_rule``) diagnosed as the run's step diagnosed them, all at once (``diagnose_batch``): the
-    same sample id seeds the null and ``source_id`` is the bootstrap unit. ``fgs[i]``: row i's patch grid;
-    ``fine``: a ``FineRelation`` or a class-groups mapping."""
+    entries) diagnosed as the run's step diagnosed them, all at once (``diagnose_batch``): the same sample id
+    seeds the null and ``source_id`` is the bootstrap unit. ``fgs[i]``: row i's patch grid; ``fine``: a
+    ``FineRelation`` or a class-groups mapping; ``fine_by_rule[i]``: row i's {fine rule: fine-grained} (from the
+    result's ``fine_pairs``), else the row's own ``fine_by_rule`` (a log of version 2 holds one per error)."""
+    logged = [r.get("fine_by_rule") for r in rows] if fine_by_rule is None else fine_by_rule
     cases = [
         Case(
             int(row["index"]),
@@ -369,9 +386,9 @@ def row_records(
             fg,
             row.get("id", row.get("file")),
             None if row.get("source_id") is None else str(row["source_id"]),
-            dict(row["fine_by_rule"]) if isinstance(row.get("fine_by_rule"), dict) else None,
+            dict(by_rule) if isinstance(by_rule, dict) else None,
         )
-        for row, fg in zip(rows, fgs)
+        for row, fg, by_rule in zip(rows, fgs, logged)
     ]
     return diagnose_batch(cases, fine, settings)
 

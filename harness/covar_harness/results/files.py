@@ -29,7 +29,9 @@ SCHEMA_VERSION = 1
 # The version of the per-sample log ``--log-samples`` writes, recorded as ``config.sample_log_version``. 2 (issue 26):
 # the diagnosis fields also hold what ``rescore`` needs (``fg``, ``null_fg`` / ``nulls``, ``fine_by_rule``) and the
 # attribution records the other target's Shapley values and region similarities. A log without the key is 1.
-SAMPLE_LOG_VERSION = 2
+# 3 (issue 26): no ``fine_by_rule`` on the errors' lines; the result holds each fine rule's fine (label, pred)
+# pairs instead (``config.diagnosis.fine_rules[rule].fine_pairs``). ``rescore`` reads 2 and 3 and writes 3.
+SAMPLE_LOG_VERSION = 3
 
 
 def result_path(output_dir: Path, model_spec: str, task_name: str) -> Path:

@@ -7,12 +7,14 @@ Everything is recomputed by the functions the run uses (``run.pair.zero_shot_sum
 ``diagnosis.summary.row_records`` and ``summarise_pair``), so a rescore from settings A into settings B equals a
 fresh run with B, provenance aside (``tests/results/test_rescore.py`` checks it for every rule and both targets).
 
-What a log must hold (sample log version 2, ``config.sample_log_version``): per sample the label, the top-5,
-``source_id`` and ``group`` where the data has them, the attribution records with the other target's values
-(``importance_label`` / ``importance_pred``, ``shapley.values_<target>``, ``counterfactual.*_<target>``), the
-patch-grid mask ``fg`` and, for errors, ``fine_by_rule``. Older logs rescore the zero-shot metrics and say that
-the diagnosis could not be redone. What no log holds (the distractor check's predicted-class masks, a plugin
-step's summary) is left out of the rescored result and named in ``config.rescored.not_rescored``.
+What a log must hold (sample log version 2 or 3, ``config.sample_log_version``): per sample the label, the
+top-5, ``source_id`` and ``group`` where the data has them, the attribution records with the other target's
+values (``importance_label`` / ``importance_pred``, ``shapley.values_<target>``, ``counterfactual.*_<target>``)
+and the patch-grid mask ``fg``; the fine rules' pairs: version 3 in the result (``config.diagnosis.fine_rules[rule]
+.fine_pairs``), version 2 as each error's ``fine_by_rule``. A rescore writes version 3. Version 1 logs rescore the
+zero-shot metrics and say that the diagnosis could not be redone. What no log holds (the distractor check's
+predicted-class masks, a plugin step's summary) is left out of the rescored result and named in
+``config.rescored.not_rescored``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from covar_harness.attribution.records import ALT_REGION_FIELDS
 from covar_harness.catalog.registry import UsageError
 from covar_harness.common.metrics import BOOTSTRAP_VERSION
 from covar_harness.common.safe_files import parse_json_record
-from covar_harness.diagnosis.fine_rules import LEGACY_DEFAULT_SETTING, SENSITIVITY, FineRelation, parse_fine_rule
+from covar_harness.diagnosis.fine_rules import (
+    LEGACY_DEFAULT_SETTING,
+    SENSITIVITY,
+    FineRelation,
+    parse_fine_rule,
+    read_pairs,
+)
 from covar_harness.diagnosis.rules import RULES, DiagnosisSettings, read_grid
 from covar_harness.diagnosis.summary import row_records, summarise_pair
 from covar_harness.results import files
@@ -40,6 +48,7 @@ TARGETS = ("pred", "label")
 # the diagnosis fields of a sample's log line (DiagnosisRecord.log_fields) and the distractor check's
 DIAGNOSIS_FIELDS = ("fg_fraction", "driver", "null_fg", "error_type", "fine_by_rule", "drivers", "scores", "nulls")
 DISTRACTOR_FIELDS = ("distractor_share", "distractor")
+FIRST_RESCORABLE = 2  # the first sample log version whose diagnosis can be redone (it logs the patch grids)
 MAX_LOG_BYTES = 4 * 2**30  # a 50,000-sample log with 196-patch grids is about 0.2 GiB
 
 
@@ -210,21 +219,54 @@ def fine_records(config: dict[str, Any], chosen: str) -> dict[str, dict[str, Any
 
 
 def logged_relation(spec: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> FineRelation:
-    """The fine rule as the run resolved it, read back from the errors' ``fine_by_rule`` (a rule relates label
-    and prediction only, so the logged pairs are the whole relation on the logged errors)."""
-    pairs = {
-        (int(r["label"]), int(r["pred"])): bool(r["fine_by_rule"].get(spec, False))
-        for r in rows
-        if isinstance(r.get("fine_by_rule"), dict)
-    }
+    """The fine rule as the run resolved it, read back from the result's ``fine_pairs`` (sample log version 3)
+    or from the errors' ``fine_by_rule`` (version 2): a rule relates label and prediction only, so the logged
+    pairs are the whole relation on the logged errors."""
+    fine = logged_pairs(spec, record, rows)
     return FineRelation(
         spec,
         str(record.get("description", "")),
         bool(record.get("applies")),
         int(record.get("classes", 0)),
         int(record.get("unmatched", 0)),
-        lambda a, b: pairs.get((a, b), False),
+        lambda a, b: (a, b) in fine,
     )
+
+
+def logged_pairs(spec: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> frozenset[tuple[int, int]]:
+    """The (label, pred) pairs of the logged errors that fine rule ``spec`` calls fine-grained: the record's
+    ``fine_pairs`` where the result has them, else those of the rows whose ``fine_by_rule`` says so."""
+    if "fine_pairs" in record:
+        try:
+            return read_pairs(record["fine_pairs"])
+        except ValueError as exc:
+            raise ValueError(f"config.diagnosis.fine_rules[{spec!r}].{exc}") from None
+    return frozenset(
+        (int(r["label"]), int(r["pred"]))
+        for r in rows
+        if isinstance(r.get("fine_by_rule"), dict) and r["fine_by_rule"].get(spec, False)
+    )
+
+
+def fine_by_rule(rows: list[dict[str, Any]], logged: dict[str, Any]) -> list[dict[str, bool] | None] | None:
+    """Each row's {fine rule: fine-grained} over the run's fine rules (``config.diagnosis.fine_rules``, in its
+    order), from their ``fine_pairs``: what a log of version 2 held as the errors' ``fine_by_rule`` (None for a
+    correct row). None where a rule has no ``fine_pairs`` (version 2: the rows hold theirs). Rows with the same
+    (label, pred) share one dict."""
+    if not logged or not all(isinstance(r, dict) and "fine_pairs" in r for r in logged.values()):
+        return None
+    pairs = {spec: logged_pairs(spec, r, rows) for spec, r in logged.items()}
+    made: dict[tuple[int, int], dict[str, bool]] = {}
+    out: list[dict[str, bool] | None] = []
+    for row in rows:
+        pair = (int(row["label"]), int(row["pred"]))
+        if pair[0] == pair[1]:
+            out.append(None)
+        elif pair in made:
+            out.append(made[pair])
+        else:
+            out.append(made.setdefault(pair, {spec: pair in fine for spec, fine in pairs.items()}))
+    return out
 
 
 # ---- rescoring ----------------------------------------------------------------------------------------------------
@@ -316,7 +358,7 @@ def _rescore_diagnosis(
         if changes:
             raise UsageError("the run has no diagnosis to rescore (no attribution with masks, or it was skipped)")
         return rows, None
-    if int(config.get("sample_log_version", 1)) < files.SAMPLE_LOG_VERSION:
+    if int(config.get("sample_log_version", 1)) < FIRST_RESCORABLE:
         why = "the sample log (version 1) lacks the patch-grid masks; rerun with --log-samples to rescore it"
         config["diagnosis"] = {"status": "not rescored", "reason": why}
         return [{k: v for k, v in r.items() if k not in DIAGNOSIS_FIELDS} for r in rows], why
@@ -334,11 +376,13 @@ def _rescore_diagnosis(
         config.get("run_settings", {}).get("steps", {}).get("attribution", {})["target"] = target
     fines = fine_records(diag, settings.fine_rule)
     relation = logged_relation(settings.fine_rule, fines[settings.fine_rule], rows)
-    records = row_records(rows, [None if r.get("fg") is None else read_grid(r["fg"]) for r in rows], relation, settings)
+    grids = [None if r.get("fg") is None else read_grid(r["fg"]) for r in rows]
+    records = row_records(rows, grids, relation, settings, fine_by_rule(rows, diag.get("fine_rules") or {}))
     result = summarise_pair(records, settings, fines, diag.get("segmenter") or {}, target)
     metrics.update(result.metrics)
     intervals.update(result.intervals)
     config["diagnosis"] = result.config
+    config["sample_log_version"] = files.SAMPLE_LOG_VERSION  # the rows are written as this version writes them
     run_settings = config.get("run_settings")
     if isinstance(run_settings, dict) and isinstance(run_settings.get("diagnosis"), dict):
         old = run_settings["diagnosis"]
