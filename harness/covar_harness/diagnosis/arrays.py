@@ -132,6 +132,62 @@ def null_order(seed: int, n: int, draws: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(seed)).permuted(_ranges(n, draws), axis=1)
 
 
+def null_orders(seeds: Sequence[int], sizes: Sequence[int], draws: int) -> list[np.ndarray]:
+    """:func:`null_order` of each (seed, n), the very same arrays, for a batch: one generator whose PCG64 state is
+    set to the state ``PCG64(seed)`` starts from (:func:`pcg64_states`, all seeds at once) instead of a generator
+    built per sample, whose seeding (a ``SeedSequence`` and numpy's error-state guard) cost 4x the draws."""
+    gen = np.random.Generator(np.random.PCG64(0))
+    bits = gen.bit_generator
+    out = []
+    for (state, inc), n in zip(pcg64_states(seeds), sizes):
+        bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc}, "has_uint32": 0, "uinteger": 0}
+        out.append(gen.permuted(_ranges(n, draws), axis=1))
+    return out
+
+
+_MASK128 = (1 << 128) - 1
+_PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341  # PCG64's 128-bit multiplier
+
+
+def pcg64_states(seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """(state, inc) of ``PCG64(seed)`` for each seed in 0..2**63 - 1 (``tests/diagnosis/test_null_orders.py``
+    checks them against numpy): numpy's ``SeedSequence(seed).generate_state(4, uint64)`` done for all seeds at once
+    in uint32 arithmetic (entropy: the seed's two 32-bit words, the pool padded with zeros, as numpy pads it), then
+    PCG64's seeding (``pcg_setseq_128_srandom_r``) in Python integers."""
+    s = np.asarray(seeds, dtype=np.uint64).reshape(-1)
+    u = np.uint32
+    const = [u(0x43B0D7E5)]
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        value = value ^ const[0]
+        const[0] = u(const[0] * u(0x931E8875))
+        value = value * const[0]
+        return value ^ (value >> u(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = u(0xCA01F9DD) * x - u(0x4973F715) * y
+        return out ^ (out >> u(16))
+
+    zero = np.zeros(len(s), dtype=u)
+    with np.errstate(over="ignore"):  # uint32 arithmetic wraps, as numpy's does
+        pool = [hashmix(e) for e in ((s & np.uint64(0xFFFFFFFF)).astype(u), (s >> np.uint64(32)).astype(u), zero, zero)]
+        for a in range(4):
+            for b in range(4):
+                if a != b:
+                    pool[b] = mix(pool[b], hashmix(pool[a]))
+        words, const_b = [], u(0x8B51F9DD)
+        for k in range(8):
+            value = pool[k % 4] ^ const_b
+            const_b = u(const_b * u(0x58F38DED))
+            value = value * const_b
+            words.append((value ^ (value >> u(16))).astype(np.uint64))
+    out = []
+    for w in zip(*[(words[2 * k] | (words[2 * k + 1] << np.uint64(32))).tolist() for k in range(4)]):
+        initstate, inc = (w[0] << 64) | w[1], (((w[2] << 64) | w[3]) << 1 | 1) & _MASK128
+        out.append((((inc + initstate) * _PCG_MULT + inc) & _MASK128, inc))
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _ranges(n: int, draws: int) -> np.ndarray:
     """(draws, n) read-only rows of ``arange(n)``: made once per shape, not once per sample (``permuted`` copies

@@ -44,7 +44,7 @@ from covar_harness.diagnosis.arrays import (
     grid_means,
     null_columns,
     null_counts,
-    null_order,
+    null_orders,
     patch_index,
     patch_values,
     present_clusters,
@@ -614,7 +614,7 @@ def _patch_nulls(
         table, lengths = value_table([values[i] for i in block.rows])
         index = patch_index(block.assignments, lengths, table.shape[1])
         present = present_clusters(index, table.shape[1])
-        orders = [_order(draws, cases, i, int(n), settings) for i, n in zip(block.rows, present.sum(1).tolist())]
+        orders = _orders(draws, cases, block.rows, present.sum(1).tolist(), settings)
         counted = null_counts(scores, table, index, block.fg, null_columns(present, orders))
         for k, (calls, decided) in enumerate(counted):
             out[k].update(
@@ -625,14 +625,20 @@ def _patch_nulls(
     return out
 
 
-def _order(
-    draws: dict[tuple[int, int], np.ndarray], cases: Sequence[Case], i: int, n: int, settings: DiagnosisSettings
-) -> np.ndarray:
-    """Case ``i``'s permutations of its ``n`` non-empty clusters (``null_order``, seeded by ``_null_seed``), made
-    once per batch: every rule permuting as many values draws the same ones."""
-    if (i, n) not in draws:
-        draws[(i, n)] = null_order(_null_seed(settings.seed, _seed_id(cases[i])), n, settings.null_draws)
-    return draws[(i, n)]
+def _orders(
+    draws: dict[tuple[int, int], np.ndarray],
+    cases: Sequence[Case],
+    rows: list[int],
+    sizes: list[int],
+    settings: DiagnosisSettings,
+) -> list[np.ndarray]:
+    """Case ``rows[k]``'s permutations of its ``sizes[k]`` non-empty clusters (``null_order``, seeded by
+    ``_null_seed``; ``arrays.null_orders`` makes those missing at once), made once per batch: every rule permuting
+    as many values draws the same ones."""
+    missing = [(i, n) for i, n in zip(rows, sizes) if (i, n) not in draws]
+    seeds = [_null_seed(settings.seed, _seed_id(cases[i])) for i, _ in missing]
+    draws.update(zip(missing, null_orders(seeds, [n for _, n in missing], settings.null_draws)))
+    return [draws[(i, n)] for i, n in zip(rows, sizes)]
 
 
 def _seed_id(case: Case) -> str:

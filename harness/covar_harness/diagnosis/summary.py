@@ -162,12 +162,13 @@ def summarise_pair(
     chosen = {k: v for k, v in fine_records[settings.fine_rule].items() if k != "fine_pairs"}  # a rescore's has them
     result = summarise(records, settings, bool(chosen["applies"]))
     applies = {s: bool(r["applies"]) for s, r in fine_records.items()}
+    pairs = fine_pairs(records, list(fine_records))
     result.config = {
         **result.config,
         "fine_rule": chosen["description"],
         "fine": chosen,
         "fine_sensitivity": fine_sensitivity(records, settings.rules[0], applies),
-        "fine_rules": {spec: {**r, "fine_pairs": fine_pairs(records, spec)} for spec, r in fine_records.items()},
+        "fine_rules": {spec: {**r, "fine_pairs": pairs[spec]} for spec, r in fine_records.items()},
         "segmenter": segmenter,
         "headline_target": headline_target,
         "by_rule": result.by_rule,
@@ -339,14 +340,15 @@ def _target_rates(
     return out
 
 
-def fine_pairs(records: list[DiagnosisRecord], spec: str) -> str:
-    """The errors' (label, pred) pairs that fine rule ``spec`` calls fine-grained (``fine_by_rule``), as the
-    result records them (``fine_rules.pairs_text``): what ``rescore`` reads the rule back from."""
-    return pairs_text(
-        (r.label, r.pred)
-        for r in records
-        if not r.correct and r.label is not None and r.pred is not None and r.fine_by_rule.get(spec, False)
-    )
+def fine_pairs(records: list[DiagnosisRecord], specs: list[str]) -> dict[str, str]:
+    """{fine rule: the errors' (label, pred) pairs it calls fine-grained (``fine_by_rule``)}, as the result records
+    them (``fine_rules.pairs_text``): what ``rescore`` reads the rules back from. A rule relates label and
+    prediction only, so each distinct pair is looked at once."""
+    by_pair: dict[tuple[int, int], dict[str, bool]] = {}
+    for r in records:
+        if not r.correct and r.fine_by_rule and r.label is not None and r.pred is not None:
+            by_pair.setdefault((r.label, r.pred), r.fine_by_rule)
+    return {spec: pairs_text(pair for pair, fine in by_pair.items() if fine.get(spec, False)) for spec in specs}
 
 
 def fine_sensitivity(
