@@ -5,7 +5,8 @@ A driver rule that reads per-cluster values (each patch carries its cluster's va
 function of the (..., N) patch values and the (..., N) foreground fraction per patch that returns the (...)
 scores and whether each was decided. :func:`blocks` groups a batch's samples into rectangular arrays,
 :func:`value_table` and :func:`patch_index` turn per-cluster values into patch values with one gather, and
-:func:`null_order`, :func:`null_columns` and :func:`null_counts` give the null's draws.
+:func:`null_order` (one sample; :func:`null_orders` for a batch), :func:`null_columns` and :func:`null_counts`
+give the null's draws.
 
 The null's draws stay those of one ``rng.permutation`` per draw from a generator seeded per sample:
 ``Generator.permuted`` over a tiled range shuffles each row with the same calls on the same stream, so a sample's
