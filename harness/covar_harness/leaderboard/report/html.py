@@ -139,7 +139,7 @@ class Sources:
 
 
 def hover(src: Source, shown: str) -> str:
-    """``94.2% [90.8, 96.7], n=240``: the value, its bootstrap interval and what it was measured on."""
+    """``94.2% [90.8, 97.1], n=240``: the value, its bootstrap interval and what it was measured on."""
     rec, metric = src.record, src.metric
     interval = rec.get("intervals", {}).get(metric)
     if metric.endswith("_p"):  # a p-value: a probability, not a share of anything
