@@ -35,6 +35,7 @@ from covar_harness.run.distributed import provenance as dist_provenance
 from covar_harness.run.options import PairOutcome, RunOptions
 from covar_harness.run.pair import (
     TaskPair,
+    add_step_summaries,
     classnames_ref,
     image_pass,
     label_embeddings,
@@ -60,55 +61,6 @@ log = logging.getLogger(__name__)
 
 
 # ---- one model x task ----------------------------------------------------------------------------------
-def open_pair(
-    adapter: ModelAdapter,
-    cfg: TaskConfig,
-    catalog: Catalog,
-    options: RunOptions,
-    classifiers: ClassifierCache,
-    reporter: Reporter,
-    model_spec: str | None = None,
-    cost: Cost | None = None,
-) -> PairContext:
-    """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings.
-    ``cost``: the pair's phase timings (opening the data is ``data``, the class embeddings ``zero-shot``)."""
-    cost = cost or Cost()
-    with cost.phase("data"):
-        samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
-        classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
-    bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
-    if bad:
-        raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
-    cmap = samples.class_map
-    if cmap is None:
-        with cost.phase("zero-shot"):
-            W = classifiers.get(classnames, templates, reporter)
-        return PairContext(
-            adapter, cfg, samples, classnames, templates, model_spec, catalog, options, reporter, W, cost=cost
-        )
-    # a class-mapped task (ImageNet-9's 1000-way protocol): the classifier is over the map's classes, so it is the
-    # one every task over those names and templates shares (ImageNet-1k's), built once per model
-    with cost.phase("zero-shot"):
-        W = classifiers.get(list(cmap.classnames), templates, reporter)
-    labels = cmap.label_names(classnames)
-    members = cmap.members(len(classnames))
-    return PairContext(
-        adapter,
-        cfg,
-        samples,
-        labels,
-        templates,
-        model_spec,
-        catalog,
-        options,
-        reporter,
-        W,
-        class_map=cmap,
-        label_classifier=label_embeddings(W, members),
-        cost=cost,
-    )
-
-
 @dataclass
 class ClassificationPair:
     """A classification pair opened for the one pass (``PAIR_KINDS``): its steps are the run's analysis pipeline
@@ -131,7 +83,27 @@ class ClassificationPair:
         model_spec: str | None = None,
         cost: Cost | None = None,
     ) -> ClassificationPair:
-        return cls(open_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost), options)
+        """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings.
+        ``cost``: the pair's phase timings (opening the data is ``data``, the class embeddings ``zero-shot``).
+        A class-mapped task (ImageNet-9's 1000-way protocol) scores over the map's classes, so its classifier is
+        the one every task over those names and templates shares (ImageNet-1k's), built once per model."""
+        cost = cost or Cost()
+        with cost.phase("data"):
+            samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
+            classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
+        bad = [s.label for s in samples.samples if not 0 <= s.label < len(classnames)]
+        if bad:
+            raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
+        cmap = samples.class_map
+        with cost.phase("zero-shot"):
+            W = classifiers.get(classnames if cmap is None else list(cmap.classnames), templates, reporter)
+        labels = classnames if cmap is None else cmap.label_names(classnames)
+        by_label = None if cmap is None else label_embeddings(W, cmap.members(len(classnames)))
+        ctx = PairContext(
+            adapter, cfg, samples, labels, templates, model_spec, catalog, options, reporter, W,
+            class_map=cmap, label_classifier=by_label, cost=cost,
+        )  # fmt: skip
+        return cls(ctx, options)
 
     def steps(self) -> list[Step]:
         return self.options.analysis_steps()
@@ -142,12 +114,7 @@ class ClassificationPair:
         assert cfg is not None
         with ctx.cost.phase("zero-shot"):
             record, correct = zero_shot_record(ctx, rows)
-        for done in finished:
-            record["metrics"].update(done.summary.metrics)
-            record["intervals"].update(done.summary.intervals)
-            if done.summary.config is not None:
-                record["config"][done.step.name] = done.summary.config
-            record["notes"] += done.summary.notes
+        add_step_summaries(record, finished)
         record["task"] = task_record(ctx, len(rows), len(failures))
         record["config"].update(
             {

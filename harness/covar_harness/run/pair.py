@@ -260,7 +260,6 @@ def n_labels(ctx: PairContext) -> int:
 def sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> list[dict]:
     """The per-sample log (docs/design.md section 6): prediction, top-5, the dataset's metadata, then the fields of
     each step's record, in pipeline order (a withdrawn step's records are left out)."""
-    logged = [{r.index: r for r in done.records} for done in finished if done.summary.log_records]
     out = []
     for (i, top), ok in zip(rows, correct):
         sample = samples.samples[i]
@@ -274,12 +273,33 @@ def sample_rows(rows, correct, samples: SampleSet, finished: list[Finished]) -> 
         }
         for key, value in sample.meta.items():
             row.setdefault(key, value)
-        for by_index in logged:
-            record = by_index.get(int(i))
-            if record is not None:
-                row.update(record.log_fields())
         out.append(row)
-    return out
+    return add_log_fields(out, finished)
+
+
+def add_log_fields(rows: list[dict], finished: list[Finished]) -> list[dict]:
+    """Each step's record's log fields added to its sample's row (``rows`` carry ``index``), in pipeline order; a
+    step whose summary withdraws its records (``log_records`` false) adds nothing. Every pair kind's log."""
+    by_index = {row["index"]: row for row in rows}
+    for done in finished:
+        for record in done.records if done.summary.log_records else ():
+            row = by_index.get(int(record.index))
+            if row is not None:
+                row.update(record.log_fields())
+    return rows
+
+
+def add_step_summaries(
+    record: dict[str, Any], finished: list[Finished], extra: Callable[[Finished], dict] | None = None
+) -> None:
+    """Each step's summary added to the pair's record, in pipeline order: its metrics, intervals, config entry
+    (with ``extra(done)``'s keys, e.g. what a retrieval pair explains) and notes. Every pair kind's record."""
+    for done in finished:
+        record["metrics"].update(done.summary.metrics)
+        record["intervals"].update(done.summary.intervals)
+        if done.summary.config is not None:
+            record["config"][done.step.name] = {**done.summary.config, **(extra(done) if extra else {})}
+        record["notes"] += done.summary.notes
 
 
 def classnames_ref(cfg: TaskConfig) -> Any:

@@ -43,6 +43,7 @@ from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples
 from covar_harness.models.adapter import check_finite
 from covar_harness.pipeline.contract import Batch, Finished, PairContext, SampleRecord, Step, StepSummary
+from covar_harness.run.pair import add_log_fields, add_step_summaries
 from covar_harness.run.text_cache import TEXT_BATCH
 
 if TYPE_CHECKING:
@@ -317,6 +318,11 @@ class RetrievalPair:
         maps = options.map_step() if attribution else None  # --save-maps: after attribution, as on classification
         return cls(ctx, samples, texts, owner, attribution, notes, maps)
 
+    def _explained_text(self, done: Finished) -> dict[str, str]:
+        """What an active attribution step's config entry adds: the text it explains (a caption set)."""
+        explains = done.step.active and done.step in self.attribution
+        return {"explained_text": self.explained["explained_text"]} if explains else {}
+
     def steps(self) -> list[Step]:
         """The pair's pipeline: the image embeddings first, then attribution and the maps."""
         return [self.embeddings, *self.attribution, *([] if self.maps is None else [self.maps])]
@@ -331,28 +337,17 @@ class RetrievalPair:
         with ctx.cost.phase("retrieval"):
             hits = retrieval_hits(emb)
             metrics, intervals = recall_metrics(hits, emb.text_image.numpy(), ctx.options.seed)
-        config: dict[str, Any] = {
-            "templates": [],
-            "retrieval": {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"},
-        }
-        notes = list(self.notes)
-        samples = _sample_rows(emb, hits, self.samples)
-        by_index = {row["index"]: row for row in samples}
-        for done in finished:
-            metrics.update(done.summary.metrics)
-            intervals.update(done.summary.intervals)
-            if done.summary.config is not None:
-                explains = done.step.active and done.step in self.attribution
-                text = {"explained_text": self.explained["explained_text"]} if explains else {}
-                config[done.step.name] = {**done.summary.config, **text}
-            notes += done.summary.notes
-            for record in done.records if done.summary.log_records else ():
-                by_index[record.index].update(record.log_fields())
-        return {
+        retrieval = {"recall_k": list(RECALL_K), "protocol": "CLIP_benchmark"}
+        record: dict[str, Any] = {
             "metrics": metrics,
             "intervals": intervals,
-            "config": config,
-            "notes": notes,
+            "config": {"templates": [], "retrieval": retrieval},
+            "notes": list(self.notes),
+        }
+        add_step_summaries(record, finished, self._explained_text)
+        samples = add_log_fields(_sample_rows(emb, hits, self.samples), finished)
+        return {
+            **record,
             "task": _task_record(ctx.task, self.samples, emb),
             "samples": samples,
             "failed_files": [self.samples.samples[i].id for i, _ in emb.failures],
