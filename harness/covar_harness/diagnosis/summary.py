@@ -395,11 +395,6 @@ def row_records(
     return diagnose_batch(cases, fine, settings)
 
 
-def row_record(row: dict, fg: np.ndarray | None, fine: Any, settings: DiagnosisSettings) -> DiagnosisRecord:
-    """One logged sample row diagnosed (:func:`row_records` on one row)."""
-    return row_records([row], [fg], fine, settings)[0]
-
-
 def diagnose(
     rows: list[dict], fg_grids: dict[int, np.ndarray], groups: dict[int, Any] | None, settings: DiagnosisSettings
 ) -> Diagnosis:

@@ -19,15 +19,6 @@ class Unsupported(Exception):
     """The method cannot explain this model (one line: why)."""
 
 
-def method_support(method: str, adapter: Any) -> tuple[bool, str]:
-    """(supported, why not). A method with a pixel-space fallback (``pixel_importance``) runs on any adapter."""
-    cls = find_attributor(method)
-    ok, why = cls.supported_by(adapter)
-    if ok or callable(getattr(cls, "pixel_importance", None)):
-        return True, ""
-    return False, why
-
-
 def importance_maps(
     method: str | type[Attributor],
     adapter: Any,
