@@ -228,6 +228,30 @@ def test_ctrl_c_with_dataloader_workers_always_exits_130(openclip_dir, tmp_path)
         assert 1 <= len(done) < 6 and all(json.loads(p.read_text())["task"]["n_samples"] == 90 for p in done)
 
 
+SHARER_LOSES_ITS_PEER = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+if sys.argv[1] == "worker":
+    from covar_harness.common.interrupt import ignore_sigint
+    ignore_sigint(0)
+shared = resource_sharer.DupFd(os.pipe()[0])  # a worker sending a batch starts the fd-sharing thread
+peer = socket.socket(socket.AF_UNIX)
+peer.connect(resource_sharer._resource_sharer._address)
+peer.recv(4096)  # the main process, stopped by Ctrl-C, leaves mid-handshake
+peer.close()
+time.sleep(0.5)
+"""
+
+
+@pytest.mark.parametrize("role", ["worker", "plain"])
+def test_a_workers_fd_sharer_losing_the_stopped_main_process_prints_no_traceback(role):
+    """What made the Ctrl-C test above fail now and then: the sharer thread reports its EOFError through
+    sys.excepthook. In a DataLoader worker that is expected after Ctrl-C and stays quiet; elsewhere it is not."""
+    r = subprocess.run([sys.executable, "-c", SHARER_LOSES_ITS_PEER, role], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert ("EOFError" in r.stderr) is (role == "plain"), r.stderr[-1000:]
+
+
 def test_a_templates_file_that_is_a_fifo_or_bad_json_is_exit_2_not_a_hang(openclip_dir, tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs")
     fifo = tmp_path / "templates.txt"

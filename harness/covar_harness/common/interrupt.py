@@ -83,14 +83,16 @@ INTERRUPT = _Interrupt()  # signal handlers are process-wide, so is this flag
 
 def ignore_sigint(_worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the main process, which stops the run cleanly; when it does, a worker's
-    fd-sharing thread finds its pipe closed, which is expected then and not worth a traceback."""
+    fd-sharing thread (multiprocessing's resource sharer, which reports through ``sys.excepthook``) finds its
+    connection closed mid-handshake (EOFError) or its pipe broken, which is expected then and not worth a
+    traceback."""
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the loader ends its workers with SIGTERM: let it
     default = sys.excepthook
 
     def quiet_pipes(kind, value, tb):
-        if not issubclass(kind, (BrokenPipeError, ConnectionResetError)):
+        if not issubclass(kind, (EOFError, ConnectionError)):
             default(kind, value, tb)
 
     sys.excepthook = quiet_pipes
