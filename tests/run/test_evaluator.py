@@ -13,6 +13,7 @@ from covar_harness.common.metrics import bootstrap_interval, classification_metr
 from covar_harness.models.specs import resolve_models
 from covar_harness.run.evaluator import PAIR_KINDS, evaluate_task, run
 from covar_harness.run.options import RunOptions
+from covar_harness.run.pair import PairRequest
 from covar_harness.run.progress import Reporter
 from covar_harness.run.text_cache import ClassifierCache, build_classifier
 from helpers import make_image_folder, write_task_yaml
@@ -117,7 +118,7 @@ def test_a_task_kind_no_entry_opens_fails_with_one_line():
     catalog = SimpleNamespace(formats=SimpleNamespace(entry=lambda name: entry))
     cfg = SimpleNamespace(task="mine/masks", dataset={"format": "masks"})
     with pytest.raises(ValueError) as err:
-        evaluate_task(None, cfg, catalog, RunOptions(), None, None)
+        evaluate_task(PairRequest(None, cfg, catalog, RunOptions(), None, None))
     assert str(err.value) == (
         "task 'mine/masks': format 'masks' registered task_kind 'segmentation'; known: classification, retrieval"
     )

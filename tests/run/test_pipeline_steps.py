@@ -125,6 +125,7 @@ def evaluate(tmp_path: Path, steps: list, rules=("paper", "counterfactual"), ext
     from covar_harness.diagnosis.rules import DiagnosisSettings
     from covar_harness.run.evaluator import evaluate_task
     from covar_harness.run.options import RunOptions
+    from covar_harness.run.pair import PairRequest
     from covar_harness.run.progress import Reporter
     from covar_harness.run.text_cache import ClassifierCache
 
@@ -138,13 +139,15 @@ def evaluate(tmp_path: Path, steps: list, rules=("paper", "counterfactual"), ext
     )
     adapter = PatchSum()
     return evaluate_task(
-        adapter,
-        catalog.tasks.get("toy/pipeline"),
-        catalog,
-        options,
-        ClassifierCache(adapter),
-        Reporter(),
-        "toy-patch-sum",
+        PairRequest(
+            adapter,
+            catalog.tasks.get("toy/pipeline"),
+            catalog,
+            options,
+            ClassifierCache(adapter),
+            Reporter(),
+            "toy-patch-sum",
+        )
     )
 
 

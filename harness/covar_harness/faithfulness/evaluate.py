@@ -24,7 +24,7 @@ from covar_harness.models.adapter import logit_scale
 from covar_harness.pipeline.contract import PairContext, Pipeline
 from covar_harness.run.evaluator import open_task_pair
 from covar_harness.run.options import RunOptions
-from covar_harness.run.pair import image_pass
+from covar_harness.run.pair import PairRequest, image_pass
 from covar_harness.run.progress import Reporter
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def open_pair_data(
     """The pair of the task's kind as the run opens it (``open_task_pair``); what it explains beyond class names
     (a retrieval pair's caption sets) goes to the result's settings."""
 
-    pair = open_task_pair(adapter, cfg, catalog, options, classifiers, reporter or Reporter(), spec)
+    pair = open_task_pair(PairRequest(adapter, cfg, catalog, options, classifiers, reporter or Reporter(), spec))
     ctx = pair.ctx
     if ctx.class_map is not None:  # scores are max-logit buckets there: no one linear classifier to perturb
         raise ValueError(

@@ -34,6 +34,7 @@ from covar_harness.run.distributed import PairSync, RankFailed, SharedClassifier
 from covar_harness.run.distributed import provenance as dist_provenance
 from covar_harness.run.options import PairOutcome, RunOptions
 from covar_harness.run.pair import (
+    PairRequest,
     TaskPair,
     add_step_summaries,
     classnames_ref,
@@ -52,7 +53,6 @@ from covar_harness.run.text_cache import ClassifierCache, store_for
 if TYPE_CHECKING:
     from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
-    from covar_harness.models.adapter import ModelAdapter
     from covar_harness.models.specs import ModelRef
     from covar_harness.run.plan import PlannedPair
 
@@ -72,22 +72,12 @@ class ClassificationPair:
     explained: dict[str, str] = field(default_factory=dict)  # class i is class name i: nothing to add
 
     @classmethod
-    def open(
-        cls,
-        adapter: ModelAdapter,
-        cfg: TaskConfig,
-        catalog: Catalog,
-        options: RunOptions,
-        classifiers: ClassifierCache,
-        reporter: Reporter,
-        model_spec: str | None = None,
-        cost: Cost | None = None,
-    ) -> ClassificationPair:
+    def open(cls, req: PairRequest) -> ClassificationPair:
         """The pair's context: its samples (``--limit`` applied), class names, templates and class embeddings.
-        ``cost``: the pair's phase timings (opening the data is ``data``, the class embeddings ``zero-shot``).
+        In the pair's cost, opening the data is ``data``, the class embeddings ``zero-shot``.
         A class-mapped task (ImageNet-9's 1000-way protocol) scores over the map's classes, so its classifier is
         the one every task over those names and templates shares (ImageNet-1k's), built once per model."""
-        cost = cost or Cost()
+        cfg, catalog, options, cost = req.task, req.catalog, req.options, req.cost
         with cost.phase("data"):
             samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
             classnames, templates = task_classnames(cfg, samples), task_templates(cfg, samples)
@@ -96,11 +86,11 @@ class ClassificationPair:
             raise ValueError(f"task {cfg.task!r}: label {bad[0]} outside the {len(classnames)} class names")
         cmap = samples.class_map
         with cost.phase("zero-shot"):
-            W = classifiers.get(classnames if cmap is None else list(cmap.classnames), templates, reporter)
+            W = req.classifiers.get(classnames if cmap is None else list(cmap.classnames), templates, req.reporter)
         labels = classnames if cmap is None else cmap.label_names(classnames)
         by_label = None if cmap is None else label_embeddings(W, cmap.members(len(classnames)))
         ctx = PairContext(
-            adapter, cfg, samples, labels, templates, model_spec, catalog, options, reporter, W,
+            req.adapter, cfg, samples, labels, templates, req.model_spec, catalog, options, req.reporter, W,
             class_map=cmap, label_classifier=by_label, cost=cost,
         )  # fmt: skip
         return cls(ctx, options)
@@ -130,51 +120,33 @@ class ClassificationPair:
 
 
 # How each task kind (``taskconfig.task_kind``: what the task's dataset format registered) opens its pairs.
-PAIR_KINDS: dict[str, Callable[..., TaskPair]] = {
+PAIR_KINDS: dict[str, Callable[[PairRequest], TaskPair]] = {
     CLASSIFICATION: ClassificationPair.open,
     TASK_KIND: retrieval.RetrievalPair.open,
 }
 
 
-def open_task_pair(
-    adapter: ModelAdapter,
-    cfg: TaskConfig,
-    catalog: Catalog,
-    options: RunOptions,
-    classifiers: ClassifierCache,
-    reporter: Reporter,
-    model_spec: str | None = None,
-    cost: Cost | None = None,
-) -> TaskPair:
-    """The pair of ``cfg``'s task kind, opened (``PAIR_KINDS``): what ``evaluate_task`` and ``faithfulness`` run
-    their pass on. A kind no entry names fails with one line (it never silently runs as classification)."""
-    kind = task_kind(cfg, catalog)
+def open_task_pair(req: PairRequest) -> TaskPair:
+    """The pair of the requested task's kind, opened (``PAIR_KINDS``): what ``evaluate_task`` and ``faithfulness``
+    run their pass on. A kind no entry names fails with one line (it never silently runs as classification)."""
+    cfg = req.task
+    kind = task_kind(cfg, req.catalog)
     if kind not in PAIR_KINDS:
         raise ValueError(
             f"task {cfg.task!r}: format {cfg.dataset['format']!r} registered task_kind {kind!r}; "
             f"known: {', '.join(PAIR_KINDS)}"
         )
-    return PAIR_KINDS[kind](adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
+    return PAIR_KINDS[kind](req)
 
 
-def evaluate_task(
-    adapter: ModelAdapter,
-    cfg: TaskConfig,
-    catalog: Catalog,
-    options: RunOptions,
-    classifiers: ClassifierCache,
-    reporter: Reporter,
-    model_spec: str | None = None,
-    part: Path | None = None,
-    cost: Cost | None = None,
-) -> dict[str, Any]:
+def evaluate_task(req: PairRequest, part: Path | None = None) -> dict[str, Any]:
     """Run one model on one task; return the result record's task-dependent parts and the sample log.
     The task's kind opens the pair (``PAIR_KINDS``), and every kind runs the one pass (``pair.image_pass``).
     ``part``: the pair's part file (resumed from, appended to every ``options.checkpoint_every`` batches);
-    ``cost``: where the pair's phase timings and forward passes go (common/cost.py)."""
+    the request's ``cost`` gets the pair's phase timings and forward passes (common/cost.py)."""
 
-    cost = cost or Cost()
-    pair = open_task_pair(adapter, cfg, catalog, options, classifiers, reporter, model_spec, cost)
+    pair = open_task_pair(req)
+    cfg, reporter = req.task, req.reporter
     pipeline = Pipeline(pair.steps())
     pipeline.start(pair.ctx)
     rows, failures = image_pass(pair.ctx, pipeline, part)
@@ -322,9 +294,8 @@ def _run_pair(model: _ModelRun, cfg: TaskConfig, path: Path, fresh: bool = False
                 return PairOutcome(spec, cfg.task, "skipped", path, error="another run finished it meanwhile")
             if sync is not None:
                 sync.begin(options.checkpoint_every)
-            record = evaluate_task(
-                model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, part, cost
-            )
+            req = PairRequest(model.adapter, cfg, model.catalog, options, model.classifiers, model.reporter, spec, cost)
+            record = evaluate_task(req, part)
             if options.log_samples:
                 with cost.phase("write"):
                     results.write_jsonl(results.samples_path(path), record["samples"])

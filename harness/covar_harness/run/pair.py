@@ -7,6 +7,7 @@ assembly of a classification pair's record (metrics and intervals, the task's pa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,7 +36,28 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
+    from covar_harness.models.adapter import ModelAdapter
+    from covar_harness.run.options import RunOptions
+    from covar_harness.run.progress import Reporter
+    from covar_harness.run.text_cache import ClassifierCache
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """What opening a pair of any task kind takes (``evaluator.open_task_pair`` and each kind's ``open``): one
+    record, so the kinds share one signature. ``classifiers``: the model's class-embedding cache (a retrieval pair
+    encodes its own caption sets); ``cost``: where the pair's phase timings and forward passes go."""
+
+    adapter: ModelAdapter
+    task: TaskConfig
+    catalog: Catalog
+    options: RunOptions
+    classifiers: ClassifierCache
+    reporter: Reporter
+    model_spec: str | None = None
+    cost: Cost = field(default_factory=Cost)
 
 
 class TaskPair(Protocol):

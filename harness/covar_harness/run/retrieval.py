@@ -36,21 +36,18 @@ import torch.nn.functional as F
 
 from covar_harness.attribution.step import AttributionStep
 from covar_harness.catalog.taskconfig import DEFAULT_HEADLINE, RECALL_K, RETRIEVAL_METRICS, TASK_KIND
-from covar_harness.common.cost import Cost
 from covar_harness.common.interrupt import INTERRUPT
 from covar_harness.common.metrics import bootstrap_interval
 from covar_harness.data.samples import open_task_data
 from covar_harness.data.task_inputs import limit_samples
 from covar_harness.models.adapter import check_finite
 from covar_harness.pipeline.contract import Batch, Finished, PairContext, SampleRecord, Step, StepSummary
-from covar_harness.run.pair import add_log_fields, add_step_summaries
+from covar_harness.run.pair import PairRequest, add_log_fields, add_step_summaries
 from covar_harness.run.text_cache import TEXT_BATCH
 
 if TYPE_CHECKING:
-    from covar_harness.catalog.plugin_manager import Catalog
     from covar_harness.catalog.taskconfig import TaskConfig
     from covar_harness.models.adapter import ModelAdapter
-    from covar_harness.run.options import RunOptions
     from covar_harness.run.progress import Reporter
 
 SIMILARITY_BLOCK = 1024  # query rows per score block: 1024 x 25,000 floats = 100 MB at most
@@ -287,31 +284,23 @@ class RetrievalPair:
     explained: dict[str, str] = field(default_factory=lambda: {"task_kind": TASK_KIND, "explained_text": PAIRED_TEXT})
 
     @classmethod
-    def open(
-        cls,
-        adapter: ModelAdapter,
-        cfg: TaskConfig,
-        catalog: Catalog,
-        options: RunOptions,
-        classifiers: Any,
-        reporter: Reporter,
-        model_spec: str | None = None,
-        cost: Cost | None = None,
-    ) -> RetrievalPair:
+    def open(cls, req: PairRequest) -> RetrievalPair:
         """The pair's samples (``--limit`` applied) and its caption sets, every caption encoded once (``data`` and
-        ``zero-shot`` in the pair's cost, as a classification pair's class embeddings); ``classifiers`` is unused:
-        caption sets belong to one task's images."""
-        cost = cost or Cost()
+        ``zero-shot`` in the pair's cost, as a classification pair's class embeddings); the request's
+        ``classifiers`` is unused: caption sets belong to one task's images."""
+        cfg, catalog, options, cost = req.task, req.catalog, req.options, req.cost
         with cost.phase("data"):
             samples = limit_samples(open_task_data(cfg, catalog, options.data_dir), options.limit, options.seed)
         if not hasattr(samples, "captions"):
             raise ValueError(f"task {cfg.task!r}: format {cfg.dataset['format']!r} gave samples without captions")
         with cost.phase("zero-shot"):
-            texts, owner = encode_all_captions(adapter, samples, reporter)
+            texts, owner = encode_all_captions(req.adapter, samples, req.reporter)
             W = caption_sets(texts, owner, len(samples))
         names = [s.id for s in samples.samples]
         own = self_labelled(samples)
-        ctx = PairContext(adapter, cfg, own, names, [], model_spec, catalog, options, reporter, W, cost=cost)
+        ctx = PairContext(
+            req.adapter, cfg, own, names, [], req.model_spec, catalog, options, req.reporter, W, cost=cost
+        )
         attribution: list[Step] = [s for s in options.steps if isinstance(s, AttributionStep)]
         notes = [OTHER_STEPS_SKIPPED] if len(attribution) < len(options.steps) else []
         notes += [DIAGNOSIS_SKIPPED] if options.diagnosis is not None else []

@@ -52,6 +52,7 @@ from covar_harness.diagnosis.rules import RULES, DiagnosisSettings
 from covar_harness.models.specs import load_model
 from covar_harness.run.evaluator import evaluate_task
 from covar_harness.run.options import RunOptions
+from covar_harness.run.pair import PairRequest
 from covar_harness.run.progress import Reporter, progress_reporter
 from covar_harness.run.text_cache import ClassifierCache
 
@@ -119,12 +120,12 @@ def collect(
         adapter = load_model(model, device, catalog=catalog)
         classifiers = ClassifierCache(adapter)
         for cfg in tasks:
-            plain = RunOptions(**base)
-            evaluate_task(adapter, cfg, catalog, plain, classifiers, reporter)  # warm-up: data, text, caches
-            run.evals[(model, cfg.task, "plain")] = _timed(adapter, cfg, catalog, plain, classifiers, reporter)
+            plain = PairRequest(adapter, cfg, catalog, RunOptions(**base), classifiers, reporter)
+            evaluate_task(plain)  # warm-up: data, text, caches
+            run.evals[(model, cfg.task, "plain")] = _timed(plain)
             for name, step in steps.items():
                 options = RunOptions(**base, steps=[step], diagnosis=diagnosis)
-                run.evals[(model, cfg.task, name)] = _timed(adapter, cfg, catalog, options, classifiers, reporter)
+                run.evals[(model, cfg.task, name)] = _timed(replace(plain, options=options))
     run.runtime_s = time.perf_counter() - started
     return run
 
@@ -135,9 +136,9 @@ def _step(catalog, name: str, settings):
     return call_with_accepted(catalog.attributors.entry(name).item, **asdict(settings))
 
 
-def _timed(adapter, cfg, catalog, options, classifiers, reporter) -> Evaluation:
+def _timed(req: PairRequest) -> Evaluation:
     t0 = time.perf_counter()
-    record = evaluate_task(adapter, cfg, catalog, options, classifiers, reporter)
+    record = evaluate_task(req)
     return Evaluation(record["samples"], time.perf_counter() - t0, record["metrics"]["acc1"])
 
 
