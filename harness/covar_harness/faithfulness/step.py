@@ -178,12 +178,21 @@ class CurveStep(Step):
         curves = PROTOCOLS[s.protocol]().curves(inp)
         for suffix, c in curves.items():
             x[f"deletion{suffix}"], x[f"insertion{suffix}"] = c.x_deletion.tolist(), c.x_insertion.tolist()
+        aucs = {suffix: c.aucs() for suffix, c in curves.items()}  # (B,) each, once per batch
         return [
-            self._row(batch, shared, b, maps[b].numpy(), order[b].numpy(), curves) for b in range(len(batch.indices))
+            self._row(batch, shared, b, maps[b].numpy(), order[b].numpy(), curves, aucs)
+            for b in range(len(batch.indices))
         ]
 
     def _row(
-        self, batch: Batch, shared: _Explained, b: int, imp: np.ndarray, order: np.ndarray, curves: dict[str, Any]
+        self,
+        batch: Batch,
+        shared: _Explained,
+        b: int,
+        imp: np.ndarray,
+        order: np.ndarray,
+        curves: dict[str, Any],
+        aucs: dict[str, tuple[np.ndarray, np.ndarray]],
     ) -> dict[str, Any]:
         index = batch.indices[b]
         sample = batch.samples.samples[index]
@@ -195,7 +204,7 @@ class CurveStep(Step):
             "target": int(shared.target[b]),
         }
         for suffix, c in curves.items():
-            d_auc, i_auc = c.aucs()
+            d_auc, i_auc = aucs[suffix]
             row[f"deletion{suffix}_auc"], row[f"insertion{suffix}_auc"] = float(d_auc[b]), float(i_auc[b])
             row[f"deletion{suffix}_curve"] = [float(v) for v in c.deletion[b]]
             row[f"insertion{suffix}_curve"] = [float(v) for v in c.insertion[b]]
